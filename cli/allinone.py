@@ -1,0 +1,365 @@
+"""`koala up|down|status`: the whole cloud on this machine (DESIGN section 10).
+
+State directory layout (default /var/lib/koala as root, ~/.koala otherwise):
+  pki/            the cloud CA, the cloud key pair, one certificate per component, `koala-admin` for tools
+  conf/ROLE.conf  one configuration file per service
+  data/ID/        each service's database and files
+  logs/ROLE.log   each service's stderr
+  run/ROLE.pid    pids of running services
+  endpoints.json  each service's URL, id and role: the contract tests and tools rely on
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import pki
+from common.config import render_conf
+from common.messages.service import DescribeServiceResponse
+from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.signing import Identity, TrustStore
+
+ROLES = ("clc", "walrus", "cc", "nc")  # start order
+DEFAULT_PORTS = {"clc": 8773, "cc": 8774, "nc": 8775, "walrus": 8776}
+ADMIN_ID = "koala-admin"
+ZONE = "zone1"
+NODE_ID = "nc-node1"
+
+
+def default_state_dir() -> Path:
+    return Path("/var/lib/koala") if os.geteuid() == 0 else Path.home() / ".koala"
+
+
+@dataclass
+class Endpoint:
+    role: str
+    id: str
+    url: str
+    port: int
+
+
+class AllInOne:
+    """One cloud in one state directory."""
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1"):
+        self.dir = state_dir.resolve()
+        self.host = host
+        self.pki = pki.PkiDir(self.dir / "pki")
+
+    # --- layout ---------------------------------------------------------------------------------------
+    def conf_path(self, role: str) -> Path:
+        return self.dir / "conf" / f"{role}.conf"
+
+    def log_path(self, role: str) -> Path:
+        return self.dir / "logs" / f"{role}.log"
+
+    def pid_path(self, role: str) -> Path:
+        return self.dir / "run" / f"{role}.pid"
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.dir / "endpoints.json"
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        data = json.loads(self.endpoints_path.read_text())
+        return {role: Endpoint(role, e["id"], e["url"], e["port"]) for role, e in data.items()}
+
+    def prepare(self, ports: dict[str, int] | None = None, extra: dict[str, dict[str, object]] | None = None) -> None:
+        """Create the PKI, configurations and endpoints.json, once; later calls reuse them."""
+        if self.endpoints_path.exists():
+            return
+        for sub in ("conf", "data", "logs", "run"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        if not self.pki.exists():
+            self.pki.init()
+        ports = ports or {role: _port_or_free(self.host, port) for role, port in DEFAULT_PORTS.items()}
+        ids = {"clc": "clc", "walrus": "walrus", "cc": f"cc-{ZONE}", "nc": NODE_ID}
+        for role, subject in ids.items():
+            self.pki.ensure(subject, role)
+        self.pki.ensure(ADMIN_ID, "admin")
+        url = {role: f"http://{self.host}:{ports[role]}" for role in ROLES}
+        common = {"KOALA_PKI_DIR": self.pki.path, "KOALA_BIND": self.host}
+        settings: dict[str, dict[str, object]] = {
+            "clc": {
+                "KOALA_CLC_PORT": ports["clc"],
+                "KOALA_WALRUS_URL": url["walrus"],
+                "KOALA_CLUSTERS": f"{ZONE}={url['cc']}",
+            },
+            "walrus": {"KOALA_WALRUS_PORT": ports["walrus"], "KOALA_CLC_URL": url["clc"]},
+            "cc": {
+                "CC_PORT": ports["cc"],
+                "NODES": f"{self.host}:{ports['nc']}",
+                "KOALA_ZONE": ZONE,
+                "KOALA_CLC_URL": url["clc"],
+            },
+            "nc": {"NC_PORT": ports["nc"], "KOALA_CC_URL": url["cc"]},
+        }
+        for role in ROLES:
+            data_dir = self.dir / "data" / ids[role]
+            data_dir.mkdir(parents=True, exist_ok=True)
+            values = {
+                "KOALA_SERVICE_ID": ids[role],
+                "KOALA_STATE_DIR": data_dir,
+                **common,
+                **settings[role],
+                **(extra or {}).get(role, {}),
+            }
+            self.conf_path(role).write_text(render_conf(values, f"Koala {role}, written by `koala up`."))
+        endpoints = {role: {"id": ids[role], "url": url[role], "port": ports[role], "role": role} for role in ROLES}
+        self.endpoints_path.write_text(json.dumps(endpoints, indent=2) + "\n")
+
+    # --- processes ------------------------------------------------------------------------------------
+    def command(self, role: str) -> list[str]:
+        return [sys.executable, "-m", "cli", role, "--config", str(self.conf_path(role))]
+
+    def running_pid(self, role: str) -> int | None:
+        """The pid of this cloud's `role` service, if it runs (checked against its command line)."""
+        try:
+            pid = int(self.pid_path(role).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.conf_path(role)).encode() in cmdline else None
+
+    def start(self, role: str, preexec_fn=None) -> subprocess.Popen:
+        log = self.log_path(role).open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            self.command(role),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=preexec_fn is None,
+            preexec_fn=preexec_fn,
+            cwd=self.dir,
+        )
+        log.close()
+        self.pid_path(role).write_text(f"{process.pid}\n")
+        return process
+
+    def stop(self, role: str, timeout: float = 20.0) -> bool:
+        pid = self.running_pid(role)
+        if pid is None:
+            self.pid_path(role).unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.pid_path(role).unlink(missing_ok=True)
+        return True
+
+    def healthy(self, role: str, timeout: float = 1.0) -> bool:
+        url = self.endpoints()[role].url + "/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_healthy(self, processes: dict[str, subprocess.Popen], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(processes)
+        while pending:
+            for role in list(pending):
+                code = processes[role].poll()
+                if code is not None:
+                    raise RuntimeError(f"{role} exited with status {code}:\n{_tail(self.log_path(role))}")
+                if self.healthy(role, timeout=0.5):
+                    pending.discard(role)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"not healthy after {timeout:.0f} s: {', '.join(sorted(pending))}")
+            if pending:
+                time.sleep(0.05)
+
+    def admin_client(self) -> RpcClient:
+        identity = Identity.from_files(self.pki.cert_path(ADMIN_ID), self.pki.key_path(ADMIN_ID))
+        return RpcClient(identity, TrustStore(pki.load_cert(self.pki.ca_path)), timeout=3.0, retries=1)
+
+    async def describe_all(self) -> dict[str, DescribeServiceResponse | str]:
+        client = self.admin_client()
+        try:
+
+            async def one(endpoint: Endpoint) -> DescribeServiceResponse | str:
+                try:
+                    return await client.call(endpoint.url, "DescribeService", None, DescribeServiceResponse)
+                except (RpcError, PeerUnreachable) as err:
+                    return str(err)
+
+            endpoints = self.endpoints()
+            answers = await asyncio.gather(*(one(e) for e in endpoints.values()))
+            return dict(zip(endpoints, answers, strict=True))
+        finally:
+            await client.close()
+
+    def wait_peers(self, timeout: float = 30.0) -> dict[str, DescribeServiceResponse | str]:
+        """Wait until every service reports all its peers reachable; return the last answers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answers = asyncio.run(self.describe_all())
+            if (
+                all(
+                    isinstance(a, DescribeServiceResponse) and all(p.reachable for p in a.peers)
+                    for a in answers.values()
+                )
+                or time.monotonic() > deadline
+            ):
+                return answers
+            time.sleep(0.2)
+
+
+def _port_or_free(host: str, port: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+            return port
+        except OSError:
+            probe.bind((host, 0))
+            return probe.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- commands -------------------------------------------------------------------------------------------
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for name, func, text in (
+        ("up", _up, "bring up the whole cloud on this machine"),
+        ("down", _down, "stop the cloud that `koala up` started"),
+        ("status", _status, "say what runs and whether the services reach each other"),
+    ):
+        parser = subparsers.add_parser(name, help=text)
+        parser.add_argument(
+            "--state-dir",
+            type=Path,
+            default=default_state_dir(),
+            help=f"state directory (default {default_state_dir()})",
+        )
+        if name == "up":
+            parser.add_argument("--detach", action="store_true", help="return once all services are healthy")
+        if name == "status":
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=func)
+
+
+def _up(args: argparse.Namespace) -> int:
+    cloud = AllInOne(args.state_dir)
+    cloud.prepare()
+    processes = {}
+    for role in ROLES:
+        if cloud.running_pid(role) is None:
+            processes[role] = cloud.start(role)
+    try:
+        cloud.wait_healthy(processes)
+    except RuntimeError as err:
+        print(f"koala up: {err}", file=sys.stderr)
+        for role in processes:
+            cloud.stop(role)
+        return 1
+    answers = cloud.wait_peers()
+    _print_status(cloud, answers)
+    print(f"\nstate: {cloud.dir}  (logs in {cloud.dir / 'logs'}; stop with: koala down --state-dir {cloud.dir})")
+    if args.detach:
+        return 0
+    stop = {"now": False}
+
+    def request_stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print("running in the foreground; Ctrl-C stops the cloud")
+    while not stop["now"]:
+        for role in ROLES:
+            process = processes.get(role)
+            if process is not None and process.poll() is not None:
+                print(
+                    f"koala up: {role} exited with status {process.returncode}; see {cloud.log_path(role)}",
+                    file=sys.stderr,
+                )
+                processes.pop(role)
+        time.sleep(0.2)
+    for role in reversed(ROLES):
+        cloud.stop(role)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    cloud = AllInOne(args.state_dir)
+    stopped = [role for role in reversed(ROLES) if cloud.stop(role)]
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    cloud = AllInOne(args.state_dir)
+    if not cloud.endpoints_path.exists():
+        print(f"no cloud in {cloud.dir} (start one with `koala up`)")
+        return 3
+    answers = asyncio.run(cloud.describe_all())
+    if args.json:
+        out = {}
+        for role, endpoint in cloud.endpoints().items():
+            answer = answers[role]
+            out[role] = {
+                "id": endpoint.id,
+                "url": endpoint.url,
+                "pid": cloud.running_pid(role),
+                "running": isinstance(answer, DescribeServiceResponse),
+                "peers": [p.model_dump() for p in answer.peers] if not isinstance(answer, str) else [],
+                "error": answer if isinstance(answer, str) else None,
+            }
+        print(json.dumps(out, indent=2))
+    else:
+        _print_status(cloud, answers)
+    return 0 if all(isinstance(a, DescribeServiceResponse) for a in answers.values()) else 1
+
+
+def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | str]) -> None:
+    for role, endpoint in cloud.endpoints().items():
+        answer = answers.get(role)
+        pid = cloud.running_pid(role)
+        if isinstance(answer, DescribeServiceResponse):
+            peers = (
+                ", ".join(f"{p.id or p.url} {'reachable' if p.reachable else 'UNREACHABLE'}" for p in answer.peers)
+                or "no peers"
+            )
+            print(f"{role:7} {endpoint.id:10} {endpoint.url:28} pid {pid}  up {answer.uptime:.0f}s  peers: {peers}")
+        else:
+            print(
+                f"{role:7} {endpoint.id:10} {endpoint.url:28} {'pid ' + str(pid) if pid else 'not running'}"
+                f"  {answer or ''}"
+            )

@@ -1,0 +1,187 @@
+"""What every Koala service shares: identity, signed RPC, /healthz, DescribeService, peer monitoring, and a
+systemd-friendly foreground runner (logs to stderr, clear exit on bad configuration, graceful SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from aiohttp import web
+
+from common import pki
+from common.config import ConfigError, ServiceConfig
+from common.logs import setup_logging
+from common.messages.service import DescribeServiceResponse, PeerStatus
+from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
+from common.signing import Identity, TrustStore
+
+VERSION = "0.1.0"
+COMPONENT_AND_ADMIN_ROLES = frozenset({"clc", "cc", "nc", "walrus", "admin"})
+log = logging.getLogger("koala.service")
+
+
+@dataclass
+class Peer:
+    url: str
+    role: str
+    status: PeerStatus
+
+
+class PeerMonitor:
+    """Calls each peer's DescribeService periodically; on failure retries with exponential backoff."""
+
+    def __init__(self, client: RpcClient, interval: float):
+        self.client, self.interval = client, interval
+        self.peers: dict[str, Peer] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        wanted = {url.rstrip("/"): role for url, role in peers}
+        for url in list(self.peers):
+            if url not in wanted:
+                self._tasks.pop(url).cancel()
+                del self.peers[url]
+        for url, role in wanted.items():
+            if url not in self.peers:
+                self.peers[url] = Peer(url, role, PeerStatus(url=url, role=role))
+                self._tasks[url] = asyncio.create_task(self._watch(self.peers[url]), name=f"peer {url}")
+
+    async def _watch(self, peer: Peer) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                answer = await self.client.call(
+                    peer.url, "DescribeService", None, DescribeServiceResponse, timeout=5, expect_role=peer.role
+                )
+            except (RpcError, PeerUnreachable) as err:
+                if peer.status.reachable or peer.status.last_error is None:
+                    log.warning("peer %s (%s) unreachable: %s", peer.url, peer.role, err)
+                peer.status = peer.status.model_copy(update={"reachable": False, "last_error": str(err)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max(self.interval, 1.0) * 6)
+                continue
+            if not peer.status.reachable:
+                log.info("peer %s (%s) %s is reachable", peer.url, peer.role, answer.id)
+            peer.status = PeerStatus(url=peer.url, role=peer.role, id=answer.id, reachable=True, last_seen=time.time())
+            backoff = 0.5
+            await asyncio.sleep(self.interval)
+
+    def statuses(self) -> list[PeerStatus]:
+        return [peer.status for peer in self.peers.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+
+class Service:
+    """Base class of the four services. Subclasses set `role`, `config_class`, and override the hooks."""
+
+    role: ClassVar[str]
+    config_class: ClassVar[type[ServiceConfig]]
+    client_max_size: ClassVar[int] = 1 << 20
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        pki_dir = pki.PkiDir(config.KOALA_PKI_DIR)
+        self.identity = Identity.from_files(
+            pki_dir.cert_path(config.KOALA_SERVICE_ID), pki_dir.key_path(config.KOALA_SERVICE_ID)
+        )
+        if self.identity.role != self.role or self.identity.id != config.KOALA_SERVICE_ID:
+            raise ConfigError(
+                f"certificate for {config.KOALA_SERVICE_ID} names {self.identity.id!r} with role "
+                f"{self.identity.role!r}, expected role {self.role!r}"
+            )
+        self.trust = TrustStore(pki.load_cert(pki_dir.ca_path))
+        self.rpc = RpcServer(self.identity, self.trust)
+        self.client = RpcClient(self.identity, self.trust)
+        self.monitor = PeerMonitor(self.client, config.KOALA_PEER_POLL_SECONDS)
+        self.started_at = time.time()
+        self.app = web.Application(client_max_size=self.client_max_size)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.rpc.add("DescribeService", self._describe_service, COMPONENT_AND_ADMIN_ROLES)
+        self.rpc.install(self.app)
+
+    # Hooks for subclasses.
+    def peer_list(self) -> list[tuple[str, str]]:
+        """(url, role) of the services this one calls, monitored from start."""
+        return []
+
+    async def on_start(self) -> None:
+        """Open databases, start control loops. Runs before the port is opened."""
+
+    async def on_stop(self) -> None:
+        """Stop loops, close databases. Runs after in-flight requests finished."""
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _describe_service(self, _: object, caller: Caller) -> DescribeServiceResponse:
+        return DescribeServiceResponse(
+            id=self.identity.id,
+            role=self.role,
+            version=VERSION,
+            uptime=time.time() - self.started_at,
+            peers=self.monitor.statuses(),
+        )
+
+    async def start(self) -> web.AppRunner:
+        await self.on_start()
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=30)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)
+        await site.start()
+        self.monitor.set_peers(self.peer_list())
+        log.info("%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port)
+        return runner
+
+    async def stop(self, runner: web.AppRunner) -> None:
+        await self.monitor.stop()
+        await runner.cleanup()  # stops accepting, lets in-flight requests finish
+        await self.on_stop()
+        await self.client.close()
+
+
+async def serve_forever(service: Service) -> None:
+    runner = await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests")
+    await service.stop(runner)
+    log.info("stopped")
+
+
+def run(service_class: type[Service], config_path: str) -> int:
+    """Run one service in the foreground until SIGTERM; the exit status for the CLI."""
+    try:
+        config = service_class.config_class.load(config_path)
+    except ConfigError as err:
+        print(f"koala {service_class.role}: bad configuration: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.KOALA_SERVICE_ID, config.KOALA_LOG_LEVEL)
+    try:
+        service = service_class(config)
+    except (ConfigError, pki.PkiError) as err:
+        print(f"koala {service_class.role}: cannot start: {err}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve_forever(service))
+    except OSError as err:
+        print(f"koala {service_class.role}: cannot start: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    return 0

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Make this Debian 12 machine ready to run and test Koala, as root: Debian packages, libvirtd (with the
+# users, groups and directories Debian's libvirt-daemon-system would create), and .venv with the project.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc pkg-config        # the venv and libvirt-python's build
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-utils
+  qemu-system-x86 qemu-utils                             # guests under software emulation
+  iproute2 iptables dnsmasq-base                         # cluster networking
+  openssl s3cmd                                          # baselines and a stock S3 client for tests
+  busybox-static dropbear-bin e2fsprogs cpio kmod zstd   # the guest test image
+  chromium                                               # admin page tests
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# libvirtd for qemu:///system, started by hand where there is no systemd.
+getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  for _ in $(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
+  virsh -c qemu:///system version >/dev/null || { echo "bootstrap: libvirtd did not start" >&2; exit 1; }
+fi
+
+# The project in its virtual environment; reinstalled only when pyproject.toml changes.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=.venv/.koala-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,16 @@
+"""Walrus settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from common.config import ServiceConfig
+
+
+class WalrusConfig(ServiceConfig):
+    KOALA_WALRUS_PORT: int = Field(8776, ge=1, le=65535, description="Port of the S3 API and internal calls.")
+    KOALA_CLC_URL: str = Field(description="The Cloud Controller's base URL (identity lookups).")
+
+    @property
+    def port(self) -> int:
+        return self.KOALA_WALRUS_PORT

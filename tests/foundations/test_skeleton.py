@@ -1,0 +1,84 @@
+"""The walking skeleton: four real service processes find each other and answer signed calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from common.messages.service import DescribeServiceResponse
+from tests.harness import Cloud
+
+
+def test_services_report_each_other_reachable(cloud: Cloud) -> None:
+    answers = cloud.aio.wait_peers(timeout=20)
+    by_role = {role: answer for role, answer in answers.items()}
+    assert all(isinstance(a, DescribeServiceResponse) for a in by_role.values()), by_role
+    assert {p.id for p in by_role["clc"].peers} == {"walrus", "cc-zone1"}
+    assert {p.id for p in by_role["cc"].peers} == {"nc-node1"}
+    assert {p.id for p in by_role["walrus"].peers} == {"clc"}
+    for answer in by_role.values():
+        assert all(p.reachable for p in answer.peers)
+        assert answer.uptime >= 0
+
+
+def test_healthz_is_unsigned_and_reveals_nothing(cloud: Cloud) -> None:
+    with urllib.request.urlopen(cloud.url("clc") + "/healthz", timeout=5) as response:
+        assert response.status == 200
+        assert response.read() == b"ok\n"
+
+
+def test_peer_down_is_reported_and_recovers(cloud: Cloud) -> None:
+    cloud.stop("walrus")
+
+    async def clc_view() -> DescribeServiceResponse:
+        client = cloud.admin_client()
+        try:
+            return await client.call(cloud.url("clc"), "DescribeService", None, DescribeServiceResponse)
+        finally:
+            await client.close()
+
+    for _ in range(100):
+        walrus = {p.role: p for p in asyncio.run(clc_view()).peers}["walrus"]
+        if not walrus.reachable:
+            break
+        asyncio.run(asyncio.sleep(0.2))
+    assert not walrus.reachable and walrus.last_error
+    cloud.start("walrus")
+    for _ in range(100):
+        walrus = {p.role: p for p in asyncio.run(clc_view()).peers}["walrus"]
+        if walrus.reachable:
+            break
+        asyncio.run(asyncio.sleep(0.2))
+    assert walrus.reachable
+
+
+def koala(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_koala_up_status_down(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    try:
+        up = koala("up", "--state-dir", str(state), "--detach")
+        assert up.returncode == 0, up.stderr
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        assert set(endpoints) == {"clc", "walrus", "cc", "nc"}
+        status = koala("status", "--state-dir", str(state), "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = json.loads(status.stdout)
+        assert all(entry["running"] for entry in report.values())
+        assert all(peer["reachable"] for peer in report["clc"]["peers"])
+        again = koala("up", "--state-dir", str(state), "--detach")  # reuses the state, starts nothing twice
+        assert again.returncode == 0, again.stderr
+        assert json.loads((state / "endpoints.json").read_text()) == endpoints
+    finally:
+        down = koala("down", "--state-dir", str(state))
+    assert down.returncode == 0
+    assert "stopped" in down.stdout
+    status = koala("status", "--state-dir", str(state))
+    assert status.returncode == 1
+    assert "not running" in status.stdout
