@@ -1,0 +1,120 @@
+"""The CC <-> NC interface (Eucalyptus's ncRunInstance, ncDescribeResource, ...), as pydantic models.
+
+The CC calls the NC's operations (role cc); the NC pushes every instance state change to the CC at once with
+`NotifyInstances` (role nc), and the CC's polls of `DescribeInstances` are the safety net.
+Memory is in MiB, disk in GB (GiB) throughout, never mixed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+NcState = Literal["Pending", "Extant", "Teardown"]
+MAX_USER_DATA = 16384  # bytes before base64, as EC2
+
+
+class VmType(BaseModel):
+    name: str = Field(max_length=64)
+    cores: int = Field(ge=1)
+    memory_mb: int = Field(ge=1)
+    disk_gb: int = Field(ge=1)
+
+
+class NetConfig(BaseModel):
+    private_mac: str = ""
+    private_ip: str = ""
+    public_ip: str = ""
+    vlan: int = -1  # MANAGED mode's VLAN (one per security group network); -1 when unused
+    network_index: int = -1
+    bridge: str = ""  # the bridge to plug the guest into (SYSTEM/STATIC: VNET_BRIDGE; MANAGED: per network)
+
+
+class ImageRef(BaseModel):
+    """An image to fetch from Walrus with GetDecryptedImage: its id and manifest location bucket/key."""
+
+    id: str
+    manifest: str = Field(max_length=2048)  # "bucket/path/name.manifest.xml"
+
+
+class RunInstanceRequest(BaseModel):
+    instance_id: str
+    reservation_id: str
+    owner_id: str  # the account that owns the instance
+    image: ImageRef
+    kernel: ImageRef | None = None
+    ramdisk: ImageRef | None = None
+    vm_type: VmType
+    key_name: str = ""
+    ssh_public_key: str = Field("", max_length=16384)
+    user_data: str = Field("", max_length=MAX_USER_DATA * 2)  # base64
+    launch_index: int = 0
+    group_names: list[str] = []
+    net: NetConfig = NetConfig()
+    platform: str = "linux"
+
+
+class InstanceInfo(BaseModel):
+    instance_id: str
+    reservation_id: str = ""
+    owner_id: str = ""
+    image_id: str = ""
+    kernel_id: str = ""
+    ramdisk_id: str = ""
+    vm_type: VmType | None = None
+    key_name: str = ""
+    launch_index: int = 0
+    group_names: list[str] = []
+    net: NetConfig = NetConfig()
+    state: NcState
+    detail: str = ""  # the NC's internal state: staging, booting, running, shutoff, crashed, ...
+    reason: str = ""  # why it went to Teardown, when it did
+    launch_time: float = 0.0
+    updated_at: float = 0.0
+
+
+class InstanceIdRequest(BaseModel):
+    instance_id: str
+
+
+class DescribeInstancesRequest(BaseModel):
+    instance_ids: list[str] = []  # empty: all
+
+
+class DescribeInstancesResponse(BaseModel):
+    instances: list[InstanceInfo]
+
+
+class DescribeResourceResponse(BaseModel):
+    node_status: Literal["enabled", "disabled"] = "enabled"
+    memory_max_mb: int
+    memory_available_mb: int
+    disk_max_gb: int
+    disk_available_gb: int
+    cores_max: int
+    cores_available: int
+    instances: int = 0
+
+
+class ConsoleOutputResponse(BaseModel):
+    instance_id: str
+    output: str  # base64 of the last 64 KiB of the serial console
+
+
+class StartNetworkRequest(BaseModel):
+    vlan: int = -1
+    bridge: str = ""
+    peers: list[str] = []
+
+
+class NotifyInstancesRequest(BaseModel):
+    """NC -> CC: instances whose state changed (or all of them, after a restart)."""
+
+    node_id: str
+    instances: list[InstanceInfo]
+    full: bool = False  # true when `instances` is the NC's complete list
+
+
+class Ack(BaseModel):
+    ok: bool = True

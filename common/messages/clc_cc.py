@@ -1,0 +1,110 @@
+"""The CLC <-> CC interface, as pydantic models.
+
+The CLC calls the CC's operations (role clc); the CC pushes instance state changes up with `NotifyInstances`
+(role cc). One RunInstances call carries one reservation with N instances; the CC answers per instance.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
+
+ClusterState = Literal["Pending", "Extant", "Teardown", "Unknown"]
+
+
+class InstanceLaunch(BaseModel):
+    instance_id: str
+    launch_index: int
+    net: NetConfig = NetConfig()
+
+
+class RunInstancesRequest(BaseModel):
+    reservation_id: str
+    owner_id: str
+    instances: list[InstanceLaunch] = Field(min_length=1, max_length=10000)
+    min_count: int = Field(1, ge=1)
+    image: ImageRef
+    kernel: ImageRef | None = None
+    ramdisk: ImageRef | None = None
+    vm_type: VmType
+    key_name: str = ""
+    ssh_public_key: str = Field("", max_length=16384)
+    user_data: str = Field("", max_length=MAX_USER_DATA * 2)  # base64
+    group_names: list[str] = []
+
+
+class InstancePlacement(BaseModel):
+    instance_id: str
+    node_id: str = ""  # empty when it could not be placed
+    error: str = ""
+
+
+class RunInstancesResponse(BaseModel):
+    """When fewer than min_count fit, nothing is started and every instance carries the reason."""
+
+    instances: list[InstancePlacement]
+
+
+class ClusterInstance(BaseModel):
+    instance_id: str
+    reservation_id: str = ""
+    owner_id: str = ""
+    node_id: str = ""
+    state: ClusterState
+    detail: str = ""
+    reason: str = ""
+    net: NetConfig = NetConfig()
+    launch_time: float = 0.0
+
+
+class InstanceIdsRequest(BaseModel):
+    instance_ids: list[str] = Field(default=[], max_length=10000)
+
+
+class DescribeInstancesResponse(BaseModel):
+    instances: list[ClusterInstance]
+
+
+class TerminateInstancesResponse(BaseModel):
+    instance_ids: list[str]  # the ones the CC knew and is terminating
+
+
+class DescribeResourcesRequest(BaseModel):
+    vm_types: list[VmType]
+
+
+class ResourceAvailability(BaseModel):
+    vm_type: str
+    available: int
+    max: int
+
+
+class DescribeResourcesResponse(BaseModel):
+    zone: str
+    resources: list[ResourceAvailability]
+    nodes_up: int = 0
+    nodes_total: int = 0
+
+
+class ConsoleOutputRequest(BaseModel):
+    instance_id: str
+
+
+class ConsoleOutputResponse(BaseModel):
+    instance_id: str
+    output: str  # base64
+
+
+class NotifyInstancesRequest(BaseModel):
+    """CC -> CLC: instances whose state changed (or all of them, when `full`)."""
+
+    zone: str
+    instances: list[ClusterInstance]
+    full: bool = False
+
+
+class Ack(BaseModel):
+    ok: bool = True
