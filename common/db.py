@@ -44,7 +44,11 @@ async def open_db(path: str | Path, migrations_package: str | None = None) -> ai
     await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA foreign_keys=ON")
     if migrations_package:
-        await migrate(db, migrations_package)
+        try:
+            await migrate(db, migrations_package)
+        except BaseException:
+            await db.close()
+            raise
     return db
 
 

@@ -215,6 +215,15 @@ def describe(cert: x509.Certificate) -> dict[str, str]:
         "issuer": cert.issuer.rfc4514_string(),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "key": type(cert.public_key()).__name__.lstrip("_"),
+        "key": _key_kind(cert),
         "sha256": fingerprint(cert),
     }
+
+
+def _key_kind(cert: x509.Certificate) -> str:
+    public = cert.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return f"ecdsa-{public.curve.name}"
+    if isinstance(public, rsa.RSAPublicKey):
+        return f"rsa-{public.key_size}"
+    return "other"

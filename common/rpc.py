@@ -260,7 +260,8 @@ class RpcClient:
         deadline = time.monotonic() + (timeout or self.timeout)
         peer_cert = await self.peer(url, expect_role, timeout)
         path = f"/internal/{operation}"
-        for _ in range(2):  # second round only to send our certificate when the peer does not know it
+        stale_connection_retry = True
+        for _ in range(3):  # again only to send our certificate, or once after a stale pooled connection
             state = self._peers[url]
             headers = self.identity.sign_headers("POST", path, peer_cert.id, body)
             headers["Content-Type"] = "application/json"
@@ -273,6 +274,12 @@ class RpcClient:
                 ) as response:
                     payload = await response.read()
                     status, response_headers = response.status, response.headers
+            except aiohttp.ServerDisconnectedError as err:
+                # A keep-alive connection the peer closed (e.g. it restarted): the request was not processed.
+                if stale_connection_retry:
+                    stale_connection_retry = False
+                    continue
+                raise PeerUnreachable(url, str(err) or type(err).__name__) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 raise PeerUnreachable(url, str(err) or type(err).__name__) from None
             try:
@@ -280,6 +287,7 @@ class RpcClient:
                     peer_cert, self.identity.fingerprint, path, headers[signing.HEADER_NONCE], response_headers, payload
                 )
             except AuthError as err:
+                self._peers.pop(url, None)  # perhaps a new process with a new certificate: ask again next time
                 raise RpcError(502, err.code, f"{url}: {err.message}") from None
             if status == 200:
                 state.knows_our_cert = True

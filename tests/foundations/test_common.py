@@ -1,0 +1,104 @@
+"""Ids, the storage helper's migrations, the replay cache and the PKI command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common import db, ids, pki
+from common.signing import ReplayCache
+
+
+def test_ids() -> None:
+    value = ids.new_id("i")
+    assert ids.is_id(value, "i") and len(value) == 10
+    assert ids.is_id("emi-4F1C02AB", "emi")
+    assert not ids.is_id("i-4F1C02AB", "emi")
+    assert not ids.is_id("i-123")
+    assert not ids.is_id("../etc/passwd")
+    assert ids.normalize("i-4F1C02AB") == "i-4f1c02ab"
+    assert len({ids.new_id("r") for _ in range(1000)}) > 990
+    with pytest.raises(ValueError):
+        ids.new_id("nope")
+
+
+def test_migrations_apply_in_order_once(tmp_path: Path) -> None:
+    package = tmp_path / "fake_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_init.sql").write_text("CREATE TABLE things (id TEXT PRIMARY KEY);")
+    sys.path.insert(0, str(tmp_path))
+    try:
+
+        async def scenario() -> None:
+            conn = await db.open_db(tmp_path / "a.db", "fake_migrations")
+            assert (await (await conn.execute("PRAGMA journal_mode")).fetchone())[0] == "wal"
+            await conn.close()
+            (package / "0002_more.sql").write_text("ALTER TABLE things ADD COLUMN name TEXT;")
+            conn = await db.open_db(tmp_path / "a.db", "fake_migrations")
+            rows = await (await conn.execute("SELECT version, name FROM schema_version")).fetchall()
+            assert [tuple(r) for r in rows] == [(1, "0001_init.sql"), (2, "0002_more.sql")]
+            await conn.execute("INSERT INTO things VALUES ('a', 'b')")
+            await conn.close()
+            (package / "0004_gap.sql").write_text("SELECT 1;")
+            with pytest.raises(db.MigrationError, match="out of sequence"):
+                await db.open_db(tmp_path / "a.db", "fake_migrations")
+
+        asyncio.run(scenario())
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
+    package = tmp_path / "bad_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_init.sql").write_text("CREATE TABLE t (x INTEGER);\nTHIS IS NOT SQL;")
+    sys.path.insert(0, str(tmp_path))
+    try:
+
+        async def scenario() -> None:
+            with pytest.raises(Exception, match="syntax error"):
+                await db.open_db(tmp_path / "b.db", "bad_migrations")
+            conn = await db.open_db(tmp_path / "b.db")
+            tables = await (await conn.execute("SELECT name FROM sqlite_master WHERE name='t'")).fetchall()
+            assert tables == []
+            await conn.close()
+
+        asyncio.run(scenario())
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_replay_cache_is_bounded_and_forgets_old_nonces() -> None:
+    cache = ReplayCache(window=300, capacity=1000)
+    assert cache.check_and_add("a", now=0)
+    assert not cache.check_and_add("a", now=1)
+    for n in range(5000):
+        cache.check_and_add(f"n{n}", now=2)
+    assert len(cache) <= 1000
+    assert cache.check_and_add("a", now=1000)  # long outside the window
+
+
+def test_pki_command(tmp_path: Path) -> None:
+    def koala(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", "pki", *args], capture_output=True, text=True, timeout=60)
+
+    assert koala("init", "--dir", str(tmp_path / "p")).returncode == 0
+    again = koala("init", "--dir", str(tmp_path / "p"))
+    assert again.returncode == 1 and "already holds a CA" in again.stderr
+    assert koala("issue", "--dir", str(tmp_path / "p"), "--role", "cc", "--id", "cc-zone9").returncode == 0
+    bad = koala("issue", "--dir", str(tmp_path / "p"), "--role", "cc", "--id", "../evil")
+    assert bad.returncode == 1 and "invalid id" in bad.stderr
+    shown = json.loads(koala("show", str(tmp_path / "p" / "cc-zone9.pem")).stdout)
+    assert shown["id"] == "cc-zone9" and shown["role"] == "cc" and shown["key"] == "ecdsa-secp256r1"
+    cloud = pki.load_cert(tmp_path / "p" / "cloud-cert.pem")
+    assert pki.role_of(cloud) == "cloud" and cloud.public_key().key_size == 2048
+    assert (tmp_path / "p" / "ca-key.pem").stat().st_mode & 0o077 == 0
+    listing = json.loads(koala("show", str(tmp_path / "p")).stdout)
+    assert {entry["id"] for entry in listing} >= {"Koala Cloud CA", "cloud", "cc-zone9"}
