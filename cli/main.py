@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "cli.services_cmd",
     "cli.pki_cmd",
     "cli.allinone",
+    "cli.bundle_cmd",
 ]
 
 
