@@ -1,0 +1,71 @@
+"""Calls from the CLC to the Cluster Controllers, one per zone (common/messages/clc_cc.py)."""
+
+from __future__ import annotations
+
+from common.messages.cc_nc import VmType
+from common.messages.clc_cc import Ack as CcAck
+from common.messages.clc_cc import (
+    ConsoleOutputRequest,
+    ConsoleOutputResponse,
+    DescribeInstancesResponse,
+    DescribeResourcesRequest,
+    DescribeResourcesResponse,
+    InstanceIdsRequest,
+    RunInstancesRequest,
+    RunInstancesResponse,
+    TerminateInstancesResponse,
+)
+from common.rpc import RpcClient
+from services.cloud_controller.compute.errors import ComputeError
+
+
+class ClusterClient:
+    def __init__(self, client: RpcClient, clusters: dict[str, str], timeout: float = 30.0):
+        self.client, self.clusters, self.timeout = client, dict(clusters), timeout
+
+    def url(self, zone: str) -> str:
+        try:
+            return self.clusters[zone]
+        except KeyError:
+            raise ComputeError("InvalidZone.NotFound", f"The zone '{zone}' does not exist") from None
+
+    async def _call(self, zone: str, op: str, msg, response, idempotent: bool, timeout: float | None = None):
+        return await self.client.call(
+            self.url(zone), op, msg, response, idempotent=idempotent, expect_role="cc", timeout=timeout or self.timeout
+        )
+
+    async def run_instances(self, zone: str, request: RunInstancesRequest) -> RunInstancesResponse:
+        # Not retried blindly: the CC deduplicates by instance id, but a retry after a timeout is the caller's call.
+        return await self._call(zone, "RunInstances", request, RunInstancesResponse, idempotent=False)
+
+    async def terminate_instances(self, zone: str, instance_ids: list[str]) -> TerminateInstancesResponse:
+        return await self._call(
+            zone, "TerminateInstances", InstanceIdsRequest(instance_ids=instance_ids), TerminateInstancesResponse, True
+        )
+
+    async def reboot_instances(self, zone: str, instance_ids: list[str]) -> CcAck:
+        return await self._call(zone, "RebootInstances", InstanceIdsRequest(instance_ids=instance_ids), CcAck, True)
+
+    async def describe_instances(self, zone: str, instance_ids: list[str] | None = None) -> DescribeInstancesResponse:
+        return await self._call(
+            zone,
+            "DescribeInstances",
+            InstanceIdsRequest(instance_ids=instance_ids or []),
+            DescribeInstancesResponse,
+            True,
+        )
+
+    async def describe_resources(self, zone: str, vm_types: list[VmType], timeout: float = 10.0):
+        return await self._call(
+            zone,
+            "DescribeResources",
+            DescribeResourcesRequest(vm_types=vm_types),
+            DescribeResourcesResponse,
+            True,
+            timeout,
+        )
+
+    async def console_output(self, zone: str, instance_id: str) -> ConsoleOutputResponse:
+        return await self._call(
+            zone, "GetConsoleOutput", ConsoleOutputRequest(instance_id=instance_id), ConsoleOutputResponse, True
+        )

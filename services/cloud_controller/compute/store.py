@@ -1,0 +1,237 @@
+"""Reservations, instances and images, held in memory for fast reads and written through to SQLite.
+
+The CLC is the only writer of its database, so the in-memory maps are the truth while it runs and the database
+is what a restart reloads. A change is applied in memory (synchronously, so checks and updates are atomic on the
+event loop) and then written before anything is sent to other services.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import aiosqlite
+
+# EC2 state names and codes.
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+LIVE_STATES = ("pending", "running", "shutting-down")
+
+
+@dataclass(slots=True)
+class Reservation:
+    reservation_id: str
+    owner_id: str
+    zone: str
+    requester_user_id: str = ""
+    client_token: str = ""
+    groups: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    instance_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Instance:
+    instance_id: str
+    reservation_id: str
+    owner_id: str
+    image_id: str
+    vm_type: str
+    cores: int
+    memory_mb: int
+    disk_gb: int
+    zone: str
+    state: str
+    launch_time: float
+    updated_at: float
+    user_id: str = ""
+    kernel_id: str = ""
+    ramdisk_id: str = ""
+    key_name: str = ""
+    key_material: str = ""  # the public key text, served by the metadata service
+    user_data: str = ""  # base64, as the client sent it
+    launch_index: int = 0
+    state_reason: str = ""
+    private_mac: str = ""
+    private_ip: str = ""
+    public_ip: str = ""
+    vlan: int = -1
+    network_index: int = -1
+    node_id: str = ""
+    last_seen: float = 0.0  # when a CC last reported it
+    terminated_at: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+_INSTANCE_COLUMNS = [f.name for f in fields(Instance)]
+_RESERVATION_COLUMNS = [f.name for f in fields(Reservation) if f.name != "instance_ids"]
+
+
+@dataclass(slots=True)
+class Image:
+    image_id: str
+    owner_id: str
+    kind: str  # machine | kernel | ramdisk
+    name: str
+    location: str
+    created_at: float
+    description: str = ""
+    architecture: str = "x86_64"
+    kernel_id: str = ""
+    ramdisk_id: str = ""
+    root_device_name: str = "/dev/sda1"
+    state: str = "available"
+    is_public: bool = False
+    launch_permissions: set[str] = field(default_factory=set)
+
+    def can_launch(self, account_id: str) -> bool:
+        return self.owner_id == account_id or self.is_public or account_id in self.launch_permissions
+
+
+_IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name != "launch_permissions"]
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+        self.instances: dict[str, Instance] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.images: dict[str, Image] = {}
+        self.by_private_ip: dict[str, str] = {}  # live instances only, for the metadata service
+        self.tokens: dict[tuple[str, str], str] = {}  # (owner, client token) -> reservation id
+
+    async def load(self) -> None:
+        async with self.db.execute(f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations") as cursor:
+            async for row in cursor:
+                values = dict(row)
+                values["groups"] = json.loads(values["groups"])
+                reservation = Reservation(**values)
+                self.reservations[reservation.reservation_id] = reservation
+                if reservation.client_token:
+                    self.tokens[(reservation.owner_id, reservation.client_token)] = reservation.reservation_id
+        async with self.db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances ORDER BY launch_index") as c:
+            async for row in c:
+                self._index(Instance(**dict(row)))
+        async with self.db.execute(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images") as cursor:
+            async for row in cursor:
+                values = dict(row)
+                values["is_public"] = bool(values["is_public"])
+                self.images[values["image_id"]] = Image(**values)
+        async with self.db.execute("SELECT image_id, account_id FROM image_launch_permissions") as cursor:
+            async for row in cursor:
+                if row[0] in self.images:
+                    self.images[row[0]].launch_permissions.add(row[1])
+
+    def _index(self, instance: Instance) -> None:
+        self.instances[instance.instance_id] = instance
+        reservation = self.reservations.get(instance.reservation_id)
+        if reservation is not None and instance.instance_id not in reservation.instance_ids:
+            reservation.instance_ids.append(instance.instance_id)
+        self.reindex_ip(instance)
+
+    def reindex_ip(self, instance: Instance, old_ip: str = "") -> None:
+        if old_ip and self.by_private_ip.get(old_ip) == instance.instance_id:
+            del self.by_private_ip[old_ip]
+        if instance.private_ip:
+            if instance.live:
+                self.by_private_ip[instance.private_ip] = instance.instance_id
+            elif self.by_private_ip.get(instance.private_ip) == instance.instance_id:
+                del self.by_private_ip[instance.private_ip]
+
+    # --- reservations and instances ---------------------------------------------------------------------
+    def add_reservation(self, reservation: Reservation, instances: list[Instance]) -> None:
+        """In memory only; `save_reservation` writes it."""
+        self.reservations[reservation.reservation_id] = reservation
+        if reservation.client_token:
+            self.tokens[(reservation.owner_id, reservation.client_token)] = reservation.reservation_id
+        for instance in instances:
+            self._index(instance)
+
+    async def save_reservation(self, reservation: Reservation) -> None:
+        values = asdict(reservation)
+        values.pop("instance_ids")
+        values["groups"] = json.dumps(values["groups"])
+        await self.db.execute(
+            f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
+            f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
+            [values[c] for c in _RESERVATION_COLUMNS],
+        )
+        await self.db.executemany(
+            f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
+            [[getattr(self.instances[i], c) for c in _INSTANCE_COLUMNS] for i in reservation.instance_ids],
+        )
+        await self.db.commit()
+
+    async def save_instances(self, instances: list[Instance]) -> None:
+        if not instances:
+            return
+        columns = [c for c in _INSTANCE_COLUMNS if c != "instance_id"]
+        await self.db.executemany(
+            f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE instance_id = ?",
+            [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
+        )
+        await self.db.commit()
+
+    def set_state(self, instance: Instance, state: str, reason: str = "", now: float | None = None) -> bool:
+        """Move an instance to `state` (in memory); False if nothing changed. Terminated is final."""
+        if instance.state == state or instance.state == "terminated":
+            return False
+        now = now or time.time()
+        instance.state, instance.updated_at = state, now
+        if reason:
+            instance.state_reason = reason
+        if state == "terminated":
+            instance.terminated_at = now
+        self.reindex_ip(instance)
+        return True
+
+    async def forget(self, instance_ids: list[str]) -> None:
+        """Bury terminated instances (and reservations left empty)."""
+        emptied = []
+        for instance_id in instance_ids:
+            instance = self.instances.pop(instance_id, None)
+            if instance is None:
+                continue
+            reservation = self.reservations.get(instance.reservation_id)
+            if reservation is not None:
+                reservation.instance_ids.remove(instance_id)
+                if not reservation.instance_ids:
+                    emptied.append(reservation)
+        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
+        for reservation in emptied:
+            del self.reservations[reservation.reservation_id]
+            self.tokens.pop((reservation.owner_id, reservation.client_token), None)
+        await self.db.executemany(
+            "DELETE FROM reservations WHERE reservation_id = ?", [(r.reservation_id,) for r in emptied]
+        )
+        await self.db.commit()
+
+    # --- images -----------------------------------------------------------------------------------------
+    async def save_image(self, image: Image, new: bool = False) -> None:
+        values = [getattr(image, c) for c in _IMAGE_COLUMNS]
+        if new:
+            await self.db.execute(
+                f"INSERT INTO images({', '.join(_IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_IMAGE_COLUMNS))})",
+                values,
+            )
+        else:
+            columns = [c for c in _IMAGE_COLUMNS if c != "image_id"]
+            await self.db.execute(
+                f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE image_id = ?",
+                [getattr(image, c) for c in columns] + [image.image_id],
+            )
+        await self.db.execute("DELETE FROM image_launch_permissions WHERE image_id = ?", (image.image_id,))
+        await self.db.executemany(
+            "INSERT INTO image_launch_permissions(image_id, account_id) VALUES (?, ?)",
+            [(image.image_id, account) for account in sorted(image.launch_permissions)],
+        )
+        await self.db.commit()
+        self.images[image.image_id] = image
+
+    async def delete_image(self, image_id: str) -> None:
+        self.images.pop(image_id, None)
+        await self.db.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
+        await self.db.commit()
