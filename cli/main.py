@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "cli.pki_cmd",
     "cli.allinone",
     "cli.bundle_cmd",
+    "cli.install_cmd",
 ]
 
 

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   wrk                                                    # Walrus GET benchmark
   busybox-static dropbear-bin e2fsprogs cpio kmod zstd   # the guest test image
   chromium                                               # admin page tests
+  systemd                                                # systemd-analyze verify of the units
 )
 
 missing=()
