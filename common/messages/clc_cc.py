@@ -108,3 +108,42 @@ class NotifyInstancesRequest(BaseModel):
 
 class Ack(BaseModel):
     ok: bool = True
+
+
+class RebootInstancesResponse(BaseModel):
+    instance_ids: list[str]  # the ones the CC knew and asked their node to reboot
+    ok: bool = True
+
+
+# Node registry (role clc or admin): nodes come from the CC's NODES setting and from these calls.
+class RegisterNodeRequest(BaseModel):
+    node: str = Field(min_length=1, max_length=300)  # HOST, HOST:PORT or http://HOST:PORT
+    mac: str = Field("", max_length=17)  # for POWERSAVE's Wake-on-LAN; empty: the node is never powered down
+
+
+class DeregisterNodeRequest(BaseModel):
+    node: str = Field(min_length=1, max_length=300)
+
+
+NodeStateName = Literal["UP", "DOWN", "ASLEEP", "WAKING"]
+
+
+class NodeInfo(BaseModel):
+    url: str
+    node_id: str = ""  # the NC's service id, once it has answered
+    state: NodeStateName
+    source: Literal["config", "registered"]
+    mac: str = ""
+    memory_max_mb: int = 0
+    memory_available_mb: int = 0
+    disk_max_gb: int = 0
+    disk_available_gb: int = 0
+    cores_max: int = 0
+    cores_available: int = 0
+    instances: int = 0  # live instances the CC has placed there
+
+
+class DescribeNodesResponse(BaseModel):
+    zone: str
+    policy: str
+    nodes: list[NodeInfo]

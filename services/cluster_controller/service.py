@@ -1,15 +1,100 @@
-"""The Cluster Controller: node registry and health, placement, fan-out, the cluster's network."""
+"""The Cluster Controller: node registry and health, placement, fan-out, the cluster's network.
+
+This module wires the signed operations to the cluster engine (cluster.py). Callers: the CLC (role clc)
+launches, terminates, reboots and reads consoles; the CLC and the admin tools describe and manage nodes; the
+NCs (role nc) push their instance changes.
+"""
 
 from __future__ import annotations
 
+from common.messages import cc_nc, clc_cc
+from common.rpc import Caller
 from common.service import Service
+from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
+from services.cluster_controller.store import Store
+
+CLC = frozenset({"clc"})
+CLC_OR_ADMIN = frozenset({"clc", "admin"})
+NC = frozenset({"nc"})
 
 
 class ClusterControllerService(Service):
     role = "cc"
     config_class = ClusterControllerConfig
     config: ClusterControllerConfig
+    client_max_size = 2 << 20
+    cluster: Cluster
+
+    def __init__(self, config: ClusterControllerConfig):
+        super().__init__(config)
+        add = self.rpc.add
+        add("RunInstances", self._run_instances, CLC, clc_cc.RunInstancesRequest)
+        add("TerminateInstances", self._terminate_instances, CLC, clc_cc.InstanceIdsRequest)
+        add("RebootInstances", self._reboot_instances, CLC, clc_cc.InstanceIdsRequest)
+        add("GetConsoleOutput", self._console_output, CLC, clc_cc.ConsoleOutputRequest)
+        add("DescribeInstances", self._describe_instances, CLC_OR_ADMIN, clc_cc.InstanceIdsRequest)
+        add("DescribeResources", self._describe_resources, CLC_OR_ADMIN, clc_cc.DescribeResourcesRequest)
+        add("DescribeNodes", self._describe_nodes, CLC_OR_ADMIN)
+        add("RegisterNode", self._register_node, CLC_OR_ADMIN, clc_cc.RegisterNodeRequest)
+        add("DeregisterNode", self._deregister_node, CLC_OR_ADMIN, clc_cc.DeregisterNodeRequest)
+        add("NotifyInstances", self._notify_instances, NC, cc_nc.NotifyInstancesRequest)
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(url, "nc") for url in self.config.node_urls()]
+
+    async def on_start(self) -> None:
+        self.config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(self.config.KOALA_STATE_DIR / "cc.db")
+        self.cluster = Cluster(self.config, self.client, store)
+        await self.cluster.start()
+
+    async def on_stop(self) -> None:
+        await self.cluster.stop()
+        await self.cluster.store.close()
+
+    # --- CLC operations -------------------------------------------------------------------------------
+    async def _run_instances(self, request: clc_cc.RunInstancesRequest, caller: Caller) -> clc_cc.RunInstancesResponse:
+        return await self.cluster.run_instances(request)
+
+    async def _terminate_instances(
+        self, request: clc_cc.InstanceIdsRequest, caller: Caller
+    ) -> clc_cc.TerminateInstancesResponse:
+        return clc_cc.TerminateInstancesResponse(instance_ids=await self.cluster.terminate(request.instance_ids))
+
+    async def _reboot_instances(
+        self, request: clc_cc.InstanceIdsRequest, caller: Caller
+    ) -> clc_cc.RebootInstancesResponse:
+        return clc_cc.RebootInstancesResponse(instance_ids=await self.cluster.reboot(request.instance_ids))
+
+    async def _console_output(
+        self, request: clc_cc.ConsoleOutputRequest, caller: Caller
+    ) -> clc_cc.ConsoleOutputResponse:
+        output = await self.cluster.console_output(request.instance_id)
+        return clc_cc.ConsoleOutputResponse(instance_id=request.instance_id, output=output)
+
+    async def _describe_instances(
+        self, request: clc_cc.InstanceIdsRequest, caller: Caller
+    ) -> clc_cc.DescribeInstancesResponse:
+        return clc_cc.DescribeInstancesResponse(instances=self.cluster.describe_instances(request.instance_ids))
+
+    async def _describe_resources(
+        self, request: clc_cc.DescribeResourcesRequest, caller: Caller
+    ) -> clc_cc.DescribeResourcesResponse:
+        return self.cluster.describe_resources(request.vm_types)
+
+    async def _describe_nodes(self, _: object, caller: Caller) -> clc_cc.DescribeNodesResponse:
+        return self.cluster.describe_nodes()
+
+    async def _register_node(self, request: clc_cc.RegisterNodeRequest, caller: Caller) -> clc_cc.NodeInfo:
+        return await self.cluster.register_node(request.node, request.mac)
+
+    async def _deregister_node(self, request: clc_cc.DeregisterNodeRequest, caller: Caller) -> clc_cc.Ack:
+        await self.cluster.deregister_node(request.node)
+        return clc_cc.Ack()
+
+    # --- NC pushes ------------------------------------------------------------------------------------
+    async def _notify_instances(self, request: cc_nc.NotifyInstancesRequest, caller: Caller) -> cc_nc.Ack:
+        # The node is who signed the call, whatever the body says.
+        self.cluster.node_notify(caller.id, request.instances, request.full)
+        return cc_nc.Ack()

@@ -1,0 +1,808 @@
+"""The cluster engine: node registry and health, placement with accounting, fan-out to the NCs, and
+reconciliation of what the NCs report with what the CC placed.
+
+Control is level-triggered: every poll of a node compares what it runs with what the CC placed there and
+acts (terminates strays, ends instances the node lost, re-sends terminations) until they match, so a lost
+message, a node blip or a restart heals by itself. Placement decisions are written to the database before
+any node hears of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections.abc import Awaitable, Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+from common.messages import cc_nc
+from common.messages.cc_nc import ImageRef, InstanceInfo, VmType
+from common.messages.clc_cc import (
+    ClusterInstance,
+    DescribeNodesResponse,
+    DescribeResourcesResponse,
+    InstancePlacement,
+    NodeInfo,
+    ResourceAvailability,
+    RunInstancesRequest,
+    RunInstancesResponse,
+)
+from common.rpc import Empty, PeerUnreachable, RpcClient, RpcError
+from services.cluster_controller import placement
+from services.cluster_controller.config import ClusterControllerConfig, node_url
+from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.notifier import Notifier
+from services.cluster_controller.placement import Need, NodeCapacity, NodeState, slots
+from services.cluster_controller.power import PowerView, WakeError, nodes_to_power_down, normalize_mac, wake_plan
+from services.cluster_controller.store import Store
+
+log = logging.getLogger("koala.cc")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+class LaunchSpec(BaseModel):
+    """What a reservation's instances share: stored so a RunInstance can be sent again after a restart."""
+
+    owner_id: str
+    image: ImageRef
+    kernel: ImageRef | None = None
+    ramdisk: ImageRef | None = None
+    vm_type: VmType
+    key_name: str = ""
+    ssh_public_key: str = ""
+    user_data: str = ""
+    group_names: list[str] = []
+
+
+class NcAnswer(BaseModel):
+    """What the CC reads of an NC's answer to RunInstance/TerminateInstance/RebootInstance: the instance's
+    state if the NC gives it (an InstanceInfo), nothing otherwise (an Ack)."""
+
+    model_config = ConfigDict(extra="ignore")
+    state: str | None = None
+    detail: str = ""
+    reason: str = ""
+
+
+class Cluster:
+    def __init__(self, config: ClusterControllerConfig, client: RpcClient, store: Store):
+        self.config, self.client, self.store = config, client, store
+        self.zone = config.KOALA_ZONE
+        self.policy_name = config.SCHEDPOLICY
+        self.policy = placement.policy(config.SCHEDPOLICY)
+        self.cursor = 0
+        self.nodes: dict[str, Node] = {}  # by URL, in NODES order then registration order
+        self.instances: dict[str, Instance] = {}
+        self.lock = asyncio.Lock()  # placement and failover: one snapshot at a time
+        self.notifier = Notifier(client, config.KOALA_CLC_URL, self.zone)
+        self._node_tasks: dict[str, asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._dirty: dict[str, Instance] = {}
+        self._dirty_event = asyncio.Event()
+        self._networks: set[tuple[str, int, str]] = set()
+        self._specs: dict[str, LaunchSpec] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild nodes and instances from the database and NODES, then start polling; nothing running is
+        touched: the first polls reconcile."""
+        stored = {node.url: node for node in await self.store.load_nodes()}
+        configured = self.config.node_urls()
+        for url in configured:
+            node = stored.pop(url, None) or Node(url=url, source="config")
+            node.source = "config"
+            self._add_node(node)
+        for node in stored.values():  # registered ones, and configured ones removed from NODES
+            self._add_node(node)
+        instances = await self.store.load_instances()
+        for instance in instances:
+            self.instances[instance.instance_id] = instance
+            if not instance.live:
+                continue
+            node = self.nodes.get(instance.node_url)
+            if node is None:  # its node left the configuration: keep it known until its instances end
+                node = self._add_node(Node(url=instance.node_url, source="registered"))
+            node.reserve(instance)
+        for url, node in list(self.nodes.items()):
+            if node.source == "config" and url not in configured and not node.instances:
+                del self.nodes[url]
+                await self.store.delete_node(url)
+            else:
+                await self.store.save_node(node)
+        log.info(
+            "%d nodes (%s), %d live instances, policy %s",
+            len(self.nodes),
+            ", ".join(self.nodes),
+            sum(1 for i in instances if i.live),
+            self.policy_name,
+        )
+        for node in self.nodes.values():
+            self._watch(node)
+        self.notifier.start()
+        self._spawn(self._flush_loop(), "cc db writer")
+        self._spawn(self._purge_loop(), "cc purge")
+        if self.policy_name == "POWERSAVE":
+            self._spawn(self._power_loop(), "cc powersave")
+        for instance in instances:
+            if instance.live and instance.confirmed_at is None:
+                self._spawn(self._dispatch(instance, recover=True), f"redispatch {instance.instance_id}")
+            elif instance.live and instance.terminating:
+                self._spawn(self._terminate_one(instance), f"terminate {instance.instance_id}")
+
+    async def stop(self) -> None:
+        tasks = [*self._node_tasks.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.notifier.stop()
+        await self._flush()
+
+    def _add_node(self, node: Node) -> Node:
+        node.gate = asyncio.Semaphore(self.config.KOALA_NC_CONCURRENCY)
+        self.nodes[node.url] = node
+        return node
+
+    def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # --- reporting and persistence -----------------------------------------------------------------------
+    def _changed(self, instance: Instance) -> None:
+        """An observed change: saved shortly (batched) and pushed to the CLC at once."""
+        self._dirty[instance.instance_id] = instance
+        self._dirty_event.set()
+        self.notifier.changed(instance.report(self.nodes.get(instance.node_url)))
+
+    async def _flush(self) -> None:
+        if self._dirty:
+            batch, self._dirty = list(self._dirty.values()), {}
+            await self.store.save_instances(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            await asyncio.sleep(0.05)  # let a burst of changes share one transaction
+            await self._flush()
+
+    def _end(self, instance: Instance, reason: str, detail: str = "") -> None:
+        """The instance is over (terminated, failed or lost): release its capacity and report Teardown."""
+        node = self.nodes.get(instance.node_url)
+        if node is not None:
+            node.release(instance)
+        if instance.state != "Teardown":
+            log.info("%s on %s: Teardown (%s)", instance.instance_id, instance.node_url, reason)
+        instance.state, instance.reason = "Teardown", reason
+        if detail:
+            instance.detail = detail
+        instance.ended_at = time.time()
+        self._changed(instance)
+
+    # --- queries --------------------------------------------------------------------------------------
+    def describe_instances(self, ids: Iterable[str]) -> list[ClusterInstance]:
+        wanted = [i.lower() for i in ids]
+        chosen = [self.instances[i] for i in wanted if i in self.instances] if wanted else self.instances.values()
+        return [instance.report(self.nodes.get(instance.node_url)) for instance in chosen]
+
+    def describe_resources(self, vm_types: list[VmType]) -> DescribeResourcesResponse:
+        """Per VM type, as the reference: the sum over nodes of floor(min(free mem/mem, free disk/disk, free
+        cores/cores)) for `available` and the same over the maximums for `max`. DOWN nodes count nothing;
+        sleeping ones count (they are woken when chosen)."""
+        counted = [n for n in self.nodes.values() if n.state is not NodeState.DOWN and n.enabled]
+        frees = [(n, n.free()) for n in counted]
+        resources = []
+        for vm in vm_types:
+            need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
+            available = sum(slots(NodeCapacity(n.url, n.state, m, d, c), need) for n, (m, d, c) in frees)
+            maximum = sum(
+                slots(NodeCapacity(n.url, n.state, n.memory_max_mb, n.disk_max_gb, n.cores_max), need) for n in counted
+            )
+            resources.append(ResourceAvailability(vm_type=vm.name, available=available, max=maximum))
+        return DescribeResourcesResponse(
+            zone=self.zone,
+            resources=resources,
+            nodes_up=sum(1 for n in self.nodes.values() if n.state is NodeState.UP),
+            nodes_total=len(self.nodes),
+        )
+
+    def describe_nodes(self) -> DescribeNodesResponse:
+        return DescribeNodesResponse(
+            zone=self.zone, policy=self.policy_name, nodes=[n.info() for n in self.nodes.values()]
+        )
+
+    # --- placement ------------------------------------------------------------------------------------
+    async def run_instances(self, request: RunInstancesRequest) -> RunInstancesResponse:
+        ids = [launch.instance_id.lower() for launch in request.instances]
+        if len(set(ids)) != len(ids):
+            raise RpcError(400, "InvalidRequest", "an instance id appears twice in the request")
+        if request.min_count > len(ids):
+            raise RpcError(400, "InvalidRequest", f"min_count {request.min_count} exceeds {len(ids)} instances")
+        known = [self.instances[i] for i in ids if i in self.instances]
+        if known:
+            if all(i.reservation_id == request.reservation_id for i in known) and len(known) == len(ids):
+                # The CLC sent the same request again (a retry): answer what was decided the first time.
+                return RunInstancesResponse(
+                    instances=[InstancePlacement(instance_id=i.instance_id, node_id=self._node_id(i)) for i in known]
+                )
+            raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
+        vm = request.vm_type
+        need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
+        spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
+        async with self.lock:
+            order = list(self.nodes.values())
+            plan = self.policy([n.capacity() for n in order], need, len(ids), self.cursor)
+            placed = len(plan.picks)
+            if placed < request.min_count:
+                reason = (
+                    f"InsufficientInstanceCapacity: {placed} of {len(ids)} instances of type {vm.name} fit in "
+                    f"zone {self.zone}, at least {request.min_count} were asked for; none was started"
+                )
+                log.warning("reservation %s: %s", request.reservation_id, reason)
+                return RunInstancesResponse(instances=[InstancePlacement(instance_id=i, error=reason) for i in ids])
+            self.cursor = plan.cursor
+            chosen: list[Instance] = []
+            for launch, index in zip(request.instances, plan.picks, strict=False):
+                instance = Instance(
+                    instance_id=launch.instance_id.lower(),
+                    reservation_id=request.reservation_id,
+                    owner_id=request.owner_id,
+                    node_url=order[index].url,
+                    vm=vm,
+                    launch_index=launch.launch_index,
+                    net=launch.net,
+                )
+                order[index].reserve(instance)
+                self.instances[instance.instance_id] = instance
+                chosen.append(instance)
+            try:
+                await self.store.add_reservation(request.reservation_id, spec.model_dump_json(), chosen)
+            except Exception:
+                for instance in chosen:
+                    self.nodes[instance.node_url].release(instance)
+                    del self.instances[instance.instance_id]
+                raise
+            self._specs[request.reservation_id] = spec
+            for index in plan.wake:
+                self._wake(order[index])
+        log.info(
+            "reservation %s: %d of %d instances of %s placed (%s)",
+            request.reservation_id,
+            placed,
+            len(ids),
+            vm.name,
+            self.policy_name,
+        )
+        answers = []
+        for instance in chosen:
+            self.notifier.changed(instance.report(self.nodes[instance.node_url]))
+            self._spawn(self._dispatch(instance), f"dispatch {instance.instance_id}")
+            answers.append(InstancePlacement(instance_id=instance.instance_id, node_id=self._node_id(instance)))
+        no_room = f"InsufficientInstanceCapacity: no node in zone {self.zone} has room for another {vm.name}"
+        answers += [InstancePlacement(instance_id=i, error=no_room) for i in ids[placed:]]
+        return RunInstancesResponse(instances=answers)
+
+    def _node_id(self, instance: Instance) -> str:
+        node = self.nodes.get(instance.node_url)
+        return (node.node_id if node else "") or instance.node_url
+
+    async def _spec(self, reservation_id: str) -> LaunchSpec | None:
+        spec = self._specs.get(reservation_id)
+        if spec is None:
+            text = await self.store.reservation_spec(reservation_id)
+            if text is not None:
+                spec = self._specs[reservation_id] = LaunchSpec.model_validate_json(text)
+        return spec
+
+    # --- fan-out: RunInstance with failover ------------------------------------------------------------
+    async def _dispatch(self, instance: Instance, recover: bool = False) -> None:
+        while True:
+            if not instance.live:
+                return
+            if instance.terminating:
+                self._end(instance, "terminated before it started")
+                return
+            node = self.nodes[instance.node_url]
+            error = await self._run_on(node, instance, recover)
+            if error is None:
+                if instance.terminating:
+                    await self._terminate_one(instance)
+                return
+            if instance.terminating:
+                self._end(instance, "terminated before it started")
+                return
+            if not await self._fail_over(instance, node, error):
+                return
+            recover = False
+
+    async def _run_on(self, node: Node, instance: Instance, recover: bool) -> str | None:
+        """Send the instance to its node; None on success, else why not."""
+        if node.state is not NodeState.UP:
+            if node.state is NodeState.ASLEEP:
+                self._wake(node)
+            waking = node.state in (NodeState.WAKING, NodeState.ASLEEP)
+            limit = (
+                self.config.POWER_WAKETHRESH
+                if waking
+                else min(self.config.KOALA_RUN_TIMEOUT, 2 * self.config.NC_POLLING_FREQUENCY + 5)
+            )
+            node.poke.set()
+            try:
+                await asyncio.wait_for(node.up.wait(), limit)
+            except TimeoutError:
+                return f"node {node.node_id or node.url} stayed {node.state.value} for {limit:.0f} s"
+        if recover:  # sent before a restart? the node may have it already
+            with contextlib.suppress(RpcError):
+                answer = await self.client.call(
+                    node.url,
+                    "DescribeInstances",
+                    cc_nc.DescribeInstancesRequest(instance_ids=[instance.instance_id]),
+                    cc_nc.DescribeInstancesResponse,
+                    timeout=self.config.KOALA_NC_TIMEOUT,
+                    expect_role="nc",
+                )
+                for info in answer.instances:
+                    if info.instance_id == instance.instance_id and info.state != "Teardown":
+                        self._confirm(instance, info.state, info.detail)
+                        return None
+        spec = await self._spec(instance.reservation_id)
+        if spec is None:
+            return "its launch specification was lost"
+        request = cc_nc.RunInstanceRequest(
+            instance_id=instance.instance_id,
+            reservation_id=instance.reservation_id,
+            owner_id=spec.owner_id,
+            image=spec.image,
+            kernel=spec.kernel,
+            ramdisk=spec.ramdisk,
+            vm_type=spec.vm_type,
+            key_name=spec.key_name,
+            ssh_public_key=spec.ssh_public_key,
+            user_data=spec.user_data,
+            launch_index=instance.launch_index,
+            group_names=spec.group_names,
+            net=instance.net,
+        )
+        assert node.gate is not None
+        async with node.gate:
+            try:
+                await self._start_network(node, instance)
+                answer = await self.client.call(
+                    node.url,
+                    "RunInstance",
+                    request,
+                    NcAnswer,
+                    timeout=self.config.KOALA_RUN_TIMEOUT,
+                    expect_role="nc",
+                )
+            except RpcError as err:
+                return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
+        if answer.state == "Teardown":
+            return f"node {node.node_id or node.url} ended it at once: {answer.reason or answer.detail}"
+        self._confirm(instance, answer.state or instance.state, answer.detail)
+        return None
+
+    async def _start_network(self, node: Node, instance: Instance) -> None:
+        """The node's side of the instance's network (its VLAN bridge), once per node and network."""
+        net = instance.net
+        if net.vlan < 0 and not net.bridge:
+            return
+        key = (node.url, net.vlan, net.bridge)
+        if key in self._networks:
+            return
+        await self.client.call(
+            node.url,
+            "StartNetwork",
+            cc_nc.StartNetworkRequest(vlan=net.vlan, bridge=net.bridge),
+            NcAnswer,
+            timeout=self.config.KOALA_NC_TIMEOUT,
+            expect_role="nc",
+        )
+        self._networks.add(key)
+
+    def _confirm(self, instance: Instance, state: str, detail: str) -> None:
+        instance.confirmed_at = time.monotonic()
+        if state in ("Pending", "Extant"):
+            instance.state = state
+        instance.detail = detail or instance.detail
+        self._changed(instance)
+
+    async def _fail_over(self, instance: Instance, failed: Node, error: str) -> bool:
+        """Release the failed node's reservation; place the instance on another fitting node if retries are
+        left (True), else end it with the reason (False)."""
+        log.warning("%s: %s", instance.instance_id, error)
+        async with self.lock:
+            failed.release(instance)
+            if failed.url not in instance.tried:
+                instance.tried.append(failed.url)
+            if len(instance.tried) > self.config.KOALA_RUN_RETRIES:
+                self._end(instance, f"failed: {error}")
+                return False
+            order = list(self.nodes.values())
+            snapshot = [
+                n.capacity()
+                if n.url not in instance.tried
+                else NodeCapacity(n.url, NodeState.DOWN, 0, 0, 0, len(n.instances))
+                for n in order
+            ]
+            plan = self.policy(snapshot, instance.need, 1, self.cursor)
+            if not plan.picks:
+                self._end(instance, f"failed: {error}; no other node fits")
+                return False
+            self.cursor = plan.cursor
+            target = order[plan.picks[0]]
+            instance.node_url = target.url
+            target.reserve(instance)
+            for index in plan.wake:
+                self._wake(order[index])
+            await self.store.save_instances([instance])
+        log.info("%s: retrying on %s", instance.instance_id, target.node_id or target.url)
+        self._changed(instance)
+        return True
+
+    # --- terminate, reboot, console ------------------------------------------------------------------------
+    async def terminate(self, ids: list[str]) -> list[str]:
+        known = [self.instances[i.lower()] for i in ids if i.lower() in self.instances]
+        acting = [i for i in known if i.live and not i.terminating]
+        for instance in acting:
+            instance.terminating = True
+        await self.store.save_instances(acting)  # written before any node hears of it
+        for instance in acting:
+            self._spawn(self._terminate_one(instance), f"terminate {instance.instance_id}")
+        return [i.instance_id for i in known]
+
+    async def _terminate_one(self, instance: Instance) -> None:
+        """Ask the node to terminate it; a node that is away gets asked again when it answers a poll."""
+        if not instance.live or instance.confirmed_at is None:
+            return  # not at its node yet: the dispatcher ends it
+        node = self.nodes.get(instance.node_url)
+        if node is None:
+            self._end(instance, "terminated")
+            return
+        if node.state is not NodeState.UP:
+            return
+        assert node.gate is not None
+        async with node.gate:
+            try:
+                answer = await self.client.call(
+                    node.url,
+                    "TerminateInstance",
+                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
+                    NcAnswer,
+                    timeout=self.config.KOALA_NC_TIMEOUT * 2,
+                    idempotent=True,
+                    expect_role="nc",
+                )
+            except RpcError as err:
+                if err.status == 404:
+                    self._end(instance, "terminated")
+                else:
+                    log.warning("%s: TerminateInstance on %s: %s (will retry)", instance.instance_id, node.url, err)
+                return
+        self._end(instance, "terminated", answer.detail)
+
+    async def reboot(self, ids: list[str]) -> list[str]:
+        chosen = [self.instances[i.lower()] for i in ids if i.lower() in self.instances]
+        chosen = [i for i in chosen if i.live and i.confirmed_at is not None]
+
+        async def one(instance: Instance) -> None:
+            node = self.nodes.get(instance.node_url)
+            if node is None or node.state is not NodeState.UP:
+                return
+            try:
+                await self.client.call(
+                    node.url,
+                    "RebootInstance",
+                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
+                    NcAnswer,
+                    timeout=self.config.KOALA_NC_TIMEOUT * 2,
+                    expect_role="nc",
+                )
+            except RpcError as err:
+                log.warning("%s: RebootInstance on %s: %s", instance.instance_id, node.url, err)
+
+        await asyncio.gather(*(one(i) for i in chosen))
+        return [i.instance_id for i in chosen]
+
+    async def console_output(self, instance_id: str) -> str:
+        instance = self.instances.get(instance_id.lower())
+        if instance is None:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {instance_id} in zone {self.zone}")
+        node = self.nodes.get(instance.node_url)
+        if node is None or node.state is not NodeState.UP or instance.confirmed_at is None:
+            raise RpcError(503, "NodeUnavailable", f"the node of {instance_id} does not answer now")
+        answer = await self.client.call(
+            node.url,
+            "GetConsoleOutput",
+            cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
+            cc_nc.ConsoleOutputResponse,
+            timeout=self.config.KOALA_NC_TIMEOUT * 2,
+            idempotent=True,
+            expect_role="nc",
+        )
+        return answer.output
+
+    # --- node registry --------------------------------------------------------------------------------
+    def _parse_node(self, entry: str) -> str:
+        url = node_url(entry, self.config.NC_PORT)
+        rest = url.split("://", 1)[1]
+        host, _, port = rest.rpartition(":")
+        if not _HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+            raise RpcError(400, "InvalidNode", f"not a node address (HOST, HOST:PORT or http://HOST:PORT): {entry!r}")
+        return url
+
+    async def register_node(self, entry: str, mac: str) -> NodeInfo:
+        url = self._parse_node(entry)
+        if mac:
+            try:
+                mac = normalize_mac(mac)
+            except WakeError as err:
+                raise RpcError(400, "InvalidMac", str(err)) from None
+        node = self.nodes.get(url)
+        if node is None:
+            node = self._add_node(Node(url=url, source="registered", mac=mac))
+            await self.store.save_node(node)
+            self._watch(node)
+            log.info("node %s registered", url)
+        elif mac and node.mac != mac:
+            node.mac = mac
+            await self.store.save_node(node)
+        return node.info()
+
+    async def deregister_node(self, entry: str) -> None:
+        url = self._parse_node(entry)
+        node = self.nodes.get(url)
+        if node is None:
+            raise RpcError(404, "NodeNotFound", f"no node {url} in zone {self.zone}")
+        if node.source == "config" and url in self.config.node_urls():
+            raise RpcError(409, "NodeInConfig", f"{url} is listed in NODES; remove it there")
+        if node.instances:
+            raise RpcError(409, "NodeInUse", f"{url} still has {len(node.instances)} instances")
+        del self.nodes[url]
+        task = self._node_tasks.pop(url, None)
+        if task is not None:
+            task.cancel()
+        await self.store.delete_node(url)
+        log.info("node %s deregistered", url)
+
+    # --- health and reconciliation ------------------------------------------------------------------------
+    def _watch(self, node: Node) -> None:
+        self._node_tasks[node.url] = asyncio.create_task(self._watch_loop(node), name=f"watch {node.url}")
+
+    async def _watch_loop(self, node: Node) -> None:
+        """Each node has its own loop and timeout, so one slow node never delays the others."""
+        first = True
+        while self.nodes.get(node.url) is node:
+            if node.state is not NodeState.ASLEEP:
+                try:
+                    await self._poll(node, first)
+                except Exception:
+                    log.exception("poll of %s failed", node.url)
+                first = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.poke.wait(), self.config.NC_POLLING_FREQUENCY)
+            node.poke.clear()
+
+    async def _poll(self, node: Node, first: bool) -> None:
+        sent = time.monotonic()
+        timeout = self.config.KOALA_NC_TIMEOUT
+        try:
+            resource, listing = await asyncio.gather(
+                self.client.call(
+                    node.url,
+                    "DescribeResource",
+                    None,
+                    cc_nc.DescribeResourceResponse,
+                    timeout=timeout,
+                    expect_role="nc",
+                ),
+                self.client.call(
+                    node.url,
+                    "DescribeInstances",
+                    cc_nc.DescribeInstancesRequest(),
+                    cc_nc.DescribeInstancesResponse,
+                    timeout=timeout,
+                    expect_role="nc",
+                ),
+            )
+            node_id = (await self.client.peer(node.url, "nc")).id
+        except (RpcError, PeerUnreachable) as err:
+            node.last_error = str(err)
+            if node.state is NodeState.WAKING:
+                since = node.waking_since or sent
+                if time.monotonic() - since < self.config.POWER_WAKETHRESH:
+                    return
+                log.warning("node %s did not wake within %.0f s", node.url, self.config.POWER_WAKETHRESH)
+            if node.state is not NodeState.DOWN or first:
+                if node.state is not NodeState.DOWN:
+                    log.warning("node %s is DOWN: %s", node.url, err)
+                node.set_state(NodeState.DOWN)
+                node.waking_since = None
+                await self.store.save_node(node)
+                for instance in node.instances.values():  # reported Unknown until the node answers
+                    self.notifier.changed(instance.report(node))
+            return
+        was = node.state
+        node.node_id = node_id
+        node.enabled = resource.node_status == "enabled"
+        node.memory_max_mb, node.disk_max_gb, node.cores_max = (
+            resource.memory_max_mb,
+            resource.disk_max_gb,
+            resource.cores_max,
+        )
+        node.nc_memory_mb, node.nc_disk_gb, node.nc_cores = (
+            resource.memory_available_mb,
+            resource.disk_available_gb,
+            resource.cores_available,
+        )
+        node.reported_at = sent
+        node.last_error = ""
+        node.waking_since = None
+        node.set_state(NodeState.UP)
+        if was is not NodeState.UP:
+            log.info("node %s (%s) is UP (was %s)", node.url, node_id, was.value)
+            await self.store.save_node(node)
+            for instance in node.instances.values():
+                self.notifier.changed(instance.report(node))
+        self._reconcile(node, listing.instances, sent)
+
+    def _reconcile(self, node: Node, infos: list[InstanceInfo], polled_at: float | None) -> None:
+        """Match the node's report with the CC's records. `polled_at` is set for a complete list the CC asked
+        for: instances the node had accepted before then and no longer has are gone."""
+        seen = set()
+        for info in infos:
+            instance_id = info.instance_id.lower()
+            seen.add(instance_id)
+            instance = self.instances.get(instance_id)
+            if instance is None:
+                if info.state != "Teardown":
+                    self._adopt(node, info)
+                continue
+            if instance.node_url != node.url or not instance.live:
+                # A stray: failed over elsewhere, or ended here already; it must not run on this node.
+                if info.state != "Teardown" and polled_at is not None:
+                    self._spawn(self._terminate_stray(node, instance_id), f"stray {instance_id}")
+                continue
+            if info.state == "Teardown":
+                self._end(instance, "terminated" if instance.terminating else info.reason or "ended", info.detail)
+                continue
+            if instance.confirmed_at is None:
+                instance.confirmed_at = time.monotonic()
+            if instance.state != info.state or instance.detail != info.detail:
+                instance.state, instance.detail = info.state, info.detail
+                self._changed(instance)
+            if instance.terminating and polled_at is not None:
+                self._spawn(self._terminate_one(instance), f"terminate {instance_id}")
+        if polled_at is None:
+            return
+        for instance in list(node.instances.values()):
+            if instance.instance_id in seen or instance.confirmed_at is None or instance.confirmed_at > polled_at:
+                continue
+            if instance.terminating:
+                self._end(instance, "terminated")
+            else:
+                self._end(instance, f"lost: node {node.node_id or node.url} no longer has it")
+
+    def _adopt(self, node: Node, info: InstanceInfo) -> None:
+        """An instance the CC did not place (e.g. its database was lost): count it and report it."""
+        vm = info.vm_type or VmType(name="unknown", cores=1, memory_mb=1, disk_gb=1)
+        instance = Instance(
+            instance_id=info.instance_id.lower(),
+            reservation_id=info.reservation_id,
+            owner_id=info.owner_id,
+            node_url=node.url,
+            vm=vm,
+            launch_index=info.launch_index,
+            net=info.net,
+            state=info.state,
+            detail=info.detail,
+            launch_time=info.launch_time or time.time(),
+            confirmed_at=time.monotonic(),
+        )
+        self.instances[instance.instance_id] = instance
+        node.reserve(instance)
+        log.info("adopted %s found running on %s", instance.instance_id, node.url)
+        self._changed(instance)
+
+    async def _terminate_stray(self, node: Node, instance_id: str) -> None:
+        log.warning("%s runs on %s where the CC did not keep it: terminating that copy", instance_id, node.url)
+        with contextlib.suppress(RpcError):
+            await self.client.call(
+                node.url,
+                "TerminateInstance",
+                cc_nc.InstanceIdRequest(instance_id=instance_id),
+                NcAnswer,
+                timeout=self.config.KOALA_NC_TIMEOUT * 2,
+                expect_role="nc",
+            )
+
+    def node_notify(self, node_id: str, infos: list[InstanceInfo], full: bool) -> None:
+        """An NC pushed instance changes. Only the CC's own polls decide that an instance is gone."""
+        node = next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        if node is None:
+            for candidate in self.nodes.values():  # not polled yet: poll the unnamed ones now
+                if not candidate.node_id:
+                    candidate.poke.set()
+            return
+        if node.state is not NodeState.UP:
+            node.poke.set()  # it is back: let a poll bring its numbers and the full picture
+        self._reconcile(node, infos, None)
+
+    # --- POWERSAVE ------------------------------------------------------------------------------------
+    async def _power_loop(self) -> None:
+        interval = min(self.config.NC_POLLING_FREQUENCY, self.config.POWER_IDLETHRESH / 4)
+        while True:
+            await asyncio.sleep(interval)
+            views = [PowerView(n.url, n.state, len(n.instances), n.idle_since, n.mac) for n in self.nodes.values()]
+            for url in nodes_to_power_down(views, time.monotonic(), self.config.POWER_IDLETHRESH):
+                await self._power_down(self.nodes[url])
+
+    async def _power_down(self, node: Node) -> None:
+        async with self.lock:  # no placement sees the node while it goes to sleep
+            if node.instances or node.state is not NodeState.UP:
+                return
+            try:
+                await self.client.call(
+                    node.url, "PowerDown", Empty(), NcAnswer, timeout=self.config.KOALA_NC_TIMEOUT, expect_role="nc"
+                )
+            except RpcError as err:
+                log.warning("PowerDown of %s failed: %s", node.url, err)
+                return
+            node.set_state(NodeState.ASLEEP)
+            await self.store.save_node(node)
+        log.info("node %s idle for %.0f s: powered down", node.url, self.config.POWER_IDLETHRESH)
+
+    def _wake(self, node: Node) -> None:
+        if node.state is not NodeState.ASLEEP:
+            return
+        try:
+            plan = wake_plan(
+                node.mac, self.config.KOALA_WOL_METHOD, self.config.KOALA_WOL_INTERFACE, self.config.KOALA_WOL_BROADCAST
+            )
+        except WakeError as err:
+            log.error("cannot wake %s: %s", node.url, err)
+            return
+        node.set_state(NodeState.WAKING)
+        node.waking_since = time.monotonic()
+        self._spawn(self._send_wake(node, plan), f"wake {node.url}")
+        node.poke.set()
+
+    async def _send_wake(self, node: Node, plan) -> None:
+        log.info("waking %s (%s) by %s", node.url, plan.mac, " ".join(plan.argv) or f"UDP to {plan.broadcast}")
+        await self.store.save_node(node)
+        try:
+            if plan.argv:
+                process = await asyncio.create_subprocess_exec(
+                    *plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+                )
+                _, err = await process.communicate()
+                if process.returncode:
+                    log.error("%s failed: %s", plan.argv[0], err.decode(errors="replace").strip())
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                    sock.setblocking(False)
+                    sock.sendto(plan.packet, (plan.broadcast, plan.port))
+        except OSError as err:
+            log.error("cannot wake %s: %s", node.url, err)
+
+    # --- housekeeping ---------------------------------------------------------------------------------
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.config.KOALA_TEARDOWN_RETENTION / 2))
+            limit = time.time() - self.config.KOALA_TEARDOWN_RETENTION
+            old = [i.instance_id for i in self.instances.values() if not i.live and i.ended_at < limit]
+            for instance_id in old:
+                del self.instances[instance_id]
+            await self.store.forget(old)

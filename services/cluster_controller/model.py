@@ -1,0 +1,151 @@
+"""The CC's picture of its nodes and instances, and the capacity accounting between them.
+
+A node's free capacity is what its NC reported as the maximum minus what the CC has reserved for the live
+instances it placed there, never more than what the NC itself last reported free, less the instances the NC
+had not yet seen when it made that report. So a reservation counts from the moment of placement, a release
+from the moment the instance is gone, and the NC's own numbers keep the CC honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from common.messages.cc_nc import NetConfig, VmType
+from common.messages.clc_cc import ClusterInstance, NodeInfo
+from services.cluster_controller.placement import Need, NodeCapacity, NodeState
+
+LIVE_STATES = frozenset({"Pending", "Extant"})
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    reservation_id: str
+    owner_id: str
+    node_url: str
+    vm: VmType
+    launch_index: int = 0
+    net: NetConfig = field(default_factory=NetConfig)
+    state: str = "Pending"  # Pending, Extant, Teardown
+    detail: str = ""
+    reason: str = ""
+    launch_time: float = field(default_factory=time.time)
+    confirmed_at: float | None = None  # monotonic time the node accepted it; None while in flight
+    terminating: bool = False
+    tried: list[str] = field(default_factory=list)
+    ended_at: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def need(self) -> Need:
+        return Need(self.vm.cores, self.vm.memory_mb, self.vm.disk_gb)
+
+    def report(self, node: Node | None) -> ClusterInstance:
+        state = self.state
+        if self.live and (node is None or node.state is NodeState.DOWN):
+            state = "Unknown"  # its node does not answer: not terminated, just not known
+        return ClusterInstance(
+            instance_id=self.instance_id,
+            reservation_id=self.reservation_id,
+            owner_id=self.owner_id,
+            node_id=node.node_id if node else "",
+            state=state,
+            detail=self.detail,
+            reason=self.reason,
+            net=self.net,
+            launch_time=self.launch_time,
+        )
+
+
+@dataclass
+class Node:
+    url: str
+    source: str  # "config" or "registered"
+    node_id: str = ""
+    mac: str = ""
+    state: NodeState = NodeState.DOWN
+    enabled: bool = True  # the NC's node_status
+    memory_max_mb: int = 0
+    disk_max_gb: int = 0
+    cores_max: int = 0
+    # The NC's own free numbers, and the monotonic time the poll that brought them was sent.
+    nc_memory_mb: int = 0
+    nc_disk_gb: int = 0
+    nc_cores: int = 0
+    reported_at: float = 0.0
+    # The CC's reservations: live instances placed here.
+    instances: dict[str, Instance] = field(default_factory=dict)
+    reserved_memory_mb: int = 0
+    reserved_disk_gb: int = 0
+    reserved_cores: int = 0
+    idle_since: float | None = field(default_factory=time.monotonic)
+    waking_since: float | None = None
+    last_error: str = ""
+    poke: asyncio.Event = field(default_factory=asyncio.Event)  # poll now
+    up: asyncio.Event = field(default_factory=asyncio.Event)  # set while UP
+    gate: asyncio.Semaphore | None = None
+
+    def reserve(self, instance: Instance) -> None:
+        if instance.instance_id in self.instances:
+            return
+        self.instances[instance.instance_id] = instance
+        self.reserved_memory_mb += instance.vm.memory_mb
+        self.reserved_disk_gb += instance.vm.disk_gb
+        self.reserved_cores += instance.vm.cores
+        self.idle_since = None
+
+    def release(self, instance: Instance) -> None:
+        if self.instances.pop(instance.instance_id, None) is None:
+            return
+        self.reserved_memory_mb -= instance.vm.memory_mb
+        self.reserved_disk_gb -= instance.vm.disk_gb
+        self.reserved_cores -= instance.vm.cores
+        if not self.instances:
+            self.idle_since = time.monotonic()
+
+    def free(self) -> tuple[int, int, int]:
+        """(memory MiB, disk GB, cores) free for new instances."""
+        memory = self.memory_max_mb - self.reserved_memory_mb
+        disk = self.disk_max_gb - self.reserved_disk_gb
+        cores = self.cores_max - self.reserved_cores
+        if self.reported_at:
+            # Instances the NC had not accepted when it answered are not in its numbers yet.
+            unseen = [i for i in self.instances.values() if i.confirmed_at is None or i.confirmed_at > self.reported_at]
+            memory = min(memory, self.nc_memory_mb - sum(i.vm.memory_mb for i in unseen))
+            disk = min(disk, self.nc_disk_gb - sum(i.vm.disk_gb for i in unseen))
+            cores = min(cores, self.nc_cores - sum(i.vm.cores for i in unseen))
+        return max(memory, 0), max(disk, 0), max(cores, 0)
+
+    def capacity(self) -> NodeCapacity:
+        state = self.state if self.enabled else NodeState.DOWN
+        memory, disk, cores = self.free()
+        return NodeCapacity(self.url, state, memory, disk, cores, len(self.instances))
+
+    def info(self) -> NodeInfo:
+        memory, disk, cores = self.free()
+        return NodeInfo(
+            url=self.url,
+            node_id=self.node_id,
+            state=self.state.value,
+            source=self.source,  # type: ignore[arg-type]
+            mac=self.mac,
+            memory_max_mb=self.memory_max_mb,
+            memory_available_mb=memory,
+            disk_max_gb=self.disk_max_gb,
+            disk_available_gb=disk,
+            cores_max=self.cores_max,
+            cores_available=cores,
+            instances=len(self.instances),
+        )
+
+    def set_state(self, state: NodeState) -> None:
+        self.state = state
+        if state is NodeState.UP:
+            self.up.set()
+        else:
+            self.up.clear()

@@ -1,0 +1,158 @@
+"""The CC's database: nodes, reservations and instances (aiosqlite, WAL)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiosqlite
+
+from common.db import open_db
+from common.messages.cc_nc import NetConfig, VmType
+from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.placement import NodeState
+
+_INSTANCE_COLUMNS = (
+    "instance_id, reservation_id, owner_id, node_url, vm, launch_index, net, state, detail, reason,"
+    " launch_time, confirmed, terminating, tried, ended_at"
+)
+
+
+def _instance_row(instance: Instance) -> tuple:
+    return (
+        instance.instance_id,
+        instance.reservation_id,
+        instance.owner_id,
+        instance.node_url,
+        instance.vm.model_dump_json(),
+        instance.launch_index,
+        instance.net.model_dump_json(),
+        instance.state,
+        instance.detail,
+        instance.reason,
+        instance.launch_time,
+        int(instance.confirmed_at is not None),
+        int(instance.terminating),
+        json.dumps(instance.tried),
+        instance.ended_at,
+    )
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        return cls(await open_db(path, "services.cluster_controller.migrations"))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # --- nodes ----------------------------------------------------------------------------------------
+    async def load_nodes(self) -> list[Node]:
+        async with self.db.execute("SELECT * FROM nodes ORDER BY rowid") as cursor:
+            rows = await cursor.fetchall()
+        nodes = []
+        for row in rows:
+            node = Node(url=row["url"], source=row["source"], node_id=row["node_id"], mac=row["mac"])
+            node.memory_max_mb, node.disk_max_gb, node.cores_max = (
+                row["memory_max_mb"],
+                row["disk_max_gb"],
+                row["cores_max"],
+            )
+            # A node that was asleep stays asleep (it is not polled); the others are DOWN until they answer.
+            node.set_state(NodeState.ASLEEP if row["state"] == NodeState.ASLEEP else NodeState.DOWN)
+            nodes.append(node)
+        return nodes
+
+    async def save_node(self, node: Node) -> None:
+        await self.db.execute(
+            "INSERT INTO nodes(url, node_id, source, mac, state, memory_max_mb, disk_max_gb, cores_max, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET node_id=excluded.node_id,"
+            " source=excluded.source, mac=excluded.mac, state=excluded.state, memory_max_mb=excluded.memory_max_mb,"
+            " disk_max_gb=excluded.disk_max_gb, cores_max=excluded.cores_max, updated_at=excluded.updated_at",
+            (
+                node.url,
+                node.node_id,
+                node.source,
+                node.mac,
+                node.state.value,
+                node.memory_max_mb,
+                node.disk_max_gb,
+                node.cores_max,
+                time.time(),
+            ),
+        )
+        await self.db.commit()
+
+    async def delete_node(self, url: str) -> None:
+        await self.db.execute("DELETE FROM nodes WHERE url = ?", (url,))
+        await self.db.commit()
+
+    # --- reservations and instances -----------------------------------------------------------------------
+    async def add_reservation(self, reservation_id: str, spec: str, instances: list[Instance]) -> None:
+        """One transaction: the launch spec and its placed instances, before anything is sent to a node."""
+        await self.db.execute(
+            "INSERT INTO reservations(reservation_id, spec, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(reservation_id) DO NOTHING",
+            (reservation_id, spec, time.time()),
+        )
+        await self._upsert(instances)
+        await self.db.commit()
+
+    async def reservation_spec(self, reservation_id: str) -> str | None:
+        async with self.db.execute(
+            "SELECT spec FROM reservations WHERE reservation_id = ?", (reservation_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row["spec"] if row else None
+
+    async def save_instances(self, instances: Iterable[Instance]) -> None:
+        await self._upsert(list(instances))
+        await self.db.commit()
+
+    async def _upsert(self, instances: list[Instance]) -> None:
+        if instances:
+            await self.db.executemany(
+                f"INSERT OR REPLACE INTO instances({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                [_instance_row(i) for i in instances],
+            )
+
+    async def load_instances(self) -> list[Instance]:
+        async with self.db.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY rowid") as cursor:
+            rows = await cursor.fetchall()
+        now = time.monotonic()
+        return [
+            Instance(
+                instance_id=row["instance_id"],
+                reservation_id=row["reservation_id"],
+                owner_id=row["owner_id"],
+                node_url=row["node_url"],
+                vm=VmType.model_validate_json(row["vm"]),
+                launch_index=row["launch_index"],
+                net=NetConfig.model_validate_json(row["net"]),
+                state=row["state"],
+                detail=row["detail"],
+                reason=row["reason"],
+                launch_time=row["launch_time"],
+                # Accepted before this process started: older than any poll it will make.
+                confirmed_at=(now - 1e6) if row["confirmed"] else None,
+                terminating=bool(row["terminating"]),
+                tried=json.loads(row["tried"]),
+                ended_at=row["ended_at"],
+            )
+            for row in rows
+        ]
+
+    async def forget(self, instance_ids: list[str]) -> None:
+        """Drop instances ended long ago, and reservations with no instance left."""
+        if not instance_ids:
+            return
+        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
+        await self.db.execute(
+            "DELETE FROM reservations WHERE reservation_id NOT IN (SELECT DISTINCT reservation_id FROM instances)"
+        )
+        await self.db.commit()
