@@ -95,6 +95,8 @@ class DescribeResourceResponse(BaseModel):
     cores_max: int
     cores_available: int
     instances: int = 0
+    hypervisor: str = ""  # xen, kvm, qemu or test
+    unknown_domains: list[str] = []  # domains that look like Koala's but have no record here (never destroyed)
 
 
 class ConsoleOutputResponse(BaseModel):

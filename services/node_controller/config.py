@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 
 from common.config import ServiceConfig
+
+Hypervisor = Literal["xen", "kvm", "qemu", "test"]
+DEFAULT_URIS = {"xen": "xen:///system", "kvm": "qemu:///system", "qemu": "qemu:///system", "test": "test:///default"}
 
 
 class NodeControllerConfig(ServiceConfig):
     NC_PORT: int = Field(8775, ge=1, le=65535, description="Port of the NC's internal API.")
     KOALA_CC_URL: str = Field("", description="The Cluster Controller's base URL (state pushes).")
+    KOALA_WALRUS_URL: str = Field("", description="Walrus's base URL, where images are fetched (GetDecryptedImage).")
+    HYPERVISOR: Hypervisor = Field(
+        "test",
+        description="xen (xen:///system, PV kernel+ramdisk or HVM), kvm or qemu (qemu:///system; qemu is software "
+        "emulation), test (libvirt's test driver, test:///default).",
+    )
+    KOALA_LIBVIRT_URI: str = Field(
+        "", description="libvirt URI overriding the HYPERVISOR default (e.g. test:///path/node.xml)."
+    )
+    INSTANCE_PATH: Path | None = Field(
+        None, description="Where instance directories and the image cache live (default: KOALA_STATE_DIR/instances)."
+    )
+    NC_CACHE_SIZE: int = Field(4096, ge=0, description="Size of the node-local image cache in MB (LRU).")
+    MAX_CORES: int = Field(0, ge=0, description="Cap on cores offered to instances (0: what the host has).")
+    MAX_MEM: int = Field(0, ge=0, description="Cap on memory offered to instances in MB (0: host memory).")
+    MAX_DISK: int = Field(0, ge=0, description="Cap on instance disk in GB (0: free space of INSTANCE_PATH).")
+    SWAP_SIZE: int = Field(512, ge=0, description="Swap disk of every instance in MB (0: none).")
+    CONCURRENT_DISK_OPS: int = Field(4, ge=1, description="How many instances may build disks at the same time.")
+    MANUAL_INSTANCES_CLEANUP: bool = Field(False, description="Keep instance files at teardown (for debugging).")
+    INSTANCE_TIMEOUT: float = Field(
+        300.0, gt=0, description="Seconds an instance may stay Pending (staging + booting) before it is condemned."
+    )
+    KOALA_NC_MONITOR_SECONDS: float = Field(5.0, gt=0, description="Period of the monitor's safety-net sweep.")
+    KOALA_NC_FORGET_SECONDS: float = Field(180.0, ge=0, description="How long Teardown instances stay reported.")
+    KOALA_NC_CONFIG_DRIVE: bool = Field(True, description="Attach a NoCloud config drive (cidata ISO) to guests.")
+    KOALA_NC_KERNEL_CMDLINE: str = Field(
+        "", description="Extra kernel command line for guests booted with kernel+ramdisk."
+    )
+    KOALA_NC_DISK_DRIVER: Literal["", "overlay", "copy"] = Field(
+        "", description="Root disk: qcow2 overlay on the cached image or a full copy ('' picks per hypervisor)."
+    )
+
+    KOALA_NC_POWEROFF_COMMAND: str = Field(
+        "", description="Command PowerDown runs once the node is idle (e.g. 'systemctl poweroff'); '' only disables."
+    )
 
     @property
     def port(self) -> int:
         return self.NC_PORT
+
+    @property
+    def libvirt_uri(self) -> str:
+        return self.KOALA_LIBVIRT_URI or DEFAULT_URIS[self.HYPERVISOR]
+
+    @property
+    def instance_path(self) -> Path:
+        return self.INSTANCE_PATH or (self.KOALA_STATE_DIR / "instances")

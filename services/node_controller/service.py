@@ -1,12 +1,196 @@
-"""The Node Controller: drives the hypervisor through libvirt."""
+"""The Node Controller: drives the hypervisor through libvirt.
+
+Operations (signed internal RPC, role cc; admin too for the two read-only ones): RunInstance,
+TerminateInstance, DescribeInstances, DescribeResource, RebootInstance, GetConsoleOutput, StartNetwork,
+PowerDown. Every instance state change is pushed to the CC with NotifyInstances.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+import shlex
+
+from common.db import open_db
+from common.messages.cc_nc import (
+    Ack,
+    ConsoleOutputResponse,
+    DescribeInstancesRequest,
+    DescribeInstancesResponse,
+    DescribeResourceResponse,
+    InstanceIdRequest,
+    InstanceInfo,
+    RunInstanceRequest,
+    StartNetworkRequest,
+)
+from common.rpc import Caller, Empty, RpcError
 from common.service import Service
+from services.node_controller import network, resources
+from services.node_controller.cache import ImageCache
 from services.node_controller.config import NodeControllerConfig
+from services.node_controller.hypervisor import Hypervisor, HypervisorError
+from services.node_controller.instances import InstanceManager
+from services.node_controller.notifier import Notifier
+from services.node_controller.walrus_client import WalrusImages
+
+log = logging.getLogger("koala.nc")
+CC = {"cc"}
+CC_ADMIN = {"cc", "admin"}
 
 
 class NodeControllerService(Service):
     role = "nc"
     config_class = NodeControllerConfig
     config: NodeControllerConfig
+
+    def __init__(self, config: NodeControllerConfig):
+        super().__init__(config)
+        self.manager: InstanceManager | None = None
+        self.hv: Hypervisor | None = None
+        self.db = None
+        self.powered_down = False
+        add = self.rpc.add
+        add("RunInstance", self._run_instance, CC, RunInstanceRequest)
+        add("TerminateInstance", self._terminate_instance, CC, InstanceIdRequest)
+        add("DescribeInstances", self._describe_instances, CC_ADMIN, DescribeInstancesRequest)
+        add("DescribeResource", self._describe_resource, CC_ADMIN)
+        add("RebootInstance", self._reboot_instance, CC, InstanceIdRequest)
+        add("GetConsoleOutput", self._console_output, CC, InstanceIdRequest)
+        add("StartNetwork", self._start_network, CC, StartNetworkRequest)
+        add("PowerDown", self._power_down, CC)
+
+    def peer_list(self) -> list[tuple[str, str]]:
+        peers = []
+        if self.config.KOALA_CC_URL:
+            peers.append((self.config.KOALA_CC_URL, "cc"))
+        if self.config.KOALA_WALRUS_URL:
+            peers.append((self.config.KOALA_WALRUS_URL, "walrus"))
+        return peers
+
+    async def on_start(self) -> None:
+        config = self.config
+        config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        config.instance_path.mkdir(parents=True, exist_ok=True)
+        self.db = await open_db(config.KOALA_STATE_DIR / "nc.db", "services.node_controller.migrations")
+        walrus = WalrusImages(self.client, config.KOALA_WALRUS_URL)
+        cache = ImageCache(self.db, config.instance_path / ".cache", config.NC_CACHE_SIZE, walrus)
+        await cache.start()
+        notifier = Notifier(self.client, config.KOALA_CC_URL, self.identity.id, lambda i: self._snapshot(i))
+        self.hv = Hypervisor(config.libvirt_uri, self._on_event, self._on_reconnect)
+        await self.hv.start()
+        self.manager = InstanceManager(config, self.db, self.hv, cache, notifier)
+        cpus, memory_mb, hv_type = await self.hv.host()
+        held_disk = 0
+        async with self.db.execute("SELECT request FROM instances WHERE state != 'Teardown'") as cursor:
+            for row in await cursor.fetchall():
+                held_disk += RunInstanceRequest.model_validate_json(row[0]).vm_type.disk_gb
+        self.manager.limits = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: resources.limits(
+                config.HYPERVISOR,
+                cpus,
+                memory_mb,
+                config.instance_path,
+                config.NC_CACHE_SIZE,
+                held_disk,
+                config.MAX_CORES,
+                config.MAX_MEM,
+                config.MAX_DISK,
+            ),
+        )
+        log.info("libvirt %s (%s): offering %s", config.libvirt_uri, hv_type, self.manager.limits)
+        await self.manager.start()
+        notifier.start()
+
+    async def on_stop(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+            await self.manager.notifier.stop()
+        if self.hv is not None:
+            await self.hv.close()
+        if self.db is not None:
+            await self.db.close()
+
+    def _snapshot(self, instance_id: str) -> InstanceInfo | None:
+        return self.manager.snapshot(instance_id) if self.manager else None
+
+    def _on_event(self, name: str, event: str, detail: int) -> None:
+        if self.manager is not None:
+            self.manager.on_event(name, event, detail)
+
+    async def _on_reconnect(self) -> None:
+        if self.manager is not None:
+            log.info("libvirt reconnected: reconciling")
+            try:
+                await self.manager.reconcile()
+            except HypervisorError as err:
+                log.warning("reconcile after reconnect failed: %s", err)
+
+    @property
+    def _manager(self) -> InstanceManager:
+        if self.manager is None:
+            raise RpcError(503, "NotReady", "the node controller is starting")
+        return self.manager
+
+    # --- operations ---------------------------------------------------------------------------------------
+    async def _run_instance(self, request: RunInstanceRequest, caller: Caller) -> InstanceInfo:
+        if self.powered_down:
+            raise RpcError(503, "NodePoweredDown", "this node is powering down")
+        return await self._manager.run(request)
+
+    async def _terminate_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
+        return await self._manager.terminate(request.instance_id)
+
+    async def _describe_instances(self, request: DescribeInstancesRequest, caller: Caller):
+        if len(request.instance_ids) > 10000:
+            raise RpcError(400, "InvalidRequest", "too many instance ids")
+        return DescribeInstancesResponse(instances=self._manager.describe(request.instance_ids))
+
+    async def _describe_resource(self, _: Empty, caller: Caller) -> DescribeResourceResponse:
+        manager = self._manager
+        free, limits = manager.free(), manager.limits
+        return DescribeResourceResponse(
+            node_status="disabled" if self.powered_down else "enabled",
+            memory_max_mb=limits["memory_mb"],
+            memory_available_mb=max(0, free["memory_mb"]),
+            disk_max_gb=limits["disk_gb"],
+            disk_available_gb=max(0, free["disk_gb"]),
+            cores_max=limits["cores"],
+            cores_available=max(0, free["cores"]),
+            instances=manager.held()["instances"],
+            hypervisor=self.config.HYPERVISOR,
+            unknown_domains=sorted(manager.unknown_domains),
+        )
+
+    async def _reboot_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
+        return await self._manager.reboot(request.instance_id)
+
+    async def _console_output(self, request: InstanceIdRequest, caller: Caller) -> ConsoleOutputResponse:
+        data = await self._manager.console_output(request.instance_id)
+        return ConsoleOutputResponse(instance_id=request.instance_id, output=base64.b64encode(data).decode())
+
+    async def _start_network(self, request: StartNetworkRequest, caller: Caller) -> Ack:
+        if request.bridge:
+            try:
+                await network.ensure_bridge(request.bridge, touch_host=self.config.HYPERVISOR != "test")
+            except network.NetworkError as err:
+                raise RpcError(400, "NetworkError", str(err)) from None
+        return Ack()
+
+    async def _power_down(self, _: Empty, caller: Caller) -> Ack:
+        """POWERSAVE: refuse new work and power the host off once no instance is left (never with guests)."""
+        manager = self._manager
+        if manager.held()["instances"]:
+            raise RpcError(409, "NodeBusy", "instances are still running here")
+        self.powered_down = True
+        log.warning("PowerDown requested by %s", caller.id)
+        command = shlex.split(self.config.KOALA_NC_POWEROFF_COMMAND)
+        if command:  # after answering, so the CC gets its Ack
+            asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(_run_detached(command)))
+        return Ack()
+
+
+async def _run_detached(command: list[str]) -> None:
+    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
+    await process.wait()

@@ -1,0 +1,548 @@
+"""The instance lifecycle: Pending (staging: images, disks; booting) -> Extant (running) -> Teardown.
+
+Every transition is written to the database before it is acted on: the record exists before staging starts,
+says `booting` before the domain is created, and says Teardown before the domain is destroyed, so a crash at
+any point leaves a state the next start finishes or undoes (see `adopt`). libvirt lifecycle events drive the
+states (started -> Extant, stopped/crashed -> Teardown); a periodic sweep compares libvirt's domains with the
+records as a safety net (missed events, lost connections, boot timeouts, teardowns to retry, records to forget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+import libvirt
+
+from common.ids import is_id
+from common.messages.cc_nc import InstanceInfo, NcState, RunInstanceRequest
+from common.rpc import RpcError
+from services.node_controller import configdrive, console, disks
+from services.node_controller.cache import ImageCache
+from services.node_controller.config import NodeControllerConfig
+from services.node_controller.domain import DiskSpec, DomainSpec, koala_tag, render
+from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
+from services.node_controller.notifier import Notifier
+from services.node_controller.walrus_client import ImageFetchError
+
+log = logging.getLogger("koala.nc.instances")
+_SAFE_OWNER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_LOOKS_OURS = re.compile(r"^i-[0-9a-fA-F]{8}$")
+EXTANT_DETAILS = {"running", "blocked", "paused", "shutdown"}
+CREATE_ATTEMPTS = 5
+REBOOT_GRACE = 10.0
+
+
+@dataclass
+class Instance:
+    request: RunInstanceRequest
+    state: NcState
+    detail: str
+    launch_time: float
+    updated_at: float
+    reason: str = ""
+    teardown_at: float | None = None
+    pins: list[Path] = field(default_factory=list)
+    task: asyncio.Task | None = None
+    reboot_until: float = 0.0
+    files_removed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.request.instance_id
+
+    def info(self) -> InstanceInfo:
+        r = self.request
+        return InstanceInfo(
+            instance_id=r.instance_id,
+            reservation_id=r.reservation_id,
+            owner_id=r.owner_id,
+            image_id=r.image.id,
+            kernel_id=r.kernel.id if r.kernel else "",
+            ramdisk_id=r.ramdisk.id if r.ramdisk else "",
+            vm_type=r.vm_type,
+            key_name=r.key_name,
+            launch_index=r.launch_index,
+            group_names=r.group_names,
+            net=r.net,
+            state=self.state,
+            detail=self.detail,
+            reason=self.reason,
+            launch_time=self.launch_time,
+            updated_at=self.updated_at,
+        )
+
+
+class InstanceManager:
+    def __init__(
+        self,
+        config: NodeControllerConfig,
+        db: aiosqlite.Connection,
+        hypervisor: Hypervisor,
+        cache: ImageCache,
+        notifier: Notifier,
+    ):
+        self.config, self.db, self.hv, self.cache, self.notifier = config, db, hypervisor, cache, notifier
+        self.flavour = config.HYPERVISOR
+        self.root = config.instance_path
+        self.instances: dict[str, Instance] = {}
+        self.unknown_domains: dict[str, str] = {}
+        self.orphan_dirs: list[str] = []
+        self.disk_ops = asyncio.Semaphore(config.CONCURRENT_DISK_OPS)
+        self._monitor: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self.disk_mode = config.KOALA_NC_DISK_DRIVER or ("copy" if self.flavour == "xen" else "overlay")
+
+    # --- paths --------------------------------------------------------------------------------------------
+    def instance_dir(self, request: RunInstanceRequest) -> Path:
+        owner = request.owner_id if _SAFE_OWNER.match(request.owner_id or "") else "_"
+        return self.root / owner / request.instance_id.lower()
+
+    # --- start / stop ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        await self.adopt()
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="nc monitor")
+
+    async def stop(self) -> None:
+        """Stop loops; staging in progress is abandoned (its record says Pending: the next start resumes it)."""
+        tasks = [t for t in (self._monitor, *self._background) if t]
+        tasks += [i.task for i in self.instances.values() if i.task and not i.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # --- records ------------------------------------------------------------------------------------------
+    async def _save(self, inst: Instance, insert: bool = False) -> None:
+        values = (
+            inst.request.model_dump_json(),
+            inst.state,
+            inst.detail,
+            inst.reason,
+            inst.launch_time,
+            inst.updated_at,
+            inst.teardown_at,
+            json.dumps([str(p) for p in inst.pins]),
+            inst.id,
+        )
+        if insert:
+            await self.db.execute(
+                "INSERT INTO instances(request, state, detail, reason, launch_time, updated_at, teardown_at, pins,"
+                " instance_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        else:
+            await self.db.execute(
+                "UPDATE instances SET request = ?, state = ?, detail = ?, reason = ?, launch_time = ?,"
+                " updated_at = ?, teardown_at = ?, pins = ? WHERE instance_id = ?",
+                values,
+            )
+        await self.db.commit()
+
+    async def _set(self, inst: Instance, state: NcState, detail: str, reason: str = "") -> bool:
+        """Change state (written, then pushed to the CC); False if nothing changed or it is already Teardown."""
+        if inst.state == "Teardown" and state != "Teardown":
+            return False
+        if (inst.state, inst.detail) == (state, detail) and (not reason or reason == inst.reason):
+            return False
+        inst.state, inst.detail, inst.updated_at = state, detail, time.time()
+        if reason:
+            inst.reason = reason
+        if state == "Teardown" and inst.teardown_at is None:
+            inst.teardown_at = inst.updated_at
+        await self._save(inst)
+        log.info("%s: %s (%s)%s", inst.id, state, detail, f": {reason}" if reason else "")
+        self.notifier.changed(inst.id)
+        return True
+
+    # --- operations ---------------------------------------------------------------------------------------
+    async def run(self, request: RunInstanceRequest) -> InstanceInfo:
+        if not is_id(request.instance_id, "i"):
+            raise RpcError(400, "InvalidInstanceID.Malformed", f"{request.instance_id!r} is not an instance id")
+        for ref in (request.image, request.kernel, request.ramdisk):
+            if ref is not None and (not is_id(ref.id) or ref.id.split("-")[0].lower() not in ("emi", "eki", "eri")):
+                raise RpcError(400, "InvalidAMIID.Malformed", f"{ref.id!r} is not an image id")
+        if request.user_data and configdrive.user_data(request) == b"":
+            raise RpcError(400, "InvalidUserData.Malformed", "user data must be base64")
+        if request.net.bridge:
+            from services.node_controller.network import valid_bridge
+
+            if not valid_bridge(request.net.bridge):
+                raise RpcError(400, "InvalidParameterValue", f"invalid bridge name {request.net.bridge!r}")
+        existing = self.instances.get(request.instance_id)
+        if existing is not None:
+            if existing.request.reservation_id != request.reservation_id:
+                raise RpcError(409, "InstanceIdInUse", f"{request.instance_id} is already used here")
+            return existing.info()  # a retried call: answer what is
+        free = self.free()
+        vm = request.vm_type
+        if vm.cores > free["cores"] or vm.memory_mb > free["memory_mb"] or vm.disk_gb > free["disk_gb"]:
+            raise RpcError(
+                409,
+                "InsufficientResources",
+                f"{vm.name} needs {vm.cores} cores, {vm.memory_mb} MiB, {vm.disk_gb} GB; free: {free['cores']}"
+                f" cores, {free['memory_mb']} MiB, {free['disk_gb']} GB",
+            )
+        now = time.time()
+        inst = Instance(request, "Pending", "staging", now, now)
+        self.instances[inst.id] = inst
+        try:
+            await self._save(inst, insert=True)  # the record exists before anything is built
+        except Exception:
+            self.instances.pop(inst.id, None)
+            raise
+        self.notifier.changed(inst.id)
+        log.info("%s: Pending (staging) %s on %s", inst.id, vm.name, self.flavour)
+        inst.task = asyncio.create_task(self._stage(inst), name=f"stage {inst.id}")
+        return inst.info()
+
+    async def terminate(self, instance_id: str) -> InstanceInfo:
+        inst = self._get(instance_id)
+        if inst.state != "Teardown":
+            await self._teardown(inst, "terminated", "terminated by request")
+        return inst.info()
+
+    async def reboot(self, instance_id: str) -> InstanceInfo:
+        inst = self._get(instance_id)
+        if inst.state != "Extant":
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}, not Extant")
+        loop = asyncio.get_running_loop()
+        inst.reboot_until = loop.time() + REBOOT_GRACE
+        try:
+            if self.flavour == "xen":
+                await self.hv.reboot(inst.id)
+            else:  # KVM/QEMU (and test): restart from the saved XML, as the reference NC did
+                xml = await loop.run_in_executor(None, (self.instance_dir(inst.request) / "libvirt.xml").read_text)
+                await self.hv.destroy(inst.id)
+                await self.hv.create(xml)
+        except (HypervisorError, OSError) as err:
+            raise RpcError(500, "RebootFailed", f"{instance_id}: {err}") from None
+        log.info("%s: rebooted", inst.id)
+        return inst.info()
+
+    async def console_output(self, instance_id: str) -> bytes:
+        inst = self._get(instance_id)
+        return await console.tail(self.instance_dir(inst.request) / "console.log")
+
+    def describe(self, ids: list[str]) -> list[InstanceInfo]:
+        if not ids:
+            return [inst.info() for inst in self.instances.values()]
+        return [self.instances[i].info() for i in ids if i in self.instances]
+
+    def snapshot(self, instance_id: str) -> InstanceInfo | None:
+        inst = self.instances.get(instance_id)
+        return inst.info() if inst else None
+
+    def _get(self, instance_id: str) -> Instance:
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {instance_id} on this node")
+        return inst
+
+    # --- resources ----------------------------------------------------------------------------------------
+    def held(self) -> dict[str, int]:
+        active = [i for i in self.instances.values() if i.state != "Teardown"]
+        return {
+            "cores": sum(i.request.vm_type.cores for i in active),
+            "memory_mb": sum(i.request.vm_type.memory_mb for i in active),
+            "disk_gb": sum(i.request.vm_type.disk_gb for i in active),
+            "instances": len(active),
+        }
+
+    limits: dict[str, int] = {"cores": 0, "memory_mb": 0, "disk_gb": 0}
+
+    def free(self) -> dict[str, int]:
+        held = self.held()
+        return {key: self.limits[key] - held[key] for key in ("cores", "memory_mb", "disk_gb")}
+
+    # --- staging ------------------------------------------------------------------------------------------
+    async def _stage(self, inst: Instance) -> None:
+        request = inst.request
+        directory = self.instance_dir(request)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: directory.mkdir(parents=True, exist_ok=True))
+            refs = [request.image, request.kernel, request.ramdisk]
+            paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
+            await self._save(inst)  # remember the pins
+            image, kernel, ramdisk = paths
+            async with self.disk_ops:
+                disk_list = await disks.make_disks(
+                    image, directory, request.vm_type.disk_gb, self.config.SWAP_SIZE, self.disk_mode
+                )
+                if self.config.KOALA_NC_CONFIG_DRIVE:
+                    iso = await configdrive.build(directory / "config.iso", request)
+                    disk_list.append(DiskSpec(iso, "config", readonly=True))
+            xml = render(self._spec(inst, disk_list, kernel, ramdisk, directory), self.flavour)
+            await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
+            await self._set(inst, "Pending", "booting")  # written before the domain exists
+            await self._create(xml)
+            state = await self.hv.state(inst.id)
+            if state in EXTANT_DETAILS:
+                await self._set(inst, "Extant", state)
+        except asyncio.CancelledError:
+            raise
+        except ImageFetchError as err:
+            await self._teardown(inst, "failed", f"image {err.code}: {err.message}", from_task=True)
+        except disks.DiskError as err:
+            await self._teardown(inst, "failed", f"disk: {err}", from_task=True)
+        except HypervisorError as err:
+            await self._teardown(inst, "failed", f"libvirt: {err}", from_task=True)
+        except OSError as err:
+            await self._teardown(inst, "failed", f"staging: {err.strerror or err}", from_task=True)
+        except Exception as err:  # never leave an instance Pending forever because of a bug
+            log.exception("%s: staging failed", inst.id)
+            await self._teardown(inst, "failed", f"internal error: {type(err).__name__}", from_task=True)
+
+    def _spec(
+        self, inst: Instance, disk_list: list[DiskSpec], kernel: Path | None, ramdisk: Path | None, directory: Path
+    ) -> DomainSpec:
+        request = inst.request
+        cmdline = self.config.KOALA_NC_KERNEL_CMDLINE
+        return DomainSpec(
+            name=request.instance_id,
+            uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"koala:{self.config.KOALA_SERVICE_ID}:{request.instance_id}")),
+            memory_mb=request.vm_type.memory_mb,
+            vcpus=request.vm_type.cores,
+            disks=disk_list,
+            console_log=directory / "console.log",
+            owner_id=request.owner_id,
+            kernel=kernel,
+            ramdisk=ramdisk,
+            bridge=request.net.bridge if self.flavour != "test" or request.net.bridge else "",
+            mac=request.net.private_mac,
+            extra_cmdline=cmdline,
+            tags={"reservation": request.reservation_id},
+        )
+
+    async def _create(self, xml: str) -> None:
+        """Create the domain; retried (up to 5 times, as the reference) only while the connection is lost."""
+        delay = 0.2
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                await self.hv.create(xml)
+                return
+            except HypervisorError as err:
+                if not err.lost or attempt == CREATE_ATTEMPTS:
+                    raise
+                log.warning("domain create failed (%s), retrying", err)
+                await asyncio.wait_for(self.hv.connected.wait(), timeout=30)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    # --- teardown -----------------------------------------------------------------------------------------
+    async def _teardown(self, inst: Instance, detail: str, reason: str, from_task: bool = False) -> None:
+        if inst.state == "Teardown":
+            return
+        task = inst.task
+        if task is not None and not task.done() and not from_task:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._set(inst, "Teardown", detail, reason)
+        try:
+            await self.hv.destroy(inst.id)
+        except HypervisorError as err:
+            log.warning("%s: destroy failed (%s); the monitor will retry", inst.id, err)
+        self._release(inst)
+        if not self.config.MANUAL_INSTANCES_CLEANUP:
+            await self._remove_files(inst)
+
+    def _release(self, inst: Instance) -> None:
+        for path in inst.pins:
+            self.cache.release(path)
+        inst.pins = []
+
+    async def _remove_files(self, inst: Instance) -> None:
+        directory = self.instance_dir(inst.request)
+        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
+        inst.files_removed = True
+
+    # --- events and monitoring ----------------------------------------------------------------------------
+    def on_event(self, name: str, event: str, detail: int) -> None:
+        """A libvirt lifecycle event (called in the asyncio loop)."""
+        inst = self.instances.get(name)
+        if inst is None:
+            if event == "started" and _LOOKS_OURS.match(name):
+                self._spawn(self.reconcile(), "reconcile")  # someone started a look-alike: report it
+            return
+        self._spawn(self._on_event(inst, event, detail), f"event {name}")
+
+    async def _on_event(self, inst: Instance, event: str, detail: int) -> None:
+        if inst.state == "Teardown":
+            return
+        if event in ("started", "resumed"):
+            inst.reboot_until = 0.0 if event == "started" else inst.reboot_until
+            if inst.detail != "staging":
+                await self._set(inst, "Extant", "running")
+        elif event == "suspended":
+            await self._set(inst, "Extant", "paused")
+        elif event in ("stopped", "crashed"):
+            if asyncio.get_running_loop().time() < inst.reboot_until:
+                return  # our own destroy-and-recreate
+            crashed = event == "crashed" or detail in (
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED,
+            )
+            if inst.detail == "staging":
+                return
+            if crashed:
+                await self._teardown(inst, "crashed", "the guest crashed")
+            elif detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED:
+                await self._teardown(inst, "shutoff", "the domain was destroyed outside the NC")
+            else:
+                await self._teardown(inst, "shutoff", "the guest shut down")
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.KOALA_NC_MONITOR_SECONDS)
+            try:
+                await self.reconcile()
+            except HypervisorError as err:
+                log.warning("monitor: libvirt unavailable (%s)", err)
+            except Exception:
+                log.exception("monitor sweep failed")
+
+    async def reconcile(self) -> None:
+        """The safety net: compare libvirt's domains with the records and act on every difference."""
+        domains = {d.name: d for d in await self.hv.domains()}
+        ours = {name: d for name, d in domains.items() if _ours(d)}
+        loop_now = asyncio.get_running_loop().time()
+        now = time.time()
+        for inst in list(self.instances.values()):
+            dom = ours.get(inst.id)
+            if inst.state == "Teardown":
+                if dom is not None:
+                    with contextlib.suppress(HypervisorError):
+                        await self.hv.destroy(inst.id)
+                if inst.teardown_at and now - inst.teardown_at > self.config.KOALA_NC_FORGET_SECONDS:
+                    await self._forget(inst)
+                continue
+            if inst.state == "Pending" and now - inst.launch_time > self.config.INSTANCE_TIMEOUT:
+                await self._teardown(
+                    inst, "failed", f"boot timeout: still {inst.detail} after {self.config.INSTANCE_TIMEOUT:.0f} s"
+                )
+                continue
+            if loop_now < inst.reboot_until or inst.detail == "staging":
+                continue
+            if dom is None:
+                if inst.state == "Extant" or (inst.task is None or inst.task.done()):
+                    await self._teardown(inst, "shutoff", "the domain is gone")
+            elif dom.state in ("shutoff", "crashed"):
+                await self._teardown(inst, dom.state, f"the domain is {dom.state}")
+            elif dom.state in EXTANT_DETAILS:
+                await self._set(inst, "Extant", dom.state)
+        self._find_unknown(domains)
+
+    def _find_unknown(self, domains: dict[str, DomainInfo]) -> None:
+        """Domains that look like ours (our tag, or an instance-like name) without a record of ours."""
+        unknown = {}
+        for name, dom in domains.items():
+            tag = koala_tag(dom.xml)
+            if name in self.instances and tag is not None and tag["id"] == name:
+                continue
+            if tag is not None:
+                unknown[name] = f"tagged as Koala instance {tag['id']} of {tag['owner'] or '?'}, no record"
+            elif _LOOKS_OURS.match(name):
+                unknown[name] = "named like an instance but not tagged by this NC"
+        for name, why in unknown.items():
+            if name not in self.unknown_domains:
+                log.warning("unknown domain %s looks like ours (%s): reported, not destroyed", name, why)
+        self.unknown_domains = unknown
+
+    async def _forget(self, inst: Instance) -> None:
+        await self.db.execute("DELETE FROM instances WHERE instance_id = ?", (inst.id,))
+        await self.db.commit()
+        self.instances.pop(inst.id, None)
+
+    # --- restart ------------------------------------------------------------------------------------------
+    async def adopt(self) -> None:
+        """After a (re)start: take over running domains and records; resume or undo what was interrupted."""
+        async with self.db.execute("SELECT * FROM instances") as cursor:
+            rows = await cursor.fetchall()
+        domains = {d.name: d for d in await self.hv.domains()}
+        resumed = adopted = condemned = 0
+        for row in rows:
+            request = RunInstanceRequest.model_validate_json(row["request"])
+            inst = Instance(
+                request,
+                row["state"],
+                row["detail"],
+                row["launch_time"],
+                row["updated_at"],
+                row["reason"],
+                row["teardown_at"],
+                [Path(p) for p in json.loads(row["pins"])],
+            )
+            self.instances[inst.id] = inst
+            for path in inst.pins:
+                self.cache.pin(path)
+            dom = domains.get(inst.id)
+            dom = dom if dom is not None and _ours(dom) else None
+            if inst.state == "Teardown":
+                self._release(inst)
+                if dom is not None:
+                    with contextlib.suppress(HypervisorError):
+                        await self.hv.destroy(inst.id)
+                continue
+            if dom is not None and dom.state in EXTANT_DETAILS:
+                await self._set(inst, "Extant", dom.state)
+                adopted += 1
+            elif dom is not None:
+                await self._teardown(inst, dom.state, f"the domain was {dom.state} when the NC started")
+                condemned += 1
+            elif inst.state == "Pending":
+                # Interrupted while staging or just before the domain was created: stage again from scratch.
+                self._release(inst)
+                await self._set(inst, "Pending", "staging")
+                inst.task = asyncio.create_task(self._stage(inst), name=f"stage {inst.id}")
+                resumed += 1
+            else:
+                await self._teardown(inst, "shutoff", "the domain was gone when the NC started")
+                condemned += 1
+        self._find_unknown(domains)
+        self.orphan_dirs = self._orphans()
+        for orphan in self.orphan_dirs:
+            log.warning("instance directory %s has no record: left in place", orphan)
+        await self.cache.sweep()
+        log.info(
+            "adoption: %d adopted, %d resumed staging, %d condemned, %d unknown domains",
+            adopted,
+            resumed,
+            condemned,
+            len(self.unknown_domains),
+        )
+        self.notifier.full(lambda: [i.info() for i in self.instances.values()])
+
+    def _orphans(self) -> list[str]:
+        known = {self.instance_dir(i.request) for i in self.instances.values()}
+        found = []
+        for owner in self.root.iterdir() if self.root.exists() else []:
+            if not owner.is_dir() or owner.name.startswith("."):
+                continue
+            for directory in owner.iterdir():
+                if directory.is_dir() and _LOOKS_OURS.match(directory.name) and directory not in known:
+                    found.append(str(directory))
+        return found
+
+
+def _ours(dom: DomainInfo) -> bool:
+    tag = koala_tag(dom.xml)
+    return tag is not None and tag["id"] == dom.name
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,82 @@
+"""Pushes instance state changes to the CC at once (`NotifyInstances`), coalescing bursts.
+
+Changes are collected by instance id; one sender task drains them, so a burst of 200 launches becomes a few
+calls, never 200 waiting requests. A failed push is retried with backoff; the CC's DescribeInstances polls are
+the safety net if it stays unreachable. After a restart the NC sends its full list (`full=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from common.messages.cc_nc import Ack, InstanceInfo, NotifyInstancesRequest
+from common.rpc import PeerUnreachable, RpcClient, RpcError
+
+log = logging.getLogger("koala.nc.notify")
+MAX_BATCH = 500
+
+
+class Notifier:
+    def __init__(self, client: RpcClient, cc_url: str, node_id: str, snapshot: Callable[[str], InstanceInfo | None]):
+        self.client, self.cc_url, self.node_id, self.snapshot = client, cc_url, node_id, snapshot
+        self._dirty: dict[str, None] = {}
+        self._full: Callable[[], list[InstanceInfo]] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.sent = 0
+
+    def start(self) -> None:
+        if self.cc_url:
+            self._task = asyncio.create_task(self._run(), name="notify cc")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def changed(self, instance_id: str) -> None:
+        if self.cc_url:
+            self._dirty[instance_id] = None
+            self._wake.set()
+
+    def full(self, listing: Callable[[], list[InstanceInfo]]) -> None:
+        if self.cc_url:
+            self._full = listing
+            self._wake.set()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            full, self._full = self._full, None
+            if full is not None:
+                instances, is_full = full(), True
+                self._dirty.clear()
+            else:
+                ids = list(self._dirty)[:MAX_BATCH]
+                for instance_id in ids:
+                    self._dirty.pop(instance_id, None)
+                instances = [info for info in map(self.snapshot, ids) if info is not None]
+                is_full = False
+            if self._dirty:
+                self._wake.set()
+            if not instances and not is_full:
+                continue
+            message = NotifyInstancesRequest(node_id=self.node_id, instances=instances, full=is_full)
+            try:
+                await self.client.call(self.cc_url, "NotifyInstances", message, Ack, timeout=10, expect_role="cc")
+                self.sent += 1
+                delay = 0.2
+            except (RpcError, PeerUnreachable) as err:
+                log.warning("NotifyInstances to %s failed (%s); retrying in %.1f s", self.cc_url, err, delay)
+                if is_full:
+                    self._full = full
+                else:
+                    for info in instances:
+                        self._dirty.setdefault(info.instance_id, None)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                self._wake.set()

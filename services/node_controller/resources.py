@@ -1,0 +1,34 @@
+"""What this node offers: cores, memory and disk from the host and libvirt, capped by MAX_CORES, MAX_MEM and
+MAX_DISK. Memory as the reference computed it: KVM/QEMU keep 256 MiB for the host, Xen 32 MiB plus dom0's
+minimum (KOALA: 512 MiB assumed). Disk in GB throughout: the free space of INSTANCE_PATH when the NC starts,
+plus what its own instances already hold, less the image cache's size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GIB = 1 << 30
+HOST_RESERVE_MB = {"kvm": 256, "qemu": 256, "xen": 32 + 512, "test": 0}
+
+
+def limits(
+    hypervisor: str,
+    host_cpus: int,
+    host_memory_mb: int,
+    instance_path: Path,
+    cache_mb: int,
+    held_disk_gb: int,
+    max_cores: int,
+    max_mem: int,
+    max_disk: int,
+) -> dict[str, int]:
+    stat = os.statvfs(instance_path)
+    free_gb = stat.f_bavail * stat.f_frsize // GIB
+    disk = max(0, free_gb + held_disk_gb - (cache_mb + 1023) // 1024)
+    memory = max(0, host_memory_mb - HOST_RESERVE_MB.get(hypervisor, 0))
+    return {
+        "cores": min(host_cpus, max_cores) if max_cores else host_cpus,
+        "memory_mb": min(memory, max_mem) if max_mem else memory,
+        "disk_gb": min(disk, max_disk) if max_disk else disk,
+    }
