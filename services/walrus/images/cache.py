@@ -191,6 +191,9 @@ class ImageCache:
                 last_used=time.time(),
             )
             await asyncio.to_thread(self._commit_files, temp, entry)
+            if flight.stale:  # changed while the files were being committed
+                self._remove_files(entry)
+                raise BundleError("ImageChanged", "the bundle changed while it was being decrypted", 409)
             async with self._lock:
                 flight.reserved = 0
                 self.entries[entry.id] = entry
