@@ -1,0 +1,137 @@
+"""The DHCP server (dnsmasq from Debian): its configuration, host entries, and the daemon's life.
+
+The configuration (interfaces, subnets, options) and the host file (MAC -> address) are written atomically.
+A changed host file is picked up with SIGHUP; a changed configuration restarts the daemon. The daemon runs
+detached with a pid file, so DHCP keeps working while the CC restarts, and the CC finds it again afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from services.cluster_controller.network.desired import DhcpSpec
+from services.cluster_controller.network.runner import Runner
+
+log = logging.getLogger("koala.cc.network")
+LEASE_TIME = "12h"
+
+
+def render_conf(spec: DhcpSpec, directory: Path, user: str = "root") -> str:
+    lines = [
+        "# Written by the Koala cluster controller; changes are overwritten.",
+        "port=0",  # DHCP only, no DNS
+        "bind-interfaces",
+        "dhcp-authoritative",
+        "log-dhcp",
+        f"user={user}",
+        f"pid-file={directory / 'dnsmasq.pid'}",
+        f"dhcp-leasefile={directory / 'dnsmasq.leases'}",
+        f"dhcp-hostsfile={directory / 'dhcp-hosts'}",
+    ]
+    lines += [f"interface={name}" for name in spec.interfaces]
+    for subnet in spec.subnets:
+        lines.append(
+            f"dhcp-range=set:{subnet.tag},{subnet.network.network_address},static,{subnet.network.netmask},{LEASE_TIME}"
+        )
+        lines.append(f"dhcp-option=tag:{subnet.tag},option:router,{subnet.router}")
+        lines.append(f"dhcp-option=tag:{subnet.tag},option:broadcast,{subnet.broadcast}")
+    if spec.dns:
+        lines.append(f"dhcp-option=option:dns-server,{','.join(spec.dns)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_hosts(spec: DhcpSpec) -> str:
+    return "".join(f"{host.mac},{host.ip},{host.name}\n" for host in spec.hosts)
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
+
+
+class DhcpServer:
+    def __init__(
+        self, runner: Runner, directory: Path, program: str = "dnsmasq", user: str = "root", start_wait: float = 5.0
+    ):
+        self.runner, self.dir, self.program, self.user = runner, directory, program, user
+        self.start_wait = start_wait  # how long to wait for the daemon's pid file
+
+    @property
+    def conf_path(self) -> Path:
+        return self.dir / "dnsmasq.conf"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "dnsmasq.pid"
+
+    def running_pid(self) -> int | None:
+        """The pid of our dnsmasq, checked against its command line (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if f"--conf-file={self.conf_path}".encode() in cmdline else None
+
+    async def apply(self, spec: DhcpSpec | None) -> list[str]:
+        """Bring the daemon and its files to `spec` (None: no DHCP). Returns what was done, for the log."""
+        if spec is None:
+            return ["stopped"] if await self.stop() else []
+        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        conf_changed = await asyncio.to_thread(
+            _write_if_changed, self.conf_path, render_conf(spec, self.dir, self.user)
+        )
+        hosts_changed = await asyncio.to_thread(_write_if_changed, self.dir / "dhcp-hosts", render_hosts(spec))
+        pid = self.running_pid()
+        if pid is not None and conf_changed:
+            await self.stop()
+            pid = None
+        if pid is None:
+            await self.runner.run([self.program, f"--conf-file={self.conf_path}"])
+            await self._wait_pid()
+            return ["started"]
+        if hosts_changed:
+            await self.runner.run(["kill", "-HUP", str(pid)])
+            return ["reloaded"]
+        return []
+
+    async def _wait_pid(self) -> None:
+        for _ in range(int(self.start_wait / 0.02)):  # dnsmasq writes its pid file once it forked
+            if self.running_pid() is not None:
+                break
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> bool:
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+        for _ in range(250):  # up to 5 s for a clean exit
+            if not _alive(pid):
+                break
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        self.pid_path.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for its reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
