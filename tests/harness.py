@@ -7,12 +7,17 @@ are always stopped at fixture teardown.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from cli.allinone import ROLES, AllInOne
+from common.config import parse_conf, render_conf
 from common.rpc import RpcClient
 
 _PR_SET_PDEATHSIG = 1
@@ -39,6 +44,7 @@ class Cloud:
         settings = {role: {"KOALA_PEER_POLL_SECONDS": 1, **(extra or {}).get(role, {})} for role in ROLES}
         self.aio.prepare(ports={role: free_port() for role in ROLES}, extra=settings)
         self.processes: dict[str, subprocess.Popen] = {}
+        self.extra_nodes: list[ExtraNode] = []
 
     @property
     def dir(self) -> Path:
@@ -53,6 +59,9 @@ class Cloud:
         self.aio.wait_healthy(started)
 
     def stop(self, *roles: str) -> None:
+        if not roles:
+            for node in self.extra_nodes:
+                node.stop()
         for role in roles or reversed(list(self.processes)):
             self.aio.stop(role)
             self.processes.pop(role, None)
@@ -68,3 +77,72 @@ class Cloud:
 
     def admin_client(self) -> RpcClient:
         return self.aio.admin_client()
+
+    def add_node(self, name: str, port: int | None = None, extra: dict | None = None) -> ExtraNode:
+        """Another NC process `nc-<name>` (own certificate, port, config, state and log), not yet started;
+        stopped with the cloud."""
+        node = ExtraNode(self, name, port or free_port(), extra or {})
+        self.extra_nodes.append(node)
+        return node
+
+
+class ExtraNode:
+    """An extra node controller of a Cloud, for multi-node tests: configured like the cloud's own NC."""
+
+    def __init__(self, cloud: Cloud, name: str, port: int, extra: dict):
+        self.cloud, self.id, self.port = cloud, f"nc-{name}", port
+        self.url = f"http://127.0.0.1:{port}"
+        cloud.aio.pki.ensure(self.id, "nc")
+        self.data_dir = cloud.dir / "data" / self.id
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        base = {key: s.value for key, s in parse_conf(cloud.aio.conf_path("nc").read_text()).items()}
+        values = {**base, "KOALA_SERVICE_ID": self.id, "KOALA_STATE_DIR": self.data_dir, "NC_PORT": port, **extra}
+        self.conf_path = cloud.dir / "conf" / f"{self.id}.conf"
+        self.conf_path.write_text(render_conf(values, f"Koala extra node {self.id}, written by the test harness."))
+        self.log_path = cloud.dir / "logs" / f"{self.id}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "nc", "--config", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent,
+                cwd=self.cloud.dir,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.id} exited with status {self.process.returncode}:\n{self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=0.5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.id} not healthy after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
