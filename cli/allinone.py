@@ -189,6 +189,18 @@ class AllInOne:
             if pending:
                 time.sleep(0.05)
 
+    def admin_eucarc_source(self) -> Path:
+        """Where the CLC writes the cloud admin's eucarc (and PEM files) at its first start."""
+        return self.dir / "data" / "clc" / "admin" / "eucarc"
+
+    def install_eucarc(self) -> Path | None:
+        """Copy the admin's eucarc (absolute paths to the CLC's PEM files) to DIR/eucarc."""
+        source = self.admin_eucarc_source()
+        if not source.exists():
+            return None
+        pki.write_private(self.dir / "eucarc", source.read_bytes())
+        return self.dir / "eucarc"
+
     def admin_client(self) -> RpcClient:
         identity = Identity.from_files(self.pki.cert_path(ADMIN_ID), self.pki.key_path(ADMIN_ID))
         return RpcClient(identity, TrustStore(pki.load_cert(self.pki.ca_path)), timeout=3.0, retries=1)
@@ -291,6 +303,9 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     answers = cloud.wait_peers()
     _print_status(cloud, answers)
+    eucarc = cloud.install_eucarc()
+    if eucarc is not None:
+        print(f"admin credentials: source {eucarc}")
     print(f"\nstate: {cloud.dir}  (logs in {cloud.dir / 'logs'}; stop with: koala down --state-dir {cloud.dir})")
     if args.detach:
         return 0

@@ -78,6 +78,12 @@ class Cloud:
     def admin_client(self) -> RpcClient:
         return self.aio.admin_client()
 
+    def admin_credentials(self) -> dict[str, str]:
+        """The cloud admin's eucarc values (EC2_URL, EC2_ACCESS_KEY, EC2_SECRET_KEY, ...), as the CLC wrote them."""
+        from services.cloud_controller.identity.credentials import parse_eucarc
+
+        return parse_eucarc(self.aio.admin_eucarc_source())
+
     def add_node(self, name: str, port: int | None = None, extra: dict | None = None) -> ExtraNode:
         """Another NC process `nc-<name>` (own certificate, port, config, state and log), not yet started;
         stopped with the cloud."""

@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+from common import pki
 from common.service import Service
+from services.cloud_controller import actions
 from services.cloud_controller.config import CloudControllerConfig
+from services.cloud_controller.database import Database
+from services.cloud_controller.ec2.frontend import Frontend
+from services.cloud_controller.identity import bootstrap
+from services.cloud_controller.identity import rpc as identity_rpc
+from services.cloud_controller.identity.store import IdentityStore
 
 
 class CloudControllerService(Service):
     role = "clc"
     config_class = CloudControllerConfig
     config: CloudControllerConfig
+    db: Database
+    identity_store: IdentityStore
+
+    def __init__(self, config: CloudControllerConfig):
+        super().__init__(config)
+        self.pki_dir = pki.PkiDir(config.KOALA_PKI_DIR)
+        # The EC2 Query API (routes must exist before the app starts); actions register themselves on import.
+        actions.load_all()
+        self.ec2 = Frontend(self, self._lookup_access_key)
+        self.ec2.install(self.app)
+
+    async def _lookup_access_key(self, access_key_id: str):
+        return await self.identity_store.lookup(access_key_id)
+
+    async def on_start(self) -> None:
+        self.db = await Database.open(self.config.KOALA_STATE_DIR)
+        self.identity_store = IdentityStore(self.db, self.pki_dir)
+        identity_rpc.install(self.rpc, self.identity_store)
+        await bootstrap.ensure_admin(
+            self.identity_store,
+            self.config.KOALA_STATE_DIR,
+            self.config.ec2_url(),
+            self.config.s3_url(),
+            self.config.KOALA_REGION,
+            (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text(),
+        )
+
+    async def on_stop(self) -> None:
+        await self.db.close()
 
     def peer_list(self) -> list[tuple[str, str]]:
         peers = [(self.config.KOALA_WALRUS_URL, "walrus")]

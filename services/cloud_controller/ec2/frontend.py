@@ -1,0 +1,133 @@
+"""The EC2 Query endpoint: read (bounded), authenticate, parse against the model, dispatch, serialize.
+
+Served at `/services/Eucalyptus`, `/services/compute` and `/` (GET with a query string, or POST with a form
+body). Every failure is EC2 error XML with the right status; an unexpected exception is logged and answered
+InternalError, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from services.cloud_controller.actions import ACTIONS, Context
+from services.cloud_controller.ec2 import model, params, xml
+from services.cloud_controller.ec2.auth import Lookup, SignedRequest, authenticate
+from services.cloud_controller.ec2.errors import Ec2Error, as_ec2_error
+
+log = logging.getLogger("koala.clc.ec2")
+
+PATHS = ("/", "/services/Eucalyptus", "/services/Eucalyptus/", "/services/compute", "/services/compute/")
+MAX_BODY = 512 * 1024  # RunInstances' user data (16 KiB, base64) and key material fit many times over
+MAX_QUERY = 64 * 1024
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+XML_TYPE = "text/xml;charset=UTF-8"
+
+
+class Frontend:
+    def __init__(self, clc: Any, lookup: Lookup):
+        self.clc, self.lookup = clc, lookup
+
+    def install(self, app: web.Application) -> None:
+        for path in PATHS:
+            app.router.add_route("GET", path, self.handle)
+            app.router.add_route("POST", path, self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        version = model.API_VERSION
+        action = "?"
+        try:
+            body = await _read_body(request)
+            values = _parameters(request, body)
+            action = values.get("Action", "")[:64] or "?"
+            version = values.get("Version") or model.API_VERSION
+            if not _VERSION.match(version):
+                version = model.API_VERSION
+                raise Ec2Error("InvalidParameterValue", "Version must look like 2016-11-15")
+            signed = SignedRequest(
+                method=request.method,
+                host=request.headers.get("Host", request.host),
+                path=request.path,
+                raw_query=request.query_string,
+                headers=request.headers,
+                body=body,
+                params=values,
+            )
+            access_key, principal = await authenticate(signed, self.lookup)
+            if "Action" not in values:
+                raise Ec2Error("MissingAction", "The request must contain the parameter Action")
+            entry = ACTIONS.get(values["Action"])
+            operation = model.operation(values["Action"])
+            if entry is None or operation is None:
+                raise Ec2Error("InvalidAction", f"The action {action} is not valid for this web service.")
+            parsed = params.parse(operation.input_shape, values)
+            if parsed.get("DryRun"):
+                raise Ec2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+            context = Context(
+                clc=self.clc,
+                principal=principal,
+                request_id=request_id,
+                version=version,
+                access_key_id=access_key,
+                remote=request.remote or "",
+                host=signed.host,
+            )
+            result = await entry.handler(context, parsed)
+            payload = xml.response(operation, result, request_id, version)
+            return web.Response(body=payload, content_type="text/xml", charset="utf-8")
+        except Exception as err:
+            ec2 = as_ec2_error(err)
+            if ec2 is None:
+                log.exception("request %s: %s failed", request_id, action)
+                ec2 = Ec2Error("InternalError", "An internal error has occurred; see the CLC log.", 500)
+            elif ec2.status >= 500 or ec2.code in ("AuthFailure", "SignatureDoesNotMatch"):
+                log.info("request %s: %s from %s refused: %s", request_id, action, request.remote, ec2.code)
+            return web.Response(
+                status=ec2.status,
+                body=xml.error(ec2.code, ec2.message, request_id),
+                content_type="text/xml",
+                charset="utf-8",
+            )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.method != "POST":
+        return b""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _too_large()
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> Ec2Error:
+    return Ec2Error("RequestEntityTooLarge", f"The request body is limited to {MAX_BODY} bytes", 413)
+
+
+def _parameters(request: web.Request, body: bytes) -> dict[str, str]:
+    """Query string and form body, decoded; the form wins over the query for the same name."""
+    if len(request.query_string) > MAX_QUERY:
+        raise Ec2Error("InvalidParameterValue", f"The query string is limited to {MAX_QUERY} bytes", 414)
+    values: dict[str, str] = {}
+    try:
+        for source in (request.query_string, body.decode("utf-8") if body else ""):
+            if source:
+                for key, value in parse_qsl(
+                    source, keep_blank_values=True, max_num_fields=params.MAX_PARAMS, encoding="utf-8", errors="strict"
+                ):
+                    values[key] = value
+    except UnicodeDecodeError:
+        raise Ec2Error("InvalidParameterValue", "Parameters must be UTF-8 text") from None
+    except ValueError:
+        raise Ec2Error("InvalidParameterValue", f"too many parameters (the limit is {params.MAX_PARAMS})") from None
+    return values
