@@ -427,7 +427,8 @@ class Cluster:
             if failed.url not in instance.tried:
                 instance.tried.append(failed.url)
             if len(instance.tried) > self.config.KOALA_RUN_RETRIES:
-                self._end(instance, f"failed: {error}")
+                tried = len(instance.tried)
+                self._end(instance, f"failed on {tried} node{'s' if tried > 1 else ''}: {error}")
                 return False
             order = list(self.nodes.values())
             snapshot = [
@@ -438,7 +439,7 @@ class Cluster:
             ]
             plan = self.policy(snapshot, instance.need, 1, self.cursor)
             if not plan.picks:
-                self._end(instance, f"failed: {error}; no other node fits")
+                self._end(instance, f"failed: {error}; no other node fits")  # tried all that fit
                 return False
             self.cursor = plan.cursor
             target = order[plan.picks[0]]
