@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common import pki
 from common.service import Service
-from services.cloud_controller import actions
+from services.cloud_controller import actions, admin
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.frontend import Frontend
@@ -27,6 +27,7 @@ class CloudControllerService(Service):
         actions.load_all()
         self.ec2 = Frontend(self, self._lookup_access_key)
         self.ec2.install(self.app)
+        self.admin = admin.install(self)  # the /admin/ web pages
 
     async def _lookup_access_key(self, access_key_id: str):
         return await self.identity_store.lookup(access_key_id)

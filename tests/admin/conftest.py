@@ -1,0 +1,74 @@
+"""Fixtures for the admin page tests: one real cloud per module and Debian's headless Chromium via Playwright."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cloud
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "admin"
+
+
+@pytest.fixture(scope="module")
+def admin_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """The CLC with Walrus, a CC and a test-driver NC."""
+    cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": {"HYPERVISOR": "test"}})
+    try:
+        cloud.start()
+        yield cloud
+    finally:
+        cloud.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_context(admin_cloud: Cloud) -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="koala-chromium-") as profile, playwright_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            accept_downloads=True,
+            base_url=admin_cloud.url("clc"),
+        )
+        context.set_default_timeout(15000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def admin_password(admin_cloud: Cloud) -> str:
+    return (admin_cloud.dir / "data" / "clc" / "admin-password").read_text().strip()
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page, password: str, login: str = "admin", next_path: str = "/admin/") -> None:
+    page.goto(f"/admin/login?next={next_path}")
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
