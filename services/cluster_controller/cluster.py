@@ -85,6 +85,12 @@ class Cluster:
         self._dirty_event = asyncio.Event()
         self._networks: set[tuple[str, int, str]] = set()
         self._specs: dict[str, LaunchSpec] = {}
+        # Placement's snapshot, kept up to date node by node: rebuilding 10,000 entries per decision would
+        # cost more than the decision itself.
+        self._order: list[Node] | None = None
+        self._snapshot: list[NodeCapacity] = []
+        self._position: dict[str, int] = {}
+        self._stale: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,6 +116,7 @@ class Cluster:
         for url, node in list(self.nodes.items()):
             if node.source == "config" and url not in configured and not node.instances:
                 del self.nodes[url]
+                self._order = None
                 await self.store.delete_node(url)
             else:
                 await self.store.save_node(node)
@@ -143,8 +150,24 @@ class Cluster:
 
     def _add_node(self, node: Node) -> Node:
         node.gate = asyncio.Semaphore(self.config.KOALA_NC_CONCURRENCY)
+        node.stale = self._stale
         self.nodes[node.url] = node
+        self._order = None
         return node
+
+    def snapshot(self) -> tuple[list[Node], list[NodeCapacity]]:
+        """The nodes in order and what placement sees of each, recomputing only the nodes that changed."""
+        if self._order is None:
+            self._order = list(self.nodes.values())
+            self._snapshot = [n.capacity() for n in self._order]
+            self._position = {n.url: i for i, n in enumerate(self._order)}
+        else:
+            for url in self._stale:
+                index = self._position.get(url)
+                if index is not None:
+                    self._snapshot[index] = self._order[index].capacity()
+        self._stale.clear()
+        return self._order, self._snapshot
 
     def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -241,8 +264,8 @@ class Cluster:
         need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
         spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
         async with self.lock:
-            order = list(self.nodes.values())
-            plan = self.policy([n.capacity() for n in order], need, len(ids), self.cursor)
+            order, capacities = self.snapshot()
+            plan = self.policy(capacities, need, len(ids), self.cursor)
             placed = len(plan.picks)
             if placed < request.min_count:
                 reason = (
@@ -292,6 +315,11 @@ class Cluster:
         no_room = f"InsufficientInstanceCapacity: no node in zone {self.zone} has room for another {vm.name}"
         answers += [InstancePlacement(instance_id=i, error=no_room) for i in ids[placed:]]
         return RunInstancesResponse(instances=answers)
+
+    def _touch(self, instance: Instance) -> None:
+        node = self.nodes.get(instance.node_url)
+        if node is not None:
+            node.touch()
 
     def _node_id(self, instance: Instance) -> str:
         node = self.nodes.get(instance.node_url)
@@ -413,6 +441,7 @@ class Cluster:
 
     def _confirm(self, instance: Instance, state: str, detail: str) -> None:
         instance.confirmed_at = time.monotonic()
+        self._touch(instance)
         if state in ("Pending", "Extant"):
             instance.state = state
         instance.detail = detail or instance.detail
@@ -430,13 +459,12 @@ class Cluster:
                 tried = len(instance.tried)
                 self._end(instance, f"failed on {tried} node{'s' if tried > 1 else ''}: {error}")
                 return False
-            order = list(self.nodes.values())
-            snapshot = [
-                n.capacity()
-                if n.url not in instance.tried
-                else NodeCapacity(n.url, NodeState.DOWN, 0, 0, 0, len(n.instances))
-                for n in order
-            ]
+            order, capacities = self.snapshot()
+            snapshot = list(capacities)
+            for url in instance.tried:  # not again on a node that failed it
+                index = self._position.get(url)
+                if index is not None:
+                    snapshot[index] = NodeCapacity(url, NodeState.DOWN, 0, 0, 0)
             plan = self.policy(snapshot, instance.need, 1, self.cursor)
             if not plan.picks:
                 self._end(instance, f"failed: {error}; no other node fits")  # tried all that fit
@@ -571,6 +599,7 @@ class Cluster:
         if node.instances:
             raise RpcError(409, "NodeInUse", f"{url} still has {len(node.instances)} instances")
         del self.nodes[url]
+        self._order = None
         task = self._node_tasks.pop(url, None)
         if task is not None:
             task.cancel()
@@ -680,6 +709,7 @@ class Cluster:
                 continue
             if instance.confirmed_at is None:
                 instance.confirmed_at = time.monotonic()
+                node.touch()
             if instance.state != info.state or instance.detail != info.detail:
                 instance.state, instance.detail = info.state, info.detail
                 self._changed(instance)

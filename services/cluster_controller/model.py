@@ -89,10 +89,17 @@ class Node:
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # poll now
     up: asyncio.Event = field(default_factory=asyncio.Event)  # set while UP
     gate: asyncio.Semaphore | None = None
+    stale: set[str] | None = None  # the cluster's set of nodes whose cached capacity must be recomputed
+
+    def touch(self) -> None:
+        """Something placement sees changed: recompute this node's entry of the snapshot."""
+        if self.stale is not None:
+            self.stale.add(self.url)
 
     def reserve(self, instance: Instance) -> None:
         if instance.instance_id in self.instances:
             return
+        self.touch()
         self.instances[instance.instance_id] = instance
         self.reserved_memory_mb += instance.vm.memory_mb
         self.reserved_disk_gb += instance.vm.disk_gb
@@ -102,6 +109,7 @@ class Node:
     def release(self, instance: Instance) -> None:
         if self.instances.pop(instance.instance_id, None) is None:
             return
+        self.touch()
         self.reserved_memory_mb -= instance.vm.memory_mb
         self.reserved_disk_gb -= instance.vm.disk_gb
         self.reserved_cores -= instance.vm.cores
@@ -145,6 +153,7 @@ class Node:
 
     def set_state(self, state: NodeState) -> None:
         self.state = state
+        self.touch()
         if state is NodeState.UP:
             self.up.set()
         else:

@@ -186,8 +186,14 @@ def seed_image(node: ExtraNode) -> None:
 
 
 def make_cluster(
-    tmp: Path, node_cores: dict[str, int], cc_settings: dict | None = None, start: bool = True
+    tmp: Path,
+    node_cores: dict[str, int],
+    cc_settings: dict | None = None,
+    start: bool = True,
+    node_settings: dict | None = None,
 ) -> tuple[Cloud, dict[str, ExtraNode], ClcDouble]:
+    """A CC over NCs named by `node_cores` (name -> MAX_CORES), with the CLC double listening; started
+    unless `start` is false."""
     clc_port = free_port()
     ports = {name: free_port() for name in node_cores}
     nodes_setting = " ".join(f"127.0.0.1:{port}" for port in ports.values())
@@ -215,6 +221,7 @@ def make_cluster(
                 "SWAP_SIZE": 0,
                 "KOALA_NC_CONFIG_DRIVE": "false",
                 "KOALA_NC_MONITOR_SECONDS": 1,
+                **(node_settings or {}),
             },
         )
         seed_image(node)
