@@ -84,33 +84,32 @@ class ImageCache:
     async def _obtain(self, image_id: str, manifest: str) -> Path:
         directory = self.image_dir(image_id)
         row = await self._row(image_id)
-        known = ""
         if row is not None and row["manifest"] == manifest and (directory / row["file"]).exists():
-            known = row["manifest_digest"]
-        directory.mkdir(parents=True, exist_ok=True)
-        download = directory / f"download-{secrets.token_hex(4)}.tmp"
-        try:
-            fetched = await self.walrus.fetch(image_id, manifest, download, known, self.limit)
-        except ImageFetchError as err:
-            if known and err.code == "WalrusUnreachable":
+            try:
+                current = await self.walrus.describe(manifest)
+            except ImageFetchError as err:
+                if err.code != "WalrusUnreachable":
+                    raise
                 log.warning("%s: Walrus unreachable, using the cached copy (%s)", image_id, err.message)
                 return await self._touch(image_id, directory / row["file"])
-            raise
-        if fetched.not_modified and row is not None:
-            return await self._touch(image_id, directory / row["file"])
+            if current.sha256 == row["sha256"]:
+                return await self._touch(image_id, directory / row["file"])
+            log.info("%s: the image behind %s changed: fetching it again", image_id, manifest)
+        directory.mkdir(parents=True, exist_ok=True)
+        download = directory / f"download-{secrets.token_hex(4)}.tmp"
+        fetched = await self.walrus.fetch(manifest, download, self.limit)
         self.downloads += 1
         final = directory / f"{fetched.sha256[:16]}.img"
         download.replace(final)
         if row is not None and row["file"] != final.name:
             self._retire(directory / row["file"])
-        now = time.time()
         await self.db.execute(
-            "INSERT OR REPLACE INTO image_cache(image_id, manifest, manifest_digest, sha256, file, size, last_used)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (image_id, manifest, fetched.manifest_digest, fetched.sha256, final.name, fetched.size, now),
+            "INSERT OR REPLACE INTO image_cache(image_id, manifest, sha256, file, size, last_used)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (image_id, manifest, fetched.sha256, final.name, fetched.size, time.time()),
         )
         await self.db.commit()
-        log.info("%s: cached %d bytes (%s)", image_id, fetched.size, "changed manifest" if row else "new")
+        log.info("%s: cached %d bytes from %s", image_id, fetched.size, manifest)
         await self._evict(keep=image_id)
         return final
 

@@ -48,7 +48,7 @@ def user_data(request: RunInstanceRequest) -> bytes:
 
 def _build(path: Path, files: dict[str, bytes]) -> None:
     iso = pycdlib.PyCdlib()
-    iso.new(interchange=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for index, (name, data) in enumerate(files.items()):
         iso_name = f"/F{index:07d}.;1"
         iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}")

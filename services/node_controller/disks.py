@@ -90,11 +90,19 @@ async def make_swap(dest_dir: Path, size_mb: int) -> DiskSpec | None:
 
 async def make_disks(image: Path, dest_dir: Path, disk_gb: int, swap_mb: int, mode: str) -> list[DiskSpec]:
     """Root, then ephemeral and swap (so the guest sees them in Eucalyptus's order), built concurrently."""
-    image_size = (await asyncio.get_running_loop().run_in_executor(None, image.stat)).st_size
+    loop = asyncio.get_running_loop()
+    image_size = (await loop.run_in_executor(None, image.stat)).st_size
     ephemeral_size = (disk_gb * GIB - image_size - swap_mb * MIB) // MIB * MIB
-    root, ephemeral, swap = await asyncio.gather(
-        make_root(image, image_size, dest_dir, disk_gb, mode),
-        make_ephemeral(dest_dir, ephemeral_size),
-        make_swap(dest_dir, swap_mb),
-    )
-    return [disk for disk in (root, ephemeral, swap) if disk is not None]
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the others
+            root = group.create_task(make_root(image, image_size, dest_dir, disk_gb, mode))
+            ephemeral = group.create_task(make_ephemeral(dest_dir, ephemeral_size))
+            swap = group.create_task(make_swap(dest_dir, swap_mb))
+    except* (DiskError, OSError) as group_error:
+        first = group_error.exceptions[0]
+        message = str(first) if isinstance(first, DiskError) else f"{first.strerror or first}"
+        stat = await loop.run_in_executor(None, os.statvfs, dest_dir)
+        if stat.f_bavail * stat.f_frsize < 64 * MIB and "No space left" not in message:
+            message += " (No space left on device)"
+        raise DiskError(message) from None
+    return [disk for disk in (root.result(), ephemeral.result(), swap.result()) if disk is not None]

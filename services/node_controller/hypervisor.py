@@ -73,6 +73,7 @@ def _start_event_thread() -> None:
         if _event_impl_started:
             return
         libvirt.virEventRegisterDefaultImpl()
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed to stderr
 
         def run() -> None:
             while True:

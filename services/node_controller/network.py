@@ -1,17 +1,30 @@
-"""The NC's small part of networking (StartNetwork): make sure the bridge a guest will join exists.
+"""The NC's part of cluster networking: the bridge a guest joins, created on demand, removed with the last guest.
 
-Owned by the networking work (issue 8) from here on: MANAGED mode's VLAN device (PUBIF.vlan enslaved to
-eucabr<vlan>) belongs here too. For the test hypervisor nothing on the host is touched.
+- SYSTEM, STATIC, MANAGED-NOVLAN: guests join VNET_BRIDGE (created if missing, with VNET_PUBINTERFACE
+  enslaved to it when set); it is the host's network, so it is never removed.
+- MANAGED: per network a VLAN device `<VNET_PUBINTERFACE>.<vlan>` enslaved to a bridge `koalabr<vlan>` (the
+  name the CC hands out in NetConfig.bridge); both are removed when the network's last guest is gone.
+
+Every command runs off the event loop (asyncio subprocesses), optionally inside a network namespace, through an
+injectable runner, so MANAGED's VLAN commands (no 8021q on the test machines) can be checked as a plan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field, field_validator
 
 log = logging.getLogger("koala.nc.network")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
+BRIDGE_PREFIX = "koalabr"
 
 
 class NetworkError(Exception):
@@ -22,28 +35,169 @@ def valid_bridge(name: str) -> bool:
     return bool(_BRIDGE.match(name)) and name not in (".", "..")
 
 
-async def _ip(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        "ip", *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+class NodeVnetSettings(BaseModel):
+    """The NC's VNET_* keys (eucalyptus.conf names); a mixin of the NC's configuration."""
+
+    VNET_MODE: Literal["SYSTEM", "STATIC", "MANAGED", "MANAGED-NOVLAN"] = Field(
+        "SYSTEM", description="The cluster's networking mode (as the CC's)."
     )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode(errors="replace").strip()
+    VNET_PUBINTERFACE: str = Field(
+        "", description="NC: the interface toward the CC's private network (the VLAN parent in MANAGED)."
+    )
+    VNET_BRIDGE: str = Field("", description="NC: the bridge guests join in SYSTEM, STATIC and MANAGED-NOVLAN.")
+    KOALA_VNET_NETNS: str = Field("", description="Run network commands inside this network namespace (tests).")
+
+    @field_validator("VNET_PUBINTERFACE", "VNET_BRIDGE")
+    @classmethod
+    def _ifname(cls, value: str) -> str:
+        if value and not _IFNAME.match(value):
+            raise ValueError(f"{value!r} is not an interface name")
+        return value
 
 
-async def ensure_bridge(bridge: str, touch_host: bool) -> bool:
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    async def run(self, argv: Sequence[str], check: bool = True) -> Result: ...
+
+
+class SubprocessRunner:
+    def __init__(self, netns: str = ""):
+        self.netns = netns
+
+    async def run(self, argv: Sequence[str], check: bool = True) -> Result:
+        full = ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
+        process = await asyncio.create_subprocess_exec(
+            *full, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await process.communicate()
+        result = Result(process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and result.code:
+            raise NetworkError(f"{' '.join(full)}: {result.stderr.strip()[:300]}")
+        return result
+
+
+@dataclass
+class RecordingRunner:
+    """Records commands; `links` is the canned `ip -j -d link show` answer (a list of dicts)."""
+
+    links: list[dict] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)
+
+    async def run(self, argv: Sequence[str], check: bool = True) -> Result:
+        self.commands.append(list(argv))
+        if list(argv[:4]) == ["ip", "-j", "-d", "link"]:
+            return Result(0, json.dumps(self.links), "")
+        return Result(0, "", "")
+
+
+@dataclass
+class _Live:
+    kind: str
+    master: str
+    up: bool
+
+
+class NodeNetwork:
+    """Bridges (and VLAN devices) for the guests of this node."""
+
+    def __init__(self, settings: NodeVnetSettings, runner: Runner | None = None):
+        self.settings = settings
+        self.runner = runner or SubprocessRunner(settings.KOALA_VNET_NETNS)
+        self._lock = asyncio.Lock()
+
+    def bridge_for(self, vlan: int, bridge: str = "") -> str:
+        """The bridge a guest of network `vlan` joins (`bridge`: what the CC said, if anything)."""
+        if self.settings.VNET_MODE == "MANAGED":
+            if not 2 <= vlan <= 4095:
+                raise NetworkError(f"MANAGED needs a VLAN 2..4095, got {vlan}")
+            return f"{BRIDGE_PREFIX}{vlan}"
+        name = bridge or self.settings.VNET_BRIDGE
+        if not name or not valid_bridge(name):
+            raise NetworkError(f"no usable bridge (VNET_BRIDGE={self.settings.VNET_BRIDGE!r}, asked {bridge!r})")
+        return name
+
+    async def _live(self) -> dict[str, _Live]:
+        out = (await self.runner.run(["ip", "-j", "-d", "link", "show"])).stdout
+        live = {}
+        for entry in json.loads(out or "[]"):
+            kind = (entry.get("linkinfo") or {}).get("info_kind", "")
+            live[entry["ifname"]] = _Live(kind, entry.get("master", ""), "UP" in entry.get("flags", []))
+        return live
+
+    async def ensure(self, vlan: int = -1, bridge: str = "") -> str:
+        """Make sure the network's bridge (and VLAN device) exist and are up; returns the bridge name."""
+        name = self.bridge_for(vlan, bridge)
+        pubif = self.settings.VNET_PUBINTERFACE
+        async with self._lock:
+            live = await self._live()
+            plan: list[list[str]] = []
+            if name not in live:
+                plan.append(["ip", "link", "add", name, "type", "bridge"])
+            if name not in live or not live[name].up:
+                plan.append(["ip", "link", "set", name, "up"])
+            if self.settings.VNET_MODE == "MANAGED":
+                if not pubif or pubif not in live:
+                    raise NetworkError(f"VNET_PUBINTERFACE {pubif!r} does not exist on this node")
+                device = f"{pubif}.{vlan}"
+                if len(device) > 15:
+                    raise NetworkError(f"VLAN device name {device!r} is too long")
+                if device not in live:
+                    plan.append(["ip", "link", "add", "link", pubif, "name", device, "type", "vlan", "id", str(vlan)])
+                if device not in live or live[device].master != name:
+                    plan.append(["ip", "link", "set", device, "master", name])
+                if device not in live or not live[device].up:
+                    plan.append(["ip", "link", "set", device, "up"])
+            elif pubif:
+                if pubif not in live:
+                    raise NetworkError(f"VNET_PUBINTERFACE {pubif!r} does not exist on this node")
+                if live[pubif].master != name:
+                    plan.append(["ip", "link", "set", pubif, "master", name])
+                if not live[pubif].up:
+                    plan.append(["ip", "link", "set", pubif, "up"])
+            for argv in plan:
+                await self.runner.run(argv)
+            if plan:
+                log.info("network for vlan %s: bridge %s ready (%d commands)", vlan, name, len(plan))
+        return name
+
+    async def release_unused(self, bridges_in_use: Iterable[str]) -> list[str]:
+        """MANAGED: remove the bridges and VLAN devices of networks no guest here uses any more."""
+        if self.settings.VNET_MODE != "MANAGED":
+            return []
+        keep = set(bridges_in_use)
+        pubif = self.settings.VNET_PUBINTERFACE
+        removed = []
+        async with self._lock:
+            live = await self._live()
+            for name in sorted(live):
+                vlan = name[len(BRIDGE_PREFIX) :]
+                if not name.startswith(BRIDGE_PREFIX) or not vlan.isdigit() or name in keep:
+                    continue
+                if live[name].kind != "bridge":
+                    continue
+                device = f"{pubif}.{vlan}"
+                if device in live and live[device].kind == "vlan":
+                    await self.runner.run(["ip", "link", "del", device])
+                await self.runner.run(["ip", "link", "del", name])
+                removed.append(name)
+        if removed:
+            log.info("removed unused networks %s", ", ".join(removed))
+        return removed
+
+
+async def ensure_bridge(bridge: str, touch_host: bool, netns: str = "") -> bool:
     """Create `bridge` (up) if missing. Returns True if it was created. `touch_host` False: validate only."""
     if not valid_bridge(bridge):
         raise NetworkError(f"invalid bridge name {bridge!r}")
     if not touch_host:
         return False
-    status, _ = await _ip("link", "show", "dev", bridge)
-    if status == 0:
-        return False
-    status, output = await _ip("link", "add", "name", bridge, "type", "bridge")
-    if status != 0 and "File exists" not in output:
-        raise NetworkError(f"cannot create bridge {bridge}: {output}")
-    status, output = await _ip("link", "set", "dev", bridge, "up")
-    if status != 0:
-        raise NetworkError(f"cannot bring up bridge {bridge}: {output}")
-    log.info("created bridge %s", bridge)
-    return True
+    network = NodeNetwork(NodeVnetSettings(VNET_BRIDGE=bridge, KOALA_VNET_NETNS=netns))
+    existed = bridge in await network._live()
+    await network.ensure(bridge=bridge)
+    return not existed

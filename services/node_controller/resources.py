@@ -1,7 +1,10 @@
 """What this node offers: cores, memory and disk from the host and libvirt, capped by MAX_CORES, MAX_MEM and
 MAX_DISK. Memory as the reference computed it: KVM/QEMU keep 256 MiB for the host, Xen 32 MiB plus dom0's
 minimum (KOALA: 512 MiB assumed). Disk in GB throughout: the free space of INSTANCE_PATH when the NC starts,
-plus what its own instances already hold, less the image cache's size."""
+plus what its own instances already hold, less the image cache's size.
+
+On the test hypervisor the host is simulated (scale tests run hundreds of instances on a laptop's disk), so
+there MAX_CORES, MAX_MEM and MAX_DISK, when set, are the simulated host's size rather than caps."""
 
 from __future__ import annotations
 
@@ -27,6 +30,12 @@ def limits(
     free_gb = stat.f_bavail * stat.f_frsize // GIB
     disk = max(0, free_gb + held_disk_gb - (cache_mb + 1023) // 1024)
     memory = max(0, host_memory_mb - HOST_RESERVE_MB.get(hypervisor, 0))
+    if hypervisor == "test":
+        return {
+            "cores": max_cores or host_cpus,
+            "memory_mb": max_mem or memory,
+            "disk_gb": max_disk or disk,
+        }
     return {
         "cores": min(host_cpus, max_cores) if max_cores else host_cpus,
         "memory_mb": min(memory, max_mem) if max_mem else memory,

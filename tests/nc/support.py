@@ -1,7 +1,8 @@
 """Helpers for the NC tests: signed peers the NC talks to, run in a thread of the test process.
 
-- `ImageServer` serves `GetDecryptedImage` with Walrus's certificate and the same signed, streamed interface
-  as Walrus (services/node_controller/walrus_client.py), for the NC tests that do not need the whole cloud.
+- `ImageServer` serves `GetDecryptedImage` with Walrus's certificate and Walrus's signed, streamed interface
+  (common/messages/walrus_images.py: signed JSON request, signed descriptor of the bytes, ranges), for the NC
+  tests that do not need the whole cloud (bundles, S3, identity). Images are keyed by "bucket/manifest key".
   It can be slowed down or stopped, so staging timeouts and an unreachable Walrus are real.
 - `NotifyRecorder` accepts the NC's `NotifyInstances` pushes with the CC's certificate and records them.
 - `node_file` writes a libvirt test-driver node description (test:///path.xml): its capacity and the domains
@@ -23,13 +24,15 @@ from aiohttp import web
 
 from common import pki, signing
 from common.messages.cc_nc import Ack, NotifyInstancesRequest
+from common.messages.walrus_images import (
+    GET_DECRYPTED_IMAGE_PATH,
+    HEADER_IMAGE_RANGE,
+    HEADER_IMAGE_SHA256,
+    GetDecryptedImageRequest,
+    image_descriptor,
+)
 from common.rpc import RpcServer
 from common.signing import AuthError, Identity, ReplayCache, TrustStore
-from services.node_controller.walrus_client import (
-    HEADER_IMAGE_SHA256,
-    HEADER_MANIFEST_DIGEST,
-    GetDecryptedImageRequest,
-)
 from tests.harness import free_port
 
 
@@ -74,7 +77,6 @@ class ThreadServer:
 @dataclass
 class Image:
     path: Path
-    manifest_digest: str
     sha256: str
 
 
@@ -82,8 +84,8 @@ class Image:
 class ImageServer:
     pki_dir: Path
     port: int | None = None
-    images: dict[str, Image] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (image id, "200" or "304")
+    images: dict[str, Image] = field(default_factory=dict)  # "bucket/key" -> image
+    requests: list[tuple[str, int]] = field(default_factory=list)  # (manifest, bytes sent)
     delay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -93,28 +95,31 @@ class ImageServer:
         self.replay = ReplayCache()
         app = web.Application()
         app.router.add_get("/internal/identity", self._identity)
-        app.router.add_post("/internal/GetDecryptedImage", self._get)
+        app.router.add_post(GET_DECRYPTED_IMAGE_PATH, self._get)
         self.server = ThreadServer(app, self.port)
 
     @property
     def url(self) -> str:
         return self.server.url
 
-    def add(self, image_id: str, path: Path, manifest_digest: str = "m1") -> None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.images[image_id] = Image(path, manifest_digest, digest)
+    def add(self, manifest: str, path: Path) -> None:
+        self.images[manifest] = Image(path, hashlib.sha256(path.read_bytes()).hexdigest())
 
-    def downloads(self, image_id: str) -> int:
-        return sum(1 for i, status in self.requests if i == image_id and status == "200")
+    def downloads(self, manifest: str) -> int:
+        return sum(1 for m, sent in self.requests if m == manifest and sent > 0)
 
     async def _identity(self, request: web.Request) -> web.Response:
         return web.json_response({"id": "walrus", "role": "walrus", "cert": self.identity.cert_der_b64})
 
-    def _signed(self, request: web.Request, status: int, body: bytes, headers: dict | None = None) -> web.Response:
+    def _signed(self, request: web.Request, status: int, body: bytes, covered: bytes, headers: dict) -> web.Response:
         nonce = request.headers.get(signing.HEADER_NONCE, "")
         caller = request.headers.get(signing.HEADER_CERT, "")
-        signed = self.identity.sign_headers(signing.RESPONSE_METHOD, request.path, caller, body, nonce)
-        return web.Response(status=status, body=body, headers={**signed, **(headers or {})})
+        signed = self.identity.sign_headers(signing.RESPONSE_METHOD, request.path, caller, covered, nonce)
+        return web.Response(status=status, body=body, headers={**signed, **headers})
+
+    def _error(self, request: web.Request, status: int, code: str) -> web.Response:
+        body = f'{{"code":"{code}","message":"{code}"}}'.encode()
+        return self._signed(request, status, body, body, {"Content-Type": "application/json"})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -123,23 +128,25 @@ class ImageServer:
                 self.trust, self.replay, "walrus", "POST", request.path, request.headers, body
             )
         except AuthError as err:
-            return self._signed(request, err.status, f'{{"code":"{err.code}","message":"refused"}}'.encode())
+            return self._error(request, err.status, err.code)
         if peer.role != "nc":
-            return self._signed(request, 403, b'{"code":"RoleNotAllowed","message":"nc only"}')
+            return self._error(request, 403, "RoleNotAllowed")
         message = GetDecryptedImageRequest.model_validate_json(body)
-        image = self.images.get(message.image_id)
+        manifest = f"{message.bucket}/{message.manifest_key}"
+        image = self.images.get(manifest)
         if image is None:
-            return self._signed(request, 404, b'{"code":"NoSuchImage","message":"no such image"}')
+            return self._error(request, 404, "NoSuchKey")
         if self.delay:
             await asyncio.sleep(self.delay)
-        headers = {HEADER_MANIFEST_DIGEST: image.manifest_digest}
-        if message.if_manifest_digest == image.manifest_digest:
-            self.requests.append((message.image_id, "304"))
-            return self._signed(request, 304, b"", headers)
-        self.requests.append((message.image_id, "200"))
         data = image.path.read_bytes()
-        headers[HEADER_IMAGE_SHA256] = image.sha256
-        return self._signed(request, 200, data, headers)
+        total = len(data)
+        start = message.start or 0
+        end = total if message.end is None else min(message.end, total)
+        status = 206 if (start, end) != (0, total) else 200
+        self.requests.append((manifest, end - start))
+        headers = {HEADER_IMAGE_RANGE: f"{start}-{end}/{total}", HEADER_IMAGE_SHA256: image.sha256}
+        descriptor = image_descriptor(status, start, end, total, image.sha256)
+        return self._signed(request, status, data[start:end], descriptor, headers)
 
     def start(self) -> None:
         self.server.start()

@@ -15,8 +15,7 @@ CREATE TABLE instances (
 CREATE TABLE image_cache (
     image_id TEXT PRIMARY KEY,
     manifest TEXT NOT NULL,
-    manifest_digest TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    sha256 TEXT NOT NULL,           -- of the image, as Walrus announced and the NC checked
     file TEXT NOT NULL,             -- file name inside the image's cache directory
     size INTEGER NOT NULL,
     last_used REAL NOT NULL
