@@ -136,8 +136,9 @@ class ImageServer:
         image = self.images.get(manifest)
         if image is None:
             return self._error(request, 404, "NoSuchKey")
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        began = time.monotonic()
+        while self.delay and time.monotonic() - began < self.delay:  # setting delay to 0 releases waiters
+            await asyncio.sleep(0.05)
         data = image.path.read_bytes()
         total = len(data)
         start = message.start or 0
@@ -185,7 +186,7 @@ class NotifyRecorder:
 
 def node_file(path: Path, domains_xml: list[str] = (), cpus: int = 256, memory_gib: int = 256) -> str:
     """A test-driver node description; returns its test:/// URI."""
-    domains = "\n".join(xml.replace('<domain type="test"', "<domain type='test'") for xml in domains_xml)
+    domains = "\n".join(domains_xml)
     path.write_text(
         f"""<node>
   <cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores>
