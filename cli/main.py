@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "cli.services_cmd",
     "cli.pki_cmd",
     "cli.allinone",
+    "cli.admin_cmd",
     "cli.bundle_cmd",
     "cli.install_cmd",
 ]

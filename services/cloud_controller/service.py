@@ -8,6 +8,7 @@ from services.cloud_controller import actions, admin
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.frontend import Frontend
+from services.cloud_controller.identity import admin_rpc as identity_admin_rpc
 from services.cloud_controller.identity import bootstrap
 from services.cloud_controller.identity import rpc as identity_rpc
 from services.cloud_controller.identity.store import IdentityStore
@@ -36,13 +37,15 @@ class CloudControllerService(Service):
         self.db = await Database.open(self.config.KOALA_STATE_DIR)
         self.identity_store = IdentityStore(self.db, self.pki_dir)
         identity_rpc.install(self.rpc, self.identity_store)
+        identity_admin_rpc.install(self.rpc, self.identity_store, self)
+        self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         await bootstrap.ensure_admin(
             self.identity_store,
             self.config.KOALA_STATE_DIR,
             self.config.ec2_url(),
             self.config.s3_url(),
             self.config.KOALA_REGION,
-            (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text(),
+            self.cloud_cert_pem,
         )
 
     async def on_stop(self) -> None:

@@ -1,0 +1,107 @@
+"""`koala admin ...`: manage accounts, users and access keys on the CLC, and fetch a user's credentials zip.
+
+Talks to the CLC named in DIR/endpoints.json with the `koala-admin` certificate (signed internal RPC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from cli.allinone import AllInOne, default_state_dir
+from common import pki
+from common.messages import identity_admin as msg
+from common.rpc import Empty, PeerUnreachable, RpcError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("admin", help="manage accounts, users, access keys and credentials")
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir(), help="the cloud's state directory")
+    commands = parser.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+
+    def add(name: str, text: str, *args: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text)
+        for arg in args:
+            sub.add_argument(arg)
+        sub.set_defaults(func=_run, action_name=name)
+        return sub
+
+    add("accounts", "list accounts, users and access keys (never secrets)")
+    add("create-account", "create an account with its admin user and an access key", "name")
+    add("create-user", "create a user in an account", "account", "user")
+    add("create-key", "create an access key for a user", "account", "user")
+    add("disable-key", "disable an access key", "access_key_id")
+    add("enable-key", "enable an access key", "access_key_id")
+    add("delete-key", "delete an access key", "access_key_id")
+    add("disable-user", "disable a user", "account", "user")
+    add("enable-user", "enable a user", "account", "user")
+    creds = add("credentials", "write a user's credentials zip (eucarc, certificate, keys)", "account", "user")
+    creds.add_argument("-o", "--output", type=Path, help="zip file to write (default ACCOUNT-USER.zip)")
+
+
+def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseModel]]:
+    name = args.action_name
+    if name == "accounts":
+        return "ListAccounts", Empty(), msg.ListAccountsResponse
+    if name == "create-account":
+        return "CreateAccount", msg.CreateAccountRequest(name=args.name), msg.NewAccessKey
+    if name == "create-user":
+        return "CreateUser", msg.CreateUserRequest(account=args.account, name=args.user), msg.UserResponse
+    if name == "create-key":
+        return "CreateAccessKey", msg.UserRef(account=args.account, user=args.user), msg.NewAccessKey
+    if name in ("disable-key", "enable-key"):
+        request = msg.SetAccessKeyEnabledRequest(access_key_id=args.access_key_id, enabled=name == "enable-key")
+        return "SetAccessKeyEnabled", request, msg.Done
+    if name == "delete-key":
+        return "DeleteAccessKey", msg.AccessKeyRef(access_key_id=args.access_key_id), msg.Done
+    if name in ("disable-user", "enable-user"):
+        request = msg.SetUserEnabledRequest(account=args.account, user=args.user, enabled=name == "enable-user")
+        return "SetUserEnabled", request, msg.Done
+    return "GetCredentials", msg.UserRef(account=args.account, user=args.user), msg.CredentialsResponse
+
+
+async def _invoke(cloud: AllInOne, operation: str, message: BaseModel | None, answer: type[BaseModel]) -> Any:
+    client = cloud.admin_client()
+    try:
+        return await client.call(cloud.endpoints()["clc"].url, operation, message, answer, expect_role="clc")
+    finally:
+        await client.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    cloud = AllInOne(args.state_dir)
+    if not cloud.endpoints_path.exists():
+        print(f"koala admin: no cloud in {cloud.dir}", file=sys.stderr)
+        return 3
+    try:
+        operation, message, answer_type = _call(args)
+        answer = asyncio.run(_invoke(cloud, operation, message, answer_type))
+    except (RpcError, PeerUnreachable) as err:
+        print(f"koala admin: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    except ValueError as err:  # pydantic validation of names
+        print(f"koala admin: {err}", file=sys.stderr)
+        return 2
+    if isinstance(answer, msg.CredentialsResponse):
+        target = args.output or Path(f"{args.account}-{args.user}.zip")
+        pki.write_private(target, base64.b64decode(answer.zip_base64))
+        print(f"wrote {target}")
+    elif isinstance(answer, msg.ListAccountsResponse):
+        for account in answer.accounts:
+            marker = "\tadmin" if account.is_admin else ""
+            print(f"ACCOUNT\t{account.name}\t{account.account_id}{marker}")
+            for user in account.users:
+                state = "enabled" if user.principal.enabled else "disabled"
+                print(f"USER\t{account.name}\t{user.principal.user_name}\t{user.principal.user_id}\t{state}")
+                for key in user.access_keys:
+                    print(f"KEY\t{user.principal.user_name}\t{key.access_key_id}\t{'on' if key.enabled else 'off'}")
+    else:
+        print(json.dumps(answer.model_dump(), indent=2))
+    return 0
