@@ -8,7 +8,7 @@ NCs (role nc) push their instance changes.
 from __future__ import annotations
 
 from common.messages import cc_nc, clc_cc
-from common.rpc import Caller
+from common.rpc import Caller, RpcError
 from common.service import Service
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
@@ -17,6 +17,7 @@ from services.cluster_controller.store import Store
 CLC = frozenset({"clc"})
 CLC_OR_ADMIN = frozenset({"clc", "admin"})
 NC = frozenset({"nc"})
+MAX_VM_TYPES = 100
 
 
 class ClusterControllerService(Service):
@@ -81,6 +82,8 @@ class ClusterControllerService(Service):
     async def _describe_resources(
         self, request: clc_cc.DescribeResourcesRequest, caller: Caller
     ) -> clc_cc.DescribeResourcesResponse:
+        if len(request.vm_types) > MAX_VM_TYPES:
+            raise RpcError(400, "InvalidRequest", f"at most {MAX_VM_TYPES} VM types per DescribeResources")
         return self.cluster.describe_resources(request.vm_types)
 
     async def _describe_nodes(self, _: object, caller: Caller) -> clc_cc.DescribeNodesResponse:
