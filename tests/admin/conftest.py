@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "admin"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def admin_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     """The CLC with Walrus, a CC and a test-driver NC."""
     cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": {"HYPERVISOR": "test"}})
@@ -37,7 +37,7 @@ def admin_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         cloud.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser_context(admin_cloud: Cloud) -> Iterator:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -57,9 +57,9 @@ def browser_context(admin_cloud: Cloud) -> Iterator:
             context.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def admin_password(admin_cloud: Cloud) -> str:
-    return (admin_cloud.dir / "data" / "clc" / "admin-password").read_text().strip()
+    return (admin_cloud.dir / "data" / "clc" / "admin" / "web-password").read_text().strip()
 
 
 def screenshot(page, name: str) -> None:
@@ -72,3 +72,15 @@ def sign_in(page, password: str, login: str = "admin", next_path: str = "/admin/
     page.fill("input[name=login]", login)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+
+
+def open_page(context, password: str, path: str):
+    """A new tab on `path`, signing in first if the context has no session."""
+    page = context.new_page()
+    page.goto(path)
+    if "/admin/login" in page.url:
+        page.fill("input[name=login]", "admin")
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        assert not page.url.split("?")[0].endswith("/admin/login"), page.inner_text("main")
+    return page

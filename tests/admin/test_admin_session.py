@@ -31,6 +31,7 @@ def test_unauthenticated_pages_redirect_to_sign_in(admin_cloud, browser_context)
         raise AssertionError("a POST without a session was accepted")
     except urllib.error.HTTPError as err:
         assert err.code == 303 and err.headers["Location"].startswith("/admin/login")
+    browser_context.clear_cookies()
     page = browser_context.new_page()
     page.goto("/admin/vmtypes")
     assert page.url.endswith("/admin/login?next=/admin/vmtypes")

@@ -2,7 +2,7 @@
 
 - `app`: routes, sign-in, sessions, CSRF checks, rendering and failure messages,
 - `passwords`: scrypt hashes of the admin logins in `admin-logins.json` in the CLC's state directory
-  (first start: login `admin`, random password in `admin-password`; `koala admin set-password` changes it),
+  (first start: login `admin`, random password in `admin/web-password`; `koala admin set-password` changes it),
 - `sessions`, `csrf`, `ratelimit`: the session store, CSRF tokens, the failed sign-in limit,
 - `backend`: finds the CLC's parts (compute engine, identity); `pages/*`: one module per page.
 

@@ -82,9 +82,8 @@ class Page:
     def service(self) -> Any:
         return self.admin.service
 
-    @property
-    def principal(self):
-        return admin_principal(self.admin.service, self.session.login)
+    async def principal(self):
+        return await admin_principal(self.admin.service, self.session.login)
 
     def field(self, name: str, limit: int = 256, required: bool = True) -> str:
         value = self.form.get(name, "")

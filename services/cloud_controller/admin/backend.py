@@ -24,13 +24,19 @@ def compute(service: Any) -> Any:
     return engine
 
 
-def admin_principal(service: Any, login: str) -> Principal:
-    """Who an admin page acts as: the cloud administrator (is_admin), named after the web login."""
+def identity(service: Any) -> Any:
+    store = getattr(service, "identity_store", None)
+    if store is None:
+        raise Unavailable("The identity store is not running on this Cloud Controller.")
+    return store
+
+
+async def admin_principal(service: Any, login: str) -> Principal:
+    """Who an admin page acts as: the cloud administrators' account (is_admin), named after the web login."""
     account_id, account_name = "", "eucalyptus"
-    finder = getattr(getattr(service, "identity_store", None), "admin_account", None)
-    if finder is not None:
-        account = finder()
-        account_id, account_name = getattr(account, "account_id", ""), getattr(account, "name", account_name)
+    store = getattr(service, "identity_store", None)
+    if store is not None:
+        account_id = await store.admin_account_id() or ""
     return Principal(
         account_id=account_id,
         account_name=account_name,

@@ -3,7 +3,7 @@
 The file (`admin-logins.json`, mode 0600) maps a login name to `scrypt$N$r$p$salt$hash` (base64). It lives outside
 the database so that `koala admin set-password` works on a stopped CLC and takes effect on a running one at the next
 sign-in (the file is re-read when its mtime changes). At first start the CLC creates the login `admin` with a random
-password and writes that password to `admin-password` (0600) next to the admin credentials; it is never logged.
+password and writes that password to `admin/web-password` (0600) beside the admin credentials; it is never logged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 
 LOGINS_FILE = "admin-logins.json"
-INITIAL_PASSWORD_FILE = "admin-password"
+INITIAL_PASSWORD_FILE = "admin/web-password"  # beside the admin credentials (identity.bootstrap)
 DEFAULT_LOGIN = "admin"
 # scrypt cost as OWASP recommends (N=2^17, r=8, p=1: 128 MiB and a few tenths of a second per hash). The cost is
 # stored in each hash, so it can be raised later without invalidating existing passwords.
@@ -146,12 +146,12 @@ class LoginFile:
         self._mtime = None
 
     def ensure_initial(self) -> str | None:
-        """First start: create `admin` with a random password written to `admin-password`; its path, or None."""
+        """First start: create `admin` with a random password written to `admin/web-password`; its path, or None."""
         if self.path.exists():
             return None
         password = secrets.token_urlsafe(18)
         initial = self.path.parent / INITIAL_PASSWORD_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        initial.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_private(initial, password + "\n")
         self.set(DEFAULT_LOGIN, password)
         return str(initial)

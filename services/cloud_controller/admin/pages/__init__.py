@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.cloud_controller.admin.pages import clusters, dashboard, vmtypes
+from services.cloud_controller.admin.pages import accounts, clusters, dashboard, vmtypes
 
-MODULES = [dashboard, clusters, vmtypes]
+MODULES = [dashboard, accounts, clusters, vmtypes]
 
 
 def register_all(admin) -> None:
