@@ -7,6 +7,7 @@ one module-scoped cluster and each leaves it empty.
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -145,6 +146,33 @@ def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> Non
     h.wait(lambda: set(h.clc.states().values()) == {"Teardown"}, "Teardown pushed")
     consistent(h)
     assert (h.resources().available, h.resources().max) == (30, 30)
+
+
+def test_a_blip_is_not_a_termination(cluster: Cluster) -> None:
+    """A node that stops answering for a while (its process frozen) is DOWN with its instances Unknown; when
+    it answers again they are Extant as before: nothing was terminated or re-run."""
+    h = cluster
+    h.run(ids(500, 3), reservation="r-00000006")
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 3)), "3 Extant")
+    before = {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 3)}
+    frozen = h.nodes["a"].process
+    assert frozen is not None
+    on_a = [i for i, (node, _) in before.items() if node == "nc-a"]
+    assert on_a
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        h.wait(lambda: h.nodes_info()["nc-a"].state == "DOWN", "nc-a DOWN")
+        assert all(h.instances()[i].state == "Unknown" for i in on_a)
+        h.wait(lambda: all(h.clc.states()[i] == "Unknown" for i in on_a), "Unknown pushed")
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    h.wait(lambda: h.nodes_info()["nc-a"].state == "UP", "nc-a UP")
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 3)), "Extant again")
+    assert {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 3)} == before
+    consistent(h)
+    h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=ids(500, 3)), clc_cc.TerminateInstancesResponse)
+    h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in ids(500, 3)), "Teardown")
+    consistent(h)
 
 
 def test_node_failure_is_retried_once_then_failed(cluster: Cluster) -> None:
