@@ -45,6 +45,13 @@ def start_clc(directory: Path) -> Cloud:
     return cloud
 
 
+def stop_clean(cloud: Cloud) -> None:
+    """Stop the cloud; the CLC must not have logged an unexpected exception (an InternalError answer)."""
+    log = cloud.log("clc")
+    cloud.stop()
+    assert "Traceback" not in log, log[-4000:]
+
+
 def admin_creds(cloud: Cloud) -> Creds:
     rc = cloud.admin_credentials()
     return Creds(rc["EC2_ACCESS_KEY"], rc["EC2_SECRET_KEY"], rc["EC2_USER_ID"])

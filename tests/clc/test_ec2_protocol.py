@@ -22,6 +22,7 @@ from tests.clc.ec2_helpers import (
     sigv2,
     sigv4,
     start_clc,
+    stop_clean,
 )
 
 
@@ -31,7 +32,7 @@ def cloud(tmp_path_factory):
     try:
         yield instance
     finally:
-        instance.stop()
+        stop_clean(instance)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import re
 import time
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -84,7 +85,7 @@ def parse_public_key(material: bytes) -> Any:
     for load in candidates:
         try:
             key = load()
-        except (ValueError, TypeError, IndexError):
+        except (ValueError, TypeError, IndexError, UnsupportedAlgorithm):
             continue
         if isinstance(key, rsa.RSAPublicKey):
             if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
