@@ -254,12 +254,10 @@ class Cluster:
             raise RpcError(400, "InvalidRequest", f"min_count {request.min_count} exceeds {len(ids)} instances")
         known = [self.instances[i] for i in ids if i in self.instances]
         if known:
-            if all(i.reservation_id == request.reservation_id for i in known) and len(known) == len(ids):
-                # The CLC sent the same request again (a retry): answer what was decided the first time.
-                return RunInstancesResponse(
-                    instances=[InstancePlacement(instance_id=i.instance_id, node_id=self._node_id(i)) for i in known]
-                )
-            raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
+            if any(i.reservation_id != request.reservation_id for i in known):
+                raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
+            # The CLC sent the same request again (a retry): answer what was decided the first time.
+            return RunInstancesResponse(instances=[self._placement(i) for i in ids])
         vm = request.vm_type
         need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
         spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
@@ -315,6 +313,13 @@ class Cluster:
         no_room = f"InsufficientInstanceCapacity: no node in zone {self.zone} has room for another {vm.name}"
         answers += [InstancePlacement(instance_id=i, error=no_room) for i in ids[placed:]]
         return RunInstancesResponse(instances=answers)
+
+    def _placement(self, instance_id: str) -> InstancePlacement:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            return InstancePlacement(instance_id=instance_id, error="InsufficientInstanceCapacity: it was not placed")
+        failed = instance.reason if instance.reason.startswith("failed") else ""
+        return InstancePlacement(instance_id=instance_id, node_id=self._node_id(instance), error=failed)
 
     def _touch(self, instance: Instance) -> None:
         node = self.nodes.get(instance.node_url)

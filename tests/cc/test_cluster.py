@@ -107,6 +107,13 @@ def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> Non
     assert [p.error for p in answer.instances] == [""] * 30
     assert [p.node_id for p in answer.instances[:4]] == ["nc-a", "nc-b", "nc-c", "nc-a"]
     assert h.resources().available == 0  # reserved at placement, before any node answered
+    retried = h.run(ids(1, 30), min_count=30)  # the CLC retrying the same request: the same answer
+    assert [(p.instance_id, p.node_id) for p in retried.instances] == [
+        (p.instance_id, p.node_id) for p in answer.instances
+    ]
+    with pytest.raises(RpcError) as duplicate:
+        h.run(ids(30, 1), reservation="r-0000000f")
+    assert duplicate.value.status == 409 and duplicate.value.code == "InvalidInstanceID.Duplicate"
     h.wait(lambda: all(i.state == "Extant" for i in h.instances().values()), "30 Extant")
     h.wait(lambda: list(h.clc.states().values()).count("Extant") == 30, "30 Extant pushed to the CLC")
     consistent(h)
