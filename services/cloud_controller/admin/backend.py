@@ -44,3 +44,20 @@ async def admin_principal(service: Any, login: str) -> Principal:
         user_name=login,
         is_admin=True,
     )
+
+
+def images(service: Any) -> Any:
+    """The image registry (compute.images.Images), wherever the service keeps it."""
+    registry = getattr(service, "images", None)
+    if registry is None:
+        registry = getattr(getattr(service, "compute", None), "images", None)
+    if registry is None:
+        raise Unavailable("The image registry is not running on this Cloud Controller.")
+    return registry
+
+
+def database(service: Any) -> Any:
+    db = getattr(service, "db", None)
+    if db is None:
+        raise Unavailable("The Cloud Controller's database is not open.")
+    return db

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.cloud_controller.admin.pages import accounts, clusters, dashboard, vmtypes
+from services.cloud_controller.admin.pages import accounts, clusters, dashboard, images, instances, network, vmtypes
 
-MODULES = [dashboard, accounts, clusters, vmtypes]
+MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, network]
 
 
 def register_all(admin) -> None:
