@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("enable-user", "enable a user", "account", "user")
     creds = add("credentials", "write a user's credentials zip (eucarc, certificate, keys)", "account", "user")
     creds.add_argument("-o", "--output", type=Path, help="zip file to write (default ACCOUNT-USER.zip)")
+    from services.cloud_controller.admin import setpassword  # local: the admin web pages' logins
+
+    password = commands.add_parser("set-password", help="set an admin web page login's password (on the CLC host)")
+    setpassword.add_arguments(password)
+    password.set_defaults(func=setpassword.run)
 
 
 def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseModel]]:

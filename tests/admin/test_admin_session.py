@@ -3,6 +3,8 @@ CLC (with Walrus, a CC and a test-driver NC)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -83,8 +85,26 @@ def test_post_without_valid_csrf_token_is_refused(admin_cloud, browser_context, 
 
 
 def test_repeated_wrong_password_trips_the_limit(admin_cloud, browser_context) -> None:
-    # A second login, added the way `koala admin set-password` does it; the running CLC picks it up.
-    LoginFile(admin_cloud.dir / "data" / "clc").set("operator", "operator-password-1")
+    # A second login, added with `koala admin set-password`; the running CLC picks it up.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "admin",
+            "--state-dir",
+            str(admin_cloud.dir),
+            "set-password",
+            "operator",
+            "--password-stdin",
+        ],
+        input="operator-password-1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "operator" in LoginFile(admin_cloud.dir / "data" / "clc").load()
     browser_context.clear_cookies()  # signed out
     page = browser_context.new_page()
     for _ in range(5):
