@@ -55,6 +55,16 @@ def test_boto3_sigv4(cloud, admin):
     assert caught.value.response["Error"]["Code"] == "InvalidParameterValue"
 
 
+def test_sigv4_presigned_query(cloud, admin):
+    url = client(cloud, admin).generate_presigned_url("describe_regions", ExpiresIn=60, HttpMethod="GET")
+    assert "X-Amz-Signature=" in url
+    reply = send(url, None, {}, "GET")
+    assert reply.status == 200, reply.body
+    assert reply.xml.tag.endswith("DescribeRegionsResponse")
+    broken = send(url.replace("Action=DescribeRegions", "Action=DescribeKeyPairs"), None, {}, "GET")
+    assert (broken.status, broken.code) == (403, "SignatureDoesNotMatch")
+
+
 def test_awscli(cloud, admin):
     answer = aws(cloud, admin, "describe-regions")
     assert [r["RegionName"] for r in answer["Regions"]] == ["eucalyptus"]
