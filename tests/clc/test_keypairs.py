@@ -75,6 +75,15 @@ def test_create_fingerprint_is_sha1_of_pkcs8(cloud, alice):
     assert code(caught) == "InvalidKeyPair.Duplicate"
 
 
+def test_create_ed25519(cloud, alice):
+    created = client(cloud, alice).create_key_pair(KeyName="ed-created", KeyType="ed25519")
+    key = serialization.load_ssh_private_key(created["KeyMaterial"].encode(), password=None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    blob = base64.b64decode(line.split()[1])
+    assert created["KeyFingerprint"] == base64.b64encode(hashlib.sha256(blob).digest()).decode()
+
+
 def test_import_fingerprint_is_md5_of_spki(cloud, alice):
     ec2 = client(cloud, alice)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
