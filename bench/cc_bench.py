@@ -26,13 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.cluster_controller.placement import POLICIES, Need, NodeCapacity, NodeState
 
-NODE_XML = """<node>
-  <cpu><mhz>2000</mhz><model>x86_64</model><active>64</active><nodes>1</nodes><sockets>4</sockets>
-  <cores>8</cores><threads>2</threads></cpu>
-  <memory>67108864</memory>
-</node>
-"""
-
 
 def snapshot(count: int, seed: int = 6) -> list[NodeCapacity]:
     rng = random.Random(seed)
@@ -148,7 +141,6 @@ def bench_fanout(node_count: int, instances: int) -> dict:
     from tests.cc.conftest import Cluster, make_cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="cc-bench-"))
-    (tmp / "node.xml").write_text(NODE_XML)
     per_node = -(-instances // node_count)
     cloud, nodes, clc = make_cluster(
         tmp / "cloud",
@@ -156,7 +148,6 @@ def bench_fanout(node_count: int, instances: int) -> dict:
         cc_settings={"NC_POLLING_FREQUENCY": 2, "KOALA_NC_TIMEOUT": 10, "SCHEDPOLICY": "STRIPING"},
         start=False,
         node_settings={
-            "KOALA_LIBVIRT_URI": f"test://{tmp / 'node.xml'}",
             "MAX_MEM": per_node * 128,
             "KOALA_NC_MONITOR_SECONDS": 5,
             "KOALA_PEER_POLL_SECONDS": 30,

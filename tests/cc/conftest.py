@@ -151,6 +151,24 @@ class Cluster:
             time.sleep(0.1)
 
 
+def write_node_file(path: Path, domains_xml: list[str] = ()) -> str:
+    """libvirt's test driver node description (64 CPUs, 64 GiB) with the domains it runs when an NC connects;
+    returns its test:/// URI. Each connection starts from this file, so writing the domains an NC had created
+    before restarting it is "the hypervisor kept running while the NC was down"."""
+    domains = "\n".join(domains_xml)
+    path.write_text(
+        "<node>\n  <cpu><mhz>2000</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets><cores>64</cores>"
+        f"<threads>1</threads><active>64</active></cpu>\n  <memory>{64 << 20}</memory>\n{domains}\n</node>\n"
+    )
+    return f"test://{path}"
+
+
+def keep_domains(node: ExtraNode) -> None:
+    """Before restarting a killed NC: its domains are still running on its (test) hypervisor."""
+    kept = [p.read_text() for p in sorted((node.data_dir / "instances").glob("*/i-*/libvirt.xml"))]
+    write_node_file(node.data_dir / "node.xml", kept)
+
+
 def seed_image(node: ExtraNode) -> None:
     """Put the test image in the node's image cache (INSTANCE_PATH/.cache), as a finished download would."""
 
@@ -209,11 +227,14 @@ def make_cluster(
     clc.start()
     nodes = {}
     for name, cores in node_cores.items():
+        data_dir = cloud.dir / "data" / f"nc-{name}"
+        data_dir.mkdir(parents=True, exist_ok=True)
         node = cloud.add_node(
             name,
             ports[name],
             {
                 "HYPERVISOR": "test",
+                "KOALA_LIBVIRT_URI": write_node_file(data_dir / "node.xml"),
                 "KOALA_WALRUS_URL": "",
                 "MAX_CORES": cores,
                 "MAX_MEM": 2048,

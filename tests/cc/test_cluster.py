@@ -13,7 +13,7 @@ import pytest
 
 from common.messages import cc_nc, clc_cc
 from common.rpc import RpcError
-from tests.cc.conftest import SMALL, Cluster
+from tests.cc.conftest import SMALL, Cluster, keep_domains
 
 LIVE = ("Pending", "Extant")
 
@@ -128,6 +128,7 @@ def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> Non
     # A node dies: DOWN, its instances Unknown (not terminated), its capacity no longer counted.
     on_c = sorted(i for i, r in h.instances().items() if r.node_id == "nc-c")
     assert len(on_c) == 6
+    launched_on_c = {i: r.launch_time for i, r in h.instances().items() if i in on_c}
     h.nodes["c"].kill()
     h.wait(lambda: h.nodes_info()["nc-c"].state == "DOWN", "nc-c DOWN")
     h.wait(lambda: all(h.clc.states()[i] == "Unknown" for i in on_c), "Unknown pushed")
@@ -137,12 +138,15 @@ def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> Non
     assert (h.resources().available, h.resources().max) == (0, 24)
     consistent(h)
 
-    # It comes back: UP again, its instances known again (kept or, if the node lost them, ended), never Unknown.
+    # The NC comes back (its hypervisor kept the domains): UP again, the same instances Extant, untouched.
+    keep_domains(h.nodes["c"])
     h.nodes["c"].start()
     h.wait(lambda: h.nodes_info()["nc-c"].state == "UP", "nc-c UP again")
-    h.wait(lambda: all(h.instances()[i].state in ("Extant", "Teardown") for i in on_c), "nc-c's instances known")
-    h.wait(lambda: all(h.clc.states()[i] != "Unknown" for i in on_c), "their state pushed")
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in on_c), "nc-c's instances Extant again")
+    h.wait(lambda: all(h.clc.states()[i] == "Extant" for i in on_c), "their state pushed")
+    assert {i: r.launch_time for i, r in h.instances().items() if i in on_c} == launched_on_c
     consistent(h)
+    assert h.resources().available == 0
 
     # Terminate everything: all Teardown, every core free again, on the CC and on every NC.
     answer = h.call(
@@ -179,6 +183,27 @@ def test_a_blip_is_not_a_termination(cluster: Cluster) -> None:
     consistent(h)
     h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=ids(500, 3)), clc_cc.TerminateInstancesResponse)
     h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in ids(500, 3)), "Teardown")
+    consistent(h)
+
+
+def test_a_node_that_lost_its_instances(cluster: Cluster) -> None:
+    """An NC restarted on a hypervisor that lost its domains reports them gone: the CC ends them with the
+    node's reason and frees their capacity; the other nodes' instances are untouched."""
+    h = cluster
+    h.run(ids(600, 3), reservation="r-00000007")
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(600, 3)), "3 Extant")
+    on_b = [i for i in ids(600, 3) if h.instances()[i].node_id == "nc-b"]
+    assert len(on_b) == 1
+    h.nodes["b"].kill()
+    h.wait(lambda: h.nodes_info()["nc-b"].state == "DOWN", "nc-b DOWN")
+    h.nodes["b"].start()  # its node file lists no domains: the hypervisor lost them
+    h.wait(lambda: h.instances()[on_b[0]].state == "Teardown", "the lost instance ended")
+    assert h.instances()[on_b[0]].reason
+    assert all(h.instances()[i].state == "Extant" for i in ids(600, 3) if i not in on_b)
+    h.wait(lambda: h.nodes_info()["nc-b"].state == "UP", "nc-b UP")
+    consistent(h)
+    h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=ids(600, 3)), clc_cc.TerminateInstancesResponse)
+    h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in ids(600, 3)), "Teardown")
     consistent(h)
 
 
