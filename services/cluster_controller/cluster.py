@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+from common.ids import is_id
 from common.messages import cc_nc
 from common.messages.cc_nc import ImageRef, InstanceInfo, VmType
 from common.messages.clc_cc import (
@@ -198,7 +199,15 @@ class Cluster:
             await self._dirty_event.wait()
             self._dirty_event.clear()
             await asyncio.sleep(0.05)  # let a burst of changes share one transaction
-            await self._flush()
+            batch = dict(self._dirty)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("cannot save %d instance states; retrying", len(batch))
+                for instance_id, instance in batch.items():
+                    self._dirty.setdefault(instance_id, instance)
+                self._dirty_event.set()
+                await asyncio.sleep(1.0)
 
     def _end(self, instance: Instance, reason: str, detail: str = "") -> None:
         """The instance is over (terminated, failed or lost): release its capacity and report Teardown."""
@@ -248,6 +257,11 @@ class Cluster:
     # --- placement ------------------------------------------------------------------------------------
     async def run_instances(self, request: RunInstancesRequest) -> RunInstancesResponse:
         ids = [launch.instance_id.lower() for launch in request.instances]
+        bad = next((i for i in ids if not is_id(i, "i")), None)
+        if bad is not None:
+            raise RpcError(400, "InvalidInstanceID.Malformed", f"{bad[:40]!r} is not an instance id")
+        if not is_id(request.reservation_id, "r"):
+            raise RpcError(400, "InvalidRequest", f"{request.reservation_id[:40]!r} is not a reservation id")
         if len(set(ids)) != len(ids):
             raise RpcError(400, "InvalidRequest", "an instance id appears twice in the request")
         if request.min_count > len(ids):

@@ -89,6 +89,13 @@ def test_roles_are_enforced(cluster: Cluster) -> None:
     with pytest.raises(RpcError) as bad:
         cluster.call("RunInstances", clc_cc.InstanceIdsRequest(), clc_cc.RunInstancesResponse)
     assert bad.value.status == 400 and bad.value.code == "InvalidRequest"
+    with pytest.raises(RpcError) as malformed:
+        cluster.run(["i-00000001", "../../etc"])
+    assert malformed.value.status == 400 and malformed.value.code == "InvalidInstanceID.Malformed"
+    with pytest.raises(RpcError) as too_many:
+        cluster.run(["i-00000001"], min_count=2)
+    assert too_many.value.status == 400 and "min_count" in too_many.value.message
+    assert cluster.instances() == {}
 
 
 def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> None:
