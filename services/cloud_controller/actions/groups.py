@@ -7,7 +7,8 @@ SourceSecurityGroupOwnerId); a source group without a protocol grants tcp, udp a
 did.
 
 For other parts of the CLC:
-- `await groups.rules(db, group_id)` -> the group's full rule set ([Rule]), what the network must enforce,
+- `await groups.rules(db, group_id)` -> the group's full rule set ([Rule]), what the network must enforce
+  (`rules_by_name(db, owner_id, name)` by name),
 - `groups.add_listener(fn)`: `await fn(owner_id, group_id)` after every change of a group's rules or its
   deletion (errors are logged, never raised to the user),
 - `await groups.resolve(db, owner_id, names, ids)` -> [{"group_id", "name", "owner_id"}] for RunInstances
@@ -94,6 +95,12 @@ async def rules(db: Any, group_id: str) -> list[Rule]:
         (group_id,),
     )
     return [_rule(row) for row in rows]
+
+
+async def rules_by_name(db: Any, owner_id: str, name: str) -> list[Rule] | None:
+    """The rule set of the account's group `name`; None if there is no such group."""
+    group = await find(db, owner_id, name=name)
+    return None if group is None else await rules(db, group["group_id"])
 
 
 def _rule(row: Any) -> Rule:

@@ -21,6 +21,7 @@ Store API for other actions:
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,30 @@ def register(prefix: str, name: str, owned: Owned, not_found: str) -> None:
 def resource_type(resource_id: str) -> ResourceType | None:
     prefix, sep, _ = resource_id.partition("-")
     return RESOURCE_TYPES.get(prefix.lower()) if sep else None
+
+
+def _owned_in(table: str, id_column: str, extra: str = "") -> Owned:
+    """An ownership check over another part's table (instances, images): ids in `table` owned by the account."""
+
+    async def owned(db: Any, owner_id: str, ids: list[str]) -> set[str]:
+        marks = ",".join("?" * len(ids))
+        try:
+            rows = await db.fetchall(
+                f"SELECT {id_column} FROM {table} WHERE owner_id = ? AND {id_column} IN ({marks}){extra}",
+                (owner_id, *[i.lower() for i in ids]),
+            )
+        except sqlite3.OperationalError:  # the table is not there (yet)
+            return set()
+        found = {row[0] for row in rows}
+        return {i for i in ids if i.lower() in found}
+
+    return owned
+
+
+# Instances and images live in the compute tables (0002_compute.sql); their module may register its own checks.
+register("i", "instance", _owned_in("instances", "instance_id"), "InvalidInstanceID.NotFound")
+for _prefix in ("emi", "eki", "eri"):
+    register(_prefix, "image", _owned_in("images", "image_id", " AND state != 'deregistered'"), "InvalidAMIID.NotFound")
 
 
 # --- the store -------------------------------------------------------------------------------------------
