@@ -182,14 +182,53 @@ def test_a_blip_is_not_a_termination(cluster: Cluster) -> None:
         h.wait(lambda: h.nodes_info()["nc-a"].state == "DOWN", "nc-a DOWN")
         assert all(h.instances()[i].state == "Unknown" for i in on_a)
         h.wait(lambda: all(h.clc.states()[i] == "Unknown" for i in on_a), "Unknown pushed")
+        # One stuck node does not stall the others: launches go on, on the nodes that answer.
+        answer = h.run(ids(510, 2), reservation="r-00000016")
+        assert {p.node_id for p in answer.instances} == {"nc-b", "nc-c"}
+        h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(510, 2)), "Extant beside a stuck node")
     finally:
         frozen.send_signal(signal.SIGCONT)
     h.wait(lambda: h.nodes_info()["nc-a"].state == "UP", "nc-a UP")
     h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 3)), "Extant again")
     assert {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 3)} == before
     consistent(h)
-    h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=ids(500, 3)), clc_cc.TerminateInstancesResponse)
-    h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in ids(500, 3)), "Teardown")
+    everything = ids(500, 3) + ids(510, 2)
+    h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=everything), clc_cc.TerminateInstancesResponse)
+    h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in everything), "Teardown")
+    consistent(h)
+
+
+def test_cc_crash_in_the_middle_of_a_launch(cluster: Cluster) -> None:
+    """The CC is killed while RunInstance calls to a stuck node are in flight; after its restart every instance
+    runs exactly once: those the node got are confirmed, none is sent twice or to a second node."""
+    h = cluster
+    stuck = h.nodes["a"].process
+    assert stuck is not None
+    stuck.send_signal(signal.SIGSTOP)  # the CC still believes nc-a is UP for a poll timeout or so
+    try:
+        answer = h.run(ids(700, 6), reservation="r-00000008")
+        on_a = [p.instance_id for p in answer.instances if p.node_id == "nc-a"]
+        assert on_a, [p.node_id for p in answer.instances]
+        h.cloud.kill("cc")
+    finally:
+        stuck.send_signal(signal.SIGCONT)
+    h.cloud.start("cc")
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(700, 6)), "all 6 Extant after the crash")
+    placed = {i: r.node_id for i, r in h.instances().items() if i in ids(700, 6)}
+    assert all(placed[i] == "nc-a" for i in on_a)
+    held = {}
+    for name, node in h.nodes.items():
+        listing = h.call_node(
+            node, "DescribeInstances", cc_nc.DescribeInstancesRequest(), cc_nc.DescribeInstancesResponse
+        )
+        for info in listing.instances:
+            if info.instance_id in placed and info.state != "Teardown":
+                assert info.instance_id not in held, f"{info.instance_id} runs twice"
+                held[info.instance_id] = f"nc-{name}"
+    assert held == placed
+    consistent(h)
+    h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=ids(700, 6)), clc_cc.TerminateInstancesResponse)
+    h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in ids(700, 6)), "Teardown")
     consistent(h)
 
 
