@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -50,6 +51,14 @@ def test_boto3_sigv4(cloud, admin):
     assert regions == [{"RegionName": "eucalyptus", "Endpoint": ec2_url(cloud), "OptInStatus": "opt-in-not-required"}]
     attributes = ec2.describe_account_attributes(AttributeNames=["supported-platforms"])["AccountAttributes"]
     assert attributes == [{"AttributeName": "supported-platforms", "AttributeValues": [{"AttributeValue": "EC2"}]}]
+    other_region = boto3.client(
+        "ec2",
+        endpoint_url=ec2_url(cloud),
+        region_name="us-east-1",
+        aws_access_key_id=admin.access_key,
+        aws_secret_access_key=admin.secret_key,
+    )
+    assert other_region.describe_regions()["Regions"][0]["RegionName"] == "eucalyptus"  # any signing region
     with pytest.raises(ClientError) as caught:
         ec2.describe_regions(RegionNames=["us-east-1"])
     assert caught.value.response["Error"]["Code"] == "InvalidParameterValue"

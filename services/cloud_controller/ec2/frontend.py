@@ -45,7 +45,7 @@ class Frontend:
         try:
             body = await _read_body(request)
             values = _parameters(request, body)
-            action = values.get("Action", "")[:64] or "?"
+            action = "".join(c for c in values.get("Action", "")[:64] if c.isalnum()) or "?"  # safe to log
             version = values.get("Version") or model.API_VERSION
             if not _VERSION.match(version):
                 version = model.API_VERSION
