@@ -1,0 +1,776 @@
+"""The embedded backend: data files on the local disk, metadata in aiosqlite.
+
+Write path: bytes go to `tmp/<id>` (hashed on the way), are fsynced, renamed to `data/xx/<id>` (the directory
+fsynced), and only then does one SQLite transaction (synchronous=FULL) make them the object. The previous
+version's data is unlinked after that, or later when the last reader that opened it closes it. A crash at any
+point leaves either the old or the new object; leftovers (temp files, data no row points at) are removed at
+start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from common.db import open_db
+from services.walrus.storage import files
+from services.walrus.storage.base import (
+    Acl,
+    BucketExists,
+    BucketInfo,
+    BucketNotEmpty,
+    ChangeEvent,
+    InvalidPart,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectInfo,
+    ObjectReader,
+    ObjectSpec,
+    PartInfo,
+    QuotaExceeded,
+    StorageBackend,
+    TempData,
+    UploadInfo,
+    log,
+)
+
+T = TypeVar("T")
+OBJECT_COLUMNS = (
+    "bucket, key, size, etag, last_modified, owner_id, owner_name, content_type, headers, meta, checksums, acl,"
+    " segments, parts"
+)
+META_CACHE_ENTRIES = 50_000
+SMALL_OBJECT = 64 << 10  # objects up to this size are served from memory once read
+SMALL_CACHE_BYTES = 64 << 20
+
+
+def _successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with `prefix` (None: no bound)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
+    (bucket, key, size, etag, modified, owner_id, owner_name, ctype, headers, meta, checksums, acl, segs, parts) = row
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=size,
+        etag=etag,
+        last_modified=modified,
+        owner_id=owner_id,
+        owner_name=owner_name,
+        content_type=ctype,
+        headers=json.loads(headers),
+        meta=json.loads(meta),
+        checksums=json.loads(checksums),
+        acl=Acl.from_json(acl),
+        segments=tuple((s[0], s[1]) for s in json.loads(segs)),
+        parts=tuple(json.loads(parts)),
+    )
+
+
+def _row_to_bucket(row: sqlite3.Row | tuple) -> BucketInfo:
+    name, owner_id, owner_name, created, location, acl, count, used = row
+    return BucketInfo(name, owner_id, owner_name, created, location, Acl.from_json(acl), count, used)
+
+
+def _spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
+    return json.dumps(
+        {
+            "owner_id": spec.owner_id,
+            "owner_name": spec.owner_name,
+            "acl": spec.acl.to_json(),
+            "content_type": spec.content_type,
+            "headers": spec.headers,
+            "meta": spec.meta,
+            "checksum_algorithm": checksum_algorithm,
+        }
+    )
+
+
+def _spec_from_json(text: str) -> tuple[ObjectSpec, str]:
+    data = json.loads(text)
+    spec = ObjectSpec(
+        owner_id=data["owner_id"],
+        owner_name=data["owner_name"],
+        acl=Acl.from_json(data["acl"]),
+        content_type=data["content_type"],
+        headers=data["headers"],
+        meta=data["meta"],
+    )
+    return spec, data.get("checksum_algorithm", "")
+
+
+class EmbeddedReader(ObjectReader):
+    def __init__(self, backend: EmbeddedBackend, info: ObjectInfo):
+        self.backend, self.info = backend, info
+        self._files: dict[str, Any] = {}
+        self._closed = False
+        backend._acquire(info.segments)
+
+    def _pieces(self, start: int, end: int) -> list[tuple[str, int, int]]:
+        pieces, offset = [], 0
+        for data_id, size in self.info.segments:
+            lo, hi = max(start, offset), min(end, offset + size)
+            if lo < hi:
+                pieces.append((data_id, lo - offset, hi - lo))
+            offset += size
+            if offset >= end:
+                break
+        return pieces
+
+    def _file(self, data_id: str) -> Any:
+        handle = self._files.get(data_id)
+        if handle is None:
+            handle = self._files[data_id] = open(self.backend.data_path(data_id), "rb")
+        return handle
+
+    def file_ranges(self, start: int, end: int) -> list[tuple[Any, int, int]]:
+        return [(self._file(data_id), offset, count) for data_id, offset, count in self._pieces(start, end)]
+
+    async def iter_range(self, start: int, end: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        for data_id, offset, count in self._pieces(start, end):
+            fd = self._file(data_id).fileno()
+            done = 0
+            while done < count:
+                data = await loop.run_in_executor(None, os.pread, fd, min(chunk, count - done), offset + done)
+                if not data:
+                    raise OSError(f"data file {data_id} is shorter than recorded")
+                done += len(data)
+                yield data
+
+    async def read_small(self) -> bytes:
+        """The whole body of a small object, from memory when it was read before."""
+        if len(self.info.segments) == 1:
+            data_id = self.info.segments[0][0]
+            cached = self.backend._small_get(data_id)
+            if cached is not None:
+                return cached
+        body = b"".join([piece async for piece in self.iter_range(0, self.info.size)])
+        if len(self.info.segments) == 1:
+            self.backend._small_put(self.info.segments[0][0], body)
+        return body
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+        self.backend._release(self.info.segments)
+
+
+class EmbeddedBackend(StorageBackend):
+    def __init__(self, root: Path, fsync: bool = True):
+        super().__init__()
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.data_dir = self.root / "data"
+        self.fsync = fsync
+        self.db: aiosqlite.Connection | None = None
+        self._readers: dict[str, int] = {}  # data id -> open readers
+        self._doomed: set[str] = set()  # data ids no longer referenced, unlinked when their last reader closes
+        self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
+        self._buckets: dict[str, BucketInfo] = {}
+        self._writes = 0  # bumped on every object change; a reader caches what it read only if unchanged
+        self._small: OrderedDict[str, bytes] = OrderedDict()
+        self._small_bytes = 0
+
+    # --- life cycle ---
+    async def start(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (self.data_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+        self.db = await open_db(self.root / "walrus.db", "services.walrus.migrations")
+        await self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged object survives a power cut
+        removed_tmp, removed_data = await self._recover()
+        if removed_tmp or removed_data:
+            log.info("start-up clean-up: %d temporary files, %d unreferenced data files", removed_tmp, removed_data)
+
+    async def _recover(self) -> tuple[int, int]:
+        """Drop interrupted uploads and data files that no committed row points at."""
+        referenced: set[str] = set()
+        async with self._db.execute("SELECT segments FROM objects") as cursor:
+            async for (segments,) in cursor:
+                referenced.update(s[0] for s in json.loads(segments))
+        async with self._db.execute("SELECT data_id FROM parts") as cursor:
+            async for (data_id,) in cursor:
+                referenced.add(data_id)
+
+        def sweep() -> tuple[int, int]:
+            tmp = 0
+            for entry in os.scandir(self.tmp_dir):
+                os.unlink(entry.path)
+                tmp += 1
+            data = 0
+            for sub in os.scandir(self.data_dir):
+                for entry in os.scandir(sub.path):
+                    if entry.name not in referenced:
+                        os.unlink(entry.path)
+                        data += 1
+            return tmp, data
+
+        return await asyncio.get_running_loop().run_in_executor(None, sweep)
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        if self.db is None:
+            raise RuntimeError("storage not started")
+        return self.db
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` as one transaction on the database thread. A whole transaction must run there in one go:
+        the connection is shared, and statements of concurrent tasks must not interleave with it."""
+        db = self._db
+
+        def run() -> T:
+            conn = db._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            return result
+
+        return await db._execute(run)
+
+    async def _query(self, sql: str, args: tuple = ()) -> list:
+        """One read in one round trip to the database thread (see EmbeddedReader's ordering note)."""
+        return list(await self._db.execute_fetchall(sql, args))
+
+    def data_path(self, data_id: str) -> Path:
+        return self.data_dir / data_id[:2] / data_id
+
+    # --- readers and data life ---
+    def _acquire(self, segments: tuple[tuple[str, int], ...]) -> None:
+        for data_id, _ in segments:
+            self._readers[data_id] = self._readers.get(data_id, 0) + 1
+
+    def _release(self, segments: tuple[tuple[str, int], ...]) -> None:
+        dead = []
+        for data_id, _ in segments:
+            left = self._readers[data_id] - 1
+            if left:
+                self._readers[data_id] = left
+            else:
+                del self._readers[data_id]
+                if data_id in self._doomed:
+                    self._doomed.discard(data_id)
+                    dead.append(data_id)
+        if dead:
+            self._unlink_later(dead)
+
+    def _drop_data(self, data_ids: list[str]) -> None:
+        """Data no committed row references any more: unlink now, or when its last reader is done."""
+        now = []
+        for data_id in data_ids:
+            self._small_drop(data_id)
+            if data_id in self._readers:
+                self._doomed.add(data_id)
+            else:
+                now.append(data_id)
+        if now:
+            self._unlink_later(now)
+
+    def _unlink_later(self, data_ids: list[str]) -> None:
+        paths = [self.data_path(d) for d in data_ids]
+
+        def unlink() -> None:
+            for path in paths:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+
+        asyncio.get_running_loop().run_in_executor(None, unlink)
+
+    def _small_get(self, data_id: str) -> bytes | None:
+        body = self._small.get(data_id)
+        if body is not None:
+            self._small.move_to_end(data_id)
+        return body
+
+    def _small_put(self, data_id: str, body: bytes) -> None:
+        if len(body) > SMALL_OBJECT or data_id in self._small or data_id not in self._readers:
+            return
+        self._small[data_id] = body
+        self._small_bytes += len(body)
+        while self._small_bytes > SMALL_CACHE_BYTES:
+            _, old = self._small.popitem(last=False)
+            self._small_bytes -= len(old)
+
+    def _small_drop(self, data_id: str) -> None:
+        body = self._small.pop(data_id, None)
+        if body is not None:
+            self._small_bytes -= len(body)
+
+    def _cache_object(self, info: ObjectInfo) -> None:
+        self._meta[(info.bucket, info.key)] = info
+        self._meta.move_to_end((info.bucket, info.key))
+        if len(self._meta) > META_CACHE_ENTRIES:
+            self._meta.popitem(last=False)
+
+    def _changed(self, bucket: str, key: str, info: ObjectInfo | None) -> None:
+        self._writes += 1
+        if info is None:
+            self._meta.pop((bucket, key), None)
+        else:
+            self._cache_object(info)
+
+    # --- buckets ---
+    async def create_bucket(self, name: str, acl: Acl, location: str = "") -> BucketInfo:
+        created = time.time()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT owner_id FROM buckets WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                raise BucketExists(row[0])
+            conn.execute(
+                "INSERT INTO buckets (name, owner_id, owner_name, created, location, acl) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, acl.owner_id, acl.owner_name, created, location, acl.to_json()),
+            )
+
+        await self._tx(tx)
+        info = BucketInfo(name, acl.owner_id, acl.owner_name, created, location, acl)
+        self._buckets[name] = info
+        return info
+
+    async def get_bucket(self, name: str) -> BucketInfo | None:
+        """The bucket (its object_count and bytes_used may lag: they are for display and quotas)."""
+        info = self._buckets.get(name)
+        if info is not None:
+            return info
+        rows = await self._query("SELECT * FROM buckets WHERE name = ?", (name,))
+        if not rows:
+            return None
+        info = _row_to_bucket(tuple(rows[0]))
+        self._buckets.setdefault(name, info)
+        return self._buckets[name]
+
+    async def list_buckets(self, owner_id: str) -> list[BucketInfo]:
+        rows = await self._query("SELECT * FROM buckets WHERE owner_id = ? ORDER BY name", (owner_id,))
+        return [_row_to_bucket(tuple(r)) for r in rows]
+
+    async def owner_usage(self, owner_id: str) -> int:
+        rows = await self._query("SELECT COALESCE(SUM(bytes_used), 0) FROM buckets WHERE owner_id = ?", (owner_id,))
+        return int(rows[0][0])
+
+    async def delete_bucket(self, name: str) -> None:
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone() is None:
+                raise NoSuchBucket(name)
+            if conn.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone() is not None:
+                raise BucketNotEmpty(name)
+            parts = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT data_id FROM parts JOIN uploads USING (upload_id) WHERE uploads.bucket = ?", (name,)
+                )
+            ]
+            conn.execute("DELETE FROM uploads WHERE bucket = ?", (name,))
+            conn.execute("DELETE FROM buckets WHERE name = ?", (name,))
+            return parts
+
+        parts = await self._tx(tx)
+        self._buckets.pop(name, None)
+        self._drop_data(parts)
+
+    async def set_bucket_acl(self, name: str, acl: Acl) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("UPDATE buckets SET acl = ? WHERE name = ?", (acl.to_json(), name)).rowcount == 0:
+                raise NoSuchBucket(name)
+
+        await self._tx(tx)
+        old = self._buckets.pop(name, None)
+        if old is not None:
+            self._buckets[name] = BucketInfo(
+                old.name, old.owner_id, old.owner_name, old.created, old.location, acl, old.object_count, old.bytes_used
+            )
+
+    # --- objects ---
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
+        info = self._meta.get((bucket, key))
+        if info is not None:
+            self._meta.move_to_end((bucket, key))
+            return info
+        writes = self._writes
+        rows = await self._query(f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        if not rows:
+            return None
+        info = _row_to_object(tuple(rows[0]))
+        if writes == self._writes:
+            self._cache_object(info)
+        return info
+
+    async def open_object(self, bucket: str, key: str) -> EmbeddedReader:
+        # Ordering note: a row read in one database round trip is handed to this task before a later commit's
+        # continuation runs, so the reader counts on its data (in _acquire, synchronously, right below) before
+        # that commit can unlink it. The data is then kept until the reader closes.
+        info = await self.head_object(bucket, key)
+        if info is None:
+            if await self.get_bucket(bucket) is None:
+                raise NoSuchBucket(bucket)
+            raise NoSuchKey(key)
+        return EmbeddedReader(self, info)
+
+    async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
+        return files.FileTempData(self.tmp_dir, hashes)
+
+    async def _place(self, data: TempData) -> str:
+        """Move finished temporary data into the data directory; return its data id."""
+        assert isinstance(data, files.FileTempData)
+        data.close_fd()
+        target = self.data_path(data.data_id)
+
+        def place() -> None:
+            os.rename(data.path, target)
+            if self.fsync:
+                files.fsync_dir(target.parent)
+
+        await asyncio.get_running_loop().run_in_executor(None, place)
+        data.committed = True
+        return data.data_id
+
+    async def _link_copy(self, segments: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
+        """New names (hard links) for immutable data files: a copy that costs no bytes."""
+        pairs = [(data_id, files.new_data_id(), size) for data_id, size in segments]
+
+        def link() -> None:
+            dirs = set()
+            for old, new, _ in pairs:
+                try:
+                    os.link(self.data_path(old), self.data_path(new))
+                except OSError:  # no hard links here: copy the bytes
+                    shutil.copyfile(self.data_path(old), self.data_path(new))
+                dirs.add(self.data_path(new).parent)
+            if self.fsync:
+                for d in dirs:
+                    files.fsync_dir(d)
+
+        await asyncio.get_running_loop().run_in_executor(None, link)
+        return [(new, size) for _, new, size in pairs]
+
+    def _write_object_row(
+        self,
+        conn: sqlite3.Connection,
+        info: ObjectInfo,
+        quota: tuple[int, int],
+    ) -> ObjectInfo | None:
+        """Insert or replace one object row and keep the bucket's counters; returns the replaced object."""
+        bucket_row = conn.execute("SELECT owner_id, bytes_used FROM buckets WHERE name = ?", (info.bucket,)).fetchone()
+        if bucket_row is None:
+            raise NoSuchBucket(info.bucket)
+        old_row = conn.execute(
+            f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (info.bucket, info.key)
+        ).fetchone()
+        old = _row_to_object(tuple(old_row)) if old_row is not None else None
+        growth = info.size - (old.size if old else 0)
+        bucket_limit, owner_limit = quota
+        if growth > 0 and bucket_limit and bucket_row[1] + growth > bucket_limit:
+            raise QuotaExceeded(f"bucket quota of {bucket_limit} bytes")
+        if growth > 0 and owner_limit:
+            used = conn.execute(
+                "SELECT COALESCE(SUM(bytes_used), 0) FROM buckets WHERE owner_id = ?", (bucket_row[0],)
+            ).fetchone()[0]
+            if used + growth > owner_limit:
+                raise QuotaExceeded(f"account quota of {owner_limit} bytes")
+        conn.execute(
+            f"INSERT OR REPLACE INTO objects ({OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.bucket,
+                info.key,
+                info.size,
+                info.etag,
+                info.last_modified,
+                info.owner_id,
+                info.owner_name,
+                info.content_type,
+                json.dumps(info.headers),
+                json.dumps(info.meta),
+                json.dumps(info.checksums),
+                info.acl.to_json(),
+                json.dumps([list(s) for s in info.segments]),
+                json.dumps(list(info.parts)),
+            ),
+        )
+        conn.execute(
+            "UPDATE buckets SET bytes_used = bytes_used + ?, object_count = object_count + ? WHERE name = ?",
+            (growth, 0 if old else 1, info.bucket),
+        )
+        return old
+
+    async def _commit_info(self, info: ObjectInfo, quota: tuple[int, int]) -> ObjectInfo:
+        try:
+            old = await self._tx(lambda conn: self._write_object_row(conn, info, quota))
+        except BaseException:
+            self._drop_data([s[0] for s in info.segments])
+            raise
+        self._changed(info.bucket, info.key, info)
+        if old is not None:
+            self._drop_data([s[0] for s in old.segments if s[0] not in {n for n, _ in info.segments}])
+            await self._notify(ChangeEvent("overwrite", info.bucket, info.key, old))
+        return info
+
+    @staticmethod
+    def _info(bucket: str, key: str, spec: ObjectSpec, etag: str, segments: list, parts: tuple = ()) -> ObjectInfo:
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=sum(size for _, size in segments),
+            etag=etag,
+            last_modified=time.time(),
+            owner_id=spec.owner_id,
+            owner_name=spec.owner_name,
+            content_type=spec.content_type,
+            headers=dict(spec.headers),
+            meta=dict(spec.meta),
+            checksums=dict(spec.checksums),
+            acl=spec.acl,
+            segments=tuple((d, s) for d, s in segments),
+            parts=parts,
+        )
+
+    async def commit_object(
+        self, bucket: str, key: str, data: TempData, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
+    ) -> ObjectInfo:
+        data_id = await self._place(data)
+        info = self._info(bucket, key, spec, data.digest("md5").hex(), [(data_id, data.size)])
+        return await self._commit_info(info, quota)
+
+    async def copy_object(
+        self, source: ObjectReader, bucket: str, key: str, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
+    ) -> ObjectInfo:
+        segments = await self._link_copy(source.info.segments)
+        info = self._info(bucket, key, spec, source.info.etag, segments, source.info.parts)
+        return await self._commit_info(info, quota)
+
+    async def delete_object(self, bucket: str, key: str) -> bool:
+        def tx(conn: sqlite3.Connection) -> ObjectInfo | None:
+            row = conn.execute(
+                f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+            if row is None:
+                if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                    raise NoSuchBucket(bucket)
+                return None
+            old = _row_to_object(tuple(row))
+            conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+            conn.execute(
+                "UPDATE buckets SET bytes_used = bytes_used - ?, object_count = object_count - 1 WHERE name = ?",
+                (old.size, bucket),
+            )
+            return old
+
+        old = await self._tx(tx)
+        self._changed(bucket, key, None)
+        if old is None:
+            return False
+        self._drop_data([s[0] for s in old.segments])
+        await self._notify(ChangeEvent("delete", bucket, key, old))
+        return True
+
+    async def set_object_acl(self, bucket: str, key: str, acl: Acl) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            updated = conn.execute(
+                "UPDATE objects SET acl = ? WHERE bucket = ? AND key = ?", (acl.to_json(), bucket, key)
+            ).rowcount
+            if not updated:
+                raise NoSuchKey(key)
+
+        await self._tx(tx)
+        self._changed(bucket, key, None)
+
+    async def list_objects(self, bucket: str, prefix: str, after: str, limit: int) -> list[ObjectInfo]:
+        sql = f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key > ?"
+        args: list[Any] = [bucket, after]
+        if prefix:
+            sql += " AND key >= ?"
+            args.append(prefix)
+            upper = _successor(prefix)
+            if upper is not None:
+                sql += " AND key < ?"
+                args.append(upper)
+        sql += " ORDER BY key LIMIT ?"
+        args.append(limit)
+        return [_row_to_object(tuple(r)) for r in await self._query(sql, tuple(args))]
+
+    # --- multipart ---
+    async def create_upload(self, bucket: str, key: str, spec: ObjectSpec, checksum_algorithm: str = "") -> str:
+        upload_id = files.new_data_id()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                raise NoSuchBucket(bucket)
+            conn.execute(
+                "INSERT INTO uploads (upload_id, bucket, key, initiated, owner_id, owner_name, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    upload_id,
+                    bucket,
+                    key,
+                    time.time(),
+                    spec.owner_id,
+                    spec.owner_name,
+                    _spec_to_json(spec, checksum_algorithm),
+                ),
+            )
+
+        await self._tx(tx)
+        return upload_id
+
+    @staticmethod
+    def _row_to_upload(row: tuple) -> UploadInfo:
+        upload_id, bucket, key, initiated, owner_id, owner_name, spec_json = row
+        spec, algorithm = _spec_from_json(spec_json)
+        return UploadInfo(upload_id, bucket, key, initiated, owner_id, owner_name, spec, algorithm)
+
+    async def get_upload(self, upload_id: str) -> UploadInfo | None:
+        rows = await self._query("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
+        return self._row_to_upload(tuple(rows[0])) if rows else None
+
+    async def commit_part(
+        self, upload_id: str, part_number: int, data: TempData, checksums: dict[str, str]
+    ) -> PartInfo:
+        data_id = await self._place(data)
+        part = PartInfo(part_number, data.size, data.digest("md5").hex(), time.time(), checksums, data_id)
+
+        def tx(conn: sqlite3.Connection) -> str | None:
+            if conn.execute("SELECT 1 FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone() is None:
+                raise NoSuchUpload(upload_id)
+            old = conn.execute(
+                "SELECT data_id FROM parts WHERE upload_id = ? AND part_number = ?", (upload_id, part_number)
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO parts (upload_id, part_number, data_id, size, etag, last_modified, checksums)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (upload_id, part_number, data_id, part.size, part.etag, part.last_modified, json.dumps(checksums)),
+            )
+            return old[0] if old else None
+
+        try:
+            old = await self._tx(tx)
+        except BaseException:
+            self._drop_data([data_id])
+            raise
+        if old:
+            self._drop_data([old])
+        return part
+
+    async def list_parts(self, upload_id: str, after: int = 0, limit: int = 10000) -> list[PartInfo]:
+        rows = await self._query(
+            "SELECT part_number, size, etag, last_modified, checksums, data_id FROM parts"
+            " WHERE upload_id = ? AND part_number > ? ORDER BY part_number LIMIT ?",
+            (upload_id, after, limit),
+        )
+        return [PartInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    async def complete_upload(
+        self,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        etag: str,
+        checksums: dict[str, str],
+        quota: tuple[int, int],
+    ) -> ObjectInfo:
+        def tx(conn: sqlite3.Connection) -> tuple[ObjectInfo, ObjectInfo | None, list[str]]:
+            row = conn.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
+            if row is None:
+                raise NoSuchUpload(upload_id)
+            upload = self._row_to_upload(tuple(row))
+            stored = {
+                r[0]: (r[1], r[2], r[3])
+                for r in conn.execute(
+                    "SELECT part_number, data_id, size, etag FROM parts WHERE upload_id = ?", (upload_id,)
+                )
+            }
+            segments = []
+            for number, part_etag in parts:
+                found = stored.get(number)
+                if found is None or found[2] != part_etag:
+                    raise InvalidPart(str(number))
+                segments.append((found[0], found[1]))
+            spec = ObjectSpec(
+                upload.spec.owner_id,
+                upload.spec.owner_name,
+                upload.spec.acl,
+                upload.spec.content_type,
+                upload.spec.headers,
+                upload.spec.meta,
+                checksums,
+            )
+            info = self._info(upload.bucket, upload.key, spec, etag, segments, tuple(s for _, s in segments))
+            old = self._write_object_row(conn, info, quota)
+            used = {d for d, _ in segments}
+            unused = [d for d, _, _ in stored.values() if d not in used]
+            conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            return info, old, unused
+
+        info, old, unused = await self._tx(tx)
+        self._changed(info.bucket, info.key, info)
+        self._drop_data(unused)
+        if old is not None:
+            self._drop_data([s[0] for s in old.segments])
+            await self._notify(ChangeEvent("overwrite", info.bucket, info.key, old))
+        return info
+
+    async def part_sizes(self, upload_id: str) -> dict[int, tuple[int, str]]:
+        rows = await self._query("SELECT part_number, size, etag FROM parts WHERE upload_id = ?", (upload_id,))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def abort_upload(self, upload_id: str) -> None:
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            if conn.execute("SELECT 1 FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone() is None:
+                raise NoSuchUpload(upload_id)
+            ids = [r[0] for r in conn.execute("SELECT data_id FROM parts WHERE upload_id = ?", (upload_id,))]
+            conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            return ids
+
+        self._drop_data(await self._tx(tx))
+
+    async def list_uploads(
+        self, bucket: str, prefix: str, key_marker: str, upload_id_marker: str, limit: int
+    ) -> list[UploadInfo]:
+        if upload_id_marker:
+            sql = "SELECT * FROM uploads WHERE bucket = ? AND (key > ? OR (key = ? AND upload_id > ?))"
+            args: list[Any] = [bucket, key_marker, key_marker, upload_id_marker]
+        else:
+            sql, args = "SELECT * FROM uploads WHERE bucket = ? AND key > ?", [bucket, key_marker]
+        if prefix:
+            sql += " AND key >= ?"
+            args.append(prefix)
+            upper = _successor(prefix)
+            if upper is not None:
+                sql += " AND key < ?"
+                args.append(upper)
+        sql += " ORDER BY key, initiated, upload_id LIMIT ?"
+        args.append(limit)
+        return [self._row_to_upload(tuple(r)) for r in await self._query(sql, tuple(args))]

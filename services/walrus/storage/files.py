@@ -1,0 +1,131 @@
+"""Data files of the embedded backend: temporary writers (hashing on the way, fsync) and the data layout.
+
+Data files are named by random ids (`data/ab/ab12...`), never by a user's key, and are immutable once
+committed, so several objects may share one inode through hard links (server-side copies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import zlib
+from pathlib import Path
+from typing import Any
+
+import crc32c
+
+from services.walrus.storage.base import TempData
+
+FLUSH_BYTES = 1 << 20  # write to disk (in a thread) once this much is buffered
+
+
+def new_data_id() -> str:
+    return secrets.token_hex(16)
+
+
+def is_data_id(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+
+
+class _Crc:
+    """crc32 / crc32c with hashlib's update/digest shape (big-endian 4 bytes, as S3 encodes them)."""
+
+    def __init__(self, castagnoli: bool):
+        self.value = 0
+        self.castagnoli = castagnoli
+
+    def update(self, data: bytes) -> None:
+        self.value = crc32c.crc32c(data, self.value) if self.castagnoli else zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def make_hasher(name: str) -> Any:
+    if name == "crc32":
+        return _Crc(False)
+    if name == "crc32c":
+        return _Crc(True)
+    if name in ("md5", "sha1", "sha256"):
+        return hashlib.new(name)
+    raise ValueError(f"unknown hash {name}")
+
+
+class FileTempData(TempData):
+    """A temporary file in `tmp_dir`; writes and hashing run in a thread, one batch in flight at a time."""
+
+    def __init__(self, tmp_dir: Path, hashes: tuple[str, ...]):
+        self.data_id = new_data_id()
+        self.path = tmp_dir / self.data_id
+        self.size = 0
+        self._hashers = {name: make_hasher(name) for name in ("md5", *hashes)}
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._pending: asyncio.Future | None = None
+        self._digests: dict[str, bytes] = {}
+        self.committed = False
+
+    def _flush(self, data: bytes) -> None:
+        for hasher in self._hashers.values():
+            hasher.update(data)  # hashlib releases the GIL for large buffers
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)  # type: ignore[arg-type]
+            view = view[written:]
+
+    async def _start_flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if self._buffered:
+            data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+            self._buffer, self._buffered = [], 0
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._flush, data)
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        if self._buffered >= FLUSH_BYTES:
+            await self._start_flush()
+
+    async def finish(self) -> None:
+        await self._start_flush()
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        fd = self._fd
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
+
+    def digest(self, name: str) -> bytes:
+        return self._digests[name]
+
+    def close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def abort(self) -> None:
+        if self._pending is not None:
+            try:
+                await self._pending
+            except OSError:
+                pass
+            self._pending = None
+        self.close_fd()
+        if not self.committed:
+            self.path.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
