@@ -202,6 +202,8 @@ def test_limits_never_500(cloud, admin):
     assert (reply.status, reply.code) == (413, "RequestEntityTooLarge")
     deep = sigv4(url, {"Action": "DescribeKeyPairs", "Version": "2016-11-15", "A" + ".1" * 20: "x"}, admin)
     assert (deep.status, deep.code) == (400, "InvalidParameterValue")
+    put = send(url, b"Action=DescribeKeyPairs", {}, "PUT")
+    assert (put.status, put.code) == (405, "UnsupportedOperation")
     not_utf8 = send(url, b"Action=DescribeKeyPairs&Version=2016-11-15&KeyName.1=%ff%fe", {})
     assert not_utf8.status == 400
     for garbage in ("&&&===", "Action=%", "Filter.1.Name=key-name&Filter.1=x", "Action=CreateKeyPair&KeyName.1.2=x"):

@@ -37,6 +37,15 @@ class Frontend:
         for path in PATHS:
             app.router.add_route("GET", path, self.handle)
             app.router.add_route("POST", path, self.handle)
+            app.router.add_route("*", path, self.other_method)
+
+    async def other_method(self, request: web.Request) -> web.Response:
+        body = xml.error(
+            "UnsupportedOperation", f"{request.method[:16]} is not supported; use GET or POST", str(uuid.uuid4())
+        )
+        return web.Response(
+            status=405, body=body, content_type="text/xml", charset="utf-8", headers={"Allow": "GET, POST"}
+        )
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
