@@ -5,6 +5,7 @@ from __future__ import annotations
 from common import pki
 from common.service import Service
 from services.cloud_controller import actions, admin
+from services.cloud_controller import clusters as cluster_registry
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.frontend import Frontend
@@ -38,6 +39,10 @@ class CloudControllerService(Service):
         self.identity_store = IdentityStore(self.db, self.pki_dir)
         identity_rpc.install(self.rpc, self.identity_store)
         identity_admin_rpc.install(self.rpc, self.identity_store, self)
+        # Configured and registered clusters; `self.clusters.zones` is the live zone -> CC URL map.
+        self.clusters = cluster_registry.ClusterRegistry(self.db, self.config.clusters())
+        await self.clusters.load()
+        cluster_registry.install(self.rpc, self.clusters, self)
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         await bootstrap.ensure_admin(
             self.identity_store,
@@ -53,5 +58,5 @@ class CloudControllerService(Service):
 
     def peer_list(self) -> list[tuple[str, str]]:
         peers = [(self.config.KOALA_WALRUS_URL, "walrus")]
-        peers += [(url, "cc") for url in self.config.clusters().values()]
+        peers += [(url, "cc") for url in self.clusters.zones.values()]
         return peers

@@ -21,7 +21,8 @@ from services.cloud_controller.compute.errors import ComputeError
 
 class ClusterClient:
     def __init__(self, client: RpcClient, clusters: dict[str, str], timeout: float = 30.0):
-        self.client, self.clusters, self.timeout = client, dict(clusters), timeout
+        # Not copied: the CLC passes its cluster registry's live map (clusters.py), so registered zones appear.
+        self.client, self.clusters, self.timeout = client, clusters, timeout
 
     def url(self, zone: str) -> str:
         try:
