@@ -4,6 +4,7 @@ Version answered in its namespace, the three paths, and bad input answered with 
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import boto3
 import pytest
@@ -251,3 +252,93 @@ def test_no_secret_in_log(cloud, admin):
 def test_server_survived(cloud, admin):
     assert "Traceback" not in cloud.log("clc")
     assert client(cloud, admin).describe_regions()["Regions"]
+
+
+FUZZ_ACTIONS = {
+    "CreateKeyPair": [
+        "KeyName",
+        "KeyType",
+        "KeyFormat",
+        "TagSpecification.1.ResourceType",
+        "TagSpecification.1.Tag.1.Key",
+    ],
+    "ImportKeyPair": ["KeyName", "PublicKeyMaterial"],
+    "DeleteKeyPair": ["KeyName", "KeyPairId"],
+    "DescribeKeyPairs": ["KeyName.1", "KeyPairId.1", "Filter.1.Name", "Filter.1.Value.1", "IncludePublicKey"],
+    "CreateSecurityGroup": ["GroupName", "GroupDescription", "VpcId"],
+    "DeleteSecurityGroup": ["GroupName", "GroupId"],
+    "DescribeSecurityGroups": [
+        "GroupName.1",
+        "GroupId.1",
+        "Filter.1.Name",
+        "Filter.1.Value.1",
+        "MaxResults",
+        "NextToken",
+    ],
+    "AuthorizeSecurityGroupIngress": [
+        "GroupName",
+        "GroupId",
+        "IpProtocol",
+        "FromPort",
+        "ToPort",
+        "CidrIp",
+        "SourceSecurityGroupName",
+        "SourceSecurityGroupOwnerId",
+        "IpPermissions.1.IpProtocol",
+        "IpPermissions.1.FromPort",
+        "IpPermissions.1.ToPort",
+        "IpPermissions.1.IpRanges.1.CidrIp",
+        "IpPermissions.1.Groups.1.GroupName",
+        "IpPermissions.1.Groups.1.UserId",
+        "IpPermissions.1.Groups.1.GroupId",
+    ],
+    "RevokeSecurityGroupIngress": ["GroupName", "IpProtocol", "FromPort", "ToPort", "CidrIp"],
+    "CreateTags": ["ResourceId.1", "Tag.1.Key", "Tag.1.Value"],
+    "DeleteTags": ["ResourceId.1", "Tag.1.Key", "Tag.1.Value"],
+    "DescribeTags": ["Filter.1.Name", "Filter.1.Value.1", "MaxResults", "NextToken"],
+    "DescribeRegions": ["RegionName.1", "Filter.1.Name"],
+    "DescribeAccountAttributes": ["AttributeName.1"],
+}
+FUZZ_VALUES = [
+    "",
+    "default",
+    "tcp",
+    "icmp",
+    "-1",
+    "0",
+    "65536",
+    "99999999999999999999999",
+    "-5",
+    "0.0.0.0/0",
+    "10.0.0.0/33",
+    "sg-00000000",
+    "key-zzzz",
+    "i-12345678",
+    "emi-12345678",
+    "true",
+    "\u00e9\u4e2d\U0001f600",
+    "a" * 300,
+    "<xml>&amp;",
+    "\x01\x02",
+    "ssh-rsa AAAA",
+    "key-name",
+    "tag:Name",
+    "*",
+]
+
+
+def test_fuzz_never_500(cloud, admin):
+    rng = random.Random(7)
+    url = ec2_url(cloud)
+    statuses = set()
+    for _ in range(300):
+        action = rng.choice(sorted(FUZZ_ACTIONS))
+        names = FUZZ_ACTIONS[action]
+        params = {"Action": action, "Version": "2016-11-15"}
+        for name in rng.sample(names, rng.randint(0, len(names))):
+            params[name] = rng.choice(FUZZ_VALUES)
+        reply = sigv4(url, params, admin)
+        statuses.add(reply.status)
+        assert reply.status < 500, (params, reply.body)
+        assert reply.xml is not None  # always well-formed XML
+    assert 200 in statuses and 400 in statuses
