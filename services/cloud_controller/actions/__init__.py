@@ -38,8 +38,12 @@ What `ctx` (Context) gives an action
   `ctx.remote` (client address), `ctx.host` (Host header, for URLs in answers).
 
 Shared helpers other actions use: `actions.tags` (the tag store: tags for resources, `tag:` filters,
-registering a taggable resource type), `actions.groups` (security group lookups and full rule sets),
-`actions.keypairs` (a key pair's public key for instance metadata), `ec2.filters.Filters`.
+TagSpecifications, registering a taggable resource type; instances and images are registered against the
+compute tables already), `actions.groups` (security group lookups, `resolve()` for RunInstances, full rule sets,
+change listeners, in-use checks for DeleteSecurityGroup), `actions.keypairs` (a key pair's OpenSSH public key),
+`ec2.filters.Filters`. The database (`database.Database`): `fetchall`/`fetchone` for reads, `execute` for one
+statement, `async with db.transaction() as conn:` for atomic work (its lock is not re-entrant: do not call
+helpers that open their own transaction from inside one; use their `*_in(conn, ...)` forms).
 """
 
 from __future__ import annotations
