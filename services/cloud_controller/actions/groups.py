@@ -12,7 +12,8 @@ For other parts of the CLC:
 - `groups.add_listener(fn)`: `await fn(owner_id, group_id)` after every change of a group's rules or its
   deletion (errors are logged, never raised to the user),
 - `await groups.resolve(db, owner_id, names, ids)` -> [{"group_id", "name", "owner_id"}] for RunInstances
-  (the default group when both are empty; InvalidGroup.NotFound for unknown ones),
+  (the default group when both are empty; InvalidGroup.NotFound for unknown ones; call it outside a
+  `db.transaction()`, as it may create the default group),
 - `groups.IN_USE_CHECKS.append(fn)`: `await fn(db, owner_id, group_id, name)` -> True refuses DeleteSecurityGroup
   with InvalidGroup.InUse (e.g. while instances run in the group).
 """
