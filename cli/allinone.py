@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,7 +105,12 @@ class AllInOne:
                 "KOALA_ZONE": ZONE,
                 "KOALA_CLC_URL": url["clc"],
             },
-            "nc": {"NC_PORT": ports["nc"], "KOALA_CC_URL": url["cc"]},
+            "nc": {
+                "NC_PORT": ports["nc"],
+                "KOALA_CC_URL": url["cc"],
+                "KOALA_WALRUS_URL": url["walrus"],
+                "HYPERVISOR": "test",
+            },
         }
         for role in ROLES:
             data_dir = self.dir / "data" / ids[role]
@@ -282,14 +288,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         if name == "up":
             parser.add_argument("--detach", action="store_true", help="return once all services are healthy")
+            parser.add_argument(
+                "--hypervisor",
+                choices=["qemu", "kvm", "test"],
+                help="the NC's hypervisor at first start (default: qemu when usable, else test)",
+            )
+            parser.add_argument(
+                "--no-image", action="store_true", help="do not build and register the guest test image"
+            )
         if name == "status":
             parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.set_defaults(func=func)
 
 
+def qemu_usable() -> bool:
+    """True when libvirtd answers on qemu:///system and QEMU is installed (software emulation is enough)."""
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("virsh") is None:
+        return False
+    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
 def _up(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
-    cloud.prepare()
+    if not cloud.endpoints_path.exists():
+        hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
+        cloud.prepare(extra={"nc": {"HYPERVISOR": hypervisor}})
+        why = (
+            ""
+            if args.hypervisor
+            else (
+                " (QEMU software emulation through libvirt)"
+                if hypervisor == "qemu"
+                else " (libvirt's test driver: no usable libvirtd with QEMU here)"
+            )
+        )
+        print(f"node controller hypervisor: {hypervisor}{why}")
     processes = {}
     for role in ROLES:
         if cloud.running_pid(role) is None:
@@ -306,6 +340,16 @@ def _up(args: argparse.Namespace) -> int:
     eucarc = cloud.install_eucarc()
     if eucarc is not None:
         print(f"admin credentials: source {eucarc}")
+        if not args.no_image:
+            from cli.guest_image import GuestImageError, ensure_registered
+
+            try:
+                images = ensure_registered(cloud.dir, eucarc)
+            except GuestImageError as err:
+                print(f"koala up: the guest image is not registered: {err}", file=sys.stderr)
+                return 1
+            print("guest image: " + ", ".join(f"{kind} {image}" for kind, image in images.items()))
+            _print_usage(eucarc, images.get("machine", "EMI"))
     print(f"\nstate: {cloud.dir}  (logs in {cloud.dir / 'logs'}; stop with: koala down --state-dir {cloud.dir})")
     if args.detach:
         return 0
@@ -378,3 +422,16 @@ def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | 
                 f"{role:7} {endpoint.id:10} {endpoint.url:28} {'pid ' + str(pid) if pid else 'not running'}"
                 f"  {answer or ''}"
             )
+
+
+def _print_usage(eucarc: Path, machine_image: str) -> None:
+    print(f"""
+Use the cloud:
+  source {eucarc}
+  aws --endpoint-url "$EC2_URL" ec2 describe-images
+  aws --endpoint-url "$EC2_URL" ec2 create-key-pair --key-name mykey --query KeyMaterial --output text > mykey.pem
+  aws --endpoint-url "$EC2_URL" ec2 run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey
+  aws --endpoint-url "$S3_URL" s3 ls
+or from Python:
+  boto3.client("ec2", endpoint_url=os.environ["EC2_URL"], region_name="eucalyptus",
+               aws_access_key_id=os.environ["EC2_ACCESS_KEY"], aws_secret_access_key=os.environ["EC2_SECRET_KEY"])""")

@@ -63,7 +63,7 @@ def koala(*args: str) -> subprocess.CompletedProcess:
 def test_koala_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     try:
-        up = koala("up", "--state-dir", str(state), "--detach")
+        up = koala("up", "--state-dir", str(state), "--detach", "--no-image")
         assert up.returncode == 0, up.stderr
         endpoints = json.loads((state / "endpoints.json").read_text())
         assert set(endpoints) == {"clc", "walrus", "cc", "nc"}
@@ -72,7 +72,9 @@ def test_koala_up_status_down(tmp_path: Path) -> None:
         report = json.loads(status.stdout)
         assert all(entry["running"] for entry in report.values())
         assert all(peer["reachable"] for peer in report["clc"]["peers"])
-        again = koala("up", "--state-dir", str(state), "--detach")  # reuses the state, starts nothing twice
+        again = koala(
+            "up", "--state-dir", str(state), "--detach", "--no-image"
+        )  # reuses the state, starts nothing twice
         assert again.returncode == 0, again.stderr
         assert json.loads((state / "endpoints.json").read_text()) == endpoints
     finally:
