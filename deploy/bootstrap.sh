@@ -32,6 +32,10 @@ getent group kvm >/dev/null || groupadd -r kvm
 getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt
+# As Debian's udev rule would: /dev/kvm for the kvm group. Otherwise libvirt's qemu capabilities (probed with KVM)
+# are judged stale at every call and re-probed, and each domain start takes ~50 s. Guests still use domain type
+# qemu (software emulation): nested KVM hangs here.
+if [ -c /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 660 /dev/kvm; fi
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   pgrep -x virtlogd >/dev/null || virtlogd -d
   pgrep -x libvirtd >/dev/null || libvirtd -d

@@ -137,7 +137,7 @@ class ImageServer:
         if image is None:
             return self._error(request, 404, "NoSuchKey")
         began = time.monotonic()
-        while self.delay and time.monotonic() - began < self.delay:  # setting delay to 0 releases waiters
+        while self.delay and time.monotonic() - began < self.delay:  # noqa: ASYNC110 - delay 0 releases waiters
             await asyncio.sleep(0.05)
         data = image.path.read_bytes()
         total = len(data)
