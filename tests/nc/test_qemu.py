@@ -56,7 +56,7 @@ def qemu_nc(guest_image: Path, tmp_path_factory: pytest.TempPathFactory):
             "INSTANCE_PATH": instances,
             "SWAP_SIZE": 32,
             "MAX_DISK": 0,
-        },  # fmt: skip
+        },
         domains=[],
     )
     for name, manifest in (("kernel", "guest/kernel"), ("initrd", "guest/initrd"), ("root.img", "guest/root")):
