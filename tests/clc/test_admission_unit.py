@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from common.db import open_db
 from common.messages.clc_cc import DescribeResourcesResponse, ResourceAvailability
 from services.cloud_controller.compute import vmtypes
 from services.cloud_controller.compute.admission import Admission, count_quota
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.vmtypes import DEFAULTS, VmTypes
+from services.cloud_controller.database import Database
 
 SMALL, MEDIUM, LARGE, XLARGE, CXLARGE = DEFAULTS
 
@@ -125,10 +125,7 @@ def test_quota() -> None:
 
 def test_vm_type_rules(tmp_path) -> None:
     async def scenario() -> None:
-        db = await open_db(tmp_path / "clc.db")
-        await db.executescript(
-            "CREATE TABLE vm_types (name TEXT PRIMARY KEY, cores INTEGER, memory_mb INTEGER, disk_gb INTEGER)"
-        )
+        db = await Database.open(tmp_path)
         types = VmTypes(db)
         await types.load()
         assert [t.name for t in types.list()] == ["m1.small", "c1.medium", "m1.large", "m1.xlarge", "c1.xlarge"]

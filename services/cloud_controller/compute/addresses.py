@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass
-
-import aiosqlite
+from typing import TYPE_CHECKING
 
 from common import ids
 from services.cloud_controller.compute.errors import ComputeError
+
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
 
 MAX_POOL = 65536
 
@@ -54,19 +56,18 @@ class Address:
 
 
 class Addresses:
-    def __init__(self, db: aiosqlite.Connection, pool: list[str]):
+    def __init__(self, db: Database, pool: list[str]):
         self.db = db
         self.pool = list(pool)
         self.allocated: dict[str, Address] = {}
 
     async def load(self) -> None:
-        async with self.db.execute(
+        for row in await self.db.fetchall(
             "SELECT public_ip, allocation_id, owner_id, allocated_at, instance_id, association_id, auto FROM addresses"
-        ) as cursor:
-            async for row in cursor:
-                values = dict(row)
-                values["auto"] = bool(values["auto"])
-                self.allocated[values["public_ip"]] = Address(**values)
+        ):
+            values = dict(row)
+            values["auto"] = bool(values["auto"])
+            self.allocated[values["public_ip"]] = Address(**values)
 
     def set_pool(self, pool: list[str]) -> None:
         self.pool = list(dict.fromkeys(pool))
@@ -103,21 +104,21 @@ class Addresses:
         raise ComputeError("AuthFailure", f"The address '{public_ip}' does not belong to you.")
 
     async def save(self, *addresses: Address) -> None:
-        for address in addresses:
-            if self.allocated.get(address.public_ip) is address:
-                await self.db.execute(
-                    "INSERT OR REPLACE INTO addresses(public_ip, allocation_id, owner_id, allocated_at, instance_id,"
-                    " association_id, auto) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        address.public_ip,
-                        address.allocation_id,
-                        address.owner_id,
-                        address.allocated_at,
-                        address.instance_id,
-                        address.association_id,
-                        int(address.auto),
-                    ),
-                )
-            else:
-                await self.db.execute("DELETE FROM addresses WHERE public_ip = ?", (address.public_ip,))
-        await self.db.commit()
+        async with self.db.transaction() as conn:
+            for address in addresses:
+                if self.allocated.get(address.public_ip) is address:
+                    await conn.execute(
+                        "INSERT OR REPLACE INTO addresses(public_ip, allocation_id, owner_id, allocated_at,"
+                        " instance_id, association_id, auto) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            address.public_ip,
+                            address.allocation_id,
+                            address.owner_id,
+                            address.allocated_at,
+                            address.instance_id,
+                            address.association_id,
+                            int(address.auto),
+                        ),
+                    )
+                else:
+                    await conn.execute("DELETE FROM addresses WHERE public_ip = ?", (address.public_ip,))

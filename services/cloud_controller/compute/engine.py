@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiosqlite
-
 from common import ids
 from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
 from common.messages.clc_cc import (
@@ -33,6 +31,7 @@ from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.networks import Networks
 from services.cloud_controller.compute.store import Image, Instance, Reservation, Store
 from services.cloud_controller.compute.vmtypes import DEFAULT_TYPE, VmTypes
+from services.cloud_controller.database import Database
 
 log = logging.getLogger("koala.clc.compute")
 MAX_COUNT = 1000  # instances per RunInstances request
@@ -107,7 +106,7 @@ def decode_user_data(data: str) -> str:
 class Compute:
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Database,
         clusters: ClusterClient,
         settings: Settings,
         public_ips: list[str] | None = None,

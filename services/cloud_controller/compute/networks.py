@@ -6,22 +6,24 @@ VLANs are persisted; indexes are derived from the live instances at start, so no
 
 from __future__ import annotations
 
-import aiosqlite
+from typing import TYPE_CHECKING
 
 from services.cloud_controller.compute.errors import ComputeError
 
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
+
 
 class Networks:
-    def __init__(self, db: aiosqlite.Connection, vlan_min: int = 10, vlan_max: int = 4095, addrs_per_net: int = 32):
+    def __init__(self, db: Database, vlan_min: int = 10, vlan_max: int = 4095, addrs_per_net: int = 32):
         self.db = db
         self.vlan_min, self.vlan_max, self.addrs_per_net = vlan_min, vlan_max, addrs_per_net
         self.vlans: dict[str, int] = {}
         self.used: dict[int, set[int]] = {}  # vlan -> indexes in use
 
     async def load(self) -> None:
-        async with self.db.execute("SELECT name, vlan FROM networks") as cursor:
-            async for row in cursor:
-                self.vlans[row[0]] = row[1]
+        for row in await self.db.fetchall("SELECT name, vlan FROM networks"):
+            self.vlans[row[0]] = row[1]
 
     @staticmethod
     def name(owner_id: str, group: str) -> str:
@@ -64,4 +66,3 @@ class Networks:
             await self.db.execute("INSERT OR IGNORE INTO networks(name, vlan) VALUES (?, ?)", (name, self.vlans[name]))
         else:
             await self.db.execute("DELETE FROM networks WHERE name = ?", (name,))
-        await self.db.commit()

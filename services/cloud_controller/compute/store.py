@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
-import aiosqlite
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
+
 
 # EC2 state names and codes.
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
@@ -95,7 +98,7 @@ _IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name != "launch_permissions
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: Database):
         self.db = db
         self.instances: dict[str, Instance] = {}
         self.reservations: dict[str, Reservation] = {}
@@ -104,26 +107,24 @@ class Store:
         self.tokens: dict[tuple[str, str], str] = {}  # (owner, client token) -> reservation id
 
     async def load(self) -> None:
-        async with self.db.execute(f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations") as cursor:
-            async for row in cursor:
-                values = dict(row)
-                values["groups"] = json.loads(values["groups"])
-                reservation = Reservation(**values)
-                self.reservations[reservation.reservation_id] = reservation
-                if reservation.client_token:
-                    self.tokens[(reservation.owner_id, reservation.client_token)] = reservation.reservation_id
-        async with self.db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances ORDER BY launch_index") as c:
-            async for row in c:
-                self._index(Instance(**dict(row)))
-        async with self.db.execute(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images") as cursor:
-            async for row in cursor:
-                values = dict(row)
-                values["is_public"] = bool(values["is_public"])
-                self.images[values["image_id"]] = Image(**values)
-        async with self.db.execute("SELECT image_id, account_id FROM image_launch_permissions") as cursor:
-            async for row in cursor:
-                if row[0] in self.images:
-                    self.images[row[0]].launch_permissions.add(row[1])
+        for row in await self.db.fetchall(f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations"):
+            values = dict(row)
+            values["groups"] = json.loads(values["groups"])
+            reservation = Reservation(**values)
+            self.reservations[reservation.reservation_id] = reservation
+            if reservation.client_token:
+                self.tokens[(reservation.owner_id, reservation.client_token)] = reservation.reservation_id
+        for row in await self.db.fetchall(
+            f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances ORDER BY launch_index"
+        ):
+            self._index(Instance(**dict(row)))
+        for row in await self.db.fetchall(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images"):
+            values = dict(row)
+            values["is_public"] = bool(values["is_public"])
+            self.images[values["image_id"]] = Image(**values)
+        for row in await self.db.fetchall("SELECT image_id, account_id FROM image_launch_permissions"):
+            if row[0] in self.images:
+                self.images[row[0]].launch_permissions.add(row[1])
 
     def _index(self, instance: Instance) -> None:
         self.instances[instance.instance_id] = instance
@@ -154,26 +155,27 @@ class Store:
         values = asdict(reservation)
         values.pop("instance_ids")
         values["groups"] = json.dumps(values["groups"])
-        await self.db.execute(
-            f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
-            f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
-            [values[c] for c in _RESERVATION_COLUMNS],
-        )
-        await self.db.executemany(
-            f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
-            [[getattr(self.instances[i], c) for c in _INSTANCE_COLUMNS] for i in reservation.instance_ids],
-        )
-        await self.db.commit()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
+                [values[c] for c in _RESERVATION_COLUMNS],
+            )
+            await conn.executemany(
+                f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
+                [[getattr(self.instances[i], c) for c in _INSTANCE_COLUMNS] for i in reservation.instance_ids],
+            )
 
     async def save_instances(self, instances: list[Instance]) -> None:
         if not instances:
             return
         columns = [c for c in _INSTANCE_COLUMNS if c != "instance_id"]
-        await self.db.executemany(
-            f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE instance_id = ?",
-            [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
-        )
-        await self.db.commit()
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE instance_id = ?",
+                [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
+            )
 
     def set_state(self, instance: Instance, state: str, reason: str = "", now: float | None = None) -> bool:
         """Move an instance to `state` (in memory); False if nothing changed. Terminated is final."""
@@ -200,38 +202,36 @@ class Store:
                 reservation.instance_ids.remove(instance_id)
                 if not reservation.instance_ids:
                     emptied.append(reservation)
-        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
         for reservation in emptied:
             del self.reservations[reservation.reservation_id]
             self.tokens.pop((reservation.owner_id, reservation.client_token), None)
-        await self.db.executemany(
-            "DELETE FROM reservations WHERE reservation_id = ?", [(r.reservation_id,) for r in emptied]
-        )
-        await self.db.commit()
+        async with self.db.transaction() as conn:
+            await conn.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
+            await conn.executemany(
+                "DELETE FROM reservations WHERE reservation_id = ?", [(r.reservation_id,) for r in emptied]
+            )
 
     # --- images -----------------------------------------------------------------------------------------
     async def save_image(self, image: Image, new: bool = False) -> None:
-        values = [getattr(image, c) for c in _IMAGE_COLUMNS]
-        if new:
-            await self.db.execute(
-                f"INSERT INTO images({', '.join(_IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_IMAGE_COLUMNS))})",
-                values,
+        async with self.db.transaction() as conn:
+            if new:
+                await conn.execute(
+                    f"INSERT INTO images({', '.join(_IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_IMAGE_COLUMNS))})",
+                    [getattr(image, c) for c in _IMAGE_COLUMNS],
+                )
+            else:
+                columns = [c for c in _IMAGE_COLUMNS if c != "image_id"]
+                await conn.execute(
+                    f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE image_id = ?",
+                    [getattr(image, c) for c in columns] + [image.image_id],
+                )
+            await conn.execute("DELETE FROM image_launch_permissions WHERE image_id = ?", (image.image_id,))
+            await conn.executemany(
+                "INSERT INTO image_launch_permissions(image_id, account_id) VALUES (?, ?)",
+                [(image.image_id, account) for account in sorted(image.launch_permissions)],
             )
-        else:
-            columns = [c for c in _IMAGE_COLUMNS if c != "image_id"]
-            await self.db.execute(
-                f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE image_id = ?",
-                [getattr(image, c) for c in columns] + [image.image_id],
-            )
-        await self.db.execute("DELETE FROM image_launch_permissions WHERE image_id = ?", (image.image_id,))
-        await self.db.executemany(
-            "INSERT INTO image_launch_permissions(image_id, account_id) VALUES (?, ?)",
-            [(image.image_id, account) for account in sorted(image.launch_permissions)],
-        )
-        await self.db.commit()
         self.images[image.image_id] = image
 
     async def delete_image(self, image_id: str) -> None:
         self.images.pop(image_id, None)
         await self.db.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
-        await self.db.commit()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import itertools
 import re
-
-import aiosqlite
+from typing import TYPE_CHECKING
 
 from common.messages.cc_nc import VmType
 from services.cloud_controller.compute.errors import ComputeError
+
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
 
 DEFAULTS = (
     VmType(name="m1.small", cores=1, memory_mb=128, disk_gb=2),
@@ -65,13 +67,12 @@ def check(types: list[VmType]) -> list[VmType]:
 class VmTypes:
     """The current VM types, held in memory and persisted in `vm_types`."""
 
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: Database):
         self.db = db
         self._types: list[VmType] = list(DEFAULTS)
 
     async def load(self) -> None:
-        async with self.db.execute("SELECT name, cores, memory_mb, disk_gb FROM vm_types") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.db.fetchall("SELECT name, cores, memory_mb, disk_gb FROM vm_types")
         if not rows:
             await self._save(list(DEFAULTS))
         else:
@@ -107,10 +108,10 @@ class VmTypes:
 
     async def _save(self, types: list[VmType]) -> None:
         checked = check(types)
-        await self.db.execute("DELETE FROM vm_types")
-        await self.db.executemany(
-            "INSERT INTO vm_types(name, cores, memory_mb, disk_gb) VALUES (?, ?, ?, ?)",
-            [(t.name, t.cores, t.memory_mb, t.disk_gb) for t in checked],
-        )
-        await self.db.commit()
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM vm_types")
+            await conn.executemany(
+                "INSERT INTO vm_types(name, cores, memory_mb, disk_gb) VALUES (?, ?, ?, ?)",
+                [(t.name, t.cores, t.memory_mb, t.disk_gb) for t in checked],
+            )
         self._types = checked
