@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     password = commands.add_parser("set-password", help="set an admin web page login's password (on the CLC host)")
     setpassword.add_arguments(password)
     password.set_defaults(func=setpassword.run)
+    from cli import admin_hosts  # cluster and node registration, keys over SSH
+
+    admin_hosts.add_commands(commands)
 
 
 def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseModel]]:
