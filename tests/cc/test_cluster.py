@@ -168,15 +168,16 @@ def test_launch_30_kill_a_node_restart_it_terminate_all(cluster: Cluster) -> Non
 
 def test_a_blip_is_not_a_termination(cluster: Cluster) -> None:
     """A node that stops answering for a while (its process frozen) is DOWN with its instances Unknown; when
-    it answers again they are Extant as before: nothing was terminated or re-run."""
+    it answers again they are Extant as before: nothing was terminated or re-run. A termination asked for
+    meanwhile waits for the node and then happens."""
     h = cluster
-    h.run(ids(500, 3), reservation="r-00000006")
-    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 3)), "3 Extant")
-    before = {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 3)}
+    h.run(ids(500, 6), reservation="r-00000006")  # round-robin over three empty nodes: two each
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 6)), "6 Extant")
+    before = {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 6)}
     frozen = h.nodes["a"].process
     assert frozen is not None
     on_a = [i for i, (node, _) in before.items() if node == "nc-a"]
-    assert on_a
+    assert len(on_a) == 2
     frozen.send_signal(signal.SIGSTOP)
     try:
         h.wait(lambda: h.nodes_info()["nc-a"].state == "DOWN", "nc-a DOWN")
@@ -186,13 +187,29 @@ def test_a_blip_is_not_a_termination(cluster: Cluster) -> None:
         answer = h.run(ids(510, 2), reservation="r-00000016")
         assert {p.node_id for p in answer.instances} == {"nc-b", "nc-c"}
         h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(510, 2)), "Extant beside a stuck node")
+        # Terminating an instance of the stuck node: accepted, done when the node answers again.
+        answer = h.call(
+            "TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=on_a[:1]), clc_cc.TerminateInstancesResponse
+        )
+        assert answer.instance_ids == on_a[:1] and h.instances()[on_a[0]].state == "Unknown"
     finally:
         frozen.send_signal(signal.SIGCONT)
     h.wait(lambda: h.nodes_info()["nc-a"].state == "UP", "nc-a UP")
-    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in ids(500, 3)), "Extant again")
-    assert {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in ids(500, 3)} == before
+    h.wait(lambda: h.instances()[on_a[0]].state == "Teardown", "the deferred termination")
+    kept = [i for i in ids(500, 6) if i != on_a[0]]
+    h.wait(lambda: all(h.instances()[i].state == "Extant" for i in kept), "Extant again")
+    assert {i: (r.node_id, r.launch_time) for i, r in h.instances().items() if i in kept} == {
+        i: before[i] for i in kept
+    }
+    node_a = h.call_node(
+        h.nodes["a"], "DescribeInstances", cc_nc.DescribeInstancesRequest(), cc_nc.DescribeInstancesResponse
+    )
+    assert {i.instance_id: i.state for i in node_a.instances if i.instance_id in on_a} == {
+        on_a[0]: "Teardown",
+        on_a[1]: "Extant",
+    }
     consistent(h)
-    everything = ids(500, 3) + ids(510, 2)
+    everything = ids(500, 6) + ids(510, 2)
     h.call("TerminateInstances", clc_cc.InstanceIdsRequest(instance_ids=everything), clc_cc.TerminateInstancesResponse)
     h.wait(lambda: all(h.instances()[i].state == "Teardown" for i in everything), "Teardown")
     consistent(h)
