@@ -35,6 +35,7 @@ class NcEnv:
     cc: SyncClient
     admin: SyncClient
     node_xml: Path
+    instance_root: Path | None = None  # INSTANCE_PATH when the test sets one
 
     @property
     def url(self) -> str:
@@ -42,7 +43,7 @@ class NcEnv:
 
     @property
     def instance_path(self) -> Path:
-        return self.cloud.dir / "data" / "nc-node1" / "instances"
+        return self.instance_root or self.cloud.dir / "data" / "nc-node1" / "instances"
 
     def run(self, instance_id: str, image: str = "emi-00000001", **fields) -> InstanceInfo:
         request = RunInstanceRequest(
@@ -111,7 +112,8 @@ def make_env(tmp: Path, nc_settings: dict | None = None, domains: list[str] = (F
     recorder = NotifyRecorder(cloud.dir / "pki", "cc-zone1", int(cloud.url("cc").rsplit(":", 1)[1]))
     cloud.start("nc")
     pki_dir = cloud.dir / "pki"
-    return NcEnv(cloud, images, recorder, SyncClient(pki_dir, "cc-zone1"), SyncClient(pki_dir, "koala-admin"), node_xml)
+    clients = SyncClient(pki_dir, "cc-zone1"), SyncClient(pki_dir, "koala-admin")
+    return NcEnv(cloud, images, recorder, *clients, node_xml, settings.get("INSTANCE_PATH"))
 
 
 def close_env(env: NcEnv) -> None:

@@ -167,6 +167,7 @@ class NotifyRecorder:
         identity = Identity.from_files(pkidir.cert_path(cc_id), pkidir.key_path(cc_id))
         self.rpc = RpcServer(identity, TrustStore(pki.load_cert(pkidir.ca_path)))
         self.pushes: list[NotifyInstancesRequest] = []
+        self.arrivals: list[tuple[float, str, str]] = []  # (monotonic time, instance id, state)
         self.rpc.add("NotifyInstances", self._notify, {"nc"}, NotifyInstancesRequest)
         app = web.Application()
         self.rpc.install(app)
@@ -175,6 +176,8 @@ class NotifyRecorder:
 
     async def _notify(self, message: NotifyInstancesRequest, caller) -> Ack:
         self.pushes.append(message)
+        now = time.monotonic()
+        self.arrivals.extend((now, i.instance_id, i.state) for i in message.instances)
         return Ack()
 
     def states(self, instance_id: str) -> list[str]:

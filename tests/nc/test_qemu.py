@@ -96,6 +96,7 @@ def test_real_boot_console_terminate(qemu_nc: NcEnv) -> None:
     try:
         assert qemu_nc.wait_state(instance_id, "Extant", timeout=60).detail == "running"
         assert domain_exists(instance_id)
+        assert (qemu_nc.instance_dir(instance_id) / "root.qcow2").exists()
         wait_for(lambda: f"KOALA-GUEST ready instance={instance_id}" in console(qemu_nc, instance_id), 120, 0.5,
                  "the guest's ready line on the console")  # fmt: skip
         text = console(qemu_nc, instance_id)
