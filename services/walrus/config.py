@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from common.config import ServiceConfig
@@ -10,12 +12,27 @@ from common.config import ServiceConfig
 class WalrusConfig(ServiceConfig):
     KOALA_WALRUS_PORT: int = Field(8776, ge=1, le=65535, description="Port of the S3 API and internal calls.")
     KOALA_CLC_URL: str = Field(description="The Cloud Controller's base URL (identity lookups).")
-    KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
-        20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."
+    KOALA_WALRUS_DOMAINS: str = Field(
+        "localhost",
+        description="Comma-separated host names whose sub-domains name buckets (virtual-host style requests: "
+        "`bucket.<domain>`). Requests to an IP address or another host are path style.",
     )
-    KOALA_WALRUS_IMAGE_CACHE_DIR: str = Field(
-        "", description="Directory of the decrypted-image cache (default: <KOALA_STATE_DIR>/image-cache)."
+    KOALA_WALRUS_MAX_OBJECT_SIZE: int = Field(5 << 30, gt=0, description="Largest single PUT (and part), bytes.")
+    KOALA_WALRUS_MIN_PART_SIZE: int = Field(
+        5 << 20, ge=0, description="Smallest multipart part but the last, bytes (S3: 5 MiB)."
     )
+    KOALA_WALRUS_BUCKET_QUOTA: int = Field(0, ge=0, description="Bytes one bucket may hold; 0 for no limit.")
+    KOALA_WALRUS_ACCOUNT_QUOTA: int = Field(0, ge=0, description="Bytes one account may hold; 0 for no limit.")
+    KOALA_WALRUS_MAX_BUCKETS: int = Field(100, gt=0, description="Buckets one account may own.")
+    KOALA_WALRUS_KEY_CACHE_SECONDS: float = Field(
+        10.0, ge=0, description="How long an access key resolved through the CLC is cached (revocation delay)."
+    )
+    KOALA_WALRUS_CREDENTIALS_FILE: Path | None = Field(
+        None,
+        description="Optional JSON file of access keys (key -> secret_access_key + principal), read before asking "
+        "the CLC. For tests and bring-up only.",
+    )
+    KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
 
     @property
     def port(self) -> int:

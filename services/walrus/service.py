@@ -1,9 +1,25 @@
-"""Walrus: the S3-compatible object store and bundled-image cache."""
+"""Walrus: the S3-compatible object store and bundled-image cache.
+
+`self.storage` is the storage backend (see services.walrus.storage for its API and change hooks);
+`self.s3` the S3 front door (services.walrus.s3.app), which serves every request that is not an internal
+call. Other Walrus parts that register their own routes on `self.app` add their path prefix to
+`self.s3.passthrough` so the S3 layer leaves them alone.
+"""
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from common.service import Service
 from services.walrus.config import WalrusConfig
+from services.walrus.s3.app import Limits, S3App
+from services.walrus.s3.identity import KeyResolver
+from services.walrus.storage import EmbeddedBackend, StorageBackend
+
+# aiohttp's own header limits answer with plain-text 400s; these are loose enough that the S3 layer sees
+# oversized headers and answers them in S3's format (RequestHeaderSectionTooLarge).
+MAX_LINE = 64 << 10
+MAX_FIELD = 64 << 10
 
 
 class WalrusService(Service):
@@ -11,5 +27,51 @@ class WalrusService(Service):
     config_class = WalrusConfig
     config: WalrusConfig
 
+    def __init__(self, config: WalrusConfig):
+        super().__init__(config)
+        self.storage: StorageBackend = EmbeddedBackend(
+            config.KOALA_STATE_DIR / "objects", fsync=config.KOALA_WALRUS_FSYNC
+        )
+        keys = KeyResolver(
+            self.client,
+            config.KOALA_CLC_URL,
+            config.KOALA_WALRUS_KEY_CACHE_SECONDS,
+            config.KOALA_WALRUS_CREDENTIALS_FILE,
+        )
+        limits = Limits(
+            max_object_size=config.KOALA_WALRUS_MAX_OBJECT_SIZE,
+            max_part_size=config.KOALA_WALRUS_MAX_OBJECT_SIZE,
+            min_part_size=config.KOALA_WALRUS_MIN_PART_SIZE,
+            bucket_quota=config.KOALA_WALRUS_BUCKET_QUOTA,
+            account_quota=config.KOALA_WALRUS_ACCOUNT_QUOTA,
+            max_buckets=config.KOALA_WALRUS_MAX_BUCKETS,
+        )
+        domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
+        self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
+        self.s3.install(self.app)
+
     def peer_list(self) -> list[tuple[str, str]]:
         return [(self.config.KOALA_CLC_URL, "clc")]
+
+    async def on_start(self) -> None:
+        await self.storage.start()
+
+    async def on_stop(self) -> None:
+        await self.storage.close()
+
+    async def start(self) -> web.AppRunner:
+        # As Service.start, with header limits raised (see MAX_FIELD).
+        await self.on_start()
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=30, max_line_size=MAX_LINE, max_field_size=MAX_FIELD
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)
+        await site.start()
+        self.monitor.set_peers(self.peer_list())
+        import logging
+
+        logging.getLogger("koala.service").info(
+            "%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port
+        )
+        return runner

@@ -1,0 +1,401 @@
+"""S3 request authentication: SigV4 (header and query) and SigV2 (header and query), and the cloud's own
+signed internal requests. Signatures are compared in constant time; the clock may be 15 minutes off."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import time
+from urllib.parse import quote, unquote
+
+from common import signing as koala_signing
+from services.walrus.s3.context import ChunkSigning, Ctx, Requester
+from services.walrus.s3.errors import S3Error
+from services.walrus.s3.xml import parse_http_time
+
+MAX_SKEW = 15 * 60
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+STREAMING_MODES = frozenset(
+    {
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    }
+)
+CLOUD_ROLES = frozenset({"nc", "clc"})
+# Query parameters that are part of SigV2's canonical resource.
+V2_SUBRESOURCES = frozenset(
+    """acl cors delete lifecycle location logging notification partNumber policy requestPayment restore
+    tagging torrent uploadId uploads versionId versioning versions website replication response-content-type
+    response-content-language response-expires response-cache-control response-content-disposition
+    response-content-encoding""".split()
+)
+_signing_keys: dict[tuple[str, str, str, str], bytes] = {}
+
+
+def aws_quote(value: str, safe: str = "") -> str:
+    """RFC 3986 encoding as SigV4 wants it: everything but A-Z a-z 0-9 - _ . ~ (and `safe`)."""
+    return quote(value, safe=safe + "~")
+
+
+def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((name, value))
+    return pairs
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    cache_key = (secret, date, region, service)
+    key = _signing_keys.get(cache_key)
+    if key is None:
+        key = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+        for part in (region, service, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        if len(_signing_keys) > 1000:
+            _signing_keys.clear()
+        _signing_keys[cache_key] = key
+    return key
+
+
+def hmac_hex(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _parse_amz_date(value: str) -> float:
+    try:
+        return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header") from None
+
+
+def _check_skew(stamp: float) -> None:
+    now = time.time()
+    if abs(now - stamp) > MAX_SKEW:
+        raise S3Error(
+            "RequestTimeTooSkewed",
+            RequestTime=dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+            ServerTime=dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            MaxAllowedSkewMilliseconds=MAX_SKEW * 1000,
+        )
+
+
+def _principal_requester(ctx: Ctx, creds) -> Requester:
+    principal = creds.principal
+    return Requester(
+        account_id=principal.account_id,
+        account_name=principal.account_name,
+        is_cloud=principal.is_admin,
+        access_key=creds.access_key,
+        user_name=principal.user_name,
+    )
+
+
+async def authenticate(ctx: Ctx) -> None:
+    """Set ctx.requester (anonymous when the request is not signed) or raise the S3 error."""
+    headers = ctx.headers
+    authorization = headers.get("Authorization", "")
+    query = ctx.query
+    if authorization.startswith("AWS4-HMAC-SHA256"):
+        await _sigv4_header(ctx, authorization)
+    elif authorization.startswith("AWS "):
+        await _sigv2(ctx, authorization[4:], query_auth=False)
+    elif authorization:
+        raise S3Error("InvalidArgument", "Unsupported Authorization Type", ArgumentName="Authorization")
+    elif "X-Amz-Algorithm" in query:
+        await _sigv4_query(ctx)
+    elif "AWSAccessKeyId" in query or "Signature" in query:
+        await _sigv2(ctx, "", query_auth=True)
+    elif headers.get(koala_signing.HEADER_SIGNATURE):
+        _internal(ctx)
+    else:
+        payload = headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        if payload == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD":
+            raise S3Error("AccessDenied", "signed chunks need a signed request")
+        ctx.payload = payload
+
+
+def _internal(ctx: Ctx) -> None:
+    """A Koala component (NC or CLC) fetching with its certificate: the cloud itself."""
+    app = ctx.app
+    request = ctx.request
+    if request.method not in ("GET", "HEAD"):
+        raise S3Error("AccessDenied", "internal signatures are for reading")
+    try:
+        peer = koala_signing.verify_request(
+            app.trust, app.replay, app.service_id, request.method, request.raw_path, request.headers, b""
+        )
+    except koala_signing.AuthError as err:
+        raise S3Error("AccessDenied", f"internal signature refused: {err.message}") from None
+    if peer.role not in CLOUD_ROLES:
+        raise S3Error("AccessDenied", f"role {peer.role} may not read objects")
+    ctx.requester = Requester(account_id="", account_name=peer.id, is_cloud=True)
+
+
+# --- SigV4 -----------------------------------------------------------------------------------------------
+def _canonical_uris(raw_path: str) -> list[str]:
+    """The canonical URI as S3 clients compute it: the path, encoded once (not normalized)."""
+    encoded = aws_quote(unquote(raw_path), safe="/")
+    return [encoded] if encoded == raw_path else [encoded, raw_path]
+
+
+def _canonical_query(pairs: list[tuple[str, str]], drop: str = "") -> str:
+    items = sorted(
+        (aws_quote(unquote(name)), aws_quote(unquote(value))) for name, value in pairs if unquote(name) != drop
+    )
+    return "&".join(f"{name}={value}" for name, value in items)
+
+
+def _canonical_headers(ctx: Ctx, signed: list[str]) -> str:
+    lines = []
+    for name in signed:
+        values = ctx.headers.getall(name, None)
+        if values is None:
+            raise S3Error("AccessDenied", f"signed header {name} is missing")
+        lines.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}\n")
+    return "".join(lines)
+
+
+def _parse_credential(credential: str) -> tuple[str, str, str, str, str]:
+    parts = credential.split("/")
+    if len(parts) != 5 or parts[4] != "aws4_request":
+        raise S3Error("AuthorizationHeaderMalformed", "the Credential is malformed", status=400)
+    return parts[0], parts[1], parts[2], parts[3], "/".join(parts[1:])
+
+
+async def _verify_v4(
+    ctx: Ctx,
+    access_key: str,
+    date: str,
+    region: str,
+    service: str,
+    scope: str,
+    amz_date: str,
+    signed_headers: str,
+    signature: str,
+    payload: str,
+    drop_query: str,
+) -> None:
+    signed = [h for h in signed_headers.split(";") if h]
+    if "host" not in signed:
+        raise S3Error("AccessDenied", "the host header must be signed")
+    if signed != sorted(signed) or any(h != h.lower() for h in signed):
+        raise S3Error("AccessDenied", "SignedHeaders must be lowercase and sorted")
+    if not amz_date.startswith(date):
+        raise S3Error("AccessDenied", "the credential date does not match the request date")
+    creds = await ctx.app.keys.resolve(access_key)
+    key = signing_key(creds.secret, date, region, service)
+    raw_path, _, raw_query = ctx.request.raw_path.partition("?")
+    query = _canonical_query(raw_query_pairs(raw_query), drop=drop_query)
+    headers = _canonical_headers(ctx, signed)
+    first_string = first_request = ""
+    for uri in _canonical_uris(raw_path):
+        canonical = "\n".join((ctx.request.method, uri, query, headers, signed_headers, payload))
+        string_to_sign = "\n".join(
+            ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+        )
+        if hmac.compare_digest(hmac_hex(key, string_to_sign), signature.lower()):
+            ctx.requester = _principal_requester(ctx, creds)
+            ctx.signing = ChunkSigning(key, scope, amz_date, signature.lower())
+            return
+        first_string, first_request = first_string or string_to_sign, first_request or canonical
+    raise S3Error(
+        "SignatureDoesNotMatch",
+        AWSAccessKeyId=access_key,
+        StringToSign=first_string,
+        SignatureProvided=signature,
+        StringToSignBytes=" ".join(f"{b:02x}" for b in first_string.encode()),
+        CanonicalRequest=first_request,
+    )
+
+
+async def _sigv4_header(ctx: Ctx, authorization: str) -> None:
+    fields: dict[str, str] = {}
+    for part in authorization[len("AWS4-HMAC-SHA256") :].split(","):
+        name, _, value = part.strip().partition("=")
+        fields[name] = value
+    try:
+        credential, signed_headers, signature = fields["Credential"], fields["SignedHeaders"], fields["Signature"]
+    except KeyError:
+        raise S3Error("AuthorizationHeaderMalformed", "the authorization header is malformed", status=400) from None
+    access_key, date, region, service, scope = _parse_credential(credential)
+    amz_date = ctx.headers.get("x-amz-date", "")
+    if amz_date:
+        stamp = _parse_amz_date(amz_date)
+    else:
+        parsed = parse_http_time(ctx.headers.get("Date", ""))
+        if parsed is None:
+            raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
+        stamp = parsed
+        amz_date = dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    _check_skew(stamp)
+    payload = ctx.headers.get("x-amz-content-sha256")
+    if payload is None:
+        raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
+    if payload not in STREAMING_MODES and payload != "UNSIGNED-PAYLOAD":
+        if len(payload) != 64 or any(c not in "0123456789abcdef" for c in payload.lower()):
+            raise S3Error(
+                "InvalidArgument",
+                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, a streaming mode, or a SHA-256 hex digest",
+                ArgumentName="x-amz-content-sha256",
+            )
+    ctx.payload = payload
+    await _verify_v4(ctx, access_key, date, region, service, scope, amz_date, signed_headers, signature, payload, "")
+
+
+async def _sigv4_query(ctx: Ctx) -> None:
+    query = ctx.query
+    if query.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        raise S3Error(
+            "InvalidArgument", "X-Amz-Algorithm only supports AWS4-HMAC-SHA256", ArgumentName="X-Amz-Algorithm"
+        )
+    try:
+        credential = query["X-Amz-Credential"]
+        amz_date = query["X-Amz-Date"]
+        signed_headers = query["X-Amz-SignedHeaders"]
+        signature = query["X-Amz-Signature"]
+        expires = int(query.get("X-Amz-Expires", "604800"))
+    except (KeyError, ValueError):
+        raise S3Error("AuthorizationQueryParametersError", "the presigned URL is incomplete", status=400) from None
+    if not 0 <= expires <= MAX_PRESIGN_SECONDS:
+        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires must be 0 to 604800", status=400)
+    access_key, date, region, service, scope = _parse_credential(credential)
+    stamp = _parse_amz_date(amz_date)
+    now = time.time()
+    if stamp - now > MAX_SKEW:
+        raise S3Error("RequestTimeTooSkewed")
+    if now > stamp + expires:
+        raise S3Error("AccessDenied", "Request has expired", Expires=amz_date, ServerTime=int(now))
+    payload = ctx.headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+    ctx.payload = payload
+    await _verify_v4(
+        ctx,
+        access_key,
+        date,
+        region,
+        service,
+        scope,
+        amz_date,
+        signed_headers,
+        signature,
+        "UNSIGNED-PAYLOAD" if "x-amz-content-sha256" not in signed_headers.split(";") else payload,
+        "X-Amz-Signature",
+    )
+
+
+def chunk_signature(signing: ChunkSigning, previous: str, chunk_sha256: str) -> str:
+    string_to_sign = "\n".join(
+        (
+            "AWS4-HMAC-SHA256-PAYLOAD",
+            signing.amz_date,
+            signing.scope,
+            previous,
+            hashlib.sha256(b"").hexdigest(),
+            chunk_sha256,
+        )
+    )
+    return hmac_hex(signing.key, string_to_sign)
+
+
+def trailer_signature(signing: ChunkSigning, previous: str, trailer_text: str) -> str:
+    string_to_sign = "\n".join(
+        (
+            "AWS4-HMAC-SHA256-TRAILER",
+            signing.amz_date,
+            signing.scope,
+            previous,
+            hashlib.sha256(trailer_text.encode()).hexdigest(),
+        )
+    )
+    return hmac_hex(signing.key, string_to_sign)
+
+
+# --- SigV2 -----------------------------------------------------------------------------------------------
+def _v2_resources(ctx: Ctx, raw_path: str, raw_query: str) -> list[str]:
+    subresources = []
+    for name, value in sorted(raw_query_pairs(raw_query)):
+        name = unquote(name)
+        if name in V2_SUBRESOURCES:
+            value = unquote(value)
+            subresources.append(f"{name}={value}" if value or "=" in raw_query else name)
+    suffix = ("?" + "&".join(subresources)) if subresources else ""
+    candidates = []
+    if ctx.bucket:
+        key_part = "/" + ctx.key if ctx.key else "/"
+        candidates.append(f"/{ctx.bucket}{aws_quote(key_part, safe='/')}")
+        candidates.append(f"/{ctx.bucket}{key_part}")
+        if not ctx.key:
+            candidates.append(f"/{ctx.bucket}")
+    candidates += [raw_path, unquote(raw_path)]
+    seen: list[str] = []
+    for candidate in candidates:
+        if candidate + suffix not in seen:
+            seen.append(candidate + suffix)
+    return seen
+
+
+async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
+    headers = ctx.headers
+    if query_auth:
+        access_key = ctx.query.get("AWSAccessKeyId", "")
+        signature = ctx.query.get("Signature", "")
+        expires = ctx.query.get("Expires", "")
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            raise S3Error("AccessDenied", "Query-string authentication requires Expires") from None
+        if time.time() > expires_at:
+            raise S3Error("AccessDenied", "Request has expired", Expires=expires)
+        date_lines = [expires]
+    else:
+        access_key, _, signature = credential.rpartition(":")
+        if not access_key:
+            raise S3Error("InvalidArgument", "AWS authorization header is invalid", ArgumentName="Authorization")
+        amz_date = headers.get("x-amz-date")
+        stamp = parse_http_time(amz_date or headers.get("Date", ""))
+        if stamp is None:
+            raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
+        _check_skew(stamp)
+        date_lines = ["", headers.get("Date", "")] if amz_date else [headers.get("Date", "")]
+    creds = await ctx.app.keys.resolve(access_key)
+    amz = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("x-amz-"):
+            amz.setdefault(lower, []).append(" ".join(value.split()))
+    amz_lines = "".join(f"{name}:{','.join(values)}\n" for name, values in sorted(amz.items()))
+    raw_path, _, raw_query = ctx.request.raw_path.partition("?")
+    try:
+        provided = base64.b64decode(signature, validate=True)
+    except ValueError:
+        provided = b""
+    first = ""
+    for date_line in dict.fromkeys(date_lines):
+        for resource in _v2_resources(ctx, raw_path, raw_query):
+            string_to_sign = "\n".join(
+                (
+                    ctx.request.method,
+                    headers.get("Content-MD5", ""),
+                    headers.get("Content-Type", ""),
+                    date_line,
+                    amz_lines + resource,
+                )
+            )
+            first = first or string_to_sign
+            expected = hmac.new(creds.secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()
+            if hmac.compare_digest(expected, provided):
+                ctx.requester = _principal_requester(ctx, creds)
+                ctx.payload = "UNSIGNED-PAYLOAD"
+                return
+    raise S3Error(
+        "SignatureDoesNotMatch",
+        AWSAccessKeyId=access_key,
+        StringToSign=first,
+        SignatureProvided=signature,
+        StringToSignBytes=" ".join(f"{b:02x}" for b in first.encode()),
+    )

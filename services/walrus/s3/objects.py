@@ -1,0 +1,507 @@
+"""Object operations: Put (streamed, digests checked), Get/Head (ranges, conditions, overrides, sendfile),
+Delete, DeleteObjects, Copy, and the object ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import zlib
+from urllib.parse import unquote
+
+import crc32c
+from aiohttp import web
+
+from services.walrus.s3 import acl as acls
+from services.walrus.s3.body import Body
+from services.walrus.s3.buckets import load_bucket
+from services.walrus.s3.context import Ctx
+from services.walrus.s3.errors import S3Error
+from services.walrus.s3.names import check_bucket, check_key
+from services.walrus.s3.xml import el, http_time, iso_time, parse_http_time, parse_xml, raw, read_xml_body, xml_response
+from services.walrus.storage import (
+    BucketInfo,
+    NoSuchBucket,
+    NoSuchKey,
+    ObjectInfo,
+    ObjectReader,
+    ObjectSpec,
+    QuotaExceeded,
+    TempData,
+)
+
+STORED_HEADERS = ("Content-Encoding", "Content-Disposition", "Cache-Control", "Content-Language", "Expires")
+CHECKSUMS = ("crc32", "crc32c", "sha1", "sha256")
+OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+SMALL_BODY = 64 << 10
+MAX_DELETE_KEYS = 1000
+
+
+def quota(ctx: Ctx) -> tuple[int, int]:
+    return ctx.app.limits.bucket_quota, ctx.app.limits.account_quota
+
+
+def spec_from_headers(ctx: Ctx, bucket: BucketInfo) -> ObjectSpec:
+    requester = ctx.requester
+    owner_id = requester.account_id or "anonymous"
+    owner_name = requester.account_name or "anonymous"
+    meta: dict[str, str] = {}
+    size = 0
+    for name, value in ctx.headers.items():
+        lower = name.lower()
+        if lower.startswith("x-amz-meta-"):
+            meta[lower[11:]] = value
+            size += len(lower[11:].encode()) + len(value.encode())
+    if size > ctx.app.limits.max_user_metadata:
+        raise S3Error("MetadataTooLarge", Size=size, MaxSizeAllowed=ctx.app.limits.max_user_metadata)
+    acl = acls.from_headers(ctx, owner_id, owner_name, (bucket.owner_id, bucket.owner_name)) or acls.canned(
+        "private", owner_id, owner_name
+    )
+    stored = {name: ctx.headers[name] for name in STORED_HEADERS if name in ctx.headers}
+    content_type = ctx.headers.get("Content-Type") or "binary/octet-stream"
+    return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta)
+
+
+def _content_md5(ctx: Ctx) -> bytes | None:
+    value = ctx.headers.get("Content-MD5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise S3Error("InvalidDigest", **{"Content-MD5": value[:64]})
+    return digest
+
+
+def requested_checksums(ctx: Ctx) -> tuple[dict[str, str | None], set[str]]:
+    """{algorithm: expected base64 value, or None to compute}, and the algorithms whose value is trailing."""
+    wanted: dict[str, str | None] = {}
+    for algorithm in CHECKSUMS:
+        value = ctx.headers.get(f"x-amz-checksum-{algorithm}")
+        if value is not None:
+            wanted[algorithm] = value.strip()
+    trailing = set()
+    for name in ctx.headers.get("x-amz-trailer", "").split(","):
+        name = name.strip().lower()
+        if name.startswith("x-amz-checksum-") and name[15:] in CHECKSUMS:
+            trailing.add(name[15:])
+            wanted[name[15:]] = None
+        elif name:
+            raise S3Error("InvalidRequest", f"unsupported trailer {name}")
+    for header in ("x-amz-sdk-checksum-algorithm", "x-amz-checksum-algorithm"):
+        algorithm = ctx.headers.get(header, "").strip().lower()
+        if algorithm:
+            if algorithm not in CHECKSUMS:
+                raise S3Error("InvalidRequest", f"unsupported checksum algorithm {algorithm}")
+            wanted.setdefault(algorithm, None)
+    if len(wanted) > 1:
+        raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header")
+    return wanted, trailing
+
+
+async def receive(ctx: Ctx, max_size: int) -> tuple[TempData, dict[str, str]]:
+    """Stream the request body into temporary storage, checking every digest the client sent."""
+    md5 = _content_md5(ctx)
+    wanted, trailing = requested_checksums(ctx)
+    body = Body(ctx, max_size)
+    data = await ctx.app.storage.new_data(tuple(wanted))
+    try:
+        async for chunk in body.chunks():
+            await data.write(chunk)
+        await data.finish()
+        if md5 is not None and not hmac.compare_digest(md5, data.digest("md5")):
+            raise S3Error("BadDigest", ExpectedDigest=base64.b64encode(md5).decode())
+        computed = {}
+        for algorithm, expected in wanted.items():
+            value = base64.b64encode(data.digest(algorithm)).decode()
+            if algorithm in trailing:
+                expected = body.trailers.get(f"x-amz-checksum-{algorithm}")
+                if expected is None:
+                    raise S3Error("InvalidRequest", f"the trailing x-amz-checksum-{algorithm} is missing")
+            if expected is not None and not hmac.compare_digest(expected.encode(), value.encode()):
+                raise S3Error(
+                    "BadDigest", f"The {algorithm.upper()} you specified did not match the calculated checksum."
+                )
+            computed[algorithm] = value
+    except BaseException:
+        await data.abort()
+        raise
+    return data, computed
+
+
+def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
+    return {f"x-amz-checksum-{name}": value for name, value in checksums.items()}
+
+
+async def put_object(ctx: Ctx) -> web.Response:
+    bucket = await load_bucket(ctx)
+    check_key(ctx.key)
+    acls.require(bucket.acl, ctx.requester, "WRITE")
+    spec = spec_from_headers(ctx, bucket)
+    data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
+    spec = ObjectSpec(spec.owner_id, spec.owner_name, spec.acl, spec.content_type, spec.headers, spec.meta, checksums)
+    info = await commit(ctx, data, spec)
+    return web.Response(headers={"ETag": f'"{info.etag}"', **_checksum_headers(checksums)})
+
+
+async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
+    try:
+        return await ctx.app.storage.commit_object(ctx.bucket, ctx.key, data, spec, quota(ctx))
+    except NoSuchBucket:
+        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    except QuotaExceeded as err:
+        raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
+    finally:
+        await data.abort()  # no-op once committed
+
+
+async def open_readable(ctx: Ctx, bucket_name: str, key: str, permission: str = "READ") -> ObjectReader:
+    """An open object the requester may read; NoSuchKey only to those who may list the bucket."""
+    storage = ctx.app.storage
+    bucket = await storage.get_bucket(bucket_name)
+    if bucket is None:
+        raise S3Error("NoSuchBucket", BucketName=bucket_name)
+    try:
+        reader = await storage.open_object(bucket_name, key)
+    except (NoSuchKey, NoSuchBucket):
+        if acls.allowed(bucket.acl, ctx.requester, "READ"):
+            raise S3Error("NoSuchKey", Key=key) from None
+        raise S3Error("AccessDenied") from None
+    if not acls.allowed(reader.info.acl, ctx.requester, permission):
+        await reader.close()
+        raise S3Error("AccessDenied")
+    return reader
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    values = [v.strip().removeprefix("W/").strip('"') for v in header.split(",")]
+    return "*" in values or etag in values
+
+
+def check_conditions(headers, info: ObjectInfo, prefix: str = "") -> None:
+    """If-Match & co (or x-amz-copy-source-if-* with `prefix`): 412, or 304 for reads."""
+    modified = int(info.last_modified)
+    copy = bool(prefix)
+    if_match = headers.get(f"{prefix}If-Match")
+    if_none_match = headers.get(f"{prefix}If-None-Match")
+    since = parse_http_time(headers.get(f"{prefix}If-Modified-Since", "") or "")
+    unmodified = parse_http_time(headers.get(f"{prefix}If-Unmodified-Since", "") or "")
+    if if_match is not None:
+        if not _etag_matches(if_match, info.etag):
+            raise S3Error("PreconditionFailed", Condition=f"{prefix}If-Match")
+    elif unmodified is not None and modified > unmodified:
+        raise S3Error("PreconditionFailed", Condition=f"{prefix}If-Unmodified-Since")
+    not_modified = None
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, info.etag):
+            not_modified = f"{prefix}If-None-Match"
+    elif since is not None and modified <= since:
+        not_modified = f"{prefix}If-Modified-Since"
+    if not_modified:
+        if copy:
+            raise S3Error("PreconditionFailed", Condition=not_modified)
+        err = S3Error("NotModified")
+        err.headers = {"ETag": f'"{info.etag}"', "Last-Modified": http_time(info.last_modified)}
+        raise err
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a single `bytes=` range; None to send everything (absent or unparsable, as S3 does)."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    first, dash, last = value[6:].strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if not first:
+            length = int(last)
+            if length <= 0 or size == 0:
+                raise _invalid_range(value, size)
+            return max(0, size - length), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start < 0 or end <= start:
+        return None
+    if start >= size:
+        raise _invalid_range(value, size)
+    return start, min(end, size)
+
+
+def _invalid_range(value: str, size: int) -> S3Error:
+    err = S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=value[:100])
+    err.headers = {"Content-Range": f"bytes */{size}"}
+    return err
+
+
+def object_headers(info: ObjectInfo, ctx: Ctx) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{info.etag}"',
+        "Last-Modified": http_time(info.last_modified),
+        "Content-Type": info.content_type,
+        "Accept-Ranges": "bytes",
+        **info.headers,
+    }
+    for name, value in info.meta.items():
+        headers[f"x-amz-meta-{name}"] = value
+    if info.parts:
+        headers["x-amz-mp-parts-count"] = str(len(info.parts))
+    for query_name, header in OVERRIDES.items():
+        if query_name in ctx.query:
+            headers[header] = ctx.query[query_name]
+    return headers
+
+
+async def get_object(ctx: Ctx) -> web.StreamResponse:
+    check_bucket(ctx.bucket)
+    check_key(ctx.key)
+    reader = await open_readable(ctx, ctx.bucket, ctx.key)
+    try:
+        info = reader.info
+        check_conditions(ctx.headers, info)
+        headers = object_headers(info, ctx)
+        start, end, status = 0, info.size, 200
+        part_number = ctx.query.get("partNumber")
+        if part_number is not None:
+            start, end = _part_range(info, part_number)
+            status = 206 if (start, end) != (0, info.size) or info.parts else 200
+        else:
+            wanted = parse_range(ctx.headers.get("Range"), info.size)
+            if wanted is not None:
+                start, end = wanted
+                status = 206
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+        elif ctx.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update(_checksum_headers(info.checksums))
+        headers["Content-Length"] = str(end - start)
+        if ctx.request.method == "HEAD":
+            return web.Response(status=status, headers=headers)
+        if end - start <= SMALL_BODY:
+            body = await reader.read_small() if hasattr(reader, "read_small") else None  # type: ignore[attr-defined]
+            if body is None:
+                body = b"".join([c async for c in reader.iter_range(0, info.size)])
+            del headers["Content-Length"]
+            return web.Response(status=status, body=body[start:end], headers=headers)
+        return await _stream(ctx, reader, status, headers, start, end)
+    finally:
+        await reader.close()
+
+
+def _part_range(info: ObjectInfo, value: str) -> tuple[int, int]:
+    try:
+        number = int(value)
+    except ValueError:
+        raise S3Error("InvalidArgument", "partNumber must be an integer", ArgumentName="partNumber") from None
+    parts = info.parts or (info.size,)
+    if not 1 <= number <= 10000:
+        raise S3Error(
+            "InvalidArgument",
+            "Part number must be an integer between 1 and 10000, inclusive",
+            ArgumentName="partNumber",
+        )
+    if number > len(parts):
+        raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", status=416)
+    start = sum(parts[: number - 1])
+    return start, start + parts[number - 1]
+
+
+async def _stream(
+    ctx: Ctx, reader: ObjectReader, status: int, headers: dict[str, str], start: int, end: int
+) -> web.StreamResponse:
+    """Send [start, end) with sendfile where the backend has files, else in chunks; memory stays flat."""
+    length = end - start
+    del headers["Content-Length"]
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
+    response.headers["x-amz-request-id"] = ctx.request_id
+    pieces = reader.file_ranges(start, end)
+    request = ctx.request
+    await response.prepare(request)
+    transport = request.transport
+    if pieces is not None and transport is not None:
+        loop = asyncio.get_running_loop()
+        for handle, offset, count in pieces:
+            try:
+                await loop.sendfile(transport, handle, offset, count)
+            except NotImplementedError:
+                pieces = None
+                break
+        else:
+            await response.write_eof()
+            return response
+    async for chunk in reader.iter_range(start, end):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def delete_object(ctx: Ctx) -> web.Response:
+    bucket = await load_bucket(ctx)
+    check_key(ctx.key)
+    acls.require(bucket.acl, ctx.requester, "WRITE")
+    try:
+        await ctx.app.storage.delete_object(ctx.bucket, ctx.key)
+    except NoSuchBucket:
+        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    return web.Response(status=204)
+
+
+def _verify_body_digests(ctx: Ctx, body: bytes) -> None:
+    md5 = _content_md5(ctx)
+    if md5 is not None and not hmac.compare_digest(md5, hashlib.md5(body).digest()):
+        raise S3Error("BadDigest")
+    for algorithm in CHECKSUMS:
+        expected = ctx.headers.get(f"x-amz-checksum-{algorithm}")
+        if expected is None:
+            continue
+        if algorithm == "crc32":
+            digest = zlib.crc32(body).to_bytes(4, "big")
+        elif algorithm == "crc32c":
+            digest = crc32c.crc32c(body).to_bytes(4, "big")
+        else:
+            digest = hashlib.new(algorithm, body).digest()
+        if base64.b64encode(digest).decode() != expected.strip():
+            raise S3Error("BadDigest", f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+
+
+async def _small_body(ctx: Ctx) -> bytes:
+    """A small XML body, with its x-amz-content-sha256 and Content-MD5 / checksum headers checked."""
+    body = await read_xml_body(ctx.request)
+    if len(ctx.payload) == 64 and not hmac.compare_digest(hashlib.sha256(body).hexdigest(), ctx.payload.lower()):
+        raise S3Error("XAmzContentSHA256Mismatch")
+    _verify_body_digests(ctx, body)
+    return body
+
+
+async def delete_objects(ctx: Ctx) -> web.Response:
+    bucket = await load_bucket(ctx)
+    root = parse_xml(await _small_body(ctx))
+    if root.tag != "Delete":
+        raise S3Error("MalformedXML")
+    quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
+    nodes = root.findall("Object")
+    if not nodes or len(nodes) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML", f"between 1 and {MAX_DELETE_KEYS} objects per request")
+    writable = acls.allowed(bucket.acl, ctx.requester, "WRITE")
+    results = []
+    for node in nodes:
+        key = node.findtext("Key")
+        if key is None:
+            raise S3Error("MalformedXML")
+        try:
+            check_key(key)
+            if not writable:
+                raise S3Error("AccessDenied")
+            await ctx.app.storage.delete_object(ctx.bucket, key)
+        except S3Error as err:
+            results.append(el("Error", raw(el("Key", key), el("Code", err.code), el("Message", err.message))))
+            continue
+        if not quiet:
+            results.append(el("Deleted", raw(el("Key", key))))
+    return xml_response("DeleteResult", "".join(results))
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    source = unquote(value.strip())
+    source, _, version = source.partition("?versionId=")
+    if version and version != "null":
+        raise S3Error("NoSuchVersion", "The specified version does not exist.", status=404)
+    bucket, _, key = source.lstrip("/").partition("/")
+    if not bucket or not key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+            ArgumentName="x-amz-copy-source",
+        )
+    check_bucket(bucket)
+    check_key(key)
+    return bucket, key
+
+
+async def copy_object(ctx: Ctx) -> web.Response:
+    bucket = await load_bucket(ctx)
+    check_key(ctx.key)
+    acls.require(bucket.acl, ctx.requester, "WRITE")
+    source_bucket, source_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
+    directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    reader = await open_readable(ctx, source_bucket, source_key)
+    try:
+        source = reader.info
+        check_conditions(ctx.headers, source, prefix="x-amz-copy-source-")
+        if source.size > ctx.app.limits.max_object_size:
+            raise S3Error("InvalidRequest", "The specified copy source is larger than the maximum allowable size")
+        new = spec_from_headers(ctx, bucket)
+        same = (source_bucket, source_key) == (ctx.bucket, ctx.key)
+        if same and directive == "COPY" and "x-amz-acl" not in ctx.headers:
+            raise S3Error(
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without changing "
+                "the object's metadata, storage class, website redirect location or encryption attributes.",
+            )
+        if directive == "COPY":
+            spec = ObjectSpec(
+                new.owner_id,
+                new.owner_name,
+                new.acl,
+                source.content_type,
+                source.headers,
+                source.meta,
+                source.checksums,
+            )
+        else:
+            spec = ObjectSpec(
+                new.owner_id, new.owner_name, new.acl, new.content_type, new.headers, new.meta, source.checksums
+            )
+        try:
+            info = await ctx.app.storage.copy_object(reader, ctx.bucket, ctx.key, spec, quota(ctx))
+        except QuotaExceeded as err:
+            raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
+        except NoSuchBucket:
+            raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    finally:
+        await reader.close()
+    body = el("LastModified", iso_time(info.last_modified)) + el("ETag", f'"{info.etag}"')
+    return xml_response("CopyObjectResult", body)
+
+
+async def get_object_acl(ctx: Ctx) -> web.Response:
+    check_bucket(ctx.bucket)
+    check_key(ctx.key)
+    reader = await open_readable(ctx, ctx.bucket, ctx.key, "READ_ACP")
+    await reader.close()
+    return xml_response("AccessControlPolicy", acls.to_xml(reader.info.acl))
+
+
+async def put_object_acl(ctx: Ctx) -> web.Response:
+    check_bucket(ctx.bucket)
+    check_key(ctx.key)
+    bucket = await load_bucket(ctx)
+    reader = await open_readable(ctx, ctx.bucket, ctx.key, "WRITE_ACP")
+    await reader.close()
+    info = reader.info
+    new = acls.from_headers(ctx, info.owner_id, info.owner_name, (bucket.owner_id, bucket.owner_name))
+    body = await read_xml_body(ctx.request)
+    if new is None:
+        if not body.strip():
+            raise S3Error("MissingSecurityHeader", "an ACL in headers or in the body is required")
+        new = acls.from_xml(body, info.acl)
+    try:
+        await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new)
+    except NoSuchKey:
+        raise S3Error("NoSuchKey", Key=ctx.key) from None
+    return web.Response()

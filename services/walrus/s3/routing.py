@@ -1,0 +1,136 @@
+"""Which bucket and key a request names (path style at / and /services/Walrus, or virtual-host style), and
+which S3 operation it is."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote, unquote_plus
+
+from aiohttp import web
+from multidict import MultiDict
+
+from services.walrus.s3 import buckets, multipart, objects
+from services.walrus.s3.errors import S3Error
+
+WALRUS_PREFIX = "/services/Walrus"
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+# Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
+UNSUPPORTED = frozenset(
+    """policy cors lifecycle website logging notification replication encryption tagging requestPayment
+    accelerate analytics inventory metrics intelligent-tiering object-lock ownershipControls publicAccessBlock
+    legal-hold retention restore torrent select attributes policyStatus""".split()
+)
+
+
+def parse_query(raw_query: str, limit: int = 200) -> MultiDict[str]:
+    query: MultiDict[str] = MultiDict()
+    for index, part in enumerate(raw_query.split("&")):
+        if index >= limit:
+            raise S3Error("InvalidArgument", "too many query parameters")
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        query.add(unquote_plus(name), unquote_plus(value))
+    return query
+
+
+def host_bucket(host: str, domains: tuple[str, ...]) -> str:
+    """The bucket named by a virtual-host style Host header, or "" for path style."""
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else ""
+    name = name.rstrip(".").lower()
+    if not name:
+        return ""
+    try:
+        ipaddress.ip_address(name)
+        return ""
+    except ValueError:
+        pass
+    for domain in domains:
+        if name.endswith("." + domain) and len(name) > len(domain) + 1:
+            return name[: -len(domain) - 1]
+    return ""
+
+
+def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str]:
+    """(bucket, key) from the raw (still percent-encoded) path and the Host header."""
+    path = raw_path
+    if path == WALRUS_PREFIX or path.startswith(WALRUS_PREFIX + "/"):
+        path = path[len(WALRUS_PREFIX) :]
+    if not path.startswith("/"):
+        path = "/" + path
+    try:
+        decoded = unquote(path[1:], errors="strict")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI", "the path is not valid UTF-8") from None
+    bucket = host_bucket(host, domains)
+    if bucket:
+        return bucket, decoded
+    bucket, _, key = decoded.partition("/")
+    return bucket, key
+
+
+def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> Handler:
+    """The handler of one request; S3Error for what Walrus does not do."""
+    unsupported = UNSUPPORTED.intersection(query)
+    if unsupported and bucket:
+        raise S3Error("NotImplemented", f"Walrus does not implement ?{sorted(unsupported)[0]}")
+    if not bucket:
+        if method in ("GET", "HEAD"):
+            return buckets.list_buckets
+        raise S3Error("MethodNotAllowed")
+    if not key:
+        if method == "PUT":
+            if "acl" in query:
+                return buckets.put_bucket_acl
+            if "versioning" in query:
+                raise S3Error("NotImplemented", "Walrus does not implement versioning")
+            return buckets.create_bucket
+        if method == "GET":
+            if "acl" in query:
+                return buckets.get_bucket_acl
+            if "location" in query:
+                return buckets.get_bucket_location
+            if "uploads" in query:
+                return multipart.list_uploads
+            if "versions" in query:
+                return buckets.list_object_versions
+            if "versioning" in query:
+                return buckets.get_bucket_versioning
+            if query.get("list-type") == "2":
+                return buckets.list_objects_v2
+            return buckets.list_objects
+        if method == "HEAD":
+            return buckets.head_bucket
+        if method == "DELETE":
+            return buckets.delete_bucket
+        if method == "POST":
+            if "delete" in query:
+                return objects.delete_objects
+            raise S3Error("NotImplemented", "Walrus does not implement browser-based POST uploads")
+        raise S3Error("MethodNotAllowed")
+    if method == "PUT":
+        if "acl" in query:
+            return objects.put_object_acl
+        if "uploadId" in query or "partNumber" in query:
+            return multipart.upload_part_copy if "x-amz-copy-source" in headers else multipart.upload_part
+        if "x-amz-copy-source" in headers:
+            return objects.copy_object
+        return objects.put_object
+    if method in ("GET", "HEAD"):
+        if "acl" in query:
+            return objects.get_object_acl
+        if "uploadId" in query and method == "GET":
+            return multipart.list_parts
+        return objects.get_object
+    if method == "DELETE":
+        if "uploadId" in query:
+            return multipart.abort_upload
+        return objects.delete_object
+    if method == "POST":
+        if "uploads" in query:
+            return multipart.create_upload
+        if "uploadId" in query:
+            return multipart.complete_upload
+        raise S3Error("NotImplemented", "Walrus does not implement this POST request")
+    raise S3Error("MethodNotAllowed")

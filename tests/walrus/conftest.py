@@ -1,0 +1,87 @@
+"""A real Walrus process shared by the tests of a module, with three users from a local credentials file
+(alice, bob, and the cloud admin), and clients for it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tests.harness import Cloud
+
+USERS = {
+    "alice": ("AKIAALICE0000000001", "alice-secret-key-0000000000000000000001", "111111111111", False),
+    "bob": ("AKIABOB00000000000002", "bob-secret-key-00000000000000000000002", "222222222222", False),
+    "admin": ("AKIAADMIN00000000003", "admin-secret-key-000000000000000000003", "000000000001", True),
+}
+
+
+def write_credentials(path: Path) -> None:
+    data = {
+        access: {
+            "secret_access_key": secret,
+            "principal": {
+                "account_id": account,
+                "account_name": name,
+                "user_id": f"AIDA{name.upper()}",
+                "user_name": name,
+                "is_admin": admin,
+            },
+        }
+        for name, (access, secret, account, admin) in USERS.items()
+    }
+    path.write_text(json.dumps(data))
+
+
+@dataclass
+class Walrus:
+    cloud: Cloud
+    url: str
+    credentials: Path
+
+    def client(self, user: str = "alice", addressing: str = "path", signature: str = "s3v4", **config):
+        access, secret, _, _ = USERS[user]
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(
+                signature_version=signature,
+                s3={"addressing_style": addressing},
+                retries={"max_attempts": 1},
+                **config,
+            ),
+        )
+
+    def anonymous(self):
+        from botocore import UNSIGNED
+
+        return boto3.client(
+            "s3", endpoint_url=self.url, region_name="us-east-1", config=Config(signature_version=UNSIGNED)
+        )
+
+
+def start_walrus(tmp: Path, extra: dict | None = None) -> Walrus:
+    credentials = tmp / "credentials.json"
+    tmp.mkdir(parents=True, exist_ok=True)
+    write_credentials(credentials)
+    settings = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), **(extra or {})}
+    cloud = Cloud(tmp / "cloud", roles=("walrus",), extra={"walrus": settings})
+    cloud.start()
+    return Walrus(cloud, cloud.url("walrus"), credentials)
+
+
+@pytest.fixture(scope="module")
+def walrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walrus]:
+    instance = start_walrus(tmp_path_factory.mktemp("walrus"))
+    try:
+        yield instance
+    finally:
+        instance.cloud.stop()
