@@ -24,6 +24,35 @@ class CloudControllerConfig(ServiceConfig):
         "(default http://KOALA_BIND:KOALA_CLC_PORT, the host name if bound to all addresses).",
     )
 
+    # --- compute (images, instances, admission, addresses) ---
+    KOALA_DEFAULT_KERNEL: str = Field("", description="Kernel image (eki-...) for machine images that name none.")
+    KOALA_DEFAULT_RAMDISK: str = Field("", description="Ramdisk image (eri-...) for machine images that name none.")
+    KOALA_QUOTA_INSTANCES: int = Field(0, ge=0, description="Live instances per account (0: unlimited).")
+    KOALA_QUOTA_CORES: int = Field(0, ge=0, description="Cores of live instances per account (0: unlimited).")
+    KOALA_QUOTA_ADDRESSES: int = Field(0, ge=0, description="Elastic addresses per account (0: unlimited).")
+    KOALA_PUBLIC_IPS: str = Field(
+        "",
+        description="Public address pool (singles, a-b ranges, CIDR), used until the CCs report theirs "
+        "with DescribePublicAddresses.",
+    )
+    KOALA_AUTO_PUBLIC_IP: bool = Field(True, description="Give each new instance a free public address, if any.")
+    KOALA_MANAGED_NETWORK: bool = Field(
+        False, description="Allocate a VLAN per <account>-<group> network and a network index per instance."
+    )
+    KOALA_ADDRS_PER_NET: int = Field(32, ge=8, le=65536, description="Addresses per network (VNET_ADDRSPERNET).")
+    KOALA_RESERVATION_TIMEOUT: float = Field(
+        120.0, gt=0, description="Seconds before a capacity reservation the CC never confirms expires."
+    )
+    KOALA_INSTANCE_LOST_SECONDS: float = Field(
+        600.0, gt=0, description="Seconds a CC may stop reporting an instance before it is marked terminated."
+    )
+    KOALA_TERMINATED_VISIBLE_SECONDS: float = Field(
+        3600.0, ge=0, description="Seconds a terminated instance stays visible in DescribeInstances."
+    )
+    KOALA_CC_POLL_SECONDS: float = Field(
+        10.0, gt=0, description="How often each CC is polled (resources, instances): the safety net for pushes."
+    )
+
     @property
     def port(self) -> int:
         return self.KOALA_CLC_PORT

@@ -6,6 +6,7 @@ from common import pki
 from common.service import Service
 from services.cloud_controller import actions, admin
 from services.cloud_controller import clusters as cluster_registry
+from services.cloud_controller.compute import setup as compute_setup
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.frontend import Frontend
@@ -43,6 +44,8 @@ class CloudControllerService(Service):
         self.clusters = cluster_registry.ClusterRegistry(self.db, self.config.clusters())
         await self.clusters.load()
         cluster_registry.install(self.rpc, self.clusters, self)
+        # Images, instances, admission, addresses; NotifyInstances (role cc) and the metadata routes.
+        self.compute = await compute_setup.install(self)
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         await bootstrap.ensure_admin(
             self.identity_store,
@@ -54,6 +57,8 @@ class CloudControllerService(Service):
         )
 
     async def on_stop(self) -> None:
+        if getattr(self, "compute", None) is not None:
+            await self.compute.stop()
         await self.db.close()
 
     def peer_list(self) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission, Token, count_quota
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError, invalid
+from services.cloud_controller.compute.images import Images
 from services.cloud_controller.compute.networks import Networks
 from services.cloud_controller.compute.store import Image, Instance, Reservation, Store
 from services.cloud_controller.compute.vmtypes import DEFAULT_TYPE, VmTypes
@@ -66,7 +67,9 @@ class RunRequest:
     min_count: int = 1
     max_count: int = 1
     key_name: str = ""
-    groups: list[str] = field(default_factory=list)
+    key_material: str = ""  # the key pair's public key, looked up by the caller
+    groups: list[str] = field(default_factory=list)  # resolved security group names ("default" if none)
+    group_ids: list[str] = field(default_factory=list)
     user_data: str = ""  # base64
     instance_type: str = ""
     zone: str = ""
@@ -74,12 +77,6 @@ class RunRequest:
     ramdisk_id: str = ""
     client_token: str = ""
     tags: list[tuple[str, str]] = field(default_factory=list)
-
-
-# Hooks to the identity/key pair/group/tag side of the CLC, set by the service.
-KeyLookup = Callable[[str, str], Awaitable[str | None]]  # (account, key name) -> public key text or None
-GroupCheck = Callable[[str, list[str]], Awaitable[list[str]]]  # (account, names) -> the ones that do not exist
-TagWriter = Callable[[str, list[str], list[tuple[str, str]]], Awaitable[None]]  # (account, resource ids, tags)
 
 
 def mac_for(instance_id: str) -> str:
@@ -117,11 +114,14 @@ class Compute:
         self.admission = Admission(timeout=settings.reservation_timeout)
         self.addresses = Addresses(db, public_ips or [])
         self.networks = Networks(db, addrs_per_net=settings.addrs_per_net)
-        self.key_lookup: KeyLookup | None = None
-        self.group_check: GroupCheck | None = None
-        self.tag_writer: TagWriter | None = None
         self.on_change: list[Callable[[list[Instance]], Any]] = []  # listeners (benchmarks, admin pages)
         self._tasks: list[asyncio.Task] = []
+        self._pollers: dict[str, asyncio.Task] = {}
+        self._polling = True
+        self.images: Images | None = None  # set by setup.install
+        from services.cloud_controller.compute.elastic import Elastic
+
+        self.elastic = Elastic(self)
         self._refresh_pending: set[str] = set()
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
@@ -138,14 +138,33 @@ class Compute:
 
     def start_polling(self) -> None:
         for zone in self.cc.clusters:
-            self._tasks.append(asyncio.create_task(self._poll_loop(zone), name=f"poll {zone}"))
+            self._start_poller(zone)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="compute housekeeping"))
 
+    def _start_poller(self, zone: str) -> None:
+        if zone not in self._pollers:
+            self._pollers[zone] = asyncio.create_task(self._poll_loop(zone), name=f"poll {zone}")
+
+    def zone_changed(self, zone: str, url: str | None) -> None:
+        """The cluster registry added (url) or removed (None) a zone."""
+        if url is None:
+            task = self._pollers.pop(zone, None)
+            if task is not None:
+                task.cancel()
+            self.admission.zones.pop(zone, None)
+        else:
+            self.admission.known_zone(zone)
+            if self._polling:
+                self._start_poller(zone)
+
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._polling = False
+        tasks = self._tasks + list(self._pollers.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._pollers.clear()
 
     # --- lookups ----------------------------------------------------------------------------------------
     def vm_type(self, name: str) -> VmType:
@@ -226,19 +245,9 @@ class Compute:
         zone = request.zone or None
         if zone is not None and zone not in self.cc.clusters:
             raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
-        # Checks that need awaits come first; everything from the quota check to the in-memory records is
-        # synchronous, so concurrent requests see each other's reservations.
-        key_material = ""
-        if request.key_name:
-            key_material = (await self.key_lookup(owner, request.key_name)) if self.key_lookup else None
-            if key_material is None:
-                raise ComputeError("InvalidKeyPair.NotFound", f"The key pair '{request.key_name}' does not exist")
-        if self.group_check is not None:
-            missing = await self.group_check(owner, groups)
-            if missing:
-                raise ComputeError("InvalidGroup.NotFound", f"The security group '{missing[0]}' does not exist")
-        if request.client_token and (owner, request.client_token) in self.store.tokens:
-            return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
+        key_material = request.key_material
+        # From the quota check to the in-memory records everything is synchronous (but for the first capacity
+        # report after a start), so concurrent requests see each other's reservations.
         if (zone is None or self.admission.zones.get(zone) is None or not self.admission.zones[zone].reachable) and (
             not any(z.reachable for z in self.admission.zones.values())
         ):
@@ -261,7 +270,14 @@ class Compute:
             nets = self._take_network(owner, groups, count, undo)
             now = time.time()
             reservation = Reservation(
-                self._new_ids("r", 1)[0], owner, token.zone, principal.user_id, request.client_token, groups, now
+                self._new_ids("r", 1)[0],
+                owner,
+                token.zone,
+                principal.user_id,
+                request.client_token,
+                groups,
+                list(request.group_ids),
+                now,
             )
             instances = [
                 Instance(
@@ -631,6 +647,7 @@ class Compute:
 
     async def poll_zone(self, zone: str) -> None:
         await self._refresh_zone(zone)
+        await self.elastic.refresh_pool(zone)
         try:
             answer = await self.cc.describe_instances(zone)
         except (RpcError, PeerUnreachable) as err:

@@ -28,7 +28,8 @@ class Reservation:
     zone: str
     requester_user_id: str = ""
     client_token: str = ""
-    groups: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # security group names
+    group_ids: list[str] = field(default_factory=list)
     created_at: float = 0.0
     instance_ids: list[str] = field(default_factory=list)
 
@@ -110,6 +111,7 @@ class Store:
         for row in await self.db.fetchall(f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations"):
             values = dict(row)
             values["groups"] = json.loads(values["groups"])
+            values["group_ids"] = json.loads(values["group_ids"])
             reservation = Reservation(**values)
             self.reservations[reservation.reservation_id] = reservation
             if reservation.client_token:
@@ -155,6 +157,7 @@ class Store:
         values = asdict(reservation)
         values.pop("instance_ids")
         values["groups"] = json.dumps(values["groups"])
+        values["group_ids"] = json.dumps(values["group_ids"])
         async with self.db.transaction() as conn:
             await conn.execute(
                 f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "

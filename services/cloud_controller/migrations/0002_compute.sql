@@ -38,6 +38,7 @@ CREATE TABLE reservations (
     zone TEXT NOT NULL,
     client_token TEXT NOT NULL DEFAULT '',
     groups TEXT NOT NULL DEFAULT '[]',
+    group_ids TEXT NOT NULL DEFAULT '[]',
     created_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX reservations_token ON reservations(owner_id, client_token) WHERE client_token != '';

@@ -1,0 +1,211 @@
+"""Images: RegisterImage, DeregisterImage, DescribeImages, Describe/Modify/ResetImageAttribute.
+The registry is `compute.images.Images` (`ctx.clc.compute.images`); this module shapes EC2's answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from services.cloud_controller.actions import Context, action, tags
+from services.cloud_controller.compute.images import Images
+from services.cloud_controller.compute.store import Image
+from services.cloud_controller.ec2.errors import Ec2Error, invalid
+from services.cloud_controller.ec2.filters import Filters
+
+MAX_IDS = 1000
+IMAGE_FILTERS = {
+    "image-id",
+    "image-type",
+    "is-public",
+    "kernel-id",
+    "ramdisk-id",
+    "manifest-location",
+    "name",
+    "description",
+    "owner-id",
+    "owner-alias",
+    "state",
+    "architecture",
+    "root-device-type",
+    "root-device-name",
+    "virtualization-type",
+    "hypervisor",
+}
+
+
+def registry(ctx: Context) -> Images:
+    return ctx.clc.compute.images
+
+
+async def _admin_account(ctx: Context) -> str:
+    return await ctx.clc.identity_store.admin_account_id() or ""
+
+
+def image_dict(image: Image, admin_account: str, tag_list: list | None) -> dict[str, Any]:
+    return {
+        "ImageId": image.image_id,
+        "ImageLocation": image.location,
+        "State": image.state,
+        "OwnerId": image.owner_id,
+        "CreationDate": _iso(image.created_at),
+        "Public": image.is_public,
+        "Architecture": image.architecture,
+        "ImageType": image.kind,
+        "KernelId": image.kernel_id or None,
+        "RamdiskId": image.ramdisk_id or None,
+        "ImageOwnerAlias": "eucalyptus" if image.owner_id == admin_account else None,
+        "Name": image.name,
+        "Description": image.description or None,
+        "RootDeviceType": "instance-store",
+        "RootDeviceName": image.root_device_name,
+        "BlockDeviceMappings": [],
+        "VirtualizationType": "paravirtual",
+        "Hypervisor": "xen",
+        "ProductCodes": [],
+        "Tags": tag_list or None,
+    }
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _filter_values(image: Image, admin_account: str) -> dict[str, Any]:
+    return {
+        "image-id": image.image_id,
+        "image-type": image.kind,
+        "is-public": "true" if image.is_public else "false",
+        "kernel-id": image.kernel_id,
+        "ramdisk-id": image.ramdisk_id,
+        "manifest-location": image.location,
+        "name": image.name,
+        "description": image.description,
+        "owner-id": image.owner_id,
+        "owner-alias": "eucalyptus" if image.owner_id == admin_account else "",
+        "state": image.state,
+        "architecture": image.architecture,
+        "root-device-type": "instance-store",
+        "root-device-name": image.root_device_name,
+        "virtualization-type": "paravirtual",
+        "hypervisor": "xen",
+    }
+
+
+@action("RegisterImage")
+async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    location = params.get("ImageLocation")
+    if not location:
+        raise Ec2Error("MissingParameter", "The request must contain the parameter ImageLocation")
+    tag_list = tags.tag_specifications(params, "image")
+    image = await registry(ctx).register(
+        ctx.owner_id,
+        location,
+        name=params.get("Name") or "",
+        description=params.get("Description") or "",
+        architecture=params.get("Architecture") or "",
+        kernel_id=params.get("KernelId") or "",
+        ramdisk_id=params.get("RamdiskId") or "",
+        root_device_name=params.get("RootDeviceName") or "",
+    )
+    if tag_list:
+        await tags.put(ctx.db, ctx.owner_id, "image", [image.image_id], tag_list)
+    return {"ImageId": image.image_id}
+
+
+@action("DeregisterImage")
+async def deregister_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    image_id = params["ImageId"]
+    await registry(ctx).deregister(image_id, ctx.owner_id, ctx.principal.is_admin)
+    await tags.forget(ctx.db, [image_id.lower()])
+    return {"Return": True}
+
+
+@action("DescribeImages")
+async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    images = registry(ctx)
+    ids = params.get("ImageIds") or []
+    owners = params.get("Owners") or []
+    executable = params.get("ExecutableUsers") or []
+    for name, values in (("ImageId", ids), ("Owner", owners), ("ExecutableBy", executable)):
+        if len(values) > MAX_IDS:
+            raise invalid(name, len(values), f"At most {MAX_IDS} values.")
+    admin_account = await _admin_account(ctx)
+    images.is_admin_account = lambda account: account == admin_account
+    filters = Filters.parse(params.get("Filters"), IMAGE_FILTERS, tags=True)
+    found = images.visible(ctx.owner_id, ctx.principal.is_admin, ids, owners, executable)
+    if filters.tags:
+        tagged: set[str] = set()
+        for owner in {i.owner_id for i in found}:
+            tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+        found = [i for i in found if i.image_id in tagged]
+    found = [i for i in found if filters.match_all(_filter_values(i, admin_account))]
+    tag_sets = await tags.tags_for(ctx.db, [i.image_id for i in found]) if found else {}
+    return {"Images": [image_dict(i, admin_account, tag_sets.get(i.image_id)) for i in found]}
+
+
+@action("DescribeImageAttribute")
+async def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    image = registry(ctx).owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    attribute = params["Attribute"]
+    result: dict[str, Any] = {"ImageId": image.image_id}
+    if attribute == "launchPermission":
+        permissions = [{"Group": "all"}] if image.is_public else []
+        permissions += [{"UserId": account} for account in sorted(image.launch_permissions)]
+        result["LaunchPermissions"] = permissions
+    elif attribute == "description":
+        result["Description"] = {"Value": image.description or None}
+    elif attribute == "kernel":
+        result["KernelId"] = {"Value": image.kernel_id or None}
+    elif attribute == "ramdisk":
+        result["RamdiskId"] = {"Value": image.ramdisk_id or None}
+    elif attribute == "productCodes":
+        result["ProductCodes"] = []
+    elif attribute == "blockDeviceMapping":
+        result["BlockDeviceMappings"] = []
+    else:
+        raise invalid("Attribute", attribute, "Not supported for this image.")
+    return result
+
+
+@action("ModifyImageAttribute")
+async def modify_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
+    images = registry(ctx)
+    image = images.owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    attribute = params.get("Attribute") or ""
+    launch = params.get("LaunchPermission") or {}
+    user_ids, user_groups = params.get("UserIds") or [], params.get("UserGroups") or []
+    if launch or user_ids or user_groups or attribute == "launchPermission":
+        add, remove = list(launch.get("Add") or []), list(launch.get("Remove") or [])
+        if user_ids or user_groups:  # the flat form: OperationType add|remove with UserId.N / UserGroup.N
+            operation = params.get("OperationType")
+            if operation not in ("add", "remove"):
+                raise invalid("OperationType", operation, "Use add or remove.")
+            items = [{"UserId": u} for u in user_ids] + [{"Group": g} for g in user_groups]
+            (add if operation == "add" else remove).extend(items)
+        if len(add) + len(remove) > MAX_IDS:
+            raise invalid("LaunchPermission", len(add) + len(remove), f"At most {MAX_IDS} changes.")
+        await images.modify_launch_permission(image, add, remove)
+        return None
+    if params.get("Description") is not None:
+        await images.set_attribute(image, "description", params["Description"].get("Value") or "", ctx.owner_id)
+        return None
+    if attribute in ("description", "kernel", "ramdisk"):
+        await images.set_attribute(image, attribute, params.get("Value") or "", ctx.owner_id)
+        return None
+    raise Ec2Error("InvalidParameterCombination", "Give LaunchPermission, Description, or Attribute with Value")
+
+
+@action("ResetImageAttribute")
+async def reset_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
+    images = registry(ctx)
+    image = images.owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    attribute = params["Attribute"]
+    if attribute == "launchPermission":
+        image.is_public = False
+        image.launch_permissions.clear()
+        await images.modify_launch_permission(image, [], [])
+    elif attribute in ("kernel", "ramdisk", "description"):
+        await images.set_attribute(image, attribute, "", ctx.owner_id)
+    else:
+        raise invalid("Attribute", attribute, "Use launchPermission, kernel, ramdisk or description.")
+    return None

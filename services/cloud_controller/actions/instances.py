@@ -1,0 +1,418 @@
+"""Instances: RunInstances, DescribeInstances, TerminateInstances, RebootInstances, GetConsoleOutput,
+DescribeInstanceAttribute, DescribeInstanceStatus. The logic is the compute engine's (`ctx.clc.compute`); this
+module parses and shapes answers as botocore's model has them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+from services.cloud_controller.actions import Context, action, groups, keypairs, tags
+from services.cloud_controller.compute.engine import Compute, RunRequest
+from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
+from services.cloud_controller.ec2.errors import Ec2Error, invalid
+from services.cloud_controller.ec2.filters import Filters
+
+MAX_IDS = 1000
+INSTANCE_FILTERS = {
+    "instance-id",
+    "instance-state-name",
+    "instance-state-code",
+    "instance-type",
+    "image-id",
+    "kernel-id",
+    "ramdisk-id",
+    "key-name",
+    "availability-zone",
+    "reservation-id",
+    "owner-id",
+    "requester-id",
+    "private-ip-address",
+    "ip-address",
+    "private-dns-name",
+    "dns-name",
+    "launch-index",
+    "group-name",
+    "group-id",
+    "instance.group-name",
+    "instance.group-id",
+    "architecture",
+    "root-device-type",
+    "client-token",
+    "state-reason-code",
+    "instance-lifecycle",
+    "hypervisor",
+    "virtualization-type",
+}
+
+
+def compute(ctx: Context) -> Compute:
+    return ctx.clc.compute
+
+
+def _ids(params: dict, key: str = "InstanceIds") -> list[str]:
+    values = params.get(key) or []
+    if len(values) > MAX_IDS:
+        raise invalid(key, f"{len(values)} ids", f"At most {MAX_IDS} ids per request.")
+    return list(dict.fromkeys(values))
+
+
+def state(instance: Instance) -> dict[str, Any]:
+    return {"Code": STATE_CODES[instance.state], "Name": instance.state}
+
+
+def instance_dict(instance: Instance, reservation: Reservation | None, tag_list: list | None) -> dict[str, Any]:
+    groups_ = _groups(reservation)
+    public = instance.public_ip
+    result: dict[str, Any] = {
+        "InstanceId": instance.instance_id,
+        "ImageId": instance.image_id,
+        "State": state(instance),
+        "PrivateDnsName": instance.private_ip,
+        "PublicDnsName": public or instance.private_ip,
+        "StateTransitionReason": instance.state_reason,
+        "KeyName": instance.key_name or None,
+        "AmiLaunchIndex": instance.launch_index,
+        "ProductCodes": [],
+        "InstanceType": instance.vm_type,
+        "LaunchTime": instance.launch_time,
+        "Placement": {"AvailabilityZone": instance.zone, "GroupName": "", "Tenancy": "default"},
+        "KernelId": instance.kernel_id or None,
+        "RamdiskId": instance.ramdisk_id or None,
+        "Monitoring": {"State": "disabled"},
+        "PrivateIpAddress": instance.private_ip or None,
+        "PublicIpAddress": public or None,
+        "Architecture": "x86_64",
+        "RootDeviceType": "instance-store",
+        "RootDeviceName": "/dev/sda1",
+        "BlockDeviceMappings": [],
+        "VirtualizationType": "paravirtual",
+        "ClientToken": reservation.client_token if reservation and reservation.client_token else None,
+        "Hypervisor": "xen",
+        "SecurityGroups": groups_,
+        "Tags": tag_list or None,
+    }
+    if instance.state == "terminated" and instance.state_reason:
+        code = instance.state_reason.split(":", 1)[0]
+        result["StateReason"] = {"Code": code, "Message": instance.state_reason}
+    return result
+
+
+def _groups(reservation: Reservation | None) -> list[dict[str, str]]:
+    if reservation is None:
+        return []
+    ids = reservation.group_ids + [""] * (len(reservation.groups) - len(reservation.group_ids))
+    return [{"GroupName": name, "GroupId": gid} for name, gid in zip(reservation.groups, ids, strict=False)]
+
+
+def reservation_dict(reservation: Reservation, instances: list[dict]) -> dict[str, Any]:
+    return {
+        "ReservationId": reservation.reservation_id,
+        "OwnerId": reservation.owner_id,
+        "RequesterId": None,
+        "Groups": _groups(reservation),
+        "Instances": instances,
+    }
+
+
+def _filter_values(instance: Instance, reservation: Reservation | None) -> dict[str, Any]:
+    group_names = reservation.groups if reservation else []
+    group_ids = reservation.group_ids if reservation else []
+    return {
+        "instance-id": instance.instance_id,
+        "instance-state-name": instance.state,
+        "instance-state-code": str(STATE_CODES[instance.state]),
+        "instance-type": instance.vm_type,
+        "image-id": instance.image_id,
+        "kernel-id": instance.kernel_id,
+        "ramdisk-id": instance.ramdisk_id,
+        "key-name": instance.key_name,
+        "availability-zone": instance.zone,
+        "reservation-id": instance.reservation_id,
+        "owner-id": instance.owner_id,
+        "requester-id": "",
+        "private-ip-address": instance.private_ip,
+        "ip-address": instance.public_ip,
+        "private-dns-name": instance.private_ip,
+        "dns-name": instance.public_ip or instance.private_ip,
+        "launch-index": str(instance.launch_index),
+        "group-name": group_names,
+        "group-id": group_ids,
+        "instance.group-name": group_names,
+        "instance.group-id": group_ids,
+        "architecture": "x86_64",
+        "root-device-type": "instance-store",
+        "client-token": reservation.client_token if reservation else "",
+        "state-reason-code": instance.state_reason.split(":", 1)[0],
+        "instance-lifecycle": "",
+        "hypervisor": "xen",
+        "virtualization-type": "paravirtual",
+    }
+
+
+# --- paging ----------------------------------------------------------------------------------------------
+def _page_key(instance: Instance) -> str:
+    return f"{instance.launch_time:017.6f}/{instance.reservation_id}/{instance.launch_index:05d}/{instance.instance_id}"
+
+
+def _encode_token(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        key = base64.urlsafe_b64decode(token.encode()).decode() if len(token) <= 256 else ""
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        key = ""
+    if key.count("/") != 3:
+        raise Ec2Error("InvalidNextToken", "The token is not valid")
+    return key
+
+
+def _page(items: list[Instance], params: dict, max_allowed: int = 1000) -> tuple[list[Instance], str | None]:
+    """Sort by launch order and cut one page; EC2's MaxResults is 5..1000 and cannot go with InstanceIds."""
+    max_results, token = params.get("MaxResults"), params.get("NextToken")
+    items.sort(key=_page_key)
+    if token:
+        start = _decode_token(token)
+        items = [i for i in items if _page_key(i) > start]
+    if max_results is None:
+        return items, None
+    if params.get("InstanceIds"):
+        raise Ec2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with maxResults")
+    if not 5 <= max_results <= max_allowed:
+        raise invalid("MaxResults", max_results, f"The value must be between 5 and {max_allowed}.")
+    if len(items) <= max_results:
+        return items, None
+    page = items[:max_results]
+    return page, _encode_token(_page_key(page[-1]))
+
+
+# --- RunInstances ----------------------------------------------------------------------------------------
+@action("RunInstances")
+async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    engine = compute(ctx)
+    tag_list = tags.tag_specifications(params, "instance")
+    key_name = params.get("KeyName") or ""
+    key_material = ""
+    if key_name:
+        key_material = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
+        if key_material is None:
+            raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
+    names, group_ids = params.get("SecurityGroups") or [], params.get("SecurityGroupIds") or []
+    if len(names) + len(group_ids) > 64:
+        raise invalid("SecurityGroup", len(names) + len(group_ids), "At most 64 security groups.")
+    resolved = await groups.resolve(ctx.db, ctx.owner_id, names, group_ids)
+    user_data = params.get("UserData") or ""
+    if isinstance(user_data, bytes):
+        user_data = base64.b64encode(user_data).decode()
+    request = RunRequest(
+        image_id=params["ImageId"],
+        min_count=params["MinCount"],
+        max_count=params["MaxCount"],
+        key_name=key_name,
+        key_material=key_material,
+        groups=[g["name"] for g in resolved],
+        group_ids=[g["group_id"] for g in resolved],
+        user_data=user_data,
+        instance_type=params.get("InstanceType") or "",
+        zone=(params.get("Placement") or {}).get("AvailabilityZone") or "",
+        kernel_id=params.get("KernelId") or "",
+        ramdisk_id=params.get("RamdiskId") or "",
+        client_token=params.get("ClientToken") or "",
+    )
+    reservation = await engine.run_instances(ctx.principal, request)
+    instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
+    launched = [i for i in instances if i.state != "terminated" or not i.state_reason.startswith("Server.")]
+    if tag_list:
+        await tags.put(ctx.db, ctx.owner_id, "instance", [i.instance_id for i in launched], tag_list)
+    tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in launched]) if tag_list else {}
+    return reservation_dict(reservation, [instance_dict(i, reservation, tag_sets.get(i.instance_id)) for i in launched])
+
+
+# --- DescribeInstances -----------------------------------------------------------------------------------
+async def _select(ctx: Context, params: dict, allowed: set[str]) -> list[Instance]:
+    engine = compute(ctx)
+    ids = _ids(params)
+    filters = Filters.parse(params.get("Filters"), allowed, tags=True)
+    candidates = (
+        engine.instances(ids, ctx.principal)
+        if ids
+        else [i for i in engine.store.instances.values() if engine.visible(i, ctx.principal)]
+    )
+    if filters.tags:
+        owners = {i.owner_id for i in candidates}
+        tagged: set[str] = set()
+        for owner in owners:
+            tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+        candidates = [i for i in candidates if i.instance_id in tagged]
+    if filters.by_name:
+        reservations = engine.store.reservations
+        candidates = [i for i in candidates if filters.match_all(_filter_values(i, reservations.get(i.reservation_id)))]
+    return candidates
+
+
+@action("DescribeInstances")
+async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    engine = compute(ctx)
+    page, next_token = _page(await _select(ctx, params, INSTANCE_FILTERS), params)
+    tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in page]) if page else {}
+    reservations: dict[str, tuple[Reservation, list[dict]]] = {}
+    for instance in page:
+        reservation = engine.store.reservations.get(instance.reservation_id)
+        if reservation is None:
+            continue
+        entry = reservations.get(reservation.reservation_id)
+        if entry is None:
+            entry = reservations[reservation.reservation_id] = (reservation, [])
+        entry[1].append(instance_dict(instance, reservation, tag_sets.get(instance.instance_id)))
+    return {
+        "Reservations": [reservation_dict(r, items) for r, items in reservations.values()],
+        "NextToken": next_token,
+    }
+
+
+# --- Terminate, reboot, console --------------------------------------------------------------------------
+@action("TerminateInstances")
+async def terminate_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    ids = _ids(params)
+    if not ids:
+        raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")
+    changes = await compute(ctx).terminate(ctx.principal, ids)
+    return {
+        "TerminatingInstances": [
+            {
+                "InstanceId": instance.instance_id,
+                "CurrentState": state(instance),
+                "PreviousState": {"Code": STATE_CODES[previous], "Name": previous},
+            }
+            for instance, previous in changes
+        ]
+    }
+
+
+@action("RebootInstances")
+async def reboot_instances(ctx: Context, params: dict[str, Any]) -> None:
+    ids = _ids(params)
+    if not ids:
+        raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")
+    await compute(ctx).reboot(ctx.principal, ids)
+    return None
+
+
+@action("GetConsoleOutput")
+async def get_console_output(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    instance, output = await compute(ctx).console_output(ctx.principal, params["InstanceId"])
+    return {"InstanceId": instance.instance_id, "Timestamp": time.time(), "Output": output or None}
+
+
+# --- attributes and status -------------------------------------------------------------------------------
+@action("DescribeInstanceAttribute")
+async def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    engine = compute(ctx)
+    instance = engine.instance(params["InstanceId"], ctx.principal)
+    attribute = params["Attribute"]
+    result: dict[str, Any] = {"InstanceId": instance.instance_id}
+    if attribute == "instanceType":
+        result["InstanceType"] = {"Value": instance.vm_type}
+    elif attribute == "kernel":
+        result["KernelId"] = {"Value": instance.kernel_id or None}
+    elif attribute == "ramdisk":
+        result["RamdiskId"] = {"Value": instance.ramdisk_id or None}
+    elif attribute == "userData":
+        result["UserData"] = {"Value": instance.user_data or None}
+    elif attribute == "groupSet":
+        result["Groups"] = _groups(engine.store.reservations.get(instance.reservation_id))
+    elif attribute == "rootDeviceName":
+        result["RootDeviceName"] = {"Value": "/dev/sda1"}
+    elif attribute == "disableApiTermination":
+        result["DisableApiTermination"] = {"Value": False}
+    elif attribute == "instanceInitiatedShutdownBehavior":
+        result["InstanceInitiatedShutdownBehavior"] = {"Value": "terminate"}
+    elif attribute == "blockDeviceMapping":
+        result["BlockDeviceMappings"] = []
+    elif attribute == "productCodes":
+        result["ProductCodes"] = []
+    else:
+        raise invalid("Attribute", attribute, "This attribute is not supported for instance-store instances.")
+    return result
+
+
+STATUS_FILTERS = {
+    "availability-zone",
+    "instance-state-name",
+    "instance-state-code",
+    "instance-status.status",
+    "instance-status.reachability",
+    "system-status.status",
+    "system-status.reachability",
+}
+
+
+def _status(instance: Instance) -> dict[str, Any]:
+    if instance.state == "running":
+        status, detail = "ok", "passed"
+    elif instance.state == "pending":
+        status, detail = "initializing", "initializing"
+    else:
+        status, detail = "not-applicable", None
+    block: dict[str, Any] = {"Status": status}
+    if detail:
+        block["Details"] = [{"Name": "reachability", "Status": detail}]
+    return {
+        "InstanceId": instance.instance_id,
+        "AvailabilityZone": instance.zone,
+        "InstanceState": state(instance),
+        "InstanceStatus": block,
+        "SystemStatus": block,
+    }
+
+
+@action("DescribeInstanceStatus")
+async def describe_instance_status(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    engine = compute(ctx)
+    ids = _ids(params)
+    filters = Filters.parse(params.get("Filters"), STATUS_FILTERS, tags=False)
+    candidates = (
+        engine.instances(ids, ctx.principal)
+        if ids
+        else [i for i in engine.store.instances.values() if engine.visible(i, ctx.principal)]
+    )
+    if not params.get("IncludeAllInstances"):
+        candidates = [i for i in candidates if i.state == "running"]
+    statuses = []
+    for instance in candidates:
+        status = _status(instance)
+        values = {
+            "availability-zone": instance.zone,
+            "instance-state-name": instance.state,
+            "instance-state-code": str(STATE_CODES[instance.state]),
+            "instance-status.status": status["InstanceStatus"]["Status"],
+            "system-status.status": status["SystemStatus"]["Status"],
+            "instance-status.reachability": (status["InstanceStatus"].get("Details") or [{}])[0].get("Status", ""),
+            "system-status.reachability": (status["SystemStatus"].get("Details") or [{}])[0].get("Status", ""),
+        }
+        if filters.match_all(values):
+            statuses.append(instance)
+    page, next_token = _page(statuses, params)
+    return {"InstanceStatuses": [_status(i) for i in page], "NextToken": next_token}
+
+
+# --- other parts' hooks ----------------------------------------------------------------------------------
+async def _group_in_use(db: Any, owner_id: str, group_id: str, name: str) -> bool:
+    """A security group cannot be deleted while live instances are in it."""
+    from services.cloud_controller.compute.store import LIVE_STATES
+
+    marks = ",".join("?" * len(LIVE_STATES))
+    row = await db.fetchone(
+        "SELECT 1 FROM instances i JOIN reservations r ON r.reservation_id = i.reservation_id"
+        f" WHERE r.owner_id = ? AND i.state IN ({marks}) AND EXISTS"
+        " (SELECT 1 FROM json_each(r.groups) WHERE json_each.value = ?) LIMIT 1",
+        (owner_id, *LIVE_STATES, name),
+    )
+    return row is not None
+
+
+groups.IN_USE_CHECKS.append(_group_in_use)

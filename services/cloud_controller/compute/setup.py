@@ -1,0 +1,72 @@
+"""Wires the compute engine into the CLC service: settings from the config, the CC client, Walrus's image
+operations, the NotifyInstances operation (role cc), the metadata routes, the polling loops."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from common.messages.clc_cc import Ack, NotifyInstancesRequest
+from common.rpc import Caller
+from services.cloud_controller.compute.addresses import parse_pool
+from services.cloud_controller.compute.cc_client import ClusterClient
+from services.cloud_controller.compute.engine import Compute, Settings
+from services.cloud_controller.compute.images import Images
+from services.cloud_controller.metadata import MetadataService
+
+log = logging.getLogger("koala.clc.compute")
+
+
+def settings_from(config: Any) -> Settings:
+    return Settings(
+        default_kernel=config.KOALA_DEFAULT_KERNEL,
+        default_ramdisk=config.KOALA_DEFAULT_RAMDISK,
+        quota_instances=config.KOALA_QUOTA_INSTANCES,
+        quota_cores=config.KOALA_QUOTA_CORES,
+        quota_addresses=config.KOALA_QUOTA_ADDRESSES,
+        auto_public_ip=config.KOALA_AUTO_PUBLIC_IP,
+        managed_network=config.KOALA_MANAGED_NETWORK,
+        addrs_per_net=config.KOALA_ADDRS_PER_NET,
+        reservation_timeout=config.KOALA_RESERVATION_TIMEOUT,
+        lost_after=config.KOALA_INSTANCE_LOST_SECONDS,
+        terminated_visible=config.KOALA_TERMINATED_VISIBLE_SECONDS,
+        poll_interval=config.KOALA_CC_POLL_SECONDS,
+    )
+
+
+def walrus_backend(clc: Any) -> Any:
+    """Walrus's image operations, when the Walrus image interface exists in this tree."""
+    try:
+        from services.cloud_controller.compute.walrus import WalrusImages
+    except ImportError:
+        return None
+
+    async def certificates_for(account_id: str) -> list[str]:
+        rows = await clc.db.fetchall(
+            "SELECT c.pem FROM certificates c JOIN users u ON u.user_id = c.user_id"
+            " WHERE u.account_id = ? AND c.active = 1 ORDER BY c.created_at DESC LIMIT 64",
+            (account_id,),
+        )
+        return [row["pem"] for row in rows]
+
+    return WalrusImages(clc.client, clc.config.KOALA_WALRUS_URL, certificates_for)
+
+
+async def install(clc: Any) -> Compute:
+    """Create, load and start the compute engine; call from the service's on_start (before the port opens)."""
+    zones = clc.clusters.zones if hasattr(clc, "clusters") else clc.config.clusters()
+    compute = Compute(
+        clc.db, ClusterClient(clc.client, zones), settings_from(clc.config), parse_pool(clc.config.KOALA_PUBLIC_IPS)
+    )
+    compute.images = Images(compute.store, walrus_backend(clc))
+    await compute.load()
+
+    async def notify(message: NotifyInstancesRequest, caller: Caller) -> Ack:
+        return await compute.notify(message, caller.id)
+
+    clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
+    MetadataService(compute.store).install(clc.app)
+    if hasattr(clc, "clusters"):
+        clc.clusters.listeners.append(compute.zone_changed)
+    compute.start_polling()
+    return compute
