@@ -75,7 +75,18 @@ async def make_ephemeral(dest_dir: Path, size: int) -> DiskSpec | None:
         return None
     dest = dest_dir / "ephemeral.img"
     await _sparse_file(dest, size)
-    await run("mke2fs", "-q", "-F", "-t", "ext3", "-L", "ephemeral0", "-E", "lazy_itable_init=1", str(dest))
+    await run(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext3",
+        "-L",
+        "ephemeral0",
+        "-E",
+        "lazy_itable_init=1,lazy_journal_init=1",
+        str(dest),
+    )
     return DiskSpec(dest, "ephemeral")
 
 

@@ -100,6 +100,15 @@ class NodeControllerService(Service):
             ),
         )
         log.info("libvirt %s (%s): offering %s", config.libvirt_uri, hv_type, self.manager.limits)
+        if config.HYPERVISOR in ("kvm", "qemu", "xen"):
+            blocked = _not_traversable(config.instance_path)
+            if blocked:
+                log.warning(
+                    "INSTANCE_PATH %s: %s is not searchable by others: the hypervisor's unprivileged "
+                    "user (libvirt-qemu) will not reach the instance files",
+                    config.instance_path,
+                    blocked,
+                )
         await self.manager.start()
         notifier.start()
 
@@ -189,6 +198,17 @@ class NodeControllerService(Service):
         if command:  # after answering, so the CC gets its Ack
             asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(_run_detached(command)))
         return Ack()
+
+
+def _not_traversable(path) -> str:
+    """The first ancestor of `path` that others cannot search ('' when all can)."""
+    for directory in [path, *path.parents]:
+        try:
+            if not directory.stat().st_mode & 0o001:
+                return str(directory)
+        except OSError:
+            return str(directory)
+    return ""
 
 
 async def _run_detached(command: list[str]) -> None:
