@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.service import Service
+from services.walrus import images
 from services.walrus.config import WalrusConfig
 from services.walrus.s3.app import Limits, S3App
 from services.walrus.s3.identity import KeyResolver
@@ -49,6 +50,7 @@ class WalrusService(Service):
         domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
         self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
         self.s3.install(self.app)
+        images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(self.config.KOALA_CLC_URL, "clc")]

@@ -65,15 +65,21 @@ class ImagesComponent:
         rpc.add("CacheImage", self.cache_image, {"clc"}, CacheImageRequest)
         rpc.add("FlushImage", self.flush_image, {"clc"}, FlushImageRequest)
         service.app.router.add_post(GET_DECRYPTED_IMAGE_PATH, self.get_decrypted_image)
+        s3 = getattr(service, "s3", None)
+        if s3 is not None:  # the S3 front door leaves this path to us, signed or not (we answer in JSON)
+            s3.passthrough.append(GET_DECRYPTED_IMAGE_PATH)
         service.app.on_startup.append(self._start)
         service.app.on_cleanup.append(self._stop)
 
     # ------------------------------------------------------------ life cycle
 
     async def _start(self, _: web.Application) -> None:
-        storage = self.service.storage  # opened by the service's on_start, which runs before the app starts
         await asyncio.to_thread(self.cache_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.cache.load)
+        storage = getattr(self.service, "storage", None)  # opened by on_start, which runs before the app starts
+        if storage is None:
+            log.error("Walrus has no object store: only already cached images can be served")
+            return
         signers = await asyncio.to_thread(RememberedSigners, self.cache_dir / "signers.json")
         self.validator = BundleValidator(storage, self.cloud_cert, self.cloud_key, self._resolve, signers)
         storage.change_hooks.append(self._on_change)
@@ -173,10 +179,9 @@ class ImagesComponent:
                 message = GetDecryptedImageRequest.model_validate_json(body or b"{}")
             except ValidationError as err:
                 raise RpcError(400, "InvalidRequest", str(err.errors()[:3])) from None
-            validator = self._validator()
 
             async def producer(temp: Path, flight: Any, reserve: Any) -> Any:
-                return await validator.producer([], temp, flight, reserve)
+                return await self._validator().producer([], temp, flight, reserve)
 
             try:
                 entry = await self.cache.get(message.bucket, message.manifest_key, producer)
@@ -204,7 +209,8 @@ class ImagesComponent:
                 HEADER_IMAGE_SHA256: entry.image_sha256,
             }
             if partial:
-                headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}" if end > start else "bytes */0"
+                if end > start:
+                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
             descriptor = image_descriptor(status, start, end, entry.size, entry.image_sha256)
             headers.update(
                 service.identity.sign_headers(signing.RESPONSE_METHOD, request.path, caller_fp, descriptor, nonce)
