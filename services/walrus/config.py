@@ -33,6 +33,12 @@ class WalrusConfig(ServiceConfig):
         "the CLC. For tests and bring-up only.",
     )
     KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
+    KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
+        20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."
+    )
+    KOALA_WALRUS_IMAGE_CACHE_DIR: str = Field(
+        "", description="Directory of the decrypted-image cache (default: <KOALA_STATE_DIR>/image-cache)."
+    )
 
     @property
     def port(self) -> int:
