@@ -18,6 +18,7 @@
 set -euo pipefail
 
 OUT_BASE=${KOALA_GUEST_CACHE:-/var/cache/koala/guest-image}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BUNDLE=0
 while (($#)); do
   case "$1" in
@@ -41,11 +42,15 @@ version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
 KEY=$( { cat "$0"; echo "$KPKG $KPKG_VERSION busybox $(version busybox-static) dropbear $(version dropbear-bin)"; } \
   | sha256sum | cut -c1-16)
 OUT="$OUT_BASE/$KEY"
-if [ -s "$OUT/kernel" ] && [ -s "$OUT/initrd" ] && [ -s "$OUT/root.img" ]; then
+if [ -s "$OUT/kernel" ] && [ -s "$OUT/initrd" ] && [ -s "$OUT/root.img" ] && { ((!BUNDLE)) || [ -e "$OUT/bundle/.done" ]; }; then
   echo "$OUT"
   exit 0
 fi
+if [ -s "$OUT/kernel" ] && [ -s "$OUT/initrd" ] && [ -s "$OUT/root.img" ]; then
+  SKIP_BUILD=1
+fi
 
+if [ -z "${SKIP_BUILD:-}" ]; then  # (not indented: the here-documents below end at column 0)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -173,12 +178,22 @@ cp initrd.img "$OUT.tmp/initrd"
 cp root.img "$OUT.tmp/root.img"
 echo "$KPKG $KPKG_VERSION" > "$OUT.tmp/VERSION"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+fi
 
 if ((BUNDLE)); then
-  if koala bundle-image --help >/dev/null 2>&1; then
-    for part in kernel initrd root.img; do koala bundle-image -i "$OUT/$part" -d "$OUT/bundle-$part"; done
+  # Bundled for the eucarc user (EC2_PRIVATE_KEY, EC2_CERT, EC2_USER_ID, EUCALYPTUS_CERT in the environment):
+  # OUT/bundle/{kernel,initrd,root}/<name>.manifest.xml, ready for `koala upload-bundle` and registration.
+  KOALA=$(command -v koala || echo "$REPO/.venv/bin/koala")
+  if "$KOALA" bundle-image --help >/dev/null 2>&1; then
+    rm -rf "$OUT/bundle"
+    mkdir -p "$OUT/bundle/kernel" "$OUT/bundle/initrd" "$OUT/bundle/root"
+    "$KOALA" bundle-image -i "$OUT/kernel" -d "$OUT/bundle/kernel" -p koala-guest-kernel -r x86_64 --kernel true >&2
+    "$KOALA" bundle-image -i "$OUT/initrd" -d "$OUT/bundle/initrd" -p koala-guest-initrd -r x86_64 --ramdisk true >&2
+    "$KOALA" bundle-image -i "$OUT/root.img" -d "$OUT/bundle/root" -p koala-guest-root -r x86_64 \
+      -B ami=sda1,root=/dev/sda1,ephemeral0=sda2,swap=sda3 >&2
+    touch "$OUT/bundle/.done"
   else
-    echo "guest-image: 'koala bundle-image' is not available yet; not bundled" >&2
+    echo "guest-image: 'koala bundle-image' is not available; not bundled" >&2
   fi
 fi
 echo "$OUT"
