@@ -1,0 +1,183 @@
+"""Node health and reconciliation: each node polled on its own (DescribeResource + DescribeInstances, its own
+timeout), UP/DOWN transitions, and the comparison of what a node runs with what the CC placed there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from common.messages import cc_nc
+from common.messages.cc_nc import InstanceInfo, VmType
+from common.rpc import PeerUnreachable, RpcError
+from services.cluster_controller.base import ClusterBase, NcAnswer
+from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.placement import NodeState
+
+log = logging.getLogger("koala.cc")
+
+
+class NodeHealth(ClusterBase):
+    def _watch(self, node: Node) -> None:
+        self._node_tasks[node.url] = asyncio.create_task(self._watch_loop(node), name=f"watch {node.url}")
+
+    async def _watch_loop(self, node: Node) -> None:
+        """Each node has its own loop and timeout, so one slow node never delays the others."""
+        first = True
+        while self.nodes.get(node.url) is node:
+            if node.state is not NodeState.ASLEEP:
+                try:
+                    await self._poll(node, first)
+                except Exception:
+                    log.exception("poll of %s failed", node.url)
+                first = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.poke.wait(), self.config.NC_POLLING_FREQUENCY)
+            node.poke.clear()
+
+    async def _poll(self, node: Node, first: bool) -> None:
+        sent = time.monotonic()
+        timeout = self.config.KOALA_NC_TIMEOUT
+        try:
+            resource, listing = await asyncio.gather(
+                self.client.call(
+                    node.url,
+                    "DescribeResource",
+                    None,
+                    cc_nc.DescribeResourceResponse,
+                    timeout=timeout,
+                    expect_role="nc",
+                ),
+                self.client.call(
+                    node.url,
+                    "DescribeInstances",
+                    cc_nc.DescribeInstancesRequest(),
+                    cc_nc.DescribeInstancesResponse,
+                    timeout=timeout,
+                    expect_role="nc",
+                ),
+            )
+            node_id = (await self.client.peer(node.url, "nc")).id
+        except (RpcError, PeerUnreachable) as err:
+            node.last_error = str(err)
+            if node.state is NodeState.WAKING:
+                since = node.waking_since or sent
+                if time.monotonic() - since < self.config.POWER_WAKETHRESH:
+                    return
+                log.warning("node %s did not wake within %.0f s", node.url, self.config.POWER_WAKETHRESH)
+            if node.state is not NodeState.DOWN or first:
+                if node.state is not NodeState.DOWN:
+                    log.warning("node %s is DOWN: %s", node.url, err)
+                node.set_state(NodeState.DOWN)
+                node.waking_since = None
+                await self.store.save_node(node)
+                for instance in node.instances.values():  # reported Unknown until the node answers
+                    self.notifier.changed(instance.report(node))
+            return
+        was = node.state
+        node.node_id = node_id
+        node.enabled = resource.node_status == "enabled"
+        node.memory_max_mb, node.disk_max_gb, node.cores_max = (
+            resource.memory_max_mb,
+            resource.disk_max_gb,
+            resource.cores_max,
+        )
+        node.nc_memory_mb, node.nc_disk_gb, node.nc_cores = (
+            resource.memory_available_mb,
+            resource.disk_available_gb,
+            resource.cores_available,
+        )
+        node.reported_at = sent
+        node.last_error = ""
+        node.waking_since = None
+        node.set_state(NodeState.UP)
+        if was is not NodeState.UP:
+            log.info("node %s (%s) is UP (was %s)", node.url, node_id, was.value)
+            await self.store.save_node(node)
+            for instance in node.instances.values():
+                self.notifier.changed(instance.report(node))
+        self._reconcile(node, listing.instances, sent)
+
+    def _reconcile(self, node: Node, infos: list[InstanceInfo], polled_at: float | None) -> None:
+        """Match the node's report with the CC's records. `polled_at` is set for a complete list the CC asked
+        for: instances the node had accepted before then and no longer has are gone."""
+        seen = set()
+        for info in infos:
+            instance_id = info.instance_id.lower()
+            seen.add(instance_id)
+            instance = self.instances.get(instance_id)
+            if instance is None:
+                if info.state != "Teardown":
+                    self._adopt(node, info)
+                continue
+            if instance.node_url != node.url or not instance.live:
+                # A stray: failed over elsewhere, or ended here already; it must not run on this node.
+                if info.state != "Teardown" and polled_at is not None:
+                    self._spawn(self._terminate_stray(node, instance_id), f"stray {instance_id}")
+                continue
+            if info.state == "Teardown":
+                self._end(instance, "terminated" if instance.terminating else info.reason or "ended", info.detail)
+                continue
+            if instance.confirmed_at is None:
+                instance.confirmed_at = time.monotonic()
+                node.touch()
+            if instance.state != info.state or instance.detail != info.detail:
+                instance.state, instance.detail = info.state, info.detail
+                self._changed(instance)
+            if instance.terminating and polled_at is not None:
+                self._spawn(self._terminate_one(instance), f"terminate {instance_id}")
+        if polled_at is None:
+            return
+        for instance in list(node.instances.values()):
+            if instance.instance_id in seen or instance.confirmed_at is None or instance.confirmed_at > polled_at:
+                continue
+            if instance.terminating:
+                self._end(instance, "terminated")
+            else:
+                self._end(instance, f"lost: node {node.node_id or node.url} no longer has it")
+
+    def _adopt(self, node: Node, info: InstanceInfo) -> None:
+        """An instance the CC did not place (e.g. its database was lost): count it and report it."""
+        vm = info.vm_type or VmType(name="unknown", cores=1, memory_mb=1, disk_gb=1)
+        instance = Instance(
+            instance_id=info.instance_id.lower(),
+            reservation_id=info.reservation_id,
+            owner_id=info.owner_id,
+            node_url=node.url,
+            vm=vm,
+            launch_index=info.launch_index,
+            net=info.net,
+            state=info.state,
+            detail=info.detail,
+            launch_time=info.launch_time or time.time(),
+            confirmed_at=time.monotonic(),
+        )
+        self.instances[instance.instance_id] = instance
+        node.reserve(instance)
+        log.info("adopted %s found running on %s", instance.instance_id, node.url)
+        self._changed(instance)
+
+    async def _terminate_stray(self, node: Node, instance_id: str) -> None:
+        log.warning("%s runs on %s where the CC did not keep it: terminating that copy", instance_id, node.url)
+        with contextlib.suppress(RpcError):
+            await self.client.call(
+                node.url,
+                "TerminateInstance",
+                cc_nc.InstanceIdRequest(instance_id=instance_id),
+                NcAnswer,
+                timeout=self.config.KOALA_NC_TIMEOUT * 2,
+                expect_role="nc",
+            )
+
+    def node_notify(self, node_id: str, infos: list[InstanceInfo], full: bool) -> None:
+        """An NC pushed instance changes. Only the CC's own polls decide that an instance is gone."""
+        node = next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        if node is None:
+            for candidate in self.nodes.values():  # not polled yet: poll the unnamed ones now
+                if not candidate.node_id:
+                    candidate.poke.set()
+            return
+        if node.state is not NodeState.UP:
+            node.poke.set()  # it is back: let a poll bring its numbers and the full picture
+        self._reconcile(node, infos, None)
