@@ -92,7 +92,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         known.write_bytes(f"[{net}.2]:{SSH_PORT} ".encode() + host_key.export_public_key())
         root = work / "root"
         root.mkdir()
-        files = [str(work / "host_key"), str(work / "authorized_keys"), str(root)]
+        (work / "password").write_text(secrets.token_urlsafe(12) + "\n")
+        files = [str(work / "host_key"), str(work / "authorized_keys"), str(root), str(work / "password")]
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, str(SERVER), f"{net}.2", str(SSH_PORT), *files],
             stdout=subprocess.PIPE,
@@ -146,6 +147,21 @@ def test_sync_keys_puts_certificate_keys_and_cloud_key_pair_with_safe_modes(site
     assert not [p for p in remote(site, "").iterdir() if p.name.endswith(".tmp")]
     # Running it again replaces the files in place.
     assert site.koala("sync-keys", site.host, "--role", "walrus", "--id", "walrus").returncode == 0
+
+
+def test_password_login_and_remote_owner(site: Site) -> None:
+    """A password from a file instead of a key; the files owned by the service user (numeric UID:GID)."""
+    args = ["sync-keys", site.host, "--role", "clc", "--id", "clc", "--remote-dir", "/srv/koala/pki"]
+    args += ["--remote-owner", "4242:4243", "--ssh-password-file", str(site.work / "password")]
+    result = site.koala(*args, key=site.work / "id_other")  # that key is refused; the password is not
+    assert result.returncode == 0, result.stderr
+    target = site.root / "srv" / "koala" / "pki"
+    for name in ("clc-key.pem", "cloud-pk.pem"):
+        path = target / name
+        assert (mode(path), path.stat().st_uid, path.stat().st_gid) == (0o600, 4242, 4243)
+        assert path.read_bytes() == (site.cloud.aio.pki.path / name).read_bytes()
+    assert (target.stat().st_uid, mode(target)) == (4242, 0o700)
+    assert site.cloud.aio.pki.key_path("clc").read_text() not in result.stdout + result.stderr
 
 
 def test_ssh_failures_are_clear_and_non_zero(site: Site) -> None:
