@@ -24,11 +24,12 @@ class ClusterControllerService(Service):
     role = "cc"
     config_class = ClusterControllerConfig
     config: ClusterControllerConfig
-    client_max_size = 2 << 20
+    client_max_size = 4 << 20  # RunInstances carries up to 10,000 instances (about 1.5 MB of JSON)
     cluster: Cluster
 
     def __init__(self, config: ClusterControllerConfig):
         super().__init__(config)
+        self.rpc.max_body = self.client_max_size
         add = self.rpc.add
         add("RunInstances", self._run_instances, CLC, clc_cc.RunInstancesRequest)
         add("TerminateInstances", self._terminate_instances, CLC, clc_cc.InstanceIdsRequest)

@@ -95,6 +95,9 @@ def test_roles_are_enforced(cluster: Cluster) -> None:
     with pytest.raises(RpcError) as too_many:
         cluster.run(["i-00000001"], min_count=2)
     assert too_many.value.status == 400 and "min_count" in too_many.value.message
+    # The largest request the interface allows gets an answer, not a refusal of its size.
+    huge = cluster.run([f"i-{n:08x}" for n in range(0x10000, 0x10000 + 10000)], min_count=10000)
+    assert len(huge.instances) == 10000 and all("30 of 10000" in p.error for p in huge.instances)
     assert cluster.instances() == {}
 
 
