@@ -24,6 +24,7 @@ from common.messages import clc_cc
 from common.messages import clusters as msg
 from common.messages.service import DescribeServiceResponse
 from common.rpc import Empty
+from tests.clc.ec2_helpers import admin_creds, client
 from tests.harness import Cloud, die_with_parent, free_port
 
 pytestmark = [
@@ -250,6 +251,8 @@ def test_register_cluster_makes_the_clc_see_it_and_deregister_removes_it(site: S
         assert _clusters(site)["zone1"].source == "config"
         described = admin_call(site, site.cloud.url("clc"), "DescribeService", None, DescribeServiceResponse, "clc")
         assert [(p.role, p.id, p.reachable) for p in described.peers if p.url == cc_url] == [("cc", "cc-zone2", True)]
+        ec2 = client(site.cloud, admin_creds(site.cloud))  # the compute engine's CC client sees the zone
+        assert "zone2" in [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
         listing = site.koala("clusters", ssh=False)
         assert f"zone2\t{cc_url}\tregistered\tcc-zone2\treachable" in listing.stdout
 
@@ -257,6 +260,7 @@ def test_register_cluster_makes_the_clc_see_it_and_deregister_removes_it(site: S
         assert in_config.returncode == 1 and "ClusterInConfig" in in_config.stderr
         assert site.koala("deregister-cluster", "zone2", ssh=False).returncode == 0
         assert "zone2" not in _clusters(site)
+        assert "zone2" not in [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
         described = admin_call(site, site.cloud.url("clc"), "DescribeService", None, DescribeServiceResponse, "clc")
         assert cc_url not in [p.url for p in described.peers]
         missing = site.koala("deregister-cluster", "zone2", ssh=False)
