@@ -38,7 +38,7 @@ def render_conf(spec: DhcpSpec, directory: Path, user: str = "root") -> str:
             f"dhcp-range=set:{subnet.tag},{subnet.network.network_address},static,{subnet.network.netmask},{LEASE_TIME}"
         )
         lines.append(f"dhcp-option=tag:{subnet.tag},option:router,{subnet.router}")
-        lines.append(f"dhcp-option=tag:{subnet.tag},option:broadcast,{subnet.broadcast}")
+        lines.append(f"dhcp-option=tag:{subnet.tag},28,{subnet.broadcast}")  # 28: broadcast address
     if spec.dns:
         lines.append(f"dhcp-option=option:dns-server,{','.join(spec.dns)}")
     return "\n".join(lines) + "\n"
