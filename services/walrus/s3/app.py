@@ -47,7 +47,7 @@ class S3App:
         app.middlewares.append(self.middleware)
 
     def _is_passthrough(self, request: web.Request) -> bool:
-        path = request.raw_path.partition("?")[0]
+        path = routing.origin_form(request.raw_path).partition("?")[0]
         if routing.host_bucket(request.host, self.domains):
             return False
         if path.startswith("/internal/") and HEADER_CERT in request.headers:
@@ -68,10 +68,10 @@ class S3App:
             header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
             if header_bytes > MAX_HEADER_BYTES:
                 raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=MAX_HEADER_BYTES)
-            raw_path, _, raw_query = request.raw_path.partition("?")
+            raw_path, _, raw_query = routing.origin_form(request.raw_path).partition("?")
             bucket, key = routing.locate(raw_path, request.host, self.domains)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
-            ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query))
+            ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
             await auth.authenticate(ctx)
             handler = routing.pick(request.method, bucket, key, ctx.query, request.headers)
             response = await handler(ctx)

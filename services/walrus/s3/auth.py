@@ -126,9 +126,10 @@ def _internal(ctx: Ctx) -> None:
     request = ctx.request
     if request.method not in ("GET", "HEAD"):
         raise S3Error("AccessDenied", "internal signatures are for reading")
+    target = ctx.raw_path + (f"?{ctx.raw_query}" if ctx.raw_query else "")  # signed: path and query as sent
     try:
         peer = koala_signing.verify_request(
-            app.trust, app.replay, app.service_id, request.method, request.raw_path, request.headers, b""
+            app.trust, app.replay, app.service_id, request.method, target, request.headers, b""
         )
     except koala_signing.AuthError as err:
         raise S3Error("AccessDenied", f"internal signature refused: {err.message}") from None
@@ -190,7 +191,7 @@ async def _verify_v4(
         raise S3Error("AccessDenied", "the credential date does not match the request date")
     creds = await ctx.app.keys.resolve(access_key)
     key = signing_key(creds.secret, date, region, service)
-    raw_path, _, raw_query = ctx.request.raw_path.partition("?")
+    raw_path, raw_query = ctx.raw_path, ctx.raw_query
     query = _canonical_query(raw_query_pairs(raw_query), drop=drop_query)
     headers = _canonical_headers(ctx, signed)
     first_string = first_request = ""
@@ -369,7 +370,7 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
         if lower.startswith("x-amz-"):
             amz.setdefault(lower, []).append(" ".join(value.split()))
     amz_lines = "".join(f"{name}:{','.join(values)}\n" for name, values in sorted(amz.items()))
-    raw_path, _, raw_query = ctx.request.raw_path.partition("?")
+    raw_path, raw_query = ctx.raw_path, ctx.raw_query
     try:
         provided = base64.b64decode(signature, validate=True)
     except ValueError:

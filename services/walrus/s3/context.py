@@ -48,6 +48,8 @@ class Ctx:
     bucket: str
     key: str
     query: MultiDict[str]
+    raw_path: str = "/"  # as sent, still percent-encoded (signatures are computed over it)
+    raw_query: str = ""
     requester: Requester = ANONYMOUS
     payload: str = "UNSIGNED-PAYLOAD"  # x-amz-content-sha256: a hex digest or one of the streaming modes
     signing: ChunkSigning | None = None

@@ -23,6 +23,20 @@ UNSUPPORTED = frozenset(
 )
 
 
+def origin_form(target: str) -> str:
+    """The path and query of a request target, also when it came in absolute form (`http://host/path`)."""
+    if target.startswith("/"):
+        return target
+    _, sep, rest = target.partition("://")
+    if not sep:
+        return "/" + target
+    slash = rest.find("/")
+    query = rest.find("?")
+    if slash < 0 or (0 <= query < slash):
+        return "/" + rest[query:] if query >= 0 else "/"
+    return rest[slash:]
+
+
 def parse_query(raw_query: str, limit: int = 200) -> MultiDict[str]:
     query: MultiDict[str] = MultiDict()
     for index, part in enumerate(raw_query.split("&")):
