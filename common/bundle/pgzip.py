@@ -20,7 +20,7 @@ def compress_member(chunk: bytes | bytearray | memoryview, level: int = 6) -> by
         probe = zlib.compress(bytes(memoryview(chunk)[:_PROBE]), 1)
         if len(probe) > _PROBE * 0.98:  # incompressible even here: do not spend CPU searching for matches
             level = 0
-    compressor = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS, 9 if level else 8)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS, 8)  # memLevel 8, as gzip
     return compressor.compress(chunk) + compressor.flush()
 
 
