@@ -152,12 +152,18 @@ hostname "${id:-koala-guest}"
 ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set eth0 up
-  udhcpc -i eth0 -n -q -t 3 -T 2 >/dev/null 2>&1 && echo "KOALA-GUEST dhcp $(ip -4 -o addr show eth0 | awk '{print $4}')"
+  udhcpc -i eth0 -n -q -t 3 -T 2 -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &&
+    echo "KOALA-GUEST dhcp $(ip -4 -o addr show eth0 | awk '{print $4}')"
   if [ -z "$source" ]; then  # no config drive: the metadata service (the CC redirects it to the CLC)
-    md=http://169.254.169.254/latest/meta-data
-    id=$(wget -q -T 3 -O - $md/instance-id 2>/dev/null || echo "$id")
-    key=$(wget -q -T 3 -O - $md/public-keys/0/openssh-key 2>/dev/null)
-    [ -n "$key" ] && echo "KOALA-GUEST metadata instance=$id"
+    # busybox-static's wget crashes in glibc's NSS (getservbyname): plain HTTP/1.0 over nc instead.
+    md_get() {
+      printf 'GET /latest/meta-data/%s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' "$1" |
+        nc -w 3 169.254.169.254 80 2>/dev/null > /tmp/md.http
+      head -1 /tmp/md.http | grep -q ' 200 ' && sed '1,/^\r*$/d' /tmp/md.http
+    }
+    mdid=$(md_get instance-id) && id=$mdid
+    key=$(md_get public-keys/0/openssh-key)
+    [ -n "$mdid" ] && echo "KOALA-GUEST metadata instance=$id"
   fi
 fi
 if [ -n "$key" ]; then

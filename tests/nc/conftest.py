@@ -92,6 +92,7 @@ FOREIGN = "<domain type='test'><name>i-deadbeef</name><memory>131072</memory><os
 
 
 def make_env(tmp: Path, nc_settings: dict | None = None, domains: list[str] = (FOREIGN,)) -> NcEnv:
+    tmp.mkdir(parents=True, exist_ok=True)
     node_xml = tmp / "node.xml"
     uri = node_file(node_xml, domains)
     settings = {

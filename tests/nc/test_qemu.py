@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,102 @@ def test_guest_destroyed_outside_is_noticed(qemu_nc: NcEnv) -> None:
     assert info.reason == "the domain was destroyed outside the NC"
     wait_for(lambda: not qemu_nc.instance_dir(instance_id).exists(), 10, what="files removed")
     assert "Teardown/shutoff" in qemu_nc.recorder.states(instance_id)
+
+
+@pytest.mark.netns
+def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
+    """No config drive: the guest gets its address by DHCP and its key from the metadata service, then serves SSH.
+
+    The "cluster side" is a network namespace this test makes: dnsmasq for DHCP and a tiny HTTP server holding
+    169.254.169.254, joined to the guest by a bridge that the NC's StartNetwork creates.
+    """
+    tag = secrets.token_hex(3)
+    bridge, netns, host_end, ns_end = f"kbr{tag}", f"knc{tag}", f"kvh{tag}", f"kvn{tag}"
+    instance_id = f"i-{secrets.token_hex(4)}"
+    mac = "d0:0d:" + ":".join(instance_id[2 + i : 4 + i] for i in range(0, 8, 2))
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    metadata = tmp_path / "md" / "latest" / "meta-data"
+    (metadata / "public-keys" / "0").mkdir(parents=True)
+    (metadata / "instance-id").write_text(instance_id)
+    (metadata / "public-keys" / "0" / "openssh-key").write_text(key.with_suffix(".pub").read_text())
+    instances = Path(f"/var/tmp/koala-nc-qemu-{secrets.token_hex(4)}")
+    instances.mkdir(mode=0o755)
+    env = make_env(
+        tmp_path / "nc",
+        {
+            "HYPERVISOR": "qemu",
+            "KOALA_LIBVIRT_URI": "qemu:///system",
+            "INSTANCE_PATH": instances,
+            "SWAP_SIZE": 32,
+            "MAX_DISK": 0,
+            "KOALA_NC_CONFIG_DRIVE": "false",
+        },
+        domains=[],
+    )
+    helpers: list[subprocess.Popen] = []
+
+    def sh(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    try:
+        from common.messages.cc_nc import Ack, NetConfig, StartNetworkRequest
+
+        env.cc.call(env.url, "StartNetwork", StartNetworkRequest(bridge=bridge), Ack)
+        assert Path(f"/sys/class/net/{bridge}/bridge").exists()  # the NC made the bridge
+        sh("ip", "netns", "add", netns)
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", netns)
+        sh("ip", "link", "set", host_end, "master", bridge, "up")
+        for argv in (
+            ("ip", "addr", "add", "10.213.0.1/24", "dev", ns_end),
+            ("ip", "addr", "add", "169.254.169.254/32", "dev", ns_end),
+            ("ip", "link", "set", ns_end, "up"),
+            ("ip", "link", "set", "lo", "up"),
+        ):
+            sh("ip", "netns", "exec", netns, *argv)
+        helpers.append(subprocess.Popen(
+            ["ip", "netns", "exec", netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+             "--no-resolv", f"--interface={ns_end}", "--bind-interfaces", "--leasefile-ro", "--pid-file=",
+             "--dhcp-range=10.213.0.50,10.213.0.99,255.255.255.0,1h", f"--dhcp-host={mac},10.213.0.60",
+             "--dhcp-option=3,10.213.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        helpers.append(subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", "80", "--bind", "169.254.169.254",
+             "--directory", str(tmp_path / "md")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        for name, manifest in (("kernel", "guest/kernel"), ("initrd", "guest/initrd"), ("root.img", "guest/root")):
+            env.images.add(f"bucket/{manifest}.manifest.xml", guest_image / name)
+        env.run(
+            instance_id,
+            image="emi-0000a001",
+            manifest="bucket/guest/root.manifest.xml",
+            kernel=ImageRef(id="eki-0000a001", manifest="bucket/guest/kernel.manifest.xml"),
+            ramdisk=ImageRef(id="eri-0000a001", manifest="bucket/guest/initrd.manifest.xml"),
+            vm_type=VM,
+            net=NetConfig(private_mac=mac, private_ip="10.213.0.60", bridge=bridge),
+        )
+        try:
+            wait_for(lambda: f"KOALA-GUEST ready instance={instance_id}" in console(env, instance_id), 120, 0.5,
+                     "the guest's ready line")  # fmt: skip
+            text = console(env, instance_id)
+            assert "KOALA-GUEST dhcp 10.213.0.60/24" in text
+            assert f"KOALA-GUEST metadata instance={instance_id}" in text and "ssh-key installed" in text
+            ssh = subprocess.run(
+                ["ip", "netns", "exec", netns, "ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                 "root@10.213.0.60", "hostname"],
+                capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert ssh.returncode == 0 and ssh.stdout.strip() == instance_id, ssh.stderr
+        except BaseException:
+            print(console(env, instance_id)[-3000:])
+            raise
+        assert env.terminate(instance_id).state == "Teardown"
+        assert not domain_exists(instance_id)
+    finally:
+        for helper in helpers:
+            helper.terminate()
+            helper.wait(10)
+        close_env(env)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        shutil.rmtree(instances, ignore_errors=True)
