@@ -284,3 +284,7 @@ def test_registration_survives_a_clc_restart(site: Site) -> None:
     info = _clusters(site)["zone3"]
     assert (info.url, info.source, info.reachable) == (url, "registered", False)
     assert site.koala("deregister-cluster", "zone3", ssh=False).returncode == 0
+    # A service of this cloud that is not a CC (the NC) is refused, whatever --force says.
+    nc_url = site.cloud.url("nc")
+    wrong = site.koala("register-cluster", "zone4", "127.0.0.1", "--url", nc_url, "--no-sync", "--force", ssh=False)
+    assert wrong.returncode == 1 and "ClusterRefused" in wrong.stderr and "zone4" not in _clusters(site)
