@@ -12,6 +12,7 @@ from typing import Any
 from services.cloud_controller.actions import Context, action, groups, keypairs, tags
 from services.cloud_controller.compute.engine import Compute, RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
+from services.cloud_controller.ec2 import model, xml
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
 
@@ -259,7 +260,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
     engine = compute(ctx)
     page, next_token = _page(await _select(ctx, params, INSTANCE_FILTERS), params)
     tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in page]) if page else {}
-    reservations: dict[str, tuple[Reservation, list[dict]]] = {}
+    reservations: dict[str, tuple[Reservation, list]] = {}
     for instance in page:
         reservation = engine.store.reservations.get(instance.reservation_id)
         if reservation is None:
@@ -267,11 +268,44 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
         entry = reservations.get(reservation.reservation_id)
         if entry is None:
             entry = reservations[reservation.reservation_id] = (reservation, [])
-        entry[1].append(instance_dict(instance, reservation, tag_sets.get(instance.instance_id)))
+        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id)))
+    if len(_XML_CACHE) > 2 * len(engine.store.instances) + 1000:
+        for instance_id in [i for i in _XML_CACHE if i not in engine.store.instances]:
+            del _XML_CACHE[instance_id]
     return {
         "Reservations": [reservation_dict(r, items) for r, items in reservations.values()],
         "NextToken": next_token,
     }
+
+
+# The serialized XML of each instance, reused while nothing it shows has changed: serializing ten thousand
+# instances from the model on every DescribeInstances would take most of a second.
+_XML_CACHE: dict[str, tuple[tuple, str]] = {}
+
+
+def _instance_shape():
+    shape = model.operation("DescribeInstances").output_shape.members["Reservations"].member
+    return shape.members["Instances"].member
+
+
+def _cached_xml(instance: Instance, reservation: Reservation, tag_list: list | None) -> xml.Prebuilt:
+    key = (
+        instance.state,
+        instance.updated_at,
+        instance.state_reason,
+        instance.private_ip,
+        instance.public_ip,
+        instance.node_id,
+        id(reservation),
+        len(reservation.groups),
+        tuple((t["Key"], t["Value"]) for t in tag_list) if tag_list else (),
+    )
+    cached = _XML_CACHE.get(instance.instance_id)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fragment = xml.members_xml(_instance_shape(), instance_dict(instance, reservation, tag_list))
+    _XML_CACHE[instance.instance_id] = (key, fragment)
+    return fragment
 
 
 # --- Terminate, reboot, console --------------------------------------------------------------------------

@@ -55,9 +55,22 @@ def _members(out: list[str], shape: Shape, data: dict[str, Any]) -> None:
         _element(out, member.serialization.get("name", key), member, value)
 
 
+class Prebuilt(str):
+    """A structure's members already serialized (see `members_xml`), emitted as is: lets an action cache the
+    XML of objects that rarely change (DescribeInstances over thousands of instances)."""
+
+
+def members_xml(shape: Shape, data: dict[str, Any]) -> Prebuilt:
+    out: list[str] = []
+    _members(out, shape, data)
+    return Prebuilt("".join(out))
+
+
 def _element(out: list[str], tag: str, shape: Shape, value: Any) -> None:
     kind = shape.type_name
-    if kind == "structure":
+    if kind == "structure" and isinstance(value, Prebuilt):
+        out.append(f"<{tag}>{value}</{tag}>")
+    elif kind == "structure":
         out.append(f"<{tag}>")
         _members(out, shape, value)
         out.append(f"</{tag}>")
