@@ -155,6 +155,14 @@ def test_koala_bundle_round_trips_through_walrus_with_ranges(world: World) -> No
     assert out.read_bytes() == image.read_bytes()
     # A resumed download: the byte range is part of the signed request.
     asyncio.run(_range_check(world, image.read_bytes()))
+    # upload-bundle's default ACL is aws-exec-read: the owner and the cloud, nobody else.
+    grants = world.s3.get_object_acl(Bucket="own.images", Key="v1/disk.img.manifest.xml")["Grants"]
+    assert not any("AllUsers" in str(g["Grantee"]) or "AuthenticatedUsers" in str(g["Grantee"]) for g in grants)
+    assert world.cached("own.images", "v1/disk.img.manifest.xml")
+    # delete-bundle removes the manifest and every part; the cached image goes with them.
+    assert koala(["delete-bundle", "-b", "own.images/v1", "-p", "disk.img", *world.s3_args()]) == 0
+    assert world.s3.list_objects_v2(Bucket="own.images").get("KeyCount") == 0
+    assert not world.cached("own.images", "v1/disk.img.manifest.xml")
 
 
 async def _range_check(world: World, data: bytes) -> None:
