@@ -19,8 +19,9 @@ from services.walrus.storage import EmbeddedBackend, StorageBackend
 
 # aiohttp's own header limits answer with plain-text 400s; these are loose enough that the S3 layer sees
 # oversized headers and answers them in S3's format (RequestHeaderSectionTooLarge).
-MAX_LINE = 64 << 10
-MAX_FIELD = 64 << 10
+MAX_LINE = 256 << 10
+MAX_FIELD = 256 << 10
+MAX_HEADERS = 1000
 
 
 class WalrusService(Service):
@@ -65,7 +66,12 @@ class WalrusService(Service):
         # As Service.start, with header limits raised (see MAX_FIELD).
         await self.on_start()
         runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=30, max_line_size=MAX_LINE, max_field_size=MAX_FIELD
+            self.app,
+            access_log=None,
+            shutdown_timeout=30,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)

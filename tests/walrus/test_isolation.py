@@ -13,7 +13,7 @@ from common.signing import Identity
 from tests.walrus.conftest import Walrus
 
 
-def denied(call, *args, **kwargs) -> str:  # noqa: ANN001
+def denied(call, *args, **kwargs) -> str:
     with pytest.raises(ClientError) as err:
         call(*args, **kwargs)
     return err.value.response["Error"]["Code"]

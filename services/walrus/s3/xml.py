@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 
 import defusedxml.ElementTree as SafeET
 from aiohttp import web
+from defusedxml import DefusedXmlException
 
 from services.walrus.s3 import errors
 
@@ -89,7 +90,7 @@ def parse_xml(body: bytes, code: str = "MalformedXML") -> ET.Element:
         raise errors.S3Error(code)
     try:
         root = SafeET.fromstring(body, forbid_dtd=True)
-    except (ET.ParseError, SafeET.DefusedXmlException, ValueError) as err:
+    except (ET.ParseError, DefusedXmlException, ValueError) as err:
         raise errors.S3Error(code, f"{errors.ERRORS[code][1]} ({type(err).__name__})") from None
     for node in root.iter():
         if isinstance(node.tag, str) and node.tag.startswith("{"):
