@@ -95,10 +95,23 @@ def instance_dict(instance: Instance, reservation: Reservation | None, tag_list:
         "SecurityGroups": groups_,
         "Tags": tag_list or None,
     }
-    if instance.state == "terminated" and instance.state_reason:
-        code = instance.state_reason.split(":", 1)[0]
-        result["StateReason"] = {"Code": code, "Message": instance.state_reason}
+    if instance.state in ("terminated", "shutting-down") and instance.state_reason:
+        result["StateReason"] = state_reason(instance.state_reason)
     return result
+
+
+def state_reason(reason: str) -> dict[str, str]:
+    """EC2's StateReason: `Client.UserInitiatedShutdown` for a user's terminate, `Server.*` for failures."""
+    if reason == "User initiated":
+        return {
+            "Code": "Client.UserInitiatedShutdown",
+            "Message": "Client.UserInitiatedShutdown: User initiated shutdown",
+        }
+    code = reason.split(":", 1)[0]
+    if not code.startswith(("Server.", "Client.")):
+        code = "Server.InternalError"
+        reason = f"{code}: {reason}"
+    return {"Code": code, "Message": reason}
 
 
 def _groups(reservation: Reservation | None) -> list[dict[str, str]]:
@@ -146,7 +159,7 @@ def _filter_values(instance: Instance, reservation: Reservation | None) -> dict[
         "architecture": "x86_64",
         "root-device-type": "instance-store",
         "client-token": reservation.client_token if reservation else "",
-        "state-reason-code": instance.state_reason.split(":", 1)[0],
+        "state-reason-code": state_reason(instance.state_reason)["Code"] if instance.state_reason else "",
         "instance-lifecycle": "",
         "hypervisor": "xen",
         "virtualization-type": "paravirtual",

@@ -88,6 +88,11 @@ class Admission:
     def known_zone(self, zone: str) -> None:
         self.zones.setdefault(zone, ZoneCapacity(zone))
 
+    def stale(self, age: float) -> bool:
+        """True if some zone's last report is older than `age` seconds (or it has none)."""
+        now = self.clock()
+        return any(now - z.sent_at > age for z in self.zones.values())
+
     # --- free capacity ----------------------------------------------------------------------------------
     def held(self, zone: str, vm: VmType) -> int:
         """How many instances of `vm` the zone's live tokens may take away from its reported availability."""

@@ -59,6 +59,7 @@ class Settings:
     lost_after: float = 600.0  # an instance the CC stops reporting is terminated after this
     terminated_visible: float = 3600.0  # terminated instances stay visible this long
     poll_interval: float = 10.0
+    fresh_report: float = 1.0  # a capacity report older than this is refreshed before refusing a launch
 
 
 @dataclass
@@ -246,22 +247,18 @@ class Compute:
         if zone is not None and zone not in self.cc.clusters:
             raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
         key_material = request.key_material
-        # From the quota check to the in-memory records everything is synchronous (but for the first capacity
-        # report after a start), so concurrent requests see each other's reservations.
-        if (zone is None or self.admission.zones.get(zone) is None or not self.admission.zones[zone].reachable) and (
-            not any(z.reachable for z in self.admission.zones.values())
-        ):
-            await self.refresh_capacity()  # first launch after start: no report yet
-        max_count = request.max_count
-        used, used_cores = self.live_counts(owner)
-        for limit, in_use, per, what in (
-            (self.settings.quota_instances, used, 1, "instances"),
-            (self.settings.quota_cores, used_cores, vm.cores, "cores"),
-        ):
-            if limit:
-                count_quota(in_use, request.min_count * per, limit, what)
-                max_count = min(max_count, (limit - in_use) // per)
-        token = self.admission.reserve(owner, vm, request.min_count, max_count, zone)
+        # From the quota check to the in-memory records everything is synchronous, so concurrent requests see
+        # each other's reservations. When the last capacity report says there is not enough, a fresh one is
+        # asked for once (it may predate nodes coming up or instances going away).
+        try:
+            token = self._admit(principal, request, vm, zone)
+        except ComputeError as err:
+            if err.code != "InsufficientInstanceCapacity" or not self.admission.stale(self.settings.fresh_report):
+                raise
+            await self.refresh_capacity([zone] if zone else None)
+            if request.client_token and (owner, request.client_token) in self.store.tokens:
+                return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
+            token = self._admit(principal, request, vm, zone)
         undo: list[Callable[[], None]] = [lambda: self.admission.release(token)]
         try:
             count = token.count
@@ -329,6 +326,19 @@ class Compute:
                 await self.store.forget(instance_ids)
             raise
         return await self._launch(reservation, instances, token, request.min_count, image, kernel, ramdisk, vm)
+
+    def _admit(self, principal: Principal, request: RunRequest, vm: VmType, zone: str | None) -> Token:
+        """Quotas, then a capacity reservation (synchronous)."""
+        max_count = request.max_count
+        used, used_cores = self.live_counts(principal.account_id)
+        for limit, in_use, per, what in (
+            (self.settings.quota_instances, used, 1, "instances"),
+            (self.settings.quota_cores, used_cores, vm.cores, "cores"),
+        ):
+            if limit:
+                count_quota(in_use, request.min_count * per, limit, what)
+                max_count = min(max_count, (limit - in_use) // per)
+        return self.admission.reserve(principal.account_id, vm, request.min_count, max_count, zone)
 
     def _new_ids(self, prefix: str, count: int) -> list[str]:
         taken = self.store.instances if prefix == "i" else self.store.reservations
