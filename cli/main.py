@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "cli.admin_cmd",
     "cli.bundle_cmd",
     "cli.install_cmd",
+    "cli.vmtypes_cmd",
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from common.messages.clc_cc import Ack, NotifyInstancesRequest
 from common.rpc import Caller
+from services.cloud_controller.compute import admin_rpc
 from services.cloud_controller.compute.addresses import parse_pool
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
@@ -65,6 +66,7 @@ async def install(clc: Any) -> Compute:
         return await compute.notify(message, caller.id)
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
+    admin_rpc.install(clc.rpc, compute.vmtypes)
     MetadataService(compute.store).install(clc.app)
     if hasattr(clc, "clusters"):
         clc.clusters.listeners.append(compute.zone_changed)
