@@ -40,6 +40,7 @@ _LOOKS_OURS = re.compile(r"^i-[0-9a-fA-F]{8}$")
 EXTANT_DETAILS = {"running", "blocked", "paused", "shutdown"}
 CREATE_ATTEMPTS = 5
 REBOOT_GRACE = 10.0
+MISSING_GRACE = 3.0
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Instance:
     task: asyncio.Task | None = None
     reboot_until: float = 0.0
     files_removed: bool = False
+    missing_since: float = 0.0  # when the sweep first found no domain (its event may still be on the way)
 
     @property
     def id(self) -> str:
@@ -440,8 +442,13 @@ class InstanceManager:
                 continue
             if dom is None:
                 if inst.state == "Extant" or (inst.task is None or inst.task.done()):
-                    await self._teardown(inst, "shutoff", "the domain is gone")
-            elif dom.state in ("shutoff", "crashed"):
+                    # libvirt's stopped event says why; condemn on the sweep's word only if none came meanwhile.
+                    inst.missing_since = inst.missing_since or loop_now
+                    if loop_now - inst.missing_since >= MISSING_GRACE:
+                        await self._teardown(inst, "shutoff", "the domain is gone")
+                continue
+            inst.missing_since = 0.0
+            if dom.state in ("shutoff", "crashed"):
                 await self._teardown(inst, dom.state, f"the domain is {dom.state}")
             elif dom.state in EXTANT_DETAILS:
                 await self._set(inst, "Extant", dom.state)
