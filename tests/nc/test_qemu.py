@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.messages.cc_nc import ConsoleOutputResponse, ImageRef, InstanceIdRequest, VmType
+from common.messages.cc_nc import ConsoleOutputResponse, ImageRef, InstanceIdRequest, InstanceInfo, VmType
 from tests.nc.conftest import NcEnv, close_env, make_env
 from tests.nc.support import wait_for
 
@@ -86,6 +86,11 @@ def console(env: NcEnv, instance_id: str) -> str:
     return base64.b64decode(answer.output).decode(errors="replace")
 
 
+def domain_id(name: str) -> str:
+    result = subprocess.run(["virsh", "-c", "qemu:///system", "domid", name], capture_output=True, text=True)
+    return result.stdout.strip()
+
+
 def domain_exists(name: str) -> bool:
     result = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", name], capture_output=True, timeout=20)
     return result.returncode == 0
@@ -103,6 +108,14 @@ def test_real_boot_console_terminate(qemu_nc: NcEnv) -> None:
         text = console(qemu_nc, instance_id)
         assert f"KOALA-GUEST booted instance={instance_id} source=config-drive" in text
         assert "KOALA-GUEST ssh-key installed" in text
+        # Reboot (KVM/QEMU: destroy and create again from the saved XML): a new domain boots the guest again.
+        first_id = domain_id(instance_id)
+        rebooted = qemu_nc.cc.call(qemu_nc.url, "RebootInstance", InstanceIdRequest(instance_id=instance_id),
+                                   InstanceInfo)  # fmt: skip
+        assert rebooted.state == "Extant" and domain_id(instance_id) != first_id
+        wait_for(lambda: f"KOALA-GUEST ready instance={instance_id}" in console(qemu_nc, instance_id), 120, 0.5,
+                 "the ready line after the reboot")  # fmt: skip
+        assert qemu_nc.describe(instance_id)[instance_id].state == "Extant"
     except BaseException:
         print(console(qemu_nc, instance_id)[-3000:])
         raise

@@ -1,0 +1,52 @@
+"""StartNetwork, PowerDown, and forgetting Teardown records, on the test driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.messages.cc_nc import Ack, StartNetworkRequest
+from common.rpc import Empty, RpcError
+from tests.nc.conftest import NcEnv, close_env, make_env
+from tests.nc.support import wait_for
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    instance = make_env(tmp_path, {"KOALA_NC_FORGET_SECONDS": 1})
+    try:
+        yield instance
+    finally:
+        close_env(instance)
+
+
+def test_start_network_validates_the_bridge(env: NcEnv) -> None:
+    assert env.cc.call(env.url, "StartNetwork", StartNetworkRequest(bridge="eucabr10", vlan=10), Ack).ok
+    assert not Path("/sys/class/net/eucabr10").exists()  # the test hypervisor touches nothing on the host
+    with pytest.raises(RpcError) as err:
+        env.cc.call(env.url, "StartNetwork", StartNetworkRequest(bridge="br0; reboot"), Ack)
+    assert err.value.status == 400 and err.value.code == "NetworkError"
+
+
+def test_teardown_records_are_forgotten(env: NcEnv) -> None:
+    manifest = env.image("forget")
+    env.run("i-f0000001", image="emi-000000f1", manifest=manifest)
+    env.wait_state("i-f0000001", "Extant")
+    env.terminate("i-f0000001")
+    wait_for(lambda: "i-f0000001" not in env.describe(), 10, 0.1, "the record forgotten")
+
+
+def test_power_down_only_when_idle(env: NcEnv) -> None:
+    manifest = env.image("power")
+    env.run("i-f0000002", image="emi-000000f2", manifest=manifest)
+    env.wait_state("i-f0000002", "Extant")
+    with pytest.raises(RpcError) as err:
+        env.cc.call(env.url, "PowerDown", Empty(), Ack)
+    assert err.value.code == "NodeBusy"
+    env.terminate("i-f0000002")
+    assert env.cc.call(env.url, "PowerDown", Empty(), Ack).ok
+    assert env.resources().node_status == "disabled"
+    with pytest.raises(RpcError) as err:
+        env.run("i-f0000003", image="emi-000000f2", manifest=manifest)
+    assert err.value.code == "NodePoweredDown"
