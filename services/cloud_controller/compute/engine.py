@@ -588,7 +588,9 @@ class Compute:
                 elif state == "running" and instance.state == "shutting-down":
                     pass  # terminating: wait for Teardown
                 else:
-                    reason = item.reason or ("User initiated" if instance.state == "shutting-down" else "")
+                    # A user's termination stays the reason, whatever words the CC uses for the teardown.
+                    user = instance.state == "shutting-down" and instance.state_reason == "User initiated"
+                    reason = "User initiated" if user else item.reason
                     if self.store.set_state(instance, state, reason, now):
                         dirty = True
                         if state == "terminated":
