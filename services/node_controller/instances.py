@@ -342,7 +342,10 @@ class InstanceManager:
                 if not err.lost or attempt == CREATE_ATTEMPTS:
                     raise
                 log.warning("domain create failed (%s), retrying", err)
-                await asyncio.wait_for(self.hv.connected.wait(), timeout=30)
+                try:
+                    await asyncio.wait_for(self.hv.connected.wait(), timeout=30)
+                except TimeoutError:
+                    raise err from None
                 await asyncio.sleep(delay)
                 delay *= 2
 

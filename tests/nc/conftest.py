@@ -118,6 +118,14 @@ def make_env(tmp: Path, nc_settings: dict | None = None, domains: list[str] = (F
 
 
 def close_env(env: NcEnv) -> None:
+    """Terminate what is still running (a failed test must not leave guests behind), then stop everything."""
+    if "nc" in env.cloud.processes:
+        try:
+            for info in env.describe().values():
+                if info.state != "Teardown":
+                    env.terminate(info.instance_id)
+        except Exception as err:  # the NC may be the thing that failed
+            print(f"close_env: could not terminate leftovers: {err}")
     env.cloud.stop()
     env.cc.close()
     env.admin.close()
