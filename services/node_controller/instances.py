@@ -325,7 +325,7 @@ class InstanceManager:
             owner_id=request.owner_id,
             kernel=kernel,
             ramdisk=ramdisk,
-            bridge=request.net.bridge if self.flavour != "test" or request.net.bridge else "",
+            bridge=request.net.bridge,
             mac=request.net.private_mac,
             extra_cmdline=cmdline,
             tags={"reservation": request.reservation_id},
