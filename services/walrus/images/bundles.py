@@ -232,7 +232,7 @@ class BundleValidator:
             if not answer.active or not answer.principal.enabled:
                 inactive = "the signing certificate or its user is disabled"
                 continue
-            self.signers.remember(owner, pem)
+            await asyncio.to_thread(self.signers.remember, owner, pem)
             return "user", owner
         if inactive:
             raise BundleError("SignerInactive", inactive, 403)

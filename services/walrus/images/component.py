@@ -41,6 +41,7 @@ from common.rpc import Caller, RpcError, error_body
 from common.signing import AuthError
 from services.walrus.images.bundles import BundleValidator, RememberedSigners, ValidBundle
 from services.walrus.images.cache import ImageCache
+from services.walrus.images.sendfile import send_range
 from services.walrus.storage import ChangeEvent
 
 log = logging.getLogger("koala.walrus.images")
@@ -219,28 +220,11 @@ class ImagesComponent:
             response.content_length = end - start
             await response.prepare(request)
             if end > start:
-                transport = request.transport
-                if transport is None:
-                    raise ConnectionResetError("connection lost")
-                loop = asyncio.get_running_loop()
-                try:
-                    await loop.sendfile(transport, handle, start, end - start)
-                except NotImplementedError:  # e.g. TLS: copy in chunks instead
-                    offset = start
-                    while offset < end:
-                        chunk = await asyncio.to_thread(_pread, handle, min(1 << 20, end - offset), offset)
-                        await response.write(chunk)
-                        offset += len(chunk)
+                await send_range(request, response, handle, start, end)
             await response.write_eof()
             return response
         finally:
             handle.close()
-
-
-def _pread(handle: Any, size: int, offset: int) -> bytes:
-    import os
-
-    return os.pread(handle.fileno(), size, offset)
 
 
 def _range(message: GetDecryptedImageRequest, header: str | None, total: int) -> tuple[int, int]:
