@@ -302,14 +302,18 @@ def _upload(args: argparse.Namespace) -> int:
         progress = ProgressBar("uploading", sum(p.stat().st_size for p in files))
 
         def put(path: Path, key: str) -> None:
-            data = path.read_bytes()  # one part: at most --part-size bytes
-            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            digest = hashlib.md5()
+            with path.open("rb") as handle:  # streamed: memory stays small whatever the part size
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            md5 = base64.b64encode(digest.digest()).decode()
 
             def once() -> None:
-                s3.put_object(Bucket=bucket, Key=key, Body=data, ACL=args.acl, ContentMD5=md5)
+                with path.open("rb") as body:
+                    s3.put_object(Bucket=bucket, Key=key, Body=body, ACL=args.acl, ContentMD5=md5)
 
             _retry(args.retries, once, key)
-            progress(len(data))
+            progress(path.stat().st_size)
 
         try:
             with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
