@@ -35,6 +35,8 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
         if name not in zones:
             raise Ec2Error("InvalidParameterValue", f"Invalid availability zone: [{name[:64]}]")
     filters = Filters.parse(params.get("Filters"), ZONE_FILTERS, tags=False)
+    if verbose and engine.admission.stale(engine.settings.fresh_report):
+        await engine.refresh_capacity()  # the capacity table is worth a fresh report
     result = []
     for zone in names or zones:
         capacity = engine.admission.zones.get(zone)

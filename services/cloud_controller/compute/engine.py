@@ -454,9 +454,11 @@ class Compute:
         return reservation
 
     async def _fail(self, reservation: Reservation, instances: list[Instance], token: Token, reason: str) -> None:
-        """Undo a launch the CC refused, in reverse order: instances, network, addresses, capacity."""
+        """Undo a launch the CC refused, in reverse order: instances, network, addresses, capacity. A failed
+        request does not use up its ClientToken (a client's retry must launch, not return the failure)."""
         await self._release_instances(instances, reason)
         self.admission.release(token)
+        await self.store.release_token(reservation)
 
     async def _release_instances(self, instances: list[Instance], reason: str) -> None:
         now = time.time()

@@ -180,6 +180,14 @@ class Store:
                 [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
             )
 
+    async def release_token(self, reservation: Reservation) -> None:
+        if reservation.client_token:
+            self.tokens.pop((reservation.owner_id, reservation.client_token), None)
+            reservation.client_token = ""
+            await self.db.execute(
+                "UPDATE reservations SET client_token = '' WHERE reservation_id = ?", (reservation.reservation_id,)
+            )
+
     def set_state(self, instance: Instance, state: str, reason: str = "", now: float | None = None) -> bool:
         """Move an instance to `state` (in memory); False if nothing changed. Terminated is final."""
         if instance.state == state or instance.state == "terminated":

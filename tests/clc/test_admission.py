@@ -1,0 +1,191 @@
+"""Admission control against real CLC, CC, NC (test driver) and Walrus processes: concurrent launches never
+over-commit a zone, a CC failure in the middle of a launch leaves no reservation behind, the `verbose` capacity
+table, instance types and the VM type administration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
+from tests.clc.ec2_helpers import admin_creds, client, stop_clean
+
+# Polling only at start: capacity reports come from launches and from refreshes of stale reports, so what the
+# tests see is what admission did, not what a poll happened to fetch.
+CLC = {"KOALA_CC_POLL_SECONDS": 3600}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC)
+    try:
+        yield instance
+    finally:
+        stop_clean(instance)
+
+
+@pytest.fixture(scope="module")
+def alice(cloud):
+    return admin_creds(cloud)
+
+
+@pytest.fixture(scope="module")
+def image(cloud, alice, tmp_path_factory):
+    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.three")
+    image_id = client(cloud, alice).register_image(ImageLocation=location, Name="machine-three")["ImageId"]
+    wait_zone_ready(cloud, alice)
+    return image_id
+
+
+def capacity(cloud, creds) -> dict[str, tuple[int, int]]:
+    """The verbose table: VM type -> (free, max)."""
+    rows = client(cloud, creds).describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+    table = {}
+    for row in rows:
+        if row["ZoneName"].startswith("|- ") and row["ZoneName"] != "|- vm types":
+            free, _, most = row["State"].split()[:3]
+            table[row["ZoneName"][3:]] = (int(free), int(most))
+    return table
+
+
+def wait_capacity(cloud, creds, vm: str, free: int, timeout: float = 30.0) -> tuple[int, int]:
+    """The CC learns of freed capacity from its nodes a little after a termination: wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = capacity(cloud, creds)[vm]
+        if found[0] == free or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def live_ids(ec2) -> list[str]:
+    return [
+        i["InstanceId"]
+        for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+    ]
+
+
+def test_verbose_zones_and_instance_types(cloud, alice, image):
+    zones = client(cloud, alice).describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+    names = [z["ZoneName"] for z in zones]
+    assert names[:2] == ["zone1", "|- vm types"]
+    assert names[2:] == ["|- m1.small", "|- c1.medium", "|- m1.large", "|- m1.xlarge", "|- c1.xlarge"]
+    small = zones[2]["State"].split()
+    assert small[1] == "/" and len(small[0]) == 4 and small[3:] == ["1", "128", "2"]
+    plain = client(cloud, alice).describe_availability_zones()["AvailabilityZones"]
+    assert [(z["ZoneName"], z["State"]) for z in plain] == [("zone1", "available")]
+    types = client(cloud, alice).describe_instance_types(InstanceTypes=["m1.large"])["InstanceTypes"]
+    assert types[0]["VCpuInfo"]["DefaultVCpus"] == 2 and types[0]["MemoryInfo"]["SizeInMiB"] == 512
+    assert types[0]["InstanceStorageInfo"]["TotalSizeInGB"] == 10
+
+
+def test_twenty_concurrent_launches_never_overcommit(cloud, alice, image):
+    free, most = capacity(cloud, alice)["m1.small"]
+    assert free == most > 0 and free < 20, "the test driver node must fit fewer than 20 m1.small"
+
+    def launch(_: int) -> str:
+        try:
+            answer = client(cloud, alice).run_instances(ImageId=image, MinCount=1, MaxCount=1)
+            return answer["Instances"][0]["InstanceId"]
+        except ClientError as err:
+            return err.response["Error"]["Code"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(launch, range(20)))
+    launched = [r for r in results if r.startswith("i-")]
+    refused = [r for r in results if not r.startswith("i-")]
+    assert len(launched) == free, results
+    assert set(refused) == {"InsufficientInstanceCapacity"}
+    ec2 = client(cloud, alice)
+    wait_state(ec2, launched, {"running"})
+    assert sorted(live_ids(ec2)) == sorted(launched)
+    assert capacity(cloud, alice)["m1.small"] == (0, most)
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+    assert err.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    # MaxCount above what fits is trimmed; MinCount above it is refused.
+    ec2.terminate_instances(InstanceIds=launched[:3])
+    wait_state(ec2, launched[:3], {"terminated"})
+    assert wait_capacity(cloud, alice, "m1.small", 3) == (3, most)
+    with pytest.raises(ClientError):
+        ec2.run_instances(ImageId=image, MinCount=4, MaxCount=4)
+    trimmed = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=10)["Instances"]
+    assert len(trimmed) == 3
+    everything = launched[3:] + [i["InstanceId"] for i in trimmed]
+    ec2.terminate_instances(InstanceIds=everything)
+    wait_state(ec2, everything, {"terminated"})
+    assert wait_capacity(cloud, alice, "m1.small", most) == (most, most)
+
+
+def test_cc_failure_mid_launch_leaves_no_reservation(cloud, alice, image):
+    ec2 = client(cloud, alice)
+    free, most = capacity(cloud, alice)["m1.small"]  # a fresh report: the CLC believes the zone has room
+    assert free == most
+    cloud.kill("cc")
+    try:
+        once = boto3.client(
+            "ec2",
+            endpoint_url=ec2.meta.endpoint_url,
+            region_name=ec2.meta.region_name,
+            aws_access_key_id=alice.access_key,
+            aws_secret_access_key=alice.secret_key,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        with pytest.raises(ClientError) as err:
+            once.run_instances(ImageId=image, MinCount=2, MaxCount=2, ClientToken="after-cc-failure")
+        assert err.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+        failed = [
+            i
+            for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["terminated"]}])[
+                "Reservations"
+            ]
+            for i in r["Instances"]
+            if i["StateReason"]["Code"].startswith("Server.")
+        ]
+        assert len(failed) == 2  # written before the CC was called, then settled as failed
+        assert live_ids(ec2) == []
+    finally:
+        cloud.start("cc")
+    wait_zone_ready(cloud, alice)
+    assert wait_capacity(cloud, alice, "m1.small", most) == (most, most)  # nothing left reserved
+    # The failed request did not use up its ClientToken: the retry launches.
+    launched = ec2.run_instances(ImageId=image, MinCount=most, MaxCount=most, ClientToken="after-cc-failure")[
+        "Instances"
+    ]
+    assert len(launched) == most
+    ids = [i["InstanceId"] for i in launched]
+    wait_state(ec2, ids, {"running"})
+    ec2.terminate_instances(InstanceIds=ids)
+    wait_state(ec2, ids, {"terminated"})
+
+
+def test_vm_types_admin(cloud, alice):
+    def koala(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "vm-types", "--state-dir", str(cloud.dir), "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = json.loads(koala("list").stdout)
+    assert [t["name"] for t in listed] == ["m1.small", "c1.medium", "m1.large", "m1.xlarge", "c1.xlarge"]
+    refused = koala("set", "m1.large", "8", "512", "10")  # more cores than c1.xlarge: order broken
+    assert refused.returncode == 1 and "component-wise ordered" in refused.stderr
+    changed = koala("set", "m1.large", "2", "768", "10")
+    assert changed.returncode == 0, changed.stderr
+    types = client(cloud, alice).describe_instance_types(InstanceTypes=["m1.large"])["InstanceTypes"]
+    assert types[0]["MemoryInfo"]["SizeInMiB"] == 768
+    assert koala("reset").returncode == 0
+    assert json.loads(koala("list").stdout) == listed
