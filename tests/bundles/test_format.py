@@ -215,3 +215,20 @@ def test_xml_bomb_and_garbage_are_refused() -> None:
     with pytest.raises(BundleError) as err:
         mf.parse(raw.replace(b"<filename>small.img.part.0<", b"<filename>../../etc/passwd<"))
     assert err.value.code == "BadPartName"
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    from cli.bundle_cmd import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet, tty = io.StringIO(), Terminal()
+    for stream in (quiet, tty):
+        bar = ProgressBar("bundling", 100, stream)
+        bar(50)
+        bar(50)
+        bar.close()
+    assert quiet.getvalue() == ""
+    assert "100.0%" in tty.getvalue() and tty.getvalue().endswith("\n")
