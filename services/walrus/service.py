@@ -8,6 +8,9 @@ call. Other Walrus parts that register their own routes on `self.app` add their 
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 from aiohttp import web
 
 from common.service import Service
@@ -22,6 +25,8 @@ from services.walrus.storage import EmbeddedBackend, StorageBackend
 MAX_LINE = 256 << 10
 MAX_FIELD = 256 << 10
 MAX_HEADERS = 1000
+IO_THREADS = 64
+READ_BUFFER = 1 << 20  # request body buffering per connection: fewer pauses of the socket on big uploads
 
 
 class WalrusService(Service):
@@ -57,6 +62,8 @@ class WalrusService(Service):
         return [(self.config.KOALA_CLC_URL, "clc")]
 
     async def on_start(self) -> None:
+        # Disk writes and fsyncs wait in threads: enough of them that concurrent uploads fsync in parallel.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="walrus-io"))
         await self.storage.start()
 
     async def on_stop(self) -> None:
@@ -72,6 +79,7 @@ class WalrusService(Service):
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
+            read_bufsize=READ_BUFFER,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)

@@ -53,6 +53,7 @@ OBJECT_COLUMNS = (
 META_CACHE_ENTRIES = 50_000
 SMALL_OBJECT = 64 << 10  # objects up to this size are served from memory once read
 SMALL_CACHE_BYTES = 64 << 20
+TX_BATCH = 256  # transactions committed together at most
 
 
 def _successor(prefix: str) -> str | None:
@@ -197,6 +198,8 @@ class EmbeddedBackend(StorageBackend):
         self._writes = 0  # bumped on every object change; a reader caches what it read only if unchanged
         self._small: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
+        self._tx_queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._tx_running = False
 
     # --- life cycle ---
     async def start(self) -> None:
@@ -246,22 +249,55 @@ class EmbeddedBackend(StorageBackend):
         return self.db
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` as one transaction on the database thread. A whole transaction must run there in one go:
-        the connection is shared, and statements of concurrent tasks must not interleave with it."""
+        """Run `fn` as one transaction on the database thread. A whole transaction runs there in one go (the
+        connection is shared: statements of concurrent tasks must not interleave). Transactions that queue up
+        while one commits are committed together (group commit: one fsync for many writers), each inside its
+        own savepoint so that one failing rolls back only itself."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._tx_queue.append((fn, future))
+        if not self._tx_running:
+            self._tx_running = True
+            asyncio.get_running_loop().create_task(self._tx_batches())
+        return await future
+
+    async def _tx_batches(self) -> None:
         db = self._db
+        try:
+            while self._tx_queue:
+                batch, self._tx_queue = self._tx_queue[:TX_BATCH], self._tx_queue[TX_BATCH:]
 
-        def run() -> T:
-            conn = db._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-            return result
+                def run(batch: list = batch) -> list[tuple[bool, Any]]:
+                    conn = db._conn
+                    conn.execute("BEGIN IMMEDIATE")
+                    outcomes: list[tuple[bool, Any]] = []
+                    try:
+                        for fn, _ in batch:
+                            conn.execute("SAVEPOINT one")
+                            try:
+                                outcomes.append((True, fn(conn)))
+                            except Exception as err:
+                                conn.execute("ROLLBACK TO one")
+                                outcomes.append((False, err))
+                            conn.execute("RELEASE one")
+                        conn.commit()
+                    except BaseException:
+                        conn.rollback()
+                        raise
+                    return outcomes
 
-        return await db._execute(run)
+                try:
+                    outcomes = await db._execute(run)
+                except Exception as err:  # the commit itself failed: every transaction of the batch did
+                    outcomes = [(False, err)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._tx_running = False
 
     async def _query(self, sql: str, args: tuple = ()) -> list:
         """One read in one round trip to the database thread (see EmbeddedReader's ordering note)."""
@@ -443,7 +479,7 @@ class EmbeddedBackend(StorageBackend):
         return EmbeddedReader(self, info)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
-        return files.FileTempData(self.tmp_dir, hashes)
+        return files.FileTempData(self.tmp_dir, hashes, self.fsync)
 
     async def _place(self, data: TempData) -> str:
         """Move finished temporary data into the data directory; return its data id."""

@@ -54,9 +54,9 @@ def make_hasher(name: str) -> Any:
 
 
 class FileTempData(TempData):
-    """A temporary file in `tmp_dir`; writes and hashing run in a thread, one batch in flight at a time."""
+    """A temporary file in `tmp_dir`; writing and hashing run in threads (see _start_flush)."""
 
-    def __init__(self, tmp_dir: Path, hashes: tuple[str, ...]):
+    def __init__(self, tmp_dir: Path, hashes: tuple[str, ...], fsync: bool = True):
         self.data_id = new_data_id()
         self.path = tmp_dir / self.data_id
         self.size = 0
@@ -64,26 +64,45 @@ class FileTempData(TempData):
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._pending: asyncio.Future | None = None
+        self._pending: list[asyncio.Future] = []
+        self.fsync = fsync
         self._digests: dict[str, bytes] = {}
         self.committed = False
 
-    def _flush(self, data: bytes) -> None:
+    def _hash(self, pieces: list[bytes]) -> None:
         for hasher in self._hashers.values():
-            hasher.update(data)  # hashlib releases the GIL for large buffers
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)  # type: ignore[arg-type]
-            view = view[written:]
+            for piece in pieces:
+                hasher.update(piece)  # hashlib releases the GIL for large buffers
+
+    def _write(self, pieces: list[bytes]) -> None:
+        fd = self._fd
+        assert fd is not None
+        written = os.writev(fd, pieces)
+        total = sum(len(p) for p in pieces)
+        if written < total:  # a short write: finish the rest piece by piece
+            rest = memoryview(b"".join(pieces))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
     async def _start_flush(self) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        """Hash and write the buffered pieces in two threads at once, one batch of each in flight, while the
+        event loop goes on reading the next batch from the network."""
+        await self._wait_pending()
         if self._buffered:
-            data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
-            self._buffer, self._buffered = [], 0
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self._flush, data)
+            pieces, self._buffer, self._buffered = self._buffer, [], 0
+            loop = asyncio.get_running_loop()
+            self._pending = [
+                loop.run_in_executor(None, self._hash, pieces),
+                loop.run_in_executor(None, self._write, pieces),
+            ]
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def write(self, data: bytes) -> None:
         if not data:
@@ -95,12 +114,18 @@ class FileTempData(TempData):
             await self._start_flush()
 
     async def finish(self) -> None:
-        await self._start_flush()
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        await self._wait_pending()
+        pieces, self._buffer, self._buffered = self._buffer, [], 0
         fd = self._fd
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+
+        def last() -> None:
+            if pieces:
+                self._hash(pieces)
+                self._write(pieces)
+            if self.fsync:
+                os.fsync(fd)  # type: ignore[arg-type]
+
+        await asyncio.get_running_loop().run_in_executor(None, last)
         self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
 
     def digest(self, name: str) -> bytes:
@@ -112,12 +137,10 @@ class FileTempData(TempData):
             self._fd = None
 
     async def abort(self) -> None:
-        if self._pending is not None:
-            try:
-                await self._pending
-            except OSError:
-                pass
-            self._pending = None
+        try:
+            await self._wait_pending()
+        except OSError:
+            pass
         self.close_fd()
         if not self.committed:
             self.path.unlink(missing_ok=True)
