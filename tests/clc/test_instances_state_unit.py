@@ -1,0 +1,123 @@
+"""Instance state from the CCs' reports, on the compute engine alone (its real database, no CC needed):
+pending -> running -> terminated, never backwards, the lost-instance timeout and burying terminated ones."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from common.messages.cc_nc import NetConfig
+from common.messages.clc_cc import ClusterInstance
+from services.cloud_controller.compute.cc_client import ClusterClient
+from services.cloud_controller.compute.engine import Compute, Settings
+from services.cloud_controller.compute.store import Instance, Reservation
+from services.cloud_controller.database import Database
+
+
+def report(instance_id: str, state: str, ip: str = "") -> ClusterInstance:
+    return ClusterInstance(instance_id=instance_id, state=state, node_id="nc-1", net=NetConfig(private_ip=ip))
+
+
+async def engine(tmp_path, **settings) -> Compute:
+    db = await Database.open(tmp_path)
+    compute = Compute(db, ClusterClient(None, {"z1": "http://127.0.0.1:9"}), Settings(**settings))  # type: ignore[arg-type]
+    await compute.load()
+    return compute
+
+
+async def launch(compute: Compute, count: int, owner: str = "111111111111") -> list[Instance]:
+    now = time.time()
+    reservation = Reservation(f"r-{len(compute.store.reservations):08x}", owner, "z1", created_at=now)
+    instances = [
+        Instance(
+            instance_id=f"i-{len(compute.store.instances) + n:08x}",
+            reservation_id=reservation.reservation_id,
+            owner_id=owner,
+            image_id="emi-00000001",
+            vm_type="m1.small",
+            cores=1,
+            memory_mb=128,
+            disk_gb=2,
+            zone="z1",
+            state="pending",
+            launch_time=now,
+            updated_at=now,
+            launch_index=n,
+        )
+        for n in range(count)
+    ]
+    compute.store.add_reservation(reservation, instances)
+    await compute.store.save_reservation(reservation)
+    return instances
+
+
+def test_reports_drive_states_and_persist(tmp_path) -> None:
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        a, b = await launch(compute, 2)
+        await compute.apply_report("z1", [report(a.instance_id, "Extant", "10.0.0.5")], full=False)
+        assert a.state == "running" and a.private_ip == "10.0.0.5" and a.node_id == "nc-1"
+        assert compute.store.by_private_ip["10.0.0.5"] == a.instance_id
+        assert b.state == "pending"
+        # An old Pending report never takes it back; Teardown ends it and frees its address for metadata.
+        await compute.apply_report("z1", [report(a.instance_id, "Pending")], full=False)
+        assert a.state == "running"
+        await compute.apply_report("z1", [report(a.instance_id, "Teardown")], full=False)
+        assert a.state == "terminated" and "10.0.0.5" not in compute.store.by_private_ip
+        # Another zone's report does not touch this zone's instances.
+        await compute.apply_report("z2", [report(b.instance_id, "Extant")], full=False)
+        assert b.state == "pending"
+        # What was written is what a restart finds.
+        again = await engine(tmp_path)
+        assert again.store.instances[a.instance_id].state == "terminated"
+        assert again.store.instances[a.instance_id].private_ip == "10.0.0.5"
+        await compute.db.close()
+        await again.db.close()
+
+    asyncio.run(scenario())
+
+
+def test_unreported_instance_is_terminated_only_after_the_timeout(tmp_path) -> None:
+    async def scenario() -> None:
+        compute = await engine(tmp_path, lost_after=60.0, terminated_visible=30.0)
+        (a,) = await launch(compute, 1)
+        await compute.apply_report("z1", [report(a.instance_id, "Extant")], full=True)
+        assert a.state == "running"
+        await compute.apply_report("z1", [], full=True)  # the CC stops reporting it
+        assert a.state == "running"
+        a.last_seen = a.launch_time = time.time() - 61
+        await compute.apply_report("z1", [], full=True)
+        assert a.state == "terminated" and a.state_reason.startswith("Server.")
+        # A shutting-down instance that disappears is simply gone.
+        (b,) = await launch(compute, 1)
+        compute.store.set_state(b, "shutting-down", "User initiated")
+        await compute.apply_report("z1", [], full=True)
+        assert b.state == "terminated" and b.state_reason == "User initiated"
+        # Terminated instances stay visible, then are buried with their reservations.
+        await compute.housekeeping()
+        assert a.instance_id in compute.store.instances
+        a.terminated_at = time.time() - 31
+        await compute.housekeeping()
+        assert a.instance_id not in compute.store.instances
+        assert a.reservation_id not in compute.store.reservations
+        assert b.instance_id in compute.store.instances
+        await compute.db.close()
+
+    asyncio.run(scenario())
+
+
+def test_notify_refuses_unknown_zone(tmp_path) -> None:
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        from common.messages.clc_cc import NotifyInstancesRequest
+        from common.rpc import RpcError
+
+        try:
+            await compute.notify(NotifyInstancesRequest(zone="elsewhere", instances=[]))
+        except RpcError as err:
+            assert err.status == 403
+        else:
+            raise AssertionError("a report for an unknown zone was accepted")
+        await compute.db.close()
+
+    asyncio.run(scenario())
