@@ -50,3 +50,32 @@ def test_power_down_only_when_idle(env: NcEnv) -> None:
     with pytest.raises(RpcError) as err:
         env.run("i-f0000003", image="emi-000000f2", manifest=manifest)
     assert err.value.code == "NodePoweredDown"
+
+
+def test_image_cache_is_lru_and_keeps_images_in_use(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "lru", {"NC_CACHE_SIZE": 3})  # room for three 1 MiB images
+    try:
+        cache = env.instance_path / ".cache"
+        manifests = {name: env.image(f"lru-{name}") for name in ("a", "b", "c", "d", "e")}
+
+        def launch(instance_id: str, name: str, keep: bool = False) -> None:
+            env.run(instance_id, image=f"emi-0000100{ord(name) - 96}", manifest=manifests[name])
+            env.wait_state(instance_id, "Extant")
+            if not keep:
+                env.terminate(instance_id)
+
+        def cached() -> set[str]:
+            return {p.name for p in cache.iterdir() if any(p.glob("*.img"))}
+
+        launch("i-e0000001", "a", keep=True)  # a stays in use
+        launch("i-e0000002", "b")
+        launch("i-e0000003", "c")
+        launch("i-e0000004", "b")  # b used again: c is now the least recently used unpinned image
+        launch("i-e0000005", "d")
+        assert cached() == {"emi-00001001", "emi-00001002", "emi-00001004"}  # c evicted, a pinned, b recent
+        launch("i-e0000006", "e")
+        assert "emi-00001001" in cached() and "emi-00001005" in cached()  # a is in use: never evicted
+        env.terminate("i-e0000001")
+        assert env.images.downloads(manifests["b"]) == 1  # the second use of b was a hit
+    finally:
+        close_env(env)
