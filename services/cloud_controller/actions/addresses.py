@@ -70,11 +70,7 @@ async def describe_addresses(ctx: Context, params: dict[str, Any]) -> dict[str, 
     if len(ips) + len(allocation_ids) > MAX_IDS:
         raise invalid("PublicIp", len(ips) + len(allocation_ids), f"At most {MAX_IDS} addresses.")
     filters = Filters.parse(params.get("Filters"), ADDRESS_FILTERS, tags=False)
-    mine = [
-        a
-        for a in engine.addresses.allocated.values()
-        if not a.auto and (a.owner_id == ctx.owner_id or ctx.principal.is_admin)
-    ]
+    mine = [a for a in engine.addresses.allocated.values() if not a.auto and a.owner_id == ctx.owner_id]
     for ip in ips:
         if not any(a.public_ip == ip for a in mine):
             raise Ec2Error("InvalidAddress.NotFound", f"Address '{ip[:64]}' not found.")

@@ -115,7 +115,7 @@ async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]
 @action("DeregisterImage")
 async def deregister_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     image_id = params["ImageId"]
-    await registry(ctx).deregister(image_id, ctx.owner_id, ctx.principal.is_admin)
+    await registry(ctx).deregister(image_id, ctx.owner_id, False)
     await tags.forget(ctx.db, [image_id.lower()])
     return {"Return": True}
 
@@ -132,7 +132,7 @@ async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any
     admin_account = await _admin_account(ctx)
     images.is_admin_account = lambda account: account == admin_account
     filters = Filters.parse(params.get("Filters"), IMAGE_FILTERS, tags=True)
-    found = images.visible(ctx.owner_id, ctx.principal.is_admin, ids, owners, executable)
+    found = images.visible(ctx.owner_id, False, ids, owners, executable)
     if filters.tags:
         tagged: set[str] = set()
         for owner in {i.owner_id for i in found}:
@@ -145,7 +145,7 @@ async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any
 
 @action("DescribeImageAttribute")
 async def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    image = registry(ctx).owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    image = registry(ctx).owned(params["ImageId"], ctx.owner_id, False)
     attribute = params["Attribute"]
     result: dict[str, Any] = {"ImageId": image.image_id}
     if attribute == "launchPermission":
@@ -170,7 +170,7 @@ async def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict
 @action("ModifyImageAttribute")
 async def modify_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
     images = registry(ctx)
-    image = images.owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    image = images.owned(params["ImageId"], ctx.owner_id, False)
     attribute = params.get("Attribute") or ""
     launch = params.get("LaunchPermission") or {}
     user_ids, user_groups = params.get("UserIds") or [], params.get("UserGroups") or []
@@ -198,7 +198,7 @@ async def modify_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
 @action("ResetImageAttribute")
 async def reset_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
     images = registry(ctx)
-    image = images.owned(params["ImageId"], ctx.owner_id, ctx.principal.is_admin)
+    image = images.owned(params["ImageId"], ctx.owner_id, False)
     attribute = params["Attribute"]
     if attribute == "launchPermission":
         image.is_public = False

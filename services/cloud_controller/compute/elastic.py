@@ -88,12 +88,6 @@ class Elastic:
     def find(self, principal: Principal, public_ip: str = "", allocation_id: str = "") -> Address:
         if not public_ip and not allocation_id:
             raise ComputeError("MissingParameter", "The request must contain the parameter PublicIp or AllocationId")
-        if principal.is_admin:
-            for address in self.addresses.allocated.values():
-                if (public_ip and address.public_ip == public_ip) or (
-                    allocation_id and address.allocation_id == allocation_id
-                ):
-                    return address
         return self.addresses.find(principal.account_id, public_ip, allocation_id)
 
     async def release(self, principal: Principal, public_ip: str = "", allocation_id: str = "") -> None:
@@ -135,9 +129,7 @@ class Elastic:
     async def disassociate(self, principal: Principal, public_ip: str = "", association_id: str = "") -> None:
         if association_id:
             for candidate in self.addresses.allocated.values():
-                if candidate.association_id == association_id and (
-                    principal.is_admin or candidate.owner_id == principal.account_id
-                ):
+                if candidate.association_id == association_id and candidate.owner_id == principal.account_id:
                     address = candidate
                     break
             else:

@@ -179,7 +179,7 @@ class Compute:
         if not ids.is_id(image_id) or image_id.split("-")[0] not in ("emi", "eki", "eri", "ami", "aki", "ari"):
             raise ComputeError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}"')
         image = self.store.images.get(ids.normalize(image_id))
-        if image is None or not (principal.is_admin or image.can_launch(principal.account_id)):
+        if image is None or not image.can_launch(principal.account_id):
             raise ComputeError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         if kind and image.kind != kind:
             raise ComputeError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' is not a {kind} image")
@@ -211,7 +211,8 @@ class Compute:
 
     @staticmethod
     def visible(instance: Instance, principal: Principal) -> bool:
-        return principal.is_admin or instance.owner_id == principal.account_id
+        # Accounts see their own instances only; the cloud admin too (as with key pairs and groups).
+        return instance.owner_id == principal.account_id
 
     def live_counts(self, owner_id: str) -> tuple[int, int]:
         count = cores = 0
