@@ -7,9 +7,11 @@ NCs (role nc) push their instance changes.
 
 from __future__ import annotations
 
+from common.ids import is_id
 from common.messages import cc_nc, clc_cc
 from common.rpc import Caller, RpcError
 from common.service import Service
+from services.cluster_controller import network
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.store import Store
@@ -41,6 +43,7 @@ class ClusterControllerService(Service):
         add("RegisterNode", self._register_node, CLC_OR_ADMIN, clc_cc.RegisterNodeRequest)
         add("DeregisterNode", self._deregister_node, CLC_OR_ADMIN, clc_cc.DeregisterNodeRequest)
         add("NotifyInstances", self._notify_instances, NC, cc_nc.NotifyInstancesRequest)
+        self.network = network.install(self)  # StartNetwork, ConfigureNetwork, AssignAddress, ... (network/)
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(url, "nc") for url in self.config.node_urls()]
@@ -57,7 +60,11 @@ class ClusterControllerService(Service):
 
     # --- CLC operations -------------------------------------------------------------------------------
     async def _run_instances(self, request: clc_cc.RunInstancesRequest, caller: Caller) -> clc_cc.RunInstancesResponse:
-        return await self.cluster.run_instances(request)
+        if all(is_id(launch.instance_id, "i") for launch in request.instances):  # else the cluster refuses it
+            request = await network.prepare_launch(self.network, request)  # MAC, private IP, bridge, DHCP entry
+        answer = await self.cluster.run_instances(request)
+        await network.launched(self.network, answer)
+        return answer
 
     async def _terminate_instances(
         self, request: clc_cc.InstanceIdsRequest, caller: Caller

@@ -13,10 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from common.messages.clc_cc import RunInstancesRequest, RunInstancesResponse
+from common.rpc import RpcError
 from services.cluster_controller.network.manager import NetworkManager, NetworkRequestError
 from services.cluster_controller.network.settings import VnetSettings
 
-__all__ = ["NetworkManager", "NetworkRequestError", "VnetSettings", "install"]
+__all__ = ["NetworkManager", "NetworkRequestError", "VnetSettings", "install", "launched", "prepare_launch"]
 
 
 def install(service: Any) -> NetworkManager:
@@ -32,6 +34,32 @@ def install(service: Any) -> NetworkManager:
     async def on_cleanup(_: web.Application) -> None:
         await manager.stop()
 
+    def live_instances() -> dict[str, Any]:
+        cluster = getattr(service, "cluster", None)
+        if cluster is None:
+            return {}
+        return {i.instance_id: i.net for i in cluster.instances.values() if i.live}
+
+    manager.instance_source = live_instances
     service.app.on_startup.append(on_startup)
     service.app.on_cleanup.append(on_cleanup)
     return manager
+
+
+async def prepare_launch(manager: NetworkManager, request: RunInstancesRequest) -> RunInstancesRequest:
+    """Before placement: complete each instance's NetConfig (MAC, private IP, bridge) and give it its DHCP entry
+    (and elastic IP), so the guest finds its network when it boots."""
+    nets = {launch.instance_id.lower(): launch.net for launch in request.instances}
+    try:
+        filled = await manager.add_instances(nets)
+    except NetworkRequestError as err:
+        raise RpcError(err.status, err.code, err.message) from None
+    instances = [launch.model_copy(update={"net": filled[launch.instance_id.lower()]}) for launch in request.instances]
+    return request.model_copy(update={"instances": instances})
+
+
+async def launched(manager: NetworkManager, answer: RunInstancesResponse) -> None:
+    """After placement: the instances that were not placed give their network entries back."""
+    failed = [placement.instance_id for placement in answer.instances if placement.error]
+    if failed:
+        await manager.remove_instances(failed)

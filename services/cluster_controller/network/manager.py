@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from common.messages.cc_nc import NetConfig
 from common.messages.network import NetworkInfo, NetworkRule, PublicAddress
@@ -65,6 +67,9 @@ class NetworkManager:
         self._wanted = 0
         self._applied = 0
         self._loop_task: asyncio.Task | None = None
+        # The CC's live instances (id -> NetConfig), if the service provides them: the reconcile loop syncs the
+        # DHCP entries with them, so an instance that ended loses its entry even if nobody said so.
+        self.instance_source: Callable[[], dict[str, NetConfig]] | None = None
 
     # --- life ---------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -109,7 +114,10 @@ class NetworkManager:
         while True:
             await asyncio.sleep(self.settings.KOALA_VNET_RECONCILE_SECONDS)
             try:
-                await self.converge()
+                if self.instance_source is not None:
+                    await self.sync_instances(self.instance_source())
+                else:
+                    await self.converge()
             except NetworkRequestError as err:
                 log.error("network reconcile failed: %s", err.message)
             except Exception:
@@ -128,19 +136,28 @@ class NetworkManager:
             if self._applied >= target:
                 return None
             generation = self._wanted
+            if self._applied and self.settings.VNET_MODE == "SYSTEM":
+                self._applied = generation  # nothing on the CC in SYSTEM: the first apply cleaned up, if anything
+                return None
             try:
                 desired = self.desired()
                 report = await self.applier.apply(desired)
-            except VnetError as err:
-                self.last_error = str(err)
-                raise NetworkRequestError(400, "InvalidParameterValue", str(err)) from None
-            except Exception as err:  # a command failed: the host is not as the configuration says
-                self.last_error = str(err)
-                log.error("network apply failed: %s", err)
-                raise NetworkRequestError(503, "NetworkApplyFailed", str(err)) from None
+            except Exception as err:
+                if self.settings.VNET_MODE == "SYSTEM":  # only a clean-up of earlier modes: never block launches
+                    log.warning("network clean-up for SYSTEM mode failed: %s", err)
+                    self._applied = generation
+                    return None
+                self._fail(err)
             self._applied = generation
             self.last_report, self.last_error = report, ""
             return report
+
+    def _fail(self, err: Exception) -> NoReturn:
+        self.last_error = str(err)
+        if isinstance(err, VnetError):  # the request asks for something the configuration cannot give
+            raise NetworkRequestError(400, "InvalidParameterValue", str(err))
+        log.error("network apply failed: %s", err)  # a command failed: the host is not as configured
+        raise NetworkRequestError(503, "NetworkApplyFailed", str(err))
 
     # --- networks ------------------------------------------------------------------------------------
     def _check_vlan(self, name: str, vlan: int) -> None:
@@ -322,20 +339,42 @@ class NetworkManager:
             await self.converge()
         return net
 
-    async def remove_instance(self, instance_id: str) -> None:
-        """Forget an instance: its DHCP entry and any elastic IP mapped to its address."""
+    async def add_instances(self, nets: dict[str, NetConfig]) -> dict[str, NetConfig]:
+        """Several at once (one apply): the completed NetConfig of each."""
         await self.open()
-        entry = self.instances.pop(instance_id, None)
-        if entry is None:
+        filled = {instance_id: self.fill_net(instance_id, net) for instance_id, net in nets.items()}
+        entries = [InstanceEntry(i, n.private_mac.lower(), n.private_ip, n.vlan) for i, n in filled.items()]
+        changed = [e for e in entries if self.instances.get(e.instance_id) != e]
+        if changed:
+            assert self.store is not None
+            await self.store.put_instances(changed)
+            self.instances.update({e.instance_id: e for e in changed})
+        for instance_id, net in filled.items():
+            if self.settings.managed and net.public_ip and net.public_ip != net.private_ip:
+                await self.assign_address(net.public_ip, net.private_ip, instance_id)
+        await self.converge()
+        return filled
+
+    async def remove_instances(self, instance_ids: list[str]) -> None:
+        """Forget instances (one apply for all): DHCP entries and elastic IPs mapped to their addresses."""
+        await self.open()
+        entries = [self.instances.pop(i) for i in instance_ids if i in self.instances]
+        if not entries:
             return
         assert self.store is not None
-        await self.store.delete_instance(instance_id)
-        stale = [pub for pub, (priv, _) in self.addresses.items() if priv == entry.ip]
+        for entry in entries:
+            await self.store.delete_instance(entry.instance_id)
+        gone = {e.ip for e in entries if e.ip}
+        stale = [pub for pub, (priv, _) in self.addresses.items() if priv in gone]
         if stale and self.settings.managed:
             await self.store.delete_addresses(stale)
             for pub in stale:
                 del self.addresses[pub]
         await self.converge()
+
+    async def remove_instance(self, instance_id: str) -> None:
+        """Forget an instance: its DHCP entry and any elastic IP mapped to its address."""
+        await self.remove_instances([instance_id])
 
     async def sync_instances(self, nets: dict[str, NetConfig]) -> None:
         """Replace the whole instance list (e.g. after a restart, from what the NCs report)."""
