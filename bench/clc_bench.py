@@ -6,6 +6,8 @@ per request; client and CLC pinned to different cores when there are two):
 - describe_key_pairs: `DescribeKeyPairs` (SigV4 auth, parameters parsed against botocore's model, a database
   read, XML serialized from the model) with 20 key pairs in the account; target >= 1,000 requests/s.
 More sections can be added to `run()` (e.g. DescribeInstances over many instances) using `load()`.
+- describe_instances: `DescribeInstances` over 10,000 instances, p50 vs an empty account (target <= 300 ms;
+  from bench/clc_compute_bench.py, which also measures RunInstances -> running).
 
     .venv/bin/python bench/clc_bench.py [--seconds 5] [--concurrency 16]
 """
@@ -177,6 +179,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--instances", type=int, default=10000, help="instances for the DescribeInstances figure (0: skip it)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clc-bench-") as tmp:
         cloud = Cloud(Path(tmp) / "cloud", roles=("clc",), extra={"clc": {"KOALA_LOG_LEVEL": "WARNING"}})
@@ -185,6 +190,11 @@ def main() -> int:
             results = run(cloud, args.seconds, args.concurrency)
         finally:
             cloud.stop()
+        if args.instances:
+            # DescribeInstances over many instances (its own CLC, instances written into its database).
+            from bench.clc_compute_bench import describe_instances_section
+
+            results["describe_instances"] = describe_instances_section(Path(tmp), args.instances, 15)
     print(json.dumps(results, indent=2))
     return 0
 
