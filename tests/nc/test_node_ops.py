@@ -79,3 +79,15 @@ def test_image_cache_is_lru_and_keeps_images_in_use(tmp_path: Path) -> None:
         assert env.images.downloads(manifests["b"]) == 1  # the second use of b was a hit
     finally:
         close_env(env)
+
+
+def test_manual_cleanup_keeps_files(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "manual", {"MANUAL_INSTANCES_CLEANUP": "true"})
+    try:
+        env.run("i-e1000001", image="emi-0000e001", manifest=env.image("manual"))
+        env.wait_state("i-e1000001", "Extant")
+        env.terminate("i-e1000001")
+        assert (env.instance_dir("i-e1000001") / "libvirt.xml").exists()
+        assert env.resources().instances == 0
+    finally:
+        close_env(env)

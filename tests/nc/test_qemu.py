@@ -224,8 +224,15 @@ def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
         except BaseException:
             print(console(env, instance_id)[-3000:])
             raise
-        assert env.terminate(instance_id).state == "Teardown"
+        # The guest powers itself off: libvirt's event tells the NC, which tears the instance down.
+        helpers.append(subprocess.Popen(  # the connection dies with the guest: do not wait for ssh
+            ["ip", "netns", "exec", netns, "ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@10.213.0.60", "poweroff -f"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        info = env.wait_state(instance_id, "Teardown", timeout=60)
+        assert info.reason == "the guest shut down" and info.detail == "shutoff"
         assert not domain_exists(instance_id)
+        wait_for(lambda: not env.instance_dir(instance_id).exists(), 10, what="files removed")
     finally:
         for helper in helpers:
             helper.terminate()
