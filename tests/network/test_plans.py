@@ -45,9 +45,7 @@ def _device(name: str, kind: str = "", master: str = "", parent: str = "", vlan:
     return entry
 
 
-def _manager(
-    tmp_path: Path, live: list[dict], sysctls: str = "1\n0\n0\n"
-) -> tuple[NetworkManager, RecordingRunner]:
+def _manager(tmp_path: Path, live: list[dict], sysctls: str = "1\n0\n0\n") -> tuple[NetworkManager, RecordingRunner]:
     runner = RecordingRunner(
         replies={
             ("ip", "-j", "-d", "addr", "show"): json.dumps(live),
