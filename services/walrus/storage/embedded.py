@@ -1,10 +1,11 @@
 """The embedded backend: data files on the local disk, metadata in aiosqlite.
 
-Write path: bytes go to `tmp/<id>` (hashed on the way), are fsynced, renamed to `data/xx/<id>` (the directory
-fsynced), and only then does one SQLite transaction (synchronous=FULL) make them the object. The previous
-version's data is unlinked after that, or later when the last reader that opened it closes it. A crash at any
-point leaves either the old or the new object; leftovers (temp files, data no row points at) are removed at
-start-up.
+Write path: bytes go to a new file `data/xx/<id>` under a fresh random id (hashed on the way), the file and its
+directory are fsynced, and only then does one SQLite transaction (synchronous=FULL, group-committed with the
+writes that queued meanwhile) make it the object. Until that commit no row names the file, so nobody can see it.
+The previous version's data is unlinked after the commit, or later when the last reader that opened it closes
+it. A crash at any point leaves either the old or the new object; leftovers (files no row points at: uploads cut
+short, data whose unlink did not happen) are removed at start-up.
 """
 
 from __future__ import annotations
@@ -479,20 +480,17 @@ class EmbeddedBackend(StorageBackend):
         return EmbeddedReader(self, info)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
-        return files.FileTempData(self.tmp_dir, hashes, self.fsync)
+        # Creating a file waits on its directory's lock while other writes fsync: not on the event loop.
+        data_id = files.new_data_id()
+        path = self.data_path(data_id)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, files.FileTempData, data_id, path, hashes, self.fsync
+        )
 
     async def _place(self, data: TempData) -> str:
-        """Move finished temporary data into the data directory; return its data id."""
+        """Finished data (written and fsynced in place by `finish`) about to be committed; its data id."""
         assert isinstance(data, files.FileTempData)
         data.close_fd()
-        target = self.data_path(data.data_id)
-
-        def place() -> None:
-            os.rename(data.path, target)
-            if self.fsync:
-                files.fsync_dir(target.parent)
-
-        await asyncio.get_running_loop().run_in_executor(None, place)
         data.committed = True
         return data.data_id
 

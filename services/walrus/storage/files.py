@@ -1,4 +1,4 @@
-"""Data files of the embedded backend: temporary writers (hashing on the way, fsync) and the data layout.
+"""Data files of the embedded backend: writers of new data (hashing on the way, fsync) and the data layout.
 
 Data files are named by random ids (`data/ab/ab12...`), never by a user's key, and are immutable once
 committed, so several objects may share one inode through hard links (server-side copies).
@@ -54,11 +54,12 @@ def make_hasher(name: str) -> Any:
 
 
 class FileTempData(TempData):
-    """A temporary file in `tmp_dir`; writing and hashing run in threads (see _start_flush)."""
+    """A new data file at its final path, visible to no one until a metadata commit names it; writing and
+    hashing run in threads (see _start_flush). Create it in a thread: opening may wait on the directory."""
 
-    def __init__(self, tmp_dir: Path, hashes: tuple[str, ...], fsync: bool = True):
-        self.data_id = new_data_id()
-        self.path = tmp_dir / self.data_id
+    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool = True):
+        self.data_id = data_id
+        self.path = path
         self.size = 0
         self._hashers = {name: make_hasher(name) for name in ("md5", *hashes)}
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -124,6 +125,7 @@ class FileTempData(TempData):
                 self._write(pieces)
             if self.fsync:
                 os.fsync(fd)  # type: ignore[arg-type]
+                fsync_dir(self.path.parent)  # the new name survives a power cut too
 
         await asyncio.get_running_loop().run_in_executor(None, last)
         self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
