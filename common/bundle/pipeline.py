@@ -34,6 +34,7 @@ from common.bundle.pgzip import MultiMemberInflater, compress_member
 DEFAULT_PART_SIZE = 10 << 20
 CHUNK = 2 << 20  # one gzip member per chunk of tar stream
 READ_BLOCK = 4 << 20
+AES_SLICE = 1 << 20
 RECORD = tarfile.RECORDSIZE  # GNU tar pads the archive to 20 blocks of 512
 Progress = Callable[[int], None]
 
@@ -178,7 +179,7 @@ def bundle_image(
                 pending.append(pool.submit(compress_member, chunk, level))
                 if progress:
                     progress(len(chunk))
-                while len(pending) > 2 * workers:  # bounded in flight: constant memory
+                while len(pending) > 3 * workers:  # bounded in flight: constant memory
                     emit(pending.popleft().result())
             while pending:
                 emit(pending.popleft().result())
@@ -278,36 +279,53 @@ class _Channel:
 
 
 class _ChannelReader:
-    """A file-like `read` over a channel, for tarfile's stream mode."""
+    """A file-like `read` over a channel (for tarfile's stream mode), plus zero-copy `view` reads."""
 
     def __init__(self, channel: _Channel):
         self.channel = channel
         self.buf = memoryview(b"")
         self.eof = False
 
-    def read(self, n: int = -1) -> bytes:
+    def view(self, n: int) -> memoryview:
+        """Up to `n` bytes (fewer at a chunk boundary; empty at the end), without copying."""
         while not self.buf and not self.eof:
             item = self.channel.get()
             if item is None:
                 self.eof = True
             else:
                 self.buf = memoryview(item)
-        if n < 0 or n >= len(self.buf):
-            out, self.buf = self.buf, memoryview(b"")
-        else:
-            out, self.buf = self.buf[:n], self.buf[n:]
-        return out.tobytes()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
 
-    def drain(self) -> int:
-        extra = len(self.buf)
-        self.buf = memoryview(b"")
-        while not self.eof:
-            item = self.channel.get()
-            if item is None:
-                self.eof = True
-            else:
-                extra += len(item)
-        return extra
+    def read_exact(self, n: int) -> bytes:
+        pieces, size = [], 0
+        while size < n and (piece := self.view(n - size)):
+            pieces.append(piece.tobytes())
+            size += len(piece)
+        return b"".join(pieces)
+
+    def unread(self, data: bytes) -> None:
+        self.buf = memoryview(data + self.buf.tobytes())
+
+    def read(self, n: int = -1) -> bytes:
+        return self.view(n if n >= 0 else 1 << 62).tobytes()
+
+    def drain(self) -> bool:
+        """Consume the rest; True if it was all zero bytes (tar padding and end blocks)."""
+        zero = True
+        while piece := self.view(1 << 22):
+            zero = zero and not piece.tobytes().strip(b"\x00")
+        return zero
+
+
+def _plain_member(header: bytes) -> tarfile.TarInfo | None:
+    """The member described by a lone ustar/GNU header of a regular file, or None when tarfile must do it
+    (sparse files, long names, pax headers)."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return None
+    return info if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else None
 
 
 def check_part_sizes(manifest: Manifest, parts: PartSource) -> None:
@@ -326,6 +344,30 @@ def check_part_sizes(manifest: Manifest, parts: PartSource) -> None:
         )
     if total == 0 or total % 16:
         raise BundleError("PartSizeMismatch", f"{total} bytes is not a whole number of AES blocks")
+
+
+def _untar_with_tarfile(reader: _ChannelReader, size: int, emit: Callable[[bytes], None]) -> tarfile.TarInfo:
+    """The general case (GNU sparse members as ec2-ami-tools makes them, long names, pax)."""
+    try:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20) as archive:  # type: ignore[call-overload]
+            member = archive.next()
+            if member is None or not member.isreg():
+                raise BundleError("BadImageArchive", "the bundle's tar archive does not start with a regular file")
+            if member.size != size:
+                raise BundleError("ImageSizeMismatch", f"the image holds {member.size} bytes; the manifest says {size}")
+            source = archive.extractfile(member)
+            assert source is not None
+            done = 0
+            while chunk := source.read(READ_BLOCK):
+                emit(chunk)
+                done += len(chunk)
+            if done != member.size:
+                raise BundleError("BadImageArchive", "the tar archive ends inside the image")
+            if archive.next() is not None:
+                raise BundleError("BadImageArchive", "the bundle's tar archive holds more than one file")
+            return member
+    except tarfile.TarError as err:
+        raise BundleError("BadImageArchive", f"the bundle's tar archive is unreadable: {err}") from None
 
 
 def decrypt_bundle(
@@ -359,7 +401,7 @@ def decrypt_bundle(
 
     def read_stage() -> None:
         decryptor = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).decryptor()
-        unpadder = sym_padding.PKCS7(128).unpadder()
+        held = b""  # the last plaintext block, which may be PKCS#7 padding: passed on only when more follows
         for part in manifest.parts:
             digest = hashlib.sha1()
             with parts.open(part) as stream:
@@ -367,24 +409,31 @@ def decrypt_bundle(
                     digest.update(block)
                     if progress:
                         progress(len(block))
-                    if not abort.is_set():  # after a downstream failure, only finish this part's digest
-                        try:
-                            decrypted.put(unpadder.update(decryptor.update(block)))
-                        except _Aborted:
-                            pass
+                    if abort.is_set():  # after a downstream failure, only finish this part's digest
+                        continue
+                    view = memoryview(block)
+                    try:
+                        # AES holds the GIL: small slices keep the other stages flowing.
+                        for start in range(0, len(view), AES_SLICE):
+                            plain = decryptor.update(view[start : start + AES_SLICE])
+                            if len(plain) >= 16:
+                                if held:
+                                    decrypted.put(held)
+                                decrypted.put(memoryview(plain)[:-16])
+                                held = plain[-16:]
+                    except _Aborted:
+                        pass
             if digest.hexdigest() != part.digest:
                 raise BundleError(
                     "PartDigestMismatch", f"part {part.index} ({part.filename}) does not match its SHA-1 digest"
                 )
             if abort.is_set():
                 raise _Aborted
-        try:
-            tail = unpadder.update(decryptor.finalize()) + unpadder.finalize()
-        except ValueError:
-            raise BundleError(
-                "DecryptionFailed", "AES padding is wrong: the key does not fit or the data is corrupt"
-            ) from None
-        decrypted.put(tail)
+        last = held + decryptor.finalize()
+        pad = last[-1] if last else 0
+        if not 1 <= pad <= 16 or last[-pad:] != bytes([pad]) * pad:
+            raise BundleError("DecryptionFailed", "AES padding is wrong: the key does not fit or the data is corrupt")
+        decrypted.put(last[:-pad])
         decrypted.put(None)
 
     def inflate_stage() -> None:
@@ -409,29 +458,31 @@ def decrypt_bundle(
     def untar_stage() -> None:
         reader = _ChannelReader(inflated)
         image_hash = hashlib.sha256()
-        try:
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20) as archive:  # type: ignore[call-overload]
-                member = archive.next()
-                if member is None or not member.isreg():
-                    raise BundleError("BadImageArchive", "the bundle's tar archive does not start with a regular file")
-                if member.size != manifest.size:
-                    raise BundleError(
-                        "ImageSizeMismatch", f"the image holds {member.size} bytes; the manifest says {manifest.size}"
-                    )
-                source = archive.extractfile(member)
-                assert source is not None
-                written = 0
-                while chunk := source.read(READ_BLOCK):
-                    out.write(chunk)
-                    image_hash.update(chunk)
-                    written += len(chunk)
-                if written != member.size:
-                    raise BundleError("BadImageArchive", "the tar archive ends inside the image")
-                if archive.next() is not None:
-                    raise BundleError("BadImageArchive", "the bundle's tar archive holds more than one file")
-        except tarfile.TarError as err:
-            raise BundleError("BadImageArchive", f"the bundle's tar archive is unreadable: {err}") from None
-        reader.drain()  # the rest of the stream still counts for the digest
+        written = 0
+
+        def emit(data: memoryview | bytes) -> None:
+            nonlocal written
+            out.write(data)
+            image_hash.update(data)
+            written += len(data)
+
+        header = reader.read_exact(512)
+        member = _plain_member(header)
+        if member is not None:  # the usual case: copy the image straight from the stream (no tarfile buffers)
+            if member.size != manifest.size:
+                raise BundleError(
+                    "ImageSizeMismatch", f"the image holds {member.size} bytes; the manifest says {manifest.size}"
+                )
+            while written < member.size and (piece := reader.view(min(READ_BLOCK, member.size - written))):
+                emit(piece)
+            if written != member.size:
+                raise BundleError("BadImageArchive", "the tar archive ends inside the image")
+            if not reader.drain():  # after the image only padding and the end-of-archive blocks may follow
+                raise BundleError("BadImageArchive", "the bundle's tar archive holds more than one file")
+        else:
+            reader.unread(header)
+            member = _untar_with_tarfile(reader, manifest.size, emit)
+            reader.drain()  # the rest of the stream still counts for the digest
         result.append(DecryptResult(written, image_hash.hexdigest(), member.name))
 
     def run(index: int, stage: Callable[[], None]) -> None:
