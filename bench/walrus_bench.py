@@ -95,12 +95,15 @@ async def put_rate(urls: list[str], body: bytes, concurrency: int) -> float:
     return time.perf_counter() - start
 
 
-def dd_write_rate(path: Path, mib: int) -> float:
+def dd_write_rate(path: Path, size: int, count: int) -> float:
+    """MiB/s of `dd` writing `count` blocks of `size` bytes and fsyncing the file."""
     start = time.perf_counter()
     subprocess.run(
-        ["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "conv=fsync"], check=True, capture_output=True
+        ["dd", "if=/dev/zero", f"of={path}", f"bs={size}", f"count={count}", "conv=fsync"],
+        check=True,
+        capture_output=True,
     )
-    rate = mib / (time.perf_counter() - start)
+    rate = size * count / MiB / (time.perf_counter() - start)
     path.unlink()
     return rate
 
@@ -223,47 +226,75 @@ def main() -> int:
             except subprocess.CalledProcessError:
                 time.sleep(0.1)
 
+        # Every figure is the best of a few rounds, Walrus and its baseline alternating, so that load from
+        # elsewhere on the machine hurts both alike.
+        rounds = 2 if args.quick else 3
+
+        def best(measure_walrus, measure_baseline) -> tuple[float, float]:
+            walrus_best = baseline_best = 0.0
+            for _ in range(rounds):
+                walrus_best = max(walrus_best, measure_walrus())
+                baseline_best = max(baseline_best, measure_baseline())
+            return walrus_best, baseline_best
+
         # 4 KiB GET with wrk
-        walrus_rps = wrk_rate(presign("get_object", "obj-4KiB"), seconds)
-        base_rps = wrk_rate(f"{base_url}/obj-4KiB", seconds)
+        get_url = presign("get_object", "obj-4KiB")
+        walrus_rps, base_rps = best(
+            lambda: wrk_rate(get_url, seconds) or 0.0, lambda: wrk_rate(f"{base_url}/obj-4KiB", seconds) or 0.0
+        )
         results["get_4KiB"] = {
-            "walrus_requests_per_s": walrus_rps,
-            "baseline_requests_per_s": base_rps,
+            "walrus_requests_per_s": round(walrus_rps, 1),
+            "baseline_requests_per_s": round(base_rps, 1),
             "ratio": round(walrus_rps / base_rps, 3) if walrus_rps and base_rps else None,
             "target": ">= 5000 req/s and >= 0.5 of baseline",
         }
 
         # 4 KiB PUT, bounded asyncio client
-        count = 1000 if args.quick else 3000
+        count = 1000 if args.quick else 2000
         body = os.urandom(4 * KiB)
-        urls = [presign("put_object", f"small/{i}") for i in range(count)]
-        put_seconds = asyncio.run(put_rate(urls, body, 16))
         small_dir = work / "small"
         small_dir.mkdir()
-        base_put = small_write_baseline(small_dir, count, body)
+        batch = iter(range(100))
+
+        def walrus_small_put() -> float:
+            number = next(batch)
+            urls = [presign("put_object", f"small/{number}/{i}") for i in range(count)]
+            return count / asyncio.run(put_rate(urls, body, 16))
+
+        walrus_put, base_put = best(walrus_small_put, lambda: small_write_baseline(small_dir, count, body))
         results["put_4KiB"] = {
-            "walrus_requests_per_s": round(count / put_seconds, 1),
+            "walrus_requests_per_s": round(walrus_put, 1),
             "baseline_fsync_md5_writes_per_s": round(base_put, 1),
-            "ratio": round(count / put_seconds / base_put, 3),
+            "ratio": round(walrus_put / base_put, 3),
         }
 
         # 1 MiB and 64 MiB GET / PUT
-        md5 = md5_rate()
-        for name, repeat, concurrency in (("1MiB", 400, 4), ("64MiB", 8, 1)):
+        md5 = max(md5_rate() for _ in range(rounds))
+        for name, repeat, concurrency in (("1MiB", 400, 4), ("64MiB", 16, 1)):
             if args.quick:
                 repeat //= 2
             size = sizes[name]
-            walrus_s, walrus_bytes = asyncio.run(get_rate([presign("get_object", f"obj-{name}")] * repeat, concurrency))
-            base_s, base_bytes = asyncio.run(get_rate([f"{base_url}/obj-{name}"] * repeat, concurrency))
-            walrus_get = walrus_bytes / MiB / walrus_s
-            base_get = base_bytes / MiB / base_s
+            walrus_urls = [presign("get_object", f"obj-{name}")] * repeat
+            base_urls = [f"{base_url}/obj-{name}"] * repeat
+
+            def rate(urls: list[str], concurrency: int = concurrency) -> float:
+                elapsed, total = asyncio.run(get_rate(urls, concurrency))
+                return total / MiB / elapsed
+
+            walrus_get, base_get = best(lambda urls=walrus_urls: rate(urls), lambda urls=base_urls: rate(urls))
             data = os.urandom(size)
-            put_count = max(2, repeat // 4)
-            put_s = asyncio.run(
-                put_rate([presign("put_object", f"put-{name}-{i}") for i in range(put_count)], data, concurrency)
+            put_count = max(4, repeat // 4)
+
+            def walrus_big_put(
+                name: str = name, data: bytes = data, put_count: int = put_count, concurrency: int = concurrency
+            ) -> float:
+                number = next(batch)
+                urls = [presign("put_object", f"put-{name}-{number}-{i}") for i in range(put_count)]
+                return put_count * len(data) / MiB / asyncio.run(put_rate(urls, data, concurrency))
+
+            walrus_put, dd = best(
+                walrus_big_put, lambda size=size, put_count=put_count: dd_write_rate(work / "dd.out", size, put_count)
             )
-            walrus_put = put_count * size / MiB / put_s
-            dd = dd_write_rate(work / "dd.out", max(64, size // MiB))
             base_put = 1 / (1 / dd + 1 / md5)
             results[f"get_{name}"] = {
                 "walrus_MiB_per_s": round(walrus_get, 1),
