@@ -67,6 +67,12 @@ def spec_from_headers(ctx: Ctx, bucket: BucketInfo) -> ObjectSpec:
         "private", owner_id, owner_name
     )
     stored = {name: ctx.headers[name] for name in STORED_HEADERS if name in ctx.headers}
+    if "Content-Encoding" in stored:  # aws-chunked describes the upload, not the object
+        encodings = [e.strip() for e in stored["Content-Encoding"].split(",") if e.strip().lower() != "aws-chunked"]
+        if encodings:
+            stored["Content-Encoding"] = ", ".join(encodings)
+        else:
+            del stored["Content-Encoding"]
     content_type = ctx.headers.get("Content-Type") or "binary/octet-stream"
     return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta)
 
