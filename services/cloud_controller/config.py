@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import Field
 
@@ -36,8 +37,10 @@ class CloudControllerConfig(ServiceConfig):
         "with DescribePublicAddresses.",
     )
     KOALA_AUTO_PUBLIC_IP: bool = Field(True, description="Give each new instance a free public address, if any.")
-    KOALA_MANAGED_NETWORK: bool = Field(
-        False, description="Allocate a VLAN per <account>-<group> network and a network index per instance."
+    KOALA_NETWORK_RESOURCES: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Allocate a VLAN per <account>-<group> network and a network index per instance, and push "
+        "group rules to the CC: 'auto' where the zone's CC runs a MANAGED mode (from its DescribeNetworks).",
     )
     KOALA_ADDRS_PER_NET: int = Field(32, ge=8, le=65536, description="Addresses per network (VNET_ADDRSPERNET).")
     KOALA_RESERVATION_TIMEOUT: float = Field(

@@ -49,6 +49,21 @@ def wait_zone_ready(cloud: Cloud, creds: Creds, timeout: float = 30.0) -> None:
     raise AssertionError(f"zone never reported capacity: {zones}")
 
 
+def run_when_room(ec2, timeout: float = 30.0, **kwargs) -> dict:
+    """RunInstances, waiting while the zone is full: a CC learns of capacity freed by terminations from its nodes
+    a moment after the instances are gone."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ec2.run_instances(**kwargs)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InsufficientInstanceCapacity" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
 def wait_state(ec2, instance_ids: list[str], states: set[str], timeout: float = 30.0) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:

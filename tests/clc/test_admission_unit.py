@@ -146,3 +146,50 @@ def test_vm_type_rules(tmp_path) -> None:
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_network_resources_allocate_and_give_back(tmp_path) -> None:
+    from services.cloud_controller.compute.networks import Networks
+
+    async def scenario() -> None:
+        db = await Database.open(tmp_path)
+        networks = Networks(db, vlan_min=10, vlan_max=11, addrs_per_net=8)
+        a, new = networks.vlan_for(Networks.name("111", "default"))
+        assert (a, new) == (10, True)
+        assert networks.vlan_for(Networks.name("111", "default")) == (10, False)
+        assert networks.vlan_for(Networks.name("222", "default"))[0] == 11
+        with pytest.raises(ComputeError) as err:
+            networks.vlan_for(Networks.name("333", "web"))  # the pool is 10..11
+        assert err.value.code == "InsufficientInstanceCapacity"
+        taken = [networks.take_index(a) for _ in range(5)]  # hosts 2..6 of an 8-address network
+        assert taken == [2, 3, 4, 5, 6]
+        with pytest.raises(ComputeError):
+            networks.take_index(a)
+        networks.give_back(a, 4)
+        assert networks.take_index(a) == 4
+        await networks.save_vlan(Networks.name("111", "default"))
+        again = Networks(db)
+        await again.load()
+        assert again.vlans == {"111-default": 10}
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_group_rules_become_network_rules() -> None:
+    from services.cloud_controller.actions.groups import Rule
+    from services.cloud_controller.compute.netsync import translate
+
+    rules = translate(
+        [
+            Rule("tcp", 22, 22, cidr="0.0.0.0/0"),
+            Rule("-1", -1, -1, source_group_id="sg-1", source_owner_id="222", source_group_name="web"),
+            Rule("icmp", 8, -1, cidr="10.0.0.0/8"),
+            Rule("47", -1, -1, cidr="10.0.0.0/8"),  # GRE: the CC cannot filter it, so it is left out
+        ]
+    )
+    assert [(r.protocol, r.from_port, r.to_port, r.cidrs, r.source_networks) for r in rules] == [
+        ("tcp", 22, 22, ["0.0.0.0/0"], []),
+        ("all", -1, -1, [], ["222-web"]),
+        ("icmp", 8, -1, ["10.0.0.0/8"], []),
+    ]

@@ -9,7 +9,7 @@ import base64
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
 from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, sigv4, stop_clean
 
 
@@ -97,7 +97,7 @@ def test_run_describe_console_reboot_terminate(cloud, alice, image):
 
 def test_filters_tags_and_paging(cloud, alice, image):
     ec2 = client(cloud, alice)
-    big = ec2.run_instances(ImageId=image, MinCount=6, MaxCount=6)
+    big = run_when_room(ec2, ImageId=image, MinCount=6, MaxCount=6)
     ids = [i["InstanceId"] for i in big["Instances"]]
     ec2.create_tags(Resources=ids[:2], Tags=[{"Key": "tier", "Value": "db"}])
     wait_state(ec2, ids, {"running"})

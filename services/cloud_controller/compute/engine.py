@@ -23,6 +23,7 @@ from common.messages.clc_cc import (
     NotifyInstancesRequest,
     RunInstancesRequest,
 )
+from common.messages.network import DescribeNetworksRequest, DescribeNetworksResponse
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission, Token, count_quota
@@ -53,7 +54,7 @@ class Settings:
     quota_cores: int = 0
     quota_addresses: int = 0
     auto_public_ip: bool = True  # give each instance a public address from the pool when one is free
-    managed_network: bool = False  # allocate a VLAN per <account>-<group> network and an index per instance
+    network_resources: str = "auto"  # on | off | auto (where the zone's CC runs a MANAGED mode)
     addrs_per_net: int = 32
     reservation_timeout: float = 120.0
     lost_after: float = 600.0  # an instance the CC stops reporting is terminated after this
@@ -120,6 +121,8 @@ class Compute:
         self._pollers: dict[str, asyncio.Task] = {}
         self._polling = True
         self.images: Images | None = None  # set by setup.install
+        self.zone_modes: dict[str, str] = {}  # zone -> its CC's VNET_MODE, from DescribeNetworks
+        self.netsync: Any = None  # compute.netsync.NetworkSync in MANAGED modes, set by setup.install
         from services.cloud_controller.compute.elastic import Elastic
 
         self.elastic = Elastic(self)
@@ -248,6 +251,12 @@ class Compute:
         if zone is not None and zone not in self.cc.clusters:
             raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
         key_material = request.key_material
+        if self.settings.network_resources == "auto":
+            unknown = [z for z in ([zone] if zone else self.cc.clusters) if z not in self.zone_modes]
+            if unknown:  # right after a start: learn the zones' network modes first
+                await asyncio.gather(*(self._refresh_network_mode(z) for z in unknown))
+                if request.client_token and (owner, request.client_token) in self.store.tokens:
+                    return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
         # From the quota check to the in-memory records everything is synchronous, so concurrent requests see
         # each other's reservations. When the last capacity report says there is not enough, a fresh one is
         # asked for once (it may predate nodes coming up or instances going away).
@@ -265,7 +274,7 @@ class Compute:
             count = token.count
             instance_ids = self._new_ids("i", count)
             addresses = self._take_addresses(owner, count, undo)
-            nets = self._take_network(owner, groups, count, undo)
+            nets = self._take_network(owner, groups, count, undo, token.zone)
             now = time.time()
             reservation = Reservation(
                 self._new_ids("r", 1)[0],
@@ -359,8 +368,14 @@ class Compute:
             taken.append(self.addresses.take(owner, auto=True))
         return taken
 
-    def _take_network(self, owner: str, groups: list[str], count: int, undo: list) -> list[tuple[int, int]]:
-        if not self.settings.managed_network:
+    def managed(self, zone: str) -> bool:
+        """Whether launches in `zone` get a VLAN and network index (MANAGED and MANAGED-NOVLAN modes)."""
+        if self.settings.network_resources != "auto":
+            return self.settings.network_resources == "on"
+        return self.zone_modes.get(zone, "").startswith("MANAGED")
+
+    def _take_network(self, owner: str, groups: list[str], count: int, undo: list, zone: str) -> list[tuple[int, int]]:
+        if not self.managed(zone):
             return []
         name = Networks.name(owner, groups[0])  # the instance lives in its first group's network
         vlan, new = self.networks.vlan_for(name)
@@ -397,6 +412,12 @@ class Compute:
         vm: VmType,
     ) -> Reservation:
         first = instances[0]
+        if self.netsync is not None and first.vlan >= 0:
+            try:  # the network's rules reach the CC before its first instance does
+                await self.netsync.configure(reservation.zone, reservation.owner_id, reservation.groups[0], first.vlan)
+            except ComputeError:
+                await self._fail(reservation, instances, token, "Server.InternalError: network setup failed")
+                raise
         request = RunInstancesRequest(
             reservation_id=reservation.reservation_id,
             owner_id=reservation.owner_id,
@@ -663,6 +684,7 @@ class Compute:
     async def poll_zone(self, zone: str) -> None:
         await self._refresh_zone(zone)
         await self.elastic.refresh_pool(zone)
+        await self._refresh_network_mode(zone)
         try:
             answer = await self.cc.describe_instances(zone)
         except (RpcError, PeerUnreachable) as err:
@@ -672,6 +694,25 @@ class Compute:
         stuck = [i.instance_id for i in self.store.instances.values() if i.zone == zone and i.state == "shutting-down"]
         if stuck:
             await self._terminate_quietly(zone, stuck)
+
+    async def _refresh_network_mode(self, zone: str) -> None:
+        try:
+            answer = await self.cc.client.call(
+                self.cc.url(zone),
+                "DescribeNetworks",
+                DescribeNetworksRequest(names=["koala-none"]),  # the mode and limits, not every network
+                DescribeNetworksResponse,
+                idempotent=True,
+                expect_role="cc",
+                timeout=10,
+            )
+        except (RpcError, PeerUnreachable):
+            return
+        self.zone_modes[zone] = answer.mode
+        if answer.mode.startswith("MANAGED") and answer.vlan_max:
+            self.networks.vlan_min = max(self.networks.vlan_min, answer.vlan_min)
+            self.networks.vlan_max = min(self.networks.vlan_max, answer.vlan_max)
+            self.networks.addrs_per_net = answer.addrs_per_net or self.networks.addrs_per_net
 
     async def _poll_loop(self, zone: str) -> None:
         while True:

@@ -13,6 +13,7 @@ from services.cloud_controller.compute.addresses import parse_pool
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.images import Images
+from services.cloud_controller.compute.netsync import NetworkSync
 from services.cloud_controller.metadata import MetadataService
 
 log = logging.getLogger("koala.clc.compute")
@@ -26,7 +27,7 @@ def settings_from(config: Any) -> Settings:
         quota_cores=config.KOALA_QUOTA_CORES,
         quota_addresses=config.KOALA_QUOTA_ADDRESSES,
         auto_public_ip=config.KOALA_AUTO_PUBLIC_IP,
-        managed_network=config.KOALA_MANAGED_NETWORK,
+        network_resources=config.KOALA_NETWORK_RESOURCES,
         addrs_per_net=config.KOALA_ADDRS_PER_NET,
         reservation_timeout=config.KOALA_RESERVATION_TIMEOUT,
         lost_after=config.KOALA_INSTANCE_LOST_SECONDS,
@@ -67,8 +68,35 @@ async def install(clc: Any) -> Compute:
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes)
+    if compute.settings.network_resources != "off":
+        install_netsync(clc, compute)
     MetadataService(compute.store).install(clc.app)
     if hasattr(clc, "clusters"):
         clc.clusters.listeners.append(compute.zone_changed)
     compute.start_polling()
     return compute
+
+
+def install_netsync(clc: Any, compute: Compute) -> None:
+    """MANAGED modes: security group rules -> the CCs' ConfigureNetwork, at launch and on every rule change."""
+    from services.cloud_controller.actions import groups
+
+    async def rules_for(owner_id: str, group_name: str) -> list | None:
+        return await groups.rules_by_name(clc.db, owner_id, group_name)
+
+    compute.netsync = NetworkSync(compute, rules_for)
+
+    async def changed(owner_id: str, group_id: str) -> None:
+        row = await clc.db.fetchone(
+            "SELECT name FROM security_groups WHERE owner_id = ? AND group_id = ?", (owner_id, group_id)
+        )
+        name = row["name"] if row else None
+        if name is None:  # deleted: its name is still known from the reservations that used it
+            for reservation in compute.store.reservations.values():
+                if reservation.owner_id == owner_id and group_id in reservation.group_ids:
+                    name = reservation.groups[reservation.group_ids.index(group_id)]
+                    break
+        if name is not None:
+            await compute.netsync.group_changed(owner_id, name)
+
+    groups.add_listener(changed)

@@ -1,0 +1,91 @@
+"""Security-group networks on the CCs (MANAGED modes): before a launch, the instance's network gets its full
+rule set (ConfigureNetwork, level-triggered: the CC replaces what it had); after any change of a group's rules,
+every zone with live instances in that network gets the new set. Rules come from the security groups part of
+the CLC through `rules_for`, and are translated into common/messages/network.py's NetworkRule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from common.messages.network import ConfigureNetworkRequest, NetworkResponse, NetworkRule
+from common.rpc import PeerUnreachable, RpcError
+from services.cloud_controller.compute.errors import ComputeError
+from services.cloud_controller.compute.networks import Networks
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.engine import Compute
+
+log = logging.getLogger("koala.clc.netsync")
+RulesFor = Callable[[str, str], Awaitable[list[Any] | None]]  # (owner, group name) -> rules, None if no group
+PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "-1": "all", "6": "tcp", "17": "udp", "1": "icmp"}
+
+
+def translate(rules: list[Any]) -> list[NetworkRule]:
+    """The groups part's rules -> the CC's NetworkRule (protocols the CC cannot filter are left out)."""
+    out = []
+    for rule in rules:
+        protocol = PROTOCOLS.get(str(rule.protocol))
+        if protocol is None:
+            continue
+        cidrs = [rule.cidr] if rule.cidr else []
+        sources = (
+            [Networks.name(rule.source_owner_id, rule.source_group_name)]
+            if rule.source_group_id and rule.source_owner_id and rule.source_group_name
+            else []
+        )
+        if not cidrs and not sources:
+            continue
+        ports = (rule.from_port, rule.to_port) if protocol != "all" else (-1, -1)
+        try:
+            out.append(
+                NetworkRule(
+                    protocol=protocol, from_port=ports[0], to_port=ports[1], cidrs=cidrs, source_networks=sources
+                )
+            )
+        except ValueError as err:
+            log.warning("rule %s left out of the network: %s", rule, err)
+    return out
+
+
+class NetworkSync:
+    def __init__(self, compute: Compute, rules_for: RulesFor):
+        self.compute, self.rules_for = compute, rules_for
+
+    async def configure(self, zone: str, owner_id: str, group: str, vlan: int) -> None:
+        """Give the network its rule set on the zone's CC; ComputeError if the CC refuses or is unreachable."""
+        rules = await self.rules_for(owner_id, group) or []
+        request = ConfigureNetworkRequest(name=Networks.name(owner_id, group), vlan=vlan, rules=translate(rules))
+        try:
+            await self.compute.cc.client.call(
+                self.compute.cc.url(zone),
+                "ConfigureNetwork",
+                request,
+                NetworkResponse,
+                idempotent=True,
+                expect_role="cc",
+            )
+        except (RpcError, PeerUnreachable) as err:
+            raise ComputeError(
+                "InsufficientInstanceCapacity",
+                f"The network of {group} could not be set up in {zone}: {err.message}",
+                503,
+            ) from None
+
+    async def group_changed(self, owner_id: str, group_name: str) -> None:
+        """Push a group's new rule set to every zone where its network has live instances."""
+        name = Networks.name(owner_id, group_name)
+        vlan = self.compute.networks.vlans.get(name)
+        if vlan is None:
+            return
+        zones = {
+            i.zone
+            for i in self.compute.store.instances.values()
+            if i.live and i.vlan == vlan and i.owner_id == owner_id
+        }
+        for zone in sorted(zones):
+            try:
+                await self.configure(zone, owner_id, group_name, vlan)
+            except ComputeError as err:
+                log.warning("rules of %s not pushed to %s (the next change or launch retries): %s", name, zone, err)
