@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import threading
 import urllib.error
 import urllib.request
 import zlib
@@ -430,3 +431,34 @@ def test_acl_get_put(s3, walrus: Walrus) -> None:
     bucket_acl = s3.get_bucket_acl(Bucket="data")
     assert bucket_acl["Grants"][0]["Grantee"]["ID"] == USERS["alice"][2]
     s3.put_bucket_acl(Bucket="data", ACL="private")
+
+
+def test_concurrent_overwrites_read_whole_versions(walrus: Walrus, s3) -> None:
+    """Writers keep replacing one key while readers read it: every read is one whole version."""
+    versions = [bytes([i]) * (300_000 + 1000 * i) for i in range(6)]
+    digests = {hashlib.md5(v).hexdigest() for v in versions}
+    s3.put_object(Bucket="data", Key="hot", Body=versions[0])
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def writer(index: int) -> None:
+        client = walrus.client()
+        for _ in range(4):
+            client.put_object(Bucket="data", Key="hot", Body=versions[index])
+
+    def reader() -> None:
+        client = walrus.client()
+        try:
+            for _ in range(12):
+                seen.append(hashlib.md5(client.get_object(Bucket="data", Key="hot")["Body"].read()).hexdigest())
+        except BaseException as err:  # reported below, in the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(versions))]
+    threads += [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(seen) == 36 and set(seen) <= digests
