@@ -9,6 +9,7 @@ call. Other Walrus parts that register their own routes on `self.app` add their 
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -27,6 +28,7 @@ MAX_FIELD = 256 << 10
 MAX_HEADERS = 1000
 IO_THREADS = 64
 READ_BUFFER = 1 << 20  # request body buffering per connection: fewer pauses of the socket on big uploads
+log = logging.getLogger("koala.service")
 
 
 class WalrusService(Service):
@@ -85,9 +87,5 @@ class WalrusService(Service):
         site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)
         await site.start()
         self.monitor.set_peers(self.peer_list())
-        import logging
-
-        logging.getLogger("koala.service").info(
-            "%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port
-        )
+        log.info("%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port)
         return runner
