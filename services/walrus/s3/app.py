@@ -79,7 +79,7 @@ class S3App:
             if err.status >= 500:
                 log.warning("%s %s %s: %s %s", request_id, request.method, resource, err.code, err.message)
             response = self._error(request, err, resource, request_id)
-        except ConnectionResetError:
+        except ConnectionError:  # the client went away, or a stream broke after its headers were sent
             raise
         except Exception:
             log.exception("%s %s %s failed", request_id, request.method, resource)

@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import zlib
 from urllib.parse import unquote
 
@@ -32,6 +33,7 @@ from services.walrus.storage import (
     TempData,
 )
 
+log = logging.getLogger("koala.walrus.s3")
 STORED_HEADERS = ("Content-Encoding", "Content-Disposition", "Cache-Control", "Content-Language", "Expires")
 CHECKSUMS = ("crc32", "crc32c", "sha1", "sha256")
 OVERRIDES = {
@@ -336,21 +338,28 @@ async def _stream(
     pieces = reader.file_ranges(start, end)
     request = ctx.request
     await response.prepare(request)
-    transport = request.transport
-    if pieces is not None and transport is not None:
-        loop = asyncio.get_running_loop()
-        for handle, offset, count in pieces:
-            try:
-                await loop.sendfile(transport, handle, offset, count)
-            except NotImplementedError:
-                pieces = None
-                break
-        else:
-            await response.write_eof()
-            return response
-    async for chunk in reader.iter_range(start, end):
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        sent = 0
+        transport = request.transport
+        if pieces is not None and transport is not None:
+            loop = asyncio.get_running_loop()
+            for handle, offset, count in pieces:
+                try:
+                    await loop.sendfile(transport, handle, offset, count)
+                except NotImplementedError:
+                    break
+                sent += count
+        if sent < length:  # no sendfile here: read and write in chunks
+            async for chunk in reader.iter_range(start + sent, end):
+                await response.write(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        raise
+    except Exception as err:
+        # The status line is out: all that is left is to cut the connection, which the client sees as a body
+        # shorter than its Content-Length.
+        log.error("%s: streaming %s/%s failed: %s", ctx.request_id, ctx.bucket, ctx.key, err)
+        raise ConnectionResetError(str(err)) from err
     return response
 
 
