@@ -10,6 +10,7 @@ devices with `koalabr` (and `<privif>.<vlan>`), addresses lie in VNET_SUBNET or 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -238,8 +239,8 @@ def _managed(
             dhcp_interfaces.append(bridge)
         else:
             addresses[privif].append(router)
-    public_pool = frozenset(settings.public_ips())
-    for public_ip in sorted(assignments, key=ipaddress.IPv4Address):
+    public_pool = settings.public_pool()
+    for public_ip in sorted(assignments, key=socket.inet_aton):
         addresses.setdefault(pubif, []).append(f"{public_ip}/32")
     state.addresses = addresses
     state.ownership = Ownership(
@@ -254,14 +255,15 @@ def _managed(
     # filter: established first, then each network's chain for traffic to it, then drop the rest to guests.
     whole_text = _net(whole)
     forward = [f"-A {FORWARD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    net_texts = {name: str(subnet.network) for name, subnet in subnets.items()}
     for spec in networks:
-        net_text = _net(subnets[spec.name].network)
+        net_text = net_texts[spec.name]
         chain = group_chain(spec.vlan)
         forward.append(f"-A {FORWARD} -d {net_text} -j {chain}")
         rules = [f"-A {chain} -s {net_text} -d {net_text} -j ACCEPT"]  # inside the group
         for rule in spec.rules:
             sources = list(rule.cidrs)
-            sources += [_net(subnets[name].network) for name in rule.source_networks if name in subnets]
+            sources += [net_texts[name] for name in rule.source_networks if name in net_texts]
             match = _match(rule)
             rules += [f"-A {chain}{_source(src)} -d {net_text}{match} -j ACCEPT" for src in sources]
         state.chains[("filter", chain)] = _unique(rules)
@@ -278,7 +280,7 @@ def _managed(
     output: list[str] = []
     # The CLC finds the instance by its source address: metadata requests keep it.
     postrouting = [f"-A {POSTROUTING} -s {whole_text} -d {cloud_ip}/32 -p tcp -m tcp --dport {port} -j ACCEPT"]
-    for public_ip in sorted(assignments, key=ipaddress.IPv4Address):
+    for public_ip in sorted(assignments, key=socket.inet_aton):
         private_ip = assignments[public_ip]
         prerouting.append(f"-A {PREROUTING} -d {public_ip}/32 -j DNAT --to-destination {private_ip}")
         output.append(f"-A {OUTPUT} -d {public_ip}/32 -j DNAT --to-destination {private_ip}")
@@ -291,11 +293,16 @@ def _managed(
 
     # DHCP: a subnet per network, a host entry per instance in a started network.
     hosts = []
+    started_vlans = {spec.vlan for spec in networks}
+    base, size = int(whole.network_address), whole.num_addresses
     for entry in sorted(instances, key=lambda e: e.instance_id):
         if not entry.ip or not entry.mac:
             continue
-        ip = ipaddress.IPv4Address(entry.ip)
-        if any(ip in subnet.network for subnet in subnets.values()):
+        try:
+            offset = int.from_bytes(socket.inet_aton(entry.ip), "big") - base
+        except OSError:
+            continue
+        if 0 <= offset < size and offset // n + 2 in started_vlans:  # the VLAN whose subnet holds the address
             hosts.append(DhcpHost(entry.mac.lower(), entry.ip, entry.instance_id))
     state.dhcp = DhcpSpec(
         interfaces=dhcp_interfaces,

@@ -88,6 +88,17 @@ def plan(desired: DesiredState, current: dict[str, TableState]) -> str:
     return "\n".join(sections) + "\n" if sections else ""
 
 
+def applied_view(desired: DesiredState) -> dict[str, TableState]:
+    """What `parse_save` would return for Koala's part once `desired` is applied (foreign rules left out: the
+    planner never looks at them)."""
+    tables = {table: TableState() for table in TABLES}
+    for table, builtin, chain in desired.hooks:
+        tables[table].chains.setdefault(builtin, []).append(f"-A {builtin} -j {chain}")
+    for (table, chain), rules in desired.chains.items():
+        tables[table].chains[chain] = list(rules)
+    return tables
+
+
 def render_full(desired: DesiredState) -> str:
     """Every Koala chain of `desired` as a restore payload (for reading and for benchmarks' baselines)."""
     return plan(desired, {})

@@ -23,7 +23,7 @@ class LiveDevice:
     parent: str = ""
     vlan_id: int = 0
     up: bool = False
-    addresses: list[ipaddress.IPv4Interface] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)  # "a.b.c.d/len", as desired states write them
 
 
 def parse_ip_json(text: str) -> dict[str, LiveDevice]:
@@ -40,9 +40,7 @@ def parse_ip_json(text: str) -> dict[str, LiveDevice]:
             vlan_id=int(data.get("id", 0) or 0),
             up="UP" in entry.get("flags", []),
             addresses=[
-                ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
-                for a in entry.get("addr_info", [])
-                if a.get("family") == "inet"
+                f"{a['local']}/{a['prefixlen']}" for a in entry.get("addr_info", []) if a.get("family") == "inet"
             ],
         )
     return devices
@@ -63,7 +61,9 @@ def plan(desired: DesiredState, live: dict[str, LiveDevice]) -> list[list[str]]:
     for name, device in sorted(live.items()):
         if name not in wanted and own.owns_link(name) and device.kind in ("bridge", "vlan"):
             commands.append(["ip", "link", "del", name])
-            live = {k: v for k, v in live.items() if k != name}
+    live = {
+        k: v for k, v in live.items() if not (k not in wanted and own.owns_link(k) and v.kind in ("bridge", "vlan"))
+    }
     for link in desired.links:  # bridges come before the VLAN devices enslaved to them
         device = live.get(link.name)
         if device is not None and (
@@ -84,12 +84,10 @@ def plan(desired: DesiredState, live: dict[str, LiveDevice]) -> list[list[str]]:
         if name not in live and name not in wanted:
             raise VnetError(f"interface {name} does not exist")
         have = set(live[name].addresses) if name in live else set()
-        for cidr in cidrs:
-            if ipaddress.IPv4Interface(cidr) not in have:
-                commands.append(["ip", "addr", "add", cidr, "brd", "+", "dev", name])
+        commands += [["ip", "addr", "add", cidr, "brd", "+", "dev", name] for cidr in cidrs if cidr not in have]
     for name, device in sorted(live.items()):
-        want = {ipaddress.IPv4Interface(c) for c in desired.addresses.get(name, [])}
+        want = set(desired.addresses.get(name, ()))
         for address in device.addresses:
-            if address not in want and own.owns_address(name, address):
-                commands.append(["ip", "addr", "del", str(address), "dev", name])
+            if address not in want and own.owns_address(name, ipaddress.IPv4Interface(address)):
+                commands.append(["ip", "addr", "del", address, "dev", name])
     return commands

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -18,7 +19,7 @@ from typing import NoReturn
 from common.messages.cc_nc import NetConfig
 from common.messages.network import NetworkInfo, NetworkRule, PublicAddress
 from services.cluster_controller.network.addressing import mac_for_instance, max_vlan, subnet_for_vlan
-from services.cluster_controller.network.apply import Applier, ApplyReport
+from services.cluster_controller.network.apply import ALL_PARTS, RULES_ONLY, Applier, ApplyReport
 from services.cluster_controller.network.desired import (
     DesiredState,
     InstanceEntry,
@@ -32,6 +33,13 @@ from services.cluster_controller.network.settings import VnetError, VnetSettings
 from services.cluster_controller.network.store import NetworkStore
 
 log = logging.getLogger("koala.cc.network")
+
+
+def _ip_int(text: str) -> int:
+    try:
+        return int.from_bytes(socket.inet_aton(text), "big")
+    except OSError:
+        return -1
 
 
 class NetworkRequestError(Exception):
@@ -65,6 +73,7 @@ class NetworkManager:
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._wanted = 0
+        self._pending: set[str] = set()
         self._applied = 0
         self._loop_task: asyncio.Task | None = None
         # The CC's live instances (id -> NetConfig), if the service provides them: the reconcile loop syncs the
@@ -128,21 +137,25 @@ class NetworkManager:
         assignments = {public: private for public, (private, _) in self.addresses.items()}
         return compute(self.settings, self.networks.values(), self.instances.values(), assignments)
 
-    async def converge(self) -> ApplyReport | None:
-        """Apply the current desired state; returns None when a concurrent apply already covered it."""
+    async def converge(self, parts: frozenset[str] = ALL_PARTS) -> ApplyReport | None:
+        """Apply the current desired state (`parts`: what the change can affect, see Applier.apply); returns None
+        when a concurrent apply already covered it."""
         self._wanted += 1
+        self._pending |= parts
         target = self._wanted
         async with self._lock:
             if self._applied >= target:
                 return None
             generation = self._wanted
+            parts, self._pending = frozenset(self._pending), set()
             if self._applied and self.settings.VNET_MODE == "SYSTEM":
                 self._applied = generation  # nothing on the CC in SYSTEM: the first apply cleaned up, if anything
                 return None
             try:
                 desired = self.desired()
-                report = await self.applier.apply(desired)
+                report = await self.applier.apply(desired, parts)
             except Exception as err:
+                self._pending |= parts  # not done: the next converge does it
                 if self.settings.VNET_MODE == "SYSTEM":  # only a clean-up of earlier modes: never block launches
                     log.warning("network clean-up for SYSTEM mode failed: %s", err)
                     self._applied = generation
@@ -188,11 +201,13 @@ class NetworkManager:
         await self.open()
         self._check_vlan(name, vlan)
         spec = NetworkSpec(name, vlan, tuple(rules))
-        if self.networks.get(name) != spec:
+        current = self.networks.get(name)
+        if current != spec:
             assert self.store is not None
             await self.store.put_network(spec)
             self.networks[name] = spec
-        await self.converge()
+        # Only the rules changed: only iptables to look at (the reconcile loop checks everything else).
+        await self.converge(RULES_ONLY if current is not None and current.vlan == vlan else ALL_PARTS)
         return self.info(spec)
 
     async def stop_network(self, name: str, vlan: int) -> NetworkInfo:
@@ -215,8 +230,9 @@ class NetworkManager:
             info.bridge = (
                 bridge_name(spec.vlan) if self.settings.VNET_MODE == "MANAGED" else (self.settings.VNET_PRIVINTERFACE)
             )
+            low, high = int(subnet.network.network_address), int(subnet.network.broadcast_address)
             info.instances = sorted(
-                e.instance_id for e in self.instances.values() if e.ip and ipaddress.IPv4Address(e.ip) in subnet.network
+                e.instance_id for e in self.instances.values() if e.ip and low <= _ip_int(e.ip) <= high
             )
         return info
 
@@ -244,7 +260,7 @@ class NetworkManager:
     async def assign_address(self, public_ip: str, private_ip: str, instance_id: str) -> PublicAddress:
         await self.open()
         self._require_managed("elastic IPs")
-        if ipaddress.IPv4Address(public_ip) not in set(self.settings.public_ips()):
+        if ipaddress.IPv4Address(public_ip) not in self.settings.public_pool():
             raise NetworkRequestError(400, "InvalidAddress.NotFound", f"{public_ip} is not in VNET_PUBLICIPS")
         if not private_ip:
             entry = self.instances.get(instance_id)

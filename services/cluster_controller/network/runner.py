@@ -83,8 +83,15 @@ class RecordingRunner:
         return Result(0, "", "")
 
     def writes(self) -> list[list[str]]:
-        """The commands that change something (reads like `ip -j`, `iptables-save`, `sysctl -n` left out)."""
-        return [c for c in self.commands if not _is_read(c)]
+        """The commands that change something (reads like `ip -j`, `iptables-save`, `sysctl -n` left out), with
+        `ip -batch -` expanded into the `ip` commands it ran."""
+        out: list[list[str]] = []
+        for argv, text in zip(self.commands, self.inputs, strict=True):
+            if argv[:3] == ["ip", "-batch", "-"]:
+                out += [["ip", *line.split()] for line in (text or "").splitlines() if line.strip()]
+            elif not _is_read(argv):
+                out.append(argv)
+        return out
 
 
 def _is_read(argv: Sequence[str]) -> bool:

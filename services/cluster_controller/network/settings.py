@@ -7,6 +7,7 @@ NATs and serves DHCP) and MANAGED-NOVLAN (the same without VLAN tags).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Literal
@@ -90,6 +91,22 @@ def _ip(name: str, value: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value)
     except ValueError:
         raise VnetError(f"{name}: {value!r} is not an IPv4 address") from None
+
+
+# The settings are immutable, and these are asked for on every apply: parse them once.
+@functools.lru_cache(maxsize=16)
+def _network(subnet: str, netmask: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"{subnet}/{netmask}")
+
+
+@functools.lru_cache(maxsize=16)
+def _public_ips(text: str) -> list[ipaddress.IPv4Address]:
+    return parse_public_ips(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _public_pool(text: str) -> frozenset[ipaddress.IPv4Address]:
+    return frozenset(parse_public_ips(text))
 
 
 class VnetSettings(BaseModel):
@@ -191,10 +208,13 @@ class VnetSettings(BaseModel):
 
     @property
     def vnet_subnet(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(f"{self.VNET_SUBNET}/{self.VNET_NETMASK}")
+        return _network(self.VNET_SUBNET, self.VNET_NETMASK)
 
     def public_ips(self) -> list[ipaddress.IPv4Address]:
-        return parse_public_ips(self.VNET_PUBLICIPS)
+        return list(_public_ips(self.VNET_PUBLICIPS))
+
+    def public_pool(self) -> frozenset[ipaddress.IPv4Address]:
+        return _public_pool(self.VNET_PUBLICIPS)
 
     def dns_servers(self) -> list[ipaddress.IPv4Address]:
         return [_ip("VNET_DNS", item) for item in self.VNET_DNS.replace(",", " ").split()]
