@@ -8,11 +8,11 @@ import ipaddress
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
 from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, stop_clean
 
 POOL = "192.0.2.10-192.0.2.13 192.0.2.20"
-CLC = {"KOALA_PUBLIC_IPS": POOL, "KOALA_QUOTA_ADDRESSES": 2}
+CLC = {"KOALA_PUBLIC_IPS": POOL, "KOALA_QUOTA_ADDRESSES": 2, "KOALA_QUOTA_INSTANCES": 3}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,17 @@ def bob(cloud):
 
 
 @pytest.fixture(scope="module")
-def instance_id(cloud, alice, tmp_path_factory):
+def image(cloud, alice, tmp_path_factory):
     location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.four")
     ec2 = client(cloud, alice)
-    image = ec2.register_image(ImageLocation=location, Name="machine-four")["ImageId"]
+    image_id = ec2.register_image(ImageLocation=location, Name="machine-four")["ImageId"]
     wait_zone_ready(cloud, alice)
+    return image_id
+
+
+@pytest.fixture(scope="module")
+def instance_id(cloud, alice, image):
+    ec2 = client(cloud, alice)
     launched = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     wait_state(ec2, [launched], {"running"})
     return launched
@@ -143,3 +149,21 @@ def test_terminating_returns_launch_address_to_pool(cloud, alice, instance_id):
     assert code(err) == "AddressLimitExceeded"  # the pool is empty
     for owner, ip in held:
         owner.release_address(PublicIp=ip)
+
+
+def test_instance_quota(cloud, alice, image, instance_id):
+    """KOALA_QUOTA_INSTANCES=3 per account (the module's instance is terminated by now)."""
+    ec2 = client(cloud, alice)
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=image, MinCount=4, MaxCount=4)
+    assert code(err) == "InstanceLimitExceeded"
+    launched = run_when_room(ec2, ImageId=image, MinCount=1, MaxCount=5)["Instances"]
+    assert len(launched) == 3  # trimmed to the quota
+    ids = [i["InstanceId"] for i in launched]
+    # Every launch-time address is distinct and from the pool.
+    assert len({public_ip(ec2, i) for i in ids}) == 3
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+    assert code(err) == "InstanceLimitExceeded"
+    ec2.terminate_instances(InstanceIds=ids)
+    wait_state(ec2, ids, {"terminated"})

@@ -133,6 +133,21 @@ def test_filters_tags_and_paging(cloud, alice, image):
     ec2.terminate_instances(InstanceIds=ids)
 
 
+def test_group_in_use_cannot_be_deleted(cloud, alice, image):
+    ec2 = client(cloud, alice)
+    ec2.create_security_group(GroupName="web", Description="web servers")
+    launched = run_when_room(ec2, ImageId=image, MinCount=1, MaxCount=1, SecurityGroups=["web"])["Instances"][0]
+    assert [g["GroupName"] for g in launched["SecurityGroups"]] == ["web"]
+    by_group = ec2.describe_instances(Filters=[{"Name": "group-name", "Values": ["web"]}])
+    assert [i["InstanceId"] for r in by_group["Reservations"] for i in r["Instances"]] == [launched["InstanceId"]]
+    with pytest.raises(ClientError) as err:
+        ec2.delete_security_group(GroupName="web")
+    assert code(err) == "InvalidGroup.InUse"
+    ec2.terminate_instances(InstanceIds=[launched["InstanceId"]])
+    wait_state(ec2, [launched["InstanceId"]], {"terminated"})
+    ec2.delete_security_group(GroupName="web")
+
+
 def test_client_token_makes_run_idempotent(cloud, alice, image):
     ec2 = client(cloud, alice)
     first = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, ClientToken="launch-once-123")
