@@ -222,3 +222,118 @@ def test_bad_describe_and_terminate_requests(cloud, alice, image):
     reply = sigv4(client(cloud, alice).meta.endpoint_url, params, alice)
     assert reply.status == 400 and reply.code in ("InvalidInstanceID.NotFound", "InvalidParameterValue")
     assert "Traceback" not in cloud.log("clc")
+
+
+COMPUTE_FUZZ = {
+    "RunInstances": [
+        "ImageId",
+        "MinCount",
+        "MaxCount",
+        "KeyName",
+        "SecurityGroup.1",
+        "SecurityGroupId.1",
+        "UserData",
+        "InstanceType",
+        "Placement.AvailabilityZone",
+        "KernelId",
+        "RamdiskId",
+        "ClientToken",
+        "TagSpecification.1.ResourceType",
+        "TagSpecification.1.Tag.1.Key",
+    ],
+    "DescribeInstances": ["InstanceId.1", "Filter.1.Name", "Filter.1.Value.1", "MaxResults", "NextToken"],
+    "TerminateInstances": ["InstanceId.1", "InstanceId.2"],
+    "RebootInstances": ["InstanceId.1"],
+    "GetConsoleOutput": ["InstanceId"],
+    "DescribeInstanceAttribute": ["InstanceId", "Attribute"],
+    "DescribeInstanceStatus": ["InstanceId.1", "IncludeAllInstances", "Filter.1.Name", "MaxResults", "NextToken"],
+    "RegisterImage": ["ImageLocation", "Name", "Description", "Architecture", "KernelId", "RamdiskId"],
+    "DeregisterImage": ["ImageId"],
+    "DescribeImages": ["ImageId.1", "Owner.1", "ExecutableBy.1", "Filter.1.Name", "Filter.1.Value.1"],
+    "DescribeImageAttribute": ["ImageId", "Attribute"],
+    "ModifyImageAttribute": [
+        "ImageId",
+        "Attribute",
+        "Value",
+        "OperationType",
+        "UserId.1",
+        "UserGroup.1",
+        "LaunchPermission.Add.1.UserId",
+        "LaunchPermission.Add.1.Group",
+        "Description.Value",
+    ],
+    "ResetImageAttribute": ["ImageId", "Attribute"],
+    "AllocateAddress": ["Domain"],
+    "ReleaseAddress": ["PublicIp", "AllocationId"],
+    "AssociateAddress": ["InstanceId", "PublicIp", "AllocationId"],
+    "DisassociateAddress": ["PublicIp", "AssociationId"],
+    "DescribeAddresses": ["PublicIp.1", "AllocationId.1", "Filter.1.Name", "Filter.1.Value.1"],
+    "DescribeAvailabilityZones": ["ZoneName.1", "Filter.1.Name", "Filter.1.Value.1"],
+    "DescribeInstanceTypes": ["InstanceType.1", "Filter.1.Name", "MaxResults"],
+}
+FUZZ_VALUES = [
+    "",
+    "1",
+    "0",
+    "-1",
+    "5",
+    "1001",
+    "99999999999999999999999",
+    "verbose",
+    "zone1",
+    "m1.small",
+    "instance-state-name",
+    "tag:x",
+    "running",
+    "self",
+    "all",
+    "add",
+    "launchPermission",
+    "kernel",
+    "userData",
+    "i-12345678",
+    "i-zz",
+    "emi-12345678",
+    "eki-12345678",
+    "192.0.2.1",
+    "eipalloc-00000000",
+    "bucket/x.manifest.xml",
+    "../x.manifest.xml",
+    "instance",
+    "\u00e9\u4e2d\U0001f600",
+    "a" * 300,
+    "<xml>&amp;",
+    "\x01\x02",
+    "%%%",
+]
+
+
+def test_fuzz_compute_actions_never_500(cloud, alice, image):
+    import random
+
+    rng = random.Random(11)
+    url = client(cloud, alice).meta.endpoint_url
+    statuses = set()
+    for _ in range(250):
+        action = rng.choice(sorted(COMPUTE_FUZZ))
+        names = COMPUTE_FUZZ[action]
+        params = {"Action": action, "Version": "2016-11-15"}
+        for name in rng.sample(names, rng.randint(0, len(names))):
+            params[name] = rng.choice(FUZZ_VALUES)
+        if action == "RunInstances" and rng.random() < 0.5:
+            params["ImageId"] = image  # get past the image check now and then
+        reply = sigv4(url, params, alice)
+        statuses.add(reply.status)
+        # InsufficientInstanceCapacity is EC2's one 5xx answer here (503, a client may retry it).
+        assert reply.status < 500 or reply.code == "InsufficientInstanceCapacity", (params, reply.body)
+        assert reply.xml is not None
+    assert 200 in statuses and 400 in statuses
+    assert "Traceback" not in cloud.log("clc")
+    live = [
+        i["InstanceId"]
+        for r in client(cloud, alice).describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    ]
+    if live:
+        client(cloud, alice).terminate_instances(InstanceIds=live)
