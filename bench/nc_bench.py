@@ -104,7 +104,7 @@ def bench_launch(launches: int) -> dict:
             base = instances / f"baseline-{instance_id}"
             base.mkdir()
             xml = (directory / "libvirt.xml").read_text()
-            for disk in ("root.qcow2", "ephemeral.img", "swap.img", "config.iso"):
+            for disk in ("root.qcow2", "ephemeral.qcow2", "ephemeral.img", "swap.img", "config.iso"):
                 if (directory / disk).exists():
                     subprocess.run(["cp", "--sparse=always", str(directory / disk), str(base / disk)], check=True)
             env.terminate(instance_id)

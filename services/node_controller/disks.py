@@ -7,8 +7,9 @@ is simply set to the VM type's disk. Its cost is that the cached file must outli
 pins it. Xen's blkback wants raw files, so there the root is a sparse copy (cp --sparse=always), grown by
 truncation. Either way the guest sees a root disk as large as its VM type's disk.
 
-Ephemeral: disk - image - swap (the reference's rule), formatted ext3; swap: SWAP_SIZE MB, mkswap. Both are
-sparse files. All external tools run as asyncio subprocesses; `CONCURRENT_DISK_OPS` bounds the work.
+Ephemeral: disk - image - swap (the reference's rule), ext3: with overlays, a qcow2 on an ext3 template
+formatted once per size (INSTANCE_PATH/.templates), else formatted in place; swap: SWAP_SIZE MB, mkswap. All
+sparse. All external tools run as asyncio subprocesses; `CONCURRENT_DISK_OPS` bounds the work.
 """
 
 from __future__ import annotations
@@ -70,23 +71,42 @@ async def make_root(image: Path, image_size: int, dest_dir: Path, disk_gb: int, 
     return DiskSpec(dest, "root", "raw")
 
 
-async def make_ephemeral(dest_dir: Path, size: int) -> DiskSpec | None:
+_template_locks: dict[Path, asyncio.Lock] = {}
+
+
+def _mkdirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+async def ephemeral_template(templates: Path, size: int) -> Path:
+    """An ext3 file system of `size` bytes, formatted once per size and shared read-only by overlays."""
+    path = templates / f"ephemeral-ext3-{size // MIB}M.img"
+    lock = _template_locks.setdefault(path, asyncio.Lock())
+    async with lock:
+        if not path.exists():
+            await asyncio.get_running_loop().run_in_executor(None, _mkdirs, templates)
+            tmp = path.with_name(path.name + ".tmp")
+            await _sparse_file(tmp, size)
+            await run("mke2fs", "-q", "-F", "-t", "ext3", "-L", "ephemeral0",
+                      "-E", "lazy_itable_init=1,lazy_journal_init=1", str(tmp))  # fmt: skip
+            tmp.replace(path)
+    return path
+
+
+async def make_ephemeral(dest_dir: Path, size: int, mode: str = "copy", templates: Path | None = None):
+    """The ephemeral disk, ext3. With overlays: a qcow2 on a per-size template formatted once (mkfs costs ~40
+    ms of CPU per instance otherwise, the largest part of staging); else a sparse file formatted in place."""
     if size < MIN_EPHEMERAL:
         return None
+    if mode == "overlay" and templates is not None:
+        template = await ephemeral_template(templates, size)
+        dest = dest_dir / "ephemeral.qcow2"
+        await run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(template), str(dest))
+        return DiskSpec(dest, "ephemeral", "qcow2")
     dest = dest_dir / "ephemeral.img"
     await _sparse_file(dest, size)
-    await run(
-        "mke2fs",
-        "-q",
-        "-F",
-        "-t",
-        "ext3",
-        "-L",
-        "ephemeral0",
-        "-E",
-        "lazy_itable_init=1,lazy_journal_init=1",
-        str(dest),
-    )
+    await run("mke2fs", "-q", "-F", "-t", "ext3", "-L", "ephemeral0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+              str(dest))  # fmt: skip
     return DiskSpec(dest, "ephemeral")
 
 
@@ -99,7 +119,9 @@ async def make_swap(dest_dir: Path, size_mb: int) -> DiskSpec | None:
     return DiskSpec(dest, "swap")
 
 
-async def make_disks(image: Path, dest_dir: Path, disk_gb: int, swap_mb: int, mode: str) -> list[DiskSpec]:
+async def make_disks(
+    image: Path, dest_dir: Path, disk_gb: int, swap_mb: int, mode: str, templates: Path | None = None
+) -> list[DiskSpec]:
     """Root, then ephemeral and swap (so the guest sees them in Eucalyptus's order), built concurrently."""
     loop = asyncio.get_running_loop()
     image_size = (await loop.run_in_executor(None, image.stat)).st_size
@@ -107,7 +129,7 @@ async def make_disks(image: Path, dest_dir: Path, disk_gb: int, swap_mb: int, mo
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the others
             root = group.create_task(make_root(image, image_size, dest_dir, disk_gb, mode))
-            ephemeral = group.create_task(make_ephemeral(dest_dir, ephemeral_size))
+            ephemeral = group.create_task(make_ephemeral(dest_dir, ephemeral_size, mode, templates))
             swap = group.create_task(make_swap(dest_dir, swap_mb))
     except* (DiskError, OSError) as group_error:
         first = group_error.exceptions[0]

@@ -284,7 +284,12 @@ class InstanceManager:
             image, kernel, ramdisk = paths
             async with self.disk_ops:
                 disk_list = await disks.make_disks(
-                    image, directory, request.vm_type.disk_gb, self.config.SWAP_SIZE, self.disk_mode
+                    image,
+                    directory,
+                    request.vm_type.disk_gb,
+                    self.config.SWAP_SIZE,
+                    self.disk_mode,
+                    self.root / ".templates",
                 )
                 if self.config.KOALA_NC_CONFIG_DRIVE:
                     iso = await configdrive.build(directory / "config.iso", request)

@@ -12,19 +12,24 @@ injectable runner, so MANAGED's VLAN commands (no 8021q on the test machines) ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
+
+from common.rpc import RpcError
 
 log = logging.getLogger("koala.nc.network")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
 BRIDGE_PREFIX = "koalabr"
+ENSURE_GRACE = 120.0  # seconds a freshly ensured bridge is kept even with no instance recorded on it
 
 
 class NetworkError(Exception):
@@ -110,6 +115,8 @@ class NodeNetwork:
         self.settings = settings
         self.runner = runner or SubprocessRunner(settings.KOALA_VNET_NETNS)
         self._lock = asyncio.Lock()
+        # Bridges just made for a guest that is not yet recorded as an instance: not removed for a while.
+        self._ensured: dict[str, float] = {}
 
     def bridge_for(self, vlan: int, bridge: str = "") -> str:
         """The bridge a guest of network `vlan` joins (`bridge`: what the CC said, if anything)."""
@@ -162,6 +169,7 @@ class NodeNetwork:
                     plan.append(["ip", "link", "set", pubif, "up"])
             for argv in plan:
                 await self.runner.run(argv)
+            self._ensured[name] = time.monotonic()
             if plan:
                 log.info("network for vlan %s: bridge %s ready (%d commands)", vlan, name, len(plan))
         return name
@@ -170,7 +178,8 @@ class NodeNetwork:
         """MANAGED: remove the bridges and VLAN devices of networks no guest here uses any more."""
         if self.settings.VNET_MODE != "MANAGED":
             return []
-        keep = set(bridges_in_use)
+        now = time.monotonic()
+        keep = set(bridges_in_use) | {name for name, at in self._ensured.items() if now - at < ENSURE_GRACE}
         pubif = self.settings.VNET_PUBINTERFACE
         removed = []
         async with self._lock:
@@ -201,3 +210,63 @@ async def ensure_bridge(bridge: str, touch_host: bool, netns: str = "") -> bool:
     existed = bridge in await network._live()
     await network.ensure(bridge=bridge)
     return not existed
+
+
+RELEASE_SECONDS = 10.0
+
+
+def install(service: Any) -> NodeNetwork | None:
+    """Give an NC service its NodeNetwork (None with libvirt's test driver: the host is never touched) and a
+    loop that removes MANAGED networks no live guest uses any more."""
+    if service.config.HYPERVISOR == "test":
+        return None
+    node = NodeNetwork(service.config)
+
+    def bridges_in_use() -> set[str]:
+        manager = getattr(service, "manager", None)
+        if manager is None:
+            return set()
+        used = set()
+        for inst in manager.instances.values():
+            if inst.state != "Teardown":
+                with contextlib.suppress(NetworkError):
+                    used.add(node.bridge_for(inst.request.net.vlan, inst.request.net.bridge))
+        return used
+
+    async def release_loop() -> None:
+        while True:
+            await asyncio.sleep(RELEASE_SECONDS)
+            try:
+                await node.release_unused(bridges_in_use())
+            except NetworkError as err:
+                log.warning("cannot remove unused networks: %s", err)
+
+    tasks: list[asyncio.Task] = []
+
+    async def on_startup(_: Any) -> None:
+        if node.settings.VNET_MODE == "MANAGED":
+            tasks.append(asyncio.create_task(release_loop(), name="network release"))
+
+    async def on_cleanup(_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    service.app.on_startup.append(on_startup)
+    service.app.on_cleanup.append(on_cleanup)
+    return node
+
+
+async def prepare_run(node: NodeNetwork, request: Any) -> Any:
+    """Before a guest is defined: its network's bridge exists (again, if the last guest took it away) and the
+    request names it (SYSTEM, STATIC, MANAGED-NOVLAN: VNET_BRIDGE when the CC named none)."""
+    net = request.net
+    if node.settings.VNET_MODE != "MANAGED" and not net.bridge and not node.settings.VNET_BRIDGE:
+        return request
+    try:
+        bridge = await node.ensure(net.vlan, net.bridge)
+    except NetworkError as err:
+        raise RpcError(400, "NetworkError", str(err)) from None
+    if bridge == net.bridge:
+        return request
+    return request.model_copy(update={"net": net.model_copy(update={"bridge": bridge})})

@@ -59,6 +59,7 @@ class NodeControllerService(Service):
         add("GetConsoleOutput", self._console_output, CC, InstanceIdRequest)
         add("StartNetwork", self._start_network, CC, StartNetworkRequest)
         add("PowerDown", self._power_down, CC)
+        self.node_network = network.install(self)  # bridges/VLAN devices on demand (network.py)
 
     def peer_list(self) -> list[tuple[str, str]]:
         peers = []
@@ -146,6 +147,8 @@ class NodeControllerService(Service):
     async def _run_instance(self, request: RunInstanceRequest, caller: Caller) -> InstanceInfo:
         if self.powered_down:
             raise RpcError(503, "NodePoweredDown", "this node is powering down")
+        if self.node_network is not None:  # the guest's bridge (and VLAN device) exists and is named
+            request = await network.prepare_run(self.node_network, request)
         return await self._manager.run(request)
 
     async def _terminate_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
@@ -180,9 +183,13 @@ class NodeControllerService(Service):
         return ConsoleOutputResponse(instance_id=request.instance_id, output=base64.b64encode(data).decode())
 
     async def _start_network(self, request: StartNetworkRequest, caller: Caller) -> Ack:
-        if request.bridge:
+        if self.node_network is None:  # libvirt's test driver: validate only, the host is never touched
+            if request.bridge and not network.valid_bridge(request.bridge):
+                raise RpcError(400, "NetworkError", f"invalid bridge name {request.bridge!r}")
+            return Ack()
+        if request.vlan >= 0 or request.bridge or self.config.VNET_BRIDGE:
             try:
-                await network.ensure_bridge(request.bridge, touch_host=self.config.HYPERVISOR != "test")
+                await self.node_network.ensure(request.vlan, request.bridge)
             except network.NetworkError as err:
                 raise RpcError(400, "NetworkError", str(err)) from None
         return Ack()

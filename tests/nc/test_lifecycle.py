@@ -24,7 +24,7 @@ def test_full_lifecycle(nc: NcEnv) -> None:
     assert info.detail == "running" and info.vm_type == SMALL and info.image_id == "emi-00000001"
     directory = nc.instance_dir("i-00000001")
     files = {p.name for p in directory.iterdir()}
-    assert {"root.qcow2", "ephemeral.img", "swap.img", "config.iso", "libvirt.xml"} <= files
+    assert {"root.qcow2", "ephemeral.qcow2", "swap.img", "config.iso", "libvirt.xml"} <= files
     # The root disk is an overlay on the cached image, as large as the VM type's disk.
     qemu_img = subprocess.run(["qemu-img", "info", "--output=json", str(directory / "root.qcow2")],
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -152,7 +152,7 @@ def test_disk_full(nc: NcEnv) -> None:
     owner = "000000000666"
     mount_point = nc.instance_path / owner
     mount_point.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
     try:
         manifest = nc.image("full")
         nc.run("i-60000001", image="emi-00000009", manifest=manifest, owner_id=owner)
