@@ -480,12 +480,8 @@ class EmbeddedBackend(StorageBackend):
         return EmbeddedReader(self, info)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
-        # Creating a file waits on its directory's lock while other writes fsync: not on the event loop.
         data_id = files.new_data_id()
-        path = self.data_path(data_id)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, files.FileTempData, data_id, path, hashes, self.fsync
-        )
+        return files.FileTempData(data_id, self.data_path(data_id), hashes, self.fsync)
 
     async def _place(self, data: TempData) -> str:
         """Finished data (written and fsynced in place by `finish`) about to be committed; its data id."""

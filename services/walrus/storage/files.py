@@ -55,14 +55,16 @@ def make_hasher(name: str) -> Any:
 
 class FileTempData(TempData):
     """A new data file at its final path, visible to no one until a metadata commit names it; writing and
-    hashing run in threads (see _start_flush). Create it in a thread: opening may wait on the directory."""
+    hashing run in threads (see _start_flush). The file is created in the thread that first writes to it
+    (creating waits on the directory), so a small object costs one trip to a thread: create, write, fsync."""
 
     def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool = True):
         self.data_id = data_id
         self.path = path
         self.size = 0
         self._hashers = {name: make_hasher(name) for name in ("md5", *hashes)}
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._fd: int | None = None
+        self._created = False
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._pending: list[asyncio.Future] = []
@@ -75,9 +77,14 @@ class FileTempData(TempData):
             for piece in pieces:
                 hasher.update(piece)  # hashlib releases the GIL for large buffers
 
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self._created = True
+        return self._fd
+
     def _write(self, pieces: list[bytes]) -> None:
-        fd = self._fd
-        assert fd is not None
+        fd = self._open()
         written = os.writev(fd, pieces)
         total = sum(len(p) for p in pieces)
         if written < total:  # a short write: finish the rest piece by piece
@@ -117,14 +124,14 @@ class FileTempData(TempData):
     async def finish(self) -> None:
         await self._wait_pending()
         pieces, self._buffer, self._buffered = self._buffer, [], 0
-        fd = self._fd
 
         def last() -> None:
+            fd = self._open()
             if pieces:
                 self._hash(pieces)
                 self._write(pieces)
             if self.fsync:
-                os.fsync(fd)  # type: ignore[arg-type]
+                os.fsync(fd)
                 fsync_dir(self.path.parent)  # the new name survives a power cut too
 
         await asyncio.get_running_loop().run_in_executor(None, last)
@@ -144,7 +151,7 @@ class FileTempData(TempData):
         except OSError:
             pass
         self.close_fd()
-        if not self.committed:
+        if not self.committed and self._created:
             self.path.unlink(missing_ok=True)
 
 
