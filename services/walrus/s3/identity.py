@@ -21,6 +21,7 @@ from services.walrus.s3.errors import S3Error
 
 log = logging.getLogger("koala.walrus.identity")
 CACHE_ENTRIES = 10_000
+NEGATIVE_TTL = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class KeyResolver:
                 found = await self._ask_clc(access_key)
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[access_key] = (now + self.ttl, found)
+            # an unknown key is remembered briefly only: it may be one the CLC is about to hand out
+            self._cache[access_key] = (now + (self.ttl if found else min(self.ttl, NEGATIVE_TTL)), found)
         if found is None or not found.principal.enabled:
             raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
         return found
