@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -259,7 +261,10 @@ def test_request_time_too_skewed(walrus: Walrus, bucket: str, monkeypatch: pytes
 def test_quota_and_size_limits(tmp_path: Path) -> None:
     from tests.walrus.conftest import start_walrus
 
-    small = start_walrus(tmp_path, {"KOALA_WALRUS_BUCKET_QUOTA": 1000, "KOALA_WALRUS_MAX_OBJECT_SIZE": 600})
+    small = start_walrus(
+        tmp_path,
+        {"KOALA_WALRUS_BUCKET_QUOTA": 1000, "KOALA_WALRUS_MAX_OBJECT_SIZE": 600, "KOALA_WALRUS_KEY_CACHE_SECONDS": 0.2},
+    )
     try:
         s3 = small.client()
         s3.create_bucket(Bucket="quota")
@@ -271,5 +276,19 @@ def test_quota_and_size_limits(tmp_path: Path) -> None:
             s3.put_object(Bucket="quota", Key="c", Body=b"c" * 601)
         assert err.value.response["Error"]["Code"] == "EntityTooLarge"
         s3.put_object(Bucket="quota", Key="a", Body=b"a" * 600)  # replacing counts only the growth
+        # a disabled key stops working once its cached answer expires
+        data = json.loads(small.credentials.read_text())
+        data[USERS["alice"][0]]["principal"]["enabled"] = False
+        small.credentials.write_text(json.dumps(data))
+        deadline = time.monotonic() + 10
+        code = ""
+        while time.monotonic() < deadline:
+            try:
+                s3.list_buckets()
+            except ClientError as err:
+                code = err.response["Error"]["Code"]
+                break
+            time.sleep(0.05)
+        assert code == "InvalidAccessKeyId"
     finally:
         small.cloud.stop()
