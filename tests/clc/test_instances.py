@@ -148,6 +148,21 @@ def test_group_in_use_cannot_be_deleted(cloud, alice, image):
     ec2.delete_security_group(GroupName="web")
 
 
+def test_clc_restart_keeps_instances(cloud, alice, image):
+    ec2 = client(cloud, alice)
+    launched = run_when_room(ec2, ImageId=image, MinCount=1, MaxCount=1, ClientToken="before-restart")
+    instance_id = launched["Instances"][0]["InstanceId"]
+    wait_state(ec2, [instance_id], {"running"})
+    cloud.stop("clc")
+    cloud.start("clc")
+    ec2 = client(cloud, alice)
+    assert wait_state(ec2, [instance_id], {"running"})[instance_id]["ImageId"] == image
+    again = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, ClientToken="before-restart")
+    assert again["ReservationId"] == launched["ReservationId"]  # the token survived the restart
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    wait_state(ec2, [instance_id], {"terminated"})
+
+
 def test_client_token_makes_run_idempotent(cloud, alice, image):
     ec2 = client(cloud, alice)
     first = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, ClientToken="launch-once-123")
