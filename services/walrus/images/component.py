@@ -198,7 +198,8 @@ class ImagesComponent:
         path = self.cache.path(entry)
         try:
             handle = await asyncio.to_thread(path.open, "rb")  # evicted after this: still readable (unlinked)
-        except FileNotFoundError:
+        except FileNotFoundError:  # removed behind our back: forget it, the next request makes it again
+            self.cache.flush(entry.bucket, entry.manifest_key)
             return fail(409, "ImageChanged", "the cached image was dropped; ask again")
         try:
             partial = (start, end) != (0, entry.size)
