@@ -195,15 +195,20 @@ class NodeControllerService(Service):
         return Ack()
 
     async def _power_down(self, _: Empty, caller: Caller) -> Ack:
-        """POWERSAVE: refuse new work and power the host off once no instance is left (never with guests)."""
+        """POWERSAVE: never with guests running. With KOALA_NC_POWEROFF_COMMAND the node then refuses new work
+        and runs the command (Wake-on-LAN brings it back as a fresh start); without one the sleep is only the
+        CC's view (simulated hosts), so the NC stays as it is and answers the CC's polls after a "wake"."""
         manager = self._manager
         if manager.held()["instances"]:
             raise RpcError(409, "NodeBusy", "instances are still running here")
-        self.powered_down = True
-        log.warning("PowerDown requested by %s", caller.id)
         command = shlex.split(self.config.KOALA_NC_POWEROFF_COMMAND)
-        if command:  # after answering, so the CC gets its Ack
-            asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(_run_detached(command)))
+        if not command:
+            log.info("PowerDown requested by %s: no KOALA_NC_POWEROFF_COMMAND, so the host stays up", caller.id)
+            return Ack()
+        self.powered_down = True
+        log.warning("PowerDown requested by %s: running %s", caller.id, command[0])
+        # After answering, so the CC gets its Ack.
+        asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(_run_detached(command)))
         return Ack()
 
 

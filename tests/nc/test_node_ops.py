@@ -45,11 +45,23 @@ def test_power_down_only_when_idle(env: NcEnv) -> None:
         env.cc.call(env.url, "PowerDown", Empty(), Ack)
     assert err.value.code == "NodeBusy"
     env.terminate("i-f0000002")
+    # No power-off command configured (a simulated host): acknowledged, and the node keeps serving.
     assert env.cc.call(env.url, "PowerDown", Empty(), Ack).ok
-    assert env.resources().node_status == "disabled"
-    with pytest.raises(RpcError) as err:
-        env.run("i-f0000003", image="emi-000000f2", manifest=manifest)
-    assert err.value.code == "NodePoweredDown"
+    assert env.resources().node_status == "enabled"
+
+
+def test_power_down_runs_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "powered-off"
+    env = make_env(tmp_path / "power", {"KOALA_NC_POWEROFF_COMMAND": f"touch {marker}"})
+    try:
+        assert env.cc.call(env.url, "PowerDown", Empty(), Ack).ok
+        assert env.resources().node_status == "disabled"
+        with pytest.raises(RpcError) as err:
+            env.run("i-f0000003", image="emi-000000f2", manifest=env.image("power2"))
+        assert err.value.code == "NodePoweredDown"
+        wait_for(marker.exists, 10, 0.05, "the power-off command")
+    finally:
+        close_env(env)
 
 
 def test_image_cache_is_lru_and_keeps_images_in_use(tmp_path: Path) -> None:
