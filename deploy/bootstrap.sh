@@ -13,6 +13,7 @@ APT_PACKAGES=(
   openssl s3cmd                                          # baselines and a stock S3 client for tests
   wrk                                                    # Walrus GET benchmark
   busybox-static dropbear-bin e2fsprogs cpio kmod zstd   # the guest test image
+  openssh-client                                         # SSH into test guests
   chromium                                               # admin page tests
   systemd                                                # systemd-analyze verify of the units
 )

@@ -35,7 +35,9 @@ done
 BUSYBOX=$(command -v busybox)
 file -L "$BUSYBOX" 2>/dev/null | grep -q dynamically && { echo "guest-image: need busybox-static" >&2; exit 1; }
 
-KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+resolve_kernel() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+KPKG=$(resolve_kernel)
+if [ -z "$KPKG" ]; then apt-get update -qq >/dev/null 2>&1 || true; KPKG=$(resolve_kernel); fi
 [ -n "$KPKG" ] || { echo "guest-image: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
 KPKG_VERSION=$(apt-cache policy "$KPKG" | awk '/Candidate:/ {print $2}')
 version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
