@@ -378,11 +378,13 @@ def decrypt_bundle(
     *,
     key_for: str = "cloud",
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> DecryptResult:
     """Decrypt a bundle into `out` in one streaming pass, checking every part digest and the tar-stream digest.
 
     `key_for` picks the wrapped key: `cloud` (ec2_encrypted_*) or `user` (user_encrypted_*). Raises BundleError;
-    `out` then holds a partial image that the caller must discard.
+    `out` then holds a partial image that the caller must discard. Setting `cancel` stops it (BundleError
+    Cancelled) at the next block.
     """
     wrapped_key, wrapped_iv = (
         (manifest.ec2_encrypted_key, manifest.ec2_encrypted_iv)
@@ -406,6 +408,8 @@ def decrypt_bundle(
             digest = hashlib.sha1()
             with parts.open(part) as stream:
                 while block := stream.read(READ_BLOCK):
+                    if cancel is not None and cancel.is_set():
+                        raise BundleError("Cancelled", "the decryption was stopped", 503)
                     digest.update(block)
                     if progress:
                         progress(len(block))

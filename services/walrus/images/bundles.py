@@ -33,6 +33,7 @@ log = logging.getLogger("koala.walrus.images")
 
 CertificateResolver = Callable[[str], Awaitable[ResolveCertificateResponse]]
 MAX_REMEMBERED_PER_ACCOUNT = 16
+LOOP_TIMEOUT = 60.0  # a worker thread never waits forever for the event loop (e.g. while Walrus stops)
 
 
 @dataclass
@@ -109,11 +110,11 @@ class StoredParts:
             return reader, reader.file_ranges(0, reader.info.size)
 
         try:
-            reader, ranges = asyncio.run_coroutine_threadsafe(opener(), self.loop).result()
+            reader, ranges = asyncio.run_coroutine_threadsafe(opener(), self.loop).result(LOOP_TIMEOUT)
         except (NoSuchKey, NoSuchBucket):
             raise BundleError("ImageChanged", f"part {info.key} was deleted during decryption", 409) from None
         if reader.info.etag != info.etag or reader.info.size != info.size:
-            asyncio.run_coroutine_threadsafe(reader.close(), self.loop).result()
+            asyncio.run_coroutine_threadsafe(reader.close(), self.loop).result(LOOP_TIMEOUT)
             raise BundleError("ImageChanged", f"part {info.key} was overwritten during decryption", 409)
         return _PartStream(self.loop, reader, ranges)  # type: ignore[return-value]
 
@@ -139,7 +140,7 @@ class _PartStream:
             return b""
         if not self.pending:
             try:
-                self.pending = asyncio.run_coroutine_threadsafe(_next(self.iterator), self.loop).result()
+                self.pending = asyncio.run_coroutine_threadsafe(_next(self.iterator), self.loop).result(LOOP_TIMEOUT)
             except StopAsyncIteration:
                 return b""
         data, self.pending = self.pending[:n], self.pending[n:]
@@ -149,7 +150,7 @@ class _PartStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.reader.close(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(self.reader.close(), self.loop).result(LOOP_TIMEOUT)
 
 
 async def _next(iterator: Any) -> bytes:
@@ -256,7 +257,7 @@ class BundleValidator:
 
         def run() -> Produced:
             with temp.open("wb") as out:
-                result = decrypt_bundle(bundle.manifest, self.cloud_key, parts, out)
+                result = decrypt_bundle(bundle.manifest, self.cloud_key, parts, out, cancel=flight.cancel)
             return Produced(bundle.part_keys, bundle.sha256, result.size, result.sha256)
 
         return await asyncio.to_thread(run)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,7 @@ class Flight:
     stale: bool = False
     reserved: int = 0
     task: asyncio.Task | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)  # stops the decryption thread early
 
 
 # A producer writes the image into the given path; it is told the flight so it can declare the keys it reads
@@ -202,6 +204,8 @@ class ImageCache:
             log.info("cached image %s/%s (%d bytes)", entry.bucket, entry.manifest_key, entry.size)
         except BaseException as err:
             temp.unlink(missing_ok=True)
+            if flight.stale and isinstance(err, BundleError) and err.code == "Cancelled":
+                err = BundleError("ImageChanged", "the bundle changed while it was being decrypted", 409)
             if not flight.future.done():
                 flight.future.set_exception(err if isinstance(err, Exception) else BundleError("Cancelled", "stop"))
             if not isinstance(err, Exception):
@@ -248,6 +252,7 @@ class ImageCache:
         flight = self.flights.get(key)
         if flight is not None:
             flight.stale = True
+            flight.cancel.set()
         entry = self.entries.pop(key, None)
         if entry is not None:
             self._remove_files(entry)
@@ -265,10 +270,12 @@ class ImageCache:
         for flight in self.flights.values():
             if flight.bucket == bucket and (flight.manifest_key == key or key in flight.keys):
                 flight.stale = True
+                flight.cancel.set()
         return dropped
 
     async def close(self) -> None:
         for flight in list(self.flights.values()):
+            flight.cancel.set()
             if flight.task is not None:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self.flights.values() if f.task), return_exceptions=True)
