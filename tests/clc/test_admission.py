@@ -189,3 +189,36 @@ def test_vm_types_admin(cloud, alice):
     assert types[0]["MemoryInfo"]["SizeInMiB"] == 768
     assert koala("reset").returncode == 0
     assert json.loads(koala("list").stdout) == listed
+
+
+def test_only_the_zones_cc_may_report_its_instances(cloud, alice, image):
+    """A CC of another zone (a valid cc certificate) cannot push states for zone1; an admin cannot at all."""
+    import asyncio
+
+    from common import pki
+    from common.messages.clc_cc import Ack, ClusterInstance, NotifyInstancesRequest
+    from common.rpc import RpcClient, RpcError
+    from common.signing import Identity, TrustStore
+
+    ec2 = client(cloud, alice)
+    launched = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    wait_state(ec2, [launched], {"running"})
+    cloud.aio.pki.ensure("cc-zone9", "cc")
+    identity = Identity.from_files(cloud.aio.pki.cert_path("cc-zone9"), cloud.aio.pki.key_path("cc-zone9"))
+    forged = NotifyInstancesRequest(zone="zone1", instances=[ClusterInstance(instance_id=launched, state="Teardown")])
+
+    async def push(rpc: RpcClient) -> str:
+        try:
+            await rpc.call(cloud.url("clc"), "NotifyInstances", forged, Ack, expect_role="clc")
+            return "accepted"
+        except RpcError as err:
+            return err.code
+        finally:
+            await rpc.close()
+
+    other_cc = RpcClient(identity, TrustStore(pki.load_cert(cloud.aio.pki.ca_path)))
+    assert asyncio.run(push(other_cc)) == "WrongCluster"
+    assert asyncio.run(push(cloud.admin_client())) == "RoleNotAllowed"
+    assert wait_state(ec2, [launched], {"running"})[launched]["State"]["Name"] == "running"
+    ec2.terminate_instances(InstanceIds=[launched])
+    wait_state(ec2, [launched], {"terminated"})

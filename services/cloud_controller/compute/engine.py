@@ -576,13 +576,11 @@ class Compute:
         return instance, answer.output
 
     # --- state from the CCs -----------------------------------------------------------------------------
-    async def notify(self, message: NotifyInstancesRequest, caller_id: str = "") -> Ack:
-        """A CC's push (role cc): the instances whose state changed, or all of them when `full`."""
+    async def notify(self, message: NotifyInstancesRequest) -> Ack:
+        """A CC's push (role cc, checked by the caller to speak for the zone): the instances whose state
+        changed, or all of them when `full`."""
         if message.zone not in self.cc.clusters:
             raise RpcError(403, "UnknownZone", f"zone {message.zone!r} is not one of this cloud's clusters")
-        expected = f"cc-{message.zone}"
-        if caller_id and caller_id != expected and caller_id != self.cc.clusters.get(message.zone):
-            log.debug("NotifyInstances for %s from %s", message.zone, caller_id)
         await self.apply_report(message.zone, message.instances, message.full)
         return Ack()
 

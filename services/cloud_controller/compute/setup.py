@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from common.messages.clc_cc import Ack, NotifyInstancesRequest
-from common.rpc import Caller
+from common.rpc import Caller, RpcError
 from services.cloud_controller.compute import admin_rpc
 from services.cloud_controller.compute.addresses import parse_pool
 from services.cloud_controller.compute.cc_client import ClusterClient
@@ -63,8 +63,22 @@ async def install(clc: Any) -> Compute:
     compute.images = Images(compute.store, walrus_backend(clc))
     await compute.load()
 
+    def cluster_ids(zone: str) -> set[str]:
+        """The certificate ids that may speak for `zone`: cc-<zone>, its registered CC, the CC at its URL."""
+        allowed = {f"cc-{zone}"}
+        registered = getattr(getattr(clc, "clusters", None), "registered", {}).get(zone)
+        if registered is not None and getattr(registered, "cc_id", ""):
+            allowed.add(registered.cc_id)
+        url = zones.get(zone, "").rstrip("/")
+        peer = clc.monitor.peers.get(url)
+        if peer is not None and peer.status.id:
+            allowed.add(peer.status.id)
+        return allowed
+
     async def notify(message: NotifyInstancesRequest, caller: Caller) -> Ack:
-        return await compute.notify(message, caller.id)
+        if message.zone in zones and caller.id not in cluster_ids(message.zone):
+            raise RpcError(403, "WrongCluster", f"{caller.id} does not speak for zone {message.zone}")
+        return await compute.notify(message)
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes)
