@@ -97,7 +97,14 @@ def test_unreported_instance_is_terminated_only_after_the_timeout(tmp_path) -> N
         await compute.housekeeping()
         assert a.instance_id in compute.store.instances
         a.terminated_at = time.time() - 31
+        forgotten: list[str] = []
+
+        async def listener(ids: list[str]) -> None:
+            forgotten.extend(ids)
+
+        compute.on_forget.append(listener)  # e.g. their tags go too
         await compute.housekeeping()
+        assert forgotten == [a.instance_id]
         assert a.instance_id not in compute.store.instances
         assert a.reservation_id not in compute.store.reservations
         assert b.instance_id in compute.store.instances

@@ -10,7 +10,7 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,6 +117,7 @@ class Compute:
         self.addresses = Addresses(db, public_ips or [])
         self.networks = Networks(db, addrs_per_net=settings.addrs_per_net)
         self.on_change: list[Callable[[list[Instance]], Any]] = []  # listeners (benchmarks, admin pages)
+        self.on_forget: list[Callable[[list[str]], Awaitable[None]]] = []  # buried instance ids (their tags)
         self._tasks: list[asyncio.Task] = []
         self._pollers: dict[str, asyncio.Task] = {}
         self._polling = True
@@ -732,6 +733,11 @@ class Compute:
         ]
         if buried:
             await self.store.forget(buried)
+            for listener in self.on_forget:
+                try:
+                    await listener(buried)
+                except Exception:
+                    log.exception("forget listener failed")
 
     async def _housekeeping(self) -> None:
         while True:

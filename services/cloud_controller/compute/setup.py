@@ -82,6 +82,12 @@ async def install(clc: Any) -> Compute:
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes)
+    from services.cloud_controller.actions import tags
+
+    async def forget_tags(instance_ids: list[str]) -> None:
+        await tags.forget(clc.db, instance_ids)
+
+    compute.on_forget.append(forget_tags)
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)
     MetadataService(compute.store).install(clc.app)
