@@ -4,9 +4,11 @@ signed internal requests. Signatures are compared in constant time; the clock ma
 from __future__ import annotations
 
 import base64
+import calendar
 import datetime as dt
 import hashlib
 import hmac
+import re
 import time
 from urllib.parse import quote, unquote
 
@@ -35,9 +37,20 @@ V2_SUBRESOURCES = frozenset(
 _signing_keys: dict[tuple[str, str, str, str], bytes] = {}
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 def aws_quote(value: str, safe: str = "") -> str:
     """RFC 3986 encoding as SigV4 wants it: everything but A-Z a-z 0-9 - _ . ~ (and `safe`)."""
     return quote(value, safe=safe + "~")
+
+
+def _canonical_part(raw: str) -> str:
+    """A query name or value as sent -> its SigV4 form (decoded once, encoded once)."""
+    if _UNRESERVED.fullmatch(raw):  # the common case needs neither step
+        return raw
+    return quote(unquote(raw), safe="~")
 
 
 def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
@@ -68,10 +81,18 @@ def hmac_hex(key: bytes, text: str) -> str:
 
 
 def _parse_amz_date(value: str) -> float:
+    """`20240102T030405Z` -> epoch seconds."""
     try:
-        return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp()
+        if len(value) != 16 or value[8] != "T" or value[15] != "Z":
+            raise ValueError(value)
+        moment = (int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]))
+        return calendar.timegm((*moment, int(value[13:15]), 0, 0, 0)) if 1 <= moment[1] <= 12 else _bad_date()
     except ValueError:
-        raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header") from None
+        return _bad_date()
+
+
+def _bad_date() -> float:
+    raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
 
 
 def _check_skew(stamp: float) -> None:
@@ -141,15 +162,15 @@ def _internal(ctx: Ctx) -> None:
 # --- SigV4 -----------------------------------------------------------------------------------------------
 def _canonical_uris(raw_path: str) -> list[str]:
     """The canonical URI as S3 clients compute it: the path, encoded once (not normalized)."""
+    if _PATH_SAFE.fullmatch(raw_path):
+        return [raw_path]
     encoded = aws_quote(unquote(raw_path), safe="/")
     return [encoded] if encoded == raw_path else [encoded, raw_path]
 
 
 def _canonical_query(pairs: list[tuple[str, str]], drop: str = "") -> str:
-    items = sorted(
-        (aws_quote(unquote(name)), aws_quote(unquote(value))) for name, value in pairs if unquote(name) != drop
-    )
-    return "&".join(f"{name}={value}" for name, value in items)
+    items = sorted((_canonical_part(name), _canonical_part(value)) for name, value in pairs)
+    return "&".join(f"{name}={value}" for name, value in items if name != drop)
 
 
 def _canonical_headers(ctx: Ctx, signed: list[str]) -> str:

@@ -3,7 +3,6 @@ which S3 operation it is."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, unquote_plus
 
@@ -37,6 +36,10 @@ def origin_form(target: str) -> str:
     return rest[slash:]
 
 
+def _decode(text: str) -> str:
+    return unquote_plus(text) if "%" in text or "+" in text else text
+
+
 def parse_query(raw_query: str, limit: int = 200) -> MultiDict[str]:
     query: MultiDict[str] = MultiDict()
     for index, part in enumerate(raw_query.split("&")):
@@ -45,7 +48,7 @@ def parse_query(raw_query: str, limit: int = 200) -> MultiDict[str]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        query.add(unquote_plus(name), unquote_plus(value))
+        query.add(_decode(name), _decode(value))
     return query
 
 
@@ -55,12 +58,7 @@ def host_bucket(host: str, domains: tuple[str, ...]) -> str:
     name = name.rstrip(".").lower()
     if not name:
         return ""
-    try:
-        ipaddress.ip_address(name)
-        return ""
-    except ValueError:
-        pass
-    for domain in domains:
+    for domain in domains:  # an IP address never ends in ".<domain>"
         if name.endswith("." + domain) and len(name) > len(domain) + 1:
             return name[: -len(domain) - 1]
     return ""
