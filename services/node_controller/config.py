@@ -26,6 +26,9 @@ class NodeControllerConfig(NodeVnetSettings, ServiceConfig):  # VNET_* keys: net
     KOALA_LIBVIRT_URI: str = Field(
         "", description="libvirt URI overriding the HYPERVISOR default (e.g. test:///path/node.xml)."
     )
+    KOALA_NC_LIBVIRT_WAIT: float = Field(
+        20.0, ge=0, description="Seconds to wait for libvirt at start before serving NotReady while retrying."
+    )
     INSTANCE_PATH: Path | None = Field(
         None, description="Where instance directories and the image cache live (default: KOALA_STATE_DIR/instances)."
     )

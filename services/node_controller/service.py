@@ -50,6 +50,7 @@ class NodeControllerService(Service):
         self.hv: Hypervisor | None = None
         self.db = None
         self.powered_down = False
+        self._starting: asyncio.Task | None = None
         add = self.rpc.add
         add("RunInstance", self._run_instance, CC, RunInstanceRequest)
         add("TerminateInstance", self._terminate_instance, CC, InstanceIdRequest)
@@ -74,19 +75,32 @@ class NodeControllerService(Service):
         config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
         config.instance_path.mkdir(parents=True, exist_ok=True)
         self.db = await open_db(config.KOALA_STATE_DIR / "nc.db", "services.node_controller.migrations")
+        self.hv = Hypervisor(config.libvirt_uri, self._on_event, self._on_reconnect)
+        if await self.hv.start(timeout=config.KOALA_NC_LIBVIRT_WAIT):
+            await self._start_manager()
+        else:  # serve (503 NotReady) and keep trying: libvirtd may come up after the NC
+            log.error("libvirt %s unreachable: operations answer NotReady until it is back", config.libvirt_uri)
+            self._starting = asyncio.create_task(self._start_when_connected(), name="nc start")
+
+    async def _start_when_connected(self) -> None:
+        assert self.hv is not None
+        await self.hv.connected.wait()
+        await self._start_manager()
+
+    async def _start_manager(self) -> None:
+        config = self.config
+        assert self.hv is not None and self.db is not None
         walrus = WalrusImages(self.client, config.KOALA_WALRUS_URL)
         cache = ImageCache(self.db, config.instance_path / ".cache", config.NC_CACHE_SIZE, walrus)
         await cache.start()
         notifier = Notifier(self.client, config.KOALA_CC_URL, self.identity.id, lambda i: self._snapshot(i))
-        self.hv = Hypervisor(config.libvirt_uri, self._on_event, self._on_reconnect)
-        await self.hv.start()
-        self.manager = InstanceManager(config, self.db, self.hv, cache, notifier)
+        manager = InstanceManager(config, self.db, self.hv, cache, notifier)
         cpus, memory_mb, hv_type = await self.hv.host()
         held_disk = 0
         async with self.db.execute("SELECT request FROM instances WHERE state != 'Teardown'") as cursor:
             for row in await cursor.fetchall():
                 held_disk += RunInstanceRequest.model_validate_json(row[0]).vm_type.disk_gb
-        self.manager.limits = await asyncio.get_running_loop().run_in_executor(
+        manager.limits = await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: resources.limits(
                 config.HYPERVISOR,
@@ -100,7 +114,7 @@ class NodeControllerService(Service):
                 config.MAX_DISK,
             ),
         )
-        log.info("libvirt %s (%s): offering %s", config.libvirt_uri, hv_type, self.manager.limits)
+        log.info("libvirt %s (%s): offering %s", config.libvirt_uri, hv_type, manager.limits)
         if config.HYPERVISOR in ("kvm", "qemu", "xen"):
             blocked = _not_traversable(config.instance_path)
             if blocked:
@@ -110,10 +124,14 @@ class NodeControllerService(Service):
                     config.instance_path,
                     blocked,
                 )
-        await self.manager.start()
+        await manager.start()
         notifier.start()
+        self.manager = manager
 
     async def on_stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         if self.manager is not None:
             await self.manager.stop()
             await self.manager.notifier.stop()
