@@ -161,6 +161,11 @@ def test_describe_filters_and_awscli(cloud, alice, images):
     assert [i["ImageId"] for i in kernels] == [images["kernel"]]
     named = ec2.describe_images(Filters=[{"Name": "name", "Values": ["machine-*"]}])["Images"]
     assert [i["ImageId"] for i in named] == [images["machine"]]
+    # The cloud admin's images are the "amazon"-like ones (alias eucalyptus).
+    system = ec2.describe_images(Owners=["amazon"])["Images"]
+    assert images["machine"] in {i["ImageId"] for i in system}
+    assert {i.get("ImageOwnerAlias") for i in system} == {"eucalyptus"}
+    assert ec2.describe_images(Owners=["123456789012"])["Images"] == []
     listed = aws(cloud, alice, "describe-images", "--owners", "self", "--image-ids", images["ramdisk"])
     assert [i["ImageType"] for i in listed["Images"]] == ["ramdisk"]
     with pytest.raises(ClientError) as err:
