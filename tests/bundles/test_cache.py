@@ -190,11 +190,12 @@ async def test_crash_leftovers_are_never_taken_as_images(tmp_path: Path, bundles
     assert b is not None
     with cache.path(b).open("r+b") as handle:
         handle.truncate(1000)
-    (cache.dir / "garbage.json").write_text("{not json")
+    (cache.dir / f"{entry_id('bkt', 'z')}.json").write_text("{not json")
+    (cache.dir / "signers.json").write_text("{}")  # not a cache entry: left alone
     restarted = ImageCache(tmp_path / "cache", 10 * MIB)
     restarted.load()
     assert list(restarted.entries) == [good.id]
-    assert files(restarted) == {f"{good.id}.img", f"{good.id}.json"}
+    assert files(restarted) == {f"{good.id}.img", f"{good.id}.json", "signers.json"}
     assert not list(restarted.tmp.iterdir())
     assert json.loads((restarted.dir / f"{good.id}.json").read_text())["size"] == MIB
 

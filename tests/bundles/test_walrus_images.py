@@ -300,3 +300,23 @@ def test_invalidation_flush_and_one_decryption_for_twenty_nodes(world: World) ->
     with pytest.raises(ImageFetchError) as err:
         world.fetch(bucket, key, world.tmp / "gone.img")
     assert err.value.code == "NoSuchKey"
+
+
+def test_a_crash_while_caching_leaves_no_half_image(world: World) -> None:
+    """SIGKILL Walrus while it decrypts; after the restart the image is either absent or whole, never half."""
+    bucket = "crash.bundles"
+    image = world.tmp / "crash.img"
+    image.write_bytes(os.urandom(6 << 20) + b"crash " * (3 << 20))
+    manifest = world.bundle(image, world.tmp / "b-crash")
+    world.upload(manifest, bucket)
+    key = manifest.name
+    start = CacheImageRequest(bucket=bucket, manifest_key=key, certificates=[world.cert_pem], wait=False)
+    assert world.call("CacheImage", start, CacheImageResponse).state == "caching"
+    world.cloud.kill("walrus")  # mid-decryption (or just after: both must be safe)
+    world.cloud.start("walrus")
+    assert not list((world.cache_dir / "tmp").iterdir())
+    for leftover in world.cache_dir.glob("*.img"):  # whatever survived is complete and recorded
+        assert leftover.with_suffix(".json").exists()
+    out = world.tmp / "crash.out"
+    world.fetch(bucket, key, out)
+    assert out.read_bytes() == image.read_bytes()

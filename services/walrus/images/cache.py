@@ -32,6 +32,10 @@ def entry_id(bucket: str, manifest_key: str) -> str:
     return hashlib.sha256(f"{bucket}\0{manifest_key}".encode()).hexdigest()[:40]
 
 
+def _is_id(name: str) -> bool:
+    return len(name) == 40 and all(c in "0123456789abcdef" for c in name)
+
+
 @dataclass
 class Entry:
     """A cached image."""
@@ -96,6 +100,8 @@ class ImageCache:
             leftover.unlink(missing_ok=True)
         found: list[Entry] = []
         for meta in self.dir.glob("*.json"):
+            if not _is_id(meta.stem):
+                continue  # not ours (e.g. the remembered signers)
             image = meta.with_suffix(".img")
             try:
                 entry = Entry(**json.loads(meta.read_text()))
@@ -109,7 +115,7 @@ class ImageCache:
             entry.last_used = max(entry.last_used, meta.stat().st_mtime)
             found.append(entry)
         for image in self.dir.glob("*.img"):
-            if not image.with_suffix(".json").exists():
+            if _is_id(image.stem) and not image.with_suffix(".json").exists():
                 image.unlink(missing_ok=True)  # renamed in, but the crash came before its JSON
         for entry in sorted(found, key=lambda e: e.last_used):
             self.entries[entry.id] = entry

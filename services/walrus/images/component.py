@@ -81,7 +81,7 @@ class ImagesComponent:
         if storage is None:
             log.error("Walrus has no object store: only already cached images can be served")
             return
-        signers = await asyncio.to_thread(RememberedSigners, self.cache_dir / "signers.json")
+        signers = await asyncio.to_thread(RememberedSigners, self.cache_dir / "signers.list")
         self.validator = BundleValidator(storage, self.cloud_cert, self.cloud_key, self._resolve, signers)
         storage.change_hooks.append(self._on_change)
         log.info("image cache %s: %d images, %d bytes", self.cache_dir, len(self.cache.entries), self.cache.used)
