@@ -60,8 +60,9 @@ class Elastic:
                 self.compute.cc.url(zone), operation, message, AddressResponse, idempotent=True, expect_role="cc"
             )
         except (RpcError, PeerUnreachable) as err:
-            if getattr(err, "code", "") != "UnknownOperation":
-                log.warning("%s in %s failed: %s", operation, zone, err)
+            # SYSTEM/STATIC modes have no NAT to set up: the address is bookkeeping only there.
+            level = logging.DEBUG if err.code in ("UnknownOperation", "UnsupportedOperation") else logging.WARNING
+            log.log(level, "%s in %s failed: %s", operation, zone, err)
 
     async def assign(self, instance: Instance, public_ip: str) -> None:
         await self._cc(
