@@ -142,11 +142,13 @@ def test_reference_bundles_decrypt_in_walrus(world: World) -> None:
         assert hashlib.sha1(out.read_bytes()).hexdigest() == sha1s[name]
 
 
-def test_koala_bundle_round_trips_through_walrus_with_ranges(world: World) -> None:
+def test_koala_bundle_round_trips_through_walrus_with_ranges(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     image = world.tmp / "disk.img"
     image.write_bytes(os.urandom(700_000) + b"walrus " * 100_000)
     manifest = world.bundle(image, world.tmp / "own", "--kernel", "eki-00000001")
-    world.upload(manifest, "own.images/v1")
+    for name in ("EC2_ACCESS_KEY", "EC2_SECRET_KEY", "S3_URL"):  # credentials from the eucarc environment
+        monkeypatch.setenv(name, world.creds[name])
+    assert koala(["upload-bundle", "-b", "own.images/v1", "-m", str(manifest)]) == 0
     facts = world.validate("own.images", "v1/disk.img.manifest.xml")
     assert (facts.kind, facts.kernel_id, facts.size) == ("machine", "eki-00000001", image.stat().st_size)
     # The NC asks without any prior CacheImage: Walrus decrypts on demand (the signer is remembered).
