@@ -217,6 +217,25 @@ def test_reapplying_changes_nothing_and_foreign_rules_survive(leased: Net) -> No
     assert saved.count("-j KOALA-FORWARD") == 1  # the hook exactly once
 
 
+def test_reconcile_heals_what_was_changed_behind_koalas_back(leased: Net) -> None:
+    net, topo = leased, leased.topo
+    net.rules(WEB, [NetworkRule(protocol="tcp", from_port=80, to_port=80, cidrs=["0.0.0.0/0"])])
+    net.call(net.manager.assign_address(EIP, "", "i-0000000a"))
+    want = _rules(topo.iptables_save("cc"))
+    topo.run("cc", "iptables", "-F", "KOALA-G10")
+    topo.run("cc", "iptables", "-t", "nat", "-D", "PREROUTING", "-j", "KOALA-PREROUTING")
+    topo.run("cc", "ip", "addr", "del", "192.168.1.1/27", "dev", "priv0")
+    topo.run("cc", "iptables", "-I", "FORWARD", "1", "-s", "198.51.100.9", "-j", "DROP")  # someone else's, later
+    assert topo.connect("out", EIP, 80) != "10.99.0.2 g1"
+    report = net.call(net.manager.converge())  # what the reconcile loop runs
+    assert report is not None and report.changed
+    assert topo.connect("out", EIP, 80) == "10.99.0.2 g1"
+    saved = topo.iptables_save("cc")
+    assert "-A FORWARD -s 198.51.100.9/32 -j DROP" in saved
+    assert sorted(_rules(saved)) == sorted([*want, "-A FORWARD -s 198.51.100.9/32 -j DROP"])  # all back
+    assert "192.168.1.1/27" in topo.run("cc", "ip", "-4", "addr", "show", "priv0").stdout
+
+
 def test_restart_restores_the_network_from_the_database(leased: Net) -> None:
     net, topo = leased, leased.topo
     net.call(net.manager.assign_address(EIP, "", "i-0000000a"))
