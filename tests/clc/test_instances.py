@@ -133,6 +133,19 @@ def test_filters_tags_and_paging(cloud, alice, image):
     ec2.terminate_instances(InstanceIds=ids)
 
 
+def test_awscli_run_describe_terminate(cloud, alice, image):
+    wait_zone_ready(cloud, alice)
+    launched = aws(cloud, alice, "run-instances", "--image-id", image, "--count", "1", "--instance-type", "c1.medium")
+    instance_id = launched["Instances"][0]["InstanceId"]
+    assert launched["Instances"][0]["InstanceType"] == "c1.medium"
+    wait_state(client(cloud, alice), [instance_id], {"running"})
+    status = aws(cloud, alice, "describe-instance-status", "--instance-ids", instance_id)
+    assert status["InstanceStatuses"][0]["InstanceState"]["Name"] == "running"
+    ended = aws(cloud, alice, "terminate-instances", "--instance-ids", instance_id)
+    assert ended["TerminatingInstances"][0]["PreviousState"]["Name"] == "running"
+    wait_state(client(cloud, alice), [instance_id], {"terminated"})
+
+
 def test_group_in_use_cannot_be_deleted(cloud, alice, image):
     ec2 = client(cloud, alice)
     ec2.create_security_group(GroupName="web", Description="web servers")
