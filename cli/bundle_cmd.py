@@ -11,6 +11,7 @@ import argparse
 import base64
 import hashlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,20 @@ def _size(text: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _image_id(text: str) -> str:
+    """`--kernel`/`--ramdisk`: an image id (eki-/aki-/eri-/ari- + hex) or `true` (this bundle is one)."""
+    if text.lower() == "true" or re.fullmatch(r"[a-z]{3}-[0-9a-fA-F]{8,17}", text):
+        return text.lower() if text.lower() == "true" else text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither an image id (eki-0123abcd) nor `true`")
+
+
+def _account(text: str) -> str:
+    value = text.replace("-", "")
+    if not re.fullmatch(r"\d{1,20}", value):
+        raise argparse.ArgumentTypeError(f"account id {text!r} must be digits (e.g. 123456789012)")
+    return value
 
 
 def _mappings(text: str) -> list[tuple[str, str]]:
@@ -87,15 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bundle.add_argument("-i", "--image", required=True, type=Path, help="the image file")
     bundle.add_argument("-k", "--privatekey", default=_env("EC2_PRIVATE_KEY"), help="user private key (PEM)")
     bundle.add_argument("-c", "--cert", default=_env("EC2_CERT"), help="user certificate (PEM)")
-    bundle.add_argument("-u", "--user", default=_env("EC2_USER_ID"), help="account id (12 digits)")
+    bundle.add_argument("-u", "--user", type=_account, default=_env("EC2_USER_ID"), help="account id (12 digits)")
     bundle.add_argument("-r", "--arch", default="x86_64", choices=ARCHITECTURES, help="architecture")
     bundle.add_argument("-d", "--destination", type=Path, default=Path("/tmp"), help="directory for the bundle")
     bundle.add_argument("-p", "--prefix", help="file name prefix (default: the image's name)")
     bundle.add_argument(
         "--ec2cert", "--cloud-cert", dest="cloud_cert", default=_env("EUCALYPTUS_CERT"), help="the cloud's cert"
     )
-    bundle.add_argument("--kernel", help="default kernel id, or `true` to bundle a kernel image")
-    bundle.add_argument("--ramdisk", help="default ramdisk id, or `true` to bundle a ramdisk image")
+    bundle.add_argument("--kernel", type=_image_id, help="default kernel id, or `true` to bundle a kernel image")
+    bundle.add_argument("--ramdisk", type=_image_id, help="default ramdisk id, or `true` to bundle a ramdisk image")
     bundle.add_argument(
         "-B", "--block-device-mapping", type=_mappings, default=[], help="e.g. ami=sda1,root=/dev/sda1,swap=sda3"
     )

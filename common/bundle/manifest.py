@@ -68,9 +68,13 @@ class Manifest:
     @property
     def image_kind(self) -> str:
         """kernel, ramdisk or machine (Eucalyptus convention: `kernel_id`/`ramdisk_id` `true`, or the name)."""
-        if (self.kernel_id or "").lower() == "true" or self.name.startswith("vmlinuz"):
+        if (self.kernel_id or "").lower() == "true":
             return "kernel"
-        if (self.ramdisk_id or "").lower() == "true" or self.name.startswith("initrd"):
+        if (self.ramdisk_id or "").lower() == "true":
+            return "ramdisk"
+        if self.name.startswith("vmlinuz"):
+            return "kernel"
+        if self.name.startswith("initrd"):
             return "ramdisk"
         return "machine"
 

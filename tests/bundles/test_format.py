@@ -232,3 +232,18 @@ def test_progress_bar_only_on_a_terminal() -> None:
         bar.close()
     assert quiet.getvalue() == ""
     assert "100.0%" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def test_kernel_and_ramdisk_bundles_and_bad_options(tmp_path: Path, eucarc, capsys) -> None:
+    image = tmp_path / "vmlinuz-6.1"
+    image.write_bytes(b"\x7fELF" + os.urandom(4000))
+    for flag, kind in (("--kernel", "kernel"), ("--ramdisk", "ramdisk")):
+        dest = tmp_path / kind
+        assert koala(["bundle-image", "-i", str(image), "-d", str(dest), "-p", kind, flag, "true"]) == 0
+        raw = (dest / f"{kind}.manifest.xml").read_bytes()
+        assert f"<{flag[2:]}_id>true</{flag[2:]}_id>".encode() in raw
+        assert mf.parse(raw).image_kind == kind  # the explicit flag wins over the name (vmlinuz...)
+    with pytest.raises(SystemExit):
+        koala(["bundle-image", "-i", str(image), "--kernel", "not-an-id"])
+    assert koala(["bundle-image", "-i", str(tmp_path / "missing.img")]) == 1
+    assert "is not a file" in capsys.readouterr().err
