@@ -99,18 +99,20 @@ class Hypervisor:
         self.reconnects = 0
 
     # --- connection ---------------------------------------------------------------------------------------
-    async def start(self, timeout: float = 30.0) -> None:
-        """Open the connection; retried with backoff until `timeout` (libvirtd may still be starting)."""
+    async def start(self, timeout: float = 30.0) -> bool:
+        """Open the connection, retrying with backoff for up to `timeout` s (libvirtd may still be starting).
+        False if it is still not open: the reconnect loop then keeps trying in the background."""
         self._loop = asyncio.get_running_loop()
         _start_event_thread()
         delay, deadline = 0.2, self._loop.time() + timeout
         while True:
             try:
                 await self._run(self._open)
-                return
+                return True
             except HypervisorError as err:
                 if self._loop.time() > deadline:
-                    raise
+                    self._lost()
+                    return False
                 log.warning("cannot connect to %s yet: %s", self.uri, err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

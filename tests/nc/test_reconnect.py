@@ -18,6 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from common.rpc import RpcError
 from tests.nc.conftest import NcEnv, close_env, make_env
 from tests.nc.support import wait_for
 
@@ -105,3 +106,27 @@ def test_reconnect_after_libvirtd_restart(daemon: PrivateLibvirtd, tmp_path: Pat
         assert "i-c0000002" not in daemon.domains()
     finally:
         close_env(env)
+
+
+def test_nc_starts_before_libvirtd(tmp_path: Path) -> None:
+    daemon = PrivateLibvirtd(tmp_path / "libvirtd")  # not started yet
+    env: NcEnv = make_env(tmp_path / "nc", {"KOALA_LIBVIRT_URI": daemon.uri, "KOALA_NC_LIBVIRT_WAIT": 0.5}, domains=[])
+    try:
+        with pytest.raises(RpcError) as err:
+            env.resources()
+        assert err.value.status == 503 and err.value.code == "NotReady"
+        daemon.start()
+
+        def ready() -> bool:
+            try:
+                return env.resources().cores_max > 0
+            except RpcError:
+                return False
+
+        wait_for(ready, 30, 0.2, "the NC to come up with libvirtd")
+        env.run("i-c0000003", image="emi-000000c1", manifest=env.image("late"))
+        assert env.wait_state("i-c0000003", "Extant").detail == "running"
+    finally:
+        close_env(env)
+        if daemon.process is not None:
+            daemon.kill()
