@@ -167,9 +167,13 @@ class ImagesComponent:
         try:
             if request.content_length is not None and request.content_length > MAX_REQUEST:
                 raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes")
-            body = await request.content.read(MAX_REQUEST + 1)
-            if len(body) > MAX_REQUEST:
-                raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes")
+            chunks, size = [], 0
+            while chunk := await request.content.read(65536):
+                size += len(chunk)
+                if size > MAX_REQUEST:
+                    raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
             peer = signing.verify_request(
                 service.trust, service.rpc.replay, service.identity.id, request.method, request.path,
                 request.headers, body,
