@@ -60,7 +60,7 @@ def connect(host: str, port: int, timeout: float, source: str = "") -> str:
             (host, port), timeout=timeout, source_address=(source, 0) if source else None
         ) as conn:
             conn.settimeout(timeout)
-            return conn.recv(200).decode().strip()
+            return conn.recv(200).decode(errors="replace").splitlines()[0].strip()
     except ConnectionRefusedError:
         return "REFUSED"
     except TimeoutError:
