@@ -23,7 +23,7 @@ MAX_TRAILER_LINES = 16
 
 
 class Body:
-    def __init__(self, ctx: Ctx, max_size: int):
+    def __init__(self, ctx: Ctx, max_size: int, check_sha256: bool = True):
         self.ctx = ctx
         self.request: web.Request = ctx.request
         self.max_size = max_size
@@ -49,9 +49,10 @@ class Body:
             raise S3Error("InvalidArgument", "negative content length", ArgumentName="Content-Length")
         if self.length is not None and self.length > max_size:
             raise S3Error("EntityTooLarge", ProposedSize=self.length, MaxSizeAllowed=max_size)
-        self._sha256 = hashlib.sha256() if self._hex_payload() else None
+        # The caller may check x-amz-content-sha256 itself (off the event loop, with its other digests).
+        self._sha256 = hashlib.sha256() if check_sha256 and self.hex_payload() else None
 
-    def _hex_payload(self) -> bool:
+    def hex_payload(self) -> bool:
         return len(self.mode) == 64 and not self.chunked
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -122,12 +122,20 @@ async def receive(ctx: Ctx, max_size: int) -> tuple[TempData, dict[str, str]]:
     """Stream the request body into temporary storage, checking every digest the client sent."""
     md5 = _content_md5(ctx)
     wanted, trailing = requested_checksums(ctx)
-    body = Body(ctx, max_size)
-    data = await ctx.app.storage.new_data(tuple(wanted))
+    body = Body(ctx, max_size, check_sha256=False)
+    signed_sha256 = body.hex_payload()  # x-amz-content-sha256 is checked with the other digests, in a thread
+    hashes = tuple(wanted) + (("sha256",) if signed_sha256 and "sha256" not in wanted else ())
+    data = await ctx.app.storage.new_data(hashes)
     try:
         async for chunk in body.chunks():
             await data.write(chunk)
         await data.finish()
+        if signed_sha256 and not hmac.compare_digest(data.digest("sha256").hex(), ctx.payload.lower()):
+            raise S3Error(
+                "XAmzContentSHA256Mismatch",
+                ClientComputedContentSHA256=ctx.payload,
+                S3ComputedContentSHA256=data.digest("sha256").hex(),
+            )
         if md5 is not None and not hmac.compare_digest(md5, data.digest("md5")):
             raise S3Error("BadDigest", ExpectedDigest=base64.b64encode(md5).decode())
         computed = {}
