@@ -5,6 +5,7 @@ idempotency, isolation between accounts, and bad input answered with EC2's error
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -134,8 +135,17 @@ def test_filters_tags_and_paging(cloud, alice, image):
 
 
 def test_awscli_run_describe_terminate(cloud, alice, image):
-    wait_zone_ready(cloud, alice)
-    launched = aws(cloud, alice, "run-instances", "--image-id", image, "--count", "1", "--instance-type", "c1.medium")
+    deadline = time.monotonic() + 30
+    while True:  # the zone may still be freeing the capacity of the instances terminated before
+        try:
+            launched = aws(
+                cloud, alice, "run-instances", "--image-id", image, "--count", "1", "--instance-type", "c1.medium"
+            )
+            break
+        except AssertionError as err:
+            if "InsufficientInstanceCapacity" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     instance_id = launched["Instances"][0]["InstanceId"]
     assert launched["Instances"][0]["InstanceType"] == "c1.medium"
     wait_state(client(cloud, alice), [instance_id], {"running"})
