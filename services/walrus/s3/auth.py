@@ -187,6 +187,8 @@ def _parse_credential(credential: str) -> tuple[str, str, str, str, str]:
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request":
         raise S3Error("AuthorizationHeaderMalformed", "the Credential is malformed", status=400)
+    if parts[3] != "s3":
+        raise S3Error("AuthorizationHeaderMalformed", f"incorrect service {parts[3][:20]!r}, expected s3", status=400)
     return parts[0], parts[1], parts[2], parts[3], "/".join(parts[1:])
 
 
