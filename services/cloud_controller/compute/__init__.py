@@ -1,2 +1,20 @@
 """The CLC's compute state: VM types, images, reservations and instances, addresses, admission control, and the
-calls to and pushes from the Cluster Controllers. Pure logic and state; the EC2 actions in `actions/` call it."""
+calls to and pushes from the Cluster Controllers. Pure logic and state; the EC2 actions in `actions/` call it.
+
+Modules
+- `engine.Compute` (the service's `clc.compute`): RunInstances (admission, addresses, network, the CC call,
+  rollback), terminate/reboot/console, instance state from the CCs' `NotifyInstances` pushes and polls,
+  housekeeping. Hooks: `on_change` (instances whose state changed), `on_forget` (buried instance ids).
+- `store.Store` (`clc.compute.store`): reservations, instances and images in memory, written through to SQLite
+  (tables in migrations/0002_compute.sql). `LIVE_STATES`, `STATE_CODES`.
+- `admission.Admission`: per-zone capacity reports and reservation tokens (free = reported - held).
+- `vmtypes.VmTypes` (`clc.compute.vmtypes`): the VM types and their rules (`check`, `set`, `delete`, `reset`);
+  the admin pages call these, `koala vm-types` and the admin RPC (`admin_rpc`) too.
+- `images.Images` (`clc.compute.images`): RegisterImage/DeregisterImage/visibility/launch permissions, with
+  Walrus's ValidateImage/CacheImage/FlushImage through `walrus.WalrusImages`.
+- `addresses`, `elastic.Elastic` (`clc.compute.elastic`): the public pool and elastic addresses.
+- `networks.Networks`, `netsync.NetworkSync`: VLAN per `<account>-<group>` network and index per instance, and
+  the group rule sets pushed to the CCs (ConfigureNetwork) in MANAGED modes.
+- `cc_client.ClusterClient`: the CLC -> CC calls of common/messages/clc_cc.py.
+- `setup.install(clc)`: wires all of it into the service (NotifyInstances for role cc, metadata routes, polls).
+"""
