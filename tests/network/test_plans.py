@@ -182,3 +182,32 @@ def test_nc_bridge_on_demand_in_a_namespace(tmp_path: Path) -> None:
         assert "koalabr12" not in names and "br0" in names
     finally:
         topo.cleanup()
+
+
+async def test_concurrent_changes_coalesce_and_the_database_matches_memory(tmp_path: Path) -> None:
+    live = [_device("priv0"), _device("pub0", addrs=["10.99.0.1/24"])]
+    manager, runner = _manager(tmp_path, live)
+    await manager.open()
+    names = [f"111122223333-g{i}" for i in range(12)]
+    await asyncio.gather(*(manager.start_network(name, 10 + i) for i, name in enumerate(names)))
+    rules = [ncrule(port) for port in range(20)]
+    await asyncio.gather(*(manager.configure_network(names[0], 10, rules[: k + 1]) for k in range(20)))
+    await asyncio.gather(
+        *(manager.add_instance(f"i-0000{i:04x}", NetConfig(vlan=10 + i % 12, network_index=2)) for i in range(12))
+    )
+    await asyncio.gather(*(manager.assign_address("10.99.0.50", f"192.168.1.{32 * k + 2}", "") for k in range(6)))
+    applies = sum(1 for c in runner.commands if c[0] == "iptables-save")
+    assert applies < 12 + 20 + 12 + 6  # concurrent changes share applies
+    memory = (dict(manager.networks), dict(manager.instances), dict(manager.addresses))
+    await manager.stop()
+    again, _ = _manager(tmp_path, live)
+    await again.open()
+    assert (again.networks, again.instances, again.addresses) == memory
+    assert len(again.networks[names[0]].rules) in range(1, 21) and len(again.addresses) == 1
+    await again.stop()
+
+
+def ncrule(port: int):
+    from common.messages.network import NetworkRule
+
+    return NetworkRule(protocol="tcp", from_port=port + 1, to_port=port + 1, cidrs=["0.0.0.0/0"])

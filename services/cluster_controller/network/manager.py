@@ -192,8 +192,8 @@ class NetworkManager:
         if current is None or current.vlan != vlan:
             spec = NetworkSpec(name, vlan, current.rules if current else ())
             assert self.store is not None
+            self.networks[name] = spec  # memory first, then the database, in the same order for every change
             await self.store.put_network(spec)
-            self.networks[name] = spec
         await self.converge()
         return self.info(self.networks[name])
 
@@ -204,8 +204,8 @@ class NetworkManager:
         current = self.networks.get(name)
         if current != spec:
             assert self.store is not None
-            await self.store.put_network(spec)
             self.networks[name] = spec
+            await self.store.put_network(spec)
         # Only the rules changed: only iptables to look at (the reconcile loop checks everything else).
         await self.converge(RULES_ONLY if current is not None and current.vlan == vlan else ALL_PARTS)
         return self.info(spec)
@@ -216,8 +216,8 @@ class NetworkManager:
         if spec is None:
             return NetworkInfo(name=name, vlan=vlan)  # already stopped: idempotent
         assert self.store is not None
-        await self.store.delete_network(name)
         del self.networks[name]
+        await self.store.delete_network(name)
         await self.converge()
         info = self.info(spec)
         return info.model_copy(update={"instances": []})
@@ -277,11 +277,11 @@ class NetworkManager:
             instance_id = next((e.instance_id for e in self.instances.values() if e.ip == private_ip), "")
         if self.addresses.get(public_ip) != (private_ip, instance_id):
             assert self.store is not None
-            await self.store.put_address(public_ip, private_ip, instance_id)
             for other, (priv, _) in list(self.addresses.items()):
                 if priv == private_ip:
                     del self.addresses[other]  # one public address per instance
             self.addresses[public_ip] = (private_ip, instance_id)
+            await self.store.put_address(public_ip, private_ip, instance_id)
         await self.converge()
         return PublicAddress(public_ip=public_ip, private_ip=private_ip, instance_id=instance_id)
 
@@ -290,8 +290,8 @@ class NetworkManager:
         self._require_managed("elastic IPs")
         if public_ip in self.addresses:
             assert self.store is not None
-            await self.store.delete_addresses([public_ip])
             del self.addresses[public_ip]
+            await self.store.delete_addresses([public_ip])
             await self.converge()
         return PublicAddress(public_ip=public_ip)
 
@@ -347,8 +347,8 @@ class NetworkManager:
         entry = InstanceEntry(instance_id, net.private_mac.lower(), net.private_ip, net.vlan)
         if self.instances.get(instance_id) != entry:
             assert self.store is not None
-            await self.store.put_instances([entry])
             self.instances[instance_id] = entry
+            await self.store.put_instances([entry])
         if self.settings.managed and net.public_ip and net.public_ip != net.private_ip:
             await self.assign_address(net.public_ip, net.private_ip, instance_id)
         else:
@@ -363,8 +363,8 @@ class NetworkManager:
         changed = [e for e in entries if self.instances.get(e.instance_id) != e]
         if changed:
             assert self.store is not None
-            await self.store.put_instances(changed)
             self.instances.update({e.instance_id: e for e in changed})
+            await self.store.put_instances(changed)
         for instance_id, net in filled.items():
             if self.settings.managed and net.public_ip and net.public_ip != net.private_ip:
                 await self.assign_address(net.public_ip, net.private_ip, instance_id)
@@ -378,14 +378,14 @@ class NetworkManager:
         if not entries:
             return
         assert self.store is not None
+        gone = {e.ip for e in entries if e.ip}
+        stale = [pub for pub, (priv, _) in self.addresses.items() if priv in gone] if self.settings.managed else []
+        for pub in stale:
+            del self.addresses[pub]
         for entry in entries:
             await self.store.delete_instance(entry.instance_id)
-        gone = {e.ip for e in entries if e.ip}
-        stale = [pub for pub, (priv, _) in self.addresses.items() if priv in gone]
-        if stale and self.settings.managed:
+        if stale:
             await self.store.delete_addresses(stale)
-            for pub in stale:
-                del self.addresses[pub]
         await self.converge()
 
     async def remove_instance(self, instance_id: str) -> None:
@@ -397,12 +397,16 @@ class NetworkManager:
         await self.open()
         entries = {}
         for instance_id, net in nets.items():
-            filled = self.fill_net(instance_id, net)
+            try:
+                filled = self.fill_net(instance_id, net)
+            except NetworkRequestError as err:  # one bad entry must not stop the others' DHCP
+                log.warning("instance %s has no usable network entry: %s", instance_id, err.message)
+                continue
             entries[instance_id] = InstanceEntry(
                 instance_id, filled.private_mac.lower(), filled.private_ip, filled.vlan
             )
         if entries != self.instances:
             assert self.store is not None
-            await self.store.put_instances(list(entries.values()), replace_all=True)
             self.instances = entries
+            await self.store.put_instances(list(entries.values()), replace_all=True)
         await self.converge()

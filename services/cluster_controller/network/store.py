@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from services.cluster_controller.network.desired import InstanceEntry, NetworkSp
 class NetworkStore:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
+        # One write at a time: a write is several statements and a commit, and two must not interleave.
+        self.lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> NetworkStore:
@@ -41,40 +44,48 @@ class NetworkStore:
         return networks, instances, addresses
 
     async def put_network(self, spec: NetworkSpec) -> None:
-        rules = json.dumps([rule.model_dump() for rule in spec.rules])
-        await self.db.execute("DELETE FROM networks WHERE vlan = ? AND name != ?", (spec.vlan, spec.name))
-        await self.db.execute(
-            "INSERT INTO networks(name, vlan, rules, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
-            "SET vlan = excluded.vlan, rules = excluded.rules, updated_at = excluded.updated_at",
-            (spec.name, spec.vlan, rules, time.time()),
-        )
-        await self.db.commit()
+        async with self.lock:
+            rules = json.dumps([rule.model_dump() for rule in spec.rules])
+            await self.db.execute("DELETE FROM networks WHERE vlan = ? AND name != ?", (spec.vlan, spec.name))
+            await self.db.execute(
+                "INSERT INTO networks(name, vlan, rules, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET vlan = excluded.vlan, rules = excluded.rules, updated_at = excluded.updated_at",
+                (spec.name, spec.vlan, rules, time.time()),
+            )
+            await self.db.commit()
 
     async def delete_network(self, name: str) -> None:
-        await self.db.execute("DELETE FROM networks WHERE name = ?", (name,))
-        await self.db.commit()
+        async with self.lock:
+            await self.db.execute("DELETE FROM networks WHERE name = ?", (name,))
+            await self.db.commit()
 
     async def put_instances(self, entries: list[InstanceEntry], replace_all: bool = False) -> None:
-        if replace_all:
-            await self.db.execute("DELETE FROM instance_nets")
-        await self.db.executemany(
-            "INSERT OR REPLACE INTO instance_nets(instance_id, mac, ip, vlan) VALUES (?, ?, ?, ?)",
-            [(e.instance_id, e.mac, e.ip, e.vlan) for e in entries],
-        )
-        await self.db.commit()
+        async with self.lock:
+            if replace_all:
+                await self.db.execute("DELETE FROM instance_nets")
+            await self.db.executemany(
+                "INSERT OR REPLACE INTO instance_nets(instance_id, mac, ip, vlan) VALUES (?, ?, ?, ?)",
+                [(e.instance_id, e.mac, e.ip, e.vlan) for e in entries],
+            )
+            await self.db.commit()
 
     async def delete_instance(self, instance_id: str) -> None:
-        await self.db.execute("DELETE FROM instance_nets WHERE instance_id = ?", (instance_id,))
-        await self.db.commit()
+        async with self.lock:
+            await self.db.execute("DELETE FROM instance_nets WHERE instance_id = ?", (instance_id,))
+            await self.db.commit()
 
     async def put_address(self, public_ip: str, private_ip: str, instance_id: str) -> None:
-        await self.db.execute("DELETE FROM addresses WHERE public_ip = ? OR private_ip = ?", (public_ip, private_ip))
-        await self.db.execute(
-            "INSERT INTO addresses(public_ip, private_ip, instance_id) VALUES (?, ?, ?)",
-            (public_ip, private_ip, instance_id),
-        )
-        await self.db.commit()
+        async with self.lock:
+            await self.db.execute(
+                "DELETE FROM addresses WHERE public_ip = ? OR private_ip = ?", (public_ip, private_ip)
+            )
+            await self.db.execute(
+                "INSERT INTO addresses(public_ip, private_ip, instance_id) VALUES (?, ?, ?)",
+                (public_ip, private_ip, instance_id),
+            )
+            await self.db.commit()
 
     async def delete_addresses(self, public_ips: list[str]) -> None:
-        await self.db.executemany("DELETE FROM addresses WHERE public_ip = ?", [(ip,) for ip in public_ips])
-        await self.db.commit()
+        async with self.lock:
+            await self.db.executemany("DELETE FROM addresses WHERE public_ip = ?", [(ip,) for ip in public_ips])
+            await self.db.commit()
