@@ -131,7 +131,11 @@ class VnetSettings(BaseModel):
     VNET_PUBLICIPS: str = Field(
         "", description="MANAGED*: public addresses for elastic IPs: singles, ranges A-B and CIDR blocks."
     )
-    VNET_CLOUDIP: str = Field("", description="MANAGED*: the CLC's address, target of the metadata redirect.")
+    VNET_CLOUDIP: str = Field(
+        "",
+        description="MANAGED*: the CLC's address, target of the metadata redirect. Requests keep the guest's source "
+        "address (the CLC tells instances apart by it), so the CLC's host must route VNET_SUBNET via the CC.",
+    )
     VNET_BROADCAST: str = Field("", description="STATIC: broadcast address handed to guests (default derived).")
     VNET_ROUTER: str = Field("", description="STATIC: the router handed to guests by DHCP.")
     VNET_MACMAP: str = Field("", description="STATIC: `MAC=IP` pairs, one per guest slot, space-separated.")
