@@ -4,12 +4,14 @@ skew. Requests are signed with botocore's own SigV4 signer and sent raw where a 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
 import socket
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -292,3 +294,29 @@ def test_quota_and_size_limits(tmp_path: Path) -> None:
         assert code == "InvalidAccessKeyId"
     finally:
         small.cloud.stop()
+
+
+def _trailer_put(walrus: Walrus, path: str, data: bytes, checksum: str) -> tuple[int, bytes]:
+    body = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n" + f"x-amz-checksum-crc32:{checksum}\r\n\r\n".encode()
+    extra = {
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(len(data)),
+        "x-amz-trailer": "x-amz-checksum-crc32",
+        "Content-Length": str(len(body)),
+    }
+    access, secret, _, _ = USERS["alice"]
+    request = AWSRequest(method="PUT", url=walrus.url + path, headers=extra)
+    auth = botocore.auth.S3SigV4Auth(Credentials(access, secret), "s3", "us-east-1")
+    auth.payload = lambda request: "STREAMING-UNSIGNED-PAYLOAD-TRAILER"  # type: ignore[method-assign]
+    auth.add_auth(request)
+    return send(walrus, "PUT", path, dict(request.headers.items()), body)
+
+
+def test_unsigned_trailer_checksum_is_verified(walrus: Walrus, bucket: str) -> None:
+    data = b"trailing checksum body"
+    good = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert _trailer_put(walrus, "/bad/trailer-ok", data, good)[0] == 200
+    assert walrus.client().get_object(Bucket="bad", Key="trailer-ok")["Body"].read() == data
+    assert_error(_trailer_put(walrus, "/bad/trailer-bad", data, "AAAAAA=="), 400, "BadDigest")
+    with pytest.raises(ClientError):
+        walrus.client().head_object(Bucket="bad", Key="trailer-bad")
