@@ -112,12 +112,25 @@ def describe_instances_section(tmp: Path, count: int, requests: int) -> dict:
         populate(cloud.dir / "data" / "clc" / "clc.db", rc["EC2_USER_ID"], count)
         cloud.start("clc")
         measured = asyncio.run(timed_requests(url, body, access_key, secret, requests))
+        filtered = asyncio.run(
+            timed_requests(
+                url,
+                body + "&Filter.1.Name=instance-state-name&Filter.1.Value.1=running"
+                "&Filter.2.Name=instance-type&Filter.2.Value.1=m1.*",
+                access_key,
+                secret,
+                requests,
+            )
+        )
+        paged = asyncio.run(timed_requests(url, body + "&MaxResults=1000", access_key, secret, requests))
     finally:
         cloud.stop()
     return {
         "instances": count,
         "baseline_empty_account": baseline,
         "describe_all": measured,
+        "describe_all_two_filters": filtered,
+        "describe_first_page_of_1000": paged,
         "target_p50_ms": TARGET_DESCRIBE_P50_MS,
         "meets_target": measured["p50_ms"] <= TARGET_DESCRIBE_P50_MS,
         "ratio_to_baseline": round(measured["p50_ms"] / max(baseline["p50_ms"], 0.001), 1),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Callable
 from typing import Any
 
 from services.cloud_controller.actions import Context, action, groups, keypairs, tags
@@ -17,36 +18,6 @@ from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
 
 MAX_IDS = 1000
-INSTANCE_FILTERS = {
-    "instance-id",
-    "instance-state-name",
-    "instance-state-code",
-    "instance-type",
-    "image-id",
-    "kernel-id",
-    "ramdisk-id",
-    "key-name",
-    "availability-zone",
-    "reservation-id",
-    "owner-id",
-    "requester-id",
-    "private-ip-address",
-    "ip-address",
-    "private-dns-name",
-    "dns-name",
-    "launch-index",
-    "group-name",
-    "group-id",
-    "instance.group-name",
-    "instance.group-id",
-    "architecture",
-    "root-device-type",
-    "client-token",
-    "state-reason-code",
-    "instance-lifecycle",
-    "hypervisor",
-    "virtualization-type",
-}
 
 
 def compute(ctx: Context) -> Compute:
@@ -131,39 +102,46 @@ def reservation_dict(reservation: Reservation, instances: list[dict]) -> dict[st
     }
 
 
-def _filter_values(instance: Instance, reservation: Reservation | None) -> dict[str, Any]:
-    group_names = reservation.groups if reservation else []
-    group_ids = reservation.group_ids if reservation else []
-    return {
-        "instance-id": instance.instance_id,
-        "instance-state-name": instance.state,
-        "instance-state-code": str(STATE_CODES[instance.state]),
-        "instance-type": instance.vm_type,
-        "image-id": instance.image_id,
-        "kernel-id": instance.kernel_id,
-        "ramdisk-id": instance.ramdisk_id,
-        "key-name": instance.key_name,
-        "availability-zone": instance.zone,
-        "reservation-id": instance.reservation_id,
-        "owner-id": instance.owner_id,
-        "requester-id": "",
-        "private-ip-address": instance.private_ip,
-        "ip-address": instance.public_ip,
-        "private-dns-name": instance.private_ip,
-        "dns-name": instance.public_ip or instance.private_ip,
-        "launch-index": str(instance.launch_index),
-        "group-name": group_names,
-        "group-id": group_ids,
-        "instance.group-name": group_names,
-        "instance.group-id": group_ids,
-        "architecture": "x86_64",
-        "root-device-type": "instance-store",
-        "client-token": reservation.client_token if reservation else "",
-        "state-reason-code": state_reason(instance.state_reason)["Code"] if instance.state_reason else "",
-        "instance-lifecycle": "",
-        "hypervisor": "xen",
-        "virtualization-type": "paravirtual",
-    }
+def _groups_of(reservation: Reservation | None) -> list[str]:
+    return reservation.groups if reservation else []
+
+
+def _group_ids_of(reservation: Reservation | None) -> list[str]:
+    return reservation.group_ids if reservation else []
+
+
+# Filter name -> its value for (instance, reservation): only the filters a request names are computed.
+FILTER_VALUES: dict[str, Callable[[Instance, Reservation | None], Any]] = {
+    "instance-id": lambda i, r: i.instance_id,
+    "instance-state-name": lambda i, r: i.state,
+    "instance-state-code": lambda i, r: str(STATE_CODES[i.state]),
+    "instance-type": lambda i, r: i.vm_type,
+    "image-id": lambda i, r: i.image_id,
+    "kernel-id": lambda i, r: i.kernel_id,
+    "ramdisk-id": lambda i, r: i.ramdisk_id,
+    "key-name": lambda i, r: i.key_name,
+    "availability-zone": lambda i, r: i.zone,
+    "reservation-id": lambda i, r: i.reservation_id,
+    "owner-id": lambda i, r: i.owner_id,
+    "requester-id": lambda i, r: "",
+    "private-ip-address": lambda i, r: i.private_ip,
+    "ip-address": lambda i, r: i.public_ip,
+    "private-dns-name": lambda i, r: i.private_ip,
+    "dns-name": lambda i, r: i.public_ip or i.private_ip,
+    "launch-index": lambda i, r: str(i.launch_index),
+    "group-name": lambda i, r: _groups_of(r),
+    "group-id": lambda i, r: _group_ids_of(r),
+    "instance.group-name": lambda i, r: _groups_of(r),
+    "instance.group-id": lambda i, r: _group_ids_of(r),
+    "architecture": lambda i, r: "x86_64",
+    "root-device-type": lambda i, r: "instance-store",
+    "client-token": lambda i, r: r.client_token if r else "",
+    "state-reason-code": lambda i, r: state_reason(i.state_reason)["Code"] if i.state_reason else "",
+    "instance-lifecycle": lambda i, r: "",
+    "hypervisor": lambda i, r: "xen",
+    "virtualization-type": lambda i, r: "paravirtual",
+}
+INSTANCE_FILTERS = set(FILTER_VALUES)
 
 
 # --- paging ----------------------------------------------------------------------------------------------
@@ -264,7 +242,12 @@ async def _select(ctx: Context, params: dict, allowed: set[str]) -> list[Instanc
         candidates = [i for i in candidates if i.instance_id in tagged]
     if filters.by_name:
         reservations = engine.store.reservations
-        candidates = [i for i in candidates if filters.match_all(_filter_values(i, reservations.get(i.reservation_id)))]
+        wanted = [(name, FILTER_VALUES[name]) for name in filters.by_name]
+        candidates = [
+            i
+            for i in candidates
+            if all(filters.match(name, value(i, reservations.get(i.reservation_id))) for name, value in wanted)
+        ]
     return candidates
 
 
