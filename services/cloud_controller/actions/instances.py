@@ -4,6 +4,7 @@ module parses and shapes answers as botocore's model has them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -302,6 +303,21 @@ def _cached_xml(instance: Instance, reservation: Reservation, tag_list: list | N
     fragment = xml.members_xml(_instance_shape(), instance_dict(instance, reservation, tag_list))
     _XML_CACHE[instance.instance_id] = (key, fragment)
     return fragment
+
+
+async def warm_cache(db: Any, engine: Compute, chunk: int = 500) -> int:
+    """Serialize every instance once in the background after a start, so the first DescribeInstances of a big
+    cloud is as fast as the next ones. Yields to the event loop between chunks."""
+    instances = list(engine.store.instances.values())
+    for start in range(0, len(instances), chunk):
+        part = instances[start : start + chunk]
+        tag_sets = await tags.tags_for(db, [i.instance_id for i in part])
+        for instance in part:
+            reservation = engine.store.reservations.get(instance.reservation_id)
+            if reservation is not None:
+                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id))
+        await asyncio.sleep(0)
+    return len(instances)
 
 
 # --- Terminate, reboot, console --------------------------------------------------------------------------

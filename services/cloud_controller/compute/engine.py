@@ -448,7 +448,7 @@ class Compute:
             log.warning("RunInstances %s failed in %s: %s", reservation.reservation_id, reservation.zone, err)
             await self._fail(reservation, instances, token, f"Server.InternalError: {err.code}")
             # The CC may have started some before failing (e.g. a timeout): make sure they go.
-            self._background(self._terminate_quietly(reservation.zone, [i.instance_id for i in instances]))
+            self.background(self._terminate_quietly(reservation.zone, [i.instance_id for i in instances]))
             raise ComputeError(
                 "InsufficientInstanceCapacity",
                 f"The cluster {reservation.zone} could not start the instances: {err.message}",
@@ -673,12 +673,20 @@ class Compute:
                 self._refresh_pending.discard(zone)
             await self._refresh_zone(zone)
 
-        self._background(later())
+        self.background(later())
 
-    def _background(self, coroutine) -> None:
+    def background(self, coroutine) -> None:
+        """Run a coroutine as a task the engine owns (cancelled at stop; a failure is logged, never lost)."""
         task = asyncio.create_task(coroutine)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+        def done(finished: asyncio.Task) -> None:
+            if finished in self._tasks:
+                self._tasks.remove(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("background task failed", exc_info=finished.exception())
+
+        task.add_done_callback(done)
 
     async def poll_zone(self, zone: str) -> None:
         await self._refresh_zone(zone)

@@ -88,6 +88,10 @@ async def install(clc: Any) -> Compute:
         await tags.forget(clc.db, instance_ids)
 
     compute.on_forget.append(forget_tags)
+    if len(compute.store.instances) > 1000:
+        from services.cloud_controller.actions import instances as instance_actions
+
+        compute.background(instance_actions.warm_cache(clc.db, compute))
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)
     MetadataService(compute.store).install(clc.app)
