@@ -382,8 +382,7 @@ class NetworkManager:
         stale = [pub for pub, (priv, _) in self.addresses.items() if priv in gone] if self.settings.managed else []
         for pub in stale:
             del self.addresses[pub]
-        for entry in entries:
-            await self.store.delete_instance(entry.instance_id)
+        await self.store.delete_instances([entry.instance_id for entry in entries])
         if stale:
             await self.store.delete_addresses(stale)
         await self.converge()

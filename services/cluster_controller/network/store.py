@@ -69,9 +69,9 @@ class NetworkStore:
             )
             await self.db.commit()
 
-    async def delete_instance(self, instance_id: str) -> None:
+    async def delete_instances(self, instance_ids: list[str]) -> None:
         async with self.lock:
-            await self.db.execute("DELETE FROM instance_nets WHERE instance_id = ?", (instance_id,))
+            await self.db.executemany("DELETE FROM instance_nets WHERE instance_id = ?", [(i,) for i in instance_ids])
             await self.db.commit()
 
     async def put_address(self, public_ip: str, private_ip: str, instance_id: str) -> None:
