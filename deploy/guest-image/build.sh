@@ -8,9 +8,10 @@
 #   dependencies; the Xen front-ends xen-blkfront and xen-netfront; isofs for the config drive). Its /init loads
 #   them, mounts root= (ext4 is built in) and switches to it.
 # - root.img: a small ext4 file system (mke2fs -d) with busybox and dropbear (dropbear-bin). Its init prints
-#   "KOALA-GUEST booted instance=<id>" on the serial console, configures the NIC by DHCP, reads its metadata from
-#   the NoCloud config drive (label cidata) when there is one, else from http://169.254.169.254/latest/,
-#   installs the SSH key for root, runs dropbear, and prints "KOALA-GUEST ready instance=<id>".
+#   "KOALA-GUEST booted instance=<id>" on the serial console (the id from the kernel command line), configures
+#   the NIC by DHCP, reads its metadata from http://169.254.169.254/latest/ when the network offers it, else from
+#   the NoCloud config drive (label cidata), installs the SSH key for root, runs dropbear, and prints
+#   "KOALA-GUEST ready instance=<id> source=metadata|config-drive|none".
 #
 # Artifacts are cached outside the repository, in $KOALA_GUEST_CACHE (default /var/cache/koala/guest-image),
 # under a key made of this script and the exact package versions, so tests do not rebuild every time.
@@ -131,50 +132,69 @@ chmod 755 $R/usr/share/udhcpc/default.script
 cat > $R/sbin/init <<'EOF'
 #!/bin/sh
 # Koala's test guest: say who we are, get the network and metadata, install the SSH key, serve SSH.
+# Metadata comes from the metadata service when the network offers it, else from the NoCloud config drive.
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run
 exec </dev/console >/dev/console 2>&1
 id=""
 for arg in $(cat /proc/cmdline); do case "$arg" in koala.instance=*) id=${arg#koala.instance=} ;; esac; done
+echo "KOALA-GUEST booted instance=${id:-unknown}"
 key=""
-# The NoCloud config drive (ISO labelled cidata), if attached.
+source=""
+# The NoCloud config drive (ISO labelled cidata), if attached: read now, used when the network has no metadata.
+cd_id=""
+cd_key=""
 for dev in /dev/vd? /dev/xvd? /dev/sd? /dev/sr?; do
   [ -b "$dev" ] || continue
   mount -t iso9660 -o ro "$dev" /mnt/cidata 2>/dev/null || continue
   if [ -f /mnt/cidata/meta-data ]; then
-    id=$(sed -n 's/^instance-id: *//p' /mnt/cidata/meta-data)
-    key=$(sed -n 's/^  - "\(.*\)"$/\1/p' /mnt/cidata/meta-data | head -1)
-    source=config-drive
+    cd_id=$(sed -n 's/^instance-id: *//p' /mnt/cidata/meta-data)
+    cd_key=$(sed -n 's/^  - "\(.*\)"$/\1/p' /mnt/cidata/meta-data | head -1)
     break
   fi
   umount /mnt/cidata
 done
-echo "KOALA-GUEST booted instance=${id:-unknown} source=${source:-cmdline}"
-hostname "${id:-koala-guest}"
 ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set eth0 up
-  udhcpc -i eth0 -n -q -t 3 -T 2 -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &&
+  if udhcpc -i eth0 -n -q -t 3 -T 2 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; then
     echo "KOALA-GUEST dhcp $(ip -4 -o addr show eth0 | awk '{print $4}')"
-  if [ -z "$source" ]; then  # no config drive: the metadata service (the CC redirects it to the CLC)
     # busybox-static's wget crashes in glibc's NSS (getservbyname): plain HTTP/1.0 over nc instead.
     md_get() {
       printf 'GET /latest/meta-data/%s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' "$1" |
         nc -w 3 169.254.169.254 80 2>/dev/null > /tmp/md.http
       head -1 /tmp/md.http | grep -q ' 200 ' && sed '1,/^\r*$/d' /tmp/md.http
     }
-    mdid=$(md_get instance-id) && id=$mdid
-    key=$(md_get public-keys/0/openssh-key)
-    [ -n "$mdid" ] && echo "KOALA-GUEST metadata instance=$id"
+    # The cloud may still be putting the redirect and the instance's record in place: retry for a while
+    # (briefly when a config drive can stand in).
+    tries="1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"
+    [ -n "$cd_id" ] && tries="1 2 3"
+    mdid=""
+    for _ in $tries; do
+      mdid=$(md_get instance-id) && [ -n "$mdid" ] && id=$mdid && break
+      sleep 1
+    done
+    if [ -n "$mdid" ]; then
+      key=$(md_get public-keys/0/openssh-key)
+      source=metadata
+      echo "KOALA-GUEST metadata instance=$id"
+    fi
   fi
 fi
+if [ -z "$source" ] && [ -n "$cd_id" ]; then
+  id=$cd_id
+  key=$cd_key
+  source=config-drive
+  echo "KOALA-GUEST config-drive instance=$id"
+fi
+hostname "${id:-koala-guest}"
 if [ -n "$key" ]; then
   echo "$key" > /root/.ssh/authorized_keys
   chmod 600 /root/.ssh/authorized_keys
   echo "KOALA-GUEST ssh-key installed"
 fi
 dropbear -R -E -p 22 2>/dev/null && echo "KOALA-GUEST dropbear listening"
-echo "KOALA-GUEST ready instance=${id:-unknown}"
+echo "KOALA-GUEST ready instance=${id:-unknown} source=${source:-none}"
 while :; do sleep 3600; done
 EOF
 chmod 755 $R/sbin/init

@@ -1,8 +1,9 @@
 """A real guest under QEMU software emulation (domain type qemu) through qemu:///system.
 
 The guest image is built by deploy/guest-image/build.sh (cached outside the repository). It gets its instance id
-and SSH key from the NC's NoCloud config drive and prints them on the serial console, which the NC serves as
-console output. Needs root and a running libvirtd (deploy/bootstrap.sh starts one).
+and SSH key from the metadata service when its network offers one, else from the NC's NoCloud config drive, and
+prints what it did on the serial console, which the NC serves as console output. Needs root and a running
+libvirtd (deploy/bootstrap.sh starts one).
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def test_real_boot_console_terminate(qemu_nc: NcEnv) -> None:
         wait_for(lambda: f"KOALA-GUEST ready instance={instance_id}" in console(qemu_nc, instance_id), 120, 0.5,
                  "the guest's ready line on the console")  # fmt: skip
         text = console(qemu_nc, instance_id)
-        assert f"KOALA-GUEST booted instance={instance_id} source=config-drive" in text
+        assert f"KOALA-GUEST booted instance={instance_id}" in text  # first, from the kernel command line
+        assert f"KOALA-GUEST config-drive instance={instance_id}" in text  # no NIC here: the config drive
+        assert f"KOALA-GUEST ready instance={instance_id} source=config-drive" in text
         assert "KOALA-GUEST ssh-key installed" in text
         # Reboot (KVM/QEMU: destroy and create again from the saved XML): a new domain boots the guest again.
         first_id = domain_id(instance_id)
@@ -139,7 +142,8 @@ def test_guest_destroyed_outside_is_noticed(qemu_nc: NcEnv) -> None:
 
 @pytest.mark.netns
 def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
-    """No config drive: the guest gets its address by DHCP and its key from the metadata service, then serves SSH.
+    """The guest gets its address by DHCP and its key from the metadata service (preferred to the config drive,
+    which is attached too but carries no key here), then serves SSH with that key.
 
     The "cluster side" is a network namespace this test makes: dnsmasq for DHCP and a tiny HTTP server holding
     169.254.169.254, joined to the guest by a bridge that the NC's StartNetwork creates.
@@ -164,7 +168,6 @@ def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
             "INSTANCE_PATH": instances,
             "SWAP_SIZE": 32,
             "MAX_DISK": 0,
-            "KOALA_NC_CONFIG_DRIVE": "false",
         },
         domains=[],
     )
@@ -215,6 +218,7 @@ def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
             text = console(env, instance_id)
             assert "KOALA-GUEST dhcp 10.213.0.60/24" in text
             assert f"KOALA-GUEST metadata instance={instance_id}" in text and "ssh-key installed" in text
+            assert f"KOALA-GUEST ready instance={instance_id} source=metadata" in text
             ssh = subprocess.run(
                 ["ip", "netns", "exec", netns, "ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no",
                  "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
