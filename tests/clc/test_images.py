@@ -107,8 +107,7 @@ def test_private_image_is_invisible_and_unlaunchable_for_others(cloud, alice, bo
 def test_launch_permission_for_one_account_then_all(cloud, alice, bob, images):
     ec2, bob_ec2 = client(cloud, alice), client(cloud, bob)
     ec2.modify_image_attribute(ImageId=images["machine"], LaunchPermission={"Add": [{"UserId": bob.account_id}]})
-    ec2.modify_image_attribute(ImageId=images["kernel"], LaunchPermission={"Add": [{"UserId": bob.account_id}]})
-    ec2.modify_image_attribute(ImageId=images["ramdisk"], LaunchPermission={"Add": [{"UserId": bob.account_id}]})
+    # The image's kernel and ramdisk come with it: Bob needs no permission of his own for them ...
     attribute = ec2.describe_image_attribute(ImageId=images["machine"], Attribute="launchPermission")
     assert attribute["LaunchPermissions"] == [{"UserId": bob.account_id}]
     # Bob now sees it as executable by him, and can launch it; he still cannot change it.
@@ -119,6 +118,10 @@ def test_launch_permission_for_one_account_then_all(cloud, alice, bob, images):
     assert code(err) == "AuthFailure"
     launched = bob_ec2.run_instances(ImageId=images["machine"], MinCount=1, MaxCount=1)["Instances"][0]
     assert launched["KernelId"] == images["kernel"]
+    # ... but naming Alice's private kernel himself is not allowed.
+    with pytest.raises(ClientError) as err:
+        bob_ec2.run_instances(ImageId=images["machine"], MinCount=1, MaxCount=1, KernelId=images["kernel"])
+    assert code(err) == "InvalidAMIID.NotFound"
     wait_state(bob_ec2, [launched["InstanceId"]], {"running"})
     bob_ec2.terminate_instances(InstanceIds=[launched["InstanceId"]])
     # Removing the permission takes it away again; group all makes the image public.

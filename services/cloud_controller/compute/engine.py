@@ -178,12 +178,13 @@ class Compute:
             raise ComputeError("InvalidParameterValue", f"Invalid value '{name}' for InstanceType.")
         return vm
 
-    def image(self, image_id: str, principal: Principal, kind: str | None = None) -> Image:
-        """An image the principal may launch, or the EC2 error for it."""
+    def image(self, image_id: str, principal: Principal, kind: str | None = None, implied: bool = False) -> Image:
+        """An image the principal may launch, or the EC2 error for it. `implied`: a kernel or ramdisk that comes
+        with a machine image (its default, or the cloud's): launching the machine image allows using it."""
         if not ids.is_id(image_id) or image_id.split("-")[0] not in ("emi", "eki", "eri", "ami", "aki", "ari"):
             raise ComputeError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}"')
         image = self.store.images.get(ids.normalize(image_id))
-        if image is None or not image.can_launch(principal.account_id):
+        if image is None or not (implied or image.can_launch(principal.account_id)):
             raise ComputeError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         if kind and image.kind != kind:
             raise ComputeError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' is not a {kind} image")
@@ -242,8 +243,8 @@ class Compute:
         image = self.image(request.image_id, principal, "machine")
         kernel_id = request.kernel_id or image.kernel_id or self.settings.default_kernel
         ramdisk_id = request.ramdisk_id or image.ramdisk_id or self.settings.default_ramdisk
-        kernel = self.image(kernel_id, principal, "kernel") if kernel_id else None
-        ramdisk = self.image(ramdisk_id, principal, "ramdisk") if ramdisk_id else None
+        kernel = self.image(kernel_id, principal, "kernel", implied=not request.kernel_id) if kernel_id else None
+        ramdisk = self.image(ramdisk_id, principal, "ramdisk", implied=not request.ramdisk_id) if ramdisk_id else None
         user_data = decode_user_data(request.user_data)
         groups = list(dict.fromkeys(request.groups or ["default"]))
         if len(groups) > 64:
