@@ -193,3 +193,48 @@ def test_group_rules_become_network_rules() -> None:
         ("all", -1, -1, [], ["222-web"]),
         ("icmp", 8, -1, ["10.0.0.0/8"], []),
     ]
+
+
+def test_launch_rolls_back_when_addresses_run_out(tmp_path) -> None:
+    """Capacity is reserved first, then addresses: when the pool runs dry everything taken is given back, before
+    any CC is called (this engine's CC address leads nowhere)."""
+    import time
+    from types import SimpleNamespace
+
+    from services.cloud_controller.compute.cc_client import ClusterClient
+    from services.cloud_controller.compute.engine import Compute, RunRequest, Settings
+    from services.cloud_controller.compute.store import Image
+
+    async def scenario() -> None:
+        db = await Database.open(tmp_path)
+        compute = Compute(
+            db, ClusterClient(None, {"z1": "http://127.0.0.1:9"}), Settings(network_resources="on"), ["192.0.2.1"]
+        )  # type: ignore[arg-type]
+        await compute.load()
+        compute.zone_modes["z1"] = "MANAGED"
+        await compute.store.save_image(
+            Image("emi-0000000a", "111", "machine", "m", "b/m.manifest.xml", time.time()), new=True
+        )
+        compute.admission.update(report("z1", m1_small=5), sent_at=compute.admission.clock())
+        principal = SimpleNamespace(account_id="111", user_id="u", is_admin=False)
+        with pytest.raises(ComputeError) as err:
+            await compute.run_instances(principal, RunRequest(image_id="emi-0000000a", min_count=2, max_count=2))
+        assert err.value.code == "AddressLimitExceeded"
+        assert compute.admission.tokens == {}
+        assert compute.admission.free("z1", SMALL) == 5
+        assert compute.addresses.free_count() == 1
+        assert compute.store.instances == {} and compute.store.reservations == {}
+        assert compute.networks.vlans == {} and all(not used for used in compute.networks.used.values())
+        assert await db.fetchall("SELECT * FROM instances") == []
+        # Addresses enough, but no VLAN left for the network: the addresses go back too.
+        compute.addresses.set_pool(["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+        compute.networks.vlan_min = compute.networks.vlan_max = 10
+        compute.networks.vlans["999-other"] = 10
+        with pytest.raises(ComputeError) as err:
+            await compute.run_instances(principal, RunRequest(image_id="emi-0000000a", min_count=2, max_count=2))
+        assert err.value.code == "InsufficientInstanceCapacity" and "VLAN" in err.value.message
+        assert compute.addresses.free_count() == 3 and compute.admission.tokens == {}
+        assert compute.networks.vlans == {"999-other": 10}
+        await db.close()
+
+    asyncio.run(scenario())
