@@ -97,6 +97,7 @@ class Hypervisor:
         self._closing = False
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._xml_cache: dict[tuple[str, int, str], str] = {}  # used in the libvirt thread only
 
     # --- connection ---------------------------------------------------------------------------------------
     async def start(self, timeout: float = 30.0) -> bool:
@@ -236,14 +237,20 @@ class Hypervisor:
         """Every active domain with its state and XML."""
 
         def listing(conn: libvirt.virConnect) -> list[DomainInfo]:
-            found = []
+            found, seen = [], {}
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 try:
+                    key = (dom.name(), dom.ID(), dom.UUIDString())
+                    xml = self._xml_cache.get(key)
+                    if xml is None:  # a domain's XML is fetched once per run of it, not at every sweep
+                        xml = dom.XMLDesc(0)
                     state = STATE_NAMES.get(dom.state()[0], "nostate")
-                    found.append(DomainInfo(dom.name(), state, dom.XMLDesc(0)))
+                    found.append(DomainInfo(key[0], state, xml))
+                    seen[key] = xml
                 except libvirt.libvirtError as err:  # it went away while we looked
                     if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                         raise
+            self._xml_cache = seen
             return found
 
         return await self.call(listing)

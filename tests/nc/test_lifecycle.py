@@ -39,7 +39,9 @@ def test_full_lifecycle(nc: NcEnv) -> None:
     assert during.instances == before.instances + 1
     # Every change was pushed to the CC, in order.
     wait_for(lambda: "Extant/running" in nc.recorder.states("i-00000001"), 10, what="push of Extant")
-    assert nc.recorder.states("i-00000001")[:3] == ["Pending/staging", "Pending/booting", "Extant/running"]
+    pushed = nc.recorder.states("i-00000001")  # in order; a burst may coalesce into its latest state
+    rank = {"Pending/staging": 0, "Pending/booting": 1, "Extant/running": 2}
+    assert pushed[0].startswith("Pending/") and [rank[p] for p in pushed] == sorted(rank[p] for p in pushed)
     done = nc.terminate("i-00000001")
     assert done.state == "Teardown" and done.reason == "terminated by request"
     assert not directory.exists()
