@@ -206,6 +206,8 @@ cp initrd.img "$OUT.tmp/initrd"
 cp root.img "$OUT.tmp/root.img"
 echo "$KPKG $KPKG_VERSION" > "$OUT.tmp/VERSION"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+# Builds of earlier versions of this script or of the packages are not used any more.
+find "$OUT_BASE" -mindepth 1 -maxdepth 1 -type d ! -name "$KEY" ! -name "$KEY.tmp" -mmin +60 -exec rm -rf {} + || true
 fi
 
 if ((BUNDLE)); then
