@@ -247,3 +247,64 @@ def test_kernel_and_ramdisk_bundles_and_bad_options(tmp_path: Path, eucarc, caps
         koala(["bundle-image", "-i", str(image), "--kernel", "not-an-id"])
     assert koala(["bundle-image", "-i", str(tmp_path / "missing.img")]) == 1
     assert "is not a file" in capsys.readouterr().err
+
+
+def _bundle_tar_stream(tar_stream: bytes, name: str, size: int, dest: Path, ref_keys) -> Path:
+    """A bundle around a given tar stream (e.g. GNU tar's sparse format, as ec2-ami-tools runs `tar -S`)."""
+    import gzip
+
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key, iv = keys.new_key_iv()
+    padder = padding.PKCS7(128).padder()
+    plain = padder.update(gzip.compress(tar_stream)) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    data = encryptor.update(plain) + encryptor.finalize()
+    dest.mkdir()
+    (dest / f"{name}.part.0").write_bytes(data)
+    manifest = mf.Manifest(
+        name=name,
+        user="123456789012",
+        digest=hashlib.sha1(tar_stream).hexdigest(),
+        size=size,
+        bundled_size=len(data),
+        ec2_encrypted_key=keys.wrap(key, ref_keys.cloud_cert),
+        user_encrypted_key=keys.wrap(key, ref_keys.user_cert),
+        ec2_encrypted_iv=keys.wrap(iv, ref_keys.cloud_cert),
+        user_encrypted_iv=keys.wrap(iv, ref_keys.user_cert),
+        parts=[mf.Part(0, f"{name}.part.0", hashlib.sha1(data).hexdigest())],
+    )
+    path = dest / f"{name}.manifest.xml"
+    path.write_bytes(mf.sign_manifest(manifest, ref_keys.user_key))
+    return path
+
+
+def test_gnu_sparse_and_long_name_members(tmp_path: Path, ref_keys) -> None:
+    """Members the zero-copy path leaves to tarfile: GNU sparse (tar -S) and names over 100 characters."""
+    sparse = tmp_path / "sparse.img"
+    with sparse.open("wb") as handle:
+        handle.seek(3 << 20)
+        handle.write(b"data in the middle")
+        handle.truncate(8 << 20)
+    tar_stream = subprocess.run(
+        ["tar", "-c", "-S", "--format=gnu", "-C", str(tmp_path), "sparse.img"], capture_output=True, check=True
+    ).stdout
+    manifest = _bundle_tar_stream(tar_stream, "sparse.img", 8 << 20, tmp_path / "sparse-bundle", ref_keys)
+    assert _decrypt(manifest, ref_keys.cloud_key) == sparse.read_bytes()
+    long_name = "disk-" + "x" * 150 + ".img"
+    (tmp_path / long_name).write_bytes(b"long " * 1000)
+    tar_stream = subprocess.run(
+        ["tar", "-c", "--format=gnu", "-C", str(tmp_path), long_name], capture_output=True, check=True
+    ).stdout
+    manifest = _bundle_tar_stream(tar_stream, "long.img", 5000, tmp_path / "long-bundle", ref_keys)
+    assert _decrypt(manifest, ref_keys.cloud_key) == b"long " * 1000
+    # Two files in the archive: refused.
+    (tmp_path / "second").write_bytes(b"2")
+    tar_stream = subprocess.run(
+        ["tar", "-c", "-C", str(tmp_path), "sparse.img", "second"], capture_output=True, check=True
+    ).stdout
+    manifest = _bundle_tar_stream(tar_stream, "two.img", 8 << 20, tmp_path / "two-bundle", ref_keys)
+    with pytest.raises(BundleError) as err:
+        _decrypt(manifest, ref_keys.cloud_key)
+    assert err.value.code == "BadImageArchive"
