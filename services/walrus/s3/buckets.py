@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from urllib.parse import quote
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -95,11 +96,7 @@ async def get_bucket_location(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     if ctx.requester.account_id != bucket.owner_id:
         raise S3Error("AccessDenied")
-    return xml_response("LocationConstraint", _escape(bucket.location))
-
-
-def _escape(text: str) -> str:
-    return el("x", text)[3:-4]
+    return xml_response("LocationConstraint", escape(bucket.location))
 
 
 async def get_bucket_versioning(ctx: Ctx) -> web.Response:
