@@ -130,3 +130,35 @@ def test_s3cmd(walrus: Walrus, tmp_path: Path, signature_v2: bool) -> None:
     s3cmd(config, "del", "--recursive", "--force", f"s3://{bucket}")
     assert s3cmd(config, "ls", "--recursive", f"s3://{bucket}").strip() == ""
     s3cmd(config, "rb", f"s3://{bucket}")
+
+
+@pytest.mark.skipif(shutil.which("s3cmd") is None, reason="s3cmd is installed by deploy/bootstrap.sh")
+@pytest.mark.parametrize("signature_v2", [False, True], ids=["sigv4", "sigv2"])
+def test_s3cmd_virtual_host(walrus: Walrus, tmp_path: Path, signature_v2: bool) -> None:
+    """host_bucket = %(bucket)s.localhost: names under localhost do not resolve here, so s3cmd reaches Walrus as
+    its HTTP proxy, with the virtual-host Host header."""
+    access, secret, _, _ = USERS["alice"]
+    port = walrus.url.rsplit(":", 1)[1]
+    config = tmp_path / "s3cfg"
+    config.write_text(
+        "[default]\n"
+        f"access_key = {access}\n"
+        f"secret_key = {secret}\n"
+        f"host_base = localhost:{port}\n"
+        f"host_bucket = %(bucket)s.localhost:{port}\n"
+        "use_https = False\n"
+        f"signature_v2 = {signature_v2}\n"
+        "proxy_host = 127.0.0.1\n"
+        f"proxy_port = {port}\n"
+        "bucket_location = us-east-1\n"
+    )
+    bucket = f"s3cmd-vhost-{'v2' if signature_v2 else 'v4'}"
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(100_000))
+    s3cmd(config, "mb", f"s3://{bucket}")
+    s3cmd(config, "put", str(source), f"s3://{bucket}/dir/a name")
+    assert "s3://" + bucket + "/dir/a name" in s3cmd(config, "ls", "--recursive", f"s3://{bucket}")
+    s3cmd(config, "get", f"s3://{bucket}/dir/a name", str(tmp_path / "out"))
+    assert md5_file(tmp_path / "out") == md5_file(source)
+    s3cmd(config, "del", f"s3://{bucket}/dir/a name")
+    s3cmd(config, "rb", f"s3://{bucket}")
