@@ -162,7 +162,7 @@ if ip link show eth0 >/dev/null 2>&1; then
     # busybox-static's wget crashes in glibc's NSS (getservbyname): plain HTTP/1.0 over nc instead.
     md_get() {
       printf 'GET /latest/meta-data/%s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' "$1" |
-        nc -w 3 169.254.169.254 80 2>/dev/null > /tmp/md.http
+        nc -w 10 169.254.169.254 80 2>/dev/null > /tmp/md.http
       head -1 /tmp/md.http | grep -q ' 200 ' && sed '1,/^\r*$/d' /tmp/md.http
     }
     # The cloud may still be putting the redirect and the instance's record in place: retry for a while
@@ -175,7 +175,12 @@ if ip link show eth0 >/dev/null 2>&1; then
       sleep 1
     done
     if [ -n "$mdid" ]; then
-      key=$(md_get public-keys/0/openssh-key)
+      for _ in 1 2 3 4 5; do
+      [ -n "$mdid" ] || break
+      key=$(md_get public-keys/0/openssh-key) && [ -n "$key" ] && break
+      echo "KOALA-GUEST metadata key not yet: $(head -1 /tmp/md.http) $(wc -c < /tmp/md.http) bytes"
+      sleep 1
+    done
       source=metadata
       echo "KOALA-GUEST metadata instance=$id"
     fi

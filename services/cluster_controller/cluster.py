@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from pydantic import BaseModel
 
@@ -78,6 +78,8 @@ class Cluster(NodeHealth, PowerSave):
         self._dirty_event = asyncio.Event()
         self._networks: set[tuple[str, int, str]] = set()
         self._specs: dict[str, LaunchSpec] = {}
+        # Called with an instance id when the instance ends, e.g. to give back its network entries at once.
+        self.on_end: list[Callable[[str], Awaitable[None]]] = []
         # Placement's snapshot, kept up to date node by node: rebuilding 10,000 entries per decision would
         # cost more than the decision itself.
         self._order: list[Node] | None = None
@@ -208,6 +210,8 @@ class Cluster(NodeHealth, PowerSave):
             node.release(instance)
         if instance.state != "Teardown":
             log.info("%s on %s: Teardown (%s)", instance.instance_id, instance.node_url, reason)
+            for listener in self.on_end:
+                self._spawn(listener(instance.instance_id), f"end {instance.instance_id}")
         instance.state, instance.reason = "Teardown", reason
         if detail:
             instance.detail = detail
