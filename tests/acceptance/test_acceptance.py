@@ -1,0 +1,215 @@
+"""The whole cloud, as a user meets it: bundle -> upload -> register -> key pair and group -> two QEMU guests ->
+console -> SSH on a public address -> terminate -> everything cleaned up.
+
+Real processes everywhere: the four services (the NC on qemu:///system, software emulation), libvirtd, the CC's
+router with iptables and dnsmasq, the guest test image built from Debian packages. The network:
+
+    pub ns (the user's SSH client) --pub0-- rtr ns (the CC's router: KOALA_VNET_NETNS) --priv0-- bridge (root ns,
+    made by the NC; guests' taps) ; rtr --md0-- root ns (the CLC, for the metadata redirect)
+
+Traffic goes only to loopback and to these namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from cli.allinone import qemu_usable
+from cli.guest_image import ensure_registered
+from tests.harness import Cloud
+from tests.network.topology import Topology
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd)"),
+]
+
+SUBNET, PUBLIC, METADATA_LINK = "10.216.0.0", "10.218.0", "10.217.0"
+SSH_PROBE = Path(__file__).with_name("ssh_probe.py")
+
+
+class Acceptance:
+    def __init__(self, cloud: Cloud, topology: Topology, bridge: str, instances: Path):
+        self.cloud, self.topology, self.bridge, self.instances = cloud, topology, bridge, instances
+        self.eucarc = cloud.aio.admin_eucarc_source()
+        creds = cloud.admin_credentials()
+        self.ec2 = boto3.client(
+            "ec2", endpoint_url=creds["EC2_URL"], region_name="eucalyptus",
+            aws_access_key_id=creds["EC2_ACCESS_KEY"], aws_secret_access_key=creds["EC2_SECRET_KEY"],
+        )  # fmt: skip
+
+    def instances_by_id(self, ids: list[str]) -> dict[str, dict]:
+        reservations = self.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        return {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
+
+    def wait_states(self, ids: list[str], state: str, timeout: float) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.instances_by_id(ids)
+            if all(found.get(i, {}).get("State", {}).get("Name") == state for i in ids):
+                return found
+            if time.monotonic() > deadline:
+                logs = {role: self.cloud.log(role)[-3000:] for role in ("clc", "cc", "nc")}
+                raise AssertionError(f"not all {state}: {json.dumps(found, default=str)[:3000]}\n{logs}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acceptance]:
+    if not qemu_usable():
+        pytest.fail("libvirtd with QEMU is not usable: deploy/bootstrap.sh sets it up")
+    work = tmp_path_factory.mktemp("acceptance")
+    tag = secrets.token_hex(2)
+    bridge, router_port, md_port = f"kabr{tag}", f"kapr{tag}", f"kamd{tag}"
+    topology = Topology(work)
+    instances = Path(f"/var/tmp/koala-acceptance-{tag}")  # readable by libvirt's qemu user
+    instances.mkdir(mode=0o755)
+    cloud = None
+    route = ["ip", "route", "replace", f"{SUBNET}/16", "via", f"{METADATA_LINK}.2", "dev", md_port]
+    try:
+        topology.add_ns("rtr")
+        topology.add_ns("pub")
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        subprocess.run(["ip", "link", "add", router_port, "type", "veth", "peer", "name", "priv0", "netns",
+                        topology.ns("rtr")], check=True)  # fmt: skip
+        subprocess.run(["ip", "link", "set", router_port, "master", bridge, "up"], check=True)
+        topology.run("rtr", "ip", "link", "set", "priv0", "up")
+        topology.veth("pub", "eth0", "rtr", "pub0")
+        topology.run("pub", "ip", "addr", "add", f"{PUBLIC}.2/24", "dev", "eth0")
+        topology.run("rtr", "ip", "addr", "add", f"{PUBLIC}.1/24", "dev", "pub0")
+        subprocess.run(["ip", "link", "add", md_port, "type", "veth", "peer", "name", "md0", "netns",
+                        topology.ns("rtr")], check=True)  # fmt: skip
+        subprocess.run(["ip", "addr", "add", f"{METADATA_LINK}.1/30", "dev", md_port], check=True)
+        subprocess.run(["ip", "link", "set", md_port, "up"], check=True)
+        topology.run("rtr", "ip", "addr", "add", f"{METADATA_LINK}.2/30", "dev", "md0")
+        topology.run("rtr", "ip", "link", "set", "md0", "up")
+        subprocess.run(route, check=True)  # metadata replies from the CLC go back through the router
+
+        cloud = Cloud(work / "cloud", extra={
+            "clc": {"KOALA_BIND": "0.0.0.0"},
+            "cc": {
+                "VNET_MODE": "MANAGED-NOVLAN", "VNET_SUBNET": SUBNET, "VNET_NETMASK": "255.255.0.0",
+                "VNET_ADDRSPERNET": 32, "VNET_PUBINTERFACE": "pub0", "VNET_PRIVINTERFACE": "priv0",
+                "VNET_BRIDGE": bridge, "VNET_PUBLICIPS": f"{PUBLIC}.100-{PUBLIC}.109",
+                "VNET_CLOUDIP": f"{METADATA_LINK}.1", "VNET_DNS": f"{METADATA_LINK}.1",
+                "KOALA_VNET_NETNS": topology.ns("rtr"),
+            },
+            "nc": {
+                "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
+                "INSTANCE_PATH": instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
+            },
+        })  # fmt: skip
+        cloud.start()
+        yield Acceptance(cloud, topology, bridge, instances)
+    finally:
+        if cloud is not None:
+            cloud.stop()
+        subprocess.run(["ip", "route", "del", f"{SUBNET}/16"], capture_output=True)
+        for link in (md_port, router_port, bridge):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        topology.cleanup()
+        shutil.rmtree(instances, ignore_errors=True)
+
+
+def test_bundle_register_run_ssh_terminate(world: Acceptance, tmp_path: Path) -> None:
+    ec2 = world.ec2
+    # Bundle with `koala bundle-image`, upload with `koala upload-bundle`, RegisterImage with boto3.
+    images = ensure_registered(world.cloud.dir, world.eucarc, log=lambda _: None)
+    described = {i["ImageId"]: i for i in ec2.describe_images(ImageIds=list(images.values()))["Images"]}
+    assert described[images["machine"]]["KernelId"] == images["kernel"]
+    assert described[images["kernel"]]["ImageType"] == "kernel"
+
+    key = ec2.create_key_pair(KeyName="acceptance")
+    key_file = tmp_path / "acceptance.pem"
+    key_file.write_text(key["KeyMaterial"])
+    key_file.chmod(0o600)
+    ec2.create_security_group(GroupName="web", Description="ssh from anywhere")
+    ec2.authorize_security_group_ingress(GroupName="web", IpProtocol="tcp", FromPort=22, ToPort=22,
+                                         CidrIp="0.0.0.0/0")  # fmt: skip
+
+    reservation = ec2.run_instances(ImageId=images["machine"], MinCount=2, MaxCount=2, KeyName="acceptance",
+                                    SecurityGroups=["web"], InstanceType="c1.medium")  # fmt: skip
+    ids = [i["InstanceId"] for i in reservation["Instances"]]
+    try:
+        running = _run_and_reach(world, ids, key_file)
+    except BaseException:
+        ec2.terminate_instances(InstanceIds=ids)  # never leave guests running behind a failure
+        raise
+    ec2.terminate_instances(InstanceIds=ids)
+    world.wait_states(ids, "terminated", timeout=120)
+    _wait(lambda: not _domains(ids), 60, "domains gone")
+    leftovers = lambda: [str(p) for i in ids for p in world.instances.rglob(f"{i}*")]  # noqa: E731
+    _wait(lambda: not leftovers(), 60, lambda: f"instance files gone: {leftovers()}")
+    addresses_of = [a for i in running.values() for a in (i["PrivateIpAddress"], i.get("PublicIpAddress")) if a]
+
+    def stale_rules() -> list[str]:
+        rules = world.topology.iptables_save("rtr").splitlines()
+        return [rule for rule in rules if any(f"{address}/" in rule or rule.endswith(address) for address in
+                                              addresses_of)]  # fmt: skip
+
+    _wait(lambda: not stale_rules(), 30, lambda: f"the instances' rules gone: {stale_rules()}")
+    addresses = ec2.describe_addresses()["Addresses"]
+    assert not [a for a in addresses if a.get("InstanceId") in ids]
+
+    def capacity() -> tuple[int, int]:
+        zones = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+        row = next(z["State"] for z in zones if z["ZoneName"] == "|- c1.medium")
+        free, _, most = row.split()[:3]
+        return int(free), int(most)
+
+    # Every reservation released: the zone is as free as it can be (once the CC has polled its node).
+    _wait(lambda: capacity()[0] == capacity()[1] > 0, 60, lambda: f"capacity released: {capacity()}")
+
+
+def _run_and_reach(world: Acceptance, ids: list[str], key_file: Path) -> dict[str, dict]:
+    """Both running, each console shows the guest's lines, SSH on the first one's public address works."""
+    ec2 = world.ec2
+    running = world.wait_states(ids, "running", timeout=120)
+    for instance_id in ids:
+        deadline = time.monotonic() + 180
+        while f"KOALA-GUEST ready instance={instance_id}" not in _console(ec2, instance_id):
+            assert time.monotonic() < deadline, _console(ec2, instance_id)[-3000:]
+            time.sleep(1)
+        text = _console(ec2, instance_id)
+        assert f"KOALA-GUEST metadata instance={instance_id}" in text, text[-1500:]
+        assert "KOALA-GUEST ssh-key installed" in text, text[-1500:]
+
+    target = ids[0]
+    public_ip = running[target].get("PublicIpAddress")
+    assert public_ip and public_ip.startswith(f"{PUBLIC}."), running[target]
+    ssh = world.topology.run("pub", sys.executable, str(SSH_PROBE), public_ip, str(key_file), "hostname",
+                             check=False)  # fmt: skip
+    assert ssh.returncode == 0 and ssh.stdout.strip() == target, (
+        ssh.stdout + ssh.stderr + _console(ec2, target)[-1500:] + world.topology.iptables_save("rtr")
+    )
+    return running
+
+
+def _console(ec2, instance_id: str) -> str:
+    return ec2.get_console_output(InstanceId=instance_id).get("Output", "") or ""
+
+
+def _domains(ids: list[str]) -> list[str]:
+    listing = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
+                             text=True).stdout.split()  # fmt: skip
+    return [name for name in listing if name in ids]
+
+
+def _wait(predicate, timeout: float, what) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
+        time.sleep(0.5)
