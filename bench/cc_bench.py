@@ -4,8 +4,8 @@
    1 ms per instance), single decisions and a batch of 1,000; the same-run baseline is a bare pass over the
    snapshot checking fit, the least any scanning policy must do.
 2. fanout: one real CC process and N real NC processes (libvirt's test driver, 64 fake CPUs each), one
-   RunInstances of 1,000 instances, timed until the CC reports every one Extant (or ended by its node); the CC's resident memory before
-   and after. The same-run baseline is one RunInstances of one instance per node.
+   RunInstances of 1,000 instances, timed until the CC reports every one Extant (or ended by its node); the CC's
+   resident memory before and after. The same-run baseline is one RunInstances of one instance per node.
 
     .venv/bin/python bench/cc_bench.py [--nodes 50] [--instances 1000] [--skip-fanout]
 """

@@ -23,7 +23,7 @@ class _Answer(BaseModel):
 
 
 def _url(service: Any, zone: str) -> str:
-    url = service.config.clusters().get(zone)
+    url = service.clusters.zones.get(zone)
     if url is None:
         raise Failure(f"There is no cluster (zone) named {zone!r}.")
     return url
@@ -42,7 +42,7 @@ async def _nodes(service: Any, zone: str, url: str) -> dict:
 
 
 async def show(page: Page):
-    clusters = page.service.config.clusters()
+    clusters = page.service.clusters.zones
     found = await asyncio.gather(*(_nodes(page.service, zone, url) for zone, url in sorted(clusters.items())))
     return page.render("clusters.html", clusters=found)
 

@@ -21,7 +21,7 @@ async def dashboard(page: Page):
         compute_error = err.message
     else:
         types = engine.vmtypes.list()
-        for zone in sorted(service.config.clusters()):
+        for zone in sorted(service.clusters.zones):
             capacity = engine.admission.zones.get(zone)
             zones.append(
                 {

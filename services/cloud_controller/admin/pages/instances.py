@@ -41,7 +41,7 @@ async def show(page: Page):
     found = [i for i in everything if _matches(i, wanted)]
     choices = {
         "state": sorted({i.state for i in everything}),
-        "zone": sorted(page.service.config.clusters()),
+        "zone": sorted(page.service.clusters.zones),
         "vm_type": [vm.name for vm in engine.vmtypes.list()],
     }
     return page.render(
