@@ -209,3 +209,8 @@ def aws_error(cloud: Cloud, creds: Creds, *args: str) -> str:
     except AssertionError as err:
         return str(err)
     raise AssertionError(f"aws ec2 {' '.join(args)} succeeded")
+
+
+def code(err) -> str:
+    """The EC2 error code a boto3 call failed with."""
+    return err.value.response["Error"]["Code"]

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
-from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, stop_clean
+from tests.clc.ec2_helpers import aws, client, code, new_account, stop_clean
 
 POOL = "192.0.2.10-192.0.2.13 192.0.2.20"
 CLC = {"KOALA_PUBLIC_IPS": POOL, "KOALA_QUOTA_ADDRESSES": 2, "KOALA_QUOTA_INSTANCES": 3}
@@ -22,16 +22,6 @@ def cloud(tmp_path_factory):
         yield instance
     finally:
         stop_clean(instance)
-
-
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +43,6 @@ def instance_id(cloud, alice, image):
 
 def public_ip(ec2, instance_id: str) -> str | None:
     return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0].get("PublicIpAddress")
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def test_launch_gives_a_pool_address(cloud, alice, instance_id):

@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
-from tests.clc.ec2_helpers import admin_creds, client, stop_clean
+from tests.clc.ec2_helpers import client, stop_clean
 
 # Polling only at start: capacity reports come from launches and from refreshes of stale reports, so what the
 # tests see is what admission did, not what a poll happened to fetch.
@@ -30,11 +30,6 @@ def cloud(tmp_path_factory):
         yield instance
     finally:
         stop_clean(instance)
-
-
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
 
 
 @pytest.fixture(scope="module")

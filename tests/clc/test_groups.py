@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.ec2_helpers import admin_creds, aws, aws_error, client, new_account, sigv2, start_clc, stop_clean
+from tests.clc.ec2_helpers import aws, aws_error, client, code, sigv2, start_clc, stop_clean
 
 
 @pytest.fixture(scope="module")
@@ -15,20 +15,6 @@ def cloud(tmp_path_factory):
         yield instance
     finally:
         stop_clean(instance)
-
-
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def group(ec2, name: str) -> dict:

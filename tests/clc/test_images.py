@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
-from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, stop_clean
+from tests.clc.ec2_helpers import aws, client, code, stop_clean
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +17,6 @@ def cloud(tmp_path_factory):
         yield instance
     finally:
         stop_clean(instance)
-
-
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +38,6 @@ def images(cloud, alice, bundles):
         ImageLocation=bundles["machine"], Name="machine-one", KernelId=kernel, RamdiskId=ramdisk, Architecture="x86_64"
     )["ImageId"]
     return {"kernel": kernel, "ramdisk": ramdisk, "machine": machine}
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def test_register_detects_kernel_ramdisk_and_machine(cloud, alice, images, bundles):

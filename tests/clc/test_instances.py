@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
-from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, sigv4, stop_clean
+from tests.clc.ec2_helpers import aws, client, code, sigv4, stop_clean
 
 
 @pytest.fixture(scope="module")
@@ -24,25 +24,11 @@ def cloud(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
-
-
-@pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
     location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.two")
     image_id = client(cloud, alice).register_image(ImageLocation=location, Name="machine-two")["ImageId"]
     wait_zone_ready(cloud, alice)
     return image_id
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def test_run_describe_console_reboot_terminate(cloud, alice, image):

@@ -11,12 +11,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from tests.clc.ec2_helpers import (
-    admin_creds,
     aws,
     aws_error,
     client,
+    code,
     ec2_url,
-    new_account,
     sigv2,
     start_clc,
     stop_clean,
@@ -32,22 +31,8 @@ def cloud(tmp_path_factory):
         stop_clean(instance)
 
 
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
-
-
 def colon(digest: bytes) -> str:
     return ":".join(f"{b:02x}" for b in digest)
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def test_create_fingerprint_is_sha1_of_pkcs8(cloud, alice):

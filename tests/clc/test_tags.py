@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.ec2_helpers import admin_creds, aws, client, new_account, start_clc, stop_clean
+from tests.clc.ec2_helpers import aws, client, code, start_clc, stop_clean
 
 
 @pytest.fixture(scope="module")
@@ -16,20 +16,6 @@ def cloud(tmp_path_factory):
         yield instance
     finally:
         stop_clean(instance)
-
-
-@pytest.fixture(scope="module")
-def alice(cloud):
-    return admin_creds(cloud)
-
-
-@pytest.fixture(scope="module")
-def bob(cloud):
-    return new_account(cloud, "bob")
-
-
-def code(err: pytest.ExceptionInfo) -> str:
-    return err.value.response["Error"]["Code"]
 
 
 def tagset(ec2, resource_id: str) -> dict[str, str]:
