@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,6 +221,7 @@ def bench_fanout(node_count: int, instances: int) -> dict:
     finally:
         cloud.stop()
         clc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # a thousand instances' disks
 
 
 def main() -> None:

@@ -40,8 +40,11 @@ class Cloud:
     def __init__(self, state_dir: Path, roles: tuple[str, ...] = ROLES, extra: dict | None = None):
         self.aio = AllInOne(state_dir)
         self.roles = roles
-        # Peers are checked every second, so tests see a peer go and come back quickly.
-        settings = {role: {"KOALA_PEER_POLL_SECONDS": 1, **(extra or {}).get(role, {})} for role in ROLES}
+        # Peers are checked every second, so tests see a peer go and come back quickly. The NC's simulated host
+        # (test driver) gets a fixed disk, so capacity does not depend on how full this machine's disk is.
+        defaults = {role: {"KOALA_PEER_POLL_SECONDS": 1} for role in ROLES}
+        defaults["nc"]["MAX_DISK"] = 1000
+        settings = {role: {**defaults[role], **(extra or {}).get(role, {})} for role in ROLES}
         self.aio.prepare(ports={role: free_port() for role in ROLES}, extra=settings)
         self.processes: dict[str, subprocess.Popen] = {}
         self.extra_nodes: list[ExtraNode] = []
