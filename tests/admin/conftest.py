@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cli.allinone import qemu_usable
 from tests.harness import Cloud
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -28,13 +32,19 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "admin"
 
 @pytest.fixture(scope="package")
 def admin_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    """The CLC with Walrus, a CC and a test-driver NC."""
-    cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": {"HYPERVISOR": "test"}})
+    """The CLC with Walrus, a CC and an NC on QEMU, so the instance pages show a real guest's console."""
+    if os.geteuid() != 0 or not qemu_usable():
+        pytest.fail("libvirtd with QEMU is not usable: deploy/bootstrap.sh sets it up")
+    instances = Path(f"/var/tmp/koala-admin-{secrets.token_hex(4)}")  # readable by libvirt's qemu user
+    instances.mkdir(mode=0o755)
+    nc = {"HYPERVISOR": "qemu", "INSTANCE_PATH": instances, "SWAP_SIZE": 32}
+    cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": nc})
     try:
         cloud.start()
         yield cloud
     finally:
         cloud.stop()
+        shutil.rmtree(instances, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
