@@ -1,0 +1,606 @@
+"""Deployment figures (issue 10), printed as JSON on stdout (progress on stderr).
+
+1. `cold_start`: the README's first command on a machine whose packages are already installed,
+   `deploy/bootstrap.sh && koala up --detach --state-dir <fresh dir>`, until a RunInstances call with the admin's
+   credentials (DIR/eucarc, the machine image from DIR/images.json) is accepted. A fresh state directory each time,
+   so everything starts from nothing: PKI, configurations, the four services, and the guest image bundled, uploaded
+   and registered from the image build cache. Target: at most 60 s. Phases: bootstrap, koala up, first RunInstances
+   accepted. Same-run baseline: `koala up --detach --no-image` on another fresh directory (the four services
+   becoming healthy and the admin's eucarc written), so the report shows what the image steps add. Also `again`:
+   `koala up --detach` on the already-initialised directory after `koala down` (the "running it again reuses the
+   state" path: no PKI, no image build or upload, the images.json ids checked with DescribeImages).
+2. `guest_boot`: RunInstances -> SSH answering in the guest (QEMU software emulation, image cached) in the
+   acceptance test's world (the CC's MANAGED-NOVLAN router in its own namespace, public addresses seen from a
+   "pub" namespace, the metadata link to the CLC), against booting the same guest (same kernel, initrd and root
+   image from the build cache, same memory and vcpus as c1.medium) by hand: `virsh create` of a minimal domain
+   XML, root disk a qcow2 overlay on a copy of the image, a NoCloud config drive (cidata) with the key, a tap on a
+   bridge made here, dnsmasq in a namespace on that bridge giving the guest's MAC a fixed address, and a static
+   metadata server (169.254.169.254, python's http.server) in that namespace so the guest takes the same metadata
+   path as under Koala rather than waiting on absent metadata. Both are timed until an SSH command (asyncssh, from
+   tests/acceptance/ssh_probe.py, in the client's namespace) answers on the guest's address; the console is polled
+   at the same interval on both sides. Koala and by-hand boots alternate, so both see the same machine load.
+
+Needs root and libvirtd with QEMU (deploy/bootstrap.sh). `koala up` uses the default ports 8773-8776 when they
+are free: nothing else may run a `koala up` cloud meanwhile. Everything made here (state directories, services,
+domains, bridges, namespaces, dnsmasq, files under /var/tmp) is removed at the end, also on failure or Ctrl-C.
+Traffic goes only to loopback and to namespaces made here.
+
+    .venv/bin/python bench/deploy_bench.py [--repeat 3] [--guest-repeat N] [--skip-cold] [--skip-guest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import boto3  # noqa: E402
+from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
+
+from services.cloud_controller.identity.credentials import parse_eucarc  # noqa: E402
+
+KOALA = [str(REPO / ".venv" / "bin" / "koala")]
+BOOTSTRAP = REPO / "deploy" / "bootstrap.sh"
+SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
+VIRSH = ["virsh", "-c", "qemu:///system"]
+TARGET_S = 60.0
+POLL_S = 0.5  # console and state polling, the same on both sides of the guest comparison
+# The acceptance test's addresses, on namespaces and a bridge of our own (unique names).
+SUBNET, PUBLIC, METADATA_LINK = "10.216.0.0", "10.218.0", "10.217.0"
+BASE_NET = "10.219.0"  # the by-hand guest's network
+
+
+def log(message: str) -> None:
+    print(f"[deploy_bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode:
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {(result.stderr or result.stdout)[-1500:]}")
+    return result
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "all": [round(v, 2) for v in values],
+    }
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = POLL_S) -> float:
+    """Poll until predicate() is true; return the monotonic time it first was."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ec2_client(creds: dict[str, str]):
+    return boto3.client(
+        "ec2", endpoint_url=creds["EC2_URL"], region_name="eucalyptus",
+        aws_access_key_id=creds["EC2_ACCESS_KEY"], aws_secret_access_key=creds["EC2_SECRET_KEY"],
+    )  # fmt: skip
+
+
+def domains() -> list[str]:
+    return sh(*VIRSH, "list", "--all", "--name", check=False).stdout.split()
+
+
+def destroy_domains(names: list[str]) -> None:
+    """Safety net: never leave a guest of ours running."""
+    for name in set(names) & set(domains()):
+        sh(*VIRSH, "destroy", name, check=False)
+        sh(*VIRSH, "undefine", name, check=False)
+
+
+def make_workdir(prefix: str) -> Path:
+    """A directory under /var/tmp that libvirt's qemu user can read (guests' disks live below it)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+# --- 1. cold start of the all-in-one cloud --------------------------------------------------------------------
+def koala_ports_free() -> None:
+    status = subprocess.run([*KOALA, "status", "--json"], capture_output=True, text=True, timeout=60)
+    if status.returncode == 0:
+        raise RuntimeError("a `koala up` cloud already runs on the default state directory: stop it first")
+    busy = [p for p in (8773, 8774, 8775, 8776) if sh("ss", "-Hltn", f"sport = :{p}", check=False).stdout.strip()]
+    if busy:
+        log(f"ports {busy} are taken: `koala up` will pick free ports instead (the figures stay comparable)")
+
+
+def koala_up(state: Path, *extra: str) -> float:
+    started = time.monotonic()
+    result = subprocess.run(
+        [*KOALA, "up", "--detach", "--state-dir", str(state), *extra], capture_output=True, text=True, timeout=300
+    )
+    if result.returncode:
+        raise RuntimeError(f"koala up {' '.join(extra)} failed: {result.stderr[-2000:]}")
+    return time.monotonic() - started
+
+
+def koala_down(state: Path) -> None:
+    subprocess.run([*KOALA, "down", "--state-dir", str(state)], capture_output=True, timeout=120)
+
+
+def first_run_instances(state: Path) -> tuple[float, int, list[str]]:
+    """RunInstances with the admin's credentials, retried until accepted; (seconds, attempts, instance ids)."""
+    ec2 = ec2_client(parse_eucarc(state / "eucarc"))
+    machine = json.loads((state / "images.json").read_text())["machine"]
+    started, attempts = time.monotonic(), 0
+    while True:
+        attempts += 1
+        try:
+            answer = ec2.run_instances(ImageId=machine, MinCount=1, MaxCount=1, InstanceType="m1.small")
+            return time.monotonic() - started, attempts, [i["InstanceId"] for i in answer["Instances"]]
+        except (ClientError, BotoCoreError) as err:
+            if time.monotonic() - started > 60:
+                raise RuntimeError(f"RunInstances not accepted after 60 s: {err}") from None
+            time.sleep(0.2)
+
+
+def terminate_and_wait(state: Path, ids: list[str]) -> None:
+    ec2 = ec2_client(parse_eucarc(state / "eucarc"))
+    ec2.terminate_instances(InstanceIds=ids)
+
+    def gone() -> bool:
+        found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        states = [i["State"]["Name"] for r in found for i in r["Instances"]]
+        return all(s == "terminated" for s in states) and not set(ids) & set(domains())
+
+    wait_for(gone, 120, f"{ids} terminated and their domains gone")
+
+
+def cold_start_once(root: Path) -> dict:
+    state = root / "state"
+    ids: list[str] = []
+    try:
+        started = time.monotonic()
+        sh("bash", str(BOOTSTRAP), timeout=600)
+        bootstrap = time.monotonic() - started
+        up = koala_up(state)
+        run, attempts, ids = first_run_instances(state)
+        total = time.monotonic() - started
+        terminate_and_wait(state, ids)
+        koala_down(state)
+        again = koala_up(state)  # the same state directory: reuses PKI, configuration and registered images
+        return {"total": total, "bootstrap": bootstrap, "koala_up": up, "first_run_instances": run,
+                "run_attempts": attempts, "again": again}  # fmt: skip
+    finally:
+        koala_down(state)
+        destroy_domains(ids)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def services_only_once(root: Path) -> float:
+    state = root / "state"
+    try:
+        return koala_up(state, "--no-image")
+    finally:
+        koala_down(state)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_cold_start(repeat: int) -> dict:
+    koala_ports_free()
+    runs, baseline = [], []
+    for n in range(repeat):
+        runs.append(cold_start_once(make_workdir("koala-deploy-cold-")))
+        log(f"cold start {n + 1}/{repeat}: {runs[-1]['total']:.1f} s (koala up {runs[-1]['koala_up']:.1f} s)")
+        baseline.append(services_only_once(make_workdir("koala-deploy-noimg-")))
+        log(f"koala up --no-image {n + 1}/{repeat}: {baseline[-1]:.1f} s")
+    total = [r["total"] for r in runs]
+    return {
+        "repeat": repeat,
+        "command": "deploy/bootstrap.sh && koala up --detach --state-dir <fresh> ; RunInstances accepted",
+        "total_s": summary(total),
+        "target_s": TARGET_S,
+        "within_target": statistics.median(total) <= TARGET_S,
+        "phases_s": {
+            phase: summary([r[phase] for r in runs]) for phase in ("bootstrap", "koala_up", "first_run_instances")
+        },
+        "run_instances_attempts": [r["run_attempts"] for r in runs],
+        "baseline_koala_up_no_image_s": summary(baseline),
+        "image_steps_add_s": round(statistics.median([r["koala_up"] for r in runs]) - statistics.median(baseline), 2),
+        "koala_up_again_same_state_s": summary([r["again"] for r in runs]),
+    }
+
+
+# --- 2. RunInstances -> SSH, against virsh create by hand ------------------------------------------------------
+class KoalaWorld:
+    """The acceptance test's world (tests/acceptance/test_acceptance.py), built the same way."""
+
+    def __init__(self, work: Path):
+        from tests.network.topology import Topology
+
+        self.work = work
+        self.tag = secrets.token_hex(2)
+        self.bridge, self.router_port, self.md_port = f"kdbr{self.tag}", f"kdpr{self.tag}", f"kdmd{self.tag}"
+        self.topology = Topology(work)
+        self.instances = make_workdir("koala-deploy-guests-")
+        self.cloud = None
+        self.route = False
+        self.launched: list[str] = []
+
+    def start(self) -> None:
+        from tests.harness import Cloud
+
+        topology, bridge = self.topology, self.bridge
+        topology.add_ns("rtr")
+        topology.add_ns("pub")
+        sh("ip", "link", "add", bridge, "type", "bridge")
+        sh("ip", "link", "set", bridge, "up")
+        sh("ip", "link", "add", self.router_port, "type", "veth", "peer", "name", "priv0", "netns", topology.ns("rtr"))
+        sh("ip", "link", "set", self.router_port, "master", bridge, "up")
+        topology.run("rtr", "ip", "link", "set", "priv0", "up")
+        topology.veth("pub", "eth0", "rtr", "pub0")
+        topology.run("pub", "ip", "addr", "add", f"{PUBLIC}.2/24", "dev", "eth0")
+        topology.run("rtr", "ip", "addr", "add", f"{PUBLIC}.1/24", "dev", "pub0")
+        sh("ip", "link", "add", self.md_port, "type", "veth", "peer", "name", "md0", "netns", topology.ns("rtr"))
+        sh("ip", "addr", "add", f"{METADATA_LINK}.1/30", "dev", self.md_port)
+        sh("ip", "link", "set", self.md_port, "up")
+        topology.run("rtr", "ip", "addr", "add", f"{METADATA_LINK}.2/30", "dev", "md0")
+        topology.run("rtr", "ip", "link", "set", "md0", "up")
+        sh("ip", "route", "replace", f"{SUBNET}/16", "via", f"{METADATA_LINK}.2", "dev", self.md_port)
+        self.route = True
+        self.cloud = Cloud(self.work / "cloud", extra={
+            "clc": {"KOALA_BIND": "0.0.0.0"},
+            "cc": {
+                "VNET_MODE": "MANAGED-NOVLAN", "VNET_SUBNET": SUBNET, "VNET_NETMASK": "255.255.0.0",
+                "VNET_ADDRSPERNET": 32, "VNET_PUBINTERFACE": "pub0", "VNET_PRIVINTERFACE": "priv0",
+                "VNET_BRIDGE": bridge, "VNET_PUBLICIPS": f"{PUBLIC}.100-{PUBLIC}.109",
+                "VNET_CLOUDIP": f"{METADATA_LINK}.1", "VNET_DNS": f"{METADATA_LINK}.1",
+                "KOALA_VNET_NETNS": topology.ns("rtr"),
+            },
+            "nc": {
+                "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
+                "INSTANCE_PATH": self.instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
+            },
+        })  # fmt: skip
+        self.cloud.start()
+        self.ec2 = ec2_client(self.cloud.admin_credentials())
+        from cli.guest_image import ensure_registered
+
+        self.images = ensure_registered(self.cloud.dir, self.cloud.aio.admin_eucarc_source(), log=log)
+        key = self.ec2.create_key_pair(KeyName="bench")
+        self.key_file = self.work / "koala-key.pem"
+        self.key_file.write_text(key["KeyMaterial"])
+        self.key_file.chmod(0o600)
+        self.ec2.create_security_group(GroupName="ssh", Description="ssh from anywhere")
+        self.ec2.authorize_security_group_ingress(GroupName="ssh", IpProtocol="tcp", FromPort=22, ToPort=22,
+                                                  CidrIp="0.0.0.0/0")  # fmt: skip
+
+    def instance(self, instance_id: str) -> dict:
+        found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return next((i for r in found for i in r["Instances"]), {})
+
+    def console(self, instance_id: str) -> str:
+        return self.ec2.get_console_output(InstanceId=instance_id).get("Output", "") or ""
+
+    def capacity(self) -> tuple[int, int]:
+        zones = self.ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+        row = next(z["State"] for z in zones if z["ZoneName"] == "|- c1.medium")
+        free, _, most = row.split()[:3]
+        return int(free), int(most)
+
+    def boot(self) -> dict:
+        wait_for(lambda: self.capacity()[0] == self.capacity()[1] > 0, 90, "the zone's capacity free")
+        started = time.monotonic()
+        answer = self.ec2.run_instances(ImageId=self.images["machine"], MinCount=1, MaxCount=1, KeyName="bench",
+                                        SecurityGroups=["ssh"], InstanceType="c1.medium")  # fmt: skip
+        accepted = time.monotonic()
+        instance_id = answer["Instances"][0]["InstanceId"]
+        self.launched.append(instance_id)
+        try:
+            running = wait_for(lambda: self.instance(instance_id).get("State", {}).get("Name") == "running", 180,
+                               f"{instance_id} running")  # fmt: skip
+            line = f"KOALA-GUEST ready instance={instance_id}"
+            ready = wait_for(lambda: line in self.console(instance_id), 240, f"{line} on the console")
+            public_ip = self.instance(instance_id).get("PublicIpAddress", "")
+            answered = ssh_until_answers(self.topology.ns("pub"), public_ip, self.key_file, instance_id)
+            source = "metadata" if "source=metadata" in self.console(instance_id) else "other"
+        finally:
+            self.terminate(instance_id)
+        return {
+            "total": answered - started, "run_instances_call": accepted - started, "to_running": running - accepted,
+            "running_to_console_ready": ready - running, "console_ready_to_ssh": answered - ready, "source": source,
+        }  # fmt: skip
+
+    def terminate(self, instance_id: str) -> None:
+        self.ec2.terminate_instances(InstanceIds=[instance_id])
+        wait_for(lambda: self.instance(instance_id).get("State", {}).get("Name") == "terminated", 120,
+                 f"{instance_id} terminated")  # fmt: skip
+        wait_for(lambda: instance_id not in domains(), 60, f"{instance_id}'s domain gone")
+        wait_for(lambda: not list(self.instances.rglob(f"{instance_id}*")), 60, f"{instance_id}'s files gone")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.cloud is not None and self.launched:
+                self.ec2.terminate_instances(InstanceIds=self.launched)
+        if self.cloud is not None:
+            self.cloud.stop()
+        destroy_domains(self.launched)
+        if self.route:
+            sh("ip", "route", "del", f"{SUBNET}/16", check=False)
+        for link in (self.md_port, self.router_port, self.bridge):
+            sh("ip", "link", "del", link, check=False)
+        self.topology.cleanup()
+        shutil.rmtree(self.instances, ignore_errors=True)
+
+
+def ssh_until_answers(netns: str, address: str, key_file: Path, expected: str) -> float:
+    """ssh_probe.py in `netns` (it retries for 45 s) until `hostname` answers `expected`; the time it did."""
+    deadline = time.monotonic() + 120
+    while True:
+        probe = sh("ip", "netns", "exec", netns, sys.executable, str(SSH_PROBE), address, str(key_file), "hostname",
+                   check=False)  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == expected:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no SSH answer from {address}: {probe.stdout[-300:]} {probe.stderr[-500:]}")
+        time.sleep(POLL_S)
+
+
+DOMAIN_XML = """<domain type="qemu">
+  <name>{name}</name>
+  <memory unit="MiB">{memory_mb}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <os>
+    <type arch="x86_64" machine="pc">hvm</type>
+    <kernel>{dir}/kernel</kernel>
+    <initrd>{dir}/initrd</initrd>
+    <cmdline>root=/dev/vda console=ttyS0 koala.instance={name}</cmdline>
+  </os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2"/>
+      <source file="{dir}/root.qcow2"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="raw"/>
+      <source file="{dir}/config.iso"/>
+      <target dev="vdb" bus="virtio"/>
+      <readonly/>
+    </disk>
+    <interface type="bridge">
+      <source bridge="{bridge}"/>
+      <mac address="{mac}"/>
+      <model type="virtio"/>
+    </interface>
+    <serial type="pty">
+      <log file="{dir}/console.log" append="off"/>
+      <target port="0"/>
+    </serial>
+    <console type="pty"><target type="serial" port="0"/></console>
+  </devices>
+</domain>
+"""
+
+
+def config_drive(path: Path, name: str, public_key: str) -> None:
+    """A NoCloud config drive as the NC makes it (pycdlib, ISO 9660 labelled cidata, Rock Ridge and Joliet)."""
+    import pycdlib
+
+    meta = f"instance-id: {name}\nlocal-hostname: {name}\npublic-keys:\n  - {json.dumps(public_key.strip())}\n"
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for index, (file, data) in enumerate({"meta-data": meta.encode(), "user-data": b""}.items()):
+        iso.add_fp(io.BytesIO(data), len(data), f"/F{index:07d}.;1", rr_name=file, joliet_path=f"/{file}")
+    iso.write(str(path))
+    iso.close()
+
+
+class HandWorld:
+    """The same guest booted by hand: a bridge, a namespace with dnsmasq and a static metadata server, virsh."""
+
+    def __init__(self, image_dir: Path, vm_memory_mb: int, vm_vcpus: int):
+        tag = secrets.token_hex(2)
+        self.image_dir, self.memory_mb, self.vcpus = image_dir, vm_memory_mb, vm_vcpus
+        self.bridge, self.port, self.ns = f"kdhb{tag}", f"kdhp{tag}", f"kdh{tag}-dhcp"
+        self.work = make_workdir("koala-deploy-hand-")
+        self.processes: list[subprocess.Popen] = []
+        self.ns_made = False
+        self.launched: list[str] = []
+
+    def start(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.key_file = self.work / "hand-key.pem"
+        self.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                    serialization.NoEncryption()))  # fmt: skip
+        self.key_file.chmod(0o600)
+        self.public_key = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                        serialization.PublicFormat.OpenSSH).decode()  # fmt: skip
+        for name in ("kernel", "initrd", "root.img"):  # a copy of the cached build, as the NC keeps its own cache
+            sh("cp", "--sparse=always", str(self.image_dir / name), str(self.work / name))
+        sh("ip", "netns", "add", self.ns)
+        self.ns_made = True
+        self.run_ns("ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "link", "set", self.bridge, "up")
+        sh("ip", "link", "add", self.port, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        sh("ip", "link", "set", self.port, "master", self.bridge, "up")
+        self.run_ns("ip", "addr", "add", f"{BASE_NET}.1/24", "dev", "eth0")
+        self.run_ns("ip", "addr", "add", "169.254.169.254/32", "dev", "eth0")
+        self.run_ns("ip", "link", "set", "eth0", "up")
+        self.leases = self.work / "dnsmasq.leases"
+        # Every guest's fixed address, written before dnsmasq starts (guest n: MAC ...:db:00:n, address .10+n).
+        self.hosts = self.work / "dhcp-hosts"
+        self.hosts.write_text("".join(f"{self.mac(n)},{self.address(n)}\n" for n in range(200)))
+        self.spawn("dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+                   "--interface=eth0", "--dhcp-authoritative", "--user=root",
+                   f"--dhcp-range={BASE_NET}.0,static,255.255.255.0,1h", f"--dhcp-option=option:router,{BASE_NET}.1",
+                   f"--dhcp-leasefile={self.leases}", f"--dhcp-hostsfile={self.hosts}")  # fmt: skip
+        self.metadata = self.work / "metadata"
+        self.metadata.mkdir()
+        self.spawn(sys.executable, "-m", "http.server", "80", "--bind", "169.254.169.254",
+                   "--directory", str(self.metadata))  # fmt: skip
+
+    @staticmethod
+    def mac(n: int) -> str:
+        return f"52:54:00:db:00:{n:02x}"
+
+    @staticmethod
+    def address(n: int) -> str:
+        return f"{BASE_NET}.{10 + n}"
+
+    def run_ns(self, *argv: str) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.ns, *argv)
+
+    def spawn(self, *argv: str) -> None:
+        process = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.processes.append(process)
+        time.sleep(0.3)
+        if process.poll() is not None:
+            raise RuntimeError(f"{argv[0]} in {self.ns} exited with status {process.returncode}")
+
+    def boot(self, index: int) -> dict:
+        name = f"kdh-{secrets.token_hex(4)}"
+        mac, address = self.mac(index % 200), self.address(index % 200)
+        vm = self.work / name
+        vm.mkdir(mode=0o755)
+        meta = self.metadata / "latest" / "meta-data"
+        (meta / "public-keys" / "0").mkdir(parents=True, exist_ok=True)
+        (meta / "instance-id").write_text(name)
+        (meta / "public-keys" / "0" / "openssh-key").write_text(self.public_key + "\n")
+        for part in ("kernel", "initrd"):
+            os.link(self.work / part, vm / part)
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.work / "root.img"),
+           str(vm / "root.qcow2"))  # fmt: skip
+        config_drive(vm / "config.iso", name, self.public_key)
+        xml = vm / "domain.xml"
+        xml.write_text(DOMAIN_XML.format(name=name, memory_mb=self.memory_mb, vcpus=self.vcpus, dir=vm,
+                                         bridge=self.bridge, mac=mac))  # fmt: skip
+        console = vm / "console.log"
+        self.launched.append(name)
+        try:
+            started = time.monotonic()
+            sh(*VIRSH, "create", str(xml))
+            created = time.monotonic()
+            line = f"KOALA-GUEST ready instance={name}"
+            ready = wait_for(lambda: console.exists() and line in console.read_text(errors="replace"), 240,
+                             f"{line} in {console}")  # fmt: skip
+            answered = ssh_until_answers(self.ns, address, self.key_file, name)
+            source = "metadata" if "source=metadata" in console.read_text(errors="replace") else "other"
+        finally:
+            sh(*VIRSH, "destroy", name, check=False)
+            shutil.rmtree(vm, ignore_errors=True)
+        return {"total": answered - started, "virsh_create": created - started, "to_console_ready": ready - created,
+                "console_ready_to_ssh": answered - ready, "source": source}  # fmt: skip
+
+    def close(self) -> None:
+        destroy_domains(self.launched)
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                process.wait(timeout=5)
+        if self.ns_made:
+            for pid in sh("ip", "netns", "pids", self.ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", self.ns, check=False)
+        for link in (self.port, self.bridge):
+            sh("ip", "link", "del", link, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def bench_guest_boot(repeat: int) -> dict:
+    from cli.allinone import qemu_usable
+    from cli.guest_image import build
+    from services.cloud_controller.compute.vmtypes import DEFAULTS
+
+    if not qemu_usable():
+        return {"skipped": "libvirtd with QEMU is not usable (deploy/bootstrap.sh sets it up)"}
+    c1_medium = next(t for t in DEFAULTS if t.name == "c1.medium")
+    work = Path(tempfile.mkdtemp(prefix="koala-deploy-bench-"))
+    koala = KoalaWorld(work)
+    hand = HandWorld(build(), c1_medium.memory_mb, c1_medium.cores)
+    try:
+        log("building the Koala world (acceptance topology, four services, guest image registered)")
+        koala.start()
+        hand.start()
+        koala_runs, hand_runs = [], []
+        for n in range(repeat):
+            koala_runs.append(koala.boot())
+            log(f"koala {n + 1}/{repeat}: RunInstances -> SSH {koala_runs[-1]['total']:.1f} s")
+            hand_runs.append(hand.boot(n))
+            log(f"by hand {n + 1}/{repeat}: virsh create -> SSH {hand_runs[-1]['total']:.1f} s")
+    finally:
+        koala.close()
+        hand.close()
+        shutil.rmtree(work, ignore_errors=True)
+    koala_median = statistics.median(r["total"] for r in koala_runs)
+    hand_median = statistics.median(r["total"] for r in hand_runs)
+    koala_phases = ("run_instances_call", "to_running", "running_to_console_ready", "console_ready_to_ssh")
+    hand_phases = ("virsh_create", "to_console_ready", "console_ready_to_ssh")
+    return {
+        "instances": repeat,
+        "vm": {"type": "c1.medium", "memory_mb": c1_medium.memory_mb, "vcpus": c1_medium.cores, "domain": "qemu"},
+        "koala_run_to_ssh_s": summary([r["total"] for r in koala_runs]),
+        "koala_phases_s": {p: summary([r[p] for r in koala_runs]) for p in koala_phases},
+        "koala_guest_key_source": [r["source"] for r in koala_runs],
+        "by_hand_virsh_create_to_ssh_s": summary([r["total"] for r in hand_runs]),
+        "by_hand_phases_s": {p: summary([r[p] for r in hand_runs]) for p in hand_phases},
+        "by_hand_guest_key_source": [r["source"] for r in hand_runs],
+        "overhead_s": round(koala_median - hand_median, 2),
+        "ratio_koala_over_by_hand": round(koala_median / hand_median, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="cold starts (each with its baseline)")
+    parser.add_argument("--guest-repeat", type=int, help="guests booted each way (default: --repeat)")
+    parser.add_argument("--skip-cold", action="store_true", help="skip the cold start measurement")
+    parser.add_argument("--skip-guest", action="store_true", help="skip the guest boot measurement")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print(json.dumps({"skipped": "needs root (libvirtd, namespaces, koala up)"}))
+        return 0
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # so every finally block cleans up on SIGTERM too
+
+    signal.signal(signal.SIGTERM, interrupted)
+    result: dict = {"benchmark": "deploy"}
+    started = time.monotonic()
+    if not args.skip_cold:
+        result["cold_start"] = bench_cold_start(args.repeat)
+    if not args.skip_guest:
+        result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
