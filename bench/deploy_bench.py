@@ -59,7 +59,7 @@ BOOTSTRAP = REPO / "deploy" / "bootstrap.sh"
 SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
 VIRSH = ["virsh", "-c", "qemu:///system"]
 TARGET_S = 60.0
-POLL_S = 0.5  # console and state polling, the same on both sides of the guest comparison
+POLL_S = 0.25  # console and state polling, the same on both sides of the guest comparison
 # The acceptance test's addresses, on namespaces and a bridge of our own (unique names).
 SUBNET, PUBLIC, METADATA_LINK = "10.216.0.0", "10.218.0", "10.217.0"
 BASE_NET = "10.219.0"  # the by-hand guest's network
@@ -140,8 +140,10 @@ def koala_up(state: Path, *extra: str) -> float:
     return time.monotonic() - started
 
 
-def koala_down(state: Path) -> None:
+def koala_down(state: Path) -> float:
+    started = time.monotonic()
     subprocess.run([*KOALA, "down", "--state-dir", str(state)], capture_output=True, timeout=120)
+    return time.monotonic() - started
 
 
 def first_run_instances(state: Path) -> tuple[float, int, list[str]]:
@@ -185,10 +187,10 @@ def cold_start_once(root: Path) -> dict:
         stopping = time.monotonic()
         terminate_and_wait(state, ids)
         log(f"the first instance terminated and its domain gone in {time.monotonic() - stopping:.1f} s (not timed)")
-        koala_down(state)
+        down = koala_down(state)
         again = koala_up(state)  # the same state directory: reuses PKI, configuration and registered images
         return {"total": total, "bootstrap": bootstrap, "koala_up": up, "first_run_instances": run,
-                "run_attempts": attempts, "again": again}  # fmt: skip
+                "run_attempts": attempts, "again": again, "down": down}  # fmt: skip
     finally:
         koala_down(state)
         destroy_domains(ids)
@@ -226,6 +228,7 @@ def bench_cold_start(repeat: int) -> dict:
         "baseline_koala_up_no_image_s": summary(baseline),
         "image_steps_add_s": round(statistics.median([r["koala_up"] for r in runs]) - statistics.median(baseline), 2),
         "koala_up_again_same_state_s": summary([r["again"] for r in runs]),
+        "koala_down_s": summary([r["down"] for r in runs]),
     }
 
 
@@ -392,6 +395,13 @@ def ssh_until_answers(netns: str, address: str, key_file: Path, expected: str) -
         if time.monotonic() > deadline:
             raise RuntimeError(f"no SSH answer from {address}: {probe.stdout[-300:]} {probe.stderr[-500:]}")
         time.sleep(POLL_S)
+
+
+def probe_startup() -> float:
+    """What the SSH probe costs before it sends a packet (a python process importing asyncssh), on both sides."""
+    started = time.monotonic()
+    sh(sys.executable, "-c", "import asyncssh")
+    return round(time.monotonic() - started, 2)
 
 
 DOMAIN_XML = """<domain type="qemu">
@@ -603,6 +613,7 @@ def bench_guest_boot(repeat: int, reuse_group: bool = False) -> dict:
         "by_hand_virsh_create_to_ssh_s": summary([r["total"] for r in hand_runs]),
         "by_hand_phases_s": {p: summary([r[p] for r in hand_runs]) for p in hand_phases},
         "by_hand_guest_key_source": [r["source"] for r in hand_runs],
+        "ssh_probe_startup_s": probe_startup(),
         "overhead_s": round(koala_median - hand_median, 2),
         "ratio_koala_over_by_hand": round(koala_median / hand_median, 2),
     }
