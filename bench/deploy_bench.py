@@ -19,6 +19,9 @@
    path as under Koala rather than waiting on absent metadata. Both are timed until an SSH command (asyncssh, from
    tests/acceptance/ssh_probe.py, in the client's namespace) answers on the guest's address; the console is polled
    at the same interval on both sides. Koala and by-hand boots alternate, so both see the same machine load.
+   Each Koala guest is launched in a security group of its own (made beforehand, not timed): with one group the
+   next guest gets the private address of the one before it, and the CC's dnsmasq still holds that address's
+   lease for the old MAC, so the new guest gets no DHCP answer (--reuse-group shows it).
 
 Needs root and libvirtd with QEMU (deploy/bootstrap.sh). `koala up` uses the default ports 8773-8776 when they
 are free: nothing else may run a `koala up` cloud meanwhile. Everything made here (state directories, services,
