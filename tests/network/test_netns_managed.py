@@ -236,6 +236,23 @@ def test_reconcile_heals_what_was_changed_behind_koalas_back(leased: Net) -> Non
     assert "192.168.1.1/27" in topo.run("cc", "ip", "-4", "addr", "show", "priv0").stdout
 
 
+def test_a_freed_address_is_leased_to_the_next_guest(leased: Net) -> None:
+    """g2 ends and a new instance (another MAC) gets its address: DHCP must answer the newcomer, not keep the
+    address for the departed guest's lease."""
+    net, topo = leased, leased.topo
+    original_mac = topo.run("g2", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    rounds = (("i-0000000b", "i-0000000d", "d0:0d:00:00:00:0d"), ("i-0000000d", "i-0000000b", original_mac))
+    for old, new, mac in rounds:
+        net.call(net.manager.remove_instance(old))
+        filled = net.call(net.manager.add_instance(new, NetConfig(vlan=10, network_index=3)))
+        assert filled.private_ip == "192.168.1.3" and filled.private_mac == mac
+        topo.run("g2", "ip", "addr", "flush", "dev", "eth0")
+        topo.run("g2", "ip", "link", "set", "eth0", "address", mac)
+        assert topo.dhcp("g2")["ip"] == "192.168.1.3"
+    leases = (net.state_dir / "network" / "dnsmasq.leases").read_text()
+    assert "d0:0d:00:00:00:0d" not in leases and original_mac in leases
+
+
 def test_restart_restores_the_network_from_the_database(leased: Net) -> None:
     net, topo = leased, leased.topo
     net.call(net.manager.assign_address(EIP, "", "i-0000000a"))

@@ -1,7 +1,8 @@
 """The DHCP server (dnsmasq from Debian): its configuration, host entries, and the daemon's life.
 
 The configuration (interfaces, subnets, options) and the host file (MAC -> address) are written atomically.
-A changed host file is picked up with SIGHUP; a changed configuration restarts the daemon. The daemon runs
+A changed host file is picked up with SIGHUP; a changed configuration, or a host entry gone whose lease would keep
+its address from the next guest, restarts the daemon. The daemon runs
 detached with a pid file, so DHCP keeps working while the CC restarts, and the CC finds it again afterwards.
 """
 
@@ -94,17 +95,42 @@ class DhcpServer:
         )
         hosts_changed = await asyncio.to_thread(_write_if_changed, self.dir / "dhcp-hosts", render_hosts(spec))
         pid = self.running_pid()
-        if pid is not None and conf_changed:
+        stale = hosts_changed and await asyncio.to_thread(self._prune_leases, spec, dry_run=True)
+        if pid is not None and (conf_changed or stale):
             await self.stop()
             pid = None
+        if stale:
+            await asyncio.to_thread(self._prune_leases, spec)
         if pid is None:
             await self.runner.run([self.program, f"--conf-file={self.conf_path}"])
             await self._wait_pid()
-            return ["started"]
+            return ["started, stale leases dropped" if stale else "started"]
         if hosts_changed:
             await self.runner.run(["kill", "-HUP", str(pid)])
             return ["reloaded"]
         return []
+
+    def _prune_leases(self, spec: DhcpSpec, dry_run: bool = False) -> bool:
+        """Drop leases that no host entry backs any more. dnsmasq keeps a departed guest's lease until it expires
+        and will not give that address to the next guest's MAC meanwhile; every address here is a static host
+        entry, so such a lease is only in the way. It is edited with the daemon stopped (it owns the file)."""
+        path = self.dir / "dnsmasq.leases"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return False
+        wanted = {(host.mac.lower(), host.ip) for host in spec.hosts}
+
+        def backed(line: str) -> bool:  # "<expiry> <mac> <ip> <name> <client id>"; other lines (duid) stay
+            fields = line.split()
+            return len(fields) < 3 or fields[0] == "duid" or (fields[1].lower(), fields[2]) in wanted
+
+        kept = [line for line in lines if backed(line)]
+        if len(kept) == len(lines):
+            return False
+        if not dry_run:
+            _write_if_changed(path, "".join(f"{line}\n" for line in kept))
+        return True
 
     async def _wait_pid(self) -> None:
         for _ in range(int(self.start_wait / 0.02)):  # dnsmasq writes its pid file once it forked
