@@ -19,9 +19,8 @@
    path as under Koala rather than waiting on absent metadata. Both are timed until an SSH command (asyncssh, from
    tests/acceptance/ssh_probe.py, in the client's namespace) answers on the guest's address; the console is polled
    at the same interval on both sides. Koala and by-hand boots alternate, so both see the same machine load.
-   Each Koala guest is launched in a security group of its own (made beforehand, not timed): with one group the
-   next guest gets the private address of the one before it, and the CC's dnsmasq still holds that address's
-   lease for the old MAC, so the new guest gets no DHCP answer (--reuse-group shows it).
+   Every Koala guest is launched in the same security group, as a user would, so each gets the private address
+   of the one before it (a reused address must be leased to the new MAC at once).
 
 Needs root and libvirtd with QEMU (deploy/bootstrap.sh). `koala up` uses the default ports 8773-8776 when they
 are free: nothing else may run a `koala up` cloud meanwhile. Everything made here (state directories, services,
@@ -239,10 +238,9 @@ def bench_cold_start(repeat: int) -> dict:
 class KoalaWorld:
     """The acceptance test's world (tests/acceptance/test_acceptance.py), built the same way."""
 
-    def __init__(self, work: Path, reuse_group: bool = False):
+    def __init__(self, work: Path):
         from tests.network.topology import Topology
 
-        self.reuse_group = reuse_group
         self.work = work
         self.tag = secrets.token_hex(2)
         self.bridge, self.router_port, self.md_port = f"kdbr{self.tag}", f"kdpr{self.tag}", f"kdmd{self.tag}"
@@ -296,15 +294,9 @@ class KoalaWorld:
         self.key_file = self.work / "koala-key.pem"
         self.key_file.write_text(key["KeyMaterial"])
         self.key_file.chmod(0o600)
-        self.groups = 0
-
-    def new_group(self) -> str:
-        name = f"ssh{self.groups}"
-        self.groups += 1
-        self.ec2.create_security_group(GroupName=name, Description="ssh from anywhere")
-        self.ec2.authorize_security_group_ingress(GroupName=name, IpProtocol="tcp", FromPort=22, ToPort=22,
+        self.ec2.create_security_group(GroupName="ssh", Description="ssh from anywhere")
+        self.ec2.authorize_security_group_ingress(GroupName="ssh", IpProtocol="tcp", FromPort=22, ToPort=22,
                                                   CidrIp="0.0.0.0/0")  # fmt: skip
-        return name
 
     def instance(self, instance_id: str) -> dict:
         found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
@@ -320,14 +312,10 @@ class KoalaWorld:
         return int(free), int(most)
 
     def boot(self) -> dict:
-        # A group of its own for each guest (not timed): MANAGED-NOVLAN gives each group its own subnet, so a guest
-        # never gets the private address of the one before it, whose DHCP lease the CC's dnsmasq still holds
-        # (see --reuse-group and the module docstring).
-        group = "ssh0" if self.reuse_group and self.groups else self.new_group()
         wait_for(lambda: self.capacity()[0] == self.capacity()[1] > 0, 90, "the zone's capacity free")
         started = time.monotonic()
         answer = self.ec2.run_instances(ImageId=self.images["machine"], MinCount=1, MaxCount=1, KeyName="bench",
-                                        SecurityGroups=[group], InstanceType="c1.medium")  # fmt: skip
+                                        SecurityGroups=["ssh"], InstanceType="c1.medium")  # fmt: skip
         accepted = time.monotonic()
         instance_id = answer["Instances"][0]["InstanceId"]
         self.launched.append(instance_id)
@@ -578,7 +566,7 @@ class HandWorld:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def bench_guest_boot(repeat: int, reuse_group: bool = False) -> dict:
+def bench_guest_boot(repeat: int) -> dict:
     from cli.allinone import qemu_usable
     from cli.guest_image import build
     from services.cloud_controller.compute.vmtypes import DEFAULTS
@@ -587,7 +575,7 @@ def bench_guest_boot(repeat: int, reuse_group: bool = False) -> dict:
         return {"skipped": "libvirtd with QEMU is not usable (deploy/bootstrap.sh sets it up)"}
     c1_medium = next(t for t in DEFAULTS if t.name == "c1.medium")
     work = Path(tempfile.mkdtemp(prefix="koala-deploy-bench-"))
-    koala = KoalaWorld(work, reuse_group)
+    koala = KoalaWorld(work)
     hand = HandWorld(build(), c1_medium.memory_mb, c1_medium.cores)
     try:
         log("building the Koala world (acceptance topology, four services, guest image registered)")
@@ -626,11 +614,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="cold starts (each with its baseline)")
     parser.add_argument("--guest-repeat", type=int, help="guests booted each way (default: --repeat)")
-    parser.add_argument(
-        "--reuse-group",
-        action="store_true",
-        help="launch every Koala guest in the same security group (shows the stale-DHCP-lease problem)",
-    )
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold start measurement")
     parser.add_argument("--skip-guest", action="store_true", help="skip the guest boot measurement")
     args = parser.parse_args()
@@ -647,7 +630,7 @@ def main() -> int:
     if not args.skip_cold:
         result["cold_start"] = bench_cold_start(args.repeat)
     if not args.skip_guest:
-        result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat, args.reuse_group)
+        result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat)
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
