@@ -242,6 +242,8 @@ def test_guest_dhcp_metadata_and_ssh(guest_image: Path, tmp_path: Path) -> None:
             helper.terminate()
             helper.wait(10)
         close_env(env)
+        # The veth first: deleting the namespace does not always take the pair with it at once.
+        for link in (host_end, bridge):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(instances, ignore_errors=True)
