@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cli.allinone import qemu_usable
+from cli.guest_image import build
 from tests.harness import Cloud
 
 
@@ -17,3 +20,11 @@ def cloud(tmp_path: Path) -> Iterator[Cloud]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The guest test image's directory (kernel, initrd, root.img), built by deploy/guest-image/build.sh (cached)."""
+    if os.geteuid() != 0 or not qemu_usable():
+        pytest.skip("needs root and libvirtd for qemu:///system (deploy/bootstrap.sh)")
+    return build()

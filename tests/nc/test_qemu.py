@@ -9,7 +9,6 @@ libvirtd (deploy/bootstrap.sh starts one).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import shutil
 import subprocess
@@ -23,26 +22,7 @@ from tests.nc.conftest import NcEnv, close_env, make_env
 from tests.nc.support import wait_for
 
 pytestmark = pytest.mark.qemu
-REPO = Path(__file__).resolve().parents[2]
 VM = VmType(name="c1.medium", cores=1, memory_mb=256, disk_gb=1)
-
-
-def _libvirt_ok() -> bool:
-    if os.geteuid() != 0 or shutil.which("virsh") is None:
-        return False
-    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=20)
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> Path:
-    if not _libvirt_ok():
-        pytest.skip("needs root and libvirtd for qemu:///system (deploy/bootstrap.sh)")
-    build = subprocess.run(
-        ["bash", str(REPO / "deploy/guest-image/build.sh")], capture_output=True, text=True, timeout=600
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
-    return Path(build.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,28 +34,9 @@ from tests.nc.support import wait_for
 from tests.network.topology import Topology, sh
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
-REPO = Path(__file__).resolve().parents[2]
 VM = VmType(name="c1.medium", cores=1, memory_mb=256, disk_gb=1)
 NETWORK, VLAN = "111122223333-default", 10
 EIP = "10.99.0.70"
-
-
-def _libvirt_ok() -> bool:
-    if os.geteuid() != 0 or shutil.which("virsh") is None:
-        return False
-    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=20)
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> Path:
-    if not _libvirt_ok():
-        pytest.skip("needs root and libvirtd for qemu:///system (deploy/bootstrap.sh)")
-    build = subprocess.run(
-        ["bash", str(REPO / "deploy/guest-image/build.sh")], capture_output=True, text=True, timeout=600
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
-    return Path(build.stdout.strip().splitlines()[-1])
 
 
 def test_qemu_guest_behind_the_cc_router(guest_image: Path, tmp_path: Path) -> None:
