@@ -62,8 +62,6 @@ SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
 VIRSH = ["virsh", "-c", "qemu:///system"]
 TARGET_S = 60.0
 POLL_S = 0.25  # console and state polling, the same on both sides of the guest comparison
-# The acceptance test's addresses, on namespaces and a bridge of our own (unique names).
-SUBNET, PUBLIC, METADATA_LINK = "10.216.0.0", "10.218.0", "10.217.0"
 BASE_NET = "10.219.0"  # the by-hand guest's network
 
 
@@ -236,56 +234,20 @@ def bench_cold_start(repeat: int) -> dict:
 
 # --- 2. RunInstances -> SSH, against virsh create by hand ------------------------------------------------------
 class KoalaWorld:
-    """The acceptance test's world (tests/acceptance/test_acceptance.py), built the same way."""
+    """The acceptance test's world (tests/acceptance/world.py)."""
 
     def __init__(self, work: Path):
-        from tests.network.topology import Topology
-
         self.work = work
-        self.tag = secrets.token_hex(2)
-        self.bridge, self.router_port, self.md_port = f"kdbr{self.tag}", f"kdpr{self.tag}", f"kdmd{self.tag}"
-        self.topology = Topology(work)
         self.instances = make_workdir("koala-deploy-guests-")
+        self.stack = contextlib.ExitStack()
         self.cloud = None
-        self.route = False
         self.launched: list[str] = []
 
     def start(self) -> None:
-        from tests.harness import Cloud
+        from tests.acceptance.world import acceptance_world
 
-        topology, bridge = self.topology, self.bridge
-        topology.add_ns("rtr")
-        topology.add_ns("pub")
-        sh("ip", "link", "add", bridge, "type", "bridge")
-        sh("ip", "link", "set", bridge, "up")
-        sh("ip", "link", "add", self.router_port, "type", "veth", "peer", "name", "priv0", "netns", topology.ns("rtr"))
-        sh("ip", "link", "set", self.router_port, "master", bridge, "up")
-        topology.run("rtr", "ip", "link", "set", "priv0", "up")
-        topology.veth("pub", "eth0", "rtr", "pub0")
-        topology.run("pub", "ip", "addr", "add", f"{PUBLIC}.2/24", "dev", "eth0")
-        topology.run("rtr", "ip", "addr", "add", f"{PUBLIC}.1/24", "dev", "pub0")
-        sh("ip", "link", "add", self.md_port, "type", "veth", "peer", "name", "md0", "netns", topology.ns("rtr"))
-        sh("ip", "addr", "add", f"{METADATA_LINK}.1/30", "dev", self.md_port)
-        sh("ip", "link", "set", self.md_port, "up")
-        topology.run("rtr", "ip", "addr", "add", f"{METADATA_LINK}.2/30", "dev", "md0")
-        topology.run("rtr", "ip", "link", "set", "md0", "up")
-        sh("ip", "route", "replace", f"{SUBNET}/16", "via", f"{METADATA_LINK}.2", "dev", self.md_port)
-        self.route = True
-        self.cloud = Cloud(self.work / "cloud", extra={
-            "clc": {"KOALA_BIND": "0.0.0.0"},
-            "cc": {
-                "VNET_MODE": "MANAGED-NOVLAN", "VNET_SUBNET": SUBNET, "VNET_NETMASK": "255.255.0.0",
-                "VNET_ADDRSPERNET": 32, "VNET_PUBINTERFACE": "pub0", "VNET_PRIVINTERFACE": "priv0",
-                "VNET_BRIDGE": bridge, "VNET_PUBLICIPS": f"{PUBLIC}.100-{PUBLIC}.109",
-                "VNET_CLOUDIP": f"{METADATA_LINK}.1", "VNET_DNS": f"{METADATA_LINK}.1",
-                "KOALA_VNET_NETNS": topology.ns("rtr"),
-            },
-            "nc": {
-                "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
-                "INSTANCE_PATH": self.instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
-            },
-        })  # fmt: skip
-        self.cloud.start()
+        world = self.stack.enter_context(acceptance_world(self.work, self.instances, prefix="kd"))
+        self.cloud, self.topology = world.cloud, world.topology
         self.ec2 = ec2_client(self.cloud.admin_credentials())
         from cli.guest_image import ensure_registered
 
@@ -364,14 +326,8 @@ class KoalaWorld:
         with contextlib.suppress(Exception):
             if self.cloud is not None and self.launched:
                 self.ec2.terminate_instances(InstanceIds=self.launched)
-        if self.cloud is not None:
-            self.cloud.stop()
+        self.stack.close()  # the cloud, the links, the namespaces
         destroy_domains(self.launched)
-        if self.route:
-            sh("ip", "route", "del", f"{SUBNET}/16", check=False)
-        for link in (self.md_port, self.router_port, self.bridge):
-            sh("ip", "link", "del", link, check=False)
-        self.topology.cleanup()
         shutil.rmtree(self.instances, ignore_errors=True)
 
 

@@ -2,12 +2,8 @@
 console -> SSH on a public address -> terminate -> everything cleaned up.
 
 Real processes everywhere: the four services (the NC on qemu:///system, software emulation), libvirtd, the CC's
-router with iptables and dnsmasq, the guest test image built from Debian packages. The network:
-
-    pub ns (the user's SSH client) --pub0-- rtr ns (the CC's router: KOALA_VNET_NETNS) --priv0-- bridge (root ns,
-    made by the NC; guests' taps) ; rtr --md0-- root ns (the CLC, for the metadata redirect)
-
-Traffic goes only to loopback and to these namespaces.
+router with iptables and dnsmasq, the guest test image built from Debian packages; the network is described in
+tests/acceptance/world.py.
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ import pytest
 
 from cli.allinone import qemu_usable
 from cli.guest_image import ensure_registered
+from tests.acceptance.world import PUBLIC, acceptance_world
 from tests.harness import Cloud
 from tests.network.topology import Topology
 
@@ -36,7 +33,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd)"),
 ]
 
-SUBNET, PUBLIC, METADATA_LINK = "10.216.0.0", "10.218.0", "10.217.0"
 SSH_PROBE = Path(__file__).with_name("ssh_probe.py")
 
 
@@ -70,57 +66,12 @@ class Acceptance:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acceptance]:
     if not qemu_usable():
         pytest.fail("libvirtd with QEMU is not usable: deploy/bootstrap.sh sets it up")
-    work = tmp_path_factory.mktemp("acceptance")
-    tag = secrets.token_hex(2)
-    bridge, router_port, md_port = f"kabr{tag}", f"kapr{tag}", f"kamd{tag}"
-    topology = Topology(work)
-    instances = Path(f"/var/tmp/koala-acceptance-{tag}")  # readable by libvirt's qemu user
+    instances = Path(f"/var/tmp/koala-acceptance-{secrets.token_hex(2)}")  # readable by libvirt's qemu user
     instances.mkdir(mode=0o755)
-    cloud = None
-    route = ["ip", "route", "replace", f"{SUBNET}/16", "via", f"{METADATA_LINK}.2", "dev", md_port]
     try:
-        topology.add_ns("rtr")
-        topology.add_ns("pub")
-        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-        subprocess.run(["ip", "link", "add", router_port, "type", "veth", "peer", "name", "priv0", "netns",
-                        topology.ns("rtr")], check=True)  # fmt: skip
-        subprocess.run(["ip", "link", "set", router_port, "master", bridge, "up"], check=True)
-        topology.run("rtr", "ip", "link", "set", "priv0", "up")
-        topology.veth("pub", "eth0", "rtr", "pub0")
-        topology.run("pub", "ip", "addr", "add", f"{PUBLIC}.2/24", "dev", "eth0")
-        topology.run("rtr", "ip", "addr", "add", f"{PUBLIC}.1/24", "dev", "pub0")
-        subprocess.run(["ip", "link", "add", md_port, "type", "veth", "peer", "name", "md0", "netns",
-                        topology.ns("rtr")], check=True)  # fmt: skip
-        subprocess.run(["ip", "addr", "add", f"{METADATA_LINK}.1/30", "dev", md_port], check=True)
-        subprocess.run(["ip", "link", "set", md_port, "up"], check=True)
-        topology.run("rtr", "ip", "addr", "add", f"{METADATA_LINK}.2/30", "dev", "md0")
-        topology.run("rtr", "ip", "link", "set", "md0", "up")
-        subprocess.run(route, check=True)  # metadata replies from the CLC go back through the router
-
-        cloud = Cloud(work / "cloud", extra={
-            "clc": {"KOALA_BIND": "0.0.0.0"},
-            "cc": {
-                "VNET_MODE": "MANAGED-NOVLAN", "VNET_SUBNET": SUBNET, "VNET_NETMASK": "255.255.0.0",
-                "VNET_ADDRSPERNET": 32, "VNET_PUBINTERFACE": "pub0", "VNET_PRIVINTERFACE": "priv0",
-                "VNET_BRIDGE": bridge, "VNET_PUBLICIPS": f"{PUBLIC}.100-{PUBLIC}.109",
-                "VNET_CLOUDIP": f"{METADATA_LINK}.1", "VNET_DNS": f"{METADATA_LINK}.1",
-                "KOALA_VNET_NETNS": topology.ns("rtr"),
-            },
-            "nc": {
-                "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
-                "INSTANCE_PATH": instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
-            },
-        })  # fmt: skip
-        cloud.start()
-        yield Acceptance(cloud, topology, bridge, instances)
+        with acceptance_world(tmp_path_factory.mktemp("acceptance"), instances) as built:
+            yield Acceptance(built.cloud, built.topology, built.bridge, built.instances)
     finally:
-        if cloud is not None:
-            cloud.stop()
-        subprocess.run(["ip", "route", "del", f"{SUBNET}/16"], capture_output=True)
-        for link in (md_port, router_port, bridge):
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
-        topology.cleanup()
         shutil.rmtree(instances, ignore_errors=True)
 
 
