@@ -95,12 +95,13 @@ class DhcpServer:
         )
         hosts_changed = await asyncio.to_thread(_write_if_changed, self.dir / "dhcp-hosts", render_hosts(spec))
         pid = self.running_pid()
-        stale = hosts_changed and await asyncio.to_thread(self._prune_leases, spec, dry_run=True)
+        backed = await asyncio.to_thread(self._backed_leases, spec) if hosts_changed else None
+        stale = backed is not None
         if pid is not None and (conf_changed or stale):
             await self.stop()
             pid = None
-        if stale:
-            await asyncio.to_thread(self._prune_leases, spec)
+        if backed is not None:
+            await asyncio.to_thread(_write_if_changed, self.dir / "dnsmasq.leases", backed)
         if pid is None:
             await self.runner.run([self.program, f"--conf-file={self.conf_path}"])
             await self._wait_pid()
@@ -110,15 +111,15 @@ class DhcpServer:
             return ["reloaded"]
         return []
 
-    def _prune_leases(self, spec: DhcpSpec, dry_run: bool = False) -> bool:
-        """Drop leases that no host entry backs any more. dnsmasq keeps a departed guest's lease until it expires
-        and will not give that address to the next guest's MAC meanwhile; every address here is a static host
-        entry, so such a lease is only in the way. It is edited with the daemon stopped (it owns the file)."""
-        path = self.dir / "dnsmasq.leases"
+    def _backed_leases(self, spec: DhcpSpec) -> str | None:
+        """The lease file without the leases no host entry backs any more, or None when there are none such.
+        dnsmasq keeps a departed guest's lease until it expires and will not give that address to the next guest's
+        MAC meanwhile; every address here is a static host entry, so such a lease is only in the way. The file is
+        rewritten with the daemon stopped (it owns the file)."""
         try:
-            lines = path.read_text().splitlines()
+            lines = (self.dir / "dnsmasq.leases").read_text().splitlines()
         except OSError:
-            return False
+            return None
         wanted = {(host.mac.lower(), host.ip) for host in spec.hosts}
 
         def backed(line: str) -> bool:  # "<expiry> <mac> <ip> <name> <client id>"; other lines (duid) stay
@@ -126,11 +127,7 @@ class DhcpServer:
             return len(fields) < 3 or fields[0] == "duid" or (fields[1].lower(), fields[2]) in wanted
 
         kept = [line for line in lines if backed(line)]
-        if len(kept) == len(lines):
-            return False
-        if not dry_run:
-            _write_if_changed(path, "".join(f"{line}\n" for line in kept))
-        return True
+        return None if len(kept) == len(lines) else "".join(f"{line}\n" for line in kept)
 
     async def _wait_pid(self) -> None:
         for _ in range(int(self.start_wait / 0.02)):  # dnsmasq writes its pid file once it forked
