@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common import pki
 from common.config import ConfigError, ServiceConfig
+from common.http_site import HttpSite
 from common.logs import setup_logging
 from common.messages.service import DescribeServiceResponse, PeerStatus
 from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
@@ -137,7 +138,7 @@ class Service:
         await self.on_start()
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=30)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)
+        site = HttpSite(runner, self.config.KOALA_BIND, self.config.port)
         await site.start()
         self.monitor.set_peers(self.peer_list())
         log.info("%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.messages.service import DescribeServiceResponse
 from tests.harness import Cloud
@@ -29,6 +31,20 @@ def test_healthz_is_unsigned_and_reveals_nothing(cloud: Cloud) -> None:
     with urllib.request.urlopen(cloud.url("clc") + "/healthz", timeout=5) as response:
         assert response.status == 200
         assert response.read() == b"ok\n"
+
+
+def test_a_client_that_half_closes_after_its_request_is_answered(cloud: Cloud) -> None:
+    # busybox nc in a guest sends an HTTP/1.0 request, shuts down its side and reads: aiohttp on its own would drop
+    # the connection at that EOF (it did, for the metadata service, in 98 of 100 tries over loopback). Walrus keeps
+    # aiohttp's way: S3 clients do not half-close, and an upload cut short should fail at once.
+    for role in ("clc", "cc", "nc"):
+        address = urlsplit(cloud.url(role))
+        for _ in range(10):
+            with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: koala\r\n\r\n")
+                conn.shutdown(socket.SHUT_WR)
+                answer = b"".join(iter(lambda: conn.recv(4096), b""))
+            assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\nok\n"), (role, answer)
 
 
 def test_peer_down_is_reported_and_recovers(cloud: Cloud) -> None:
