@@ -21,8 +21,8 @@ ANSWER_GRACE = 30.0
 class _AnswerAfterHalfClose(asyncio.Protocol):
     """aiohttp's request handler, except that the client's EOF leaves the response side of the connection open."""
 
-    def __init__(self, handler: asyncio.Protocol):
-        self.handler = handler
+    def __init__(self, handler: asyncio.Protocol, grace: float):
+        self.handler, self.grace = handler, grace
         self.transport: asyncio.BaseTransport | None = None
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -36,7 +36,7 @@ class _AnswerAfterHalfClose(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Keep the transport open: aiohttp closes it after an HTTP/1.0 answer, and the deadline bounds the rest.
         if self.transport is not None and self.deadline is None:
-            self.deadline = asyncio.get_running_loop().call_later(ANSWER_GRACE, self.transport.close)
+            self.deadline = asyncio.get_running_loop().call_later(self.grace, self.transport.close)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -54,11 +54,11 @@ class _AnswerAfterHalfClose(asyncio.Protocol):
 class HttpSite(web.BaseSite):
     """Like aiohttp's TCPSite (address reuse on), with the handler above."""
 
-    __slots__ = ("_host", "_port")
+    __slots__ = ("_grace", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int):
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, answer_grace: float = ANSWER_GRACE):
         super().__init__(runner)
-        self._host, self._port = host, port
+        self._host, self._port, self._grace = host, port, answer_grace
 
     @property
     def name(self) -> str:
@@ -69,5 +69,5 @@ class HttpSite(web.BaseSite):
         make_handler: Callable[[], asyncio.Protocol] | None = self._runner.server
         assert make_handler is not None  # BaseSite refuses a runner that was not set up
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _AnswerAfterHalfClose(make_handler()), self._host, self._port, reuse_address=True
+            lambda: _AnswerAfterHalfClose(make_handler(), self._grace), self._host, self._port, reuse_address=True
         )
