@@ -1,4 +1,5 @@
-"""The TCP listener every service serves its aiohttp application on.
+"""The TCP listener the CLC, the CC and the NC serve their aiohttp applications on (Walrus keeps aiohttp's own: S3
+clients never half-close, and an upload cut short must fail at once).
 
 aiohttp closes a connection as soon as the client half-closes it (asyncio's default for a protocol whose
 `eof_received` returns None), so a client that sends its request and then shuts down its write side, as HTTP/1.0
