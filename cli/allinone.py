@@ -81,11 +81,11 @@ class AllInOne:
         """Create the PKI, configurations and endpoints.json, once; later calls reuse them."""
         if self.endpoints_path.exists():
             return
+        ports = ports or {role: _port_available(self.host, port) for role, port in DEFAULT_PORTS.items()}
         for sub in ("conf", "data", "logs", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         if not self.pki.exists():
             self.pki.init()
-        ports = ports or {role: _port_or_free(self.host, port) for role, port in DEFAULT_PORTS.items()}
         ids = {"clc": "clc", "walrus": "walrus", "cc": f"cc-{ZONE}", "nc": NODE_ID}
         for role, subject in ids.items():
             self.pki.ensure(subject, role)
@@ -243,14 +243,19 @@ class AllInOne:
             time.sleep(0.2)
 
 
-def _port_or_free(host: str, port: int) -> int:
+class PortInUse(RuntimeError):
+    """A service's port is taken by another listener: `koala up` says so rather than picking another port."""
+
+
+def _port_available(host: str, port: int) -> int:
+    # Probe as the services bind (SO_REUSEADDR): a port left in TIME_WAIT by `koala down` is free for them.
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-            return port
-        except OSError:
-            probe.bind((host, 0))
-            return probe.getsockname()[1]
+        except OSError as err:
+            raise PortInUse(f"port {port} on {host} is in use ({err.strerror}); stop what listens there") from None
+    return port
 
 
 def _alive(pid: int) -> bool:
@@ -317,7 +322,11 @@ def _up(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
     if not cloud.endpoints_path.exists():
         hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
-        cloud.prepare(extra={"nc": {"HYPERVISOR": hypervisor}})
+        try:
+            cloud.prepare(extra={"nc": {"HYPERVISOR": hypervisor}})
+        except PortInUse as err:
+            print(f"koala up: {err}", file=sys.stderr)
+            return 1
         why = (
             ""
             if args.hypervisor
