@@ -261,9 +261,10 @@ class RpcClient:
         peer_cert = await self.peer(url, expect_role, timeout)
         path = f"/internal/{operation}"
         stale_connection_retry = True
-        for _ in range(3):  # again only to send our certificate, or once after a stale pooled connection
+        sign_at: float | None = None
+        for _ in range(4):  # again only to send our certificate, once after a stale pooled connection, or re-signed
             state = self._peers[url]
-            headers = self.identity.sign_headers("POST", path, peer_cert.id, body)
+            headers = self.identity.sign_headers("POST", path, peer_cert.id, body, at=sign_at)
             headers["Content-Type"] = "application/json"
             if not state.knows_our_cert:
                 headers[signing.HEADER_CERT_PEM] = self.identity.cert_der_b64
@@ -301,6 +302,10 @@ class RpcClient:
                 error = RpcErrorBody(code="BadResponse", message=f"HTTP {status} without a JSON error")
             if error.code == "UnknownCertificate" and state.knows_our_cert:
                 state.knows_our_cert = False
+                continue
+            if error.code == signing.PREDATES_START and sign_at is None:
+                # Our clock is behind the peer's, which just restarted: sign at its (signed) date instead.
+                sign_at = max(time.time(), signing.parse_date(response_headers[signing.HEADER_DATE]))
                 continue
             raise RpcError(status, error.code, error.message)
         raise RpcError(401, "UnknownCertificate", f"{url} does not accept our certificate")

@@ -30,6 +30,7 @@ HEADER_NONCE = "X-Koala-Nonce"
 HEADER_SIGNATURE = "X-Koala-Signature"
 CLOCK_WINDOW_SECONDS = 300
 RESPONSE_METHOD = "RESPONSE"
+PREDATES_START = "SignedBeforeStart"  # the refusal of a request signed before the receiving process started
 
 
 class AuthError(Exception):
@@ -110,8 +111,10 @@ class Identity:
             cert_der_b64=base64.b64encode(der).decode(),
         )
 
-    def sign_headers(self, method: str, path: str, recipient: str, body: bytes, nonce: str | None = None) -> dict:
-        date = format_date()
+    def sign_headers(
+        self, method: str, path: str, recipient: str, body: bytes, nonce: str | None = None, at: float | None = None
+    ) -> dict:
+        date = format_date(at)
         nonce = nonce or new_nonce()
         signature = sign_bytes(self.key, canonical(method, path, recipient, date, nonce, body))
         return {
@@ -173,10 +176,17 @@ class TrustStore:
 
 
 class ReplayCache:
-    """Nonces seen inside the clock window, bounded in memory (oldest forgotten first)."""
+    """Nonces seen inside the clock window, bounded in memory (oldest forgotten first).
 
-    def __init__(self, window: float = CLOCK_WINDOW_SECONDS, capacity: int = 200_000):
+    The nonces do not outlive the process, so a request signed before it started is refused outright
+    (`not_before`): a replay of a request captured before a restart is caught without writing every nonce to disk
+    on the request path. A genuine request is signed after the restart, since each attempt is signed afresh; a
+    caller whose clock runs behind this one's re-signs at the date of the refusal (see RpcClient).
+    """
+
+    def __init__(self, window: float = CLOCK_WINDOW_SECONDS, capacity: int = 200_000, not_before: float | None = None):
         self.window, self.capacity = window, capacity
+        self.not_before = time.time() if not_before is None else not_before
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def check_and_add(self, nonce: str, now: float | None = None) -> bool:
@@ -216,7 +226,8 @@ def verify_request(
         raise AuthError(401, "UnknownCertificate", "certificate not known here; send it in " + HEADER_CERT_PEM)
     if peer.fingerprint != fp:
         raise AuthError(401, "CertificateMismatch", f"{HEADER_CERT} does not match the certificate sent")
-    skew = abs(time.time() - parse_date(date))
+    signed_at = parse_date(date)
+    skew = abs(time.time() - signed_at)
     if skew > CLOCK_WINDOW_SECONDS:
         raise AuthError(401, "RequestExpired", f"date is {skew:.0f} s away from this service's clock")
     if len(nonce) != 32 or not all(c in "0123456789abcdef" for c in nonce):
@@ -227,6 +238,8 @@ def verify_request(
         raise AuthError(401, "BadSignature", "signature is not base64") from None
     if not verify_bytes(peer.cert, raw_signature, canonical(method, path, recipient, date, nonce, body)):
         raise AuthError(401, "BadSignature", "signature does not match (altered request or another recipient)")
+    if signed_at < replay.not_before:
+        raise AuthError(401, PREDATES_START, "signed before this service started: perhaps a replay; sign again")
     if not replay.check_and_add(nonce):
         raise AuthError(401, "ReplayedNonce", "nonce already seen: replayed request")
     return peer
