@@ -125,8 +125,10 @@ def sigv2(
     timestamp: dt.datetime | None = None,
     expires: dt.datetime | None = None,
     tamper: bool = False,
+    signed_path: str | None = None,
 ) -> Reply:
-    """A SigV2 request built by hand the way ec2-api-tools builds it."""
+    """A SigV2 request built by hand the way ec2-api-tools builds it; `signed_path` signs another path than the
+    URL's (the tools sign `-U`'s path and send it with a trailing slash)."""
     parts = urlsplit(url)
     values = dict(params)
     values.update(
@@ -141,7 +143,8 @@ def sigv2(
     else:
         values["Timestamp"] = (timestamp or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     canonical = "&".join(f"{quote(k, safe='-_.~')}={quote(str(v), safe='-_.~')}" for k, v in sorted(values.items()))
-    to_sign = f"{method}\n{parts.netloc.lower()}\n{parts.path or '/'}\n{canonical}"
+    path = signed_path if signed_path is not None else parts.path or "/"
+    to_sign = f"{method}\n{parts.netloc.lower()}\n{path}\n{canonical}"
     digest = hashlib.sha256 if signature_method == "HmacSHA256" else hashlib.sha1
     signature = base64.b64encode(hmac.new(creds.secret_key.encode(), to_sign.encode(), digest).digest()).decode()
     if tamper:

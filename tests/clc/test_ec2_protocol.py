@@ -97,6 +97,28 @@ def test_sigv2_post_by_hand(cloud, admin, path, signature_method):
     assert root.find("e:regionInfo/e:item/e:regionName", ns).text == "eucalyptus"
 
 
+@pytest.mark.parametrize(
+    ("sent", "signed", "accepted"),
+    [
+        ("/services/Eucalyptus/", "/services/Eucalyptus", True),  # what ec2-api-tools 1.6.7.1 do
+        ("/services/Eucalyptus/", "/services/Eucalyptus/", True),  # signed as sent
+        ("/services/compute/", "/services/compute", True),
+        ("/services/Eucalyptus", "/services/Eucalyptus/", False),  # a slash is never added
+        ("/services/Eucalyptus/", "/services/Eucalyptu", False),  # only the one trailing slash is dropped
+        ("/services/Eucalyptus/", "/services/", False),
+        ("/services/Eucalyptus/", "/", False),
+        ("/", "", False),
+    ],
+)
+def test_sigv2_trailing_slash(cloud, admin, sent, signed, accepted):
+    reply = sigv2(base(cloud) + sent, {"Action": "DescribeRegions", "Version": "2013-02-01"}, admin, signed_path=signed)
+    if accepted:
+        assert reply.status == 200, reply.body
+        assert reply.xml.tag == "{http://ec2.amazonaws.com/doc/2013-02-01/}DescribeRegionsResponse"
+    else:
+        assert (reply.status, reply.code) == (403, "SignatureDoesNotMatch")
+
+
 def test_sigv2_get_and_expires(cloud, admin):
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
     reply = sigv2(

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.ids import new_id
+from common.ids import is_id, new_id
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.ec2.errors import Ec2Error, invalid, missing
 from services.cloud_controller.ec2.filters import Filters
@@ -138,7 +138,12 @@ async def resolve(db: Any, owner_id: str, names: list[str] | None = None, ids: l
             raise _not_found(name)
         found[group["group_id"]] = group
     for group_id in ids:
-        group = await find(db, owner_id, group_id=group_id)
+        # ec2-api-tools send every `-g` value as SecurityGroupId.N: a value that is not an sg- id is a name, as
+        # EC2-Classic-era servers took it.
+        if is_id(group_id, "sg"):
+            group = await find(db, owner_id, group_id=group_id)
+        else:
+            group = await find(db, owner_id, name=group_id)
         if group is None:
             raise _not_found(group_id)
         found[group["group_id"]] = group

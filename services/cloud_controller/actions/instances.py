@@ -351,7 +351,8 @@ async def reboot_instances(ctx: Context, params: dict[str, Any]) -> None:
 @action("GetConsoleOutput")
 async def get_console_output(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     instance, output = await compute(ctx).console_output(ctx.principal, params["InstanceId"])
-    return {"InstanceId": instance.instance_id, "Timestamp": time.time(), "Output": output or None}
+    # Always an <output> element, empty before the guest writes: ec2-get-console-output decodes it unconditionally.
+    return {"InstanceId": instance.instance_id, "Timestamp": time.time(), "Output": output or ""}
 
 
 # --- attributes and status -------------------------------------------------------------------------------

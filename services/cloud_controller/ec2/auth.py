@@ -242,11 +242,21 @@ async def _sigv2(request: SignedRequest, lookup: Lookup, now: float) -> tuple[st
     )
     given = signature.strip().encode()
     for host in _host_variants(request.host):
-        string_to_sign = f"{request.method}\n{host}\n{request.path or '/'}\n{query}"
-        expected = base64.b64encode(hmac.new(found.secret.encode(), string_to_sign.encode(), digest).digest())
-        if hmac.compare_digest(expected, given):
-            return access_key, found.principal
+        for path in _sigv2_paths(request.path):
+            string_to_sign = f"{request.method}\n{host}\n{path}\n{query}"
+            expected = base64.b64encode(hmac.new(found.secret.encode(), string_to_sign.encode(), digest).digest())
+            if hmac.compare_digest(expected, given):
+                return access_key, found.principal
     raise signature_mismatch()
+
+
+def _sigv2_paths(path: str) -> list[str]:
+    """The path as sent, then without its one trailing slash: ec2-api-tools 1.6.7.1 send `POST /services/X/` but
+    sign `/services/X`. Nothing looser (no other normalisation) is accepted."""
+    path = path or "/"
+    if len(path) > 1 and path.endswith("/"):
+        return [path, path[:-1]]
+    return [path]
 
 
 def _host_variants(host: str) -> list[str]:
