@@ -6,13 +6,18 @@ an external S3 / Ceph RGW.
 
 The running service holds one backend as `WalrusService.storage`. What other parts of Walrus use (all async):
 
-    info = await storage.head_object(bucket, key)       # ObjectInfo | None
+    info = await storage.head_object(bucket, key)       # ObjectInfo | None: the current version, never a marker
+    info.version_id, info.is_latest, info.delete_marker # "null" unless written with versioning enabled
+    await storage.get_version(bucket, key, version_id)  # any version, delete markers included (None: current)
+    await storage.list_versions(bucket, prefix, key_marker, version_marker, limit)   # by key, newest first
     info.owner_id, info.owner_name, info.acl            # owner account and Acl(owner_id, owner_name, grants)
     info.size, info.etag, info.last_modified, info.content_type, info.meta, info.checksums
 
     bucket_info = await storage.get_bucket(bucket)      # BucketInfo | None (owner_id, acl, ...)
 
-    async with await storage.open_object(bucket, key) as reader:   # raises NoSuchBucket / NoSuchKey
+    async with await storage.open_object(bucket, key, version_id=None) as reader:
+                                                         # raises NoSuchBucket / NoSuchKey / NoSuchVersion /
+                                                         # DeleteMarkerHit (a NoSuchKey carrying the marker)
         reader.info                                      # the version opened: stays readable until closed,
                                                          # even if the object is overwritten or deleted meanwhile
         async for chunk in reader.iter_range(0, reader.info.size):
@@ -26,7 +31,13 @@ The running service holds one backend as `WalrusService.storage`. What other par
     data = await storage.new_data(("sha256",))           # write a new object: stream, then commit atomically
     await data.write(chunk) ...; await data.finish()
     info = await storage.commit_object(bucket, key, data, ObjectSpec(owner_id, owner_name, acl, ...))
-    (or `await data.abort()` to drop it)
+    (or `await data.abort()` to drop it)               # a new version if the bucket's versioning is Enabled
+
+    await storage.delete_object(bucket, key, version_id=None)   # DeleteOutcome | None; ObjectLocked
+
+Versions: a key maps to its versions, newest first; each is an object or a delete marker, has an id ("null" for
+one written with versioning off or suspended), its own ACL and Object Lock state. Per-version features (tags,
+ACLs) key on (bucket, key, version_id).
 
 Access control is not this layer's job: check the ACL (services.walrus.s3.acl.allowed) before calling it.
 """
@@ -35,18 +46,26 @@ from services.walrus.storage.base import (
     ALL_USERS,
     AUTHENTICATED_USERS,
     CLOUD_GROUP,
+    LOCK_MODES,
+    VERSIONING_STATES,
     Acl,
     BucketExists,
     BucketInfo,
     BucketNotEmpty,
     ChangeEvent,
     ChangeHook,
+    DefaultRetention,
+    DeleteMarkerHit,
+    DeleteOutcome,
     Grant,
+    InvalidBucketState,
     InvalidPart,
     NoSuchBucket,
     NoSuchKey,
     NoSuchUpload,
+    NoSuchVersion,
     ObjectInfo,
+    ObjectLocked,
     ObjectReader,
     ObjectSpec,
     PartInfo,
@@ -62,19 +81,27 @@ __all__ = [
     "ALL_USERS",
     "AUTHENTICATED_USERS",
     "CLOUD_GROUP",
+    "LOCK_MODES",
+    "VERSIONING_STATES",
     "Acl",
     "BucketExists",
     "BucketInfo",
     "BucketNotEmpty",
     "ChangeEvent",
     "ChangeHook",
+    "DefaultRetention",
+    "DeleteMarkerHit",
+    "DeleteOutcome",
     "EmbeddedBackend",
     "Grant",
+    "InvalidBucketState",
     "InvalidPart",
     "NoSuchBucket",
     "NoSuchKey",
     "NoSuchUpload",
+    "NoSuchVersion",
     "ObjectInfo",
+    "ObjectLocked",
     "ObjectReader",
     "ObjectSpec",
     "PartInfo",

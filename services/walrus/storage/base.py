@@ -52,6 +52,39 @@ class QuotaExceeded(StorageError):
     pass
 
 
+class NoSuchVersion(StorageError):
+    pass
+
+
+class DeleteMarkerHit(NoSuchKey):
+    """The version asked for (or the current one) is a delete marker; `info` describes it."""
+
+    def __init__(self, info: ObjectInfo):
+        super().__init__(info.key)
+        self.info = info
+
+
+class ObjectLocked(StorageError):
+    """A retention period or legal hold forbids removing or changing this version."""
+
+
+class InvalidBucketState(StorageError):
+    """The bucket's versioning or Object Lock state does not allow this change."""
+
+
+VERSIONING_STATES = ("", "Enabled", "Suspended")  # "" = never enabled
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+
+
+@dataclass(frozen=True)
+class DefaultRetention:
+    """A bucket's default Object Lock retention, applied to new versions that name none."""
+
+    mode: str  # one of LOCK_MODES
+    days: int = 0
+    years: int = 0
+
+
 @dataclass(frozen=True)
 class Grant:
     grantee_type: str  # "CanonicalUser" or "Group"
@@ -95,6 +128,10 @@ class BucketInfo:
     acl: Acl
     object_count: int = 0
     bytes_used: int = 0
+    versioning: str = ""  # one of VERSIONING_STATES
+    object_lock: bool = False
+    default_retention: DefaultRetention | None = None
+    lifecycle: str = ""  # the lifecycle rules as JSON ("" for none); the S3 layer gives them meaning
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,9 @@ class ObjectSpec:
     headers: dict[str, str] = field(default_factory=dict)  # Content-Encoding, Cache-Control, ...
     meta: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* without the prefix
     checksums: dict[str, str] = field(default_factory=dict)  # "crc32" -> base64 value
+    lock_mode: str = ""  # Object Lock retention: "", or one of LOCK_MODES until lock_until
+    lock_until: float = 0.0
+    legal_hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +166,30 @@ class ObjectInfo:
     acl: Acl
     segments: tuple[tuple[str, int], ...]  # (data id, size) in order; opaque to callers
     parts: tuple[int, ...] = ()  # part sizes of a multipart object
+    version_id: str = "null"  # "null" for a version written while versioning was off or suspended
+    is_latest: bool = True
+    delete_marker: bool = False  # a delete marker has no data, size 0
+    lock_mode: str = ""
+    lock_until: float = 0.0
+    legal_hold: bool = False
+
+    def locked(self, now: float, bypass_governance: bool = False) -> str:
+        """Why this version may not be removed now ("" if it may)."""
+        if self.legal_hold:
+            return "a legal hold is on"
+        if self.lock_mode and self.lock_until > now:
+            if self.lock_mode == "COMPLIANCE" or not bypass_governance:
+                return f"it is retained in {self.lock_mode} mode"
+        return ""
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    """What a delete did: removed version `version_id`, or (created) added a delete marker with that id."""
+
+    version_id: str
+    delete_marker: bool  # the version removed or created is a delete marker
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,7 +296,24 @@ class StorageBackend(abc.ABC):
 
     # --- buckets ---
     @abc.abstractmethod
-    async def create_bucket(self, name: str, acl: Acl, location: str = "") -> BucketInfo: ...
+    async def create_bucket(self, name: str, acl: Acl, location: str = "", object_lock: bool = False) -> BucketInfo:
+        """A new bucket; with `object_lock` it is created with versioning enabled and Object Lock on."""
+
+    @abc.abstractmethod
+    async def set_bucket_versioning(self, name: str, state: str) -> None:
+        """ "Enabled" or "Suspended"; InvalidBucketState to suspend a bucket with Object Lock."""
+
+    @abc.abstractmethod
+    async def set_bucket_object_lock(self, name: str, default: DefaultRetention | None) -> None:
+        """Turn Object Lock on (versioning must be enabled, else InvalidBucketState) with a default retention."""
+
+    @abc.abstractmethod
+    async def set_bucket_lifecycle(self, name: str, rules: str) -> None:
+        """The lifecycle rules as JSON, "" to remove them."""
+
+    @abc.abstractmethod
+    async def lifecycle_buckets(self) -> list[BucketInfo]:
+        """Buckets that have lifecycle rules."""
 
     @abc.abstractmethod
     async def get_bucket(self, name: str) -> BucketInfo | None: ...
@@ -252,11 +333,16 @@ class StorageBackend(abc.ABC):
 
     # --- objects ---
     @abc.abstractmethod
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo | None: ...
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
+        """The current version of a key, None if there is none or it is a delete marker."""
 
     @abc.abstractmethod
-    async def open_object(self, bucket: str, key: str) -> ObjectReader:
-        """Raises NoSuchBucket or NoSuchKey."""
+    async def get_version(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """Version `version_id` of a key (the current one for None), delete markers included."""
+
+    @abc.abstractmethod
+    async def open_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectReader:
+        """Raises NoSuchBucket, NoSuchKey, NoSuchVersion, or DeleteMarkerHit (a NoSuchKey)."""
 
     @abc.abstractmethod
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
@@ -266,8 +352,9 @@ class StorageBackend(abc.ABC):
     async def commit_object(
         self, bucket: str, key: str, data: TempData, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
     ) -> ObjectInfo:
-        """Make finished `data` the object at bucket/key, atomically (last commit wins). `quota` is
-        (bucket limit, owner limit) in bytes, 0 for none; raises QuotaExceeded."""
+        """Make finished `data` the current version at bucket/key, atomically (last commit wins): a new version
+        where versioning is enabled, else the `null` version replaced. `quota` is (bucket limit, owner limit) in
+        bytes, 0 for none; raises QuotaExceeded."""
 
     @abc.abstractmethod
     async def copy_object(
@@ -276,15 +363,48 @@ class StorageBackend(abc.ABC):
         """A new object with the bytes of an open object."""
 
     @abc.abstractmethod
-    async def delete_object(self, bucket: str, key: str) -> bool:
-        """True if there was an object."""
+    async def delete_object(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+        if_latest: str | None = None,
+    ) -> DeleteOutcome | None:
+        """Without `version_id`: remove the object (versioning never enabled), or add a delete marker (enabled:
+        a new version; suspended: the `null` version, replacing it). With it: remove that version for good,
+        unless Object Lock forbids it (ObjectLocked). `if_latest`: act only while that is still the current
+        version id. None when nothing was there to delete."""
 
     @abc.abstractmethod
-    async def set_object_acl(self, bucket: str, key: str, acl: Acl) -> None: ...
+    async def set_object_acl(self, bucket: str, key: str, acl: Acl, version_id: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def set_object_lock(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None,
+        *,
+        retention: tuple[str, float] | None = None,
+        legal_hold: bool | None = None,
+        bypass_governance: bool = False,
+    ) -> ObjectInfo:
+        """Change a version's retention ((mode, until); ("", 0) to remove) and/or legal hold. A COMPLIANCE
+        retention is never shortened, weakened or removed; a GOVERNANCE one only with `bypass_governance`
+        (else ObjectLocked)."""
 
     @abc.abstractmethod
     async def list_objects(self, bucket: str, prefix: str, after: str, limit: int) -> list[ObjectInfo]:
-        """Objects with `prefix` and key > `after`, in key order, at most `limit`."""
+        """Current objects (no delete markers) with `prefix` and key > `after`, in key order, at most `limit`."""
+
+    @abc.abstractmethod
+    async def list_versions(
+        self, bucket: str, prefix: str, key_marker: str, version_marker: str, limit: int
+    ) -> list[ObjectInfo]:
+        """Versions and delete markers with `prefix`, by key then newest first, after (key_marker, version_marker):
+        with a version marker the versions of key_marker older than it, then later keys; without, keys after
+        key_marker. NoSuchVersion if the version marker is not a version of key_marker."""
 
     # --- multipart ---
     @abc.abstractmethod

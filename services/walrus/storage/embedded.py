@@ -2,17 +2,20 @@
 
 Write path: bytes go to a new file `data/xx/<id>` under a fresh random id (hashed on the way), the file and its
 directory are fsynced, and only then does one SQLite transaction (synchronous=FULL, group-committed with the
-writes that queued meanwhile) make it the object. Until that commit no row names the file, so nobody can see it.
-The previous version's data is unlinked after the commit, or later when the last reader that opened it closes
-it. A crash at any point leaves either the old or the new object; leftovers (files no row points at: uploads cut
-short, data whose unlink did not happen) are removed at start-up.
+writes that queued meanwhile) make it a version of the key (table `versions`: a key's versions newest first).
+Until that commit no row names the file, so nobody can see it. A version's data is unlinked once its row is gone
+(a `null` version replaced, a version deleted), or later when the last reader that opened it closes it. A crash
+at any point leaves either the old or the new object; leftovers (files no row points at: uploads cut short,
+data whose unlink did not happen) are removed at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import time
@@ -31,11 +34,17 @@ from services.walrus.storage.base import (
     BucketInfo,
     BucketNotEmpty,
     ChangeEvent,
+    DefaultRetention,
+    DeleteMarkerHit,
+    DeleteOutcome,
+    InvalidBucketState,
     InvalidPart,
     NoSuchBucket,
     NoSuchKey,
     NoSuchUpload,
+    NoSuchVersion,
     ObjectInfo,
+    ObjectLocked,
     ObjectReader,
     ObjectSpec,
     PartInfo,
@@ -49,7 +58,10 @@ from services.walrus.storage.base import (
 T = TypeVar("T")
 OBJECT_COLUMNS = (
     "bucket, key, size, etag, last_modified, owner_id, owner_name, content_type, headers, meta, checksums, acl,"
-    " segments, parts"
+    " segments, parts, version_id, latest, delete_marker, lock_mode, lock_until, legal_hold"
+)
+BUCKET_COLUMNS = (
+    "name, owner_id, owner_name, created, location, acl, object_count, bytes_used, versioning, object_lock, lifecycle"
 )
 META_CACHE_ENTRIES = 50_000
 SMALL_OBJECT = 64 << 10  # objects up to this size are served from memory once read
@@ -72,7 +84,10 @@ def _successor(prefix: str) -> str | None:
 
 
 def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
-    (bucket, key, size, etag, modified, owner_id, owner_name, ctype, headers, meta, checksums, acl, segs, parts) = row
+    (bucket, key, size, etag, modified, owner_id, owner_name, ctype, headers, meta, checksums, acl, segs, parts) = row[
+        :14
+    ]
+    version_id, latest, marker, lock_mode, lock_until, legal_hold = row[14:]
     return ObjectInfo(
         bucket=bucket,
         key=key,
@@ -88,12 +103,78 @@ def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
         acl=Acl.from_json(acl),
         segments=tuple((s[0], s[1]) for s in json.loads(segs)),
         parts=tuple(json.loads(parts)),
+        version_id=version_id,
+        is_latest=bool(latest),
+        delete_marker=bool(marker),
+        lock_mode=lock_mode,
+        lock_until=lock_until,
+        legal_hold=bool(legal_hold),
     )
 
 
+def _object_values(info: ObjectInfo, ordinal: int) -> tuple:
+    """The row of `info` for `INSERT ... (OBJECT_COLUMNS, ordinal)`."""
+    return (
+        info.bucket,
+        info.key,
+        info.size,
+        info.etag,
+        info.last_modified,
+        info.owner_id,
+        info.owner_name,
+        info.content_type,
+        json.dumps(info.headers),
+        json.dumps(info.meta),
+        json.dumps(info.checksums),
+        info.acl.to_json(),
+        json.dumps([list(s) for s in info.segments]),
+        json.dumps(list(info.parts)),
+        info.version_id,
+        int(info.is_latest),
+        int(info.delete_marker),
+        info.lock_mode,
+        info.lock_until,
+        int(info.legal_hold),
+        ordinal,
+    )
+
+
+INSERT_VERSION = f"INSERT INTO versions ({OBJECT_COLUMNS}, ordinal) VALUES ({', '.join('?' * 21)})"
+
+
+def _lock_to_json(enabled: bool, default: DefaultRetention | None) -> str:
+    if not enabled:
+        return ""
+    if default is None:
+        return "{}"
+    return json.dumps({"mode": default.mode, "days": default.days, "years": default.years})
+
+
 def _row_to_bucket(row: sqlite3.Row | tuple) -> BucketInfo:
-    name, owner_id, owner_name, created, location, acl, count, used = row
-    return BucketInfo(name, owner_id, owner_name, created, location, Acl.from_json(acl), count, used)
+    name, owner_id, owner_name, created, location, acl, count, used, versioning, lock, lifecycle = row
+    default = None
+    if lock and lock != "{}":
+        data = json.loads(lock)
+        default = DefaultRetention(data["mode"], data.get("days", 0), data.get("years", 0))
+    return BucketInfo(
+        name,
+        owner_id,
+        owner_name,
+        created,
+        location,
+        Acl.from_json(acl),
+        count,
+        used,
+        versioning,
+        bool(lock),
+        default,
+        lifecycle,
+    )
+
+
+def new_version_id() -> str:
+    """A version id as S3 makes them: 32 URL-safe characters, never "null"."""
+    return secrets.token_urlsafe(24)
 
 
 def _spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
@@ -106,6 +187,7 @@ def _spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
             "headers": spec.headers,
             "meta": spec.meta,
             "checksum_algorithm": checksum_algorithm,
+            "lock": [spec.lock_mode, spec.lock_until, spec.legal_hold],
         }
     )
 
@@ -120,6 +202,9 @@ def _spec_from_json(text: str) -> tuple[ObjectSpec, str]:
         headers=data["headers"],
         meta=data["meta"],
     )
+    if "lock" in data:
+        mode, until, hold = data["lock"]
+        spec = dataclasses.replace(spec, lock_mode=mode, lock_until=until, legal_hold=hold)
     return spec, data.get("checksum_algorithm", "")
 
 
@@ -216,7 +301,7 @@ class EmbeddedBackend(StorageBackend):
     async def _recover(self) -> tuple[int, int]:
         """Drop interrupted uploads and data files that no committed row points at."""
         referenced: set[str] = set()
-        async with self._db.execute("SELECT segments FROM objects") as cursor:
+        async with self._db.execute("SELECT segments FROM versions") as cursor:
             async for (segments,) in cursor:
                 referenced.update(s[0] for s in json.loads(segments))
         async with self._db.execute("SELECT data_id FROM parts") as cursor:
@@ -384,20 +469,25 @@ class EmbeddedBackend(StorageBackend):
             self._cache_object(info)
 
     # --- buckets ---
-    async def create_bucket(self, name: str, acl: Acl, location: str = "") -> BucketInfo:
+    async def create_bucket(self, name: str, acl: Acl, location: str = "", object_lock: bool = False) -> BucketInfo:
         created = time.time()
+        versioning = "Enabled" if object_lock else ""
+        lock = _lock_to_json(object_lock, None)
 
         def tx(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT owner_id FROM buckets WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 raise BucketExists(row[0])
             conn.execute(
-                "INSERT INTO buckets (name, owner_id, owner_name, created, location, acl) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, acl.owner_id, acl.owner_name, created, location, acl.to_json()),
+                "INSERT INTO buckets (name, owner_id, owner_name, created, location, acl, versioning, object_lock)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, acl.owner_id, acl.owner_name, created, location, acl.to_json(), versioning, lock),
             )
 
         await self._tx(tx)
-        info = BucketInfo(name, acl.owner_id, acl.owner_name, created, location, acl)
+        info = BucketInfo(
+            name, acl.owner_id, acl.owner_name, created, location, acl, versioning=versioning, object_lock=object_lock
+        )
         self._buckets[name] = info
         return info
 
@@ -406,7 +496,7 @@ class EmbeddedBackend(StorageBackend):
         info = self._buckets.get(name)
         if info is not None:
             return info
-        rows = await self._query("SELECT * FROM buckets WHERE name = ?", (name,))
+        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,))
         if not rows:
             return None
         info = _row_to_bucket(tuple(rows[0]))
@@ -414,7 +504,11 @@ class EmbeddedBackend(StorageBackend):
         return self._buckets[name]
 
     async def list_buckets(self, owner_id: str) -> list[BucketInfo]:
-        rows = await self._query("SELECT * FROM buckets WHERE owner_id = ? ORDER BY name", (owner_id,))
+        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE owner_id = ? ORDER BY name", (owner_id,))
+        return [_row_to_bucket(tuple(r)) for r in rows]
+
+    async def lifecycle_buckets(self) -> list[BucketInfo]:
+        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE lifecycle != '' ORDER BY name")
         return [_row_to_bucket(tuple(r)) for r in rows]
 
     async def owner_usage(self, owner_id: str) -> int:
@@ -425,7 +519,7 @@ class EmbeddedBackend(StorageBackend):
         def tx(conn: sqlite3.Connection) -> list[str]:
             if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone() is None:
                 raise NoSuchBucket(name)
-            if conn.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone() is not None:
+            if conn.execute("SELECT 1 FROM versions WHERE bucket = ? LIMIT 1", (name,)).fetchone() is not None:
                 raise BucketNotEmpty(name)
             parts = [
                 r[0]
@@ -441,26 +535,67 @@ class EmbeddedBackend(StorageBackend):
         self._buckets.pop(name, None)
         self._drop_data(parts)
 
-    async def set_bucket_acl(self, name: str, acl: Acl) -> None:
+    async def _update_bucket(self, name: str, check: Callable[[BucketInfo], None], **changes: Any) -> None:
+        """Set bucket columns (`changes`, named as BucketInfo fields) after `check` accepts the stored bucket."""
+        columns = {
+            "acl": lambda v: v.to_json(),
+            "versioning": lambda v: v,
+            "object_lock": lambda v: _lock_to_json(v[0], v[1]),
+            "lifecycle": lambda v: v,
+        }
+
         def tx(conn: sqlite3.Connection) -> None:
-            if conn.execute("UPDATE buckets SET acl = ? WHERE name = ?", (acl.to_json(), name)).rowcount == 0:
+            row = conn.execute(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise NoSuchBucket(name)
+            check(_row_to_bucket(tuple(row)))
+            sets = ", ".join(f"{column} = ?" for column in changes)
+            values = [columns[column](value) for column, value in changes.items()]
+            conn.execute(f"UPDATE buckets SET {sets} WHERE name = ?", (*values, name))
 
         await self._tx(tx)
-        old = self._buckets.pop(name, None)
-        if old is not None:
-            self._buckets[name] = BucketInfo(
-                old.name, old.owner_id, old.owner_name, old.created, old.location, acl, old.object_count, old.bytes_used
-            )
+        self._buckets.pop(name, None)  # read again, with fresh counters, on next use
+
+    async def set_bucket_acl(self, name: str, acl: Acl) -> None:
+        await self._update_bucket(name, lambda bucket: None, acl=acl)
+
+    async def set_bucket_versioning(self, name: str, state: str) -> None:
+        if state not in ("Enabled", "Suspended"):
+            raise ValueError(state)
+
+        def check(bucket: BucketInfo) -> None:
+            if bucket.object_lock and state != "Enabled":
+                raise InvalidBucketState("An Object Lock configuration is present on this bucket")
+
+        await self._update_bucket(name, check, versioning=state)
+
+    async def set_bucket_object_lock(self, name: str, default: DefaultRetention | None) -> None:
+        def check(bucket: BucketInfo) -> None:
+            if bucket.versioning != "Enabled":
+                raise InvalidBucketState("Versioning must be 'Enabled' on the bucket to apply a Object Lock")
+
+        await self._update_bucket(name, check, object_lock=(True, default))
+
+    async def set_bucket_lifecycle(self, name: str, rules: str) -> None:
+        await self._update_bucket(name, lambda bucket: None, lifecycle=rules)
 
     # --- objects ---
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
+    async def get_version(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        if version_id is not None:
+            rows = await self._query(
+                f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
+                (bucket, key, version_id),
+            )
+            return _row_to_object(tuple(rows[0])) if rows else None
         info = self._meta.get((bucket, key))
         if info is not None:
             self._meta.move_to_end((bucket, key))
             return info
         writes = self._writes
-        rows = await self._query(f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        rows = await self._query(
+            f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? ORDER BY ordinal LIMIT 1",
+            (bucket, key),
+        )
         if not rows:
             return None
         info = _row_to_object(tuple(rows[0]))
@@ -468,15 +603,21 @@ class EmbeddedBackend(StorageBackend):
             self._cache_object(info)
         return info
 
-    async def open_object(self, bucket: str, key: str) -> EmbeddedReader:
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
+        info = await self.get_version(bucket, key)
+        return None if info is None or info.delete_marker else info
+
+    async def open_object(self, bucket: str, key: str, version_id: str | None = None) -> EmbeddedReader:
         # Ordering note: a row read in one database round trip is handed to this task before a later commit's
         # continuation runs, so the reader counts on its data (in _acquire, synchronously, right below) before
         # that commit can unlink it. The data is then kept until the reader closes.
-        info = await self.head_object(bucket, key)
+        info = await self.get_version(bucket, key, version_id)
         if info is None:
             if await self.get_bucket(bucket) is None:
                 raise NoSuchBucket(bucket)
-            raise NoSuchKey(key)
+            raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
+        if info.delete_marker:
+            raise DeleteMarkerHit(info)
         return EmbeddedReader(self, info)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
@@ -509,21 +650,61 @@ class EmbeddedBackend(StorageBackend):
         await asyncio.get_running_loop().run_in_executor(None, link)
         return [(new, size) for _, new, size in pairs]
 
-    def _write_object_row(
-        self,
-        conn: sqlite3.Connection,
-        info: ObjectInfo,
-        quota: tuple[int, int],
-    ) -> ObjectInfo | None:
-        """Insert or replace one object row and keep the bucket's counters; returns the replaced object."""
-        bucket_row = conn.execute("SELECT owner_id, bytes_used FROM buckets WHERE name = ?", (info.bucket,)).fetchone()
+    @staticmethod
+    def _version_row(conn: sqlite3.Connection, bucket: str, key: str, version_id: str | None) -> tuple | None:
+        """(ordinal, ObjectInfo) of a version (the current one for None) inside a transaction."""
+        if version_id is None:
+            row = conn.execute(
+                f"SELECT {OBJECT_COLUMNS}, ordinal FROM versions WHERE bucket = ? AND key = ? ORDER BY ordinal LIMIT 1",
+                (bucket, key),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT {OBJECT_COLUMNS}, ordinal FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
+                (bucket, key, version_id),
+            ).fetchone()
+        return None if row is None else (row[-1], _row_to_object(tuple(row)[:-1]))
+
+    @staticmethod
+    def _remove_version(conn: sqlite3.Connection, info: ObjectInfo, ordinal: int) -> None:
+        """Delete one version row and keep the counters and the key's current version right."""
+        conn.execute(
+            "DELETE FROM versions WHERE bucket = ? AND key = ? AND ordinal = ?", (info.bucket, info.key, ordinal)
+        )
+        conn.execute(
+            "UPDATE buckets SET bytes_used = bytes_used - ?, object_count = object_count - ? WHERE name = ?",
+            (info.size, 0 if info.delete_marker else 1, info.bucket),
+        )
+        if info.is_latest:  # the next newer version left becomes current
+            conn.execute(
+                "UPDATE versions SET latest = 1 WHERE bucket = ? AND key = ? AND ordinal ="
+                " (SELECT MIN(ordinal) FROM versions WHERE bucket = ? AND key = ?)",
+                (info.bucket, info.key, info.bucket, info.key),
+            )
+
+    def _add_version(
+        self, conn: sqlite3.Connection, info: ObjectInfo, quota: tuple[int, int]
+    ) -> tuple[ObjectInfo, ObjectInfo | None, list[ObjectInfo]]:
+        """Make `info` the current version of its key as the bucket's versioning says (a new version id, or the
+        `null` version replaced). Returns (the version as stored, the previous current version, versions removed)."""
+        bucket_row = conn.execute(
+            "SELECT owner_id, bytes_used, versioning FROM buckets WHERE name = ?", (info.bucket,)
+        ).fetchone()
         if bucket_row is None:
             raise NoSuchBucket(info.bucket)
-        old_row = conn.execute(
-            f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (info.bucket, info.key)
-        ).fetchone()
-        old = _row_to_object(tuple(old_row)) if old_row is not None else None
-        growth = info.size - (old.size if old else 0)
+        previous = self._version_row(conn, info.bucket, info.key, None)
+        removed: list[tuple[int, ObjectInfo]] = []
+        if bucket_row[2] == "Enabled":
+            version_id = new_version_id()
+        else:
+            version_id = "null"
+            null = self._version_row(conn, info.bucket, info.key, "null")
+            if null is not None:
+                ordinal, old = null
+                if old.locked(time.time()):
+                    raise ObjectLocked(old.locked(time.time()))
+                removed.append(null)
+        growth = info.size - sum(old.size for _, old in removed)
         bucket_limit, owner_limit = quota
         if growth > 0 and bucket_limit and bucket_row[1] + growth > bucket_limit:
             raise QuotaExceeded(f"bucket quota of {bucket_limit} bytes")
@@ -533,42 +714,40 @@ class EmbeddedBackend(StorageBackend):
             ).fetchone()[0]
             if used + growth > owner_limit:
                 raise QuotaExceeded(f"account quota of {owner_limit} bytes")
+        for ordinal, old in removed:
+            self._remove_version(conn, dataclasses.replace(old, is_latest=False), ordinal)
         conn.execute(
-            f"INSERT OR REPLACE INTO objects ({OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                info.bucket,
-                info.key,
-                info.size,
-                info.etag,
-                info.last_modified,
-                info.owner_id,
-                info.owner_name,
-                info.content_type,
-                json.dumps(info.headers),
-                json.dumps(info.meta),
-                json.dumps(info.checksums),
-                info.acl.to_json(),
-                json.dumps([list(s) for s in info.segments]),
-                json.dumps(list(info.parts)),
-            ),
+            "UPDATE versions SET latest = 0 WHERE bucket = ? AND key = ? AND latest = 1", (info.bucket, info.key)
         )
+        newest = conn.execute(
+            "SELECT MIN(ordinal) FROM versions WHERE bucket = ? AND key = ?", (info.bucket, info.key)
+        ).fetchone()[0]
+        stored = dataclasses.replace(info, version_id=version_id, is_latest=True)
+        conn.execute(INSERT_VERSION, _object_values(stored, (newest if newest is not None else 1) - 1))
         conn.execute(
             "UPDATE buckets SET bytes_used = bytes_used + ?, object_count = object_count + ? WHERE name = ?",
-            (growth, 0 if old else 1, info.bucket),
+            (info.size, 0 if info.delete_marker else 1, info.bucket),
         )
-        return old
+        return stored, (previous[1] if previous else None), [old for _, old in removed]
+
+    async def _after_change(
+        self, bucket: str, key: str, previous: ObjectInfo | None, removed: list[ObjectInfo], kind: str
+    ) -> None:
+        """Bookkeeping after a committed change of a key: caches, data no version uses any more, change hooks
+        (`previous`: the version that stopped being current, if one did)."""
+        self._changed(bucket, key, None)
+        self._drop_data([s[0] for old in removed for s in old.segments])
+        if previous is not None and not previous.delete_marker:
+            await self._notify(ChangeEvent(kind, bucket, key, previous))
 
     async def _commit_info(self, info: ObjectInfo, quota: tuple[int, int]) -> ObjectInfo:
         try:
-            old = await self._tx(lambda conn: self._write_object_row(conn, info, quota))
+            stored, previous, removed = await self._tx(lambda conn: self._add_version(conn, info, quota))
         except BaseException:
             self._drop_data([s[0] for s in info.segments])
             raise
-        self._changed(info.bucket, info.key, info)
-        if old is not None:
-            self._drop_data([s[0] for s in old.segments if s[0] not in {n for n, _ in info.segments}])
-            await self._notify(ChangeEvent("overwrite", info.bucket, info.key, old))
-        return info
+        await self._after_change(info.bucket, info.key, previous, removed, "overwrite")
+        return stored
 
     @staticmethod
     def _info(bucket: str, key: str, spec: ObjectSpec, etag: str, segments: list, parts: tuple = ()) -> ObjectInfo:
@@ -587,6 +766,9 @@ class EmbeddedBackend(StorageBackend):
             acl=spec.acl,
             segments=tuple((d, s) for d, s in segments),
             parts=parts,
+            lock_mode=spec.lock_mode,
+            lock_until=spec.lock_until,
+            legal_hold=spec.legal_hold,
         )
 
     async def commit_object(
@@ -603,45 +785,122 @@ class EmbeddedBackend(StorageBackend):
         info = self._info(bucket, key, spec, source.info.etag, segments, source.info.parts)
         return await self._commit_info(info, quota)
 
-    async def delete_object(self, bucket: str, key: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> ObjectInfo | None:
-            row = conn.execute(
-                f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
-            ).fetchone()
-            if row is None:
-                if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
-                    raise NoSuchBucket(bucket)
-                return None
-            old = _row_to_object(tuple(row))
-            conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
-            conn.execute(
-                "UPDATE buckets SET bytes_used = bytes_used - ?, object_count = object_count - 1 WHERE name = ?",
-                (old.size, bucket),
+    async def delete_object(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+        if_latest: str | None = None,
+    ) -> DeleteOutcome | None:
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> tuple[DeleteOutcome | None, ObjectInfo | None, list[ObjectInfo]]:
+            bucket_row = conn.execute("SELECT versioning FROM buckets WHERE name = ?", (bucket,)).fetchone()
+            if bucket_row is None:
+                raise NoSuchBucket(bucket)
+            current = self._version_row(conn, bucket, key, None)
+            previous = current[1] if current else None
+            if if_latest is not None and (previous is None or previous.version_id != if_latest):
+                return None, None, []
+            if version_id is not None:  # that version, for good
+                found = self._version_row(conn, bucket, key, version_id)
+                if found is None:
+                    return None, None, []
+                ordinal, old = found
+                why = old.locked(now, bypass_governance)
+                if why:
+                    raise ObjectLocked(why)
+                self._remove_version(conn, old, ordinal)
+                return DeleteOutcome(old.version_id, old.delete_marker), (previous if old.is_latest else None), [old]
+            if not bucket_row[0]:  # versioning never enabled: the object goes
+                if previous is None:
+                    return None, None, []
+                why = previous.locked(now, bypass_governance)
+                if why:
+                    raise ObjectLocked(why)
+                self._remove_version(conn, previous, current[0])
+                return DeleteOutcome("null", False), previous, [previous]
+            marker = ObjectInfo(
+                bucket=bucket,
+                key=key,
+                size=0,
+                etag="",
+                last_modified=now,
+                owner_id="",
+                owner_name="",
+                content_type="",
+                headers={},
+                meta={},
+                checksums={},
+                acl=Acl("", ""),
+                segments=(),
+                delete_marker=True,
             )
-            return old
+            stored, _, removed = self._add_version(conn, marker, (0, 0))
+            return DeleteOutcome(stored.version_id, True, created=True), previous, removed
 
-        old = await self._tx(tx)
-        self._changed(bucket, key, None)
-        if old is None:
-            return False
-        self._drop_data([s[0] for s in old.segments])
-        await self._notify(ChangeEvent("delete", bucket, key, old))
-        return True
+        outcome, previous, removed = await self._tx(tx)
+        await self._after_change(bucket, key, previous, removed, "delete")
+        return outcome
 
-    async def set_object_acl(self, bucket: str, key: str, acl: Acl) -> None:
+    async def set_object_acl(self, bucket: str, key: str, acl: Acl, version_id: str | None = None) -> None:
         def tx(conn: sqlite3.Connection) -> None:
-            updated = conn.execute(
-                "UPDATE objects SET acl = ? WHERE bucket = ? AND key = ?", (acl.to_json(), bucket, key)
-            ).rowcount
-            if not updated:
-                raise NoSuchKey(key)
+            found = self._version_row(conn, bucket, key, version_id)
+            if found is None or found[1].delete_marker:
+                raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
+            conn.execute(
+                "UPDATE versions SET acl = ? WHERE bucket = ? AND key = ? AND ordinal = ?",
+                (acl.to_json(), bucket, key, found[0]),
+            )
 
         await self._tx(tx)
         self._changed(bucket, key, None)
 
-    async def list_objects(self, bucket: str, prefix: str, after: str, limit: int) -> list[ObjectInfo]:
-        sql = f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key > ?"
-        args: list[Any] = [bucket, after]
+    async def set_object_lock(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str | None,
+        *,
+        retention: tuple[str, float] | None = None,
+        legal_hold: bool | None = None,
+        bypass_governance: bool = False,
+    ) -> ObjectInfo:
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> ObjectInfo:
+            found = self._version_row(conn, bucket, key, version_id)
+            if found is None:
+                if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                    raise NoSuchBucket(bucket)
+                raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
+            ordinal, info = found
+            if info.delete_marker:
+                raise DeleteMarkerHit(info)
+            if retention is not None:
+                mode, until = retention
+                active = info.lock_mode and info.lock_until > now
+                weaker = (
+                    not mode or until < info.lock_until or (mode != info.lock_mode and info.lock_mode == "COMPLIANCE")
+                )
+                if active and weaker and (info.lock_mode == "COMPLIANCE" or not bypass_governance):
+                    raise ObjectLocked(f"it is retained in {info.lock_mode} mode")
+                info = dataclasses.replace(info, lock_mode=mode, lock_until=until if mode else 0.0)
+            if legal_hold is not None:
+                info = dataclasses.replace(info, legal_hold=legal_hold)
+            conn.execute(
+                "UPDATE versions SET lock_mode = ?, lock_until = ?, legal_hold = ?"
+                " WHERE bucket = ? AND key = ? AND ordinal = ?",
+                (info.lock_mode, info.lock_until, int(info.legal_hold), bucket, key, ordinal),
+            )
+            return info
+
+        info = await self._tx(tx)
+        self._changed(bucket, key, None)
+        return info
+
+    def _key_range(self, sql: str, args: list[Any], prefix: str) -> str:
         if prefix:
             sql += " AND key >= ?"
             args.append(prefix)
@@ -649,9 +908,41 @@ class EmbeddedBackend(StorageBackend):
             if upper is not None:
                 sql += " AND key < ?"
                 args.append(upper)
-        sql += " ORDER BY key LIMIT ?"
+        return sql
+
+    async def list_objects(self, bucket: str, prefix: str, after: str, limit: int) -> list[ObjectInfo]:
+        # `latest = 1 AND delete_marker = 0` as written lets SQLite use the partial index of current objects
+        sql = f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key > ? AND latest = 1 AND delete_marker = 0"
+        args: list[Any] = [bucket, after]
+        sql = self._key_range(sql, args, prefix) + " ORDER BY key LIMIT ?"
         args.append(limit)
         return [_row_to_object(tuple(r)) for r in await self._query(sql, tuple(args))]
+
+    async def list_versions(
+        self, bucket: str, prefix: str, key_marker: str, version_marker: str, limit: int
+    ) -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        if version_marker:  # the rest of key_marker's versions first
+            rows = await self._query(
+                "SELECT ordinal FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
+                (bucket, key_marker, version_marker),
+            )
+            if not rows:
+                raise NoSuchVersion(version_marker)
+            if key_marker.startswith(prefix):
+                rows = await self._query(
+                    f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? AND ordinal > ?"
+                    " ORDER BY ordinal LIMIT ?",
+                    (bucket, key_marker, rows[0][0], limit),
+                )
+                found = [_row_to_object(tuple(r)) for r in rows]
+        if len(found) < limit:
+            args: list[Any] = [bucket, key_marker]
+            sql = self._key_range(f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key > ?", args, prefix)
+            args.append(limit - len(found))
+            rows = await self._query(sql + " ORDER BY key, ordinal LIMIT ?", tuple(args))
+            found += [_row_to_object(tuple(r)) for r in rows]
+        return found
 
     # --- multipart ---
     async def create_upload(self, bucket: str, key: str, spec: ObjectSpec, checksum_algorithm: str = "") -> str:
@@ -731,7 +1022,7 @@ class EmbeddedBackend(StorageBackend):
         checksums: dict[str, str],
         quota: tuple[int, int],
     ) -> ObjectInfo:
-        def tx(conn: sqlite3.Connection) -> tuple[ObjectInfo, ObjectInfo | None, list[str]]:
+        def tx(conn: sqlite3.Connection) -> tuple[ObjectInfo, ObjectInfo | None, list[ObjectInfo], list[str]]:
             row = conn.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
             if row is None:
                 raise NoSuchUpload(upload_id)
@@ -748,28 +1039,17 @@ class EmbeddedBackend(StorageBackend):
                 if found is None or found[2] != part_etag:
                     raise InvalidPart(str(number))
                 segments.append((found[0], found[1]))
-            spec = ObjectSpec(
-                upload.spec.owner_id,
-                upload.spec.owner_name,
-                upload.spec.acl,
-                upload.spec.content_type,
-                upload.spec.headers,
-                upload.spec.meta,
-                checksums,
-            )
+            spec = dataclasses.replace(upload.spec, checksums=checksums)
             info = self._info(upload.bucket, upload.key, spec, etag, segments, tuple(s for _, s in segments))
-            old = self._write_object_row(conn, info, quota)
+            stored_info, previous, removed = self._add_version(conn, info, quota)
             used = {d for d, _ in segments}
             unused = [d for d, _, _ in stored.values() if d not in used]
             conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-            return info, old, unused
+            return stored_info, previous, removed, unused
 
-        info, old, unused = await self._tx(tx)
-        self._changed(info.bucket, info.key, info)
+        info, previous, removed, unused = await self._tx(tx)
         self._drop_data(unused)
-        if old is not None:
-            self._drop_data([s[0] for s in old.segments])
-            await self._notify(ChangeEvent("overwrite", info.bucket, info.key, old))
+        await self._after_change(info.bucket, info.key, previous, removed, "overwrite")
         return info
 
     async def part_sizes(self, upload_id: str) -> dict[int, tuple[int, str]]:
