@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 
+from common.hostcmd import CommandFailed, SubprocessRunner
 from common.rpc import Empty, RpcError
 from services.cluster_controller.base import ClusterBase, NcAnswer
 from services.cluster_controller.model import Node
@@ -60,16 +61,13 @@ class PowerSave(ClusterBase):
         await self.store.save_node(node)
         try:
             if plan.argv:
-                process = await asyncio.create_subprocess_exec(
-                    *plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-                )
-                _, err = await process.communicate()
-                if process.returncode:
-                    log.error("%s failed: %s", plan.argv[0], err.decode(errors="replace").strip())
+                result = await SubprocessRunner().run(plan.argv, check=False)
+                if result.code:
+                    log.error("%s failed: %s", plan.argv[0], result.stderr.strip())
             else:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                     sock.setblocking(False)
                     sock.sendto(plan.packet, (plan.broadcast, plan.port))
-        except OSError as err:
+        except (OSError, CommandFailed) as err:
             log.error("cannot wake %s: %s", node.url, err)

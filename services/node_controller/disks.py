@@ -9,7 +9,7 @@ truncation. Either way the guest sees a root disk as large as its VM type's disk
 
 Ephemeral: disk - image - swap (the reference's rule), ext3: with overlays, a qcow2 on an ext3 template
 formatted once per size (INSTANCE_PATH/.templates), else formatted in place; swap: SWAP_SIZE MB, mkswap. All
-sparse. All external tools run as asyncio subprocesses; `CONCURRENT_DISK_OPS` bounds the work.
+sparse. All external tools run through `common.hostcmd`; `CONCURRENT_DISK_OPS` bounds the work.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from common.hostcmd import CommandFailed, SubprocessRunner
 from services.node_controller.domain import DiskSpec
 
 GIB = 1 << 30
@@ -29,20 +30,16 @@ class DiskError(Exception):
     """Building a disk failed; the message says which tool and why (e.g. No space left on device)."""
 
 
+# Disk tools get a generous deadline (a sparse copy of a large image for Xen), but never an unbounded one.
+_RUNNER = SubprocessRunner(timeout=1800.0)
+
+
 async def run(*argv: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
     try:
-        output, _ = await process.communicate()
-    except asyncio.CancelledError:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        raise
-    if process.returncode != 0:
-        text = output.decode(errors="replace").strip().splitlines()
-        raise DiskError(f"{argv[0]} failed: {text[-1] if text else f'exit status {process.returncode}'}")
+        await _RUNNER.run(argv)
+    except CommandFailed as err:
+        said = (err.stderr or "").strip().splitlines()
+        raise DiskError(f"{argv[0]} failed: {said[-1] if said else f'exit status {err.code}'}") from None
 
 
 async def _sparse_file(path: Path, size: int) -> None:

@@ -5,8 +5,9 @@
 - MANAGED: per network a VLAN device `<VNET_PUBINTERFACE>.<vlan>` enslaved to a bridge `koalabr<vlan>` (the
   name the CC hands out in NetConfig.bridge); both are removed when the network's last guest is gone.
 
-Every command runs off the event loop (asyncio subprocesses), optionally inside a network namespace, through an
-injectable runner, so MANAGED's VLAN commands (no 8021q on the test machines) can be checked as a plan.
+Every command runs through `common.hostcmd` (off the event loop, with a timeout, optionally inside a network
+namespace); the runner is injectable, so MANAGED's VLAN commands (no 8021q on the test machines) can be checked as a
+plan.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.hostcmd import CommandFailed, Result, Runner, SubprocessRunner
 from common.rpc import RpcError
 
 log = logging.getLogger("koala.nc.network")
@@ -61,47 +63,6 @@ class NodeVnetSettings(BaseModel):
 
 
 @dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    async def run(self, argv: Sequence[str], check: bool = True) -> Result: ...
-
-
-class SubprocessRunner:
-    def __init__(self, netns: str = ""):
-        self.netns = netns
-
-    async def run(self, argv: Sequence[str], check: bool = True) -> Result:
-        full = ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
-        process = await asyncio.create_subprocess_exec(
-            *full, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await process.communicate()
-        result = Result(process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
-        if check and result.code:
-            raise NetworkError(f"{' '.join(full)}: {result.stderr.strip()[:300]}")
-        return result
-
-
-@dataclass
-class RecordingRunner:
-    """Records commands; `links` is the canned `ip -j -d link show` answer (a list of dicts)."""
-
-    links: list[dict] = field(default_factory=list)
-    commands: list[list[str]] = field(default_factory=list)
-
-    async def run(self, argv: Sequence[str], check: bool = True) -> Result:
-        self.commands.append(list(argv))
-        if list(argv[:4]) == ["ip", "-j", "-d", "link"]:
-            return Result(0, json.dumps(self.links), "")
-        return Result(0, "", "")
-
-
-@dataclass
 class _Live:
     kind: str
     master: str
@@ -129,8 +90,14 @@ class NodeNetwork:
             raise NetworkError(f"no usable bridge (VNET_BRIDGE={self.settings.VNET_BRIDGE!r}, asked {bridge!r})")
         return name
 
+    async def _run(self, argv: list[str]) -> Result:
+        try:
+            return await self.runner.run(argv)
+        except CommandFailed as err:
+            raise NetworkError(str(err)) from None
+
     async def _live(self) -> dict[str, _Live]:
-        out = (await self.runner.run(["ip", "-j", "-d", "link", "show"])).stdout
+        out = (await self._run(["ip", "-j", "-d", "link", "show"])).stdout
         live = {}
         for entry in json.loads(out or "[]"):
             kind = (entry.get("linkinfo") or {}).get("info_kind", "")
@@ -168,7 +135,7 @@ class NodeNetwork:
                 if not live[pubif].up:
                     plan.append(["ip", "link", "set", pubif, "up"])
             for argv in plan:
-                await self.runner.run(argv)
+                await self._run(argv)
             self._ensured[name] = time.monotonic()
             if plan:
                 log.info("network for vlan %s: bridge %s ready (%d commands)", vlan, name, len(plan))
@@ -192,24 +159,12 @@ class NodeNetwork:
                     continue
                 device = f"{pubif}.{vlan}"
                 if device in live and live[device].kind == "vlan":
-                    await self.runner.run(["ip", "link", "del", device])
-                await self.runner.run(["ip", "link", "del", name])
+                    await self._run(["ip", "link", "del", device])
+                await self._run(["ip", "link", "del", name])
                 removed.append(name)
         if removed:
             log.info("removed unused networks %s", ", ".join(removed))
         return removed
-
-
-async def ensure_bridge(bridge: str, touch_host: bool, netns: str = "") -> bool:
-    """Create `bridge` (up) if missing. Returns True if it was created. `touch_host` False: validate only."""
-    if not valid_bridge(bridge):
-        raise NetworkError(f"invalid bridge name {bridge!r}")
-    if not touch_host:
-        return False
-    network = NodeNetwork(NodeVnetSettings(VNET_BRIDGE=bridge, KOALA_VNET_NETNS=netns))
-    existed = bridge in await network._live()
-    await network.ensure(bridge=bridge)
-    return not existed
 
 
 RELEASE_SECONDS = 10.0

@@ -13,6 +13,7 @@ import logging
 import shlex
 
 from common.db import open_db
+from common.hostcmd import CommandFailed, SubprocessRunner
 from common.messages.cc_nc import (
     Ack,
     ConsoleOutputResponse,
@@ -242,5 +243,10 @@ def _not_traversable(path) -> str:
 
 
 async def _run_detached(command: list[str]) -> None:
-    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
-    await process.wait()
+    try:
+        result = await SubprocessRunner(timeout=300.0).run(command, check=False)
+    except CommandFailed as err:
+        log.error("%s", err)
+        return
+    if result.code:
+        log.error("%s failed: %s", command[0], result.stderr.strip()[:500])

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from common.hostcmd import SubprocessRunner
 from common.messages.cc_nc import NetConfig
 from common.messages.network import NetworkRule
 from services.cluster_controller.network.manager import NetworkManager
-from services.cluster_controller.network.runner import RecordingRunner, SubprocessRunner
 from services.cluster_controller.network.settings import VnetSettings
 from services.node_controller.network import NodeNetwork, NodeVnetSettings
+from tests.doubles import RecordingRunner
 from tests.network.topology import Topology
 
 pytestmark = [

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from common.hostcmd import SubprocessRunner
 from common.messages.cc_nc import NetConfig
 from services.cluster_controller.network.apply import Applier
 from services.cluster_controller.network.dhcp import DhcpServer
 from services.cluster_controller.network.manager import NetworkManager
-from services.cluster_controller.network.runner import RecordingRunner
 from services.cluster_controller.network.settings import VnetSettings
 from services.node_controller import network as ncnet
+from tests.doubles import RecordingRunner
 from tests.network.topology import Topology
 
 SETTINGS = dict(
@@ -108,9 +109,14 @@ async def test_managed_cc_plan_is_empty_when_live_matches(tmp_path: Path) -> Non
     await manager.stop()
 
 
+def _links(*devices: dict) -> RecordingRunner:
+    """A recording runner whose `ip -j -d link show` answers `devices`."""
+    return RecordingRunner(replies={("ip", "-j", "-d", "link"): json.dumps(list(devices))})
+
+
 async def test_nc_managed_plan_and_release() -> None:
     settings = ncnet.NodeVnetSettings(VNET_MODE="MANAGED", VNET_PUBINTERFACE="eth0")
-    runner = ncnet.RecordingRunner(links=[_device("eth0")])
+    runner = _links(_device("eth0"))
     node = ncnet.NodeNetwork(settings, runner)
     assert await node.ensure(vlan=10, bridge="koalabr10") == "koalabr10"
     assert [c for c in runner.commands if c[1] != "-j"] == [
@@ -120,14 +126,12 @@ async def test_nc_managed_plan_and_release() -> None:
         ["ip", "link", "set", "eth0.10", "master", "koalabr10"],
         ["ip", "link", "set", "eth0.10", "up"],
     ]
-    runner = ncnet.RecordingRunner(
-        links=[
-            _device("eth0"),
-            _device("koalabr10", "bridge"),
-            _device("eth0.10", "vlan", master="koalabr10", parent="eth0", vlan=10),
-            _device("koalabr11", "bridge"),
-            _device("eth0.11", "vlan", master="koalabr11", parent="eth0", vlan=11),
-        ]
+    runner = _links(
+        _device("eth0"),
+        _device("koalabr10", "bridge"),
+        _device("eth0.10", "vlan", master="koalabr10", parent="eth0", vlan=10),
+        _device("koalabr11", "bridge"),
+        _device("eth0.11", "vlan", master="koalabr11", parent="eth0", vlan=11),
     )
     node = ncnet.NodeNetwork(settings, runner)
     await node.ensure(vlan=10)
@@ -161,15 +165,8 @@ def test_nc_bridge_on_demand_in_a_namespace(tmp_path: Path) -> None:
         links = topo.run("node", "ip", "-j", "-d", "link", "show").stdout
         by_name = {e["ifname"]: e for e in json.loads(links)}
         assert by_name["br0"]["linkinfo"]["info_kind"] == "bridge" and by_name["eth0"]["master"] == "br0"
-        recorder = ncnet.RecordingRunner()
-        recorder_real = ncnet.SubprocessRunner(topo.ns("node"))
-
-        class Spy:
-            async def run(self, argv, check=True):
-                recorder.commands.append(list(argv))
-                return await recorder_real.run(argv, check)
-
-        node.runner = Spy()
+        recorder = RecordingRunner(inner=SubprocessRunner(topo.ns("node")))
+        node.runner = recorder
         asyncio.run(node.ensure(vlan=10))
         assert [c for c in recorder.commands if c[1] != "-j"] == []  # idempotent
         # MANAGED bridges go with their last guest (a bridge alone stands in: no 8021q here).

@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.hostcmd import Runner
 from services.cluster_controller.network import dhcp, iptables, links
 from services.cluster_controller.network.desired import DesiredState
-from services.cluster_controller.network.runner import Runner
 
 log = logging.getLogger("koala.cc.network")
 ALL_PARTS = frozenset({"sysctl", "links", "iptables", "dhcp"})

@@ -14,8 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+from common.hostcmd import Runner
 from services.cluster_controller.network.desired import DhcpSpec
-from services.cluster_controller.network.runner import Runner
 
 log = logging.getLogger("koala.cc.network")
 LEASE_TIME = "12h"

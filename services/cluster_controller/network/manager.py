@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from common.hostcmd import Runner, SubprocessRunner
 from common.messages.cc_nc import NetConfig
 from common.messages.network import NetworkInfo, NetworkRule, PublicAddress
 from services.cluster_controller.network.addressing import mac_for_instance, max_vlan, subnet_for_vlan
@@ -28,7 +29,6 @@ from services.cluster_controller.network.desired import (
     compute,
 )
 from services.cluster_controller.network.dhcp import DhcpServer
-from services.cluster_controller.network.runner import Runner, SubprocessRunner
 from services.cluster_controller.network.settings import VnetError, VnetSettings, parse_macmap
 from services.cluster_controller.network.store import NetworkStore
 
