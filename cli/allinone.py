@@ -298,6 +298,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "up":
             parser.add_argument("--detach", action="store_true", help="return once all services are healthy")
             parser.add_argument(
+                "--port-base",
+                type=int,
+                help="at first start, the CLC's port; the CC, NC and Walrus take the next three (default 8773)",
+            )
+            parser.add_argument(
                 "--hypervisor",
                 choices=["qemu", "kvm", "test"],
                 help="the NC's hypervisor at first start (default: qemu when usable, else test)",
@@ -323,7 +328,11 @@ def _up(args: argparse.Namespace) -> int:
     if not cloud.endpoints_path.exists():
         hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
         try:
-            cloud.prepare(extra={"nc": {"HYPERVISOR": hypervisor}})
+            ports = None
+            if args.port_base is not None:
+                wanted = {role: args.port_base + port - DEFAULT_PORTS["clc"] for role, port in DEFAULT_PORTS.items()}
+                ports = {role: _port_available(cloud.host, port) for role, port in wanted.items()}
+            cloud.prepare(ports=ports, extra={"nc": {"HYPERVISOR": hypervisor}})
         except PortInUse as err:
             print(f"koala up: {err}", file=sys.stderr)
             return 1

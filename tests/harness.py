@@ -6,8 +6,10 @@ are always stopped at fixture teardown.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,6 +34,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (below the ephemeral range, so no client takes them meanwhile)."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20000, 32000)
+        with contextlib.ExitStack() as probes:
+            try:
+                for port in range(base, base + count):
+                    probes.enter_context(socket.socket()).bind((host, port))
+            except OSError:
+                continue
+        return base
 
 
 class Cloud:

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common.messages.service import DescribeServiceResponse
-from tests.harness import Cloud
+from tests.harness import Cloud, free_port_run
 
 
 def test_services_report_each_other_reachable(cloud: Cloud) -> None:
@@ -79,7 +79,7 @@ def koala(*args: str) -> subprocess.CompletedProcess:
 def test_koala_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     try:
-        up = koala("up", "--state-dir", str(state), "--detach", "--no-image")
+        up = koala("up", "--state-dir", str(state), "--detach", "--no-image", "--port-base", str(free_port_run(4)))
         assert up.returncode == 0, up.stderr
         endpoints = json.loads((state / "endpoints.json").read_text())
         assert set(endpoints) == {"clc", "walrus", "cc", "nc"}
