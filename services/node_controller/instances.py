@@ -508,10 +508,13 @@ class InstanceManager:
             dom = domains.get(inst.id)
             dom = dom if dom is not None and _ours(dom) else None
             if inst.state == "Teardown":
+                # Perhaps killed mid-teardown: finish it (destroy and file removal are both idempotent).
                 self._release(inst)
                 if dom is not None:
                     with contextlib.suppress(HypervisorError):
                         await self.hv.destroy(inst.id)
+                if not self.config.MANUAL_INSTANCES_CLEANUP:
+                    await self._remove_files(inst)
                 continue
             if dom is not None and dom.state in EXTANT_DETAILS:
                 await self._set(inst, "Extant", dom.state)

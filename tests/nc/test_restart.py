@@ -8,6 +8,7 @@ saved for them), as a real hypervisor would have kept them, and the restarted NC
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -83,3 +84,25 @@ def test_orphan_directories_are_reported_not_removed(env: NcEnv) -> None:
     env.cloud.start("nc")
     assert (orphan / "root.qcow2").exists()
     assert "i-0f0f0f0f has no record" in env.cloud.log("nc")
+
+
+def test_a_teardown_cut_short_by_a_kill_is_finished_at_restart(env: NcEnv) -> None:
+    manifest = env.image("cut-short")
+    for instance_id in ("i-c0000001", "i-c0000002"):
+        env.run(instance_id, image="emi-000000c1", manifest=manifest)
+        env.wait_state(instance_id, "Extant")
+    env.cloud.kill("nc")
+    # Where a kill -9 inside _teardown leaves things: Teardown written, the domain destroyed, the files still there.
+    kept = (env.instance_dir("i-c0000002") / "libvirt.xml").read_text()
+    node_file(env.node_xml, [kept, FOREIGN])
+    with sqlite3.connect(env.cloud.dir / "data" / "nc-node1" / "nc.db") as db:
+        db.execute(
+            "UPDATE instances SET state = 'Teardown', detail = 'terminated', teardown_at = ? WHERE instance_id = ?",
+            (time.time(), "i-c0000001"),
+        )
+    assert env.instance_dir("i-c0000001").exists()
+    env.cloud.start("nc")
+    assert env.describe()["i-c0000001"].state == "Teardown"
+    assert not env.instance_dir("i-c0000001").exists()
+    assert "has no record" not in env.cloud.log("nc")
+    assert env.terminate("i-c0000002").state == "Teardown"
