@@ -159,7 +159,7 @@ def test_invalid_names_and_keys(walrus: Walrus, bucket: str) -> None:
     data_files = [p for p in (state / "data" / "walrus" / "objects" / "data").rglob("*") if p.is_file()]
     assert data_files and all(len(p.name) == 32 for p in data_files)
     assert_error(signed(walrus, "PATCH", "/bad/obj", b""), 405, "MethodNotAllowed")
-    assert_error(signed(walrus, "GET", "/bad?policy"), 501, "NotImplemented")
+    assert_error(signed(walrus, "GET", "/bad?website"), 501, "NotImplemented")
 
 
 def test_truncated_body_and_wrong_length(walrus: Walrus, bucket: str) -> None:

@@ -6,33 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.walrus.cli import aws_ok, s3cmd_config, s3cmd_ok
 from tests.walrus.conftest import USERS, Walrus
 
 MiB = 1 << 20
-AWS = str(Path(sys.executable).parent / "aws")
 
 
 def aws(walrus: Walrus, home: Path, *args: str) -> str:
-    access, secret, _, _ = USERS["alice"]
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "AWS_ACCESS_KEY_ID": access,
-        "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(home / "aws-config"),
-    }
-    result = subprocess.run(
-        [AWS, "--endpoint-url", walrus.url, *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return aws_ok(walrus, home, *args)
 
 
 def md5_file(path: Path) -> str:
@@ -73,29 +58,7 @@ def test_awscli_cp_sync_ls_rm(walrus: Walrus, tmp_path: Path) -> None:
 
 
 def s3cmd(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["s3cmd", "-c", str(config), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def s3cmd_config(walrus: Walrus, path: Path, signature_v2: bool) -> Path:
-    access, secret, _, _ = USERS["alice"]
-    host = walrus.url.removeprefix("http://")
-    path.write_text(
-        "[default]\n"
-        f"access_key = {access}\n"
-        f"secret_key = {secret}\n"
-        f"host_base = {host}\n"
-        f"host_bucket = {host}\n"
-        "use_https = False\n"
-        f"signature_v2 = {signature_v2}\n"
-        "bucket_location = us-east-1\n"
-        "multipart_chunk_size_mb = 5\n"
-        "check_ssl_certificate = False\n"
-    )
-    return path
+    return s3cmd_ok(config, *args)
 
 
 @pytest.mark.skipif(shutil.which("s3cmd") is None, reason="s3cmd is installed by deploy/bootstrap.sh")

@@ -33,7 +33,9 @@ MAX_GRANTS = 100
 _GRANTEE = re.compile(r'\s*(id|uri|emailAddress)\s*=\s*"([^"]*)"\s*')
 
 
-def allowed(acl: Acl, requester: Requester, permission: str) -> bool:
+def allowed(acl: Acl, requester: Requester, permission: str, ignore_public: bool = False) -> bool:
+    """Whether the ACL grants `permission`; with `ignore_public` (IgnorePublicAcls) the AllUsers and
+    AuthenticatedUsers grants count for nothing."""
     if requester.account_id and requester.account_id == acl.owner_id and permission in ("READ_ACP", "WRITE_ACP"):
         return True  # an owner may always read and change the ACL
     for grant in acl.grants:
@@ -43,9 +45,11 @@ def allowed(acl: Acl, requester: Requester, permission: str) -> bool:
             if requester.account_id and grant.grantee == requester.account_id:
                 return True
         elif grant.grantee == ALL_USERS:
-            return True
+            if not ignore_public:
+                return True
         elif grant.grantee == AUTHENTICATED_USERS and requester.authenticated:
-            return True
+            if not ignore_public:
+                return True
         elif grant.grantee == CLOUD_GROUP and requester.is_cloud:
             return True
     return False

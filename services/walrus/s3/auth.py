@@ -91,6 +91,10 @@ def _parse_amz_date(value: str) -> float:
         return _bad_date()
 
 
+def _iso(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _bad_date() -> float:
     raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
 
@@ -114,6 +118,7 @@ def _principal_requester(ctx: Ctx, creds) -> Requester:
         is_cloud=principal.is_admin,
         access_key=creds.access_key,
         user_name=principal.user_name,
+        user_id=principal.user_id,
     )
 
 
@@ -204,6 +209,7 @@ async def _verify_v4(
     signature: str,
     payload: str,
     drop_query: str,
+    stamp: float = 0.0,
 ) -> None:
     signed = [h for h in signed_headers.split(";") if h]
     if "host" not in signed:
@@ -226,6 +232,8 @@ async def _verify_v4(
         if hmac.compare_digest(hmac_hex(key, string_to_sign), signature.lower()):
             ctx.requester = _principal_requester(ctx, creds)
             ctx.signing = ChunkSigning(key, scope, amz_date, signature.lower())
+            ctx.auth_type = "REST-QUERY-STRING" if drop_query else "REST-HEADER"
+            ctx.signature_version, ctx.signed_at = "AWS4-HMAC-SHA256", stamp
             return
         first_string, first_request = first_string or string_to_sign, first_request or canonical
     raise S3Error(
@@ -269,7 +277,9 @@ async def _sigv4_header(ctx: Ctx, authorization: str) -> None:
                 ArgumentName="x-amz-content-sha256",
             )
     ctx.payload = payload
-    await _verify_v4(ctx, access_key, date, region, service, scope, amz_date, signed_headers, signature, payload, "")
+    await _verify_v4(
+        ctx, access_key, date, region, service, scope, amz_date, signed_headers, signature, payload, "", stamp
+    )
 
 
 async def _sigv4_query(ctx: Ctx) -> None:
@@ -286,15 +296,27 @@ async def _sigv4_query(ctx: Ctx) -> None:
         expires = int(query.get("X-Amz-Expires", "604800"))
     except (KeyError, ValueError):
         raise S3Error("AuthorizationQueryParametersError", "the presigned URL is incomplete", status=400) from None
-    if not 0 <= expires <= MAX_PRESIGN_SECONDS:
-        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires must be 0 to 604800", status=400)
+    if expires < 0:
+        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires must be non-negative", status=400)
+    if expires > MAX_PRESIGN_SECONDS:
+        raise S3Error(
+            "AuthorizationQueryParametersError",
+            "X-Amz-Expires must be less than a week (in seconds) that is 604800",
+            status=400,
+        )
     access_key, date, region, service, scope = _parse_credential(credential)
     stamp = _parse_amz_date(amz_date)
     now = time.time()
     if stamp - now > MAX_SKEW:
         raise S3Error("RequestTimeTooSkewed")
     if now > stamp + expires:
-        raise S3Error("AccessDenied", "Request has expired", Expires=amz_date, ServerTime=int(now))
+        raise S3Error(
+            "AccessDenied",
+            "Request has expired",
+            XAmzExpires=expires,
+            Expires=_iso(stamp + expires),
+            ServerTime=_iso(now),
+        )
     payload = ctx.headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
     ctx.payload = payload
     await _verify_v4(
@@ -309,6 +331,7 @@ async def _sigv4_query(ctx: Ctx) -> None:
         signature,
         "UNSIGNED-PAYLOAD" if "x-amz-content-sha256" not in signed_headers.split(";") else payload,
         "X-Amz-Signature",
+        stamp,
     )
 
 
@@ -373,9 +396,11 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
             expires_at = int(expires)
         except ValueError:
             raise S3Error("AccessDenied", "Query-string authentication requires Expires") from None
-        if time.time() > expires_at:
-            raise S3Error("AccessDenied", "Request has expired", Expires=expires)
+        now = time.time()
+        if now > expires_at:
+            raise S3Error("AccessDenied", "Request has expired", Expires=_iso(expires_at), ServerTime=_iso(now))
         date_lines = [expires]
+        signed_at = now
     else:
         access_key, _, signature = credential.rpartition(":")
         if not access_key:
@@ -386,6 +411,7 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
             raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
         _check_skew(stamp)
         date_lines = ["", headers.get("Date", "")] if amz_date else [headers.get("Date", "")]
+        signed_at = stamp
     creds = await ctx.app.keys.resolve(access_key)
     amz = {}
     for name, value in headers.items():
@@ -415,6 +441,8 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
             if hmac.compare_digest(expected, provided):
                 ctx.requester = _principal_requester(ctx, creds)
                 ctx.payload = "UNSIGNED-PAYLOAD"
+                ctx.auth_type = "REST-QUERY-STRING" if query_auth else "REST-HEADER"
+                ctx.signature_version, ctx.signed_at = "AWS", signed_at
                 return
     raise S3Error(
         "SignatureDoesNotMatch",

@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from services.walrus.s3 import access
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
@@ -75,14 +76,13 @@ async def create_bucket(ctx: Ctx) -> web.Response:
 
 async def head_bucket(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    acls.require(bucket.acl, ctx.requester, "READ")
+    await access.check(ctx, "s3:ListBucket", bucket, "READ")
     return web.Response(headers={"x-amz-bucket-region": bucket.location or "us-east-1"})
 
 
 async def delete_bucket(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    if ctx.requester.account_id != bucket.owner_id:
-        raise S3Error("AccessDenied")
+    await access.check(ctx, "s3:DeleteBucket", bucket, access.OWNER)
     try:
         await ctx.app.storage.delete_bucket(ctx.bucket)
     except BucketNotEmpty:
@@ -94,27 +94,25 @@ async def delete_bucket(ctx: Ctx) -> web.Response:
 
 async def get_bucket_location(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    if ctx.requester.account_id != bucket.owner_id:
-        raise S3Error("AccessDenied")
+    await access.check(ctx, "s3:GetBucketLocation", bucket, access.OWNER)
     return xml_response("LocationConstraint", escape(bucket.location))
 
 
 async def get_bucket_versioning(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    if ctx.requester.account_id != bucket.owner_id:
-        raise S3Error("AccessDenied")
+    await access.check(ctx, "s3:GetBucketVersioning", bucket, access.OWNER)
     return xml_response("VersioningConfiguration", "")
 
 
 async def get_bucket_acl(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    acls.require(bucket.acl, ctx.requester, "READ_ACP")
+    await access.check(ctx, "s3:GetBucketAcl", bucket, "READ_ACP")
     return xml_response("AccessControlPolicy", acls.to_xml(bucket.acl))
 
 
 async def put_bucket_acl(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    acls.require(bucket.acl, ctx.requester, "WRITE_ACP")
+    await access.check(ctx, "s3:PutBucketAcl", bucket, "WRITE_ACP")
     new = acls.from_headers(ctx, bucket.owner_id, bucket.owner_name)
     body = await read_xml_body(ctx.request)
     if new is None:
@@ -123,6 +121,7 @@ async def put_bucket_acl(ctx: Ctx) -> web.Response:
         new = acls.from_xml(body, bucket.acl)
     elif body.strip():
         raise S3Error("UnexpectedContent", "This request does not support content", status=400)
+    await access.refuse_public_acl(ctx, bucket.name, new)
     await ctx.app.storage.set_bucket_acl(ctx.bucket, new)
     return web.Response()
 
@@ -205,9 +204,9 @@ def _prefixes_xml(prefixes: list[str], encode) -> str:
     return "".join(el("CommonPrefixes", raw(el("Prefix", encode(p)))) for p in prefixes)
 
 
-async def _listable(ctx: Ctx) -> None:
+async def _listable(ctx: Ctx, action: str = "s3:ListBucket") -> None:
     bucket = await load_bucket(ctx)
-    acls.require(bucket.acl, ctx.requester, "READ")
+    await access.check(ctx, action, bucket, "READ")
 
 
 def _text_param(ctx: Ctx, name: str) -> str:
@@ -281,7 +280,7 @@ async def list_objects_v2(ctx: Ctx) -> web.Response:
 
 async def list_object_versions(ctx: Ctx) -> web.Response:
     """With versioning off, every object is its `null` version."""
-    await _listable(ctx)
+    await _listable(ctx, "s3:ListBucketVersions")
     encode = _encoder(ctx)
     prefix, delimiter = _text_param(ctx, "prefix"), _text_param(ctx, "delimiter")
     key_marker = _text_param(ctx, "key-marker")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiDict
@@ -21,6 +22,7 @@ class Requester:
     is_cloud: bool = False
     access_key: str = ""
     user_name: str = ""
+    user_id: str = ""
 
     @property
     def authenticated(self) -> bool:
@@ -54,6 +56,20 @@ class Ctx:
     payload: str = "UNSIGNED-PAYLOAD"  # x-amz-content-sha256: a hex digest or one of the streaming modes
     signing: ChunkSigning | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # How the request was authenticated, for policy conditions (s3:authType, s3:signatureversion, ...).
+    auth_type: str = ""  # "REST-HEADER", "REST-QUERY-STRING", "POST" or "" (anonymous)
+    signature_version: str = ""  # "AWS" (SigV2) or "AWS4-HMAC-SHA256"
+    signed_at: float = 0.0
+    bucket_owner: str = ""  # the bucket's owner once known (access logs)
+    error_code: str = ""  # the S3 error answered, if any (access logs)
+    existing_tags: dict[str, str] | None = None  # the object's tags, when a handler has loaded them
+
+    def request_tags(self) -> dict[str, str] | None:
+        """The tags an upload asks for in x-amz-tagging (URL-encoded), or None without the header."""
+        value = self.request.headers.get("x-amz-tagging")
+        if value is None:
+            return None
+        return dict(parse_qsl(value, keep_blank_values=True))
 
     @property
     def headers(self):

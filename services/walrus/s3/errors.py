@@ -24,6 +24,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidArgument": (400, "Invalid Argument"),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 you specified was invalid."),
+    "InvalidPolicyDocument": (
+        400,
+        "The content of the form does not meet the conditions specified in the policy document.",
+    ),
+    "InvalidTag": (400, "The tag provided was not a valid tag."),
+    "InvalidTargetBucketForLogging": (400, "The target bucket for logging does not exist or is not owned by you."),
     "InvalidPart": (
         400,
         "One or more of the specified parts could not be found. The part might not have been uploaded, or the "
@@ -35,6 +41,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidURI": (400, "Couldn't parse the specified URI."),
     "KeyTooLongError": (400, "Your key is too long"),
     "MalformedACLError": (400, "The XML you provided was not well-formed or did not validate against our schema"),
+    "MalformedPolicy": (400, "Policy has invalid resource"),
+    "MalformedPOSTRequest": (400, "The body of your POST request is not well-formed multipart/form-data."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema"),
     "MaxMessageLengthExceeded": (400, "Your request was too big."),
     "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
@@ -42,7 +50,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "MissingSecurityHeader": (400, "Your request was missing a required header"),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
+    "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
+    "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchPublicAccessBlockConfiguration": (404, "The public access block configuration was not found"),
+    "NoSuchTagSet": (404, "The TagSet does not exist"),
     "NoSuchUpload": (
         404,
         "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted "
@@ -54,6 +66,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "QuotaExceeded": (403, "Your request would exceed the storage quota."),
     "RequestHeaderSectionTooLarge": (400, "Your request header section exceeds the maximum allowed size."),
     "RequestTimeTooSkewed": (403, "The difference between the request time and the current time is too large."),
+    "UnresolvableGrantByEmailAddress": (400, "The e-mail address you provided does not match any account on record."),
     "ServiceUnavailable": (503, "Please reduce your request rate."),
     "SignatureDoesNotMatch": (
         403,

@@ -7,7 +7,7 @@ import hashlib
 
 from aiohttp import web
 
-from services.walrus.s3 import acl as acls
+from services.walrus.s3 import access
 from services.walrus.s3.buckets import load_bucket, owner_xml
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
@@ -31,8 +31,9 @@ MAX_PARTS = 10000
 async def create_upload(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    acls.require(bucket.acl, ctx.requester, "WRITE")
+    await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
+    await access.refuse_public_acl(ctx, bucket.name, spec.acl)
     wanted, _ = requested_checksums(ctx)
     algorithm = next(iter(wanted), "")
     upload_id = await ctx.app.storage.create_upload(ctx.bucket, ctx.key, spec, algorithm)
@@ -41,10 +42,10 @@ async def create_upload(ctx: Ctx) -> web.Response:
     return xml_response("InitiateMultipartUploadResult", body, headers=headers)
 
 
-async def _upload(ctx: Ctx) -> UploadInfo:
+async def _upload(ctx: Ctx, action: str = "s3:PutObject", permission: str = "WRITE") -> UploadInfo:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    acls.require(bucket.acl, ctx.requester, "WRITE")
+    await access.check(ctx, action, bucket, permission, key=ctx.key)
     upload_id = ctx.query.get("uploadId", "")
     upload = await ctx.app.storage.get_upload(upload_id) if len(upload_id) <= 128 else None
     if upload is None or upload.bucket != ctx.bucket or upload.key != ctx.key:
@@ -176,7 +177,7 @@ async def complete_upload(ctx: Ctx) -> web.Response:
 
 
 async def abort_upload(ctx: Ctx) -> web.Response:
-    upload = await _upload(ctx)
+    upload = await _upload(ctx, "s3:AbortMultipartUpload")
     try:
         await ctx.app.storage.abort_upload(upload.upload_id)
     except NoSuchUpload:
@@ -196,7 +197,7 @@ def _int_param(ctx: Ctx, name: str, default: int, high: int) -> int:
 
 
 async def list_parts(ctx: Ctx) -> web.Response:
-    upload = await _upload(ctx)
+    upload = await _upload(ctx, "s3:ListMultipartUploadParts", "READ")
     marker = _int_param(ctx, "part-number-marker", 0, MAX_PARTS)
     max_parts = _int_param(ctx, "max-parts", 1000, 1000)
     parts = await ctx.app.storage.list_parts(upload.upload_id, marker, max_parts + 1)
@@ -230,7 +231,7 @@ async def list_parts(ctx: Ctx) -> web.Response:
 
 async def list_uploads(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    acls.require(bucket.acl, ctx.requester, "READ")
+    await access.check(ctx, "s3:ListBucketMultipartUploads", bucket, "READ")
     prefix = ctx.query.get("prefix", "")
     key_marker = ctx.query.get("key-marker", "")
     id_marker = ctx.query.get("upload-id-marker", "") if key_marker else ""

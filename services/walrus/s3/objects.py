@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import crc32c
 from aiohttp import web
 
+from services.walrus.s3 import access
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.body import Body
 from services.walrus.s3.buckets import load_bucket
@@ -163,8 +164,9 @@ def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
 async def put_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    acls.require(bucket.acl, ctx.requester, "WRITE")
+    await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
+    await access.refuse_public_acl(ctx, bucket.name, spec.acl)
     data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
     spec = ObjectSpec(spec.owner_id, spec.owner_name, spec.acl, spec.content_type, spec.headers, spec.meta, checksums)
     info = await commit(ctx, data, spec)
@@ -182,6 +184,9 @@ async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
         await data.abort()  # no-op once committed
 
 
+READ_ACTIONS = {"READ": "s3:GetObject", "READ_ACP": "s3:GetObjectAcl", "WRITE_ACP": "s3:PutObjectAcl"}
+
+
 async def open_readable(ctx: Ctx, bucket_name: str, key: str, permission: str = "READ") -> ObjectReader:
     """An open object the requester may read; NoSuchKey only to those who may list the bucket."""
     storage = ctx.app.storage
@@ -191,12 +196,14 @@ async def open_readable(ctx: Ctx, bucket_name: str, key: str, permission: str = 
     try:
         reader = await storage.open_object(bucket_name, key)
     except (NoSuchKey, NoSuchBucket):
-        if acls.allowed(bucket.acl, ctx.requester, "READ"):
+        if await access.allowed(ctx, "s3:ListBucket", bucket, "READ"):
             raise S3Error("NoSuchKey", Key=key) from None
         raise S3Error("AccessDenied") from None
-    if not acls.allowed(reader.info.acl, ctx.requester, permission):
+    try:
+        await access.check(ctx, READ_ACTIONS[permission], bucket, permission, reader.info.acl, key)
+    except BaseException:
         await reader.close()
-        raise S3Error("AccessDenied")
+        raise
     return reader
 
 
@@ -374,7 +381,7 @@ async def _stream(
 async def delete_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    acls.require(bucket.acl, ctx.requester, "WRITE")
+    await access.check(ctx, "s3:DeleteObject", bucket, "WRITE", key=ctx.key)
     try:
         await ctx.app.storage.delete_object(ctx.bucket, ctx.key)
     except NoSuchBucket:
@@ -418,7 +425,6 @@ async def delete_objects(ctx: Ctx) -> web.Response:
     nodes = root.findall("Object")
     if not nodes or len(nodes) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML", f"between 1 and {MAX_DELETE_KEYS} objects per request")
-    writable = acls.allowed(bucket.acl, ctx.requester, "WRITE")
     results = []
     for node in nodes:
         key = node.findtext("Key")
@@ -426,8 +432,7 @@ async def delete_objects(ctx: Ctx) -> web.Response:
             raise S3Error("MalformedXML")
         try:
             check_key(key)
-            if not writable:
-                raise S3Error("AccessDenied")
+            await access.check(ctx, "s3:DeleteObject", bucket, "WRITE", key=key)
             await ctx.app.storage.delete_object(ctx.bucket, key)
         except S3Error as err:
             results.append(el("Error", raw(el("Key", key), el("Code", err.code), el("Message", err.message))))
@@ -457,7 +462,7 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 async def copy_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    acls.require(bucket.acl, ctx.requester, "WRITE")
+    await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     source_bucket, source_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
     directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
@@ -469,6 +474,7 @@ async def copy_object(ctx: Ctx) -> web.Response:
         if source.size > ctx.app.limits.max_object_size:
             raise S3Error("InvalidRequest", "The specified copy source is larger than the maximum allowable size")
         new = spec_from_headers(ctx, bucket)
+        await access.refuse_public_acl(ctx, bucket.name, new.acl)
         same = (source_bucket, source_key) == (ctx.bucket, ctx.key)
         if same and directive == "COPY" and "x-amz-acl" not in ctx.headers:
             raise S3Error(
@@ -523,6 +529,7 @@ async def put_object_acl(ctx: Ctx) -> web.Response:
         if not body.strip():
             raise S3Error("MissingSecurityHeader", "an ACL in headers or in the body is required")
         new = acls.from_xml(body, info.acl)
+    await access.refuse_public_acl(ctx, bucket.name, new)
     try:
         await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new)
     except NoSuchKey:

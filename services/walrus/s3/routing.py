@@ -9,17 +9,31 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import buckets, multipart, objects
+from services.walrus.s3 import bucket_policy, buckets, multipart, objects
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """policy cors lifecycle website logging notification replication encryption tagging requestPayment
-    accelerate analytics inventory metrics intelligent-tiering object-lock ownershipControls publicAccessBlock
-    legal-hold retention restore torrent select attributes policyStatus""".split()
+    """cors lifecycle website logging notification replication encryption tagging requestPayment
+    accelerate analytics inventory metrics intelligent-tiering object-lock ownershipControls
+    legal-hold retention restore torrent select attributes""".split()
 )
+# Bucket-level configurations: sub-resource -> method -> handler.
+BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
+    "policy": {
+        "PUT": bucket_policy.put_bucket_policy,
+        "GET": bucket_policy.get_bucket_policy,
+        "DELETE": bucket_policy.delete_bucket_policy,
+    },
+    "policyStatus": {"GET": bucket_policy.get_bucket_policy_status},
+    "publicAccessBlock": {
+        "PUT": bucket_policy.put_public_access_block,
+        "GET": bucket_policy.get_public_access_block,
+        "DELETE": bucket_policy.delete_public_access_block,
+    },
+}
 
 
 def origin_form(target: str) -> str:
@@ -84,6 +98,12 @@ def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str
 
 def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> Handler:
     """The handler of one request; S3Error for what Walrus does not do."""
+    if bucket and not key:
+        for name, handlers in BUCKET_CONFIGS.items():
+            if name in query:
+                if method not in handlers:
+                    raise S3Error("MethodNotAllowed")
+                return handlers[method]
     unsupported = UNSUPPORTED.intersection(query)
     if unsupported and bucket:
         raise S3Error("NotImplemented", f"Walrus does not implement ?{sorted(unsupported)[0]}")

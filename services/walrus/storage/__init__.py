@@ -14,6 +14,8 @@ The running service holds one backend as `WalrusService.storage`. What other par
     info.size, info.etag, info.last_modified, info.content_type, info.meta, info.checksums
 
     bucket_info = await storage.get_bucket(bucket)      # BucketInfo | None (owner_id, acl, ...)
+    await storage.get_bucket_config(bucket, "cors")     # a bucket-level configuration document (str) or None;
+    await storage.put_bucket_config(bucket, kind, doc)  # kinds: policy, public-access-block, cors, tagging, logging
 
     async with await storage.open_object(bucket, key, version_id=None) as reader:
                                                          # raises NoSuchBucket / NoSuchKey / NoSuchVersion /

@@ -328,6 +328,15 @@ class StorageBackend(abc.ABC):
     async def set_bucket_acl(self, name: str, acl: Acl) -> None: ...
 
     @abc.abstractmethod
+    async def get_bucket_config(self, bucket: str, kind: str) -> str | None:
+        """A bucket's configuration document of one kind ("policy", "cors", "tagging", ...), or None. Cheap:
+        served from memory after the first read, since the S3 layer asks on every request."""
+
+    @abc.abstractmethod
+    async def put_bucket_config(self, bucket: str, kind: str, document: str | None) -> None:
+        """Store (or with None remove) a bucket's configuration document; raises NoSuchBucket."""
+
+    @abc.abstractmethod
     async def owner_usage(self, owner_id: str) -> int:
         """Bytes stored in all buckets of an owner (for quotas)."""
 

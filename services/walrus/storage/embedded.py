@@ -281,6 +281,7 @@ class EmbeddedBackend(StorageBackend):
         self._doomed: set[str] = set()  # data ids no longer referenced, unlinked when their last reader closes
         self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
         self._buckets: dict[str, BucketInfo] = {}
+        self._configs: dict[tuple[str, str], str | None] = {}  # (bucket, kind) -> document, None when absent
         self._writes = 0  # bumped on every object change; a reader caches what it read only if unchanged
         self._small: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
@@ -528,12 +529,40 @@ class EmbeddedBackend(StorageBackend):
                 )
             ]
             conn.execute("DELETE FROM uploads WHERE bucket = ?", (name,))
+            conn.execute("DELETE FROM bucket_configs WHERE bucket = ?", (name,))
             conn.execute("DELETE FROM buckets WHERE name = ?", (name,))
             return parts
 
         parts = await self._tx(tx)
         self._buckets.pop(name, None)
+        for cached in [k for k in self._configs if k[0] == name]:
+            del self._configs[cached]
         self._drop_data(parts)
+
+    async def get_bucket_config(self, bucket: str, kind: str) -> str | None:
+        cache_key = (bucket, kind)
+        if cache_key in self._configs:
+            return self._configs[cache_key]
+        rows = await self._query("SELECT document FROM bucket_configs WHERE bucket = ? AND kind = ?", cache_key)
+        document = rows[0][0] if rows else None
+        if len(self._configs) >= META_CACHE_ENTRIES:
+            self._configs.clear()
+        return self._configs.setdefault(cache_key, document)
+
+    async def put_bucket_config(self, bucket: str, kind: str, document: str | None) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                raise NoSuchBucket(bucket)
+            if document is None:
+                conn.execute("DELETE FROM bucket_configs WHERE bucket = ? AND kind = ?", (bucket, kind))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO bucket_configs (bucket, kind, document) VALUES (?, ?, ?)",
+                    (bucket, kind, document),
+                )
+
+        await self._tx(tx)
+        self._configs[(bucket, kind)] = document
 
     async def _update_bucket(self, name: str, check: Callable[[BucketInfo], None], **changes: Any) -> None:
         """Set bucket columns (`changes`, named as BucketInfo fields) after `check` accepts the stored bucket."""

@@ -1,0 +1,218 @@
+"""The access decision for one request, as S3 makes it: the bucket's PublicAccessBlock, its policy and the ACLs.
+
+Order (AWS's): an explicit Deny in the bucket policy refuses; with RestrictPublicBuckets and a public policy only
+the bucket owner's account gets in; an Allow in the policy grants; otherwise the ACL (bucket's or object's, with
+public grants ignored under IgnorePublicAcls) decides, and operations no ACL covers are the bucket owner's.
+
+Handlers call `check(ctx, action, bucket, permission, acl=..., key=...)` before they act."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from services.walrus.s3 import acl as acls
+from services.walrus.s3 import policy as policies
+from services.walrus.s3.context import Ctx
+from services.walrus.s3.errors import S3Error
+from services.walrus.s3.xml import child_text, el, parse_xml
+from services.walrus.storage import ALL_USERS, AUTHENTICATED_USERS, Acl, BucketInfo
+
+POLICY = "policy"
+PUBLIC_ACCESS_BLOCK = "public-access-block"
+OWNER = None  # `permission` for operations only the bucket owner may do (unless the policy allows them)
+# The policy actions the bucket owner's account may always use on its own bucket, whatever the policy says.
+LOCKOUT_SAFE = frozenset({"s3:GetBucketPolicy", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy"})
+PAB_FIELDS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
+
+@dataclass(frozen=True)
+class PublicAccessBlock:
+    block_public_acls: bool = False
+    ignore_public_acls: bool = False
+    block_public_policy: bool = False
+    restrict_public_buckets: bool = False
+
+    @classmethod
+    def from_xml(cls, body: bytes) -> PublicAccessBlock:
+        root = parse_xml(body)
+        if root.tag != "PublicAccessBlockConfiguration":
+            raise S3Error("MalformedXML")
+        values = []
+        for name in PAB_FIELDS:
+            text = (child_text(root, name) or "false").strip().lower()
+            if text not in ("true", "false"):
+                raise S3Error("MalformedXML", f"{name} must be true or false")
+            values.append(text == "true")
+        return cls(*values)
+
+    def to_document(self) -> str:
+        return ",".join(str(v).lower() for v in self.values())
+
+    @classmethod
+    def from_document(cls, text: str) -> PublicAccessBlock:
+        return cls(*(v == "true" for v in text.split(",")))
+
+    def values(self) -> tuple[bool, bool, bool, bool]:
+        return (self.block_public_acls, self.ignore_public_acls, self.block_public_policy, self.restrict_public_buckets)
+
+    def to_xml(self) -> str:
+        return "".join(el(name, value) for name, value in zip(PAB_FIELDS, self.values(), strict=True))
+
+
+NO_BLOCK = PublicAccessBlock()
+_pab_cache: dict[str, PublicAccessBlock] = {}
+
+
+async def public_access_block(ctx: Ctx, bucket: str) -> PublicAccessBlock:
+    document = await ctx.app.storage.get_bucket_config(bucket, PUBLIC_ACCESS_BLOCK)
+    if document is None:
+        return NO_BLOCK
+    found = _pab_cache.get(document)
+    if found is None:
+        found = _pab_cache[document] = PublicAccessBlock.from_document(document)
+    return found
+
+
+async def bucket_policy(ctx: Ctx, bucket: str) -> policies.Policy | None:
+    document = await ctx.app.storage.get_bucket_config(bucket, POLICY)
+    return policies.compiled(document, bucket) if document is not None else None
+
+
+def is_public_acl(acl: Acl) -> bool:
+    return any(g.grantee in (ALL_USERS, AUTHENTICATED_USERS) for g in acl.grants if g.grantee_type == "Group")
+
+
+async def refuse_public_acl(ctx: Ctx, bucket: str, acl: Acl | None) -> None:
+    """BlockPublicAcls: a request that would set a public ACL is refused."""
+    if acl is not None and is_public_acl(acl) and (await public_access_block(ctx, bucket)).block_public_acls:
+        raise S3Error("AccessDenied", "Access Denied: the bucket's public access block refuses public ACLs")
+
+
+def _iso(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition_keys(ctx: Ctx, bucket: BucketInfo, key: str | None):
+    """The request's condition key values (lower-case names), computed when a condition asks for them."""
+    cache: dict[str, list[str] | None] = {}
+    headers = ctx.headers
+    requester = ctx.requester
+
+    def header(name: str) -> list[str] | None:
+        value = headers.get(name)
+        return None if value is None else [value]
+
+    def compute(name: str) -> list[str] | None:
+        if name == "aws:sourceip":
+            peer = ctx.request.remote
+            return [peer] if peer else None
+        if name == "aws:securetransport":
+            return ["true" if ctx.request.secure else "false"]
+        if name == "aws:currenttime":
+            return [_iso(time.time())]
+        if name == "aws:epochtime":
+            return [str(int(time.time()))]
+        if name == "aws:useragent":
+            return header("User-Agent")
+        if name == "aws:referer":
+            return header("Referer")
+        if name == "aws:principaltype":
+            return ["User" if requester.account_id else "Anonymous"]
+        if name in ("aws:principalaccount", "s3:signatureaccount"):
+            return [requester.account_id] if requester.account_id else None
+        if name == "aws:username":
+            return [requester.user_name] if requester.user_name else None
+        if name == "aws:userid":
+            return [requester.user_id or requester.account_id] if requester.account_id else ["anonymous"]
+        if name == "aws:principalarn":
+            if not requester.account_id:
+                return None
+            if requester.user_name:
+                return [f"arn:aws:iam::{requester.account_id}:user/{requester.user_name}"]
+            return [f"arn:aws:iam::{requester.account_id}:root"]
+        if name == "s3:resourceaccount":
+            return [bucket.owner_id]
+        if name == "s3:authtype":
+            return [ctx.auth_type] if ctx.auth_type else None
+        if name == "s3:signatureversion":
+            return [ctx.signature_version] if ctx.signature_version else None
+        if name == "s3:signatureage":
+            return [str(int((time.time() - ctx.signed_at) * 1000))] if ctx.signed_at else None
+        if name == "s3:tlsversion":
+            return None
+        if name in ("s3:prefix", "s3:delimiter", "s3:max-keys", "s3:versionid"):
+            query_name = "versionId" if name == "s3:versionid" else name[3:]
+            value = ctx.query.get(query_name)
+            return None if value is None else [value]
+        if name == "s3:requestobjecttagkeys":
+            tags = ctx.request_tags()
+            return None if tags is None else list(tags)
+        if name.startswith("s3:requestobjecttag/"):
+            tags = ctx.request_tags()
+            wanted = name.split("/", 1)[1]
+            found = [v for k, v in (tags or {}).items() if k.lower() == wanted]
+            return found or None
+        if name.startswith("s3:existingobjecttag/"):
+            tags = ctx.existing_tags
+            wanted = name.split("/", 1)[1]
+            found = [v for k, v in (tags or {}).items() if k.lower() == wanted]
+            return found or None
+        if name.startswith("s3:x-amz-") or name == "s3:x-amz-content-sha256":
+            return header(name[3:])
+        return None
+
+    def lookup(name: str) -> list[str] | None:
+        if name not in cache:
+            cache[name] = compute(name)
+        return cache[name]
+
+    return lookup
+
+
+def resource_arn(bucket: str, key: str | None) -> str:
+    return f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"
+
+
+async def check(
+    ctx: Ctx,
+    action: str,
+    bucket: BucketInfo,
+    permission: str | None,
+    acl: Acl | None = None,
+    key: str | None = None,
+) -> None:
+    """Raise AccessDenied unless the requester may do `action` (an s3:... name) on the bucket or its `key`.
+    `permission` is the ACL permission that grants it (checked against `acl`, the bucket's by default), or
+    OWNER for operations that belong to the bucket owner."""
+    if not await allowed(ctx, action, bucket, permission, acl, key):
+        raise S3Error("AccessDenied")
+
+
+async def allowed(
+    ctx: Ctx,
+    action: str,
+    bucket: BucketInfo,
+    permission: str | None,
+    acl: Acl | None = None,
+    key: str | None = None,
+) -> bool:
+    requester = ctx.requester
+    same_account = bool(requester.account_id) and requester.account_id == bucket.owner_id
+    policy = await bucket_policy(ctx, bucket.name)
+    block = await public_access_block(ctx, bucket.name)
+    if policy is not None:
+        if same_account and action in LOCKOUT_SAFE:
+            return True
+        caller = policies.Caller(requester.account_id, requester.user_name, requester.is_cloud)
+        decision = policy.evaluate(caller, action, resource_arn(bucket.name, key), condition_keys(ctx, bucket, key))
+        if decision == "Deny":
+            return False
+        if block.restrict_public_buckets and not same_account and not requester.is_cloud and policy.public:
+            return False
+        if decision == "Allow":
+            return True
+    if permission is OWNER:
+        return same_account
+    return acls.allowed(acl or bucket.acl, requester, permission, ignore_public=block.ignore_public_acls)
