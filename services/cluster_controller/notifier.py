@@ -20,7 +20,6 @@ class Notifier:
         self.pending: dict[str, ClusterInstance] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
-        self.pushed = 0  # instance reports delivered, for tests and logs
         self._failing = False
 
     def changed(self, report: ClusterInstance) -> None:
@@ -66,4 +65,3 @@ class Notifier:
                 if self._failing:
                     log.info("pushing instance states to the CLC again")
                 self._failing, backoff = False, 0.2
-                self.pushed += len(batch)

@@ -26,6 +26,7 @@ from cli.guest_image import ensure_registered
 from tests.acceptance.world import PUBLIC, acceptance_world
 from tests.harness import Cloud
 from tests.network.topology import Topology
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.qemu,
@@ -160,7 +161,4 @@ def _domains(ids: list[str]) -> list[str]:
 
 
 def _wait(predicate, timeout: float, what) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
-        time.sleep(0.5)
+    wait_for(predicate, timeout, interval=0.5, what=what)

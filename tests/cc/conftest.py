@@ -26,6 +26,7 @@ from common.messages import cc_nc, clc_cc
 from common.rpc import Caller, RpcClient, RpcServer
 from common.signing import Identity, TrustStore
 from tests.harness import Cloud, ExtraNode, free_port
+from tests.waiting import wait_for
 
 IMAGE_ID = "emi-0c0ffee0"
 MANIFEST = "images/test.img.manifest.xml"
@@ -141,14 +142,7 @@ class Cluster:
         return self.call("RunInstances", request, clc_cc.RunInstancesResponse)
 
     def wait(self, condition: Callable[[], object], what: str, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.1)
+        return wait_for(condition, timeout, interval=0.1, what=what)
 
 
 def write_node_file(path: Path, domains_xml: list[str] = ()) -> str:

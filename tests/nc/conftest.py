@@ -21,7 +21,8 @@ from common.messages.cc_nc import (
 )
 from tests.harness import Cloud
 from tests.nc.client import SyncClient
-from tests.nc.support import ImageServer, NotifyRecorder, node_file, wait_for
+from tests.nc.support import ImageServer, NotifyRecorder, node_file
+from tests.waiting import wait_for
 
 SMALL = VmType(name="m1.small", cores=1, memory_mb=128, disk_gb=2)
 OWNER = "000000000042"

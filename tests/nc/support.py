@@ -200,14 +200,3 @@ def node_file(path: Path, domains_xml: list[str] = (), cpus: int = 256, memory_g
 """
     )
     return f"test://{path}"
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)

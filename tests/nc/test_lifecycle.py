@@ -11,7 +11,7 @@ import pytest
 from common.messages.cc_nc import ConsoleOutputResponse, InstanceIdRequest, InstanceInfo, RunInstanceRequest
 from common.rpc import RpcError
 from tests.nc.conftest import SMALL, NcEnv
-from tests.nc.support import wait_for
+from tests.waiting import wait_for
 
 
 def test_full_lifecycle(nc: NcEnv) -> None:

@@ -9,7 +9,7 @@ import pytest
 from common.messages.cc_nc import Ack, StartNetworkRequest
 from common.rpc import Empty, RpcError
 from tests.nc.conftest import NcEnv, close_env, make_env
-from tests.nc.support import wait_for
+from tests.waiting import wait_for
 
 
 @pytest.fixture

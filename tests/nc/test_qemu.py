@@ -19,7 +19,7 @@ import pytest
 
 from common.messages.cc_nc import ConsoleOutputResponse, ImageRef, InstanceIdRequest, InstanceInfo, VmType
 from tests.nc.conftest import NcEnv, close_env, make_env
-from tests.nc.support import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.qemu
 VM = VmType(name="c1.medium", cores=1, memory_mb=256, disk_gb=1)

@@ -20,7 +20,7 @@ import pytest
 
 from common.rpc import RpcError
 from tests.nc.conftest import NcEnv, close_env, make_env
-from tests.nc.support import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("libvirtd") is None or shutil.which("unshare") is None,

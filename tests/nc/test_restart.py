@@ -16,7 +16,8 @@ import pytest
 
 from services.node_controller.domain import DiskSpec, DomainSpec, render
 from tests.nc.conftest import FOREIGN, NcEnv, close_env, make_env
-from tests.nc.support import node_file, wait_for
+from tests.nc.support import node_file
+from tests.waiting import wait_for
 
 
 @pytest.fixture

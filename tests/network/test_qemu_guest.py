@@ -30,8 +30,8 @@ from common.messages.network import NetworkRule
 from services.cluster_controller.network.manager import NetworkManager
 from services.cluster_controller.network.settings import VnetSettings
 from tests.nc.conftest import close_env, make_env
-from tests.nc.support import wait_for
 from tests.network.topology import Topology, sh
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 VM = VmType(name="c1.medium", cores=1, memory_mb=256, disk_gb=1)

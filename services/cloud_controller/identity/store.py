@@ -189,11 +189,6 @@ class IdentityStore:
             raise IdentityError("NoSuchEntity", f"no user {user_id[:64]!r}", 404)
         self._changed()
 
-    async def delete_user(self, user_id: str) -> None:
-        if await self.db.execute("DELETE FROM users WHERE user_id = ?", (user_id,)) == 0:
-            raise IdentityError("NoSuchEntity", f"no user {user_id[:64]!r}", 404)
-        self._changed()
-
     async def create_access_key(self, user_id: str) -> tuple[str, str]:
         """(access key id, secret key). The secret is shown once, to the caller."""
         async with self.db.transaction() as conn:
@@ -249,13 +244,6 @@ class IdentityStore:
         )
         log.info("issued certificate %s for user %s", pki.fingerprint(cert)[:16], user_id)
         return cert_pem, key_pem.decode()
-
-    async def set_certificate_active(self, certificate_id: str, active: bool) -> None:
-        changed = await self.db.execute(
-            "UPDATE certificates SET active = ? WHERE certificate_id = ?", (int(active), certificate_id)
-        )
-        if changed == 0:
-            raise IdentityError("NoSuchEntity", f"no certificate {certificate_id[:64]!r}", 404)
 
     async def certificates(self, user_id: str) -> list[dict]:
         rows = await self.db.fetchall(

@@ -46,9 +46,6 @@ class Subnet:
             )
         return self.network.network_address + index
 
-    def index_of(self, address: ipaddress.IPv4Address) -> int:
-        return int(address) - int(self.network.network_address)
-
 
 def max_vlan(subnet: ipaddress.IPv4Network, addrs_per_net: int) -> int:
     return min(MAX_VLAN, MIN_VLAN + subnet.num_addresses // addrs_per_net - 1)

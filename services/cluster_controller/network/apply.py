@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from common.hostcmd import Runner
 from services.cluster_controller.network import dhcp, iptables, links
@@ -38,10 +37,6 @@ class Applier:
         # Koala's chains as last read or written. A rules-only change plans against it instead of reading the
         # whole ruleset again (`iptables-save` of 5,000 rules costs 30 ms); every full apply reads the kernel.
         self._rules_view: dict[str, iptables.TableState] | None = None
-
-    @classmethod
-    def for_directory(cls, runner: Runner, directory: Path, program: str = "dnsmasq", user: str = "root") -> Applier:
-        return cls(runner, dhcp.DhcpServer(runner, directory, program, user))
 
     async def apply(self, desired: DesiredState, parts: frozenset[str] = ALL_PARTS) -> ApplyReport:
         """Bring the live network to `desired`. `parts` limits the work to what a change can affect (a rule
