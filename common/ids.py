@@ -21,6 +21,7 @@ PREFIXES = frozenset(
         "eipassoc",  # elastic IP association
         "vol",  # volume
         "snap",  # snapshot
+        "bun",  # bundle task
         "req",  # request id
     }
 )

@@ -8,6 +8,7 @@ from typing import Any
 from services.cloud_controller.actions import Context, action
 from services.cloud_controller.compute.addresses import Address
 from services.cloud_controller.compute.elastic import Elastic
+from services.cloud_controller.compute.errors import check_id
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
 
@@ -75,6 +76,7 @@ async def describe_addresses(ctx: Context, params: dict[str, Any]) -> dict[str, 
         if not any(a.public_ip == ip for a in mine):
             raise Ec2Error("InvalidAddress.NotFound", f"Address '{ip[:64]}' not found.")
     for allocation_id in allocation_ids:
+        check_id(allocation_id, "eipalloc")
         if not any(a.allocation_id == allocation_id for a in mine):
             raise Ec2Error("InvalidAllocationID.NotFound", f"The allocation ID '{allocation_id[:64]}' does not exist")
     if ips or allocation_ids:

@@ -28,8 +28,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.ids import is_id, new_id
+from common.ids import new_id
 from services.cloud_controller.actions import Context, action, tags
+from services.cloud_controller.compute.errors import check_id
 from services.cloud_controller.ec2.errors import Ec2Error, invalid, missing
 from services.cloud_controller.ec2.filters import Filters
 
@@ -139,9 +140,9 @@ async def resolve(db: Any, owner_id: str, names: list[str] | None = None, ids: l
         found[group["group_id"]] = group
     for group_id in ids:
         # ec2-api-tools send every `-g` value as SecurityGroupId.N: a value that is not an sg- id is a name, as
-        # EC2-Classic-era servers took it.
-        if is_id(group_id, "sg"):
-            group = await find(db, owner_id, group_id=group_id)
+        # EC2-Classic-era servers took it (EC2 forbids names starting with sg-, so those are malformed ids).
+        if group_id.lower().startswith("sg-"):
+            group = await find(db, owner_id, group_id=check_id(group_id, "sg"))
         else:
             group = await find(db, owner_id, name=group_id)
         if group is None:
@@ -169,6 +170,8 @@ async def _target(ctx: Context, params: dict[str, Any]) -> dict:
     name, group_id = params.get("GroupName"), params.get("GroupId")
     if not name and not group_id:
         raise missing("GroupName")
+    if group_id:
+        group_id = check_id(group_id, "sg")
     await ensure_default(ctx.db, ctx.owner_id)
     group = await find(ctx.db, ctx.owner_id, name=name, group_id=group_id)
     if group is None:
@@ -214,7 +217,7 @@ def _cidr(value: str) -> str:
 async def _source_group(ctx: Context, pair: dict[str, Any]) -> dict:
     group_id, name, owner = pair.get("GroupId"), pair.get("GroupName"), pair.get("UserId") or ctx.owner_id
     if group_id:
-        row = await ctx.db.fetchone("SELECT * FROM security_groups WHERE group_id = ?", (group_id.lower(),))
+        row = await ctx.db.fetchone("SELECT * FROM security_groups WHERE group_id = ?", (check_id(group_id, "sg"),))
     elif name:
         if owner == ctx.owner_id:
             await ensure_default(ctx.db, ctx.owner_id)
@@ -405,6 +408,14 @@ async def revoke_security_group_ingress(ctx: Context, params: dict[str, Any]) ->
     return {"Return": True}
 
 
+@action("AuthorizeSecurityGroupEgress")
+@action("RevokeSecurityGroupEgress")
+async def security_group_egress(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """EC2-Classic groups have no egress rules: EC2 named the group's failures first, then refused the call."""
+    await _target(ctx, {"GroupId": params["GroupId"]})
+    raise Ec2Error("InvalidParameterValue", "Only Amazon VPC security groups may be used with this operation.")
+
+
 DESCRIBE_FILTERS = {
     "description",
     "group-id",
@@ -447,7 +458,7 @@ def permissions(rule_list: list[Rule]) -> list[dict[str, Any]]:
 
 @action("DescribeSecurityGroups")
 async def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    names, ids = params.get("GroupNames") or [], [i.lower() for i in params.get("GroupIds") or []]
+    names, ids = params.get("GroupNames") or [], [check_id(i, "sg") for i in params.get("GroupIds") or []]
     filters = Filters.parse(params.get("Filters"), DESCRIBE_FILTERS)
     limit = params.get("MaxResults")
     if limit is not None and not 5 <= limit <= 1000:

@@ -9,6 +9,7 @@ from typing import Any
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.compute.images import Images
 from services.cloud_controller.compute.store import Image
+from services.cloud_controller.ec2 import paging
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
 
@@ -129,6 +130,8 @@ async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any
     for name, values in (("ImageId", ids), ("Owner", owners), ("ExecutableBy", executable)):
         if len(values) > MAX_IDS:
             raise invalid(name, len(values), f"At most {MAX_IDS} values.")
+    if params.get("MaxResults") is not None and ids:
+        raise Ec2Error("InvalidParameterCombination", "The parameter ImageIds cannot be used with MaxResults")
     admin_account = await _admin_account(ctx)
     images.is_admin_account = lambda account: account == admin_account
     filters = Filters.parse(params.get("Filters"), IMAGE_FILTERS, tags=True)
@@ -139,8 +142,9 @@ async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any
             tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
         found = [i for i in found if i.image_id in tagged]
     found = [i for i in found if filters.match_all(_filter_values(i, admin_account))]
+    found, next_token = paging.cut(found, lambda i: i.image_id, params, 5, 1000)
     tag_sets = await tags.tags_for(ctx.db, [i.image_id for i in found]) if found else {}
-    return {"Images": [image_dict(i, admin_account, tag_sets.get(i.image_id)) for i in found]}
+    return {"Images": [image_dict(i, admin_account, tag_sets.get(i.image_id)) for i in found], "NextToken": next_token}
 
 
 @action("DescribeImageAttribute")

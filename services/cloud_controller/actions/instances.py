@@ -255,6 +255,8 @@ async def _select(ctx: Context, params: dict, allowed: set[str]) -> list[Instanc
 @action("DescribeInstances")
 async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     engine = compute(ctx)
+    if params.get("MaxResults") is not None and params.get("InstanceIds"):
+        raise Ec2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with maxResults")
     page, next_token = _page(await _select(ctx, params, INSTANCE_FILTERS), params)
     tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in page]) if page else {}
     reservations: dict[str, tuple[Reservation, list]] = {}

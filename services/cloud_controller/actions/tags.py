@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from common.ids import is_id
 from services.cloud_controller.actions import Context, action
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters, matches
@@ -194,7 +195,7 @@ async def _resolve(ctx: Context, resource_ids: list[str]) -> dict[str, ResourceT
     kinds: dict[str, ResourceType] = {}
     for rid in resource_ids:
         kind = resource_type(rid)
-        if kind is None:
+        if kind is None or not is_id(rid):
             raise Ec2Error("InvalidID", f"The ID '{rid[:64]}' is not valid")
         kinds[rid] = kind
         by_type.setdefault(kind.prefix, []).append(rid)

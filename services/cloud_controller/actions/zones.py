@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from services.cloud_controller.actions import Context, action
+from services.cloud_controller.ec2 import paging
 from services.cloud_controller.ec2.errors import Ec2Error
 from services.cloud_controller.ec2.filters import Filters
 
@@ -93,4 +94,6 @@ async def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[
                 "InstanceStorageInfo": {"TotalSizeInGB": vm.disk_gb},
             }
         )
-    return {"InstanceTypes": result}
+    order = {vm.name: f"{n:06d}" for n, vm in enumerate(engine.vmtypes.list())}  # pages keep the listing's order
+    result, next_token = paging.cut(result, lambda t: order[t["InstanceType"]], params, 5, 100)
+    return {"InstanceTypes": result, "NextToken": next_token}

@@ -16,7 +16,7 @@ from common.messages.network import (
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.addresses import Address
 from services.cloud_controller.compute.admission import count_quota
-from services.cloud_controller.compute.errors import ComputeError
+from services.cloud_controller.compute.errors import ComputeError, check_id
 
 if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Compute, Principal
@@ -89,6 +89,8 @@ class Elastic:
     def find(self, principal: Principal, public_ip: str = "", allocation_id: str = "") -> Address:
         if not public_ip and not allocation_id:
             raise ComputeError("MissingParameter", "The request must contain the parameter PublicIp or AllocationId")
+        if allocation_id:
+            allocation_id = check_id(allocation_id, "eipalloc")
         return self.addresses.find(principal.account_id, public_ip, allocation_id)
 
     async def release(self, principal: Principal, public_ip: str = "", allocation_id: str = "") -> None:
@@ -101,6 +103,7 @@ class Elastic:
         await self.addresses.save(address)
 
     async def associate(self, principal: Principal, instance_id: str, public_ip: str = "", allocation_id: str = ""):
+        check_id(instance_id, "i")
         address = self.find(principal, public_ip, allocation_id)
         if address.auto:
             raise ComputeError("InvalidIPAddress.InUse", f"The address {address.public_ip} is in use by an instance")
@@ -129,6 +132,7 @@ class Elastic:
 
     async def disassociate(self, principal: Principal, public_ip: str = "", association_id: str = "") -> None:
         if association_id:
+            association_id = check_id(association_id, "eipassoc")
             for candidate in self.addresses.allocated.values():
                 if candidate.association_id == association_id and candidate.owner_id == principal.account_id:
                     address = candidate
