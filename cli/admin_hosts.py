@@ -17,11 +17,16 @@ import re
 import secrets
 import stat
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
+
+with warnings.catch_warnings():  # asyncssh's type hints name DSA, which cryptography deprecates; we never use DSA
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 from cli.allinone import AllInOne
 from common import pki

@@ -40,6 +40,8 @@ NODE_ID = "nc-node1"
 
 
 def default_state_dir() -> Path:
+    if os.environ.get("KOALA_CLOUD_DIR"):
+        return Path(os.environ["KOALA_CLOUD_DIR"])
     return Path("/var/lib/koala") if os.geteuid() == 0 else Path.home() / ".koala"
 
 
@@ -72,6 +74,14 @@ class AllInOne:
     @property
     def endpoints_path(self) -> Path:
         return self.dir / "endpoints.json"
+
+    def network(self):  # -> CloudNetwork | None (imported lazily: `koala --help` stays fast)
+        """The cloud's MANAGED-NOVLAN network, when `koala up` made one (DIR/network.json)."""
+        if not (self.dir / "network.json").exists():
+            return None
+        from cli.cloud_network import CloudNetwork
+
+        return CloudNetwork.choose(self.dir)
 
     def endpoints(self) -> dict[str, Endpoint]:
         data = json.loads(self.endpoints_path.read_text())
@@ -243,6 +253,12 @@ class AllInOne:
             time.sleep(0.2)
 
 
+def _env_port_base() -> int | None:
+    """KOALA_PORT_BASE: --port-base's default (so a script written for the default ports runs elsewhere)."""
+    text = os.environ.get("KOALA_PORT_BASE", "")
+    return int(text) if text.isdigit() else None
+
+
 class PortInUse(RuntimeError):
     """A service's port is taken by another listener: `koala up` says so rather than picking another port."""
 
@@ -285,7 +301,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     for name, func, text in (
         ("up", _up, "bring up the whole cloud on this machine"),
-        ("down", _down, "stop the cloud that `koala up` started"),
+        ("down", _down, "stop the cloud that `koala up` started (guests keep running unless --purge)"),
         ("status", _status, "say what runs and whether the services reach each other"),
     ):
         parser = subparsers.add_parser(name, help=text)
@@ -293,14 +309,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--state-dir",
             type=Path,
             default=default_state_dir(),
-            help=f"state directory (default {default_state_dir()})",
+            help=f"state directory (default {default_state_dir()}; KOALA_CLOUD_DIR overrides it)",
         )
         if name == "up":
             parser.add_argument("--detach", action="store_true", help="return once all services are healthy")
             parser.add_argument(
                 "--port-base",
                 type=int,
-                help="at first start, the CLC's port; the CC, NC and Walrus take the next three (default 8773)",
+                help="at first start, the CLC's port; the CC, NC and Walrus take the next three "
+                "(default KOALA_PORT_BASE, else 8773)",
             )
             parser.add_argument(
                 "--hypervisor",
@@ -308,7 +325,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="the NC's hypervisor at first start (default: qemu when usable, else test)",
             )
             parser.add_argument(
+                "--network",
+                choices=["managed", "system"],
+                default="managed",
+                help="at first start: 'managed' (MANAGED-NOVLAN in a router namespace, the default) or 'system' "
+                "(guests get no cloud network)",
+            )
+            parser.add_argument(
+                "--public-net",
+                default="",
+                help="at first start: the public /24 (or smaller) the host reaches guests on "
+                "(default: the first free /24 of 198.18.0.0/15)",
+            )
+            parser.add_argument(
+                "--private-subnet",
+                default="",
+                help="at first start: the guests' private subnet (default: the first free /16 of 100.64.0.0/10)",
+            )
+            parser.add_argument(
                 "--no-image", action="store_true", help="do not build and register the guest test image"
+            )
+        if name == "down":
+            parser.add_argument(
+                "--purge",
+                action="store_true",
+                help="also terminate every guest and remove the cloud's network and state directory",
             )
         if name == "status":
             parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -323,29 +364,65 @@ def qemu_usable() -> bool:
     return probe.returncode == 0
 
 
+def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
+    """The first `koala up` in a state directory: pick the hypervisor, build the network, write the configuration."""
+    from cli.cloud_network import CloudNetwork, host_lock
+
+    hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
+    extra: dict[str, dict[str, object]] = {"nc": {"HYPERVISOR": hypervisor}}
+    ports = None  # checked before anything is made: a port in use leaves nothing behind
+    port_base = args.port_base if args.port_base is not None else _env_port_base()
+    if port_base is not None:
+        wanted = {role: port_base + port - DEFAULT_PORTS["clc"] for role, port in DEFAULT_PORTS.items()}
+        ports = {role: _port_available(cloud.host, port) for role, port in wanted.items()}
+    else:
+        for port in DEFAULT_PORTS.values():
+            _port_available(cloud.host, port)
+    cloud.dir.mkdir(parents=True, exist_ok=True)
+    if args.network == "managed":
+        with host_lock():
+            network = CloudNetwork.choose(cloud.dir, args.public_net, args.private_subnet)
+            network.save(cloud.dir)
+            network.ensure()
+        extra["clc"] = {"KOALA_METADATA_BIND": network.host_ip}
+        extra["cc"] = network.cc_settings()
+        extra["nc"].update(network.nc_settings())
+        print(
+            f"network: MANAGED-NOVLAN; router namespace {network.netns}, public addresses {network.public_ips} "
+            f"reached through {network.host_link}, private subnet {network.private}"
+        )
+    cloud.prepare(ports=ports, extra=extra)
+    why = (
+        ""
+        if args.hypervisor
+        else (
+            " (QEMU software emulation through libvirt)"
+            if hypervisor == "qemu"
+            else " (libvirt's test driver: no usable libvirtd with QEMU here)"
+        )
+    )
+    print(f"node controller hypervisor: {hypervisor}{why}")
+
+
 def _up(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
+    if cloud.endpoints_path.exists() and all(cloud.running_pid(role) for role in ROLES):
+        print(f"a cloud already runs in {cloud.dir}; nothing changed")
+        _print_status(cloud, asyncio.run(cloud.describe_all()))
+        return 0
     if not cloud.endpoints_path.exists():
-        hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
         try:
-            ports = None
-            if args.port_base is not None:
-                wanted = {role: args.port_base + port - DEFAULT_PORTS["clc"] for role, port in DEFAULT_PORTS.items()}
-                ports = {role: _port_available(cloud.host, port) for role, port in wanted.items()}
-            cloud.prepare(ports=ports, extra={"nc": {"HYPERVISOR": hypervisor}})
-        except PortInUse as err:
+            _first_prepare(cloud, args)
+        except Exception as err:  # a port taken, the network or the PKI could not be made: say why
             print(f"koala up: {err}", file=sys.stderr)
             return 1
-        why = (
-            ""
-            if args.hypervisor
-            else (
-                " (QEMU software emulation through libvirt)"
-                if hypervisor == "qemu"
-                else " (libvirt's test driver: no usable libvirtd with QEMU here)"
-            )
-        )
-        print(f"node controller hypervisor: {hypervisor}{why}")
+    else:
+        network = cloud.network()
+        if network is not None:  # after `koala down`, or a reboot: put back what is missing
+            from cli.cloud_network import host_lock
+
+            with host_lock():
+                network.ensure()
     processes = {}
     for role in ROLES:
         if cloud.running_pid(role) is None:
@@ -371,7 +448,7 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"koala up: the guest image is not registered: {err}", file=sys.stderr)
                 return 1
             print("guest image: " + ", ".join(f"{kind} {image}" for kind, image in images.items()))
-            _print_usage(eucarc, images.get("machine", "EMI"))
+            _print_usage(eucarc, images.get("machine", "EMI"), cloud.network() is not None)
     print(f"\nstate: {cloud.dir}  (logs in {cloud.dir / 'logs'}; stop with: koala down --state-dir {cloud.dir})")
     if args.detach:
         return 0
@@ -402,6 +479,11 @@ def _down(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
     stopped = [role for role in reversed(ROLES) if cloud.stop(role)]
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    if args.purge:
+        from cli.purge import purge
+
+        for line in purge(cloud):
+            print(line)
     return 0
 
 
@@ -446,13 +528,26 @@ def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | 
             )
 
 
-def _print_usage(eucarc: Path, machine_image: str) -> None:
+def _print_usage(eucarc: Path, machine_image: str, networked: bool) -> None:
+    ec2 = 'aws --endpoint-url "$EC2_URL" ec2'
+    ssh = (
+        f"""
+  {ec2} authorize-security-group-ingress --group-name default --protocol tcp --port 22 --cidr 0.0.0.0/0
+  ID=$({ec2} run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey \\
+       --query 'Instances[0].InstanceId' --output text)
+  {ec2} wait instance-running --instance-ids $ID
+  IP=$({ec2} describe-instances --instance-ids $ID --query 'Reservations[0].Instances[0].PublicIpAddress' \\
+       --output text)
+  ssh -i mykey.pem -o StrictHostKeyChecking=accept-new root@$IP   # once the guest has booted"""
+        if networked
+        else f"""
+  {ec2} run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey"""
+    )
     print(f"""
 Use the cloud:
   source {eucarc}
-  aws --endpoint-url "$EC2_URL" ec2 describe-images
-  aws --endpoint-url "$EC2_URL" ec2 create-key-pair --key-name mykey --query KeyMaterial --output text > mykey.pem
-  aws --endpoint-url "$EC2_URL" ec2 run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey
+  {ec2} describe-images
+  {ec2} create-key-pair --key-name mykey --query KeyMaterial --output text > mykey.pem && chmod 600 mykey.pem{ssh}
   aws --endpoint-url "$S3_URL" s3 ls
 or from Python:
   boto3.client("ec2", endpoint_url=os.environ["EC2_URL"], region_name="eucalyptus",

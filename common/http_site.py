@@ -53,17 +53,18 @@ class _AnswerAfterHalfClose(asyncio.Protocol):
 
 
 class HttpSite(web.BaseSite):
-    """Like aiohttp's TCPSite (address reuse on), with the handler above."""
+    """Like aiohttp's TCPSite (address reuse on), with the handler above; `host` may list several addresses."""
 
     __slots__ = ("_grace", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, answer_grace: float = ANSWER_GRACE):
+    def __init__(self, runner: web.BaseRunner, host: str | list[str], port: int, answer_grace: float = ANSWER_GRACE):
         super().__init__(runner)
         self._host, self._port, self._grace = host, port, answer_grace
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        host = self._host if isinstance(self._host, str) else self._host[0]
+        return f"http://{host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()

@@ -112,6 +112,10 @@ class Service:
         self.rpc.install(self.app)
 
     # Hooks for subclasses.
+    def listen_hosts(self) -> list[str]:
+        """The addresses to listen on (all on the service's port)."""
+        return [self.config.KOALA_BIND]
+
     def peer_list(self) -> list[tuple[str, str]]:
         """(url, role) of the services this one calls, monitored from start."""
         return []
@@ -138,10 +142,16 @@ class Service:
         await self.on_start()
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=30)
         await runner.setup()
-        site = HttpSite(runner, self.config.KOALA_BIND, self.config.port)
+        site = HttpSite(runner, self.listen_hosts(), self.config.port)
         await site.start()
         self.monitor.set_peers(self.peer_list())
-        log.info("%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port)
+        log.info(
+            "%s %s listening on %s port %s",
+            self.role,
+            self.identity.id,
+            " ".join(self.listen_hosts()),
+            self.config.port,
+        )
         return runner
 
     async def stop(self, runner: web.AppRunner) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.config import ServiceConfig
 
@@ -23,6 +24,11 @@ class CloudControllerConfig(ServiceConfig):
         "",
         description="The CLC's base URL as users reach it, for eucarc files and DescribeRegions "
         "(default http://KOALA_BIND:KOALA_CLC_PORT, the host name if bound to all addresses).",
+    )
+    KOALA_METADATA_BIND: str = Field(
+        "",
+        description="More addresses the CLC listens on, space-separated, on the same port: where the CC's metadata "
+        "redirect (VNET_CLOUDIP) sends guests when KOALA_BIND is loopback (the all-in-one's cloud link).",
     )
 
     # --- compute (images, instances, admission, addresses) ---
@@ -55,6 +61,16 @@ class CloudControllerConfig(ServiceConfig):
     KOALA_CC_POLL_SECONDS: float = Field(
         10.0, gt=0, description="How often each CC is polled (resources, instances): the safety net for pushes."
     )
+
+    @field_validator("KOALA_METADATA_BIND")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for item in value.split():
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address") from None
+        return value
 
     @property
     def port(self) -> int:

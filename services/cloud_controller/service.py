@@ -61,6 +61,9 @@ class CloudControllerService(Service):
             await self.compute.stop()
         await self.db.close()
 
+    def listen_hosts(self) -> list[str]:
+        return [self.config.KOALA_BIND, *self.config.KOALA_METADATA_BIND.split()]
+
     def peer_list(self) -> list[tuple[str, str]]:
         peers = [(self.config.KOALA_WALRUS_URL, "walrus")]
         peers += [(url, "cc") for url in self.clusters.zones.values()]

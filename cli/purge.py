@@ -1,0 +1,73 @@
+"""`koala down --purge`: after the services stopped, remove everything else the all-in-one cloud made.
+
+Its guests (libvirt domains whose disks lie in the NC's instance path: other clouds' guests on the same
+libvirtd are left alone), its network (the router namespace with dnsmasq, the links, their routes) and its state
+directory's own entries. Each step is idempotent, so a purge that was interrupted can simply be run again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from cli.allinone import AllInOne
+from common.config import parse_conf
+
+STATE_ENTRIES = ("conf", "data", "logs", "run", "pki", "endpoints.json", "eucarc", "images.json", "network.json")
+LIBVIRT_URIS = {"kvm": "qemu:///system", "qemu": "qemu:///system", "xen": "xen:///system"}
+
+
+def _nc_settings(cloud: AllInOne) -> dict[str, str]:
+    try:
+        return {key: setting.value for key, setting in parse_conf(cloud.conf_path("nc").read_text()).items()}
+    except OSError:
+        return {}
+
+
+def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=60)
+
+
+def destroy_guests(cloud: AllInOne) -> list[str]:
+    """Destroy and undefine this cloud's domains; return their names."""
+    settings = _nc_settings(cloud)
+    uri = settings.get("KOALA_LIBVIRT_URI") or LIBVIRT_URIS.get(settings.get("HYPERVISOR", ""), "")
+    if not uri or shutil.which("virsh") is None:
+        return []  # libvirt's test driver keeps its domains in the NC's process: they went with it
+    state = Path(settings.get("KOALA_STATE_DIR") or cloud.dir / "data" / "nc-node1")
+    instance_path = Path(settings.get("INSTANCE_PATH") or state / "instances").resolve()
+    listing = _virsh(uri, "list", "--all", "--name")
+    if listing.returncode:
+        return []
+    gone = []
+    for name in listing.stdout.split():
+        xml = _virsh(uri, "dumpxml", name).stdout
+        if f"{instance_path}/" not in xml:
+            continue
+        _virsh(uri, "destroy", name)
+        _virsh(uri, "undefine", name)  # a persistent domain; a transient one went with `destroy`
+        gone.append(name)
+    return gone
+
+
+def purge(cloud: AllInOne) -> Iterator[str]:
+    guests = destroy_guests(cloud)
+    if guests:
+        yield f"terminated: {', '.join(guests)}"
+    network = cloud.network() if cloud.dir.exists() else None
+    if network is not None:
+        network.teardown()
+        yield f"removed network: namespace {network.netns}, links {', '.join(network.links)}"
+    for entry in STATE_ENTRIES:
+        path = cloud.dir / entry
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        cloud.dir.rmdir()  # only when nothing of anyone else's is in it
+    except OSError:
+        pass
+    yield f"removed the cloud's state in {cloud.dir}"
