@@ -36,6 +36,23 @@ class NodeControllerConfig(NodeVnetSettings, ServiceConfig):  # VNET_* keys: net
     MAX_CORES: int = Field(0, ge=0, description="Cap on cores offered to instances (0: what the host has).")
     MAX_MEM: int = Field(0, ge=0, description="Cap on memory offered to instances in MB (0: host memory).")
     MAX_DISK: int = Field(0, ge=0, description="Cap on instance disk in GB (0: free space of INSTANCE_PATH).")
+    CPU_ALLOCATION_RATIO: float = Field(
+        16.0,
+        gt=0,
+        le=1024,
+        description="Virtual cores offered per host core (Nova's cpu_allocation_ratio; 16: a 2-core node runs 32 "
+        "one-core guests). Applied before MAX_CORES.",
+    )
+    RAM_ALLOCATION_RATIO: float = Field(
+        1.5, gt=0, le=64, description="Guest memory offered per MB of host memory (Nova's ram_allocation_ratio)."
+    )
+    DISK_ALLOCATION_RATIO: float = Field(
+        1.0,
+        gt=0,
+        le=64,
+        description="Instance disk offered per GB free in INSTANCE_PATH (Nova's disk_allocation_ratio; above 1 "
+        "bets on qcow2 overlays staying small).",
+    )
     SWAP_SIZE: int = Field(512, ge=0, description="Swap disk of every instance in MB (0: none).")
     CONCURRENT_DISK_OPS: int = Field(4, ge=1, description="How many instances may build disks at the same time.")
     MANUAL_INSTANCES_CLEANUP: bool = Field(False, description="Keep instance files at teardown (for debugging).")

@@ -113,6 +113,9 @@ class NodeControllerService(Service):
                 config.MAX_CORES,
                 config.MAX_MEM,
                 config.MAX_DISK,
+                config.CPU_ALLOCATION_RATIO,
+                config.RAM_ALLOCATION_RATIO,
+                config.DISK_ALLOCATION_RATIO,
             ),
         )
         log.info("libvirt %s (%s): offering %s", config.libvirt_uri, hv_type, manager.limits)

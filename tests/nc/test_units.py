@@ -66,6 +66,17 @@ def test_resources_cap_and_simulate(tmp_path: Path) -> None:
     assert simulated == {"cores": 512, "memory_mb": 1 << 20, "disk_gb": 1000}
 
 
+def test_allocation_ratios(tmp_path: Path) -> None:
+    # A 2-core, 24 GiB all-in-one with the default ratios runs at least 16 m1.small (1 core, 128 MiB, 2 GB).
+    free_gb = resources.limits("qemu", 2, 24576, tmp_path, 0, 0, 0, 0, 0)["disk_gb"]
+    offered = resources.limits("qemu", 2, 24576, tmp_path, 0, 0, 0, 0, 0, 16.0, 1.5, 1.0)
+    assert offered["cores"] == 32 and offered["memory_mb"] == int((24576 - 256) * 1.5)
+    assert offered["disk_gb"] == free_gb  # the real free space, not a made-up figure
+    assert resources.limits("kvm", 2, 4096, tmp_path, 0, 0, 20, 0, 0, 16.0)["cores"] == 20  # MAX_CORES caps
+    doubled = resources.limits("qemu", 2, 4096, tmp_path, 0, 0, 0, 0, 0, 1.0, 1.0, 2.0)["disk_gb"]
+    assert abs(doubled - 2 * free_gb) <= 2  # other work on this disk may move the free space a little
+
+
 def test_manifest_locations() -> None:
     assert split_manifest("bucket/dir/x.manifest.xml") == ("bucket", "dir/x.manifest.xml")
     for bad in ("", "bucket", "/bucket/", "bucket/"):
