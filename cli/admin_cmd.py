@@ -1,4 +1,5 @@
-"""`koala admin ...`: manage accounts, users and access keys on the CLC, and fetch a user's credentials zip.
+"""`koala admin ...`: manage accounts, users and access keys on the CLC, fetch a user's credentials zip, make an
+image public or private.
 
 Talks to the CLC named in DIR/endpoints.json with the `koala-admin` certificate (signed internal RPC).
 """
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from cli.allinone import AllInOne, default_state_dir
 from common import pki
 from common.messages import identity_admin as msg
+from common.messages import images_admin
 from common.rpc import Empty, PeerUnreachable, RpcError
 
 
@@ -42,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("delete-key", "delete an access key", "access_key_id")
     add("disable-user", "disable a user", "account", "user")
     add("enable-user", "enable a user", "account", "user")
+    add("image-public", "let every account launch an image (LaunchPermission group all)", "image_id")
+    add("image-private", "only the image's owner (and accounts it was shared with) may launch it", "image_id")
     creds = add("credentials", "write a user's credentials zip (eucarc, certificate, keys)", "account", "user")
     creds.add_argument("-o", "--output", type=Path, help="zip file to write (default ACCOUNT-USER.zip)")
     from services.cloud_controller.admin import setpassword  # local: the admin web pages' logins
@@ -72,6 +76,9 @@ def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseMod
     if name in ("disable-user", "enable-user"):
         request = msg.SetUserEnabledRequest(account=args.account, user=args.user, enabled=name == "enable-user")
         return "SetUserEnabled", request, msg.Done
+    if name in ("image-public", "image-private"):
+        request = images_admin.SetImagePublicRequest(image_id=args.image_id, public=name == "image-public")
+        return "SetImagePublic", request, images_admin.ImageVisibilityResponse
     return "GetCredentials", msg.UserRef(account=args.account, user=args.user), msg.CredentialsResponse
 
 

@@ -529,26 +529,22 @@ def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | 
 
 
 def _print_usage(eucarc: Path, machine_image: str, networked: bool) -> None:
-    ec2 = 'aws --endpoint-url "$EC2_URL" ec2'
     ssh = (
         f"""
-  {ec2} authorize-security-group-ingress --group-name default --protocol tcp --port 22 --cidr 0.0.0.0/0
-  ID=$({ec2} run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey \\
+  aws ec2 authorize-security-group-ingress --group-name default --protocol tcp --port 22 --cidr 0.0.0.0/0
+  ID=$(aws ec2 run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey \\
        --query 'Instances[0].InstanceId' --output text)
-  {ec2} wait instance-running --instance-ids $ID
-  IP=$({ec2} describe-instances --instance-ids $ID --query 'Reservations[0].Instances[0].PublicIpAddress' \\
+  aws ec2 wait instance-running --instance-ids $ID
+  IP=$(aws ec2 describe-instances --instance-ids $ID --query 'Reservations[0].Instances[0].PublicIpAddress' \\
        --output text)
-  ssh -i mykey.pem -o StrictHostKeyChecking=accept-new root@$IP   # once the guest has booted"""
+  ssh -i mykey.pem -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectionAttempts=60 root@$IP"""
         if networked
         else f"""
-  {ec2} run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey"""
+  aws ec2 run-instances --image-id {machine_image} --instance-type m1.small --key-name mykey"""
     )
     print(f"""
-Use the cloud:
+Use the cloud (the eucarc sets awscli's and boto3's endpoints and keys; aws is in {Path(sys.executable).parent}):
   source {eucarc}
-  {ec2} describe-images
-  {ec2} create-key-pair --key-name mykey --query KeyMaterial --output text > mykey.pem && chmod 600 mykey.pem{ssh}
-  aws --endpoint-url "$S3_URL" s3 ls
-or from Python:
-  boto3.client("ec2", endpoint_url=os.environ["EC2_URL"], region_name="eucalyptus",
-               aws_access_key_id=os.environ["EC2_ACCESS_KEY"], aws_secret_access_key=os.environ["EC2_SECRET_KEY"])""")
+  aws ec2 describe-images
+  aws ec2 create-key-pair --key-name mykey --query KeyMaterial --output text > mykey.pem && chmod 600 mykey.pem{ssh}
+  aws s3 ls""")

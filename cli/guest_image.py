@@ -2,7 +2,8 @@
 
 `koala up` calls `ensure_registered` once the services are healthy and the admin's eucarc exists. Each step uses
 the user-facing tools (`koala bundle-image`, `koala upload-bundle`, EC2 RegisterImage through boto3 with the
-admin's credentials), so the bring-up exercises the same path a user's image takes. The image ids are kept in
+admin's credentials), so the bring-up exercises the same path a user's image takes; then ModifyImageAttribute
+makes them public, so every account can run them. The image ids are kept in
 DIR/images.json; a later `koala up` reuses them while the cloud still knows them.
 """
 
@@ -70,6 +71,7 @@ def ensure_registered(state_dir: Path, eucarc_path: Path, log=print) -> dict[str
     if record.exists():
         images = json.loads(record.read_text())
         if _known(ec2, images):
+            _make_public(ec2, images)
             return images
     artifacts = build()
     env = {**os.environ, **eucarc}
@@ -94,5 +96,15 @@ def ensure_registered(state_dir: Path, eucarc_path: Path, log=print) -> dict[str
             except (ClientError, BotoCoreError) as err:
                 raise GuestImageError(f"RegisterImage of the guest {name} image failed: {err}") from None
             images[name] = answer["ImageId"]
+    _make_public(ec2, images)
     record.write_text(json.dumps(images, indent=2) + "\n")
     return images
+
+
+def _make_public(ec2, images: dict[str, str]) -> None:
+    """Every account may launch the guest images, as the images an Eucalyptus admin installed for users."""
+    for image_id in images.values():
+        try:
+            ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+        except (ClientError, BotoCoreError) as err:
+            raise GuestImageError(f"making {image_id} public failed: {err}") from None

@@ -81,7 +81,7 @@ async def install(clc: Any) -> Compute:
         return await compute.notify(message)
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
-    admin_rpc.install(clc.rpc, compute.vmtypes)
+    admin_rpc.install(clc.rpc, compute.vmtypes, compute.images)
     from services.cloud_controller.actions import tags
 
     async def forget_tags(instance_ids: list[str]) -> None:

@@ -2,9 +2,10 @@
 
 The eucarc exports EC2_URL, S3_URL, EC2_ACCESS_KEY, EC2_SECRET_KEY, EC2_CERT, EC2_PRIVATE_KEY,
 EUCALYPTUS_CERT and EC2_USER_ID (the 12-digit account id), plus AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
-AWS_DEFAULT_REGION for awscli and boto3. Written to a directory, file paths are absolute and every line is
-`export KEY='value'` (readable by `common.config.parse_conf` and `parse_eucarc`); in the zip they are relative
-to the eucarc's own directory (`${EUCA_KEY_DIR}`), as in Eucalyptus's credentials zip.
+AWS_DEFAULT_REGION / AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL_S3 for awscli and boto3. Written to a directory,
+file paths are absolute and every line is `export KEY='value'` (readable by `common.config.parse_conf` and
+`parse_eucarc`); in the zip they are relative to the eucarc's own directory (`${EUCA_KEY_DIR}`), as in
+Eucalyptus's credentials zip.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Credentials:
             "AWS_ACCESS_KEY_ID": shlex.quote(self.access_key),
             "AWS_SECRET_ACCESS_KEY": shlex.quote(self.secret_key),
             "AWS_DEFAULT_REGION": shlex.quote(self.region),
+            # awscli and boto3 (botocore >= 1.31) take the endpoints from these: plain `aws ec2 ...` works.
+            "AWS_ENDPOINT_URL_EC2": shlex.quote(self.ec2_url),
+            "AWS_ENDPOINT_URL_S3": shlex.quote(self.s3_url),
         }
         lines += [f"export {key}={value}" for key, value in values.items()]
         return "\n".join(lines) + "\n"
