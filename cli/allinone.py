@@ -383,7 +383,7 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         with host_lock():
             network = CloudNetwork.choose(cloud.dir, args.public_net, args.private_subnet)
             network.save(cloud.dir)
-            network.ensure()
+            asyncio.run(network.ensure())
         extra["clc"] = {"KOALA_METADATA_BIND": network.host_ip}
         extra["cc"] = network.cc_settings()
         extra["nc"].update(network.nc_settings())
@@ -422,7 +422,7 @@ def _up(args: argparse.Namespace) -> int:
             from cli.cloud_network import host_lock
 
             with host_lock():
-                network.ensure()
+                asyncio.run(network.ensure())
     processes = {}
     for role in ROLES:
         if cloud.running_pid(role) is None:

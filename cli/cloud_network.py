@@ -16,17 +16,18 @@ DIR/network.json, so a later `koala up` rebuilds the same network. `teardown` re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
 import ipaddress
 import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from common.hostcmd import CommandFailed, Result, SubprocessRunner
 
 PUBLIC_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 PRIVATE_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
@@ -38,16 +39,19 @@ class CloudNetworkError(Exception):
     pass
 
 
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if check and result.returncode:
-        raise CloudNetworkError(f"{' '.join(argv)}: {result.stderr.strip()[:300]}")
-    return result
+_HOST = SubprocessRunner(timeout=60)
 
 
-def host_routes() -> list[ipaddress.IPv4Network]:
+async def _run(*argv: str, check: bool = True) -> Result:
+    try:
+        return await _HOST.run(argv, check=check)
+    except CommandFailed as err:
+        raise CloudNetworkError(str(err)) from None
+
+
+async def host_routes() -> list[ipaddress.IPv4Network]:
     """Every IPv4 destination the host routes (all tables), `default` left out."""
-    out = _run("ip", "-j", "-4", "route", "show", "table", "all").stdout
+    out = (await _run("ip", "-j", "-4", "route", "show", "table", "all")).stdout
     found = []
     for entry in json.loads(out or "[]"):
         dst = entry.get("dst", "")
@@ -79,7 +83,7 @@ class CloudNetwork:
         if saved.exists():
             return cls(**json.loads(saved.read_text()))
         tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
-        taken = host_routes()
+        taken = asyncio.run(host_routes())
         public_net = ipaddress.IPv4Network(public) if public else None
         private_net = ipaddress.IPv4Network(private) if private else None
         if public_net is None:
@@ -159,56 +163,47 @@ class CloudNetwork:
 
     # --- bring up and take down ----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.netns in _namespaces()
+        return self.netns in asyncio.run(_namespaces())
 
-    def ensure(self) -> None:
+    async def ensure(self) -> None:
         """Create what is missing; what exists is left as it is (guests adopted after `koala down` keep it)."""
-        if self.netns not in _namespaces():
-            _run("ip", "netns", "add", self.netns)
+        if self.netns not in await _namespaces():
+            await _run("ip", "netns", "add", self.netns)
         ns = ("ip", "netns", "exec", self.netns)
-        _run(*ns, "ip", "link", "set", "lo", "up")
-        root_links = _links()
+        await _run(*ns, "ip", "link", "set", "lo", "up")
+        root_links = await _links()
         if self.bridge not in root_links:
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-        _run("ip", "link", "set", self.bridge, "up")
-        ns_links = _links(self.netns)
+            await _run("ip", "link", "add", self.bridge, "type", "bridge")
+        await _run("ip", "link", "set", self.bridge, "up")
+        ns_links = await _links(self.netns)
         if self.bridge_port not in root_links or "priv0" not in ns_links:
-            _run("ip", "link", "del", self.bridge_port, check=False)
-            _run(*ns, "ip", "link", "del", "priv0", check=False)
-            _run("ip", "link", "add", self.bridge_port, "type", "veth", "peer", "name", "priv0", "netns", self.netns)
-        _run("ip", "link", "set", self.bridge_port, "master", self.bridge, "up")
-        _run(*ns, "ip", "link", "set", "priv0", "up")
+            await _run("ip", "link", "del", self.bridge_port, check=False)
+            await _run(*ns, "ip", "link", "del", "priv0", check=False)
+            await _veth(self.bridge_port, "priv0", self.netns)
+        await _run("ip", "link", "set", self.bridge_port, "master", self.bridge, "up")
+        await _run(*ns, "ip", "link", "set", "priv0", "up")
         if self.host_link not in root_links or "pub0" not in ns_links:
-            _run("ip", "link", "del", self.host_link, check=False)
-            _run(*ns, "ip", "link", "del", "pub0", check=False)
-            _run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", "pub0", "netns", self.netns)
+            await _run("ip", "link", "del", self.host_link, check=False)
+            await _run(*ns, "ip", "link", "del", "pub0", check=False)
+            await _veth(self.host_link, "pub0", self.netns)
         prefix = self._public_net.prefixlen
-        _run("ip", "addr", "replace", f"{self.host_ip}/{prefix}", "dev", self.host_link)
-        _run("ip", "link", "set", self.host_link, "up")
-        _run(*ns, "ip", "addr", "replace", f"{self.router_ip}/{prefix}", "dev", "pub0")
-        _run(*ns, "ip", "link", "set", "pub0", "up")
+        await _run("ip", "addr", "replace", f"{self.host_ip}/{prefix}", "dev", self.host_link)
+        await _run("ip", "link", "set", self.host_link, "up")
+        await _run(*ns, "ip", "addr", "replace", f"{self.router_ip}/{prefix}", "dev", "pub0")
+        await _run(*ns, "ip", "link", "set", "pub0", "up")
         # Metadata answers from the CLC go back to the guests' own addresses, through the router.
-        _run("ip", "route", "replace", self.private, "via", self.router_ip, "dev", self.host_link)
+        await _run("ip", "route", "replace", self.private, "via", self.router_ip, "dev", self.host_link)
 
-    def teardown(self) -> None:
+    async def teardown(self) -> None:
         """Stop every process in the namespace (dnsmasq), remove the namespace and the links (their routes go
         with them). Idempotent."""
-        if self.netns in _namespaces():
-            pids = _run("ip", "netns", "pids", self.netns, check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 15)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _run("ip", "netns", "pids", self.netns, check=False).stdout.split():
-                time.sleep(0.05)
-            for pid in _run("ip", "netns", "pids", self.netns, check=False).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            _run("ip", "netns", "del", self.netns, check=False)
-        present = _links()
+        if self.netns in await _namespaces():
+            await _stop_processes(self.netns)
+            await _run("ip", "netns", "del", self.netns, check=False)
+        present = await _links()
         for link in self.links:
             if link in present:
-                _run("ip", "link", "del", link, check=False)
+                await _run("ip", "link", "del", link, check=False)
 
 
 @contextlib.contextmanager
@@ -223,10 +218,34 @@ def host_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _namespaces() -> set[str]:
-    return {line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()}
+async def _veth(host_end: str, peer: str, netns: str) -> None:
+    await _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", peer, "netns", netns)
 
 
-def _links(netns: str = "") -> set[str]:
+async def _pids(netns: str) -> list[int]:
+    listing = (await _run("ip", "netns", "pids", netns, check=False)).stdout
+    return [int(pid) for pid in listing.split() if pid.isdigit()]
+
+
+async def _stop_processes(netns: str, grace: float = 5.0) -> None:
+    """SIGTERM every process in the namespace (the CC's dnsmasq), SIGKILL what is left after `grace` seconds."""
+    for pid in await _pids(netns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+    for _ in range(int(grace / 0.05)):
+        if not await _pids(netns):
+            return
+        await asyncio.sleep(0.05)
+    for pid in await _pids(netns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+async def _namespaces() -> set[str]:
+    listing = (await _run("ip", "netns", "list")).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+async def _links(netns: str = "") -> set[str]:
     argv = ("ip", "netns", "exec", netns, "ip", "-j", "link", "show") if netns else ("ip", "-j", "link", "show")
-    return {entry["ifname"] for entry in json.loads(_run(*argv).stdout or "[]")}
+    return {entry["ifname"] for entry in json.loads((await _run(*argv)).stdout or "[]")}

@@ -7,6 +7,7 @@ directory's own entries. Each step is idempotent, so a purge that was interrupte
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -58,7 +59,7 @@ def purge(cloud: AllInOne) -> Iterator[str]:
         yield f"terminated: {', '.join(guests)}"
     network = cloud.network() if cloud.dir.exists() else None
     if network is not None:
-        network.teardown()
+        asyncio.run(network.teardown())
         yield f"removed network: namespace {network.netns}, links {', '.join(network.links)}"
     for entry in STATE_ENTRIES:
         path = cloud.dir / entry

@@ -19,8 +19,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from botocore.exceptions import ClientError
 from cli.allinone import AllInOne, qemu_usable
 from cli.cloud_network import CloudNetwork
 from services.cloud_controller.identity.credentials import parse_eucarc
+from tests.harness import free_port_run
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.qemu,
@@ -108,7 +109,8 @@ def up() -> Iterator[UpCloud]:
     work = Path(f"/var/tmp/koala-up-{secrets.token_hex(3)}")  # libvirt's qemu user reaches the instance files
     work.mkdir(mode=0o755)
     state = work / "cloud"
-    env = {**os.environ, "KOALA_CLOUD_DIR": str(state)}
+    # The block runs as written; the environment points it at this test's state directory and free ports.
+    env = {**os.environ, "KOALA_CLOUD_DIR": str(state), "KOALA_PORT_BASE": str(free_port_run(4))}
     for key in [k for k in env if k.startswith(("AWS_", "EC2_", "S3_"))]:
         env.pop(key)  # the block sources the cloud's own eucarc
     cloud = UpCloud(work, state, env, host_snapshot())
@@ -124,16 +126,6 @@ def quick_start_block() -> str:
     readme = (REPO / "README.md").read_text()
     marker = readme.index("<!-- quick-start:")
     return readme[marker:].split("```sh\n", 1)[1].split("```", 1)[0]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: Callable[[], str] | str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
-        time.sleep(1)
 
 
 def console(ec2, instance_id: str) -> str:
@@ -177,10 +169,10 @@ def test_guest_network_metadata_and_security_group(up: UpCloud) -> None:
     assert up.ssh(public).stdout.strip() == first["InstanceId"]
     ec2.revoke_security_group_ingress(GroupName="default", IpProtocol="tcp", FromPort=22, ToPort=22,
                                       CidrIp="0.0.0.0/0")  # fmt: skip
-    wait_for(lambda: up.ssh(public).returncode != 0, 60, "the revoked rule to cut SSH")
+    wait_for(lambda: up.ssh(public).returncode != 0, 60, 1, "the revoked rule to cut SSH")
     ec2.authorize_security_group_ingress(GroupName="default", IpProtocol="tcp", FromPort=22, ToPort=22,
                                          CidrIp="0.0.0.0/0")  # fmt: skip
-    wait_for(lambda: up.ssh(public).stdout.strip() == first["InstanceId"], 60, "SSH back with the rule")
+    wait_for(lambda: up.ssh(public).stdout.strip() == first["InstanceId"], 60, 1, "SSH back with the rule")
 
 
 def test_elastic_ip_moves_to_a_second_guest(up: UpCloud) -> None:
@@ -189,14 +181,14 @@ def test_elastic_ip_moves_to_a_second_guest(up: UpCloud) -> None:
     second = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName="mykey",
                                InstanceType="m1.small")["Instances"][0]["InstanceId"]  # fmt: skip
     up.guests["second"] = second
-    wait_for(lambda: f"KOALA-GUEST ready instance={second}" in console(ec2, second), 300,
+    wait_for(lambda: f"KOALA-GUEST ready instance={second}" in console(ec2, second), 300, 1,
              lambda: console(ec2, second)[-2000:] + up.logs())  # fmt: skip
     elastic = ec2.allocate_address()["PublicIp"]
     assert ipaddress.IPv4Address(elastic) in ipaddress.IPv4Network(up.network.public)
     ec2.associate_address(InstanceId=up.guests["first"], PublicIp=elastic)
-    wait_for(lambda: up.ssh(elastic).stdout.strip() == up.guests["first"], 60, "the elastic IP on the first guest")
+    wait_for(lambda: up.ssh(elastic).stdout.strip() == up.guests["first"], 60, 1, "the elastic IP on the first guest")
     ec2.associate_address(InstanceId=second, PublicIp=elastic, AllowReassociation=True)
-    wait_for(lambda: up.ssh(elastic).stdout.strip() == second, 60, "the elastic IP moved to the second guest")
+    wait_for(lambda: up.ssh(elastic).stdout.strip() == second, 60, 1, "the elastic IP moved to the second guest")
     assert instance(ec2, second)["PublicIpAddress"] == elastic
 
 
@@ -211,7 +203,7 @@ def test_second_account_runs_the_public_image_and_admin_can_hide_it(up: UpCloud)
     assert image in {i["ImageId"] for i in bob.describe_images()["Images"]}
     theirs = bob.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m1.small")
     theirs_id = theirs["Instances"][0]["InstanceId"]
-    wait_for(lambda: instance(bob, theirs_id)["State"]["Name"] == "running", 120, up.logs)
+    wait_for(lambda: instance(bob, theirs_id)["State"]["Name"] == "running", 120, 1, up.logs)
     bob.terminate_instances(InstanceIds=[theirs_id])
 
     hidden = up.koala("admin", "image-private", image)
@@ -259,7 +251,7 @@ def test_up_again_changes_nothing_and_down_leaves_guests_to_adopt(up: UpCloud) -
     assert back.returncode == 0, back.stdout + back.stderr
     found = instance(ec2, first)
     assert found["State"]["Name"] == "running" and found["PublicIpAddress"] == public, found
-    wait_for(lambda: up.ssh(public).stdout.strip() == first, 60, "SSH to the adopted guest")
+    wait_for(lambda: up.ssh(public).stdout.strip() == first, 60, 1, "SSH to the adopted guest")
 
 
 def test_down_purge_leaves_nothing(up: UpCloud) -> None:

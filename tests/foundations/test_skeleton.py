@@ -79,7 +79,10 @@ def koala(*args: str) -> subprocess.CompletedProcess:
 def test_koala_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     try:
-        up = koala("up", "--state-dir", str(state), "--detach", "--no-image", "--port-base", str(free_port_run(4)))
+        up = koala(
+            "up", "--state-dir", str(state), "--detach", "--no-image", "--network", "system",
+            "--port-base", str(free_port_run(4)),
+        )  # fmt: skip
         assert up.returncode == 0, up.stderr
         endpoints = json.loads((state / "endpoints.json").read_text())
         assert set(endpoints) == {"clc", "walrus", "cc", "nc"}
