@@ -58,6 +58,9 @@ async def create_bucket(ctx: Ctx) -> web.Response:
     acl = acls.from_headers(ctx, requester.account_id, requester.account_name) or acls.canned(
         "private", requester.account_id, requester.account_name
     )
+    lock_header = ctx.headers.get("x-amz-bucket-object-lock-enabled", "false").strip().lower()
+    if lock_header not in ("true", "false"):
+        raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false")
     storage = ctx.app.storage
     existing = await storage.get_bucket(ctx.bucket)
     if existing is not None:
@@ -67,7 +70,7 @@ async def create_bucket(ctx: Ctx) -> web.Response:
     if len(await storage.list_buckets(requester.account_id)) >= ctx.app.limits.max_buckets:
         raise S3Error("TooManyBuckets")
     try:
-        await storage.create_bucket(ctx.bucket, acl, location)
+        await storage.create_bucket(ctx.bucket, acl, location, object_lock=lock_header == "true")
     except BucketExists as err:
         code = "BucketAlreadyOwnedByYou" if err.owner_id == requester.account_id else "BucketAlreadyExists"
         raise S3Error(code, BucketName=ctx.bucket) from None
@@ -96,12 +99,6 @@ async def get_bucket_location(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:GetBucketLocation", bucket, access.OWNER)
     return xml_response("LocationConstraint", escape(bucket.location))
-
-
-async def get_bucket_versioning(ctx: Ctx) -> web.Response:
-    bucket = await load_bucket(ctx)
-    await access.check(ctx, "s3:GetBucketVersioning", bucket, access.OWNER)
-    return xml_response("VersioningConfiguration", "")
 
 
 async def get_bucket_acl(ctx: Ctx) -> web.Response:
@@ -276,45 +273,3 @@ async def list_objects_v2(ctx: Ctx) -> web.Response:
         parts.append(el("EncodingType", "url"))
     parts += [_contents_xml(contents, encode, fetch_owner), _prefixes_xml(prefixes, encode)]
     return xml_response("ListBucketResult", "".join(parts))
-
-
-async def list_object_versions(ctx: Ctx) -> web.Response:
-    """With versioning off, every object is its `null` version."""
-    await _listable(ctx, "s3:ListBucketVersions")
-    encode = _encoder(ctx)
-    prefix, delimiter = _text_param(ctx, "prefix"), _text_param(ctx, "delimiter")
-    key_marker = _text_param(ctx, "key-marker")
-    max_keys = _max_keys(ctx)
-    contents, prefixes, truncated, last = await collect(ctx, prefix, delimiter, key_marker, max_keys)
-    parts = [
-        el("Name", ctx.bucket),
-        el("Prefix", encode(prefix)),
-        el("KeyMarker", encode(key_marker)),
-        el("VersionIdMarker", ctx.query.get("version-id-marker", "")),
-        el("MaxKeys", max_keys),
-    ]
-    if delimiter:
-        parts.append(el("Delimiter", encode(delimiter)))
-    parts.append(el("IsTruncated", truncated))
-    if truncated:
-        parts += [el("NextKeyMarker", encode(last)), el("NextVersionIdMarker", "null")]
-    if "encoding-type" in ctx.query:
-        parts.append(el("EncodingType", "url"))
-    for obj in contents:
-        parts.append(
-            el(
-                "Version",
-                raw(
-                    el("Key", encode(obj.key)),
-                    el("VersionId", "null"),
-                    el("IsLatest", True),
-                    el("LastModified", iso_time(obj.last_modified)),
-                    el("ETag", f'"{obj.etag}"'),
-                    el("Size", obj.size),
-                    el("StorageClass", "STANDARD"),
-                    owner_xml(obj.owner_id, obj.owner_name),
-                ),
-            )
-        )
-    parts.append(_prefixes_xml(prefixes, encode))
-    return xml_response("ListVersionsResult", "".join(parts))

@@ -22,6 +22,7 @@ from services.walrus.s3.objects import (
     requested_checksums,
     spec_from_headers,
 )
+from services.walrus.s3.versioning import version_headers
 from services.walrus.s3.xml import el, iso_time, parse_xml, raw, xml_response
 from services.walrus.storage import InvalidPart, NoSuchUpload, QuotaExceeded, UploadInfo
 
@@ -86,8 +87,8 @@ async def upload_part(ctx: Ctx) -> web.Response:
 async def upload_part_copy(ctx: Ctx) -> web.Response:
     upload = await _upload(ctx)
     number = _part_number(ctx)
-    source_bucket, source_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
-    reader = await open_readable(ctx, source_bucket, source_key)
+    source_bucket, source_key, source_version = parse_copy_source(ctx.headers["x-amz-copy-source"])
+    reader = await open_readable(ctx, source_bucket, source_key, version_id=source_version)
     try:
         info = reader.info
         check_conditions(ctx.headers, info, prefix="x-amz-copy-source-")
@@ -120,7 +121,10 @@ async def upload_part_copy(ctx: Ctx) -> web.Response:
     finally:
         await reader.close()
     body = el("ETag", f'"{part.etag}"') + el("LastModified", iso_time(part.last_modified))
-    return xml_response("CopyPartResult", body)
+    headers = {}
+    if "x-amz-version-id" in version_headers(await ctx.app.storage.get_bucket(source_bucket), info):
+        headers["x-amz-copy-source-version-id"] = info.version_id
+    return xml_response("CopyPartResult", body, headers=headers)
 
 
 async def complete_upload(ctx: Ctx) -> web.Response:
@@ -173,7 +177,8 @@ async def complete_upload(ctx: Ctx) -> web.Response:
         raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
     location = f"http://{ctx.request.host}/{ctx.bucket}/{ctx.key}"
     body = el("Location", location) + el("Bucket", ctx.bucket) + el("Key", ctx.key) + el("ETag", f'"{info.etag}"')
-    return xml_response("CompleteMultipartUploadResult", body)
+    headers = version_headers(await ctx.app.storage.get_bucket(ctx.bucket), info)
+    return xml_response("CompleteMultipartUploadResult", body, headers=headers)
 
 
 async def abort_upload(ctx: Ctx) -> web.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -15,19 +16,24 @@ from urllib.parse import unquote
 import crc32c
 from aiohttp import web
 
-from services.walrus.s3 import access
+from services.walrus.s3 import access, object_lock
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.body import Body
 from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.names import check_bucket, check_key
+from services.walrus.s3.versioning import MAX_VERSION_ID, no_such_version, version_headers, version_param
 from services.walrus.s3.xml import el, http_time, iso_time, parse_http_time, parse_xml, raw, read_xml_body, xml_response
 from services.walrus.storage import (
     BucketInfo,
+    DeleteMarkerHit,
+    DeleteOutcome,
     NoSuchBucket,
     NoSuchKey,
+    NoSuchVersion,
     ObjectInfo,
+    ObjectLocked,
     ObjectReader,
     ObjectSpec,
     QuotaExceeded,
@@ -77,7 +83,8 @@ def spec_from_headers(ctx: Ctx, bucket: BucketInfo) -> ObjectSpec:
         else:
             del stored["Content-Encoding"]
     content_type = ctx.headers.get("Content-Type") or "binary/octet-stream"
-    return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta)
+    mode, until, hold = object_lock.lock_from_headers(ctx, bucket)
+    return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta, {}, mode, until, hold)
 
 
 def _content_md5(ctx: Ctx) -> bytes | None:
@@ -168,9 +175,10 @@ async def put_object(ctx: Ctx) -> web.Response:
     spec = spec_from_headers(ctx, bucket)
     await access.refuse_public_acl(ctx, bucket.name, spec.acl)
     data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
-    spec = ObjectSpec(spec.owner_id, spec.owner_name, spec.acl, spec.content_type, spec.headers, spec.meta, checksums)
+    spec = dataclasses.replace(spec, checksums=checksums)
     info = await commit(ctx, data, spec)
-    return web.Response(headers={"ETag": f'"{info.etag}"', **_checksum_headers(checksums)})
+    headers = {"ETag": f'"{info.etag}"', **_checksum_headers(checksums), **version_headers(bucket, info)}
+    return web.Response(headers=headers)
 
 
 async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
@@ -180,27 +188,43 @@ async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
         raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
     except QuotaExceeded as err:
         raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
+    except ObjectLocked:
+        raise object_lock.locked_error() from None
     finally:
         await data.abort()  # no-op once committed
 
 
 READ_ACTIONS = {"READ": "s3:GetObject", "READ_ACP": "s3:GetObjectAcl", "WRITE_ACP": "s3:PutObjectAcl"}
+VERSION_ACTIONS = {
+    "READ": "s3:GetObjectVersion",
+    "READ_ACP": "s3:GetObjectVersionAcl",
+    "WRITE_ACP": "s3:PutObjectVersionAcl",
+}
 
 
-async def open_readable(ctx: Ctx, bucket_name: str, key: str, permission: str = "READ") -> ObjectReader:
-    """An open object the requester may read; NoSuchKey only to those who may list the bucket."""
+async def open_readable(
+    ctx: Ctx, bucket_name: str, key: str, permission: str = "READ", version_id: str | None = None
+) -> ObjectReader:
+    """An open object (version) the requester may read; NoSuchKey only to those who may list the bucket."""
     storage = ctx.app.storage
     bucket = await storage.get_bucket(bucket_name)
     if bucket is None:
         raise S3Error("NoSuchBucket", BucketName=bucket_name)
     try:
-        reader = await storage.open_object(bucket_name, key)
-    except (NoSuchKey, NoSuchBucket):
-        if await access.allowed(ctx, "s3:ListBucket", bucket, "READ"):
-            raise S3Error("NoSuchKey", Key=key) from None
-        raise S3Error("AccessDenied") from None
+        reader = await storage.open_object(bucket_name, key, version_id)
+    except (NoSuchKey, NoSuchBucket, NoSuchVersion) as err:
+        if not await access.allowed(ctx, "s3:ListBucket", bucket, "READ"):
+            raise S3Error("AccessDenied") from None
+        if isinstance(err, DeleteMarkerHit):  # 404 for the current version, 405 when named (as S3 answers)
+            error = S3Error("MethodNotAllowed") if version_id else S3Error("NoSuchKey", Key=key)
+            error.headers = {**version_headers(bucket, err.info), "Last-Modified": http_time(err.info.last_modified)}
+            raise error from None
+        if isinstance(err, NoSuchVersion):
+            raise no_such_version(version_id or "") from None
+        raise S3Error("NoSuchKey", Key=key) from None
     try:
-        await access.check(ctx, READ_ACTIONS[permission], bucket, permission, reader.info.acl, key)
+        action = (VERSION_ACTIONS if version_id is not None else READ_ACTIONS)[permission]
+        await access.check(ctx, action, bucket, permission, reader.info.acl, key)
     except BaseException:
         await reader.close()
         raise
@@ -269,13 +293,15 @@ def _invalid_range(value: str, size: int) -> S3Error:
     return err
 
 
-def object_headers(info: ObjectInfo, ctx: Ctx) -> dict[str, str]:
+def object_headers(info: ObjectInfo, ctx: Ctx, bucket: BucketInfo | None) -> dict[str, str]:
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": http_time(info.last_modified),
         "Content-Type": info.content_type,
         "Accept-Ranges": "bytes",
         **info.headers,
+        **version_headers(bucket, info),
+        **object_lock.lock_headers(info),
     }
     for name, value in info.meta.items():
         headers[f"x-amz-meta-{name}"] = value
@@ -290,11 +316,11 @@ def object_headers(info: ObjectInfo, ctx: Ctx) -> dict[str, str]:
 async def get_object(ctx: Ctx) -> web.StreamResponse:
     check_bucket(ctx.bucket)
     check_key(ctx.key)
-    reader = await open_readable(ctx, ctx.bucket, ctx.key)
+    reader = await open_readable(ctx, ctx.bucket, ctx.key, version_id=version_param(ctx))
     try:
         info = reader.info
         check_conditions(ctx.headers, info)
-        headers = object_headers(info, ctx)
+        headers = object_headers(info, ctx, await ctx.app.storage.get_bucket(ctx.bucket))
         start, end, status = 0, info.size, 200
         part_number = ctx.query.get("partNumber")
         if part_number is not None:
@@ -381,12 +407,37 @@ async def _stream(
 async def delete_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
-    await access.check(ctx, "s3:DeleteObject", bucket, "WRITE", key=ctx.key)
+    await access.check(
+        ctx, "s3:DeleteObjectVersion" if ctx.query.get("versionId") else "s3:DeleteObject", bucket, "WRITE", key=ctx.key
+    )
+    outcome = await remove(ctx, bucket, ctx.key, version_param(ctx))
+    return web.Response(status=204, headers=_outcome_headers(bucket, outcome))
+
+
+async def remove(ctx: Ctx, bucket: BucketInfo, key: str, version_id: str | None) -> DeleteOutcome | None:
+    """Delete an object or one version of it, as the requester may (Object Lock, bypass governance)."""
+    requester = ctx.requester
     try:
-        await ctx.app.storage.delete_object(ctx.bucket, ctx.key)
+        return await ctx.app.storage.delete_object(
+            bucket.name,
+            key,
+            version_id,
+            bypass_governance=await object_lock.may_bypass_governance(ctx, bucket, key),
+            owner=(requester.account_id or "anonymous", requester.account_name or "anonymous"),
+        )
     except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
-    return web.Response(status=204)
+        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    except ObjectLocked:
+        raise object_lock.locked_error() from None
+
+
+def _outcome_headers(bucket: BucketInfo, outcome: DeleteOutcome | None) -> dict[str, str]:
+    if outcome is None or (outcome.version_id == "null" and not bucket.versioning):
+        return {}
+    headers = {"x-amz-version-id": outcome.version_id}
+    if outcome.delete_marker:
+        headers["x-amz-delete-marker"] = "true"
+    return headers
 
 
 def _verify_body_digests(ctx: Ctx, body: bytes) -> None:
@@ -428,25 +479,31 @@ async def delete_objects(ctx: Ctx) -> web.Response:
     results = []
     for node in nodes:
         key = node.findtext("Key")
-        if key is None:
+        version_id = node.findtext("VersionId")
+        if key is None or (version_id is not None and not 0 < len(version_id) <= MAX_VERSION_ID):
             raise S3Error("MalformedXML")
+        named = [el("Key", key)] + ([el("VersionId", version_id)] if version_id is not None else [])
         try:
             check_key(key)
-            await access.check(ctx, "s3:DeleteObject", bucket, "WRITE", key=key)
-            await ctx.app.storage.delete_object(ctx.bucket, key)
+            action = "s3:DeleteObjectVersion" if version_id is not None else "s3:DeleteObject"
+            await access.check(ctx, action, bucket, "WRITE", key=key)
+            outcome = await remove(ctx, bucket, key, version_id)
         except S3Error as err:
-            results.append(el("Error", raw(el("Key", key), el("Code", err.code), el("Message", err.message))))
+            results.append(el("Error", raw(*named, el("Code", err.code), el("Message", err.message))))
             continue
         if not quiet:
-            results.append(el("Deleted", raw(el("Key", key))))
+            if outcome is not None and outcome.delete_marker:
+                named += [el("DeleteMarker", True), el("DeleteMarkerVersionId", outcome.version_id)]
+            results.append(el("Deleted", raw(*named)))
     return xml_response("DeleteResult", "".join(results))
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
-    source = unquote(value.strip())
-    source, _, version = source.partition("?versionId=")
-    if version and version != "null":
-        raise S3Error("NoSuchVersion", "The specified version does not exist.", status=404)
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """(bucket, key, version id or None) of x-amz-copy-source (`/bucket/key?versionId=...`)."""
+    source, _, version = value.strip().partition("?versionId=")
+    source = unquote(source)
+    if "?versionId=" in value and not 0 < len(version) <= MAX_VERSION_ID:
+        raise S3Error("InvalidArgument", "Invalid version id specified", ArgumentName="x-amz-copy-source")
     bucket, _, key = source.lstrip("/").partition("/")
     if not bucket or not key:
         raise S3Error(
@@ -456,18 +513,18 @@ def parse_copy_source(value: str) -> tuple[str, str]:
         )
     check_bucket(bucket)
     check_key(key)
-    return bucket, key
+    return bucket, key, (version or None)
 
 
 async def copy_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
-    source_bucket, source_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
+    source_bucket, source_key, source_version = parse_copy_source(ctx.headers["x-amz-copy-source"])
     directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    reader = await open_readable(ctx, source_bucket, source_key)
+    reader = await open_readable(ctx, source_bucket, source_key, version_id=source_version)
     try:
         source = reader.info
         check_conditions(ctx.headers, source, prefix="x-amz-copy-source-")
@@ -475,7 +532,10 @@ async def copy_object(ctx: Ctx) -> web.Response:
             raise S3Error("InvalidRequest", "The specified copy source is larger than the maximum allowable size")
         new = spec_from_headers(ctx, bucket)
         await access.refuse_public_acl(ctx, bucket.name, new.acl)
-        same = (source_bucket, source_key) == (ctx.bucket, ctx.key)
+        same = (source_bucket, source_key, source_version) in (
+            (ctx.bucket, ctx.key, None),
+            (ctx.bucket, ctx.key, source.version_id),
+        ) and source.is_latest
         if same and directive == "COPY" and "x-amz-acl" not in ctx.headers:
             raise S3Error(
                 "InvalidRequest",
@@ -483,44 +543,48 @@ async def copy_object(ctx: Ctx) -> web.Response:
                 "the object's metadata, storage class, website redirect location or encryption attributes.",
             )
         if directive == "COPY":
-            spec = ObjectSpec(
-                new.owner_id,
-                new.owner_name,
-                new.acl,
-                source.content_type,
-                source.headers,
-                source.meta,
-                source.checksums,
+            spec = dataclasses.replace(
+                new,
+                content_type=source.content_type,
+                headers=source.headers,
+                meta=source.meta,
+                checksums=source.checksums,
             )
         else:
-            spec = ObjectSpec(
-                new.owner_id, new.owner_name, new.acl, new.content_type, new.headers, new.meta, source.checksums
-            )
+            spec = dataclasses.replace(new, checksums=source.checksums)
         try:
             info = await ctx.app.storage.copy_object(reader, ctx.bucket, ctx.key, spec, quota(ctx))
         except QuotaExceeded as err:
             raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
+        except ObjectLocked:
+            raise object_lock.locked_error() from None
         except NoSuchBucket:
             raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
     finally:
         await reader.close()
     body = el("LastModified", iso_time(info.last_modified)) + el("ETag", f'"{info.etag}"')
-    return xml_response("CopyObjectResult", body)
+    headers = version_headers(bucket, info)
+    source_bucket_info = await ctx.app.storage.get_bucket(source_bucket)
+    if "x-amz-version-id" in version_headers(source_bucket_info, source):
+        headers["x-amz-copy-source-version-id"] = source.version_id
+    return xml_response("CopyObjectResult", body, headers=headers)
 
 
 async def get_object_acl(ctx: Ctx) -> web.Response:
     check_bucket(ctx.bucket)
     check_key(ctx.key)
-    reader = await open_readable(ctx, ctx.bucket, ctx.key, "READ_ACP")
+    reader = await open_readable(ctx, ctx.bucket, ctx.key, "READ_ACP", version_param(ctx))
     await reader.close()
-    return xml_response("AccessControlPolicy", acls.to_xml(reader.info.acl))
+    headers = version_headers(await ctx.app.storage.get_bucket(ctx.bucket), reader.info)
+    return xml_response("AccessControlPolicy", acls.to_xml(reader.info.acl), headers=headers)
 
 
 async def put_object_acl(ctx: Ctx) -> web.Response:
     check_bucket(ctx.bucket)
     check_key(ctx.key)
     bucket = await load_bucket(ctx)
-    reader = await open_readable(ctx, ctx.bucket, ctx.key, "WRITE_ACP")
+    version_id = version_param(ctx)
+    reader = await open_readable(ctx, ctx.bucket, ctx.key, "WRITE_ACP", version_id)
     await reader.close()
     info = reader.info
     new = acls.from_headers(ctx, info.owner_id, info.owner_name, (bucket.owner_id, bucket.owner_name))
@@ -531,7 +595,9 @@ async def put_object_acl(ctx: Ctx) -> web.Response:
         new = acls.from_xml(body, info.acl)
     await access.refuse_public_acl(ctx, bucket.name, new)
     try:
-        await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new)
+        await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new, version_id)
+    except NoSuchVersion:
+        raise no_such_version(version_id or "") from None
     except NoSuchKey:
         raise S3Error("NoSuchKey", Key=ctx.key) from None
     return web.Response()

@@ -9,7 +9,7 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import bucket_policy, buckets, multipart, objects
+from services.walrus.s3 import bucket_policy, buckets, multipart, object_lock, objects, versioning
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
@@ -17,8 +17,8 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
     """cors lifecycle website logging notification replication encryption tagging requestPayment
-    accelerate analytics inventory metrics intelligent-tiering object-lock ownershipControls
-    legal-hold retention restore torrent select attributes""".split()
+    accelerate analytics inventory metrics intelligent-tiering ownershipControls
+    restore torrent select attributes""".split()
 )
 # Bucket-level configurations: sub-resource -> method -> handler.
 BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
@@ -116,7 +116,9 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
             if "acl" in query:
                 return buckets.put_bucket_acl
             if "versioning" in query:
-                raise S3Error("NotImplemented", "Walrus does not implement versioning")
+                return versioning.put_bucket_versioning
+            if "object-lock" in query:
+                return object_lock.put_object_lock_configuration
             return buckets.create_bucket
         if method == "GET":
             if "acl" in query:
@@ -126,9 +128,11 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
             if "uploads" in query:
                 return multipart.list_uploads
             if "versions" in query:
-                return buckets.list_object_versions
+                return versioning.list_object_versions
             if "versioning" in query:
-                return buckets.get_bucket_versioning
+                return versioning.get_bucket_versioning
+            if "object-lock" in query:
+                return object_lock.get_object_lock_configuration
             if query.get("list-type") == "2":
                 return buckets.list_objects_v2
             return buckets.list_objects
@@ -144,6 +148,10 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
     if method == "PUT":
         if "acl" in query:
             return objects.put_object_acl
+        if "retention" in query:
+            return object_lock.put_object_retention
+        if "legal-hold" in query:
+            return object_lock.put_object_legal_hold
         if "uploadId" in query or "partNumber" in query:
             return multipart.upload_part_copy if "x-amz-copy-source" in headers else multipart.upload_part
         if "x-amz-copy-source" in headers:
@@ -152,6 +160,10 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
     if method in ("GET", "HEAD"):
         if "acl" in query:
             return objects.get_object_acl
+        if "retention" in query:
+            return object_lock.get_object_retention
+        if "legal-hold" in query:
+            return object_lock.get_object_legal_hold
         if "uploadId" in query and method == "GET":
             return multipart.list_parts
         return objects.get_object

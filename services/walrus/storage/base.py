@@ -379,11 +379,12 @@ class StorageBackend(abc.ABC):
         version_id: str | None = None,
         bypass_governance: bool = False,
         if_latest: str | None = None,
+        owner: tuple[str, str] = ("", ""),
     ) -> DeleteOutcome | None:
         """Without `version_id`: remove the object (versioning never enabled), or add a delete marker (enabled:
         a new version; suspended: the `null` version, replacing it). With it: remove that version for good,
         unless Object Lock forbids it (ObjectLocked). `if_latest`: act only while that is still the current
-        version id. None when nothing was there to delete."""
+        version id; `owner` (account id, name) owns a delete marker added. None when nothing was there to delete."""
 
     @abc.abstractmethod
     async def set_object_acl(self, bucket: str, key: str, acl: Acl, version_id: str | None = None) -> None: ...

@@ -821,6 +821,7 @@ class EmbeddedBackend(StorageBackend):
         version_id: str | None = None,
         bypass_governance: bool = False,
         if_latest: str | None = None,
+        owner: tuple[str, str] = ("", ""),
     ) -> DeleteOutcome | None:
         now = time.time()
 
@@ -856,8 +857,8 @@ class EmbeddedBackend(StorageBackend):
                 size=0,
                 etag="",
                 last_modified=now,
-                owner_id="",
-                owner_name="",
+                owner_id=owner[0],
+                owner_name=owner[1],
                 content_type="",
                 headers={},
                 meta={},
