@@ -57,8 +57,8 @@ class WalrusService(Service):
         )
         domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
         self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
-        self.s3.install(self.app)
         images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
+        self.s3.install(self.app)  # last: its catch-all route takes what no other route does
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(self.config.KOALA_CLC_URL, "clc")]

@@ -68,12 +68,14 @@ class Walrus:
         )
 
 
-def start_walrus(tmp: Path, extra: dict | None = None) -> Walrus:
+def start_walrus(tmp: Path, extra: dict | None = None, with_clc: bool = False) -> Walrus:
+    """Walrus alone, or with a real CLC (`with_clc`) that answers for accounts the credentials file lacks."""
     credentials = tmp / "credentials.json"
     tmp.mkdir(parents=True, exist_ok=True)
     write_credentials(credentials)
     settings = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), **(extra or {})}
-    cloud = Cloud(tmp / "cloud", roles=("walrus",), extra={"walrus": settings})
+    roles = ("clc", "walrus") if with_clc else ("walrus",)
+    cloud = Cloud(tmp / "cloud", roles=roles, extra={"walrus": settings})
     cloud.start()
     return Walrus(cloud, cloud.url("walrus"), credentials)
 

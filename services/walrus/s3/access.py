@@ -84,10 +84,14 @@ def is_public_acl(acl: Acl) -> bool:
     return any(g.grantee in (ALL_USERS, AUTHENTICATED_USERS) for g in acl.grants if g.grantee_type == "Group")
 
 
-async def refuse_public_acl(ctx: Ctx, bucket: str, acl: Acl | None) -> None:
-    """BlockPublicAcls: a request that would set a public ACL is refused."""
-    if acl is not None and is_public_acl(acl) and (await public_access_block(ctx, bucket)).block_public_acls:
+async def vet_acl(ctx: Ctx, bucket: str, acl: Acl) -> Acl:
+    """An ACL a request sets, checked: grantees must exist (they get their display names), and BlockPublicAcls
+    refuses a public one."""
+    resolved = await acls.resolve_grantees(ctx, acl)
+    assert resolved is not None
+    if is_public_acl(resolved) and (await public_access_block(ctx, bucket)).block_public_acls:
         raise S3Error("AccessDenied", "Access Denied: the bucket's public access block refuses public ACLs")
+    return resolved
 
 
 def _iso(stamp: float) -> str:

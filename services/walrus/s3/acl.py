@@ -28,7 +28,8 @@ GRANT_HEADERS = {
     "x-amz-grant-write-acp": "WRITE_ACP",
     "x-amz-grant-full-control": "FULL_CONTROL",
 }
-GROUPS = {ALL_USERS, AUTHENTICATED_USERS, CLOUD_GROUP, "http://acs.amazonaws.com/groups/s3/LogDelivery"}
+LOG_DELIVERY = "http://acs.amazonaws.com/groups/s3/LogDelivery"
+GROUPS = {ALL_USERS, AUTHENTICATED_USERS, CLOUD_GROUP, LOG_DELIVERY}
 MAX_GRANTS = 100
 _GRANTEE = re.compile(r'\s*(id|uri|emailAddress)\s*=\s*"([^"]*)"\s*')
 
@@ -72,6 +73,8 @@ def canned(name: str, owner_id: str, owner_name: str, bucket_owner: tuple[str, s
         grants.append(Grant("Group", AUTHENTICATED_USERS, "READ"))
     elif name == "aws-exec-read":
         grants.append(Grant("Group", CLOUD_GROUP, "READ"))
+    elif name == "log-delivery-write":
+        grants += [Grant("Group", LOG_DELIVERY, "WRITE"), Grant("Group", LOG_DELIVERY, "READ_ACP")]
     elif name in ("bucket-owner-read", "bucket-owner-full-control") and bucket_owner and bucket_owner[0] != owner_id:
         permission = "READ" if name == "bucket-owner-read" else "FULL_CONTROL"
         grants.append(Grant("CanonicalUser", bucket_owner[0], permission, bucket_owner[1]))
@@ -110,7 +113,32 @@ def _parse_grantee(text: str, permission: str) -> Grant:
         if value not in GROUPS:
             raise S3Error("InvalidArgument", f"unknown group {value}")
         return Grant("Group", value, permission)
-    raise S3Error("NotImplemented", "grants by e-mail address are not supported")
+    raise _unresolvable(value)
+
+
+def _unresolvable(email: str) -> S3Error:
+    return S3Error("UnresolvableGrantByEmailAddress", EmailAddress=email[:256])
+
+
+async def resolve_grantees(ctx: Ctx, acl: Acl | None) -> Acl | None:
+    """The ACL with every grantee account checked and named (ID and DisplayName, as S3 answers them);
+    InvalidArgument for an account that does not exist."""
+    if acl is None:
+        return None
+    grants = []
+    for grant in acl.grants:
+        if grant.grantee_type == "CanonicalUser":
+            if grant.grantee == acl.owner_id:
+                name: str | None = acl.owner_name
+            else:
+                name = await ctx.app.keys.account_name(grant.grantee)
+            if name is None:
+                raise S3Error(
+                    "InvalidArgument", "Invalid id", ArgumentName="CanonicalUser/ID", ArgumentValue=grant.grantee[:64]
+                )
+            grant = Grant(grant.grantee_type, grant.grantee, grant.permission, name)
+        grants.append(grant)
+    return Acl(acl.owner_id, acl.owner_name, tuple(grants))
 
 
 def from_xml(body: bytes, current: Acl) -> Acl:
@@ -140,7 +168,7 @@ def from_xml(body: bytes, current: Acl) -> Acl:
                 raise S3Error("InvalidArgument", f"unknown group {uri}")
             grants.append(Grant("Group", uri, permission))
         elif kind == "AmazonCustomerByEmail":
-            raise S3Error("NotImplemented", "grants by e-mail address are not supported")
+            raise _unresolvable(child_text(grantee, "EmailAddress") or "")
         else:
             raise S3Error("MalformedACLError")
         if len(grants) > MAX_GRANTS:

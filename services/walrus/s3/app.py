@@ -8,10 +8,10 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from common.signing import HEADER_CERT, ReplayCache, TrustStore
-from services.walrus.s3 import auth, routing
+from services.walrus.s3 import auth, cors, routing
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error, error_document
 from services.walrus.s3.identity import KeyResolver
@@ -44,7 +44,41 @@ class S3App:
     passthrough: list[str] = field(default_factory=lambda: ["/healthz", "/internal/identity"])
 
     def install(self, app: web.Application) -> None:
+        """Take every request the app's other routes do not; call after they are all added. The catch-all route
+        keeps aiohttp from answering `Expect: 100-continue` before the S3 layer has authenticated the request."""
         app.middlewares.append(self.middleware)
+        app.router.add_route("*", "/{tail:.*}", self._unrouted, expect_handler=self._no_early_continue)
+
+    @staticmethod
+    async def _unrouted(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound()
+
+    @staticmethod
+    async def _no_early_continue(request: web.Request) -> None:
+        return None
+
+    @staticmethod
+    async def _send_continue(request: web.Request) -> bool:
+        """Answer `Expect: 100-continue` now that the request is authenticated; True if it was asked for."""
+        if request.headers.get("Expect", "").lower() != "100-continue" or request.version != HttpVersion11:
+            return False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+        return True
+
+    async def _check_expected_owner(self, ctx: Ctx) -> None:
+        """x-amz-expected-bucket-owner (and x-amz-source-expected-bucket-owner for copies): AccessDenied when
+        the bucket belongs to another account."""
+        checks = [(ctx.headers.get("x-amz-expected-bucket-owner"), ctx.bucket)]
+        source = ctx.headers.get("x-amz-copy-source")
+        if source:
+            checks.append((ctx.headers.get("x-amz-source-expected-bucket-owner"), source.lstrip("/").split("/")[0]))
+        for expected, bucket in checks:
+            if expected is None or not bucket:
+                continue
+            info = await self.storage.get_bucket(bucket) if len(bucket) <= 63 else None
+            if info is not None and info.owner_id != expected.strip():
+                raise S3Error("AccessDenied")
 
     def _is_passthrough(self, request: web.Request) -> bool:
         path = routing.origin_form(request.raw_path).partition("?")[0]
@@ -64,6 +98,7 @@ class S3App:
         request_id = secrets.token_hex(8).upper()
         ctx: Ctx | None = None
         resource = "/"
+        continued = False
         try:
             header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
             if header_bytes > MAX_HEADER_BYTES:
@@ -72,8 +107,11 @@ class S3App:
             bucket, key = routing.locate(raw_path, request.host, self.domains)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
             ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
+            ctx.response_headers.update(await cors.answer_headers(ctx))
             await auth.authenticate(ctx)
             handler = routing.pick(request.method, bucket, key, ctx.query, request.headers)
+            await self._check_expected_owner(ctx)
+            continued = await self._send_continue(request)
             response = await handler(ctx)
         except S3Error as err:
             if err.status >= 500:
@@ -87,6 +125,10 @@ class S3App:
         if not response.prepared:
             response.headers["x-amz-request-id"] = request_id
             response.headers["x-amz-id-2"] = request_id
+            if ctx is not None:
+                response.headers.update(ctx.response_headers)
+            if not continued and request.headers.get("Expect") and request.can_read_body:
+                response.force_close()  # the client holds its body back: this connection cannot go on
         return response
 
     @staticmethod

@@ -18,6 +18,7 @@ from services.walrus.s3.xml import child_text, el, iso_time, parse_xml, raw, rea
 from services.walrus.storage import BucketExists, BucketInfo, BucketNotEmpty, NoSuchBucket, ObjectInfo
 
 MAX_KEYS = 1000
+LEGACY_REGION = ("", "us-east-1")  # where re-creating a bucket one owns succeeds, as in AWS's us-east-1
 
 
 async def load_bucket(ctx: Ctx) -> BucketInfo:
@@ -61,10 +62,16 @@ async def create_bucket(ctx: Ctx) -> web.Response:
     lock_header = ctx.headers.get("x-amz-bucket-object-lock-enabled", "false").strip().lower()
     if lock_header not in ("true", "false"):
         raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false")
+    acl = await acls.resolve_grantees(ctx, acl) or acl
     storage = ctx.app.storage
     existing = await storage.get_bucket(ctx.bucket)
     if existing is not None:
         if existing.owner_id == requester.account_id:
+            if existing.location in LEGACY_REGION and location in LEGACY_REGION:
+                # us-east-1's legacy answer: 200, and the bucket's ACL reset to the one asked for
+                await access.vet_acl(ctx, existing.name, acl)
+                await storage.set_bucket_acl(ctx.bucket, acl)
+                return web.Response(headers={"Location": "/" + ctx.bucket})
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=ctx.bucket)
         raise S3Error("BucketAlreadyExists", BucketName=ctx.bucket)
     if len(await storage.list_buckets(requester.account_id)) >= ctx.app.limits.max_buckets:
@@ -118,7 +125,7 @@ async def put_bucket_acl(ctx: Ctx) -> web.Response:
         new = acls.from_xml(body, bucket.acl)
     elif body.strip():
         raise S3Error("UnexpectedContent", "This request does not support content", status=400)
-    await access.refuse_public_acl(ctx, bucket.name, new)
+    new = await access.vet_acl(ctx, bucket.name, new)
     await ctx.app.storage.set_bucket_acl(ctx.bucket, new)
     return web.Response()
 
@@ -152,8 +159,8 @@ async def collect(
     contents: list[ObjectInfo] = []
     prefixes: list[str] = []
     cursor, last = after, ""
-    if max_keys == 0:
-        return contents, prefixes, bool(await storage.list_objects(ctx.bucket, prefix, cursor, 1)), last
+    if max_keys == 0:  # S3 answers an empty, untruncated page
+        return contents, prefixes, False, last
     while True:
         batch = await storage.list_objects(ctx.bucket, prefix, cursor, min(MAX_KEYS, max_keys + 1))
         if not batch:

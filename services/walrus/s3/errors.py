@@ -7,7 +7,9 @@ from services.walrus.s3 import xml as s3xml
 # code -> (HTTP status, default message)
 ERRORS: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
+    "AccessForbidden": (403, "CORSResponse: This CORS request is not allowed."),
     "AllAccessDisabled": (403, "All access to this object has been disabled"),
+    "BadRequest": (400, "Bad Request"),
     "BadDigest": (400, "The Content-MD5 you specified did not match what we received."),
     "BucketAlreadyExists": (409, "The requested bucket name is not available."),
     "BucketAlreadyOwnedByYou": (

@@ -15,7 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.messages.identity import Principal, ResolveAccessKeyRequest, ResolveAccessKeyResponse
+from common.messages.identity import (
+    Principal,
+    ResolveAccessKeyRequest,
+    ResolveAccessKeyResponse,
+    ResolveAccountRequest,
+    ResolveAccountResponse,
+)
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 from services.walrus.s3.errors import S3Error
 
@@ -38,6 +44,7 @@ class KeyResolver:
         self._cache: dict[str, tuple[float, Credentials | None]] = {}
         self._file_stamp: tuple[float, int] | None = None
         self._file_keys: dict[str, Credentials] = {}
+        self._accounts: dict[str, tuple[float, str | None]] = {}  # account id -> (expiry, display name)
 
     def _load_file(self) -> dict[str, Credentials]:
         if self.credentials_file is None:
@@ -105,3 +112,43 @@ class KeyResolver:
         if not answer.enabled:
             principal = principal.model_copy(update={"enabled": False})
         return Credentials(access_key, answer.secret_access_key, principal)
+
+    async def account_name(self, account_id: str) -> str | None:
+        """The display name of an account (its canonical user id in S3 terms), or None if there is none."""
+        now = time.monotonic()
+        cached = self._accounts.get(account_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        name = next(
+            (c.principal.account_name for c in self._load_file().values() if c.principal.account_id == account_id),
+            None,
+        )
+        if name is None and 0 < len(account_id) <= 64:
+            name = await self._ask_clc_account(account_id)
+        if len(self._accounts) >= CACHE_ENTRIES:
+            self._accounts.clear()
+        self._accounts[account_id] = (now + (self.ttl if name else min(self.ttl, NEGATIVE_TTL)), name)
+        return name
+
+    async def _ask_clc_account(self, account_id: str) -> str | None:
+        try:
+            answer = await self.client.call(
+                self.clc_url,
+                "ResolveAccount",
+                ResolveAccountRequest(account_id=account_id),
+                ResolveAccountResponse,
+                timeout=5,
+                idempotent=True,
+                expect_role="clc",
+            )
+        except PeerUnreachable as err:
+            log.warning("cannot resolve account: CLC unreachable (%s)", err)
+            raise S3Error("ServiceUnavailable", "The identity service is unreachable; try again.") from None
+        except RpcError as err:
+            if err.code == "UnknownOperation":
+                return None
+            log.warning("cannot resolve account: %s", err)
+            raise S3Error("ServiceUnavailable", "The identity service failed; try again.") from None
+        if not answer.found or answer.principal is None:
+            return None
+        return answer.principal.account_name

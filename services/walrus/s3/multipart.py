@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import replace
 
 from aiohttp import web
 
 from services.walrus.s3 import access
-from services.walrus.s3.buckets import load_bucket, owner_xml
+from services.walrus.s3.buckets import _encoder, load_bucket, owner_xml
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.names import check_key
@@ -34,7 +35,7 @@ async def create_upload(ctx: Ctx) -> web.Response:
     check_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
-    await access.refuse_public_acl(ctx, bucket.name, spec.acl)
+    spec = replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
     wanted, _ = requested_checksums(ctx)
     algorithm = next(iter(wanted), "")
     upload_id = await ctx.app.storage.create_upload(ctx.bucket, ctx.key, spec, algorithm)
@@ -237,6 +238,7 @@ async def list_parts(ctx: Ctx) -> web.Response:
 async def list_uploads(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:ListBucketMultipartUploads", bucket, "READ")
+    encode = _encoder(ctx)
     prefix = ctx.query.get("prefix", "")
     key_marker = ctx.query.get("key-marker", "")
     id_marker = ctx.query.get("upload-id-marker", "") if key_marker else ""
@@ -246,21 +248,23 @@ async def list_uploads(ctx: Ctx) -> web.Response:
     found = found[:max_uploads]
     items = [
         el("Bucket", ctx.bucket),
-        el("KeyMarker", key_marker),
+        el("KeyMarker", encode(key_marker)),
         el("UploadIdMarker", id_marker),
-        el("NextKeyMarker", found[-1].key if found else ""),
+        el("NextKeyMarker", encode(found[-1].key) if found else ""),
         el("NextUploadIdMarker", found[-1].upload_id if found else ""),
         el("MaxUploads", max_uploads),
         el("IsTruncated", truncated),
     ]
     if prefix:
-        items.append(el("Prefix", prefix))
+        items.append(el("Prefix", encode(prefix)))
+    if "encoding-type" in ctx.query:
+        items.append(el("EncodingType", "url"))
     for upload in found:
         items.append(
             el(
                 "Upload",
                 raw(
-                    el("Key", upload.key),
+                    el("Key", encode(upload.key)),
                     el("UploadId", upload.upload_id),
                     el("Initiator", raw(el("ID", upload.owner_id), el("DisplayName", upload.owner_name))),
                     owner_xml(upload.owner_id, upload.owner_name),

@@ -173,12 +173,36 @@ async def put_object(ctx: Ctx) -> web.Response:
     check_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
-    await access.refuse_public_acl(ctx, bucket.name, spec.acl)
+    spec = dataclasses.replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
+    await check_write_conditions(ctx)
     data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
+    try:
+        await check_write_conditions(ctx)  # again: another writer may have come in while the body arrived
+    except BaseException:
+        await data.abort()
+        raise
     spec = dataclasses.replace(spec, checksums=checksums)
     info = await commit(ctx, data, spec)
     headers = {"ETag": f'"{info.etag}"', **_checksum_headers(checksums), **version_headers(bucket, info)}
     return web.Response(headers=headers)
+
+
+async def check_write_conditions(ctx: Ctx) -> None:
+    """Conditional writes: If-None-Match: * (only if there is no object yet) and If-Match: <etag> (only over
+    that object); 412 PreconditionFailed, or NoSuchKey for If-Match on a missing key."""
+    if_match, if_none_match = ctx.headers.get("If-Match"), ctx.headers.get("If-None-Match")
+    if if_match is None and if_none_match is None:
+        return
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error("NotImplemented", "If-None-Match on a write takes only *")
+    current = await ctx.app.storage.head_object(ctx.bucket, ctx.key)
+    if if_none_match is not None and current is not None:
+        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+    if if_match is not None:
+        if current is None:
+            raise S3Error("NoSuchKey", Key=ctx.key)
+        if not _etag_matches(if_match, current.etag):
+            raise S3Error("PreconditionFailed", Condition="If-Match")
 
 
 async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
@@ -373,7 +397,7 @@ async def _stream(
     """Send [start, end) with sendfile where the backend has files, else in chunks; memory stays flat."""
     length = end - start
     del headers["Content-Length"]
-    response = web.StreamResponse(status=status, headers=headers)
+    response = web.StreamResponse(status=status, headers={**headers, **ctx.response_headers})
     response.content_length = length
     response.headers["x-amz-request-id"] = ctx.request_id
     pieces = reader.file_ranges(start, end)
@@ -531,7 +555,7 @@ async def copy_object(ctx: Ctx) -> web.Response:
         if source.size > ctx.app.limits.max_object_size:
             raise S3Error("InvalidRequest", "The specified copy source is larger than the maximum allowable size")
         new = spec_from_headers(ctx, bucket)
-        await access.refuse_public_acl(ctx, bucket.name, new.acl)
+        new = dataclasses.replace(new, acl=await access.vet_acl(ctx, bucket.name, new.acl))
         same = (source_bucket, source_key, source_version) in (
             (ctx.bucket, ctx.key, None),
             (ctx.bucket, ctx.key, source.version_id),
@@ -593,7 +617,7 @@ async def put_object_acl(ctx: Ctx) -> web.Response:
         if not body.strip():
             raise S3Error("MissingSecurityHeader", "an ACL in headers or in the body is required")
         new = acls.from_xml(body, info.acl)
-    await access.refuse_public_acl(ctx, bucket.name, new)
+    new = await access.vet_acl(ctx, bucket.name, new)
     try:
         await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new, version_id)
     except NoSuchVersion:

@@ -9,14 +9,14 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import bucket_policy, buckets, multipart, object_lock, objects, versioning
+from services.walrus.s3 import bucket_policy, buckets, cors, multipart, object_lock, objects, tagging, versioning
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """cors lifecycle website logging notification replication encryption tagging requestPayment
+    """lifecycle website logging notification replication encryption tagging requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
     restore torrent select attributes""".split()
 )
@@ -28,6 +28,12 @@ BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
         "DELETE": bucket_policy.delete_bucket_policy,
     },
     "policyStatus": {"GET": bucket_policy.get_bucket_policy_status},
+    "cors": {"PUT": cors.put_bucket_cors, "GET": cors.get_bucket_cors, "DELETE": cors.delete_bucket_cors},
+    "tagging": {
+        "PUT": tagging.put_bucket_tagging,
+        "GET": tagging.get_bucket_tagging,
+        "DELETE": tagging.delete_bucket_tagging,
+    },
     "publicAccessBlock": {
         "PUT": bucket_policy.put_public_access_block,
         "GET": bucket_policy.get_public_access_block,
@@ -98,6 +104,8 @@ def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str
 
 def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> Handler:
     """The handler of one request; S3Error for what Walrus does not do."""
+    if method == "OPTIONS" and bucket:
+        return cors.preflight
     if bucket and not key:
         for name, handlers in BUCKET_CONFIGS.items():
             if name in query:
