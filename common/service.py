@@ -188,6 +188,9 @@ def run(service_class: type[Service], config_path: str) -> int:
         return 2
     try:
         asyncio.run(serve_forever(service))
+    except ConfigError as err:  # found at start-up, e.g. a remote that refuses the configured credentials
+        print(f"koala {service_class.role}: bad configuration: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"koala {service_class.role}: cannot start: {err}", file=sys.stderr)
         return 1

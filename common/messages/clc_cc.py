@@ -87,6 +87,7 @@ class DescribeResourcesResponse(BaseModel):
     resources: list[ResourceAvailability]
     nodes_up: int = 0
     nodes_total: int = 0
+    remote: bool = False  # a zone whose instances run in a remote cloud: offered to bursting launches only
 
 
 class ConsoleOutputRequest(BaseModel):

@@ -58,6 +58,14 @@ class CloudControllerConfig(ServiceConfig):
     KOALA_TERMINATED_VISIBLE_SECONDS: float = Field(
         3600.0, ge=0, description="Seconds a terminated instance stays visible in DescribeInstances."
     )
+    KOALA_BURST_ACCOUNTS: str = Field(
+        "",
+        description="Accounts (ids, or *) whose launches may burst into a remote zone when no local zone has room.",
+    )
+    KOALA_BURST_VMTYPES: str = Field(
+        "",
+        description="VM types (names, or *) whose launches may burst into a remote zone when no local zone has room.",
+    )
     KOALA_CC_POLL_SECONDS: float = Field(
         10.0, gt=0, description="How often each CC is polled (resources, instances): the safety net for pushes."
     )

@@ -8,9 +8,10 @@ from common.config import ServiceConfig
 from services.cluster_controller.network.settings import VnetSettings
 from services.cluster_controller.placement import POLICIES
 from services.cluster_controller.power import WAKE_METHODS
+from services.cluster_controller.remote.settings import RemoteSettings
 
 
-class ClusterControllerConfig(VnetSettings, ServiceConfig):  # VNET_* keys: network/settings.py
+class ClusterControllerConfig(VnetSettings, RemoteSettings, ServiceConfig):  # VNET_*: network/, KOALA_REMOTE_*: remote/
     CC_PORT: int = Field(8774, ge=1, le=65535, description="Port of the CC's internal API.")
     NODES: str = Field("", description="Node controllers: space-separated HOST or HOST:PORT entries.")
     NC_PORT: int = Field(8775, ge=1, le=65535, description="Default port of the node controllers.")

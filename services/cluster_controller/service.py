@@ -14,6 +14,9 @@ from common.service import Service
 from services.cluster_controller import network
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
+from services.cluster_controller.remote import rpc as remote_rpc
+from services.cluster_controller.remote.setup import open_zone
+from services.cluster_controller.remote.zone import RemoteZone
 from services.cluster_controller.store import Store
 
 CLC = frozenset({"clc"})
@@ -27,7 +30,7 @@ class ClusterControllerService(Service):
     config_class = ClusterControllerConfig
     config: ClusterControllerConfig
     client_max_size = 4 << 20  # RunInstances carries up to 10,000 instances (about 1.5 MB of JSON)
-    cluster: Cluster
+    cluster: Cluster | RemoteZone
 
     def __init__(self, config: ClusterControllerConfig):
         super().__init__(config)
@@ -43,12 +46,19 @@ class ClusterControllerService(Service):
         add("RegisterNode", self._register_node, CLC_OR_ADMIN, clc_cc.RegisterNodeRequest)
         add("DeregisterNode", self._deregister_node, CLC_OR_ADMIN, clc_cc.DeregisterNodeRequest)
         add("NotifyInstances", self._notify_instances, NC, cc_nc.NotifyInstancesRequest)
-        self.network = network.install(self)  # StartNetwork, ConfigureNetwork, AssignAddress, ... (network/)
+        if config.remote:  # a zone in a remote EC2 cloud (remote/): no local network
+            self.network = None
+            remote_rpc.register(self.rpc, self)
+        else:
+            self.network = network.install(self)  # StartNetwork, ConfigureNetwork, AssignAddress, ... (network/)
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(url, "nc") for url in self.config.node_urls()]
 
     async def on_start(self) -> None:
+        if self.config.remote:
+            self.cluster = await open_zone(self)
+            return
         self.config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
         store = await Store.open(self.config.KOALA_STATE_DIR / "cc.db")
         self.cluster = Cluster(self.config, self.client, store)
@@ -61,6 +71,8 @@ class ClusterControllerService(Service):
 
     # --- CLC operations -------------------------------------------------------------------------------
     async def _run_instances(self, request: clc_cc.RunInstancesRequest, caller: Caller) -> clc_cc.RunInstancesResponse:
+        if self.network is None:
+            return await self.cluster.run_instances(request)
         if all(is_id(launch.instance_id, "i") for launch in request.instances):  # else the cluster refuses it
             request = await network.prepare_launch(self.network, request)  # MAC, private IP, bridge, DHCP entry
         answer = await self.cluster.run_instances(request)

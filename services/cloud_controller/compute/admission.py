@@ -34,6 +34,7 @@ class ZoneCapacity:
     nodes_total: int = 0
     sent_at: float = 0.0  # monotonic time the DescribeResources request that produced this report was sent
     reachable: bool = False
+    remote: bool = False  # its instances run in a remote cloud (bursting)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Admission:
         capacity.max = {r.vm_type: max(r.max, 0) for r in report.resources}
         capacity.nodes_up, capacity.nodes_total = report.nodes_up, report.nodes_total
         capacity.sent_at, capacity.reachable = sent_at, True
+        capacity.remote = report.remote
         for token in list(self.tokens.values()):
             if token.zone == name and token.state == "submitted" and token.submitted_at <= sent_at:
                 self._drop(token, "redeemed")
@@ -117,17 +119,27 @@ class Admission:
         return capacity.max.get(vm.name, 0) if capacity else 0
 
     # --- reservations -----------------------------------------------------------------------------------
-    def reserve(self, owner_id: str, vm: VmType, min_count: int, max_count: int, zone: str | None = None) -> Token:
-        """Reserve between min_count and max_count instances of `vm` in `zone` (or the zone with most free)."""
+    def reserve(
+        self,
+        owner_id: str,
+        vm: VmType,
+        min_count: int,
+        max_count: int,
+        zone: str | None = None,
+        among: list[str] | None = None,
+    ) -> Token:
+        """Reserve between min_count and max_count instances of `vm` in `zone` (or the zone with most free, of
+        `among` if given)."""
         self.expire()
         if zone is not None:
             if zone not in self.zones:
                 raise ComputeError("InvalidZone.NotFound", f"The zone '{zone}' does not exist")
             chosen = zone
         else:
-            if not self.zones:
+            candidates = sorted(self.zones if among is None else [z for z in among if z in self.zones])
+            if not candidates:
                 raise ComputeError("InsufficientInstanceCapacity", "There are no availability zones", 503)
-            chosen = max(sorted(self.zones), key=lambda z: self.free(z, vm))
+            chosen = max(candidates, key=lambda z: self.free(z, vm))
         free = self.free(chosen, vm)
         if free < min_count:
             raise ComputeError(

@@ -25,6 +25,7 @@ from common.messages.clc_cc import (
 )
 from common.messages.network import DescribeNetworksRequest, DescribeNetworksResponse
 from common.rpc import PeerUnreachable, RpcError
+from services.cloud_controller.compute import bursting
 from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission, Token, count_quota
 from services.cloud_controller.compute.cc_client import ClusterClient
@@ -61,6 +62,7 @@ class Settings:
     terminated_visible: float = 3600.0  # terminated instances stay visible this long
     poll_interval: float = 10.0
     fresh_report: float = 1.0  # a capacity report older than this is refreshed before refusing a launch
+    burst: bursting.BurstPolicy = field(default_factory=bursting.BurstPolicy)  # who may burst into remote zones
 
 
 @dataclass
@@ -275,7 +277,7 @@ class Compute:
         try:
             count = token.count
             instance_ids = self._new_ids("i", count)
-            addresses = self._take_addresses(owner, count, undo)
+            addresses = [] if self.remote(token.zone) else self._take_addresses(owner, count, undo)
             nets = self._take_network(owner, groups, count, undo, token.zone)
             now = time.time()
             reservation = Reservation(
@@ -350,6 +352,10 @@ class Compute:
             if limit:
                 count_quota(in_use, request.min_count * per, limit, what)
                 max_count = min(max_count, (limit - in_use) // per)
+        if zone is None:
+            return bursting.reserve(
+                self.admission, self.settings.burst, principal.account_id, vm, request.min_count, max_count
+            )
         return self.admission.reserve(principal.account_id, vm, request.min_count, max_count, zone)
 
     def _new_ids(self, prefix: str, count: int) -> list[str]:
@@ -371,10 +377,16 @@ class Compute:
         return taken
 
     def managed(self, zone: str) -> bool:
-        """Whether launches in `zone` get a VLAN and network index (MANAGED and MANAGED-NOVLAN modes)."""
+        """Whether launches in `zone` get a VLAN and network index (MANAGED and MANAGED-NOVLAN modes) and their
+        group's rules (also remote zones, which map them to a remote group)."""
         if self.settings.network_resources != "auto":
             return self.settings.network_resources == "on"
-        return self.zone_modes.get(zone, "").startswith("MANAGED")
+        return self.zone_modes.get(zone, "").startswith("MANAGED") or self.remote(zone)
+
+    def remote(self, zone: str) -> bool:
+        """A zone whose instances run in a remote cloud: their public address is the remote's."""
+        capacity = self.admission.zones.get(zone)
+        return capacity is not None and capacity.remote
 
     def _take_network(self, owner: str, groups: list[str], count: int, undo: list, zone: str) -> list[tuple[int, int]]:
         if not self.managed(zone):
@@ -700,6 +712,15 @@ class Compute:
             return
         await self.apply_report(zone, answer.instances, full=True)
         stuck = [i.instance_id for i in self.store.instances.values() if i.zone == zone and i.state == "shutting-down"]
+        # Live at the CC but terminated here (e.g. its launch failed on a timeout or a CC crash): it must go too.
+        stuck += [
+            item.instance_id
+            for item in answer.instances
+            if item.state in ("Pending", "Extant")
+            and (known := self.store.instances.get(item.instance_id)) is not None
+            and known.zone == zone
+            and known.state == "terminated"
+        ]
         if stuck:
             await self._terminate_quietly(zone, stuck)
 

@@ -10,6 +10,7 @@ from common.messages.clc_cc import Ack, NotifyInstancesRequest
 from common.rpc import Caller, RpcError
 from services.cloud_controller.compute import admin_rpc
 from services.cloud_controller.compute.addresses import parse_pool
+from services.cloud_controller.compute.bursting import BurstPolicy
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.images import Images
@@ -33,6 +34,7 @@ def settings_from(config: Any) -> Settings:
         lost_after=config.KOALA_INSTANCE_LOST_SECONDS,
         terminated_visible=config.KOALA_TERMINATED_VISIBLE_SECONDS,
         poll_interval=config.KOALA_CC_POLL_SECONDS,
+        burst=BurstPolicy.parse(config.KOALA_BURST_ACCOUNTS, config.KOALA_BURST_VMTYPES),
     )
 
 

@@ -1,0 +1,123 @@
+"""A remote zone's database (remote.db, apart from the node zones' cc.db): instances with their remote ids,
+launch specifications, and the networks' rule sets."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiosqlite
+
+from common.db import open_db
+from common.messages.cc_nc import NetConfig, VmType
+from common.messages.network import NetworkRule
+from services.cluster_controller.remote.model import RemoteInstance
+
+_COLUMNS = (
+    "instance_id, reservation_id, owner_id, vm, launch_index, net, state, remote_id, remote_state, terminating,"
+    " detail, reason, launch_time, ended_at"
+)
+
+
+def _row(i: RemoteInstance) -> tuple:
+    return (
+        i.instance_id,
+        i.reservation_id,
+        i.owner_id,
+        i.vm.model_dump_json(),
+        i.launch_index,
+        i.net.model_dump_json(),
+        i.state,
+        i.remote_id,
+        i.remote_state,
+        int(i.terminating),
+        i.detail,
+        i.reason,
+        i.launch_time,
+        i.ended_at,
+    )
+
+
+class RemoteStore:
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> RemoteStore:
+        return cls(await open_db(path, "services.cluster_controller.remote.migrations"))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def add_reservation(self, reservation_id: str, spec: str, instances: list[RemoteInstance]) -> None:
+        await self.db.execute(
+            "INSERT INTO reservations(reservation_id, spec, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(reservation_id) DO NOTHING",
+            (reservation_id, spec, time.time()),
+        )
+        await self._upsert(instances)
+        await self.db.commit()
+
+    async def spec(self, reservation_id: str) -> str | None:
+        async with self.db.execute("SELECT spec FROM reservations WHERE reservation_id = ?", (reservation_id,)) as c:
+            row = await c.fetchone()
+        return row["spec"] if row else None
+
+    async def save(self, instances: Iterable[RemoteInstance]) -> None:
+        await self._upsert(list(instances))
+        await self.db.commit()
+
+    async def _upsert(self, instances: list[RemoteInstance]) -> None:
+        if instances:
+            await self.db.executemany(
+                f"INSERT OR REPLACE INTO instances({_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                [_row(i) for i in instances],
+            )
+
+    async def load(self) -> list[RemoteInstance]:
+        async with self.db.execute(f"SELECT {_COLUMNS} FROM instances ORDER BY rowid") as cursor:
+            rows = await cursor.fetchall()
+        return [
+            RemoteInstance(
+                instance_id=r["instance_id"],
+                reservation_id=r["reservation_id"],
+                owner_id=r["owner_id"],
+                vm=VmType.model_validate_json(r["vm"]),
+                launch_index=r["launch_index"],
+                net=NetConfig.model_validate_json(r["net"]),
+                state=r["state"],
+                remote_id=r["remote_id"],
+                remote_state=r["remote_state"],
+                terminating=bool(r["terminating"]),
+                detail=r["detail"],
+                reason=r["reason"],
+                launch_time=r["launch_time"],
+                ended_at=r["ended_at"],
+            )
+            for r in rows
+        ]
+
+    async def forget(self, instance_ids: list[str]) -> None:
+        if not instance_ids:
+            return
+        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
+        await self.db.execute(
+            "DELETE FROM reservations WHERE reservation_id NOT IN (SELECT DISTINCT reservation_id FROM instances)"
+        )
+        await self.db.commit()
+
+    # --- networks -------------------------------------------------------------------------------------
+    async def save_network(self, name: str, rules: list[NetworkRule]) -> None:
+        await self.db.execute(
+            "INSERT INTO networks(name, rules, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+            " SET rules = excluded.rules, updated_at = excluded.updated_at",
+            (name, json.dumps([r.model_dump() for r in rules]), time.time()),
+        )
+        await self.db.commit()
+
+    async def load_networks(self) -> dict[str, list[NetworkRule]]:
+        async with self.db.execute("SELECT name, rules FROM networks") as cursor:
+            rows = await cursor.fetchall()
+        return {r["name"]: [NetworkRule.model_validate(x) for x in json.loads(r["rules"])] for r in rows}

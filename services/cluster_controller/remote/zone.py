@@ -1,0 +1,586 @@
+"""The remote zone engine: the CC's answers to the CLC (the same operations as a zone of local nodes), backed by
+instances in a remote EC2-compatible cloud.
+
+Every instance is written (state Pending, no remote id) before its RunInstances goes out, with a ClientToken
+and tags naming this cloud and the local instance id, so whatever the CC or the remote does next can be sorted
+out from both sides: the poll loop reads every remote instance tagged with this cloud and terminates any whose
+local instance is not live (never recorded, ended, or launching when the CC crashed: the CLC took that launch for
+failed), ends local instances the remote no longer has, and re-sends terminations until the remote confirms.
+Remote failures are timeouts and backoff, never a wait on the CLC's requests: describe calls answer from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from common.config import ConfigError
+from common.ids import is_id
+from common.messages.cc_nc import VmType
+from common.messages.clc_cc import (
+    ClusterInstance,
+    DescribeNodesResponse,
+    DescribeResourcesResponse,
+    InstancePlacement,
+    NodeInfo,
+    ResourceAvailability,
+    RunInstancesRequest,
+    RunInstancesResponse,
+)
+from common.messages.network import NetworkRule
+from common.rpc import RpcError
+from services.cluster_controller.cluster import LaunchSpec
+from services.cluster_controller.notifier import Notifier
+from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, RemoteRefused, RemoteUnavailable
+from services.cluster_controller.remote.model import REMOTE_STATES, RemoteInstance
+from services.cluster_controller.remote.resources import RemoteResources
+from services.cluster_controller.remote.store import RemoteStore
+
+log = logging.getLogger("koala.cc.remote")
+# The tags of every remote instance: this cloud's prefix, and the local instance, reservation and account.
+TAG_CLOUD, TAG_INSTANCE = "koala-cloud", "koala-instance"
+TAG_RESERVATION, TAG_OWNER = "koala-reservation", "koala-owner"
+SWEEP_EVERY = 60.0  # seconds between sweeps of unused remote key pairs and groups when nothing ended
+SWEEP_RETRY = 2.0  # ... and after a sweep that left a group (still used by a remote instance on its way out)
+FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled at the fast rate
+
+
+class RemoteZone:
+    def __init__(self, config: Any, ec2: Ec2Client, store: RemoteStore, notifier: Notifier, prefix: str):
+        self.config, self.ec2, self.store, self.notifier = config, ec2, store, notifier
+        self.zone = config.KOALA_ZONE
+        self.prefix = prefix
+        self.images = config.image_map()
+        self.types = config.vmtype_map()
+        self.resources = RemoteResources(ec2, prefix)
+        self.instances: dict[str, RemoteInstance] = {}
+        self.specs: dict[str, LaunchSpec] = {}
+        self.reachable = False
+        self.last_error = "not polled yet"
+        self.polls = 0
+        self._failures = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._busy_until = 0.0
+        self._sweep_due = 0.0
+        self._sweep_lock = asyncio.Lock()
+        self._in_flight = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def check(self) -> None:
+        """At start-up: wrong credentials or an image map naming images the remote does not have are a
+        ConfigError; a remote that does not answer is only logged (it is polled until it does)."""
+        try:
+            await self.ec2.call("DescribeAvailabilityZones", {})
+            wanted = sorted(set(self.images.values()))
+            if wanted:
+                answer = await self.ec2.call("DescribeImages", {"ImageIds": wanted})
+                found = {image.get("ImageId") for image in answer.get("Images") or []}
+                missing = [local for local, remote in self.images.items() if remote not in found]
+                if missing:
+                    raise ConfigError(
+                        "KOALA_REMOTE_IMAGE_MAP: the remote has no image "
+                        + ", ".join(f"{self.images[m]} (for {m})" for m in missing)
+                    )
+        except RemoteRefused as err:
+            if err.credentials:
+                raise ConfigError(
+                    f"KOALA_REMOTE_CREDENTIALS: {self.config.KOALA_REMOTE_ENDPOINT} refused the credentials "
+                    f"({err.code}: {err.message})"
+                ) from None
+            if err.code.startswith("InvalidAMIID"):
+                raise ConfigError(f"KOALA_REMOTE_IMAGE_MAP: {err.code}: {err.message}") from None
+            raise ConfigError(f"KOALA_REMOTE_ENDPOINT: the remote refused DescribeAvailabilityZones: {err}") from None
+        except RemoteUnavailable as err:
+            log.warning("remote %s does not answer at start (%s); polling it", self.config.KOALA_REMOTE_ENDPOINT, err)
+            return
+        self.reachable, self.last_error = True, ""
+
+    async def start(self) -> None:
+        for instance in await self.store.load():
+            self.instances[instance.instance_id] = instance
+        # A launch in flight when the CC stopped never reached the CLC as a success (the CC answers once the
+        # remote id is written): it failed. Whatever the remote made of it is terminated by the first poll.
+        stranded = [i for i in self.instances.values() if i.launching]
+        for instance in stranded:
+            self._end(instance, "failed: the cluster controller restarted during the launch")
+        await self.store.save(stranded)
+        self.resources.rules = await self.store.load_networks()
+        live = sum(1 for i in self.instances.values() if i.live)
+        log.info(
+            "remote zone %s on %s: %d live instances, %d launches rolled back",
+            self.zone,
+            self.config.KOALA_REMOTE_ENDPOINT,
+            live,
+            len(stranded),
+        )
+        self.notifier.start()
+        self._spawn(self._poll_loop(), "remote poll")
+        self._spawn(self._purge_loop(), "remote purge")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.notifier.stop()
+        await self.ec2.close()
+
+    def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _poke(self) -> None:
+        """Something changed here: poll the remote at the fast rate for a while."""
+        self._busy_until = time.monotonic() + FAST_WHILE
+        self._wake.set()
+
+    # --- state ------------------------------------------------------------------------------------------
+    def _changed(self, instance: RemoteInstance) -> None:
+        self.notifier.changed(instance.report(self.reachable))
+
+    def _end(self, instance: RemoteInstance, reason: str) -> None:
+        if instance.live:
+            log.info("%s (remote %s): Teardown (%s)", instance.instance_id, instance.remote_id or "-", reason)
+            self._sweep_due = 0.0
+        instance.state, instance.reason = "Teardown", reason
+        instance.ended_at = instance.ended_at or time.time()
+        self._changed(instance)
+
+    def _apply_remote(self, instance: RemoteInstance, remote: dict) -> bool:
+        """Take the remote's view of the instance; True if anything the CLC sees changed."""
+        remote_state = (remote.get("State") or {}).get("Name", "")
+        before = (instance.state, instance.net.private_ip, instance.net.public_ip, instance.remote_state)
+        instance.remote_state = remote_state
+        net = instance.net.model_copy(
+            update={
+                "private_ip": remote.get("PrivateIpAddress") or instance.net.private_ip,
+                "public_ip": remote.get("PublicIpAddress") or instance.net.public_ip,
+            }
+        )
+        instance.net = net
+        state = REMOTE_STATES.get(remote_state)
+        if state == "Teardown":
+            self._end(instance, "terminated" if instance.terminating else "terminated in the remote cloud")
+        elif state is not None and instance.live and not (state == "Pending" and instance.state == "Extant"):
+            instance.state = state
+        after = (instance.state, instance.net.private_ip, instance.net.public_ip, instance.remote_state)
+        if after != before and instance.live:
+            self._changed(instance)
+        return after != before
+
+    # --- queries ----------------------------------------------------------------------------------------
+    def describe_instances(self, ids: Iterable[str]) -> list[ClusterInstance]:
+        wanted = [i.lower() for i in ids]
+        chosen = [self.instances[i] for i in wanted if i in self.instances] if wanted else self.instances.values()
+        return [i.report(self.reachable) for i in chosen]
+
+    def live_count(self) -> int:
+        return sum(1 for i in self.instances.values() if i.live)
+
+    def describe_resources(self, vm_types: list[VmType]) -> DescribeResourcesResponse:
+        """Capacity is the admin's cap on live remote instances, for the mapped VM types, while the remote
+        answers: a remote that fails is not offered to new launches."""
+        room = max(self.config.KOALA_REMOTE_MAX_INSTANCES - self.live_count(), 0)
+        resources = [
+            ResourceAvailability(
+                vm_type=vm.name,
+                available=room if self.reachable and vm.name in self.types else 0,
+                max=self.config.KOALA_REMOTE_MAX_INSTANCES if vm.name in self.types else 0,
+            )
+            for vm in vm_types
+        ]
+        return DescribeResourcesResponse(
+            zone=self.zone, resources=resources, nodes_up=int(self.reachable), nodes_total=1, remote=True
+        )
+
+    def describe_nodes(self) -> DescribeNodesResponse:
+        endpoint = self.config.KOALA_REMOTE_ENDPOINT
+        node = NodeInfo(
+            url=endpoint,
+            node_id=f"remote:{urlsplit(endpoint).netloc}",
+            state="UP" if self.reachable else "DOWN",
+            source="config",
+            instances=self.live_count(),
+        )
+        return DescribeNodesResponse(zone=self.zone, policy="REMOTE", nodes=[node])
+
+    # --- launch -------------------------------------------------------------------------------------------
+    async def run_instances(self, request: RunInstancesRequest) -> RunInstancesResponse:
+        ids = [launch.instance_id.lower() for launch in request.instances]
+        bad = next((i for i in ids if not is_id(i, "i")), None)
+        if bad is not None:
+            raise RpcError(400, "InvalidInstanceID.Malformed", f"{bad[:40]!r} is not an instance id")
+        if not is_id(request.reservation_id, "r"):
+            raise RpcError(400, "InvalidRequest", f"{request.reservation_id[:40]!r} is not a reservation id")
+        if len(set(ids)) != len(ids) or request.min_count > len(ids):
+            raise RpcError(400, "InvalidRequest", "duplicate instance ids, or min_count above the instance count")
+        known = [self.instances[i] for i in ids if i in self.instances]
+        if known:
+            if any(i.reservation_id != request.reservation_id for i in known):
+                raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
+            return RunInstancesResponse(instances=[self._placement(i) for i in ids])
+        refusal = self._refusal(request, len(ids))
+        if refusal:
+            log.warning("reservation %s: %s", request.reservation_id, refusal)
+            return RunInstancesResponse(instances=[InstancePlacement(instance_id=i, error=refusal) for i in ids])
+        spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
+        chosen = [
+            RemoteInstance(
+                instance_id=launch.instance_id.lower(),
+                reservation_id=request.reservation_id,
+                owner_id=request.owner_id,
+                vm=request.vm_type,
+                launch_index=launch.launch_index,
+                net=launch.net,
+            )
+            for launch in request.instances
+        ]
+        for instance in chosen:
+            self.instances[instance.instance_id] = instance
+        self.specs[request.reservation_id] = spec
+        try:  # written before the remote hears of it
+            await self.store.add_reservation(request.reservation_id, spec.model_dump_json(), chosen)
+        except Exception:
+            for instance in chosen:
+                del self.instances[instance.instance_id]
+            raise
+        self._poke()
+        async with self._sweep_lock:  # no sweep deletes a key or group between its check and this launch
+            self._in_flight += 1
+        try:
+            results = await asyncio.gather(*(self._launch(i, spec) for i in chosen))
+        finally:
+            self._in_flight -= 1
+        launched = [i for i, error in zip(chosen, results, strict=True) if error is None]
+        if len(launched) < request.min_count:
+            first = next(e for e in results if e is not None)
+            reason = f"{len(launched)} of {len(ids)} started remotely, {request.min_count} asked for: {first}"
+            await self.terminate([i.instance_id for i in launched])
+            for instance in chosen:
+                if instance.live and not instance.remote_id:
+                    self._end(instance, f"failed: {reason}")
+            await self.store.save(chosen)
+            return RunInstancesResponse(instances=[InstancePlacement(instance_id=i, error=reason) for i in ids])
+        log.info(
+            "reservation %s: %d of %d instances started in %s",
+            request.reservation_id,
+            len(launched),
+            len(ids),
+            self.config.KOALA_REMOTE_ENDPOINT,
+        )
+        return RunInstancesResponse(instances=[self._placement(i) for i in ids])
+
+    def _refusal(self, request: RunInstancesRequest, count: int) -> str:
+        if request.image.id not in self.images:
+            return (
+                f"InvalidAMIID.NotFound: image {request.image.id} has no entry in KOALA_REMOTE_IMAGE_MAP of zone "
+                f"{self.zone}"
+            )
+        if request.vm_type.name not in self.types:
+            return f"Unsupported: VM type {request.vm_type.name} is not offered in zone {self.zone}"
+        room = self.config.KOALA_REMOTE_MAX_INSTANCES - self.live_count()
+        if room < request.min_count:
+            return f"InsufficientInstanceCapacity: zone {self.zone} may run {room} more instances, not {count}"
+        if not self.reachable:
+            why = self.last_error
+            return f"InsufficientInstanceCapacity: the remote cloud of zone {self.zone} does not answer: {why}"
+        return ""
+
+    def _placement(self, instance_id: str) -> InstancePlacement:
+        instance = self.instances[instance_id]
+        if instance.remote_id:
+            return InstancePlacement(instance_id=instance_id, node_id=instance.remote_id)
+        return InstancePlacement(instance_id=instance_id, error=instance.reason or "failed: not started remotely")
+
+    def network_of(self, spec: LaunchSpec) -> str:
+        return f"{spec.owner_id}-{(spec.group_names or ['default'])[0]}"
+
+    async def _launch(self, instance: RemoteInstance, spec: LaunchSpec) -> str | None:
+        """RunInstances for one instance; None once its remote id is written, else why it failed (ended)."""
+        params: dict[str, Any] = {
+            "ImageId": self.images[spec.image.id],
+            "InstanceType": self.types[spec.vm_type.name],
+            "MinCount": 1,
+            "MaxCount": 1,
+            # The same token for the same local instance: a retry can never start a second remote instance.
+            "ClientToken": f"{self.prefix}-{instance.instance_id}",
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [
+                        {"Key": TAG_CLOUD, "Value": self.prefix},
+                        {"Key": TAG_INSTANCE, "Value": instance.instance_id},
+                        {"Key": TAG_RESERVATION, "Value": instance.reservation_id},
+                        {"Key": TAG_OWNER, "Value": instance.owner_id},
+                    ],
+                }
+            ],
+        }
+        if spec.user_data:
+            params["UserData"] = spec.user_data
+        if self.config.KOALA_REMOTE_ZONE:
+            params["Placement"] = {"AvailabilityZone": self.config.KOALA_REMOTE_ZONE}
+        try:
+            if spec.ssh_public_key:
+                params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
+            params["SecurityGroups"] = [await self.resources.ensure_group(self.network_of(spec))]
+            answer = await self.ec2.call("RunInstances", params)
+        except RemoteError as err:
+            kind = "refused" if isinstance(err, RemoteRefused) else "unavailable"
+            reason = f"failed: the remote cloud {kind}: {err.code}: {err.message}"[:500]
+            log.warning("%s: %s", instance.instance_id, reason)
+            if isinstance(err, RemoteUnavailable):
+                self._note_failure(err)
+            # Ended here; if the remote did start it after all, the poll loop finds it by its tags and ends it.
+            self._end(instance, reason)
+            await self.store.save([instance])
+            return reason
+        remote = (answer.get("Instances") or [{}])[0]
+        instance.remote_id = remote.get("InstanceId", "")
+        if not instance.remote_id:
+            self._end(instance, "failed: the remote answered RunInstances without an instance")
+            await self.store.save([instance])
+            return instance.reason
+        self._apply_remote(instance, remote)
+        instance.detail = f"remote {instance.remote_id}"
+        await self.store.save([instance])
+        if instance.terminating:  # asked to go while the launch was in flight
+            self._spawn(self._terminate_remote([instance]), f"terminate {instance.instance_id}")
+        self._changed(instance)
+        log.info("%s: remote instance %s (%s)", instance.instance_id, instance.remote_id, instance.remote_state)
+        return None
+
+    # --- terminate, reboot, console ------------------------------------------------------------------
+    async def terminate(self, ids: list[str]) -> list[str]:
+        known = [self.instances[i.lower()] for i in ids if i.lower() in self.instances]
+        acting = [i for i in known if i.live and not i.terminating]
+        for instance in acting:
+            instance.terminating = True
+        await self.store.save(acting)  # written before the remote hears of it
+        ready = [i for i in acting if i.remote_id]
+        if ready:
+            self._spawn(self._terminate_remote(ready), "terminate remote")
+        self._poke()
+        return [i.instance_id for i in known]
+
+    async def _terminate_remote(self, instances: list[RemoteInstance]) -> None:
+        """One TerminateInstances; on failure the poll loop sends it again."""
+        ids = [i.remote_id for i in instances if i.remote_id]
+        if not ids:
+            return
+        try:
+            answer = await self.ec2.call("TerminateInstances", {"InstanceIds": ids})
+        except RemoteRefused as err:
+            if err.code != "InvalidInstanceID.NotFound":
+                log.warning("TerminateInstances %s refused: %s", ids, err)
+                return
+            for instance in instances:  # the remote has none of them: nothing runs
+                self._end(instance, "terminated")
+            await self.store.save(instances)
+            return
+        except RemoteUnavailable as err:
+            log.warning("TerminateInstances %s: %s (will retry)", ids, err)
+            return
+        by_remote = {i.remote_id: i for i in instances}
+        ended = []
+        for item in answer.get("TerminatingInstances") or []:
+            instance = by_remote.get(item.get("InstanceId", ""))
+            if instance is not None and (item.get("CurrentState") or {}).get("Name") == "terminated":
+                self._end(instance, "terminated")
+                ended.append(instance)
+        await self.store.save(ended)
+        self._poke()
+
+    async def reboot(self, ids: list[str]) -> list[str]:
+        chosen = [self.instances[i.lower()] for i in ids if i.lower() in self.instances]
+        chosen = [i for i in chosen if i.live and i.remote_id and not i.terminating]
+        if chosen:
+
+            async def send() -> None:
+                try:
+                    await self.ec2.call("RebootInstances", {"InstanceIds": [i.remote_id for i in chosen]})
+                except RemoteError as err:
+                    log.warning("RebootInstances %s: %s", [i.instance_id for i in chosen], err)
+
+            self._spawn(send(), "reboot remote")  # the CLC does not wait on the remote
+        return [i.instance_id for i in chosen]
+
+    async def console_output(self, instance_id: str) -> str:
+        instance = self.instances.get(instance_id.lower())
+        if instance is None:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {instance_id} in zone {self.zone}")
+        if not instance.remote_id:
+            raise RpcError(503, "NodeUnavailable", f"{instance_id} has not started remotely")
+        try:
+            answer = await self.ec2.call(
+                "GetConsoleOutput", {"InstanceId": instance.remote_id}, timeout=min(self.ec2.timeout, 10.0)
+            )
+        except RemoteRefused as err:
+            raise RpcError(404 if "NotFound" in err.code else 502, err.code, f"remote: {err.message}") from None
+        except RemoteUnavailable as err:
+            raise RpcError(503, "NodeUnavailable", f"the remote cloud does not answer: {err.message}") from None
+        return answer.get("Output") or ""
+
+    # --- networks (the CLC's ConfigureNetwork) ----------------------------------------------------------
+    async def configure_network(self, name: str, rules: list[NetworkRule]) -> None:
+        """Keep the rule set (written first) and bring the remote group in line in the background: the CLC's
+        call does not wait on the remote. A launch applies the set itself before its RunInstances."""
+        await self.store.save_network(name, rules)
+        self.resources.rules[name] = rules
+        if self.resources.known(name):  # its remote group exists: change it now
+
+            async def apply() -> None:
+                with contextlib.suppress(RemoteError):
+                    await self.resources.ensure_group(name)
+
+            self._spawn(apply(), f"configure {name}")
+
+    # --- the poll loop: state, reconciliation, clean-up -----------------------------------------------------
+    def _note_failure(self, err: RemoteError) -> None:
+        self._failures += 1
+        self.last_error = str(err)
+        if self._failures >= 2 and self.reachable:
+            log.warning("remote %s unavailable: %s", self.config.KOALA_REMOTE_ENDPOINT, err)
+            self.reachable = False
+            for instance in self.instances.values():
+                if instance.live:
+                    self._changed(instance)
+
+    async def _poll_loop(self) -> None:
+        delay = self.config.KOALA_REMOTE_POLL_SECONDS
+        while True:
+            self._wake.clear()
+            try:
+                await self.sync()
+            except RemoteError as err:
+                self._note_failure(err)
+                delay = min(max(delay * 2, 1.0), self.config.KOALA_REMOTE_POLL_MAX)  # backoff while it fails
+            else:
+                if not self.reachable:
+                    log.info("remote %s answers again", self.config.KOALA_REMOTE_ENDPOINT)
+                    self.reachable = True
+                    for instance in self.instances.values():
+                        if instance.live:
+                            self._changed(instance)
+                self._failures, self.last_error = 0, ""
+                busy = time.monotonic() < self._busy_until and any(
+                    i.live and (i.state == "Pending" or i.terminating) for i in self.instances.values()
+                )
+                # Fast while something is on its way; backing off to the steady-state rate otherwise.
+                fast = self.config.KOALA_REMOTE_POLL_SECONDS
+                delay = fast if busy else min(max(delay, fast) * 2, self.config.KOALA_REMOTE_POLL_MAX)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            if self._wake.is_set():
+                delay = self.config.KOALA_REMOTE_POLL_SECONDS
+
+    async def sync(self) -> None:
+        """One pass: the remote's instances tagged with this cloud against the local records."""
+        self.polls += 1
+        remote = await self.ec2.pages(
+            "DescribeInstances", {"Filters": [{"Name": f"tag:{TAG_CLOUD}", "Values": [self.prefix]}]}, "Reservations"
+        )
+        seen: dict[str, dict] = {}
+        strays: list[str] = []
+        changed: list[RemoteInstance] = []
+        for reservation in remote:
+            for item in reservation.get("Instances") or []:
+                remote_id = item.get("InstanceId", "")
+                tags = {t.get("Key"): t.get("Value") for t in item.get("Tags") or []}
+                instance = self.instances.get(tags.get(TAG_INSTANCE) or "")
+                state = (item.get("State") or {}).get("Name", "")
+                if instance is not None and instance.remote_id == remote_id:
+                    seen[remote_id] = item
+                    if instance.live and self._apply_remote(instance, item):
+                        changed.append(instance)
+                    continue
+                if instance is not None and instance.launching:
+                    continue  # its RunInstances is in flight: the answer brings its id
+                if state not in ("terminated", "shutting-down"):
+                    strays.append(remote_id)
+        # Live instances the tag query did not show (tags lost, or the remote forgot them): asked by id.
+        for instance in [i for i in self.instances.values() if i.live and i.remote_id and i.remote_id not in seen]:
+            try:
+                answer = await self.ec2.call("DescribeInstances", {"InstanceIds": [instance.remote_id]})
+                items = [x for r in answer.get("Reservations") or [] for x in r.get("Instances") or []]
+            except RemoteRefused as err:
+                if "NotFound" not in err.code:
+                    raise
+                items = []
+            if items:
+                seen[instance.remote_id] = items[0]
+                if self._apply_remote(instance, items[0]):
+                    changed.append(instance)
+            else:
+                self._end(instance, "terminated" if instance.terminating else "lost by the remote cloud")
+                changed.append(instance)
+        if strays:
+            log.warning("terminating %d remote instances with no live local instance: %s", len(strays), strays)
+            await self.ec2.call("TerminateInstances", {"InstanceIds": strays})
+        again = [i for i in self.instances.values() if i.live and i.terminating and i.remote_id]
+        again = [i for i in again if (seen.get(i.remote_id, {}).get("State") or {}).get("Name") != "shutting-down"]
+        if again:
+            await self._terminate_remote(again)
+        if changed:
+            await self.store.save(changed)
+        if time.monotonic() >= self._sweep_due:
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        async with self._sweep_lock:
+            if self._in_flight:
+                return
+            live = [i for i in self.instances.values() if i.live]
+            keys, groups = set(), set()
+            for instance in live:
+                spec = await self._spec(instance.reservation_id)
+                if spec is None:
+                    continue
+                if spec.ssh_public_key:
+                    keys.add(self.resources.key_name(spec.ssh_public_key))
+                groups.add(self.resources.group_name(self.network_of(spec)))
+                for rule in self.resources.rules.get(self.network_of(spec), []):
+                    groups.update(self.resources.group_name(s) for s in rule.source_networks)
+            done = await self.resources.sweep(keys, groups)
+            self._sweep_due = time.monotonic() + (SWEEP_EVERY if done else SWEEP_RETRY)
+
+    async def _spec(self, reservation_id: str) -> LaunchSpec | None:
+        spec = self.specs.get(reservation_id)
+        if spec is None:
+            text = await self.store.spec(reservation_id)
+            if text is not None:
+                spec = self.specs[reservation_id] = LaunchSpec.model_validate_json(text)
+        return spec
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.config.KOALA_TEARDOWN_RETENTION / 2))
+            limit = time.time() - self.config.KOALA_TEARDOWN_RETENTION
+            old = [i.instance_id for i in self.instances.values() if not i.live and i.ended_at < limit]
+            for instance_id in old:
+                del self.instances[instance_id]
+            await self.store.forget(old)
+
+    # --- what only zones of local nodes do ------------------------------------------------------------------
+    async def register_node(self, entry: str, mac: str) -> NodeInfo:
+        raise RpcError(409, "RemoteZone", f"zone {self.zone} runs its instances in a remote cloud: it has no nodes")
+
+    async def deregister_node(self, entry: str) -> None:
+        raise RpcError(409, "RemoteZone", f"zone {self.zone} runs its instances in a remote cloud: it has no nodes")
+
+    def node_notify(self, node_id: str, instances: list, full: bool) -> None:
+        raise RpcError(403, "RemoteZone", f"zone {self.zone} has no node controllers")
