@@ -26,6 +26,7 @@ from services.cluster_controller.remote import credentials
 from tests.clc.compute_cloud import bundle_and_upload
 from tests.clc.ec2_helpers import REGION, Creds, admin_call, admin_creds, client
 from tests.harness import Cloud, die_with_parent, free_port
+from tests.waiting import wait_for
 
 BURST_ZONE = "burst"
 REMOTE_PUBLIC_IPS = "198.51.100.10-198.51.100.60"
@@ -220,7 +221,7 @@ class World:
             base / "local",
             extra={
                 "clc": {"KOALA_BURST_VMTYPES": burst_vmtypes, "KOALA_CC_POLL_SECONDS": 1},
-                "nc": {"MAX_CORES": 1},  # zone1 has room for one m1.small: the next launch bursts
+                "nc": {"MAX_CORES": 1, "CPU_ALLOCATION_RATIO": 1},  # zone1 has room for one m1.small: the next bursts
             },
         )
         self.remote.start()
@@ -286,15 +287,4 @@ class World:
         return bool(small) and not small[0]["State"].startswith("0000")
 
     def wait_zone(self, zone: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.offers(zone), timeout, f"zone {zone} offering m1.small")
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout:.0f} s")
-        time.sleep(0.1)
+        wait_for(lambda: self.offers(zone), timeout, what=f"zone {zone} offering m1.small")

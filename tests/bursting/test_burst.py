@@ -10,9 +10,10 @@ import base64
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.bursting.support import BURST_ZONE, wait_for
+from tests.bursting.support import BURST_ZONE
 from tests.clc.compute_cloud import run_when_room, wait_state
 from tests.clc.ec2_helpers import code
+from tests.waiting import wait_for
 
 USER_DATA = "#!/bin/sh\necho burst\n"
 

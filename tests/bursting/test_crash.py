@@ -8,8 +8,9 @@ import threading
 
 from botocore.exceptions import ClientError
 
-from tests.bursting.support import BURST_ZONE, wait_for
+from tests.bursting.support import BURST_ZONE
 from tests.clc.compute_cloud import wait_state
+from tests.waiting import wait_for
 
 
 def _local_ids(world) -> list[str]:
