@@ -51,6 +51,8 @@ def instance_tree(instance: Instance, store: Store, zone_of: Callable[[Instance]
     }
     if image and image.kind == "machine":
         tree["ancestor-ami-ids"] = image.image_id
+    if image and image.product_codes:
+        tree["product-codes"] = "\n".join(sorted(image.product_codes))
     if instance.kernel_id:
         tree["kernel-id"] = instance.kernel_id
     if instance.ramdisk_id:

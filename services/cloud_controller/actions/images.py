@@ -62,9 +62,13 @@ def image_dict(image: Image, admin_account: str, tag_list: list | None) -> dict[
         "BlockDeviceMappings": [],
         "VirtualizationType": "paravirtual",
         "Hypervisor": "xen",
-        "ProductCodes": [],
+        "ProductCodes": _product_codes(image),
         "Tags": tag_list or None,
     }
+
+
+def _product_codes(image: Image) -> list[dict[str, str]]:
+    return [{"ProductCodeId": code, "ProductCodeType": "devpay"} for code in sorted(image.product_codes)]
 
 
 def _iso(epoch: float) -> str:
@@ -163,7 +167,9 @@ async def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict
     elif attribute == "ramdisk":
         result["RamdiskId"] = {"Value": image.ramdisk_id or None}
     elif attribute == "productCodes":
-        result["ProductCodes"] = []
+        result["ProductCodes"] = [
+            {"ProductCodeId": c, "ProductCodeType": "devpay"} for c in sorted(image.product_codes)
+        ]
     elif attribute == "blockDeviceMapping":
         result["BlockDeviceMappings"] = []
     else:
@@ -189,6 +195,9 @@ async def modify_image_attribute(ctx: Context, params: dict[str, Any]) -> None:
         if len(add) + len(remove) > MAX_IDS:
             raise invalid("LaunchPermission", len(add) + len(remove), f"At most {MAX_IDS} changes.")
         await images.modify_launch_permission(image, add, remove)
+        return None
+    if params.get("ProductCodes") or attribute == "productCodes":
+        await images.add_product_codes(image, list(params.get("ProductCodes") or []))
         return None
     if params.get("Description") is not None:
         await images.set_attribute(image, "description", params["Description"].get("Value") or "", ctx.owner_id)

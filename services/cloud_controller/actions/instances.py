@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.cloud_controller.actions import Context, action, groups, keypairs, tags
+from services.cloud_controller.compute.attributes import product_codes
 from services.cloud_controller.compute.engine import Compute, RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
 from services.cloud_controller.ec2 import model, xml
@@ -36,7 +37,9 @@ def state(instance: Instance) -> dict[str, Any]:
     return {"Code": STATE_CODES[instance.state], "Name": instance.state}
 
 
-def instance_dict(instance: Instance, reservation: Reservation | None, tag_list: list | None) -> dict[str, Any]:
+def instance_dict(
+    instance: Instance, reservation: Reservation | None, tag_list: list | None, codes: list[str] | None = None
+) -> dict[str, Any]:
     groups_ = _groups(reservation)
     public = instance.public_ip
     result: dict[str, Any] = {
@@ -48,7 +51,7 @@ def instance_dict(instance: Instance, reservation: Reservation | None, tag_list:
         "StateTransitionReason": instance.state_reason,
         "KeyName": instance.key_name or None,
         "AmiLaunchIndex": instance.launch_index,
-        "ProductCodes": [],
+        "ProductCodes": product_code_list(codes or []),
         "InstanceType": instance.vm_type,
         "LaunchTime": instance.launch_time,
         "Placement": {"AvailabilityZone": instance.zone, "GroupName": "", "Tenancy": "default"},
@@ -70,6 +73,10 @@ def instance_dict(instance: Instance, reservation: Reservation | None, tag_list:
     if instance.state in ("terminated", "shutting-down") and instance.state_reason:
         result["StateReason"] = state_reason(instance.state_reason)
     return result
+
+
+def product_code_list(codes: list[str]) -> list[dict[str, str]]:
+    return [{"ProductCodeId": code, "ProductCodeType": "devpay"} for code in codes]
 
 
 def state_reason(reason: str) -> dict[str, str]:
@@ -215,6 +222,8 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         kernel_id=params.get("KernelId") or "",
         ramdisk_id=params.get("RamdiskId") or "",
         client_token=params.get("ClientToken") or "",
+        disable_api_termination=bool(params.get("DisableApiTermination")),
+        shutdown_behavior=params.get("InstanceInitiatedShutdownBehavior") or "terminate",
     )
     reservation = await engine.run_instances(ctx.principal, request)
     instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
@@ -222,7 +231,10 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if tag_list:
         await tags.put(ctx.db, ctx.owner_id, "instance", [i.instance_id for i in launched], tag_list)
     tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in launched]) if tag_list else {}
-    return reservation_dict(reservation, [instance_dict(i, reservation, tag_sets.get(i.instance_id)) for i in launched])
+    return reservation_dict(
+        reservation,
+        [instance_dict(i, reservation, tag_sets.get(i.instance_id), product_codes(engine, i)) for i in launched],
+    )
 
 
 # --- DescribeInstances -----------------------------------------------------------------------------------
@@ -267,7 +279,8 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
         entry = reservations.get(reservation.reservation_id)
         if entry is None:
             entry = reservations[reservation.reservation_id] = (reservation, [])
-        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id)))
+        codes = product_codes(engine, instance)
+        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes))
     if len(_XML_CACHE) > 2 * len(engine.store.instances) + 1000:
         for instance_id in [i for i in _XML_CACHE if i not in engine.store.instances]:
             del _XML_CACHE[instance_id]
@@ -287,7 +300,9 @@ def _instance_shape():
     return shape.members["Instances"].member
 
 
-def _cached_xml(instance: Instance, reservation: Reservation, tag_list: list | None) -> xml.Prebuilt:
+def _cached_xml(
+    instance: Instance, reservation: Reservation, tag_list: list | None, codes: list[str] | None = None
+) -> xml.Prebuilt:
     key = (
         instance.state,
         instance.updated_at,
@@ -298,11 +313,12 @@ def _cached_xml(instance: Instance, reservation: Reservation, tag_list: list | N
         id(reservation),
         len(reservation.groups),
         tuple((t["Key"], t["Value"]) for t in tag_list) if tag_list else (),
+        tuple(codes or ()),
     )
     cached = _XML_CACHE.get(instance.instance_id)
     if cached is not None and cached[0] == key:
         return cached[1]
-    fragment = xml.members_xml(_instance_shape(), instance_dict(instance, reservation, tag_list))
+    fragment = xml.members_xml(_instance_shape(), instance_dict(instance, reservation, tag_list, codes))
     _XML_CACHE[instance.instance_id] = (key, fragment)
     return fragment
 
@@ -317,7 +333,8 @@ async def warm_cache(db: Any, engine: Compute, chunk: int = 500) -> int:
         for instance in part:
             reservation = engine.store.reservations.get(instance.reservation_id)
             if reservation is not None:
-                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id))
+                codes = product_codes(engine, instance)
+                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes)
         await asyncio.sleep(0)
     return len(instances)
 
@@ -377,13 +394,13 @@ async def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> d
     elif attribute == "rootDeviceName":
         result["RootDeviceName"] = {"Value": "/dev/sda1"}
     elif attribute == "disableApiTermination":
-        result["DisableApiTermination"] = {"Value": False}
+        result["DisableApiTermination"] = {"Value": bool(instance.disable_api_termination)}
     elif attribute == "instanceInitiatedShutdownBehavior":
-        result["InstanceInitiatedShutdownBehavior"] = {"Value": "terminate"}
+        result["InstanceInitiatedShutdownBehavior"] = {"Value": instance.shutdown_behavior}
     elif attribute == "blockDeviceMapping":
         result["BlockDeviceMappings"] = []
     elif attribute == "productCodes":
-        result["ProductCodes"] = []
+        result["ProductCodes"] = product_code_list(product_codes(engine, instance))
     else:
         raise invalid("Attribute", attribute, "This attribute is not supported for instance-store instances.")
     return result

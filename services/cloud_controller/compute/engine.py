@@ -81,6 +81,8 @@ class RunRequest:
     ramdisk_id: str = ""
     client_token: str = ""
     tags: list[tuple[str, str]] = field(default_factory=list)
+    disable_api_termination: bool = False
+    shutdown_behavior: str = "terminate"  # InstanceInitiatedShutdownBehavior
 
 
 def mac_for(instance_id: str) -> str:
@@ -243,6 +245,10 @@ class Compute:
             raise invalid("MaxCount", f"at most {MAX_COUNT} instances per request")
         vm = self.vm_type(request.instance_type)
         image = self.image(request.image_id, principal, "machine")
+        if request.shutdown_behavior not in ("stop", "terminate"):
+            raise invalid("InstanceInitiatedShutdownBehavior", "stop or terminate")
+        if request.shutdown_behavior == "stop":  # instance-store roots (every root until EBS roots come)
+            raise ComputeError("UnsupportedOperation", "Only an EBS-backed instance can stop when its guest shuts down")
         kernel_id = request.kernel_id or image.kernel_id or self.settings.default_kernel
         ramdisk_id = request.ramdisk_id or image.ramdisk_id or self.settings.default_ramdisk
         kernel = self.image(kernel_id, principal, "kernel", implied=not request.kernel_id) if kernel_id else None
@@ -315,6 +321,8 @@ class Compute:
                     public_ip=addresses[index].public_ip if addresses else "",
                     vlan=nets[index][0] if nets else -1,
                     network_index=nets[index][1] if nets else -1,
+                    disable_api_termination=request.disable_api_termination,
+                    shutdown_behavior=request.shutdown_behavior,
                 )
                 for index, instance_id in enumerate(instance_ids)
             ]
@@ -526,6 +534,13 @@ class Compute:
     async def terminate(self, principal: Principal, instance_ids: list[str]) -> list[tuple[Instance, str]]:
         """Terminate instances; (instance, previous state) for each."""
         instances = self.instances(instance_ids, principal)
+        for instance in instances:
+            if instance.disable_api_termination and instance.state != "terminated":
+                raise ComputeError(
+                    "OperationNotPermitted",
+                    f"The instance '{instance.instance_id}' may not be terminated. Modify its 'disableApiTermination'"
+                    " instance attribute and try again.",
+                )
         result, by_zone, now = [], {}, time.time()
         gone: list[Instance] = []
         for instance in instances:

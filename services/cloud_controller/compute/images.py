@@ -19,6 +19,7 @@ from services.cloud_controller.compute.store import Image, Store
 log = logging.getLogger("koala.clc.images")
 KIND_PREFIX = {"machine": "emi", "kernel": "eki", "ramdisk": "eri"}
 MAX_LOCATION = 1024
+MAX_PRODUCT_CODES = 16
 _NAME = re.compile(r"^[A-Za-z0-9()\[\] ./'@_-]{3,128}$")
 ARCHITECTURES = ("i386", "x86_64", "arm64")
 
@@ -249,6 +250,24 @@ class Images:
         else:
             raise invalid("Attribute", f"'{attribute[:40]}' cannot be modified")
         await self.store.save_image(image)
+
+    async def add_product_codes(self, image: Image, codes: list[str]) -> None:
+        """Attach product codes (as EC2, never removed once attached). A code belongs to the account that first
+        attached it: another account's images cannot carry it, so ConfirmProductInstance answers its owner only."""
+        from services.cloud_controller.compute.attributes import check_product_code
+
+        if not codes:
+            raise ComputeError("MissingParameter", "The request must contain the parameter ProductCode")
+        if len(codes) + len(image.product_codes) > MAX_PRODUCT_CODES:
+            raise invalid("ProductCode", f"an image has at most {MAX_PRODUCT_CODES} product codes")
+        for code in codes:
+            check_product_code(code)
+            for other in self.store.images.values():
+                if code in other.product_codes and other.owner_id != image.owner_id:
+                    raise ComputeError("InvalidParameterValue", f"The product code {code} belongs to another account")
+        image.product_codes.update(codes)
+        await self.store.save_image(image)
+        log.info("%s: product codes %s", image.image_id, ", ".join(sorted(image.product_codes)))
 
 
 def _id_or_blank(value: str, prefix: str) -> str:

@@ -64,6 +64,8 @@ class Instance:
     node_id: str = ""
     last_seen: float = 0.0  # when a CC last reported it
     terminated_at: float = 0.0
+    disable_api_termination: bool = False  # TerminateInstances is refused while set
+    shutdown_behavior: str = "terminate"  # what a guest's own power-off does: terminate | stop
 
     @property
     def live(self) -> bool:
@@ -90,12 +92,13 @@ class Image:
     state: str = "available"
     is_public: bool = False
     launch_permissions: set[str] = field(default_factory=set)
+    product_codes: set[str] = field(default_factory=set)
 
     def can_launch(self, account_id: str) -> bool:
         return self.owner_id == account_id or self.is_public or account_id in self.launch_permissions
 
 
-_IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name != "launch_permissions"]
+_IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name not in ("launch_permissions", "product_codes")]
 
 
 class Store:
@@ -119,7 +122,9 @@ class Store:
         for row in await self.db.fetchall(
             f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances ORDER BY launch_index"
         ):
-            self._index(Instance(**dict(row)))
+            instance = Instance(**dict(row))
+            instance.disable_api_termination = bool(instance.disable_api_termination)
+            self._index(instance)
         for row in await self.db.fetchall(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images"):
             values = dict(row)
             values["is_public"] = bool(values["is_public"])
@@ -127,6 +132,9 @@ class Store:
         for row in await self.db.fetchall("SELECT image_id, account_id FROM image_launch_permissions"):
             if row[0] in self.images:
                 self.images[row[0]].launch_permissions.add(row[1])
+        for row in await self.db.fetchall("SELECT image_id, code FROM image_product_codes"):
+            if row[0] in self.images:
+                self.images[row[0]].product_codes.add(row[1])
 
     def _index(self, instance: Instance) -> None:
         self.instances[instance.instance_id] = instance
@@ -240,6 +248,10 @@ class Store:
             await conn.executemany(
                 "INSERT INTO image_launch_permissions(image_id, account_id) VALUES (?, ?)",
                 [(image.image_id, account) for account in sorted(image.launch_permissions)],
+            )
+            await conn.executemany(
+                "INSERT OR IGNORE INTO image_product_codes(image_id, code) VALUES (?, ?)",
+                [(image.image_id, code) for code in sorted(image.product_codes)],
             )
         self.images[image.image_id] = image
 

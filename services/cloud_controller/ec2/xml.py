@@ -30,7 +30,9 @@ def response(operation: OperationModel, data: dict[str, Any] | None, request_id:
     name = operation.name
     out = [XML_DECL, f'<{name}Response xmlns="{namespace(version)}"><requestId>{request_id}</requestId>']
     shape = operation.output_shape
-    if shape is not None and data:
+    if shape is None:
+        out.append("<return>true</return>")  # EC2's answer to actions that return nothing else (old tools read it)
+    elif data:
         _members(out, shape, data)
     out.append(f"</{name}Response>")
     return "".join(out).encode()
