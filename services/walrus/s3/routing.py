@@ -9,7 +9,7 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import bucket_policy, buckets, cors, multipart, object_lock, objects, tagging, versioning
+from services.walrus.s3 import bucket_policy, buckets, cors, multipart, object_lock, objects, post, tagging, versioning
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
@@ -151,7 +151,7 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
         if method == "POST":
             if "delete" in query:
                 return objects.delete_objects
-            raise S3Error("NotImplemented", "Walrus does not implement browser-based POST uploads")
+            return post.post_object
         raise S3Error("MethodNotAllowed")
     if method == "PUT":
         if "acl" in query:
