@@ -17,6 +17,7 @@ from aiohttp import web
 from common.service import Service
 from services.walrus import images
 from services.walrus.config import WalrusConfig
+from services.walrus.lifecycle.sweeper import LifecycleSweeper
 from services.walrus.s3.app import Limits, S3App
 from services.walrus.s3.identity import KeyResolver
 from services.walrus.storage import EmbeddedBackend, StorageBackend
@@ -57,6 +58,9 @@ class WalrusService(Service):
         )
         domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
         self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
+        self.lifecycle = LifecycleSweeper(
+            self.storage, config.KOALA_WALRUS_LIFECYCLE_INTERVAL, config.KOALA_WALRUS_LIFECYCLE_DAY
+        )
         images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
         self.s3.install(self.app)  # last: its catch-all route takes what no other route does
 
@@ -67,8 +71,10 @@ class WalrusService(Service):
         # Disk writes and fsyncs wait in threads: enough of them that concurrent uploads fsync in parallel.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="walrus-io"))
         await self.storage.start()
+        self.lifecycle.start()
 
     async def on_stop(self) -> None:
+        await self.lifecycle.stop()
         await self.storage.close()
 
     async def start(self) -> web.AppRunner:
