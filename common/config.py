@@ -91,6 +91,21 @@ class ServiceConfig(BaseModel):
     KOALA_BIND: str = Field("127.0.0.1", description="Address to listen on.")
     KOALA_LOG_LEVEL: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     KOALA_PEER_POLL_SECONDS: float = Field(10.0, gt=0, description="How often peers are checked when healthy.")
+    KOALA_HTTP_MAX_CONNECTIONS: int = Field(
+        10_000, gt=0, description="Open connections at most; more are answered 503 (kept below the descriptor limit)."
+    )
+    KOALA_HTTP_MAX_CONNECTIONS_PER_PEER: int = Field(
+        1_000, gt=0, description="Open connections at most from one client address; more are answered 503."
+    )
+    KOALA_HTTP_IDLE_SECONDS: float = Field(
+        30.0, gt=0, description="A connection with no request (new, or kept alive after one) is closed after this."
+    )
+    KOALA_HTTP_HEADER_SECONDS: float = Field(
+        10.0, gt=0, description="A request's headers must be complete this long after its first byte."
+    )
+    KOALA_HTTP_BODY_IDLE_SECONDS: float = Field(
+        30.0, gt=0, description="A request body that sends nothing for this long is dropped."
+    )
 
     @property
     def port(self) -> int:  # each service names its own port key

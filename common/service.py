@@ -16,7 +16,7 @@ from aiohttp import web
 
 from common import pki
 from common.config import ConfigError, ServiceConfig
-from common.http_site import HttpSite
+from common.http_site import ConnectionGuard, ErrorRenderer, HttpSite, Limits, install_exhaustion_handler, json_error
 from common.logs import setup_logging
 from common.messages.service import DescribeServiceResponse, PeerStatus
 from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
@@ -89,6 +89,9 @@ class Service:
     role: ClassVar[str]
     config_class: ClassVar[type[ServiceConfig]]
     client_max_size: ClassVar[int] = 1 << 20
+    # How a malformed request or a full service is answered: JSON here, the API's own format where there is one.
+    render_http_error: ClassVar[ErrorRenderer] = staticmethod(json_error)
+    answer_grace: ClassVar[float | None] = Limits.answer_grace
 
     def __init__(self, config: ServiceConfig):
         self.config = config
@@ -106,7 +109,16 @@ class Service:
         self.client = RpcClient(self.identity, self.trust)
         self.monitor = PeerMonitor(self.client, config.KOALA_PEER_POLL_SECONDS)
         self.started_at = time.time()
-        self.app = web.Application(client_max_size=self.client_max_size)
+        limits = Limits(
+            max_connections=config.KOALA_HTTP_MAX_CONNECTIONS,
+            max_per_peer=config.KOALA_HTTP_MAX_CONNECTIONS_PER_PEER,
+            idle_seconds=config.KOALA_HTTP_IDLE_SECONDS,
+            header_seconds=config.KOALA_HTTP_HEADER_SECONDS,
+            body_idle_seconds=config.KOALA_HTTP_BODY_IDLE_SECONDS,
+            answer_grace=self.answer_grace,
+        )
+        self.guard = ConnectionGuard(limits, self.render_http_error)
+        self.app = web.Application(client_max_size=self.client_max_size, middlewares=[self.guard.middleware])
         self.app.router.add_get("/healthz", self._healthz)
         self.rpc.add("DescribeService", self._describe_service, COMPONENT_AND_ADMIN_ROLES)
         self.rpc.install(self.app)
@@ -138,11 +150,17 @@ class Service:
             peers=self.monitor.statuses(),
         )
 
+    def runner_options(self) -> dict[str, object]:
+        """aiohttp's request handler settings (Walrus raises the header limits)."""
+        return {"access_log": None, "shutdown_timeout": 30, "keepalive_timeout": self.guard.limits.idle_seconds}
+
     async def start(self) -> web.AppRunner:
         await self.on_start()
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=30)
+        self.guard.limits = self.guard.limits.fit_descriptor_limit()
+        install_exhaustion_handler(asyncio.get_running_loop())
+        runner = web.AppRunner(self.app, **self.runner_options())  # type: ignore[arg-type]
         await runner.setup()
-        site = HttpSite(runner, self.listen_hosts(), self.config.port)
+        site = HttpSite(runner, self.listen_hosts(), self.config.port, self.guard)
         await site.start()
         self.monitor.set_peers(self.peer_list())
         log.info(

@@ -9,6 +9,7 @@ from services.cloud_controller import clusters as cluster_registry
 from services.cloud_controller.compute import setup as compute_setup
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
+from services.cloud_controller.ec2 import xml as ec2_xml
 from services.cloud_controller.ec2.frontend import Frontend
 from services.cloud_controller.identity import admin_rpc as identity_admin_rpc
 from services.cloud_controller.identity import bootstrap
@@ -20,6 +21,7 @@ class CloudControllerService(Service):
     role = "clc"
     config_class = CloudControllerConfig
     config: CloudControllerConfig
+    render_http_error = staticmethod(ec2_xml.http_error)
     db: Database
     identity_store: IdentityStore
 

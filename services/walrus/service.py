@@ -12,13 +12,11 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from aiohttp import web
-
 from common.service import Service
 from services.walrus import images
 from services.walrus.config import WalrusConfig
-from services.walrus.lifecycle.sweeper import LifecycleSweeper
 from services.walrus.s3.app import Limits, S3App
+from services.walrus.s3.errors import http_error as s3_error_document
 from services.walrus.s3.identity import KeyResolver
 from services.walrus.storage import EmbeddedBackend, StorageBackend
 
@@ -36,6 +34,8 @@ class WalrusService(Service):
     role = "walrus"
     config_class = WalrusConfig
     config: WalrusConfig
+    answer_grace = None  # S3 clients do not half-close, and an upload cut short must fail at once
+    render_http_error = staticmethod(s3_error_document)
 
     def __init__(self, config: WalrusConfig):
         super().__init__(config)
@@ -58,9 +58,6 @@ class WalrusService(Service):
         )
         domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
         self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
-        self.lifecycle = LifecycleSweeper(
-            self.storage, config.KOALA_WALRUS_LIFECYCLE_INTERVAL, config.KOALA_WALRUS_LIFECYCLE_DAY
-        )
         images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
         self.s3.install(self.app)  # last: its catch-all route takes what no other route does
 
@@ -71,27 +68,16 @@ class WalrusService(Service):
         # Disk writes and fsyncs wait in threads: enough of them that concurrent uploads fsync in parallel.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="walrus-io"))
         await self.storage.start()
-        self.lifecycle.start()
 
     async def on_stop(self) -> None:
-        await self.lifecycle.stop()
         await self.storage.close()
 
-    async def start(self) -> web.AppRunner:
-        # As Service.start, with header limits raised (see MAX_FIELD).
-        await self.on_start()
-        runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            shutdown_timeout=30,
-            max_line_size=MAX_LINE,
-            max_field_size=MAX_FIELD,
-            max_headers=MAX_HEADERS,
-            read_bufsize=READ_BUFFER,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.KOALA_BIND, self.config.port, reuse_address=True)
-        await site.start()
-        self.monitor.set_peers(self.peer_list())
-        log.info("%s %s listening on %s:%s", self.role, self.identity.id, self.config.KOALA_BIND, self.config.port)
-        return runner
+    def runner_options(self) -> dict[str, object]:
+        # Header limits raised (see MAX_FIELD), and a bigger read buffer for uploads.
+        return {
+            **super().runner_options(),
+            "max_line_size": MAX_LINE,
+            "max_field_size": MAX_FIELD,
+            "max_headers": MAX_HEADERS,
+            "read_bufsize": READ_BUFFER,
+        }

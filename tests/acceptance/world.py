@@ -73,7 +73,6 @@ def acceptance_world(work: Path, instances: Path, prefix: str = "ka") -> Iterato
             "nc": {
                 "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
                 "INSTANCE_PATH": instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
-                "KOALA_NC_REBOOT_GRACE_SECONDS": 10,  # the test guest ignores ACPI reboots: reset it soon
             },
         })  # fmt: skip
         cloud.start()

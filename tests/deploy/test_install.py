@@ -54,6 +54,7 @@ def test_hardening_fits_each_role(tmp_path: Path) -> None:
     assert "CAP_NET_ADMIN" in unit["cc"] and "AF_NETLINK" in unit["cc"]
     assert "libvirtd.service" in unit["nc"] and "KillMode=mixed" in unit["nc"]
     assert "Before=koala-cc.service" in unit["clc"]
+    assert all("LimitNOFILE=65536" in text for text in unit.values())  # room for thousands of connections
 
 
 def test_reinstall_keeps_the_admins_configuration(tmp_path: Path) -> None:

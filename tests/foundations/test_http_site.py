@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from common.http_site import HttpSite
+from common.http_site import ConnectionGuard, HttpSite, Limits
 
 GRACE = 0.5
 
@@ -31,12 +31,13 @@ async def _serve(bodies: list[bytes | BaseException]) -> tuple[web.AppRunner, in
         bodies.append(body)
         return web.Response(text=f"got {len(body)}\n")
 
-    app = web.Application()
+    guard = ConnectionGuard(Limits(answer_grace=GRACE))
+    app = web.Application(middlewares=[guard.middleware])
     app.router.add_route("*", "/echo", echo)
     runner = web.AppRunner(app)
     await runner.setup()
     port = _free_port()
-    await HttpSite(runner, "127.0.0.1", port, answer_grace=GRACE).start()
+    await HttpSite(runner, "127.0.0.1", port, guard).start()
     return runner, port
 
 

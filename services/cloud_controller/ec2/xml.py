@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import uuid
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -124,3 +125,8 @@ def timestamp(value: Any) -> str:
             value = value.astimezone(dt.UTC)
         return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
     return escape(str(value))
+
+
+def http_error(status: int, code: str, message: str) -> tuple[bytes, str]:
+    """EC2 error XML for what the listener answers itself (a malformed request, a full service)."""
+    return error({"ServiceUnavailable": "Unavailable"}.get(code, code), message, str(uuid.uuid4())), "text/xml"

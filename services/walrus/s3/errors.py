@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from services.walrus.s3 import xml as s3xml
 
 # code -> (HTTP status, default message)
@@ -46,7 +48,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "MalformedPolicy": (400, "Policy has invalid resource"),
     "MalformedPOSTRequest": (400, "The body of your POST request is not well-formed multipart/form-data."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema"),
-    "MaxPostPreDataLengthExceededError": (400, "Your POST request fields preceeding the upload file was too large."),
     "MaxMessageLengthExceeded": (400, "Your request was too big."),
     "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
@@ -100,3 +101,8 @@ def error_document(err: S3Error, resource: str, request_id: str) -> bytes:
     parts += [el(name, value) for name, value in err.extra.items()]
     parts += [el("Resource", resource), el("RequestId", request_id), el("HostId", request_id)]
     return s3xml.document("Error", "".join(parts), namespace=False)
+
+
+def http_error(status: int, code: str, message: str) -> tuple[bytes, str]:
+    """An S3 error document for what the listener answers itself (a malformed request, a full service)."""
+    return error_document(S3Error(code, message, status), "/", secrets.token_hex(8).upper()), "application/xml"

@@ -9,25 +9,14 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import (
-    bucket_policy,
-    buckets,
-    cors,
-    lifecycle,
-    multipart,
-    object_lock,
-    objects,
-    post,
-    tagging,
-    versioning,
-)
+from services.walrus.s3 import bucket_policy, buckets, cors, multipart, object_lock, objects, tagging, versioning
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """website logging notification replication encryption tagging requestPayment
+    """lifecycle website logging notification replication encryption tagging requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
     restore torrent select attributes""".split()
 )
@@ -49,11 +38,6 @@ BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
         "PUT": bucket_policy.put_public_access_block,
         "GET": bucket_policy.get_public_access_block,
         "DELETE": bucket_policy.delete_public_access_block,
-    },
-    "lifecycle": {
-        "PUT": lifecycle.put_bucket_lifecycle,
-        "GET": lifecycle.get_bucket_lifecycle,
-        "DELETE": lifecycle.delete_bucket_lifecycle,
     },
 }
 
@@ -167,7 +151,7 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
         if method == "POST":
             if "delete" in query:
                 return objects.delete_objects
-            return post.post_object
+            raise S3Error("NotImplemented", "Walrus does not implement browser-based POST uploads")
         raise S3Error("MethodNotAllowed")
     if method == "PUT":
         if "acl" in query:
