@@ -87,7 +87,12 @@ class AllInOne:
         data = json.loads(self.endpoints_path.read_text())
         return {role: Endpoint(role, e["id"], e["url"], e["port"]) for role, e in data.items()}
 
-    def prepare(self, ports: dict[str, int] | None = None, extra: dict[str, dict[str, object]] | None = None) -> None:
+    def prepare(
+        self,
+        ports: dict[str, int] | None = None,
+        extra: dict[str, dict[str, object]] | None = None,
+        ebs_port: int | None = None,
+    ) -> None:
         """Create the PKI, configurations and endpoints.json, once; later calls reuse them."""
         if self.endpoints_path.exists():
             return
@@ -114,6 +119,10 @@ class AllInOne:
                 "NODES": f"{self.host}:{ports['nc']}",
                 "KOALA_ZONE": ZONE,
                 "KOALA_CLC_URL": url["clc"],
+                # EBS: the iSCSI portal (3260, shifted like the other ports), and snapshots kept in Walrus with the
+                # admin's keys (written by the CLC at its first start).
+                "KOALA_EBS_PORTAL": f"{self.host}:{ebs_port or 3260 + ports['clc'] - DEFAULT_PORTS['clc']}",
+                "KOALA_EBS_S3_CREDENTIALS": self.admin_eucarc_source(),
             },
             "nc": {
                 "NC_PORT": ports["nc"],

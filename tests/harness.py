@@ -61,7 +61,7 @@ class Cloud:
         defaults = {role: {"KOALA_PEER_POLL_SECONDS": 1} for role in ROLES}
         defaults["nc"]["MAX_DISK"] = 1000
         settings = {role: {**defaults[role], **(extra or {}).get(role, {})} for role in ROLES}
-        self.aio.prepare(ports={role: free_port() for role in ROLES}, extra=settings)
+        self.aio.prepare(ports={role: free_port() for role in ROLES}, extra=settings, ebs_port=free_port())
         self.processes: dict[str, subprocess.Popen] = {}
         self.extra_nodes: list[ExtraNode] = []
 

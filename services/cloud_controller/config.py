@@ -37,6 +37,12 @@ class CloudControllerConfig(ServiceConfig):
     KOALA_QUOTA_INSTANCES: int = Field(0, ge=0, description="Live instances per account (0: unlimited).")
     KOALA_QUOTA_CORES: int = Field(0, ge=0, description="Cores of live instances per account (0: unlimited).")
     KOALA_QUOTA_ADDRESSES: int = Field(0, ge=0, description="Elastic addresses per account (0: unlimited).")
+    KOALA_QUOTA_VOLUME_GB: int = Field(0, ge=0, description="GiB of EBS volumes per account (0: unlimited).")
+    KOALA_QUOTA_VOLUMES: int = Field(0, ge=0, description="EBS volumes per account (0: unlimited).")
+    KOALA_QUOTA_SNAPSHOTS: int = Field(0, ge=0, description="EBS snapshots per account (0: unlimited).")
+    KOALA_EBS_POLL_SECONDS: float = Field(
+        5.0, gt=0, description="How often the zones' storage is compared with the volume records when idle."
+    )
     KOALA_PUBLIC_IPS: str = Field(
         "",
         description="Public address pool (singles, a-b ranges, CIDR), used until the CCs report theirs "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common import pki
 from common.service import Service
-from services.cloud_controller import actions, admin
+from services.cloud_controller import actions, admin, ebs
 from services.cloud_controller import clusters as cluster_registry
 from services.cloud_controller.compute import setup as compute_setup
 from services.cloud_controller.config import CloudControllerConfig
@@ -48,6 +48,7 @@ class CloudControllerService(Service):
         cluster_registry.install(self.rpc, self.clusters, self)
         # Images, instances, admission, addresses; NotifyInstances (role cc) and the metadata routes.
         self.compute = await compute_setup.install(self)
+        self.ebs = await ebs.install(self)  # volumes and snapshots (Elastic Block Store)
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         await bootstrap.ensure_admin(
             self.identity_store,
@@ -59,6 +60,8 @@ class CloudControllerService(Service):
         )
 
     async def on_stop(self) -> None:
+        if getattr(self, "ebs", None) is not None:
+            await self.ebs.stop()
         if getattr(self, "compute", None) is not None:
             await self.compute.stop()
         await self.db.close()

@@ -9,9 +9,11 @@ from services.cluster_controller.network.settings import VnetSettings
 from services.cluster_controller.placement import POLICIES
 from services.cluster_controller.power import WAKE_METHODS
 from services.cluster_controller.remote.settings import RemoteSettings
+from services.cluster_controller.storage.settings import StorageSettings
 
 
-class ClusterControllerConfig(VnetSettings, RemoteSettings, ServiceConfig):  # VNET_*: network/, KOALA_REMOTE_*: remote/
+# VNET_*: network/, KOALA_REMOTE_*: remote/, KOALA_EBS_*: storage/
+class ClusterControllerConfig(VnetSettings, RemoteSettings, StorageSettings, ServiceConfig):
     CC_PORT: int = Field(8774, ge=1, le=65535, description="Port of the CC's internal API.")
     NODES: str = Field("", description="Node controllers: space-separated HOST or HOST:PORT entries.")
     NC_PORT: int = Field(8775, ge=1, le=65535, description="Default port of the node controllers.")

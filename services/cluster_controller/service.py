@@ -11,7 +11,7 @@ from common.ids import is_id
 from common.messages import cc_nc, clc_cc
 from common.rpc import Caller, RpcError
 from common.service import Service
-from services.cluster_controller import network
+from services.cluster_controller import network, storage
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.remote import rpc as remote_rpc
@@ -46,11 +46,13 @@ class ClusterControllerService(Service):
         add("RegisterNode", self._register_node, CLC_OR_ADMIN, clc_cc.RegisterNodeRequest)
         add("DeregisterNode", self._deregister_node, CLC_OR_ADMIN, clc_cc.DeregisterNodeRequest)
         add("NotifyInstances", self._notify_instances, NC, cc_nc.NotifyInstancesRequest)
-        if config.remote:  # a zone in a remote EC2 cloud (remote/): no local network
+        if config.remote:  # a zone in a remote EC2 cloud (remote/): no local network, no local block storage
             self.network = None
+            self.storage = None
             remote_rpc.register(self.rpc, self)
         else:
             self.network = network.install(self)  # StartNetwork, ConfigureNetwork, AssignAddress, ... (network/)
+            self.storage = storage.install(self)  # volumes, attachments, snapshots (storage/)
 
     def peer_list(self) -> list[tuple[str, str]]:
         return [(url, "nc") for url in self.config.node_urls()]

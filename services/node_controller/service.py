@@ -25,6 +25,7 @@ from common.messages.cc_nc import (
     RunInstanceRequest,
     StartNetworkRequest,
 )
+from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import Caller, Empty, RpcError
 from common.service import Service
 from services.node_controller import network, resources
@@ -33,6 +34,7 @@ from services.node_controller.config import NodeControllerConfig
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
 from services.node_controller.instances import InstanceManager
 from services.node_controller.notifier import Notifier
+from services.node_controller.volumes import Volumes
 from services.node_controller.walrus_client import WalrusImages
 
 log = logging.getLogger("koala.nc")
@@ -48,6 +50,7 @@ class NodeControllerService(Service):
     def __init__(self, config: NodeControllerConfig):
         super().__init__(config)
         self.manager: InstanceManager | None = None
+        self.volumes: Volumes | None = None
         self.hv: Hypervisor | None = None
         self.db = None
         self.powered_down = False
@@ -61,6 +64,8 @@ class NodeControllerService(Service):
         add("GetConsoleOutput", self._console_output, CC, InstanceIdRequest)
         add("StartNetwork", self._start_network, CC, StartNetworkRequest)
         add("PowerDown", self._power_down, CC)
+        add("AttachVolume", self._attach_volume, CC, NodeAttachRequest)
+        add("DetachVolume", self._detach_volume, CC, NodeDetachRequest)
         self.node_network = network.install(self)  # bridges/VLAN devices on demand (network.py)
 
     def peer_list(self) -> list[tuple[str, str]]:
@@ -128,6 +133,7 @@ class NodeControllerService(Service):
                     config.instance_path,
                     blocked,
                 )
+        self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances)
         await manager.start()
         notifier.start()
         self.manager = manager
@@ -215,6 +221,16 @@ class NodeControllerService(Service):
             except network.NetworkError as err:
                 raise RpcError(400, "NetworkError", str(err)) from None
         return Ack()
+
+    async def _attach_volume(self, request: NodeAttachRequest, caller: Caller) -> NodeAttachment:
+        self._manager  # noqa: B018 - NotReady while starting
+        assert self.volumes is not None
+        return await self.volumes.attach(request)
+
+    async def _detach_volume(self, request: NodeDetachRequest, caller: Caller) -> NodeAttachment:
+        self._manager  # noqa: B018 - NotReady while starting
+        assert self.volumes is not None
+        return await self.volumes.detach(request)
 
     async def _power_down(self, _: Empty, caller: Caller) -> Ack:
         """POWERSAVE: never with guests running. With KOALA_NC_POWEROFF_COMMAND the node then refuses new work

@@ -75,7 +75,8 @@ def test_verbose_zones_and_instance_types(cloud, alice, image):
     zones = client(cloud, alice).describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
     names = [z["ZoneName"] for z in zones]
     assert names[:2] == ["zone1", "|- vm types"]
-    assert names[2:] == ["|- m1.small", "|- c1.medium", "|- m1.large", "|- m1.xlarge", "|- c1.xlarge"]
+    vm_rows = ["|- m1.small", "|- c1.medium", "|- m1.large", "|- m1.xlarge", "|- c1.xlarge"]
+    assert names[2:] == [*vm_rows, "|- volumes"]  # then the zone's block storage: GiB free / capacity
     small = zones[2]["State"].split()
     assert small[1] == "/" and len(small[0]) == 4 and small[3:] == ["1", "128", "2"]
     plain = client(cloud, alice).describe_availability_zones()["AvailabilityZones"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,8 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
     filters = Filters.parse(params.get("Filters"), ZONE_FILTERS, tags=False)
     if verbose and engine.admission.stale(engine.settings.fresh_report):
         await engine.refresh_capacity()  # the capacity table is worth a fresh report
+    if verbose and getattr(ctx.clc, "ebs", None) is not None:
+        await asyncio.gather(*(ctx.clc.ebs.refresh(zone) for zone in names or zones))
     result = []
     for zone in names or zones:
         capacity = engine.admission.zones.get(zone)
@@ -56,6 +59,11 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
             free, most = engine.admission.free(zone, vm), engine.admission.maximum(zone, vm)
             row = f"{free:04d} / {most:04d}   {vm.cores:<4d} {vm.memory_mb:>5d} {vm.disk_gb:>5d}"
             result.append(_zone(f"|- {vm.name}", row, region))
+        ebs = getattr(ctx.clc, "ebs", None)
+        if ebs is not None:  # the zone's block storage: GiB free / capacity for volumes
+            storage = ebs.zone_capacity(zone)
+            free = max(storage.capacity_gb - ebs.zone_allocated(zone), 0)
+            result.append(_zone("|- volumes", f"{free:04d} / {storage.capacity_gb:04d} GiB", region))
     return {"AvailabilityZones": result}
 
 

@@ -1,0 +1,156 @@
+"""EBS volumes on this node: the CC's AttachVolume/DetachVolume, as libvirt network disks (protocol iscsi).
+
+QEMU's own iSCSI initiator opens the volume's target on the storage host with the initiator name the CC made for
+this attachment (the target's ACL admits that name only); the guest sees a virtio disk whose serial is the volume
+id. The attachment is recorded before libvirt is asked (with its disk XML), and a repeated call finds the disk in
+the domain, so the CC can simply send it again after a crash. libvirt's test driver cannot hot-plug: there the
+record is the whole attachment (the simulated hypervisor keeps no disks either).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+
+import aiosqlite
+import defusedxml.ElementTree as SafeET
+import libvirt
+
+from common.ids import is_id, normalize
+from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
+from common.rpc import RpcError
+from services.node_controller.hypervisor import Hypervisor, HypervisorError
+
+log = logging.getLogger("koala.nc.volumes")
+_IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[a-z0-9.:-]+)?$")
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+_DEVICE = re.compile(r"^/dev/(sd|xvd|vd)([b-z])$")
+
+
+def disk_xml(request: NodeAttachRequest, target: str) -> str:
+    disk = ET.Element("disk", {"type": "network", "device": "disk"})
+    ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw", "cache": "none"})
+    t = request.target
+    source = ET.SubElement(disk, "source", {"protocol": "iscsi", "name": f"{t.iqn}/{t.lun}"})
+    ET.SubElement(source, "host", {"name": t.host, "port": str(t.port)})
+    ET.SubElement(ET.SubElement(source, "initiator"), "iqn", {"name": t.initiator})
+    ET.SubElement(disk, "target", {"dev": target, "bus": "virtio"})
+    ET.SubElement(disk, "serial").text = normalize(request.volume_id)
+    return ET.tostring(disk, encoding="unicode")
+
+
+def _disks(domain_xml: str) -> dict[str, str]:
+    """target dev -> serial ('' when none) of a domain's disks."""
+    root = SafeET.fromstring(domain_xml)
+    found = {}
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        if target is not None:
+            serial = disk.find("serial")
+            found[target.get("dev", "")] = serial.text if serial is not None and serial.text else ""
+    return found
+
+
+def _disk_element(domain_xml: str, volume_id: str) -> str | None:
+    root = SafeET.fromstring(domain_xml)
+    for disk in root.findall("devices/disk"):
+        serial = disk.find("serial")
+        if serial is not None and serial.text == volume_id:
+            return ET.tostring(disk, encoding="unicode")
+    return None
+
+
+class Volumes:
+    def __init__(self, db: aiosqlite.Connection, hv: Hypervisor, flavour: str, instances: dict):
+        self.db, self.hv, self.flavour, self.instances = db, hv, flavour, instances
+        self.live = flavour in ("kvm", "qemu")
+
+    def _check(self, request: NodeAttachRequest | NodeDetachRequest) -> tuple[str, str]:
+        if not is_id(request.instance_id, "i"):
+            raise RpcError(400, "InvalidInstanceID.Malformed", f"{request.instance_id[:20]!r} is not an instance id")
+        if not is_id(request.volume_id, "vol"):
+            raise RpcError(400, "InvalidVolumeID.Malformed", f"{request.volume_id[:20]!r} is not a volume id")
+        return normalize(request.instance_id), normalize(request.volume_id)
+
+    async def _record(self, volume_id: str) -> aiosqlite.Row | None:
+        async with self.db.execute("SELECT * FROM volume_attachments WHERE volume_id = ?", (volume_id,)) as cursor:
+            return await cursor.fetchone()
+
+    async def _domain_xml(self, instance_id: str) -> str:
+        return await self.hv.call(lambda conn: conn.lookupByName(instance_id).XMLDesc(0))
+
+    async def attach(self, request: NodeAttachRequest) -> NodeAttachment:
+        instance_id, volume_id = self._check(request)
+        t = request.target
+        if not (_IQN.match(t.iqn) and _IQN.match(t.initiator) and _HOST.match(t.host)):
+            raise RpcError(400, "InvalidParameterValue", "malformed iSCSI target")
+        device = _DEVICE.match(request.device)
+        if device is None:
+            raise RpcError(400, "InvalidParameterValue", f"invalid device {request.device[:32]!r}")
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {instance_id} on this node")
+        if inst.state != "Extant":
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}, not Extant")
+        record = await self._record(volume_id)
+        if record is not None and record["instance_id"] != instance_id:
+            raise RpcError(409, "VolumeInUse", f"{volume_id} is attached to {record['instance_id']} here")
+        used: dict[str, str] = {}
+        if self.live:
+            used = _disks(await self._domain_xml(instance_id))
+            if volume_id in used.values():  # already plugged (a repeated call)
+                target = next(dev for dev, serial in used.items() if serial == volume_id)
+                return NodeAttachment(instance_id=instance_id, volume_id=volume_id, device=target, attached=True)
+        if record is not None and not self.live:
+            return NodeAttachment(instance_id=instance_id, volume_id=volume_id, device=record["target"], attached=True)
+        async with self.db.execute("SELECT target FROM volume_attachments WHERE instance_id = ?", (instance_id,)) as c:
+            used.update({row[0]: "" for row in await c.fetchall()})
+        letters = "bcdefghijklmnopqrstuvwxyz"
+        start = letters.index(device.group(2))
+        free = [f"vd{x}" for x in letters[start:] + letters[:start] if f"vd{x}" not in used]
+        if not free:
+            raise RpcError(409, "AttachmentLimitExceeded", f"{instance_id} has no free disk slot")
+        target = free[0]
+        xml = disk_xml(request, target)
+        await self.db.execute(
+            "INSERT OR REPLACE INTO volume_attachments(volume_id, instance_id, target, disk_xml) VALUES (?, ?, ?, ?)",
+            (volume_id, instance_id, target, xml),
+        )
+        await self.db.commit()  # written before libvirt is asked
+        if self.live:
+            try:
+                await self.hv.call(
+                    lambda conn: conn.lookupByName(instance_id).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                )
+            except HypervisorError as err:
+                await self._forget(volume_id)
+                raise RpcError(500, "AttachFailed", f"libvirt: {err}") from None
+        log.info("%s: %s plugged in as %s (%s)", instance_id, volume_id, target, t.iqn)
+        return NodeAttachment(instance_id=instance_id, volume_id=volume_id, device=target, attached=True)
+
+    async def _forget(self, volume_id: str) -> None:
+        await self.db.execute("DELETE FROM volume_attachments WHERE volume_id = ?", (volume_id,))
+        await self.db.commit()
+
+    async def detach(self, request: NodeDetachRequest) -> NodeAttachment:
+        instance_id, volume_id = self._check(request)
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            await self._forget(volume_id)
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {instance_id} on this node")
+        if self.live and inst.state != "Teardown":
+            try:
+                element = _disk_element(await self._domain_xml(instance_id), volume_id)
+                if element is not None:
+                    await self.hv.call(
+                        lambda conn: conn.lookupByName(instance_id).detachDeviceFlags(
+                            element, libvirt.VIR_DOMAIN_AFFECT_LIVE
+                        )
+                    )
+            except HypervisorError as err:
+                if err.code != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise RpcError(500, "DetachFailed", f"libvirt: {err}") from None
+        await self._forget(volume_id)
+        log.info("%s: %s unplugged", instance_id, volume_id)
+        return NodeAttachment(instance_id=instance_id, volume_id=volume_id, attached=False)
