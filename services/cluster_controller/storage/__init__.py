@@ -5,7 +5,7 @@ Where it runs
 On the CC's host, as the seed's design had it ("1 CC + EBS controller + nodes = an availability zone"). Volumes
 are sparse files in KOALA_EBS_DIR (default `<CC state>/volumes`, named from their validated ids); one tgtd (Debian's
 userspace iSCSI target) on KOALA_EBS_PORTAL exports them; the CC drives it with tgtadm through the same command
-runner as its network (`network/runner.py`). Storage hosts driven over SSH were considered and left out: they add
+runner as its network (`common/hostcmd.py`). Storage hosts driven over SSH were considered and left out: they add
 a second copy of every state machine (the host's and the CC's) and a failure mode (the SSH link) for no gain on
 one machine, and the nodes already reach the CC's host. The pieces that would move to such a host are `tgt.py`
 and `files.py`, both behind the runner, so a runner that prefixes `ssh HOST` is the way there.

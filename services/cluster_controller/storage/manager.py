@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from common.hostcmd import Runner, SubprocessRunner
 from common.ids import is_id, normalize
 from common.messages.storage import (
     AttachVolumeRequest,
@@ -33,7 +34,6 @@ from common.messages.storage import (
     StorageVolume,
 )
 from common.rpc import PeerUnreachable, RpcClient, RpcError
-from services.cluster_controller.network.runner import Runner, SubprocessRunner
 from services.cluster_controller.storage import files
 from services.cluster_controller.storage.settings import StorageSettings
 from services.cluster_controller.storage.snapshots import SnapshotStore

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.cluster_controller.network.runner import CommandFailed, Runner
+from common.hostcmd import CommandFailed, Runner
 
 log = logging.getLogger("koala.cc.storage")
 
