@@ -49,7 +49,7 @@ ErrorRenderer = Callable[[int, str, str], tuple[bytes, str]]
 
 
 def json_error(status: int, code: str, message: str) -> tuple[bytes, str]:
-    return json.dumps({"code": code, "message": message}).encode(), "application/json"
+    return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode(), "application/json"
 
 
 @dataclass(frozen=True)
@@ -259,8 +259,9 @@ class QuietRequestHandler(RequestHandler):
         elif status >= 500:
             return super().handle_error(request, status, exc, message)
         else:
-            # aiohttp's parser says what is wrong on its first line (the rest quotes the request).
-            reason = ((message or str(exc) or "").strip().splitlines() or ["malformed request"])[0][:200]
+            # aiohttp's parser says what is wrong on its first line, then quotes the request: not that part.
+            reason = ((message or str(exc) or "").strip().splitlines() or ["malformed request"])[0]
+            reason = reason.split(" b'", 1)[0].split(' b"', 1)[0][:200]
             log.info("bad request from %s: %s", request.remote, reason)
         body, content_type = self.render_error(status, "InvalidRequest", f"malformed HTTP request: {reason}")
         response = web.Response(status=status if status < 500 else 400, body=body, content_type=content_type)

@@ -139,6 +139,8 @@ class RpcServer:
             status, payload = 200, result.model_dump_json().encode()
         except (AuthError, RpcError) as err:
             status, payload = err.status, error_body(err.code, err.message)
+        except ConnectionError:
+            raise  # the client went away mid-request: nobody to answer; the listener logs it in one line
         except Exception:
             log.exception("internal error in %s", name)
             status, payload = 500, error_body("InternalError", "the operation failed; see the service log")

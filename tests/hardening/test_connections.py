@@ -121,7 +121,7 @@ def test_idle_connections_starve_nothing_and_are_closed(cloud: Cloud, role: str)
             # One address more than its share: refused at once with a 503 in the API's format.
             answer = (await _answers(await _open(address, [sources[0]], 1), 1))[0]
             assert answer.startswith(b"HTTP/1.1 503"), answer
-            assert BUSY_CODES.get(role, b'"code": "ServiceUnavailable"') in answer, answer
+            assert BUSY_CODES.get(role, b'"code":"ServiceUnavailable"') in answer, answer
             assert b"too many from your address" in answer
             # The idle ones are closed by the server (EOF), within the idle timeout and a sweep.
             ends = await asyncio.gather(*(asyncio.wait_for(r.read(), IDLE + 20) for r, _ in idle))

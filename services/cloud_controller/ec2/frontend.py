@@ -93,6 +93,8 @@ class Frontend:
             result = await entry.handler(context, parsed)
             payload = xml.response(operation, result, request_id, version)
             return web.Response(body=payload, content_type="text/xml", charset="utf-8")
+        except ConnectionError:
+            raise  # the client went away mid-request: nobody to answer; the listener logs it in one line
         except Exception as err:
             ec2 = as_ec2_error(err)
             if ec2 is None:
