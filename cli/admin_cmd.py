@@ -69,16 +69,16 @@ def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseMod
     if name == "create-key":
         return "CreateAccessKey", msg.UserRef(account=args.account, user=args.user), msg.NewAccessKey
     if name in ("disable-key", "enable-key"):
-        request = msg.SetAccessKeyEnabledRequest(access_key_id=args.access_key_id, enabled=name == "enable-key")
-        return "SetAccessKeyEnabled", request, msg.Done
+        enable_key = msg.SetAccessKeyEnabledRequest(access_key_id=args.access_key_id, enabled=name == "enable-key")
+        return "SetAccessKeyEnabled", enable_key, msg.Done
     if name == "delete-key":
         return "DeleteAccessKey", msg.AccessKeyRef(access_key_id=args.access_key_id), msg.Done
     if name in ("disable-user", "enable-user"):
-        request = msg.SetUserEnabledRequest(account=args.account, user=args.user, enabled=name == "enable-user")
-        return "SetUserEnabled", request, msg.Done
+        enable_user = msg.SetUserEnabledRequest(account=args.account, user=args.user, enabled=name == "enable-user")
+        return "SetUserEnabled", enable_user, msg.Done
     if name in ("image-public", "image-private"):
-        request = images_admin.SetImagePublicRequest(image_id=args.image_id, public=name == "image-public")
-        return "SetImagePublic", request, images_admin.ImageVisibilityResponse
+        visibility = images_admin.SetImagePublicRequest(image_id=args.image_id, public=name == "image-public")
+        return "SetImagePublic", visibility, images_admin.ImageVisibilityResponse
     return "GetCredentials", msg.UserRef(account=args.account, user=args.user), msg.CredentialsResponse
 
 

@@ -69,10 +69,10 @@ def ensure_registered(state_dir: Path, eucarc_path: Path, log=print) -> dict[str
     eucarc = parse_eucarc(eucarc_path)
     ec2 = ec2_client(eucarc)
     if record.exists():
-        images = json.loads(record.read_text())
-        if _known(ec2, images):
-            _make_public(ec2, images)
-            return images
+        recorded: dict[str, str] = json.loads(record.read_text())
+        if _known(ec2, recorded):
+            _make_public(ec2, recorded)
+            return recorded
     artifacts = build()
     env = {**os.environ, **eucarc}
     images: dict[str, str] = {}

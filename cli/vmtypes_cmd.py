@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from cli.allinone import AllInOne, default_state_dir
 from common.messages.vmtypes import DeleteVmTypeRequest, SetVmTypeRequest, VmTypesResponse
 from common.rpc import Empty, PeerUnreachable, RpcError
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     command = args.vm_command or "list"
+    call: tuple[str, BaseModel]
     if command == "set":
         call = (
             "SetVmType",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -117,7 +118,7 @@ class ServiceConfig(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: dict[str, Setting], environ: dict[str, str] | None = None) -> Self:
-        environ = os.environ if environ is None else environ
+        env: Mapping[str, str] = os.environ if environ is None else environ
         known = cls.keys()
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -129,8 +130,8 @@ class ServiceConfig(BaseModel):
             values[key], sources[key] = setting.value, setting.source
         for key in known:
             name = env_name(key)
-            if name in environ:
-                values[key], sources[key] = environ[name], f"environment {name}"
+            if name in env:
+                values[key], sources[key] = env[name], f"environment {name}"
         try:
             return cls.model_validate(values)
         except ValidationError as err:

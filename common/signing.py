@@ -13,6 +13,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,11 +213,11 @@ def verify_request(
     recipient: str,
     method: str,
     path: str,
-    headers: dict[str, str] | object,
+    headers: Mapping[str, str],
     body: bytes,
 ) -> PeerCert:
     """Check a signed request; return the caller's certificate or raise AuthError with the reason."""
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     fp, date, nonce, signature = (get(h) for h in (HEADER_CERT, HEADER_DATE, HEADER_NONCE, HEADER_SIGNATURE))
     if not (fp and date and nonce and signature):
         raise AuthError(401, "MissingSignature", "request is not signed")

@@ -32,7 +32,7 @@ class MultiMemberInflater:
         self._members = 0
         self._in_member = False
 
-    def feed(self, data: bytes, max_out: int = 8 << 20):
+    def feed(self, data: bytes | memoryview, max_out: int = 8 << 20):
         """Yield decompressed pieces of at most `max_out` bytes for `data`; raise zlib.error on bad input."""
         full = False  # the last call filled max_out: zlib may hold more output for the same input
         while data or full:

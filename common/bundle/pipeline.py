@@ -257,10 +257,10 @@ class _Channel:
     """A bounded hand-over between two stages that gives up when the pipeline aborts."""
 
     def __init__(self, abort: threading.Event, depth: int = 4):
-        self.q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self.q: queue.Queue[bytes | memoryview | None] = queue.Queue(depth)
         self.abort = abort
 
-    def put(self, item: bytes | None) -> None:
+    def put(self, item: bytes | memoryview | None) -> None:
         while True:
             if self.abort.is_set():
                 raise _Aborted
@@ -270,7 +270,7 @@ class _Channel:
             except queue.Full:
                 continue
 
-    def get(self) -> bytes | None:
+    def get(self) -> bytes | memoryview | None:
         while True:
             if self.abort.is_set():
                 raise _Aborted

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from common.messages.clusters import (
@@ -68,7 +68,7 @@ class ClusterRegistry:
         self.zones.update({r.zone: r.url for r in self.registered.values()})
         self.zones.update(self.configured)
 
-    def source(self, zone: str) -> str:
+    def source(self, zone: str) -> Literal["config", "registered"]:
         return "config" if zone in self.configured else "registered"
 
     async def register(self, zone: str, url: str, cc_id: str) -> None:

@@ -61,7 +61,7 @@ class Database:
         return list(await self.conn.execute_fetchall(sql, tuple(args)))
 
     async def fetchone(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        rows = await self.conn.execute_fetchall(sql, tuple(args))
+        rows = list(await self.conn.execute_fetchall(sql, tuple(args)))
         return rows[0] if rows else None
 
     async def execute(self, sql: str, args: Iterable[Any] = ()) -> int:

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -23,6 +24,7 @@ from common.messages import cc_nc
 from common.messages.cc_nc import ImageRef, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
+    ClusterState,
     DescribeNodesResponse,
     DescribeResourcesResponse,
     InstancePlacement,
@@ -104,9 +106,9 @@ class Cluster(NodeHealth, PowerSave):
             self.instances[instance.instance_id] = instance
             if not instance.live:
                 continue
-            node = self.nodes.get(instance.node_url)
-            if node is None:  # its node left the configuration: keep it known until its instances end
-                node = self._add_node(Node(url=instance.node_url, source="registered"))
+            known = self.nodes.get(instance.node_url)
+            # Its node left the configuration: keep it known until its instances end.
+            node = known if known is not None else self._add_node(Node(url=instance.node_url, source="registered"))
             node.reserve(instance)
         for url, node in list(self.nodes.items()):
             if node.source == "config" and url not in configured and not node.instances:
@@ -421,7 +423,7 @@ class Cluster(NodeHealth, PowerSave):
         async with node.gate:
             try:
                 await self._start_network(node, instance)
-                answer = await self.client.call(
+                started = await self.client.call(
                     node.url,
                     "RunInstance",
                     request,
@@ -431,9 +433,9 @@ class Cluster(NodeHealth, PowerSave):
                 )
             except RpcError as err:
                 return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
-        if answer.state == "Teardown":
-            return f"node {node.node_id or node.url} ended it at once: {answer.reason or answer.detail}"
-        self._confirm(instance, answer.state or instance.state, answer.detail)
+        if started.state == "Teardown":
+            return f"node {node.node_id or node.url} ended it at once: {started.reason or started.detail}"
+        self._confirm(instance, started.state or instance.state, started.detail)
         return None
 
     async def _start_network(self, node: Node, instance: Instance) -> None:
@@ -458,7 +460,7 @@ class Cluster(NodeHealth, PowerSave):
         instance.confirmed_at = time.monotonic()
         self._touch(instance)
         if state in ("Pending", "Extant"):
-            instance.state = state
+            instance.state = cast(ClusterState, state)
         instance.detail = detail or instance.detail
         self._changed(instance)
 

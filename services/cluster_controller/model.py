@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.messages.cc_nc import NetConfig, VmType
-from common.messages.clc_cc import ClusterInstance, NodeInfo
+from common.messages.clc_cc import ClusterInstance, ClusterState, NodeInfo
 from services.cluster_controller.placement import Need, NodeCapacity, NodeState
 
 LIVE_STATES = frozenset({"Pending", "Extant"})
@@ -28,7 +28,7 @@ class Instance:
     vm: VmType
     launch_index: int = 0
     net: NetConfig = field(default_factory=NetConfig)
-    state: str = "Pending"  # Pending, Extant, Teardown
+    state: ClusterState = "Pending"  # Pending, Extant, Teardown (Unknown only in reports)
     detail: str = ""
     reason: str = ""
     launch_time: float = field(default_factory=time.time)
@@ -140,7 +140,7 @@ class Node:
             url=self.url,
             node_id=self.node_id,
             state=self.state.value,
-            source=self.source,  # type: ignore[arg-type]
+            source=self.source,
             mac=self.mac,
             memory_max_mb=self.memory_max_mb,
             memory_available_mb=memory,

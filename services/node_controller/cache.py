@@ -135,7 +135,7 @@ class ImageCache:
         for path in self._stale:
             with contextlib.suppress(OSError):
                 stale += path.stat().st_size
-        return int(row[0]) + stale
+        return (int(row[0]) if row else 0) + stale
 
     async def _evict(self, keep: str) -> None:
         """Drop least-recently-used unpinned images until the cache fits its size."""

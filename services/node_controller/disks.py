@@ -130,7 +130,7 @@ async def make_disks(
             swap = group.create_task(make_swap(dest_dir, swap_mb))
     except* (DiskError, OSError) as group_error:
         first = group_error.exceptions[0]
-        message = str(first) if isinstance(first, DiskError) else f"{first.strerror or first}"
+        message = str(first) if isinstance(first, DiskError) else f"{getattr(first, 'strerror', None) or first}"
         stat = await loop.run_in_executor(None, os.statvfs, dest_dir)
         if stat.f_bavail * stat.f_frsize < 64 * MIB and "No space left" not in message:
             message += " (No space left on device)"

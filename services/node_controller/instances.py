@@ -282,6 +282,7 @@ class InstanceManager:
             paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
             await self._save(inst)  # remember the pins
             image, kernel, ramdisk = paths
+            assert image is not None  # RunInstanceRequest always names an image
             async with self.disk_ops:
                 disk_list = await disks.make_disks(
                     image,

@@ -12,6 +12,8 @@ import base64
 import logging
 import shlex
 
+import aiosqlite
+
 from common.db import open_db
 from common.hostcmd import CommandFailed, SubprocessRunner
 from common.messages.cc_nc import (
@@ -52,7 +54,7 @@ class NodeControllerService(Service):
         self.manager: InstanceManager | None = None
         self.volumes: Volumes | None = None
         self.hv: Hypervisor | None = None
-        self.db = None
+        self.db: aiosqlite.Connection | None = None
         self.powered_down = False
         self._starting: asyncio.Task | None = None
         add = self.rpc.add

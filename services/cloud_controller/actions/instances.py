@@ -198,9 +198,10 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     key_name = params.get("KeyName") or ""
     key_material = ""
     if key_name:
-        key_material = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
-        if key_material is None:
+        found = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
+        if found is None:
             raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
+        key_material = found
     names, group_ids = params.get("SecurityGroups") or [], params.get("SecurityGroupIds") or []
     if len(names) + len(group_ids) > 64:
         raise invalid("SecurityGroup", len(names) + len(group_ids), "At most 64 security groups.")
@@ -292,7 +293,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
 
 # The serialized XML of each instance, reused while nothing it shows has changed: serializing ten thousand
 # instances from the model on every DescribeInstances would take most of a second.
-_XML_CACHE: dict[str, tuple[tuple, str]] = {}
+_XML_CACHE: dict[str, tuple[tuple, xml.Prebuilt]] = {}
 
 
 def _instance_shape():

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -63,7 +64,7 @@ def parse_public_key(material: bytes) -> Any:
     if len(material) > MAX_PUBLIC_KEY:
         raise invalid("PublicKeyMaterial", "(too long)", "Key material is at most 16 KiB.")
     text = material.strip()
-    candidates = []
+    candidates: list[Callable[[], object]] = []
     if text.startswith(b"---- BEGIN SSH2 PUBLIC KEY ----"):
         body = [
             line

@@ -227,7 +227,7 @@ class Admin:
             return _secure(see_other(_next(request.query.get("next"))))
         return self._login_page(request, error=None, status=200)
 
-    def _login_page(self, request: web.Request, error: str | None, status: int, login: str = "") -> web.Response:
+    def _login_page(self, request: web.Request, error: str | None, status: int, login: str = "") -> web.StreamResponse:
         token = request.cookies.get(csrf.PRE_COOKIE)
         if not token or len(token) > 128:
             token = csrf.new_token()

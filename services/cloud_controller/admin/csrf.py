@@ -22,8 +22,9 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def same_token(expected: str | None, given: str | None) -> bool:
-    if not expected or not given or len(given) > 128:
+def same_token(expected: str | None, given: object) -> bool:
+    """`given` comes from a form or a cookie: anything but a short string is a mismatch."""
+    if not expected or not isinstance(given, str) or not given or len(given) > 128:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
 

@@ -379,7 +379,12 @@ class Compute:
         if not (self.settings.auto_public_ip and self.addresses.pool):
             return []
         taken: list[Address] = []
-        undo.append(lambda: [self.addresses.give_back(a) for a in taken])
+
+        def give_back_taken() -> None:
+            for address in taken:
+                self.addresses.give_back(address)
+
+        undo.append(give_back_taken)
         for _ in range(count):
             taken.append(self.addresses.take(owner, auto=True))
         return taken
@@ -541,7 +546,8 @@ class Compute:
                     f"The instance '{instance.instance_id}' may not be terminated. Modify its 'disableApiTermination'"
                     " instance attribute and try again.",
                 )
-        result, by_zone, now = [], {}, time.time()
+        result, now = [], time.time()
+        by_zone: dict[str, list[str]] = {}
         gone: list[Instance] = []
         for instance in instances:
             previous = instance.state

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from common.messages.network import ConfigureNetworkRequest, NetworkResponse, NetworkRule
+from common.messages.network import ConfigureNetworkRequest, NetworkResponse, NetworkRule, Protocol
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.networks import Networks
@@ -19,7 +19,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koala.clc.netsync")
 RulesFor = Callable[[str, str], Awaitable[list[Any] | None]]  # (owner, group name) -> rules, None if no group
-PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "-1": "all", "6": "tcp", "17": "udp", "1": "icmp"}
+PROTOCOLS: dict[str, Protocol] = {
+    "tcp": "tcp",
+    "udp": "udp",
+    "icmp": "icmp",
+    "-1": "all",
+    "6": "tcp",
+    "17": "udp",
+    "1": "icmp",
+}
 
 
 def translate(rules: list[Any]) -> list[NetworkRule]:

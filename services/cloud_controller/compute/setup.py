@@ -68,8 +68,8 @@ async def install(clc: Any) -> Compute:
     def cluster_ids(zone: str) -> set[str]:
         """The certificate ids that may speak for `zone`: cc-<zone>, its registered CC, the CC at its URL."""
         allowed = {f"cc-{zone}"}
-        registered = getattr(getattr(clc, "clusters", None), "registered", {}).get(zone)
-        if registered is not None and getattr(registered, "cc_id", ""):
+        registered = clc.clusters.registered.get(zone)
+        if registered is not None and registered.cc_id:
             allowed.add(registered.cc_id)
         url = zones.get(zone, "").rstrip("/")
         peer = clc.monitor.peers.get(url)

@@ -7,6 +7,7 @@ predecessor in every component, so "a bigger type" means bigger in every way, as
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import re
 from typing import TYPE_CHECKING
@@ -106,7 +107,7 @@ class VmTypes:
     async def reset(self) -> None:
         await self._save(list(DEFAULTS))
 
-    async def _save(self, types: list[VmType]) -> None:
+    async def _save(self, types: builtins.list[VmType]) -> None:
         checked = check(types)
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM vm_types")

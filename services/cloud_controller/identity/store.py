@@ -194,7 +194,8 @@ class IdentityStore:
         async with self.db.transaction() as conn:
             if not await _row(conn, "SELECT 1 FROM users WHERE user_id = ?", (user_id,)):
                 raise IdentityError("NoSuchEntity", f"no user {user_id[:64]!r}", 404)
-            count = (await _row(conn, "SELECT COUNT(*) FROM access_keys WHERE user_id = ?", (user_id,)))[0]
+            counted = await _row(conn, "SELECT COUNT(*) FROM access_keys WHERE user_id = ?", (user_id,))
+            count = counted[0] if counted else 0
             if count >= MAX_KEYS_PER_USER:
                 raise IdentityError("LimitExceeded", f"a user has at most {MAX_KEYS_PER_USER} access keys", 409)
             access_key_id = "AKI" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(17))

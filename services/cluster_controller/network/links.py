@@ -65,20 +65,20 @@ def plan(desired: DesiredState, live: dict[str, LiveDevice]) -> list[list[str]]:
         k: v for k, v in live.items() if not (k not in wanted and own.owns_link(k) and v.kind in ("bridge", "vlan"))
     }
     for link in desired.links:  # bridges come before the VLAN devices enslaved to them
-        device = live.get(link.name)
-        if device is not None and (
-            device.kind != link.kind
-            or (link.kind == "vlan" and (device.vlan_id != link.vlan_id or device.parent != link.parent))
+        current: LiveDevice | None = live.get(link.name)
+        if current is not None and (
+            current.kind != link.kind
+            or (link.kind == "vlan" and (current.vlan_id != link.vlan_id or current.parent != link.parent))
         ):
             commands.append(["ip", "link", "del", link.name])  # same name, wrong device: replace it
-            device = None
-        if device is None:
+            current = None
+        if current is None:
             if link.parent and link.parent not in live:
                 raise VnetError(f"interface {link.parent} does not exist (VNET_PRIVINTERFACE)")
             commands.append(_create(link))
-        if link.master and (device is None or device.master != link.master):
+        if link.master and (current is None or current.master != link.master):
             commands.append(["ip", "link", "set", link.name, "master", link.master])
-        if device is None or not device.up:
+        if current is None or not current.up:
             commands.append(["ip", "link", "set", link.name, "up"])
     for name, cidrs in desired.addresses.items():
         if name not in live and name not in wanted:

@@ -257,7 +257,7 @@ def _describe(bundle: ValidBundle) -> ValidateImageResponse:
         manifest_key=bundle.manifest_key,
         manifest_sha256=bundle.sha256,
         image_name=m.name,
-        kind=m.image_kind,  # type: ignore[arg-type]
+        kind=m.image_kind,
         architecture=m.architecture,
         kernel_id=m.kernel_id,
         ramdisk_id=m.ramdisk_id,
@@ -266,6 +266,6 @@ def _describe(bundle: ValidBundle) -> ValidateImageResponse:
         bundled_size=m.bundled_size,
         parts=len(m.parts),
         owner_account_id=bundle.owner_account_id,
-        signer=bundle.signer,  # type: ignore[arg-type]
+        signer=bundle.signer,
         signer_account_id=bundle.signer_account_id,
     )

@@ -413,7 +413,7 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
         date_lines = ["", headers.get("Date", "")] if amz_date else [headers.get("Date", "")]
         signed_at = stamp
     creds = await ctx.app.keys.resolve(access_key)
-    amz = {}
+    amz: dict[str, list[str]] = {}
     for name, value in headers.items():
         lower = name.lower()
         if lower.startswith("x-amz-"):

@@ -844,7 +844,7 @@ class EmbeddedBackend(StorageBackend):
                 self._remove_version(conn, old, ordinal)
                 return DeleteOutcome(old.version_id, old.delete_marker), (previous if old.is_latest else None), [old]
             if not bucket_row[0]:  # versioning never enabled: the object goes
-                if previous is None:
+                if current is None or previous is None:
                     return None, None, []
                 why = previous.locked(now, bypass_governance)
                 if why:
