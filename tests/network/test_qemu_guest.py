@@ -114,7 +114,8 @@ def test_qemu_guest_behind_the_cc_router(guest_image: Path, tmp_path: Path) -> N
             text = console()
             assert f"KOALA-GUEST dhcp {net.private_ip}/27" in text  # the CC's DHCP, the group's subnet
             assert f"KOALA-GUEST metadata instance={instance_id}" in text  # through 169.254.169.254
-            assert topo.connect("out", EIP, 22, timeout=3).startswith("SSH-2.0-")  # dropbear, via the EIP
+            # dropbear, via the EIP; the ready line can come before the guest's SSH server answers (a loaded host)
+            wait_for(lambda: topo.connect("out", EIP, 22, timeout=3).startswith("SSH-2.0-"), 60, 1, "SSH via the EIP")
             loop.run_until_complete(manager.configure_network(NETWORK, VLAN, []))  # revoke
             assert topo.connect("out", EIP, 22) == "TIMEOUT"
         except BaseException:
