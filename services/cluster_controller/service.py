@@ -64,7 +64,8 @@ class ClusterControllerService(Service):
         self.config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
         store = await Store.open(self.config.KOALA_STATE_DIR / "cc.db")
         self.cluster = Cluster(self.config, self.client, store)
-        self.cluster.on_end.append(self.network.remove_instance)  # DHCP entry and elastic IP go at once
+        if self.network is not None:
+            self.cluster.on_end.append(self.network.remove_instance)  # DHCP entry and elastic IP go at once
         await self.cluster.start()
 
     async def on_stop(self) -> None:

@@ -398,10 +398,10 @@ class RemoteZone:
         by_remote = {i.remote_id: i for i in instances}
         ended = []
         for item in answer.get("TerminatingInstances") or []:
-            instance = by_remote.get(item.get("InstanceId", ""))
-            if instance is not None and (item.get("CurrentState") or {}).get("Name") == "terminated":
-                self._end(instance, "terminated")
-                ended.append(instance)
+            gone = by_remote.get(item.get("InstanceId", ""))
+            if gone is not None and (item.get("CurrentState") or {}).get("Name") == "terminated":
+                self._end(gone, "terminated")
+                ended.append(gone)
         await self.store.save(ended)
         self._poke()
 
