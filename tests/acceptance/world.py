@@ -35,9 +35,18 @@ def _sh(*argv: str) -> None:
 
 
 @contextmanager
-def acceptance_world(work: Path, instances: Path, prefix: str = "ka") -> Iterator[World]:
+def acceptance_world(
+    work: Path,
+    instances: Path,
+    prefix: str = "ka",
+    extra: dict[str, dict] | None = None,
+    nets: tuple[str, str, str] = (SUBNET, PUBLIC, METADATA_LINK),
+) -> Iterator[World]:
     """Build the namespaces and links, start the cloud; take it all down on the way out. `instances` must be
-    readable by libvirt's qemu user; `prefix` (two letters) keeps the host's link names apart per user."""
+    readable by libvirt's qemu user; `prefix` (two letters) keeps the host's link names apart per user; `extra`
+    adds settings per role; `nets` (the private /16, the public and the metadata link's first three octets) keeps
+    another user's routes apart."""
+    SUBNET, PUBLIC, METADATA_LINK = nets
     tag = secrets.token_hex(2)
     bridge, router_port, md_port = f"{prefix}br{tag}", f"{prefix}pr{tag}", f"{prefix}md{tag}"
     topology = Topology(work)
@@ -61,7 +70,7 @@ def acceptance_world(work: Path, instances: Path, prefix: str = "ka") -> Iterato
         # Metadata replies from the CLC go back through the router.
         _sh("ip", "route", "replace", f"{SUBNET}/16", "via", f"{METADATA_LINK}.2", "dev", md_port)
 
-        cloud = Cloud(work / "cloud", extra={
+        settings = {
             "clc": {"KOALA_BIND": "0.0.0.0"},
             "cc": {
                 "VNET_MODE": "MANAGED-NOVLAN", "VNET_SUBNET": SUBNET, "VNET_NETMASK": "255.255.0.0",
@@ -74,7 +83,10 @@ def acceptance_world(work: Path, instances: Path, prefix: str = "ka") -> Iterato
                 "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
                 "INSTANCE_PATH": instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
             },
-        })  # fmt: skip
+        }  # fmt: skip
+        for role, values in (extra or {}).items():
+            settings[role] = {**settings.get(role, {}), **values}
+        cloud = Cloud(work / "cloud", extra=settings)
         cloud.start()
         yield World(cloud, topology, bridge, instances)
     finally:
