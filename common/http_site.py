@@ -196,7 +196,8 @@ class _Connection(asyncio.Protocol):
         if self.handler is None or self.transport is None:
             return None  # refused: close now
         if self.guard.limits.answer_grace is None:
-            return self.handler.eof_received()
+            self.handler.eof_received()
+            return None
         owed = self.receiving_since is not None or self.request is not None
         if not owed and not self.transport.get_write_buffer_size():
             return None  # nothing asked, nothing being answered: close at once
@@ -248,7 +249,7 @@ class _Connection(asyncio.Protocol):
 class QuietRequestHandler(RequestHandler):
     """aiohttp's handler, except that client errors are one INFO line and answered in the service's format."""
 
-    render_error: ErrorRenderer = staticmethod(json_error)  # type: ignore[assignment]
+    render_error: ErrorRenderer = staticmethod(json_error)
 
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None

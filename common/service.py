@@ -16,7 +16,7 @@ from aiohttp import web
 
 from common import pki
 from common.config import ConfigError, ServiceConfig
-from common.http_site import ConnectionGuard, ErrorRenderer, HttpSite, Limits, install_exhaustion_handler, json_error
+from common.http_site import ConnectionGuard, HttpSite, Limits, install_exhaustion_handler, json_error
 from common.logs import setup_logging
 from common.messages.service import DescribeServiceResponse, PeerStatus
 from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
@@ -89,8 +89,12 @@ class Service:
     role: ClassVar[str]
     config_class: ClassVar[type[ServiceConfig]]
     client_max_size: ClassVar[int] = 1 << 20
+
     # How a malformed request or a full service is answered: JSON here, the API's own format where there is one.
-    render_http_error: ClassVar[ErrorRenderer] = staticmethod(json_error)
+    @staticmethod
+    def render_http_error(status: int, code: str, message: str) -> tuple[bytes, str]:
+        return json_error(status, code, message)
+
     answer_grace: ClassVar[float | None] = Limits.answer_grace
 
     def __init__(self, config: ServiceConfig):

@@ -521,14 +521,14 @@ class Ebs:
                         await self._send_detach(volume, force=True)
         snaps = {s.snapshot_id: s for s in answer.snapshots}
         for snapshot in [s for s in self.store.snapshots.values() if s.zone == zone]:
-            state = snaps.get(snapshot.snapshot_id)
+            stored = snaps.get(snapshot.snapshot_id)
             if snapshot.state == "deleting":
                 await self._delete_snapshot(snapshot)
             elif snapshot.state == "pending":
-                if state is None:
+                if stored is None:
                     await self._send_snapshot(snapshot)
                 else:
-                    await self._settle_snapshot(snapshot, state)
+                    await self._settle_snapshot(snapshot, stored)
 
     async def reconcile(self) -> None:
         await self._release_ended()

@@ -62,7 +62,9 @@ def install(service: Any) -> StorageManager:
     def node_of(instance_id: str) -> tuple[str, str] | None:
         cluster = getattr(service, "cluster", None)
         instance = cluster.instances.get(instance_id) if cluster is not None else None
-        if instance is None or not instance.live or instance.terminating or instance.confirmed_at is None:
+        if cluster is None or instance is None or not instance.live or instance.terminating:
+            return None
+        if instance.confirmed_at is None:
             return None
         node = cluster.nodes.get(instance.node_url)
         return instance.node_url, (node.node_id if node else "")

@@ -176,7 +176,7 @@ class StorageManager:
         attachment = self.attachments.get(volume_id)
         return StorageVolume(
             volume_id=volume.volume_id,
-            state=volume.state,  # type: ignore[arg-type]
+            state=volume.state,
             size_gb=volume.size_gb,
             snapshot_id=volume.snapshot_id,
             detail=volume.detail,
@@ -185,7 +185,7 @@ class StorageManager:
             else StorageAttachment(
                 instance_id=attachment.instance_id,
                 device=attachment.device,
-                state=attachment.state,  # type: ignore[arg-type]
+                state=attachment.state,
                 node=attachment.node_url,
                 detail=attachment.detail,
             ),
@@ -198,7 +198,7 @@ class StorageManager:
         return StorageSnapshot(
             snapshot_id=snapshot.snapshot_id,
             volume_id=snapshot.volume_id,
-            state=snapshot.state,  # type: ignore[arg-type]
+            state=snapshot.state,
             progress=snapshot.progress,
             size_gb=snapshot.size_gb,
             stored_bytes=snapshot.stored_bytes,
