@@ -12,7 +12,7 @@ from services.walrus.s3 import access
 from services.walrus.s3.buckets import _encoder, load_bucket, owner_xml
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
-from services.walrus.s3.names import check_key
+from services.walrus.s3.names import check_key, check_new_key
 from services.walrus.s3.objects import (
     _small_body,
     check_conditions,
@@ -32,7 +32,7 @@ MAX_PARTS = 10000
 
 async def create_upload(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    check_key(ctx.key)
+    check_new_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
     spec = replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))

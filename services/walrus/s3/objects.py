@@ -22,7 +22,7 @@ from services.walrus.s3.body import Body
 from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
-from services.walrus.s3.names import check_bucket, check_key
+from services.walrus.s3.names import check_bucket, check_key, check_new_key
 from services.walrus.s3.versioning import MAX_VERSION_ID, no_such_version, version_headers, version_param
 from services.walrus.s3.xml import el, http_time, iso_time, parse_http_time, parse_xml, raw, read_xml_body, xml_response
 from services.walrus.storage import (
@@ -170,7 +170,7 @@ def _checksum_headers(checksums: dict[str, str]) -> dict[str, str]:
 
 async def put_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    check_key(ctx.key)
+    check_new_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
     spec = dataclasses.replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
@@ -542,7 +542,7 @@ def parse_copy_source(value: str) -> tuple[str, str, str | None]:
 
 async def copy_object(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
-    check_key(ctx.key)
+    check_new_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     source_bucket, source_key, source_version = parse_copy_source(ctx.headers["x-amz-copy-source"])
     directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()

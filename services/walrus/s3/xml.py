@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
@@ -15,6 +16,10 @@ from services.walrus.s3 import errors
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
+# A parser turns a raw CR into LF: a key with a CR is listed with a character reference, as S3 does.
+_CR = {"\r": "&#13;"}
+# Not in XML 1.0's Char production: C0 controls other than tab, LF and CR, surrogates, U+FFFE and U+FFFF.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 MAX_XML_BODY = 1 << 20  # DeleteObjects with 1000 long keys fits; nothing legitimate is larger
 
 
@@ -24,7 +29,9 @@ def el(tag: str, content: object = "") -> str:
         return f"<{tag}>{content.text}</{tag}>"
     if isinstance(content, bool):
         content = "true" if content else "false"
-    return f"<{tag}>{escape(str(content))}</{tag}>"
+    # Such characters can come only from what a client sent (an error naming its key) or from a key stored
+    # before they were refused: replaced, so the document stays well-formed.
+    return f"<{tag}>{escape(NOT_XML.sub(chr(0xFFFD), str(content)), _CR)}</{tag}>"
 
 
 class Raw:
