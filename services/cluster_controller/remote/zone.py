@@ -163,21 +163,21 @@ class RemoteZone:
     def _apply_remote(self, instance: RemoteInstance, remote: dict) -> bool:
         """Take the remote's view of the instance; True if anything the CLC sees changed."""
         remote_state = (remote.get("State") or {}).get("Name", "")
-        before = (instance.state, instance.net.private_ip, instance.net.public_ip, instance.remote_state)
+        before = (instance.state, instance.net.public_ip, instance.remote_state, instance.detail)
         instance.remote_state = remote_state
-        net = instance.net.model_copy(
-            update={
-                "private_ip": remote.get("PrivateIpAddress") or instance.net.private_ip,
-                "public_ip": remote.get("PublicIpAddress") or instance.net.public_ip,
-            }
+        # The public address is the remote's. The private one stays in the detail only: the CLC finds local guests
+        # by private address (metadata), and the remote's private network may reuse the local addresses.
+        instance.net = instance.net.model_copy(
+            update={"public_ip": remote.get("PublicIpAddress") or instance.net.public_ip}
         )
-        instance.net = net
+        private = remote.get("PrivateIpAddress")
+        instance.detail = f"remote {instance.remote_id}" + (f" (private address {private})" if private else "")
         state = REMOTE_STATES.get(remote_state)
         if state == "Teardown":
             self._end(instance, "terminated" if instance.terminating else "terminated in the remote cloud")
         elif state is not None and instance.live and not (state == "Pending" and instance.state == "Extant"):
             instance.state = state
-        after = (instance.state, instance.net.private_ip, instance.net.public_ip, instance.remote_state)
+        after = (instance.state, instance.net.public_ip, instance.remote_state, instance.detail)
         if after != before and instance.live:
             self._changed(instance)
         return after != before
@@ -356,7 +356,6 @@ class RemoteZone:
             await self.store.save([instance])
             return instance.reason
         self._apply_remote(instance, remote)
-        instance.detail = f"remote {instance.remote_id}"
         await self.store.save([instance])
         if instance.terminating:  # asked to go while the launch was in flight
             self._spawn(self._terminate_remote([instance]), f"terminate {instance.instance_id}")
