@@ -215,7 +215,9 @@ def register_image(cloud: Cloud, work: Path, bucket: str) -> str:
 class World:
     """The remote cloud, the local cloud and its remote zone, up and ready."""
 
-    def __init__(self, base: Path, burst_vmtypes: str = "m1.small", cc_settings: dict | None = None):
+    def __init__(
+        self, base: Path, burst_vmtypes: str = "m1.small", cc_settings: dict | None = None, proxy: bool = True
+    ):
         self.remote = Cloud(base / "remote", extra={"clc": {"KOALA_PUBLIC_IPS": REMOTE_PUBLIC_IPS}})
         self.local = Cloud(
             base / "local",
@@ -232,9 +234,10 @@ class World:
         self.local_image = register_image(self.local, base / "bundle-local", "local-img")
         self.proxy = FaultProxy(self.remote.admin_credentials()["EC2_URL"])
         settings = {
-            "KOALA_REMOTE_ENDPOINT": self.proxy.url,
+            # Through the fault proxy, or straight to the remote (benchmarks).
+            "KOALA_REMOTE_ENDPOINT": self.proxy.url if proxy else self.remote.admin_credentials()["EC2_URL"],
             "KOALA_REMOTE_IMAGE_MAP": f"{self.local_image}={self.remote_image}",
-            "KOALA_REMOTE_VMTYPE_MAP": "m1.small c1.medium",
+            "KOALA_REMOTE_VMTYPE_MAP": "m1.small m1.large",
             "KOALA_REMOTE_MAX_INSTANCES": 10,
             "KOALA_REMOTE_TIMEOUT": 20,
             "KOALA_REMOTE_POLL_MAX": 2,
@@ -263,6 +266,17 @@ class World:
 
     def remote_ec2(self):
         return client(self.remote, self.remote_creds)
+
+    def remote_ec2_once(self):
+        """boto3 on the remote cloud, making each call once (as local_ec2)."""
+        return boto3.client(
+            "ec2",
+            endpoint_url=self.remote.admin_credentials()["EC2_URL"],
+            region_name=REGION,
+            aws_access_key_id=self.remote_creds.access_key,
+            aws_secret_access_key=self.remote_creds.secret_key,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
 
     def remote_instances(self, live_only: bool = True) -> list[dict]:
         """The remote cloud's instances that carry a local cloud's tag."""

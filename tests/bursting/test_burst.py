@@ -108,9 +108,9 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
 def test_policy_decides_who_bursts_and_users_may_name_the_remote_zone(world):
     ec2 = world.local_ec2()
     world.wait_zone(BURST_ZONE)
-    # c1.medium does not fit zone1 at all, and the admin allowed bursting for m1.small only.
+    # m1.large (2 cores) never fits zone1, and the admin allowed bursting for m1.small only.
     with pytest.raises(ClientError) as refused:
-        ec2.run_instances(ImageId=world.local_image, MinCount=1, MaxCount=1, InstanceType="c1.medium")
+        ec2.run_instances(ImageId=world.local_image, MinCount=1, MaxCount=1, InstanceType="m1.large")
     assert code(refused) == "InsufficientInstanceCapacity"
     assert not world.remote_instances()
     # Naming the remote zone is the user's own choice.
@@ -118,12 +118,12 @@ def test_policy_decides_who_bursts_and_users_may_name_the_remote_zone(world):
         ImageId=world.local_image,
         MinCount=1,
         MaxCount=1,
-        InstanceType="c1.medium",
+        InstanceType="m1.large",
         Placement={"AvailabilityZone": BURST_ZONE},
     )["Instances"][0]
     assert named["Placement"]["AvailabilityZone"] == BURST_ZONE
     wait_state(ec2, [named["InstanceId"]], {"running"})
-    assert [i["InstanceType"] for i in world.remote_instances()] == ["c1.medium"]
+    assert [i["InstanceType"] for i in world.remote_instances()] == ["m1.large"]
     ec2.terminate_instances(InstanceIds=[named["InstanceId"]])
     wait_state(ec2, [named["InstanceId"]], {"terminated"})
     wait_for(lambda: not world.remote_instances(), what="no live remote instance")

@@ -45,12 +45,12 @@ class RemoteInstance:
     def launching(self) -> bool:
         return self.live and not self.remote_id
 
-    def report(self, reachable: bool) -> ClusterInstance:
+    def report(self, reachable: bool, node_id: str) -> ClusterInstance:
         return ClusterInstance(
             instance_id=self.instance_id,
             reservation_id=self.reservation_id,
             owner_id=self.owner_id,
-            node_id=self.remote_id,
+            node_id=node_id,
             # A remote that does not answer: not terminated, just not known (as a local node that is DOWN).
             state=self.state if reachable or not self.live else "Unknown",
             detail=self.detail,

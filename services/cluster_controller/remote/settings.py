@@ -67,8 +67,11 @@ class RemoteSettings(BaseModel):
         "first 10 hex digits of this cloud's CA fingerprint).",
     )
     KOALA_REMOTE_TIMEOUT: float = Field(20.0, gt=0, le=120, description="Timeout of one call to the remote.")
+    KOALA_REMOTE_LAUNCH_DEADLINE: float = Field(
+        300.0, gt=0, description="Seconds a launch is tried again while the remote does not answer, before it fails."
+    )
     KOALA_REMOTE_POLL_SECONDS: float = Field(
-        0.2, gt=0, description="First poll of the remote after a change; doubles up to KOALA_REMOTE_POLL_MAX."
+        0.01, gt=0, description="Wait before polling the remote after a change (then backing off while none)."
     )
     KOALA_REMOTE_POLL_MAX: float = Field(
         10.0, gt=0, description="Longest wait between polls of the remote (steady state, or while it fails)."

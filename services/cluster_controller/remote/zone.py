@@ -47,7 +47,8 @@ TAG_CLOUD, TAG_INSTANCE = "koala-cloud", "koala-instance"
 TAG_RESERVATION, TAG_OWNER = "koala-reservation", "koala-owner"
 SWEEP_EVERY = 60.0  # seconds between sweeps of unused remote key pairs and groups when nothing ended
 SWEEP_RETRY = 2.0  # ... and after a sweep that left a group (still used by a remote instance on its way out)
-FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled at the fast rate
+FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled at the busy rate
+BUSY_MAX = 2.0  # longest wait between polls while instances are starting or going
 
 
 class RemoteZone:
@@ -60,6 +61,7 @@ class RemoteZone:
         self.resources = RemoteResources(ec2, prefix)
         self.instances: dict[str, RemoteInstance] = {}
         self.specs: dict[str, LaunchSpec] = {}
+        self.node_id = f"remote:{urlsplit(config.KOALA_REMOTE_ENDPOINT).netloc}"  # the zone's one "node"
         self.reachable = False
         self.last_error = "not polled yet"
         self.polls = 0
@@ -104,22 +106,20 @@ class RemoteZone:
     async def start(self) -> None:
         for instance in await self.store.load():
             self.instances[instance.instance_id] = instance
-        # A launch in flight when the CC stopped never reached the CLC as a success (the CC answers once the
-        # remote id is written): it failed. Whatever the remote made of it is terminated by the first poll.
-        stranded = [i for i in self.instances.values() if i.launching]
-        for instance in stranded:
-            self._end(instance, "failed: the cluster controller restarted during the launch")
-        await self.store.save(stranded)
         self.resources.rules = await self.store.load_networks()
-        live = sum(1 for i in self.instances.values() if i.live)
+        # Launches in flight when the CC stopped are sent again: their ClientToken makes the remote answer with the
+        # instance it may have started already, so none starts twice (and one asked to go meanwhile ends).
+        unfinished = [i for i in self.instances.values() if i.launching]
         log.info(
-            "remote zone %s on %s: %d live instances, %d launches rolled back",
+            "remote zone %s on %s: %d live instances, %d launches to finish",
             self.zone,
             self.config.KOALA_REMOTE_ENDPOINT,
-            live,
-            len(stranded),
+            self.live_count(),
+            len(unfinished),
         )
         self.notifier.start()
+        for instance in unfinished:
+            self._spawn(self._dispatch(instance), f"redispatch {instance.instance_id}")
         self._spawn(self._poll_loop(), "remote poll")
         self._spawn(self._purge_loop(), "remote purge")
 
@@ -150,7 +150,7 @@ class RemoteZone:
 
     # --- state ------------------------------------------------------------------------------------------
     def _changed(self, instance: RemoteInstance) -> None:
-        self.notifier.changed(instance.report(self.reachable))
+        self.notifier.changed(instance.report(self.reachable, self.node_id))
 
     def _end(self, instance: RemoteInstance, reason: str) -> None:
         if instance.live:
@@ -186,7 +186,7 @@ class RemoteZone:
     def describe_instances(self, ids: Iterable[str]) -> list[ClusterInstance]:
         wanted = [i.lower() for i in ids]
         chosen = [self.instances[i] for i in wanted if i in self.instances] if wanted else self.instances.values()
-        return [i.report(self.reachable) for i in chosen]
+        return [i.report(self.reachable, self.node_id) for i in chosen]
 
     def live_count(self) -> int:
         return sum(1 for i in self.instances.values() if i.live)
@@ -211,7 +211,7 @@ class RemoteZone:
         endpoint = self.config.KOALA_REMOTE_ENDPOINT
         node = NodeInfo(
             url=endpoint,
-            node_id=f"remote:{urlsplit(endpoint).netloc}",
+            node_id=self.node_id,
             state="UP" if self.reachable else "DOWN",
             source="config",
             instances=self.live_count(),
@@ -259,27 +259,13 @@ class RemoteZone:
                 del self.instances[instance.instance_id]
             raise
         self._poke()
-        async with self._sweep_lock:  # no sweep deletes a key or group between its check and this launch
-            self._in_flight += 1
-        try:
-            results = await asyncio.gather(*(self._launch(i, spec) for i in chosen))
-        finally:
-            self._in_flight -= 1
-        launched = [i for i, error in zip(chosen, results, strict=True) if error is None]
-        if len(launched) < request.min_count:
-            first = next(e for e in results if e is not None)
-            reason = f"{len(launched)} of {len(ids)} started remotely, {request.min_count} asked for: {first}"
-            await self.terminate([i.instance_id for i in launched])
-            for instance in chosen:
-                if instance.live and not instance.remote_id:
-                    self._end(instance, f"failed: {reason}")
-            await self.store.save(chosen)
-            return RunInstancesResponse(instances=[InstancePlacement(instance_id=i, error=reason) for i in ids])
+        for instance in chosen:
+            self._spawn(self._dispatch(instance), f"dispatch {instance.instance_id}")
         log.info(
-            "reservation %s: %d of %d instances started in %s",
+            "reservation %s: %d instances of %s on their way to %s",
             request.reservation_id,
-            len(launched),
             len(ids),
+            request.vm_type.name,
             self.config.KOALA_REMOTE_ENDPOINT,
         )
         return RunInstancesResponse(instances=[self._placement(i) for i in ids])
@@ -302,15 +288,54 @@ class RemoteZone:
 
     def _placement(self, instance_id: str) -> InstancePlacement:
         instance = self.instances[instance_id]
-        if instance.remote_id:
-            return InstancePlacement(instance_id=instance_id, node_id=instance.remote_id)
-        return InstancePlacement(instance_id=instance_id, error=instance.reason or "failed: not started remotely")
+        failed = instance.reason if instance.reason.startswith("failed") else ""
+        return InstancePlacement(instance_id=instance_id, node_id=self.node_id, error=failed)
 
     def network_of(self, spec: LaunchSpec) -> str:
         return f"{spec.owner_id}-{(spec.group_names or ['default'])[0]}"
 
-    async def _launch(self, instance: RemoteInstance, spec: LaunchSpec) -> str | None:
-        """RunInstances for one instance; None once its remote id is written, else why it failed (ended)."""
+    async def _dispatch(self, instance: RemoteInstance) -> None:
+        """Start the instance remotely, trying again with backoff (and the same ClientToken, so never twice) while
+        the remote does not answer, for KOALA_REMOTE_LAUNCH_DEADLINE seconds after the launch."""
+        async with self._sweep_lock:  # no sweep deletes its key pair or group between their check and its launch
+            self._in_flight += 1
+        try:
+            delay = 1.0
+            while instance.launching:
+                if instance.terminating:
+                    self._end(instance, "terminated before it started")
+                    await self.store.save([instance])
+                    return
+                spec = await self._spec(instance.reservation_id)
+                if spec is None:
+                    self._end(instance, "failed: its launch specification was lost")
+                    await self.store.save([instance])
+                    return
+                try:
+                    await self._launch(instance, spec)
+                except RemoteRefused as err:
+                    reason = f"failed: the remote cloud refused it: {err.code}: {err.message}"[:500]
+                    log.warning("%s: %s", instance.instance_id, reason)
+                    self._end(instance, reason)
+                    await self.store.save([instance])
+                    return
+                except RemoteUnavailable as err:
+                    self._note_failure(err)
+                    if time.time() - instance.launch_time > self.config.KOALA_REMOTE_LAUNCH_DEADLINE:
+                        # Ended; if the remote started it after all, the poll loop finds it by its tags and ends it.
+                        self._end(
+                            instance, f"failed: the remote cloud does not answer: {err.code}: {err.message}"[:500]
+                        )
+                        await self.store.save([instance])
+                        return
+                    log.warning("%s: RunInstances: %s (trying again in %.0f s)", instance.instance_id, err, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.config.KOALA_REMOTE_POLL_MAX)
+        finally:
+            self._in_flight -= 1
+
+    async def _launch(self, instance: RemoteInstance, spec: LaunchSpec) -> None:
+        """RunInstances for one instance, its remote id written once known."""
         params: dict[str, Any] = {
             "ImageId": self.images[spec.image.id],
             "InstanceType": self.types[spec.vm_type.name],
@@ -334,34 +359,20 @@ class RemoteZone:
             params["UserData"] = spec.user_data
         if self.config.KOALA_REMOTE_ZONE:
             params["Placement"] = {"AvailabilityZone": self.config.KOALA_REMOTE_ZONE}
-        try:
-            if spec.ssh_public_key:
-                params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
-            params["SecurityGroups"] = [await self.resources.ensure_group(self.network_of(spec))]
-            answer = await self.ec2.call("RunInstances", params)
-        except RemoteError as err:
-            kind = "refused" if isinstance(err, RemoteRefused) else "unavailable"
-            reason = f"failed: the remote cloud {kind}: {err.code}: {err.message}"[:500]
-            log.warning("%s: %s", instance.instance_id, reason)
-            if isinstance(err, RemoteUnavailable):
-                self._note_failure(err)
-            # Ended here; if the remote did start it after all, the poll loop finds it by its tags and ends it.
-            self._end(instance, reason)
-            await self.store.save([instance])
-            return reason
+        if spec.ssh_public_key:
+            params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
+        params["SecurityGroups"] = [await self.resources.ensure_group(self.network_of(spec))]
+        answer = await self.ec2.call("RunInstances", params)
         remote = (answer.get("Instances") or [{}])[0]
-        instance.remote_id = remote.get("InstanceId", "")
-        if not instance.remote_id:
-            self._end(instance, "failed: the remote answered RunInstances without an instance")
-            await self.store.save([instance])
-            return instance.reason
+        if not remote.get("InstanceId"):
+            raise RemoteRefused("NoInstance", "the remote answered RunInstances without an instance")
+        instance.remote_id = remote["InstanceId"]
         self._apply_remote(instance, remote)
         await self.store.save([instance])
-        if instance.terminating:  # asked to go while the launch was in flight
-            self._spawn(self._terminate_remote([instance]), f"terminate {instance.instance_id}")
-        self._changed(instance)
         log.info("%s: remote instance %s (%s)", instance.instance_id, instance.remote_id, instance.remote_state)
-        return None
+        self._poke()  # its state changes from now on: poll from the fast rate again
+        if instance.terminating:  # asked to go while the launch was in flight
+            await self._terminate_remote([instance])
 
     # --- terminate, reboot, console ------------------------------------------------------------------
     async def terminate(self, ids: list[str]) -> list[str]:
@@ -438,6 +449,8 @@ class RemoteZone:
     async def configure_network(self, name: str, rules: list[NetworkRule]) -> None:
         """Keep the rule set (written first) and bring the remote group in line in the background: the CLC's
         call does not wait on the remote. A launch applies the set itself before its RunInstances."""
+        if self.resources.rules.get(name) == rules:
+            return  # sent before every launch: unchanged most of the time
         await self.store.save_network(name, rules)
         self.resources.rules[name] = rules
         if self.resources.known(name):  # its remote group exists: change it now
@@ -460,14 +473,18 @@ class RemoteZone:
                     self._changed(instance)
 
     async def _poll_loop(self) -> None:
-        delay = self.config.KOALA_REMOTE_POLL_SECONDS
+        """Poll at KOALA_REMOTE_POLL_SECONDS after a change, backing off while nothing changes: by half again up to
+        BUSY_MAX while instances are on their way (starting or going), doubling up to KOALA_REMOTE_POLL_MAX when
+        all is still, and while the remote fails."""
+        fast, slow = self.config.KOALA_REMOTE_POLL_SECONDS, self.config.KOALA_REMOTE_POLL_MAX
+        delay = fast
         while True:
             self._wake.clear()
             try:
-                await self.sync()
+                changed = await self.sync()
             except RemoteError as err:
                 self._note_failure(err)
-                delay = min(max(delay * 2, 1.0), self.config.KOALA_REMOTE_POLL_MAX)  # backoff while it fails
+                delay = min(max(delay * 2, 1.0), slow)
             else:
                 if not self.reachable:
                     log.info("remote %s answers again", self.config.KOALA_REMOTE_ENDPOINT)
@@ -479,16 +496,20 @@ class RemoteZone:
                 busy = time.monotonic() < self._busy_until and any(
                     i.live and (i.state == "Pending" or i.terminating) for i in self.instances.values()
                 )
-                # Fast while something is on its way; backing off to the steady-state rate otherwise.
-                fast = self.config.KOALA_REMOTE_POLL_SECONDS
-                delay = fast if busy else min(max(delay, fast) * 2, self.config.KOALA_REMOTE_POLL_MAX)
+                if changed:
+                    delay = fast
+                elif busy:
+                    delay = min(delay * 1.5, max(BUSY_MAX, fast))
+                else:
+                    delay = min(delay * 2, slow)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             if self._wake.is_set():
-                delay = self.config.KOALA_REMOTE_POLL_SECONDS
+                delay = fast
 
-    async def sync(self) -> None:
-        """One pass: the remote's instances tagged with this cloud against the local records."""
+    async def sync(self) -> bool:
+        """One pass: the remote's instances tagged with this cloud against the local records; True if anything
+        changed."""
         self.polls += 1
         remote = await self.ec2.pages(
             "DescribeInstances", {"Filters": [{"Name": f"tag:{TAG_CLOUD}", "Values": [self.prefix]}]}, "Reservations"
@@ -538,6 +559,7 @@ class RemoteZone:
             await self.store.save(changed)
         if time.monotonic() >= self._sweep_due:
             await self._sweep()
+        return bool(changed or strays)
 
     async def _sweep(self) -> None:
         async with self._sweep_lock:
