@@ -32,6 +32,9 @@ class WalrusConfig(ServiceConfig):
         description="Optional JSON file of access keys (key -> secret_access_key + principal), read before asking "
         "the CLC. For tests and bring-up only.",
     )
+    KOALA_WALRUS_LOG_FLUSH_SECONDS: float = Field(
+        60.0, gt=0, description="How often bucket access logs (PutBucketLogging) are written to their target bucket."
+    )
     KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
     KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
         20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."

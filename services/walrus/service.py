@@ -57,7 +57,15 @@ class WalrusService(Service):
             max_buckets=config.KOALA_WALRUS_MAX_BUCKETS,
         )
         domains = tuple(d.strip().lower().strip(".") for d in config.KOALA_WALRUS_DOMAINS.split(",") if d.strip())
-        self.s3 = S3App(self.storage, keys, self.trust, self.identity.id, domains, limits)
+        self.s3 = S3App(
+            self.storage,
+            keys,
+            self.trust,
+            self.identity.id,
+            domains,
+            limits,
+            log_flush_seconds=config.KOALA_WALRUS_LOG_FLUSH_SECONDS,
+        )
         images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
         self.s3.install(self.app)  # last: its catch-all route takes what no other route does
 
@@ -70,6 +78,7 @@ class WalrusService(Service):
         await self.storage.start()
 
     async def on_stop(self) -> None:
+        await self.s3.close()
         await self.storage.close()
 
     def runner_options(self) -> dict[str, object]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import HttpVersion11, web
 
 from common.signing import HEADER_CERT, ReplayCache, TrustStore
 from services.walrus.s3 import auth, cors, routing
+from services.walrus.s3.access_log import AccessLogger
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error, error_document
 from services.walrus.s3.identity import KeyResolver
@@ -42,6 +44,15 @@ class S3App:
     limits: Limits = field(default_factory=Limits)
     replay: ReplayCache = field(default_factory=ReplayCache)
     passthrough: list[str] = field(default_factory=lambda: ["/healthz", "/internal/identity"])
+    log_flush_seconds: float = 60.0
+    access_log: AccessLogger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.access_log = AccessLogger(self.storage, self.log_flush_seconds)
+
+    async def close(self) -> None:
+        """Deliver the access log lines still waiting."""
+        await self.access_log.close()
 
     def install(self, app: web.Application) -> None:
         """Take every request the app's other routes do not; call after they are all added. The catch-all route
@@ -96,6 +107,7 @@ class S3App:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8).upper()
+        started = time.time()
         ctx: Ctx | None = None
         resource = "/"
         continued = False
@@ -114,6 +126,8 @@ class S3App:
             continued = await self._send_continue(request)
             response = await handler(ctx)
         except S3Error as err:
+            if ctx is not None:
+                ctx.error_code = err.code
             if err.status >= 500:
                 log.warning("%s %s %s: %s %s", request_id, request.method, resource, err.code, err.message)
             response = self._error(request, err, resource, request_id)
@@ -129,6 +143,8 @@ class S3App:
                 response.headers.update(ctx.response_headers)
             if not continued and request.headers.get("Expect") and request.can_read_body:
                 response.force_close()  # the client holds its body back: this connection cannot go on
+        if ctx is not None:
+            await self.access_log.record(ctx, response, started)
         return response
 
     @staticmethod

@@ -9,14 +9,25 @@ from urllib.parse import unquote, unquote_plus
 from aiohttp import web
 from multidict import MultiDict
 
-from services.walrus.s3 import bucket_policy, buckets, cors, multipart, object_lock, objects, tagging, versioning
+from services.walrus.s3 import (
+    access_log,
+    bucket_policy,
+    buckets,
+    cors,
+    multipart,
+    object_lock,
+    objects,
+    post,
+    tagging,
+    versioning,
+)
 from services.walrus.s3.errors import S3Error
 
 WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """lifecycle website logging notification replication encryption tagging requestPayment
+    """lifecycle website notification replication encryption tagging requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
     restore torrent select attributes""".split()
 )
@@ -29,6 +40,7 @@ BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
     },
     "policyStatus": {"GET": bucket_policy.get_bucket_policy_status},
     "cors": {"PUT": cors.put_bucket_cors, "GET": cors.get_bucket_cors, "DELETE": cors.delete_bucket_cors},
+    "logging": {"PUT": access_log.put_bucket_logging, "GET": access_log.get_bucket_logging},
     "tagging": {
         "PUT": tagging.put_bucket_tagging,
         "GET": tagging.get_bucket_tagging,
