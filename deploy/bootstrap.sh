@@ -14,7 +14,7 @@ APT_PACKAGES=(
   wrk                                                    # Walrus GET benchmark
   busybox-static dropbear-bin e2fsprogs cpio kmod zstd   # the guest test image
   openssh-client                                         # SSH into test guests
-  chromium                                               # admin page tests
+  chromium                                               # admin page and Walrus browser (POST upload, CORS) tests
   systemd                                                # systemd-analyze verify of the units
 )
 

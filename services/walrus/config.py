@@ -43,6 +43,13 @@ class WalrusConfig(ServiceConfig):
         "", description="Directory of the decrypted-image cache (default: <KOALA_STATE_DIR>/image-cache)."
     )
 
+    KOALA_WALRUS_LIFECYCLE_INTERVAL: float = Field(
+        3600.0, gt=0, description="Seconds between two lifecycle sweeps (expirations and aborted uploads)."
+    )
+    KOALA_WALRUS_LIFECYCLE_DAY: float = Field(
+        86400.0, gt=0, description="Seconds in a lifecycle rule's day. Only tests shorten it."
+    )
+
     @property
     def port(self) -> int:
         return self.KOALA_WALRUS_PORT

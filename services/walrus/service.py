@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common.service import Service
 from services.walrus import images
 from services.walrus.config import WalrusConfig
+from services.walrus.lifecycle.sweeper import LifecycleSweeper
 from services.walrus.s3.app import Limits, S3App
 from services.walrus.s3.errors import http_error as s3_error_document
 from services.walrus.s3.identity import KeyResolver
@@ -66,6 +67,9 @@ class WalrusService(Service):
             limits,
             log_flush_seconds=config.KOALA_WALRUS_LOG_FLUSH_SECONDS,
         )
+        self.lifecycle = LifecycleSweeper(
+            self.storage, config.KOALA_WALRUS_LIFECYCLE_INTERVAL, config.KOALA_WALRUS_LIFECYCLE_DAY
+        )
         images.install(self)  # bundled images: ValidateImage, CacheImage, FlushImage, GetDecryptedImage
         self.s3.install(self.app)  # last: its catch-all route takes what no other route does
 
@@ -76,8 +80,10 @@ class WalrusService(Service):
         # Disk writes and fsyncs wait in threads: enough of them that concurrent uploads fsync in parallel.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="walrus-io"))
         await self.storage.start()
+        self.lifecycle.start()
 
     async def on_stop(self) -> None:
+        await self.lifecycle.stop()
         await self.s3.close()
         await self.storage.close()
 

@@ -12,21 +12,11 @@ from pathlib import Path
 import pytest
 
 from cli.allinone import qemu_usable
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.harness import Cloud
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "admin"
 
 

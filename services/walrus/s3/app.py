@@ -120,7 +120,8 @@ class S3App:
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
             ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
             ctx.response_headers.update(await cors.answer_headers(ctx))
-            await auth.authenticate(ctx)
+            if request.method != "OPTIONS":  # a CORS preflight is never signed, even when its URL is presigned
+                await auth.authenticate(ctx)
             handler = routing.pick(request.method, bucket, key, ctx.query, request.headers)
             await self._check_expected_owner(ctx)
             continued = await self._send_continue(request)

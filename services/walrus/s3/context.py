@@ -63,9 +63,12 @@ class Ctx:
     bucket_owner: str = ""  # the bucket's owner once known (access logs)
     error_code: str = ""  # the S3 error answered, if any (access logs)
     existing_tags: dict[str, str] | None = None  # the object's tags, when a handler has loaded them
+    form_tags: dict[str, str] | None = None  # the tags a browser POST upload's form asks for
 
     def request_tags(self) -> dict[str, str] | None:
         """The tags an upload asks for in x-amz-tagging (URL-encoded), or None without the header."""
+        if self.form_tags is not None:
+            return self.form_tags
         value = self.request.headers.get("x-amz-tagging")
         if value is None:
             return None

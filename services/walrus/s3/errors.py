@@ -48,6 +48,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "MalformedPolicy": (400, "Policy has invalid resource"),
     "MalformedPOSTRequest": (400, "The body of your POST request is not well-formed multipart/form-data."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema"),
+    "MaxPostPreDataLengthExceededError": (400, "Your POST request fields preceeding the upload file was too large."),
     "MaxMessageLengthExceeded": (400, "Your request was too big."),
     "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),

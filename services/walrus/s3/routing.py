@@ -14,6 +14,7 @@ from services.walrus.s3 import (
     bucket_policy,
     buckets,
     cors,
+    lifecycle,
     multipart,
     object_lock,
     objects,
@@ -27,7 +28,7 @@ WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """lifecycle website notification replication encryption tagging requestPayment
+    """website notification replication encryption tagging requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
     restore torrent select attributes""".split()
 )
@@ -40,6 +41,11 @@ BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
     },
     "policyStatus": {"GET": bucket_policy.get_bucket_policy_status},
     "cors": {"PUT": cors.put_bucket_cors, "GET": cors.get_bucket_cors, "DELETE": cors.delete_bucket_cors},
+    "lifecycle": {
+        "PUT": lifecycle.put_bucket_lifecycle,
+        "GET": lifecycle.get_bucket_lifecycle,
+        "DELETE": lifecycle.delete_bucket_lifecycle,
+    },
     "logging": {"PUT": access_log.put_bucket_logging, "GET": access_log.get_bucket_logging},
     "tagging": {
         "PUT": tagging.put_bucket_tagging,
@@ -163,7 +169,7 @@ def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> 
         if method == "POST":
             if "delete" in query:
                 return objects.delete_objects
-            raise S3Error("NotImplemented", "Walrus does not implement browser-based POST uploads")
+            return post.post_object
         raise S3Error("MethodNotAllowed")
     if method == "PUT":
         if "acl" in query:
