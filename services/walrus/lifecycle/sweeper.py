@@ -149,7 +149,9 @@ class LifecycleSweeper:
                     else:
                         newer += 1
             lone_marker = len(versions) == 1 and current is not None and current.delete_marker
-            if lone_marker and (rule.expired_delete_marker or rule.expires_current) and current.version_id not in gone:
+            if current is None or not lone_marker:
+                continue
+            if (rule.expired_delete_marker or rule.expires_current) and current.version_id not in gone:
                 if await self._delete(bucket, key, current.version_id, if_latest=current.version_id):
                     gone.add(current.version_id)
                     done["markers"] += 1

@@ -56,6 +56,7 @@ def _filter(rule: ET.Element) -> dict:
         raise S3Error("MalformedXML", "a rule needs exactly one of Filter and Prefix")
     if legacy is not None:
         return {"prefix": legacy.text or "", "legacy_prefix": True}
+    assert node is not None  # exactly one of the two, checked above
     children = list(node)
     if len(children) > 1:
         raise S3Error("MalformedXML", "a Filter holds one condition (use And for several)")
@@ -66,12 +67,9 @@ def _filter(rule: ET.Element) -> dict:
     known = {"Prefix", "ObjectSizeGreaterThan", "ObjectSizeLessThan"}
     if any(c.tag not in known for c in children):
         raise S3Error("MalformedXML")
-    found = {
-        "prefix": node.findtext("Prefix") or "",
-        "size_greater": _int(node, "ObjectSizeGreaterThan", 0, 1 << 62),
-        "size_less": _int(node, "ObjectSizeLessThan", 1, 1 << 62),
-    }
-    greater, less = found["size_greater"], found["size_less"]
+    greater = _int(node, "ObjectSizeGreaterThan", 0, 1 << 62)
+    less = _int(node, "ObjectSizeLessThan", 1, 1 << 62)
+    found = {"prefix": node.findtext("Prefix") or "", "size_greater": greater, "size_less": less}
     if greater is not None and less is not None and greater >= less:
         raise S3Error("InvalidArgument", "ObjectSizeGreaterThan must be less than ObjectSizeLessThan")
     return found
