@@ -12,9 +12,7 @@ a peer, and again whenever the peer answers UnknownCertificate (e.g. after a res
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from common import signing
+from common.backoff import Backoff
 from common.signing import AuthError, Identity, PeerCert, ReplayCache, TrustStore
 
 log = logging.getLogger("koala.rpc")
@@ -235,7 +234,7 @@ class RpcClient:
         """Call `operation` on the service at `url`; raise RpcError or PeerUnreachable on failure."""
         body = (message or Empty()).model_dump_json().encode()
         attempts = self.retries if idempotent else 1
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0, jitter=True)
         for attempt in range(1, attempts + 1):
             try:
                 return await self._call_once(url, operation, body, response_type, timeout, expect_role)
@@ -246,8 +245,7 @@ class RpcClient:
             except RpcError as err:
                 if err.status not in (502, 503) or attempt == attempts:
                     raise
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+            await backoff.wait()
         raise AssertionError("unreachable")
 
     async def _call_once(

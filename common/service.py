@@ -15,6 +15,7 @@ from typing import ClassVar
 from aiohttp import web
 
 from common import pki
+from common.backoff import Backoff
 from common.config import ConfigError, ServiceConfig
 from common.http_site import ConnectionGuard, HttpSite, Limits, install_exhaustion_handler, json_error
 from common.logs import setup_logging
@@ -54,7 +55,7 @@ class PeerMonitor:
                 self._tasks[url] = asyncio.create_task(self._watch(self.peers[url]), name=f"peer {url}")
 
     async def _watch(self, peer: Peer) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, max(self.interval, 1.0) * 6)
         while True:
             try:
                 answer = await self.client.call(
@@ -64,13 +65,12 @@ class PeerMonitor:
                 if peer.status.reachable or peer.status.last_error is None:
                     log.warning("peer %s (%s) unreachable: %s", peer.url, peer.role, err)
                 peer.status = peer.status.model_copy(update={"reachable": False, "last_error": str(err)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max(self.interval, 1.0) * 6)
+                await backoff.wait()
                 continue
             if not peer.status.reachable:
                 log.info("peer %s (%s) %s is reachable", peer.url, peer.role, answer.id)
             peer.status = PeerStatus(url=peer.url, role=peer.role, id=answer.id, reachable=True, last_seen=time.time())
-            backoff = 0.5
+            backoff.reset()
             await asyncio.sleep(self.interval)
 
     def statuses(self) -> list[PeerStatus]:

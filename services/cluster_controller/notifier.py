@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from common.backoff import Backoff
 from common.messages.clc_cc import Ack, ClusterInstance, NotifyInstancesRequest
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 
@@ -37,7 +38,7 @@ class Notifier:
                 await self.task
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -59,9 +60,9 @@ class Notifier:
                     if not self._failing:
                         log.warning("cannot push %d instance states to the CLC: %s", len(batch), err)
                     self._failing = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    await backoff.wait()
                     continue
                 if self._failing:
                     log.info("pushing instance states to the CLC again")
-                self._failing, backoff = False, 0.2
+                self._failing = False
+                backoff.reset()

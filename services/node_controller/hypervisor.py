@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from common.backoff import Backoff
 from services.node_controller.domain import koala_tag
 
 log = logging.getLogger("koala.nc.libvirt")
@@ -105,7 +106,7 @@ class Hypervisor:
         False if it is still not open: the reconnect loop then keeps trying in the background."""
         self._loop = asyncio.get_running_loop()
         _start_event_thread()
-        delay, deadline = 0.2, self._loop.time() + timeout
+        backoff, deadline = Backoff(0.2, 5.0), self._loop.time() + timeout
         while True:
             try:
                 await self._run(self._open)
@@ -115,8 +116,7 @@ class Hypervisor:
                     self._lost()
                     return False
                 log.warning("cannot connect to %s yet: %s", self.uri, err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.wait()
 
     def _open(self) -> None:
         try:
@@ -167,14 +167,13 @@ class Hypervisor:
 
     async def _reconnect(self) -> None:
         await self._run(self._close_conn)
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while not self._closing:
             try:
                 await self._run(self._open)
             except HypervisorError as err:
                 log.warning("reconnect to %s failed: %s", self.uri, err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.wait()
                 continue
             self.reconnects += 1
             if self.on_reconnect is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiosqlite
 import libvirt
 
+from common.backoff import Backoff
 from common.ids import is_id
 from common.messages.cc_nc import InstanceInfo, NcState, RunInstanceRequest
 from common.rpc import RpcError
@@ -339,7 +340,7 @@ class InstanceManager:
 
     async def _create(self, xml: str) -> None:
         """Create the domain; retried (up to 5 times, as the reference) only while the connection is lost."""
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 await self.hv.create(xml)
@@ -352,8 +353,7 @@ class InstanceManager:
                     await asyncio.wait_for(self.hv.connected.wait(), timeout=30)
                 except TimeoutError:
                     raise err from None
-                await asyncio.sleep(delay)
-                delay *= 2
+                await backoff.wait()
 
     # --- teardown -----------------------------------------------------------------------------------------
     async def _teardown(self, inst: Instance, detail: str, reason: str, from_task: bool = False) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from common.backoff import Backoff
 from common.messages.cc_nc import Ack, InstanceInfo, NotifyInstancesRequest
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 
@@ -47,7 +48,7 @@ class Notifier:
             self._wake.set()
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -69,14 +70,13 @@ class Notifier:
             try:
                 await self.client.call(self.cc_url, "NotifyInstances", message, Ack, timeout=10, expect_role="cc")
                 self.sent += 1
-                delay = 0.2
+                backoff.reset()
             except (RpcError, PeerUnreachable) as err:
-                log.warning("NotifyInstances to %s failed (%s); retrying in %.1f s", self.cc_url, err, delay)
+                log.warning("NotifyInstances to %s failed (%s); retrying in %.1f s", self.cc_url, err, backoff.delay)
                 if is_full:
                     self._full = full
                 else:
                     for info in instances:
                         self._dirty.setdefault(info.instance_id, None)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.wait()
                 self._wake.set()

@@ -102,3 +102,15 @@ def test_pki_command(tmp_path: Path) -> None:
     assert (tmp_path / "p" / "ca-key.pem").stat().st_mode & 0o077 == 0
     listing = json.loads(koala("show", str(tmp_path / "p")).stdout)
     assert {entry["id"] for entry in listing} >= {"Koala Cloud CA", "cloud", "cc-zone9"}
+
+
+def test_backoff_grows_to_its_limit_and_resets() -> None:
+    from common.backoff import Backoff
+
+    backoff = Backoff(0.2, 1.0)
+    assert [backoff.next_delay() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.2
+    spread = Backoff(1.0, 1.0, jitter=True)
+    delays = [spread.next_delay() for _ in range(200)]
+    assert all(0.5 <= d < 1.5 for d in delays) and len(set(delays)) > 100
