@@ -46,6 +46,10 @@ class PeerUnreachable(RpcError):
         super().__init__(503, "PeerUnreachable", f"{url}: {reason}")
 
 
+class PeerNotReached(PeerUnreachable):
+    """The peer could not even be connected to: the request never left, so nothing happened there."""
+
+
 class Empty(BaseModel):
     pass
 
@@ -210,7 +214,7 @@ class RpcClient:
                         raise RpcError(502, "BadIdentity", f"{url} answered {response.status} for its identity")
                     data = await response.json()
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                raise PeerUnreachable(url, str(err) or type(err).__name__) from None
+                raise PeerNotReached(url, str(err) or type(err).__name__) from None  # only its identity was asked
             try:
                 cert = self.trust.add_der_b64(str(data.get("cert", "")))
             except AuthError as err:
@@ -275,6 +279,8 @@ class RpcClient:
                 ) as response:
                     payload = await response.read()
                     status, response_headers = response.status, response.headers
+            except aiohttp.ClientConnectorError as err:
+                raise PeerNotReached(url, str(err) or type(err).__name__) from None
             except aiohttp.ServerDisconnectedError as err:
                 # A keep-alive connection the peer closed (e.g. it restarted): the request was not processed.
                 if stale_connection_retry:

@@ -24,7 +24,7 @@ from common.messages.clc_cc import (
     RunInstancesRequest,
 )
 from common.messages.network import DescribeNetworksRequest, DescribeNetworksResponse
-from common.rpc import PeerUnreachable, RpcError
+from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
 from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission, Token, count_quota
@@ -438,6 +438,32 @@ class Compute:
         ramdisk: Image | None,
         vm: VmType,
     ) -> Reservation:
+        try:
+            return await self._send_launch(reservation, instances, token, min_count, image, kernel, ramdisk, vm)
+        except PeerNotReached as err:
+            # Nothing reached the CC, so nothing runs there: the launch leaves no trace, and the zone is reported
+            # unavailable rather than short of capacity.
+            log.warning("RunInstances %s: %s unreachable: %s", reservation.reservation_id, reservation.zone, err)
+            await self._free_resources(instances)
+            self.admission.release(token)
+            await self.store.forget([i.instance_id for i in instances])
+            raise ComputeError(
+                "Unsupported",
+                f"The requested Availability Zone ({reservation.zone}) is currently unavailable. "
+                "Retry later, or choose another Availability Zone.",
+            ) from None
+
+    async def _send_launch(
+        self,
+        reservation: Reservation,
+        instances: list[Instance],
+        token: Token,
+        min_count: int,
+        image: Image,
+        kernel: Image | None,
+        ramdisk: Image | None,
+        vm: VmType,
+    ) -> Reservation:
         first = instances[0]
         if self.netsync is not None and first.vlan >= 0:
             try:  # the network's rules reach the CC before its first instance does
@@ -470,6 +496,8 @@ class Compute:
         )
         try:
             answer = await self.cc.run_instances(reservation.zone, request)
+        except PeerNotReached:
+            raise
         except (RpcError, PeerUnreachable) as err:
             log.warning("RunInstances %s failed in %s: %s", reservation.reservation_id, reservation.zone, err)
             await self._fail(reservation, instances, token, f"Server.InternalError: {err.code}")

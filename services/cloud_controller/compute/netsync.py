@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from common.messages.network import ConfigureNetworkRequest, NetworkResponse, NetworkRule, Protocol
-from common.rpc import PeerUnreachable, RpcError
+from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.networks import Networks
 
@@ -74,6 +74,8 @@ class NetworkSync:
                 idempotent=True,
                 expect_role="cc",
             )
+        except PeerNotReached:
+            raise  # the zone is down, not short of anything: the caller says so
         except (RpcError, PeerUnreachable) as err:
             raise ComputeError(
                 "InsufficientInstanceCapacity",
@@ -95,5 +97,5 @@ class NetworkSync:
         for zone in sorted(zones):
             try:
                 await self.configure(zone, owner_id, group_name, vlan)
-            except ComputeError as err:
+            except (ComputeError, PeerNotReached) as err:
                 log.warning("rules of %s not pushed to %s (the next change or launch retries): %s", name, zone, err)
