@@ -23,6 +23,8 @@ PREFIXES = frozenset(
         "snap",  # snapshot
         "bun",  # bundle task
         "req",  # request id
+        "cr",  # capacity reservation (an advance reservation lease)
+        "sir",  # spot instance request (a best-effort lease)
     }
 )
 _ID = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -19,6 +19,9 @@ class InstanceLaunch(BaseModel):
     instance_id: str
     launch_index: int
     net: NetConfig = NetConfig()
+    # The node the CLC's lease scheduler mapped it to (its slot table keeps room there for reservations); the CC
+    # places it there when every instance of the request has one and they fit, else by its own policy.
+    node_id: str = Field("", max_length=300)
 
 
 class RunInstancesRequest(BaseModel):

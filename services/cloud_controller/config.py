@@ -75,6 +75,12 @@ class CloudControllerConfig(ServiceConfig):
     KOALA_CC_POLL_SECONDS: float = Field(
         10.0, gt=0, description="How often each CC is polled (resources, instances): the safety net for pushes."
     )
+    KOALA_SPOT_NOTICE_SECONDS: float = Field(
+        120.0, ge=0, le=3600, description="How long before a preemption a spot instance's metadata gives notice."
+    )
+    KOALA_LEASE_TICK_SECONDS: float = Field(
+        1.0, gt=0, le=60, description="How often the lease scheduler starts, ends, preempts and fulfils leases."
+    )
 
     @field_validator("KOALA_METADATA_BIND")
     @classmethod

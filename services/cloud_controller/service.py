@@ -15,6 +15,7 @@ from services.cloud_controller.identity import admin_rpc as identity_admin_rpc
 from services.cloud_controller.identity import bootstrap
 from services.cloud_controller.identity import rpc as identity_rpc
 from services.cloud_controller.identity.store import IdentityStore
+from services.cloud_controller.leases import setup as leases_setup
 
 
 class CloudControllerService(Service):
@@ -49,6 +50,8 @@ class CloudControllerService(Service):
         # Images, instances, admission, addresses; NotifyInstances (role cc) and the metadata routes.
         self.compute = await compute_setup.install(self)
         self.ebs = await ebs.install(self)  # volumes and snapshots (Elastic Block Store)
+        # The slot table (capacity reservations, spot requests) beside admission control.
+        self.leases = await leases_setup.install(self)
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         await bootstrap.ensure_admin(
             self.identity_store,
@@ -62,6 +65,8 @@ class CloudControllerService(Service):
     async def on_stop(self) -> None:
         if getattr(self, "ebs", None) is not None:
             await self.ebs.stop()
+        if getattr(self, "leases", None) is not None:
+            await leases_setup.uninstall(self.leases)
         if getattr(self, "compute", None) is not None:
             await self.compute.stop()
         await self.db.close()

@@ -40,7 +40,7 @@ from services.cluster_controller.config import ClusterControllerConfig, node_url
 from services.cluster_controller.health import NodeHealth
 from services.cluster_controller.model import Instance, Node
 from services.cluster_controller.notifier import Notifier
-from services.cluster_controller.placement import Need, NodeCapacity, NodeState, slots
+from services.cluster_controller.placement import Need, NodeCapacity, NodeState, Plan, slots
 from services.cluster_controller.power import WakeError, normalize_mac
 from services.cluster_controller.powersave import PowerSave
 from services.cluster_controller.store import Store
@@ -275,7 +275,9 @@ class Cluster(NodeHealth, PowerSave):
         spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
         async with self.lock:
             order, capacities = self.snapshot()
-            plan = self.policy(capacities, need, len(ids), self.cursor)
+            plan = self._hinted(request, order, capacities, need) or self.policy(
+                capacities, need, len(ids), self.cursor
+            )
             placed = len(plan.picks)
             if placed < request.min_count:
                 reason = (
@@ -325,6 +327,24 @@ class Cluster(NodeHealth, PowerSave):
         no_room = f"InsufficientInstanceCapacity: no node in zone {self.zone} has room for another {vm.name}"
         answers += [InstancePlacement(instance_id=i, error=no_room) for i in ids[placed:]]
         return RunInstancesResponse(instances=answers)
+
+    @staticmethod
+    def _hinted(
+        request: RunInstancesRequest, order: list[Node], capacities: list[NodeCapacity], need: Need
+    ) -> Plan | None:
+        """The CLC's own mapping (InstanceLaunch.node_id), when every instance has one and all fit there."""
+        if not all(launch.node_id for launch in request.instances):
+            return None
+        index = {node.node_id or node.url: i for i, node in enumerate(order)}
+        left = {i: slots(capacities[i], need) for i in set(index.values()) if capacities[i].state is not NodeState.DOWN}
+        picks = []
+        for launch in request.instances:
+            i = index.get(launch.node_id)
+            if i is None or left.get(i, 0) < 1:
+                return None
+            left[i] -= 1
+            picks.append(i)
+        return Plan(picks, 0, sorted({i for i in picks if capacities[i].state is NodeState.ASLEEP}))
 
     def _placement(self, instance_id: str) -> InstancePlacement:
         instance = self.instances.get(instance_id)

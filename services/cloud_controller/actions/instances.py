@@ -226,6 +226,11 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         disable_api_termination=bool(params.get("DisableApiTermination")),
         shutdown_behavior=params.get("InstanceInitiatedShutdownBehavior") or "terminate",
     )
+    capacity = params.get("CapacityReservationSpecification") or {}
+    request.capacity_reservation_id = (capacity.get("CapacityReservationTarget") or {}).get(
+        "CapacityReservationId"
+    ) or ""
+    request.capacity_preference = capacity.get("CapacityReservationPreference") or ""
     reservation = await engine.run_instances(ctx.principal, request)
     instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
     launched = [i for i in instances if i.state != "terminated" or not i.state_reason.startswith("Server.")]

@@ -47,6 +47,8 @@ class Token:
     created: float
     state: str = "pending"  # pending -> submitted -> redeemed | released | expired
     submitted_at: float = 0.0
+    nodes: list[str] = field(default_factory=list)  # the lease scheduler's node per instance (placement hints)
+    lease_id: str = ""  # the capacity reservation or spot request the instances run in
 
     @property
     def cores(self) -> int:

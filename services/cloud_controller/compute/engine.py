@@ -83,6 +83,9 @@ class RunRequest:
     tags: list[tuple[str, str]] = field(default_factory=list)
     disable_api_termination: bool = False
     shutdown_behavior: str = "terminate"  # InstanceInitiatedShutdownBehavior
+    capacity_reservation_id: str = ""  # CapacityReservationSpecification's target (leases/)
+    capacity_preference: str = ""  # open | none ("" = open)
+    spot: Any = None  # InstanceMarketOptions' spot options (leases/spot.py), or None for on-demand
 
 
 def mac_for(instance_id: str) -> str:
@@ -132,6 +135,7 @@ class Compute:
 
         self.elastic = Elastic(self)
         self._refresh_pending: set[str] = set()
+        self.leases: Any = None  # leases.scheduler.LeaseScheduler (the slot table), set by setup.install
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
 
@@ -257,6 +261,8 @@ class Compute:
         groups = list(dict.fromkeys(request.groups or ["default"]))
         if len(groups) > 64:
             raise invalid("SecurityGroup", "at most 64 groups")
+        if request.capacity_reservation_id and self.leases is not None and not request.zone:
+            request.zone = self.leases.reservation(owner, request.capacity_reservation_id).zone
         zone = request.zone or None
         if zone is not None and zone not in self.cc.clusters:
             raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
@@ -267,6 +273,8 @@ class Compute:
                 await asyncio.gather(*(self._refresh_network_mode(z) for z in unknown))
                 if request.client_token and (owner, request.client_token) in self.store.tokens:
                     return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
+        if self.leases is not None:  # the zones' nodes, for the slot table
+            await self.leases.before_admit(owner, request, vm, zone)
         # From the quota check to the in-memory records everything is synchronous, so concurrent requests see
         # each other's reservations. When the last capacity report says there is not enough, a fresh one is
         # asked for once (it may predate nodes coming up or instances going away).
@@ -279,7 +287,7 @@ class Compute:
             if request.client_token and (owner, request.client_token) in self.store.tokens:
                 return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
             token = self._admit(principal, request, vm, zone)
-        undo: list[Callable[[], None]] = [lambda: self.admission.release(token)]
+        undo: list[Callable[[], None]] = [lambda: self._release_token(token)]
         try:
             count = token.count
             instance_ids = self._new_ids("i", count)
@@ -337,6 +345,8 @@ class Compute:
         # Written before the CC hears of it, so a crash from here on leaves records the poller can settle.
         try:
             await self.store.save_reservation(reservation)
+            if self.leases is not None:
+                await self.leases.bind(token, instance_ids)
             await self.addresses.save(*addresses)
             for name in {Networks.name(owner, g) for g in groups[:1]} if nets else ():
                 await self.networks.save_vlan(name)
@@ -361,10 +371,23 @@ class Compute:
                 count_quota(in_use, request.min_count * per, limit, what)
                 max_count = min(max_count, (limit - in_use) // per)
         if zone is None:
-            return bursting.reserve(
+            token = bursting.reserve(
                 self.admission, self.settings.burst, principal.account_id, vm, request.min_count, max_count
             )
-        return self.admission.reserve(principal.account_id, vm, request.min_count, max_count, zone)
+        else:
+            token = self.admission.reserve(principal.account_id, vm, request.min_count, max_count, zone)
+        if self.leases is not None:
+            try:
+                self.leases.claim(principal.account_id, request, vm, token)
+            except BaseException:
+                self.admission.release(token)
+                raise
+        return token
+
+    def _release_token(self, token: Token) -> None:
+        self.admission.release(token)
+        if self.leases is not None:
+            self.leases.settle(token)
 
     def _new_ids(self, prefix: str, count: int) -> list[str]:
         taken = self.store.instances if prefix == "i" else self.store.reservations
@@ -481,8 +504,9 @@ class Compute:
                     net=NetConfig(
                         private_mac=i.private_mac, public_ip=i.public_ip, vlan=i.vlan, network_index=i.network_index
                     ),
+                    node_id=token.nodes[n] if len(token.nodes) == len(instances) else "",
                 )
-                for i in instances
+                for n, i in enumerate(instances)
             ],
             min_count=min_count,
             image=ImageRef(id=image.image_id, manifest=image.location),
@@ -526,6 +550,8 @@ class Compute:
             await self._release_instances(failed, "Server.InsufficientInstanceCapacity: not placed")
         self.admission.submitted(token)
         await self.store.save_instances([i for i in instances if i.node_id])
+        if self.leases is not None:
+            self.leases.settle(token)
         self._schedule_refresh(reservation.zone)
         log.info("launched %s: %d x %s in %s", reservation.reservation_id, len(placed), vm.name, reservation.zone)
         return reservation
@@ -534,7 +560,7 @@ class Compute:
         """Undo a launch the CC refused, in reverse order: instances, network, addresses, capacity. A failed
         request does not use up its ClientToken (a client's retry must launch, not return the failure)."""
         await self._release_instances(instances, reason)
-        self.admission.release(token)
+        self._release_token(token)
         await self.store.release_token(reservation)
 
     async def _release_instances(self, instances: list[Instance], reason: str) -> None:
