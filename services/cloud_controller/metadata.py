@@ -67,8 +67,14 @@ def _listing(tree: Tree) -> str:
 
 
 class MetadataService:
-    def __init__(self, store: Store, zone_of: Callable[[Instance], str] = lambda i: i.zone):
+    def __init__(
+        self,
+        store: Store,
+        zone_of: Callable[[Instance], str] = lambda i: i.zone,
+        extras: list[Callable[[Instance], Tree]] | None = None,
+    ):
         self.store, self.zone_of = store, zone_of
+        self.extras = extras if extras is not None else []  # other parts' entries (the spot notice)
 
     def install(self, app: web.Application) -> None:
         app.router.add_get(r"/{version:" + VERSION_PATTERN + r"}", self.handle)
@@ -98,7 +104,10 @@ class MetadataService:
             return web.Response(body=base64.b64decode(instance.user_data), content_type="application/octet-stream")
         if head != "meta-data":
             raise web.HTTPNotFound(text="Not Found\n")
-        node: Tree | str = instance_tree(instance, self.store, self.zone_of)
+        tree = instance_tree(instance, self.store, self.zone_of)
+        for extra in self.extras:
+            tree.update(extra(instance))
+        node: Tree | str = tree
         for index, part in enumerate(rest):
             if not isinstance(node, dict) or part not in node:
                 # EC2 lists public keys as "0=name" and also answers public-keys/0=name/.

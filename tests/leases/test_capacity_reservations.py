@@ -11,10 +11,10 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import bundle_and_upload, run_when_room, wait_state, wait_zone_ready
 from tests.clc.ec2_helpers import client, stop_clean
 
-CLC = {"KOALA_LEASE_TICK_SECONDS": 0.2}
+CLC = {"KOALA_LEASE_TICK_SECONDS": 0.2, "KOALA_SPOT_NOTICE_SECONDS": 2}
 NC = {"MAX_CORES": 4}
 
 
@@ -198,3 +198,87 @@ def test_an_open_reservation_takes_untargeted_launches_and_expires(cloud, alice,
     assert wait_state(ec2, [launched], {"running"})[launched]["State"]["Name"] == "running"
     ec2.terminate_instances(InstanceIds=[launched])
     wait_state(ec2, [launched], {"terminated"})
+
+
+def spot_requests(ec2, ids: list[str]) -> dict[str, dict]:
+    found = ec2.describe_spot_instance_requests(SpotInstanceRequestIds=ids)["SpotInstanceRequests"]
+    return {r["SpotInstanceRequestId"]: r for r in found}
+
+
+def wait_requests(ec2, ids: list[str], check, what: str, timeout: float = 30.0) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = spot_requests(ec2, ids)
+        if check(found):
+            return found
+        assert time.monotonic() < deadline, (
+            f"{what}: {[(k, v['State'], v['Status']['Code']) for k, v in found.items()]}"
+        )
+        time.sleep(0.1)
+
+
+def test_spot_requests_queue_fulfil_and_preempt(cloud, alice, image):
+    """Five one-time requests on a four-slot node: four fulfilled, one queued; a terminate lets the fifth in; a
+    reservation starting soon gives two of them notice and terminates them at its start (the most recent first);
+    the reservation's launches take the room."""
+    ec2 = client(cloud, alice)
+    spec = {"ImageId": image, "InstanceType": "m1.small"}
+    made = ec2.request_spot_instances(InstanceCount=5, LaunchSpecification=spec)["SpotInstanceRequests"]
+    rids = [r["SpotInstanceRequestId"] for r in made]
+    assert all(r["State"] == "open" and r["SpotPrice"] == "0.000000" for r in made)
+    found = wait_requests(ec2, rids, lambda f: sum(r["State"] == "active" for r in f.values()) == 4, "four fulfilled")
+    waiting = [r for r in rids if found[r]["State"] == "open"]
+    assert waiting == rids[4:]  # FIFO: the last one waits
+    running = {r: found[r]["InstanceId"] for r in rids[:4]}
+    wait_state(ec2, list(running.values()), {"running"})
+    # An on-demand launch finds no room (spot leases are only preempted for reservations and on-demand launches
+    # that fit without them: here the node is full of spot instances, so one is preempted for it).
+    od = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    found = wait_requests(
+        ec2, rids[:4], lambda f: any(r["State"] == "closed" for r in f.values()), "one preempted for on-demand"
+    )
+    preempted = [r for r in rids[:4] if found[r]["State"] == "closed"]
+    assert preempted == [rids[3]] and found[rids[3]]["Status"]["Code"] == "instance-terminated-no-capacity"
+    wait_state(ec2, [od], {"running"})
+    # A user's terminate frees a slot: the queued request is fulfilled.
+    ec2.terminate_instances(InstanceIds=[running[rids[0]], od])
+    found = wait_requests(ec2, rids, lambda f: f[rids[4]]["State"] == "active", "the fifth fulfilled")
+    assert found[rids[0]]["State"] == "closed" and found[rids[0]]["Status"]["Code"] == "instance-terminated-by-user"
+    # Three spot instances run. A reservation for two, starting in 6 s: accepted although spot instances fill
+    # three of the four slots; one must go: the most recently started (the fifth), given notice 2 s before the
+    # start (still running meanwhile), terminated just before it (so that its room is free at the start).
+    cr = reserve(ec2, 2, soon(6), soon(600))
+    noticed = wait_requests(
+        ec2, [rids[4]], lambda f: f[rids[4]]["Status"]["Code"] == "marked-for-termination", "notice given"
+    )
+    assert noticed[rids[4]]["State"] == "active"
+    assert describe(ec2, cr["CapacityReservationId"])["State"] == "scheduled"
+    assert wait_state(ec2, [noticed[rids[4]]["InstanceId"]], {"running"})
+    found = wait_requests(ec2, [rids[4]], lambda f: f[rids[4]]["State"] == "closed", "terminated before the start")
+    wait_state(ec2, [noticed[rids[4]]["InstanceId"]], {"terminated"})
+    assert found[rids[4]]["Status"]["Code"] == "instance-terminated-no-capacity"
+    assert "starts" in found[rids[4]]["Status"]["Message"]
+    wait_cr_state(ec2, cr["CapacityReservationId"], "active")
+    target = {"CapacityReservationTarget": {"CapacityReservationId": cr["CapacityReservationId"]}}
+    # (the CC learns of the freed capacity from its node a moment after the instance is gone)
+    inside = run_when_room(ec2, ImageId=image, MinCount=2, MaxCount=2, CapacityReservationSpecification=target)
+    inside_ids = [i["InstanceId"] for i in inside["Instances"]]
+    wait_state(ec2, inside_ids, {"running"})
+    # Cancel: the surviving spot instances keep running, their requests say so.
+    now = spot_requests(ec2, rids)
+    survivors = [r for r in rids if now[r]["State"] == "active"]
+    assert survivors == rids[1:3], "\n".join(f"{r} {now[r]['State']} {now[r]['Status']}" for r in rids)
+    cancelled = ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=survivors)["CancelledSpotInstanceRequests"]
+    assert {c["State"] for c in cancelled} == {"cancelled"}
+    after = spot_requests(ec2, survivors)
+    assert {r["Status"]["Code"] for r in after.values()} == {"request-canceled-and-instance-running"}
+    everything = inside_ids + [after[r]["InstanceId"] for r in survivors]
+    ec2.terminate_instances(InstanceIds=everything)
+    wait_state(ec2, everything, {"terminated"})
+    ec2.cancel_capacity_reservation(CapacityReservationId=cr["CapacityReservationId"])
+    with pytest.raises(ClientError) as err:
+        ec2.request_spot_instances(InstanceCount=1, LaunchSpecification=spec, InstanceInterruptionBehavior="stop")
+    assert code(err) == "InvalidParameterCombination"
+    with pytest.raises(ClientError) as err:
+        ec2.describe_spot_instance_requests(SpotInstanceRequestIds=["sir-zz"])
+    assert code(err) == "InvalidSpotInstanceRequestID.Malformed"

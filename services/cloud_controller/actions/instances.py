@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.cloud_controller.actions import Context, action, groups, keypairs, tags
+from services.cloud_controller.actions import Context, action, groups, keypairs, spot, tags
 from services.cloud_controller.compute.attributes import product_codes
 from services.cloud_controller.compute.engine import Compute, RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
 from services.cloud_controller.ec2 import model, xml
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
+from services.cloud_controller.leases.spot import Owner
 
 MAX_IDS = 1000
 
@@ -231,7 +232,12 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         "CapacityReservationId"
     ) or ""
     request.capacity_preference = capacity.get("CapacityReservationPreference") or ""
-    reservation = await engine.run_instances(ctx.principal, request)
+    market = spot.market_options(params)
+    if market is not None:  # a one-time spot request fulfilled now or refused (leases/spot.py)
+        owner = Owner(ctx.owner_id, ctx.principal.user_id)
+        reservation = await ctx.clc.leases.spot.run_now(owner, request, *market)
+    else:
+        reservation = await engine.run_instances(ctx.principal, request)
     instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
     launched = [i for i in instances if i.state != "terminated" or not i.state_reason.startswith("Server.")]
     if tag_list:

@@ -136,6 +136,7 @@ class Compute:
         self.elastic = Elastic(self)
         self._refresh_pending: set[str] = set()
         self.leases: Any = None  # leases.scheduler.LeaseScheduler (the slot table), set by setup.install
+        self.metadata_extras: list[Callable[[Instance], dict]] = []  # more meta-data entries (spot/instance-action)
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
 

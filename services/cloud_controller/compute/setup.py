@@ -96,7 +96,7 @@ async def install(clc: Any) -> Compute:
         compute.background(instance_actions.warm_cache(clc.db, compute))
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)
-    MetadataService(compute.store).install(clc.app)
+    MetadataService(compute.store, extras=compute.metadata_extras).install(clc.app)
     if hasattr(clc, "clusters"):
         clc.clusters.listeners.append(compute.zone_changed)
     compute.start_polling()

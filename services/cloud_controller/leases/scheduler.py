@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common import ids
@@ -52,6 +52,7 @@ class Claim:
     nodes: list[str]
     need: Res
     kind: str  # running | besteffort | reserved (inside a reservation: no extra room)
+    request_ids: list[str] = field(default_factory=list)  # spot: the request of each instance, in order
 
 
 class LeaseScheduler:
@@ -104,6 +105,20 @@ class LeaseScheduler:
         for name in [zone] if zone else list(self.compute.cc.clusters):
             if self.has_leases(name):
                 await self._nodes_known(name)
+        on_demand = not getattr(request, "spot", None) and not getattr(request, "capacity_reservation_id", "")
+        if on_demand and getattr(request, "capacity_preference", "") != "none":
+            # A launch an open reservation takes has its room there: no need to preempt anything.
+            on_demand = not any(
+                cr.state == "active"
+                and cr.match == "open"
+                and cr.owner_id == owner_id
+                and cr.instance_type == vm.name
+                and (not zone or cr.zone == zone)
+                and self.available(cr) >= request.min_count
+                for cr in self.live_reservations()
+            )
+        if self.spot is not None and on_demand:
+            await self.spot.make_room([zone] if zone else list(self.compute.cc.clusters), res_of(vm), request.min_count)
 
     def _target(self, owner_id: str, target: str, vm: VmType, zone: str) -> CapacityReservation:
         cr = self.reservation(owner_id, target)
@@ -398,9 +413,14 @@ class LeaseScheduler:
                     and self._claim_reservation(cr, token.count, token, need)
                 ):
                     return
-        if not self.has_leases(token.zone):
+        spot = getattr(request, "spot", None) or {}
+        request_ids = list(spot.get("request_ids", []))
+        if spot.get("nodes") and len(spot["nodes"]) == token.count:  # the queue's own plan (plan_queue)
+            token.nodes = list(spot["nodes"])
+            self.claims[token.id] = Claim(token.zone, "", token.nodes, need, "besteffort", request_ids)
             return
-        spot = bool(getattr(request, "spot", None))
+        if not self.has_leases(token.zone) and not spot:
+            return
         table = self.table(token.zone)
         now = self.clock()
         # A spot launch runs only where it fits now beside everything (it starts nothing's preemption);
@@ -419,7 +439,7 @@ class LeaseScheduler:
         if len(picks) < token.count:
             self.compute.admission.shrink(token, len(picks))
         token.nodes = picks
-        self.claims[token.id] = Claim(token.zone, "", picks, need, "besteffort" if spot else "running")
+        self.claims[token.id] = Claim(token.zone, "", picks, need, "besteffort" if spot else "running", request_ids)
 
     @staticmethod
     def _most(table: SlotTable, need: Res, low: int, high: int, now: float) -> list[str] | None:
@@ -452,6 +472,11 @@ class LeaseScheduler:
         """Written before the CC hears of the launch: these instances run in the token's lease."""
         if getattr(token, "lease_id", ""):
             await self.store.bind(token.lease_id, instance_ids)
+            return
+        claim = self.claims.get(token.id)
+        if claim is not None and claim.request_ids:
+            for request_id, instance_id in zip(claim.request_ids, instance_ids, strict=False):
+                await self.store.bind(request_id, [instance_id])
 
     def settle(self, token: Any) -> None:
         """The launch is over (done or failed): its instances (if any) now hold their nodes themselves."""

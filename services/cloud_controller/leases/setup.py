@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.cloud_controller.leases.scheduler import LeaseScheduler
+from services.cloud_controller.leases.spot import SpotQueue
 from services.cloud_controller.leases.store import LeaseStore
 
 
@@ -14,6 +15,8 @@ async def install(clc: Any) -> LeaseScheduler:
     store = await LeaseStore.open(clc.config.KOALA_STATE_DIR)
     scheduler = LeaseScheduler(clc.compute, store, tick=clc.config.KOALA_LEASE_TICK_SECONDS)
     clc.compute.leases = scheduler
+    scheduler.spot = SpotQueue(scheduler, notice=clc.config.KOALA_SPOT_NOTICE_SECONDS)
+    clc.compute.metadata_extras.append(scheduler.spot.metadata)
     scheduler.start()
     return scheduler
 

@@ -192,11 +192,19 @@ def plan_queue(table: SlotTable, queue: Sequence[Request], now: float) -> QueueP
     """FIFO with backfilling (see the module's docstring). `table` is not changed."""
     work = table.copy()
     plan = QueuePlan()
+    # What each node has free at this instant bounds what any window starting now can get: a request that fits
+    # in no node's free-now (or their component-wise best) is skipped without looking through time.
+    free_now = {node: work.free(node, now, now + 1e-9, preempt=False, now=now) for node in work.capacity}
+    best = _best(free_now.values())
     for request in queue:
         end = now + request.duration if request.duration is not None else INF
-        picks = work.map_vms(request.need, request.count, now, end, preempt=False, now=now)
+        picks = None
+        if request.need.fits_in(best) and sum(how_many(f, request.need) for f in free_now.values()) >= request.count:
+            picks = work.map_vms(request.need, request.count, now, end, preempt=False, now=now)
         if picks is not None:
-            work.allocate(request.lease_id, picks, request.need, now, end, "besteffort", now)
+            for node in made_nodes(work.allocate(request.lease_id, picks, request.need, now, end, "besteffort", now)):
+                free_now[node] = work.free(node, now, now + 1e-9, preempt=False, now=now)
+            best = _best(free_now.values())
             plan.start.append((request, picks))
             continue
         plan.waiting.append(request.lease_id)
@@ -210,8 +218,22 @@ def plan_queue(table: SlotTable, queue: Sequence[Request], now: float) -> QueueP
     return plan
 
 
+def _best(frees: Iterable[Res]) -> Res:
+    cores = memory = disk = 0
+    for free in frees:
+        cores, memory, disk = max(cores, free.cores), max(memory, free.memory_mb), max(disk, free.disk_gb)
+    return Res(cores, memory, disk)
+
+
+def made_nodes(allocations: list[Allocation]) -> list[str]:
+    return [a.node for a in allocations]
+
+
+MAX_SHADOW_TRIES = 256  # moments looked at for the head's reservation
+
+
 def _earliest(table: SlotTable, request: Request, now: float) -> tuple[float, list[str]] | None:
-    for when in table.times_after(now):
+    for when in table.times_after(now)[:MAX_SHADOW_TRIES]:
         end = when + request.duration if request.duration is not None else INF
         picks = table.map_vms(request.need, request.count, when, end, preempt=False, now=when)
         if picks is not None:

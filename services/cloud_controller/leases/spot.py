@@ -1,0 +1,472 @@
+"""Best-effort leases as EC2 Spot requests: queued FIFO with backfilling (slottable.plan_queue), fulfilled when
+capacity frees, preempted when a capacity reservation (or an on-demand launch) needs their room.
+
+A request's life (EC2's states and status codes):
+  open/pending-evaluation -> open/pending-fulfillment (written before the launch; the launch's ClientToken is
+  the request id, so a retry after a crash finds the same instances) -> active/fulfilled -> (instance ends)
+  one-time: closed/instance-terminated-by-user | ...-no-capacity; persistent: open again, at its old position.
+  A preempted lease is first given notice (`spot/instance-action` in the metadata, KOALA_SPOT_NOTICE_SECONDS
+  before the reservation's start), then terminated, or suspended when its interruption behaviour is hibernate
+  and the cloud can suspend (`suspend` hook set by setup); a suspended request is `disabled` until room returns
+  on its node, when it is resumed before anything else in the queue starts.
+Prices are always zero: a spot request is a priority, not a bid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common import ids
+from services.cloud_controller.compute.errors import ComputeError, invalid
+from services.cloud_controller.leases.slottable import INF, Request, plan_queue, preemptions
+from services.cloud_controller.leases.store import Preemption, SpotRequest
+
+log = logging.getLogger("koala.clc.spot")
+MAX_COUNT = 100  # instances per RequestSpotInstances
+MAX_OPEN = 10000  # open requests per account
+LAUNCHES_AT_ONCE = 32
+PREEMPT_LEAD = 5.0  # seconds before a reservation's start that its preemptions happen (at most the notice)
+ACTED = ("instance-terminated-no-capacity", "instance-stopped-no-capacity")
+
+
+@dataclass
+class Owner:
+    """The account a queued request is launched for (the compute engine's Principal)."""
+
+    account_id: str
+    user_id: str = ""
+    is_admin: bool = False
+
+
+Suspender = Callable[[str, str], Awaitable[bool]]  # (zone, instance id) -> done
+
+
+class SpotQueue:
+    def __init__(self, scheduler: Any, notice: float = 120.0):
+        self.scheduler, self.notice = scheduler, notice
+        self.store = scheduler.store
+        self.compute = scheduler.compute
+        self.suspend: Suspender | None = None  # set when the NCs can suspend (libvirt managed save)
+        self.resume: Suspender | None = None
+        self._launching: set[str] = set()
+
+    def metadata(self, instance: Any) -> dict:
+        """The instance's `spot/` meta-data: `instance-action` (and `termination-time` for a termination) once a
+        preemption notice is given; nothing otherwise (EC2 answers 404 then)."""
+        lease = self.store.lease_of.get(instance.instance_id, "")
+        request = self.store.spot.get(lease)
+        if request is None or not request.notice_action or request.notice_time is None:
+            return {}
+        when = _iso(request.notice_time)
+        entries = {"instance-action": json.dumps({"action": request.notice_action, "time": when})}
+        if request.notice_action == "terminate":
+            entries["termination-time"] = when
+        return {"spot": entries}
+
+    # --- requests -------------------------------------------------------------------------------------
+    def active_in(self, zone: str) -> bool:
+        return any(r.zone == zone and r.instance_id for r in self.store.spot.values())
+
+    def get(self, owner_id: str, request_id: str) -> SpotRequest:
+        if not ids.is_id(request_id, "sir"):
+            raise ComputeError("InvalidSpotInstanceRequestID.Malformed", f'Invalid id: "{request_id[:40]}"')
+        found = self.store.spot.get(ids.normalize(request_id))
+        if found is None or found.owner_id != owner_id:
+            raise ComputeError(
+                "InvalidSpotInstanceRequestID.NotFound", f"The spot instance request ID '{request_id}' does not exist"
+            )
+        return found
+
+    async def request(
+        self,
+        owner: Owner,
+        spec: dict,
+        count: int,
+        kind: str,
+        interruption: str,
+        valid_until: float | None,
+        duration: float | None,
+        client_token: str = "",
+    ) -> list[SpotRequest]:
+        if client_token:
+            if len(client_token) > 64:
+                raise invalid("ClientToken", "at most 64 characters")
+            same = [
+                r for r in self.store.spot.values() if r.owner_id == owner.account_id and r.client_token == client_token
+            ]
+            if same:
+                return sorted(same, key=lambda r: r.position)
+        if not 1 <= count <= MAX_COUNT:
+            raise invalid("InstanceCount", f"between 1 and {MAX_COUNT}")
+        if kind not in ("one-time", "persistent"):
+            raise invalid("Type", "one-time or persistent")
+        check_interruption(interruption)
+        now = time.time()
+        if valid_until is not None and valid_until <= now:
+            raise invalid("ValidUntil", "must be in the future")
+        if duration is not None and not 0 < duration <= 6 * 3600:
+            raise invalid("BlockDurationMinutes", "between 60 and 360 minutes")
+        self.compute.vm_type(spec.get("instance_type", ""))
+        zone = spec.get("zone", "")
+        if zone and zone not in self.compute.cc.clusters:
+            raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone[:64]}]")
+        mine = sum(1 for r in self.store.spot.values() if r.owner_id == owner.account_id and r.state == "open")
+        if mine + count > MAX_OPEN:
+            raise ComputeError("MaxSpotInstanceCountExceeded", f"at most {MAX_OPEN} open spot requests")
+        made = []
+        position = self.store.next_position()
+        for n in range(count):
+            made.append(
+                SpotRequest(
+                    request_id=self._new_id(made),
+                    owner_id=owner.account_id,
+                    user_id=owner.user_id,
+                    position=position + n,
+                    type=kind,
+                    state="open",
+                    status_code="pending-evaluation",
+                    status_message="Your Spot request has been submitted for review, and is pending evaluation.",
+                    status_time=now,
+                    interruption=interruption,
+                    spec=spec,
+                    create_time=now,
+                    zone=zone,
+                    valid_until=valid_until,
+                    duration=duration,
+                    client_token=client_token,
+                )
+            )
+        await self.store.save_spot(*made)
+        for request in made:
+            self.store.spot[request.request_id] = request
+        self.scheduler.wake()
+        return made
+
+    def _new_id(self, taken: list[SpotRequest]) -> str:
+        while True:
+            candidate = ids.new_id("sir")
+            if candidate not in self.store.spot and all(r.request_id != candidate for r in taken):
+                return candidate
+
+    async def cancel(self, owner_id: str, request_ids: list[str]) -> list[SpotRequest]:
+        found = [self.get(owner_id, i) for i in request_ids]
+        changed = []
+        for request in found:
+            if request.state in ("open", "active", "disabled"):
+                code = "request-canceled-and-instance-running" if self._live(request) else "canceled-before-fulfillment"
+                self._status(request, code, "The request was cancelled by the user.")
+                request.state = "cancelled"
+                changed.append(request)
+        if changed:
+            await self.store.save_spot(*changed)
+        return found
+
+    def _live(self, request: SpotRequest) -> bool:
+        instance = self.compute.store.instances.get(request.instance_id) if request.instance_id else None
+        return instance is not None and (instance.live or instance.state == "stopped")
+
+    @staticmethod
+    def _status(request: SpotRequest, code: str, message: str) -> None:
+        request.status_code, request.status_message, request.status_time = code, message, time.time()
+
+    # --- RunInstances with InstanceMarketOptions: a one-time request fulfilled now or refused ------------
+    async def run_now(self, owner: Owner, run_request: Any, interruption: str, valid_until: float | None) -> Any:
+        spec = {"instance_type": run_request.instance_type or "m1.small", "zone": run_request.zone}
+        made = await self.request(owner, spec, run_request.max_count, "one-time", interruption, valid_until, None)
+        run_request.spot = {"request_ids": [r.request_id for r in made]}
+        for request in made:
+            self._status(request, "pending-fulfillment", "Your Spot request is pending fulfillment.")
+        await self.store.save_spot(*made)
+        try:
+            reservation = await self.compute.run_instances(owner, run_request)
+        except Exception as err:
+            for request in made:
+                request.state = "failed" if not isinstance(err, ComputeError) else "closed"
+                self._status(request, "capacity-not-available", getattr(err, "message", str(err))[:200])
+            await self.store.save_spot(*made)
+            raise
+        await self._fulfilled(made, reservation, close_rest=True)
+        return reservation
+
+    async def _fulfilled(self, requests: list[SpotRequest], reservation: Any, close_rest: bool = False) -> None:
+        by_request = {lease: i for i, lease in self.store.lease_of.items() if lease in {r.request_id for r in requests}}
+        for request in requests:
+            instance = self.compute.store.instances.get(by_request.get(request.request_id, ""))
+            if instance is None or not instance.live:
+                if close_rest:
+                    request.state = "closed"
+                    self._status(request, "capacity-not-available", "Not enough capacity to fulfil the request.")
+                continue
+            request.state, request.instance_id, request.zone = "active", instance.instance_id, instance.zone
+            request.notice_action, request.notice_time = "", None
+            self._status(request, "fulfilled", "Your Spot request is fulfilled.")
+        await self.store.save_spot(*requests)
+
+    async def make_room(self, zones: list[str], need: Any, count: int) -> None:
+        """An on-demand launch that fits only without best-effort leases: preempt them now (notice and act at
+        once) in the first zone where that makes room, and wait for their instances to go."""
+        if not any(self.active_in(z) for z in zones):
+            return
+        now = time.time()
+        candidates = []
+        for zone in zones:
+            table = self.scheduler.table(zone, now)
+            if zone not in self.scheduler.nodes or table.map_vms(need, count, now, INF, preempt=False, now=now):
+                return  # room without preempting anything (or nothing known to decide on)
+            picks = table.map_vms(need, count, now, INF, preempt=True)
+            if picks is not None and table.leases("besteffort"):
+                candidates.append((zone, table, picks))
+        if not candidates:
+            return  # refused anyway
+        zone, table, picks = candidates[0]
+        table.allocate("on-demand", picks, need, now, INF, "running")
+        victims = [self.store.spot[v] for v in preemptions(table, now) if v in self.store.spot]
+        reason = "an on-demand launch needs the capacity"
+        for request in victims:
+            request.notice_action, request.notice_time = notice_action(request.interruption, False), now
+            await self._act(request, reason, now)
+        for _ in range(300):  # up to 30 s for the CC to report them gone
+            if not any(self._live(r) for r in victims if r.state != "disabled"):
+                break
+            await asyncio.sleep(0.1)
+        await self.compute.refresh_capacity([zone])
+
+    # --- time -----------------------------------------------------------------------------------------
+    async def tick(self, now: float) -> None:
+        await self._settle(now)
+        for zone in list(self.compute.cc.clusters):
+            if zone in self.scheduler.nodes:
+                await self._preempt(zone, now)
+        await self._fulfil(now)
+
+    async def _settle(self, now: float) -> None:
+        """Requests whose instance ended (or whose ValidUntil passed)."""
+        changed = []
+        if any(r.status_code == "pending-fulfillment" for r in self.store.spot.values() if r.state == "open"):
+            # A launch a crash interrupted may have started its instance: the binding says so.
+            bound = {lease: i for i, lease in self.store.lease_of.items() if lease.startswith("sir-")}
+            for request in self.store.spot.values():
+                instance = self.compute.store.instances.get(bound.get(request.request_id, ""))
+                if (
+                    request.state == "open"
+                    and request.status_code == "pending-fulfillment"
+                    and request.request_id not in self._launching
+                    and instance is not None
+                    and instance.live
+                ):
+                    request.state, request.instance_id, request.zone = "active", instance.instance_id, instance.zone
+                    self._status(request, "fulfilled", "Your Spot request is fulfilled.")
+                    changed.append(request)
+        for request in self.store.spot.values():
+            if request.state == "open" and request.valid_until is not None and request.valid_until <= now:
+                request.state = "closed"
+                self._status(request, "schedule-expired", "The request expired before it could be fulfilled.")
+                changed.append(request)
+            elif request.state in ("active", "cancelled") and request.instance_id and not self._live(request):
+                instance = self.compute.store.instances.get(request.instance_id)
+                preempted = request.status_code in ("instance-terminated-no-capacity", "marked-for-termination")
+                if request.state == "cancelled":
+                    request.instance_id = ""
+                elif request.type == "persistent":
+                    request.state, request.instance_id = "open", ""
+                    self._status(request, "pending-evaluation", "The instance ended; the request is open again.")
+                else:
+                    request.state = "closed"
+                    code = "instance-terminated-no-capacity" if preempted else "instance-terminated-by-user"
+                    reason = instance.state_reason if instance is not None else "the instance is gone"
+                    reason = request.status_message if preempted else reason  # the preemption's reason stays
+                    self._status(request, code, reason[:200])
+                changed.append(request)
+        if changed:
+            await self.store.save_spot(*changed)
+
+    async def _preempt(self, zone: str, now: float) -> None:
+        table = self.scheduler.table(zone, now)
+        if not table.leases("besteffort"):
+            return
+        # Now (an active reservation or on-demand launch over-commits a node) and at each reservation start
+        # within the notice period.
+        # The action comes a little before the reservation's start, so its room is free when it starts.
+        lead = min(PREEMPT_LEAD, self.notice)
+        starts = sorted(
+            (max(cr.start_date - lead, now), f"capacity reservation {cr.reservation_id} starts")
+            for cr in self.scheduler.live_reservations(zone)
+            if now < cr.start_date <= now + self.notice + lead
+        )
+        moments = [(now, "capacity is needed now"), *starts]
+        due: dict[str, tuple[float, str]] = {}
+        for at, reason in moments:
+            for lease_id in preemptions(table, at + lead if at > now else at):
+                if lease_id.startswith("sir-") and lease_id not in due:
+                    due[lease_id] = (at, reason)
+        noticed, acting = [], []
+        for lease_id, (at, reason) in due.items():
+            request = self.store.spot.get(lease_id)
+            if request is None or request.state not in ("active", "cancelled") or not request.instance_id:
+                continue
+            if request.status_code in ACTED:
+                continue  # preempted already; its instance is on its way out
+            if not request.notice_action:
+                request.notice_action = notice_action(request.interruption, self.suspend is not None)
+                request.notice_time = at
+                code = "marked-for-stop" if request.notice_action != "terminate" else "marked-for-termination"
+                self._status(request, code, f"Preempted at {_iso(at)}: {reason}")
+                noticed.append(request)
+            if at <= now or (request.notice_time is not None and request.notice_time <= now):
+                if request.status_code.startswith("marked-"):  # the reason the notice gave
+                    reason = request.status_message.split(": ", 1)[-1]
+                acting.append((request, reason))
+        if noticed:
+            await self.store.save_spot(*noticed)  # the notice is in the metadata from here on
+            for request in noticed:
+                log.info(
+                    "%s (%s): notice %s at %s",
+                    request.request_id,
+                    request.instance_id,
+                    request.notice_action,
+                    _iso(request.notice_time or now),
+                )
+        for request, reason in acting:
+            await self._act(request, reason, now)
+
+    async def _act(self, request: SpotRequest, reason: str, now: float) -> None:
+        instance = self.compute.store.instances.get(request.instance_id)
+        if instance is None or instance.state not in ("pending", "running"):
+            return
+        action = "suspend" if request.notice_action == "hibernate" and self.suspend is not None else "terminate"
+        if action == "suspend":
+            request.state = "disabled"
+            self._status(request, "instance-stopped-no-capacity", f"Suspended: {reason}")
+        else:
+            self._status(request, "instance-terminated-no-capacity", f"Terminated: {reason}")
+        await self.store.record_preemption(
+            Preemption(now, request.request_id, instance.instance_id, action, reason), request
+        )
+        log.info("%s: %s %s (%s)", request.request_id, action, instance.instance_id, reason)
+        if action == "suspend" and self.suspend is not None:
+            if await self.suspend(instance.zone, instance.instance_id):
+                return
+            log.warning("%s: suspend of %s failed; terminating it", request.request_id, instance.instance_id)
+            request.state = "active"
+            self._status(request, "instance-terminated-no-capacity", f"Terminated (suspend failed): {reason}")
+            await self.store.save_spot(request)
+        with contextlib.suppress(ComputeError):
+            await self.compute.terminate(Owner(request.owner_id), [instance.instance_id])
+
+    async def _fulfil(self, now: float) -> None:
+        waiting = sorted(
+            (
+                r
+                for r in self.store.spot.values()
+                if (r.state == "open" or (r.state == "disabled" and r.instance_id))
+                and r.request_id not in self._launching
+            ),
+            key=lambda r: (r.state != "disabled", r.position),  # suspended leases resume first
+        )
+        if not waiting:
+            return
+        launches: list[tuple[SpotRequest, str, list[str]]] = []
+        taken: set[str] = set()
+        for zone in self.compute.cc.clusters:
+            if zone not in self.scheduler.nodes:
+                await self.scheduler.refresh_nodes(zone)
+            queue, by_id = [], {}
+            for r in waiting:
+                if r.request_id in taken or (r.zone and r.zone != zone) or (r.state == "disabled" and r.zone != zone):
+                    continue
+                need = self.scheduler.need_of(r.spec.get("instance_type", ""))
+                if need is None:
+                    continue
+                queue.append(Request(r.request_id, need, 1, r.duration))
+                by_id[r.request_id] = r
+            if not queue:
+                continue
+            plan = plan_queue(self.scheduler.table(zone, now), queue, now)
+            for started, nodes in plan.start:
+                taken.add(started.lease_id)
+                launches.append((by_id[started.lease_id], zone, nodes))
+        if not launches:
+            return
+        for request, zone, _ in launches:
+            request.zone = zone
+            if request.state == "open" and request.status_code != "pending-fulfillment":
+                self._status(request, "pending-fulfillment", "Your Spot request is pending fulfillment.")
+            self._launching.add(request.request_id)
+        await self.store.save_spot(*(r for r, _, _ in launches))  # written before the launches (and their tokens)
+        gate = asyncio.Semaphore(LAUNCHES_AT_ONCE)
+
+        async def one(request: SpotRequest, zone: str, nodes: list[str]) -> None:
+            async with gate:
+                try:
+                    await self._launch(request, zone, nodes)
+                except Exception as err:
+                    log.info("%s not fulfilled: %s", request.request_id, err)
+                finally:
+                    self._launching.discard(request.request_id)
+
+        await asyncio.gather(*(one(*launch) for launch in launches))
+
+    async def _launch(self, request: SpotRequest, zone: str, nodes: list[str]) -> None:
+        if request.state == "disabled":  # a suspended lease: resume it where it is
+            if self.resume is not None and await self.resume(zone, request.instance_id):
+                request.state = "active"
+                self._status(request, "fulfilled", "Resumed.")
+                request.notice_action, request.notice_time = "", None
+                await self.store.record_preemption(
+                    Preemption(time.time(), request.request_id, request.instance_id, "resume", "room returned"), request
+                )
+            return
+        from services.cloud_controller.compute.engine import RunRequest
+
+        spec = request.spec
+        run = RunRequest(
+            image_id=spec.get("image_id", ""),
+            key_name=spec.get("key_name", ""),
+            key_material=spec.get("key_material", ""),
+            groups=list(spec.get("groups", [])),
+            group_ids=list(spec.get("group_ids", [])),
+            user_data=spec.get("user_data", ""),
+            instance_type=spec.get("instance_type", ""),
+            zone=zone,
+            kernel_id=spec.get("kernel_id", ""),
+            ramdisk_id=spec.get("ramdisk_id", ""),
+            client_token=f"{request.request_id}-{int(request.status_time)}",
+        )
+        run.spot = {"request_ids": [request.request_id], "nodes": nodes}
+        try:
+            reservation = await self.compute.run_instances(Owner(request.owner_id, request.user_id), run)
+        except ComputeError as err:
+            self._status(request, "capacity-not-available", err.message[:200])
+            if err.code not in ("InsufficientInstanceCapacity", "InstanceLimitExceeded"):
+                request.state = "failed"  # the launch cannot work (image gone, bad type): never retried
+            await self.store.save_spot(request)
+            return
+        await self._fulfilled([request], reservation)
+
+
+def check_interruption(interruption: str) -> None:
+    if interruption not in ("terminate", "stop", "hibernate"):
+        raise invalid("InstanceInterruptionBehavior", "terminate, stop or hibernate")
+    if interruption == "stop":
+        raise ComputeError(
+            "InvalidParameterCombination",
+            "InstanceInterruptionBehavior stop needs EBS-backed instances, which this cloud does not offer",
+        )
+
+
+def notice_action(interruption: str, can_suspend: bool) -> str:
+    return "hibernate" if interruption == "hibernate" and can_suspend else "terminate"
+
+
+def _iso(when: float) -> str:
+    if when == INF:
+        return "never"
+    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
