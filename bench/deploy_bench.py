@@ -22,12 +22,20 @@
    Every Koala guest is launched in the same security group, as a user would, so each gets the private address
    of the one before it (a reused address must be leased to the new MAC at once).
 
-Needs root and libvirtd with QEMU (deploy/bootstrap.sh). `koala up` uses the default ports 8773-8776 when they
-are free: nothing else may run a `koala up` cloud meanwhile. Everything made here (state directories, services,
-domains, bridges, namespaces, dnsmasq, files under /var/tmp) is removed at the end, also on failure or Ctrl-C.
+Issue 14 adds: `koala up` now builds the cloud's MANAGED-NOVLAN network (router namespace, links), so the cold
+start is also measured with another commit's code (`--baseline-ref`, default the main commit before that change,
+checked out in a temporary git worktree and run with this venv), alternating with this tree's, each on a fresh
+state directory and its own free ports; and `guest_boot` runs on `koala up`'s own network by default
+(`--koala-world up`): RunInstances -> SSH from the host into the guest's public address, the user's path.
+
+Needs root and libvirtd with QEMU (deploy/bootstrap.sh). Every `koala up` here takes free ports (--port-base)
+and its own state directory, so other clouds on the machine do not matter. Everything made here (state
+directories, services, domains, bridges, namespaces, dnsmasq, files under /var/tmp) is removed at the end, also
+on failure or Ctrl-C.
 Traffic goes only to loopback and to namespaces made here.
 
     .venv/bin/python bench/deploy_bench.py [--repeat 3] [--guest-repeat N] [--skip-cold] [--skip-guest]
+        [--baseline-ref REF] [--koala-world up|acceptance]
 """
 
 from __future__ import annotations
@@ -56,8 +64,8 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
 from services.cloud_controller.identity.credentials import parse_eucarc  # noqa: E402
 
-KOALA = [str(REPO / ".venv" / "bin" / "koala")]
-BOOTSTRAP = REPO / "deploy" / "bootstrap.sh"
+KOALA = [sys.executable, "-m", "cli"]  # run with cwd and PYTHONPATH at the code measured (this tree or a baseline)
+BASELINE_REF = "574d375^"  # main just before `koala up` built the MANAGED-NOVLAN network (issue 14)
 SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
 VIRSH = ["virsh", "-c", "qemu:///system"]
 TARGET_S = 60.0
@@ -121,29 +129,35 @@ def make_workdir(prefix: str) -> Path:
 
 
 # --- 1. cold start of the all-in-one cloud --------------------------------------------------------------------
-def koala_ports_free() -> None:
-    status = subprocess.run([*KOALA, "status", "--json"], capture_output=True, text=True, timeout=60)
-    if status.returncode == 0:
-        raise RuntimeError("a `koala up` cloud already runs on the default state directory: stop it first")
-    busy = [p for p in (8773, 8774, 8775, 8776) if sh("ss", "-Hltn", f"sport = :{p}", check=False).stdout.strip()]
-    if busy:
-        log(f"ports {busy} are taken: `koala up` will pick free ports instead (the figures stay comparable)")
+def koala(code: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`koala ARGS` with the code in `code` (this tree, or a baseline worktree)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    return subprocess.run([*KOALA, *args], capture_output=True, text=True, timeout=timeout, cwd=code, env=env)
 
 
-def koala_up(state: Path, *extra: str) -> float:
+def free_port_base() -> int:
+    from tests.harness import free_port_run
+
+    return free_port_run(4)
+
+
+def koala_up(code: Path, state: Path, *extra: str) -> float:
     started = time.monotonic()
-    result = subprocess.run(
-        [*KOALA, "up", "--detach", "--state-dir", str(state), *extra], capture_output=True, text=True, timeout=300
-    )
+    result = koala(code, "up", "--detach", "--state-dir", str(state), *extra)
     if result.returncode:
         raise RuntimeError(f"koala up {' '.join(extra)} failed: {result.stderr[-2000:]}")
     return time.monotonic() - started
 
 
-def koala_down(state: Path) -> float:
+def koala_down(code: Path, state: Path, purge: bool = False) -> float:
     started = time.monotonic()
-    subprocess.run([*KOALA, "down", "--state-dir", str(state)], capture_output=True, timeout=120)
+    koala(code, "down", "--state-dir", str(state), *(["--purge"] if purge else []), timeout=300)
     return time.monotonic() - started
+
+
+def purges(code: Path) -> bool:
+    """Whether that code's `koala down` knows --purge (the baseline's does not, and builds no network)."""
+    return "--purge" in koala(code, "down", "--help").stdout
 
 
 def first_run_instances(state: Path) -> tuple[float, int, list[str]]:
@@ -174,47 +188,66 @@ def terminate_and_wait(state: Path, ids: list[str]) -> None:
     wait_for(gone, 120, f"{ids} terminated and their domains gone")
 
 
-def cold_start_once(root: Path) -> dict:
+def cold_start_once(code: Path, root: Path, bootstrap: bool = True) -> dict:
     state = root / "state"
     ids: list[str] = []
+    purge = purges(code)
     try:
         started = time.monotonic()
-        sh("bash", str(BOOTSTRAP), timeout=600)
-        bootstrap = time.monotonic() - started
-        up = koala_up(state)
+        if bootstrap:
+            sh("bash", str(code / "deploy" / "bootstrap.sh"), timeout=600)
+        booted = time.monotonic() - started
+        up = koala_up(code, state, "--port-base", str(free_port_base()))
         run, attempts, ids = first_run_instances(state)
         total = time.monotonic() - started
         stopping = time.monotonic()
         terminate_and_wait(state, ids)
         log(f"the first instance terminated and its domain gone in {time.monotonic() - stopping:.1f} s (not timed)")
-        down = koala_down(state)
-        again = koala_up(state)  # the same state directory: reuses PKI, configuration and registered images
-        return {"total": total, "bootstrap": bootstrap, "koala_up": up, "first_run_instances": run,
+        down = koala_down(code, state)
+        again = koala_up(code, state)  # the same state directory: reuses PKI, configuration and registered images
+        return {"total": total, "bootstrap": booted, "koala_up": up, "first_run_instances": run,
                 "run_attempts": attempts, "again": again, "down": down}  # fmt: skip
     finally:
-        koala_down(state)
+        koala_down(code, state, purge=purge)
         destroy_domains(ids)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def services_only_once(root: Path) -> float:
+def services_only_once(code: Path, root: Path) -> float:
     state = root / "state"
     try:
-        return koala_up(state, "--no-image")
+        return koala_up(code, state, "--no-image", "--port-base", str(free_port_base()))
     finally:
-        koala_down(state)
+        koala_down(code, state, purge=purges(code))
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_cold_start(repeat: int) -> dict:
-    koala_ports_free()
-    runs, baseline = [], []
-    for n in range(repeat):
-        runs.append(cold_start_once(make_workdir("koala-deploy-cold-")))
-        log(f"cold start {n + 1}/{repeat}: {runs[-1]['total']:.1f} s (koala up {runs[-1]['koala_up']:.1f} s)")
-        baseline.append(services_only_once(make_workdir("koala-deploy-noimg-")))
-        log(f"koala up --no-image {n + 1}/{repeat}: {baseline[-1]:.1f} s")
+@contextlib.contextmanager
+def baseline_tree(ref: str):
+    """`ref` checked out in a temporary worktree (removed afterwards)."""
+    path = make_workdir("koala-deploy-base-")
+    path.rmdir()
+    sh("git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref)
+    try:
+        yield path
+    finally:
+        sh("git", "-C", str(REPO), "worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_cold_start(repeat: int, baseline_ref: str) -> dict:
+    runs, baseline, old_runs = [], [], []
+    with baseline_tree(baseline_ref) as old:
+        for n in range(repeat):  # this tree and the baseline alternate, so both see the same machine load
+            runs.append(cold_start_once(REPO, make_workdir("koala-deploy-cold-")))
+            log(f"cold start {n + 1}/{repeat}: {runs[-1]['total']:.1f} s (koala up {runs[-1]['koala_up']:.1f} s)")
+            old_runs.append(cold_start_once(old, make_workdir("koala-deploy-old-"), bootstrap=False))
+            log(f"baseline {baseline_ref} {n + 1}/{repeat}: koala up {old_runs[-1]['koala_up']:.1f} s")
+            baseline.append(services_only_once(REPO, make_workdir("koala-deploy-noimg-")))
+            log(f"koala up --no-image {n + 1}/{repeat}: {baseline[-1]:.1f} s")
     total = [r["total"] for r in runs]
+    up_now = statistics.median(r["koala_up"] for r in runs)
+    up_old = statistics.median(r["koala_up"] for r in old_runs)
     return {
         "repeat": repeat,
         "command": "deploy/bootstrap.sh && koala up --detach --state-dir <fresh> ; RunInstances accepted",
@@ -225,8 +258,13 @@ def bench_cold_start(repeat: int) -> dict:
             phase: summary([r[phase] for r in runs]) for phase in ("bootstrap", "koala_up", "first_run_instances")
         },
         "run_instances_attempts": [r["run_attempts"] for r in runs],
+        "baseline_ref": baseline_ref,
+        "baseline_koala_up_s": summary([r["koala_up"] for r in old_runs]),
+        "baseline_first_run_instances_s": summary([r["first_run_instances"] for r in old_runs]),
+        "ratio_koala_up_over_baseline": round(up_now / up_old, 2),
+        "koala_up_target_ratio": 1.2,
         "baseline_koala_up_no_image_s": summary(baseline),
-        "image_steps_add_s": round(statistics.median([r["koala_up"] for r in runs]) - statistics.median(baseline), 2),
+        "image_steps_add_s": round(up_now - statistics.median(baseline), 2),
         "koala_up_again_same_state_s": summary([r["again"] for r in runs]),
         "koala_down_s": summary([r["down"] for r in runs]),
     }
@@ -248,6 +286,7 @@ class KoalaWorld:
 
         world = self.stack.enter_context(acceptance_world(self.work, self.instances, prefix="kd"))
         self.cloud, self.topology = world.cloud, world.topology
+        self.client_netns = self.topology.ns("pub")
         self.ec2 = ec2_client(self.cloud.admin_credentials())
         from cli.guest_image import ensure_registered
 
@@ -288,7 +327,7 @@ class KoalaWorld:
             ready = wait_for(lambda: line in self.console(instance_id), 240, f"{line} on the console")
             public_ip = self.instance(instance_id).get("PublicIpAddress", "")
             try:
-                answered = ssh_until_answers(self.topology.ns("pub"), public_ip, self.key_file, instance_id)
+                answered = ssh_until_answers(self.client_netns, public_ip, self.key_file, instance_id)
             except RuntimeError as err:
                 raise RuntimeError(f"{err}\n{self.diagnose(instance_id)}") from None
             source = "metadata" if "source=metadata" in self.console(instance_id) else "other"
@@ -320,7 +359,10 @@ class KoalaWorld:
         wait_for(lambda: self.instance(instance_id).get("State", {}).get("Name") == "terminated", 120,
                  f"{instance_id} terminated")  # fmt: skip
         wait_for(lambda: instance_id not in domains(), 60, f"{instance_id}'s domain gone")
-        wait_for(lambda: not list(self.instances.rglob(f"{instance_id}*")), 60, f"{instance_id}'s files gone")
+        wait_for(lambda: not self.instance_files(instance_id), 60, f"{instance_id}'s files gone")
+
+    def instance_files(self, instance_id: str) -> list[Path]:
+        return list(self.instances.rglob(f"{instance_id}*"))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -331,11 +373,41 @@ class KoalaWorld:
         shutil.rmtree(self.instances, ignore_errors=True)
 
 
+class KoalaUpWorld(KoalaWorld):
+    """The cloud as `koala up` makes it (its own MANAGED-NOVLAN network); SSH from the host, as the user does."""
+
+    def start(self) -> None:
+        self.state = self.instances / "up"  # below /var/tmp: libvirt's qemu user reaches the disks
+        koala_up(REPO, self.state, "--port-base", str(free_port_base()))
+        self.stack.callback(lambda: koala_down(REPO, self.state, purge=True))
+        self.cloud = True
+        self.client_netns = ""  # the host itself
+        self.ec2 = ec2_client(parse_eucarc(self.state / "eucarc"))
+        self.images = json.loads((self.state / "images.json").read_text())
+        key = self.ec2.create_key_pair(KeyName="bench")
+        self.key_file = self.work / "koala-key.pem"
+        self.key_file.write_text(key["KeyMaterial"])
+        self.key_file.chmod(0o600)
+        self.ec2.create_security_group(GroupName="ssh", Description="ssh from anywhere")
+        self.ec2.authorize_security_group_ingress(GroupName="ssh", IpProtocol="tcp", FromPort=22, ToPort=22,
+                                                  CidrIp="0.0.0.0/0")  # fmt: skip
+
+    def instance_files(self, instance_id: str) -> list[Path]:
+        return list((self.state / "data").rglob(f"{instance_id}*"))
+
+    def diagnose(self, instance_id: str) -> str:
+        return (
+            f"instance: {json.dumps(self.instance(instance_id), default=str)[:1500]}\n"
+            + self.console(instance_id)[-1500:]
+        )
+
+
 def ssh_until_answers(netns: str, address: str, key_file: Path, expected: str) -> float:
-    """ssh_probe.py in `netns` (it retries for 45 s) until `hostname` answers `expected`; the time it did."""
+    """ssh_probe.py in `netns` (or on the host when "") until `hostname` answers `expected`; the time it did."""
     deadline = time.monotonic() + 120
+    inside = ["ip", "netns", "exec", netns] if netns else []
     while True:
-        probe = sh("ip", "netns", "exec", netns, sys.executable, str(SSH_PROBE), address, str(key_file), "hostname",
+        probe = sh(*inside, sys.executable, str(SSH_PROBE), address, str(key_file), "hostname",
                    check=False)  # fmt: skip
         if probe.returncode == 0 and probe.stdout.strip() == expected:
             return time.monotonic()
@@ -522,7 +594,7 @@ class HandWorld:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def bench_guest_boot(repeat: int) -> dict:
+def bench_guest_boot(repeat: int, world: str = "up") -> dict:
     from cli.allinone import qemu_usable
     from cli.guest_image import build
     from services.cloud_controller.compute.vmtypes import DEFAULTS
@@ -531,10 +603,10 @@ def bench_guest_boot(repeat: int) -> dict:
         return {"skipped": "libvirtd with QEMU is not usable (deploy/bootstrap.sh sets it up)"}
     c1_medium = next(t for t in DEFAULTS if t.name == "c1.medium")
     work = Path(tempfile.mkdtemp(prefix="koala-deploy-bench-"))
-    koala = KoalaWorld(work)
+    koala = KoalaUpWorld(work) if world == "up" else KoalaWorld(work)
     hand = HandWorld(build(), c1_medium.memory_mb, c1_medium.cores)
     try:
-        log("building the Koala world (acceptance topology, four services, guest image registered)")
+        log(f"building the Koala world ({world}: four services, their network, guest image registered)")
         koala.start()
         hand.start()
         koala_runs, hand_runs = [], []
@@ -553,6 +625,7 @@ def bench_guest_boot(repeat: int) -> dict:
     hand_phases = ("virsh_create", "to_console_ready", "console_ready_to_ssh")
     return {
         "instances": repeat,
+        "koala_world": world,
         "vm": {"type": "c1.medium", "memory_mb": c1_medium.memory_mb, "vcpus": c1_medium.cores, "domain": "qemu"},
         "koala_run_to_ssh_s": summary([r["total"] for r in koala_runs]),
         "koala_phases_s": {p: summary([r[p] for r in koala_runs]) for p in koala_phases},
@@ -563,6 +636,7 @@ def bench_guest_boot(repeat: int) -> dict:
         "ssh_probe_startup_s": probe_startup(),
         "overhead_s": round(koala_median - hand_median, 2),
         "ratio_koala_over_by_hand": round(koala_median / hand_median, 2),
+        "target_ratio": 1.1,
     }
 
 
@@ -572,6 +646,9 @@ def main() -> int:
     parser.add_argument("--guest-repeat", type=int, help="guests booted each way (default: --repeat)")
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold start measurement")
     parser.add_argument("--skip-guest", action="store_true", help="skip the guest boot measurement")
+    parser.add_argument("--baseline-ref", default=BASELINE_REF, help="the commit whose koala up is the baseline")
+    parser.add_argument("--koala-world", choices=["up", "acceptance"], default="up",
+                        help="guests on koala up's own network (default) or the acceptance test's")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print(json.dumps({"skipped": "needs root (libvirtd, namespaces, koala up)"}))
@@ -584,9 +661,9 @@ def main() -> int:
     result: dict = {"benchmark": "deploy"}
     started = time.monotonic()
     if not args.skip_cold:
-        result["cold_start"] = bench_cold_start(args.repeat)
+        result["cold_start"] = bench_cold_start(args.repeat, args.baseline_ref)
     if not args.skip_guest:
-        result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat)
+        result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat, args.koala_world)
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
