@@ -235,9 +235,21 @@ def baseline_tree(ref: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def cli_help_times(code: Path, repeat: int = 10) -> list[float]:
+    """`koala --help` wall times (a fresh python each time, as the user's shell runs it)."""
+    times = []
+    for _ in range(repeat):
+        started = time.monotonic()
+        koala(code, "--help")
+        times.append(time.monotonic() - started)
+    return times
+
+
 def bench_cold_start(repeat: int, baseline_ref: str) -> dict:
     runs, baseline, old_runs = [], [], []
     with baseline_tree(baseline_ref) as old:
+        help_now, help_old = cli_help_times(REPO), cli_help_times(old)
+        log(f"koala --help: {statistics.median(help_now):.2f} s, baseline {statistics.median(help_old):.2f} s")
         for n in range(repeat):  # this tree and the baseline alternate, so both see the same machine load
             runs.append(cold_start_once(REPO, make_workdir("koala-deploy-cold-")))
             log(f"cold start {n + 1}/{repeat}: {runs[-1]['total']:.1f} s (koala up {runs[-1]['koala_up']:.1f} s)")
@@ -267,6 +279,9 @@ def bench_cold_start(repeat: int, baseline_ref: str) -> dict:
         "image_steps_add_s": round(up_now - statistics.median(baseline), 2),
         "koala_up_again_same_state_s": summary([r["again"] for r in runs]),
         "koala_down_s": summary([r["down"] for r in runs]),
+        "koala_help_s": summary(help_now),
+        "baseline_koala_help_s": summary(help_old),
+        "koala_help_target_s": 0.3,
     }
 
 

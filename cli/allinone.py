@@ -517,6 +517,13 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         _print_status(cloud, answers)
+        network = cloud.network()
+        if network is not None:
+            state = "present" if network.exists() else "MISSING (koala up puts it back)"
+            print(
+                f"network MANAGED-NOVLAN: namespace {network.netns} {state}; public {network.public_ips} via "
+                f"{network.host_link}; private {network.private}"
+            )
     return 0 if all(isinstance(a, DescribeServiceResponse) for a in answers.values()) else 1
 
 

@@ -239,6 +239,8 @@ def test_up_again_changes_nothing_and_down_leaves_guests_to_adopt(up: UpCloud) -
     assert again.returncode == 0 and "already runs" in again.stdout, again.stdout + again.stderr
     assert {role: up.aio.running_pid(role) for role in pids} == pids
     assert host_snapshot()["link"] >= {line for line in links if up.network.tag in line}
+    status = up.koala("status")
+    assert status.returncode == 0 and f"namespace {up.network.netns} present" in status.stdout, status.stdout
 
     ec2, first = up.ec2(), up.guests["first"]
     public = instance(ec2, first)["PublicIpAddress"]
