@@ -209,7 +209,7 @@ class Cluster(NodeHealth, PowerSave):
         """The instance is over (terminated, failed or lost): release its capacity and report Teardown."""
         node = self.nodes.get(instance.node_url)
         if node is not None:
-            node.release(instance)
+            node.release(instance, ended=True)
         if instance.state != "Teardown":
             log.info("%s on %s: Teardown (%s)", instance.instance_id, instance.node_url, reason)
             for listener in self.on_end:

@@ -106,13 +106,21 @@ class Node:
         self.reserved_cores += instance.vm.cores
         self.idle_since = None
 
-    def release(self, instance: Instance) -> None:
+    def release(self, instance: Instance, ended: bool = False) -> None:
+        """Forget the reservation; `ended`: the NC has let the instance go (terminated, torn down)."""
         if self.instances.pop(instance.instance_id, None) is None:
             return
         self.touch()
         self.reserved_memory_mb -= instance.vm.memory_mb
         self.reserved_disk_gb -= instance.vm.disk_gb
         self.reserved_cores -= instance.vm.cores
+        confirmed = instance.confirmed_at
+        if ended and self.reported_at > 0 and confirmed is not None and confirmed <= self.reported_at:
+            # The NC's last numbers counted it, and it is gone: they are that much higher now, not only after the
+            # next poll (a launch right after a termination was refused for up to NC_POLLING_FREQUENCY).
+            self.nc_memory_mb += instance.vm.memory_mb
+            self.nc_disk_gb += instance.vm.disk_gb
+            self.nc_cores += instance.vm.cores
         if not self.instances:
             self.idle_since = time.monotonic()
 

@@ -13,8 +13,8 @@ from tests.clc.ec2_helpers import Creds, admin_creds, client, new_account
 from tests.harness import Cloud
 
 
-def start_cloud(directory: Path, clc: dict | None = None) -> Cloud:
-    cloud = Cloud(directory, extra={"clc": clc or {}})
+def start_cloud(directory: Path, clc: dict | None = None, cc: dict | None = None) -> Cloud:
+    cloud = Cloud(directory, extra={"clc": clc or {}, "cc": cc or {}})
     cloud.start()
     return cloud
 

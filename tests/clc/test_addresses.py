@@ -137,6 +137,22 @@ def test_terminating_returns_launch_address_to_pool(cloud, alice, instance_id):
         owner.release_address(PublicIp=ip)
 
 
+def test_a_launch_with_the_pool_used_up_runs_without_a_public_address(cloud, alice, image, instance_id):
+    """Launch-time public addresses are "if any": an empty pool is no reason to refuse the launch."""
+    ec2 = client(cloud, alice)
+    clients = [ec2, client(cloud, new_account(cloud, "erin")), client(cloud, new_account(cloud, "frank"))]
+    held = [(c, c.allocate_address()["PublicIp"]) for c in clients for _ in range(2 if c is not clients[2] else 1)]
+    try:
+        launched = run_when_room(ec2, ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        wait_state(ec2, [launched], {"running"})
+        assert public_ip(ec2, launched) is None
+        ec2.terminate_instances(InstanceIds=[launched])
+        wait_state(ec2, [launched], {"terminated"})
+    finally:
+        for owner, ip in held:
+            owner.release_address(PublicIp=ip)
+
+
 def test_instance_quota(cloud, alice, image, instance_id):
     """KOALA_QUOTA_INSTANCES=3 per account (the module's instance is terminated by now)."""
     ec2 = client(cloud, alice)

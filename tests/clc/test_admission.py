@@ -15,17 +15,18 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
 from tests.clc.ec2_helpers import client, stop_clean
 
 # Polling only at start: capacity reports come from launches and from refreshes of stale reports, so what the
 # tests see is what admission did, not what a poll happened to fetch.
 CLC = {"KOALA_CC_POLL_SECONDS": 3600}
+CC = {"NC_POLLING_FREQUENCY": 3600}  # likewise the CC's numbers come from its node's answers, not from polls
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC)
+    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC, cc=CC)
     try:
         yield instance
     finally:
@@ -125,6 +126,27 @@ def test_twenty_concurrent_launches_never_overcommit(cloud, alice, image):
     everything = launched[3:] + [i["InstanceId"] for i in trimmed]
     ec2.terminate_instances(InstanceIds=everything)
     wait_state(ec2, everything, {"terminated"})
+    assert wait_capacity(cloud, alice, "m1.small", most) == (most, most)
+
+
+def test_capacity_freed_by_a_termination_is_admitted_at_once(cloud, alice, image):
+    """The CC gives an ended instance's capacity back when its node says so, and tells the CLC, which asks for
+    a fresh report: no waiting for either's poll (both are an hour here)."""
+    ec2 = client(cloud, alice)
+    free, most = capacity(cloud, alice)["m1.small"]
+    assert free == most
+    launched = [i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=most, MaxCount=most)["Instances"]]
+    wait_state(ec2, launched, {"running"})
+    # A restarted CC polls its node once: from then on the node's own numbers count these instances.
+    cloud.stop("cc")
+    cloud.start("cc")
+    assert wait_capacity(cloud, alice, "m1.small", 0) == (0, most)
+    ec2.terminate_instances(InstanceIds=launched[:2])
+    wait_state(ec2, launched[:2], {"terminated"})
+    again = run_when_room(ec2, timeout=5, ImageId=image, MinCount=2, MaxCount=2)["Instances"]
+    rest = launched[2:] + [i["InstanceId"] for i in again]
+    ec2.terminate_instances(InstanceIds=rest)
+    wait_state(ec2, rest, {"terminated"})
     assert wait_capacity(cloud, alice, "m1.small", most) == (most, most)
 
 

@@ -327,7 +327,7 @@ class Compute:
                     launch_time=now,
                     updated_at=now,
                     private_mac=mac_for(instance_id),
-                    public_ip=addresses[index].public_ip if addresses else "",
+                    public_ip=addresses[index].public_ip if index < len(addresses) else "",
                     vlan=nets[index][0] if nets else -1,
                     network_index=nets[index][1] if nets else -1,
                     disable_api_termination=request.disable_api_termination,
@@ -410,7 +410,10 @@ class Compute:
 
         undo.append(give_back_taken)
         for _ in range(count):
-            taken.append(self.addresses.take(owner, auto=True))
+            try:
+                taken.append(self.addresses.take(owner, auto=True))
+            except ComputeError:  # the pool is used up: as documented, an address "if any", not a refusal
+                break
         return taken
 
     def managed(self, zone: str) -> bool:
@@ -724,6 +727,8 @@ class Compute:
                 changed.append(instance)
         if ended:
             await self._free_resources(ended)
+            for ended_zone in {i.zone for i in ended}:
+                self._schedule_refresh(ended_zone)  # the CC gave their capacity back before it told us
         if changed:
             await self.store.save_instances(changed)
             self._changed(changed)
