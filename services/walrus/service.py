@@ -12,6 +12,8 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+import uvloop
+
 from common.service import Service
 from services.walrus import images
 from services.walrus.config import WalrusConfig
@@ -37,6 +39,7 @@ class WalrusService(Service):
     config: WalrusConfig
     answer_grace = None  # S3 clients do not half-close, and an upload cut short must fail at once
     render_http_error = staticmethod(s3_error_document)
+    loop_factory = uvloop.new_event_loop  # libuv's loop: a third more small GETs per second than asyncio's
 
     def __init__(self, config: WalrusConfig):
         super().__init__(config)

