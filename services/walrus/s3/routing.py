@@ -134,7 +134,7 @@ def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str
     return bucket, key
 
 
-def pick(method: str, bucket: str, key: str, query: MultiDict[str], headers) -> Handler:
+def pick(method: str, bucket: str, key: str, query: MultiDictProxy[str], headers) -> Handler:
     """The handler of one request; S3Error for what Walrus does not do."""
     if method == "OPTIONS" and bucket:
         return cors.preflight
