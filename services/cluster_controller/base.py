@@ -4,7 +4,8 @@ others. `Cluster` (cluster.py) puts the parts together: NodeHealth (health.py) a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,7 +36,7 @@ class ClusterBase:
     lock: asyncio.Lock
     _node_tasks: dict[str, asyncio.Task]
 
-    def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
         raise NotImplementedError
 
     def _changed(self, instance: Instance) -> None:

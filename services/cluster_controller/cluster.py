@@ -14,8 +14,8 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import cast
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -34,6 +34,7 @@ from common.messages.clc_cc import (
     RunInstancesResponse,
 )
 from common.rpc import RpcClient, RpcError
+from common.tasks import TaskSet
 from services.cluster_controller import placement
 from services.cluster_controller.base import NcAnswer
 from services.cluster_controller.config import ClusterControllerConfig, node_url
@@ -75,13 +76,13 @@ class Cluster(NodeHealth, PowerSave):
         self.lock = asyncio.Lock()  # placement and failover: one snapshot at a time
         self.notifier = Notifier(client, config.KOALA_CLC_URL, self.zone)
         self._node_tasks: dict[str, asyncio.Task] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log)
         self._dirty: dict[str, Instance] = {}
         self._dirty_event = asyncio.Event()
         self._networks: set[tuple[str, int, str]] = set()
         self._specs: dict[str, LaunchSpec] = {}
         # Called with an instance id when the instance ends, e.g. to give back its network entries at once.
-        self.on_end: list[Callable[[str], Awaitable[None]]] = []
+        self.on_end: list[Callable[[str], Coroutine[Any, Any, None]]] = []
         # Placement's snapshot, kept up to date node by node: rebuilding 10,000 entries per decision would
         # cost more than the decision itself.
         self._order: list[Node] | None = None
@@ -166,17 +167,8 @@ class Cluster(NodeHealth, PowerSave):
         self._stale.clear()
         return self._order, self._snapshot
 
-    def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        return self._tasks.spawn(coro, name)
 
     # --- reporting and persistence -----------------------------------------------------------------------
     def _changed(self, instance: Instance) -> None:

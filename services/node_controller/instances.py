@@ -17,8 +17,10 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import libvirt
@@ -27,6 +29,7 @@ from common.backoff import Backoff
 from common.ids import is_id
 from common.messages.cc_nc import InstanceInfo, NcState, RunInstanceRequest
 from common.rpc import RpcError
+from common.tasks import TaskSet
 from services.node_controller import configdrive, console, disks
 from services.node_controller.cache import ImageCache
 from services.node_controller.config import NodeControllerConfig
@@ -102,7 +105,7 @@ class InstanceManager:
         self.orphan_dirs: list[str] = []
         self.disk_ops = asyncio.Semaphore(config.CONCURRENT_DISK_OPS)
         self._monitor: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._background = TaskSet(log)
         self.disk_mode = config.KOALA_NC_DISK_DRIVER or ("copy" if self.flavour == "xen" else "overlay")
 
     # --- paths --------------------------------------------------------------------------------------------
@@ -124,11 +127,8 @@ class InstanceManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        return self._background.spawn(coro, name)
 
     # --- records ------------------------------------------------------------------------------------------
     async def _save(self, inst: Instance, insert: bool = False) -> None:

@@ -114,3 +114,32 @@ def test_backoff_grows_to_its_limit_and_resets() -> None:
     spread = Backoff(1.0, 1.0, jitter=True)
     delays = [spread.next_delay() for _ in range(200)]
     assert all(0.5 <= d < 1.5 for d in delays) and len(set(delays)) > 100
+
+
+async def test_task_set_keeps_tasks_and_logs_failures(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from common.tasks import TaskSet
+
+    tasks = TaskSet(logging.getLogger("test.tasks"), expected=(TimeoutError,))
+    release = asyncio.Event()
+
+    async def wait() -> None:
+        await release.wait()
+
+    async def fail(err: BaseException) -> None:
+        raise err
+
+    waiting = tasks.spawn(wait(), "waiter")
+    tasks.spawn(fail(RuntimeError("boom")), "broken")
+    tasks.spawn(fail(TimeoutError("slow peer")), "slow")
+    with caplog.at_level(logging.INFO, logger="test.tasks"):
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert list(tasks) == [waiting] and len(tasks) == 1  # ended tasks are let go, the running one is kept
+    errors = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert ("ERROR", "task broken failed", True) in errors
+    assert ("WARNING", "slow: slow peer", False) in errors
+    release.set()
+    await waiting
+    assert len(tasks) == 0

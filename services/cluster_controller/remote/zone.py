@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from common.messages.clc_cc import (
 )
 from common.messages.network import NetworkRule
 from common.rpc import RpcError
+from common.tasks import TaskSet
 from services.cluster_controller.cluster import LaunchSpec
 from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, RemoteRefused, RemoteUnavailable
@@ -66,7 +67,7 @@ class RemoteZone:
         self.last_error = "not polled yet"
         self.polls = 0
         self._failures = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log)
         self._wake = asyncio.Event()
         self._busy_until = 0.0
         self._sweep_due = 0.0
@@ -131,17 +132,8 @@ class RemoteZone:
         await self.notifier.stop()
         await self.ec2.close()
 
-    def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        return self._tasks.spawn(coro, name)
 
     def _poke(self) -> None:
         """Something changed here: poll the remote at the fast rate for a while."""

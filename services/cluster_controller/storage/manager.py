@@ -14,8 +14,9 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from common.hostcmd import Runner, SubprocessRunner
 from common.ids import is_id, normalize
@@ -34,6 +35,7 @@ from common.messages.storage import (
     StorageVolume,
 )
 from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.tasks import TaskSet
 from services.cluster_controller.storage import files
 from services.cluster_controller.storage.settings import StorageSettings
 from services.cluster_controller.storage.snapshots import SnapshotStore
@@ -82,7 +84,7 @@ class StorageManager:
         self.node_of: NodeOf = lambda instance_id: None
         self.capacity_gb = config.KOALA_EBS_CAPACITY_GB
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log, expected=(RpcError,))
         self._jobs: dict[str, asyncio.Task] = {}  # volume creations and snapshots in progress, by id
         self._loop: asyncio.Task | None = None
 
@@ -126,21 +128,8 @@ class StorageManager:
             await self.store.close()
             self.store = None
 
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task) -> None:
-            self._tasks.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                err = finished.exception()
-                if isinstance(err, RpcError):
-                    log.warning("%s: %s", name, err)
-                else:
-                    log.error("%s failed", name, exc_info=err)
-
-        task.add_done_callback(done)
-        return task
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        return self._tasks.spawn(coro, name)
 
     def _job(self, key: str, coro) -> None:
         if key in self._jobs and not self._jobs[key].done():
