@@ -47,9 +47,10 @@ async def launch_spec(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
     key_name = spec.get("KeyName") or ""
     key_material = ""
     if key_name:
-        key_material = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
-        if key_material is None:
+        found = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
+        if found is None:
             raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
+        key_material = found
     names = [g for g in spec.get("SecurityGroups") or []]
     group_ids = [g for g in spec.get("SecurityGroupIds") or []]
     if len(names) + len(group_ids) > 64:

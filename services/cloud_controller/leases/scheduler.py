@@ -29,7 +29,7 @@ from common.messages.cc_nc import VmType
 from common.messages.clc_cc import DescribeNodesResponse
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError, invalid
-from services.cloud_controller.leases.slottable import INF, Allocation, Res, SlotTable, how_many
+from services.cloud_controller.leases.slottable import INF, Allocation, Kind, Res, SlotTable, how_many
 from services.cloud_controller.leases.store import CapacityReservation, LeaseStore
 
 log = logging.getLogger("koala.clc.leases")
@@ -163,7 +163,7 @@ class LeaseScheduler:
             lease = self.store.lease_of.get(instance.instance_id, "")
             if lease in live_crs:
                 continue  # inside its reservation's allocation
-            kind = "besteffort" if lease.startswith("sir-") else "running"
+            kind: Kind = "besteffort" if lease.startswith("sir-") else "running"
             need = Res(instance.cores, instance.memory_mb, instance.disk_gb)
             start = min(instance.launch_time, now)
             table.add([Allocation(lease or instance.instance_id, instance.node_id, start, INF, need, kind, start)])

@@ -35,7 +35,7 @@ class Res(NamedTuple):
     memory_mb: int
     disk_gb: int
 
-    def __add__(self, other: object) -> Res:  # type: ignore[override]
+    def __add__(self, other: object) -> Res:
         assert isinstance(other, Res)
         return Res(self.cores + other.cores, self.memory_mb + other.memory_mb, self.disk_gb + other.disk_gb)
 

@@ -121,7 +121,7 @@ class SpotQueue:
         mine = sum(1 for r in self.store.spot.values() if r.owner_id == owner.account_id and r.state == "open")
         if mine + count > MAX_OPEN:
             raise ComputeError("MaxSpotInstanceCountExceeded", f"at most {MAX_OPEN} open spot requests")
-        made = []
+        made: list[SpotRequest] = []
         position = self.store.next_position()
         for n in range(count):
             made.append(
