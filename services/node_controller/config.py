@@ -60,6 +60,13 @@ class NodeControllerConfig(NodeVnetSettings, ServiceConfig):  # VNET_* keys: net
         300.0, gt=0, description="Seconds an instance may stay Pending (staging + booting) before it is condemned."
     )
     KOALA_NC_MONITOR_SECONDS: float = Field(5.0, gt=0, description="Period of the monitor's safety-net sweep.")
+    KOALA_NC_REBOOT_GRACE_SECONDS: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="RebootInstance: how long a guest has to restart after the ACPI request "
+        "before the NC resets it (a guest that ignores ACPI is reset, as EC2 hard-reboots).",
+    )
     KOALA_NC_FORGET_SECONDS: float = Field(180.0, ge=0, description="How long Teardown instances stay reported.")
     KOALA_NC_CONFIG_DRIVE: bool = Field(True, description="Attach a NoCloud config drive (cidata ISO) to guests.")
     KOALA_NC_KERNEL_CMDLINE: str = Field(

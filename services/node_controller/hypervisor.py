@@ -128,6 +128,8 @@ class Hypervisor:
                 conn.setKeepAlive(5, 3)  # a dead libvirtd is noticed within ~15 s even when idle
         conn.registerCloseCallback(self._closed_cb, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None)
+        # A guest's reset (its own reboot, or ours) keeps the domain running: only this event tells of it.
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._reboot_cb, None)
         self._conn = conn
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.connected.set)
@@ -158,6 +160,10 @@ class Hypervisor:
     def _lifecycle_cb(self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _: object):
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.on_event, dom.name(), EVENT_NAMES.get(event, str(event)), detail)
+
+    def _reboot_cb(self, conn: libvirt.virConnect, dom: libvirt.virDomain, _: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.on_event, dom.name(), "rebooted", 0)
 
     def _lost(self) -> None:
         if self._closing or (self._reconnect_task and not self._reconnect_task.done()):
@@ -229,8 +235,15 @@ class Hypervisor:
 
         return await self.call(destroy)
 
-    async def reboot(self, name: str) -> None:
-        await self.call(lambda conn: conn.lookupByName(name).reboot(0))
+    async def reboot(self, name: str, acpi: bool = True) -> None:
+        """Ask the guest to reboot: with `acpi`, the ACPI power button (the guest reboots if it heeds it), else the
+        hypervisor's default method (Xen's PV shutdown protocol)."""
+        flags = libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN if acpi else 0
+        await self.call(lambda conn: conn.lookupByName(name).reboot(flags))
+
+    async def reset(self, name: str) -> None:
+        """Hard reset, as the reset button: the guest restarts at once, in the same domain."""
+        await self.call(lambda conn: conn.lookupByName(name).reset(0))
 
     async def domains(self) -> list[DomainInfo]:
         """Every active domain with its state and XML."""

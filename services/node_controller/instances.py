@@ -59,6 +59,7 @@ class Instance:
     pins: list[Path] = field(default_factory=list)
     task: asyncio.Task | None = None
     reboot_until: float = 0.0
+    restarted: asyncio.Event | None = None  # set by libvirt's reboot event while a RebootInstance waits for it
     files_removed: bool = False
     missing_since: float = 0.0  # when the sweep first found no domain (its event may still be on the way)
 
@@ -225,18 +226,41 @@ class InstanceManager:
         if inst.state != "Extant":
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}, not Extant")
         loop = asyncio.get_running_loop()
-        inst.reboot_until = loop.time() + REBOOT_GRACE
+        grace = self.config.KOALA_NC_REBOOT_GRACE_SECONDS
+        inst.reboot_until = loop.time() + REBOOT_GRACE  # Xen may report the restart as a stop and a start
+        restarted = inst.restarted = asyncio.Event()
         try:
-            if self.flavour == "xen":
-                await self.hv.reboot(inst.id)
-            else:  # KVM/QEMU (and test): restart from the saved XML, as the reference NC did
-                xml = await loop.run_in_executor(None, (self.instance_dir(inst.request) / "libvirt.xml").read_text)
-                await self.hv.destroy(inst.id)
-                await self.hv.create(xml)
-        except (HypervisorError, OSError) as err:
-            raise RpcError(500, "RebootFailed", f"{instance_id}: {err}") from None
-        log.info("%s: rebooted", inst.id)
+            await self.hv.reboot(inst.id, acpi=self.flavour != "xen")
+        except HypervisorError as err:
+            log.info("%s: the reboot request failed (%s): reset now", inst.id, err)
+            restarted.set()
+            try:
+                await self.hv.reset(inst.id)
+            except HypervisorError as failed:
+                raise RpcError(500, "RebootFailed", f"{instance_id}: {failed}") from None
+        else:
+            log.info("%s: reboot requested (ACPI); a reset follows if it has not restarted in %.0f s", inst.id, grace)
+        self._spawn(self._finish_reboot(inst, restarted, grace), f"reboot {inst.id}")
         return inst.info()
+
+    async def _finish_reboot(self, inst: Instance, restarted: asyncio.Event, grace: float) -> None:
+        """Reset a guest that did not restart within the grace period after the ACPI request."""
+        try:
+            await asyncio.wait_for(restarted.wait(), grace)
+            log.info("%s: the guest restarted", inst.id)
+            return
+        except TimeoutError:
+            pass
+        finally:
+            if inst.restarted is restarted:
+                inst.restarted = None
+        if inst.state != "Extant" or self.instances.get(inst.id) is not inst:
+            return  # terminated meanwhile
+        try:
+            await self.hv.reset(inst.id)
+            log.info("%s: no restart %.0f s after the ACPI request: hard reset", inst.id, grace)
+        except HypervisorError as err:
+            log.warning("%s: hard reset failed: %s", inst.id, err)
 
     async def console_output(self, instance_id: str) -> bytes:
         inst = self._get(instance_id)
@@ -394,6 +418,10 @@ class InstanceManager:
 
     async def _on_event(self, inst: Instance, event: str, detail: int) -> None:
         if inst.state == "Teardown":
+            return
+        if event == "rebooted":
+            if inst.restarted is not None:
+                inst.restarted.set()
             return
         if event in ("started", "resumed"):
             inst.reboot_until = 0.0 if event == "started" else inst.reboot_until

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from cli.allinone import qemu_usable
 from cli.guest_image import ensure_registered
@@ -97,6 +98,7 @@ def test_bundle_register_run_ssh_terminate(world: Acceptance, tmp_path: Path) ->
     ids = [i["InstanceId"] for i in reservation["Instances"]]
     try:
         running = _run_and_reach(world, ids, key_file)
+        _protect_and_reboot(world, ids[1])
     except BaseException:
         ec2.terminate_instances(InstanceIds=ids)  # never leave guests running behind a failure
         raise
@@ -148,6 +150,35 @@ def _run_and_reach(world: Acceptance, ids: list[str], key_file: Path) -> dict[st
         ssh.stdout + ssh.stderr + _console(ec2, target)[-1500:] + world.topology.iptables_save("rtr")
     )
     return running
+
+
+def _protect_and_reboot(world: Acceptance, instance_id: str) -> None:
+    """disableApiTermination (awscli) refuses TerminateInstances until reset (boto3); RebootInstances (awscli)
+    boots the guest a second time: it ignores the ACPI request, so the NC resets it after its grace period."""
+    ec2, creds = world.ec2, world.cloud.admin_credentials()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": creds["EC2_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": creds["EC2_SECRET_KEY"],
+        "AWS_DEFAULT_REGION": "eucalyptus",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", creds["EC2_URL"], "ec2"]
+    subprocess.run([*aws, "modify-instance-attribute", "--instance-id", instance_id, "--disable-api-termination"],
+                   check=True, env=env, capture_output=True, timeout=60)  # fmt: skip
+    with pytest.raises(ClientError) as refused:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+    ec2.reset_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")
+    booted = f"KOALA-GUEST booted instance={instance_id}"
+    assert _console(ec2, instance_id).count(booted) == 1
+    subprocess.run([*aws, "reboot-instances", "--instance-ids", instance_id], check=True, env=env,
+                   capture_output=True, timeout=60)  # fmt: skip
+    _wait(lambda: _console(ec2, instance_id).count(booted) == 2, 180, "the guest's second boot on its console")
+    _wait(lambda: _console(ec2, instance_id).count(f"KOALA-GUEST ready instance={instance_id}") == 2, 180,
+          "the guest ready again")  # fmt: skip
+    assert world.instances_by_id([instance_id])[instance_id]["State"]["Name"] == "running"
 
 
 def _console(ec2, instance_id: str) -> str:
