@@ -187,3 +187,32 @@ def test_egress_in_ec2_classic(cloud, ec2, alice):
         assert code_of(call, GroupId="sg-12345678", IpPermissions=rule) == "InvalidGroup.NotFound"
         assert code_of(call, GroupId="sg-zz", IpPermissions=rule) == "InvalidGroupId.Malformed"
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["IpPermissionsEgress"] == []
+
+
+def test_other_failure_paths(cloud, ec2):
+    """The rest of the actions' documented failures, each with EC2's code."""
+    ec2.create_key_pair(KeyName="twice")
+    assert code_of(ec2.create_key_pair, KeyName="twice") == "InvalidKeyPair.Duplicate"
+    assert code_of(ec2.describe_key_pairs, KeyNames=["nobody"]) == "InvalidKeyPair.NotFound"
+    assert code_of(ec2.import_key_pair, KeyName="bad", PublicKeyMaterial=b"not a key") == "InvalidKey.Format"
+    ec2.delete_key_pair(KeyName="nobody")  # EC2 answers true for a key pair that is not there
+    ec2.create_security_group(GroupName="dup", Description="d")
+    assert code_of(ec2.create_security_group, GroupName="dup", Description="d") == "InvalidGroup.Duplicate"
+    assert code_of(ec2.delete_security_group, GroupName="nobody") == "InvalidGroup.NotFound"
+    assert code_of(ec2.describe_security_groups, GroupNames=["nobody"]) == "InvalidGroup.NotFound"
+    assert code_of(ec2.describe_availability_zones, ZoneNames=["atlantis"]) == "InvalidParameterValue"
+    assert code_of(ec2.describe_instance_types, InstanceTypes=["m9.huge"]) == "InvalidInstanceType"
+    assert code_of(ec2.run_instances, ImageId="emi-12345678", MinCount=2, MaxCount=1) == "InvalidParameterValue"
+    assert code_of(ec2.run_instances, ImageId="emi-12345678", MinCount=1, MaxCount=1, KeyName="nobody") == (
+        "InvalidKeyPair.NotFound"
+    )
+    assert code_of(ec2.run_instances, ImageId="emi-12345678", MinCount=1, MaxCount=1, KernelId="eki-zz") in (
+        "InvalidAMIID.Malformed",
+        "InvalidAMIID.NotFound",  # the image is checked first
+    )
+    assert code_of(ec2.register_image, ImageLocation="no-such-bucket/x.manifest.xml", Name="nothing") != (
+        "InternalError"
+    )
+    assert code_of(ec2.describe_instance_attribute, InstanceId="i-12345678", Attribute="kernel") == (
+        "InvalidInstanceID.NotFound"
+    )
