@@ -245,17 +245,20 @@ class InstanceManager:
 
     async def _finish_reboot(self, inst: Instance, restarted: asyncio.Event, grace: float) -> None:
         """Reset a guest that did not restart within the grace period after the ACPI request."""
+        in_time = False
         try:
             await asyncio.wait_for(restarted.wait(), grace)
-            log.info("%s: the guest restarted", inst.id)
-            return
+            in_time = True
         except TimeoutError:
             pass
-        finally:
-            if inst.restarted is restarted:
-                inst.restarted = None
-        if inst.state != "Extant" or self.instances.get(inst.id) is not inst:
-            return  # terminated meanwhile
+        superseded = inst.restarted is not restarted  # a later RebootInstance waits for the guest now
+        if not superseded:
+            inst.restarted = None
+        if in_time:
+            log.info("%s: the guest restarted", inst.id)
+            return
+        if superseded or inst.state != "Extant" or self.instances.get(inst.id) is not inst:
+            return  # or terminated meanwhile
         try:
             await self.hv.reset(inst.id)
             log.info("%s: no restart %.0f s after the ACPI request: hard reset", inst.id, grace)

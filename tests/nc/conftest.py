@@ -136,7 +136,10 @@ def close_env(env: NcEnv) -> None:
 
 @pytest.fixture(scope="module")
 def nc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NcEnv]:
-    env = make_env(tmp_path_factory.mktemp("nc"), {"INSTANCE_TIMEOUT": 6, "CONCURRENT_DISK_OPS": 4})
+    env = make_env(
+        tmp_path_factory.mktemp("nc"),
+        {"INSTANCE_TIMEOUT": 6, "CONCURRENT_DISK_OPS": 4, "KOALA_NC_REBOOT_GRACE_SECONDS": 1},
+    )
     try:
         yield env
     finally:
