@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from common import signing
 from common.backoff import Backoff
+from common.bodies import BodyTooLarge, read_bounded
 from common.signing import AuthError, Identity, PeerCert, ReplayCache, TrustStore
 
 log = logging.getLogger("koala.rpc")
@@ -153,15 +154,10 @@ class RpcServer:
         return web.Response(status=status, body=payload, headers=headers)
 
     async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise RpcError(413, "BodyTooLarge", f"internal calls are limited to {self.max_body} bytes")
-        chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > self.max_body:
-                raise RpcError(413, "BodyTooLarge", f"internal calls are limited to {self.max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await read_bounded(request, self.max_body)
+        except BodyTooLarge:
+            raise RpcError(413, "BodyTooLarge", f"internal calls are limited to {self.max_body} bytes") from None
 
 
 def _validation_summary(err: ValidationError) -> str:

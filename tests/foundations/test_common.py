@@ -143,3 +143,30 @@ async def test_task_set_keeps_tasks_and_logs_failures(caplog: pytest.LogCaptureF
     release.set()
     await waiting
     assert len(tasks) == 0
+
+
+async def test_read_bounded_refuses_announced_and_streamed_excess() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from common.bodies import BodyTooLarge, read_bounded
+
+    async def echo(request: web.Request) -> web.Response:
+        try:
+            return web.Response(body=await read_bounded(request, 10))
+        except BodyTooLarge as err:
+            return web.Response(status=413, text=str(err))
+
+    app = web.Application()
+    app.router.add_post("/", echo)
+    async with TestClient(TestServer(app)) as client:
+        assert await (await client.post("/", data=b"0123456789")).read() == b"0123456789"
+        announced = await client.post("/", data=b"x" * 11)
+        assert announced.status == 413 and "10 bytes" in await announced.text()
+
+        async def stream():  # no Content-Length: chunked, refused once more than 10 bytes arrived
+            for _ in range(4):
+                yield b"abcd"
+
+        streamed = await client.post("/", data=stream())
+        assert streamed.status == 413

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from common.bodies import BodyTooLarge, read_bounded
 from services.cloud_controller.actions import ACTIONS, Context
 from services.cloud_controller.ec2 import model, params, xml
 from services.cloud_controller.ec2.auth import Lookup, SignedRequest, authenticate
@@ -113,19 +114,10 @@ class Frontend:
 async def _read_body(request: web.Request) -> bytes:
     if request.method != "POST":
         return b""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _too_large()
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large() -> Ec2Error:
-    return Ec2Error("RequestEntityTooLarge", f"The request body is limited to {MAX_BODY} bytes", 413)
+    try:
+        return await read_bounded(request, MAX_BODY)
+    except BodyTooLarge:
+        raise Ec2Error("RequestEntityTooLarge", f"The request body is limited to {MAX_BODY} bytes", 413) from None
 
 
 def _parameters(request: web.Request, body: bytes) -> dict[str, str]:

@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from common import pki, signing
+from common.bodies import BodyTooLarge, read_bounded
 from common.bundle import keys
 from common.bundle.errors import BundleError
 from common.messages.identity import ResolveCertificateRequest, ResolveCertificateResponse
@@ -165,15 +166,10 @@ class ImagesComponent:
             return web.Response(status=status, body=payload, headers=headers)
 
         try:
-            if request.content_length is not None and request.content_length > MAX_REQUEST:
-                raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes")
-            chunks, size = [], 0
-            while chunk := await request.content.read(65536):
-                size += len(chunk)
-                if size > MAX_REQUEST:
-                    raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes")
-                chunks.append(chunk)
-            body = b"".join(chunks)
+            try:
+                body = await read_bounded(request, MAX_REQUEST)
+            except BodyTooLarge:
+                raise RpcError(413, "BodyTooLarge", f"the request is limited to {MAX_REQUEST} bytes") from None
             peer = signing.verify_request(
                 service.trust, service.rpc.replay, service.identity.id, request.method, request.path,
                 request.headers, body,

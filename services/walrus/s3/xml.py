@@ -13,6 +13,7 @@ import defusedxml.ElementTree as SafeET
 from aiohttp import web
 from defusedxml import DefusedXmlException
 
+from common.bodies import BodyTooLarge, read_bounded
 from services.walrus.s3 import errors
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -79,15 +80,10 @@ def parse_http_time(value: str) -> float | None:
 
 async def read_xml_body(request: web.Request, limit: int = MAX_XML_BODY) -> bytes:
     """A request's XML body, refusing more than `limit` bytes without reading them all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.S3Error("MaxMessageLengthExceeded", f"XML bodies are limited to {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise errors.S3Error("MaxMessageLengthExceeded", f"XML bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    try:
+        body = await read_bounded(request, limit)
+    except BodyTooLarge:
+        raise errors.S3Error("MaxMessageLengthExceeded", f"XML bodies are limited to {limit} bytes") from None
     if request.content_length is not None and len(body) != request.content_length:
         raise errors.S3Error("IncompleteBody")
     return body
