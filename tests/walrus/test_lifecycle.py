@@ -306,6 +306,6 @@ def test_kill_during_a_sweep(tmp_path: Path) -> None:
         assert s3.get_object(Bucket="sweep", Key="keep/x")["Body"].read() == b"keep"
         objects_dir = walrus.cloud.dir / "data" / "walrus" / "objects"
         data_files = [p for p in (objects_dir / "data").rglob("*") if p.is_file()]
-        assert len(data_files) == count + 1
+        assert data_files == []  # every version here is small enough to live in the database
     finally:
         walrus.cloud.stop()

@@ -101,15 +101,15 @@ async def test_restart_sweeps_unreferenced_data(tmp_path: Path) -> None:
     storage = EmbeddedBackend(root)
     await storage.start()
     await storage.create_bucket("bkt", ACL)
-    await put(storage, "kept", b"kept bytes")
+    await put(storage, "kept", b"kept bytes" * 4000)  # larger than what the database keeps inline: a file
     interrupted = await storage.new_data()
-    await interrupted.write(b"never committed")
+    await interrupted.write(b"never committed" * 4000)
     await interrupted.finish()
     await storage.close()  # as if the process died before the commit
     storage = EmbeddedBackend(root)
     await storage.start()
     try:
-        assert await read(storage, "kept") == b"kept bytes"
+        assert await read(storage, "kept") == b"kept bytes" * 4000
         files = [p for p in storage.data_dir.rglob("*") if p.is_file()]
         assert len(files) == 1
         assert [o.key for o in await storage.list_objects("bkt", "", "", 10)] == ["kept"]

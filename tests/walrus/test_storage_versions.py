@@ -22,6 +22,7 @@ from services.walrus.storage import (
     ObjectLocked,
     ObjectSpec,
 )
+from services.walrus.storage.embedded import INLINE_MAX
 
 ACL = Acl.private("111111111111", "alice")
 SPEC = ObjectSpec("111111111111", "alice", ACL)
@@ -64,8 +65,8 @@ async def storage(tmp_path: Path):
 
 
 async def test_unversioned_bucket_keeps_one_null_version(storage: EmbeddedBackend) -> None:
-    assert await put(storage, "k", b"one") == "null"
-    assert await put(storage, "k", b"two") == "null"
+    assert await put(storage, "k", b"one" * 20000) == "null"  # files, not inline: larger than INLINE_MAX
+    assert await put(storage, "k", b"two" * 20000) == "null"
     assert [(v.version_id, v.is_latest) for v in await storage.list_versions("bkt", "", "", "", 10)] == [("null", True)]
     assert await settled_data_files(storage.root, 1) == 1
     outcome = await storage.delete_object("bkt", "k")
@@ -78,9 +79,9 @@ async def test_enabled_versions_markers_and_permanent_delete(storage: EmbeddedBa
     before = await put(storage, "k", b"from before versioning")
     await storage.set_bucket_versioning("bkt", "Enabled")
     v1 = await put(storage, "k", b"v1")
-    v2 = await put(storage, "k", b"v2")
+    v2 = await put(storage, "k", b"v2" * 20000)  # a data file (larger than INLINE_MAX)
     assert len({before, v1, v2}) == 3 and before == "null" and len(v1) == 32
-    assert await read(storage, "k") == b"v2"
+    assert await read(storage, "k") == b"v2" * 20000
     assert await read(storage, "k", v1) == b"v1"
     assert await read(storage, "k", "null") == b"from before versioning"
 
@@ -105,7 +106,7 @@ async def test_enabled_versions_markers_and_permanent_delete(storage: EmbeddedBa
     ]
     # removing the marker brings v2 back as the current version
     assert (await storage.delete_object("bkt", "k", marker.version_id)).delete_marker  # type: ignore[union-attr]
-    assert await read(storage, "k") == b"v2"
+    assert await read(storage, "k") == b"v2" * 20000
     files = data_files(storage.root)
     await storage.delete_object("bkt", "k", v2)
     assert await read(storage, "k") == b"v1"
@@ -206,5 +207,60 @@ async def test_versions_and_locks_survive_a_restart(tmp_path: Path) -> None:
         assert await read(again, "k") == b"newer"
         with pytest.raises(ObjectLocked):
             await again.delete_object("bkt", "k", version, bypass_governance=True)
+    finally:
+        await again.close()
+
+
+async def inline_rows(storage: EmbeddedBackend) -> int:
+    return (await storage._query("SELECT COUNT(*) FROM inline_data"))[0][0]
+
+
+async def test_small_objects_live_in_the_database(storage: EmbeddedBackend) -> None:
+    """Objects up to INLINE_MAX commit their bytes with their version (no data file); the bytes go with the
+    version, a reader opened before an overwrite keeps them, a copy has its own, a multipart part is a file."""
+    await put(storage, "small", b"s" * 4096)
+    assert data_files(storage.root) == 0 and await inline_rows(storage) == 1
+    assert await read(storage, "small") == b"s" * 4096
+    reader = await storage.open_object("bkt", "small")
+    await put(storage, "small", b"t" * 100)  # the null version replaced: its bytes go in the same transaction
+    assert await inline_rows(storage) == 1
+    assert b"".join([c async for c in reader.iter_range(0, reader.info.size)]) == b"s" * 4096
+    await reader.close()
+    assert await read(storage, "small") == b"t" * 100
+
+    async with await storage.open_object("bkt", "small") as source:
+        copied = await storage.copy_object(source, "bkt", "copy", SPEC)
+    assert copied.size == 100 and await inline_rows(storage) == 2
+    await storage.delete_object("bkt", "small")
+    assert await read(storage, "copy") == b"t" * 100 and await inline_rows(storage) == 1
+
+    big = b"b" * (INLINE_MAX + 1)
+    await put(storage, "big", big)
+    assert await settled_data_files(storage.root, 1) == 1 and await read(storage, "big") == big
+
+    upload = await storage.create_upload("bkt", "mp", SPEC)
+    data = await storage.new_data()
+    await data.write(b"tiny part")
+    await data.finish()
+    part = await storage.commit_part(upload, 1, data, {})
+    assert await settled_data_files(storage.root, 2) == 2  # parts are files, whatever their size
+    done = await storage.complete_upload(upload, [(1, part.etag)], part.etag + "-1", {}, (0, 0))
+    assert done.size == 9 and await read(storage, "mp") == b"tiny part"
+
+
+async def test_inline_versions_survive_a_restart(tmp_path: Path) -> None:
+    backend = EmbeddedBackend(tmp_path / "objects")
+    await backend.start()
+    await backend.create_bucket("bkt", ACL)
+    await backend.set_bucket_versioning("bkt", "Enabled")
+    first = await put(backend, "k", b"first")
+    await put(backend, "k", b"second")
+    await backend.close()
+    again = EmbeddedBackend(tmp_path / "objects")
+    await again.start()
+    try:
+        assert await read(again, "k") == b"second" and await read(again, "k", first) == b"first"
+        await again.delete_object("bkt", "k", first)
+        assert await inline_rows(again) == 1
     finally:
         await again.close()

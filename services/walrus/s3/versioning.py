@@ -3,13 +3,15 @@ the object operations share."""
 
 from __future__ import annotations
 
+from xml.sax.saxutils import escape
+
 from aiohttp import web
 
 from services.walrus.s3 import access
 from services.walrus.s3.buckets import MAX_KEYS, _encoder, _max_keys, _prefixes_xml, _text_param, load_bucket, owner_xml
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
-from services.walrus.s3.xml import el, iso_time, parse_xml, raw, read_xml_body, xml_response
+from services.walrus.s3.xml import el, iso_time, parse_xml, read_xml_body, xml_response
 from services.walrus.storage import BucketInfo, InvalidBucketState, NoSuchBucket, NoSuchVersion, ObjectInfo
 
 MAX_VERSION_ID = 1024
@@ -104,24 +106,32 @@ async def _collect(
                 return entries, False
 
 
+_owners: dict[tuple[str, str], str] = {}
+
+
+def _owner(owner_id: str, owner_name: str) -> str:
+    found = _owners.get((owner_id, owner_name))
+    if found is None:
+        if len(_owners) >= 10000:
+            _owners.clear()
+        found = _owners[(owner_id, owner_name)] = owner_xml(owner_id, owner_name)
+    return found
+
+
 def _version_xml(info: ObjectInfo, encode) -> str:
-    common = [
-        el("Key", encode(info.key)),
-        el("VersionId", info.version_id),
-        el("IsLatest", info.is_latest),
-        el("LastModified", iso_time(info.last_modified)),
-    ]
+    """One <Version> or <DeleteMarker>, built directly (a page has a thousand: el() per field cost half its time).
+    Only the key needs escaping: version ids, ETags and dates are plain ASCII, owners are escaped once."""
+    head = (
+        f"<Key>{escape(encode(info.key))}</Key><VersionId>{info.version_id}</VersionId>"
+        f"<IsLatest>{'true' if info.is_latest else 'false'}</IsLatest>"
+        f"<LastModified>{iso_time(info.last_modified)}</LastModified>"
+    )
+    owner = _owner(info.owner_id, info.owner_name)
     if info.delete_marker:
-        return el("DeleteMarker", raw(*common, owner_xml(info.owner_id, info.owner_name)))
-    return el(
-        "Version",
-        raw(
-            *common,
-            el("ETag", f'"{info.etag}"'),
-            el("Size", info.size),
-            el("StorageClass", "STANDARD"),
-            owner_xml(info.owner_id, info.owner_name),
-        ),
+        return f"<DeleteMarker>{head}{owner}</DeleteMarker>"
+    return (
+        f'<Version>{head}<ETag>"{info.etag}"</ETag><Size>{info.size}</Size>'
+        f"<StorageClass>STANDARD</StorageClass>{owner}</Version>"
     )
 
 

@@ -65,6 +65,7 @@ BUCKET_COLUMNS = (
 )
 META_CACHE_ENTRIES = 50_000
 SMALL_OBJECT = 64 << 10  # objects up to this size are served from memory once read
+INLINE_MAX = 32 << 10  # objects up to this size keep their bytes in the database (table inline_data)
 SMALL_CACHE_BYTES = 64 << 20
 TX_BATCH = 256  # transactions committed together at most
 
@@ -199,6 +200,11 @@ def _row_to_bucket(row: sqlite3.Row | tuple) -> BucketInfo:
     )
 
 
+def is_inline(data_id: str) -> bool:
+    """A segment whose bytes are in inline_data (file data ids are hex only)."""
+    return data_id.startswith("i")
+
+
 def new_version_id() -> str:
     """A version id as S3 makes them: 32 URL-safe characters, never "null"."""
     return secrets.token_urlsafe(24)
@@ -236,8 +242,9 @@ def _spec_from_json(text: str) -> tuple[ObjectSpec, str]:
 
 
 class EmbeddedReader(ObjectReader):
-    def __init__(self, backend: EmbeddedBackend, info: ObjectInfo):
+    def __init__(self, backend: EmbeddedBackend, info: ObjectInfo, inline: dict[str, bytes] | None = None):
         self.backend, self.info = backend, info
+        self._inline = inline or {}  # bytes of the inline segments, read when the object was opened
         self._files: dict[str, Any] = {}
         self._closed = False
         backend._acquire(info.segments)
@@ -259,12 +266,17 @@ class EmbeddedReader(ObjectReader):
             handle = self._files[data_id] = open(self.backend.data_path(data_id), "rb")
         return handle
 
-    def file_ranges(self, start: int, end: int) -> list[tuple[Any, int, int]]:
+    def file_ranges(self, start: int, end: int) -> list[tuple[Any, int, int]] | None:
+        if self._inline:
+            return None
         return [(self._file(data_id), offset, count) for data_id, offset, count in self._pieces(start, end)]
 
     async def iter_range(self, start: int, end: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         for data_id, offset, count in self._pieces(start, end):
+            if data_id in self._inline:
+                yield self._inline[data_id][offset : offset + count]
+                continue
             fd = self._file(data_id).fileno()
             done = 0
             while done < count:
@@ -278,7 +290,7 @@ class EmbeddedReader(ObjectReader):
         """The whole body of a small object, from memory when it was read before."""
         if len(self.info.segments) == 1:
             data_id = self.info.segments[0][0]
-            cached = self.backend._small_get(data_id)
+            cached = self._inline.get(data_id) or self.backend._small_get(data_id)
             if cached is not None:
                 return cached
         body = b"".join([piece async for piece in self.iter_range(0, self.info.size)])
@@ -444,6 +456,8 @@ class EmbeddedBackend(StorageBackend):
         now = []
         for data_id in data_ids:
             self._small_drop(data_id)
+            if is_inline(data_id):  # its row went with the version's
+                continue
             if data_id in self._readers:
                 self._doomed.add(data_id)
             else:
@@ -469,8 +483,9 @@ class EmbeddedBackend(StorageBackend):
             self._small.move_to_end(data_id)
         return body
 
-    def _small_put(self, data_id: str, body: bytes) -> None:
-        if len(body) > SMALL_OBJECT or data_id in self._small or data_id not in self._readers:
+    def _small_put(self, data_id: str, body: bytes, committed_now: bool = False) -> None:
+        """Remember a small body: one an open reader holds (so not dropped meanwhile), or one just committed."""
+        if len(body) > SMALL_OBJECT or data_id in self._small or (data_id not in self._readers and not committed_now):
             return
         self._small[data_id] = body
         self._small_bytes += len(body)
@@ -674,22 +689,49 @@ class EmbeddedBackend(StorageBackend):
             raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
         if info.delete_marker:
             raise DeleteMarkerHit(info)
-        return EmbeddedReader(self, info)
+        inline = {}
+        for data_id, _ in info.segments:
+            if is_inline(data_id):
+                body = self._small_get(data_id)
+                if body is None:
+                    rows = await self._query("SELECT bytes FROM inline_data WHERE data_id = ?", (data_id,))
+                    if not rows:  # the version went between reading its row and its bytes
+                        raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
+                    body = bytes(rows[0][0])
+                inline[data_id] = body
+        return EmbeddedReader(self, info, inline)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
         data_id = files.new_data_id()
-        return files.FileTempData(data_id, self.data_path(data_id), hashes, self.fsync)
+        return files.FileTempData(data_id, self.data_path(data_id), hashes, self.fsync, INLINE_MAX)
 
-    async def _place(self, data: TempData) -> str:
-        """Finished data (written and fsynced in place by `finish`) about to be committed; its data id."""
+    async def _place(self, data: TempData, allow_inline: bool = True) -> tuple[str, bytes | None]:
+        """Finished data about to be committed: (its data id, its bytes if they go into the database with the
+        metadata). File data was written and fsynced in place by `finish`."""
         assert isinstance(data, files.FileTempData)
+        if data.inline is not None and not allow_inline:
+            await asyncio.get_running_loop().run_in_executor(None, data.write_file)
         data.close_fd()
         data.committed = True
-        return data.data_id
+        if data.inline is not None:
+            return "i" + data.data_id, data.inline
+        return data.data_id, None
 
-    async def _link_copy(self, segments: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
-        """New names (hard links) for immutable data files: a copy that costs no bytes."""
-        pairs = [(data_id, files.new_data_id(), size) for data_id, size in segments]
+    async def _link_copy(self, source: ObjectReader) -> tuple[list[tuple[str, int]], dict[str, bytes]]:
+        """New names for a version's data: hard links for immutable data files (a copy that costs no bytes), new
+        inline rows for bytes kept in the database. (segments, inline bytes by new data id)."""
+        assert isinstance(source, EmbeddedReader)
+        inline: dict[str, bytes] = {}
+        segments: list[tuple[str, int]] = []
+        pairs = []
+        for data_id, size in source.info.segments:
+            new = files.new_data_id()
+            if is_inline(data_id):
+                inline["i" + new] = source._inline[data_id]
+                segments.append(("i" + new, size))
+            else:
+                pairs.append((data_id, new, size))
+                segments.append((new, size))
 
         def link() -> None:
             dirs = set()
@@ -703,8 +745,9 @@ class EmbeddedBackend(StorageBackend):
                 for d in dirs:
                     files.fsync_dir(d)
 
-        await asyncio.get_running_loop().run_in_executor(None, link)
-        return [(new, size) for _, new, size in pairs]
+        if pairs:
+            await asyncio.get_running_loop().run_in_executor(None, link)
+        return segments, inline
 
     @staticmethod
     def _version_row(conn: sqlite3.Connection, bucket: str, key: str, version_id: str | None) -> tuple | None:
@@ -723,10 +766,13 @@ class EmbeddedBackend(StorageBackend):
 
     @staticmethod
     def _remove_version(conn: sqlite3.Connection, info: ObjectInfo, ordinal: int) -> None:
-        """Delete one version row and keep the counters and the key's current version right."""
+        """Delete one version row (and its inline bytes) and keep the counters and the key's current version."""
         conn.execute(
             "DELETE FROM versions WHERE bucket = ? AND key = ? AND ordinal = ?", (info.bucket, info.key, ordinal)
         )
+        for data_id, _ in info.segments:
+            if is_inline(data_id):
+                conn.execute("DELETE FROM inline_data WHERE data_id = ?", (data_id,))
         conn.execute(
             "UPDATE buckets SET bytes_used = bytes_used - ?, object_count = object_count - ? WHERE name = ?",
             (info.size, 0 if info.delete_marker else 1, info.bucket),
@@ -739,7 +785,7 @@ class EmbeddedBackend(StorageBackend):
             )
 
     def _add_version(
-        self, conn: sqlite3.Connection, info: ObjectInfo, quota: tuple[int, int]
+        self, conn: sqlite3.Connection, info: ObjectInfo, quota: tuple[int, int], inline: dict[str, bytes] | None = None
     ) -> tuple[ObjectInfo, ObjectInfo | None, list[ObjectInfo]]:
         """Make `info` the current version of its key as the bucket's versioning says (a new version id, or the
         `null` version replaced). Returns (the version as stored, the previous current version, versions removed)."""
@@ -779,6 +825,8 @@ class EmbeddedBackend(StorageBackend):
             "SELECT MIN(ordinal) FROM versions WHERE bucket = ? AND key = ?", (info.bucket, info.key)
         ).fetchone()[0]
         stored = dataclasses.replace(info, version_id=version_id, is_latest=True)
+        for data_id, body in (inline or {}).items():
+            conn.execute("INSERT INTO inline_data (data_id, bytes) VALUES (?, ?)", (data_id, body))
         conn.execute(INSERT_VERSION, _object_values(stored, (newest if newest is not None else 1) - 1))
         conn.execute(
             "UPDATE buckets SET bytes_used = bytes_used + ?, object_count = object_count + ? WHERE name = ?",
@@ -796,12 +844,16 @@ class EmbeddedBackend(StorageBackend):
         if previous is not None and not previous.delete_marker:
             await self._notify(ChangeEvent(kind, bucket, key, previous))
 
-    async def _commit_info(self, info: ObjectInfo, quota: tuple[int, int]) -> ObjectInfo:
+    async def _commit_info(
+        self, info: ObjectInfo, quota: tuple[int, int], inline: dict[str, bytes] | None = None
+    ) -> ObjectInfo:
         try:
-            stored, previous, removed = await self._tx(lambda conn: self._add_version(conn, info, quota))
+            stored, previous, removed = await self._tx(lambda conn: self._add_version(conn, info, quota, inline))
         except BaseException:
             self._drop_data([s[0] for s in info.segments])
             raise
+        for data_id, body in (inline or {}).items():  # the first GET after a small PUT comes from memory
+            self._small_put(data_id, body, committed_now=True)
         await self._after_change(info.bucket, info.key, previous, removed, "overwrite")
         return stored
 
@@ -830,16 +882,16 @@ class EmbeddedBackend(StorageBackend):
     async def commit_object(
         self, bucket: str, key: str, data: TempData, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
     ) -> ObjectInfo:
-        data_id = await self._place(data)
+        data_id, body = await self._place(data)
         info = self._info(bucket, key, spec, data.digest("md5").hex(), [(data_id, data.size)])
-        return await self._commit_info(info, quota)
+        return await self._commit_info(info, quota, {data_id: body} if body is not None else None)
 
     async def copy_object(
         self, source: ObjectReader, bucket: str, key: str, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
     ) -> ObjectInfo:
-        segments = await self._link_copy(source.info.segments)
+        segments, inline = await self._link_copy(source)
         info = self._info(bucket, key, spec, source.info.etag, segments, source.info.parts)
-        return await self._commit_info(info, quota)
+        return await self._commit_info(info, quota, inline)
 
     async def delete_object(
         self,
@@ -1038,7 +1090,7 @@ class EmbeddedBackend(StorageBackend):
     async def commit_part(
         self, upload_id: str, part_number: int, data: TempData, checksums: dict[str, str]
     ) -> PartInfo:
-        data_id = await self._place(data)
+        data_id, _ = await self._place(data, allow_inline=False)  # parts are files: objects assemble them
         part = PartInfo(part_number, data.size, data.digest("md5").hex(), time.time(), checksums, data_id)
 
         def tx(conn: sqlite3.Connection) -> str | None:

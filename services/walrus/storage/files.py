@@ -58,8 +58,10 @@ class FileTempData(TempData):
     hashing run in threads (see _start_flush). The file is created in the thread that first writes to it
     (creating waits on the directory), so a small object costs one trip to a thread: create, write, fsync."""
 
-    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool = True):
+    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool = True, inline_max: int = 0):
         self.data_id = data_id
+        self.inline_max = inline_max
+        self.inline: bytes | None = None  # the bytes of data kept in memory (to be stored with the metadata)
         self.path = path
         self.size = 0
         self._hashers = {name: make_hasher(name) for name in ("md5", *hashes)}
@@ -124,6 +126,11 @@ class FileTempData(TempData):
     async def finish(self) -> None:
         await self._wait_pending()
         pieces, self._buffer, self._buffered = self._buffer, [], 0
+        if not self._created and self.size <= self.inline_max:  # small: no file, no fsync of its own
+            self.inline = b"".join(pieces)
+            self._hash([self.inline])  # a few KiB: cheaper here than a trip to a thread
+            self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
+            return
 
         def last() -> None:
             fd = self._open()
@@ -139,6 +146,16 @@ class FileTempData(TempData):
 
     def digest(self, name: str) -> bytes:
         return self._digests[name]
+
+    def write_file(self) -> None:
+        """Blocking: put data kept in memory into its file after all (fsynced), for callers that need one."""
+        if self.inline is None:
+            return
+        self._write([self.inline])
+        if self.fsync:
+            os.fsync(self._open())
+            fsync_dir(self.path.parent)
+        self.inline = None
 
     def close_fd(self) -> None:
         if self._fd is not None:
