@@ -8,12 +8,11 @@ Handlers call `check(ctx, action, bucket, permission, acl=..., key=...)` before 
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from dataclasses import dataclass
 
 from services.walrus.s3 import acl as acls
 from services.walrus.s3 import policy as policies
+from services.walrus.s3.condition_keys import RequestKeys
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.xml import child_text, el, parse_xml
@@ -94,87 +93,6 @@ async def vet_acl(ctx: Ctx, bucket: str, acl: Acl) -> Acl:
     return resolved
 
 
-def _iso(stamp: float) -> str:
-    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def condition_keys(ctx: Ctx, bucket: BucketInfo, key: str | None):
-    """The request's condition key values (lower-case names), computed when a condition asks for them."""
-    cache: dict[str, list[str] | None] = {}
-    headers = ctx.headers
-    requester = ctx.requester
-
-    def header(name: str) -> list[str] | None:
-        value = headers.get(name)
-        return None if value is None else [value]
-
-    def compute(name: str) -> list[str] | None:
-        if name == "aws:sourceip":
-            peer = ctx.request.remote
-            return [peer] if peer else None
-        if name == "aws:securetransport":
-            return ["true" if ctx.request.secure else "false"]
-        if name == "aws:currenttime":
-            return [_iso(time.time())]
-        if name == "aws:epochtime":
-            return [str(int(time.time()))]
-        if name == "aws:useragent":
-            return header("User-Agent")
-        if name == "aws:referer":
-            return header("Referer")
-        if name == "aws:principaltype":
-            return ["User" if requester.account_id else "Anonymous"]
-        if name in ("aws:principalaccount", "s3:signatureaccount"):
-            return [requester.account_id] if requester.account_id else None
-        if name == "aws:username":
-            return [requester.user_name] if requester.user_name else None
-        if name == "aws:userid":
-            return [requester.user_id or requester.account_id] if requester.account_id else ["anonymous"]
-        if name == "aws:principalarn":
-            if not requester.account_id:
-                return None
-            if requester.user_name:
-                return [f"arn:aws:iam::{requester.account_id}:user/{requester.user_name}"]
-            return [f"arn:aws:iam::{requester.account_id}:root"]
-        if name == "s3:resourceaccount":
-            return [bucket.owner_id]
-        if name == "s3:authtype":
-            return [ctx.auth_type] if ctx.auth_type else None
-        if name == "s3:signatureversion":
-            return [ctx.signature_version] if ctx.signature_version else None
-        if name == "s3:signatureage":
-            return [str(int((time.time() - ctx.signed_at) * 1000))] if ctx.signed_at else None
-        if name == "s3:tlsversion":
-            return None
-        if name in ("s3:prefix", "s3:delimiter", "s3:max-keys", "s3:versionid"):
-            query_name = "versionId" if name == "s3:versionid" else name[3:]
-            value = ctx.query.get(query_name)
-            return None if value is None else [value]
-        if name == "s3:requestobjecttagkeys":
-            tags = ctx.request_tags()
-            return None if tags is None else list(tags)
-        if name.startswith("s3:requestobjecttag/"):
-            tags = ctx.request_tags()
-            wanted = name.split("/", 1)[1]
-            found = [v for k, v in (tags or {}).items() if k.lower() == wanted]
-            return found or None
-        if name.startswith("s3:existingobjecttag/"):
-            tags = ctx.existing_tags
-            wanted = name.split("/", 1)[1]
-            found = [v for k, v in (tags or {}).items() if k.lower() == wanted]
-            return found or None
-        if name.startswith("s3:x-amz-") or name == "s3:x-amz-content-sha256":
-            return header(name[3:])
-        return None
-
-    def lookup(name: str) -> list[str] | None:
-        if name not in cache:
-            cache[name] = compute(name)
-        return cache[name]
-
-    return lookup
-
-
 def resource_arn(bucket: str, key: str | None) -> str:
     return f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"
 
@@ -210,7 +128,7 @@ async def allowed(
         if same_account and action in LOCKOUT_SAFE:
             return True
         caller = policies.Caller(requester.account_id, requester.user_name, requester.is_cloud)
-        decision = policy.evaluate(caller, action, resource_arn(bucket.name, key), condition_keys(ctx, bucket, key))
+        decision = policy.evaluate(caller, action, resource_arn(bucket.name, key), RequestKeys(ctx, bucket))
         if decision == "Deny":
             return False
         if block.restrict_public_buckets and not same_account and not requester.is_cloud and policy.public:

@@ -11,8 +11,8 @@ import binascii
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -42,15 +42,48 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
 # Lookup of a condition key's values in the request: None when the request does not carry the key.
-Lookup = Callable[[str], "list[str] | None"]
+Lookup = Callable[[str], "Sequence[str] | None"]
+
+
+IP_OPS = frozenset({"IpAddress", "NotIpAddress"})
+MEMO_ENTRIES = 256  # outcomes remembered per condition
 
 
 class BadCondition(ValueError):
     pass
 
 
+# Request values parsed once: the same client address or second comes back request after request.
+@lru_cache(maxsize=1024)
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value.split("%")[0])
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _date_value(value: str) -> float | None:
+    try:
+        return parse_date(value)
+    except BadCondition:
+        return None
+
+
+def _number_value(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def has_variables(text: str) -> bool:
     return "${" in text
+
+
+def variable_names(text: str) -> set[str]:
+    """The condition keys a text's policy variables read (lower case)."""
+    return {name.lower() for name in _VARIABLE.findall(text) if name not in ("*", "?", "$")}
 
 
 def substitute(text: str, lookup: Lookup) -> str:
@@ -116,9 +149,24 @@ class Condition:
     if_exists: bool = False
     set_mode: str = ""  # "", "ForAllValues" or "ForAnyValue"
     variables: bool = False  # string values that hold ${...}
+    _memo: dict[tuple[str, ...] | None, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def test(self, lookup: Lookup) -> bool:
         found = lookup(self.key)
+        if self.variables:  # the outcome depends on other keys too
+            return self._evaluate(found, lookup)
+        # The outcome depends on the key's values alone, and those repeat (the same client address, agent,
+        # second...): remember it.
+        memo_key = None if found is None else tuple(found)  # a tuple already from RequestKeys: no copy
+        outcome = self._memo.get(memo_key)
+        if outcome is None:
+            outcome = self._evaluate(found, lookup)
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[memo_key] = outcome
+        return outcome
+
+    def _evaluate(self, found: Sequence[str] | None, lookup: Lookup) -> bool:
         if self.operator == "Null":
             return (found is None) == self.values[0]
         if found is None or (self.set_mode and not found):
@@ -127,6 +175,8 @@ class Condition:
             if self.set_mode == "ForAnyValue":
                 return False
             return self.if_exists or self.operator in NEGATED
+        if not self.set_mode and len(found) == 1:
+            return self._one(found[0], lookup)
         if self.set_mode == "ForAllValues":
             return all(self._one(value, lookup) for value in found)
         if self.set_mode == "ForAnyValue":
@@ -135,11 +185,18 @@ class Condition:
         return all(self._one(value, lookup) for value in found)
 
     def _one(self, value: str, lookup: Lookup) -> bool:
-        hit = any(self._match(value, wanted, lookup) for wanted in self.values)
+        hit = False
+        for wanted in self.values:
+            if self._match(value, wanted, lookup):
+                hit = True
+                break
         return not hit if self.operator in NEGATED else hit
 
     def _match(self, value: str, wanted: Any, lookup: Lookup) -> bool:
         op = self.operator
+        if op in IP_OPS:
+            address = _address(value)
+            return address is not None and address.version == wanted.version and address in wanted
         if op in STRING_OPS:
             pattern = substitute(wanted, lookup) if self.variables else wanted
             if op.endswith("Like"):
@@ -148,21 +205,12 @@ class Condition:
                 return value.casefold() == pattern.replace("\x00", "").casefold()
             return value == pattern.replace("\x00", "")
         if op in NUMERIC_OPS or op in DATE_OPS:
-            try:
-                number = parse_date(value) if op in DATE_OPS else float(value)
-            except (BadCondition, ValueError):
-                return False
-            return _COMPARE[op.removeprefix("Numeric").removeprefix("Date")](number, wanted)
+            number = _date_value(value) if op in DATE_OPS else _number_value(value)
+            return number is not None and _COMPARE[op[7:] if op[0] == "N" else op[4:]](number, wanted)
         if op == "Bool":
             return value.lower() == wanted
         if op == "BinaryEquals":
             return value == wanted
-        if op in ("IpAddress", "NotIpAddress"):
-            try:
-                address = ipaddress.ip_address(value.split("%")[0])
-            except ValueError:
-                return False
-            return address.version == wanted.version and address in wanted
         return False
 
 

@@ -10,14 +10,25 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from services.walrus.s3.conditions import BadCondition, Condition, Lookup, compile_block, has_variables, substitute
+from services.walrus.s3.conditions import (
+    BadCondition,
+    Condition,
+    Lookup,
+    compile_block,
+    has_variables,
+    substitute,
+    variable_names,
+)
 from services.walrus.s3.conditions import wildcard as wildcard_regex
 
 MAX_POLICY_BYTES = 20 * 1024  # S3's limit on a bucket policy
 MAX_STATEMENTS = 1000
+REACHING_ENTRIES = 4096
+DECIDED_ENTRIES = 16384
 STATEMENT_FIELDS = frozenset(
     "Sid Effect Principal NotPrincipal Action NotAction Resource NotResource Condition".split()
 )
@@ -35,9 +46,8 @@ class MalformedPolicy(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who asks, as the policy language sees it."""
+class Caller(NamedTuple):
+    """Who asks, as the policy language sees it (a tuple: it keys the decision caches)."""
 
     account_id: str  # "" for anonymous
     user_name: str = ""
@@ -71,9 +81,13 @@ class Matcher:
         probe = value.lower() if self.ignore_case else value
         if probe in self.literal:
             return True
-        if any(p.fullmatch(probe) for p in self.patterns):
-            return True
-        return any(wildcard_regex(substitute(p, lookup), self.ignore_case).fullmatch(value) for p in self.late)
+        for pattern in self.patterns:
+            if pattern.fullmatch(probe):
+                return True
+        for late in self.late:
+            if wildcard_regex(substitute(late, lookup), self.ignore_case).fullmatch(value):
+                return True
+        return False
 
 
 def _matcher(values: list[str], ignore_case: bool) -> Matcher:
@@ -100,14 +114,35 @@ class Statement:
     not_resource: bool
     conditions: tuple[Condition, ...]
 
-    def applies(self, caller: Caller, action: str, resource: str, lookup: Lookup) -> bool:
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every condition key the statement's outcome can depend on (conditions and policy variables)."""
+        found = {c.key for c in self.conditions}
+        for late in self.resources.late:
+            found |= variable_names(late)
+        for condition in self.conditions:
+            if condition.variables:
+                for value in condition.values:
+                    found |= variable_names(value)
+        return frozenset(found)
+
+    def reaches(self, caller: Caller, action: str) -> bool:
+        """Whether the statement names this caller and action (both known before the request's details)."""
         if self.principals.match(caller) == self.not_principal:
             return False
-        if self.actions.match(action, lookup) == self.not_action:
-            return False
+        return self.actions.match(action, _no_variables) != self.not_action
+
+    def applies(self, caller: Caller, action: str, resource: str, lookup: Lookup) -> bool:
+        return self.reaches(caller, action) and self.holds(resource, lookup)
+
+    def holds(self, resource: str, lookup: Lookup) -> bool:
+        """The resource and the conditions, for a statement that `reaches` the request."""
         if self.resources.match(resource, lookup) == self.not_resource:
             return False
-        return all(condition.test(lookup) for condition in self.conditions)
+        for condition in self.conditions:
+            if not condition.test(lookup):
+                return False
+        return True
 
     @property
     def public(self) -> bool:
@@ -124,18 +159,58 @@ class Statement:
         return True
 
 
+_UNDECIDED = object()
+
+
+def _frozen(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    return values if values is None or isinstance(values, tuple) else tuple(values)
+
+
+def _no_variables(name: str) -> list[str] | None:
+    return None  # actions hold no policy variables (checked when the policy is stored)
+
+
 @dataclass(frozen=True)
 class Policy:
     statements: tuple[Statement, ...]
+    # (caller, action) -> the statements that reach it (Deny first) and the condition keys they read: most of a
+    # policy is settled by who asks for what, which repeats from request to request.
+    _reaching: dict[tuple[Caller, str], tuple[tuple[Statement, ...], tuple[str, ...]]] = field(
+        default_factory=dict, compare=False
+    )
+    # Decisions already made: the outcome is a function of the caller, action, resource and the values of the
+    # keys the reaching statements read, so a request that repeats another (the same object, client, second)
+    # is answered from here.
+    _decided: dict[tuple, str | None] = field(default_factory=dict, compare=False)
 
     def evaluate(self, caller: Caller, action: str, resource: str, lookup: Lookup) -> str | None:
-        allowed = False
-        for statement in self.statements:
-            if statement.applies(caller, action, resource, lookup):
-                if not statement.allow:
-                    return "Deny"
-                allowed = True
-        return "Allow" if allowed else None
+        reached = self._reaching.get((caller, action))
+        if reached is None:
+            found = [s for s in self.statements if s.reaches(caller, action)]
+            ordered = tuple(s for s in found if not s.allow) + tuple(s for s in found if s.allow)
+            read: set[str] = set()
+            for statement in ordered:
+                read |= statement.keys
+            reached = (ordered, tuple(sorted(read)))
+            if len(self._reaching) >= REACHING_ENTRIES:
+                self._reaching.clear()
+            self._reaching[(caller, action)] = reached
+        statements, keys = reached
+        if not statements:
+            return None
+        memo_key = (caller, action, resource, tuple([_frozen(lookup(key)) for key in keys]))
+        known = self._decided.get(memo_key, _UNDECIDED)
+        if known is not _UNDECIDED:
+            return known  # type: ignore[return-value]
+        decision = None
+        for statement in statements:  # the Deny statements first, so the first that holds decides
+            if statement.holds(resource, lookup):
+                decision = "Allow" if statement.allow else "Deny"
+                break
+        if len(self._decided) >= DECIDED_ENTRIES:
+            self._decided.clear()
+        self._decided[memo_key] = decision
+        return decision
 
     @property
     def public(self) -> bool:
