@@ -93,7 +93,7 @@ class ServiceConfig(BaseModel):
     KOALA_LOG_LEVEL: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     KOALA_PEER_POLL_SECONDS: float = Field(10.0, gt=0, description="How often peers are checked when healthy.")
     KOALA_HTTP_MAX_CONNECTIONS: int = Field(
-        10_000, gt=0, description="Open connections at most; more are answered 503 (kept below the descriptor limit)."
+        8192, gt=0, description="Open connections at most; more are answered 503 (kept below the descriptor limit)."
     )
     KOALA_HTTP_MAX_CONNECTIONS_PER_PEER: int = Field(
         1_000, gt=0, description="Open connections at most from one client address; more are answered 503."

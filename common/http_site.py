@@ -54,7 +54,7 @@ def json_error(status: int, code: str, message: str) -> tuple[bytes, str]:
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 10_000
+    max_connections: int = 8192
     max_per_peer: int = 1_000
     idle_seconds: float = 30.0
     header_seconds: float = 10.0

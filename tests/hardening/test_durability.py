@@ -33,6 +33,6 @@ def test_s3_writes_survive_kills(cloud: Cloud) -> None:
 def test_launches_converge_after_kills(cloud: Cloud, tmp_path: Path) -> None:
     location = bundle_and_upload(cloud, tmp_path / "bundle", "machine", "durability")
     image = ec2_client(cloud).register_image(ImageLocation=location, Name="durability")["ImageId"]
-    figures = launches_under_kills(cloud, image, seconds=10, every=2.5)
+    figures = launches_under_kills(cloud, image, seconds=12, every=2)
     assert figures.kills >= 3 and figures.acknowledged > 0, figures
     assert (figures.lost, figures.leaked) == (0, 0), figures.problems
