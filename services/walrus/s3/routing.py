@@ -11,6 +11,7 @@ from multidict import MultiDict, MultiDictProxy
 
 from services.walrus.s3 import (
     access_log,
+    attributes,
     bucket_policy,
     buckets,
     cors,
@@ -30,7 +31,7 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 UNSUPPORTED = frozenset(
     """website notification replication encryption tagging requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
-    restore torrent select attributes""".split()
+    restore torrent select""".split()
 )
 # Bucket-level configurations: sub-resource -> method -> handler.
 BUCKET_CONFIGS: dict[str, dict[str, Handler]] = {
@@ -200,6 +201,8 @@ def pick(method: str, bucket: str, key: str, query: MultiDictProxy[str], headers
     if method in ("GET", "HEAD"):
         if "acl" in query:
             return objects.get_object_acl
+        if "attributes" in query and method == "GET":
+            return attributes.get_object_attributes
         if "retention" in query:
             return object_lock.get_object_retention
         if "legal-hold" in query:
