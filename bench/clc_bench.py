@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import statistics
@@ -27,42 +24,27 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from tests.harness import Cloud
 
 REGION = "eucalyptus"
+CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 TARGET_RPS = 1000
 
 
 def sigv4_headers(url: str, body: bytes, access_key: str, secret: str) -> dict[str, str]:
-    """SigV4 for an EC2 form POST, as botocore signs it (host, x-amz-date; body hash)."""
-    parts = urlsplit(url)
-    now = dt.datetime.now(dt.UTC)
-    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    content_type = "application/x-www-form-urlencoded; charset=utf-8"
-    headers = f"content-type:{content_type}\nhost:{parts.netloc}\nx-amz-date:{amz_date}\n"
-    signed = "content-type;host;x-amz-date"
-    canonical = "\n".join(
-        ("POST", quote(parts.path or "/", safe="/~"), "", headers, signed, hashlib.sha256(body).hexdigest())
-    )
-    scope = f"{date}/{REGION}/ec2/aws4_request"
-    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    key = f"AWS4{secret}".encode()
-    for part in (date, REGION, "ec2", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return {
-        "Content-Type": content_type,
-        "X-Amz-Date": amz_date,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, "
-        f"Signature={signature}",
-    }
+    """SigV4 for an EC2 form POST, by botocore's own signer (the client the CLC must satisfy)."""
+    request = AWSRequest("POST", url, data=body, headers={"Content-Type": CONTENT_TYPE})
+    SigV4Auth(Credentials(access_key, secret), "ec2", REGION).add_auth(request)
+    return dict(request.headers.items())
 
 
 async def load(send: Callable, seconds: float, concurrency: int, check: Callable[[int, bytes], bool]) -> dict:

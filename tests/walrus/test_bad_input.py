@@ -21,7 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from services.walrus.s3.auth import chunk_signature, signing_key
+from common.sigv4 import signing_key
+from services.walrus.s3.auth import chunk_signature
 from services.walrus.s3.context import ChunkSigning
 from tests.walrus.conftest import USERS, Walrus
 

@@ -16,13 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
+from common import sigv4
 from services.cloud_controller.ec2.errors import Ec2Error, auth_failure
 
 CLOCK_SKEW_SECONDS = 900  # EC2 accepts requests within 15 minutes of its clock
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
-SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+
 SIGV4_SERVICES = frozenset({"ec2"})
 SIGV2_METHODS = {"HmacSHA256": hashlib.sha256, "HmacSHA1": hashlib.sha1}
 
@@ -67,10 +68,10 @@ async def authenticate(request: SignedRequest, lookup: Lookup, now: float | None
     """(access key id, principal) of a correctly signed request, or raise Ec2Error."""
     now = time.time() if now is None else now
     header = request.headers.get("Authorization", "")
-    if header.startswith(SIGV4_ALGORITHM + " "):
-        return await _sigv4(request, lookup, now, _parse_authorization(header[len(SIGV4_ALGORITHM) + 1 :]), False)
+    if header.startswith(sigv4.ALGORITHM + " "):
+        return await _sigv4(request, lookup, now, _parse_authorization(header[len(sigv4.ALGORITHM) + 1 :]), False)
     if request.params.get("X-Amz-Algorithm"):
-        if request.params["X-Amz-Algorithm"] != SIGV4_ALGORITHM:
+        if request.params["X-Amz-Algorithm"] != sigv4.ALGORITHM:
             raise auth_failure(f"Unsupported X-Amz-Algorithm {request.params['X-Amz-Algorithm'][:40]!r}")
         fields = {
             "Credential": request.params.get("X-Amz-Credential", ""),
@@ -108,10 +109,10 @@ def _amz_date(request: SignedRequest, query: bool) -> str:
 
 
 def _parse_amz_date(value: str) -> float:
-    try:
-        return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        raise auth_failure("X-Amz-Date is missing or malformed (expected YYYYMMDDTHHMMSSZ)") from None
+    moment = sigv4.parse_amz_date(value)
+    if moment is None:
+        raise auth_failure("X-Amz-Date is missing or malformed (expected YYYYMMDDTHHMMSSZ)")
+    return moment
 
 
 async def _sigv4(
@@ -151,31 +152,23 @@ async def _sigv4(
         raise auth_failure("The host header must be signed")
     canonical_headers = "".join(f"{name}:{_header_value(request, name)}\n" for name in headers)
     payload_hash = hashlib.sha256(request.body).hexdigest()
+    # A form-encoded query may carry '+' for a space; SigV4 signs it as %20.
+    pairs = [(n.replace("+", "%20"), v.replace("+", "%20")) for n, v in sigv4.raw_query_pairs(request.raw_query)]
     canonical_request = "\n".join(
         (
             request.method,
             quote(request.path or "/", safe="/~"),
-            _canonical_query(request.raw_query, drop="X-Amz-Signature" if query else None),
+            sigv4.canonical_query(pairs, drop="X-Amz-Signature" if query else ""),
             canonical_headers,
             signed_headers.lower(),
             payload_hash,
         )
     )
     scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = "\n".join(
-        (SIGV4_ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
-    )
-    key = _hmac(f"AWS4{found.secret}".encode(), date)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
+    to_sign = sigv4.string_to_sign(amz_date, scope, canonical_request)
+    if not sigv4.signature_matches(sigv4.signing_key(found.secret, date, region, service), to_sign, signature):
         raise signature_mismatch()
     return access_key, found.principal
-
-
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
 def _header_value(request: SignedRequest, name: str) -> str:
@@ -184,21 +177,7 @@ def _header_value(request: SignedRequest, name: str) -> str:
         if name == "host":
             return request.host
         raise auth_failure(f"Signed header {name[:40]!r} is missing from the request")
-    return ",".join(" ".join(value.strip().split()) for value in values)
-
-
-def _canonical_query(raw: str, drop: str | None) -> str:
-    pairs = []
-    for part in raw.split("&") if raw else []:
-        if not part:
-            continue
-        key, _, value = part.partition("=")
-        key, value = unquote(key.replace("+", "%20")), unquote(value.replace("+", "%20"))
-        if key == drop:
-            continue
-        pairs.append((quote(key, safe="-_.~"), quote(value, safe="-_.~")))
-    pairs.sort()
-    return "&".join(f"{key}={value}" for key, value in pairs)
+    return sigv4.canonical_header_value(values)
 
 
 # --- SigV2 ----------------------------------------------------------------------------------------------

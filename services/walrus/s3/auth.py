@@ -4,7 +4,6 @@ signed internal requests. Signatures are compared in constant time; the clock ma
 from __future__ import annotations
 
 import base64
-import calendar
 import datetime as dt
 import hashlib
 import hmac
@@ -13,6 +12,7 @@ import time
 from urllib.parse import quote, unquote
 
 from common import signing as koala_signing
+from common import sigv4
 from services.walrus.s3.context import ChunkSigning, Ctx, Requester
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.xml import parse_http_time
@@ -34,12 +34,10 @@ V2_SUBRESOURCES = frozenset(
     response-content-language response-expires response-cache-control response-content-disposition
     response-content-encoding""".split()
 )
-_signing_keys: dict[tuple[str, str, str, str], bytes] = {}
 VERIFIED_ENTRIES = 4096
 _verified: set[tuple] = set()  # SigV4 inputs whose signature checked out (see _verify_v4)
 
 
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 _PATH_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
@@ -48,49 +46,10 @@ def aws_quote(value: str, safe: str = "") -> str:
     return quote(value, safe=safe + "~")
 
 
-def _canonical_part(raw: str) -> str:
-    """A query name or value as sent -> its SigV4 form (decoded once, encoded once)."""
-    if _UNRESERVED.fullmatch(raw):  # the common case needs neither step
-        return raw
-    return quote(unquote(raw), safe="~")
-
-
-def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
-    pairs = []
-    for part in raw_query.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        pairs.append((name, value))
-    return pairs
-
-
-def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
-    cache_key = (secret, date, region, service)
-    key = _signing_keys.get(cache_key)
-    if key is None:
-        key = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
-        for part in (region, service, "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        if len(_signing_keys) > 1000:
-            _signing_keys.clear()
-        _signing_keys[cache_key] = key
-    return key
-
-
-def hmac_hex(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
-
-
 def _parse_amz_date(value: str) -> float:
     """`20240102T030405Z` -> epoch seconds."""
-    try:
-        if len(value) != 16 or value[8] != "T" or value[15] != "Z":
-            raise ValueError(value)
-        moment = (int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]))
-        return calendar.timegm((*moment, int(value[13:15]), 0, 0, 0)) if 1 <= moment[1] <= 12 else _bad_date()
-    except ValueError:
-        return _bad_date()
+    moment = sigv4.parse_amz_date(value)
+    return _bad_date() if moment is None else moment
 
 
 def _iso(stamp: float) -> str:
@@ -175,18 +134,13 @@ def _canonical_uris(raw_path: str) -> list[str]:
     return [encoded] if encoded == raw_path else [encoded, raw_path]
 
 
-def _canonical_query(pairs: list[tuple[str, str]], drop: str = "") -> str:
-    items = sorted((_canonical_part(name), _canonical_part(value)) for name, value in pairs)
-    return "&".join(f"{name}={value}" for name, value in items if name != drop)
-
-
 def _canonical_headers(ctx: Ctx, signed: list[str]) -> str:
     lines = []
     for name in signed:
         values = ctx.headers.getall(name, None)
         if values is None:
             raise S3Error("AccessDenied", f"signed header {name} is missing")
-        lines.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}\n")
+        lines.append(f"{name}:{sigv4.canonical_header_value(values)}\n")
     return "".join(lines)
 
 
@@ -221,21 +175,19 @@ async def _verify_v4(
     if not amz_date.startswith(date):
         raise S3Error("AccessDenied", "the credential date does not match the request date")
     creds = await ctx.app.keys.resolve(access_key)
-    key = signing_key(creds.secret, date, region, service)
+    key = sigv4.signing_key(creds.secret, date, region, service)
     raw_path, raw_query = ctx.raw_path, ctx.raw_query
     headers = _canonical_headers(ctx, signed)
     # Everything the signature covers, with the secret it was checked against: the same inputs verify the same
     # way, so a presigned URL fetched again (or a header-signed request retried) skips the canonical request.
     seen = (key, ctx.request.method, raw_path, raw_query, headers, signed_headers, payload, amz_date, signature)
     if seen not in _verified:
-        query = _canonical_query(raw_query_pairs(raw_query), drop=drop_query)
+        query = sigv4.canonical_query(sigv4.raw_query_pairs(raw_query), drop=drop_query)
         first_string = first_request = ""
         for uri in _canonical_uris(raw_path):
             canonical = "\n".join((ctx.request.method, uri, query, headers, signed_headers, payload))
-            string_to_sign = "\n".join(
-                ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
-            )
-            if hmac.compare_digest(hmac_hex(key, string_to_sign), signature.lower()):
+            string_to_sign = sigv4.string_to_sign(amz_date, scope, canonical)
+            if sigv4.signature_matches(key, string_to_sign, signature):
                 break
             first_string, first_request = first_string or string_to_sign, first_request or canonical
         else:
@@ -356,7 +308,7 @@ def chunk_signature(signing: ChunkSigning, previous: str, chunk_sha256: str) -> 
             chunk_sha256,
         )
     )
-    return hmac_hex(signing.key, string_to_sign)
+    return sigv4.hmac_hex(signing.key, string_to_sign)
 
 
 def trailer_signature(signing: ChunkSigning, previous: str, trailer_text: str) -> str:
@@ -369,13 +321,13 @@ def trailer_signature(signing: ChunkSigning, previous: str, trailer_text: str) -
             hashlib.sha256(trailer_text.encode()).hexdigest(),
         )
     )
-    return hmac_hex(signing.key, string_to_sign)
+    return sigv4.hmac_hex(signing.key, string_to_sign)
 
 
 # --- SigV2 -----------------------------------------------------------------------------------------------
 def _v2_resources(ctx: Ctx, raw_path: str, raw_query: str) -> list[str]:
     subresources = []
-    for name, value in sorted(raw_query_pairs(raw_query)):
+    for name, value in sorted(sigv4.raw_query_pairs(raw_query)):
         name = unquote(name)
         if name in V2_SUBRESOURCES:
             value = unquote(value)

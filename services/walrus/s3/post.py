@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import BodyPartReader, web
 
+from common import sigv4
 from services.walrus.s3 import access, auth, object_lock, post_policy, tagging
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.buckets import load_bucket
@@ -89,7 +90,7 @@ async def _authenticate(ctx: Ctx, fields: dict[str, str]) -> None:
             raise S3Error("InvalidArgument", "Only AWS4-HMAC-SHA256 is supported", ArgumentName="x-amz-algorithm")
         access_key, date, region, service, _ = auth._parse_credential(fields["x-amz-credential"])
         creds = await ctx.app.keys.resolve(access_key)
-        expected = auth.hmac_hex(auth.signing_key(creds.secret, date, region, service), policy)
+        expected = sigv4.hmac_hex(sigv4.signing_key(creds.secret, date, region, service), policy)
         provided = fields["x-amz-signature"].lower()
         version = "AWS4-HMAC-SHA256"
     else:
