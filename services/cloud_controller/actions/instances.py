@@ -250,20 +250,30 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- DescribeInstances -----------------------------------------------------------------------------------
-async def _select(ctx: Context, params: dict, allowed: set[str]) -> list[Instance]:
+# One answer is one snapshot: every await (the tag reads) happens before the synchronous pass that filters,
+# pages and renders the instances, so no report can change a state between the filter and the rendering.
+def _visible(ctx: Context, ids: list[str]) -> list[Instance]:
     engine = compute(ctx)
-    ids = _ids(params)
-    filters = Filters.parse(params.get("Filters"), allowed, tags=True)
-    candidates = (
-        engine.instances(ids, ctx.principal)
-        if ids
-        else [i for i in engine.store.instances.values() if engine.visible(i, ctx.principal)]
-    )
-    if filters.tags:
-        owners = {i.owner_id for i in candidates}
-        tagged: set[str] = set()
-        for owner in owners:
-            tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+    if ids:
+        return engine.instances(ids, ctx.principal)
+    return [i for i in engine.store.instances.values() if engine.visible(i, ctx.principal)]
+
+
+async def _tagged(ctx: Context, ids: list[str], filters: Filters) -> set[str] | None:
+    """Ids of the candidates' owners' resources matching the tag filters; None without tag filters."""
+    if not filters.tags:
+        return None
+    tagged: set[str] = set()
+    for owner in {i.owner_id for i in _visible(ctx, ids)}:
+        tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+    return tagged
+
+
+def _select(ctx: Context, ids: list[str], filters: Filters, tagged: set[str] | None) -> list[Instance]:
+    """The instances matching the filters now (no await: one consistent read of the store)."""
+    engine = compute(ctx)
+    candidates = _visible(ctx, ids)
+    if tagged is not None:
         candidates = [i for i in candidates if i.instance_id in tagged]
     if filters.by_name:
         reservations = engine.store.reservations
@@ -281,8 +291,20 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
     engine = compute(ctx)
     if params.get("MaxResults") is not None and params.get("InstanceIds"):
         raise Ec2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with maxResults")
-    page, next_token = _page(await _select(ctx, params, INSTANCE_FILTERS), params)
-    tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in page]) if page else {}
+    ids = _ids(params)
+    filters = Filters.parse(params.get("Filters"), INSTANCE_FILTERS, tags=True)
+    tagged = await _tagged(ctx, ids, filters)
+    # Select, read the page's tags, select again: the last selection and the rendering below share one
+    # synchronous stretch. Each round reads only the tags of instances not read before, so it ends.
+    tag_sets: dict[str, list] = {}
+    read: set[str] = set()
+    while True:
+        page, next_token = _page(_select(ctx, ids, filters, tagged), params)
+        unread = [i.instance_id for i in page if i.instance_id not in read]
+        if not unread:
+            break
+        tag_sets.update(await tags.tags_for(ctx.db, unread))
+        read.update(unread)
     reservations: dict[str, tuple[Reservation, list]] = {}
     for instance in page:
         reservation = engine.store.reservations.get(instance.reservation_id)

@@ -1,0 +1,70 @@
+"""DescribeInstances answers one consistent snapshot: while the CC's reports move instances from pending to
+running, an answer filtered on instance-state-name shows only instances in that state (the filter and the
+rendering read the store in one synchronous stretch). The compute engine is the real one on its real database;
+the reports go through its real apply_report, interleaved with the requests on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from types import SimpleNamespace
+
+from services.cloud_controller.actions import Context
+from services.cloud_controller.actions.instances import describe_instances
+from services.cloud_controller.actions.tags import put
+from tests.clc.test_instances_state_unit import engine, launch, report
+
+OWNER = "111111111111"
+PRINCIPAL = SimpleNamespace(account_id=OWNER, user_id="u-1", is_admin=False)
+STATE = re.compile(r"<instanceId>(i-[0-9a-f]+)</instanceId>.*?<instanceState><code>\d+</code><name>(\w[\w-]*)</name>")
+
+
+def rendered_states(answer: dict) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for reservation in answer["Reservations"]:
+        for fragment in reservation["Instances"]:
+            found = STATE.search(str(fragment))
+            assert found, fragment
+            states[found.group(1)] = found.group(2)
+    return states
+
+
+def test_state_filter_and_rendering_agree_while_reports_arrive(tmp_path) -> None:
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        try:
+            await check_snapshots(compute)
+        finally:
+            await compute.db.close()  # also when an assertion fails: its thread would keep the process alive
+
+    asyncio.run(scenario())
+
+
+async def check_snapshots(compute) -> None:
+    instances = await launch(compute, 300, owner=OWNER)
+    ids = [i.instance_id for i in instances]
+    # Tags give each answer a database read, as in a real cloud.
+    await put(compute.db, OWNER, "instance", ids, [{"Key": "job", "Value": "batch"}])
+    clc = SimpleNamespace(compute=compute, db=compute.db)
+    ctx = Context(clc=clc, principal=PRINCIPAL, request_id="r", version="")  # type: ignore[arg-type]
+
+    async def reporter() -> None:
+        for start in range(0, len(ids), 5):
+            await compute.apply_report("z1", [report(i, "Extant") for i in ids[start : start + 5]], full=False)
+
+    task = asyncio.create_task(reporter())
+    answers = 0
+    try:
+        while not task.done():
+            for wanted in ("pending", "running"):
+                params = {"Filters": [{"Name": "instance-state-name", "Values": [wanted]}]}
+                states = rendered_states(await describe_instances(ctx, params))
+                wrong = {i: s for i, s in states.items() if s != wanted}
+                assert not wrong, f"filtered on {wanted}, rendered {wrong}"
+                answers += 1
+    finally:
+        await task
+    assert answers > 2
+    assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
+    pending = {"Filters": [{"Name": "instance-state-name", "Values": ["pending"]}]}
+    assert rendered_states(await describe_instances(ctx, pending)) == {}
