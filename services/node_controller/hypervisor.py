@@ -62,6 +62,7 @@ class DomainInfo:
     name: str
     state: str  # running, blocked, paused, shutdown, shutoff, crashed, nostate
     xml: str
+    tag: dict[str, str] | None = None  # koala_tag(xml), read once per run of the domain
 
 
 EventHandler = Callable[[str, str, int], None]  # domain name, event name, detail
@@ -98,7 +99,8 @@ class Hypervisor:
         self._closing = False
         self.connected = asyncio.Event()
         self.reconnects = 0
-        self._xml_cache: dict[tuple[str, int, str], str] = {}  # used in the libvirt thread only
+        # (name, id, uuid) of each running domain -> its XML and Koala tag; used in the libvirt thread only
+        self._xml_cache: dict[tuple[str, int, str], tuple[str, dict[str, str] | None]] = {}
 
     # --- connection ---------------------------------------------------------------------------------------
     async def start(self, timeout: float = 30.0) -> bool:
@@ -253,12 +255,13 @@ class Hypervisor:
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 try:
                     key = (dom.name(), dom.ID(), dom.UUIDString())
-                    xml = self._xml_cache.get(key)
-                    if xml is None:  # a domain's XML is fetched once per run of it, not at every sweep
+                    cached = self._xml_cache.get(key)
+                    if cached is None:  # a domain's XML is fetched and parsed once per run, not at every sweep
                         xml = dom.XMLDesc(0)
+                        cached = (xml, koala_tag(xml))
                     state = STATE_NAMES.get(dom.state()[0], "nostate")
-                    found.append(DomainInfo(key[0], state, xml))
-                    seen[key] = xml
+                    found.append(DomainInfo(key[0], state, *cached))
+                    seen[key] = cached
                 except libvirt.libvirtError as err:  # it went away while we looked
                     if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                         raise

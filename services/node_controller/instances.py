@@ -33,7 +33,7 @@ from common.tasks import TaskSet
 from services.node_controller import configdrive, console, disks
 from services.node_controller.cache import ImageCache
 from services.node_controller.config import NodeControllerConfig
-from services.node_controller.domain import DiskSpec, DomainSpec, koala_tag, render
+from services.node_controller.domain import DiskSpec, DomainSpec, render
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.notifier import Notifier
 from services.node_controller.walrus_client import ImageFetchError
@@ -498,7 +498,7 @@ class InstanceManager:
         """Domains that look like ours (our tag, or an instance-like name) without a record of ours."""
         unknown = {}
         for name, dom in domains.items():
-            tag = koala_tag(dom.xml)
+            tag = dom.tag
             if name in self.instances and tag is not None and tag["id"] == name:
                 continue
             if tag is not None:
@@ -590,7 +590,7 @@ class InstanceManager:
 
 
 def _ours(dom: DomainInfo) -> bool:
-    tag = koala_tag(dom.xml)
+    tag = dom.tag
     return tag is not None and tag["id"] == dom.name
 
 
