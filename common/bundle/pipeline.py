@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import padding as sym_padding
@@ -141,6 +141,30 @@ def bundle_image(
     cloud_cert: x509.Certificate,
     account: str,
     prefix: str | None = None,
+    **options: Any,
+) -> BundleResult:
+    """Bundle `image` into `dest`: parts plus a signed `<prefix>.manifest.xml`, byte-compatible with ec2-ami-tools."""
+    if not keys.key_matches_cert(user_key, user_cert):
+        raise BundleError("KeyCertMismatch", "the private key does not belong to the user certificate")
+    prefix = prefix or image.name
+    manifest, part_paths = bundle_parts(
+        image, dest, user_cert=user_cert, cloud_cert=cloud_cert, account=account, prefix=prefix, **options
+    )
+    manifest_path = dest / f"{prefix}.manifest.xml"
+    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    temp.write_bytes(sign_manifest(manifest, user_key))
+    os.replace(temp, manifest_path)
+    return BundleResult(manifest, manifest_path, part_paths)
+
+
+def bundle_parts(
+    image: Path,
+    dest: Path,
+    *,
+    user_cert: x509.Certificate,
+    cloud_cert: x509.Certificate,
+    account: str,
+    prefix: str | None = None,
     architecture: str = "x86_64",
     kernel_id: str | None = None,
     ramdisk_id: str | None = None,
@@ -149,10 +173,11 @@ def bundle_image(
     level: int = 6,
     workers: int | None = None,
     progress: Progress | None = None,
-) -> BundleResult:
-    """Bundle `image` into `dest`: parts plus a signed `<prefix>.manifest.xml`, byte-compatible with ec2-ami-tools."""
-    if not keys.key_matches_cert(user_key, user_cert):
-        raise BundleError("KeyCertMismatch", "the private key does not belong to the user certificate")
+    cancel: threading.Event | None = None,
+) -> tuple[Manifest, list[Path]]:
+    """The parts of `image` in `dest` and their manifest, unsigned: the signer may be elsewhere (BundleInstance:
+    the node bundles, the CLC signs with the cloud's key). Setting `cancel` stops it (BundleError Cancelled),
+    its part files removed."""
     if part_size < 1024:
         raise BundleError("BadPartSize", "part size must be at least 1024 bytes")
     name = image.name
@@ -177,6 +202,8 @@ def bundle_image(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="gzip") as pool:
             for chunk in tar_stream(image, name, size):
+                if cancel is not None and cancel.is_set():
+                    raise BundleError("Cancelled", "the bundling was stopped", 503)
                 tar_hash.update(chunk)
                 pending.append(pool.submit(compress_member, chunk, level))
                 if progress:
@@ -206,11 +233,7 @@ def bundle_image(
         kernel_id=kernel_id,
         ramdisk_id=ramdisk_id,
     )
-    manifest_path = dest / f"{prefix}.manifest.xml"
-    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
-    temp.write_bytes(sign_manifest(manifest, user_key))
-    os.replace(temp, manifest_path)
-    return BundleResult(manifest, manifest_path, part_paths)
+    return manifest, part_paths
 
 
 # ================================================================== decrypt

@@ -7,6 +7,7 @@ from common.service import Service
 from services.cloud_controller import actions, admin, ebs
 from services.cloud_controller import clusters as cluster_registry
 from services.cloud_controller.compute import setup as compute_setup
+from services.cloud_controller.compute.bundle_tasks import BundleTasks
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2 import xml as ec2_xml
@@ -53,6 +54,16 @@ class CloudControllerService(Service):
         # The slot table (capacity reservations, spot requests) beside admission control.
         self.leases = await leases_setup.install(self)
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
+        # BundleInstance: nodes bundle, this CLC signs the manifests with the cloud key (compute/bundle_tasks.py).
+        self.bundle_tasks = BundleTasks(
+            self.db,
+            self.client,
+            self.compute.cc.url,
+            self.pki_dir.path / pki.CLOUD_KEY_FILE,
+            self.cloud_cert_pem,
+            self.config.s3_url(),
+        )
+        await self.bundle_tasks.start()
         await bootstrap.ensure_admin(
             self.identity_store,
             self.config.KOALA_STATE_DIR,
@@ -63,6 +74,8 @@ class CloudControllerService(Service):
         )
 
     async def on_stop(self) -> None:
+        if getattr(self, "bundle_tasks", None) is not None:
+            await self.bundle_tasks.stop()
         if getattr(self, "ebs", None) is not None:
             await self.ebs.stop()
         if getattr(self, "leases", None) is not None:

@@ -20,7 +20,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 
 from common.ids import is_id
-from common.messages import cc_nc
+from common.messages import bundle_tasks, cc_nc
 from common.messages.cc_nc import ImageRef, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
@@ -590,6 +590,26 @@ class Cluster(NodeHealth, PowerSave):
             expect_role="nc",
         )
         return answer.output
+
+    async def bundle_call(
+        self, op: str, request: bundle_tasks.StartBundleRequest | bundle_tasks.BundleTaskRequest
+    ) -> bundle_tasks.NodeBundleStatus:
+        """BundleInstance, DescribeBundleTask, CancelBundleTask: forwarded to the node the instance runs on."""
+        instance = self.instances.get(request.instance_id.lower())
+        if instance is None:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no instance {request.instance_id} in zone {self.zone}")
+        node = self.nodes.get(instance.node_url)
+        if node is None or node.state is not NodeState.UP or instance.confirmed_at is None:
+            raise RpcError(503, "NodeUnavailable", f"the node of {request.instance_id} does not answer now")
+        return await self.client.call(
+            node.url,
+            op,
+            request,
+            bundle_tasks.NodeBundleStatus,
+            timeout=self.config.KOALA_NC_TIMEOUT * 2,
+            idempotent=True,  # the node keys tasks by bundle id
+            expect_role="nc",
+        )
 
     # --- node registry --------------------------------------------------------------------------------
     def _parse_node(self, entry: str) -> str:

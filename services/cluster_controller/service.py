@@ -8,7 +8,7 @@ NCs (role nc) push their instance changes.
 from __future__ import annotations
 
 from common.ids import is_id
-from common.messages import cc_nc, clc_cc
+from common.messages import bundle_tasks, cc_nc, clc_cc
 from common.rpc import Caller, RpcError
 from common.service import Service
 from services.cluster_controller import network, storage
@@ -40,6 +40,9 @@ class ClusterControllerService(Service):
         add("TerminateInstances", self._terminate_instances, CLC, clc_cc.InstanceIdsRequest)
         add("RebootInstances", self._reboot_instances, CLC, clc_cc.InstanceIdsRequest)
         add("GetConsoleOutput", self._console_output, CLC, clc_cc.ConsoleOutputRequest)
+        add("BundleInstance", self._bundle_call("BundleInstance"), CLC, bundle_tasks.StartBundleRequest)
+        add("DescribeBundleTask", self._bundle_call("DescribeBundleTask"), CLC, bundle_tasks.BundleTaskRequest)
+        add("CancelBundleTask", self._bundle_call("CancelBundleTask"), CLC, bundle_tasks.BundleTaskRequest)
         add("DescribeInstances", self._describe_instances, CLC_OR_ADMIN, clc_cc.InstanceIdsRequest)
         add("DescribeResources", self._describe_resources, CLC_OR_ADMIN, clc_cc.DescribeResourcesRequest)
         add("DescribeNodes", self._describe_nodes, CLC_OR_ADMIN)
@@ -91,6 +94,14 @@ class ClusterControllerService(Service):
         self, request: clc_cc.InstanceIdsRequest, caller: Caller
     ) -> clc_cc.RebootInstancesResponse:
         return clc_cc.RebootInstancesResponse(instance_ids=await self.cluster.reboot(request.instance_ids))
+
+    def _bundle_call(self, op: str):
+        async def forward(request, caller: Caller) -> bundle_tasks.NodeBundleStatus:
+            if not isinstance(self.cluster, Cluster):
+                raise RpcError(400, "UnsupportedOperation", "BundleInstance is not offered in a remote zone")
+            return await self.cluster.bundle_call(op, request)
+
+        return forward
 
     async def _console_output(
         self, request: clc_cc.ConsoleOutputRequest, caller: Caller

@@ -2,7 +2,8 @@
 
 Operations (signed internal RPC, role cc; admin too for the two read-only ones): RunInstance,
 TerminateInstance, DescribeInstances, DescribeResource, RebootInstance, GetConsoleOutput, StartNetwork,
-PowerDown. Every instance state change is pushed to the CC with NotifyInstances.
+PowerDown, BundleInstance / DescribeBundleTask / CancelBundleTask (bundler.py). Every instance state change
+is pushed to the CC with NotifyInstances.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import aiosqlite
 
 from common.db import open_db
 from common.hostcmd import CommandFailed, SubprocessRunner
+from common.messages.bundle_tasks import BundleTaskRequest, NodeBundleStatus, StartBundleRequest
 from common.messages.cc_nc import (
     Ack,
     ConsoleOutputResponse,
@@ -31,6 +33,7 @@ from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetac
 from common.rpc import Caller, Empty, RpcError
 from common.service import Service
 from services.node_controller import network, resources
+from services.node_controller.bundler import Bundler
 from services.node_controller.cache import ImageCache
 from services.node_controller.config import NodeControllerConfig
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
@@ -53,6 +56,7 @@ class NodeControllerService(Service):
         super().__init__(config)
         self.manager: InstanceManager | None = None
         self.volumes: Volumes | None = None
+        self.bundler: Bundler | None = None
         self.hv: Hypervisor | None = None
         self.db: aiosqlite.Connection | None = None
         self.powered_down = False
@@ -68,6 +72,9 @@ class NodeControllerService(Service):
         add("PowerDown", self._power_down, CC)
         add("AttachVolume", self._attach_volume, CC, NodeAttachRequest)
         add("DetachVolume", self._detach_volume, CC, NodeDetachRequest)
+        add("BundleInstance", self._bundle_instance, CC, StartBundleRequest)
+        add("DescribeBundleTask", self._describe_bundle, CC, BundleTaskRequest)
+        add("CancelBundleTask", self._cancel_bundle, CC, BundleTaskRequest)
         self.node_network = network.install(self)  # bridges/VLAN devices on demand (network.py)
 
     def peer_list(self) -> list[tuple[str, str]]:
@@ -137,6 +144,9 @@ class NodeControllerService(Service):
                 )
         self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances)
         await manager.start()
+        bundler = Bundler(self.db, manager, config.instance_path / ".bundles")
+        await bundler.start()
+        self.bundler = bundler
         notifier.start()
         self.manager = manager
 
@@ -144,6 +154,8 @@ class NodeControllerService(Service):
         if self._starting is not None:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
+        if self.bundler is not None:
+            await self.bundler.stop()
         if self.manager is not None:
             await self.manager.stop()
             await self.manager.notifier.stop()
@@ -233,6 +245,21 @@ class NodeControllerService(Service):
         self._manager  # noqa: B018 - NotReady while starting
         assert self.volumes is not None
         return await self.volumes.detach(request)
+
+    @property
+    def _bundler(self) -> Bundler:
+        self._manager  # noqa: B018 - NotReady while starting
+        assert self.bundler is not None
+        return self.bundler
+
+    async def _bundle_instance(self, request: StartBundleRequest, caller: Caller) -> NodeBundleStatus:
+        return await self._bundler.begin(request)
+
+    async def _describe_bundle(self, request: BundleTaskRequest, caller: Caller) -> NodeBundleStatus:
+        return self._bundler.describe(request.bundle_id)
+
+    async def _cancel_bundle(self, request: BundleTaskRequest, caller: Caller) -> NodeBundleStatus:
+        return await self._bundler.cancel(request.bundle_id)
 
     async def _power_down(self, _: Empty, caller: Caller) -> Ack:
         """POWERSAVE: never with guests running. With KOALA_NC_POWEROFF_COMMAND the node then refuses new work
