@@ -242,7 +242,12 @@ def test_spot_requests_queue_fulfil_and_preempt(cloud, alice, image):
     wait_state(ec2, [od], {"running"})
     # A user's terminate frees a slot: the queued request is fulfilled.
     ec2.terminate_instances(InstanceIds=[running[rids[0]], od])
-    found = wait_requests(ec2, rids, lambda f: f[rids[4]]["State"] == "active", "the fifth fulfilled")
+    found = wait_requests(
+        ec2,
+        rids,
+        lambda f: f[rids[4]]["State"] == "active" and f[rids[0]]["State"] == "closed",  # either may show first
+        "the fifth fulfilled",
+    )
     assert found[rids[0]]["State"] == "closed" and found[rids[0]]["Status"]["Code"] == "instance-terminated-by-user"
     # Three spot instances run. A reservation for two, starting in 6 s: accepted although spot instances fill
     # three of the four slots; one must go: the most recently started (the fifth), given notice 2 s before the
