@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from cli.allinone import AllInOne, default_state_dir
 from common import pki
 from common.messages import identity_admin as msg
-from common.messages import images_admin
+from common.messages import images_admin, storage
 from common.rpc import Empty, PeerUnreachable, RpcError
 
 
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("enable-user", "enable a user", "account", "user")
     add("image-public", "let every account launch an image (LaunchPermission group all)", "image_id")
     add("image-private", "only the image's owner (and accounts it was shared with) may launch it", "image_id")
+    add("volumes", "list every account's EBS volumes and snapshots, and each zone's storage (free / capacity)")
     creds = add("credentials", "write a user's credentials zip (eucarc, certificate, keys)", "account", "user")
     creds.add_argument("-o", "--output", type=Path, help="zip file to write (default ACCOUNT-USER.zip)")
     from services.cloud_controller.admin import setpassword  # local: the admin web pages' logins
@@ -79,6 +80,8 @@ def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseMod
     if name in ("image-public", "image-private"):
         visibility = images_admin.SetImagePublicRequest(image_id=args.image_id, public=name == "image-public")
         return "SetImagePublic", visibility, images_admin.ImageVisibilityResponse
+    if name == "volumes":
+        return "ListVolumes", Empty(), storage.ListVolumesResponse
     return "GetCredentials", msg.UserRef(account=args.account, user=args.user), msg.CredentialsResponse
 
 
@@ -117,6 +120,19 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"USER\t{account.name}\t{user.principal.user_name}\t{user.principal.user_id}\t{state}")
                 for key in user.access_keys:
                     print(f"KEY\t{user.principal.user_name}\t{key.access_key_id}\t{'on' if key.enabled else 'off'}")
+    elif isinstance(answer, storage.ListVolumesResponse):
+        for zone in answer.zones:
+            free = max(zone.capacity_gb - zone.allocated_gb, 0)
+            print(f"ZONE\t{zone.zone}\t{free} GiB free of {zone.capacity_gb} GiB")
+        for v in answer.volumes:
+            attached = f"\t{v.instance_id} {v.device} {v.attach_state}" if v.attach_state else ""
+            print(
+                f"VOLUME\t{v.volume_id}\t{v.owner_id}\t{v.zone}\t{v.size_gb} GiB\t{v.state}\t{v.snapshot_id}{attached}"
+            )
+        for s in answer.snapshots:
+            shared = ",".join((["all"] if s.public else []) + s.shared_with)
+            print(f"SNAPSHOT\t{s.snapshot_id}\t{s.owner_id}\t{s.volume_id}\t{s.volume_size} GiB\t{s.state}"
+                  f"\t{s.progress}%\t{shared}")  # fmt: skip
     else:
         print(json.dumps(answer.model_dump(), indent=2))
     return 0

@@ -125,3 +125,39 @@ class NodeAttachment(BaseModel):
 
 StorageVolume.model_rebuild()
 DescribeStorageResponse.model_rebuild()
+
+
+# --- admin -> CLC (`koala admin volumes`) ---------------------------------------------------------------
+class AdminVolume(BaseModel):
+    volume_id: str
+    owner_id: str
+    zone: str
+    size_gb: int
+    state: str
+    snapshot_id: str = ""
+    instance_id: str = ""
+    device: str = ""
+    attach_state: str = ""
+
+
+class AdminSnapshot(BaseModel):
+    snapshot_id: str
+    owner_id: str
+    volume_id: str
+    volume_size: int
+    state: str
+    progress: int
+    public: bool = False
+    shared_with: list[str] = []
+
+
+class ZoneStorage(BaseModel):
+    zone: str
+    capacity_gb: int
+    allocated_gb: int
+
+
+class ListVolumesResponse(BaseModel):
+    zones: list[ZoneStorage]
+    volumes: list[AdminVolume]
+    snapshots: list[AdminSnapshot]

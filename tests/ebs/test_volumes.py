@@ -5,6 +5,8 @@ with EC2's error codes, and kill -9 of the CC and the CLC while volumes are bein
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -187,6 +189,21 @@ def test_bad_input_quota_and_capacity(cloud, alice, bob):
     ec2.delete_volume(VolumeId=big)
     zones = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
     assert [z["State"] for z in zones if z["ZoneName"] == "|- volumes"] == [f"{CAPACITY:04d} / {CAPACITY:04d} GiB"]
+
+
+def test_koala_admin_volumes(cloud, alice, bob):
+    """`koala admin volumes`: every account's volumes, and the zone's storage."""
+    mine = client(cloud, alice).create_volume(AvailabilityZone="zone1", Size=2)["VolumeId"]
+    theirs = client(cloud, bob).create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    done = subprocess.run([sys.executable, "-m", "cli", "admin", "--state-dir", str(cloud.dir), "volumes"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"ZONE\tzone1\t{CAPACITY - 3} GiB free of {CAPACITY} GiB" in lines
+    assert any(line.startswith(f"VOLUME\t{mine}\t{alice.account_id}\tzone1\t2 GiB\tavailable") for line in lines)
+    assert any(line.startswith(f"VOLUME\t{theirs}\t{bob.account_id}\tzone1\t1 GiB") for line in lines)
+    client(cloud, alice).delete_volume(VolumeId=mine)
+    client(cloud, bob).delete_volume(VolumeId=theirs)
 
 
 def test_isolation_between_accounts(cloud, alice, bob):

@@ -49,6 +49,7 @@ NAV = [
     ("/admin/vmtypes", "VM types"),
     ("/admin/images", "Images"),
     ("/admin/instances", "Instances"),
+    ("/admin/volumes", "Volumes"),
     ("/admin/network", "Addresses & groups"),
 ]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.messages import storage as msg
+from common.rpc import Caller, Empty
 from services.cloud_controller.ebs.engine import Ebs, EbsSettings
 
 
@@ -38,6 +40,32 @@ async def install(clc: Any) -> Ebs:
 
     ebs.on_forget.append(forget_tags)
     clc.compute.on_change.append(ebs.instances_changed)
+
+    async def list_volumes(_: Empty, caller: Caller) -> msg.ListVolumesResponse:
+        store = ebs.store
+        return msg.ListVolumesResponse(
+            zones=[
+                msg.ZoneStorage(zone=zone, capacity_gb=ebs.zone_capacity(zone).capacity_gb,
+                                allocated_gb=ebs.zone_allocated(zone))
+                for zone in sorted(clc.compute.cc.clusters)
+            ],
+            volumes=[
+                msg.AdminVolume(
+                    volume_id=v.volume_id, owner_id=v.owner_id, zone=v.zone, size_gb=v.size_gb, state=v.state,
+                    snapshot_id=v.snapshot_id, instance_id=v.instance_id, device=v.device, attach_state=v.attach_state,
+                )
+                for v in sorted(store.volumes.values(), key=lambda v: v.volume_id)
+            ],
+            snapshots=[
+                msg.AdminSnapshot(
+                    snapshot_id=s.snapshot_id, owner_id=s.owner_id, volume_id=s.volume_id, volume_size=s.volume_size,
+                    state=s.state, progress=s.progress, public=s.public, shared_with=sorted(s.permissions),
+                )
+                for s in sorted(store.snapshots.values(), key=lambda s: s.snapshot_id)
+            ],
+        )  # fmt: skip
+
+    clc.rpc.add("ListVolumes", list_volumes, {"admin"}, Empty)
     ebs.start()
     return ebs
 

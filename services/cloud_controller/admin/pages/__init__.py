@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from services.cloud_controller.admin.pages import accounts, clusters, dashboard, images, instances, network, vmtypes
+from services.cloud_controller.admin.pages import (
+    accounts,
+    clusters,
+    dashboard,
+    images,
+    instances,
+    network,
+    vmtypes,
+    volumes,
+)
 
-MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, network]
+MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, volumes, network]
 
 
 def register_all(admin) -> None:

@@ -1,0 +1,325 @@
+"""EBS figures (issue 17), printed as JSON on stdout (progress on stderr). Every figure has a baseline measured in
+the same run, on the same machine load.
+
+1. `guest_io`: sequential write then read (dd, 1 MiB blocks, O_DIRECT in the guest) inside a QEMU guest on an
+   attached 1 GiB volume (the CC's tgtd -> QEMU's iSCSI initiator), against the same guest on a local raw file disk
+   of the same size hot-plugged by hand (`virsh attach-disk`, cache=none like the volume). Target: >= 0.8x.
+2. `snapshot`: a 1 GiB volume filled with random data (incompressible: the worst case for compression), its first
+   (full) snapshot, then 10 % of its chunks rewritten and a second (incremental) snapshot; target: the second at
+   least 5x faster. Baseline for the full one: by hand, `qemu-img convert -c -O qcow2` of the volume file and an S3
+   upload of the result to Walrus with boto3 (multipart); target: Koala's full snapshot at >= 0.8x its throughput.
+3. `api`: CreateVolume -> available and AttachVolume -> attached (to the running guest, the disk hot-plugged)
+   as seen by DescribeVolumes, p50 over N rounds; target under 1 s. Baseline: the same export and hot-plug by hand
+   (tgtadm new target + LUN + ACL on the CC's tgtd, `virsh attach-device` of the same disk XML).
+
+The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
+SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
+made here is removed at the end.
+
+    .venv/bin/python bench/ebs_bench.py [--rounds 10] [--io-mib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+MIB = 1 << 20
+SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
+
+
+def log(message: str) -> None:
+    print(f"[ebs_bench] {message}", file=sys.stderr, flush=True)
+
+
+def wait(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {what}")
+        time.sleep(interval)
+
+
+class Bench:
+    def __init__(self, world, work: Path):
+        self.world, self.cloud, self.work = world, world.cloud, work
+        rc = self.cloud.admin_credentials()
+        self.rc = rc
+        self.ec2 = boto3.client("ec2", endpoint_url=rc["EC2_URL"], region_name="eucalyptus",
+                                aws_access_key_id=rc["EC2_ACCESS_KEY"], aws_secret_access_key=rc["EC2_SECRET_KEY"],
+                                config=Config(retries={"max_attempts": 1}))  # fmt: skip
+        conf = self.cloud.aio.conf_path("cc").read_text()
+        self.portal = conf.split("KOALA_EBS_PORTAL=", 1)[1].split()[0].strip("'\"")
+        self.control = str(int(self.portal.rsplit(":", 1)[1]) % 32768)
+        self.instance = ""
+        self.address = ""
+        self.key_file = work / "bench.pem"
+
+    # --- the guest ----------------------------------------------------------------------------------------
+    def boot(self) -> None:
+        from cli.guest_image import ensure_registered
+
+        images = ensure_registered(self.cloud.dir, self.cloud.aio.admin_eucarc_source(), log=lambda _: None)
+        self.key_file.write_text(self.ec2.create_key_pair(KeyName="bench")["KeyMaterial"])
+        self.key_file.chmod(0o600)
+        self.ec2.create_security_group(GroupName="ssh", Description="ssh")
+        self.ec2.authorize_security_group_ingress(GroupName="ssh", IpProtocol="tcp", FromPort=22, ToPort=22,
+                                                  CidrIp="0.0.0.0/0")  # fmt: skip
+        answer = self.ec2.run_instances(ImageId=images["machine"], MinCount=1, MaxCount=1, KeyName="bench",
+                                        SecurityGroups=["ssh"], InstanceType="m1.large")  # fmt: skip
+        self.instance = answer["Instances"][0]["InstanceId"]
+
+        def ready() -> bool:
+            output = self.ec2.get_console_output(InstanceId=self.instance).get("Output", "") or ""
+            return f"KOALA-GUEST ready instance={self.instance}" in output
+
+        wait(ready, 300, "the guest ready", 1.0)
+        found = self.ec2.describe_instances(InstanceIds=[self.instance])["Reservations"][0]["Instances"][0]
+        self.address = found["PublicIpAddress"]
+        log(f"guest {self.instance} at {self.address}")
+
+    def ssh(self, command: str) -> str:
+        done = self.world.topology.run("pub", sys.executable, str(SSH_PROBE), self.address, str(self.key_file),
+                                       command, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"ssh {command!r}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def device_by_serial(self, serial: str) -> str:
+        script = (f'for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ] && echo ${{d##*/}}; '
+                  "done; true")  # fmt: skip
+        return self.ssh(script).strip()
+
+    def wait_volume(self, volume_id: str, state: str, attach: str | None = None) -> None:
+        def check() -> bool:
+            volume = self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+            attached = volume["Attachments"][0]["State"] if volume["Attachments"] else None
+            return volume["State"] == state and (attach is None or attached == attach)
+
+        wait(check, 120, f"{volume_id} {state} {attach}", 0.02)
+
+    # --- 1. in-guest sequential I/O -----------------------------------------------------------------------
+    def dd(self, device: str, mib: int) -> dict[str, float]:
+        """MiB/s of a sequential write then read of `mib` MiB on /dev/`device`, timed in the guest (/proc/uptime:
+        busybox's date has no sub-second format)."""
+        timed = "s=$(cut -d' ' -f1 /proc/uptime); {cmd} 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); echo $s $e"
+        write = timed.format(cmd=f"dd if=/dev/zero of=/dev/{device} bs=1M count={mib} oflag=direct conv=fsync")
+        read = timed.format(cmd=f"dd if=/dev/{device} of=/dev/null bs=1M count={mib} iflag=direct")
+
+        def seconds(output: str) -> float:
+            start, end = output.strip().splitlines()[-1].split()
+            return max(float(end) - float(start), 0.01)
+
+        write_s, read_s = seconds(self.ssh(write)), seconds(self.ssh(read))
+        return {"write_mib_s": round(mib / write_s, 1), "read_mib_s": round(mib / read_s, 1)}
+
+    def guest_io(self, mib: int, repeat: int = 2) -> dict:
+        volume = self.ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+        self.ec2.attach_volume(VolumeId=volume, InstanceId=self.instance, Device="/dev/sdf")
+        ebs_dev = wait(lambda: self.device_by_serial(volume), 60, "the volume in the guest", 0.5)
+        local = Path(self.world.instances) / "bench-local.img"
+        with local.open("wb") as file:
+            file.truncate(1 << 30)
+        local.chmod(0o666)
+        subprocess.run(["virsh", "-c", "qemu:///system", "attach-disk", self.instance, str(local), "vdz",
+                        "--targetbus", "virtio", "--subdriver", "raw", "--cache", "none", "--serial", "bench-local",
+                        "--live"], check=True, capture_output=True)  # fmt: skip
+        local_dev = wait(lambda: self.device_by_serial("bench-local"), 60, "the local disk in the guest", 0.5)
+        rounds: dict[str, list[dict]] = {"ebs": [], "local": []}
+        for _ in range(repeat):  # alternate, so both see the same load
+            rounds["ebs"].append(self.dd(ebs_dev, mib))
+            rounds["local"].append(self.dd(local_dev, mib))
+        subprocess.run(["virsh", "-c", "qemu:///system", "detach-disk", self.instance, "vdz", "--live"],
+                       capture_output=True)  # fmt: skip
+        self.ec2.detach_volume(VolumeId=volume)
+        self.wait_volume(volume, "available")
+        self.ec2.delete_volume(VolumeId=volume)
+        local.unlink(missing_ok=True)
+        best = {k: {m: max(r[m] for r in v) for m in ("write_mib_s", "read_mib_s")} for k, v in rounds.items()}
+        return {
+            "mib": mib,
+            "ebs": best["ebs"],
+            "local_file_disk": best["local"],
+            "write_ratio": round(best["ebs"]["write_mib_s"] / best["local"]["write_mib_s"], 2),
+            "read_ratio": round(best["ebs"]["read_mib_s"] / best["local"]["read_mib_s"], 2),
+            "target_ratio": 0.8,
+            "rounds": rounds,
+        }
+
+    # --- 2. snapshots -------------------------------------------------------------------------------------
+    def snapshot_time(self, volume: str) -> float:
+        started = time.monotonic()
+        snapshot = self.ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+
+        def done() -> bool:
+            found = self.ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+            if found["State"] == "error":
+                raise RuntimeError(f"snapshot failed: {found}")
+            return found["State"] == "completed"
+
+        wait(done, 600, "the snapshot", 0.05)
+        return time.monotonic() - started
+
+    def by_hand(self, path: Path) -> float:
+        """qemu-img convert -c to qcow2, then an S3 upload of the result to Walrus (boto3, multipart)."""
+        out = self.work / "by-hand.qcow2"
+        s3 = boto3.client("s3", endpoint_url=self.rc["S3_URL"], region_name="eucalyptus",
+                          aws_access_key_id=self.rc["EC2_ACCESS_KEY"], aws_secret_access_key=self.rc["EC2_SECRET_KEY"],
+                          config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))  # fmt: skip
+        try:
+            s3.create_bucket(Bucket="bench-by-hand")
+        except s3.exceptions.ClientError:
+            pass
+        started = time.monotonic()
+        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(path), str(out)], check=True)
+        s3.upload_file(str(out), "bench-by-hand", "volume.qcow2")
+        elapsed = time.monotonic() - started
+        s3.delete_object(Bucket="bench-by-hand", Key="volume.qcow2")
+        out.unlink(missing_ok=True)
+        return elapsed
+
+    def snapshots(self) -> dict:
+        volume = self.ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+        path = self.cloud.dir / "data" / "cc-zone1" / "volumes" / f"{volume}.img"
+        with path.open("r+b") as file:
+            for _ in range(1024):
+                file.write(os.urandom(MIB))
+        by_hand = self.by_hand(path)
+        full = self.snapshot_time(volume)
+        chunks = random.sample(range(256), 26)  # 10 % of the 4 MiB chunks
+        with path.open("r+b") as file:
+            for chunk in chunks:
+                file.seek(chunk * 4 * MIB)
+                file.write(os.urandom(4 * MIB))
+        incremental = self.snapshot_time(volume)
+        self.ec2.delete_volume(VolumeId=volume)
+        return {
+            "volume_gib": 1,
+            "changed_fraction": 0.1,
+            "full_s": round(full, 2),
+            "incremental_s": round(incremental, 2),
+            "incremental_speedup": round(full / incremental, 2),
+            "target_speedup": 5,
+            "full_mib_s": round(1024 / full, 1),
+            "by_hand_qemu_img_convert_and_upload_s": round(by_hand, 2),
+            "by_hand_mib_s": round(1024 / by_hand, 1),
+            "full_vs_by_hand": round(by_hand / full, 2),
+            "target_vs_by_hand": 0.8,
+        }
+
+    # --- 3. API latency -----------------------------------------------------------------------------------
+    def api(self, rounds: int) -> dict:
+        create, attach, hand = [], [], []
+        for index in range(rounds):
+            started = time.monotonic()
+            volume = self.ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+            self.wait_volume(volume, "available")
+            create.append(time.monotonic() - started)
+            started = time.monotonic()
+            self.ec2.attach_volume(VolumeId=volume, InstanceId=self.instance, Device="/dev/sdf")
+            self.wait_volume(volume, "in-use", "attached")
+            attach.append(time.monotonic() - started)
+            self.ec2.detach_volume(VolumeId=volume)
+            self.wait_volume(volume, "available")
+            path = self.cloud.dir / "data" / "cc-zone1" / "volumes" / f"{volume}.img"
+            hand.append(self.attach_by_hand(path, 900 + index))
+            self.ec2.delete_volume(VolumeId=volume)
+        return {
+            "rounds": rounds,
+            "create_to_available_p50_s": round(statistics.median(create), 3),
+            "attach_to_attached_p50_s": round(statistics.median(attach), 3),
+            "by_hand_export_and_hotplug_p50_s": round(statistics.median(hand), 3),
+            "target_p50_s": 1.0,
+        }
+
+    def attach_by_hand(self, path: Path, tid: int) -> float:
+        iqn = f"iqn.2010-01.org.koala:bench.{tid}"
+        initiator = f"iqn.2010-01.org.koala:bench-initiator.{secrets.token_hex(6)}"
+        host, port = self.portal.rsplit(":", 1)
+        xml = (f"<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/>"
+               f"<source protocol='iscsi' name='{iqn}/1'><host name='{host}' port='{port}'/>"
+               f"<initiator><iqn name='{initiator}'/></initiator></source><target dev='vdy' bus='virtio'/>"
+               f"<serial>bench-{tid}</serial></disk>")  # fmt: skip
+        disk = self.work / "disk.xml"
+        disk.write_text(xml)
+        adm = ["tgtadm", "-C", self.control, "--lld", "iscsi"]
+        started = time.monotonic()
+        subprocess.run([*adm, "--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn], check=True)
+        subprocess.run([*adm, "--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1", "-b",
+                        str(path)], check=True)  # fmt: skip
+        subprocess.run([*adm, "--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator],
+                       check=True)  # fmt: skip
+        subprocess.run(["virsh", "-c", "qemu:///system", "attach-device", self.instance, str(disk), "--live"],
+                       check=True, capture_output=True)  # fmt: skip
+        elapsed = time.monotonic() - started
+        subprocess.run(["virsh", "-c", "qemu:///system", "detach-device", self.instance, str(disk), "--live"],
+                       capture_output=True)  # fmt: skip
+        time.sleep(1)
+        subprocess.run([*adm, "--op", "delete", "--mode", "target", "--tid", str(tid), "--force"], capture_output=True)
+        return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="CreateVolume/AttachVolume rounds (p50)")
+    parser.add_argument("--io-mib", type=int, default=256, help="MiB written and read in the guest")
+    parser.add_argument("--skip-io", action="store_true")
+    parser.add_argument("--skip-snapshot", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print(json.dumps({"skipped": "needs root (libvirtd, namespaces, tgtd)"}))
+        return 0
+    from tests.acceptance.world import acceptance_world
+
+    instances = Path(f"/var/tmp/koala-ebs-bench-{secrets.token_hex(3)}")
+    instances.mkdir(mode=0o755)
+    work = Path(tempfile.mkdtemp(prefix="koala-ebs-bench-"))
+    result: dict = {}
+    bench = None
+    try:
+        extra = {"clc": {"KOALA_EBS_POLL_SECONDS": 1}}
+        with acceptance_world(work, instances, prefix="kb", extra=extra, nets=("10.246.0.0", "10.248.0",
+                                                                               "10.247.0")) as world:  # fmt: skip
+            bench = Bench(world, work)
+            bench.boot()
+            try:
+                log("API latency")
+                result["api"] = bench.api(args.rounds)
+                if not args.skip_io:
+                    log("in-guest I/O")
+                    result["guest_io"] = bench.guest_io(args.io_mib)
+                if not args.skip_snapshot:
+                    log("snapshots")
+                    result["snapshot"] = bench.snapshots()
+            finally:
+                bench.ec2.terminate_instances(InstanceIds=[bench.instance])
+                wait(lambda: bench.ec2.describe_instances(InstanceIds=[bench.instance])["Reservations"][0]["Instances"]
+                     [0]["State"]["Name"] == "terminated", 120, "the guest terminated", 1.0)  # fmt: skip
+    finally:
+        shutil.rmtree(instances, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
