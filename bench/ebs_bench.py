@@ -238,6 +238,7 @@ class Bench:
             self.ec2.attach_volume(VolumeId=volume, InstanceId=self.instance, Device="/dev/sdf")
             self.wait_volume(volume, "in-use", "attached")
             attach.append(time.monotonic() - started)
+            wait(lambda v=volume: self.device_by_serial(v), 60, "the disk in the guest", 0.2)  # let it settle
             self.ec2.detach_volume(VolumeId=volume)
             self.wait_volume(volume, "available")
             path = self.cloud.dir / "data" / "cc-zone1" / "volumes" / f"{volume}.img"
@@ -271,9 +272,10 @@ class Bench:
         subprocess.run(["virsh", "-c", "qemu:///system", "attach-device", self.instance, str(disk), "--live"],
                        check=True, capture_output=True)  # fmt: skip
         elapsed = time.monotonic() - started
+        wait(lambda: self.device_by_serial(f"bench-{tid}"), 60, "the hand-made disk in the guest", 0.2)
         subprocess.run(["virsh", "-c", "qemu:///system", "detach-device", self.instance, str(disk), "--live"],
                        capture_output=True)  # fmt: skip
-        time.sleep(1)
+        wait(lambda: not self.device_by_serial(f"bench-{tid}"), 60, "the hand-made disk gone", 0.2)
         subprocess.run([*adm, "--op", "delete", "--mode", "target", "--tid", str(tid), "--force"], capture_output=True)
         return elapsed
 
@@ -302,14 +304,14 @@ def main() -> int:
             bench = Bench(world, work)
             bench.boot()
             try:
-                log("API latency")
-                result["api"] = bench.api(args.rounds)
                 if not args.skip_io:
                     log("in-guest I/O")
                     result["guest_io"] = bench.guest_io(args.io_mib)
                 if not args.skip_snapshot:
                     log("snapshots")
                     result["snapshot"] = bench.snapshots()
+                log("API latency")
+                result["api"] = bench.api(args.rounds)
             finally:
                 bench.ec2.terminate_instances(InstanceIds=[bench.instance])
                 wait(lambda: bench.ec2.describe_instances(InstanceIds=[bench.instance])["Reservations"][0]["Instances"]

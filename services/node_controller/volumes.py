@@ -9,6 +9,7 @@ record is the whole attachment (the simulated hypervisor keeps no disks either).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -23,6 +24,7 @@ from common.rpc import RpcError
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
 
 log = logging.getLogger("koala.nc.volumes")
+DETACH_POLLS = 75  # x 0.2 s: how long a guest has to release a disk before the CC is told to ask again
 _IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[a-z0-9.:-]+)?$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 _DEVICE = re.compile(r"^/dev/(sd|xvd|vd)([b-z])$")
@@ -148,6 +150,13 @@ class Volumes:
                             element, libvirt.VIR_DOMAIN_AFFECT_LIVE
                         )
                     )
+                    # The guest lets go of a PCI disk in its own time: only then may its export go away.
+                    for _ in range(DETACH_POLLS):
+                        if _disk_element(await self._domain_xml(instance_id), volume_id) is None:
+                            break
+                        await asyncio.sleep(0.2)
+                    else:
+                        raise RpcError(409, "DetachPending", f"{instance_id} has not released {volume_id} yet")
             except HypervisorError as err:
                 if err.code != libvirt.VIR_ERR_NO_DOMAIN:
                     raise RpcError(500, "DetachFailed", f"libvirt: {err}") from None

@@ -1,5 +1,6 @@
 """Run in the user's namespace: SSH to HOST as root with the key pair's private key (asyncssh), run COMMAND,
-print its output; retry while the guest's SSH server is not answering yet."""
+print its output; retry while the guest's SSH server is not answering yet (for TIMEOUT seconds, the optional
+fourth argument, default 45)."""
 
 from __future__ import annotations
 
@@ -27,4 +28,4 @@ async def main(host: str, key_file: str, command: str, timeout: float = 45.0) ->
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3])))
+    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], *(float(a) for a in sys.argv[4:5]))))

@@ -52,7 +52,7 @@ class Guests:
 
     def ssh(self, instance_id: str, command: str, check: bool = True) -> str:
         done = self.topology.run("pub", sys.executable, str(SSH_PROBE), self.public[instance_id],
-                                 str(self.key_file), command, check=False)  # fmt: skip
+                                 str(self.key_file), command, "120", check=False)  # fmt: skip
         if check:
             assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout
@@ -253,5 +253,31 @@ def test_kill_cc_around_attach_and_detach(guests: Guests) -> None:
         cloud.start("cc")
     wait_volume(ec2, volume, "available")
     wait_for(lambda: not guests.device_of(first, volume), 60, 1.0, "the disk gone")
+    wait_for(lambda: volume not in tgt_targets(cloud), 30, 0.5, "its export removed")
+    ec2.delete_volume(VolumeId=volume)
+
+
+def test_kill_nc_around_attach_and_detach(guests: Guests) -> None:
+    """The guest's NC dies: an attach asked meanwhile converges to attached once it is back (the CC undoes its
+    half and the CLC asks again); the NC dies with the volume attached: the guest keeps its disk; a detach asked
+    meanwhile finishes when it is back; nothing stays exported."""
+    ec2, cloud = guests.ec2, guests.cloud
+    guest = next(i for i in (guests.first, guests.second) if _node_of(cloud, i) == "nc-node1")  # the `nc` process
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    cloud.kill("nc")
+    try:
+        assert ec2.attach_volume(VolumeId=volume, InstanceId=guest, Device="/dev/sdi")["State"] == "attaching"
+    finally:
+        cloud.start("nc")
+    wait_volume(ec2, volume, "in-use", "attached", timeout=90)
+    device = wait_for(lambda: guests.device_of(guest, volume), 60, 1.0, "the disk after the NC came back")
+    cloud.kill("nc")
+    try:
+        guests.ssh(guest, f"echo still-here | dd of=/dev/{device} conv=fsync 2>/dev/null")  # the disk still works
+        assert ec2.detach_volume(VolumeId=volume)["State"] == "detaching"
+    finally:
+        cloud.start("nc")
+    wait_volume(ec2, volume, "available", timeout=90)
+    wait_for(lambda: not guests.device_of(guest, volume), 60, 1.0, "the disk gone")
     wait_for(lambda: volume not in tgt_targets(cloud), 30, 0.5, "its export removed")
     ec2.delete_volume(VolumeId=volume)

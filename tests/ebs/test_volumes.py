@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import bundle_and_upload, wait_state, wait_zone_ready
-from tests.clc.ec2_helpers import aws, client, code, stop_clean
+from tests.clc.ec2_helpers import aws, aws_error, client, code, stop_clean
 from tests.harness import Cloud
 
 CAPACITY = 1200
@@ -254,6 +254,14 @@ def test_attach_bookkeeping_on_the_test_driver(cloud, alice, tmp_path_factory):
         assert code(err) == expected, kwargs
     by_instance = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]}])
     assert [v["VolumeId"] for v in by_instance["Volumes"]] == [volume]
+    # An instance-store instance cannot be stopped (EC2's answer), and is not stopped, so cannot be started.
+    with pytest.raises(ClientError) as err:
+        ec2.stop_instances(InstanceIds=[instance])
+    assert code(err) == "UnsupportedOperation"
+    with pytest.raises(ClientError) as err:
+        ec2.start_instances(InstanceIds=[instance])
+    assert code(err) == "IncorrectInstanceState"
+    assert "UnsupportedOperation" in aws_error(cloud, alice, "stop-instances", "--instance-ids", instance)
     detached = ec2.detach_volume(VolumeId=volume)
     assert detached["State"] in ("detaching", "detached")
     assert wait_volume(ec2, volume, "available")["Attachments"] == []

@@ -315,7 +315,8 @@ class Ebs:
             log.warning("%s: AttachVolume not answered (will retry): %s", volume.volume_id, err)
             return
         except RpcError as err:
-            if err.status >= 500 and err.code != "StorageUnavailable":
+            if (err.status >= 500 and err.code != "StorageUnavailable") or err.code == "IncorrectState":
+                # Not answered, or the CC is still undoing an earlier try: the reconcile loop asks again.
                 log.warning("%s: AttachVolume: %s (will retry)", volume.volume_id, err)
                 return
             log.warning("%s: attach to %s refused: %s", volume.volume_id, volume.instance_id, err)
@@ -490,14 +491,15 @@ class Ebs:
         return answer
 
     async def reconcile_zone(self, zone: str) -> None:
+        asked_at = time.time()
         answer = await self.refresh(zone)
         if answer is None:
             return
         seen = {v.volume_id: v for v in answer.volumes}
         for volume in [v for v in self.store.volumes.values() if v.zone == zone]:
             async with self._lock(volume.volume_id):
-                if self.store.volumes.get(volume.volume_id) is not volume:
-                    continue
+                if self.store.volumes.get(volume.volume_id) is not volume or volume.updated_at >= asked_at:
+                    continue  # gone, or changed since the CC's answer was asked for: the next round sees it
                 state = seen.get(volume.volume_id)
                 if volume.state == "deleting":
                     await self._delete(volume)
@@ -509,8 +511,9 @@ class Ebs:
                         await self.store.save_volume(volume)
                 else:
                     await self._settle(volume, state)
-                    if volume.attach_state == "attaching" and (state.attachment is None or
-                                                                state.attachment.state != "attached"):  # fmt: skip
+                    if volume.attach_state == "attaching" and state.attachment is None:
+                        # The CC has no attachment (never heard, or undid a failed one): ask again while the
+                        # instance runs; one the CC is still undoing is waited for.
                         instance = self.compute.store.instances.get(volume.instance_id)
                         if instance is not None and instance.state == "running":
                             await self._send_attach(volume)
@@ -520,7 +523,7 @@ class Ebs:
                     if volume.attach_state == "detaching":
                         await self._send_detach(volume, force=True)
         snaps = {s.snapshot_id: s for s in answer.snapshots}
-        for snapshot in [s for s in self.store.snapshots.values() if s.zone == zone]:
+        for snapshot in [s for s in self.store.snapshots.values() if s.zone == zone and s.updated_at < asked_at]:
             stored = snaps.get(snapshot.snapshot_id)
             if snapshot.state == "deleting":
                 await self._delete_snapshot(snapshot)

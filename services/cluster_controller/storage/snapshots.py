@@ -1,7 +1,8 @@
 """Snapshots in Walrus, through its S3 API as any client would use it: compressed, content-addressed chunks.
 
 A volume is cut into 4 MiB chunks. An all-zero chunk (a hole of the sparse file, or zeros) is stored as nothing;
-every other chunk is an object `zones/<zone>/chunks/<sha256>` holding its zlib-compressed bytes. A snapshot is a
+every other chunk is an object `zones/<zone>/chunks/<sha256>` holding its zlib-compressed bytes (or its bytes as
+they are when a sample shows they do not compress: see `encode`). A snapshot is a
 manifest `snapshots/<snap-id>.json` listing the digests in order, so any zone can restore it. A volume's next
 snapshot uploads only the chunks its previous snapshot (its parent) does not already hold: the changed blocks.
 Deleting a snapshot removes its manifest and those of its chunks that no other snapshot of the zone lists, so
@@ -31,8 +32,9 @@ from services.cluster_controller.storage.files import GIB
 from services.cluster_controller.storage.settings import StorageSettings
 
 CHUNK = 4 << 20
+SAMPLE = 64 << 10
 WORKERS = 4
-IN_FLIGHT = 8  # chunks read but not yet uploaded (memory: IN_FLIGHT x 4 MiB)
+IN_FLIGHT = 12  # chunks read but not yet uploaded (memory: IN_FLIGHT x 4 MiB)
 MAX_MANIFEST = 64 << 20
 _ZERO = bytes(CHUNK)
 
@@ -120,7 +122,7 @@ class SnapshotStore:
         return await asyncio.to_thread(self._take, snapshot_id, path, size_gb, reuse, progress)
 
     def _upload(self, digest: str, data: bytes) -> int:
-        body = zlib.compress(data, 1)
+        body = encode(data)
         self._s3().put_object(Bucket=self.bucket, Key=self.chunk_key(digest), Body=body)
         return len(body)
 
@@ -172,8 +174,8 @@ class SnapshotStore:
             raise SnapshotError(f"{snapshot_id} holds {manifest['size_gb']} GiB, more than {size_gb}")
 
         def fetch(index: int, digest: str) -> tuple[int, bytes]:
-            body = s3.get_object(Bucket=self.bucket, Key=f"{prefix}{digest}")["Body"].read()
-            data = zlib.decompressobj().decompress(body, chunk_size)
+            body = s3.get_object(Bucket=self.bucket, Key=f"{prefix}{digest}")["Body"].read(chunk_size + 1024)
+            data = decode(body, chunk_size)
             if hashlib.sha256(data).hexdigest() != digest:
                 raise SnapshotError(f"chunk {index} of {snapshot_id} does not match its digest")
             return index, data
@@ -236,6 +238,26 @@ class SnapshotStore:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def encode(data: bytes) -> bytes:
+    """A chunk's object: b"Z" + zlib (level 1) when a 64 KiB sample of it compresses by 5 % or more, else b"R" +
+    the bytes as they are (random or already compressed data: compressing it would only cost time, as qcow2 also
+    stores such clusters as is)."""
+    sample = data[:SAMPLE]
+    if len(zlib.compress(sample, 1)) < 0.95 * len(sample):
+        return b"Z" + zlib.compress(data, 1)
+    return b"R" + data
+
+
+def decode(body: bytes, limit: int) -> bytes:
+    """The chunk's bytes (at most `limit`: a corrupt or hostile object cannot make us inflate more)."""
+    kind, payload = body[:1], body[1:]
+    if kind == b"R":
+        return payload[:limit]
+    if kind == b"Z":
+        return zlib.decompressobj().decompress(payload, limit)
+    raise SnapshotError("unknown chunk encoding")
 
 
 def _hole(fd: int, offset: int) -> bool:
