@@ -130,30 +130,40 @@ class SnapshotStore:
         self, snapshot_id: str, path: Path, size_gb: int, reuse: set[str], progress: Callable[[int], None]
     ) -> tuple[list[str], int]:
         s3 = self._s3()
-        total = size_gb * GIB
-        count = (total + CHUNK - 1) // CHUNK
-        digests: list[str] = []
+        count = (size_gb * GIB + CHUNK - 1) // CHUNK
         sent: set[str] = set()
+        sent_lock = threading.Lock()
+
+        def chunk(data: bytes) -> tuple[str, int]:
+            """In the pool (hashing and compressing release the GIL): the digest, and the bytes stored for it."""
+            if data == _ZERO[: len(data)]:
+                return "", 0
+            digest = hashlib.sha256(data).hexdigest()
+            with sent_lock:
+                new = digest not in reuse and digest not in sent
+                sent.add(digest)
+            return digest, self._upload(digest, data) if new else 0
+
+        digests: list[str] = []
         pending: list[Future] = []
         stored = 0
         with open(path, "rb") as file:
             fd = file.fileno()
             for index in range(count):
                 offset = index * CHUNK
-                data = b"" if _hole(fd, offset) else os.pread(fd, CHUNK, offset)
-                if not data or data == _ZERO[: len(data)]:
-                    digests.append("")
+                if _hole(fd, offset):
+                    pending.append(_done(("", 0)))
                 else:
-                    digest = hashlib.sha256(data).hexdigest()
+                    pending.append(self._pool.submit(chunk, os.pread(fd, CHUNK, offset)))
+                while len(pending) >= IN_FLIGHT or (pending and pending[0].done()):
+                    digest, size = pending.pop(0).result()
                     digests.append(digest)
-                    if digest not in reuse and digest not in sent:
-                        sent.add(digest)
-                        pending.append(self._pool.submit(self._upload, digest, data))
-                        if len(pending) >= IN_FLIGHT:
-                            stored += pending.pop(0).result()
-                progress(int(90 * (index + 1) / max(count, 1)))
+                    stored += size
+                progress(int(90 * len(digests) / max(count, 1)))
         for future in pending:
-            stored += future.result()
+            digest, size = future.result()
+            digests.append(digest)
+            stored += size
         manifest = {"version": 1, "snapshot_id": snapshot_id, "size_gb": size_gb, "chunk_size": CHUNK,
                     "chunk_prefix": f"zones/{self.zone}/chunks/", "chunks": digests}  # fmt: skip
         s3.put_object(Bucket=self.bucket, Key=self.manifest_key(snapshot_id), Body=json.dumps(manifest).encode())
@@ -238,6 +248,12 @@ class SnapshotStore:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def encode(data: bytes) -> bytes:
