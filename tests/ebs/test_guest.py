@@ -35,6 +35,7 @@ pytestmark = [
     pytest.mark.qemu,
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd, tgtd)"),
+    pytest.mark.timeout(900),  # the first test also pays for the module's two guests booting under emulation
 ]
 SSH_PROBE = Path(__file__).resolve().parents[1] / "acceptance" / "ssh_probe.py"
 NETS = ("10.236.0.0", "10.238.0", "10.237.0")  # apart from the acceptance test's

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import threading
 import zlib
@@ -37,6 +38,8 @@ WORKERS = 4
 IN_FLIGHT = 12  # chunks read but not yet uploaded (memory: IN_FLIGHT x 4 MiB)
 MAX_MANIFEST = 64 << 20
 _ZERO = bytes(CHUNK)
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_PREFIX = re.compile(r"^zones/[a-z0-9.-]{1,64}/chunks/$")
 
 
 class SnapshotError(Exception):
@@ -180,6 +183,10 @@ class SnapshotStore:
             raise SnapshotError(f"the manifest of {snapshot_id} is too large")
         manifest = json.loads(answer["Body"].read())
         chunk_size, prefix, digests = manifest["chunk_size"], manifest["chunk_prefix"], manifest["chunks"]
+        if chunk_size != CHUNK or not _PREFIX.match(prefix) or not all(d == "" or _DIGEST.match(d) for d in digests):
+            raise SnapshotError(f"the manifest of {snapshot_id} is not one this store wrote")
+        if len(digests) * chunk_size > size_gb * GIB:
+            raise SnapshotError(f"{snapshot_id} lists more chunks than {size_gb} GiB hold")
         if manifest["size_gb"] > size_gb:
             raise SnapshotError(f"{snapshot_id} holds {manifest['size_gb']} GiB, more than {size_gb}")
 
