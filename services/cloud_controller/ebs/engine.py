@@ -521,7 +521,11 @@ class Ebs:
                             volume.attach_state = "detaching"
                             await self.store.save_volume(volume)
                     if volume.attach_state == "detaching":
-                        await self._send_detach(volume, force=True)
+                        # Forced only when the instance is over: a live guest keeps its disk until its node says
+                        # it let go (the node may just be restarting).
+                        instance = self.compute.store.instances.get(volume.instance_id)
+                        ended = instance is None or instance.state == "terminated"
+                        await self._send_detach(volume, force=ended)
         snaps = {s.snapshot_id: s for s in answer.snapshots}
         for snapshot in [s for s in self.store.snapshots.values() if s.zone == zone and s.updated_at < asked_at]:
             stored = snaps.get(snapshot.snapshot_id)
