@@ -47,9 +47,19 @@ def aws_quote(value: str, safe: str = "") -> str:
 
 
 def _parse_amz_date(value: str) -> float:
-    """`20240102T030405Z` -> epoch seconds."""
-    moment = sigv4.parse_amz_date(value)
-    return _bad_date() if moment is None else moment
+    """`20240102T030405Z` -> epoch seconds (a presigned URL's date is parsed once)."""
+    moment = _amz_dates.get(value)
+    if moment is None:
+        moment = sigv4.parse_amz_date(value)
+        if moment is None:
+            return _bad_date()
+        if len(_amz_dates) >= 4096:
+            _amz_dates.clear()
+        _amz_dates[value] = moment
+    return moment
+
+
+_amz_dates: dict[str, float] = {}
 
 
 def _iso(stamp: float) -> str:

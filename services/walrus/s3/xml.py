@@ -67,6 +67,8 @@ def http_time(stamp: float) -> str:
 
 
 def parse_http_time(value: str) -> float | None:
+    if not value:  # the usual case (no If-Modified-Since & co): no parse, no exception
+        return None
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
