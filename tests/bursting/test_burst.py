@@ -103,6 +103,7 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
         ),
         what="the remote group deleted",
     )
+    assert world.remote_creds.secret_key not in world.cc.log()  # the remote's secret never reaches a log
 
 
 def test_policy_decides_who_bursts_and_users_may_name_the_remote_zone(world):
