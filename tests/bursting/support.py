@@ -46,7 +46,7 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.port}/services/Eucalyptus"
         self.requests = 0
         self.waiting = 0  # requests held right now
-        self.forwarded_runs = 0
+        self.forwarded: list[bytes] = []  # the bodies of the requests that reached the remote
         self._loop = asyncio.new_event_loop()
         self._release: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -72,11 +72,11 @@ class FaultProxy:
             return await self._held(web.Response(status=503, text="released"))
         target = self.target + request.path_qs.replace("/services/Eucalyptus", "", 1)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+        self.forwarded.append(body)
         async with self._session.request(request.method, target, headers=headers, data=body) as answer:
             payload = await answer.read()
             reply = web.Response(status=answer.status, body=payload, content_type="text/xml")
         if mode == "hold_run" and b"Action=RunInstances" in body:
-            self.forwarded_runs += 1
             return await self._held(reply)
         return reply
 

@@ -88,6 +88,13 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
     assert console["InstanceId"] == burst_id
     assert console.get("Output") == remote.get_console_output(InstanceId=theirs["InstanceId"]).get("Output")
     ec2.reboot_instances(InstanceIds=[burst_id])
+    wait_for(
+        lambda: any(
+            b"Action=RebootInstances" in body and theirs["InstanceId"].encode() in body
+            for body in world.proxy.forwarded
+        ),
+        what="RebootInstances of the remote instance sent to the remote",
+    )
 
     # Terminate: the remote instance goes, then the key pair and group made for it.
     ec2.terminate_instances(InstanceIds=[burst_id, local_id])

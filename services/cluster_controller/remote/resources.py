@@ -41,10 +41,6 @@ class RemoteResources:
     def ours(self, name: str) -> bool:
         return name.startswith(self.prefix + "-")
 
-    def known(self, network: str) -> bool:
-        """Whether this process has made or changed the network's remote group."""
-        return self.group_name(network) in self._applied
-
     # --- key pairs ------------------------------------------------------------------------------------
     async def ensure_key(self, public_key: str) -> str:
         name = self.key_name(public_key)

@@ -71,6 +71,7 @@ class RemoteZone:
         self._wake = asyncio.Event()
         self._busy_until = 0.0
         self._sweep_due = 0.0
+        self._unsynced: set[str] = set()  # networks whose rules changed since their remote group was last set
         self._sweep_lock = asyncio.Lock()
         self._in_flight = 0
 
@@ -108,6 +109,10 @@ class RemoteZone:
         for instance in await self.store.load():
             self.instances[instance.instance_id] = instance
         self.resources.rules = await self.store.load_networks()
+        for instance in self.instances.values():  # the first poll checks the groups of live instances
+            spec = await self._spec(instance.reservation_id) if instance.live else None
+            if spec is not None and self.network_of(spec) in self.resources.rules:
+                self._unsynced.add(self.network_of(spec))
         # Launches in flight when the CC stopped are sent again: their ClientToken makes the remote answer with the
         # instance it may have started already, so none starts twice (and one asked to go meanwhile ends).
         unfinished = [i for i in self.instances.values() if i.launching]
@@ -439,19 +444,14 @@ class RemoteZone:
 
     # --- networks (the CLC's ConfigureNetwork) ----------------------------------------------------------
     async def configure_network(self, name: str, rules: list[NetworkRule]) -> None:
-        """Keep the rule set (written first) and bring the remote group in line in the background: the CLC's
-        call does not wait on the remote. A launch applies the set itself before its RunInstances."""
+        """Keep the rule set (written first); the poll loop brings the remote group in line (until it has), so
+        the CLC's call does not wait on the remote. A launch applies the set itself before its RunInstances."""
         if self.resources.rules.get(name) == rules:
             return  # sent before every launch: unchanged most of the time
         await self.store.save_network(name, rules)
         self.resources.rules[name] = rules
-        if self.resources.known(name):  # its remote group exists: change it now
-
-            async def apply() -> None:
-                with contextlib.suppress(RemoteError):
-                    await self.resources.ensure_group(name)
-
-            self._spawn(apply(), f"configure {name}")
+        self._unsynced.add(name)
+        self._wake.set()
 
     # --- the poll loop: state, reconciliation, clean-up -----------------------------------------------------
     def _note_failure(self, err: RemoteError) -> None:
@@ -549,6 +549,9 @@ class RemoteZone:
             await self._terminate_remote(again)
         if changed:
             await self.store.save(changed)
+        for name in sorted(self._unsynced):
+            await self.resources.ensure_group(name)
+            self._unsynced.discard(name)
         if time.monotonic() >= self._sweep_due:
             await self._sweep()
         return bool(changed or strays)
