@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.backoff import Backoff
 from common.config import ConfigError
 from common.ids import is_id
 from common.messages.cc_nc import VmType
@@ -297,7 +298,7 @@ class RemoteZone:
         async with self._sweep_lock:  # no sweep deletes its key pair or group between their check and its launch
             self._in_flight += 1
         try:
-            delay = 1.0
+            backoff = Backoff(initial=1.0, maximum=self.config.KOALA_REMOTE_POLL_MAX)
             while instance.launching:
                 if instance.terminating:
                     self._end(instance, "terminated before it started")
@@ -325,9 +326,9 @@ class RemoteZone:
                         )
                         await self.store.save([instance])
                         return
+                    delay = backoff.next_delay()
                     log.warning("%s: RunInstances: %s (trying again in %.0f s)", instance.instance_id, err, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.config.KOALA_REMOTE_POLL_MAX)
         finally:
             self._in_flight -= 1
 
@@ -470,13 +471,14 @@ class RemoteZone:
         all is still, and while the remote fails."""
         fast, slow = self.config.KOALA_REMOTE_POLL_SECONDS, self.config.KOALA_REMOTE_POLL_MAX
         delay = fast
+        failing = Backoff(initial=1.0, maximum=slow)
         while True:
             self._wake.clear()
             try:
                 changed = await self.sync()
             except RemoteError as err:
                 self._note_failure(err)
-                delay = min(max(delay * 2, 1.0), slow)
+                delay = failing.next_delay()
             else:
                 if not self.reachable:
                     log.info("remote %s answers again", self.config.KOALA_REMOTE_ENDPOINT)
@@ -485,6 +487,7 @@ class RemoteZone:
                         if instance.live:
                             self._changed(instance)
                 self._failures, self.last_error = 0, ""
+                failing.reset()
                 busy = time.monotonic() < self._busy_until and any(
                     i.live and (i.state == "Pending" or i.terminating) for i in self.instances.values()
                 )
