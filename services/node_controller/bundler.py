@@ -166,7 +166,9 @@ class Bundler:
         if inst is None:
             return None
         directory = self.manager.instance_dir(inst.request)
-        image_size = inst.pins[0].stat().st_size if inst.pins and inst.pins[0].exists() else None
+        # The machine image's cached file (pins also hold the kernel and ramdisk, in the order they arrived).
+        image_dir = self.manager.cache.image_dir(inst.request.image.id)
+        image_size = next((p.stat().st_size for p in inst.pins if p.parent == image_dir and p.exists()), None)
         for name in ("root.qcow2", "root.img"):
             if (directory / name).exists():
                 return directory / name, image_size
