@@ -1,6 +1,8 @@
-"""Calls from the CLC to the Cluster Controllers, one per zone (common/messages/clc_cc.py)."""
+"""Every call from the CLC to the Cluster Controllers, one per zone (common/messages/clc_cc.py, network.py)."""
 
 from __future__ import annotations
+
+from pydantic import BaseModel
 
 from common.messages.cc_nc import VmType
 from common.messages.clc_cc import Ack as CcAck
@@ -8,12 +10,21 @@ from common.messages.clc_cc import (
     ConsoleOutputRequest,
     ConsoleOutputResponse,
     DescribeInstancesResponse,
+    DescribeNodesResponse,
     DescribeResourcesRequest,
     DescribeResourcesResponse,
     InstanceIdsRequest,
     RunInstancesRequest,
     RunInstancesResponse,
     TerminateInstancesResponse,
+)
+from common.messages.network import (
+    AddressResponse,
+    ConfigureNetworkRequest,
+    DescribeNetworksRequest,
+    DescribeNetworksResponse,
+    DescribePublicAddressesResponse,
+    NetworkResponse,
 )
 from common.rpc import RpcClient
 from services.cloud_controller.compute.errors import ComputeError
@@ -65,6 +76,22 @@ class ClusterClient:
             True,
             timeout,
         )
+
+    async def describe_public_addresses(self, zone: str) -> DescribePublicAddressesResponse:
+        return await self._call(zone, "DescribePublicAddresses", None, DescribePublicAddressesResponse, True, 10)
+
+    async def address(self, zone: str, operation: str, message: BaseModel) -> AddressResponse:
+        """AssignAddress / UnassignAddress: the elastic IP's NAT on the zone's router."""
+        return await self._call(zone, operation, message, AddressResponse, True)
+
+    async def configure_network(self, zone: str, request: ConfigureNetworkRequest) -> NetworkResponse:
+        return await self._call(zone, "ConfigureNetwork", request, NetworkResponse, True)
+
+    async def describe_networks(self, zone: str, request: DescribeNetworksRequest) -> DescribeNetworksResponse:
+        return await self._call(zone, "DescribeNetworks", request, DescribeNetworksResponse, True, 10)
+
+    async def describe_nodes(self, zone: str) -> DescribeNodesResponse:
+        return await self._call(zone, "DescribeNodes", None, DescribeNodesResponse, True, 10)
 
     async def console_output(self, zone: str, instance_id: str) -> ConsoleOutputResponse:
         return await self._call(

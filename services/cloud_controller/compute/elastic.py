@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING
 
 from common import ids
 from common.messages.network import (
-    AddressResponse,
     AssignAddressRequest,
-    DescribePublicAddressesResponse,
     UnassignAddressRequest,
 )
 from common.rpc import PeerUnreachable, RpcError
@@ -35,15 +33,7 @@ class Elastic:
     # --- the pool ---------------------------------------------------------------------------------------
     async def refresh_pool(self, zone: str) -> None:
         try:
-            answer = await self.compute.cc.client.call(
-                self.compute.cc.url(zone),
-                "DescribePublicAddresses",
-                None,
-                DescribePublicAddressesResponse,
-                idempotent=True,
-                expect_role="cc",
-                timeout=10,
-            )
+            answer = await self.compute.cc.describe_public_addresses(zone)
         except (RpcError, PeerUnreachable):
             return  # an older CC without the operation, or unreachable: keep what we have
         if answer.supported:
@@ -56,9 +46,7 @@ class Elastic:
     # --- telling the CC ---------------------------------------------------------------------------------
     async def _cc(self, zone: str, operation: str, message) -> None:
         try:
-            await self.compute.cc.client.call(
-                self.compute.cc.url(zone), operation, message, AddressResponse, idempotent=True, expect_role="cc"
-            )
+            await self.compute.cc.address(zone, operation, message)
         except (RpcError, PeerUnreachable) as err:
             # SYSTEM/STATIC modes have no NAT to set up: the address is bookkeeping only there.
             level = logging.DEBUG if err.code in ("UnknownOperation", "UnsupportedOperation") else logging.WARNING

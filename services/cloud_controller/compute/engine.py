@@ -23,7 +23,7 @@ from common.messages.clc_cc import (
     NotifyInstancesRequest,
     RunInstancesRequest,
 )
-from common.messages.network import DescribeNetworksRequest, DescribeNetworksResponse
+from common.messages.network import DescribeNetworksRequest
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
 from services.cloud_controller.compute.addresses import Address, Addresses
@@ -807,15 +807,8 @@ class Compute:
 
     async def _refresh_network_mode(self, zone: str) -> None:
         try:
-            answer = await self.cc.client.call(
-                self.cc.url(zone),
-                "DescribeNetworks",
-                DescribeNetworksRequest(names=["koala-none"]),  # the mode and limits, not every network
-                DescribeNetworksResponse,
-                idempotent=True,
-                expect_role="cc",
-                timeout=10,
-            )
+            # The mode and limits, not every network.
+            answer = await self.cc.describe_networks(zone, DescribeNetworksRequest(names=["koala-none"]))
         except (RpcError, PeerUnreachable):
             return
         self.zone_modes[zone] = answer.mode

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from common.messages.network import ConfigureNetworkRequest, NetworkResponse, NetworkRule, Protocol
+from common.messages.network import ConfigureNetworkRequest, NetworkRule, Protocol
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.networks import Networks
@@ -66,14 +66,7 @@ class NetworkSync:
         rules = await self.rules_for(owner_id, group) or []
         request = ConfigureNetworkRequest(name=Networks.name(owner_id, group), vlan=vlan, rules=translate(rules))
         try:
-            await self.compute.cc.client.call(
-                self.compute.cc.url(zone),
-                "ConfigureNetwork",
-                request,
-                NetworkResponse,
-                idempotent=True,
-                expect_role="cc",
-            )
+            await self.compute.cc.configure_network(zone, request)
         except PeerNotReached:
             raise  # the zone is down, not short of anything: the caller says so
         except (RpcError, PeerUnreachable) as err:

@@ -26,7 +26,6 @@ from typing import Any
 
 from common import ids
 from common.messages.cc_nc import VmType
-from common.messages.clc_cc import DescribeNodesResponse
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.leases.slottable import INF, Allocation, Kind, Res, SlotTable, how_many
@@ -68,15 +67,7 @@ class LeaseScheduler:
     # --- nodes ------------------------------------------------------------------------------------------
     async def refresh_nodes(self, zone: str) -> None:
         try:
-            answer = await self.compute.cc.client.call(
-                self.compute.cc.url(zone),
-                "DescribeNodes",
-                None,
-                DescribeNodesResponse,
-                idempotent=True,
-                expect_role="cc",
-                timeout=10,
-            )
+            answer = await self.compute.cc.describe_nodes(zone)
         except (RpcError, PeerUnreachable, ComputeError) as err:
             log.debug("DescribeNodes %s failed: %s", zone, err)
             return
