@@ -8,6 +8,9 @@ tests/acceptance/world.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cli.allinone import qemu_usable
@@ -77,6 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acceptance]:
         shutil.rmtree(instances, ignore_errors=True)
 
 
+@pytest.mark.timeout(900)  # two guests, a reboot, and a third guest booted from a BundleInstance of the first
 def test_bundle_register_run_ssh_terminate(world: Acceptance, tmp_path: Path) -> None:
     ec2 = world.ec2
     # Bundle with `koala bundle-image`, upload with `koala upload-bundle`, RegisterImage with boto3.
@@ -99,6 +104,7 @@ def test_bundle_register_run_ssh_terminate(world: Acceptance, tmp_path: Path) ->
     try:
         running = _run_and_reach(world, ids, key_file)
         _protect_and_reboot(world, ids[1])
+        _bundle_register_and_boot(world, ids[0], images)
     except BaseException:
         ec2.terminate_instances(InstanceIds=ids)  # never leave guests running behind a failure
         raise
@@ -179,6 +185,55 @@ def _protect_and_reboot(world: Acceptance, instance_id: str) -> None:
     _wait(lambda: _console(ec2, instance_id).count(f"KOALA-GUEST ready instance={instance_id}") == 2, 180,
           "the guest ready again")  # fmt: skip
     assert world.instances_by_id([instance_id])[instance_id]["State"]["Name"] == "running"
+
+
+def _bundle_register_and_boot(world: Acceptance, instance_id: str, images: dict[str, str]) -> None:
+    """BundleInstance of a running guest with a browser-POST upload policy -> complete -> RegisterImage of the
+    bundle (with the guest's kernel and ramdisk) -> a new guest from it boots to ready."""
+    ec2, creds = world.ec2, world.cloud.admin_credentials()
+    s3 = boto3.client(
+        "s3", endpoint_url=creds["S3_URL"], region_name="eucalyptus", aws_access_key_id=creds["EC2_ACCESS_KEY"],
+        aws_secret_access_key=creds["EC2_SECRET_KEY"],
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )  # fmt: skip
+    s3.create_bucket(Bucket="rebundled")
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    policy = json.dumps({"expiration": expires, "conditions": [{"bucket": "rebundled"}, ["starts-with", "$key", ""]]})
+    signature = hmac.new(creds["EC2_SECRET_KEY"].encode(), base64.b64encode(policy.encode()), hashlib.sha1).digest()
+    storage = {
+        "S3": {
+            "Bucket": "rebundled",
+            "Prefix": "guest",
+            "AWSAccessKeyId": creds["EC2_ACCESS_KEY"],
+            "UploadPolicy": policy.encode(),
+            "UploadPolicySignature": base64.b64encode(signature).decode(),
+        }
+    }
+    bundle_id = ec2.bundle_instance(InstanceId=instance_id, Storage=storage)["BundleTask"]["BundleId"]
+
+    def final() -> dict | None:
+        (task,) = ec2.describe_bundle_tasks(BundleIds=[bundle_id])["BundleTasks"]
+        return task if task["State"] in ("complete", "failed") else None
+
+    _wait(final, 600, "the bundle task to end")
+    task = final()
+    assert task is not None and task["State"] == "complete", task
+    image_id = ec2.register_image(ImageLocation="rebundled/guest.manifest.xml", Name="rebundled",
+                                  KernelId=images["kernel"], RamdiskId=images["ramdisk"])["ImageId"]  # fmt: skip
+    new_id = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="c1.medium")["Instances"][0][
+        "InstanceId"
+    ]
+    try:
+        world.wait_states([new_id], "running", timeout=300)
+        ready = f"KOALA-GUEST ready instance={new_id}"
+        _wait(
+            lambda: ready in _console(ec2, new_id),
+            300,
+            lambda: f"the rebundled guest ready: {_console(ec2, new_id)[-2000:]}",
+        )
+    finally:
+        ec2.terminate_instances(InstanceIds=[new_id])
+    world.wait_states([new_id], "terminated", timeout=120)
 
 
 def _console(ec2, instance_id: str) -> str:
