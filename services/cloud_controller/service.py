@@ -57,8 +57,7 @@ class CloudControllerService(Service):
         # BundleInstance: nodes bundle, this CLC signs the manifests with the cloud key (compute/bundle_tasks.py).
         self.bundle_tasks = BundleTasks(
             self.db,
-            self.client,
-            self.compute.cc.url,
+            self.compute.cc,
             self.pki_dir.path / pki.CLOUD_KEY_FILE,
             self.cloud_cert_pem,
             self.config.s3_url(),

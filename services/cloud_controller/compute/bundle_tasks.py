@@ -28,8 +28,9 @@ from common.bundle.errors import BundleError
 from common.bundle.upload_policy import UploadFailed, UploadPolicy, post_object
 from common.ids import new_id
 from common.messages.bundle_tasks import BundleTaskRequest, NodeBundleStatus, StartBundleRequest
-from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.rpc import PeerUnreachable, RpcError
 from common.tasks import TaskSet
+from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.database import Database
 
@@ -63,13 +64,12 @@ class BundleTasks:
     def __init__(
         self,
         db: Database,
-        client: RpcClient,
-        cc_url: Any,  # zone -> CC URL (ClusterClient.url)
+        cc: ClusterClient,
         cloud_key_path: Path,
         cloud_cert_pem: str,
         s3_url: str,
     ):
-        self.db, self.client, self.cc_url = db, client, cc_url
+        self.db, self.cc = db, cc
         self.cloud_key_path, self.cloud_cert_pem, self.s3_url = cloud_key_path, cloud_cert_pem, s3_url
         self.tasks: dict[str, BundleTask] = {}
         self._drivers = TaskSet(log)
@@ -162,9 +162,7 @@ class BundleTasks:
     # --- the driver ---------------------------------------------------------------------------------------
     async def _node(self, op: str, task: BundleTask, message: Any = None) -> NodeBundleStatus:
         message = message or BundleTaskRequest(bundle_id=task.bundle_id, instance_id=task.instance_id)
-        return await self.client.call(
-            self.cc_url(task.zone), op, message, NodeBundleStatus, idempotent=True, expect_role="cc", timeout=60.0
-        )
+        return await self.cc.bundle_task(task.zone, op, message)
 
     def _start_request(self, task: BundleTask) -> StartBundleRequest:
         s = task.storage

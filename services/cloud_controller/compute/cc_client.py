@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from common.messages.bundle_tasks import BundleTaskRequest, NodeBundleStatus, StartBundleRequest
 from common.messages.cc_nc import VmType
 from common.messages.clc_cc import Ack as CcAck
 from common.messages.clc_cc import (
@@ -97,3 +98,10 @@ class ClusterClient:
         return await self._call(
             zone, "GetConsoleOutput", ConsoleOutputRequest(instance_id=instance_id), ConsoleOutputResponse, True
         )
+
+    async def bundle_task(
+        self, zone: str, op: str, message: StartBundleRequest | BundleTaskRequest
+    ) -> NodeBundleStatus:
+        """BundleInstance, DescribeBundleTask or CancelBundleTask, forwarded by the CC to the instance's node
+        (idempotent: the node keys tasks by bundle id)."""
+        return await self._call(zone, op, message, NodeBundleStatus, True, 60.0)
