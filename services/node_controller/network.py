@@ -20,12 +20,15 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from common.hostcmd import CommandFailed, Result, Runner, SubprocessRunner
 from common.rpc import RpcError
+
+if TYPE_CHECKING:
+    from services.node_controller.service import NodeControllerService
 
 log = logging.getLogger("koala.nc.network")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -170,7 +173,7 @@ class NodeNetwork:
 RELEASE_SECONDS = 10.0
 
 
-def install(service: Any) -> NodeNetwork | None:
+def install(service: NodeControllerService) -> NodeNetwork | None:
     """Give an NC service its NodeNetwork (None with libvirt's test driver: the host is never touched) and a
     loop that removes MANAGED networks no live guest uses any more."""
     if service.config.HYPERVISOR == "test":

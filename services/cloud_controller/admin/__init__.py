@@ -11,12 +11,15 @@ Every action calls the same service code as the EC2 API. `install(service)` adds
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from services.cloud_controller.admin.app import Admin
 
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
-def install(service: Any) -> Admin:
+
+def install(service: CloudControllerService) -> Admin:
     from services.cloud_controller.admin.pages import register_all
 
     admin = Admin(service, service.config.KOALA_STATE_DIR)

@@ -4,7 +4,7 @@ operations, the NotifyInstances operation (role cc), the metadata routes, the po
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.messages.clc_cc import Ack, NotifyInstancesRequest
 from common.rpc import Caller, RpcError
@@ -16,6 +16,9 @@ from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.images import Images
 from services.cloud_controller.compute.netsync import NetworkSync
 from services.cloud_controller.metadata import MetadataService
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 log = logging.getLogger("koala.clc.compute")
 
@@ -38,7 +41,7 @@ def settings_from(config: Any) -> Settings:
     )
 
 
-def walrus_backend(clc: Any) -> Any:
+def walrus_backend(clc: CloudControllerService) -> Any:
     """Walrus's image operations, when the Walrus image interface exists in this tree."""
     try:
         from services.cloud_controller.compute.walrus import WalrusImages
@@ -56,7 +59,7 @@ def walrus_backend(clc: Any) -> Any:
     return WalrusImages(clc.client, clc.config.KOALA_WALRUS_URL, certificates_for)
 
 
-async def install(clc: Any) -> Compute:
+async def install(clc: CloudControllerService) -> Compute:
     """Create, load and start the compute engine; call from the service's on_start (before the port opens)."""
     zones = clc.clusters.zones if hasattr(clc, "clusters") else clc.config.clusters()
     compute = Compute(
@@ -103,7 +106,7 @@ async def install(clc: Any) -> Compute:
     return compute
 
 
-def install_netsync(clc: Any, compute: Compute) -> None:
+def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
     """MANAGED modes: security group rules -> the CCs' ConfigureNetwork, at launch and on every rule change."""
     from services.cloud_controller.actions import groups
 

@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -22,6 +22,9 @@ from services.cloud_controller.actions import ACTIONS, Context
 from services.cloud_controller.ec2 import model, params, xml
 from services.cloud_controller.ec2.auth import Lookup, SignedRequest, authenticate
 from services.cloud_controller.ec2.errors import Ec2Error, as_ec2_error
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 log = logging.getLogger("koala.clc.ec2")
 
@@ -33,7 +36,7 @@ XML_TYPE = "text/xml;charset=UTF-8"
 
 
 class Frontend:
-    def __init__(self, clc: Any, lookup: Lookup, clock: Callable[[], float] = time.time):
+    def __init__(self, clc: CloudControllerService, lookup: Lookup, clock: Callable[[], float] = time.time):
         self.clc, self.lookup = clc, lookup
         self.clock = clock  # the time request signatures are checked against (a replay fixes it)
 

@@ -4,7 +4,7 @@ Secrets appear only in the answers to the admin who asked, never in logs."""
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.messages.identity import Principal
 from common.messages.identity_admin import (
@@ -27,10 +27,13 @@ from common.rpc import Caller, Empty, RpcError, RpcServer
 from services.cloud_controller.identity.bootstrap import user_credentials
 from services.cloud_controller.identity.store import IdentityError, IdentityStore
 
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
+
 ROLES = frozenset({"admin"})
 
 
-def install(rpc: RpcServer, store: IdentityStore, clc: Any) -> None:
+def install(rpc: RpcServer, store: IdentityStore, clc: CloudControllerService) -> None:
     async def user(ref: UserRef) -> Principal:
         found = await store.user_by_name(ref.account, ref.user)
         if found is None:

@@ -9,7 +9,7 @@ the service stops (the network itself stays up). The CC's own instance paths cal
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -18,10 +18,13 @@ from common.rpc import RpcError
 from services.cluster_controller.network.manager import NetworkManager, NetworkRequestError
 from services.cluster_controller.network.settings import VnetSettings
 
+if TYPE_CHECKING:
+    from services.cluster_controller.service import ClusterControllerService
+
 __all__ = ["NetworkManager", "NetworkRequestError", "VnetSettings", "install", "launched", "prepare_launch"]
 
 
-def install(service: Any) -> NetworkManager:
+def install(service: ClusterControllerService) -> NetworkManager:
     from services.cluster_controller.network import rpc
 
     manager = NetworkManager(service.config, service.config.KOALA_STATE_DIR)

@@ -19,23 +19,27 @@ from common.messages.network import (
     UnassignAddressRequest,
 )
 from common.rpc import Caller, RpcError
+from services.cluster_controller.remote.zone import RemoteZone
 
 if TYPE_CHECKING:
     from common.rpc import RpcServer
+    from services.cluster_controller.service import ClusterControllerService
 
 MODE = "REMOTE"
 ROLES = frozenset({"clc"})
 READ_ROLES = frozenset({"clc", "admin"})
 
 
-def register(rpc: RpcServer, service: Any) -> None:
+def register(rpc: RpcServer, service: ClusterControllerService) -> None:
     """`service.cluster` is the RemoteZone (set at start)."""
 
     def network(name: str, vlan: int) -> NetworkResponse:
         return NetworkResponse(network=NetworkInfo(name=name, vlan=vlan))
 
     async def configure_network(msg: ConfigureNetworkRequest, caller: Caller) -> NetworkResponse:
-        await service.cluster.configure_network(msg.name, msg.rules)
+        zone = service.cluster
+        assert isinstance(zone, RemoteZone)  # this module serves remote zones only
+        await zone.configure_network(msg.name, msg.rules)
         return network(msg.name, msg.vlan)
 
     async def start_network(msg: StartNetworkRequest, caller: Caller) -> NetworkResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 
@@ -15,6 +15,9 @@ from services.cluster_controller.remote.ec2 import Ec2Client, load_model
 from services.cluster_controller.remote.store import RemoteStore
 from services.cluster_controller.remote.zone import RemoteZone
 
+if TYPE_CHECKING:
+    from services.cluster_controller.service import ClusterControllerService
+
 
 def default_prefix(config: Any) -> str:
     """`koala-` and 10 hex digits naming this cloud (its CA) and zone: what this zone creates remotely, and only
@@ -24,7 +27,7 @@ def default_prefix(config: Any) -> str:
     return f"koala-{digest[:10]}"
 
 
-async def open_zone(service: Any) -> RemoteZone:
+async def open_zone(service: ClusterControllerService) -> RemoteZone:
     """Build the remote zone of a CC service, check its configuration against the remote, and start it.
     ConfigError for bad credentials or image map; a remote that does not answer is polled until it does."""
     config = service.config

@@ -39,7 +39,7 @@ CreateSnapshot, DeleteSnapshot (common/messages/storage.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -48,12 +48,15 @@ from common.rpc import Caller, RpcError
 from services.cluster_controller.storage.manager import StorageManager
 from services.cluster_controller.storage.settings import StorageSettings
 
+if TYPE_CHECKING:
+    from services.cluster_controller.service import ClusterControllerService
+
 __all__ = ["StorageManager", "StorageSettings", "install"]
 CLC = frozenset({"clc"})
 CLC_OR_ADMIN = frozenset({"clc", "admin"})
 
 
-def install(service: Any) -> StorageManager:
+def install(service: ClusterControllerService) -> StorageManager:
     """Give the CC service `service.storage` and register the storage operations; started with the app."""
     config = service.config
     manager = StorageManager(config, config.KOALA_STATE_DIR, config.KOALA_ZONE, service.client, None)
