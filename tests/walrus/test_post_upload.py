@@ -170,3 +170,16 @@ def test_post_failures(walrus: Walrus, s3) -> None:
     bob_form = walrus.client("bob").generate_presigned_post(BUCKET, "from-bob")
     answer = post(bob_form["url"], bob_form["fields"])
     assert answer[0] == 403 and error_code(answer[2]) == "AccessDenied"
+
+
+def test_post_form_tagging(walrus: Walrus, s3) -> None:
+    tagging = "<Tagging><TagSet><Tag><Key>via</Key><Value>form</Value></Tag></TagSet></Tagging>"
+    form = presigned(walrus, "tagged-by-form", {"tagging": tagging}, [{"tagging": tagging}])
+    assert post(form["url"], form["fields"], ("t.txt", b"tagged", "text/plain"))[0] == 204
+    assert s3.get_object_tagging(Bucket=BUCKET, Key="tagged-by-form")["TagSet"] == [{"Key": "via", "Value": "form"}]
+    too_many = "".join(f"<Tag><Key>k{i}</Key><Value>v</Value></Tag>" for i in range(11))
+    refused = f"<Tagging><TagSet>{too_many}</TagSet></Tagging>"
+    form = presigned(walrus, "refused-by-form", {"tagging": refused}, [{"tagging": refused}])
+    status, _, body = post(form["url"], form["fields"], ("t.txt", b"tagged", "text/plain"))
+    assert (status, error_code(body)) == (400, "BadRequest")
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="refused-by-form")["KeyCount"] == 0

@@ -264,3 +264,28 @@ async def test_inline_versions_survive_a_restart(tmp_path: Path) -> None:
         assert await inline_rows(again) == 1
     finally:
         await again.close()
+
+
+async def test_tags_belong_to_their_version_and_survive_a_restart(storage: EmbeddedBackend) -> None:
+    await storage.set_bucket_versioning("bkt", "Enabled")
+    first = await put(storage, "k", b"one", dataclasses.replace(SPEC, tags={"gen": "1"}))
+    second = await put(storage, "k", b"two")
+    updated = await storage.set_object_tags("bkt", "k", {"gen": "2"})
+    assert updated.version_id == second and updated.tags == {"gen": "2"}
+    with pytest.raises(NoSuchVersion):
+        await storage.set_object_tags("bkt", "k", {}, "no-such-version")
+    with pytest.raises(NoSuchKey):
+        await storage.set_object_tags("bkt", "other", {})
+    marker = await storage.delete_object("bkt", "k")
+    assert marker is not None and marker.created
+    with pytest.raises(DeleteMarkerHit):
+        await storage.set_object_tags("bkt", "k", {}, marker.version_id)
+    await storage.close()
+    reopened = EmbeddedBackend(storage.root)
+    await reopened.start()
+    try:
+        assert (await reopened.get_version("bkt", "k", first)).tags == {"gen": "1"}
+        assert (await reopened.get_version("bkt", "k", second)).tags == {"gen": "2"}
+    finally:
+        await reopened.close()
+    await storage.start()

@@ -16,7 +16,7 @@ import crc32c
 from aiohttp import web
 
 from services.walrus.images import sendfile
-from services.walrus.s3 import access, object_lock
+from services.walrus.s3 import access, object_lock, tag_sets
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.body import Body
 from services.walrus.s3.buckets import load_bucket
@@ -84,7 +84,9 @@ def spec_from_headers(ctx: Ctx, bucket: BucketInfo) -> ObjectSpec:
             del stored["Content-Encoding"]
     content_type = ctx.headers.get("Content-Type") or "binary/octet-stream"
     mode, until, hold = object_lock.lock_from_headers(ctx, bucket)
-    return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta, {}, mode, until, hold)
+    tagging = ctx.headers.get("x-amz-tagging")
+    tags = tag_sets.from_header(tagging) if tagging is not None else {}
+    return ObjectSpec(owner_id, owner_name, acl, content_type[:1024], stored, meta, {}, mode, until, hold, tags)
 
 
 def _content_md5(ctx: Ctx) -> bytes | None:
@@ -227,9 +229,16 @@ VERSION_ACTIONS = {
 
 
 async def open_readable(
-    ctx: Ctx, bucket_name: str, key: str, permission: str = "READ", version_id: str | None = None
+    ctx: Ctx,
+    bucket_name: str,
+    key: str,
+    permission: str = "READ",
+    version_id: str | None = None,
+    actions: tuple[str, str] | None = None,
 ) -> ObjectReader:
-    """An open object (version) the requester may read; NoSuchKey only to those who may list the bucket."""
+    """An open object (version) the requester may read; NoSuchKey only to those who may list the bucket.
+    `actions`: the policy actions checked (for the current version, for a named one) when not the ones
+    `permission` implies."""
     storage = ctx.app.storage
     bucket = await storage.get_bucket(bucket_name)
     if bucket is None:
@@ -247,7 +256,10 @@ async def open_readable(
             raise no_such_version(version_id or "") from None
         raise S3Error("NoSuchKey", Key=key) from None
     try:
-        action = (VERSION_ACTIONS if version_id is not None else READ_ACTIONS)[permission]
+        if actions is not None:
+            action = actions[1] if version_id is not None else actions[0]
+        else:
+            action = (VERSION_ACTIONS if version_id is not None else READ_ACTIONS)[permission]
         await access.check(ctx, action, bucket, permission, reader.info.acl, key)
     except BaseException:
         await reader.close()
@@ -326,6 +338,7 @@ def object_headers(info: ObjectInfo, ctx: Ctx, bucket: BucketInfo | None) -> dic
         **info.headers,
         **version_headers(bucket, info),
         **object_lock.lock_headers(info),
+        **tag_sets.count_header(info.tags),
     }
     for name, value in info.meta.items():
         headers[f"x-amz-meta-{name}"] = value
@@ -540,6 +553,9 @@ async def copy_object(ctx: Ctx) -> web.Response:
     directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    tag_directive = ctx.headers.get("x-amz-tagging-directive", "COPY").upper()
+    if tag_directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown tagging directive.", ArgumentName="x-amz-tagging-directive")
     reader = await open_readable(ctx, source_bucket, source_key, version_id=source_version)
     try:
         source = reader.info
@@ -568,6 +584,8 @@ async def copy_object(ctx: Ctx) -> web.Response:
             )
         else:
             spec = dataclasses.replace(new, checksums=source.checksums)
+        if tag_directive == "COPY":  # the source's tags, whatever x-amz-tagging says (as S3 does)
+            spec = dataclasses.replace(spec, tags=source.tags)
         try:
             info = await ctx.app.storage.copy_object(reader, ctx.bucket, ctx.key, spec, quota(ctx))
         except QuotaExceeded as err:

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import BodyPartReader, web
 
 from common import sigv4
-from services.walrus.s3 import access, auth, object_lock, post_policy, tagging
+from services.walrus.s3 import access, auth, object_lock, post_policy, tag_sets
 from services.walrus.s3 import acl as acls
 from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
@@ -170,10 +170,10 @@ async def post_object(ctx: Ctx) -> web.Response:
     check_key(key)
     ctx.key = key
     if "tagging" in fields:
-        tags = tagging.from_xml(fields["tagging"].encode(), tagging.MAX_OBJECT_TAGS)
-        ctx.form_tags = tags
+        ctx.form_tags = tag_sets.from_xml(fields["tagging"].encode(), tag_sets.MAX_OBJECT_TAGS)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=key)
     spec = _spec(ctx, fields, bucket, file_part.headers.get("Content-Type", ""))
+    spec = dataclasses.replace(spec, tags=ctx.form_tags or {})
     spec = dataclasses.replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
     limit = ctx.app.limits.max_object_size
     if length_range is not None:

@@ -18,6 +18,7 @@ from services.walrus.s3 import (
     lifecycle,
     multipart,
     object_lock,
+    object_tagging,
     objects,
     post,
     tagging,
@@ -29,7 +30,7 @@ WALRUS_PREFIX = "/services/Walrus"
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 # Sub-resources Walrus does not implement: answered with NotImplemented rather than mistaken for another call.
 UNSUPPORTED = frozenset(
-    """website notification replication encryption tagging requestPayment
+    """website notification replication encryption requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
     restore torrent select""".split()
 )
@@ -193,6 +194,8 @@ def pick(method: str, bucket: str, key: str, query: MultiDictProxy[str], headers
             return object_lock.put_object_retention
         if "legal-hold" in query:
             return object_lock.put_object_legal_hold
+        if "tagging" in query:
+            return object_tagging.put_object_tagging
         if "uploadId" in query or "partNumber" in query:
             return multipart.upload_part_copy if "x-amz-copy-source" in headers else multipart.upload_part
         if "x-amz-copy-source" in headers:
@@ -207,12 +210,16 @@ def pick(method: str, bucket: str, key: str, query: MultiDictProxy[str], headers
             return object_lock.get_object_retention
         if "legal-hold" in query:
             return object_lock.get_object_legal_hold
+        if "tagging" in query and method == "GET":
+            return object_tagging.get_object_tagging
         if "uploadId" in query and method == "GET":
             return multipart.list_parts
         return objects.get_object
     if method == "DELETE":
         if "uploadId" in query:
             return multipart.abort_upload
+        if "tagging" in query:
+            return object_tagging.delete_object_tagging
         return objects.delete_object
     if method == "POST":
         if "uploads" in query:

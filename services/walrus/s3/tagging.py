@@ -1,10 +1,8 @@
-"""Tag sets: the `<Tagging>` document and the x-amz-tagging header checked as S3 checks them, and the bucket
-tagging operations (Put/Get/DeleteBucketTagging)."""
+"""The bucket tagging operations (Put/Get/DeleteBucketTagging); tag sets are parsed and checked in tag_sets."""
 
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -13,56 +11,11 @@ from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.objects import _small_body
-from services.walrus.s3.xml import el, parse_xml, raw, xml_response
+from services.walrus.s3.tag_sets import MAX_BUCKET_TAGS, from_xml, to_xml
+from services.walrus.s3.xml import xml_response
 from services.walrus.storage import NoSuchBucket
 
 KIND = "tagging"
-MAX_BUCKET_TAGS = 50
-MAX_OBJECT_TAGS = 10
-MAX_KEY = 128
-MAX_VALUE = 256
-
-
-def check(tags: list[tuple[str, str]], limit: int) -> dict[str, str]:
-    if len(tags) > limit:
-        raise S3Error("BadRequest", f"Object tags cannot be greater than {limit}" if limit == MAX_OBJECT_TAGS
-                      else f"Bucket tag count cannot be greater than {limit}")  # fmt: skip
-    out: dict[str, str] = {}
-    for key, value in tags:
-        if not key or len(key) > MAX_KEY:
-            raise S3Error("InvalidTag", "The TagKey you have provided is invalid")
-        if len(value) > MAX_VALUE:
-            raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
-        if key.lower().startswith("aws:"):
-            raise S3Error("InvalidTag", "System tags cannot be added/updated by requester")
-        if key in out:
-            raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
-        out[key] = value
-    return out
-
-
-def from_xml(body: bytes, limit: int) -> dict[str, str]:
-    root = parse_xml(body)
-    tag_set = root.find("TagSet") if root.tag == "Tagging" else None
-    if tag_set is None:
-        raise S3Error("MalformedXML")
-    pairs = []
-    for node in tag_set.findall("Tag"):
-        key, value = node.findtext("Key"), node.findtext("Value")
-        if key is None or value is None:
-            raise S3Error("MalformedXML", "each Tag needs a Key and a Value")
-        pairs.append((key, value))
-    return check(pairs, limit)
-
-
-def from_header(value: str) -> dict[str, str]:
-    """x-amz-tagging: `k1=v1&k2=v2`, URL-encoded."""
-    return check(parse_qsl(value, keep_blank_values=True), MAX_OBJECT_TAGS)
-
-
-def to_xml(tags: dict[str, str]) -> str:
-    items = "".join(el("Tag", raw(el("Key", k), el("Value", v))) for k, v in tags.items())
-    return el("TagSet", raw(items))
 
 
 async def put_bucket_tagging(ctx: Ctx) -> web.Response:

@@ -148,6 +148,7 @@ class ObjectSpec:
     lock_mode: str = ""  # Object Lock retention: "", or one of LOCK_MODES until lock_until
     lock_until: float = 0.0
     legal_hold: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # the object's tag set (S3 checks it before)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class ObjectInfo:
     lock_mode: str = ""
     lock_until: float = 0.0
     legal_hold: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
 
     def locked(self, now: float, bypass_governance: bool = False) -> str:
         """Why this version may not be removed now ("" if it may)."""
@@ -388,6 +390,13 @@ class StorageBackend(abc.ABC):
 
     @abc.abstractmethod
     async def set_object_acl(self, bucket: str, key: str, acl: Acl, version_id: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def set_object_tags(
+        self, bucket: str, key: str, tags: dict[str, str], version_id: str | None = None
+    ) -> ObjectInfo:
+        """Replace the tag set of the current version (or of `version_id`); NoSuchKey / NoSuchVersion when it is
+        missing, DeleteMarkerHit when it is a delete marker. The version as it is now."""
 
     @abc.abstractmethod
     async def set_object_lock(

@@ -58,7 +58,7 @@ from services.walrus.storage.base import (
 T = TypeVar("T")
 OBJECT_COLUMNS = (
     "bucket, key, size, etag, last_modified, owner_id, owner_name, content_type, headers, meta, checksums, acl,"
-    " segments, parts, version_id, latest, delete_marker, lock_mode, lock_until, legal_hold"
+    " segments, parts, version_id, latest, delete_marker, lock_mode, lock_until, legal_hold, tags"
 )
 BUCKET_COLUMNS = (
     "name, owner_id, owner_name, created, location, acl, object_count, bytes_used, versioning, object_lock, lifecycle"
@@ -88,7 +88,7 @@ def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
     (bucket, key, size, etag, modified, owner_id, owner_name, ctype, headers, meta, checksums, acl, segs, parts) = row[
         :14
     ]
-    version_id, latest, marker, lock_mode, lock_until, legal_hold = row[14:]
+    version_id, latest, marker, lock_mode, lock_until, legal_hold, tags = row[14:]
     return ObjectInfo(
         bucket=bucket,
         key=key,
@@ -110,6 +110,7 @@ def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
         lock_mode=lock_mode,
         lock_until=lock_until,
         legal_hold=bool(legal_hold),
+        tags=json.loads(tags),
     )
 
 
@@ -163,11 +164,12 @@ def _object_values(info: ObjectInfo, ordinal: int) -> tuple:
         info.lock_mode,
         info.lock_until,
         int(info.legal_hold),
+        json.dumps(info.tags),
         ordinal,
     )
 
 
-INSERT_VERSION = f"INSERT INTO versions ({OBJECT_COLUMNS}, ordinal) VALUES ({', '.join('?' * 21)})"
+INSERT_VERSION = f"INSERT INTO versions ({OBJECT_COLUMNS}, ordinal) VALUES ({', '.join('?' * 22)})"
 
 
 def _lock_to_json(enabled: bool, default: DefaultRetention | None) -> str:
@@ -221,6 +223,7 @@ def _spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
             "meta": spec.meta,
             "checksum_algorithm": checksum_algorithm,
             "lock": [spec.lock_mode, spec.lock_until, spec.legal_hold],
+            "tags": spec.tags,
         }
     )
 
@@ -234,6 +237,7 @@ def _spec_from_json(text: str) -> tuple[ObjectSpec, str]:
         content_type=data["content_type"],
         headers=data["headers"],
         meta=data["meta"],
+        tags=data.get("tags", {}),
     )
     if "lock" in data:
         mode, until, hold = data["lock"]
@@ -877,6 +881,7 @@ class EmbeddedBackend(StorageBackend):
             lock_mode=spec.lock_mode,
             lock_until=spec.lock_until,
             legal_hold=spec.legal_hold,
+            tags=dict(spec.tags),
         )
 
     async def commit_object(
@@ -965,6 +970,28 @@ class EmbeddedBackend(StorageBackend):
 
         await self._tx(tx)
         self._changed(bucket, key, None)
+
+    async def set_object_tags(
+        self, bucket: str, key: str, tags: dict[str, str], version_id: str | None = None
+    ) -> ObjectInfo:
+        def tx(conn: sqlite3.Connection) -> ObjectInfo:
+            found = self._version_row(conn, bucket, key, version_id)
+            if found is None:
+                if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                    raise NoSuchBucket(bucket)
+                raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
+            ordinal, info = found
+            if info.delete_marker:
+                raise DeleteMarkerHit(info)
+            conn.execute(
+                "UPDATE versions SET tags = ? WHERE bucket = ? AND key = ? AND ordinal = ?",
+                (json.dumps(tags), bucket, key, ordinal),
+            )
+            return dataclasses.replace(info, tags=dict(tags))
+
+        info = await self._tx(tx)
+        self._changed(bucket, key, None)
+        return info
 
     async def set_object_lock(
         self,
