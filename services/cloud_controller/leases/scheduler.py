@@ -28,13 +28,14 @@ from common import ids
 from common.messages.cc_nc import VmType
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError, invalid
-from services.cloud_controller.leases.slottable import INF, Allocation, Kind, Res, SlotTable, how_many
+from services.cloud_controller.leases.slottable import INF, ZERO, Allocation, Kind, Res, SlotTable, how_many
 from services.cloud_controller.leases.store import CapacityReservation, LeaseStore
 
 log = logging.getLogger("koala.clc.leases")
 MAX_RESERVATION_COUNT = 1000  # instances per capacity reservation
 MAX_RESERVATIONS = 5000  # live capacity reservations per account
 MAX_AHEAD = 5 * 365 * 86400.0  # how far ahead a reservation may start
+FOREVER_CACHE_SECONDS = 60.0
 COUNTED_NODE_STATES = ("UP", "ASLEEP", "WAKING")  # as the CC's DescribeResources counts them
 
 
@@ -61,6 +62,9 @@ class LeaseScheduler:
         self.nodes_at: dict[str, float] = {}
         self.claims: dict[int, Claim] = {}  # admission token id -> claim
         self.spot: Any = None  # spot.SpotQueue, set by setup
+        self.changes = 0  # bumped at every change of a reservation (the cached tables' key)
+        self._tables: dict[str, tuple[tuple, SlotTable, set[str]]] = {}
+        self._forever: dict[str, tuple[tuple, float, dict[str, Res]]] = {}
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
@@ -139,15 +143,42 @@ class LeaseScheduler:
     def live_reservations(self, zone: str | None = None) -> list[CapacityReservation]:
         return [cr for cr in self.store.reservations.values() if cr.live and (zone is None or cr.zone == zone)]
 
-    def table(self, zone: str, now: float | None = None) -> SlotTable:
-        now = self.clock() if now is None else now
+    def _reserved(self, zone: str) -> tuple[SlotTable, set[str]]:
+        """The zone's nodes and reservations, rebuilt only when either changed (a launch decision copies it)."""
+        key = (
+            self.changes,
+            self.nodes_at.get(zone, 0.0),
+            tuple((v.name, v.cores, v.memory_mb, v.disk_gb) for v in self.compute.vmtypes.list()),
+        )
+        cached = self._tables.get(zone)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         table = SlotTable(dict(self.nodes.get(zone, {})))
         live_crs = set()
         for cr in self.live_reservations(zone):
             need = self.need_of(cr.instance_type)
-            if need is not None and cr.end > now:
+            if need is not None:
                 table.allocate(cr.reservation_id, cr.nodes, need, cr.start_date, cr.end, "reserved")
                 live_crs.add(cr.reservation_id)
+        self._tables[zone] = (key, table, live_crs)
+        return table, live_crs
+
+    def _add_to_cache(self, cr: CapacityReservation) -> None:
+        """A new reservation goes into the cached table as is (no rebuild: creating many stays linear)."""
+        cached = self._tables.get(cr.zone)
+        need = self.need_of(cr.instance_type)
+        if cached is None or need is None or cached[0][0] != self.changes:
+            self.changes += 1
+            return
+        cached[1].allocate(cr.reservation_id, cr.nodes, need, cr.start_date, cr.end, "reserved")
+        cached[2].add(cr.reservation_id)
+        self.changes += 1  # a new key for the same (updated) table: what was derived from it is recomputed
+        self._tables[cr.zone] = ((self.changes, *cached[0][1:]), cached[1], cached[2])
+
+    def table(self, zone: str, now: float | None = None) -> SlotTable:
+        now = self.clock() if now is None else now
+        reserved, live_crs = self._reserved(zone)
+        table = reserved.copy()
         for instance in self.compute.store.instances.values():
             if instance.zone != zone or not instance.live or not instance.node_id:
                 continue
@@ -228,10 +259,12 @@ class LeaseScheduler:
             tags=tags or [],
         )
         self.store.reservations[cr.reservation_id] = cr
+        self._add_to_cache(cr)
         try:
             await self.store.save_reservations(cr)
         except BaseException:
             self.store.reservations.pop(cr.reservation_id, None)
+            self.changes += 1
             raise
         log.info(
             "capacity reservation %s: %d x %s in %s over [%s, %s) on %s",
@@ -345,6 +378,7 @@ class LeaseScheduler:
         cr.total, cr.start_date, cr.end_date_type, cr.match = new_count, new_start, new_type, new_match
         cr.end_date = None if new_end_f == INF else new_end_f
         cr.nodes = self._keep_running(cr, picks)
+        self.changes += 1
         await self.store.save_reservations(cr)
         self.wake()
 
@@ -375,10 +409,12 @@ class LeaseScheduler:
     async def _set_state(self, cr: CapacityReservation, state: str) -> None:
         previous = cr.state
         cr.state = state
+        self.changes += 1
         try:
             await self.store.save_reservations(cr)
         except BaseException:
             cr.state = previous
+            self.changes += 1
             raise
         log.info("capacity reservation %s: %s -> %s", cr.reservation_id, previous, state)
         self.wake()
@@ -412,14 +448,13 @@ class LeaseScheduler:
             return
         if not self.has_leases(token.zone) and not spot:
             return
-        table = self.table(token.zone)
         now = self.clock()
         # A spot launch runs only where it fits now beside everything (it starts nothing's preemption);
         # an on-demand one must fit for ever beside the reservations (best-effort leases would make room).
         if spot:
-            picks = table.map_vms(need, request.min_count, now, INF, preempt=False, now=now)
+            picks = self.table(token.zone, now).map_vms(need, request.min_count, now, INF, preempt=False, now=now)
         else:
-            picks = self._most(table, need, request.min_count, token.count, now)
+            picks = self._most(token.zone, need, request.min_count, token.count, now)
         if picks is None:
             raise ComputeError(
                 "InsufficientInstanceCapacity",
@@ -432,15 +467,45 @@ class LeaseScheduler:
         token.nodes = picks
         self.claims[token.id] = Claim(token.zone, "", picks, need, "besteffort" if spot else "running", request_ids)
 
-    @staticmethod
-    def _most(table: SlotTable, need: Res, low: int, high: int, now: float) -> list[str] | None:
+    def _most(self, zone: str, need: Res, low: int, high: int, now: float) -> list[str] | None:
+        """Up to `high` (at least `low`) VMs placed for ever beside the reservations and the instances that are
+        not best-effort, first fit in node order. Equal to mapping over [now, inf) in `table(zone)` with
+        preempt=True, without building it: the reservations' part is cached, instances hold [now, inf)."""
+        frees = self._forever_free(zone, now)
+        _, live_crs = self._reserved(zone)
+        used: dict[str, Res] = {}
+        for instance in self.compute.store.instances.values():
+            if instance.zone != zone or not instance.live or not instance.node_id:
+                continue
+            lease = self.store.lease_of.get(instance.instance_id, "")
+            if lease in live_crs or lease.startswith("sir-"):
+                continue
+            held = used.get(instance.node_id, ZERO)
+            used[instance.node_id] = held + Res(instance.cores, instance.memory_mb, instance.disk_gb)
+        for claim in self.claims.values():
+            if claim.zone == zone and claim.kind == "running":
+                for node in claim.nodes:
+                    used[node] = used.get(node, ZERO) + claim.need
         picks: list[str] = []
-        for node in table.capacity:
-            room = how_many(table.free(node, now, INF, preempt=True), need)
-            picks += [node] * min(room, high - len(picks))
+        for node, free in frees.items():
+            held = used.get(node, ZERO)
+            left = Res(free.cores - held.cores, free.memory_mb - held.memory_mb, free.disk_gb - held.disk_gb)
+            picks += [node] * min(how_many(left, need), high - len(picks))
             if len(picks) == high:
                 break
         return picks if len(picks) >= low else None
+
+    def _forever_free(self, zone: str, now: float) -> dict[str, Res]:
+        """Per node: its capacity less the peak its reservations hold from `now` on. Cached with the reservations'
+        table for up to a minute (a peak that has passed meanwhile only makes the answer cautious)."""
+        reserved, _ = self._reserved(zone)
+        key = self._tables[zone][0]
+        cached = self._forever.get(zone)
+        if cached is not None and cached[0] == key and now - cached[1] < FOREVER_CACHE_SECONDS:
+            return cached[2]
+        frees = {node: reserved.free(node, now, INF, preempt=True) for node in reserved.capacity}
+        self._forever[zone] = (key, now, frees)
+        return frees
 
     def _claim_reservation(self, cr: CapacityReservation, low: int, token: Any, need: Res) -> bool:
         free = Counter(cr.nodes)

@@ -192,23 +192,35 @@ def plan_queue(table: SlotTable, queue: Sequence[Request], now: float) -> QueueP
     """FIFO with backfilling (see the module's docstring). `table` is not changed."""
     work = table.copy()
     plan = QueuePlan()
-    # What each node has free at this instant bounds what any window starting now can get: a request that fits
-    # in no node's free-now (or their component-wise best) is skipped without looking through time.
+    # What each node has free at this instant bounds what any window starting now can get: nodes whose free-now
+    # cannot take the request are never looked at through time, and a request that fits in no node's free-now
+    # (nor their component-wise best) is skipped at once. Free-for-ever is cached per node until it changes.
     free_now = {node: work.free(node, now, now + 1e-9, preempt=False, now=now) for node in work.capacity}
-    best = _best(free_now.values())
+    free_now = {node: free for node, free in free_now.items() if free.cores > 0 and free.memory_mb > 0}
+    forever: dict[str, Res] = {}
+    best = _best(free_now.values())  # an upper bound: recomputed only when it let a request through in vain
     for request in queue:
         end = now + request.duration if request.duration is not None else INF
         picks = None
-        if request.need.fits_in(best) and sum(how_many(f, request.need) for f in free_now.values()) >= request.count:
-            picks = work.map_vms(request.need, request.count, now, end, preempt=False, now=now)
+        if request.need.fits_in(best):
+            picks = _first_fit(work, request, now, end, free_now, forever)
+            if picks is None:
+                best = _best(free_now.values())
         if picks is not None:
-            for node in made_nodes(work.allocate(request.lease_id, picks, request.need, now, end, "besteffort", now)):
-                free_now[node] = work.free(node, now, now + 1e-9, preempt=False, now=now)
-            best = _best(free_now.values())
+            for node in set(picks):
+                work.allocate(
+                    request.lease_id, [n for n in picks if n == node], request.need, now, end, "besteffort", now
+                )
+                free = work.free(node, now, now + 1e-9, preempt=False, now=now)
+                if free.cores > 0 and free.memory_mb > 0:
+                    free_now[node] = free
+                else:
+                    free_now.pop(node, None)  # full now: never looked at again in this plan
+                forever.pop(node, None)
             plan.start.append((request, picks))
             continue
         plan.waiting.append(request.lease_id)
-        if plan.shadow is None:
+        if len(plan.waiting) == 1:  # only the head gets a reservation (none if no known end makes room)
             shadow = _earliest(work, request, now)
             if shadow is not None:
                 when, picks = shadow
@@ -218,6 +230,26 @@ def plan_queue(table: SlotTable, queue: Sequence[Request], now: float) -> QueueP
     return plan
 
 
+def _first_fit(
+    work: SlotTable, request: Request, now: float, end: float, free_now: dict[str, Res], forever: dict[str, Res]
+) -> list[str] | None:
+    """`work.map_vms` for a best-effort request starting now, skipping nodes that cannot take one VM now."""
+    picks: list[str] = []
+    for node, free in free_now.items():
+        if not request.need.fits_in(free):
+            continue
+        if end == INF:
+            window = forever.get(node)
+            if window is None:
+                window = forever[node] = work.free(node, now, INF, preempt=False, now=now)
+        else:
+            window = work.free(node, now, end, preempt=False, now=now)
+        picks += [node] * min(how_many(window, request.need), request.count - len(picks))
+        if len(picks) == request.count:
+            return picks
+    return None
+
+
 def _best(frees: Iterable[Res]) -> Res:
     cores = memory = disk = 0
     for free in frees:
@@ -225,17 +257,25 @@ def _best(frees: Iterable[Res]) -> Res:
     return Res(cores, memory, disk)
 
 
-def made_nodes(allocations: list[Allocation]) -> list[str]:
-    return [a.node for a in allocations]
-
-
 MAX_SHADOW_TRIES = 256  # moments looked at for the head's reservation
 
 
 def _earliest(table: SlotTable, request: Request, now: float) -> tuple[float, list[str]] | None:
+    # Nodes whose open-ended allocations (instances without a known end) leave no room never free up.
+    usable = []
+    for node, capacity in table.capacity.items():
+        held = ZERO
+        for a in table.allocations.get(node, ()):
+            if a.end == INF and a.kind != "reserved":
+                held = held + a.res
+        free = Res(capacity.cores - held.cores, capacity.memory_mb - held.memory_mb, capacity.disk_gb - held.disk_gb)
+        if request.need.fits_in(free):
+            usable.append(node)
+    if not usable:
+        return None
     for when in table.times_after(now)[:MAX_SHADOW_TRIES]:
         end = when + request.duration if request.duration is not None else INF
-        picks = table.map_vms(request.need, request.count, when, end, preempt=False, now=when)
+        picks = table.map_vms(request.need, request.count, when, end, preempt=False, now=when, nodes=usable)
         if picks is not None:
             return when, picks
     return None
