@@ -176,7 +176,13 @@ def drain_bench(count: int) -> dict:
     from tests.clc.ec2_helpers import admin_creds, client
     from tests.harness import Cloud
 
-    nc = {"MAX_CORES": count, "MAX_MEM": count * 128, "RAM_ALLOCATION_RATIO": 1000, "MAX_DISK": count * 2}
+    nc = {
+        "MAX_CORES": count,
+        "MAX_MEM": count * 128,
+        "MAX_DISK": count * 2,
+        "CPU_ALLOCATION_RATIO": 64,
+        "RAM_ALLOCATION_RATIO": 64,
+    }
     clc = {"KOALA_LOG_LEVEL": "WARNING", "KOALA_LEASE_TICK_SECONDS": 0.2, "KOALA_CC_POLL_SECONDS": 5}
     with tempfile.TemporaryDirectory(prefix="lease-drain-") as tmp:
         cloud = Cloud(Path(tmp) / "cloud", extra={"clc": clc, "nc": nc, "cc": {"KOALA_LOG_LEVEL": "WARNING"}})

@@ -51,6 +51,7 @@ NAV = [
     ("/admin/instances", "Instances"),
     ("/admin/volumes", "Volumes"),
     ("/admin/network", "Addresses & groups"),
+    ("/admin/leases", "Leases"),
 ]
 
 

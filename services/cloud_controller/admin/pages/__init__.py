@@ -8,12 +8,13 @@ from services.cloud_controller.admin.pages import (
     dashboard,
     images,
     instances,
+    leases,
     network,
     vmtypes,
     volumes,
 )
 
-MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, volumes, network]
+MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, volumes, network, leases]
 
 
 def register_all(admin) -> None:
