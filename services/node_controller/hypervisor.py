@@ -237,6 +237,14 @@ class Hypervisor:
 
         return await self.call(destroy)
 
+    async def save(self, name: str, path: str) -> None:
+        """Suspend the running domain `name` to `path` (libvirt save: memory and device state; the domain stops)."""
+        await self.call(lambda conn: conn.lookupByName(name).save(path))
+
+    async def restore(self, path: str) -> None:
+        """Resume a domain saved by `save` (it runs again from where it was, with the same name)."""
+        await self.call(lambda conn: conn.restore(path))
+
     async def reboot(self, name: str, acpi: bool = True) -> None:
         """Ask the guest to reboot: with `acpi`, the ACPI power button (the guest reboots if it heeds it), else the
         hypervisor's default method (Xen's PV shutdown protocol)."""

@@ -42,6 +42,9 @@ log = logging.getLogger("koala.nc.instances")
 _SAFE_OWNER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOOKS_OURS = re.compile(r"^i-[0-9a-fA-F]{8}$")
 EXTANT_DETAILS = {"running", "blocked", "paused", "shutdown"}
+# Suspended to disk (libvirt save to the instance directory): Extant with no domain; its cores and memory are free.
+SUSPENDED, SUSPENDING, RESUMING = "suspended", "suspending", "resuming"
+SAVE_FILE = "suspended.save"
 CREATE_ATTEMPTS = 5
 REBOOT_GRACE = 10.0
 MISSING_GRACE = 3.0
@@ -223,8 +226,8 @@ class InstanceManager:
 
     async def reboot(self, instance_id: str) -> InstanceInfo:
         inst = self._get(instance_id)
-        if inst.state != "Extant":
-            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}, not Extant")
+        if inst.state != "Extant" or inst.detail in (SUSPENDING, SUSPENDED, RESUMING):
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}/{inst.detail}")
         loop = asyncio.get_running_loop()
         grace = self.config.KOALA_NC_REBOOT_GRACE_SECONDS
         inst.reboot_until = loop.time() + REBOOT_GRACE  # Xen may report the restart as a stop and a start
@@ -265,6 +268,43 @@ class InstanceManager:
         except HypervisorError as err:
             log.warning("%s: hard reset failed: %s", inst.id, err)
 
+    async def suspend(self, instance_id: str) -> InstanceInfo:
+        """Save the running guest to its directory and stop it (its cores and memory go back to the node)."""
+        inst = self._get(instance_id)
+        if inst.state == "Extant" and inst.detail == SUSPENDED:
+            return inst.info()
+        if inst.state != "Extant" or inst.detail in (SUSPENDING, RESUMING):
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}/{inst.detail}")
+        path = self.instance_dir(inst.request) / SAVE_FILE
+        await self._set(inst, "Extant", SUSPENDING)  # written first: a crash mid-save is sorted out at restart
+        try:
+            await self.hv.save(inst.id, str(path))
+        except HypervisorError as err:
+            await self._set(inst, "Extant", "running")
+            raise RpcError(500, "SuspendFailed", f"{instance_id}: {err}") from None
+        await self._set(inst, "Extant", SUSPENDED)
+        return inst.info()
+
+    async def resume(self, instance_id: str) -> InstanceInfo:
+        """Restore a suspended guest where it was, if the node has its cores and memory free."""
+        inst = self._get(instance_id)
+        if inst.state != "Extant" or inst.detail != SUSPENDED:
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}/{inst.detail}, not suspended")
+        free, vm = self.free(), inst.request.vm_type
+        if vm.cores > free["cores"] or vm.memory_mb > free["memory_mb"]:
+            raise RpcError(409, "InsufficientResources", f"{vm.name} does not fit on this node now")
+        path = self.instance_dir(inst.request) / SAVE_FILE
+        await self._set(inst, "Extant", RESUMING)
+        try:
+            await self.hv.restore(str(path))
+        except HypervisorError as err:
+            await self._set(inst, "Extant", SUSPENDED)
+            raise RpcError(500, "ResumeFailed", f"{instance_id}: {err}") from None
+        state = await self.hv.state(inst.id)
+        await self._set(inst, "Extant", state if state in EXTANT_DETAILS else "running")
+        await asyncio.get_running_loop().run_in_executor(None, lambda: path.unlink(missing_ok=True))
+        return inst.info()
+
     async def console_output(self, instance_id: str) -> bytes:
         inst = self._get(instance_id)
         return await console.tail(self.instance_dir(inst.request) / "console.log")
@@ -287,9 +327,10 @@ class InstanceManager:
     # --- resources ----------------------------------------------------------------------------------------
     def held(self) -> dict[str, int]:
         active = [i for i in self.instances.values() if i.state != "Teardown"]
+        running = [i for i in active if i.detail != SUSPENDED]  # a suspended guest holds only its disk
         return {
-            "cores": sum(i.request.vm_type.cores for i in active),
-            "memory_mb": sum(i.request.vm_type.memory_mb for i in active),
+            "cores": sum(i.request.vm_type.cores for i in running),
+            "memory_mb": sum(i.request.vm_type.memory_mb for i in running),
             "disk_gb": sum(i.request.vm_type.disk_gb for i in active),
             "instances": len(active),
         }
@@ -428,13 +469,15 @@ class InstanceManager:
             return
         if event in ("started", "resumed"):
             inst.reboot_until = 0.0 if event == "started" else inst.reboot_until
-            if inst.detail != "staging":
+            if inst.detail not in ("staging", SUSPENDING, SUSPENDED, RESUMING):
                 await self._set(inst, "Extant", "running")
         elif event == "suspended":
             await self._set(inst, "Extant", "paused")
         elif event in ("stopped", "crashed"):
             if asyncio.get_running_loop().time() < inst.reboot_until:
                 return  # our own destroy-and-recreate
+            if inst.detail in (SUSPENDING, SUSPENDED, RESUMING) or detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED:
+                return  # our own save
             crashed = event == "crashed" or detail in (
                 libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
                 libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED,
@@ -478,8 +521,10 @@ class InstanceManager:
                     inst, "failed", f"boot timeout: still {inst.detail} after {self.config.INSTANCE_TIMEOUT:.0f} s"
                 )
                 continue
-            if loop_now < inst.reboot_until or inst.detail == "staging":
+            if loop_now < inst.reboot_until or inst.detail in ("staging", SUSPENDING, RESUMING):
                 continue
+            if inst.detail == SUSPENDED:
+                continue  # no domain while suspended: that is the point
             if dom is None:
                 if inst.state == "Extant" or (inst.task is None or inst.task.done()):
                     # libvirt's stopped event says why; condemn on the sweep's word only if none came meanwhile.
@@ -548,8 +593,14 @@ class InstanceManager:
                 if not self.config.MANUAL_INSTANCES_CLEANUP:
                     await self._remove_files(inst)
                 continue
-            if dom is not None and dom.state in EXTANT_DETAILS:
+            saved = (self.instance_dir(request) / SAVE_FILE).exists()
+            if inst.state == "Extant" and inst.detail in (SUSPENDING, SUSPENDED, RESUMING) and dom is None and saved:
+                await self._set(inst, "Extant", SUSPENDED)  # the save finished (or the restore never started)
+                adopted += 1
+            elif dom is not None and dom.state in EXTANT_DETAILS:
                 await self._set(inst, "Extant", dom.state)
+                if saved:  # restored already, or the save never finished: the file is of no use
+                    (self.instance_dir(request) / SAVE_FILE).unlink(missing_ok=True)
                 adopted += 1
             elif dom is not None:
                 await self._teardown(inst, dom.state, f"the domain was {dom.state} when the NC started")

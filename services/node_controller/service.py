@@ -67,6 +67,8 @@ class NodeControllerService(Service):
         add("DescribeInstances", self._describe_instances, CC_ADMIN, DescribeInstancesRequest)
         add("DescribeResource", self._describe_resource, CC_ADMIN)
         add("RebootInstance", self._reboot_instance, CC, InstanceIdRequest)
+        add("SuspendInstance", self._suspend_instance, CC, InstanceIdRequest)
+        add("ResumeInstance", self._resume_instance, CC, InstanceIdRequest)
         add("GetConsoleOutput", self._console_output, CC, InstanceIdRequest)
         add("StartNetwork", self._start_network, CC, StartNetworkRequest)
         add("PowerDown", self._power_down, CC)
@@ -219,6 +221,12 @@ class NodeControllerService(Service):
 
     async def _reboot_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
         return await self._manager.reboot(request.instance_id)
+
+    async def _suspend_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
+        return await self._manager.suspend(request.instance_id)
+
+    async def _resume_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
+        return await self._manager.resume(request.instance_id)
 
     async def _console_output(self, request: InstanceIdRequest, caller: Caller) -> ConsoleOutputResponse:
         data = await self._manager.console_output(request.instance_id)

@@ -9,6 +9,7 @@ libvirtd (deploy/bootstrap.sh starts one).
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import shutil
 import subprocess
@@ -123,6 +124,64 @@ def test_real_boot_console_terminate(qemu_nc: NcEnv) -> None:
         info = qemu_nc.terminate(instance_id)
     assert info.state == "Teardown"
     assert not domain_exists(instance_id)
+    assert not qemu_nc.instance_dir(instance_id).exists()
+
+
+def sysrq_uptime(env: NcEnv, instance_id: str, after: float) -> float:
+    """The guest kernel's uptime, from the timestamp of the line a magic SysRq key press makes it print on its
+    console (the key goes in through QEMU's keyboard); the first such timestamp later than `after`."""
+    pattern = re.compile(r"\[\s*(\d+\.\d+)\]\s+sysrq")
+
+    def stamp() -> float | None:
+        subprocess.run(["virsh", "-c", "qemu:///system", "send-key", instance_id, "KEY_LEFTALT", "KEY_SYSRQ", "KEY_H"],
+                       capture_output=True, timeout=20)  # fmt: skip
+        found = [float(m) for m in pattern.findall(console(env, instance_id))]
+        later = [f for f in found if f > after]
+        return later[-1] if later else None
+
+    return wait_for(stamp, 60, 1.0, "a SysRq line with the guest's uptime on the console")
+
+
+def test_suspend_and_resume_a_guest(qemu_nc: NcEnv) -> None:
+    """SuspendInstance saves the running guest to its instance directory (libvirt save) and stops it, giving the
+    node its cores and memory back; the record survives a kill -9 of the NC; ResumeInstance restores the guest
+    where it was: the same boot (no second boot line on the console), running on."""
+    instance_id = f"i-{secrets.token_hex(4)}"
+    launch(qemu_nc, instance_id)
+    try:
+        qemu_nc.wait_state(instance_id, "Extant", timeout=60)
+        wait_for(lambda: f"KOALA-GUEST ready instance={instance_id}" in console(qemu_nc, instance_id), 120, 0.5,
+                 "the guest's ready line on the console")  # fmt: skip
+        before = sysrq_uptime(qemu_nc, instance_id, 0.0)
+        cores_running = qemu_nc.resources().cores_available
+        call = qemu_nc.cc.call
+        suspended = call(qemu_nc.url, "SuspendInstance", InstanceIdRequest(instance_id=instance_id), InstanceInfo)
+        assert (suspended.state, suspended.detail) == ("Extant", "suspended")
+        assert not domain_exists(instance_id)
+        assert (qemu_nc.instance_dir(instance_id) / "suspended.save").stat().st_size > 0
+        assert qemu_nc.resources().cores_available == cores_running + VM.cores
+        # The sweep leaves it alone (no domain is what suspended means) and a restart finds it suspended.
+        qemu_nc.cloud.kill("nc")
+        qemu_nc.cloud.start("nc")
+        assert qemu_nc.describe(instance_id)[instance_id].detail == "suspended"
+        assert not domain_exists(instance_id)
+        resumed = call(qemu_nc.url, "ResumeInstance", InstanceIdRequest(instance_id=instance_id), InstanceInfo)
+        assert (resumed.state, resumed.detail) == ("Extant", "running")
+        assert domain_exists(instance_id)
+        assert not (qemu_nc.instance_dir(instance_id) / "suspended.save").exists()
+        assert qemu_nc.resources().cores_available == cores_running
+        # The guest's own clock (the kernel's printk time) goes on from before the suspension: not a new boot.
+        after = sysrq_uptime(qemu_nc, instance_id, before)
+        assert after > before
+        assert "KOALA-GUEST booted" not in console(qemu_nc, instance_id)  # (QEMU's restore restarts the log)
+        with pytest.raises(Exception) as refused:  # resuming twice is refused with the NC's reason
+            call(qemu_nc.url, "ResumeInstance", InstanceIdRequest(instance_id=instance_id), InstanceInfo)
+        assert "IncorrectInstanceState" in str(refused.value)
+    except BaseException:
+        print(console(qemu_nc, instance_id)[-3000:])
+        raise
+    finally:
+        qemu_nc.terminate(instance_id)
     assert not qemu_nc.instance_dir(instance_id).exists()
 
 
