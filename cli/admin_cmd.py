@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from cli.allinone import AllInOne, default_state_dir
 from common import pki
 from common.messages import identity_admin as msg
-from common.messages import images_admin, storage
+from common.messages import images_admin, leases_admin, storage
 from common.rpc import Empty, PeerUnreachable, RpcError
 
 
@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("image-public", "let every account launch an image (LaunchPermission group all)", "image_id")
     add("image-private", "only the image's owner (and accounts it was shared with) may launch it", "image_id")
     add("volumes", "list every account's EBS volumes and snapshots, and each zone's storage (free / capacity)")
+    add("suspend", "suspend an instance to disk on its node (libvirt save); it shows as stopped", "instance_id")
+    add("resume", "resume a suspended instance where it was, on its node", "instance_id")
     creds = add("credentials", "write a user's credentials zip (eucarc, certificate, keys)", "account", "user")
     creds.add_argument("-o", "--output", type=Path, help="zip file to write (default ACCOUNT-USER.zip)")
     from services.cloud_controller.admin import setpassword  # local: the admin web pages' logins
@@ -82,6 +84,9 @@ def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseMod
         return "SetImagePublic", visibility, images_admin.ImageVisibilityResponse
     if name == "volumes":
         return "ListVolumes", Empty(), storage.ListVolumesResponse
+    if name in ("suspend", "resume"):
+        ref = leases_admin.InstanceRef(instance_id=args.instance_id)
+        return name.capitalize() + "Instance", ref, leases_admin.InstanceStateResponse
     return "GetCredentials", msg.UserRef(account=args.account, user=args.user), msg.CredentialsResponse
 
 

@@ -114,6 +114,13 @@ class Ack(BaseModel):
     ok: bool = True
 
 
+class SuspendInstancesResponse(BaseModel):
+    """SuspendInstances / ResumeInstances: the instances done, and why the others were not."""
+
+    instance_ids: list[str]
+    errors: dict[str, str] = {}
+
+
 class RebootInstancesResponse(BaseModel):
     instance_ids: list[str]  # the ones the CC knew and asked their node to reboot
     ok: bool = True

@@ -32,6 +32,7 @@ from common.messages.clc_cc import (
     ResourceAvailability,
     RunInstancesRequest,
     RunInstancesResponse,
+    SuspendInstancesResponse,
 )
 from common.rpc import RpcClient, RpcError
 from common.tasks import TaskSet
@@ -572,6 +573,49 @@ class Cluster(NodeHealth, PowerSave):
 
         await asyncio.gather(*(one(i) for i in chosen))
         return [i.instance_id for i in chosen]
+
+    async def suspend(self, ids: list[str], resume: bool = False) -> SuspendInstancesResponse:
+        """Suspend (or resume) instances on their nodes (the NC's SuspendInstance / ResumeInstance). A resumed
+        instance needs its cores and memory free on its own node again (its saved state and disks are there)."""
+        done: list[str] = []
+        errors: dict[str, str] = {}
+        for instance_id in ids:
+            instance = self.instances.get(instance_id.lower())
+            node = self.nodes.get(instance.node_url) if instance is not None else None
+            if instance is None or node is None or not instance.live or instance.confirmed_at is None:
+                errors[instance_id] = "not running in this cluster"
+                continue
+            if node.state is not NodeState.UP:
+                errors[instance_id] = f"node {node.node_id or node.url} is {node.state.value}"
+                continue
+            if resume:
+                async with self.lock:
+                    _, capacities = self.snapshot()
+                    capacity = next((c for c in capacities if c.key == node.url), None)
+                    need = Need(instance.vm.cores, instance.vm.memory_mb, 0)
+                    if instance.parked and (capacity is None or not placement.fits(capacity, need)):
+                        errors[instance_id] = f"node {node.node_id or node.url} has no room for it now"
+                        continue
+                    node.park(instance, False)  # held again before the node restores it
+            try:
+                answer = await self.client.call(
+                    node.url,
+                    "ResumeInstance" if resume else "SuspendInstance",
+                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
+                    NcAnswer,
+                    timeout=self.config.KOALA_NC_TIMEOUT * 4,
+                    expect_role="nc",
+                )
+            except RpcError as err:
+                errors[instance_id] = f"{err.code}: {err.message}"
+                if resume:
+                    node.park(instance, True)
+                continue
+            instance.detail = answer.detail or instance.detail
+            node.park(instance, instance.detail == "suspended")
+            self._changed(instance)
+            done.append(instance.instance_id)
+        return SuspendInstancesResponse(instance_ids=done, errors=errors)
 
     async def console_output(self, instance_id: str) -> str:
         instance = self.instances.get(instance_id.lower())

@@ -15,6 +15,7 @@ from services.cluster_controller.base import ClusterBase, NcAnswer
 from services.cluster_controller.model import Instance, Node
 from services.cluster_controller.placement import NodeState
 
+SUSPENDED = "suspended"  # the NC's detail for a guest saved to disk (SuspendInstance)
 log = logging.getLogger("koala.cc")
 
 
@@ -122,6 +123,7 @@ class NodeHealth(ClusterBase):
             if instance.confirmed_at is None:
                 instance.confirmed_at = time.monotonic()
                 node.touch()
+            node.park(instance, info.detail == SUSPENDED)  # (also after a CC restart, which forgets it)
             if instance.state != info.state or instance.detail != info.detail:
                 instance.state, instance.detail = info.state, info.detail
                 self._changed(instance)
@@ -153,6 +155,7 @@ class NodeHealth(ClusterBase):
             launch_time=info.launch_time or time.time(),
             confirmed_at=time.monotonic(),
         )
+        instance.parked = info.detail == SUSPENDED
         self.instances[instance.instance_id] = instance
         node.reserve(instance)
         log.info("adopted %s found running on %s", instance.instance_id, node.url)

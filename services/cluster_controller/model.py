@@ -36,6 +36,7 @@ class Instance:
     terminating: bool = False
     tried: list[str] = field(default_factory=list)
     ended_at: float = 0.0
+    parked: bool = False  # suspended on its node: holds its disk there, not its cores and memory
 
     @property
     def live(self) -> bool:
@@ -101,26 +102,41 @@ class Node:
             return
         self.touch()
         self.instances[instance.instance_id] = instance
-        self.reserved_memory_mb += instance.vm.memory_mb
+        if not instance.parked:
+            self.reserved_memory_mb += instance.vm.memory_mb
+            self.reserved_cores += instance.vm.cores
         self.reserved_disk_gb += instance.vm.disk_gb
-        self.reserved_cores += instance.vm.cores
         self.idle_since = None
+
+    def park(self, instance: Instance, parked: bool) -> None:
+        """A suspended instance gives its cores and memory back to the node (its disk stays); resumed, it holds
+        them again."""
+        if instance.parked == parked:
+            return
+        instance.parked = parked
+        if instance.instance_id in self.instances:
+            sign = -1 if parked else 1
+            self.reserved_memory_mb += sign * instance.vm.memory_mb
+            self.reserved_cores += sign * instance.vm.cores
+            self.touch()
 
     def release(self, instance: Instance, ended: bool = False) -> None:
         """Forget the reservation; `ended`: the NC has let the instance go (terminated, torn down)."""
         if self.instances.pop(instance.instance_id, None) is None:
             return
         self.touch()
-        self.reserved_memory_mb -= instance.vm.memory_mb
+        if not instance.parked:
+            self.reserved_memory_mb -= instance.vm.memory_mb
+            self.reserved_cores -= instance.vm.cores
         self.reserved_disk_gb -= instance.vm.disk_gb
-        self.reserved_cores -= instance.vm.cores
         confirmed = instance.confirmed_at
         if ended and self.reported_at > 0 and confirmed is not None and confirmed <= self.reported_at:
             # The NC's last numbers counted it, and it is gone: they are that much higher now, not only after the
             # next poll (a launch right after a termination was refused for up to NC_POLLING_FREQUENCY).
-            self.nc_memory_mb += instance.vm.memory_mb
+            if not instance.parked:  # a suspended instance's cores and memory were not in them
+                self.nc_memory_mb += instance.vm.memory_mb
+                self.nc_cores += instance.vm.cores
             self.nc_disk_gb += instance.vm.disk_gb
-            self.nc_cores += instance.vm.cores
         if not self.instances:
             self.idle_since = time.monotonic()
 

@@ -39,6 +39,8 @@ class ClusterControllerService(Service):
         add("RunInstances", self._run_instances, CLC, clc_cc.RunInstancesRequest)
         add("TerminateInstances", self._terminate_instances, CLC, clc_cc.InstanceIdsRequest)
         add("RebootInstances", self._reboot_instances, CLC, clc_cc.InstanceIdsRequest)
+        add("SuspendInstances", self._suspend_instances, CLC, clc_cc.InstanceIdsRequest)
+        add("ResumeInstances", self._resume_instances, CLC, clc_cc.InstanceIdsRequest)
         add("GetConsoleOutput", self._console_output, CLC, clc_cc.ConsoleOutputRequest)
         add("BundleInstance", self._bundle_call("BundleInstance"), CLC, bundle_tasks.StartBundleRequest)
         add("DescribeBundleTask", self._bundle_call("DescribeBundleTask"), CLC, bundle_tasks.BundleTaskRequest)
@@ -102,6 +104,16 @@ class ClusterControllerService(Service):
             return await self.cluster.bundle_call(op, request)
 
         return forward
+
+    async def _suspend_instances(
+        self, request: clc_cc.InstanceIdsRequest, caller: Caller
+    ) -> clc_cc.SuspendInstancesResponse:
+        return await self.cluster.suspend(request.instance_ids)
+
+    async def _resume_instances(
+        self, request: clc_cc.InstanceIdsRequest, caller: Caller
+    ) -> clc_cc.SuspendInstancesResponse:
+        return await self.cluster.suspend(request.instance_ids, resume=True)
 
     async def _console_output(
         self, request: clc_cc.ConsoleOutputRequest, caller: Caller

@@ -6,7 +6,11 @@ at its start; the records survive a kill -9 of the CLC."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -287,3 +291,45 @@ def test_spot_requests_queue_fulfil_and_preempt(cloud, alice, image):
     with pytest.raises(ClientError) as err:
         ec2.describe_spot_instance_requests(SpotInstanceRequestIds=["sir-zz"])
     assert code(err) == "InvalidSpotInstanceRequestID.Malformed"
+
+
+def test_hibernating_spot_instances_are_suspended_and_resumed(cloud, alice, image):
+    """A spot instance whose interruption behaviour is hibernate is suspended (libvirt save on its node; EC2 shows
+    it stopped, its request disabled) to make room for a reservation, and resumed when the room returns; the admin
+    suspends and resumes one with `koala admin suspend|resume`."""
+    ec2 = client(cloud, alice)
+    spec = {"ImageId": image, "InstanceType": "m1.small"}
+    made = ec2.request_spot_instances(
+        InstanceCount=4, LaunchSpecification=spec, InstanceInterruptionBehavior="hibernate"
+    )["SpotInstanceRequests"]
+    rids = [r["SpotInstanceRequestId"] for r in made]
+    found = wait_requests(ec2, rids, lambda f: all(r["State"] == "active" for r in f.values()), "all fulfilled")
+    instances = {r: found[r]["InstanceId"] for r in rids}
+    wait_state(ec2, list(instances.values()), {"running"})
+    cr = reserve(ec2, 1, soon(8), soon(600))
+    found = wait_requests(
+        ec2, rids, lambda f: any(r["State"] == "disabled" for r in f.values()), "one suspended", timeout=60
+    )
+    suspended = [r for r in rids if found[r]["State"] == "disabled"]
+    assert suspended == [rids[3]]  # the most recently fulfilled
+    assert found[rids[3]]["Status"]["Code"] == "instance-stopped-no-capacity"
+    assert wait_state(ec2, [instances[rids[3]]], {"stopped"})
+    # The room returns (the reservation is cancelled): the lease is resumed where it was.
+    ec2.cancel_capacity_reservation(CapacityReservationId=cr["CapacityReservationId"])
+    found = wait_requests(ec2, [rids[3]], lambda f: f[rids[3]]["State"] == "active", "resumed", timeout=60)
+    assert found[rids[3]]["InstanceId"] == instances[rids[3]]
+    wait_state(ec2, [instances[rids[3]]], {"running"})
+    # The admin's suspend and resume of an instance.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    admin = [sys.executable, "-m", "cli", "admin", "--state-dir", str(cloud.dir)]
+    done = subprocess.run([*admin, "suspend", instances[rids[0]]], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and '"state": "stopped"' in done.stdout, done.stdout + done.stderr
+    assert wait_state(ec2, [instances[rids[0]]], {"stopped"})
+    again = subprocess.run([*admin, "suspend", instances[rids[0]]], capture_output=True, text=True, env=env)
+    assert again.returncode == 1 and "IncorrectInstanceState" in again.stderr
+    done = subprocess.run([*admin, "resume", instances[rids[0]]], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and '"state": "running"' in done.stdout, done.stdout + done.stderr
+    # Preemptions are on record with their reasons (the admin page shows them).
+    everything = list(instances.values())
+    ec2.terminate_instances(InstanceIds=everything)
+    wait_state(ec2, everything, {"terminated"})

@@ -17,6 +17,7 @@ from common.messages.clc_cc import (
     InstanceIdsRequest,
     RunInstancesRequest,
     RunInstancesResponse,
+    SuspendInstancesResponse,
     TerminateInstancesResponse,
 )
 from common.messages.network import (
@@ -54,6 +55,17 @@ class ClusterClient:
     async def terminate_instances(self, zone: str, instance_ids: list[str]) -> TerminateInstancesResponse:
         return await self._call(
             zone, "TerminateInstances", InstanceIdsRequest(instance_ids=instance_ids), TerminateInstancesResponse, True
+        )
+
+    async def suspend_instances(self, zone: str, instance_ids: list[str], resume: bool = False):
+        """SuspendInstances / ResumeInstances: libvirt save or restore of the guests on their nodes."""
+        return await self._call(
+            zone,
+            "ResumeInstances" if resume else "SuspendInstances",
+            InstanceIdsRequest(instance_ids=instance_ids),
+            SuspendInstancesResponse,
+            True,
+            timeout=120,
         )
 
     async def reboot_instances(self, zone: str, instance_ids: list[str]) -> CcAck:

@@ -610,8 +610,8 @@ class Compute:
         for instance in instances:
             previous = instance.state
             result.append((instance, previous))
-            if instance.state in ("pending", "running"):
-                if instance.node_id or instance.state == "running":
+            if instance.state in ("pending", "running", "stopped"):
+                if instance.node_id or instance.state != "pending":
                     self.store.set_state(instance, "shutting-down", "User initiated", now)
                     by_zone.setdefault(instance.zone, []).append(instance.instance_id)
                 else:  # never placed: nothing to tear down below
@@ -641,6 +641,36 @@ class Compute:
             await self._free_resources(changed)
             await self.store.save_instances(changed)
             self._changed(changed)
+
+    async def suspend(self, instance_ids: list[str], resume: bool = False) -> dict[str, str]:
+        """Suspend (libvirt save on its node) or resume instances, whoever owns them (the lease scheduler's
+        preemptions and `koala admin suspend|resume`); instance id -> error for those not done."""
+        errors: dict[str, str] = {}
+        by_zone: dict[str, list[str]] = {}
+        for instance_id in instance_ids:
+            instance = self.store.instances.get(ids.normalize(instance_id)) if ids.is_id(instance_id, "i") else None
+            wanted = "stopped" if resume else "running"
+            if instance is None or instance.state != wanted:
+                errors[instance_id] = "no such instance" if instance is None else f"it is {instance.state}"
+                continue
+            by_zone.setdefault(instance.zone, []).append(instance.instance_id)
+        for zone, zone_ids in by_zone.items():
+            try:
+                answer = await self.cc.suspend_instances(zone, zone_ids, resume)
+            except (RpcError, PeerUnreachable) as err:
+                errors.update({i: f"{err.code}: {err.message}" for i in zone_ids})
+                continue
+            errors.update(answer.errors)
+            now, changed = time.time(), []
+            for instance_id in answer.instance_ids:
+                instance = self.store.instances.get(instance_id)
+                state = "running" if resume else "stopped"
+                if instance is not None and self.store.set_state(instance, state, "" if resume else "suspended", now):
+                    changed.append(instance)
+            if changed:
+                await self.store.save_instances(changed)
+                self._changed(changed)
+        return errors
 
     async def reboot(self, principal: Principal, instance_ids: list[str]) -> None:
         instances = self.instances(instance_ids, principal)
@@ -697,6 +727,10 @@ class Compute:
             if item.net.public_ip and not instance.public_ip:
                 instance.public_ip, dirty = item.net.public_ip, True
             state = CC_STATES.get(item.state)
+            if state == "running" and item.detail == "suspended":
+                state = "stopped"  # saved to disk on its node (a suspended spot instance, or the admin's doing)
+            elif item.detail in ("suspending", "resuming"):
+                state = None  # on its way: the CC's answer to the call, or the next report, settles it
             if state is not None and state != instance.state:
                 if state == "pending" and instance.state != "pending":
                     pass  # an old report; never go backwards

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from common import ids
+from common.messages.leases_admin import InstanceRef, InstanceStateResponse
+from common.rpc import Caller, RpcError
 from services.cloud_controller.leases.scheduler import LeaseScheduler
 from services.cloud_controller.leases.spot import SpotQueue
 from services.cloud_controller.leases.store import LeaseStore
@@ -17,6 +20,16 @@ async def install(clc: Any) -> LeaseScheduler:
     clc.compute.leases = scheduler
     scheduler.spot = SpotQueue(scheduler, notice=clc.config.KOALA_SPOT_NOTICE_SECONDS)
     clc.compute.metadata_extras.append(scheduler.spot.metadata)
+
+    async def suspend(zone: str, instance_id: str) -> bool:
+        return not await clc.compute.suspend([instance_id])
+
+    async def resume(zone: str, instance_id: str) -> bool:
+        return not await clc.compute.suspend([instance_id], resume=True)
+
+    # Every hypervisor the NCs drive can save and restore a guest (libvirt save/restore), the test driver too.
+    scheduler.spot.suspend, scheduler.spot.resume = suspend, resume
+    install_admin(clc)
     scheduler.start()
     return scheduler
 
@@ -24,3 +37,23 @@ async def install(clc: Any) -> LeaseScheduler:
 async def uninstall(scheduler: LeaseScheduler) -> None:
     await scheduler.stop()
     await scheduler.store.close()
+
+
+def install_admin(clc: Any) -> None:
+    """SuspendInstance / ResumeInstance for the admin (`koala admin suspend|resume INSTANCE`)."""
+
+    async def act(message: InstanceRef, resume: bool) -> InstanceStateResponse:
+        errors = await clc.compute.suspend([message.instance_id], resume=resume)
+        if errors:
+            raise RpcError(409, "IncorrectInstanceState", f"{message.instance_id}: {errors[message.instance_id]}")
+        instance = clc.compute.store.instances[ids.normalize(message.instance_id)]
+        return InstanceStateResponse(instance_id=instance.instance_id, state=instance.state)
+
+    async def suspend(message: InstanceRef, caller: Caller) -> InstanceStateResponse:
+        return await act(message, False)
+
+    async def resume(message: InstanceRef, caller: Caller) -> InstanceStateResponse:
+        return await act(message, True)
+
+    clc.rpc.add("SuspendInstance", suspend, {"admin"}, InstanceRef)
+    clc.rpc.add("ResumeInstance", resume, {"admin"}, InstanceRef)

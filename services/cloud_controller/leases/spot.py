@@ -26,7 +26,7 @@ from typing import Any
 
 from common import ids
 from services.cloud_controller.compute.errors import ComputeError, invalid
-from services.cloud_controller.leases.slottable import INF, Request, plan_queue, preemptions
+from services.cloud_controller.leases.slottable import INF, Request, Res, plan_queue, preemptions
 from services.cloud_controller.leases.store import Preemption, SpotRequest
 
 log = logging.getLogger("koala.clc.spot")
@@ -362,25 +362,31 @@ class SpotQueue:
             await self.compute.terminate(Owner(request.owner_id), [instance.instance_id])
 
     async def _fulfil(self, now: float) -> None:
-        waiting = sorted(
-            (
-                r
-                for r in self.store.spot.values()
-                if (r.state == "open" or (r.state == "disabled" and r.instance_id))
-                and r.request_id not in self._launching
-            ),
-            key=lambda r: (r.state != "disabled", r.position),  # suspended leases resume first
-        )
-        if not waiting:
-            return
         launches: list[tuple[SpotRequest, str, list[str]]] = []
+        # Suspended leases first, each on its own node (its saved state and disks are there) when room returned.
+        for request in sorted(self.store.spot.values(), key=lambda r: r.position):
+            if request.state != "disabled" or request.request_id in self._launching or self.resume is None:
+                continue
+            instance = self.compute.store.instances.get(request.instance_id)
+            if instance is None or instance.state != "stopped" or not instance.node_id:
+                continue
+            need = Res(instance.cores, instance.memory_mb, 0)
+            table = self.scheduler.table(instance.zone, now)
+            if table.map_vms(need, 1, now, INF, preempt=False, now=now, nodes=[instance.node_id]) is not None:
+                launches.append((request, instance.zone, [instance.node_id]))
+        waiting = sorted(
+            (r for r in self.store.spot.values() if r.state == "open" and r.request_id not in self._launching),
+            key=lambda r: r.position,
+        )
+        if not waiting and not launches:
+            return
         taken: set[str] = set()
         for zone in self.compute.cc.clusters:
             if zone not in self.scheduler.nodes:
                 await self.scheduler.refresh_nodes(zone)
             queue, by_id = [], {}
             for r in waiting:
-                if r.request_id in taken or (r.zone and r.zone != zone) or (r.state == "disabled" and r.zone != zone):
+                if r.request_id in taken or (r.zone and r.zone != zone):
                     continue
                 need = self.scheduler.need_of(r.spec.get("instance_type", ""))
                 if need is None:
