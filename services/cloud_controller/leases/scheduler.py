@@ -188,7 +188,9 @@ class LeaseScheduler:
             kind: Kind = "besteffort" if lease.startswith("sir-") else "running"
             need = Res(instance.cores, instance.memory_mb, instance.disk_gb)
             start = min(instance.launch_time, now)
-            table.add([Allocation(lease or instance.instance_id, instance.node_id, start, INF, need, kind, start)])
+            # Preemption takes the most recently started first; instances of one launch count in launch order.
+            started = start + instance.launch_index * 1e-6
+            table.add([Allocation(lease or instance.instance_id, instance.node_id, start, INF, need, kind, started)])
         for token_id, claim in self.claims.items():
             if claim.zone == zone and claim.kind != "reserved":
                 table.allocate(f"claim-{token_id}", claim.nodes, claim.need, now, INF, claim.kind, now)  # type: ignore[arg-type]
@@ -452,7 +454,8 @@ class LeaseScheduler:
         # A spot launch runs only where it fits now beside everything (it starts nothing's preemption);
         # an on-demand one must fit for ever beside the reservations (best-effort leases would make room).
         if spot:
-            picks = self.table(token.zone, now).map_vms(need, request.min_count, now, INF, preempt=False, now=now)
+            table = self.table(token.zone, now)
+            picks = table.map_most(need, request.min_count, token.count, now, INF, preempt=False, now=now)
         else:
             picks = self._most(token.zone, need, request.min_count, token.count, now)
         if picks is None:

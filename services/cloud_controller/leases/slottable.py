@@ -156,6 +156,18 @@ class SlotTable:
                 return picks
         return None
 
+    def map_most(
+        self, need: Res, low: int, high: int, start: float, end: float, preempt: bool = True, now: float | None = None
+    ) -> list[str] | None:
+        """Like `map_vms` for as many VMs as fit, at most `high`; None if fewer than `low` fit."""
+        picks: list[str] = []
+        for node in self.capacity:
+            room = how_many(self.free(node, start, end, preempt, now), need)
+            picks += [node] * min(room, high - len(picks))
+            if len(picks) == high:
+                break
+        return picks if len(picks) >= low else None
+
     def allocate(
         self, lease_id: str, picks: list[str], need: Res, start: float, end: float, kind: Kind, started_at: float = 0
     ) -> list[Allocation]:

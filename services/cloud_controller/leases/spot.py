@@ -32,7 +32,8 @@ from services.cloud_controller.leases.store import Preemption, SpotRequest
 log = logging.getLogger("koala.clc.spot")
 MAX_COUNT = 100  # instances per RequestSpotInstances
 MAX_OPEN = 10000  # open requests per account
-LAUNCHES_AT_ONCE = 32
+LAUNCHES_AT_ONCE = 8
+LAUNCH_BATCH = 100  # spot requests launched by one RunInstances
 PREEMPT_LEAD = 5.0  # seconds before a reservation's start that its preemptions happen (at most the notice)
 ACTED = ("instance-terminated-no-capacity", "instance-stopped-no-capacity")
 
@@ -57,6 +58,7 @@ class SpotQueue:
         self.suspend: Suspender | None = None  # set when the NCs can suspend (libvirt managed save)
         self.resume: Suspender | None = None
         self._launching: set[str] = set()
+        self._making_room: dict[str, int] = {}  # zones where an on-demand launch is preempting spot leases
 
     def metadata(self, instance: Any) -> dict:
         """The instance's `spot/` meta-data: `instance-action` (and `termination-time` for a termination) once a
@@ -203,7 +205,7 @@ class SpotQueue:
             if instance is None or not instance.live:
                 if close_rest:
                     request.state = "closed"
-                    self._status(request, "capacity-not-available", "Not enough capacity to fulfil the request.")
+                self._status(request, "capacity-not-available", "Not enough capacity to fulfil the request.")
                 continue
             request.state, request.instance_id, request.zone = "active", instance.instance_id, instance.zone
             request.notice_action, request.notice_time = "", None
@@ -227,6 +229,17 @@ class SpotQueue:
         if not candidates:
             return  # refused anyway
         zone, table, picks = candidates[0]
+        # The queue starts nothing in the zone until the launch has made its claim (synchronously after this
+        # returns), or the room made here would go to the next spot request.
+        self._making_room[zone] = self._making_room.get(zone, 0) + 1
+        try:
+            await self._preempt_for(zone, table, picks, need, now)
+        finally:
+            self._making_room[zone] -= 1
+            if not self._making_room[zone]:
+                del self._making_room[zone]
+
+    async def _preempt_for(self, zone: str, table: Any, picks: list[str], need: Any, now: float) -> None:
         table.allocate("on-demand", picks, need, now, INF, "running")
         victims = [self.store.spot[v] for v in preemptions(table, now) if v in self.store.spot]
         reason = "an on-demand launch needs the capacity"
@@ -382,6 +395,8 @@ class SpotQueue:
             return
         taken: set[str] = set()
         for zone in self.compute.cc.clusters:
+            if zone in self._making_room:
+                continue
             if zone not in self.scheduler.nodes:
                 await self.scheduler.refresh_nodes(zone)
             queue, by_id = [], {}
@@ -407,20 +422,36 @@ class SpotQueue:
                 self._status(request, "pending-fulfillment", "Your Spot request is pending fulfillment.")
             self._launching.add(request.request_id)
         await self.store.save_spot(*(r for r, _, _ in launches))  # written before the launches (and their tokens)
+        # Requests of one account with the same launch specification in one zone go in one RunInstances (the
+        # queue's nodes as placement hints), so a queue drains at the pace of the CC's batch launches.
+        groups: dict[tuple, list[tuple[SpotRequest, list[str]]]] = {}
+        for request, zone, nodes in launches:
+            if request.state == "disabled":
+                key: tuple = ("resume", request.request_id)
+            else:
+                key = (zone, request.owner_id, json.dumps(request.spec, sort_keys=True))
+            groups.setdefault(key, []).append((request, nodes))
+        batches = []
+        for key, members in groups.items():
+            for first in range(0, len(members), LAUNCH_BATCH):
+                batches.append((key, members[first : first + LAUNCH_BATCH]))
         gate = asyncio.Semaphore(LAUNCHES_AT_ONCE)
 
-        async def one(request: SpotRequest, zone: str, nodes: list[str]) -> None:
+        async def one(zone: str, members: list[tuple[SpotRequest, list[str]]]) -> None:
             async with gate:
                 try:
-                    await self._launch(request, zone, nodes)
+                    await self._launch(zone, members)
                 except Exception as err:
-                    log.info("%s not fulfilled: %s", request.request_id, err)
+                    log.info("%s not fulfilled: %s", ", ".join(r.request_id for r, _ in members), err)
                 finally:
-                    self._launching.discard(request.request_id)
+                    for request, _ in members:
+                        self._launching.discard(request.request_id)
 
-        await asyncio.gather(*(one(*launch) for launch in launches))
+        zone_of = {r.request_id: zone for r, zone, _ in launches}
+        await asyncio.gather(*(one(zone_of[members[0][0].request_id], members) for _, members in batches))
 
-    async def _launch(self, request: SpotRequest, zone: str, nodes: list[str]) -> None:
+    async def _launch(self, zone: str, members: list[tuple[SpotRequest, list[str]]]) -> None:
+        request = members[0][0]
         if request.state == "disabled":  # a suspended lease: resume it where it is
             if self.resume is not None and await self.resume(zone, request.instance_id):
                 request.state = "active"
@@ -433,8 +464,11 @@ class SpotQueue:
         from services.cloud_controller.compute.engine import RunRequest
 
         spec = request.spec
+        requests = [r for r, _ in members]
         run = RunRequest(
             image_id=spec.get("image_id", ""),
+            min_count=1,
+            max_count=len(members),
             key_name=spec.get("key_name", ""),
             key_material=spec.get("key_material", ""),
             groups=list(spec.get("groups", [])),
@@ -446,16 +480,20 @@ class SpotQueue:
             ramdisk_id=spec.get("ramdisk_id", ""),
             client_token=f"{request.request_id}-{int(request.status_time)}",
         )
-        run.spot = {"request_ids": [request.request_id], "nodes": nodes}
+        run.spot = {
+            "request_ids": [r.request_id for r in requests],
+            "nodes": [n for _, nodes in members for n in nodes],
+        }
         try:
             reservation = await self.compute.run_instances(Owner(request.owner_id, request.user_id), run)
         except ComputeError as err:
-            self._status(request, "capacity-not-available", err.message[:200])
-            if err.code not in ("InsufficientInstanceCapacity", "InstanceLimitExceeded"):
-                request.state = "failed"  # the launch cannot work (image gone, bad type): never retried
-            await self.store.save_spot(request)
+            for one in requests:
+                self._status(one, "capacity-not-available", err.message[:200])
+                if err.code not in ("InsufficientInstanceCapacity", "InstanceLimitExceeded"):
+                    one.state = "failed"  # the launch cannot work (image gone, bad type): never retried
+            await self.store.save_spot(*requests)
             return
-        await self._fulfilled([request], reservation)
+        await self._fulfilled(requests, reservation)
 
 
 def check_interruption(interruption: str) -> None:
