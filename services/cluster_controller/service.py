@@ -108,12 +108,17 @@ class ClusterControllerService(Service):
     async def _suspend_instances(
         self, request: clc_cc.InstanceIdsRequest, caller: Caller
     ) -> clc_cc.SuspendInstancesResponse:
-        return await self.cluster.suspend(request.instance_ids)
+        return await self._local().suspend(request.instance_ids)
 
     async def _resume_instances(
         self, request: clc_cc.InstanceIdsRequest, caller: Caller
     ) -> clc_cc.SuspendInstancesResponse:
-        return await self.cluster.suspend(request.instance_ids, resume=True)
+        return await self._local().suspend(request.instance_ids, resume=True)
+
+    def _local(self) -> Cluster:
+        if not isinstance(self.cluster, Cluster):  # a remote zone's instances run in another cloud
+            raise RpcError(400, "UnsupportedOperation", "instances of a remote zone cannot be suspended")
+        return self.cluster
 
     async def _console_output(
         self, request: clc_cc.ConsoleOutputRequest, caller: Caller
