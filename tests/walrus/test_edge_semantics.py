@@ -216,8 +216,9 @@ def test_edges_with_s3cmd(walrus: Walrus, tmp_path: Path) -> None:
     source.write_bytes(b"s3cmd edge")
     s3cmd_ok(config, "put", str(source), "s3://edges-s3cmd/dir/with space+plus.txt")
     assert "with space+plus.txt" in s3cmd_ok(config, "ls", "--recursive", "s3://edges-s3cmd")
-    signed = s3cmd_ok(config, "signurl", "s3://edges-s3cmd/dir/with space+plus.txt", "+1").strip()
+    # Expiry in whole seconds: long enough that the first fetch is surely inside it, even on a loaded machine.
+    signed = s3cmd_ok(config, "signurl", "s3://edges-s3cmd/dir/with space+plus.txt", "+4").strip()
     assert fetch(signed) == (200, b"s3cmd edge")
-    time.sleep(2.2)
+    time.sleep(5.2)
     status, body = fetch(signed)
     assert status == 403 and b"Request has expired" in body
