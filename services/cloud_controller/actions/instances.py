@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.cloud_controller.actions import Context, action, groups, keypairs, spot, tags
+from services.cloud_controller.actions import Context, action, groups, spot, tags
+from services.cloud_controller.actions.launch import launch_access
 from services.cloud_controller.compute.attributes import product_codes
 from services.cloud_controller.compute.engine import Compute, RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
@@ -197,16 +198,7 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     engine = compute(ctx)
     tag_list = tags.tag_specifications(params, "instance")
     key_name = params.get("KeyName") or ""
-    key_material = ""
-    if key_name:
-        found = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
-        if found is None:
-            raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
-        key_material = found
-    names, group_ids = params.get("SecurityGroups") or [], params.get("SecurityGroupIds") or []
-    if len(names) + len(group_ids) > 64:
-        raise invalid("SecurityGroup", len(names) + len(group_ids), "At most 64 security groups.")
-    resolved = await groups.resolve(ctx.db, ctx.owner_id, names, group_ids)
+    key_material, resolved = await launch_access(ctx, params)
     user_data = params.get("UserData") or ""
     if isinstance(user_data, bytes):
         user_data = base64.b64encode(user_data).decode()

@@ -9,7 +9,8 @@ import base64
 import datetime as dt
 from typing import Any
 
-from services.cloud_controller.actions import Context, action, groups, keypairs
+from services.cloud_controller.actions import Context, action
+from services.cloud_controller.actions.launch import launch_access
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
 from services.cloud_controller.leases.spot import Owner, SpotQueue, check_interruption
@@ -45,17 +46,7 @@ async def launch_spec(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
         raise Ec2Error("MissingParameter", "The request must contain the parameter ImageId")
     engine.image(image_id, ctx.principal, "machine")
     key_name = spec.get("KeyName") or ""
-    key_material = ""
-    if key_name:
-        found = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
-        if found is None:
-            raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
-        key_material = found
-    names = [g for g in spec.get("SecurityGroups") or []]
-    group_ids = [g for g in spec.get("SecurityGroupIds") or []]
-    if len(names) + len(group_ids) > 64:
-        raise invalid("SecurityGroup", len(names) + len(group_ids), "At most 64 security groups.")
-    resolved = await groups.resolve(ctx.db, ctx.owner_id, names, group_ids)
+    key_material, resolved = await launch_access(ctx, spec)
     user_data = spec.get("UserData") or ""
     if isinstance(user_data, bytes):
         user_data = base64.b64encode(user_data).decode()
