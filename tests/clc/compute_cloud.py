@@ -37,6 +37,15 @@ def bundle_and_upload(cloud: Cloud, work: Path, name: str, bucket: str, *extra: 
     return f"{bucket}/{name}.manifest.xml"
 
 
+def registered_image(cloud: Cloud, creds: Creds, work: Path, name: str, bucket: str, image_name: str) -> str:
+    """A small machine image bundled and uploaded as `name` into `bucket`, registered by `creds`' account as
+    `image_name`, once the zone is ready to run it: the image fixture of the compute test modules."""
+    location = bundle_and_upload(cloud, work, name, bucket)
+    image_id = client(cloud, creds).register_image(ImageLocation=location, Name=image_name)["ImageId"]
+    wait_zone_ready(cloud, creds)
+    return image_id
+
+
 def wait_zone_ready(cloud: Cloud, creds: Creds, timeout: float = 30.0) -> None:
     ec2 = client(cloud, creds)
     deadline = time.monotonic() + timeout
@@ -79,4 +88,13 @@ def wait_state(ec2, instance_ids: list[str], states: set[str], timeout: float = 
         time.sleep(0.05)
 
 
-__all__ = ["Creds", "admin_creds", "bundle_and_upload", "client", "new_account", "start_cloud", "wait_state"]
+__all__ = [
+    "Creds",
+    "admin_creds",
+    "bundle_and_upload",
+    "client",
+    "new_account",
+    "registered_image",
+    "start_cloud",
+    "wait_state",
+]

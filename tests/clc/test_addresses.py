@@ -8,7 +8,12 @@ import ipaddress
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import (
+    registered_image,
+    run_when_room,
+    start_cloud,
+    wait_state,
+)
 from tests.clc.ec2_helpers import aws, client, code, new_account, stop_clean
 
 POOL = "192.0.2.10-192.0.2.13 192.0.2.20"
@@ -26,11 +31,7 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
-    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.four")
-    ec2 = client(cloud, alice)
-    image_id = ec2.register_image(ImageLocation=location, Name="machine-four")["ImageId"]
-    wait_zone_ready(cloud, alice)
-    return image_id
+    return registered_image(cloud, alice, tmp_path_factory.mktemp("bundle"), "machine", "img.four", "machine-four")
 
 
 @pytest.fixture(scope="module")

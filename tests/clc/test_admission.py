@@ -15,7 +15,13 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import (
+    registered_image,
+    run_when_room,
+    start_cloud,
+    wait_state,
+    wait_zone_ready,
+)
 from tests.clc.ec2_helpers import client, stop_clean
 
 # Polling only at start: capacity reports come from launches and from refreshes of stale reports, so what the
@@ -35,10 +41,7 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
-    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.three")
-    image_id = client(cloud, alice).register_image(ImageLocation=location, Name="machine-three")["ImageId"]
-    wait_zone_ready(cloud, alice)
-    return image_id
+    return registered_image(cloud, alice, tmp_path_factory.mktemp("bundle"), "machine", "img.three", "machine-three")
 
 
 def capacity(cloud, creds) -> dict[str, tuple[int, int]]:

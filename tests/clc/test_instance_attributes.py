@@ -8,7 +8,12 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import (
+    registered_image,
+    run_when_room,
+    start_cloud,
+    wait_state,
+)
 from tests.clc.ec2_helpers import aws, client, ec2_url, sigv2, stop_clean
 
 NS = "{http://ec2.amazonaws.com/doc/2013-02-01/}"
@@ -25,10 +30,7 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
-    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "attrs", "img.attrs")
-    image_id = client(cloud, alice).register_image(ImageLocation=location, Name="attrs")["ImageId"]
-    wait_zone_ready(cloud, alice)
-    return image_id
+    return registered_image(cloud, alice, tmp_path_factory.mktemp("bundle"), "attrs", "img.attrs", "attrs")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,12 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, run_when_room, start_cloud, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import (
+    registered_image,
+    run_when_room,
+    start_cloud,
+    wait_state,
+)
 from tests.clc.ec2_helpers import aws, client, code, sigv4, stop_clean
 
 
@@ -25,10 +30,7 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
-    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.two")
-    image_id = client(cloud, alice).register_image(ImageLocation=location, Name="machine-two")["ImageId"]
-    wait_zone_ready(cloud, alice)
-    return image_id
+    return registered_image(cloud, alice, tmp_path_factory.mktemp("bundle"), "machine", "img.two", "machine-two")
 
 
 def test_run_describe_console_reboot_terminate(cloud, alice, image):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clc.compute_cloud import bundle_and_upload, run_when_room, wait_state, wait_zone_ready
+from tests.clc.compute_cloud import registered_image, run_when_room, wait_state
 from tests.clc.ec2_helpers import client, stop_clean
 
 CLC = {"KOALA_LEASE_TICK_SECONDS": 0.2, "KOALA_SPOT_NOTICE_SECONDS": 2}
@@ -36,10 +36,7 @@ def cloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(cloud, alice, tmp_path_factory):
-    location = bundle_and_upload(cloud, tmp_path_factory.mktemp("bundle"), "machine", "img.leases")
-    image_id = client(cloud, alice).register_image(ImageLocation=location, Name="machine-leases")["ImageId"]
-    wait_zone_ready(cloud, alice)
-    return image_id
+    return registered_image(cloud, alice, tmp_path_factory.mktemp("bundle"), "machine", "img.leases", "machine-leases")
 
 
 def code(err: pytest.ExceptionInfo) -> str:
