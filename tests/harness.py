@@ -111,26 +111,22 @@ class Cloud:
         return node
 
 
-class ExtraNode:
-    """An extra node controller of a Cloud, for multi-node tests: configured like the cloud's own NC."""
+class ServiceProcess:
+    """One more Koala service of a Cloud run as its own process from its own config file (`role` says which
+    `koala` subcommand), logging to `log_path`: started (until /healthz answers), stopped, or killed -9."""
 
-    def __init__(self, cloud: Cloud, name: str, port: int, extra: dict):
-        self.cloud, self.id, self.port = cloud, f"nc-{name}", port
-        self.url = f"http://127.0.0.1:{port}"
-        cloud.aio.pki.ensure(self.id, "nc")
-        self.data_dir = cloud.dir / "data" / self.id
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        base = {key: s.value for key, s in parse_conf(cloud.aio.conf_path("nc").read_text()).items()}
-        values = {**base, "KOALA_SERVICE_ID": self.id, "KOALA_STATE_DIR": self.data_dir, "NC_PORT": port, **extra}
-        self.conf_path = cloud.dir / "conf" / f"{self.id}.conf"
-        self.conf_path.write_text(render_conf(values, f"Koala extra node {self.id}, written by the test harness."))
-        self.log_path = cloud.dir / "logs" / f"{self.id}.log"
-        self.process: subprocess.Popen | None = None
+    role: str
+    cloud: Cloud
+    id: str
+    url: str
+    conf_path: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
+    def spawn(self) -> subprocess.Popen:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli", "nc", "--config", str(self.conf_path)],
+                [sys.executable, "-m", "cli", self.role, "--config", str(self.conf_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -138,10 +134,14 @@ class ExtraNode:
                 preexec_fn=die_with_parent,
                 cwd=self.cloud.dir,
             )
+        return self.process
+
+    def start(self, timeout: float = 60.0) -> None:
+        process = self.spawn()
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.id} exited with status {self.process.returncode}:\n{self.log()[-2000:]}")
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.id} exited with status {process.returncode}:\n{self.log()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=0.5) as response:
                     if response.status == 200:
@@ -171,3 +171,22 @@ class ExtraNode:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ExtraNode(ServiceProcess):
+    """An extra node controller of a Cloud, for multi-node tests: configured like the cloud's own NC."""
+
+    role = "nc"
+
+    def __init__(self, cloud: Cloud, name: str, port: int, extra: dict):
+        self.cloud, self.id, self.port = cloud, f"nc-{name}", port
+        self.url = f"http://127.0.0.1:{port}"
+        cloud.aio.pki.ensure(self.id, "nc")
+        self.data_dir = cloud.dir / "data" / self.id
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        base = {key: s.value for key, s in parse_conf(cloud.aio.conf_path("nc").read_text()).items()}
+        values = {**base, "KOALA_SERVICE_ID": self.id, "KOALA_STATE_DIR": self.data_dir, "NC_PORT": port, **extra}
+        self.conf_path = cloud.dir / "conf" / f"{self.id}.conf"
+        self.conf_path.write_text(render_conf(values, f"Koala extra node {self.id}, written by the test harness."))
+        self.log_path = cloud.dir / "logs" / f"{self.id}.log"
+        self.process = None

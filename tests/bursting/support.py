@@ -7,12 +7,9 @@ forwards EC2 requests as they are, or holds or fails them on demand (the remote'
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +22,7 @@ from common.messages.clusters import ClusterInfo, RegisterClusterRequest
 from services.cluster_controller.remote import credentials
 from tests.clc.compute_cloud import bundle_and_upload
 from tests.clc.ec2_helpers import REGION, Creds, admin_call, admin_creds, client
-from tests.harness import Cloud, die_with_parent, free_port
+from tests.harness import Cloud, ServiceProcess, free_port
 from tests.waiting import wait_for
 
 BURST_ZONE = "burst"
@@ -121,8 +118,10 @@ class FaultProxy:
         self._thread.join(5)
 
 
-class RemoteZoneCC:
+class RemoteZoneCC(ServiceProcess):
     """A CC process in remote mode for zone `zone` of `cloud` (its own certificate, port, config, state, log)."""
+
+    role = "cc"
 
     def __init__(self, cloud: Cloud, zone: str, settings: dict[str, object], secret: Creds | None = None):
         self.cloud, self.zone, self.id = cloud, zone, f"cc-{zone}"
@@ -151,54 +150,6 @@ class RemoteZoneCC:
         self.conf_path.write_text(render_conf(values, f"Koala remote zone {zone}, written by the bursting tests."))
         self.log_path = cloud.dir / "logs" / f"{self.id}.log"
         self.process: subprocess.Popen | None = None
-
-    def spawn(self) -> subprocess.Popen:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli", "cc", "--config", str(self.conf_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=die_with_parent,
-                cwd=self.cloud.dir,
-            )
-        return self.process
-
-    def start(self, timeout: float = 60.0) -> None:
-        process = self.spawn()
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{self.id} exited with status {process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=0.5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.id} not healthy after {timeout:.0f} s")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def register(self) -> ClusterInfo:
         return admin_call(
