@@ -155,6 +155,12 @@ def test_reservations_through_time(cloud, alice, bob, image):
     assert len(inside_ids) == 2
     wait_state(ec2, inside_ids + [i["InstanceId"] for i in od], {"running"})
     assert describe(ec2, a["CapacityReservationId"])["AvailableInstanceCount"] == 0
+    # DescribeInstances names the reservation an instance runs in, and filters on it.
+    shown = instances_by_id(ec2.describe_instances(InstanceIds=[*inside_ids, od[0]["InstanceId"]]))
+    assert {shown[i].get("CapacityReservationId") for i in inside_ids} == {a["CapacityReservationId"]}
+    assert "CapacityReservationId" not in shown[od[0]["InstanceId"]]
+    in_a = ec2.describe_instances(Filters=[{"Name": "capacity-reservation-id", "Values": [a["CapacityReservationId"]]}])
+    assert set(instances_by_id(in_a)) == set(inside_ids)
     with pytest.raises(ClientError) as err:
         ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, CapacityReservationSpecification=target)
     assert code(err) == "ReservationCapacityExceeded"
@@ -201,6 +207,10 @@ def test_an_open_reservation_takes_untargeted_launches_and_expires(cloud, alice,
     wait_state(ec2, [launched], {"terminated"})
 
 
+def instances_by_id(answer: dict) -> dict[str, dict]:
+    return {i["InstanceId"]: i for r in answer["Reservations"] for i in r["Instances"]}
+
+
 def spot_requests(ec2, ids: list[str]) -> dict[str, dict]:
     found = ec2.describe_spot_instance_requests(SpotInstanceRequestIds=ids)["SpotInstanceRequests"]
     return {r["SpotInstanceRequestId"]: r for r in found}
@@ -232,6 +242,14 @@ def test_spot_requests_queue_fulfil_and_preempt(cloud, alice, image):
     assert waiting == rids[4:]  # FIFO: the last one waits
     running = {r: found[r]["InstanceId"] for r in rids[:4]}
     wait_state(ec2, list(running.values()), {"running"})
+    # DescribeInstances shows them as spot instances of their requests, and filters on it.
+    shown = instances_by_id(ec2.describe_instances(InstanceIds=list(running.values())))
+    assert all(shown[i]["InstanceLifecycle"] == "spot" for i in running.values())
+    assert {shown[i]["SpotInstanceRequestId"]: i for i in running.values()} == running
+    spot_only = ec2.describe_instances(Filters=[{"Name": "instance-lifecycle", "Values": ["spot"]}])
+    assert set(running.values()) <= set(instances_by_id(spot_only))
+    by_request = ec2.describe_instances(Filters=[{"Name": "spot-instance-request-id", "Values": [rids[1]]}])
+    assert set(instances_by_id(by_request)) == {running[rids[1]]}
     # An on-demand launch finds no room (spot leases are only preempted for reservations and on-demand launches
     # that fit without them: here the node is full of spot instances, so one is preempted for it).
     od = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]

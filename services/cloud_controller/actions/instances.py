@@ -147,11 +147,30 @@ FILTER_VALUES: dict[str, Callable[[Instance, Reservation | None], Any]] = {
     "root-device-type": lambda i, r: "instance-store",
     "client-token": lambda i, r: r.client_token if r else "",
     "state-reason-code": lambda i, r: state_reason(i.state_reason)["Code"] if i.state_reason else "",
-    "instance-lifecycle": lambda i, r: "",
     "hypervisor": lambda i, r: "xen",
     "virtualization-type": lambda i, r: "paravirtual",
 }
-INSTANCE_FILTERS = set(FILTER_VALUES)
+# Filters on the lease an instance runs in (leases/: a spot request "sir-..." or a capacity reservation "cr-...").
+LEASE_FILTER_VALUES: dict[str, Callable[[str], str]] = {
+    "instance-lifecycle": lambda lease: "spot" if lease.startswith("sir-") else "",
+    "spot-instance-request-id": lambda lease: lease if lease.startswith("sir-") else "",
+    "capacity-reservation-id": lambda lease: lease if lease.startswith("cr-") else "",
+}
+INSTANCE_FILTERS = set(FILTER_VALUES) | set(LEASE_FILTER_VALUES)
+
+
+def leases_of(engine: Compute) -> dict[str, str]:
+    """Instance id -> the lease it was launched into (kept after the instance ends, as EC2 keeps showing it)."""
+    return engine.leases.store.lease_of if engine.leases is not None else {}
+
+
+def lease_fields(lease: str) -> dict[str, str]:
+    """DescribeInstances' members for the lease: a spot instance's lifecycle and request, or the reservation."""
+    if lease.startswith("sir-"):
+        return {"InstanceLifecycle": "spot", "SpotInstanceRequestId": lease}
+    if lease.startswith("cr-"):
+        return {"CapacityReservationId": lease}
+    return {}
 
 
 # --- paging ----------------------------------------------------------------------------------------------
@@ -269,12 +288,20 @@ def _select(ctx: Context, ids: list[str], filters: Filters, tagged: set[str] | N
         candidates = [i for i in candidates if i.instance_id in tagged]
     if filters.by_name:
         reservations = engine.store.reservations
-        wanted = [(name, FILTER_VALUES[name]) for name in filters.by_name]
+        wanted = [(name, FILTER_VALUES[name]) for name in filters.by_name if name in FILTER_VALUES]
         candidates = [
             i
             for i in candidates
             if all(filters.match(name, value(i, reservations.get(i.reservation_id))) for name, value in wanted)
         ]
+        on_lease = [(name, LEASE_FILTER_VALUES[name]) for name in filters.by_name if name in LEASE_FILTER_VALUES]
+        if on_lease:
+            lease_of = leases_of(engine)
+            candidates = [
+                i
+                for i in candidates
+                if all(filters.match(name, value(lease_of.get(i.instance_id, ""))) for name, value in on_lease)
+            ]
     return candidates
 
 
@@ -298,6 +325,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
         tag_sets.update(await tags.tags_for(ctx.db, unread))
         read.update(unread)
     reservations: dict[str, tuple[Reservation, list]] = {}
+    lease_of = leases_of(engine)
     for instance in page:
         reservation = engine.store.reservations.get(instance.reservation_id)
         if reservation is None:
@@ -306,7 +334,8 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
         if entry is None:
             entry = reservations[reservation.reservation_id] = (reservation, [])
         codes = product_codes(engine, instance)
-        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes))
+        lease = lease_of.get(instance.instance_id, "")
+        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease))
     if len(_XML_CACHE) > 2 * len(engine.store.instances) + 1000:
         for instance_id in [i for i in _XML_CACHE if i not in engine.store.instances]:
             del _XML_CACHE[instance_id]
@@ -327,7 +356,11 @@ def _instance_shape():
 
 
 def _cached_xml(
-    instance: Instance, reservation: Reservation, tag_list: list | None, codes: list[str] | None = None
+    instance: Instance,
+    reservation: Reservation,
+    tag_list: list | None,
+    codes: list[str] | None = None,
+    lease: str = "",
 ) -> xml.Prebuilt:
     key = (
         instance.state,
@@ -340,11 +373,14 @@ def _cached_xml(
         len(reservation.groups),
         tuple((t["Key"], t["Value"]) for t in tag_list) if tag_list else (),
         tuple(codes or ()),
+        lease,
     )
     cached = _XML_CACHE.get(instance.instance_id)
     if cached is not None and cached[0] == key:
         return cached[1]
-    fragment = xml.members_xml(_instance_shape(), instance_dict(instance, reservation, tag_list, codes))
+    fragment = xml.members_xml(
+        _instance_shape(), instance_dict(instance, reservation, tag_list, codes) | lease_fields(lease)
+    )
     _XML_CACHE[instance.instance_id] = (key, fragment)
     return fragment
 
@@ -356,11 +392,13 @@ async def warm_cache(db: Any, engine: Compute, chunk: int = 500) -> int:
     for start in range(0, len(instances), chunk):
         part = instances[start : start + chunk]
         tag_sets = await tags.tags_for(db, [i.instance_id for i in part])
+        lease_of = leases_of(engine)
         for instance in part:
             reservation = engine.store.reservations.get(instance.reservation_id)
             if reservation is not None:
                 codes = product_codes(engine, instance)
-                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes)
+                lease = lease_of.get(instance.instance_id, "")
+                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease)
         await asyncio.sleep(0)
     return len(instances)
 
