@@ -19,9 +19,10 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
+from common.hostcmd import SubprocessRunner
 from common.ids import is_id
 from common.messages import bundle_tasks, cc_nc
-from common.messages.cc_nc import ImageRef, VmType
+from common.messages.cc_nc import ImageRef, InstanceInfo, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     ClusterState,
@@ -37,10 +38,10 @@ from common.messages.clc_cc import (
 from common.rpc import RpcClient, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller import placement
-from services.cluster_controller.base import NcAnswer
 from services.cluster_controller.config import ClusterControllerConfig, node_url
 from services.cluster_controller.health import NodeHealth
 from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.nc_client import BundleOperation, NcClient
 from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.placement import Need, NodeCapacity, NodeState, Plan, slots
 from services.cluster_controller.power import WakeError, normalize_mac
@@ -65,9 +66,13 @@ class LaunchSpec(BaseModel):
     group_names: list[str] = []
 
 
-class Cluster(NodeHealth, PowerSave):
+class Cluster:
+    """The zone's instances and nodes; node health (health.py) and power saving (powersave.py) are its
+    collaborators, built here with what each of them uses."""
+
     def __init__(self, config: ClusterControllerConfig, client: RpcClient, store: Store):
         self.config, self.client, self.store = config, client, store
+        self.nc = NcClient(client, config.KOALA_NC_TIMEOUT, config.KOALA_RUN_TIMEOUT)
         self.zone = config.KOALA_ZONE
         self.policy_name = config.SCHEDPOLICY
         self.policy = placement.policy(config.SCHEDPOLICY)
@@ -76,7 +81,6 @@ class Cluster(NodeHealth, PowerSave):
         self.instances: dict[str, Instance] = {}
         self.lock = asyncio.Lock()  # placement and failover: one snapshot at a time
         self.notifier = Notifier(client, config.KOALA_CLC_URL, self.zone)
-        self._node_tasks: dict[str, asyncio.Task] = {}
         self._tasks = TaskSet(log)
         self._dirty: dict[str, Instance] = {}
         self._dirty_event = asyncio.Event()
@@ -90,6 +94,19 @@ class Cluster(NodeHealth, PowerSave):
         self._snapshot: list[NodeCapacity] = []
         self._position: dict[str, int] = {}
         self._stale: set[str] = set()
+        self.health = NodeHealth(
+            config,
+            self.nc,
+            store,
+            self.notifier,
+            self.nodes,
+            self.instances,
+            self._tasks,
+            changed=self._changed,
+            ended=self._end,
+            terminate=self._terminate_one,
+        )
+        self.power = PowerSave(config, self.nc, store, self.nodes, self.lock, self._tasks, SubprocessRunner())
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,12 +144,12 @@ class Cluster(NodeHealth, PowerSave):
             self.policy_name,
         )
         for node in self.nodes.values():
-            self._watch(node)
+            self.health.watch(node)
         self.notifier.start()
         self._spawn(self._flush_loop(), "cc db writer")
         self._spawn(self._purge_loop(), "cc purge")
         if self.policy_name == "POWERSAVE":
-            self._spawn(self._power_loop(), "cc powersave")
+            self._spawn(self.power.run(), "cc powersave")
         for instance in instances:
             if instance.live and instance.confirmed_at is None:
                 self._spawn(self._dispatch(instance, recover=True), f"redispatch {instance.instance_id}")
@@ -140,7 +157,7 @@ class Cluster(NodeHealth, PowerSave):
                 self._spawn(self._terminate_one(instance), f"terminate {instance.instance_id}")
 
     async def stop(self) -> None:
-        tasks = [*self._node_tasks.values(), *self._tasks]
+        tasks = [*self.health.watchers(), *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -303,7 +320,7 @@ class Cluster(NodeHealth, PowerSave):
                 raise
             self._specs[request.reservation_id] = spec
             for index in plan.wake:
-                self._wake(order[index])
+                self.power.wake(order[index])
         log.info(
             "reservation %s: %d of %d instances of %s placed (%s)",
             request.reservation_id,
@@ -388,7 +405,7 @@ class Cluster(NodeHealth, PowerSave):
         """Send the instance to its node; None on success, else why not."""
         if node.state is not NodeState.UP:
             if node.state is NodeState.ASLEEP:
-                self._wake(node)
+                self.power.wake(node)
             waking = node.state in (NodeState.WAKING, NodeState.ASLEEP)
             limit = (
                 self.config.POWER_WAKETHRESH
@@ -402,15 +419,7 @@ class Cluster(NodeHealth, PowerSave):
                 return f"node {node.node_id or node.url} stayed {node.state.value} for {limit:.0f} s"
         if recover:  # sent before a restart? the node may have it already
             with contextlib.suppress(RpcError):
-                answer = await self.client.call(
-                    node.url,
-                    "DescribeInstances",
-                    cc_nc.DescribeInstancesRequest(instance_ids=[instance.instance_id]),
-                    cc_nc.DescribeInstancesResponse,
-                    timeout=self.config.KOALA_NC_TIMEOUT,
-                    expect_role="nc",
-                )
-                for info in answer.instances:
+                for info in await self.nc.describe_instances(node.url, [instance.instance_id]):
                     if info.instance_id == instance.instance_id and info.state != "Teardown":
                         self._confirm(instance, info.state, info.detail)
                         return None
@@ -436,14 +445,7 @@ class Cluster(NodeHealth, PowerSave):
         async with node.gate:
             try:
                 await self._start_network(node, instance)
-                started = await self.client.call(
-                    node.url,
-                    "RunInstance",
-                    request,
-                    NcAnswer,
-                    timeout=self.config.KOALA_RUN_TIMEOUT,
-                    expect_role="nc",
-                )
+                started = await self.nc.run_instance(node.url, request)
             except RpcError as err:
                 return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
         if started.state == "Teardown":
@@ -459,14 +461,7 @@ class Cluster(NodeHealth, PowerSave):
         key = (node.url, net.vlan, net.bridge)
         if key in self._networks:
             return
-        await self.client.call(
-            node.url,
-            "StartNetwork",
-            cc_nc.StartNetworkRequest(vlan=net.vlan, bridge=net.bridge),
-            NcAnswer,
-            timeout=self.config.KOALA_NC_TIMEOUT,
-            expect_role="nc",
-        )
+        await self.nc.start_network(node.url, net.vlan, net.bridge)
         self._networks.add(key)
 
     def _confirm(self, instance: Instance, state: str, detail: str) -> None:
@@ -504,7 +499,7 @@ class Cluster(NodeHealth, PowerSave):
             instance.node_url = target.url
             target.reserve(instance)
             for index in plan.wake:
-                self._wake(order[index])
+                self.power.wake(order[index])
             await self.store.save_instances([instance])
         log.info("%s: retrying on %s", instance.instance_id, target.node_id or target.url)
         self._changed(instance)
@@ -534,15 +529,7 @@ class Cluster(NodeHealth, PowerSave):
         assert node.gate is not None
         async with node.gate:
             try:
-                answer = await self.client.call(
-                    node.url,
-                    "TerminateInstance",
-                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
-                    NcAnswer,
-                    timeout=self.config.KOALA_NC_TIMEOUT * 2,
-                    idempotent=True,
-                    expect_role="nc",
-                )
+                answer = await self.nc.terminate_instance(node.url, instance.instance_id)
             except RpcError as err:
                 if err.status == 404:
                     self._end(instance, "terminated")
@@ -560,14 +547,7 @@ class Cluster(NodeHealth, PowerSave):
             if node is None or node.state is not NodeState.UP:
                 return
             try:
-                await self.client.call(
-                    node.url,
-                    "RebootInstance",
-                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
-                    NcAnswer,
-                    timeout=self.config.KOALA_NC_TIMEOUT * 2,
-                    expect_role="nc",
-                )
+                await self.nc.reboot_instance(node.url, instance.instance_id)
             except RpcError as err:
                 log.warning("%s: RebootInstance on %s: %s", instance.instance_id, node.url, err)
 
@@ -598,14 +578,10 @@ class Cluster(NodeHealth, PowerSave):
                         continue
                     node.park(instance, False)  # held again before the node restores it
             try:
-                answer = await self.client.call(
-                    node.url,
-                    "ResumeInstance" if resume else "SuspendInstance",
-                    cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
-                    NcAnswer,
-                    timeout=self.config.KOALA_NC_TIMEOUT * 4,
-                    expect_role="nc",
-                )
+                if resume:
+                    answer = await self.nc.resume_instance(node.url, instance.instance_id)
+                else:
+                    answer = await self.nc.suspend_instance(node.url, instance.instance_id)
             except RpcError as err:
                 errors[instance_id] = f"{err.code}: {err.message}"
                 if resume:
@@ -624,19 +600,10 @@ class Cluster(NodeHealth, PowerSave):
         node = self.nodes.get(instance.node_url)
         if node is None or node.state is not NodeState.UP or instance.confirmed_at is None:
             raise RpcError(503, "NodeUnavailable", f"the node of {instance_id} does not answer now")
-        answer = await self.client.call(
-            node.url,
-            "GetConsoleOutput",
-            cc_nc.InstanceIdRequest(instance_id=instance.instance_id),
-            cc_nc.ConsoleOutputResponse,
-            timeout=self.config.KOALA_NC_TIMEOUT * 2,
-            idempotent=True,
-            expect_role="nc",
-        )
-        return answer.output
+        return await self.nc.console_output(node.url, instance.instance_id)
 
     async def bundle_call(
-        self, op: str, request: bundle_tasks.StartBundleRequest | bundle_tasks.BundleTaskRequest
+        self, op: BundleOperation, request: bundle_tasks.StartBundleRequest | bundle_tasks.BundleTaskRequest
     ) -> bundle_tasks.NodeBundleStatus:
         """BundleInstance, DescribeBundleTask, CancelBundleTask: forwarded to the node the instance runs on."""
         instance = self.instances.get(request.instance_id.lower())
@@ -645,15 +612,11 @@ class Cluster(NodeHealth, PowerSave):
         node = self.nodes.get(instance.node_url)
         if node is None or node.state is not NodeState.UP or instance.confirmed_at is None:
             raise RpcError(503, "NodeUnavailable", f"the node of {request.instance_id} does not answer now")
-        return await self.client.call(
-            node.url,
-            op,
-            request,
-            bundle_tasks.NodeBundleStatus,
-            timeout=self.config.KOALA_NC_TIMEOUT * 2,
-            idempotent=True,  # the node keys tasks by bundle id
-            expect_role="nc",
-        )
+        return await self.nc.bundle(node.url, op, request)
+
+    def node_notify(self, node_id: str, infos: list[InstanceInfo], full: bool) -> None:
+        """An NC pushed instance changes (NotifyInstances)."""
+        self.health.node_notify(node_id, infos, full)
 
     # --- node registry --------------------------------------------------------------------------------
     def _parse_node(self, entry: str) -> str:
@@ -675,7 +638,7 @@ class Cluster(NodeHealth, PowerSave):
         if node is None:
             node = self._add_node(Node(url=url, source="registered", mac=mac))
             await self.store.save_node(node)
-            self._watch(node)
+            self.health.watch(node)
             log.info("node %s registered", url)
         elif mac and node.mac != mac:
             node.mac = mac
@@ -693,9 +656,7 @@ class Cluster(NodeHealth, PowerSave):
             raise RpcError(409, "NodeInUse", f"{url} still has {len(node.instances)} instances")
         del self.nodes[url]
         self._order = None
-        task = self._node_tasks.pop(url, None)
-        if task is not None:
-            task.cancel()
+        self.health.unwatch(url)
         await self.store.delete_node(url)
         log.info("node %s deregistered", url)
 

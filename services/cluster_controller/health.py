@@ -1,5 +1,8 @@
 """Node health and reconciliation: each node polled on its own (DescribeResource + DescribeInstances, its own
-timeout), UP/DOWN transitions, and the comparison of what a node runs with what the CC placed there."""
+timeout), UP/DOWN transitions, and the comparison of what a node runs with what the CC placed there.
+
+`NodeHealth` is a collaborator of the cluster engine (cluster.py): it shares the engine's node and instance
+tables and is handed the three instance events it causes (changed, ended, to be terminated) explicitly."""
 
 from __future__ import annotations
 
@@ -7,21 +10,63 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from common.messages import cc_nc
 from common.messages.cc_nc import InstanceInfo, VmType
 from common.rpc import PeerUnreachable, RpcError
-from services.cluster_controller.base import ClusterBase, NcAnswer
+from common.tasks import TaskSet
+from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.nc_client import NcClient
+from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.placement import NodeState
+from services.cluster_controller.store import Store
 
 SUSPENDED = "suspended"  # the NC's detail for a guest saved to disk (SuspendInstance)
 log = logging.getLogger("koala.cc")
 
 
-class NodeHealth(ClusterBase):
-    def _watch(self, node: Node) -> None:
-        self._node_tasks[node.url] = asyncio.create_task(self._watch_loop(node), name=f"watch {node.url}")
+Changed = Callable[[Instance], None]  # an observed change: save it and push it to the CLC
+Terminate = Callable[[Instance], Coroutine[Any, Any, None]]  # ask its node (again) to terminate it
+
+
+class Ended(Protocol):
+    """The instance is over: release its capacity, report Teardown with the reason (and the node's detail)."""
+
+    def __call__(self, instance: Instance, reason: str, detail: str = "") -> None: ...
+
+
+class NodeHealth:
+    def __init__(
+        self,
+        config: ClusterControllerConfig,
+        nc: NcClient,
+        store: Store,
+        notifier: Notifier,
+        nodes: dict[str, Node],
+        instances: dict[str, Instance],
+        tasks: TaskSet,
+        *,
+        changed: Changed,
+        ended: Ended,
+        terminate: Terminate,
+    ):
+        self.config, self.nc, self.store, self.notifier = config, nc, store, notifier
+        self.nodes, self.instances, self.tasks = nodes, instances, tasks
+        self._changed, self._end, self._terminate_one = changed, ended, terminate
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+
+    def watch(self, node: Node) -> None:
+        self._watchers[node.url] = asyncio.create_task(self._watch_loop(node), name=f"watch {node.url}")
+
+    def unwatch(self, url: str) -> None:
+        task = self._watchers.pop(url, None)
+        if task is not None:
+            task.cancel()
+
+    def watchers(self) -> list[asyncio.Task[None]]:
+        return list(self._watchers.values())
 
     async def _watch_loop(self, node: Node) -> None:
         """Each node has its own loop and timeout, so one slow node never delays the others."""
@@ -39,27 +84,11 @@ class NodeHealth(ClusterBase):
 
     async def _poll(self, node: Node, first: bool) -> None:
         sent = time.monotonic()
-        timeout = self.config.KOALA_NC_TIMEOUT
         try:
             resource, listing = await asyncio.gather(
-                self.client.call(
-                    node.url,
-                    "DescribeResource",
-                    None,
-                    cc_nc.DescribeResourceResponse,
-                    timeout=timeout,
-                    expect_role="nc",
-                ),
-                self.client.call(
-                    node.url,
-                    "DescribeInstances",
-                    cc_nc.DescribeInstancesRequest(),
-                    cc_nc.DescribeInstancesResponse,
-                    timeout=timeout,
-                    expect_role="nc",
-                ),
+                self.nc.describe_resource(node.url), self.nc.describe_instances(node.url)
             )
-            node_id = (await self.client.peer(node.url, "nc")).id
+            node_id = await self.nc.node_id(node.url)
         except (RpcError, PeerUnreachable) as err:
             node.last_error = str(err)
             if node.state is NodeState.WAKING:
@@ -98,7 +127,7 @@ class NodeHealth(ClusterBase):
             await self.store.save_node(node)
             for instance in node.instances.values():
                 self.notifier.changed(instance.report(node))
-        self._reconcile(node, listing.instances, sent)
+        self._reconcile(node, listing, sent)
 
     def _reconcile(self, node: Node, infos: list[InstanceInfo], polled_at: float | None) -> None:
         """Match the node's report with the CC's records. `polled_at` is set for a complete list the CC asked
@@ -115,7 +144,7 @@ class NodeHealth(ClusterBase):
             if instance.node_url != node.url or not instance.live:
                 # A stray: failed over elsewhere, or ended here already; it must not run on this node.
                 if info.state != "Teardown" and polled_at is not None:
-                    self._spawn(self._terminate_stray(node, instance_id), f"stray {instance_id}")
+                    self.tasks.spawn(self._terminate_stray(node, instance_id), f"stray {instance_id}")
                 continue
             if info.state == "Teardown":
                 self._end(instance, "terminated" if instance.terminating else info.reason or "ended", info.detail)
@@ -128,7 +157,7 @@ class NodeHealth(ClusterBase):
                 instance.state, instance.detail = info.state, info.detail
                 self._changed(instance)
             if instance.terminating and polled_at is not None:
-                self._spawn(self._terminate_one(instance), f"terminate {instance_id}")
+                self.tasks.spawn(self._terminate_one(instance), f"terminate {instance_id}")
         if polled_at is None:
             return
         for instance in list(node.instances.values()):
@@ -164,14 +193,7 @@ class NodeHealth(ClusterBase):
     async def _terminate_stray(self, node: Node, instance_id: str) -> None:
         log.warning("%s runs on %s where the CC did not keep it: terminating that copy", instance_id, node.url)
         with contextlib.suppress(RpcError):
-            await self.client.call(
-                node.url,
-                "TerminateInstance",
-                cc_nc.InstanceIdRequest(instance_id=instance_id),
-                NcAnswer,
-                timeout=self.config.KOALA_NC_TIMEOUT * 2,
-                expect_role="nc",
-            )
+            await self.nc.terminate_instance(node.url, instance_id, idempotent=False)
 
     def node_notify(self, node_id: str, infos: list[InstanceInfo], full: bool) -> None:
         """An NC pushed instance changes. Only the CC's own polls decide that an instance is gone."""

@@ -1,4 +1,7 @@
-"""POWERSAVE's actions: idle nodes sent PowerDown, sleeping nodes woken by their wake plan (power.py)."""
+"""POWERSAVE's actions: idle nodes sent PowerDown, sleeping nodes woken by their wake plan (power.py).
+
+`PowerSave` is a collaborator of the cluster engine (cluster.py): it shares the engine's node table and its
+placement lock (no placement sees a node while it goes to sleep), and runs wake commands through `runner`."""
 
 from __future__ import annotations
 
@@ -7,18 +10,35 @@ import logging
 import socket
 import time
 
-from common.hostcmd import CommandFailed, SubprocessRunner
-from common.rpc import Empty, RpcError
-from services.cluster_controller.base import ClusterBase, NcAnswer
+from common.hostcmd import CommandFailed, Runner
+from common.rpc import RpcError
+from common.tasks import TaskSet
+from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.model import Node
+from services.cluster_controller.nc_client import NcClient
 from services.cluster_controller.placement import NodeState
 from services.cluster_controller.power import PowerView, WakeError, WakePlan, nodes_to_power_down, wake_plan
+from services.cluster_controller.store import Store
 
 log = logging.getLogger("koala.cc")
 
 
-class PowerSave(ClusterBase):
-    async def _power_loop(self) -> None:
+class PowerSave:
+    def __init__(
+        self,
+        config: ClusterControllerConfig,
+        nc: NcClient,
+        store: Store,
+        nodes: dict[str, Node],
+        lock: asyncio.Lock,
+        tasks: TaskSet,
+        runner: Runner,
+    ):
+        self.config, self.nc, self.store, self.nodes = config, nc, store, nodes
+        self.lock, self.tasks, self.runner = lock, tasks, runner
+
+    async def run(self) -> None:
+        """Power down the nodes idle for POWER_IDLETHRESH, for as long as the cluster runs."""
         interval = min(self.config.NC_POLLING_FREQUENCY, self.config.POWER_IDLETHRESH / 4)
         while True:
             await asyncio.sleep(interval)
@@ -31,9 +51,7 @@ class PowerSave(ClusterBase):
             if node.instances or node.state is not NodeState.UP:
                 return
             try:
-                await self.client.call(
-                    node.url, "PowerDown", Empty(), NcAnswer, timeout=self.config.KOALA_NC_TIMEOUT, expect_role="nc"
-                )
+                await self.nc.power_down(node.url)
             except RpcError as err:
                 log.warning("PowerDown of %s failed: %s", node.url, err)
                 return
@@ -41,7 +59,8 @@ class PowerSave(ClusterBase):
             await self.store.save_node(node)
         log.info("node %s idle for %.0f s: powered down", node.url, self.config.POWER_IDLETHRESH)
 
-    def _wake(self, node: Node) -> None:
+    def wake(self, node: Node) -> None:
+        """Wake a sleeping node (placement chose it); a node not ASLEEP is left as it is."""
         if node.state is not NodeState.ASLEEP:
             return
         try:
@@ -53,7 +72,7 @@ class PowerSave(ClusterBase):
             return
         node.set_state(NodeState.WAKING)
         node.waking_since = time.monotonic()
-        self._spawn(self._send_wake(node, plan), f"wake {node.url}")
+        self.tasks.spawn(self._send_wake(node, plan), f"wake {node.url}")
         node.poke.set()
 
     async def _send_wake(self, node: Node, plan: WakePlan) -> None:
@@ -61,7 +80,7 @@ class PowerSave(ClusterBase):
         await self.store.save_node(node)
         try:
             if plan.argv:
-                result = await SubprocessRunner().run(plan.argv, check=False)
+                result = await self.runner.run(plan.argv, check=False)
                 if result.code:
                     log.error("%s failed: %s", plan.argv[0], result.stderr.strip())
             else:

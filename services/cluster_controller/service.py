@@ -14,6 +14,7 @@ from common.service import Service
 from services.cluster_controller import network, storage
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
+from services.cluster_controller.nc_client import BundleOperation
 from services.cluster_controller.remote import rpc as remote_rpc
 from services.cluster_controller.remote.setup import open_zone
 from services.cluster_controller.remote.zone import RemoteZone
@@ -97,7 +98,7 @@ class ClusterControllerService(Service):
     ) -> clc_cc.RebootInstancesResponse:
         return clc_cc.RebootInstancesResponse(instance_ids=await self.cluster.reboot(request.instance_ids))
 
-    def _bundle_call(self, op: str):
+    def _bundle_call(self, op: BundleOperation):
         async def forward(request, caller: Caller) -> bundle_tasks.NodeBundleStatus:
             if not isinstance(self.cluster, Cluster):
                 raise RpcError(400, "UnsupportedOperation", "BundleInstance is not offered in a remote zone")

@@ -1,0 +1,141 @@
+"""Every call the CC makes to a Node Controller, typed: one method per NC operation, with its timeout.
+
+The CC's parts (the cluster engine, node health, power saving, block storage) reach the NCs only through this
+client, so an operation's request and answer types, its timeout and whether it may be retried are said once.
+Errors are the RPC layer's: `RpcError` (and `PeerUnreachable` when the node does not answer).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from common.messages import bundle_tasks, cc_nc
+from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
+from common.rpc import Empty, RpcClient
+
+BundleOperation = Literal["BundleInstance", "DescribeBundleTask", "CancelBundleTask"]
+NC_ROLE = "nc"
+
+
+class NcAnswer(BaseModel):
+    """What the CC reads of an NC's answer to RunInstance/TerminateInstance/RebootInstance/PowerDown: the
+    instance's state if the NC gives it (an InstanceInfo), nothing otherwise (an Ack)."""
+
+    model_config = ConfigDict(extra="ignore")
+    state: str | None = None
+    detail: str = ""
+    reason: str = ""
+
+
+class NcClient:
+    """The NC operations, signed, addressed by node URL. `timeout` is KOALA_NC_TIMEOUT (slow operations get a
+    multiple of it); `run_timeout` is KOALA_RUN_TIMEOUT, for RunInstance, which stages the image first."""
+
+    def __init__(self, client: RpcClient, timeout: float, run_timeout: float):
+        self.client, self.timeout, self.run_timeout = client, timeout, run_timeout
+
+    async def node_id(self, url: str) -> str:
+        """The node's service id, from its verified certificate (fetched once per node)."""
+        return (await self.client.peer(url, NC_ROLE)).id
+
+    async def describe_resource(self, url: str) -> cc_nc.DescribeResourceResponse:
+        return await self.client.call(
+            url, "DescribeResource", None, cc_nc.DescribeResourceResponse, timeout=self.timeout, expect_role=NC_ROLE
+        )
+
+    async def describe_instances(self, url: str, instance_ids: list[str] | None = None) -> list[cc_nc.InstanceInfo]:
+        """The node's instances (all of them without `instance_ids`)."""
+        answer = await self.client.call(
+            url,
+            "DescribeInstances",
+            cc_nc.DescribeInstancesRequest(instance_ids=instance_ids or []),
+            cc_nc.DescribeInstancesResponse,
+            timeout=self.timeout,
+            expect_role=NC_ROLE,
+        )
+        return answer.instances
+
+    async def run_instance(self, url: str, request: cc_nc.RunInstanceRequest) -> NcAnswer:
+        return await self.client.call(
+            url, "RunInstance", request, NcAnswer, timeout=self.run_timeout, expect_role=NC_ROLE
+        )
+
+    async def start_network(self, url: str, vlan: int, bridge: str) -> None:
+        """The node's side of a network (its VLAN bridge)."""
+        await self.client.call(
+            url,
+            "StartNetwork",
+            cc_nc.StartNetworkRequest(vlan=vlan, bridge=bridge),
+            NcAnswer,
+            timeout=self.timeout,
+            expect_role=NC_ROLE,
+        )
+
+    async def terminate_instance(self, url: str, instance_id: str, idempotent: bool = True) -> NcAnswer:
+        return await self._instance_call(url, "TerminateInstance", instance_id, 2, idempotent)
+
+    async def reboot_instance(self, url: str, instance_id: str) -> NcAnswer:
+        return await self._instance_call(url, "RebootInstance", instance_id, 2, False)
+
+    async def suspend_instance(self, url: str, instance_id: str) -> NcAnswer:
+        return await self._instance_call(url, "SuspendInstance", instance_id, 4, False)
+
+    async def resume_instance(self, url: str, instance_id: str) -> NcAnswer:
+        return await self._instance_call(url, "ResumeInstance", instance_id, 4, False)
+
+    async def console_output(self, url: str, instance_id: str) -> str:
+        """Base64 of the end of the instance's serial console."""
+        answer = await self.client.call(
+            url,
+            "GetConsoleOutput",
+            cc_nc.InstanceIdRequest(instance_id=instance_id),
+            cc_nc.ConsoleOutputResponse,
+            timeout=self.timeout * 2,
+            idempotent=True,
+            expect_role=NC_ROLE,
+        )
+        return answer.output
+
+    async def bundle(
+        self,
+        url: str,
+        operation: BundleOperation,
+        request: bundle_tasks.StartBundleRequest | bundle_tasks.BundleTaskRequest,
+    ) -> bundle_tasks.NodeBundleStatus:
+        return await self.client.call(
+            url,
+            operation,
+            request,
+            bundle_tasks.NodeBundleStatus,
+            timeout=self.timeout * 2,
+            idempotent=True,  # the node keys tasks by bundle id
+            expect_role=NC_ROLE,
+        )
+
+    async def power_down(self, url: str) -> None:
+        await self.client.call(url, "PowerDown", Empty(), NcAnswer, timeout=self.timeout, expect_role=NC_ROLE)
+
+    async def attach_volume(self, url: str, request: NodeAttachRequest, timeout: float) -> NodeAttachment:
+        return await self.client.call(
+            url, "AttachVolume", request, NodeAttachment, timeout=timeout, expect_role=NC_ROLE
+        )
+
+    async def detach_volume(self, url: str, request: NodeDetachRequest, timeout: float) -> NodeAttachment:
+        return await self.client.call(
+            url, "DetachVolume", request, NodeAttachment, timeout=timeout, idempotent=True, expect_role=NC_ROLE
+        )
+
+    async def _instance_call(
+        self, url: str, operation: str, instance_id: str, slowness: int, idempotent: bool
+    ) -> NcAnswer:
+        return await self.client.call(
+            url,
+            operation,
+            cc_nc.InstanceIdRequest(instance_id=instance_id),
+            NcAnswer,
+            timeout=self.timeout * slowness,
+            idempotent=idempotent,
+            expect_role=NC_ROLE,
+        )
