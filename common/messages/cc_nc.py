@@ -38,10 +38,12 @@ class ImageRef(BaseModel):
     manifest: str = Field(max_length=2048)  # "bucket/path/name.manifest.xml"
 
 
-class RunInstanceRequest(BaseModel):
-    instance_id: str
-    reservation_id: str
-    owner_id: str  # the account that owns the instance
+class LaunchSpec(BaseModel):
+    """What a reservation's instances share, the one launch-spec model: the CLC sends it with RunInstances (with
+    the instances), the CC stores it per reservation (so a RunInstance can be sent again after a restart) and
+    sends it to the NC with RunInstance (with the one instance)."""
+
+    owner_id: str  # the account that owns the instances
     image: ImageRef
     kernel: ImageRef | None = None
     ramdisk: ImageRef | None = None
@@ -49,8 +51,18 @@ class RunInstanceRequest(BaseModel):
     key_name: str = ""
     ssh_public_key: str = Field("", max_length=16384)
     user_data: str = Field("", max_length=MAX_USER_DATA * 2)  # base64
-    launch_index: int = 0
     group_names: list[str] = []
+
+    @classmethod
+    def of(cls, request: LaunchSpec) -> LaunchSpec:
+        """The spec part of a request that extends it (RunInstances), without its other fields."""
+        return cls.model_validate({name: getattr(request, name) for name in cls.model_fields})
+
+
+class RunInstanceRequest(LaunchSpec):
+    instance_id: str
+    reservation_id: str
+    launch_index: int = 0
     net: NetConfig = NetConfig()
     platform: str = "linux"
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
+from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 
 ClusterState = Literal["Pending", "Extant", "Teardown", "Unknown"]
 
@@ -24,19 +24,10 @@ class InstanceLaunch(BaseModel):
     node_id: str = Field("", max_length=300)
 
 
-class RunInstancesRequest(BaseModel):
+class RunInstancesRequest(LaunchSpec):
     reservation_id: str
-    owner_id: str
     instances: list[InstanceLaunch] = Field(min_length=1, max_length=10000)
     min_count: int = Field(1, ge=1)
-    image: ImageRef
-    kernel: ImageRef | None = None
-    ramdisk: ImageRef | None = None
-    vm_type: VmType
-    key_name: str = ""
-    ssh_public_key: str = Field("", max_length=16384)
-    user_data: str = Field("", max_length=MAX_USER_DATA * 2)  # base64
-    group_names: list[str] = []
 
 
 class InstancePlacement(BaseModel):

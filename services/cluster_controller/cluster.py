@@ -17,12 +17,10 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
-from pydantic import BaseModel
-
 from common.hostcmd import SubprocessRunner
 from common.ids import is_id
 from common.messages import bundle_tasks, cc_nc
-from common.messages.cc_nc import ImageRef, InstanceInfo, VmType
+from common.messages.cc_nc import InstanceInfo, LaunchSpec, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     ClusterState,
@@ -50,20 +48,6 @@ from services.cluster_controller.store import Store
 
 log = logging.getLogger("koala.cc")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
-
-class LaunchSpec(BaseModel):
-    """What a reservation's instances share: stored so a RunInstance can be sent again after a restart."""
-
-    owner_id: str
-    image: ImageRef
-    kernel: ImageRef | None = None
-    ramdisk: ImageRef | None = None
-    vm_type: VmType
-    key_name: str = ""
-    ssh_public_key: str = ""
-    user_data: str = ""
-    group_names: list[str] = []
 
 
 class Cluster:
@@ -282,7 +266,7 @@ class Cluster:
             return RunInstancesResponse(instances=[self._placement(i) for i in ids])
         vm = request.vm_type
         need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
-        spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
+        spec = LaunchSpec.of(request)
         async with self.lock:
             order, capacities = self.snapshot()
             plan = self._hinted(request, order, capacities, need) or self.policy(
@@ -427,18 +411,10 @@ class Cluster:
         if spec is None:
             return "its launch specification was lost"
         request = cc_nc.RunInstanceRequest(
+            **dict(spec),
             instance_id=instance.instance_id,
             reservation_id=instance.reservation_id,
-            owner_id=spec.owner_id,
-            image=spec.image,
-            kernel=spec.kernel,
-            ramdisk=spec.ramdisk,
-            vm_type=spec.vm_type,
-            key_name=spec.key_name,
-            ssh_public_key=spec.ssh_public_key,
-            user_data=spec.user_data,
             launch_index=instance.launch_index,
-            group_names=spec.group_names,
             net=instance.net,
         )
         assert node.gate is not None

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from common.backoff import Backoff
 from common.config import ConfigError
 from common.ids import is_id
-from common.messages.cc_nc import VmType
+from common.messages.cc_nc import LaunchSpec, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     DescribeNodesResponse,
@@ -36,7 +36,6 @@ from common.messages.clc_cc import (
 from common.messages.network import NetworkRule
 from common.rpc import RpcError
 from common.tasks import TaskSet
-from services.cluster_controller.cluster import LaunchSpec
 from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, RemoteRefused, RemoteUnavailable
 from services.cluster_controller.remote.model import REMOTE_STATES, RemoteInstance
@@ -235,7 +234,7 @@ class RemoteZone:
         if refusal:
             log.warning("reservation %s: %s", request.reservation_id, refusal)
             return RunInstancesResponse(instances=[InstancePlacement(instance_id=i, error=refusal) for i in ids])
-        spec = LaunchSpec.model_validate(request.model_dump(exclude={"instances", "min_count", "reservation_id"}))
+        spec = LaunchSpec.of(request)
         chosen = [
             RemoteInstance(
                 instance_id=launch.instance_id.lower(),
