@@ -50,6 +50,8 @@ SWEEP_EVERY = 60.0  # seconds between sweeps of unused remote key pairs and grou
 SWEEP_RETRY = 2.0  # ... and after a sweep that left a group (still used by a remote instance on its way out)
 FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled at the busy rate
 BUSY_MAX = 2.0  # longest wait between polls while instances are starting or going
+HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at the fast rate without backing off
+# (most guests change state within this time; a backoff from the first poll would see the change late).
 
 
 class RemoteZone:
@@ -69,7 +71,7 @@ class RemoteZone:
         self._failures = 0
         self._tasks = TaskSet(log)
         self._wake = asyncio.Event()
-        self._busy_until = 0.0
+        self._busy_until = self._hot_until = 0.0
         self._sweep_due = 0.0
         self._unsynced: set[str] = set()  # networks whose rules changed since their remote group was last set
         self._sweep_lock = asyncio.Lock()
@@ -142,7 +144,8 @@ class RemoteZone:
 
     def _poke(self) -> None:
         """Something changed here: poll the remote at the fast rate for a while."""
-        self._busy_until = time.monotonic() + FAST_WHILE
+        now = time.monotonic()
+        self._busy_until, self._hot_until = now + FAST_WHILE, now + HOT_FOR
         self._wake.set()
 
     # --- state ------------------------------------------------------------------------------------------
@@ -490,7 +493,7 @@ class RemoteZone:
                 busy = time.monotonic() < self._busy_until and any(
                     i.live and (i.state == "Pending" or i.terminating) for i in self.instances.values()
                 )
-                if changed:
+                if changed or (busy and time.monotonic() < self._hot_until):
                     delay = fast
                 elif busy:
                     delay = min(delay * 1.5, max(BUSY_MAX, fast))
