@@ -177,8 +177,8 @@ def test_network_resources_allocate_and_give_back(tmp_path) -> None:
 
 
 def test_group_rules_become_network_rules() -> None:
-    from services.cloud_controller.actions.groups import Rule
     from services.cloud_controller.compute.netsync import translate
+    from services.cloud_controller.compute.security_groups import Rule
 
     rules = translate(
         [

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 from services.cloud_controller.actions import Context
 from services.cloud_controller.actions.instances import describe_instances
-from services.cloud_controller.actions.tags import put
 from tests.clc.test_instances_state_unit import engine, launch, report
 
 OWNER = "111111111111"
@@ -44,7 +43,7 @@ async def check_snapshots(compute) -> None:
     instances = await launch(compute, 300, owner=OWNER)
     ids = [i.instance_id for i in instances]
     # Tags give each answer a database read, as in a real cloud.
-    await put(compute.db, OWNER, "instance", ids, [{"Key": "job", "Value": "batch"}])
+    await compute.tags.put(OWNER, [(i, "instance") for i in ids], [("job", "batch")])
     clc = SimpleNamespace(compute=compute, db=compute.db)
     ctx = Context(clc=clc, principal=PRINCIPAL, request_id="r", version="")  # type: ignore[arg-type]
 

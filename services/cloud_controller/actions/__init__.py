@@ -12,7 +12,7 @@ How to add an action
 
        @action("DescribeKeyPairs")
        async def describe_key_pairs(ctx: Context, params: dict) -> dict:
-           rows = await ctx.db.fetchall("SELECT ... WHERE owner_id = ?", (ctx.owner_id,))
+           rows = await ctx.compute.key_pairs.of_account(ctx.owner_id)
            return {"KeyPairs": [{"KeyName": r["name"], "KeyFingerprint": r["fingerprint"]} for r in rows]}
 
 3. `params` is the request parsed against the operation's botocore INPUT shape: member names as boto3 uses
@@ -37,13 +37,14 @@ What `ctx` (Context) gives an action
 - `ctx.db`: shortcut for `ctx.clc.db`. `ctx.request_id`, `ctx.version` (the client's API Version),
   `ctx.remote` (client address), `ctx.host` (Host header, for URLs in answers).
 
-Shared helpers other actions use: `actions.tags` (the tag store: tags for resources, `tag:` filters,
-TagSpecifications, registering a taggable resource type; instances and images are registered against the
-compute tables already), `actions.groups` (security group lookups, `resolve()` for RunInstances, full rule sets,
-change listeners, in-use checks for DeleteSecurityGroup), `actions.keypairs` (a key pair's OpenSSH public key),
-`ec2.filters.Filters`. The database (`database.Database`): `fetchall`/`fetchone` for reads, `execute` for one
-statement, `async with db.transaction() as conn:` for atomic work (its lock is not re-entrant: do not call
-helpers that open their own transaction from inside one; use their `*_in(conn, ...)` forms).
+What actions share: the compute layer's stores beside instances (`ctx.compute`: `.tags` the tag store and the
+registry of taggable resource types, `.security_groups` groups and rules, `resolve()` for a launch, `.key_pairs`),
+the tag parameters (`actions.tags.tag_specifications`, `check_tags`), the launch check (`actions.launch`),
+`ec2.filters.Filters`. Actions parse and shape; SQL lives in the layer below.
+
+The database (`database.Database`): `fetchall`/`fetchone` for reads, `execute` for one statement,
+`async with db.transaction() as conn:` for atomic work (its lock is not re-entrant: do not call helpers that
+open their own transaction from inside one; use their `*_in(conn, ...)` forms).
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ import importlib
 import pkgutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.messages.identity import Principal
 from services.cloud_controller.ec2 import model
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.engine import Compute
 
 
 @dataclass
@@ -71,6 +75,11 @@ class Context:
     @property
     def db(self) -> Any:
         return self.clc.db
+
+    @property
+    def compute(self) -> Compute:
+        """The compute engine: instances, images, addresses, and the tag, security group and key pair stores."""
+        return self.clc.compute
 
     @property
     def owner_id(self) -> str:

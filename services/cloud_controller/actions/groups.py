@@ -6,164 +6,25 @@ or as the old flat parameters (IpProtocol, FromPort, ToPort, CidrIp, SourceSecur
 SourceSecurityGroupOwnerId); a source group without a protocol grants tcp, udp and icmp entirely, as EC2-Classic
 did.
 
-For other parts of the CLC:
-- `await groups.rules(db, group_id)` -> the group's full rule set ([Rule]), what the network must enforce
-  (`rules_by_name(db, owner_id, name)` by name),
-- `groups.add_listener(fn)`: `await fn(owner_id, group_id)` after every change of a group's rules or its
-  deletion (errors are logged, never raised to the user),
-- `await groups.resolve(db, owner_id, names, ids)` -> [{"group_id", "name", "owner_id"}] for RunInstances
-  (the default group when both are empty; InvalidGroup.NotFound for unknown ones; call it outside a
-  `db.transaction()`, as it may create the default group),
-- `groups.IN_USE_CHECKS.append(fn)`: `await fn(db, owner_id, group_id, name)` -> True refuses DeleteSecurityGroup
-  with InvalidGroup.InUse (e.g. while instances run in the group).
+The groups and their rules are kept by the compute layer's store (`compute/security_groups.py`,
+`ctx.compute.security_groups`); this module parses requests into its `Rule`s and shapes the answers.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from common.ids import new_id
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.compute.errors import check_id
+from services.cloud_controller.compute.security_groups import Rule, not_found
 from services.cloud_controller.ec2.errors import Ec2Error, invalid, missing
 from services.cloud_controller.ec2.filters import Filters
 
-log = logging.getLogger("koala.clc.groups")
-
-DEFAULT = "default"
 _TEXT = re.compile(r"^[\x20-\x7e]{1,255}$")
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1", "all": "-1"}
-MAX_RULES_PER_GROUP = 100
 MAX_RULES_PER_REQUEST = 100
-
-
-@dataclass(frozen=True)
-class Rule:
-    protocol: str  # tcp, udp, icmp, -1 (all) or a protocol number
-    from_port: int  # -1 when not applicable; icmp: the type
-    to_port: int  # icmp: the code
-    cidr: str = ""
-    source_group_id: str = ""
-    source_owner_id: str = ""
-    source_group_name: str = ""
-
-    @property
-    def key(self) -> tuple[str, int, int, str, str]:
-        return (self.protocol, self.from_port, self.to_port, self.cidr, self.source_group_id)
-
-
-Listener = Callable[[str, str], Awaitable[None]]
-LISTENERS: list[Listener] = []
-InUseCheck = Callable[[Any, str, str, str], Awaitable[bool]]
-IN_USE_CHECKS: list[InUseCheck] = []
-
-
-def add_listener(listener: Listener) -> None:
-    LISTENERS.append(listener)
-
-
-async def _notify(owner_id: str, group_id: str) -> None:
-    for listener in LISTENERS:
-        try:
-            await listener(owner_id, group_id)
-        except Exception:
-            log.exception("security group listener failed for %s", group_id)
-
-
-# --- lookups -----------------------------------------------------------------------------------------------
-async def ensure_default(db: Any, owner_id: str) -> None:
-    if await db.fetchone("SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, DEFAULT)):
-        return
-    async with db.transaction() as conn:
-        await conn.execute(
-            "INSERT OR IGNORE INTO security_groups(group_id, owner_id, name, description, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (new_id("sg"), owner_id, DEFAULT, "default group", time.time()),
-        )
-
-
-async def rules(db: Any, group_id: str) -> list[Rule]:
-    """The full ingress rule set of a group, sources resolved to owner and name."""
-    rows = await db.fetchall(
-        "SELECT r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id, s.owner_id AS source_owner_id,"
-        " s.name AS source_group_name FROM security_group_rules r LEFT JOIN security_groups s"
-        " ON s.group_id = r.source_group_id WHERE r.group_id = ? ORDER BY r.rule_id",
-        (group_id,),
-    )
-    return [_rule(row) for row in rows]
-
-
-async def rules_by_name(db: Any, owner_id: str, name: str) -> list[Rule] | None:
-    """The rule set of the account's group `name`; None if there is no such group."""
-    group = await find(db, owner_id, name=name)
-    return None if group is None else await rules(db, group["group_id"])
-
-
-def _rule(row: Any) -> Rule:
-    return Rule(
-        row["protocol"],
-        row["from_port"],
-        row["to_port"],
-        row["cidr"],
-        row["source_group_id"],
-        row["source_owner_id"] or "",
-        row["source_group_name"] or "",
-    )
-
-
-async def find(db: Any, owner_id: str, name: str | None = None, group_id: str | None = None) -> dict | None:
-    if group_id:
-        row = await db.fetchone(
-            "SELECT * FROM security_groups WHERE owner_id = ? AND group_id = ?", (owner_id, group_id.lower())
-        )
-    else:
-        row = await db.fetchone("SELECT * FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, name))
-    return dict(row) if row else None
-
-
-async def resolve(db: Any, owner_id: str, names: list[str] | None = None, ids: list[str] | None = None) -> list[dict]:
-    names, ids = list(names or []), list(ids or [])
-    await ensure_default(db, owner_id)
-    if not names and not ids:
-        names = [DEFAULT]
-    found: dict[str, dict] = {}
-    for name in names:
-        group = await find(db, owner_id, name=name)
-        if group is None:
-            raise _not_found(name)
-        found[group["group_id"]] = group
-    for group_id in ids:
-        # ec2-api-tools send every `-g` value as SecurityGroupId.N: a value that is not an sg- id is a name, as
-        # EC2-Classic-era servers took it (EC2 forbids names starting with sg-, so those are malformed ids).
-        if group_id.lower().startswith("sg-"):
-            group = await find(db, owner_id, group_id=check_id(group_id, "sg"))
-        else:
-            group = await find(db, owner_id, name=group_id)
-        if group is None:
-            raise _not_found(group_id)
-        found[group["group_id"]] = group
-    return [{"group_id": g["group_id"], "name": g["name"], "owner_id": g["owner_id"]} for g in found.values()]
-
-
-async def owned(db: Any, owner_id: str, ids: list[str]) -> set[str]:
-    rows = await db.fetchall(
-        f"SELECT group_id FROM security_groups WHERE owner_id = ? AND group_id IN ({','.join('?' * len(ids))})",
-        (owner_id, *ids),
-    )
-    return {row["group_id"] for row in rows}
-
-
-tags.register("sg", "security-group", owned, "InvalidGroup.NotFound")
-
-
-def _not_found(what: str) -> Ec2Error:
-    return Ec2Error("InvalidGroup.NotFound", f"The security group '{what[:255]}' does not exist")
 
 
 async def _target(ctx: Context, params: dict[str, Any]) -> dict:
@@ -172,10 +33,11 @@ async def _target(ctx: Context, params: dict[str, Any]) -> dict:
         raise missing("GroupName")
     if group_id:
         group_id = check_id(group_id, "sg")
-    await ensure_default(ctx.db, ctx.owner_id)
-    group = await find(ctx.db, ctx.owner_id, name=name, group_id=group_id)
+    store = ctx.compute.security_groups
+    await store.ensure_default(ctx.owner_id)
+    group = await store.find(ctx.owner_id, name=name, group_id=group_id)
     if group is None:
-        raise _not_found(group_id or name or "")
+        raise not_found(group_id or name or "")
     return group
 
 
@@ -216,21 +78,18 @@ def _cidr(value: str) -> str:
 
 async def _source_group(ctx: Context, pair: dict[str, Any]) -> dict:
     group_id, name, owner = pair.get("GroupId"), pair.get("GroupName"), pair.get("UserId") or ctx.owner_id
+    store = ctx.compute.security_groups
     if group_id:
-        row = await ctx.db.fetchone("SELECT * FROM security_groups WHERE group_id = ?", (check_id(group_id, "sg"),))
+        group_id = check_id(group_id, "sg")
     elif name:
         if owner == ctx.owner_id:
-            await ensure_default(ctx.db, ctx.owner_id)
-        row = await ctx.db.fetchone(
-            "SELECT g.* FROM security_groups g LEFT JOIN accounts a ON a.account_id = g.owner_id"
-            " WHERE g.name = ? AND (g.owner_id = ? OR a.name = ?)",
-            (name, owner, owner),
-        )
+            await store.ensure_default(ctx.owner_id)
     else:
         raise missing("GroupName")
-    if row is None:
-        raise _not_found(group_id or name or "")
-    return dict(row)
+    found = await store.source(group_id, name, owner)
+    if found is None:
+        raise not_found(group_id or name or "")
+    return found
 
 
 async def rules_from(ctx: Context, params: dict[str, Any]) -> list[Rule]:
@@ -300,11 +159,6 @@ async def rules_from(ctx: Context, params: dict[str, Any]) -> list[Rule]:
     return list(found.values())
 
 
-def _describe_rule(rule: Rule) -> str:
-    source = rule.cidr or f"{rule.source_owner_id}/{rule.source_group_name}"
-    return f"{rule.protocol} {rule.from_port}-{rule.to_port} from {source}"
-
-
 # --- actions -------------------------------------------------------------------------------------------------
 @action("CreateSecurityGroup")
 async def create_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -316,44 +170,14 @@ async def create_security_group(ctx: Context, params: dict[str, Any]) -> dict[st
     if params.get("VpcId"):
         raise Ec2Error("InvalidParameterValue", "VPCs are not supported (EC2-Classic)")
     tag_list = tags.tag_specifications(params, "security-group")
-    await ensure_default(ctx.db, ctx.owner_id)
-    group_id = new_id("sg")
-    async with ctx.db.transaction() as conn:
-        async with conn.execute(
-            "SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (ctx.owner_id, name)
-        ) as cursor:
-            if await cursor.fetchone():
-                raise Ec2Error("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
-        await conn.execute(
-            "INSERT INTO security_groups(group_id, owner_id, name, description, created_at) VALUES (?, ?, ?, ?, ?)",
-            (group_id, ctx.owner_id, name, description, time.time()),
-        )
-        if tag_list:
-            await tags.put_in(conn, ctx.owner_id, [(group_id, "security-group")], tags.check_tags(tag_list))
-    log.info("account %s created security group %s (%s)", ctx.owner_id, name, group_id)
-    return {"GroupId": group_id, "Tags": (await tags.tags_for(ctx.db, [group_id])).get(group_id)}
+    group_id = await ctx.compute.security_groups.create(ctx.owner_id, name, description, tags.check_tags(tag_list))
+    return {"GroupId": group_id, "Tags": (await ctx.compute.tags.tags_for([group_id])).get(group_id)}
 
 
 @action("DeleteSecurityGroup")
 async def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     group = await _target(ctx, params)
-    if group["name"] == DEFAULT:
-        raise Ec2Error("CannotDelete", "the default security group cannot be deleted")
-    for check in IN_USE_CHECKS:
-        if await check(ctx.db, ctx.owner_id, group["group_id"], group["name"]):
-            raise Ec2Error("InvalidGroup.InUse", f"There are active instances using security group '{group['name']}'")
-    async with ctx.db.transaction() as conn:
-        async with conn.execute(
-            "SELECT DISTINCT group_id FROM security_group_rules WHERE source_group_id = ? AND group_id != ?",
-            (group["group_id"], group["group_id"]),
-        ) as cursor:
-            users = [row[0] for row in await cursor.fetchall()]
-        if users:
-            raise Ec2Error("InvalidGroup.InUse", f"Group {group['group_id']} is used by groups: {' '.join(users[:10])}")
-        await conn.execute("DELETE FROM security_groups WHERE group_id = ?", (group["group_id"],))
-        await conn.execute("DELETE FROM tags WHERE resource_id = ?", (group["group_id"],))
-    log.info("account %s deleted security group %s (%s)", ctx.owner_id, group["name"], group["group_id"])
-    await _notify(ctx.owner_id, group["group_id"])
+    await ctx.compute.security_groups.delete(ctx.owner_id, group)
     return {"Return": True, "GroupId": group["group_id"]}
 
 
@@ -361,27 +185,7 @@ async def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[st
 async def authorize_security_group_ingress(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     group = await _target(ctx, params)
     wanted = await rules_from(ctx, params)
-    async with ctx.db.transaction() as conn:
-        async with conn.execute(
-            "SELECT protocol, from_port, to_port, cidr, source_group_id FROM security_group_rules WHERE group_id = ?",
-            (group["group_id"],),
-        ) as cursor:
-            existing = {tuple(row) for row in await cursor.fetchall()}
-        for rule in wanted:
-            if rule.key in existing:
-                raise Ec2Error(
-                    "InvalidPermission.Duplicate",
-                    f'the specified rule "peer: {_describe_rule(rule)}" already exists',
-                )
-        if len(existing) + len(wanted) > MAX_RULES_PER_GROUP:
-            raise Ec2Error("RulesPerSecurityGroupLimitExceeded", f"A group has at most {MAX_RULES_PER_GROUP} rules")
-        await conn.executemany(
-            "INSERT INTO security_group_rules(group_id, protocol, from_port, to_port, cidr, source_group_id)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(group["group_id"], *rule.key) for rule in wanted],
-        )
-    log.info("security group %s: authorized %d rule(s)", group["group_id"], len(wanted))
-    await _notify(ctx.owner_id, group["group_id"])
+    await ctx.compute.security_groups.authorize(ctx.owner_id, group["group_id"], wanted)
     return {"Return": True}
 
 
@@ -391,20 +195,7 @@ async def revoke_security_group_ingress(ctx: Context, params: dict[str, Any]) ->
     if params.get("SecurityGroupRuleIds"):
         raise Ec2Error("InvalidParameterValue", "SecurityGroupRuleIds are not supported; name the permissions")
     wanted = await rules_from(ctx, params)
-    async with ctx.db.transaction() as conn:
-        for rule in wanted:
-            cursor = await conn.execute(
-                "DELETE FROM security_group_rules WHERE group_id = ? AND protocol = ? AND from_port = ? AND to_port = ?"
-                " AND cidr = ? AND source_group_id = ?",
-                (group["group_id"], *rule.key),
-            )
-            if cursor.rowcount == 0:
-                raise Ec2Error(
-                    "InvalidPermission.NotFound",
-                    f"The specified rule does not exist in this security group: {_describe_rule(rule)}",
-                )
-    log.info("security group %s: revoked %d rule(s)", group["group_id"], len(wanted))
-    await _notify(ctx.owner_id, group["group_id"])
+    await ctx.compute.security_groups.revoke(ctx.owner_id, group["group_id"], wanted)
     return {"Return": True}
 
 
@@ -464,32 +255,21 @@ async def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict
     if limit is not None and not 5 <= limit <= 1000:
         raise invalid("MaxResults", limit, "MaxResults must be between 5 and 1000.")
     after = params.get("NextToken") or ""
-    await ensure_default(ctx.db, ctx.owner_id)
-    groups = await ctx.db.fetchall(
-        "SELECT group_id, owner_id, name, description FROM security_groups WHERE owner_id = ? ORDER BY group_id",
-        (ctx.owner_id,),
-    )
+    store = ctx.compute.security_groups
+    await store.ensure_default(ctx.owner_id)
+    groups = await store.of_account(ctx.owner_id)
     known_names = {g["name"] for g in groups}
     known_ids = {g["group_id"] for g in groups}
     for name in names:
         if name not in known_names:
-            raise _not_found(name)
+            raise not_found(name)
     for group_id in ids:
         if group_id not in known_ids:
             raise Ec2Error("InvalidGroup.NotFound", f"The security group '{group_id[:64]}' does not exist")
     if names or ids:
         groups = [g for g in groups if g["name"] in names or g["group_id"] in ids]
-    rule_rows = await ctx.db.fetchall(
-        "SELECT r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id,"
-        " s.owner_id AS source_owner_id, s.name AS source_group_name FROM security_group_rules r"
-        " JOIN security_groups g ON g.group_id = r.group_id"
-        " LEFT JOIN security_groups s ON s.group_id = r.source_group_id WHERE g.owner_id = ? ORDER BY r.rule_id",
-        (ctx.owner_id,),
-    )
-    by_group: dict[str, list[Rule]] = {}
-    for row in rule_rows:
-        by_group.setdefault(row["group_id"], []).append(_rule(row))
-    allowed = await tags.ids_matching(ctx.db, ctx.owner_id, filters.tags)
+    by_group = await store.rules_of_account(ctx.owner_id)
+    allowed = await ctx.compute.tags.ids_matching(ctx.owner_id, filters.tags)
     selected = []
     for group in groups:
         if allowed is not None and group["group_id"] not in allowed:
@@ -504,7 +284,7 @@ async def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict
     if limit is not None and len(selected) > limit:
         selected = selected[:limit]
         next_token = selected[-1][0]["group_id"]
-    tag_sets = await tags.tags_for(ctx.db, [g["group_id"] for g, _ in selected]) if selected else {}
+    tag_sets = await ctx.compute.tags.tags_for([g["group_id"] for g, _ in selected]) if selected else {}
     return {
         "SecurityGroups": [
             {

@@ -113,7 +113,7 @@ async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]
         root_device_name=params.get("RootDeviceName") or "",
     )
     if tag_list:
-        await tags.put(ctx.db, ctx.owner_id, "image", [image.image_id], tag_list)
+        await tags.tag_created(ctx, "image", [image.image_id], tag_list)
     return {"ImageId": image.image_id}
 
 
@@ -121,7 +121,7 @@ async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]
 async def deregister_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     image_id = params["ImageId"]
     await registry(ctx).deregister(image_id, ctx.owner_id, False)
-    await tags.forget(ctx.db, [image_id.lower()])
+    await ctx.compute.tags.forget([image_id.lower()])
     return {"Return": True}
 
 
@@ -143,11 +143,11 @@ async def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any
     if filters.tags:
         tagged: set[str] = set()
         for owner in {i.owner_id for i in found}:
-            tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+            tagged |= await ctx.compute.tags.ids_matching(owner, filters.tags) or set()
         found = [i for i in found if i.image_id in tagged]
     found = [i for i in found if filters.match_all(_filter_values(i, admin_account))]
     found, next_token = paging.cut(found, lambda i: i.image_id, params, 5, 1000)
-    tag_sets = await tags.tags_for(ctx.db, [i.image_id for i in found]) if found else {}
+    tag_sets = await ctx.compute.tags.tags_for([i.image_id for i in found]) if found else {}
     return {"Images": [image_dict(i, admin_account, tag_sets.get(i.image_id)) for i in found], "NextToken": next_token}
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.cloud_controller.actions import Context, action, groups, spot, tags
+from services.cloud_controller.actions import Context, action, spot, tags
 from services.cloud_controller.actions.launch import launch_access
 from services.cloud_controller.compute.attributes import product_codes
 from services.cloud_controller.compute.engine import Compute, RunRequest
@@ -252,8 +252,8 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
     launched = [i for i in instances if i.state != "terminated" or not i.state_reason.startswith("Server.")]
     if tag_list:
-        await tags.put(ctx.db, ctx.owner_id, "instance", [i.instance_id for i in launched], tag_list)
-    tag_sets = await tags.tags_for(ctx.db, [i.instance_id for i in launched]) if tag_list else {}
+        await tags.tag_created(ctx, "instance", [i.instance_id for i in launched], tag_list)
+    tag_sets = await ctx.compute.tags.tags_for([i.instance_id for i in launched]) if tag_list else {}
     return reservation_dict(
         reservation,
         [instance_dict(i, reservation, tag_sets.get(i.instance_id), product_codes(engine, i)) for i in launched],
@@ -276,7 +276,7 @@ async def _tagged(ctx: Context, ids: list[str], filters: Filters) -> set[str] | 
         return None
     tagged: set[str] = set()
     for owner in {i.owner_id for i in _visible(ctx, ids)}:
-        tagged |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+        tagged |= await ctx.compute.tags.ids_matching(owner, filters.tags) or set()
     return tagged
 
 
@@ -322,7 +322,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
         unread = [i.instance_id for i in page if i.instance_id not in read]
         if not unread:
             break
-        tag_sets.update(await tags.tags_for(ctx.db, unread))
+        tag_sets.update(await ctx.compute.tags.tags_for(unread))
         read.update(unread)
     reservations: dict[str, tuple[Reservation, list]] = {}
     lease_of = leases_of(engine)
@@ -385,13 +385,13 @@ def _cached_xml(
     return fragment
 
 
-async def warm_cache(db: Any, engine: Compute, chunk: int = 500) -> int:
+async def warm_cache(engine: Compute, chunk: int = 500) -> int:
     """Serialize every instance once in the background after a start, so the first DescribeInstances of a big
     cloud is as fast as the next ones. Yields to the event loop between chunks."""
     instances = list(engine.store.instances.values())
     for start in range(0, len(instances), chunk):
         part = instances[start : start + chunk]
-        tag_sets = await tags.tags_for(db, [i.instance_id for i in part])
+        tag_sets = await engine.tags.tags_for([i.instance_id for i in part])
         lease_of = leases_of(engine)
         for instance in part:
             reservation = engine.store.reservations.get(instance.reservation_id)
@@ -528,21 +528,3 @@ async def describe_instance_status(ctx: Context, params: dict[str, Any]) -> dict
             statuses.append(instance)
     page, next_token = _page(statuses, params)
     return {"InstanceStatuses": [_status(i) for i in page], "NextToken": next_token}
-
-
-# --- other parts' hooks ----------------------------------------------------------------------------------
-async def _group_in_use(db: Any, owner_id: str, group_id: str, name: str) -> bool:
-    """A security group cannot be deleted while live instances are in it."""
-    from services.cloud_controller.compute.store import LIVE_STATES
-
-    marks = ",".join("?" * len(LIVE_STATES))
-    row = await db.fetchone(
-        "SELECT 1 FROM instances i JOIN reservations r ON r.reservation_id = i.reservation_id"
-        f" WHERE r.owner_id = ? AND i.state IN ({marks}) AND EXISTS"
-        " (SELECT 1 FROM json_each(r.groups) WHERE json_each.value = ?) LIMIT 1",
-        (owner_id, *LIVE_STATES, name),
-    )
-    return row is not None
-
-
-groups.IN_USE_CHECKS.append(_group_in_use)

@@ -2,8 +2,8 @@
 
 Fingerprints as AWS computes them: a created RSA key's is the SHA-1 of its PKCS#8 DER private key, an
 imported RSA key's the MD5 of its DER SubjectPublicKeyInfo (both colon-separated hex); an ed25519 key's is
-the base64 SHA-256 of its OpenSSH public key blob. The public key is kept in OpenSSH form for instance
-metadata: `await keypairs.public_key(db, owner_id, name)`.
+the base64 SHA-256 of its OpenSSH public key blob. The key pairs are kept by the compute layer's store
+(`compute/key_pairs.py`, `ctx.compute.key_pairs`), the public key in OpenSSH form for instance metadata.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import base64
 import hashlib
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from common.ids import new_id
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.ec2.errors import Ec2Error, invalid, missing
 from services.cloud_controller.ec2.filters import Filters
@@ -104,46 +102,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-async def owned(db: Any, owner_id: str, ids: list[str]) -> set[str]:
-    rows = await db.fetchall(
-        f"SELECT key_pair_id FROM key_pairs WHERE owner_id = ? AND key_pair_id IN ({','.join('?' * len(ids))})",
-        (owner_id, *ids),
-    )
-    return {row["key_pair_id"] for row in rows}
-
-
-tags.register("key", "key-pair", owned, "InvalidKeyPair.NotFound")
-
-
-async def key_pair(db: Any, owner_id: str, name: str) -> dict[str, Any] | None:
-    """The account's key pair `name` (key_pair_id, name, fingerprint, key_type, public_key, created_at)."""
-    row = await db.fetchone("SELECT * FROM key_pairs WHERE owner_id = ? AND name = ?", (owner_id, name))
-    return dict(row) if row else None
-
-
-async def public_key(db: Any, owner_id: str, name: str) -> str | None:
-    """The OpenSSH public key line of the account's key pair `name`, for instance metadata."""
-    found = await key_pair(db, owner_id, name)
-    return found["public_key"] if found else None
-
-
 async def _store(ctx: Context, name: str, fingerprint: str, key_type: str, public: str, params: dict) -> str:
     tag_list = tags.tag_specifications(params, "key-pair")
-    key_pair_id = new_id("key")
-    async with ctx.db.transaction() as conn:
-        async with conn.execute(
-            "SELECT 1 FROM key_pairs WHERE owner_id = ? AND name = ?", (ctx.owner_id, name)
-        ) as cursor:
-            if await cursor.fetchone():
-                raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
-        await conn.execute(
-            "INSERT INTO key_pairs(key_pair_id, owner_id, name, fingerprint, key_type, public_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key_pair_id, ctx.owner_id, name, fingerprint, key_type, public, time.time()),
-        )
-        if tag_list:
-            await tags.put_in(conn, ctx.owner_id, [(key_pair_id, "key-pair")], tags.check_tags(tag_list))
-    return key_pair_id
+    pairs = tags.check_tags(tag_list)
+    return await ctx.compute.key_pairs.create(ctx.owner_id, name, fingerprint, key_type, public, pairs)
 
 
 def _generate(key_type: str) -> tuple[str, str, str]:
@@ -169,7 +131,7 @@ async def create_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any
         raise invalid("KeyType", key_type, "rsa or ed25519.")
     if (params.get("KeyFormat") or "pem") != "pem":
         raise invalid("KeyFormat", params["KeyFormat"], "Only pem is supported.")
-    if await key_pair(ctx.db, ctx.owner_id, name):
+    if await ctx.compute.key_pairs.get(ctx.owner_id, name):
         raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
     material, fingerprint, public = await asyncio.get_running_loop().run_in_executor(None, _generate, key_type)
     key_pair_id = await _store(ctx, name, fingerprint, key_type, public, params)
@@ -178,7 +140,7 @@ async def create_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any
         "KeyFingerprint": fingerprint,
         "KeyMaterial": material,
         "KeyPairId": key_pair_id,
-        "Tags": (await tags.tags_for(ctx.db, [key_pair_id])).get(key_pair_id) or None,
+        "Tags": (await ctx.compute.tags.tags_for([key_pair_id])).get(key_pair_id) or None,
     }
 
 
@@ -196,7 +158,7 @@ async def import_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any
         "KeyName": name,
         "KeyFingerprint": fingerprint,
         "KeyPairId": key_pair_id,
-        "Tags": (await tags.tags_for(ctx.db, [key_pair_id])).get(key_pair_id) or None,
+        "Tags": (await ctx.compute.tags.tags_for([key_pair_id])).get(key_pair_id) or None,
     }
 
 
@@ -205,32 +167,21 @@ async def delete_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any
     name, key_pair_id = params.get("KeyName"), params.get("KeyPairId")
     if not name and not key_pair_id:
         raise missing("KeyName")
-    if key_pair_id:
-        row = await ctx.db.fetchone(
-            "SELECT key_pair_id FROM key_pairs WHERE owner_id = ? AND key_pair_id = ?", (ctx.owner_id, key_pair_id)
-        )
-        if row is None:
-            raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_pair_id[:64]}' does not exist")
-    else:
-        row = await ctx.db.fetchone(
-            "SELECT key_pair_id FROM key_pairs WHERE owner_id = ? AND name = ?", (ctx.owner_id, name)
-        )
-    if row is None:  # EC2 answers true for a name that does not exist
+    store = ctx.compute.key_pairs
+    found = await store.find_id(ctx.owner_id, name=name, key_pair_id=key_pair_id)
+    if found is None and key_pair_id:
+        raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_pair_id[:64]}' does not exist")
+    if found is None:  # EC2 answers true for a name that does not exist
         return {"Return": True}
-    await ctx.db.execute("DELETE FROM key_pairs WHERE key_pair_id = ?", (row["key_pair_id"],))
-    await tags.forget(ctx.db, [row["key_pair_id"]])
-    return {"Return": True, "KeyPairId": row["key_pair_id"]}
+    await store.delete(found)
+    return {"Return": True, "KeyPairId": found}
 
 
 @action("DescribeKeyPairs")
 async def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     names, ids = params.get("KeyNames") or [], params.get("KeyPairIds") or []
     filters = Filters.parse(params.get("Filters"), {"key-name", "fingerprint", "key-pair-id", "key-type"})
-    rows = await ctx.db.fetchall(
-        "SELECT key_pair_id, name, fingerprint, key_type, public_key, created_at FROM key_pairs"
-        " WHERE owner_id = ? ORDER BY name",
-        (ctx.owner_id,),
-    )
+    rows = await ctx.compute.key_pairs.of_account(ctx.owner_id)
     by_name = {row["name"]: row for row in rows}
     by_id = {row["key_pair_id"]: row for row in rows}
     for name in names:
@@ -241,7 +192,7 @@ async def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, 
             raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_pair_id[:64]}' does not exist")
     if names or ids:
         rows = [row for row in rows if row["name"] in names or row["key_pair_id"] in ids]
-    allowed = await tags.ids_matching(ctx.db, ctx.owner_id, filters.tags)
+    allowed = await ctx.compute.tags.ids_matching(ctx.owner_id, filters.tags)
     selected = [
         row
         for row in rows
@@ -255,7 +206,7 @@ async def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, 
             }
         )
     ]
-    tag_sets = await tags.tags_for(ctx.db, [row["key_pair_id"] for row in selected]) if selected else {}
+    tag_sets = await ctx.compute.tags.tags_for([row["key_pair_id"] for row in selected]) if selected else {}
     include_public = bool(params.get("IncludePublicKey"))
     return {
         "KeyPairs": [

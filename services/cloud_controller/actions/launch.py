@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.cloud_controller.actions import Context, groups, keypairs
+from services.cloud_controller.actions import Context
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 
 
@@ -14,11 +14,11 @@ async def launch_access(ctx: Context, launch: dict[str, Any]) -> tuple[str, list
     key_name = launch.get("KeyName") or ""
     key_material = ""
     if key_name:
-        found = await keypairs.public_key(ctx.db, ctx.owner_id, key_name)
+        found = await ctx.compute.key_pairs.public_key(ctx.owner_id, key_name)
         if found is None:
             raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:255]}' does not exist")
         key_material = found
     names, group_ids = list(launch.get("SecurityGroups") or []), list(launch.get("SecurityGroupIds") or [])
     if len(names) + len(group_ids) > 64:
         raise invalid("SecurityGroup", len(names) + len(group_ids), "At most 64 security groups.")
-    return key_material, await groups.resolve(ctx.db, ctx.owner_id, names, group_ids)
+    return key_material, await ctx.compute.security_groups.resolve(ctx.owner_id, names, group_ids)

@@ -50,8 +50,8 @@ async def create_snapshot(ctx: Context, params: dict[str, Any]) -> dict[str, Any
     tag_list = tags.tag_specifications(params, "snapshot")
     snapshot = await ebs(ctx).create_snapshot(ctx.principal, params["VolumeId"], params.get("Description") or "")
     if tag_list:
-        await tags.put(ctx.db, ctx.owner_id, "snapshot", [snapshot.snapshot_id], tag_list)
-    tag_sets = await tags.tags_for(ctx.db, [snapshot.snapshot_id]) if tag_list else {}
+        await tags.tag_created(ctx, "snapshot", [snapshot.snapshot_id], tag_list)
+    tag_sets = await ctx.compute.tags.tags_for([snapshot.snapshot_id]) if tag_list else {}
     return snapshot_dict(snapshot, tag_sets.get(snapshot.snapshot_id))
 
 
@@ -96,13 +96,13 @@ async def describe_snapshots(ctx: Context, params: dict[str, Any]) -> dict[str, 
     if filters.tags:
         matching: set[str] = set()
         for owner in {s.owner_id for s in found}:
-            matching |= await tags.ids_matching(ctx.db, owner, filters.tags) or set()
+            matching |= await ctx.compute.tags.ids_matching(owner, filters.tags) or set()
         found = [s for s in found if s.snapshot_id in matching]
     if filters.by_name:
         found = [s for s in found if all(filters.match(n, SNAPSHOT_FILTERS[n](s)) for n in filters.by_name)]
     chosen, token = page(found, lambda s: s.snapshot_id, params, "SnapshotIds", 1000)
     # Tags are the owner's: another account sees a shared snapshot without them.
-    tag_sets = await tags.tags_for(ctx.db, [s.snapshot_id for s in chosen if s.owner_id == me]) if chosen else {}
+    tag_sets = await ctx.compute.tags.tags_for([s.snapshot_id for s in chosen if s.owner_id == me]) if chosen else {}
     return {"Snapshots": [snapshot_dict(s, tag_sets.get(s.snapshot_id)) for s in chosen], "NextToken": token}
 
 

@@ -54,7 +54,7 @@ def page(items: list, key: Callable[[Any], str], params: dict, ids_param: str, m
 
 
 async def tagged(ctx: Context, filters: Filters) -> set[str] | None:
-    return await tags.ids_matching(ctx.db, ctx.owner_id, filters.tags)
+    return await ctx.compute.tags.ids_matching(ctx.owner_id, filters.tags)
 
 
 # --- shapes ------------------------------------------------------------------------------------------------
@@ -139,8 +139,8 @@ async def create_volume(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         params.get("ClientToken") or "",
     )
     if tag_list and not known:
-        await tags.put(ctx.db, ctx.owner_id, "volume", [volume.volume_id], tag_list)
-    tag_sets = await tags.tags_for(ctx.db, [volume.volume_id])
+        await tags.tag_created(ctx, "volume", [volume.volume_id], tag_list)
+    tag_sets = await ctx.compute.tags.tags_for([volume.volume_id])
     return volume_dict(volume, tag_sets.get(volume.volume_id))
 
 
@@ -154,7 +154,7 @@ async def delete_volume(ctx: Context, params: dict[str, Any]) -> None:
 async def describe_volumes(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     found = await select(ctx, params, set(VOLUME_FILTERS))
     chosen, token = page(found, lambda v: v.volume_id, params, "VolumeIds", 500)
-    tag_sets = await tags.tags_for(ctx.db, [v.volume_id for v in chosen]) if chosen else {}
+    tag_sets = await ctx.compute.tags.tags_for([v.volume_id for v in chosen]) if chosen else {}
     return {"Volumes": [volume_dict(v, tag_sets.get(v.volume_id)) for v in chosen], "NextToken": token}
 
 

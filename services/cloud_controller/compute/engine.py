@@ -31,8 +31,11 @@ from services.cloud_controller.compute.admission import Admission, Token, count_
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.images import Images
+from services.cloud_controller.compute.key_pairs import KeyPairs
 from services.cloud_controller.compute.networks import Networks
+from services.cloud_controller.compute.security_groups import SecurityGroups
 from services.cloud_controller.compute.store import Image, Instance, Reservation, Store
+from services.cloud_controller.compute.tags import Tags
 from services.cloud_controller.compute.vmtypes import DEFAULT_TYPE, VmTypes
 from services.cloud_controller.database import Database
 
@@ -119,12 +122,20 @@ class Compute:
     ):
         self.db, self.cc, self.settings = db, clusters, settings
         self.store = Store(db)
+        self.tags = Tags(db)
+        instances = self.tags.owned_in("instances", "instance_id")
+        self.tags.register("i", "instance", instances, "InvalidInstanceID.NotFound")
+        images = self.tags.owned_in("images", "image_id", " AND state != 'deregistered'")
+        for prefix in ("emi", "eki", "eri"):
+            self.tags.register(prefix, "image", images, "InvalidAMIID.NotFound")
+        self.security_groups = SecurityGroups(db, self.tags)
+        self.key_pairs = KeyPairs(db, self.tags)
         self.vmtypes = VmTypes(db)
         self.admission = Admission(timeout=settings.reservation_timeout)
         self.addresses = Addresses(db, public_ips or [])
         self.networks = Networks(db, addrs_per_net=settings.addrs_per_net)
         self.on_change: list[Callable[[list[Instance]], Any]] = []  # listeners (benchmarks, admin pages)
-        self.on_forget: list[Callable[[list[str]], Awaitable[None]]] = []  # buried instance ids (their tags)
+        self.on_forget: list[Callable[[list[str]], Awaitable[None]]] = [self.tags.forget]  # buried instance ids
         self._tasks: list[asyncio.Task] = []
         self._pollers: dict[str, asyncio.Task] = {}
         self._polling = True

@@ -87,16 +87,10 @@ async def install(clc: CloudControllerService) -> Compute:
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes, compute.images)
-    from services.cloud_controller.actions import tags
-
-    async def forget_tags(instance_ids: list[str]) -> None:
-        await tags.forget(clc.db, instance_ids)
-
-    compute.on_forget.append(forget_tags)
     if len(compute.store.instances) > 1000:
         from services.cloud_controller.actions import instances as instance_actions
 
-        compute.background(instance_actions.warm_cache(clc.db, compute))
+        compute.background(instance_actions.warm_cache(compute))
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)
     MetadataService(compute.store, extras=compute.metadata_extras).install(clc.app)
@@ -108,18 +102,11 @@ async def install(clc: CloudControllerService) -> Compute:
 
 def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
     """MANAGED modes: security group rules -> the CCs' ConfigureNetwork, at launch and on every rule change."""
-    from services.cloud_controller.actions import groups
-
-    async def rules_for(owner_id: str, group_name: str) -> list | None:
-        return await groups.rules_by_name(clc.db, owner_id, group_name)
-
-    compute.netsync = NetworkSync(compute, rules_for)
+    groups = compute.security_groups
+    compute.netsync = NetworkSync(compute, groups.rules_by_name)
 
     async def changed(owner_id: str, group_id: str) -> None:
-        row = await clc.db.fetchone(
-            "SELECT name FROM security_groups WHERE owner_id = ? AND group_id = ?", (owner_id, group_id)
-        )
-        name = row["name"] if row else None
+        name = await groups.name_of(owner_id, group_id)
         if name is None:  # deleted: its name is still known from the reservations that used it
             for reservation in compute.store.reservations.values():
                 if reservation.owner_id == owner_id and group_id in reservation.group_ids:
@@ -128,4 +115,4 @@ def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
         if name is not None:
             await compute.netsync.group_changed(owner_id, name)
 
-    groups.add_listener(changed)
+    groups.listeners.append(changed)

@@ -14,8 +14,6 @@ from services.cloud_controller.ebs.engine import Ebs, EbsSettings
 
 
 async def install(clc: Any) -> Ebs:
-    from services.cloud_controller.actions import tags
-
     config = clc.config
     settings = EbsSettings(
         quota_volume_gb=config.KOALA_QUOTA_VOLUME_GB,
@@ -26,19 +24,16 @@ async def install(clc: Any) -> Ebs:
     ebs = Ebs(clc.db, clc.compute, clc.client, settings)
     await ebs.load()
 
-    async def owned_volumes(db: Any, owner_id: str, ids: list[str]) -> set[str]:
+    async def owned_volumes(owner_id: str, ids: list[str]) -> set[str]:
         return {i for i in ids if (v := ebs.store.volumes.get(i.lower())) is not None and v.owner_id == owner_id}
 
-    async def owned_snapshots(db: Any, owner_id: str, ids: list[str]) -> set[str]:
+    async def owned_snapshots(owner_id: str, ids: list[str]) -> set[str]:
         return {i for i in ids if (s := ebs.store.snapshots.get(i.lower())) is not None and s.owner_id == owner_id}
 
+    tags = clc.compute.tags
     tags.register("vol", "volume", owned_volumes, "InvalidVolume.NotFound")
     tags.register("snap", "snapshot", owned_snapshots, "InvalidSnapshot.NotFound")
-
-    async def forget_tags(resource_ids: list[str]) -> None:
-        await tags.forget(clc.db, resource_ids)
-
-    ebs.on_forget.append(forget_tags)
+    ebs.on_forget.append(tags.forget)
     clc.compute.on_change.append(ebs.instances_changed)
 
     async def list_volumes(_: Empty, caller: Caller) -> msg.ListVolumesResponse:

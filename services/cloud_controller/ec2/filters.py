@@ -2,7 +2,7 @@
 
 Values match with EC2's wildcards (`*` any run, `?` one character, backslash escapes them); several values
 of one filter are OR-ed, several filters AND-ed. `tag:KEY`, `tag-key` and `tag-value` are tag filters (see
-`actions.tags.ids_matching_tag_filters`).
+`compute.tags.Tags.ids_matching`).
 
     filters = Filters.parse(params.get("Filters"), allowed={"key-name", "fingerprint"}, tags=True)
     if not filters.match("key-name", row["name"]): ...

@@ -20,15 +20,9 @@ async def show(page: Page):
         addresses = sorted(engine.addresses.allocated.values(), key=lambda a: tuple(map(int, a.public_ip.split("."))))
         pool_size, free = len(engine.addresses.pool), engine.addresses.free_count()
     try:
-        from services.cloud_controller.actions import groups as group_actions
-
-        db = backend.database(page.service)
-        rows = await db.fetchall(
-            "SELECT group_id, owner_id, name, description FROM security_groups ORDER BY owner_id, name LIMIT ?",
-            (MAX_GROUPS,),
-        )
-        for row in rows:
-            rules = await group_actions.rules(db, row["group_id"])
+        store = backend.compute(page.service).security_groups
+        for row in await store.every_account(MAX_GROUPS):
+            rules = await store.rules(row["group_id"])
             groups.append({**dict(row), "rules": rules})
     except backend.Unavailable as err:
         groups_error = err.message
