@@ -216,7 +216,10 @@ class Hypervisor:
 
     # --- operations (each runs in the libvirt thread) -----------------------------------------------------
     async def create(self, xml: str) -> None:
-        await self.call(lambda conn: conn.createXML(xml, 0))
+        def create(conn: libvirt.virConnect) -> None:
+            conn.createXML(xml, 0)  # the virDomain is freed here: freeing it in the asyncio thread waits for libvirt
+
+        await self.call(create)
 
     async def destroy(self, name: str) -> bool:
         """Destroy the running domain `name` if it is ours (tagged with its own instance id); False when there

@@ -36,6 +36,7 @@ from services.node_controller.config import NodeControllerConfig
 from services.node_controller.domain import DiskSpec, DomainSpec, render
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.notifier import Notifier
+from services.node_controller.records import InstanceRecords
 from services.node_controller.walrus_client import ImageFetchError
 
 log = logging.getLogger("koala.nc.instances")
@@ -65,6 +66,7 @@ class Instance:
     restarted: asyncio.Event | None = None  # set by libvirt's reboot event while a RebootInstance waits for it
     files_removed: bool = False
     missing_since: float = 0.0  # when the sweep first found no domain (its event may still be on the way)
+    request_json: str | None = None  # the request as stored (it never changes once accepted)
 
     @property
     def id(self) -> str:
@@ -102,6 +104,7 @@ class InstanceManager:
         notifier: Notifier,
     ):
         self.config, self.db, self.hv, self.cache, self.notifier = config, db, hypervisor, cache, notifier
+        self.records = InstanceRecords(db)
         self.flavour = config.HYPERVISOR
         self.root = config.instance_path
         self.instances: dict[str, Instance] = {}
@@ -135,31 +138,23 @@ class InstanceManager:
         return self._background.spawn(coro, name)
 
     # --- records ------------------------------------------------------------------------------------------
-    async def _save(self, inst: Instance, insert: bool = False) -> None:
-        values = (
-            inst.request.model_dump_json(),
-            inst.state,
-            inst.detail,
-            inst.reason,
-            inst.launch_time,
-            inst.updated_at,
-            inst.teardown_at,
-            json.dumps([str(p) for p in inst.pins]),
-            inst.id,
+    async def _save(self, inst: Instance) -> None:
+        """Write the record (inserted the first time); returns once committed, in a transaction it may share."""
+        if inst.request_json is None:
+            inst.request_json = inst.request.model_dump_json()
+        await self.records.save(
+            (
+                inst.id,
+                inst.request_json,
+                inst.state,
+                inst.detail,
+                inst.reason,
+                inst.launch_time,
+                inst.updated_at,
+                inst.teardown_at,
+                json.dumps([str(p) for p in inst.pins]),
+            )
         )
-        if insert:
-            await self.db.execute(
-                "INSERT INTO instances(request, state, detail, reason, launch_time, updated_at, teardown_at, pins,"
-                " instance_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-        else:
-            await self.db.execute(
-                "UPDATE instances SET request = ?, state = ?, detail = ?, reason = ?, launch_time = ?,"
-                " updated_at = ?, teardown_at = ?, pins = ? WHERE instance_id = ?",
-                values,
-            )
-        await self.db.commit()
 
     async def _set(self, inst: Instance, state: NcState, detail: str, reason: str = "") -> bool:
         """Change state (written, then pushed to the CC); False if nothing changed or it is already Teardown."""
@@ -209,7 +204,7 @@ class InstanceManager:
         inst = Instance(request, "Pending", "staging", now, now)
         self.instances[inst.id] = inst
         try:
-            await self._save(inst, insert=True)  # the record exists before anything is built
+            await self._save(inst)  # the record exists before anything is built
         except Exception:
             self.instances.pop(inst.id, None)
             raise

@@ -1,8 +1,9 @@
 """Pushes instance state changes to the CC at once (`NotifyInstances`), coalescing bursts.
 
-Changes are collected by instance id; one sender task drains them, so a burst of 200 launches becomes a few
-calls, never 200 waiting requests. A failed push is retried with backoff; the CC's DescribeInstances polls are
-the safety net if it stays unreachable. After a restart the NC sends its full list (`full=True`).
+Changes are collected by instance id; one sender task drains them (after a short linger), so a burst of 200
+launches becomes a few calls, never 200 waiting requests. A failed push is retried with backoff; the CC's
+DescribeInstances polls are the safety net if it stays unreachable. After a restart the NC sends its full list
+(`full=True`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from common.rpc import PeerUnreachable, RpcClient, RpcError
 
 log = logging.getLogger("koala.nc.notify")
 MAX_BATCH = 500
+# After the first change of a burst, wait this long for the others, so a launch's staging/booting/running of many
+# instances shares a few pushes (each a signed call the CC verifies) instead of one push per change.
+LINGER = 0.02
 
 
 class Notifier:
@@ -51,6 +55,7 @@ class Notifier:
         backoff = Backoff(0.2, 10.0)
         while True:
             await self._wake.wait()
+            await asyncio.sleep(LINGER)
             self._wake.clear()
             full, self._full = self._full, None
             if full is not None:

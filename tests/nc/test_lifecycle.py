@@ -156,7 +156,8 @@ def test_disk_full(nc: NcEnv) -> None:
     owner = "000000000666"
     mount_point = nc.instance_path / owner
     mount_point.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    # One page: the disks are sparse stamps of a few KiB each (disks.py), so a larger tmpfs would hold them.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount_point)], check=True)
     try:
         manifest = nc.image("full")
         nc.run("i-60000001", image="emi-00000009", manifest=manifest, owner_id=owner)
