@@ -105,7 +105,7 @@ class AccessLogger:
     storage: StorageBackend
     flush_seconds: float = 60.0
     _pending: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    _task: asyncio.Task | None = None
+    _task: asyncio.Task[None] | None = None
 
     async def record(self, ctx: Ctx, response: web.StreamResponse, started: float) -> None:
         """Queue the request's line if its bucket is logged; never fails the request."""
@@ -190,10 +190,7 @@ async def put_bucket_logging(ctx: Ctx) -> web.Response:
                 TargetBucket=target_name,
             )
         document = json.dumps({"bucket": target_name, "prefix": prefix})
-    try:
-        await ctx.app.storage.put_bucket_config(bucket.name, KIND, document)
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    await ctx.app.storage.put_bucket_config(bucket.name, KIND, document)
     return web.Response()
 
 

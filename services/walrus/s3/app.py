@@ -8,17 +8,19 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import HttpVersion11, web
 
 from common.signing import HEADER_CERT, ReplayCache, TrustStore
-from services.walrus.s3 import auth, cors, routing
+from services.walrus.s3 import auth, cors, routes, routing
 from services.walrus.s3.access_log import AccessLogger
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error, error_document
 from services.walrus.s3.identity import KeyResolver
-from services.walrus.storage import StorageBackend
+from services.walrus.s3.storage_errors import to_s3
+from services.walrus.storage import StorageBackend, StorageError
 
 log = logging.getLogger("koala.walrus.s3")
 MAX_HEADER_BYTES = 16 << 10  # all headers together; user metadata has its own 2 KiB limit
@@ -110,7 +112,9 @@ class S3App:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.passthrough)
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if self._is_passthrough(request):
             return await handler(request)
         return await self.handle(request)
@@ -132,11 +136,18 @@ class S3App:
             ctx.response_headers.update(await cors.answer_headers(ctx))
             if request.method != "OPTIONS":  # a CORS preflight is never signed, even when its URL is presigned
                 await auth.authenticate(ctx)
-            handler = routing.pick(request.method, bucket, key, ctx.query, request.headers)
+            route = routes.pick(request.method, bucket, key, ctx.query, request.headers)
+            ctx.operation = route.operation
             await self._check_expected_owner(ctx)
             continued = await self._send_continue(request)
-            response = await handler(ctx)
-        except S3Error as err:
+            response = await route.handler(ctx)
+        except (S3Error, StorageError) as caught:
+            if isinstance(caught, S3Error):
+                err = caught
+            elif ctx is not None:  # the one mapping of storage errors (handlers catch only where S3 differs)
+                err = await to_s3(caught, ctx)
+            else:
+                err = S3Error("InternalError")
             if ctx is not None:
                 ctx.error_code = err.code
             if err.status >= 500:

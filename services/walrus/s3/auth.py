@@ -15,6 +15,7 @@ from common import signing as koala_signing
 from common import sigv4
 from services.walrus.s3.context import ChunkSigning, Ctx, Requester
 from services.walrus.s3.errors import S3Error
+from services.walrus.s3.identity import Credentials
 from services.walrus.s3.xml import parse_http_time
 
 MAX_SKEW = 15 * 60
@@ -35,7 +36,7 @@ V2_SUBRESOURCES = frozenset(
     response-content-encoding""".split()
 )
 VERIFIED_ENTRIES = 4096
-_verified: set[tuple] = set()  # SigV4 inputs whose signature checked out (see _verify_v4)
+_verified: set[tuple[bytes | str, ...]] = set()  # SigV4 inputs whose signature checked out (see _verify_v4)
 
 
 _PATH_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
@@ -81,7 +82,7 @@ def _check_skew(stamp: float) -> None:
         )
 
 
-def _principal_requester(ctx: Ctx, creds) -> Requester:
+def _principal_requester(ctx: Ctx, creds: Credentials) -> Requester:
     principal = creds.principal
     return Requester(
         account_id=principal.account_id,
@@ -378,7 +379,7 @@ async def _sigv2(ctx: Ctx, credential: str, query_auth: bool) -> None:
         if not access_key:
             raise S3Error("InvalidArgument", "AWS authorization header is invalid", ArgumentName="Authorization")
         amz_date = headers.get("x-amz-date")
-        stamp = parse_http_time(amz_date or headers.get("Date", ""))
+        stamp = parse_http_time(amz_date or headers.get("Date") or "")
         if stamp is None:
             raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
         _check_skew(stamp)

@@ -12,14 +12,10 @@ from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.objects import _small_body
 from services.walrus.s3.xml import el, xml_response
-from services.walrus.storage import NoSuchBucket
 
 
 async def _store(ctx: Ctx, kind: str, document: str | None) -> None:
-    try:
-        await ctx.app.storage.put_bucket_config(ctx.bucket, kind, document)
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    await ctx.app.storage.put_bucket_config(ctx.bucket, kind, document)
 
 
 async def put_bucket_policy(ctx: Ctx) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -15,7 +16,7 @@ from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.names import check_bucket
 from services.walrus.s3.xml import child_text, el, iso_time, parse_xml, raw, read_xml_body, xml_response
-from services.walrus.storage import BucketExists, BucketInfo, BucketNotEmpty, NoSuchBucket, ObjectInfo
+from services.walrus.storage import BucketInfo, ObjectInfo
 
 MAX_KEYS = 1000
 LEGACY_REGION = ("", "us-east-1")  # where re-creating a bucket one owns succeeds, as in AWS's us-east-1
@@ -76,11 +77,7 @@ async def create_bucket(ctx: Ctx) -> web.Response:
         raise S3Error("BucketAlreadyExists", BucketName=ctx.bucket)
     if len(await storage.list_buckets(requester.account_id)) >= ctx.app.limits.max_buckets:
         raise S3Error("TooManyBuckets")
-    try:
-        await storage.create_bucket(ctx.bucket, acl, location, object_lock=lock_header == "true")
-    except BucketExists as err:
-        code = "BucketAlreadyOwnedByYou" if err.owner_id == requester.account_id else "BucketAlreadyExists"
-        raise S3Error(code, BucketName=ctx.bucket) from None
+    await storage.create_bucket(ctx.bucket, acl, location, object_lock=lock_header == "true")
     return web.Response(headers={"Location": "/" + ctx.bucket})
 
 
@@ -93,12 +90,7 @@ async def head_bucket(ctx: Ctx) -> web.Response:
 async def delete_bucket(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:DeleteBucket", bucket, access.OWNER)
-    try:
-        await ctx.app.storage.delete_bucket(ctx.bucket)
-    except BucketNotEmpty:
-        raise S3Error("BucketNotEmpty", BucketName=ctx.bucket) from None
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    await ctx.app.storage.delete_bucket(ctx.bucket)
     return web.Response(status=204)
 
 
@@ -142,7 +134,10 @@ def _max_keys(ctx: Ctx, name: str = "max-keys") -> int:
     return min(number, MAX_KEYS)
 
 
-def _encoder(ctx: Ctx):
+Encoder = Callable[[str], str]
+
+
+def _encoder(ctx: Ctx) -> Encoder:
     encoding = ctx.query.get("encoding-type")
     if encoding is None:
         return lambda text: text
@@ -188,7 +183,7 @@ async def collect(
                 return contents, prefixes, False, last
 
 
-def _contents_xml(objects: list[ObjectInfo], encode, with_owner: bool) -> str:
+def _contents_xml(objects: list[ObjectInfo], encode: Encoder, with_owner: bool) -> str:
     parts = []
     for obj in objects:
         inner = [
@@ -204,7 +199,7 @@ def _contents_xml(objects: list[ObjectInfo], encode, with_owner: bool) -> str:
     return "".join(parts)
 
 
-def _prefixes_xml(prefixes: list[str], encode) -> str:
+def _prefixes_xml(prefixes: list[str], encode: Encoder) -> str:
     return "".join(el("CommonPrefixes", raw(el("Prefix", encode(p)))) for p in prefixes)
 
 

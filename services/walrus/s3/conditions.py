@@ -168,7 +168,7 @@ class Condition:
 
     def _evaluate(self, found: Sequence[str] | None, lookup: Lookup) -> bool:
         if self.operator == "Null":
-            return (found is None) == self.values[0]
+            return (found is None) is bool(self.values[0])
         if found is None or (self.set_mode and not found):
             if self.set_mode == "ForAllValues":
                 return True
@@ -208,9 +208,9 @@ class Condition:
             number = _date_value(value) if op in DATE_OPS else _number_value(value)
             return number is not None and _COMPARE[op[7:] if op[0] == "N" else op[4:]](number, wanted)
         if op == "Bool":
-            return value.lower() == wanted
+            return bool(value.lower() == wanted)
         if op == "BinaryEquals":
-            return value == wanted
+            return bool(value == wanted)
         return False
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import CIMultiDictProxy, MultiDictProxy
 
 if TYPE_CHECKING:
     from services.walrus.s3.app import S3App
@@ -62,6 +62,7 @@ class Ctx:
     signed_at: float = 0.0
     bucket_owner: str = ""  # the bucket's owner once known (access logs)
     error_code: str = ""  # the S3 error answered, if any (access logs)
+    operation: str = ""  # the S3 operation's name, once routed (routes.py)
     existing_tags: dict[str, str] | None = None  # the object's tags, when a handler has loaded them
     form_tags: dict[str, str] | None = None  # the tags a browser POST upload's form asks for
 
@@ -75,7 +76,7 @@ class Ctx:
         return dict(parse_qsl(value, keep_blank_values=True))
 
     @property
-    def headers(self):
+    def headers(self) -> CIMultiDictProxy[str]:
         return self.request.headers
 
     @property

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -18,7 +20,6 @@ from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.objects import _small_body
 from services.walrus.s3.xml import el, parse_xml, raw, xml_response
-from services.walrus.storage import NoSuchBucket
 
 KIND = "cors"
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
@@ -47,7 +48,7 @@ class Rule:
         self.header_patterns = [_pattern(h, True) for h in self.headers]
 
     @classmethod
-    def from_json(cls, item: list) -> Rule:
+    def from_json(cls, item: list[Any]) -> Rule:
         rule_id, origins, methods, headers, expose, max_age = item
         return cls(rule_id, tuple(origins), tuple(methods), tuple(headers), tuple(expose), max_age)
 
@@ -56,7 +57,7 @@ class Rule:
             return False
         return all(any(p.fullmatch(h) for p in self.header_patterns) for h in headers)
 
-    def to_json(self) -> list:
+    def to_json(self) -> list[Any]:
         return [self.rule_id, self.origins, self.methods, self.headers, self.expose, self.max_age]
 
     def to_xml(self) -> str:
@@ -70,7 +71,7 @@ class Rule:
         return el("CORSRule", raw(*parts))
 
 
-def _texts(node, tag: str) -> tuple[str, ...]:
+def _texts(node: ET.Element, tag: str) -> tuple[str, ...]:
     values = tuple((child.text or "").strip() for child in node.findall(tag))
     if len(values) > MAX_VALUES or any(len(v) > MAX_VALUE_LENGTH for v in values):
         raise S3Error("MalformedXML", f"too many or too long {tag} values")
@@ -167,7 +168,7 @@ def _forbidden(message: str) -> S3Error:
     return S3Error("AccessForbidden", f"CORSResponse: {message}", status=403)
 
 
-async def preflight(ctx: Ctx) -> web.Response:
+async def options_object(ctx: Ctx) -> web.Response:
     origin = ctx.headers.get("Origin")
     if not origin:
         raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
@@ -196,10 +197,7 @@ async def put_bucket_cors(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:PutBucketCORS", bucket, access.OWNER)
     rules = parse_configuration(await _small_body(ctx))
-    try:
-        await ctx.app.storage.put_bucket_config(bucket.name, KIND, json.dumps([r.to_json() for r in rules]))
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    await ctx.app.storage.put_bucket_config(bucket.name, KIND, json.dumps([r.to_json() for r in rules]))
     return web.Response()
 
 
@@ -215,8 +213,5 @@ async def get_bucket_cors(ctx: Ctx) -> web.Response:
 async def delete_bucket_cors(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:PutBucketCORS", bucket, access.OWNER)
-    try:
-        await ctx.app.storage.put_bucket_config(bucket.name, KIND, None)
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    await ctx.app.storage.put_bucket_config(bucket.name, KIND, None)
     return web.Response(status=204)

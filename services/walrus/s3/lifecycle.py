@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ def _date(text: str) -> float:
     return moment.timestamp()
 
 
-def _filter(rule: ET.Element) -> dict:
+def _filter(rule: ET.Element) -> dict[str, Any]:
     """prefix, legacy_prefix, size_greater and size_less of a rule's <Filter> (or legacy <Prefix>)."""
     node = rule.find("Filter")
     legacy = rule.find("Prefix")
@@ -86,7 +87,7 @@ def parse_rule(node: ET.Element) -> Rule:
         raise S3Error("MalformedXML", "Status must be Enabled or Disabled")
     if node.find("Transition") is not None or node.find("NoncurrentVersionTransition") is not None:
         raise S3Error("NotImplemented", "Walrus has one storage class: transitions do not apply")
-    fields: dict = {"id": rule_id, "enabled": status == "Enabled", **_filter(node)}
+    fields: dict[str, Any] = {"id": rule_id, "enabled": status == "Enabled", **_filter(node)}
     if len(fields["prefix"].encode()) > MAX_PREFIX:
         raise S3Error("InvalidArgument", "The prefix is too long", ArgumentName="Prefix")
     expiration = node.find("Expiration")
@@ -166,7 +167,7 @@ def rule_xml(rule: Rule) -> str:
     return el("Rule", raw(*parts))
 
 
-async def put_bucket_lifecycle(ctx: Ctx) -> web.Response:
+async def put_bucket_lifecycle_configuration(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:PutLifecycleConfiguration", bucket, access.OWNER)
     rules = parse_configuration(await read_xml_body(ctx.request))
@@ -174,7 +175,7 @@ async def put_bucket_lifecycle(ctx: Ctx) -> web.Response:
     return web.Response()
 
 
-async def get_bucket_lifecycle(ctx: Ctx) -> web.Response:
+async def get_bucket_lifecycle_configuration(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:GetLifecycleConfiguration", bucket, access.OWNER)
     rules = rules_from_json(bucket.lifecycle)

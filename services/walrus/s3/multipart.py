@@ -25,12 +25,12 @@ from services.walrus.s3.objects import (
 )
 from services.walrus.s3.versioning import version_headers
 from services.walrus.s3.xml import el, iso_time, parse_xml, raw, xml_response
-from services.walrus.storage import InvalidPart, NoSuchUpload, QuotaExceeded, UploadInfo
+from services.walrus.storage import UploadInfo
 
 MAX_PARTS = 10000
 
 
-async def create_upload(ctx: Ctx) -> web.Response:
+async def create_multipart_upload(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     check_new_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
@@ -77,8 +77,6 @@ async def upload_part(ctx: Ctx) -> web.Response:
     data, checksums = await receive(ctx, ctx.app.limits.max_part_size)
     try:
         part = await ctx.app.storage.commit_part(upload.upload_id, number, data, checksums)
-    except NoSuchUpload:
-        raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
     finally:
         await data.abort()
     headers = {"ETag": f'"{part.etag}"', **{f"x-amz-checksum-{k}": v for k, v in checksums.items()}}
@@ -115,8 +113,6 @@ async def upload_part_copy(ctx: Ctx) -> web.Response:
                 await data.write(chunk)
             await data.finish()
             part = await ctx.app.storage.commit_part(upload.upload_id, number, data, {})
-        except NoSuchUpload:
-            raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
         finally:
             await data.abort()
     finally:
@@ -128,7 +124,7 @@ async def upload_part_copy(ctx: Ctx) -> web.Response:
     return xml_response("CopyPartResult", body, headers=headers)
 
 
-async def complete_upload(ctx: Ctx) -> web.Response:
+async def complete_multipart_upload(ctx: Ctx) -> web.Response:
     upload = await _upload(ctx)
     root = parse_xml(await _small_body(ctx))
     if root.tag != "CompleteMultipartUpload":
@@ -168,26 +164,16 @@ async def complete_upload(ctx: Ctx) -> web.Response:
     if upload.checksum_algorithm in ("sha1", "sha256") and len(checksums) == len(wanted):
         value = hashlib.new(upload.checksum_algorithm, b"".join(checksums)).digest()
         composite[upload.checksum_algorithm] = f"{base64.b64encode(value).decode()}-{len(wanted)}"
-    try:
-        info = await ctx.app.storage.complete_upload(upload.upload_id, wanted, final_etag, composite, quota(ctx))
-    except NoSuchUpload:
-        raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
-    except InvalidPart:
-        raise S3Error("InvalidPart", UploadId=upload.upload_id) from None
-    except QuotaExceeded as err:
-        raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
+    info = await ctx.app.storage.complete_upload(upload.upload_id, wanted, final_etag, composite, quota(ctx))
     location = f"http://{ctx.request.host}/{ctx.bucket}/{ctx.key}"
     body = el("Location", location) + el("Bucket", ctx.bucket) + el("Key", ctx.key) + el("ETag", f'"{info.etag}"')
     headers = version_headers(await ctx.app.storage.get_bucket(ctx.bucket), info)
     return xml_response("CompleteMultipartUploadResult", body, headers=headers)
 
 
-async def abort_upload(ctx: Ctx) -> web.Response:
+async def abort_multipart_upload(ctx: Ctx) -> web.Response:
     upload = await _upload(ctx, "s3:AbortMultipartUpload")
-    try:
-        await ctx.app.storage.abort_upload(upload.upload_id)
-    except NoSuchUpload:
-        raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
+    await ctx.app.storage.abort_upload(upload.upload_id)
     return web.Response(status=204)
 
 
@@ -235,7 +221,7 @@ async def list_parts(ctx: Ctx) -> web.Response:
     return xml_response("ListPartsResult", "".join(items))
 
 
-async def list_uploads(ctx: Ctx) -> web.Response:
+async def list_multipart_uploads(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:ListBucketMultipartUploads", bucket, "READ")
     encode = _encoder(ctx)

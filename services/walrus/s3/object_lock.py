@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -22,19 +23,11 @@ from services.walrus.storage import (
     BucketInfo,
     DefaultRetention,
     DeleteMarkerHit,
-    InvalidBucketState,
-    NoSuchKey,
-    NoSuchVersion,
     ObjectInfo,
-    ObjectLocked,
 )
 
 DAY = 86400
 MAX_RETENTION_DAYS = 36500  # a hundred years
-
-
-def locked_error() -> S3Error:
-    return S3Error("AccessDenied", "Access Denied because object protected by object lock.")
 
 
 def parse_date(value: str, name: str) -> float:
@@ -133,10 +126,7 @@ async def put_object_lock_configuration(ctx: Ctx) -> web.Response:
         if not 0 < number <= limit:
             raise S3Error("InvalidArgument", "Default retention period must be a positive integer value.")
         default = DefaultRetention(mode, number, 0) if days_text is not None else DefaultRetention(mode, 0, number)
-    try:
-        await ctx.app.storage.set_bucket_object_lock(ctx.bucket, default)
-    except InvalidBucketState as err:
-        raise S3Error("InvalidBucketState", str(err), status=409) from None
+    await ctx.app.storage.set_bucket_object_lock(ctx.bucket, default)
     return web.Response()
 
 
@@ -177,7 +167,7 @@ async def _version(ctx: Ctx) -> ObjectInfo:
     return info
 
 
-async def _set_lock(ctx: Ctx, bucket: BucketInfo, **changes) -> None:
+async def _set_lock(ctx: Ctx, bucket: BucketInfo, **changes: Any) -> None:
     try:
         await ctx.app.storage.set_object_lock(
             ctx.bucket,
@@ -186,14 +176,8 @@ async def _set_lock(ctx: Ctx, bucket: BucketInfo, **changes) -> None:
             bypass_governance=await may_bypass_governance(ctx, bucket, ctx.key),
             **changes,
         )
-    except ObjectLocked:
-        raise locked_error() from None
     except DeleteMarkerHit:
         raise S3Error("MethodNotAllowed") from None
-    except NoSuchVersion as err:
-        raise no_such_version(str(err)) from None
-    except NoSuchKey:
-        raise S3Error("NoSuchKey", Key=ctx.key) from None
 
 
 async def put_object_retention(ctx: Ctx) -> web.Response:

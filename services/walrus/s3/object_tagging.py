@@ -12,7 +12,7 @@ from services.walrus.s3.names import check_bucket, check_key
 from services.walrus.s3.objects import _small_body, open_readable
 from services.walrus.s3.versioning import no_such_version, version_headers, version_param
 from services.walrus.s3.xml import xml_response
-from services.walrus.storage import DeleteMarkerHit, NoSuchBucket, NoSuchKey, NoSuchVersion, ObjectInfo
+from services.walrus.storage import DeleteMarkerHit, NoSuchKey, NoSuchVersion, ObjectInfo
 
 # Policy actions (current version, named version) and the ACL permission that grants them without a policy:
 # whoever may read the object may read its tags; changing them takes WRITE_ACP (the owner, FULL_CONTROL).
@@ -34,8 +34,6 @@ async def _version(ctx: Ctx, permission: str, actions: tuple[str, str]) -> tuple
 async def _set(ctx: Ctx, info: ObjectInfo, version_id: str | None, tags: dict[str, str], status: int) -> web.Response:
     try:  # the version checked above, not whichever became current meanwhile
         stored = await ctx.app.storage.set_object_tags(ctx.bucket, ctx.key, tags, info.version_id)
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
     except DeleteMarkerHit:
         raise (S3Error("MethodNotAllowed") if version_id else S3Error("NoSuchKey", Key=ctx.key)) from None
     except (NoSuchKey, NoSuchVersion):

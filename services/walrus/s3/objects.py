@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import zlib
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 import crc32c
@@ -23,20 +24,19 @@ from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.names import check_bucket, check_key, check_new_key
-from services.walrus.s3.versioning import MAX_VERSION_ID, no_such_version, version_headers, version_param
+from services.walrus.s3.storage_errors import to_s3
+from services.walrus.s3.versioning import MAX_VERSION_ID, version_headers, version_param
 from services.walrus.s3.xml import el, http_time, iso_time, parse_http_time, parse_xml, raw, read_xml_body, xml_response
 from services.walrus.storage import (
     BucketInfo,
-    DeleteMarkerHit,
     DeleteOutcome,
     NoSuchBucket,
     NoSuchKey,
     NoSuchVersion,
     ObjectInfo,
-    ObjectLocked,
     ObjectReader,
     ObjectSpec,
-    QuotaExceeded,
+    StorageError,
     TempData,
 )
 
@@ -98,7 +98,7 @@ def _content_md5(ctx: Ctx) -> bytes | None:
     except (binascii.Error, ValueError):
         digest = b""
     if len(digest) != 16:
-        raise S3Error("InvalidDigest", **{"Content-MD5": value[:64]})
+        raise S3Error("InvalidDigest", None, None, **{"Content-MD5": value[:64]})
     return digest
 
 
@@ -210,12 +210,6 @@ async def check_write_conditions(ctx: Ctx) -> None:
 async def commit(ctx: Ctx, data: TempData, spec: ObjectSpec) -> ObjectInfo:
     try:
         return await ctx.app.storage.commit_object(ctx.bucket, ctx.key, data, spec, quota(ctx))
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
-    except QuotaExceeded as err:
-        raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
-    except ObjectLocked:
-        raise object_lock.locked_error() from None
     finally:
         await data.abort()  # no-op once committed
 
@@ -248,13 +242,7 @@ async def open_readable(
     except (NoSuchKey, NoSuchBucket, NoSuchVersion) as err:
         if not await access.allowed(ctx, "s3:ListBucket", bucket, "READ"):
             raise S3Error("AccessDenied") from None
-        if isinstance(err, DeleteMarkerHit):  # 404 for the current version, 405 when named (as S3 answers)
-            error = S3Error("MethodNotAllowed") if version_id else S3Error("NoSuchKey", Key=key)
-            error.headers = {**version_headers(bucket, err.info), "Last-Modified": http_time(err.info.last_modified)}
-            raise error from None
-        if isinstance(err, NoSuchVersion):
-            raise no_such_version(version_id or "") from None
-        raise S3Error("NoSuchKey", Key=key) from None
+        raise await to_s3(err, ctx, version_named=version_id is not None) from None
     try:
         if actions is not None:
             action = actions[1] if version_id is not None else actions[0]
@@ -272,7 +260,7 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in values or etag in values
 
 
-def check_conditions(headers, info: ObjectInfo, prefix: str = "") -> None:
+def check_conditions(headers: Mapping[str, str], info: ObjectInfo, prefix: str = "") -> None:
     """If-Match & co (or x-amz-copy-source-if-* with `prefix`): 412, or 304 for reads."""
     modified = int(info.last_modified)
     copy = bool(prefix)
@@ -386,6 +374,11 @@ async def get_object(ctx: Ctx) -> web.StreamResponse:
         await reader.close()
 
 
+async def head_object(ctx: Ctx) -> web.StreamResponse:
+    """GetObject's answer without the body (get_object leaves it out for HEAD)."""
+    return await get_object(ctx)
+
+
 def _part_range(info: ObjectInfo, value: str) -> tuple[int, int]:
     try:
         number = int(value)
@@ -446,18 +439,13 @@ async def delete_object(ctx: Ctx) -> web.Response:
 async def remove(ctx: Ctx, bucket: BucketInfo, key: str, version_id: str | None) -> DeleteOutcome | None:
     """Delete an object or one version of it, as the requester may (Object Lock, bypass governance)."""
     requester = ctx.requester
-    try:
-        return await ctx.app.storage.delete_object(
-            bucket.name,
-            key,
-            version_id,
-            bypass_governance=await object_lock.may_bypass_governance(ctx, bucket, key),
-            owner=(requester.account_id or "anonymous", requester.account_name or "anonymous"),
-        )
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
-    except ObjectLocked:
-        raise object_lock.locked_error() from None
+    return await ctx.app.storage.delete_object(
+        bucket.name,
+        key,
+        version_id,
+        bypass_governance=await object_lock.may_bypass_governance(ctx, bucket, key),
+        owner=(requester.account_id or "anonymous", requester.account_name or "anonymous"),
+    )
 
 
 def _outcome_headers(bucket: BucketInfo, outcome: DeleteOutcome | None) -> dict[str, str]:
@@ -517,7 +505,8 @@ async def delete_objects(ctx: Ctx) -> web.Response:
             action = "s3:DeleteObjectVersion" if version_id is not None else "s3:DeleteObject"
             await access.check(ctx, action, bucket, "WRITE", key=key)
             outcome = await remove(ctx, bucket, key, version_id)
-        except S3Error as err:
+        except (S3Error, StorageError) as caught:
+            err = caught if isinstance(caught, S3Error) else await to_s3(caught, ctx)
             results.append(el("Error", raw(*named, el("Code", err.code), el("Message", err.message))))
             continue
         if not quiet:
@@ -586,14 +575,7 @@ async def copy_object(ctx: Ctx) -> web.Response:
             spec = dataclasses.replace(new, checksums=source.checksums)
         if tag_directive == "COPY":  # the source's tags, whatever x-amz-tagging says (as S3 does)
             spec = dataclasses.replace(spec, tags=source.tags)
-        try:
-            info = await ctx.app.storage.copy_object(reader, ctx.bucket, ctx.key, spec, quota(ctx))
-        except QuotaExceeded as err:
-            raise S3Error("QuotaExceeded", f"Your request would exceed the {err}.") from None
-        except ObjectLocked:
-            raise object_lock.locked_error() from None
-        except NoSuchBucket:
-            raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+        info = await ctx.app.storage.copy_object(reader, ctx.bucket, ctx.key, spec, quota(ctx))
     finally:
         await reader.close()
     body = el("LastModified", iso_time(info.last_modified)) + el("ETag", f'"{info.etag}"')
@@ -628,10 +610,5 @@ async def put_object_acl(ctx: Ctx) -> web.Response:
             raise S3Error("MissingSecurityHeader", "an ACL in headers or in the body is required")
         new = acls.from_xml(body, info.acl)
     new = await access.vet_acl(ctx, bucket.name, new)
-    try:
-        await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new, version_id)
-    except NoSuchVersion:
-        raise no_such_version(version_id or "") from None
-    except NoSuchKey:
-        raise S3Error("NoSuchKey", Key=ctx.key) from None
+    await ctx.app.storage.set_object_acl(ctx.bucket, ctx.key, new, version_id)
     return web.Response()

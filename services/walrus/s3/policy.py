@@ -181,7 +181,7 @@ class Policy:
     # Decisions already made: the outcome is a function of the caller, action, resource and the values of the
     # keys the reaching statements read, so a request that repeats another (the same object, client, second)
     # is answered from here.
-    _decided: dict[tuple, str | None] = field(default_factory=dict, compare=False)
+    _decided: dict[tuple[Any, ...], str | None] = field(default_factory=dict, compare=False)
 
     def evaluate(self, caller: Caller, action: str, resource: str, lookup: Lookup) -> str | None:
         reached = self._reaching.get((caller, action))
@@ -268,7 +268,7 @@ def _resources(values: list[str], bucket: str) -> Matcher:
     return _matcher(values, ignore_case=False)
 
 
-def _one_of(raw: dict, name: str) -> tuple[Any, bool]:
+def _one_of(raw: dict[str, Any], name: str) -> tuple[Any, bool]:
     positive, negative = raw.get(name), raw.get("Not" + name)
     if (positive is None) == (negative is None):
         raise MalformedPolicy(f"Policy statement must contain exactly one of {name} and Not{name}")

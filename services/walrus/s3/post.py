@@ -16,7 +16,7 @@ import hmac
 import time
 from urllib.parse import quote, urlsplit
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from common import sigv4
 from services.walrus.s3 import access, auth, object_lock, post_policy, tag_sets
@@ -28,7 +28,7 @@ from services.walrus.s3.names import check_key
 from services.walrus.s3.objects import STORED_HEADERS, commit
 from services.walrus.s3.versioning import version_headers
 from services.walrus.s3.xml import el, xml_response
-from services.walrus.storage import ObjectSpec
+from services.walrus.storage import BucketInfo, ObjectSpec
 
 MAX_FIELDS_BYTES = 20 * 1024  # everything before the file
 MAX_FIELDS = 200
@@ -43,7 +43,7 @@ def _missing(name: str) -> S3Error:
     )
 
 
-async def _read_fields(reader) -> tuple[dict[str, str], BodyPartReader | None]:
+async def _read_fields(reader: MultipartReader) -> tuple[dict[str, str], BodyPartReader | None]:
     """The form's fields (names in lower case) up to the file part, which is returned unread."""
     fields: dict[str, str] = {}
     size = 0
@@ -108,7 +108,7 @@ async def _authenticate(ctx: Ctx, fields: dict[str, str]) -> None:
     ctx.auth_type, ctx.signature_version, ctx.signed_at = "POST", version, time.time()
 
 
-def _spec(ctx: Ctx, fields: dict[str, str], bucket, file_type: str) -> ObjectSpec:
+def _spec(ctx: Ctx, fields: dict[str, str], bucket: BucketInfo, file_type: str) -> ObjectSpec:
     requester = ctx.requester
     owner_id = requester.account_id or "anonymous"
     owner_name = requester.account_name or "anonymous"

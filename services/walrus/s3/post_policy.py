@@ -57,7 +57,7 @@ def _field(name: object) -> str:
 
 def _integer(value: object) -> int:
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number: int = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise _invalid("Invalid content-length-range value.") from None
     if number < 0:

@@ -13,7 +13,6 @@ from services.walrus.s3.errors import S3Error
 from services.walrus.s3.objects import _small_body
 from services.walrus.s3.tag_sets import MAX_BUCKET_TAGS, from_xml, to_xml
 from services.walrus.s3.xml import xml_response
-from services.walrus.storage import NoSuchBucket
 
 KIND = "tagging"
 
@@ -22,10 +21,7 @@ async def put_bucket_tagging(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:PutBucketTagging", bucket, access.OWNER)
     tags = from_xml(await _small_body(ctx), MAX_BUCKET_TAGS)
-    try:
-        await ctx.app.storage.put_bucket_config(bucket.name, KIND, json.dumps(tags))
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    await ctx.app.storage.put_bucket_config(bucket.name, KIND, json.dumps(tags))
     return web.Response(status=204)
 
 
@@ -41,8 +37,5 @@ async def get_bucket_tagging(ctx: Ctx) -> web.Response:
 async def delete_bucket_tagging(ctx: Ctx) -> web.Response:
     bucket = await load_bucket(ctx)
     await access.check(ctx, "s3:PutBucketTagging", bucket, access.OWNER)
-    try:
-        await ctx.app.storage.put_bucket_config(bucket.name, KIND, None)
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=bucket.name) from None
+    await ctx.app.storage.put_bucket_config(bucket.name, KIND, None)
     return web.Response(status=204)

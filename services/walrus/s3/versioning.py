@@ -8,11 +8,20 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from services.walrus.s3 import access
-from services.walrus.s3.buckets import MAX_KEYS, _encoder, _max_keys, _prefixes_xml, _text_param, load_bucket, owner_xml
+from services.walrus.s3.buckets import (
+    MAX_KEYS,
+    Encoder,
+    _encoder,
+    _max_keys,
+    _prefixes_xml,
+    _text_param,
+    load_bucket,
+    owner_xml,
+)
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.xml import el, iso_time, parse_xml, read_xml_body, xml_response
-from services.walrus.storage import BucketInfo, InvalidBucketState, NoSuchBucket, NoSuchVersion, ObjectInfo
+from services.walrus.storage import BucketInfo, NoSuchVersion, ObjectInfo
 
 MAX_VERSION_ID = 1024
 
@@ -54,12 +63,7 @@ async def put_bucket_versioning(ctx: Ctx) -> web.Response:
         raise S3Error("NotImplemented", "Walrus does not implement MFA delete")
     if status not in ("Enabled", "Suspended"):
         raise S3Error("MalformedXML", "Status must be Enabled or Suspended")
-    try:
-        await ctx.app.storage.set_bucket_versioning(ctx.bucket, status)
-    except InvalidBucketState as err:
-        raise S3Error("InvalidBucketState", str(err), status=409) from None
-    except NoSuchBucket:
-        raise S3Error("NoSuchBucket", BucketName=ctx.bucket) from None
+    await ctx.app.storage.set_bucket_versioning(ctx.bucket, status)
     return web.Response()
 
 
@@ -118,7 +122,7 @@ def _owner(owner_id: str, owner_name: str) -> str:
     return found
 
 
-def _version_xml(info: ObjectInfo, encode) -> str:
+def _version_xml(info: ObjectInfo, encode: Encoder) -> str:
     """One <Version> or <DeleteMarker>, built directly (a page has a thousand: el() per field cost half its time).
     Only the key needs escaping: version ids, ETags and dates are plain ASCII, owners are escaped once."""
     head = (

@@ -52,7 +52,7 @@ def document(root: str, body: str, namespace: bool = True) -> bytes:
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}{ns}>{body}</{root}>'.encode()
 
 
-def xml_response(root: str, body: str, status: int = 200, headers: dict | None = None) -> web.Response:
+def xml_response(root: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=document(root, body), content_type="application/xml", headers=headers or {})
 
 
@@ -96,7 +96,7 @@ def parse_xml(body: bytes, code: str = "MalformedXML") -> ET.Element:
     if not body.strip():
         raise errors.S3Error(code)
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True)
+        root: ET.Element = SafeET.fromstring(body, forbid_dtd=True)
     except (ET.ParseError, DefusedXmlException, ValueError) as err:
         raise errors.S3Error(code, f"{errors.ERRORS[code][1]} ({type(err).__name__})") from None
     for node in root.iter():
