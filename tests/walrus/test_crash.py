@@ -11,7 +11,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.walrus.storage.embedded import INLINE_MAX
+from services.walrus.storage.data_store import INLINE_MAX
 from tests.walrus.conftest import start_walrus
 
 MiB = 1 << 20

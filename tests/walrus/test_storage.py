@@ -76,7 +76,7 @@ async def test_change_hooks_and_snapshot_readers(storage: EmbeddedBackend) -> No
     # the old data is gone once no reader holds it (unlinked in a thread: poll)
     files: list[Path] = []
     for _ in range(100):
-        files = [p for p in (storage.data_dir).rglob("*") if p.is_file()]
+        files = [p for p in storage.data.data_dir.rglob("*") if p.is_file()]
         if not files:
             break
         await asyncio.sleep(0.01)
@@ -110,7 +110,7 @@ async def test_restart_sweeps_unreferenced_data(tmp_path: Path) -> None:
     await storage.start()
     try:
         assert await read(storage, "kept") == b"kept bytes" * 4000
-        files = [p for p in storage.data_dir.rglob("*") if p.is_file()]
+        files = [p for p in storage.data.data_dir.rglob("*") if p.is_file()]
         assert len(files) == 1
         assert [o.key for o in await storage.list_objects("bkt", "", "", 10)] == ["kept"]
     finally:

@@ -22,7 +22,7 @@ from services.walrus.storage import (
     ObjectLocked,
     ObjectSpec,
 )
-from services.walrus.storage.embedded import INLINE_MAX
+from services.walrus.storage.data_store import INLINE_MAX
 
 ACL = Acl.private("111111111111", "alice")
 SPEC = ObjectSpec("111111111111", "alice", ACL)
@@ -212,7 +212,7 @@ async def test_versions_and_locks_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def inline_rows(storage: EmbeddedBackend) -> int:
-    return (await storage._query("SELECT COUNT(*) FROM inline_data"))[0][0]
+    return (await storage.db.query("SELECT COUNT(*) FROM inline_data"))[0][0]
 
 
 async def test_small_objects_live_in_the_database(storage: EmbeddedBackend) -> None:

@@ -105,7 +105,7 @@ class StoredParts:
     def open(self, part: mf.Part) -> BinaryIO:
         info = self._info(part)
 
-        async def opener() -> tuple[Any, list | None]:
+        async def opener() -> tuple[Any, list[tuple[Any, int, int]] | None]:
             reader = await self.storage.open_object(self.bundle.bucket, info.key)
             return reader, reader.file_ranges(0, reader.info.size)
 
@@ -120,7 +120,7 @@ class StoredParts:
 
 
 class _PartStream:
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: Any, ranges: list | None):
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: Any, ranges: list[tuple[Any, int, int]] | None):
         self.loop, self.reader, self.ranges = loop, reader, list(ranges or [])
         self.iterator = None if ranges is not None else reader.iter_range(0, reader.info.size, READ_BLOCK)
         self.pending = b""
@@ -154,7 +154,8 @@ class _PartStream:
 
 
 async def _next(iterator: Any) -> bytes:
-    return await iterator.__anext__()
+    chunk: bytes = await iterator.__anext__()
+    return chunk
 
 
 class BundleValidator:

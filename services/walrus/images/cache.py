@@ -72,7 +72,7 @@ class Flight:
     keys: set[str] = field(default_factory=set)  # object keys it reads (filled by the producer)
     stale: bool = False
     reserved: int = 0
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)  # stops the decryption thread early
 
 

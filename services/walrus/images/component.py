@@ -109,7 +109,7 @@ class ImagesComponent:
         if len(self._resolved) > 1000:
             self._resolved.clear()
         self._resolved[pem] = (now, answer)
-        return answer
+        return answer  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ CLC operations
 

@@ -35,7 +35,7 @@ class LifecycleSweeper:
         self.storage = storage
         self.interval = interval
         self.day = day  # seconds in a lifecycle "day" (shortened only to test)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.sweeps = 0
 
     def start(self) -> None:

@@ -263,6 +263,10 @@ class ObjectReader(abc.ABC):
         """(file object, offset, count) pieces for sendfile, or None if this backend cannot offer files."""
         return None
 
+    async def read_small(self) -> bytes:
+        """The whole body at once (for small objects; a backend may serve it from memory)."""
+        return b"".join([piece async for piece in self.iter_range(0, self.info.size)])
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 
@@ -337,10 +341,6 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     async def put_bucket_config(self, bucket: str, kind: str, document: str | None) -> None:
         """Store (or with None remove) a bucket's configuration document; raises NoSuchBucket."""
-
-    @abc.abstractmethod
-    async def owner_usage(self, owner_id: str) -> int:
-        """Bytes stored in all buckets of an owner (for quotas)."""
 
     # --- objects ---
     @abc.abstractmethod

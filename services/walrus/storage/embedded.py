@@ -1,4 +1,4 @@
-"""The embedded backend: data files on the local disk, metadata in aiosqlite.
+"""The embedded backend: data files on the local disk, metadata in SQLite.
 
 Write path: bytes go to a new file `data/xx/<id>` under a fresh random id (hashed on the way), the file and its
 directory are fsynced, and only then does one SQLite transaction (synchronous=FULL, group-committed with the
@@ -7,26 +7,23 @@ Until that commit no row names the file, so nobody can see it. A version's data 
 (a `null` version replaced, a version deleted), or later when the last reader that opened it closes it. A crash
 at any point leaves either the old or the new object; leftovers (files no row points at: uploads cut short,
 data whose unlink did not happen) are removed at start-up.
+
+The parts, by job: `database.py` the SQLite connection on its thread, `group_commit.py` the batched transactions,
+`rows.py` the tables' rows, `data_store.py` and `files.py` the data and its life, `reader.py` an open version. This
+module holds the metadata transactions (buckets, versions, uploads) and the caches in front of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import os
-import secrets
-import shutil
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import aiosqlite
-
-from common.db import open_db
 from services.walrus.storage import files
 from services.walrus.storage.base import (
     Acl,
@@ -54,453 +51,63 @@ from services.walrus.storage.base import (
     UploadInfo,
     log,
 )
+from services.walrus.storage.data_store import DataStore, is_inline
+from services.walrus.storage.database import MetadataDb
+from services.walrus.storage.group_commit import GroupCommit
+from services.walrus.storage.reader import EmbeddedReader
+from services.walrus.storage.rows import (
+    BUCKET_COLUMNS,
+    INSERT_VERSION,
+    LISTING_COLUMNS,
+    OBJECT_COLUMNS,
+    bucket_from_row,
+    key_range,
+    listing_from_row,
+    lock_to_json,
+    new_version_id,
+    object_from_row,
+    object_values,
+    spec_to_json,
+    upload_from_row,
+)
 
-T = TypeVar("T")
-OBJECT_COLUMNS = (
-    "bucket, key, size, etag, last_modified, owner_id, owner_name, content_type, headers, meta, checksums, acl,"
-    " segments, parts, version_id, latest, delete_marker, lock_mode, lock_until, legal_hold, tags"
-)
-BUCKET_COLUMNS = (
-    "name, owner_id, owner_name, created, location, acl, object_count, bytes_used, versioning, object_lock, lifecycle"
-)
 META_CACHE_ENTRIES = 50_000
-SMALL_OBJECT = 64 << 10  # objects up to this size are served from memory once read
-INLINE_MAX = 32 << 10  # objects up to this size keep their bytes in the database (table inline_data)
-SMALL_CACHE_BYTES = 64 << 20
-TX_BATCH = 256  # transactions committed together at most
-
-
-def _successor(prefix: str) -> str | None:
-    """The smallest string greater than every string that starts with `prefix` (None: no bound)."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if code == 0xD800:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _row_to_object(row: sqlite3.Row | tuple) -> ObjectInfo:
-    (bucket, key, size, etag, modified, owner_id, owner_name, ctype, headers, meta, checksums, acl, segs, parts) = row[
-        :14
-    ]
-    version_id, latest, marker, lock_mode, lock_until, legal_hold, tags = row[14:]
-    return ObjectInfo(
-        bucket=bucket,
-        key=key,
-        size=size,
-        etag=etag,
-        last_modified=modified,
-        owner_id=owner_id,
-        owner_name=owner_name,
-        content_type=ctype,
-        headers=json.loads(headers),
-        meta=json.loads(meta),
-        checksums=json.loads(checksums),
-        acl=Acl.from_json(acl),
-        segments=tuple((s[0], s[1]) for s in json.loads(segs)),
-        parts=tuple(json.loads(parts)),
-        version_id=version_id,
-        is_latest=bool(latest),
-        delete_marker=bool(marker),
-        lock_mode=lock_mode,
-        lock_until=lock_until,
-        legal_hold=bool(legal_hold),
-        tags=json.loads(tags),
-    )
-
-
-LISTING_COLUMNS = "bucket, key, size, etag, last_modified, owner_id, owner_name, version_id, latest, delete_marker"
-
-
-def _row_to_listing(row: sqlite3.Row | tuple) -> ObjectInfo:
-    """The fields a version listing shows (no headers, metadata, ACL grants or data): a third of the cost."""
-    bucket, key, size, etag, modified, owner_id, owner_name, version_id, latest, marker = row
-    return ObjectInfo(
-        bucket,
-        key,
-        size,
-        etag,
-        modified,
-        owner_id,
-        owner_name,
-        "",
-        {},
-        {},
-        {},
-        Acl(owner_id, owner_name),
-        (),
-        (),
-        version_id,
-        bool(latest),
-        bool(marker),
-    )
-
-
-def _object_values(info: ObjectInfo, ordinal: int) -> tuple:
-    """The row of `info` for `INSERT ... (OBJECT_COLUMNS, ordinal)`."""
-    return (
-        info.bucket,
-        info.key,
-        info.size,
-        info.etag,
-        info.last_modified,
-        info.owner_id,
-        info.owner_name,
-        info.content_type,
-        json.dumps(info.headers),
-        json.dumps(info.meta),
-        json.dumps(info.checksums),
-        info.acl.to_json(),
-        json.dumps([list(s) for s in info.segments]),
-        json.dumps(list(info.parts)),
-        info.version_id,
-        int(info.is_latest),
-        int(info.delete_marker),
-        info.lock_mode,
-        info.lock_until,
-        int(info.legal_hold),
-        json.dumps(info.tags),
-        ordinal,
-    )
-
-
-INSERT_VERSION = f"INSERT INTO versions ({OBJECT_COLUMNS}, ordinal) VALUES ({', '.join('?' * 22)})"
-
-
-def _lock_to_json(enabled: bool, default: DefaultRetention | None) -> str:
-    if not enabled:
-        return ""
-    if default is None:
-        return "{}"
-    return json.dumps({"mode": default.mode, "days": default.days, "years": default.years})
-
-
-def _row_to_bucket(row: sqlite3.Row | tuple) -> BucketInfo:
-    name, owner_id, owner_name, created, location, acl, count, used, versioning, lock, lifecycle = row
-    default = None
-    if lock and lock != "{}":
-        data = json.loads(lock)
-        default = DefaultRetention(data["mode"], data.get("days", 0), data.get("years", 0))
-    return BucketInfo(
-        name,
-        owner_id,
-        owner_name,
-        created,
-        location,
-        Acl.from_json(acl),
-        count,
-        used,
-        versioning,
-        bool(lock),
-        default,
-        lifecycle,
-    )
-
-
-def is_inline(data_id: str) -> bool:
-    """A segment whose bytes are in inline_data (file data ids are hex only)."""
-    return data_id.startswith("i")
-
-
-def new_version_id() -> str:
-    """A version id as S3 makes them: 32 URL-safe characters, never "null"."""
-    return secrets.token_urlsafe(24)
-
-
-def _spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
-    return json.dumps(
-        {
-            "owner_id": spec.owner_id,
-            "owner_name": spec.owner_name,
-            "acl": spec.acl.to_json(),
-            "content_type": spec.content_type,
-            "headers": spec.headers,
-            "meta": spec.meta,
-            "checksum_algorithm": checksum_algorithm,
-            "lock": [spec.lock_mode, spec.lock_until, spec.legal_hold],
-            "tags": spec.tags,
-        }
-    )
-
-
-def _spec_from_json(text: str) -> tuple[ObjectSpec, str]:
-    data = json.loads(text)
-    spec = ObjectSpec(
-        owner_id=data["owner_id"],
-        owner_name=data["owner_name"],
-        acl=Acl.from_json(data["acl"]),
-        content_type=data["content_type"],
-        headers=data["headers"],
-        meta=data["meta"],
-        tags=data.get("tags", {}),
-    )
-    if "lock" in data:
-        mode, until, hold = data["lock"]
-        spec = dataclasses.replace(spec, lock_mode=mode, lock_until=until, legal_hold=hold)
-    return spec, data.get("checksum_algorithm", "")
-
-
-class EmbeddedReader(ObjectReader):
-    def __init__(self, backend: EmbeddedBackend, info: ObjectInfo, inline: dict[str, bytes] | None = None):
-        self.backend, self.info = backend, info
-        self._inline = inline or {}  # bytes of the inline segments, read when the object was opened
-        self._files: dict[str, Any] = {}
-        self._closed = False
-        backend._acquire(info.segments)
-
-    def _pieces(self, start: int, end: int) -> list[tuple[str, int, int]]:
-        pieces, offset = [], 0
-        for data_id, size in self.info.segments:
-            lo, hi = max(start, offset), min(end, offset + size)
-            if lo < hi:
-                pieces.append((data_id, lo - offset, hi - lo))
-            offset += size
-            if offset >= end:
-                break
-        return pieces
-
-    def _file(self, data_id: str) -> Any:
-        handle = self._files.get(data_id)
-        if handle is None:
-            handle = self._files[data_id] = open(self.backend.data_path(data_id), "rb")
-        return handle
-
-    def file_ranges(self, start: int, end: int) -> list[tuple[Any, int, int]] | None:
-        if self._inline:
-            return None
-        return [(self._file(data_id), offset, count) for data_id, offset, count in self._pieces(start, end)]
-
-    async def iter_range(self, start: int, end: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        for data_id, offset, count in self._pieces(start, end):
-            if data_id in self._inline:
-                yield self._inline[data_id][offset : offset + count]
-                continue
-            fd = self._file(data_id).fileno()
-            done = 0
-            while done < count:
-                data = await loop.run_in_executor(None, os.pread, fd, min(chunk, count - done), offset + done)
-                if not data:
-                    raise OSError(f"data file {data_id} is shorter than recorded")
-                done += len(data)
-                yield data
-
-    async def read_small(self) -> bytes:
-        """The whole body of a small object, from memory when it was read before."""
-        if len(self.info.segments) == 1:
-            data_id = self.info.segments[0][0]
-            cached = self._inline.get(data_id) or self.backend._small_get(data_id)
-            if cached is not None:
-                return cached
-        body = b"".join([piece async for piece in self.iter_range(0, self.info.size)])
-        if len(self.info.segments) == 1:
-            self.backend._small_put(self.info.segments[0][0], body)
-        return body
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
-        self.backend._release(self.info.segments)
 
 
 class EmbeddedBackend(StorageBackend):
     def __init__(self, root: Path, fsync: bool = True):
         super().__init__()
         self.root = Path(root)
-        self.tmp_dir = self.root / "tmp"
-        self.data_dir = self.root / "data"
-        self.fsync = fsync
-        self.db: aiosqlite.Connection | None = None
-        self._readers: dict[str, int] = {}  # data id -> open readers
-        self._doomed: set[str] = set()  # data ids no longer referenced, unlinked when their last reader closes
+        self.data = DataStore(self.root, fsync)
+        self.db = MetadataDb(self.root / "walrus.db")
+        self._commits = GroupCommit(self.db)
         self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
         self._buckets: dict[str, BucketInfo] = {}
         self._configs: dict[tuple[str, str], str | None] = {}  # (bucket, kind) -> document, None when absent
         self._writes = 0  # bumped on every object change; a reader caches what it read only if unchanged
-        self._small: OrderedDict[str, bytes] = OrderedDict()
-        self._small_bytes = 0
-        self._tx_queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
-        self._tx_running = False
 
     # --- life cycle ---
     async def start(self) -> None:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(256):
-            (self.data_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
-        self.db = await open_db(self.root / "walrus.db", "services.walrus.migrations")
-        await self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged object survives a power cut
+        self.data.make_dirs()
+        await self.db.open()
         removed_tmp, removed_data = await self._recover()
         if removed_tmp or removed_data:
             log.info("start-up clean-up: %d temporary files, %d unreferenced data files", removed_tmp, removed_data)
 
     async def _recover(self) -> tuple[int, int]:
         """Drop interrupted uploads and data files that no committed row points at."""
-        referenced: set[str] = set()
-        async with self._db.execute("SELECT segments FROM versions") as cursor:
-            async for (segments,) in cursor:
-                referenced.update(s[0] for s in json.loads(segments))
-        async with self._db.execute("SELECT data_id FROM parts") as cursor:
-            async for (data_id,) in cursor:
-                referenced.add(data_id)
 
-        def sweep() -> tuple[int, int]:
-            tmp = 0
-            for entry in os.scandir(self.tmp_dir):
-                os.unlink(entry.path)
-                tmp += 1
-            data = 0
-            for sub in os.scandir(self.data_dir):
-                for entry in os.scandir(sub.path):
-                    if entry.name not in referenced:
-                        os.unlink(entry.path)
-                        data += 1
-            return tmp, data
+        def referenced(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for (segments,) in conn.execute("SELECT segments FROM versions"):
+                found.update(s[0] for s in json.loads(segments))
+            found.update(data_id for (data_id,) in conn.execute("SELECT data_id FROM parts"))
+            return found
 
-        return await asyncio.get_running_loop().run_in_executor(None, sweep)
+        return await self.data.sweep(await self.db.run(referenced))
 
     async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
-            self.db = None
-
-    @property
-    def _db(self) -> aiosqlite.Connection:
-        if self.db is None:
-            raise RuntimeError("storage not started")
-        return self.db
-
-    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` as one transaction on the database thread. A whole transaction runs there in one go (the
-        connection is shared: statements of concurrent tasks must not interleave). Transactions that queue up
-        while one commits are committed together (group commit: one fsync for many writers), each inside its
-        own savepoint so that one failing rolls back only itself."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._tx_queue.append((fn, future))
-        if not self._tx_running:
-            self._tx_running = True
-            asyncio.get_running_loop().create_task(self._tx_batches())
-        return await future
-
-    async def _tx_batches(self) -> None:
-        db = self._db
-        try:
-            while self._tx_queue:
-                batch, self._tx_queue = self._tx_queue[:TX_BATCH], self._tx_queue[TX_BATCH:]
-
-                def run(batch: list = batch) -> list[tuple[bool, Any]]:
-                    conn = db._conn
-                    conn.execute("BEGIN IMMEDIATE")
-                    outcomes: list[tuple[bool, Any]] = []
-                    try:
-                        for fn, _ in batch:
-                            conn.execute("SAVEPOINT one")
-                            try:
-                                outcomes.append((True, fn(conn)))
-                            except Exception as err:
-                                conn.execute("ROLLBACK TO one")
-                                outcomes.append((False, err))
-                            conn.execute("RELEASE one")
-                        conn.commit()
-                    except BaseException:
-                        conn.rollback()
-                        raise
-                    return outcomes
-
-                try:
-                    outcomes = await db._execute(run)
-                except Exception as err:  # the commit itself failed: every transaction of the batch did
-                    outcomes = [(False, err)] * len(batch)
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-        finally:
-            self._tx_running = False
-
-    async def _query(self, sql: str, args: tuple = ()) -> list:
-        """One read in one round trip to the database thread (see EmbeddedReader's ordering note)."""
-        return list(await self._db.execute_fetchall(sql, args))
-
-    def data_path(self, data_id: str) -> Path:
-        return self.data_dir / data_id[:2] / data_id
-
-    # --- readers and data life ---
-    def _acquire(self, segments: tuple[tuple[str, int], ...]) -> None:
-        for data_id, _ in segments:
-            self._readers[data_id] = self._readers.get(data_id, 0) + 1
-
-    def _release(self, segments: tuple[tuple[str, int], ...]) -> None:
-        dead = []
-        for data_id, _ in segments:
-            left = self._readers[data_id] - 1
-            if left:
-                self._readers[data_id] = left
-            else:
-                del self._readers[data_id]
-                if data_id in self._doomed:
-                    self._doomed.discard(data_id)
-                    dead.append(data_id)
-        if dead:
-            self._unlink_later(dead)
-
-    def _drop_data(self, data_ids: list[str]) -> None:
-        """Data no committed row references any more: unlink now, or when its last reader is done."""
-        now = []
-        for data_id in data_ids:
-            self._small_drop(data_id)
-            if is_inline(data_id):  # its row went with the version's
-                continue
-            if data_id in self._readers:
-                self._doomed.add(data_id)
-            else:
-                now.append(data_id)
-        if now:
-            self._unlink_later(now)
-
-    def _unlink_later(self, data_ids: list[str]) -> None:
-        paths = [self.data_path(d) for d in data_ids]
-
-        def unlink() -> None:
-            for path in paths:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-
-        asyncio.get_running_loop().run_in_executor(None, unlink)
-
-    def _small_get(self, data_id: str) -> bytes | None:
-        body = self._small.get(data_id)
-        if body is not None:
-            self._small.move_to_end(data_id)
-        return body
-
-    def _small_put(self, data_id: str, body: bytes, committed_now: bool = False) -> None:
-        """Remember a small body: one an open reader holds (so not dropped meanwhile), or one just committed."""
-        if len(body) > SMALL_OBJECT or data_id in self._small or (data_id not in self._readers and not committed_now):
-            return
-        self._small[data_id] = body
-        self._small_bytes += len(body)
-        while self._small_bytes > SMALL_CACHE_BYTES:
-            _, old = self._small.popitem(last=False)
-            self._small_bytes -= len(old)
-
-    def _small_drop(self, data_id: str) -> None:
-        body = self._small.pop(data_id, None)
-        if body is not None:
-            self._small_bytes -= len(body)
+        await self.db.close()
 
     def _cache_object(self, info: ObjectInfo) -> None:
         self._meta[(info.bucket, info.key)] = info
@@ -519,7 +126,7 @@ class EmbeddedBackend(StorageBackend):
     async def create_bucket(self, name: str, acl: Acl, location: str = "", object_lock: bool = False) -> BucketInfo:
         created = time.time()
         versioning = "Enabled" if object_lock else ""
-        lock = _lock_to_json(object_lock, None)
+        lock = lock_to_json(object_lock, None)
 
         def tx(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT owner_id FROM buckets WHERE name = ?", (name,)).fetchone()
@@ -531,7 +138,7 @@ class EmbeddedBackend(StorageBackend):
                 (name, acl.owner_id, acl.owner_name, created, location, acl.to_json(), versioning, lock),
             )
 
-        await self._tx(tx)
+        await self._commits.run(tx)
         info = BucketInfo(
             name, acl.owner_id, acl.owner_name, created, location, acl, versioning=versioning, object_lock=object_lock
         )
@@ -543,24 +150,22 @@ class EmbeddedBackend(StorageBackend):
         info = self._buckets.get(name)
         if info is not None:
             return info
-        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,))
+        rows = await self.db.query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,))
         if not rows:
             return None
-        info = _row_to_bucket(tuple(rows[0]))
+        info = bucket_from_row(tuple(rows[0]))
         self._buckets.setdefault(name, info)
         return self._buckets[name]
 
     async def list_buckets(self, owner_id: str) -> list[BucketInfo]:
-        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE owner_id = ? ORDER BY name", (owner_id,))
-        return [_row_to_bucket(tuple(r)) for r in rows]
+        rows = await self.db.query(
+            f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE owner_id = ? ORDER BY name", (owner_id,)
+        )
+        return [bucket_from_row(tuple(r)) for r in rows]
 
     async def lifecycle_buckets(self) -> list[BucketInfo]:
-        rows = await self._query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE lifecycle != '' ORDER BY name")
-        return [_row_to_bucket(tuple(r)) for r in rows]
-
-    async def owner_usage(self, owner_id: str) -> int:
-        rows = await self._query("SELECT COALESCE(SUM(bytes_used), 0) FROM buckets WHERE owner_id = ?", (owner_id,))
-        return int(rows[0][0])
+        rows = await self.db.query(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE lifecycle != '' ORDER BY name")
+        return [bucket_from_row(tuple(r)) for r in rows]
 
     async def delete_bucket(self, name: str) -> None:
         def tx(conn: sqlite3.Connection) -> list[str]:
@@ -579,17 +184,17 @@ class EmbeddedBackend(StorageBackend):
             conn.execute("DELETE FROM buckets WHERE name = ?", (name,))
             return parts
 
-        parts = await self._tx(tx)
+        parts = await self._commits.run(tx)
         self._buckets.pop(name, None)
         for cached in [k for k in self._configs if k[0] == name]:
             del self._configs[cached]
-        self._drop_data(parts)
+        self.data.drop(parts)
 
     async def get_bucket_config(self, bucket: str, kind: str) -> str | None:
         cache_key = (bucket, kind)
         if cache_key in self._configs:
             return self._configs[cache_key]
-        rows = await self._query("SELECT document FROM bucket_configs WHERE bucket = ? AND kind = ?", cache_key)
+        rows = await self.db.query("SELECT document FROM bucket_configs WHERE bucket = ? AND kind = ?", cache_key)
         document = rows[0][0] if rows else None
         if len(self._configs) >= META_CACHE_ENTRIES:
             self._configs.clear()
@@ -607,15 +212,15 @@ class EmbeddedBackend(StorageBackend):
                     (bucket, kind, document),
                 )
 
-        await self._tx(tx)
+        await self._commits.run(tx)
         self._configs[(bucket, kind)] = document
 
     async def _update_bucket(self, name: str, check: Callable[[BucketInfo], None], **changes: Any) -> None:
         """Set bucket columns (`changes`, named as BucketInfo fields) after `check` accepts the stored bucket."""
-        columns = {
+        columns: dict[str, Callable[[Any], Any]] = {
             "acl": lambda v: v.to_json(),
             "versioning": lambda v: v,
-            "object_lock": lambda v: _lock_to_json(v[0], v[1]),
+            "object_lock": lambda v: lock_to_json(v[0], v[1]),
             "lifecycle": lambda v: v,
         }
 
@@ -623,12 +228,12 @@ class EmbeddedBackend(StorageBackend):
             row = conn.execute(f"SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NoSuchBucket(name)
-            check(_row_to_bucket(tuple(row)))
+            check(bucket_from_row(tuple(row)))
             sets = ", ".join(f"{column} = ?" for column in changes)
             values = [columns[column](value) for column, value in changes.items()]
             conn.execute(f"UPDATE buckets SET {sets} WHERE name = ?", (*values, name))
 
-        await self._tx(tx)
+        await self._commits.run(tx)
         self._buckets.pop(name, None)  # read again, with fresh counters, on next use
 
     async def set_bucket_acl(self, name: str, acl: Acl) -> None:
@@ -657,23 +262,23 @@ class EmbeddedBackend(StorageBackend):
     # --- objects ---
     async def get_version(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
         if version_id is not None:
-            rows = await self._query(
+            rows = await self.db.query(
                 f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
                 (bucket, key, version_id),
             )
-            return _row_to_object(tuple(rows[0])) if rows else None
+            return object_from_row(tuple(rows[0])) if rows else None
         info = self._meta.get((bucket, key))
         if info is not None:
             self._meta.move_to_end((bucket, key))
             return info
         writes = self._writes
-        rows = await self._query(
+        rows = await self.db.query(
             f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? ORDER BY ordinal LIMIT 1",
             (bucket, key),
         )
         if not rows:
             return None
-        info = _row_to_object(tuple(rows[0]))
+        info = object_from_row(tuple(rows[0]))
         if writes == self._writes:
             self._cache_object(info)
         return info
@@ -684,7 +289,7 @@ class EmbeddedBackend(StorageBackend):
 
     async def open_object(self, bucket: str, key: str, version_id: str | None = None) -> EmbeddedReader:
         # Ordering note: a row read in one database round trip is handed to this task before a later commit's
-        # continuation runs, so the reader counts on its data (in _acquire, synchronously, right below) before
+        # continuation runs, so the reader counts on its data (in its constructor, synchronously, right below) before
         # that commit can unlink it. The data is then kept until the reader closes.
         info = await self.get_version(bucket, key, version_id)
         if info is None:
@@ -696,65 +301,22 @@ class EmbeddedBackend(StorageBackend):
         inline = {}
         for data_id, _ in info.segments:
             if is_inline(data_id):
-                body = self._small_get(data_id)
+                body = self.data.small_get(data_id)
                 if body is None:
-                    rows = await self._query("SELECT bytes FROM inline_data WHERE data_id = ?", (data_id,))
+                    rows = await self.db.query("SELECT bytes FROM inline_data WHERE data_id = ?", (data_id,))
                     if not rows:  # the version went between reading its row and its bytes
                         raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
                     body = bytes(rows[0][0])
                 inline[data_id] = body
-        return EmbeddedReader(self, info, inline)
+        return EmbeddedReader(self.data, info, inline)
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
-        data_id = files.new_data_id()
-        return files.FileTempData(data_id, self.data_path(data_id), hashes, self.fsync, INLINE_MAX)
-
-    async def _place(self, data: TempData, allow_inline: bool = True) -> tuple[str, bytes | None]:
-        """Finished data about to be committed: (its data id, its bytes if they go into the database with the
-        metadata). File data was written and fsynced in place by `finish`."""
-        assert isinstance(data, files.FileTempData)
-        if data.inline is not None and not allow_inline:
-            await asyncio.get_running_loop().run_in_executor(None, data.write_file)
-        data.close_fd()
-        data.committed = True
-        if data.inline is not None:
-            return "i" + data.data_id, data.inline
-        return data.data_id, None
-
-    async def _link_copy(self, source: ObjectReader) -> tuple[list[tuple[str, int]], dict[str, bytes]]:
-        """New names for a version's data: hard links for immutable data files (a copy that costs no bytes), new
-        inline rows for bytes kept in the database. (segments, inline bytes by new data id)."""
-        assert isinstance(source, EmbeddedReader)
-        inline: dict[str, bytes] = {}
-        segments: list[tuple[str, int]] = []
-        pairs = []
-        for data_id, size in source.info.segments:
-            new = files.new_data_id()
-            if is_inline(data_id):
-                inline["i" + new] = source._inline[data_id]
-                segments.append(("i" + new, size))
-            else:
-                pairs.append((data_id, new, size))
-                segments.append((new, size))
-
-        def link() -> None:
-            dirs = set()
-            for old, new, _ in pairs:
-                try:
-                    os.link(self.data_path(old), self.data_path(new))
-                except OSError:  # no hard links here: copy the bytes
-                    shutil.copyfile(self.data_path(old), self.data_path(new))
-                dirs.add(self.data_path(new).parent)
-            if self.fsync:
-                for d in dirs:
-                    files.fsync_dir(d)
-
-        if pairs:
-            await asyncio.get_running_loop().run_in_executor(None, link)
-        return segments, inline
+        return self.data.new_data(hashes)
 
     @staticmethod
-    def _version_row(conn: sqlite3.Connection, bucket: str, key: str, version_id: str | None) -> tuple | None:
+    def _version_row(
+        conn: sqlite3.Connection, bucket: str, key: str, version_id: str | None
+    ) -> tuple[int, ObjectInfo] | None:
         """(ordinal, ObjectInfo) of a version (the current one for None) inside a transaction."""
         if version_id is None:
             row = conn.execute(
@@ -766,7 +328,7 @@ class EmbeddedBackend(StorageBackend):
                 f"SELECT {OBJECT_COLUMNS}, ordinal FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
                 (bucket, key, version_id),
             ).fetchone()
-        return None if row is None else (row[-1], _row_to_object(tuple(row)[:-1]))
+        return None if row is None else (row[-1], object_from_row(tuple(row)[:-1]))
 
     @staticmethod
     def _remove_version(conn: sqlite3.Connection, info: ObjectInfo, ordinal: int) -> None:
@@ -831,7 +393,7 @@ class EmbeddedBackend(StorageBackend):
         stored = dataclasses.replace(info, version_id=version_id, is_latest=True)
         for data_id, body in (inline or {}).items():
             conn.execute("INSERT INTO inline_data (data_id, bytes) VALUES (?, ?)", (data_id, body))
-        conn.execute(INSERT_VERSION, _object_values(stored, (newest if newest is not None else 1) - 1))
+        conn.execute(INSERT_VERSION, object_values(stored, (newest if newest is not None else 1) - 1))
         conn.execute(
             "UPDATE buckets SET bytes_used = bytes_used + ?, object_count = object_count + ? WHERE name = ?",
             (info.size, 0 if info.delete_marker else 1, info.bucket),
@@ -844,7 +406,7 @@ class EmbeddedBackend(StorageBackend):
         """Bookkeeping after a committed change of a key: caches, data no version uses any more, change hooks
         (`previous`: the version that stopped being current, if one did)."""
         self._changed(bucket, key, None)
-        self._drop_data([s[0] for old in removed for s in old.segments])
+        self.data.drop([s[0] for old in removed for s in old.segments])
         if previous is not None and not previous.delete_marker:
             await self._notify(ChangeEvent(kind, bucket, key, previous))
 
@@ -852,17 +414,21 @@ class EmbeddedBackend(StorageBackend):
         self, info: ObjectInfo, quota: tuple[int, int], inline: dict[str, bytes] | None = None
     ) -> ObjectInfo:
         try:
-            stored, previous, removed = await self._tx(lambda conn: self._add_version(conn, info, quota, inline))
+            stored, previous, removed = await self._commits.run(
+                lambda conn: self._add_version(conn, info, quota, inline)
+            )
         except BaseException:
-            self._drop_data([s[0] for s in info.segments])
+            self.data.drop([s[0] for s in info.segments])
             raise
         for data_id, body in (inline or {}).items():  # the first GET after a small PUT comes from memory
-            self._small_put(data_id, body, committed_now=True)
+            self.data.small_put(data_id, body, committed_now=True)
         await self._after_change(info.bucket, info.key, previous, removed, "overwrite")
         return stored
 
     @staticmethod
-    def _info(bucket: str, key: str, spec: ObjectSpec, etag: str, segments: list, parts: tuple = ()) -> ObjectInfo:
+    def _info(
+        bucket: str, key: str, spec: ObjectSpec, etag: str, segments: list[tuple[str, int]], parts: tuple[int, ...] = ()
+    ) -> ObjectInfo:
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -887,14 +453,16 @@ class EmbeddedBackend(StorageBackend):
     async def commit_object(
         self, bucket: str, key: str, data: TempData, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
     ) -> ObjectInfo:
-        data_id, body = await self._place(data)
+        data_id, body = await self.data.place(data)
         info = self._info(bucket, key, spec, data.digest("md5").hex(), [(data_id, data.size)])
         return await self._commit_info(info, quota, {data_id: body} if body is not None else None)
 
     async def copy_object(
         self, source: ObjectReader, bucket: str, key: str, spec: ObjectSpec, quota: tuple[int, int] = (0, 0)
     ) -> ObjectInfo:
-        segments, inline = await self._link_copy(source)
+        if not isinstance(source, EmbeddedReader):
+            raise TypeError(f"not this backend's reader: {source!r}")
+        segments, inline = await self.data.link_copy(source.info.segments, source.inline)
         info = self._info(bucket, key, spec, source.info.etag, segments, source.info.parts)
         return await self._commit_info(info, quota, inline)
 
@@ -954,7 +522,7 @@ class EmbeddedBackend(StorageBackend):
             stored, _, removed = self._add_version(conn, marker, (0, 0))
             return DeleteOutcome(stored.version_id, True, created=True), previous, removed
 
-        outcome, previous, removed = await self._tx(tx)
+        outcome, previous, removed = await self._commits.run(tx)
         await self._after_change(bucket, key, previous, removed, "delete")
         return outcome
 
@@ -968,7 +536,7 @@ class EmbeddedBackend(StorageBackend):
                 (acl.to_json(), bucket, key, found[0]),
             )
 
-        await self._tx(tx)
+        await self._commits.run(tx)
         self._changed(bucket, key, None)
 
     async def set_object_tags(
@@ -989,7 +557,7 @@ class EmbeddedBackend(StorageBackend):
             )
             return dataclasses.replace(info, tags=dict(tags))
 
-        info = await self._tx(tx)
+        info = await self._commits.run(tx)
         self._changed(bucket, key, None)
         return info
 
@@ -1032,52 +600,42 @@ class EmbeddedBackend(StorageBackend):
             )
             return info
 
-        info = await self._tx(tx)
+        info = await self._commits.run(tx)
         self._changed(bucket, key, None)
         return info
-
-    def _key_range(self, sql: str, args: list[Any], prefix: str) -> str:
-        if prefix:
-            sql += " AND key >= ?"
-            args.append(prefix)
-            upper = _successor(prefix)
-            if upper is not None:
-                sql += " AND key < ?"
-                args.append(upper)
-        return sql
 
     async def list_objects(self, bucket: str, prefix: str, after: str, limit: int) -> list[ObjectInfo]:
         # `latest = 1 AND delete_marker = 0` as written lets SQLite use the partial index of current objects
         sql = f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key > ? AND latest = 1 AND delete_marker = 0"
         args: list[Any] = [bucket, after]
-        sql = self._key_range(sql, args, prefix) + " ORDER BY key LIMIT ?"
+        sql = key_range(sql, args, prefix) + " ORDER BY key LIMIT ?"
         args.append(limit)
-        return [_row_to_object(tuple(r)) for r in await self._query(sql, tuple(args))]
+        return [object_from_row(tuple(r)) for r in await self.db.query(sql, tuple(args))]
 
     async def list_versions(
         self, bucket: str, prefix: str, key_marker: str, version_marker: str, limit: int
     ) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
         if version_marker:  # the rest of key_marker's versions first
-            rows = await self._query(
+            rows = await self.db.query(
                 "SELECT ordinal FROM versions WHERE bucket = ? AND key = ? AND version_id = ?",
                 (bucket, key_marker, version_marker),
             )
             if not rows:
                 raise NoSuchVersion(version_marker)
             if key_marker.startswith(prefix):
-                rows = await self._query(
+                rows = await self.db.query(
                     f"SELECT {LISTING_COLUMNS} FROM versions WHERE bucket = ? AND key = ? AND ordinal > ?"
                     " ORDER BY ordinal LIMIT ?",
                     (bucket, key_marker, rows[0][0], limit),
                 )
-                found = [_row_to_listing(r) for r in rows]
+                found = [listing_from_row(r) for r in rows]
         if len(found) < limit:
             args: list[Any] = [bucket, key_marker]
-            sql = self._key_range(f"SELECT {LISTING_COLUMNS} FROM versions WHERE bucket = ? AND key > ?", args, prefix)
+            sql = key_range(f"SELECT {LISTING_COLUMNS} FROM versions WHERE bucket = ? AND key > ?", args, prefix)
             args.append(limit - len(found))
-            rows = await self._query(sql + " ORDER BY key, ordinal LIMIT ?", tuple(args))
-            found += [_row_to_listing(r) for r in rows]
+            rows = await self.db.query(sql + " ORDER BY key, ordinal LIMIT ?", tuple(args))
+            found += [listing_from_row(r) for r in rows]
         return found
 
     # --- multipart ---
@@ -1097,27 +655,21 @@ class EmbeddedBackend(StorageBackend):
                     time.time(),
                     spec.owner_id,
                     spec.owner_name,
-                    _spec_to_json(spec, checksum_algorithm),
+                    spec_to_json(spec, checksum_algorithm),
                 ),
             )
 
-        await self._tx(tx)
+        await self._commits.run(tx)
         return upload_id
 
-    @staticmethod
-    def _row_to_upload(row: tuple) -> UploadInfo:
-        upload_id, bucket, key, initiated, owner_id, owner_name, spec_json = row
-        spec, algorithm = _spec_from_json(spec_json)
-        return UploadInfo(upload_id, bucket, key, initiated, owner_id, owner_name, spec, algorithm)
-
     async def get_upload(self, upload_id: str) -> UploadInfo | None:
-        rows = await self._query("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
-        return self._row_to_upload(tuple(rows[0])) if rows else None
+        rows = await self.db.query("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
+        return upload_from_row(tuple(rows[0])) if rows else None
 
     async def commit_part(
         self, upload_id: str, part_number: int, data: TempData, checksums: dict[str, str]
     ) -> PartInfo:
-        data_id, _ = await self._place(data, allow_inline=False)  # parts are files: objects assemble them
+        data_id, _ = await self.data.place(data, allow_inline=False)  # parts are files: objects assemble them
         part = PartInfo(part_number, data.size, data.digest("md5").hex(), time.time(), checksums, data_id)
 
         def tx(conn: sqlite3.Connection) -> str | None:
@@ -1134,16 +686,16 @@ class EmbeddedBackend(StorageBackend):
             return old[0] if old else None
 
         try:
-            old = await self._tx(tx)
+            old = await self._commits.run(tx)
         except BaseException:
-            self._drop_data([data_id])
+            self.data.drop([data_id])
             raise
         if old:
-            self._drop_data([old])
+            self.data.drop([old])
         return part
 
     async def list_parts(self, upload_id: str, after: int = 0, limit: int = 10000) -> list[PartInfo]:
-        rows = await self._query(
+        rows = await self.db.query(
             "SELECT part_number, size, etag, last_modified, checksums, data_id FROM parts"
             " WHERE upload_id = ? AND part_number > ? ORDER BY part_number LIMIT ?",
             (upload_id, after, limit),
@@ -1162,7 +714,7 @@ class EmbeddedBackend(StorageBackend):
             row = conn.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
             if row is None:
                 raise NoSuchUpload(upload_id)
-            upload = self._row_to_upload(tuple(row))
+            upload = upload_from_row(tuple(row))
             stored = {
                 r[0]: (r[1], r[2], r[3])
                 for r in conn.execute(
@@ -1183,14 +735,10 @@ class EmbeddedBackend(StorageBackend):
             conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
             return stored_info, previous, removed, unused
 
-        info, previous, removed, unused = await self._tx(tx)
-        self._drop_data(unused)
+        info, previous, removed, unused = await self._commits.run(tx)
+        self.data.drop(unused)
         await self._after_change(info.bucket, info.key, previous, removed, "overwrite")
         return info
-
-    async def part_sizes(self, upload_id: str) -> dict[int, tuple[int, str]]:
-        rows = await self._query("SELECT part_number, size, etag FROM parts WHERE upload_id = ?", (upload_id,))
-        return {r[0]: (r[1], r[2]) for r in rows}
 
     async def abort_upload(self, upload_id: str) -> None:
         def tx(conn: sqlite3.Connection) -> list[str]:
@@ -1200,7 +748,7 @@ class EmbeddedBackend(StorageBackend):
             conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
             return ids
 
-        self._drop_data(await self._tx(tx))
+        self.data.drop(await self._commits.run(tx))
 
     async def list_uploads(
         self, bucket: str, prefix: str, key_marker: str, upload_id_marker: str, limit: int
@@ -1210,13 +758,6 @@ class EmbeddedBackend(StorageBackend):
             args: list[Any] = [bucket, key_marker, key_marker, upload_id_marker]
         else:
             sql, args = "SELECT * FROM uploads WHERE bucket = ? AND key > ?", [bucket, key_marker]
-        if prefix:
-            sql += " AND key >= ?"
-            args.append(prefix)
-            upper = _successor(prefix)
-            if upper is not None:
-                sql += " AND key < ?"
-                args.append(upper)
-        sql += " ORDER BY key, initiated, upload_id LIMIT ?"
+        sql = key_range(sql, args, prefix) + " ORDER BY key, initiated, upload_id LIMIT ?"
         args.append(limit)
-        return [self._row_to_upload(tuple(r)) for r in await self._query(sql, tuple(args))]
+        return [upload_from_row(tuple(r)) for r in await self.db.query(sql, tuple(args))]

@@ -25,10 +25,6 @@ def new_data_id() -> str:
     return secrets.token_hex(16)
 
 
-def is_data_id(name: str) -> bool:
-    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
-
-
 class _Crc:
     """crc32 / crc32c with hashlib's update/digest shape (big-endian 4 bytes, as S3 encodes them)."""
 
@@ -69,7 +65,7 @@ class FileTempData(TempData):
         self._created = False
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._pending: list[asyncio.Future] = []
+        self._pending: list[asyncio.Future[None]] = []
         self.fsync = fsync
         self._digests: dict[str, bytes] = {}
         self.committed = False

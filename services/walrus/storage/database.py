@@ -1,0 +1,71 @@
+"""The embedded backend's metadata database: one SQLite connection that lives on one thread of its own.
+
+Why not aiosqlite's connection: a group commit (group_commit.py) runs many writers' transactions on the connection
+in one go, statement after statement, and aiosqlite offers no public way to run a function on its thread; one
+awaited statement at a time would cost a thread round trip per statement and let other tasks' reads interleave
+with an open transaction. So this module does what aiosqlite does inside (a single worker thread owns the
+connection, calls are queued to it in order) through the standard library's public API, and still uses
+`common.db` to create the schema and run the migrations.
+
+Ordering: every call runs on the one thread in the order it was made, and its result reaches the event loop in the
+order the calls finished. A task that reads a row in one call therefore gets it before the continuation of any
+later commit runs (see EmbeddedBackend.open_object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.db import open_db
+
+T = TypeVar("T")
+MIGRATIONS = "services.walrus.migrations"
+
+
+class MetadataDb:
+    def __init__(self, path: Path):
+        self.path = path
+        self._thread: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Bring the schema up to date (common.db's migrations), then open the connection for good with every
+        acknowledged commit on disk (synchronous=FULL: an acknowledged object survives a power cut)."""
+        migrated = await open_db(self.path, MIGRATIONS)  # WAL mode is a property of the file: it stays on
+        await migrated.close()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walrus-db")
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit (BEGIN)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
+
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, connect)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on the database thread, after every call made before it."""
+        conn, thread = self._conn, self._thread
+        if conn is None or thread is None:
+            raise RuntimeError("storage not started")
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, conn)
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read, in one trip to the database thread."""
+        return await self.run(lambda conn: conn.execute(sql, args).fetchall())
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+        thread.shutdown(wait=False)  # idle now: its last call (the close) has finished
