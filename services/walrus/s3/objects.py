@@ -364,9 +364,7 @@ async def get_object(ctx: Ctx) -> web.StreamResponse:
         if ctx.request.method == "HEAD":
             return web.Response(status=status, headers=headers)
         if end - start <= SMALL_BODY:
-            body = await reader.read_small() if hasattr(reader, "read_small") else None
-            if body is None:
-                body = b"".join([c async for c in reader.iter_range(0, info.size)])
+            body = await reader.read_small()
             del headers["Content-Length"]
             return web.Response(status=status, body=body[start:end], headers=headers)
         return await _stream(ctx, reader, status, headers, start, end)
