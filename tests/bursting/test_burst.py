@@ -25,6 +25,10 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
     key = ec2.create_key_pair(KeyName="burstkey")
     ec2.create_security_group(GroupName="web", Description="web servers")
     ec2.authorize_security_group_ingress(GroupName="web", IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
+    ec2.create_security_group(GroupName="ops", Description="operators")
+    ec2.authorize_security_group_ingress(
+        GroupName="ops", IpProtocol="tcp", FromPort=9100, ToPort=9100, CidrIp="192.168.0.0/16"
+    )
 
     first = run_when_room(ec2, ImageId=world.local_image, MinCount=1, MaxCount=1, InstanceType="m1.small")
     local_id = first["Instances"][0]["InstanceId"]
@@ -37,7 +41,7 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
         MaxCount=1,
         InstanceType="m1.small",
         KeyName="burstkey",
-        SecurityGroups=["web"],
+        SecurityGroups=["web", "ops"],
         UserData=USER_DATA,
     )
     burst = answer["Instances"][0]
@@ -64,16 +68,27 @@ def test_a_launch_that_does_not_fit_bursts_into_the_remote_cloud(world):
     # User data reached the remote instance as given.
     attribute = remote.describe_instance_attribute(InstanceId=theirs["InstanceId"], Attribute="userData")
     assert base64.b64decode(attribute["UserData"]["Value"]).decode() == USER_DATA
-    # The local group's rules are on the remote group the instance is in.
-    group_name = theirs["SecurityGroups"][0]["GroupName"]
-    assert group_name.startswith("koala-") and group_name.endswith("-web")
-    group = remote.describe_security_groups(GroupNames=[group_name])["SecurityGroups"][0]
-    rules = {
-        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), r["CidrIp"])
-        for p in group["IpPermissions"]
-        for r in p.get("IpRanges", [])
-    }
-    assert ("tcp", 22, 22, "0.0.0.0/0") in rules
+
+    # Each local group's rules are on a remote group of its own, and the instance is in both.
+    def remote_rules(name: str) -> set[tuple]:
+        group = remote.describe_security_groups(GroupNames=[name])["SecurityGroups"][0]
+        return {
+            (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), r["CidrIp"])
+            for p in group["IpPermissions"]
+            for r in p.get("IpRanges", [])
+        }
+
+    remote_groups = sorted(g["GroupName"] for g in theirs["SecurityGroups"])
+    assert len(remote_groups) == 2 and all(g.startswith("koala-") for g in remote_groups)
+    ops_name, group_name = remote_groups  # "...-ops" sorts before "...-web"
+    assert group_name.endswith("-web") and ops_name.endswith("-ops")
+    assert ("tcp", 22, 22, "0.0.0.0/0") in remote_rules(group_name)
+    assert remote_rules(ops_name) == {("tcp", 9100, 9100, "192.168.0.0/16")}
+    # A rule revoked from the second group leaves its remote group too.
+    ec2.revoke_security_group_ingress(
+        GroupName="ops", IpProtocol="tcp", FromPort=9100, ToPort=9100, CidrIp="192.168.0.0/16"
+    )
+    wait_for(lambda: not remote_rules(ops_name), what="the revoked rule gone from the remote group of ops")
     # A rule added locally reaches the remote group.
     ec2.authorize_security_group_ingress(GroupName="web", IpProtocol="tcp", FromPort=80, ToPort=80, CidrIp="10.0.0.0/8")
 

@@ -505,7 +505,9 @@ class Compute:
         first = instances[0]
         if self.netsync is not None and first.vlan >= 0:
             try:  # the network's rules reach the CC before its first instance does
-                await self.netsync.configure(reservation.zone, reservation.owner_id, reservation.groups[0], first.vlan)
+                await self.netsync.configure_launch(
+                    reservation.zone, reservation.owner_id, reservation.groups, first.vlan
+                )
             except ComputeError:
                 await self._fail(reservation, instances, token, "Server.InternalError: network setup failed")
                 raise

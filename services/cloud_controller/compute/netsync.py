@@ -76,19 +76,32 @@ class NetworkSync:
                 503,
             ) from None
 
+    async def configure_launch(self, zone: str, owner_id: str, groups: list[str], vlan: int) -> None:
+        """Before a launch: the instances' network (their first group's) gets its rules; a remote zone, which gives
+        the instances every group they name (one remote group per local group), gets each group's rules too (the
+        VLAN means nothing there: the first group's is sent)."""
+        await self.configure(zone, owner_id, groups[0], vlan)
+        if self.compute.remote(zone):
+            for group in dict.fromkeys(groups[1:]):
+                await self.configure(zone, owner_id, group, vlan)
+
     async def group_changed(self, owner_id: str, group_name: str) -> None:
-        """Push a group's new rule set to every zone where its network has live instances."""
+        """Push a group's new rule set to every zone where its network has live instances, and to every remote
+        zone with a live instance in the group."""
         name = Networks.name(owner_id, group_name)
         vlan = self.compute.networks.vlans.get(name)
-        if vlan is None:
-            return
-        zones = {
-            i.zone
-            for i in self.compute.store.instances.values()
-            if i.live and i.vlan == vlan and i.owner_id == owner_id
-        }
-        for zone in sorted(zones):
+        zones: dict[str, int] = {}  # zone -> the VLAN to name
+        for instance in self.compute.store.instances.values():
+            if not instance.live or instance.owner_id != owner_id:
+                continue
+            if vlan is not None and instance.vlan == vlan:
+                zones[instance.zone] = vlan
+            elif self.compute.remote(instance.zone) and instance.vlan >= 0:
+                reservation = self.compute.store.reservations.get(instance.reservation_id)
+                if reservation is not None and group_name in reservation.groups:
+                    zones.setdefault(instance.zone, instance.vlan)
+        for zone, zone_vlan in sorted(zones.items()):
             try:
-                await self.configure(zone, owner_id, group_name, vlan)
+                await self.configure(zone, owner_id, group_name, zone_vlan)
             except (ComputeError, PeerNotReached) as err:
                 log.warning("rules of %s not pushed to %s (the next change or launch retries): %s", name, zone, err)

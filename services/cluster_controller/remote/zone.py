@@ -113,8 +113,9 @@ class RemoteZone:
         self.resources.rules = await self.store.load_networks()
         for instance in self.instances.values():  # the first poll checks the groups of live instances
             spec = await self._spec(instance.reservation_id) if instance.live else None
-            if spec is not None and self.network_of(spec) in self.resources.rules:
-                self._unsynced.add(self.network_of(spec))
+            for network in self.networks_of(spec) if spec is not None else []:
+                if network in self.resources.rules:
+                    self._unsynced.add(network)
         # Launches in flight when the CC stopped are sent again: their ClientToken makes the remote answer with the
         # instance it may have started already, so none starts twice (and one asked to go meanwhile ends).
         unfinished = [i for i in self.instances.values() if i.launching]
@@ -291,8 +292,10 @@ class RemoteZone:
         failed = instance.reason if instance.reason.startswith("failed") else ""
         return InstancePlacement(instance_id=instance_id, node_id=self.node_id, error=failed)
 
-    def network_of(self, spec: LaunchSpec) -> str:
-        return f"{spec.owner_id}-{(spec.group_names or ['default'])[0]}"
+    def networks_of(self, spec: LaunchSpec) -> list[str]:
+        """The local networks (security group `<account>-<group>`) of every group the instance is in: each has its
+        remote group, and the remote instance is in all of them."""
+        return [f"{spec.owner_id}-{group}" for group in dict.fromkeys(spec.group_names or ["default"])]
 
     async def _dispatch(self, instance: RemoteInstance) -> None:
         """Start the instance remotely, trying again with backoff (and the same ClientToken, so never twice) while
@@ -361,7 +364,7 @@ class RemoteZone:
             params["Placement"] = {"AvailabilityZone": self.config.KOALA_REMOTE_ZONE}
         if spec.ssh_public_key:
             params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
-        params["SecurityGroups"] = [await self.resources.ensure_group(self.network_of(spec))]
+        params["SecurityGroups"] = [await self.resources.ensure_group(n) for n in self.networks_of(spec)]
         answer = await self.ec2.call("RunInstances", params)
         remote = (answer.get("Instances") or [{}])[0]
         if not remote.get("InstanceId"):
@@ -573,9 +576,10 @@ class RemoteZone:
                     continue
                 if spec.ssh_public_key:
                     keys.add(self.resources.key_name(spec.ssh_public_key))
-                groups.add(self.resources.group_name(self.network_of(spec)))
-                for rule in self.resources.rules.get(self.network_of(spec), []):
-                    groups.update(self.resources.group_name(s) for s in rule.source_networks)
+                for network in self.networks_of(spec):
+                    groups.add(self.resources.group_name(network))
+                    for rule in self.resources.rules.get(network, []):
+                        groups.update(self.resources.group_name(s) for s in rule.source_networks)
             done = await self.resources.sweep(keys, groups)
             self._sweep_due = time.monotonic() + (SWEEP_EVERY if done else SWEEP_RETRY)
 
