@@ -1,7 +1,7 @@
 """Lease scheduler figures (issue 20), printed as JSON.
 
 1. decision: one on-demand launch decision of the CLC's admission (quotas, the zone's capacity token and the
-   slot-table claim: `Compute._admit`) in a zone of 100 nodes holding 1,000 accepted capacity reservations and
+   slot-table claim: `Launcher.admit`) in a zone of 100 nodes holding 1,000 accepted capacity reservations and
    5,000 queued spot requests, p50/p99 over repeated decisions (target p50 <= 10 ms). Same-run baseline: the same
    decision in a zone of 100 nodes without leases (admission as it was before the slot table). The scheduler,
    engine and stores are the real ones over a real SQLite database; the zone's nodes and capacity report are
@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.messages.clc_cc import DescribeResourcesResponse, NodeInfo, ResourceAvailability
 from services.cloud_controller.compute.cc_client import ClusterClient
-from services.cloud_controller.compute.engine import Compute, RunRequest, Settings
+from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.errors import ComputeError
+from services.cloud_controller.compute.launch import RunRequest
 from services.cloud_controller.database import Database
 from services.cloud_controller.leases.scheduler import LeaseScheduler
 from services.cloud_controller.leases.slottable import plan_queue
@@ -132,9 +133,9 @@ async def decision_bench(decisions: int, reservations: int, queued: int) -> dict
             for _ in range(decisions):
                 request = RunRequest(image_id="emi-00000001", instance_type="m1.small", zone=zone)
                 t0 = time.perf_counter()
-                token = compute._admit(principal, request, small, zone)
+                token = compute.launcher.admit(principal, request, small, zone)
                 times.append((time.perf_counter() - t0) * 1000)
-                compute._release_token(token)
+                compute.launcher.release_token(token)
             return times
 
         leased, plain = measure("leased"), measure("plain")

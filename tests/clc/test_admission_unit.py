@@ -203,7 +203,8 @@ def test_launch_rolls_back_when_no_vlan_is_left(tmp_path) -> None:
     from types import SimpleNamespace
 
     from services.cloud_controller.compute.cc_client import ClusterClient
-    from services.cloud_controller.compute.engine import Compute, RunRequest, Settings
+    from services.cloud_controller.compute.engine import Compute, Settings
+    from services.cloud_controller.compute.launch import RunRequest
     from services.cloud_controller.compute.store import Image
 
     async def scenario() -> None:
@@ -219,7 +220,8 @@ def test_launch_rolls_back_when_no_vlan_is_left(tmp_path) -> None:
         compute.admission.update(report("z1", m1_small=5), sent_at=compute.admission.clock())
         principal = SimpleNamespace(account_id="111", user_id="u", is_admin=False)
         undo: list = []
-        assert len(compute._take_addresses("111", 2, undo)) == 1  # one address for two instances: one goes without
+        # One address for two instances: one goes without.
+        assert len(compute.launcher.take_addresses("111", 2, undo)) == 1
         undo[0]()
         assert compute.addresses.free_count() == 1
         # Addresses enough, but no VLAN left for the network: the addresses go back too.
@@ -227,7 +229,8 @@ def test_launch_rolls_back_when_no_vlan_is_left(tmp_path) -> None:
         compute.networks.vlan_min = compute.networks.vlan_max = 10
         compute.networks.vlans["999-other"] = 10
         with pytest.raises(ComputeError) as err:
-            await compute.run_instances(principal, RunRequest(image_id="emi-0000000a", min_count=2, max_count=2))
+            request = RunRequest(image_id="emi-0000000a", min_count=2, max_count=2)
+            await compute.launcher.run_instances(principal, request)
         assert err.value.code == "InsufficientInstanceCapacity" and "VLAN" in err.value.message
         assert compute.addresses.free_count() == 3 and compute.admission.tokens == {}
         assert compute.networks.vlans == {"999-other": 10}

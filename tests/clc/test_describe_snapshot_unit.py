@@ -49,7 +49,7 @@ async def check_snapshots(compute) -> None:
 
     async def reporter() -> None:
         for start in range(0, len(ids), 5):
-            await compute.apply_report("z1", [report(i, "Extant") for i in ids[start : start + 5]], full=False)
+            await compute.reports.apply_report("z1", [report(i, "Extant") for i in ids[start : start + 5]], full=False)
 
     task = asyncio.create_task(reporter())
     answers = 0

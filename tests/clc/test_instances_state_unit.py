@@ -55,17 +55,17 @@ def test_reports_drive_states_and_persist(tmp_path) -> None:
     async def scenario() -> None:
         compute = await engine(tmp_path)
         a, b = await launch(compute, 2)
-        await compute.apply_report("z1", [report(a.instance_id, "Extant", "10.0.0.5")], full=False)
+        await compute.reports.apply_report("z1", [report(a.instance_id, "Extant", "10.0.0.5")], full=False)
         assert a.state == "running" and a.private_ip == "10.0.0.5" and a.node_id == "nc-1"
         assert compute.store.by_private_ip["10.0.0.5"] == a.instance_id
         assert b.state == "pending"
         # An old Pending report never takes it back; Teardown ends it and frees its address for metadata.
-        await compute.apply_report("z1", [report(a.instance_id, "Pending")], full=False)
+        await compute.reports.apply_report("z1", [report(a.instance_id, "Pending")], full=False)
         assert a.state == "running"
-        await compute.apply_report("z1", [report(a.instance_id, "Teardown")], full=False)
+        await compute.reports.apply_report("z1", [report(a.instance_id, "Teardown")], full=False)
         assert a.state == "terminated" and "10.0.0.5" not in compute.store.by_private_ip
         # Another zone's report does not touch this zone's instances.
-        await compute.apply_report("z2", [report(b.instance_id, "Extant")], full=False)
+        await compute.reports.apply_report("z2", [report(b.instance_id, "Extant")], full=False)
         assert b.state == "pending"
         # What was written is what a restart finds.
         again = await engine(tmp_path)
@@ -81,20 +81,20 @@ def test_unreported_instance_is_terminated_only_after_the_timeout(tmp_path) -> N
     async def scenario() -> None:
         compute = await engine(tmp_path, lost_after=60.0, terminated_visible=30.0)
         (a,) = await launch(compute, 1)
-        await compute.apply_report("z1", [report(a.instance_id, "Extant")], full=True)
+        await compute.reports.apply_report("z1", [report(a.instance_id, "Extant")], full=True)
         assert a.state == "running"
-        await compute.apply_report("z1", [], full=True)  # the CC stops reporting it
+        await compute.reports.apply_report("z1", [], full=True)  # the CC stops reporting it
         assert a.state == "running"
         a.last_seen = a.launch_time = time.time() - 61
-        await compute.apply_report("z1", [], full=True)
+        await compute.reports.apply_report("z1", [], full=True)
         assert a.state == "terminated" and a.state_reason.startswith("Server.")
         # A shutting-down instance that disappears is simply gone.
         (b,) = await launch(compute, 1)
         compute.store.set_state(b, "shutting-down", "User initiated")
-        await compute.apply_report("z1", [], full=True)
+        await compute.reports.apply_report("z1", [], full=True)
         assert b.state == "terminated" and b.state_reason == "User initiated"
         # Terminated instances stay visible, then are buried with their reservations.
-        await compute.housekeeping()
+        await compute.poller.housekeeping()
         assert a.instance_id in compute.store.instances
         a.terminated_at = time.time() - 31
         forgotten: list[str] = []
@@ -103,7 +103,7 @@ def test_unreported_instance_is_terminated_only_after_the_timeout(tmp_path) -> N
             forgotten.extend(ids)
 
         compute.on_forget.append(listener)  # e.g. their tags go too
-        await compute.housekeeping()
+        await compute.poller.housekeeping()
         assert forgotten == [a.instance_id]
         assert a.instance_id not in compute.store.instances
         assert a.reservation_id not in compute.store.reservations
@@ -120,7 +120,7 @@ def test_notify_refuses_unknown_zone(tmp_path) -> None:
         from common.rpc import RpcError
 
         try:
-            await compute.notify(NotifyInstancesRequest(zone="elsewhere", instances=[]))
+            await compute.reports.notify(NotifyInstancesRequest(zone="elsewhere", instances=[]))
         except RpcError as err:
             assert err.status == 403
         else:

@@ -14,7 +14,8 @@ from typing import Any
 from services.cloud_controller.actions import Context, action, spot, tags
 from services.cloud_controller.actions.launch import launch_access
 from services.cloud_controller.compute.attributes import product_codes
-from services.cloud_controller.compute.engine import Compute, RunRequest
+from services.cloud_controller.compute.engine import Compute
+from services.cloud_controller.compute.launch import RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
 from services.cloud_controller.ec2 import model, xml
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
@@ -248,7 +249,7 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         owner = Owner(ctx.owner_id, ctx.principal.user_id)
         reservation = await ctx.clc.leases.spot.run_now(owner, request, *market)
     else:
-        reservation = await engine.run_instances(ctx.principal, request)
+        reservation = await engine.launcher.run_instances(ctx.principal, request)
     instances = [engine.store.instances[i] for i in reservation.instance_ids if i in engine.store.instances]
     launched = [i for i in instances if i.state != "terminated" or not i.state_reason.startswith("Server.")]
     if tag_list:

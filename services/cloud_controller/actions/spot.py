@@ -50,7 +50,7 @@ async def launch_spec(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
     user_data = spec.get("UserData") or ""
     if isinstance(user_data, bytes):
         user_data = base64.b64encode(user_data).decode()
-    from services.cloud_controller.compute.engine import decode_user_data
+    from services.cloud_controller.compute.launch import decode_user_data
 
     return {
         "image_id": image_id,

@@ -2,9 +2,14 @@
 calls to and pushes from the Cluster Controllers. Pure logic and state; the EC2 actions in `actions/` call it.
 
 Modules
-- `engine.Compute` (the service's `clc.compute`): RunInstances (admission, addresses, network, the CC call,
-  rollback), terminate/reboot/console, instance state from the CCs' `NotifyInstances` pushes and polls,
-  housekeeping. Hooks: `on_change` (instances whose state changed), `on_forget` (buried instance ids).
+- `engine.Compute` (the service's `clc.compute`): builds and owns the parts below; lookups, terminate, suspend,
+  reboot, console, and what the parts share (freeing a terminated instance's resources, change listeners,
+  background tasks). Hooks: `on_change` (instances whose state changed), `on_forget` (buried instance ids).
+- `launch.Launcher` (`clc.compute.launcher`): RunInstances (admission, addresses, network, the CC call, rollback).
+- `reports.Reports` (`clc.compute.reports`): instance state from the CCs' `NotifyInstances` pushes and polls.
+- `polling.Poller` (`clc.compute.poller`): the per-zone polling loops, capacity refreshes, housekeeping.
+- `tags.Tags`, `security_groups.SecurityGroups`, `key_pairs.KeyPairs` (`clc.compute.tags`, `.security_groups`,
+  `.key_pairs`): the tag store and its registry of taggable types, security groups and rules, key pairs.
 - `store.Store` (`clc.compute.store`): reservations, instances and images in memory, written through to SQLite
   (tables in migrations/0002_compute.sql). `LIVE_STATES`, `STATE_CODES`.
 - `admission.Admission`: per-zone capacity reports and reservation tokens (free = reported - held).

@@ -124,7 +124,7 @@ class Attributes:
                 vm.disk_gb,
             )
         elif attribute == "userData":
-            from services.cloud_controller.compute.engine import decode_user_data
+            from services.cloud_controller.compute.launch import decode_user_data
 
             raw = value if isinstance(value, bytes) else str(value or "").encode()
             instance.user_data = decode_user_data(base64.b64encode(raw).decode()) if raw else ""

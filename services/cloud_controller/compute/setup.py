@@ -83,7 +83,7 @@ async def install(clc: CloudControllerService) -> Compute:
     async def notify(message: NotifyInstancesRequest, caller: Caller) -> Ack:
         if message.zone in zones and caller.id not in cluster_ids(message.zone):
             raise RpcError(403, "WrongCluster", f"{caller.id} does not speak for zone {message.zone}")
-        return await compute.notify(message)
+        return await compute.reports.notify(message)
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes, compute.images)
@@ -95,8 +95,8 @@ async def install(clc: CloudControllerService) -> Compute:
         install_netsync(clc, compute)
     MetadataService(compute.store, extras=compute.metadata_extras).install(clc.app)
     if hasattr(clc, "clusters"):
-        clc.clusters.listeners.append(compute.zone_changed)
-    compute.start_polling()
+        clc.clusters.listeners.append(compute.poller.zone_changed)
+    compute.poller.start()
     return compute
 
 

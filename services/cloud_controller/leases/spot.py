@@ -188,7 +188,7 @@ class SpotQueue:
             self._status(request, "pending-fulfillment", "Your Spot request is pending fulfillment.")
         await self.store.save_spot(*made)
         try:
-            reservation = await self.compute.run_instances(owner, run_request)
+            reservation = await self.compute.launcher.run_instances(owner, run_request)
         except Exception as err:
             for request in made:
                 request.state = "failed" if not isinstance(err, ComputeError) else "closed"
@@ -250,7 +250,7 @@ class SpotQueue:
             if not any(self._live(r) for r in victims if r.state != "disabled"):
                 break
             await asyncio.sleep(0.1)
-        await self.compute.refresh_capacity([zone])
+        await self.compute.poller.refresh_capacity([zone])
 
     # --- time -----------------------------------------------------------------------------------------
     async def tick(self, now: float) -> None:
@@ -461,7 +461,7 @@ class SpotQueue:
                     Preemption(time.time(), request.request_id, request.instance_id, "resume", "room returned"), request
                 )
             return
-        from services.cloud_controller.compute.engine import RunRequest
+        from services.cloud_controller.compute.launch import RunRequest
 
         spec = request.spec
         requests = [r for r, _ in members]
@@ -485,7 +485,7 @@ class SpotQueue:
             "nodes": [n for _, nodes in members for n in nodes],
         }
         try:
-            reservation = await self.compute.run_instances(Owner(request.owner_id, request.user_id), run)
+            reservation = await self.compute.launcher.run_instances(Owner(request.owner_id, request.user_id), run)
         except ComputeError as err:
             for one in requests:
                 self._status(one, "capacity-not-available", err.message[:200])

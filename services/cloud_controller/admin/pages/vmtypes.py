@@ -18,7 +18,7 @@ async def show(page: Page):
 
 def _refresh(engine) -> None:
     """Capacity per type changed: ask the CCs again in the background, so the dashboard shows it soon."""
-    task = asyncio.create_task(engine.refresh_capacity())
+    task = asyncio.create_task(engine.poller.refresh_capacity())
     _refreshes.add(task)
     task.add_done_callback(_refreshes.discard)
 

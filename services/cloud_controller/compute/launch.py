@@ -1,0 +1,420 @@
+"""Launches: RunInstances from the request to the CC's answer. Checks (image, type, counts, zone), admission (quotas,
+then a capacity reservation, synchronous so concurrent requests see each other), addresses and the network
+taken, records written before the CC hears of the launch, the CC call, and the rollback when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from common import ids
+from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
+from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
+from common.rpc import PeerNotReached, PeerUnreachable, RpcError
+from services.cloud_controller.compute import bursting
+from services.cloud_controller.compute.addresses import Address
+from services.cloud_controller.compute.admission import Token, count_quota
+from services.cloud_controller.compute.errors import ComputeError, invalid
+from services.cloud_controller.compute.networks import Networks
+from services.cloud_controller.compute.store import Image, Instance, Reservation
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.engine import Compute, Principal
+
+log = logging.getLogger("koala.clc.compute")
+MAX_COUNT = 1000  # instances per RunInstances request
+
+
+@dataclass
+class RunRequest:
+    image_id: str
+    min_count: int = 1
+    max_count: int = 1
+    key_name: str = ""
+    key_material: str = ""  # the key pair's public key, looked up by the caller
+    groups: list[str] = field(default_factory=list)  # resolved security group names ("default" if none)
+    group_ids: list[str] = field(default_factory=list)
+    user_data: str = ""  # base64
+    instance_type: str = ""
+    zone: str = ""
+    kernel_id: str = ""
+    ramdisk_id: str = ""
+    client_token: str = ""
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    disable_api_termination: bool = False
+    shutdown_behavior: str = "terminate"  # InstanceInitiatedShutdownBehavior
+    capacity_reservation_id: str = ""  # CapacityReservationSpecification's target (leases/)
+    capacity_preference: str = ""  # open | none ("" = open)
+    spot: Any = None  # InstanceMarketOptions' spot options (leases/spot.py), or None for on-demand
+
+
+def mac_for(instance_id: str) -> str:
+    """Eucalyptus's MAC: d0:0d: + the 8 hex digits of the instance id."""
+    digits = instance_id.split("-", 1)[1]
+    return "d0:0d:" + ":".join(digits[i : i + 2] for i in range(0, 8, 2))
+
+
+def decode_user_data(data: str) -> str:
+    """Validate base64 user data (<= 16 KiB decoded); return it as base64."""
+    if not data:
+        return ""
+    if len(data) > MAX_USER_DATA * 2:
+        raise invalid("UserData", f"user data is limited to {MAX_USER_DATA} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("UserData", "user data must be base64") from None
+    if len(raw) > MAX_USER_DATA:
+        raise invalid("UserData", f"user data is limited to {MAX_USER_DATA} bytes")
+    return base64.b64encode(raw).decode()
+
+
+class Launcher:
+    """RunInstances for the engine it is part of (its store, admission, addresses, networks, CC client)."""
+
+    def __init__(self, engine: Compute):
+        self.engine = engine
+        self.store = engine.store
+        self.settings = engine.settings
+        self.admission = engine.admission
+        self.networks = engine.networks
+        self.addresses = engine.addresses
+        self.cc = engine.cc
+
+    async def run_instances(self, principal: Principal, request: RunRequest) -> Reservation:
+        owner = principal.account_id
+        if request.client_token:
+            if len(request.client_token) > 64:
+                raise invalid("ClientToken", "at most 64 characters")
+            existing = self.store.tokens.get((owner, request.client_token))
+            if existing is not None:
+                return self.store.reservations[existing]
+        if not 1 <= request.min_count <= request.max_count:
+            raise invalid("MinCount", "MinCount must be at least 1 and not more than MaxCount")
+        if request.max_count > MAX_COUNT:
+            raise invalid("MaxCount", f"at most {MAX_COUNT} instances per request")
+        vm = self.engine.vm_type(request.instance_type)
+        image = self.engine.image(request.image_id, principal, "machine")
+        if request.shutdown_behavior not in ("stop", "terminate"):
+            raise invalid("InstanceInitiatedShutdownBehavior", "stop or terminate")
+        if request.shutdown_behavior == "stop":  # instance-store roots (every root until EBS roots come)
+            raise ComputeError("UnsupportedOperation", "Only an EBS-backed instance can stop when its guest shuts down")
+        kernel_id = request.kernel_id or image.kernel_id or self.settings.default_kernel
+        ramdisk_id = request.ramdisk_id or image.ramdisk_id or self.settings.default_ramdisk
+        kernel = self.engine.image(kernel_id, principal, "kernel", implied=not request.kernel_id) if kernel_id else None
+        ramdisk = (
+            self.engine.image(ramdisk_id, principal, "ramdisk", implied=not request.ramdisk_id) if ramdisk_id else None
+        )
+        user_data = decode_user_data(request.user_data)
+        groups = list(dict.fromkeys(request.groups or ["default"]))
+        if len(groups) > 64:
+            raise invalid("SecurityGroup", "at most 64 groups")
+        if request.capacity_reservation_id and self.engine.leases is not None and not request.zone:
+            request.zone = self.engine.leases.reservation(owner, request.capacity_reservation_id).zone
+        zone = request.zone or None
+        if zone is not None and zone not in self.cc.clusters:
+            raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
+        key_material = request.key_material
+        if self.settings.network_resources == "auto":
+            unknown = [z for z in ([zone] if zone else self.cc.clusters) if z not in self.engine.zone_modes]
+            if unknown:  # right after a start: learn the zones' network modes first
+                await asyncio.gather(*(self.engine.poller.refresh_network_mode(z) for z in unknown))
+                if request.client_token and (owner, request.client_token) in self.store.tokens:
+                    return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
+        if self.engine.leases is not None:  # the zones' nodes, for the slot table
+            await self.engine.leases.before_admit(owner, request, vm, zone)
+        # From the quota check to the in-memory records everything is synchronous, so concurrent requests see
+        # each other's reservations. When the last capacity report says there is not enough, a fresh one is
+        # asked for once (it may predate nodes coming up or instances going away).
+        try:
+            token = self.admit(principal, request, vm, zone)
+        except ComputeError as err:
+            if err.code != "InsufficientInstanceCapacity" or not self.admission.stale(self.settings.fresh_report):
+                raise
+            await self.engine.poller.refresh_capacity([zone] if zone else None)
+            if request.client_token and (owner, request.client_token) in self.store.tokens:
+                return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
+            token = self.admit(principal, request, vm, zone)
+        undo: list[Callable[[], None]] = [lambda: self.release_token(token)]
+        try:
+            count = token.count
+            instance_ids = self._new_ids("i", count)
+            addresses = [] if self.engine.remote(token.zone) else self.take_addresses(owner, count, undo)
+            nets = self._take_network(owner, groups, count, undo, token.zone)
+            now = time.time()
+            reservation = Reservation(
+                self._new_ids("r", 1)[0],
+                owner,
+                token.zone,
+                principal.user_id,
+                request.client_token,
+                groups,
+                list(request.group_ids),
+                now,
+            )
+            instances = [
+                Instance(
+                    instance_id=instance_id,
+                    reservation_id=reservation.reservation_id,
+                    owner_id=owner,
+                    user_id=principal.user_id,
+                    image_id=image.image_id,
+                    kernel_id=kernel.image_id if kernel else "",
+                    ramdisk_id=ramdisk.image_id if ramdisk else "",
+                    vm_type=vm.name,
+                    cores=vm.cores,
+                    memory_mb=vm.memory_mb,
+                    disk_gb=vm.disk_gb,
+                    key_name=request.key_name,
+                    key_material=key_material or "",
+                    user_data=user_data,
+                    launch_index=index,
+                    zone=token.zone,
+                    state="pending",
+                    launch_time=now,
+                    updated_at=now,
+                    private_mac=mac_for(instance_id),
+                    public_ip=addresses[index].public_ip if index < len(addresses) else "",
+                    vlan=nets[index][0] if nets else -1,
+                    network_index=nets[index][1] if nets else -1,
+                    disable_api_termination=request.disable_api_termination,
+                    shutdown_behavior=request.shutdown_behavior,
+                )
+                for index, instance_id in enumerate(instance_ids)
+            ]
+            for address, instance in zip(addresses, instances, strict=False):
+                address.instance_id, address.association_id = instance.instance_id, ids.new_id("eipassoc")
+            self.store.add_reservation(reservation, instances)
+            undo.append(lambda: self._forget_in_memory(reservation))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        # Written before the CC hears of it, so a crash from here on leaves records the poller can settle.
+        try:
+            await self.store.save_reservation(reservation)
+            if self.engine.leases is not None:
+                await self.engine.leases.bind(token, instance_ids)
+            await self.addresses.save(*addresses)
+            for name in {Networks.name(owner, g) for g in groups[:1]} if nets else ():
+                await self.networks.save_vlan(name)
+        except Exception:
+            for step in reversed(undo):
+                step()
+            with contextlib.suppress(Exception):
+                await self.addresses.save(*addresses)
+                await self.store.forget(instance_ids)
+            raise
+        return await self._launch(reservation, instances, token, request.min_count, image, kernel, ramdisk, vm)
+
+    def admit(self, principal: Principal, request: RunRequest, vm: VmType, zone: str | None) -> Token:
+        """Quotas, then a capacity reservation (synchronous)."""
+        max_count = request.max_count
+        used, used_cores = self.engine.live_counts(principal.account_id)
+        for limit, in_use, per, what in (
+            (self.settings.quota_instances, used, 1, "instances"),
+            (self.settings.quota_cores, used_cores, vm.cores, "cores"),
+        ):
+            if limit:
+                count_quota(in_use, request.min_count * per, limit, what)
+                max_count = min(max_count, (limit - in_use) // per)
+        if zone is None:
+            token = bursting.reserve(
+                self.admission, self.settings.burst, principal.account_id, vm, request.min_count, max_count
+            )
+        else:
+            token = self.admission.reserve(principal.account_id, vm, request.min_count, max_count, zone)
+        if self.engine.leases is not None:
+            try:
+                self.engine.leases.claim(principal.account_id, request, vm, token)
+            except BaseException:
+                self.admission.release(token)
+                raise
+        return token
+
+    def release_token(self, token: Token) -> None:
+        self.admission.release(token)
+        if self.engine.leases is not None:
+            self.engine.leases.settle(token)
+
+    def _new_ids(self, prefix: str, count: int) -> list[str]:
+        taken = self.store.instances if prefix == "i" else self.store.reservations
+        result: list[str] = []
+        while len(result) < count:
+            candidate = ids.new_id(prefix)
+            if candidate not in taken and candidate not in result:
+                result.append(candidate)
+        return result
+
+    def take_addresses(self, owner: str, count: int, undo: list) -> list[Address]:
+        if not (self.settings.auto_public_ip and self.addresses.pool):
+            return []
+        taken: list[Address] = []
+
+        def give_back_taken() -> None:
+            for address in taken:
+                self.addresses.give_back(address)
+
+        undo.append(give_back_taken)
+        for _ in range(count):
+            try:
+                taken.append(self.addresses.take(owner, auto=True))
+            except ComputeError:  # the pool is used up: as documented, an address "if any", not a refusal
+                break
+        return taken
+
+    def _take_network(self, owner: str, groups: list[str], count: int, undo: list, zone: str) -> list[tuple[int, int]]:
+        if not self.engine.managed(zone):
+            return []
+        name = Networks.name(owner, groups[0])  # the instance lives in its first group's network
+        vlan, new = self.networks.vlan_for(name)
+        taken: list[tuple[int, int]] = []
+
+        def give_back() -> None:
+            for v, index in taken:
+                self.networks.give_back(v, index)
+            if new:
+                self.networks.drop_vlan(name)
+
+        undo.append(give_back)
+        for _ in range(count):
+            taken.append((vlan, self.networks.take_index(vlan)))
+        return taken
+
+    def _forget_in_memory(self, reservation: Reservation) -> None:
+        for instance_id in reservation.instance_ids:
+            instance = self.store.instances.pop(instance_id, None)
+            if instance is not None:
+                self.store.reindex_ip(instance)
+        self.store.reservations.pop(reservation.reservation_id, None)
+        self.store.tokens.pop((reservation.owner_id, reservation.client_token), None)
+
+    async def _launch(
+        self,
+        reservation: Reservation,
+        instances: list[Instance],
+        token: Token,
+        min_count: int,
+        image: Image,
+        kernel: Image | None,
+        ramdisk: Image | None,
+        vm: VmType,
+    ) -> Reservation:
+        try:
+            return await self._send_launch(reservation, instances, token, min_count, image, kernel, ramdisk, vm)
+        except PeerNotReached as err:
+            # Nothing reached the CC, so nothing runs there: the launch leaves no trace, and the zone is reported
+            # unavailable rather than short of capacity.
+            log.warning("RunInstances %s: %s unreachable: %s", reservation.reservation_id, reservation.zone, err)
+            await self.engine.free_resources(instances)
+            self.admission.release(token)
+            await self.store.forget([i.instance_id for i in instances])
+            raise ComputeError(
+                "Unsupported",
+                f"The requested Availability Zone ({reservation.zone}) is currently unavailable. "
+                "Retry later, or choose another Availability Zone.",
+            ) from None
+
+    async def _send_launch(
+        self,
+        reservation: Reservation,
+        instances: list[Instance],
+        token: Token,
+        min_count: int,
+        image: Image,
+        kernel: Image | None,
+        ramdisk: Image | None,
+        vm: VmType,
+    ) -> Reservation:
+        first = instances[0]
+        if self.engine.netsync is not None and first.vlan >= 0:
+            try:  # the network's rules reach the CC before its first instance does
+                await self.engine.netsync.configure_launch(
+                    reservation.zone, reservation.owner_id, reservation.groups, first.vlan
+                )
+            except ComputeError:
+                await self._fail(reservation, instances, token, "Server.InternalError: network setup failed")
+                raise
+        request = RunInstancesRequest(
+            reservation_id=reservation.reservation_id,
+            owner_id=reservation.owner_id,
+            instances=[
+                InstanceLaunch(
+                    instance_id=i.instance_id,
+                    launch_index=i.launch_index,
+                    net=NetConfig(
+                        private_mac=i.private_mac, public_ip=i.public_ip, vlan=i.vlan, network_index=i.network_index
+                    ),
+                    node_id=token.nodes[n] if len(token.nodes) == len(instances) else "",
+                )
+                for n, i in enumerate(instances)
+            ],
+            min_count=min_count,
+            image=ImageRef(id=image.image_id, manifest=image.location),
+            kernel=ImageRef(id=kernel.image_id, manifest=kernel.location) if kernel else None,
+            ramdisk=ImageRef(id=ramdisk.image_id, manifest=ramdisk.location) if ramdisk else None,
+            vm_type=vm,
+            key_name=first.key_name,
+            ssh_public_key=first.key_material,
+            user_data=first.user_data,
+            group_names=reservation.groups,
+        )
+        try:
+            answer = await self.cc.run_instances(reservation.zone, request)
+        except PeerNotReached:
+            raise
+        except (RpcError, PeerUnreachable) as err:
+            log.warning("RunInstances %s failed in %s: %s", reservation.reservation_id, reservation.zone, err)
+            await self._fail(reservation, instances, token, f"Server.InternalError: {err.code}")
+            # The CC may have started some before failing (e.g. a timeout): make sure they go.
+            self.engine.background(self.engine.terminate_quietly(reservation.zone, [i.instance_id for i in instances]))
+            raise ComputeError(
+                "InsufficientInstanceCapacity",
+                f"The cluster {reservation.zone} could not start the instances: {err.message}",
+                503,
+            ) from None
+        placed = {p.instance_id for p in answer.instances if p.node_id and not p.error}
+        failed = [i for i in instances if i.instance_id not in placed]
+        if len(placed) < min_count:
+            reason = next((p.error for p in answer.instances if p.error), "no node could take them")
+            await self._fail(reservation, instances, token, f"Server.InsufficientInstanceCapacity: {reason}")
+            raise ComputeError(
+                "InsufficientInstanceCapacity",
+                f"Not enough resources available in {reservation.zone}: {reason}",
+                503,
+            )
+        nodes = {p.instance_id: p.node_id for p in answer.instances}
+        for instance in instances:
+            instance.node_id = nodes.get(instance.instance_id, "")
+        if failed:
+            self.admission.shrink(token, len(placed))
+            await self._release_instances(failed, "Server.InsufficientInstanceCapacity: not placed")
+        self.admission.submitted(token)
+        await self.store.save_instances([i for i in instances if i.node_id])
+        if self.engine.leases is not None:
+            self.engine.leases.settle(token)
+        self.engine.poller.schedule_refresh(reservation.zone)
+        log.info("launched %s: %d x %s in %s", reservation.reservation_id, len(placed), vm.name, reservation.zone)
+        return reservation
+
+    async def _fail(self, reservation: Reservation, instances: list[Instance], token: Token, reason: str) -> None:
+        """Undo a launch the CC refused, in reverse order: instances, network, addresses, capacity. A failed
+        request does not use up its ClientToken (a client's retry must launch, not return the failure)."""
+        await self._release_instances(instances, reason)
+        self.release_token(token)
+        await self.store.release_token(reservation)
+
+    async def _release_instances(self, instances: list[Instance], reason: str) -> None:
+        now = time.time()
+        for instance in instances:
+            self.store.set_state(instance, "terminated", reason, now)
+        await self.engine.free_resources(instances)
+        await self.store.save_instances(instances)

@@ -1,0 +1,95 @@
+"""Instance state from the CCs: their pushes (NotifyInstances) and the polls' answers, applied to the records.
+Level-triggered: a report says what is, the records follow (never backwards), and an instance a CC stops
+reporting is terminated after the grace period.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from common.messages.clc_cc import Ack, ClusterInstance, NotifyInstancesRequest
+from common.rpc import RpcError
+from services.cloud_controller.compute.store import Instance
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.engine import Compute
+
+CC_STATES = {"Pending": "pending", "Extant": "running", "Teardown": "terminated"}
+
+
+class Reports:
+    def __init__(self, engine: Compute):
+        self.engine = engine
+        self.store = engine.store
+        self.settings = engine.settings
+        self.cc = engine.cc
+
+    async def notify(self, message: NotifyInstancesRequest) -> Ack:
+        """A CC's push (role cc, checked by the caller to speak for the zone): the instances whose state
+        changed, or all of them when `full`."""
+        if message.zone not in self.cc.clusters:
+            raise RpcError(403, "UnknownZone", f"zone {message.zone!r} is not one of this cloud's clusters")
+        await self.apply_report(message.zone, message.instances, message.full)
+        return Ack()
+
+    async def apply_report(self, zone: str, reported: list[ClusterInstance], full: bool) -> list[Instance]:
+        now = time.time()
+        changed: list[Instance] = []
+        ended: list[Instance] = []
+        seen: set[str] = set()
+        for item in reported:
+            instance = self.store.instances.get(item.instance_id)
+            if instance is None or instance.zone != zone:
+                continue  # not ours (the CC's own orphans are its business)
+            seen.add(instance.instance_id)
+            instance.last_seen = now
+            dirty = False
+            if item.node_id and item.node_id != instance.node_id:
+                instance.node_id, dirty = item.node_id, True
+            if item.net.private_ip and item.net.private_ip != instance.private_ip:
+                old, instance.private_ip, dirty = instance.private_ip, item.net.private_ip, True
+                self.store.reindex_ip(instance, old)
+            if item.net.public_ip and not instance.public_ip:
+                instance.public_ip, dirty = item.net.public_ip, True
+            state = CC_STATES.get(item.state)
+            if state == "running" and item.detail == "suspended":
+                state = "stopped"  # saved to disk on its node (a suspended spot instance, or the admin's doing)
+            elif item.detail in ("suspending", "resuming"):
+                state = None  # on its way: the CC's answer to the call, or the next report, settles it
+            if state is not None and state != instance.state:
+                if state == "pending" and instance.state != "pending":
+                    pass  # an old report; never go backwards
+                elif state == "running" and instance.state == "shutting-down":
+                    pass  # terminating: wait for Teardown
+                else:
+                    # A user's termination stays the reason, whatever words the CC uses for the teardown.
+                    user = instance.state == "shutting-down" and instance.state_reason == "User initiated"
+                    reason = "User initiated" if user else item.reason
+                    if self.store.set_state(instance, state, reason, now):
+                        dirty = True
+                        if state == "terminated":
+                            ended.append(instance)
+            if dirty:
+                changed.append(instance)
+        if full:
+            for instance in self.store.instances.values():
+                if instance.zone != zone or not instance.live or instance.instance_id in seen:
+                    continue
+                if instance.state == "shutting-down":
+                    self.store.set_state(instance, "terminated", "User initiated", now)
+                elif now - max(instance.last_seen, instance.launch_time) > self.settings.lost_after:
+                    # The CC has not reported it for the whole grace period: it is gone.
+                    self.store.set_state(instance, "terminated", "Server.InternalError: lost by the cluster", now)
+                else:
+                    continue
+                ended.append(instance)
+                changed.append(instance)
+        if ended:
+            await self.engine.free_resources(ended)
+            for ended_zone in {i.zone for i in ended}:
+                self.engine.poller.schedule_refresh(ended_zone)  # the CC gave their capacity back before it told us
+        if changed:
+            await self.store.save_instances(changed)
+            self.engine.changed(changed)
+        return changed
