@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cc": ("cli.services_cmd", "run the Cluster Controller in the foreground"),
     "nc": ("cli.services_cmd", "run the Node Controller in the foreground"),
     "walrus": ("cli.services_cmd", "run the Walrus in the foreground"),
+    "nc-fleet": ("cli.services_cmd", "run many simulated node controllers (test hypervisor) in one process"),
     "pki": ("cli.pki_cmd", "manage the cloud's certificates"),
     "up": ("cli.allinone", "bring up the whole cloud on this machine"),
     "down": ("cli.allinone", "stop the cloud that `koala up` started (guests keep running unless --purge)"),
