@@ -109,6 +109,7 @@ class DescribeResourceResponse(BaseModel):
     instances: int = 0
     hypervisor: str = ""  # xen, kvm, qemu or test
     unknown_domains: list[str] = []  # domains that look like Koala's but have no record here (never destroyed)
+    monitor_sweeps: int = 0  # sweeps comparing libvirt's domains with the records, since the NC started
 
 
 class ConsoleOutputResponse(BaseModel):

@@ -109,6 +109,7 @@ class InstanceManager:
         self.root = config.instance_path
         self.instances: dict[str, Instance] = {}
         self.unknown_domains: dict[str, str] = {}
+        self.sweeps = 0  # completed monitor sweeps: shows the monitor is alive and has looked since a change
         self.orphan_dirs: list[str] = []
         self.disk_ops = asyncio.Semaphore(config.CONCURRENT_DISK_OPS)
         self._monitor: asyncio.Task | None = None
@@ -255,8 +256,11 @@ class InstanceManager:
         if in_time:
             log.info("%s: the guest restarted", inst.id)
             return
-        if superseded or inst.state != "Extant" or self.instances.get(inst.id) is not inst:
-            return  # or terminated meanwhile
+        if superseded:
+            log.info("%s: a reboot request's grace ended; a later request waits for the restart now", inst.id)
+            return
+        if inst.state != "Extant" or self.instances.get(inst.id) is not inst:
+            return  # terminated meanwhile
         try:
             await self.hv.reset(inst.id)
             log.info("%s: no restart %.0f s after the ACPI request: hard reset", inst.id, grace)
@@ -533,6 +537,7 @@ class InstanceManager:
             elif dom.state in EXTANT_DETAILS:
                 await self._set(inst, "Extant", dom.state)
         self._find_unknown(domains)
+        self.sweeps += 1
 
     def _find_unknown(self, domains: dict[str, DomainInfo]) -> None:
         """Domains that look like ours (our tag, or an instance-like name) without a record of ours."""

@@ -217,6 +217,7 @@ class NodeControllerService(Service):
             instances=manager.held()["instances"],
             hypervisor=self.config.HYPERVISOR,
             unknown_domains=sorted(manager.unknown_domains),
+            monitor_sweeps=manager.sweeps,
         )
 
     async def _reboot_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:

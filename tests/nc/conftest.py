@@ -66,6 +66,11 @@ class NcEnv:
     def resources(self) -> DescribeResourceResponse:
         return self.admin.call(self.url, "DescribeResource", None, DescribeResourceResponse)
 
+    def wait_sweeps(self, count: int = 2) -> None:
+        """Until the NC's monitor has compared libvirt with its records `count` more times (after a change)."""
+        start = self.resources().monitor_sweeps
+        wait_for(lambda: self.resources().monitor_sweeps >= start + count, 30, 0.05, f"{count} monitor sweeps")
+
     def terminate(self, instance_id: str) -> InstanceInfo:
         return self.cc.call(self.url, "TerminateInstance", InstanceIdRequest(instance_id=instance_id), InstanceInfo)
 

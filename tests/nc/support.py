@@ -86,6 +86,7 @@ class ImageServer:
     port: int | None = None
     images: dict[str, Image] = field(default_factory=dict)  # "bucket/key" -> image
     requests: list[tuple[str, int]] = field(default_factory=list)  # (manifest, bytes sent)
+    arrived: list[str] = field(default_factory=list)  # manifests asked for, as each request arrives (before delay)
     delay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class ImageServer:
         image = self.images.get(manifest)
         if image is None:
             return self._error(request, 404, "NoSuchKey")
+        self.arrived.append(manifest)
         began = time.monotonic()
         while self.delay and time.monotonic() - began < self.delay:  # noqa: ASYNC110 - delay 0 releases waiters
             await asyncio.sleep(0.05)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 
 import pytest
 
@@ -95,7 +94,7 @@ def test_terminate_during_staging_cancels(nc: NcEnv) -> None:
     try:
         nc.run("i-30000001", image="emi-00000004", manifest=manifest)
         nc.run("i-30000002", image="emi-00000004", manifest=manifest)
-        time.sleep(0.3)
+        wait_for(lambda: manifest in nc.images.arrived, 10, what="the slow image asked for")
         done = nc.terminate("i-30000001")
         assert done.state == "Teardown" and done.detail == "terminated"
         assert not nc.instance_dir("i-30000001").exists()
@@ -147,7 +146,7 @@ def test_libvirt_error_leaves_foreign_domain_alone(nc: NcEnv) -> None:
     nc.run("i-deadbeef", image="emi-00000008", manifest=manifest)
     info = nc.wait_state("i-deadbeef", "Teardown")
     assert info.reason.startswith("libvirt:") and "already" in info.reason, info.reason
-    time.sleep(1.0)  # a few monitor sweeps: the foreign domain stays and is still reported
+    nc.wait_sweeps()  # the foreign domain stays and is still reported
     assert "i-deadbeef" in nc.resources().unknown_domains
     assert "not tagged" in nc.cloud.log("nc")
 
@@ -187,7 +186,8 @@ def test_console_output_and_reboot(nc: NcEnv) -> None:
     nc.cc.call(nc.url, "RebootInstance", InstanceIdRequest(instance_id="i-70000001"), InstanceInfo)
     wait_for(lambda: "i-70000001: no restart 1 s after the ACPI request: hard reset" in nc.cloud.log("nc"), 10, 0.1,
              "the hard reset")  # fmt: skip
-    time.sleep(1.5)  # past the first request's grace too
+    wait_for(lambda: "i-70000001: a reboot request's grace ended; a later" in nc.cloud.log("nc"), 10, 0.1,
+             "the first request's wait to end")  # fmt: skip
     assert nc.cloud.log("nc").count("i-70000001: no restart") == 1
     assert nc.describe("i-70000001")["i-70000001"].state == "Extant"
     nc.terminate("i-70000001")

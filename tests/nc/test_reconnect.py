@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import libvirt
@@ -89,7 +88,7 @@ def test_reconnect_after_libvirtd_restart(daemon: PrivateLibvirtd, tmp_path: Pat
         # While libvirtd is away the NC still answers, and a launch waits for the connection to come back.
         assert env.describe("i-c0000001")["i-c0000001"].state == "Extant"
         env.run("i-c0000002", image="emi-000000c1", manifest=manifest)
-        time.sleep(1.0)
+        wait_for(lambda: "domain create failed" in env.cloud.log("nc"), 30, 0.05, "the launch waiting for libvirt")
         daemon.start()  # a new daemon: its test hypervisor no longer runs i-c0000001
         assert env.wait_state("i-c0000002", "Extant", timeout=30).detail == "running"
         gone = env.wait_state("i-c0000001", "Teardown", timeout=30)

@@ -45,7 +45,7 @@ def test_restart_adopts_resumes_and_reports(env: NcEnv, tmp_path: Path) -> None:
     slow = env.image("adopt-slow")
     env.images.delay = 30.0
     env.run("i-a0000004", image="emi-000000a2", manifest=slow)  # stays in staging
-    time.sleep(0.3)
+    wait_for(lambda: slow in env.images.arrived, 10, what="the slow image asked for")
     env.cloud.kill("nc")  # SIGKILL: no chance to tidy up
 
     # The hypervisor kept i-a0000001 and i-a0000002 running; i-a0000003 died while the NC was down.
@@ -72,7 +72,7 @@ def test_restart_adopts_resumes_and_reports(env: NcEnv, tmp_path: Path) -> None:
     for instance_id in ("i-a0000001", "i-a0000002", "i-a0000004"):
         assert env.terminate(instance_id).state == "Teardown"
         assert not env.instance_dir(instance_id).exists()
-    time.sleep(1.0)  # monitor sweeps: the look-alikes are still there and still only reported
+    env.wait_sweeps()  # the look-alikes are still there and still only reported
     assert {"i-0badf00d", "i-deadbeef"} <= set(env.resources().unknown_domains)
     assert "reported, not destroyed" in env.cloud.log("nc")
 
