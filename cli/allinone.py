@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from common import pki
 from common.config import render_conf
+from common.daemon import PidFile
 from common.messages.service import DescribeServiceResponse
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 from common.signing import Identity, TrustStore
@@ -149,14 +149,12 @@ class AllInOne:
     def command(self, role: str) -> list[str]:
         return [sys.executable, "-m", "cli", role, "--config", str(self.conf_path(role))]
 
+    def pid_file(self, role: str) -> PidFile:
+        return PidFile(self.pid_path(role), str(self.conf_path(role)))  # its --config argument
+
     def running_pid(self, role: str) -> int | None:
         """The pid of this cloud's `role` service, if it runs (checked against its command line)."""
-        try:
-            pid = int(self.pid_path(role).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        return pid if str(self.conf_path(role)).encode() in cmdline else None
+        return self.pid_file(role).running()
 
     def start(self, role: str, preexec_fn=None) -> subprocess.Popen:
         log = self.log_path(role).open("ab")
@@ -172,24 +170,11 @@ class AllInOne:
             cwd=self.dir,
         )
         log.close()
-        self.pid_path(role).write_text(f"{process.pid}\n")
+        self.pid_file(role).write(process.pid)
         return process
 
     def stop(self, role: str, timeout: float = 20.0) -> bool:
-        pid = self.running_pid(role)
-        if pid is None:
-            self.pid_path(role).unlink(missing_ok=True)
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.pid_path(role).unlink(missing_ok=True)
-        return True
+        return self.pid_file(role).stop(timeout)
 
     def healthy(self, role: str, timeout: float = 1.0) -> bool:
         url = self.endpoints()[role].url + "/healthz"
@@ -281,22 +266,6 @@ def _port_available(host: str, port: int) -> int:
         except OSError as err:
             raise PortInUse(f"port {port} on {host} is in use ({err.strerror}); stop what listens there") from None
     return port
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    # So does anyone else's zombie: a detached service is reaped by init, which may take its time.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -9,11 +9,11 @@ detached with a pid file, so DHCP keeps working while the CC restarts, and the C
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
 
+from common.daemon import PidFile
 from common.hostcmd import Runner
 from services.cluster_controller.network.desired import DhcpSpec
 
@@ -76,14 +76,13 @@ class DhcpServer:
     def pid_path(self) -> Path:
         return self.dir / "dnsmasq.pid"
 
+    @property
+    def pid_file(self) -> PidFile:
+        return PidFile(self.pid_path, f"--conf-file={self.conf_path}")  # dnsmasq writes it (render_conf)
+
     def running_pid(self) -> int | None:
-        """The pid of our dnsmasq, checked against its command line (a stale pid file is ignored)."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        return pid if f"--conf-file={self.conf_path}".encode() in cmdline else None
+        """The pid of our dnsmasq (a stale pid file is ignored)."""
+        return self.pid_file.running()
 
     async def apply(self, spec: DhcpSpec | None) -> list[str]:
         """Bring the daemon and its files to `spec` (None: no DHCP). Returns what was done, for the log."""
@@ -104,7 +103,7 @@ class DhcpServer:
             await asyncio.to_thread(_write_if_changed, self.dir / "dnsmasq.leases", backed)
         if pid is None:
             await self.runner.run([self.program, f"--conf-file={self.conf_path}"])
-            await self._wait_pid()
+            await self.pid_file.wait_running(self.start_wait)  # dnsmasq writes its pid file once it forked
             return ["started, stale leases dropped" if stale else "started"]
         if hosts_changed:
             await self.runner.run(["kill", "-HUP", str(pid)])
@@ -129,32 +128,5 @@ class DhcpServer:
         kept = [line for line in lines if backed(line)]
         return None if len(kept) == len(lines) else "".join(f"{line}\n" for line in kept)
 
-    async def _wait_pid(self) -> None:
-        for _ in range(int(self.start_wait / 0.02)):  # dnsmasq writes its pid file once it forked
-            if self.running_pid() is not None:
-                break
-            await asyncio.sleep(0.02)
-
     async def stop(self) -> bool:
-        pid = self.running_pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 15)
-        for _ in range(250):  # up to 5 s for a clean exit
-            if not _alive(pid):
-                break
-            await asyncio.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        self.pid_path.unlink(missing_ok=True)
-        return True
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting for its reaper."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return await self.pid_file.stop_soon(timeout=5.0)  # up to 5 s for a clean exit
