@@ -44,6 +44,7 @@ from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.placement import Need, NodeCapacity, NodeState, Plan, slots
 from services.cluster_controller.power import WakeError, normalize_mac
 from services.cluster_controller.powersave import PowerSave
+from services.cluster_controller.reservations import purge_ended
 from services.cluster_controller.store import Store
 
 log = logging.getLogger("koala.cc")
@@ -69,7 +70,6 @@ class Cluster:
         self._dirty: dict[str, Instance] = {}
         self._dirty_event = asyncio.Event()
         self._networks: set[tuple[str, int, str]] = set()
-        self._specs: dict[str, LaunchSpec] = {}
         # Called with an instance id when the instance ends, e.g. to give back its network entries at once.
         self.on_end: list[Callable[[str], Coroutine[Any, Any, None]]] = []
         # Placement's snapshot, kept up to date node by node: rebuilding 10,000 entries per decision would
@@ -131,7 +131,9 @@ class Cluster:
             self.health.watch(node)
         self.notifier.start()
         self._spawn(self._flush_loop(), "cc db writer")
-        self._spawn(self._purge_loop(), "cc purge")
+        self._spawn(
+            purge_ended(self.instances, self.config.KOALA_TEARDOWN_RETENTION, self.store.reservations), "cc purge"
+        )
         if self.policy_name == "POWERSAVE":
             self._spawn(self.power.run(), "cc powersave")
         for instance in instances:
@@ -296,13 +298,12 @@ class Cluster:
                 self.instances[instance.instance_id] = instance
                 chosen.append(instance)
             try:
-                await self.store.add_reservation(request.reservation_id, spec.model_dump_json(), chosen)
+                await self.store.add_reservation(request.reservation_id, spec, chosen)
             except Exception:
                 for instance in chosen:
                     self.nodes[instance.node_url].release(instance)
                     del self.instances[instance.instance_id]
                 raise
-            self._specs[request.reservation_id] = spec
             for index in plan.wake:
                 self.power.wake(order[index])
         log.info(
@@ -356,14 +357,6 @@ class Cluster:
         node = self.nodes.get(instance.node_url)
         return (node.node_id if node else "") or instance.node_url
 
-    async def _spec(self, reservation_id: str) -> LaunchSpec | None:
-        spec = self._specs.get(reservation_id)
-        if spec is None:
-            text = await self.store.reservation_spec(reservation_id)
-            if text is not None:
-                spec = self._specs[reservation_id] = LaunchSpec.model_validate_json(text)
-        return spec
-
     # --- fan-out: RunInstance with failover ------------------------------------------------------------
     async def _dispatch(self, instance: Instance, recover: bool = False) -> None:
         while True:
@@ -407,7 +400,7 @@ class Cluster:
                     if info.instance_id == instance.instance_id and info.state != "Teardown":
                         self._confirm(instance, info.state, info.detail)
                         return None
-        spec = await self._spec(instance.reservation_id)
+        spec = await self.store.reservations.spec(instance.reservation_id)
         if spec is None:
             return "its launch specification was lost"
         request = cc_nc.RunInstanceRequest(
@@ -635,13 +628,3 @@ class Cluster:
         self.health.unwatch(url)
         await self.store.delete_node(url)
         log.info("node %s deregistered", url)
-
-    # --- housekeeping ---------------------------------------------------------------------------------
-    async def _purge_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(60.0, self.config.KOALA_TEARDOWN_RETENTION / 2))
-            limit = time.time() - self.config.KOALA_TEARDOWN_RETENTION
-            old = [i.instance_id for i in self.instances.values() if not i.live and i.ended_at < limit]
-            for instance_id in old:
-                del self.instances[instance_id]
-            await self.store.forget(old)

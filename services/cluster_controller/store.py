@@ -10,9 +10,10 @@ from pathlib import Path
 import aiosqlite
 
 from common.db import open_db
-from common.messages.cc_nc import NetConfig, VmType
+from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from services.cluster_controller.model import Instance, Node
 from services.cluster_controller.placement import NodeState
+from services.cluster_controller.reservations import Reservations
 
 _INSTANCE_COLUMNS = (
     "instance_id, reservation_id, owner_id, node_url, vm, launch_index, net, state, detail, reason,"
@@ -43,6 +44,7 @@ def _instance_row(instance: Instance) -> tuple:
 class Store:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
+        self.reservations = Reservations(db)
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -93,22 +95,9 @@ class Store:
         await self.db.commit()
 
     # --- reservations and instances -----------------------------------------------------------------------
-    async def add_reservation(self, reservation_id: str, spec: str, instances: list[Instance]) -> None:
+    async def add_reservation(self, reservation_id: str, spec: LaunchSpec, instances: list[Instance]) -> None:
         """One transaction: the launch spec and its placed instances, before anything is sent to a node."""
-        await self.db.execute(
-            "INSERT INTO reservations(reservation_id, spec, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(reservation_id) DO NOTHING",
-            (reservation_id, spec, time.time()),
-        )
-        await self._upsert(instances)
-        await self.db.commit()
-
-    async def reservation_spec(self, reservation_id: str) -> str | None:
-        async with self.db.execute(
-            "SELECT spec FROM reservations WHERE reservation_id = ?", (reservation_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return row["spec"] if row else None
+        await self.reservations.add(reservation_id, spec, lambda: self._upsert(instances))
 
     async def save_instances(self, instances: Iterable[Instance]) -> None:
         await self._upsert(list(instances))
@@ -146,13 +135,3 @@ class Store:
             )
             for row in rows
         ]
-
-    async def forget(self, instance_ids: list[str]) -> None:
-        """Drop instances ended long ago, and reservations with no instance left."""
-        if not instance_ids:
-            return
-        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
-        await self.db.execute(
-            "DELETE FROM reservations WHERE reservation_id NOT IN (SELECT DISTINCT reservation_id FROM instances)"
-        )
-        await self.db.commit()

@@ -11,9 +11,10 @@ from pathlib import Path
 import aiosqlite
 
 from common.db import open_db
-from common.messages.cc_nc import NetConfig, VmType
+from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from common.messages.network import NetworkRule
 from services.cluster_controller.remote.model import RemoteInstance
+from services.cluster_controller.reservations import Reservations
 
 _COLUMNS = (
     "instance_id, reservation_id, owner_id, vm, launch_index, net, state, remote_id, remote_state, terminating,"
@@ -43,6 +44,7 @@ def _row(i: RemoteInstance) -> tuple:
 class RemoteStore:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
+        self.reservations = Reservations(db)
 
     @classmethod
     async def open(cls, path: Path) -> RemoteStore:
@@ -51,19 +53,8 @@ class RemoteStore:
     async def close(self) -> None:
         await self.db.close()
 
-    async def add_reservation(self, reservation_id: str, spec: str, instances: list[RemoteInstance]) -> None:
-        await self.db.execute(
-            "INSERT INTO reservations(reservation_id, spec, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(reservation_id) DO NOTHING",
-            (reservation_id, spec, time.time()),
-        )
-        await self._upsert(instances)
-        await self.db.commit()
-
-    async def spec(self, reservation_id: str) -> str | None:
-        async with self.db.execute("SELECT spec FROM reservations WHERE reservation_id = ?", (reservation_id,)) as c:
-            row = await c.fetchone()
-        return row["spec"] if row else None
+    async def add_reservation(self, reservation_id: str, spec: LaunchSpec, instances: list[RemoteInstance]) -> None:
+        await self.reservations.add(reservation_id, spec, lambda: self._upsert(instances))
 
     async def save(self, instances: Iterable[RemoteInstance]) -> None:
         await self._upsert(list(instances))
@@ -98,15 +89,6 @@ class RemoteStore:
             )
             for r in rows
         ]
-
-    async def forget(self, instance_ids: list[str]) -> None:
-        if not instance_ids:
-            return
-        await self.db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in instance_ids])
-        await self.db.execute(
-            "DELETE FROM reservations WHERE reservation_id NOT IN (SELECT DISTINCT reservation_id FROM instances)"
-        )
-        await self.db.commit()
 
     # --- networks -------------------------------------------------------------------------------------
     async def save_network(self, name: str, rules: list[NetworkRule]) -> None:

@@ -41,6 +41,7 @@ from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, Remot
 from services.cluster_controller.remote.model import REMOTE_STATES, RemoteInstance
 from services.cluster_controller.remote.resources import RemoteResources
 from services.cluster_controller.remote.store import RemoteStore
+from services.cluster_controller.reservations import purge_ended
 
 log = logging.getLogger("koala.cc.remote")
 # The tags of every remote instance: this cloud's prefix, and the local instance, reservation and account.
@@ -63,7 +64,6 @@ class RemoteZone:
         self.types = config.vmtype_map()
         self.resources = RemoteResources(ec2, prefix)
         self.instances: dict[str, RemoteInstance] = {}
-        self.specs: dict[str, LaunchSpec] = {}
         self.node_id = f"remote:{urlsplit(config.KOALA_REMOTE_ENDPOINT).netloc}"  # the zone's one "node"
         self.reachable = False
         self.last_error = "not polled yet"
@@ -112,7 +112,7 @@ class RemoteZone:
             self.instances[instance.instance_id] = instance
         self.resources.rules = await self.store.load_networks()
         for instance in self.instances.values():  # the first poll checks the groups of live instances
-            spec = await self._spec(instance.reservation_id) if instance.live else None
+            spec = await self.store.reservations.spec(instance.reservation_id) if instance.live else None
             for network in self.networks_of(spec) if spec is not None else []:
                 if network in self.resources.rules:
                     self._unsynced.add(network)
@@ -130,7 +130,9 @@ class RemoteZone:
         for instance in unfinished:
             self._spawn(self._dispatch(instance), f"redispatch {instance.instance_id}")
         self._spawn(self._poll_loop(), "remote poll")
-        self._spawn(self._purge_loop(), "remote purge")
+        self._spawn(
+            purge_ended(self.instances, self.config.KOALA_TEARDOWN_RETENTION, self.store.reservations), "remote purge"
+        )
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
@@ -252,9 +254,8 @@ class RemoteZone:
         ]
         for instance in chosen:
             self.instances[instance.instance_id] = instance
-        self.specs[request.reservation_id] = spec
         try:  # written before the remote hears of it
-            await self.store.add_reservation(request.reservation_id, spec.model_dump_json(), chosen)
+            await self.store.add_reservation(request.reservation_id, spec, chosen)
         except Exception:
             for instance in chosen:
                 del self.instances[instance.instance_id]
@@ -309,7 +310,7 @@ class RemoteZone:
                     self._end(instance, "terminated before it started")
                     await self.store.save([instance])
                     return
-                spec = await self._spec(instance.reservation_id)
+                spec = await self.store.reservations.spec(instance.reservation_id)
                 if spec is None:
                     self._end(instance, "failed: its launch specification was lost")
                     await self.store.save([instance])
@@ -571,7 +572,7 @@ class RemoteZone:
             live = [i for i in self.instances.values() if i.live]
             keys, groups = set(), set()
             for instance in live:
-                spec = await self._spec(instance.reservation_id)
+                spec = await self.store.reservations.spec(instance.reservation_id)
                 if spec is None:
                     continue
                 if spec.ssh_public_key:
@@ -582,23 +583,6 @@ class RemoteZone:
                         groups.update(self.resources.group_name(s) for s in rule.source_networks)
             done = await self.resources.sweep(keys, groups)
             self._sweep_due = time.monotonic() + (SWEEP_EVERY if done else SWEEP_RETRY)
-
-    async def _spec(self, reservation_id: str) -> LaunchSpec | None:
-        spec = self.specs.get(reservation_id)
-        if spec is None:
-            text = await self.store.spec(reservation_id)
-            if text is not None:
-                spec = self.specs[reservation_id] = LaunchSpec.model_validate_json(text)
-        return spec
-
-    async def _purge_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(60.0, self.config.KOALA_TEARDOWN_RETENTION / 2))
-            limit = time.time() - self.config.KOALA_TEARDOWN_RETENTION
-            old = [i.instance_id for i in self.instances.values() if not i.live and i.ended_at < limit]
-            for instance_id in old:
-                del self.instances[instance_id]
-            await self.store.forget(old)
 
     # --- what only zones of local nodes do ------------------------------------------------------------------
     async def register_node(self, entry: str, mac: str) -> NodeInfo:
