@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,15 +99,18 @@ def issue(
     key: PrivateKey | None = None,
     days: int = 3650,
     not_before: dt.datetime | None = None,
+    addresses: Sequence[str] = (),
 ) -> tuple[x509.Certificate, PrivateKey]:
-    """Issue a certificate for `subject_id` with `role`, signed by the CA."""
+    """Issue a certificate for `subject_id` with `role`, signed by the CA. With `addresses` (host names or IP
+    addresses) it is also a TLS certificate for those addresses, server and client (libvirt's and QEMU's TLS
+    check the peer's name against them)."""
     if role not in ALL_ROLES:
         raise PkiError(f"unknown role {role!r}; one of {', '.join(sorted(ALL_ROLES))}")
     if not subject_id or len(subject_id) > 64:
         raise PkiError("subject id must be 1 to 64 characters")
     key = key or new_key("rsa" if role in {"cloud", "user"} else "ec")
     start = not_before or _now() - dt.timedelta(minutes=5)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject_id, role))
         .issuer_name(ca_cert.subject)
@@ -114,9 +119,25 @@ def issue(
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
     )
-    return cert, key
+    if addresses:
+        names = x509.SubjectAlternativeName([_general_name(a) for a in addresses])
+        builder = builder.add_extension(names, critical=False)
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _general_name(address: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(address))
+    except ValueError:
+        return x509.DNSName(address)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -188,10 +209,10 @@ class PkiDir:
     def ca(self) -> tuple[x509.Certificate, PrivateKey]:
         return load_cert(self.ca_path), load_key(self.path / CA_KEY_FILE)
 
-    def issue(self, subject_id: str, role: str, key_type: str | None = None) -> Path:
+    def issue(self, subject_id: str, role: str, key_type: str | None = None, addresses: Sequence[str] = ()) -> Path:
         ca_cert, ca_key = self.ca()
         key = new_key(key_type) if key_type else None
-        cert, key = issue(ca_cert, ca_key, subject_id, role, key)
+        cert, key = issue(ca_cert, ca_key, subject_id, role, key, addresses=addresses)
         self.cert_path(subject_id).write_bytes(cert_pem(cert))
         write_private(self.key_path(subject_id), key_pem(key))
         return self.cert_path(subject_id)
