@@ -143,6 +143,7 @@ class NodeInfo(BaseModel):
     cores_max: int = 0
     cores_available: int = 0
     instances: int = 0  # live instances the CC has placed there
+    maintenance: bool = False  # evacuated (EvacuateNode): nothing is placed there until RestoreNode
 
 
 class DescribeNodesResponse(BaseModel):

@@ -38,6 +38,7 @@ from common.tasks import TaskSet
 from services.cluster_controller import placement
 from services.cluster_controller.config import ClusterControllerConfig, node_url
 from services.cluster_controller.health import NodeHealth
+from services.cluster_controller.migration import Migrations
 from services.cluster_controller.model import Instance, Node
 from services.cluster_controller.nc_client import BundleOperation, NcClient
 from services.cluster_controller.notifier import Notifier
@@ -89,8 +90,10 @@ class Cluster:
             changed=self._changed,
             ended=self._end,
             terminate=self._terminate_one,
+            moving=self._moving,
         )
         self.power = PowerSave(config, self.nc, store, self.nodes, self.lock, self._tasks, SubprocessRunner())
+        self.migrations = Migrations(self)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,6 +130,7 @@ class Cluster:
             sum(1 for i in instances if i.live),
             self.policy_name,
         )
+        await self.migrations.start()  # before the first polls: a migration's two copies are not strays
         for node in self.nodes.values():
             self.health.watch(node)
         self.notifier.start()
@@ -149,6 +153,10 @@ class Cluster:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.notifier.stop()
         await self._flush()
+
+    def _moving(self, instance_id: str, node_url: str = "") -> bool:
+        migration = self.migrations.active_for(instance_id)
+        return migration is not None and (not node_url or node_url in (migration.source_url, migration.target_url))
 
     def _add_node(self, node: Node) -> Node:
         node.gate = asyncio.Semaphore(self.config.KOALA_NC_CONCURRENCY)
@@ -400,16 +408,9 @@ class Cluster:
                     if info.instance_id == instance.instance_id and info.state != "Teardown":
                         self._confirm(instance, info.state, info.detail)
                         return None
-        spec = await self.store.reservations.spec(instance.reservation_id)
-        if spec is None:
+        request = await self.run_request(instance)
+        if request is None:
             return "its launch specification was lost"
-        request = cc_nc.RunInstanceRequest(
-            **dict(spec),
-            instance_id=instance.instance_id,
-            reservation_id=instance.reservation_id,
-            launch_index=instance.launch_index,
-            net=instance.net,
-        )
         assert node.gate is not None
         async with node.gate:
             try:
@@ -421,6 +422,20 @@ class Cluster:
             return f"node {node.node_id or node.url} ended it at once: {started.reason or started.detail}"
         self._confirm(instance, started.state or instance.state, started.detail)
         return None
+
+    async def run_request(self, instance: Instance) -> cc_nc.RunInstanceRequest | None:
+        """What a node needs to run the instance (RunInstance, or a migration's PrepareMigration); None when its
+        launch specification was lost."""
+        spec = await self.store.reservations.spec(instance.reservation_id)
+        if spec is None:
+            return None
+        return cc_nc.RunInstanceRequest(
+            **dict(spec),
+            instance_id=instance.instance_id,
+            reservation_id=instance.reservation_id,
+            launch_index=instance.launch_index,
+            net=instance.net,
+        )
 
     async def _start_network(self, node: Node, instance: Instance) -> None:
         """The node's side of the instance's network (its VLAN bridge), once per node and network."""
@@ -489,6 +504,8 @@ class Cluster:
         """Ask the node to terminate it; a node that is away gets asked again when it answers a poll."""
         if not instance.live or instance.confirmed_at is None:
             return  # not at its node yet: the dispatcher ends it
+        if self._moving(instance.instance_id):
+            return  # the migration terminates it once it has settled where the guest runs
         node = self.nodes.get(instance.node_url)
         if node is None:
             self._end(instance, "terminated")

@@ -29,6 +29,7 @@ log = logging.getLogger("koala.cc")
 
 Changed = Callable[[Instance], None]  # an observed change: save it and push it to the CLC
 Terminate = Callable[[Instance], Coroutine[Any, Any, None]]  # ask its node (again) to terminate it
+Moving = Callable[[str, str], bool]  # a migration moves the instance to or from that node: its copies are no strays
 
 
 class Ended(Protocol):
@@ -51,10 +52,12 @@ class NodeHealth:
         changed: Changed,
         ended: Ended,
         terminate: Terminate,
+        moving: Moving = lambda instance_id, node_url: False,
     ):
         self.config, self.nc, self.store, self.notifier = config, nc, store, notifier
         self.nodes, self.instances, self.tasks = nodes, instances, tasks
         self._changed, self._end, self._terminate_one = changed, ended, terminate
+        self._moving = moving
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
     def watch(self, node: Node) -> None:
@@ -141,6 +144,8 @@ class NodeHealth:
                 if info.state != "Teardown":
                     self._adopt(node, info)
                 continue
+            if self._moving(instance_id, node.url):
+                continue  # either end of a migration: the migration settles it
             if instance.node_url != node.url or not instance.live:
                 # A stray: failed over elsewhere, or ended here already; it must not run on this node.
                 if info.state != "Teardown" and polled_at is not None:
@@ -163,6 +168,8 @@ class NodeHealth:
         for instance in list(node.instances.values()):
             if instance.instance_id in seen or instance.confirmed_at is None or instance.confirmed_at > polled_at:
                 continue
+            if instance.node_url != node.url:
+                continue  # held here for a migration on its way in
             if instance.terminating:
                 self._end(instance, "terminated")
             else:

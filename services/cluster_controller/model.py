@@ -71,6 +71,7 @@ class Node:
     mac: str = ""
     state: NodeState = NodeState.DOWN
     enabled: bool = True  # the NC's node_status
+    maintenance: bool = False  # EvacuateNode: nothing is placed here until RestoreNode
     memory_max_mb: int = 0
     disk_max_gb: int = 0
     cores_max: int = 0
@@ -154,7 +155,7 @@ class Node:
         return max(memory, 0), max(disk, 0), max(cores, 0)
 
     def capacity(self) -> NodeCapacity:
-        state = self.state if self.enabled else NodeState.DOWN
+        state = self.state if self.enabled and not self.maintenance else NodeState.DOWN
         memory, disk, cores = self.free()
         return NodeCapacity(self.url, state, memory, disk, cores, len(self.instances))
 
@@ -173,6 +174,7 @@ class Node:
             cores_max=self.cores_max,
             cores_available=cores,
             instances=len(self.instances),
+            maintenance=self.maintenance,
         )
 
     def set_state(self, state: NodeState) -> None:

@@ -12,6 +12,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from common.messages import bundle_tasks, cc_nc
+from common.messages.migration import (
+    CommitMigrationRequest,
+    MigrateInstanceRequest,
+    MigrationStatus,
+    MigrationTarget,
+    PrepareMigrationRequest,
+    ReleaseMigrationRequest,
+)
 from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import Empty, RpcClient
 
@@ -125,6 +133,45 @@ class NcClient:
     async def detach_volume(self, url: str, request: NodeDetachRequest, timeout: float) -> NodeAttachment:
         return await self.client.call(
             url, "DetachVolume", request, NodeAttachment, timeout=timeout, idempotent=True, expect_role=NC_ROLE
+        )
+
+    # --- live migration (migration.py) ---------------------------------------------------------------------
+    async def prepare_migration(self, url: str, request: PrepareMigrationRequest) -> MigrationTarget:
+        """On the target: the instance's image cached and its disks made, as for RunInstance."""
+        return await self.client.call(
+            url, "PrepareMigration", request, MigrationTarget, timeout=self.run_timeout, expect_role=NC_ROLE
+        )
+
+    async def migrate_instance(self, url: str, request: MigrateInstanceRequest) -> MigrationStatus:
+        return await self.client.call(
+            url, "MigrateInstance", request, MigrationStatus, timeout=self.timeout, expect_role=NC_ROLE
+        )
+
+    async def describe_migration(self, url: str, instance_id: str) -> MigrationStatus:
+        return await self.client.call(
+            url,
+            "DescribeMigration",
+            cc_nc.InstanceIdRequest(instance_id=instance_id),
+            MigrationStatus,
+            timeout=self.timeout,
+            idempotent=True,
+            expect_role=NC_ROLE,
+        )
+
+    async def commit_migration(self, url: str, request: CommitMigrationRequest) -> cc_nc.InstanceInfo:
+        return await self.client.call(
+            url, "CommitMigration", request, cc_nc.InstanceInfo, timeout=self.timeout * 2, expect_role=NC_ROLE
+        )
+
+    async def release_migration(self, url: str, request: ReleaseMigrationRequest) -> NcAnswer:
+        return await self.client.call(
+            url,
+            "ReleaseMigration",
+            request,
+            NcAnswer,
+            timeout=self.timeout * 2,
+            idempotent=True,  # the node keeps the outcome until asked again
+            expect_role=NC_ROLE,
         )
 
     async def _instance_call(

@@ -8,12 +8,13 @@ NCs (role nc) push their instance changes.
 from __future__ import annotations
 
 from common.ids import is_id
-from common.messages import bundle_tasks, cc_nc, clc_cc
+from common.messages import bundle_tasks, cc_nc, clc_cc, migration
 from common.rpc import Caller, RpcError
 from common.service import Service
 from services.cluster_controller import network, storage
 from services.cluster_controller.cluster import Cluster
 from services.cluster_controller.config import ClusterControllerConfig
+from services.cluster_controller.migration import Migrations
 from services.cluster_controller.nc_client import BundleOperation
 from services.cluster_controller.remote import rpc as remote_rpc
 from services.cluster_controller.remote.setup import open_zone
@@ -52,6 +53,11 @@ class ClusterControllerService(Service):
         add("RegisterNode", self._register_node, CLC_OR_ADMIN, clc_cc.RegisterNodeRequest)
         add("DeregisterNode", self._deregister_node, CLC_OR_ADMIN, clc_cc.DeregisterNodeRequest)
         add("NotifyInstances", self._notify_instances, NC, cc_nc.NotifyInstancesRequest)
+        add("MigrateInstances", self._migrate_instances, CLC_OR_ADMIN, migration.MigrateInstancesRequest)
+        add("DescribeMigrations", self._describe_migrations, CLC_OR_ADMIN, migration.DescribeMigrationsRequest)
+        add("EvacuateNode", self._evacuate_node, CLC_OR_ADMIN, migration.NodeRequest)
+        add("RestoreNode", self._restore_node, CLC_OR_ADMIN, migration.NodeRequest)
+        add("DescribeNodeMaintenance", self._node_maintenance, CLC_OR_ADMIN, migration.NodeRequest)
         if config.remote:  # a zone in a remote EC2 cloud (remote/): no local network, no local block storage
             self.network = None
             self.storage = None
@@ -148,6 +154,35 @@ class ClusterControllerService(Service):
     async def _deregister_node(self, request: clc_cc.DeregisterNodeRequest, caller: Caller) -> clc_cc.Ack:
         await self.cluster.deregister_node(request.node)
         return clc_cc.Ack()
+
+    # --- migration and maintenance (migration.py) ------------------------------------------------------------
+    async def _migrate_instances(
+        self, request: migration.MigrateInstancesRequest, caller: Caller
+    ) -> migration.MigrateInstancesResponse:
+        return await self._migrating().migrate(request)
+
+    async def _describe_migrations(
+        self, request: migration.DescribeMigrationsRequest, caller: Caller
+    ) -> migration.DescribeMigrationsResponse:
+        return migration.DescribeMigrationsResponse(migrations=self._migrating().describe(request.instance_ids))
+
+    async def _evacuate_node(self, request: migration.NodeRequest, caller: Caller) -> migration.NodeMaintenance:
+        return await self._migrating().evacuate(request.node)
+
+    async def _restore_node(self, request: migration.NodeRequest, caller: Caller) -> migration.NodeMaintenance:
+        return await self._migrating().restore(request.node)
+
+    async def _node_maintenance(self, request: migration.NodeRequest, caller: Caller) -> migration.NodeMaintenance:
+        migrations = self._migrating()
+        node = migrations.find_node(request.node)
+        if node is None:
+            raise RpcError(404, "NodeNotFound", f"no node {request.node!r} in this zone")
+        return migrations.maintenance_info(node)
+
+    def _migrating(self) -> Migrations:
+        if not isinstance(self.cluster, Cluster):
+            raise RpcError(400, "UnsupportedOperation", "instances of a remote zone cannot be migrated")
+        return self.cluster.migrations
 
     # --- NC pushes ------------------------------------------------------------------------------------
     async def _notify_instances(self, request: cc_nc.NotifyInstancesRequest, caller: Caller) -> cc_nc.Ack:

@@ -79,6 +79,28 @@ class NodeControllerConfig(NodeVnetSettings, ServiceConfig):  # VNET_* keys: net
     KOALA_NC_POWEROFF_COMMAND: str = Field(
         "", description="Command PowerDown runs once the node is idle (e.g. 'systemctl poweroff'); '' only disables."
     )
+    KOALA_NC_MIGRATION_URI: str = Field(
+        "",
+        description="How other nodes' libvirtds reach this node's for live migration, over TLS with the cloud's "
+        "certificates (e.g. qemu+tls://10.0.0.5/system; see cli/libvirt_tls.py). '' offers no live migration.",
+    )
+    KOALA_NC_MIGRATION_ADDRESS: str = Field(
+        "", description="Address QEMU's incoming migration streams listen on here ('' : the host of the URI)."
+    )
+    KOALA_NC_MIGRATION_PKI: str = Field(
+        "",
+        description="Directory with cacert.pem, clientcert.pem, clientkey.pem this node's libvirtd presents to the "
+        "target's (libvirt's pkipath); '' uses libvirt's default /etc/pki/libvirt.",
+    )
+    KOALA_NC_MIGRATION_TLS: bool = Field(
+        True, description="Carry QEMU's memory and disk streams over TLS too (qemu.conf migrate_tls_x509_cert_dir)."
+    )
+    KOALA_NC_MIGRATION_BANDWIDTH: int = Field(
+        0, ge=0, le=100000, description="The most MiB/s a live migration from this node may use (0: no limit)."
+    )
+    KOALA_NC_MIGRATION_MAX_DOWNTIME_MS: int = Field(
+        300, ge=1, le=60000, description="The longest pause live migration may give the guest at the switch-over."
+    )
 
     @property
     def port(self) -> int:

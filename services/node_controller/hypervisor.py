@@ -93,6 +93,9 @@ class Hypervisor:
         self.uri = uri
         self.on_event, self.on_reconnect = on_event, on_reconnect
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        # Calls that block for long (a migration: seconds to minutes) get threads of their own, so the one worker
+        # thread keeps serving every other call meanwhile (libvirt connections are thread-safe).
+        self._long = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-long")
         self._conn: libvirt.virConnect | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconnect_task: asyncio.Task | None = None
@@ -144,6 +147,7 @@ class Hypervisor:
         with contextlib.suppress(Exception):
             await self._run(self._close_conn)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._long.shutdown(wait=False, cancel_futures=True)
 
     def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
@@ -197,6 +201,11 @@ class Hypervisor:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` in the libvirt thread; libvirt errors become HypervisorError."""
         return await self._run(self._guarded, fn, args)
+
+    async def call_long(self, fn: Callable[..., T], *args: Any) -> T:
+        """As `call`, in a thread of its own: for calls that block for long, such as a migration."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._long, self._guarded, fn, args)
 
     def _guarded(self, fn: Callable[..., T], args: tuple) -> T:
         conn = self._conn
@@ -293,6 +302,28 @@ class Hypervisor:
                 raise
 
         return await self.call(state)
+
+    async def xml(self, name: str, migratable: bool = False) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0
+        return await self.call(lambda conn: conn.lookupByName(name).XMLDesc(flags))
+
+    async def job(self, name: str, completed: bool = False) -> dict[str, Any] | None:
+        """libvirt's statistics of the domain's job (a migration), or of its last completed one; None when the domain
+        does not exist."""
+
+        def stats(conn: libvirt.virConnect) -> dict[str, Any] | None:
+            try:
+                dom = conn.lookupByName(name)
+                return dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return await self.call(stats)
+
+    async def abort_job(self, name: str) -> None:
+        await self.call(lambda conn: conn.lookupByName(name).abortJob())
 
     async def host(self) -> tuple[int, int, str]:
         """(cpus, memory MiB, hypervisor type) of the host as libvirt sees it."""

@@ -46,6 +46,10 @@ EXTANT_DETAILS = {"running", "blocked", "paused", "shutdown"}
 # Suspended to disk (libvirt save to the instance directory): Extant with no domain; its cores and memory are free.
 SUSPENDED, SUSPENDING, RESUMING = "suspended", "suspending", "resuming"
 SAVE_FILE = "suspended.save"
+# A live migration in progress (migration.py): on the source Extant/migrating, on the target Pending/migrating-in.
+# Events and the sweep leave such instances to the migration, whose record says what to do after a restart.
+MIGRATING_OUT, MIGRATING_IN = "migrating", "migrating-in"
+MIGRATING = (MIGRATING_OUT, MIGRATING_IN)
 CREATE_ATTEMPTS = 5
 REBOOT_GRACE = 10.0
 MISSING_GRACE = 3.0
@@ -92,6 +96,14 @@ class Instance:
             launch_time=self.launch_time,
             updated_at=self.updated_at,
         )
+
+
+@dataclass
+class Staged:
+    directory: Path
+    xml: str
+    kernel: Path | None
+    ramdisk: Path | None
 
 
 class InstanceManager:
@@ -175,6 +187,15 @@ class InstanceManager:
 
     # --- operations ---------------------------------------------------------------------------------------
     async def run(self, request: RunInstanceRequest) -> InstanceInfo:
+        inst, known = await self.admit(request, "staging")
+        if not known:
+            log.info("%s: Pending (staging) %s on %s", inst.id, request.vm_type.name, self.flavour)
+            inst.task = asyncio.create_task(self._stage(inst), name=f"stage {inst.id}")
+        return inst.info()
+
+    async def admit(self, request: RunInstanceRequest, detail: str) -> tuple[Instance, bool]:
+        """Check a request, room for it, and record it as Pending/`detail` before anything is built. (instance,
+        True) when the same reservation's instance is known here already (a retried call)."""
         if not is_id(request.instance_id, "i"):
             raise RpcError(400, "InvalidInstanceID.Malformed", f"{request.instance_id!r} is not an instance id")
         for ref in (request.image, request.kernel, request.ramdisk):
@@ -191,7 +212,7 @@ class InstanceManager:
         if existing is not None:
             if existing.request.reservation_id != request.reservation_id:
                 raise RpcError(409, "InstanceIdInUse", f"{request.instance_id} is already used here")
-            return existing.info()  # a retried call: answer what is
+            return existing, True  # a retried call: answer what is
         free = self.free()
         vm = request.vm_type
         if vm.cores > free["cores"] or vm.memory_mb > free["memory_mb"] or vm.disk_gb > free["disk_gb"]:
@@ -202,7 +223,7 @@ class InstanceManager:
                 f" cores, {free['memory_mb']} MiB, {free['disk_gb']} GB",
             )
         now = time.time()
-        inst = Instance(request, "Pending", "staging", now, now)
+        inst = Instance(request, "Pending", detail, now, now)
         self.instances[inst.id] = inst
         try:
             await self._save(inst)  # the record exists before anything is built
@@ -210,9 +231,7 @@ class InstanceManager:
             self.instances.pop(inst.id, None)
             raise
         self.notifier.changed(inst.id)
-        log.info("%s: Pending (staging) %s on %s", inst.id, vm.name, self.flavour)
-        inst.task = asyncio.create_task(self._stage(inst), name=f"stage {inst.id}")
-        return inst.info()
+        return inst, False
 
     async def terminate(self, instance_id: str) -> InstanceInfo:
         inst = self._get(instance_id)
@@ -222,7 +241,7 @@ class InstanceManager:
 
     async def reboot(self, instance_id: str) -> InstanceInfo:
         inst = self._get(instance_id)
-        if inst.state != "Extant" or inst.detail in (SUSPENDING, SUSPENDED, RESUMING):
+        if inst.state != "Extant" or inst.detail in (SUSPENDING, SUSPENDED, RESUMING, *MIGRATING):
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}/{inst.detail}")
         loop = asyncio.get_running_loop()
         grace = self.config.KOALA_NC_REBOOT_GRACE_SECONDS
@@ -272,7 +291,7 @@ class InstanceManager:
         inst = self._get(instance_id)
         if inst.state == "Extant" and inst.detail == SUSPENDED:
             return inst.info()
-        if inst.state != "Extant" or inst.detail in (SUSPENDING, RESUMING):
+        if inst.state != "Extant" or inst.detail in (SUSPENDING, RESUMING, *MIGRATING):
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {inst.state}/{inst.detail}")
         path = self.instance_dir(inst.request) / SAVE_FILE
         await self._set(inst, "Extant", SUSPENDING)  # written first: a crash mid-save is sorted out at restart
@@ -341,30 +360,36 @@ class InstanceManager:
         return {key: self.limits[key] - held[key] for key in ("cores", "memory_mb", "disk_gb")}
 
     # --- staging ------------------------------------------------------------------------------------------
-    async def _stage(self, inst: Instance) -> None:
+    async def stage_files(self, inst: Instance) -> Staged:
+        """The instance's images (cached, pinned), disks and config drive, and its domain XML."""
         request = inst.request
         directory = self.instance_dir(request)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: directory.mkdir(parents=True, exist_ok=True))
+        refs = [request.image, request.kernel, request.ramdisk]
+        paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
+        await self._save(inst)  # remember the pins
+        image, kernel, ramdisk = paths
+        assert image is not None  # RunInstanceRequest always names an image
+        async with self.disk_ops:
+            disk_list = await disks.make_disks(
+                image,
+                directory,
+                request.vm_type.disk_gb,
+                self.config.SWAP_SIZE,
+                self.disk_mode,
+                self.root / ".templates",
+            )
+            if self.config.KOALA_NC_CONFIG_DRIVE:
+                iso = await configdrive.build(directory / "config.iso", request)
+                disk_list.append(DiskSpec(iso, "config", readonly=True))
+        xml = render(self._spec(inst, disk_list, kernel, ramdisk, directory), self.flavour)
+        return Staged(directory, xml, kernel, ramdisk)
+
+    async def _stage(self, inst: Instance) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, lambda: directory.mkdir(parents=True, exist_ok=True))
-            refs = [request.image, request.kernel, request.ramdisk]
-            paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
-            await self._save(inst)  # remember the pins
-            image, kernel, ramdisk = paths
-            assert image is not None  # RunInstanceRequest always names an image
-            async with self.disk_ops:
-                disk_list = await disks.make_disks(
-                    image,
-                    directory,
-                    request.vm_type.disk_gb,
-                    self.config.SWAP_SIZE,
-                    self.disk_mode,
-                    self.root / ".templates",
-                )
-                if self.config.KOALA_NC_CONFIG_DRIVE:
-                    iso = await configdrive.build(directory / "config.iso", request)
-                    disk_list.append(DiskSpec(iso, "config", readonly=True))
-            xml = render(self._spec(inst, disk_list, kernel, ramdisk, directory), self.flavour)
-            await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
+            staged = await self.stage_files(inst)
+            xml = staged.xml
+            await asyncio.get_running_loop().run_in_executor(None, (staged.directory / "libvirt.xml").write_text, xml)
             await self._set(inst, "Pending", "booting")  # written before the domain exists
             await self._create(xml)
             state = await self.hv.state(inst.id)
@@ -460,7 +485,7 @@ class InstanceManager:
         self._spawn(self._on_event(inst, event, detail), f"event {name}")
 
     async def _on_event(self, inst: Instance, event: str, detail: int) -> None:
-        if inst.state == "Teardown":
+        if inst.state == "Teardown" or inst.detail in MIGRATING:
             return
         if event == "rebooted":
             if inst.restarted is not None:
@@ -520,7 +545,7 @@ class InstanceManager:
                     inst, "failed", f"boot timeout: still {inst.detail} after {self.config.INSTANCE_TIMEOUT:.0f} s"
                 )
                 continue
-            if loop_now < inst.reboot_until or inst.detail in ("staging", SUSPENDING, RESUMING):
+            if loop_now < inst.reboot_until or inst.detail in ("staging", SUSPENDING, RESUMING, *MIGRATING):
                 continue
             if inst.detail == SUSPENDED:
                 continue  # no domain while suspended: that is the point
@@ -593,6 +618,9 @@ class InstanceManager:
                 if not self.config.MANUAL_INSTANCES_CLEANUP:
                     await self._remove_files(inst)
                 continue
+            if inst.detail in MIGRATING:
+                adopted += 1
+                continue  # the migration's own record decides (NodeMigrations.adopt)
             saved = (self.instance_dir(request) / SAVE_FILE).exists()
             if inst.state == "Extant" and inst.detail in (SUSPENDING, SUSPENDED, RESUMING) and dom is None and saved:
                 await self._set(inst, "Extant", SUSPENDED)  # the save finished (or the restore never started)

@@ -29,6 +29,14 @@ from common.messages.cc_nc import (
     RunInstanceRequest,
     StartNetworkRequest,
 )
+from common.messages.migration import (
+    CommitMigrationRequest,
+    MigrateInstanceRequest,
+    MigrationStatus,
+    MigrationTarget,
+    PrepareMigrationRequest,
+    ReleaseMigrationRequest,
+)
 from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import Caller, Empty, RpcError
 from common.service import Service
@@ -38,6 +46,7 @@ from services.node_controller.cache import ImageCache
 from services.node_controller.config import NodeControllerConfig
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
 from services.node_controller.instances import InstanceManager
+from services.node_controller.migration import NodeMigrations
 from services.node_controller.notifier import Notifier
 from services.node_controller.volumes import Volumes
 from services.node_controller.walrus_client import WalrusImages
@@ -57,6 +66,7 @@ class NodeControllerService(Service):
         self.manager: InstanceManager | None = None
         self.volumes: Volumes | None = None
         self.bundler: Bundler | None = None
+        self.migrations: NodeMigrations | None = None
         self.hv: Hypervisor | None = None
         self.db: aiosqlite.Connection | None = None
         self.powered_down = False
@@ -77,6 +87,11 @@ class NodeControllerService(Service):
         add("BundleInstance", self._bundle_instance, CC, StartBundleRequest)
         add("DescribeBundleTask", self._describe_bundle, CC, BundleTaskRequest)
         add("CancelBundleTask", self._cancel_bundle, CC, BundleTaskRequest)
+        add("PrepareMigration", self._prepare_migration, CC, PrepareMigrationRequest)
+        add("MigrateInstance", self._migrate_instance, CC, MigrateInstanceRequest)
+        add("DescribeMigration", self._describe_migration, CC_ADMIN, InstanceIdRequest)
+        add("CommitMigration", self._commit_migration, CC, CommitMigrationRequest)
+        add("ReleaseMigration", self._release_migration, CC, ReleaseMigrationRequest)
         self.node_network = network.install(self)  # bridges/VLAN devices on demand (network.py)
 
     def peer_list(self) -> list[tuple[str, str]]:
@@ -146,6 +161,9 @@ class NodeControllerService(Service):
                 )
         self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances)
         await manager.start()
+        migrations = NodeMigrations(config, self.db, self.hv, manager, cache, self.identity.id)
+        await migrations.adopt()
+        self.migrations = migrations
         bundler = Bundler(self.db, manager, config.instance_path / ".bundles")
         await bundler.start()
         self.bundler = bundler
@@ -158,6 +176,8 @@ class NodeControllerService(Service):
             await asyncio.gather(self._starting, return_exceptions=True)
         if self.bundler is not None:
             await self.bundler.stop()
+        if self.migrations is not None:
+            await self.migrations.stop()
         if self.manager is not None:
             await self.manager.stop()
             await self.manager.notifier.stop()
@@ -269,6 +289,31 @@ class NodeControllerService(Service):
 
     async def _cancel_bundle(self, request: BundleTaskRequest, caller: Caller) -> NodeBundleStatus:
         return await self._bundler.cancel(request.bundle_id)
+
+    @property
+    def _migrations(self) -> NodeMigrations:
+        self._manager  # noqa: B018 - NotReady while starting
+        assert self.migrations is not None
+        return self.migrations
+
+    async def _prepare_migration(self, request: PrepareMigrationRequest, caller: Caller) -> MigrationTarget:
+        if self.powered_down:
+            raise RpcError(503, "NodePoweredDown", "this node is powering down")
+        if self.node_network is not None:  # the guest's bridge exists here before it arrives
+            request = request.model_copy(update={"run": await network.prepare_run(self.node_network, request.run)})
+        return await self._migrations.prepare(request)
+
+    async def _migrate_instance(self, request: MigrateInstanceRequest, caller: Caller) -> MigrationStatus:
+        return await self._migrations.migrate(request)
+
+    async def _describe_migration(self, request: InstanceIdRequest, caller: Caller) -> MigrationStatus:
+        return await self._migrations.describe_now(request.instance_id)
+
+    async def _commit_migration(self, request: CommitMigrationRequest, caller: Caller) -> InstanceInfo:
+        return await self._migrations.commit(request)
+
+    async def _release_migration(self, request: ReleaseMigrationRequest, caller: Caller) -> InstanceInfo:
+        return await self._migrations.release(request)
 
     async def _power_down(self, _: Empty, caller: Caller) -> Ack:
         """POWERSAVE: never with guests running. With KOALA_NC_POWEROFF_COMMAND the node then refuses new work

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.allinone import ROLES
 from tests.harness import Cloud
 from tests.network.topology import Topology
 
@@ -41,11 +42,12 @@ def acceptance_world(
     prefix: str = "ka",
     extra: dict[str, dict] | None = None,
     nets: tuple[str, str, str] = (SUBNET, PUBLIC, METADATA_LINK),
+    roles: tuple[str, ...] = ROLES,
 ) -> Iterator[World]:
     """Build the namespaces and links, start the cloud; take it all down on the way out. `instances` must be
     readable by libvirt's qemu user; `prefix` (two letters) keeps the host's link names apart per user; `extra`
     adds settings per role; `nets` (the private /16, the public and the metadata link's first three octets) keeps
-    another user's routes apart."""
+    another user's routes apart; `roles` are the services started (without "nc", the test brings its own nodes)."""
     SUBNET, PUBLIC, METADATA_LINK = nets
     tag = secrets.token_hex(2)
     bridge, router_port, md_port = f"{prefix}br{tag}", f"{prefix}pr{tag}", f"{prefix}md{tag}"
@@ -87,7 +89,7 @@ def acceptance_world(
         }  # fmt: skip
         for role, values in (extra or {}).items():
             settings[role] = {**settings.get(role, {}), **values}
-        cloud = Cloud(work / "cloud", extra=settings)
+        cloud = Cloud(work / "cloud", roles=roles, extra=settings)
         cloud.start()
         yield World(cloud, topology, bridge, instances)
     finally:

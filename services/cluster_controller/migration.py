@@ -1,0 +1,474 @@
+"""Live migration between the nodes of this zone, node maintenance (evacuate, restore), driven by the CC.
+
+One migration, each state written before the call it names:
+
+    preparing  -> PrepareMigration on the target (the instance's bridge first): its image cached, empty disks
+    migrating  -> MigrateInstance on the source, then DescribeMigration until libvirt is done
+    finishing  -> the instance's node is the target from here on; CommitMigration on the target (with the source's
+                  console history), ReleaseMigration(moved) on the source
+    done
+    aborting   -> (the source failed, or preparing was interrupted) ReleaseMigration(failed) on the target
+    failed        the guest runs on where it was
+
+While it runs the instance is reserved on both nodes. A restarted CC resumes each unfinished migration from its
+state (preparing is undone: nothing was sent to the source yet); the NCs' own records make every call idempotent.
+The guest's network needs nothing from the CC but the bridge on the target: its MAC, addresses, DHCP entry,
+security group rules and elastic IP all live with the CC and stay as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel
+
+from common.backoff import Backoff
+from common.messages.migration import (
+    CommitMigrationRequest,
+    MigrateInstanceRequest,
+    MigrateInstancesRequest,
+    MigrateInstancesResponse,
+    MigrationInfo,
+    MigrationMode,
+    MigrationTarget,
+    NodeMaintenance,
+    PrepareMigrationRequest,
+    ReleaseMigrationRequest,
+)
+from common.rpc import RpcError
+from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.placement import NodeCapacity, NodeState
+
+if TYPE_CHECKING:
+    from services.cluster_controller.cluster import Cluster
+
+log = logging.getLogger("koala.cc.migration")
+M = TypeVar("M", bound=BaseModel)
+ACTIVE = ("preparing", "migrating", "finishing", "aborting")
+POLL_SECONDS = 0.5
+KEEP_FINISHED = 200  # finished migrations kept for DescribeMigrations
+
+
+@dataclass
+class Migration:
+    instance_id: str
+    source_url: str
+    target_url: str
+    mode: MigrationMode
+    state: str
+    target: MigrationTarget | None = None
+    error: str = ""
+    progress: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    task: asyncio.Task | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+
+class Migrations:
+    """The CC's migrations and node maintenance; `cluster` is the engine whose nodes and instances they move."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.db = cluster.store.db
+        self.by_instance: dict[str, Migration] = {}
+        self.maintenance: dict[str, float] = {}  # node url -> since
+
+    # --- persistence --------------------------------------------------------------------------------------------
+    async def _save(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
+        """The migration's state (and, in the same transaction, instances whose node it changed)."""
+        migration.updated_at = time.time()
+        await self.db.execute(
+            "INSERT OR REPLACE INTO migrations(instance_id, source_url, target_url, mode, state, target, error,"
+            " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                migration.instance_id,
+                migration.source_url,
+                migration.target_url,
+                migration.mode,
+                migration.state,
+                migration.target.model_dump_json() if migration.target else "",
+                migration.error,
+                migration.started_at,
+                migration.updated_at,
+            ),
+        )
+        if instances:
+            await self.cluster.store._upsert(list(instances))
+        await self.db.commit()
+
+    async def start(self) -> None:
+        """After the cluster loaded its nodes and instances: maintenance marks, and unfinished migrations resumed."""
+        async with self.db.execute("SELECT url, since FROM maintenance") as cursor:
+            for row in await cursor.fetchall():
+                self.maintenance[row["url"]] = row["since"]
+                node = self.cluster.nodes.get(row["url"])
+                if node is not None:
+                    node.maintenance = True
+                    node.touch()
+        async with self.db.execute("SELECT * FROM migrations ORDER BY started_at") as cursor:
+            rows = await cursor.fetchall()
+        for row in rows:
+            migration = Migration(
+                instance_id=row["instance_id"],
+                source_url=row["source_url"],
+                target_url=row["target_url"],
+                mode=row["mode"],
+                state=row["state"],
+                target=MigrationTarget.model_validate_json(row["target"]) if row["target"] else None,
+                error=row["error"],
+                started_at=row["started_at"],
+                updated_at=row["updated_at"],
+            )
+            self.by_instance[migration.instance_id] = migration
+            if not migration.active:
+                continue
+            instance = self.cluster.instances.get(migration.instance_id)
+            if instance is None:
+                continue
+            other = migration.source_url if instance.node_url == migration.target_url else migration.target_url
+            node = self.cluster.nodes.get(other)
+            if node is not None and instance.live:
+                node.reserve(instance)  # held on both nodes until it is settled
+            if migration.state == "preparing":
+                migration.state, migration.error = "aborting", "the CC restarted while preparing"
+                await self._save(migration)
+            log.info("%s: resuming migration %s -> %s (%s)", migration.instance_id, migration.source_url,
+                     migration.target_url, migration.state)  # fmt: skip
+            self._drive(migration)
+        self.cluster.on_end.append(self._instance_ended)
+
+    # --- queries --------------------------------------------------------------------------------------------
+    def active_for(self, instance_id: str) -> Migration | None:
+        migration = self.by_instance.get(instance_id)
+        return migration if migration is not None and migration.active else None
+
+    def info(self, migration: Migration) -> MigrationInfo:
+        return MigrationInfo(
+            instance_id=migration.instance_id,
+            source_node=self._node_name(migration.source_url),
+            target_node=self._node_name(migration.target_url),
+            mode=migration.mode,
+            state=migration.state,
+            error=migration.error,
+            progress=migration.progress,
+            started_at=migration.started_at,
+            updated_at=migration.updated_at,
+        )
+
+    def describe(self, instance_ids: list[str]) -> list[MigrationInfo]:
+        wanted = {i.lower() for i in instance_ids}
+        return [self.info(m) for m in self.by_instance.values() if not wanted or m.instance_id in wanted]
+
+    def _node_name(self, url: str) -> str:
+        node = self.cluster.nodes.get(url)
+        return (node.node_id if node else "") or url
+
+    def find_node(self, name: str) -> Node | None:
+        for node in self.cluster.nodes.values():
+            if name in (node.url, node.node_id):
+                return node
+        return None
+
+    # --- starting migrations ----------------------------------------------------------------------------------
+    async def migrate(self, request: MigrateInstancesRequest) -> MigrateInstancesResponse:
+        answer = MigrateInstancesResponse()
+        target = None
+        if request.target_node:
+            target = self.find_node(request.target_node)
+            if target is None:
+                raise RpcError(404, "NodeNotFound", f"no node {request.target_node!r} in this zone")
+        for instance_id in request.instance_ids:
+            try:
+                migration = await self.begin(instance_id.lower(), target, request.mode)
+            except RpcError as err:
+                answer.errors[instance_id] = f"{err.code}: {err.message}"
+                continue
+            answer.migrations.append(self.info(migration))
+        return answer
+
+    async def begin(self, instance_id: str, target: Node | None, mode: MigrationMode = "live") -> Migration:
+        """Check, pick the target (the placement policy's choice unless given), reserve there, write `preparing`."""
+        cluster = self.cluster
+        instance = cluster.instances.get(instance_id)
+        if instance is None or not instance.live:
+            raise RpcError(404, "InvalidInstanceID.NotFound", f"no running instance {instance_id} in this zone")
+        if self.active_for(instance_id) is not None:
+            raise RpcError(409, "MigrationInProgress", f"{instance_id} is being migrated already")
+        if instance.state != "Extant" or instance.confirmed_at is None or instance.terminating:
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {instance.state}/{instance.detail}")
+        if instance.parked:
+            raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is suspended")
+        if mode != "live":
+            raise RpcError(400, "UnsupportedOperation", "only live migration is offered")
+        source = cluster.nodes.get(instance.node_url)
+        if source is None or source.state is not NodeState.UP:
+            raise RpcError(409, "NodeUnavailable", f"the node of {instance_id} does not answer now")
+        async with cluster.lock:
+            order, capacities = cluster.snapshot()
+            snapshot = list(capacities)
+            for index, node in enumerate(order):
+                if node is source or node.state is not NodeState.UP or (target is not None and node is not target):
+                    snapshot[index] = NodeCapacity(node.url, NodeState.DOWN, 0, 0, 0)
+            plan = cluster.policy(snapshot, instance.need, 1, cluster.cursor)
+            if not plan.picks:
+                where = f"node {target.node_id or target.url}" if target is not None else "no other node"
+                if target is source:
+                    raise RpcError(400, "InvalidParameterValue", f"{instance_id} runs on {where} already")
+                raise RpcError(409, "InsufficientInstanceCapacity", f"{where} has room for {instance_id} now")
+            chosen = order[plan.picks[0]]
+            now = time.time()
+            migration = Migration(instance_id, source.url, chosen.url, mode, "preparing", started_at=now)
+            chosen.reserve(instance)
+            try:
+                await self._save(migration)
+            except Exception:
+                chosen.release(instance)
+                raise
+            self.by_instance[instance_id] = migration
+        log.info("%s: migration %s -> %s (%s)", instance_id, source.node_id or source.url,
+                 chosen.node_id or chosen.url, mode)  # fmt: skip
+        self._drive(migration)
+        return migration
+
+    def _drive(self, migration: Migration) -> None:
+        migration.task = self.cluster._spawn(self._run(migration), f"migrate {migration.instance_id}")
+
+    # --- the driver -------------------------------------------------------------------------------------------
+    async def _run(self, migration: Migration) -> None:
+        cluster = self.cluster
+        instance = cluster.instances.get(migration.instance_id)
+        if instance is None:
+            return
+        try:
+            if migration.state == "preparing":
+                await self._prepare(migration, instance)
+            if migration.state == "migrating":
+                await self._send(migration, instance)
+            if migration.state == "finishing":
+                await self._finish(migration, instance)
+            if migration.state == "aborting":
+                await self._abort(migration, instance)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: migration driver failed in state %s", migration.instance_id, migration.state)
+            raise
+
+    async def _set(self, migration: Migration, state: str, error: str = "", instances: Sequence[Instance] = ()) -> None:
+        migration.state = state
+        if error:
+            migration.error = error
+        await self._save(migration, instances)
+
+    async def _prepare(self, migration: Migration, instance: Instance) -> None:
+        cluster = self.cluster
+        target = cluster.nodes.get(migration.target_url)
+        request = await cluster.run_request(instance)
+        if target is None or request is None:
+            await self._set(migration, "failed", "the target node or the launch specification is gone")
+            self._release_target(migration, instance)
+            return
+        source = cluster.nodes.get(migration.source_url)
+        try:
+            await cluster._start_network(target, instance)
+            prepare = PrepareMigrationRequest(run=request, source_node=source.node_id if source else "")
+            prepared = await cluster.nc.prepare_migration(target.url, prepare)
+        except RpcError as err:
+            await self._set(migration, "aborting", f"prepare on {self._node_name(target.url)}: {err}")
+            return
+        migration.target = prepared
+        await self._set(migration, "migrating")
+
+    async def _send(self, migration: Migration, instance: Instance) -> None:
+        assert migration.target is not None
+        request = MigrateInstanceRequest(instance_id=instance.instance_id, target=migration.target, mode=migration.mode)
+        backoff = Backoff(0.5, 5.0)
+        sent = False
+        while True:
+            try:
+                if not sent:
+                    status = await self.cluster.nc.migrate_instance(migration.source_url, request)
+                    sent = True
+                else:
+                    status = await self.cluster.nc.describe_migration(migration.source_url, instance.instance_id)
+            except RpcError as err:
+                if err.status < 500 and not sent:
+                    await self._set(migration, "aborting", f"the source refused: {err}")
+                    return
+                log.warning("%s: source %s: %s (retrying)", instance.instance_id, migration.source_url, err)
+                await backoff.wait()
+                continue
+            backoff.reset()
+            if status.data_total:
+                migration.progress = min(100, int(100 * status.data_processed / max(1, status.data_total)))
+            if status.state == "running":
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            if status.state == "completed":
+                migration.progress = 100
+                await self._switch(migration, instance)
+                return
+            if status.state == "gone" and await self._target_runs_it(migration, instance):
+                await self._switch(migration, instance)
+                return
+            if status.state == "none":
+                # The source has no record: MigrateInstance never reached it (or was lost with it); send it again.
+                sent = False
+                continue
+            await self._set(migration, "aborting", status.error or f"the source reports {status.state}")
+            return
+
+    async def _target_runs_it(self, migration: Migration, instance: Instance) -> bool:
+        """The source lost track (it restarted, or libvirt's answer was lost): does the target run the guest?"""
+        try:
+            await self._commit(migration, instance)
+        except RpcError as err:
+            log.warning("%s: the target does not run it either: %s", instance.instance_id, err)
+            return False
+        return True
+
+    async def _switch(self, migration: Migration, instance: Instance) -> None:
+        """From here the instance is the target's: written, in one transaction with the migration's state."""
+        instance.node_url = migration.target_url
+        instance.detail = "running"
+        await self._set(migration, "finishing", instances=[instance])
+        self.cluster._changed(instance)
+
+    async def _commit(self, migration: Migration, instance: Instance) -> None:
+        output = ""
+        try:  # the console so far, kept by the target before its own lines
+            output = await self.cluster.nc.console_output(migration.source_url, instance.instance_id)
+        except RpcError as err:
+            log.warning("%s: no console history from the source: %s", instance.instance_id, err)
+        committed = await self.cluster.nc.commit_migration(
+            migration.target_url, CommitMigrationRequest(instance_id=instance.instance_id, console=output)
+        )
+        instance.detail = committed.detail or instance.detail
+
+    async def _finish(self, migration: Migration, instance: Instance) -> None:
+        backoff = Backoff(0.5, 10.0)
+        committed = False
+        while not committed:
+            try:
+                await self._commit(migration, instance)
+                committed = True
+            except RpcError as err:
+                if err.status >= 500:  # the target NC is away (killed, restarting): its record waits for us
+                    log.warning("%s: commit on the target: %s (retrying)", instance.instance_id, err)
+                    await backoff.wait()
+                    continue
+                # No running guest on the target although the source let it go: it is lost.
+                await self._set(migration, "failed", f"the guest did not arrive: {err}")
+                self.cluster._end(instance, f"lost in migration: {err.message}")
+                return
+        await self._release(migration.source_url, instance, "moved", migration)
+        source = self.cluster.nodes.get(migration.source_url)
+        if source is not None:
+            source.release(instance, ended=True)
+        await self._set(migration, "done")
+        self.cluster._changed(instance)
+        log.info("%s: now on %s", instance.instance_id, self._node_name(migration.target_url))
+        self._trim()
+        if instance.terminating:
+            self.cluster._spawn(self.cluster._terminate_one(instance), f"terminate {instance.instance_id}")
+
+    async def _abort(self, migration: Migration, instance: Instance) -> None:
+        log.warning("%s: migration to %s failed: %s", instance.instance_id, self._node_name(migration.target_url),
+                    migration.error)  # fmt: skip
+        await self._release(migration.target_url, instance, "failed", migration)
+        self._release_target(migration, instance)
+        await self._set(migration, "failed")
+        self._trim()
+        if instance.terminating:
+            self.cluster._spawn(self.cluster._terminate_one(instance), f"terminate {instance.instance_id}")
+
+    def _release_target(self, migration: Migration, instance: Instance) -> None:
+        node = self.cluster.nodes.get(migration.target_url)
+        if node is not None and instance.node_url != node.url:
+            node.release(instance, ended=True)
+
+    async def _release(self, url: str, instance: Instance, outcome: str, migration: Migration) -> None:
+        """ReleaseMigration until the node has done it (or does not know the instance: nothing to release)."""
+        request = ReleaseMigrationRequest(
+            instance_id=instance.instance_id, outcome=outcome, target_node=self._node_name(migration.target_url)
+        )
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                await self.cluster.nc.release_migration(url, request)
+                return
+            except RpcError as err:
+                if err.status == 404:
+                    return
+                log.warning("%s: ReleaseMigration(%s) on %s: %s (retrying)", instance.instance_id, outcome, url, err)
+            await backoff.wait()
+
+    def _trim(self) -> None:
+        finished = [m for m in self.by_instance.values() if not m.active]
+        for migration in sorted(finished, key=lambda m: m.updated_at)[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.by_instance[migration.instance_id]
+
+    async def _instance_ended(self, instance_id: str) -> None:
+        """An instance ended (terminated, lost) while a migration held it on a second node: give that back."""
+        migration = self.active_for(instance_id)
+        instance = self.cluster.instances.get(instance_id)
+        if migration is None or instance is None:
+            return
+        for url in (migration.source_url, migration.target_url):
+            node = self.cluster.nodes.get(url)
+            if node is not None:
+                node.release(instance, ended=True)
+
+    # --- maintenance --------------------------------------------------------------------------------------------
+    async def evacuate(self, name: str) -> NodeMaintenance:
+        """Stop placing on the node and move every instance off it (live), each where the policy puts it."""
+        node = self.find_node(name)
+        if node is None:
+            raise RpcError(404, "NodeNotFound", f"no node {name!r} in this zone")
+        if node.url not in self.maintenance:
+            now = time.time()
+            await self.db.execute("INSERT OR REPLACE INTO maintenance(url, since) VALUES (?, ?)", (node.url, now))
+            await self.db.commit()
+            self.maintenance[node.url] = now
+            node.maintenance = True
+            node.touch()
+            log.info("node %s: maintenance, evacuating %d instances", node.node_id or node.url, len(node.instances))
+        errors: dict[str, str] = {}
+        for instance in list(node.instances.values()):
+            if instance.node_url != node.url or self.active_for(instance.instance_id) is not None:
+                continue
+            try:
+                await self.begin(instance.instance_id, None)
+            except RpcError as err:
+                errors[instance.instance_id] = f"{err.code}: {err.message}"
+        return self.maintenance_info(node, errors)
+
+    async def restore(self, name: str) -> NodeMaintenance:
+        node = self.find_node(name)
+        if node is None:
+            raise RpcError(404, "NodeNotFound", f"no node {name!r} in this zone")
+        await self.db.execute("DELETE FROM maintenance WHERE url = ?", (node.url,))
+        await self.db.commit()
+        self.maintenance.pop(node.url, None)
+        node.maintenance = False
+        node.touch()
+        log.info("node %s: back in service", node.node_id or node.url)
+        return self.maintenance_info(node)
+
+    def maintenance_info(self, node: Node, errors: dict[str, str] | None = None) -> NodeMaintenance:
+        moving = [self.info(m) for m in self.by_instance.values() if m.active and m.source_url == node.url]
+        if node.url not in self.maintenance:
+            state = "enabled"
+        else:
+            left = [i for i in node.instances.values() if i.node_url == node.url]
+            state = "evacuating" if left or moving else "evacuated"
+        return NodeMaintenance(node=node.node_id or node.url, state=state, migrations=moving, errors=errors or {})

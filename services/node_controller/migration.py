@@ -1,0 +1,410 @@
+"""Live migration, the NC's part: the target prepares, the source sends, the CC decides when each side lets go.
+
+Target (PrepareMigration): the instance is recorded Pending/migrating-in, then its images are cached and pinned
+and its disks made as for a launch (the root an empty overlay on this node's cached image, so only the guest's
+own blocks travel), with its config drive and bridge; the answer says where they are. CommitMigration (once the
+source reports success) makes it Extant with the source's console history.
+
+Source (MigrateInstance): the migration is recorded, the instance marked Extant/migrating, then libvirt migrates
+the domain peer to peer to the target's libvirtd over TLS (`KOALA_NC_MIGRATION_URI` of the target, this node's
+client certificate in `KOALA_NC_MIGRATION_PKI`), live, copying the non-shared disks (VIR_MIGRATE_NON_SHARED_INC:
+the top layer only) and, with KOALA_NC_MIGRATION_TLS, QEMU's own streams over TLS as well. The destination XML is
+this domain's own (same MAC, UUID, devices) with the paths the target gave. The migration runs in libvirtd: if
+this process dies, it goes on, and the restart reads its outcome from the domain (gone: moved; here without a job:
+failed). ReleaseMigration lets the moved copy go (never while a domain of it still runs here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import defusedxml.ElementTree as SafeET
+import libvirt
+
+from common.messages.cc_nc import InstanceInfo
+from common.messages.migration import (
+    CommitMigrationRequest,
+    MigrateInstanceRequest,
+    MigrationStatus,
+    MigrationTarget,
+    PrepareMigrationRequest,
+    ReleaseMigrationRequest,
+)
+from common.rpc import RpcError
+from common.tasks import TaskSet
+from services.node_controller import console, disks
+from services.node_controller.cache import ImageCache
+from services.node_controller.config import NodeControllerConfig
+from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
+from services.node_controller.instances import (
+    EXTANT_DETAILS,
+    MIGRATING_IN,
+    MIGRATING_OUT,
+    Instance,
+    InstanceManager,
+)
+from services.node_controller.walrus_client import ImageFetchError
+
+log = logging.getLogger("koala.nc.migration")
+POLL = 0.5
+
+
+def destination_xml(xml: str, source_dir: Path, target: MigrationTarget) -> tuple[str, list[str]]:
+    """The domain as it must be on the target: paths in this instance's directory moved to the target's, the
+    kernel and ramdisk the target's cached ones; and the disks to copy (file disks that are not read-only: the
+    config drive is made on the target, network disks such as EBS volumes are shared)."""
+    root = SafeET.fromstring(xml)
+    prefix, there = str(source_dir), target.instance_dir
+
+    def moved(path: str) -> str:
+        if path == prefix or path.startswith(prefix + "/"):
+            return there + path[len(prefix) :]
+        return path
+
+    copied: list[str] = []
+    for disk in root.findall("devices/disk"):
+        for backing in disk.findall("backingStore"):
+            disk.remove(backing)  # the target's overlay names its own backing file
+        source = disk.find("source")
+        if source is not None and source.get("file"):
+            source.set("file", moved(source.get("file", "")))
+        target_el = disk.find("target")
+        if (
+            disk.get("type") == "file"
+            and disk.get("device", "disk") == "disk"
+            and disk.find("readonly") is None
+            and target_el is not None
+        ):
+            copied.append(target_el.get("dev", ""))
+    for element in root.iter():
+        for attribute in ("file", "path"):
+            value = element.get(attribute)
+            if value:
+                element.set(attribute, moved(value))
+    os_el = root.find("os")
+    if os_el is not None:
+        for tag, path in (("kernel", target.kernel), ("initrd", target.ramdisk)):
+            found = os_el.find(tag)
+            if found is not None and path:
+                found.text = path
+    return ET.tostring(root, encoding="unicode"), [dev for dev in copied if dev]
+
+
+class NodeMigrations:
+    def __init__(
+        self,
+        config: NodeControllerConfig,
+        db: aiosqlite.Connection,
+        hv: Hypervisor,
+        manager: InstanceManager,
+        cache: ImageCache,
+        node_id: str,
+    ):
+        self.config, self.db, self.hv, self.manager, self.cache = config, db, hv, manager, cache
+        self.node_id = node_id
+        self.status: dict[str, MigrationStatus] = {}
+        self.targets: dict[str, MigrationTarget] = {}
+        self._prepared: dict[str, asyncio.Task] = {}
+        self._tasks = TaskSet(log)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- target side ----------------------------------------------------------------------------------------
+    async def prepare(self, request: PrepareMigrationRequest) -> MigrationTarget:
+        run = request.run
+        old = self.manager.instances.get(run.instance_id)
+        if old is not None and old.state == "Teardown" and old.files_removed:
+            await self.manager._forget(old)  # it ran here before and left (moved away): it may come back
+        inst, known = await self.manager.admit(run, MIGRATING_IN)
+        if known and inst.detail != MIGRATING_IN:
+            raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
+        if not known:
+            log.info("%s: Pending (migrating-in) from %s", inst.id, request.source_node or "?")
+        task = self._prepared.get(inst.id)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._prepared[inst.id] = asyncio.create_task(self._stage(inst), name=f"prepare {inst.id}")
+        try:
+            return await asyncio.shield(task)
+        except (ImageFetchError, disks.DiskError, OSError, HypervisorError) as err:
+            self._prepared.pop(inst.id, None)
+            reason = f"{err.code}: {err.message}" if isinstance(err, ImageFetchError) else str(err)
+            await self.manager._teardown(inst, "failed", f"migration prepare: {reason}")
+            raise RpcError(500, "MigrationPrepareFailed", f"{inst.id}: {reason}") from None
+
+    async def _stage(self, inst: Instance) -> MigrationTarget:
+        staged = await self.manager.stage_files(inst)
+        uri = self.config.KOALA_NC_MIGRATION_URI
+        return MigrationTarget(
+            instance_id=inst.id,
+            node_id=self.node_id,
+            libvirt_uri=uri,
+            address=self.config.KOALA_NC_MIGRATION_ADDRESS or _host_of(uri),
+            instance_dir=str(staged.directory),
+            kernel=str(staged.kernel or ""),
+            ramdisk=str(staged.ramdisk or ""),
+        )
+
+    async def commit(self, request: CommitMigrationRequest) -> InstanceInfo:
+        inst = self.manager._get(request.instance_id)
+        if inst.state == "Extant" and inst.detail not in (MIGRATING_IN, MIGRATING_OUT):
+            return inst.info()  # committed already
+        if inst.detail != MIGRATING_IN:
+            raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
+        state = await self.hv.state(inst.id)
+        if state not in EXTANT_DETAILS:
+            raise RpcError(409, "MigrationNotLanded", f"{inst.id}: no running domain here ({state or 'none'})")
+        directory = self.manager.instance_dir(inst.request)
+        try:
+            history = _b64(request.console)
+        except ValueError:
+            raise RpcError(400, "InvalidParameterValue", "console must be base64") from None
+        await console.keep_history(directory / "console.log", history)
+        xml = await self.hv.xml(inst.id)
+        await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
+        self._prepared.pop(inst.id, None)
+        await self.manager._set(inst, "Extant", state)
+        log.info("%s: migrated here, Extant (%s)", inst.id, state)
+        return inst.info()
+
+    # --- source side ----------------------------------------------------------------------------------------
+    async def migrate(self, request: MigrateInstanceRequest) -> MigrationStatus:
+        inst = self.manager._get(request.instance_id)
+        known = self.status.get(inst.id)
+        if known is not None and known.state in ("running", "completed", "gone"):
+            return self.describe(inst.id)  # a retried call
+        if request.mode != "live":
+            raise RpcError(400, "UnsupportedOperation", "this node migrates live only")
+        if inst.state != "Extant" or inst.detail not in EXTANT_DETAILS:
+            raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail}")
+        if not request.target.libvirt_uri:
+            raise RpcError(400, "MigrationUnavailable", "the target node offers no live migration URI")
+        now = time.time()
+        status = MigrationStatus(instance_id=inst.id, state="running", target_node=request.target.node_id)
+        self.status[inst.id], self.targets[inst.id] = status, request.target
+        await self.db.execute(
+            "INSERT OR REPLACE INTO migrations(instance_id, target, state, error, stats, started_at, updated_at)"
+            " VALUES (?, ?, 'running', '', '{}', ?, ?)",
+            (inst.id, request.target.model_dump_json(), now, now),
+        )
+        await self.db.commit()  # written before libvirt hears of it
+        await self.manager._set(inst, "Extant", MIGRATING_OUT)
+        self._tasks.spawn(self._send(inst, request.target), f"migrate {inst.id}")
+        return status
+
+    def _flags(self) -> int:
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_NON_SHARED_INC
+            | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+        )
+        if self.config.KOALA_NC_MIGRATION_TLS:
+            flags |= libvirt.VIR_MIGRATE_TLS
+        return flags
+
+    async def _send(self, inst: Instance, target: MigrationTarget) -> None:
+        started = time.monotonic()
+        try:
+            xml = await self.hv.xml(inst.id, migratable=True)
+            dest_xml, copied = destination_xml(xml, self.manager.instance_dir(inst.request), target)
+            params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml}
+            if copied:
+                params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = copied
+            if self.config.KOALA_NC_MIGRATION_BANDWIDTH:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.config.KOALA_NC_MIGRATION_BANDWIDTH
+            if target.address:
+                params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_bracketed(target.address)}"
+            uri = target.libvirt_uri
+            if self.config.KOALA_NC_MIGRATION_PKI:
+                uri += ("&" if "?" in uri else "?") + f"pkipath={self.config.KOALA_NC_MIGRATION_PKI}"
+            flags, downtime = self._flags(), self.config.KOALA_NC_MIGRATION_MAX_DOWNTIME_MS
+            log.info("%s: migrating live to %s (%s; disks %s)", inst.id, target.node_id, target.libvirt_uri, copied)
+
+            def send(conn: libvirt.virConnect) -> dict[str, Any]:
+                dom = conn.lookupByName(inst.id)
+                dom.migrateSetMaxDowntime(downtime, 0)
+                dom.migrateToURI3(uri, params, flags)
+                try:
+                    return dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+                except libvirt.libvirtError:
+                    return {}
+
+            stats = await self.hv.call_long(send)
+        except HypervisorError as err:
+            await self._failed(inst, f"libvirt: {err}")
+            return
+        except Exception as err:  # never leave it marked migrating because of a bug
+            log.exception("%s: migration failed", inst.id)
+            await self._failed(inst, f"internal error: {type(err).__name__}")
+            return
+        self._record_stats(inst.id, stats)
+        status = self.status[inst.id]
+        status.elapsed_ms = status.elapsed_ms or int((time.monotonic() - started) * 1000)
+        await self._finish(inst.id, "completed")
+        log.info("%s: migrated to %s in %d ms (downtime %d ms)", inst.id, target.node_id, status.elapsed_ms,
+                 status.downtime_ms)  # fmt: skip
+
+    async def _failed(self, inst: Instance, error: str) -> None:
+        try:
+            state = await self.hv.state(inst.id)
+        except HypervisorError:
+            state = "unknown"
+        if state in EXTANT_DETAILS:
+            log.warning("%s: migration failed, the guest runs on here: %s", inst.id, error)
+            await self._finish(inst.id, "failed", error)
+            await self.manager._set(inst, "Extant", state)
+        else:  # not here (or cannot tell): perhaps on the target after all; the CC asks it before anything else
+            log.warning("%s: migration ended with an error and no guest here (%s): outcome 'gone'", inst.id, error)
+            await self._finish(inst.id, "gone", error)
+
+    async def _finish(self, instance_id: str, state: str, error: str = "") -> None:
+        status = self.status[instance_id]
+        status.state, status.error = state, error  # type: ignore[assignment]
+        await self.db.execute(
+            "UPDATE migrations SET state = ?, error = ?, stats = ?, updated_at = ? WHERE instance_id = ?",
+            (state, error, status.model_dump_json(), time.time(), instance_id),
+        )
+        await self.db.commit()
+
+    def _record_stats(self, instance_id: str, stats: dict[str, Any]) -> None:
+        status = self.status.get(instance_id)
+        if status is None or not stats:
+            return
+        status.data_total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, status.data_total))
+        status.data_processed = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, status.data_processed))
+        status.data_remaining = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_REMAINING, status.data_remaining))
+        status.elapsed_ms = int(stats.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED, status.elapsed_ms))
+        status.downtime_ms = int(stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME, status.downtime_ms))
+
+    async def describe_now(self, instance_id: str) -> MigrationStatus:
+        """The migration's status, with libvirt's progress figures while it runs."""
+        status = self.status.get(instance_id)
+        if status is None:
+            return MigrationStatus(instance_id=instance_id, state="none")
+        if status.state == "running":
+            try:
+                stats = await self.hv.job(instance_id)
+            except HypervisorError:
+                stats = None
+            if stats and stats.get("type", 0) != libvirt.VIR_DOMAIN_JOB_NONE:
+                self._record_stats(instance_id, stats)
+        return self.describe(instance_id)
+
+    def describe(self, instance_id: str) -> MigrationStatus:
+        status = self.status.get(instance_id)
+        return status.model_copy() if status else MigrationStatus(instance_id=instance_id, state="none")
+
+    async def release(self, request: ReleaseMigrationRequest) -> InstanceInfo:
+        inst = self.manager._get(request.instance_id)
+        if inst.state == "Teardown":
+            await self._forget(inst.id)
+            return inst.info()
+        if request.outcome == "moved":
+            if inst.detail != MIGRATING_OUT:
+                raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
+            if await self.hv.state(inst.id) is not None:  # never let go of the one running copy
+                raise RpcError(409, "MigrationNotDone", f"{inst.id} still has a domain here")
+            await self.manager._teardown(inst, "migrated", f"migrated to {request.target_node or 'another node'}")
+        else:
+            if inst.detail != MIGRATING_IN:
+                raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
+            task = self._prepared.pop(inst.id, None)
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await self.manager._teardown(inst, "failed", "the migration here failed")
+        await self._forget(inst.id)
+        return inst.info()
+
+    async def _forget(self, instance_id: str) -> None:
+        self.status.pop(instance_id, None)
+        self.targets.pop(instance_id, None)
+        await self.db.execute("DELETE FROM migrations WHERE instance_id = ?", (instance_id,))
+        await self.db.commit()
+
+    # --- restart ----------------------------------------------------------------------------------------------
+    async def adopt(self) -> None:
+        """After the instance manager adopted its records: settle the migrations a restart interrupted."""
+        async with self.db.execute("SELECT * FROM migrations") as cursor:
+            rows = list(await cursor.fetchall())
+        domains: dict[str, DomainInfo] = {d.name: d for d in await self.hv.domains()}
+        for row in rows:
+            instance_id = row["instance_id"]
+            target = MigrationTarget.model_validate_json(row["target"])
+            status = MigrationStatus(instance_id=instance_id, state=row["state"], target_node=target.node_id,
+                                     error=row["error"])  # fmt: skip
+            with contextlib.suppress(ValueError):  # (pydantic's ValidationError is one)
+                status = MigrationStatus.model_validate({**json.loads(row["stats"] or "{}"), **status.model_dump()})
+            self.status[instance_id], self.targets[instance_id] = status, target
+            inst = self.manager.instances.get(instance_id)
+            if inst is None or inst.state == "Teardown":
+                continue
+            if status.state != "running":
+                continue
+            if instance_id not in domains:
+                # Gone from here while we were away: moved (the CC checks that the target runs it).
+                await self._finish(instance_id, "gone")
+                log.info("%s: the domain left while the NC was down: migration outcome 'gone'", instance_id)
+            else:
+                self._tasks.spawn(self._watch(inst), f"watch migration {instance_id}")
+        for inst in list(self.manager.instances.values()):
+            if inst.state == "Teardown":
+                continue
+            if inst.detail == MIGRATING_OUT and inst.id not in self.status:
+                state = domains[inst.id].state if inst.id in domains else None
+                if state in EXTANT_DETAILS:  # marked but never sent (killed in between)
+                    await self.manager._set(inst, "Extant", state)
+        log.info("migrations: %d recorded", len(rows))
+
+    async def _watch(self, inst: Instance) -> None:
+        """A migration libvirt went on with while this process was down: wait for its end, read its outcome."""
+        while True:
+            try:
+                stats = await self.hv.job(inst.id)
+            except HypervisorError:
+                await asyncio.sleep(POLL)
+                continue
+            if stats is None:
+                await self._finish(inst.id, "completed")
+                log.info("%s: the migration finished while the NC was away", inst.id)
+                return
+            if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+                await self._failed(inst, "the migration ended while the NC was down; the guest is still here")
+                return
+            self._record_stats(inst.id, stats)
+            await asyncio.sleep(POLL)
+
+
+def _host_of(uri: str) -> str:
+    """The host part of a libvirt URI (qemu+tls://HOST[:PORT]/system)."""
+    if "://" not in uri:
+        return ""
+    rest = uri.split("://", 1)[1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as err:
+        raise ValueError(str(err)) from None

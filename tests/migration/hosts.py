@@ -1,0 +1,188 @@
+"""Two hosts for migration tests and benches: each a network namespace with its own libvirtd (DESIGN section 8's
+recipe: a private mount namespace with its own /run, and here also its own /etc/libvirt, /var/lib/libvirt,
+/var/cache/libvirt and /var/log/libvirt, so two daemons on one machine share nothing, as two hosts would).
+
+The hosts are joined by a link (the migration network) and each has a bridge for guests, joined to a shared
+segment the test can reach from the root namespace (ping, SSH). Each libvirtd listens for TLS only, on its
+migration address, with a certificate from the cloud's CA (cli/libvirt_tls.py); the NC talks to it over a unix
+socket in the host's directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli import libvirt_tls
+from common import pki
+from tests.waiting import wait_for
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if check and result.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+    return result
+
+
+@dataclass
+class LibvirtHost:
+    name: str  # the NC id, e.g. nc-a
+    netns: str
+    address: str  # on the migration network
+    dir: Path
+    process: subprocess.Popen | None = None
+    tls: libvirt_tls.TlsLayout | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "sock" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        """How the NC (and the test) reach this libvirtd: its unix socket."""
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def tls_uri(self) -> str:
+        return f"qemu+tls://{self.address}/system"
+
+    def start(self) -> None:
+        assert self.tls is not None
+        root = self.dir / "root"
+        for sub in ("etc", "lib", "cache", "log", "sock"):
+            (root / sub if sub != "sock" else self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (root / "lib").chmod(0o755)
+        conf = root / "etc"
+        (conf / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{self.socket.parent}"\nunix_sock_admin_perms = "0700"\n'
+            + self.tls.libvirtd_conf(self.address)
+        )
+        (conf / "qemu.conf").write_text(self.tls.qemu_conf() + f'migration_address = "{self.address}"\n')
+        script = " && ".join(
+            [
+                "mount -t tmpfs tmpfs /run",
+                "mkdir -p /run/libvirt",
+                f"mount --bind {conf} /etc/libvirt",
+                f"mount --bind {root}/lib /var/lib/libvirt",
+                f"mount --bind {root}/cache /var/cache/libvirt",
+                f"mount --bind {root}/log /var/log/libvirt",
+                "virtlogd -d",
+                f"exec libvirtd --listen --config {conf}/libvirtd.conf --pid-file {self.dir}/libvirtd.pid",
+            ]
+        )
+        log = (self.dir / "libvirtd.log").open("ab")
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self.virsh("version", check=False).returncode == 0, 60, 0.2, f"libvirtd of {self.name}")
+
+    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("virsh", "-c", self.uri, *args, check=check)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        for name in self.virsh("list", "--name", check=False).stdout.split():
+            self.virsh("destroy", name, check=False)
+        # libvirtd and its virtlogd live in the namespace's private mounts: end them by their own pids.
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        for pid in _pids_in(self.netns):
+            sh("kill", "-9", str(pid), check=False)
+
+
+def _pids_in(netns: str) -> list[int]:
+    done = sh("ip", "netns", "pids", netns, check=False)
+    return [int(p) for p in done.stdout.split() if p.isdigit()]
+
+
+@dataclass
+class TwoHosts:
+    """Hosts `a` and `b`, each a network namespace with its own libvirtd: a migration link between them
+    (10.99.0.1 and .2, private to the two namespaces), and in each a bridge for guests named as the cloud's
+    VNET_BRIDGE, uplinked to `uplink` (a bridge in the root namespace: the cluster's private network)."""
+
+    work: Path
+    pki_dir: pki.PkiDir
+    bridge: str
+    uplink: str
+    tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    hosts: dict[str, LibvirtHost] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    def ns(self, role: str) -> str:
+        return f"km{self.tag}-{role}"
+
+    def build(self, names: tuple[str, str] = ("nc-a", "nc-b")) -> None:
+        for role in ("a", "b"):
+            sh("ip", "netns", "add", self.ns(role))
+            self.namespaces.append(self.ns(role))
+            sh("ip", "netns", "exec", self.ns(role), "ip", "link", "set", "lo", "up")
+        a, b = self.ns("a"), self.ns("b")
+        sh("ip", "link", "add", "mig0", "netns", a, "type", "veth", "peer", "name", "mig0", "netns", b)
+        for index, (role, name) in enumerate(zip(("a", "b"), names, strict=True), start=1):
+            ns = self.ns(role)
+            address = f"10.99.0.{index}"
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", "mig0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "mig0", "up")
+            sh("ip", "netns", "exec", ns, "ip", "link", "add", self.bridge, "type", "bridge")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", self.bridge, "up")
+            link = f"km{self.tag}{role}"
+            sh("ip", "link", "add", link, "type", "veth", "peer", "name", "up0", "netns", ns)
+            self.links.append(link)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "up0", "master", self.bridge, "up")
+            sh("ip", "link", "set", link, "master", self.uplink, "up")
+            directory = self.work / name
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+            host = LibvirtHost(name, ns, address, directory)
+            host.tls = libvirt_tls.install(self.pki_dir, name, [address], directory / "tls")
+            (directory / "instances").mkdir(exist_ok=True)
+            (directory / "instances").chmod(0o755)
+            self.hosts[role] = host
+        for host in self.hosts.values():
+            host.start()
+
+    def nc_settings(self, role: str) -> dict[str, object]:
+        """The NC settings of host `role`: QEMU through its libvirtd, its bridge, live migration over TLS."""
+        host = self.hosts[role]
+        assert host.tls is not None
+        return {
+            "HYPERVISOR": "qemu",
+            "KOALA_LIBVIRT_URI": host.uri,
+            "VNET_BRIDGE": self.bridge,
+            "KOALA_VNET_NETNS": host.netns,
+            "INSTANCE_PATH": host.dir / "instances",
+            "KOALA_NC_MIGRATION_URI": host.tls_uri,
+            "KOALA_NC_MIGRATION_PKI": host.tls.client,
+        }
+
+    def cleanup(self) -> None:
+        for host in self.hosts.values():
+            try:
+                host.stop()
+            except Exception as err:  # keep tearing down
+                print(f"stopping {host.name}: {err}")
+        for link in self.links:
+            sh("ip", "link", "del", link, check=False)
+        for ns in self.namespaces:
+            for pid in _pids_in(ns):
+                sh("kill", "-9", str(pid), check=False)
+            sh("ip", "netns", "del", ns, check=False)
+        time.sleep(0.1)
+        for host in self.hosts.values():
+            shutil.rmtree(host.dir / "root" / "lib", ignore_errors=True)
