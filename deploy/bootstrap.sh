@@ -17,6 +17,7 @@ APT_PACKAGES=(
   openssh-client                                         # SSH into test guests
   chromium                                               # admin page and Walrus browser (POST upload, CORS) tests
   systemd                                                # systemd-analyze verify of the units
+  ceph-mon ceph-mgr ceph-osd radosgw python3-rados python3-rbd  # Walrus on RADOS, EBS on RBD (issue 23)
 )
 
 missing=()
@@ -54,3 +55,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+
+# Debian's librados/librbd bindings (built for its python3) seen by the venv: only those two modules, not the
+# whole of dist-packages.
+ceph_dir=.venv/lib/debian-ceph
+mkdir -p "$ceph_dir"
+for module in rados rbd; do
+  for so in /usr/lib/python3/dist-packages/"$module".cpython-*.so; do
+    if [ -e "$so" ]; then ln -sf "$so" "$ceph_dir/"; fi
+  done
+done
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$(pwd)/$ceph_dir" > "$site/koala-debian-ceph.pth"

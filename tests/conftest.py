@@ -10,6 +10,8 @@ from cli.allinone import qemu_usable
 from cli.guest_image import build
 from tests.harness import Cloud
 
+pytest_plugins = ["tests.ceph"]  # the session's Ceph cluster fixture, `ceph`
+
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[Cloud]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from common.ceph import CephSettings
 from common.config import ServiceConfig
 
 
-class WalrusConfig(ServiceConfig):
+class WalrusConfig(CephSettings, ServiceConfig):
     KOALA_WALRUS_PORT: int = Field(8776, ge=1, le=65535, description="Port of the S3 API and internal calls.")
     KOALA_CLC_URL: str = Field(description="The Cloud Controller's base URL (identity lookups).")
     KOALA_WALRUS_DOMAINS: str = Field(
@@ -35,6 +36,20 @@ class WalrusConfig(ServiceConfig):
     KOALA_WALRUS_LOG_FLUSH_SECONDS: float = Field(
         60.0, gt=0, description="How often bucket access logs (PutBucketLogging) are written to their target bucket."
     )
+    KOALA_WALRUS_STORAGE: str = Field(
+        "local",
+        pattern=r"^(local|rados)$",
+        description="Where object data lives: local (files under KOALA_STATE_DIR) or rados (a Ceph pool, reached "
+        "with KOALA_CEPH_CONF / KOALA_CEPH_USER / KOALA_CEPH_KEYRING). Metadata stays in the service's database.",
+    )
+    KOALA_WALRUS_RADOS_POOL: str = Field(
+        "koala-walrus", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="The Ceph pool of object data (rados)."
+    )
+    KOALA_WALRUS_RADOS_NAMESPACE: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]{0,100}$",
+        description="The namespace in that pool, one per Walrus database (default: KOALA_SERVICE_ID).",
+    )
     KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
     KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
         20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."
@@ -49,6 +64,12 @@ class WalrusConfig(ServiceConfig):
     KOALA_WALRUS_LIFECYCLE_DAY: float = Field(
         86400.0, gt=0, description="Seconds in a lifecycle rule's day. Only tests shorten it."
     )
+
+    @model_validator(mode="after")
+    def _rados_needs_ceph(self) -> WalrusConfig:
+        if self.KOALA_WALRUS_STORAGE == "rados" and self.KOALA_CEPH_CONF is None:
+            raise ValueError("KOALA_WALRUS_STORAGE=rados needs KOALA_CEPH_CONF (the cluster's ceph.conf)")
+        return self
 
     @property
     def port(self) -> int:

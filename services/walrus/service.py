@@ -22,6 +22,7 @@ from services.walrus.s3.app import Limits, S3App
 from services.walrus.s3.errors import http_error as s3_error_document
 from services.walrus.s3.identity import KeyResolver
 from services.walrus.storage import EmbeddedBackend, StorageBackend
+from services.walrus.storage.blobs import Blobs
 
 # aiohttp's own header limits answer with plain-text 400s; these are loose enough that the S3 layer sees
 # oversized headers and answers them in S3's format (RequestHeaderSectionTooLarge).
@@ -31,6 +32,16 @@ MAX_HEADERS = 1000
 IO_THREADS = 64
 READ_BUFFER = 1 << 20  # request body buffering per connection: fewer pauses of the socket on big uploads
 log = logging.getLogger("koala.service")
+
+
+def blob_store(config: WalrusConfig) -> Blobs | None:
+    """Where object data is kept, as configured (None: local files, the backend's default)."""
+    if config.KOALA_WALRUS_STORAGE == "local":
+        return None
+    from services.walrus.storage.rados_data import RadosBlobs  # only a rados Walrus needs librados
+
+    namespace = config.KOALA_WALRUS_RADOS_NAMESPACE or config.KOALA_SERVICE_ID
+    return RadosBlobs(config, config.KOALA_WALRUS_RADOS_POOL, namespace)
 
 
 class WalrusService(Service):
@@ -44,7 +55,7 @@ class WalrusService(Service):
     def __init__(self, config: WalrusConfig):
         super().__init__(config)
         self.storage: StorageBackend = EmbeddedBackend(
-            config.KOALA_STATE_DIR / "objects", fsync=config.KOALA_WALRUS_FSYNC
+            config.KOALA_STATE_DIR / "objects", fsync=config.KOALA_WALRUS_FSYNC, blobs=blob_store(config)
         )
         keys = KeyResolver(
             self.client,

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from tests.ceph import unique, walrus_rados_settings
 from tests.harness import Cloud
+from tests.walrus.stores import STORES, StoreMaker
 
 USERS = {
     "alice": ("AKIAALICE0000000001", "alice-secret-key-0000000000000000000001", "111111111111", False),
@@ -43,6 +45,7 @@ class Walrus:
     cloud: Cloud
     url: str
     credentials: Path
+    storage: dict[str, str] = field(default_factory=dict)  # the data store's settings (walrus_storage)
 
     def client(self, user: str = "alice", addressing: str = "path", signature: str = "s3v4", **config):
         access, secret, _, _ = USERS[user]
@@ -68,21 +71,40 @@ class Walrus:
         )
 
 
-def start_walrus(tmp: Path, extra: dict | None = None, with_clc: bool = False) -> Walrus:
-    """Walrus alone, or with a real CLC (`with_clc`) that answers for accounts the credentials file lacks."""
+def start_walrus(
+    tmp: Path, extra: dict | None = None, with_clc: bool = False, storage: dict[str, str] | None = None
+) -> Walrus:
+    """Walrus alone, or with a real CLC (`with_clc`) that answers for accounts the credentials file lacks; on the
+    data store `storage` says (a walrus_storage; local files without)."""
     credentials = tmp / "credentials.json"
     tmp.mkdir(parents=True, exist_ok=True)
     write_credentials(credentials)
-    settings = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), **(extra or {})}
+    settings = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), **(storage or {}), **(extra or {})}
     roles = ("clc", "walrus") if with_clc else ("walrus",)
     cloud = Cloud(tmp / "cloud", roles=roles, extra={"walrus": settings})
     cloud.start()
-    return Walrus(cloud, cloud.url("walrus"), credentials)
+    return Walrus(cloud, cloud.url("walrus"), credentials, dict(storage or {}))
+
+
+@pytest.fixture(params=STORES)
+def store_maker(request: pytest.FixtureRequest) -> StoreMaker:
+    if request.param == "local":
+        return StoreMaker("local")
+    return StoreMaker("rados", request.getfixturevalue("ceph"), unique("unit"))
+
+
+@pytest.fixture(scope="module", params=STORES)
+def walrus_storage(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Settings of a Walrus process on each store (extra settings for start_walrus)."""
+    if request.param == "local":
+        yield {}
+    else:
+        yield walrus_rados_settings(request.getfixturevalue("ceph"))
 
 
 @pytest.fixture(scope="module")
-def walrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walrus]:
-    instance = start_walrus(tmp_path_factory.mktemp("walrus"))
+def walrus(tmp_path_factory: pytest.TempPathFactory, walrus_storage: dict[str, str]) -> Iterator[Walrus]:
+    instance = start_walrus(tmp_path_factory.mktemp("walrus"), storage=walrus_storage)
     try:
         yield instance
     finally:

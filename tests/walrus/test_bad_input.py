@@ -24,7 +24,9 @@ from botocore.exceptions import ClientError
 from common.sigv4 import signing_key
 from services.walrus.s3.auth import chunk_signature
 from services.walrus.s3.context import ChunkSigning
+from services.walrus.storage.blobs import is_data_id
 from tests.walrus.conftest import USERS, Walrus
+from tests.walrus.stores import process_data_names
 
 
 def signed_headers(
@@ -157,8 +159,8 @@ def test_invalid_names_and_keys(walrus: Walrus, bucket: str) -> None:
     assert s3.get_object(Bucket="bad", Key="../../escape2")["Body"].read() == b"encoded dots"
     state = walrus.cloud.dir
     assert not list(state.rglob("escape*")), "a key became a file name"
-    data_files = [p for p in (state / "data" / "walrus" / "objects" / "data").rglob("*") if p.is_file()]
-    assert data_files and all(len(p.name) == 32 for p in data_files)
+    names = process_data_names(walrus.storage, state / "data" / "walrus" / "objects")
+    assert names and all(is_data_id(name.split(".")[0]) for name in names)
     assert_error(signed(walrus, "PATCH", "/bad/obj", b""), 405, "MethodNotAllowed")
     assert_error(signed(walrus, "GET", "/bad?website"), 501, "NotImplemented")
 

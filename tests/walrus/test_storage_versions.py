@@ -23,6 +23,7 @@ from services.walrus.storage import (
     ObjectSpec,
 )
 from services.walrus.storage.data_store import INLINE_MAX
+from tests.walrus.stores import StoreMaker, stored_data
 
 ACL = Acl.private("111111111111", "alice")
 SPEC = ObjectSpec("111111111111", "alice", ACL)
@@ -40,22 +41,22 @@ async def read(storage: EmbeddedBackend, key: str, version_id: str | None = None
         return b"".join([c async for c in reader.iter_range(0, reader.info.size)])
 
 
-def data_files(root: Path) -> int:
-    return sum(1 for sub in (root / "data").iterdir() for _ in sub.iterdir())
+def data_files(storage: EmbeddedBackend) -> int:
+    return len(stored_data(storage))
 
 
-async def settled_data_files(root: Path, expected: int) -> int:
-    """The data file count once the unlinks in flight (done in a thread after the commit) are through."""
+async def settled_data_files(storage: EmbeddedBackend, expected: int) -> int:
+    """The count of stored data once the removals in flight (done in a thread after the commit) are through."""
     for _ in range(100):
-        if data_files(root) == expected:
+        if data_files(storage) == expected:
             break
         await asyncio.sleep(0.02)
-    return data_files(root)
+    return data_files(storage)
 
 
 @pytest.fixture
-async def storage(tmp_path: Path):
-    backend = EmbeddedBackend(tmp_path / "objects")
+async def storage(tmp_path: Path, store_maker: StoreMaker):
+    backend = store_maker.backend(tmp_path / "objects")
     await backend.start()
     await backend.create_bucket("bkt", ACL)
     try:
@@ -68,7 +69,7 @@ async def test_unversioned_bucket_keeps_one_null_version(storage: EmbeddedBacken
     assert await put(storage, "k", b"one" * 20000) == "null"  # files, not inline: larger than INLINE_MAX
     assert await put(storage, "k", b"two" * 20000) == "null"
     assert [(v.version_id, v.is_latest) for v in await storage.list_versions("bkt", "", "", "", 10)] == [("null", True)]
-    assert await settled_data_files(storage.root, 1) == 1
+    assert await settled_data_files(storage, 1) == 1
     outcome = await storage.delete_object("bkt", "k")
     assert outcome is not None and not outcome.created and outcome.version_id == "null"
     assert await storage.list_versions("bkt", "", "", "", 10) == []
@@ -107,12 +108,10 @@ async def test_enabled_versions_markers_and_permanent_delete(storage: EmbeddedBa
     # removing the marker brings v2 back as the current version
     assert (await storage.delete_object("bkt", "k", marker.version_id)).delete_marker  # type: ignore[union-attr]
     assert await read(storage, "k") == b"v2" * 20000
-    files = data_files(storage.root)
+    files = data_files(storage)
     await storage.delete_object("bkt", "k", v2)
     assert await read(storage, "k") == b"v1"
-    assert (
-        await settled_data_files(storage.root, files - 1) == files - 1
-    )  # a version deleted for good gives its data back
+    assert await settled_data_files(storage, files - 1) == files - 1  # a version deleted for good gives its data back
     with pytest.raises(BucketNotEmpty):
         await storage.delete_bucket("bkt")
 
@@ -191,8 +190,8 @@ async def _data(storage: EmbeddedBackend, body: bytes):
     return data
 
 
-async def test_versions_and_locks_survive_a_restart(tmp_path: Path) -> None:
-    backend = EmbeddedBackend(tmp_path / "objects")
+async def test_versions_and_locks_survive_a_restart(tmp_path: Path, store_maker: StoreMaker) -> None:
+    backend = store_maker.backend(tmp_path / "objects")
     await backend.start()
     await backend.create_bucket("bkt", ACL, object_lock=True)
     spec = dataclasses.replace(SPEC, lock_mode="COMPLIANCE", lock_until=time.time() + 3600)
@@ -200,7 +199,7 @@ async def test_versions_and_locks_survive_a_restart(tmp_path: Path) -> None:
     await put(backend, "k", b"newer")
     await backend.close()
 
-    again = EmbeddedBackend(tmp_path / "objects")
+    again = store_maker.backend(tmp_path / "objects")
     await again.start()
     try:
         assert await read(again, "k", version) == b"locked"
@@ -219,7 +218,7 @@ async def test_small_objects_live_in_the_database(storage: EmbeddedBackend) -> N
     """Objects up to INLINE_MAX commit their bytes with their version (no data file); the bytes go with the
     version, a reader opened before an overwrite keeps them, a copy has its own, a multipart part is a file."""
     await put(storage, "small", b"s" * 4096)
-    assert data_files(storage.root) == 0 and await inline_rows(storage) == 1
+    assert data_files(storage) == 0 and await inline_rows(storage) == 1
     assert await read(storage, "small") == b"s" * 4096
     reader = await storage.open_object("bkt", "small")
     await put(storage, "small", b"t" * 100)  # the null version replaced: its bytes go in the same transaction
@@ -236,27 +235,27 @@ async def test_small_objects_live_in_the_database(storage: EmbeddedBackend) -> N
 
     big = b"b" * (INLINE_MAX + 1)
     await put(storage, "big", big)
-    assert await settled_data_files(storage.root, 1) == 1 and await read(storage, "big") == big
+    assert await settled_data_files(storage, 1) == 1 and await read(storage, "big") == big
 
     upload = await storage.create_upload("bkt", "mp", SPEC)
     data = await storage.new_data()
     await data.write(b"tiny part")
     await data.finish()
     part = await storage.commit_part(upload, 1, data, {})
-    assert await settled_data_files(storage.root, 2) == 2  # parts are files, whatever their size
+    assert await settled_data_files(storage, 2) == 2  # parts are files, whatever their size
     done = await storage.complete_upload(upload, [(1, part.etag)], part.etag + "-1", {}, (0, 0))
     assert done.size == 9 and await read(storage, "mp") == b"tiny part"
 
 
-async def test_inline_versions_survive_a_restart(tmp_path: Path) -> None:
-    backend = EmbeddedBackend(tmp_path / "objects")
+async def test_inline_versions_survive_a_restart(tmp_path: Path, store_maker: StoreMaker) -> None:
+    backend = store_maker.backend(tmp_path / "objects")
     await backend.start()
     await backend.create_bucket("bkt", ACL)
     await backend.set_bucket_versioning("bkt", "Enabled")
     first = await put(backend, "k", b"first")
     await put(backend, "k", b"second")
     await backend.close()
-    again = EmbeddedBackend(tmp_path / "objects")
+    again = store_maker.backend(tmp_path / "objects")
     await again.start()
     try:
         assert await read(again, "k") == b"second" and await read(again, "k", first) == b"first"
@@ -266,7 +265,9 @@ async def test_inline_versions_survive_a_restart(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_tags_belong_to_their_version_and_survive_a_restart(storage: EmbeddedBackend) -> None:
+async def test_tags_belong_to_their_version_and_survive_a_restart(
+    storage: EmbeddedBackend, store_maker: StoreMaker
+) -> None:
     await storage.set_bucket_versioning("bkt", "Enabled")
     first = await put(storage, "k", b"one", dataclasses.replace(SPEC, tags={"gen": "1"}))
     second = await put(storage, "k", b"two")
@@ -281,7 +282,7 @@ async def test_tags_belong_to_their_version_and_survive_a_restart(storage: Embed
     with pytest.raises(DeleteMarkerHit):
         await storage.set_object_tags("bkt", "k", {}, marker.version_id)
     await storage.close()
-    reopened = EmbeddedBackend(storage.root)
+    reopened = store_maker.backend(storage.root)
     await reopened.start()
     try:
         assert (await reopened.get_version("bkt", "k", first)).tags == {"gen": "1"}

@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from services.walrus.storage.data_store import INLINE_MAX
 from tests.walrus.conftest import start_walrus
+from tests.walrus.stores import process_data_ids
 
 WORKERS = 6
 KEYS = 4
@@ -25,8 +26,8 @@ def content(worker: int, number: int) -> bytes:
     return random.Random(f"{worker}-{number}").randbytes(size)
 
 
-def test_kill_during_versioned_put_and_delete(tmp_path: Path) -> None:
-    walrus = start_walrus(tmp_path)
+def test_kill_during_versioned_put_and_delete(tmp_path: Path, walrus_storage: dict[str, str]) -> None:
+    walrus = start_walrus(tmp_path, storage=walrus_storage)
     try:
         s3 = walrus.client()
         s3.create_bucket(Bucket="vcrash")
@@ -105,8 +106,9 @@ def test_kill_during_versioned_put_and_delete(tmp_path: Path) -> None:
         for key in {k for k, _ in list(versions) + list(markers)}:
             latest = [kv for kv, v in (versions | markers).items() if kv[0] == key and v["IsLatest"]]
             assert len(latest) == 1, f"{key} has {len(latest)} current versions"
-        assert list((objects_dir / "tmp").iterdir()) == [], "temporary data survived the restart"
-        data_files = [p for p in (objects_dir / "data").rglob("*") if p.is_file()]
+        if not walrus_storage:  # local files
+            assert list((objects_dir / "tmp").iterdir()) == [], "temporary data survived the restart"
+        data_files = process_data_ids(walrus_storage, objects_dir)
         in_files = [v for v in versions.values() if v["Size"] > INLINE_MAX]  # smaller ones: in the database
         assert len(data_files) == len(in_files), "data files that no version points at survived the restart"
     finally:

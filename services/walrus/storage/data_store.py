@@ -1,18 +1,20 @@
-"""The embedded backend's object data and its life: data files under `data/xx/<id>` (written by files.FileTempData),
-small bodies kept in the database instead (inline data, ids starting with "i"), which data the open readers hold,
-unlinking data no committed row names any more (at once, or when its last reader closes), the cache of small bodies,
-server-side copies as hard links, and the start-up sweep of leftovers."""
+"""The embedded backend's object data and its life: blobs (blobs.py: data files under `data/xx/<id>` by default,
+or RADOS objects), small bodies kept in the database instead (inline data, ids starting with "i"), which data the
+open readers hold, removing data no committed row names any more (at once, or when its last reader closes), the
+cache of small bodies, server-side copies (hard links for files), and the start-up sweep of leftovers."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
 from services.walrus.storage import files
 from services.walrus.storage.base import TempData
+from services.walrus.storage.blobs import BlobReader, Blobs, NewData, new_data_id
+
+log = logging.getLogger("koala.walrus.storage")
 
 SMALL_OBJECT = 64 << 10  # bodies up to this size are served from memory once read
 INLINE_MAX = 32 << 10  # bodies up to this size keep their bytes in the database (table inline_data)
@@ -28,38 +30,36 @@ Segments = tuple[tuple[str, int], ...]
 
 
 class DataStore:
-    def __init__(self, root: Path, fsync: bool = True):
-        self.tmp_dir = root / "tmp"
-        self.data_dir = root / "data"
-        self.fsync = fsync
+    def __init__(self, root: Path, fsync: bool = True, blobs: Blobs | None = None):
+        self.data_dir = root / "data"  # local files' place (when they are the blobs)
+        self.blobs = blobs or files.LocalFiles(self.data_dir, root / "tmp", fsync)
+        self._removals: set[asyncio.Task[None]] = set()
         self._readers: dict[str, int] = {}  # data id -> open readers
         self._doomed: set[str] = set()  # data ids no longer referenced, unlinked when their last reader closes
         self._small: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
 
-    def make_dirs(self) -> None:
-        """Blocking: the directories data files go in."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(256):
-            (self.data_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+    async def start(self) -> None:
+        await self.blobs.start()
 
-    def path(self, data_id: str) -> Path:
-        return self.data_dir / data_id[:2] / data_id
+    async def close(self) -> None:
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+        await self.blobs.close()
+
+    def open(self, data_id: str) -> BlobReader:
+        return self.blobs.open(data_id)
 
     # --- writing ---
-    def new_data(self, hashes: tuple[str, ...]) -> files.FileTempData:
-        data_id = files.new_data_id()
-        return files.FileTempData(data_id, self.path(data_id), hashes, self.fsync, INLINE_MAX)
+    def new_data(self, hashes: tuple[str, ...]) -> NewData:
+        return self.blobs.new(hashes, INLINE_MAX)
 
     async def place(self, data: TempData, allow_inline: bool = True) -> tuple[str, bytes | None]:
         """Finished data about to be committed: (its data id, its bytes if they go into the database with the
-        metadata). File data was written and fsynced in place by `finish`."""
-        if not isinstance(data, files.FileTempData):
+        metadata). Blob data was made durable in place by `finish`."""
+        if not isinstance(data, NewData):
             raise TypeError(f"not this backend's data: {data!r}")
-        if data.inline is not None and not allow_inline:
-            await asyncio.get_running_loop().run_in_executor(None, data.write_file)
-        data.close_fd()
-        data.committed = True
+        await data.seal(allow_inline)
         if data.inline is not None:
             return "i" + data.data_id, data.inline
         return data.data_id, None
@@ -67,35 +67,22 @@ class DataStore:
     async def link_copy(
         self, segments: Segments, inline_bytes: dict[str, bytes]
     ) -> tuple[list[tuple[str, int]], dict[str, bytes]]:
-        """New names for a version's data: hard links for immutable data files (a copy that costs no bytes), new
-        inline ids for bytes kept in the database (`inline_bytes`: those of the source). (segments, inline bytes by
-        new data id)."""
+        """New names for a version's data: blob copies (hard links for immutable data files: a copy that costs no
+        bytes), new inline ids for bytes kept in the database (`inline_bytes`: those of the source). (segments,
+        inline bytes by new data id)."""
         inline: dict[str, bytes] = {}
         copied: list[tuple[str, int]] = []
         pairs = []
         for data_id, size in segments:
-            new = files.new_data_id()
+            new = new_data_id()
             if is_inline(data_id):
                 inline["i" + new] = inline_bytes[data_id]
                 copied.append(("i" + new, size))
             else:
                 pairs.append((data_id, new))
                 copied.append((new, size))
-
-        def link() -> None:
-            dirs = set()
-            for old, new in pairs:
-                try:
-                    os.link(self.path(old), self.path(new))
-                except OSError:  # no hard links here: copy the bytes
-                    shutil.copyfile(self.path(old), self.path(new))
-                dirs.add(self.path(new).parent)
-            if self.fsync:
-                for d in dirs:
-                    files.fsync_dir(d)
-
         if pairs:
-            await asyncio.get_running_loop().run_in_executor(None, link)
+            await self.blobs.copy(pairs)
         return copied, inline
 
     # --- readers and the life of data ---
@@ -132,16 +119,14 @@ class DataStore:
             self._unlink_later(now)
 
     def _unlink_later(self, data_ids: list[str]) -> None:
-        paths = [self.path(d) for d in data_ids]
+        task = asyncio.get_running_loop().create_task(self.blobs.remove(data_ids))
+        self._removals.add(task)
+        task.add_done_callback(self._removed)
 
-        def unlink() -> None:
-            for path in paths:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-
-        asyncio.get_running_loop().run_in_executor(None, unlink)
+    def _removed(self, task: asyncio.Task[None]) -> None:
+        self._removals.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the start-up sweep removes them later
+            log.warning("removing unreferenced data failed: %s", task.exception())
 
     # --- small bodies in memory ---
     def small_get(self, data_id: str) -> bytes | None:
@@ -166,20 +151,6 @@ class DataStore:
             self._small_bytes -= len(body)
 
     # --- start-up ---
-    async def sweep(self, referenced: set[str]) -> tuple[int, int]:
-        """Remove interrupted uploads and the data files no committed row names: (temporary files, data files)."""
-
-        def sweep() -> tuple[int, int]:
-            tmp = 0
-            for entry in os.scandir(self.tmp_dir):
-                os.unlink(entry.path)
-                tmp += 1
-            data = 0
-            for sub in os.scandir(self.data_dir):
-                for entry in os.scandir(sub.path):
-                    if entry.name not in referenced:
-                        os.unlink(entry.path)
-                        data += 1
-            return tmp, data
-
-        return await asyncio.get_running_loop().run_in_executor(None, sweep)
+    async def sweep(self, referenced: set[str]) -> int:
+        """Remove what interrupted uploads left and the blobs no committed row names: how many blobs went."""
+        return await self.blobs.sweep(referenced)

@@ -1,4 +1,5 @@
-"""The embedded backend: data files on the local disk, metadata in SQLite.
+"""The embedded backend: metadata in SQLite, data in files on the local disk (or, configured so, in a Ceph pool:
+see blobs.py).
 
 Write path: bytes go to a new file `data/xx/<id>` under a fresh random id (hashed on the way), the file and its
 directory are fsynced, and only then does one SQLite transaction (synchronous=FULL, group-committed with the
@@ -9,7 +10,8 @@ at any point leaves either the old or the new object; leftovers (files no row po
 data whose unlink did not happen) are removed at start-up.
 
 The parts, by job: `database.py` the SQLite connection on its thread, `group_commit.py` the batched transactions,
-`rows.py` the tables' rows, `data_store.py` and `files.py` the data and its life, `reader.py` an open version. This
+`rows.py` the tables' rows, `data_store.py` the data and its life, `blobs.py` (`files.py`, `rados_data.py`) where
+its bytes are, `reader.py` an open version. This
 module holds the metadata transactions (buckets, versions, uploads) and the caches in front of them.
 """
 
@@ -24,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.walrus.storage import files
 from services.walrus.storage.base import (
     Acl,
     BucketExists,
@@ -51,6 +52,7 @@ from services.walrus.storage.base import (
     UploadInfo,
     log,
 )
+from services.walrus.storage.blobs import Blobs, new_data_id
 from services.walrus.storage.data_store import DataStore, is_inline
 from services.walrus.storage.database import MetadataDb
 from services.walrus.storage.group_commit import GroupCommit
@@ -75,10 +77,10 @@ META_CACHE_ENTRIES = 50_000
 
 
 class EmbeddedBackend(StorageBackend):
-    def __init__(self, root: Path, fsync: bool = True):
+    def __init__(self, root: Path, fsync: bool = True, blobs: Blobs | None = None):
         super().__init__()
         self.root = Path(root)
-        self.data = DataStore(self.root, fsync)
+        self.data = DataStore(self.root, fsync, blobs)
         self.db = MetadataDb(self.root / "walrus.db")
         self._commits = GroupCommit(self.db)
         self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
@@ -88,14 +90,15 @@ class EmbeddedBackend(StorageBackend):
 
     # --- life cycle ---
     async def start(self) -> None:
-        self.data.make_dirs()
+        self.root.mkdir(parents=True, exist_ok=True)
+        await self.data.start()
         await self.db.open()
-        removed_tmp, removed_data = await self._recover()
-        if removed_tmp or removed_data:
-            log.info("start-up clean-up: %d temporary files, %d unreferenced data files", removed_tmp, removed_data)
+        removed = await self._recover()
+        if removed:
+            log.info("start-up clean-up: %d unreferenced data", removed)
 
-    async def _recover(self) -> tuple[int, int]:
-        """Drop interrupted uploads and data files that no committed row points at."""
+    async def _recover(self) -> int:
+        """Drop interrupted uploads and data that no committed row points at."""
 
         def referenced(conn: sqlite3.Connection) -> set[str]:
             found: set[str] = set()
@@ -107,6 +110,7 @@ class EmbeddedBackend(StorageBackend):
         return await self.data.sweep(await self.db.run(referenced))
 
     async def close(self) -> None:
+        await self.data.close()
         await self.db.close()
 
     def _cache_object(self, info: ObjectInfo) -> None:
@@ -640,7 +644,7 @@ class EmbeddedBackend(StorageBackend):
 
     # --- multipart ---
     async def create_upload(self, bucket: str, key: str, spec: ObjectSpec, checksum_algorithm: str = "") -> str:
-        upload_id = files.new_data_id()
+        upload_id = new_data_id()
 
         def tx(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:

@@ -1,88 +1,39 @@
-"""Data files of the embedded backend: writers of new data (hashing on the way, fsync) and the data layout.
+"""The default blobs: files on the local disk (`data/ab/ab12...`, named by data id, never by a user's key).
 
-Data files are named by random ids (`data/ab/ab12...`), never by a user's key, and are immutable once
-committed, so several objects may share one inode through hard links (server-side copies).
+Files are immutable once committed, so several objects may share one inode through hard links (server-side
+copies). A new file is created at its final path in the thread that first writes to it (creating waits on the
+directory), so a small object costs one trip to a thread: create, write, fsync (the file and its directory).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import secrets
-import zlib
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-import crc32c
-
-from services.walrus.storage.base import TempData
-
-FLUSH_BYTES = 1 << 20  # write to disk (in a thread) once this much is buffered
+from services.walrus.storage.blobs import BlobReader, Blobs, NewData, new_data_id
 
 
-def new_data_id() -> str:
-    return secrets.token_hex(16)
+class FileTempData(NewData):
+    """A new data file at its final path, visible to no one until a metadata commit names it."""
 
-
-class _Crc:
-    """crc32 / crc32c with hashlib's update/digest shape (big-endian 4 bytes, as S3 encodes them)."""
-
-    def __init__(self, castagnoli: bool):
-        self.value = 0
-        self.castagnoli = castagnoli
-
-    def update(self, data: bytes) -> None:
-        self.value = crc32c.crc32c(data, self.value) if self.castagnoli else zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-def make_hasher(name: str) -> Any:
-    if name == "crc32":
-        return _Crc(False)
-    if name == "crc32c":
-        return _Crc(True)
-    if name in ("md5", "sha1", "sha256"):
-        return hashlib.new(name)
-    raise ValueError(f"unknown hash {name}")
-
-
-class FileTempData(TempData):
-    """A new data file at its final path, visible to no one until a metadata commit names it; writing and
-    hashing run in threads (see _start_flush). The file is created in the thread that first writes to it
-    (creating waits on the directory), so a small object costs one trip to a thread: create, write, fsync."""
-
-    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool = True, inline_max: int = 0):
-        self.data_id = data_id
-        self.inline_max = inline_max
-        self.inline: bytes | None = None  # the bytes of data kept in memory (to be stored with the metadata)
+    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool, inline_max: int):
+        super().__init__(data_id, hashes, inline_max)
         self.path = path
-        self.size = 0
-        self._hashers = {name: make_hasher(name) for name in ("md5", *hashes)}
-        self._fd: int | None = None
-        self._created = False
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._pending: list[asyncio.Future[None]] = []
         self.fsync = fsync
-        self._digests: dict[str, bytes] = {}
-        self.committed = False
-
-    def _hash(self, pieces: list[bytes]) -> None:
-        for hasher in self._hashers.values():
-            for piece in pieces:
-                hasher.update(piece)  # hashlib releases the GIL for large buffers
+        self._fd: int | None = None
 
     def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            self._created = True
         return self._fd
 
     def _write(self, pieces: list[bytes]) -> None:
         fd = self._open()
+        if not pieces:
+            return
         written = os.writev(fd, pieces)
         total = sum(len(p) for p in pieces)
         if written < total:  # a short write: finish the rest piece by piece
@@ -90,82 +41,99 @@ class FileTempData(TempData):
             while rest:
                 rest = rest[os.write(fd, rest) :]
 
-    async def _start_flush(self) -> None:
-        """Hash and write the buffered pieces in two threads at once, one batch of each in flight, while the
-        event loop goes on reading the next batch from the network."""
-        await self._wait_pending()
-        if self._buffered:
-            pieces, self._buffer, self._buffered = self._buffer, [], 0
-            loop = asyncio.get_running_loop()
-            self._pending = [
-                loop.run_in_executor(None, self._hash, pieces),
-                loop.run_in_executor(None, self._write, pieces),
-            ]
-
-    async def _wait_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending:
-            results = await asyncio.gather(*pending, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._buffer.append(data)
-        self._buffered += len(data)
-        self.size += len(data)
-        if self._buffered >= FLUSH_BYTES:
-            await self._start_flush()
-
-    async def finish(self) -> None:
-        await self._wait_pending()
-        pieces, self._buffer, self._buffered = self._buffer, [], 0
-        if not self._created and self.size <= self.inline_max:  # small: no file, no fsync of its own
-            self.inline = b"".join(pieces)
-            self._hash([self.inline])  # a few KiB: cheaper here than a trip to a thread
-            self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
-            return
-
-        def last() -> None:
-            fd = self._open()
-            if pieces:
-                self._hash(pieces)
-                self._write(pieces)
-            if self.fsync:
-                os.fsync(fd)
-                fsync_dir(self.path.parent)  # the new name survives a power cut too
-
-        await asyncio.get_running_loop().run_in_executor(None, last)
-        self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
-
-    def digest(self, name: str) -> bytes:
-        return self._digests[name]
-
-    def write_file(self) -> None:
-        """Blocking: put data kept in memory into its file after all (fsynced), for callers that need one."""
-        if self.inline is None:
-            return
-        self._write([self.inline])
+    def _make_durable(self) -> None:
         if self.fsync:
             os.fsync(self._open())
-            fsync_dir(self.path.parent)
-        self.inline = None
+            fsync_dir(self.path.parent)  # the new name survives a power cut too
 
-    def close_fd(self) -> None:
+    def _discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    async def abort(self) -> None:
-        try:
-            await self._wait_pending()
-        except OSError:
-            pass
-        self.close_fd()
-        if not self.committed and self._created:
-            self.path.unlink(missing_ok=True)
+
+class FileBlob(BlobReader):
+    def __init__(self, path: Path):
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def file(self) -> BinaryIO:
+        if self._file is None:  # opened on first use, closed by close()
+            self._file = open(self.path, "rb")
+        return self._file
+
+    async def read(self, offset: int, count: int) -> bytes:
+        fd = self.file().fileno()
+        return await asyncio.get_running_loop().run_in_executor(None, os.pread, fd, count, offset)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LocalFiles(Blobs):
+    def __init__(self, data_dir: Path, tmp_dir: Path, fsync: bool = True):
+        self.data_dir, self.tmp_dir, self.fsync = Path(data_dir), Path(tmp_dir), fsync
+
+    def path(self, data_id: str) -> Path:
+        return self.data_dir / data_id[:2] / data_id
+
+    async def start(self) -> None:
+        def make() -> None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(256):
+                (self.data_dir / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+
+        await asyncio.get_running_loop().run_in_executor(None, make)
+
+    def new(self, hashes: tuple[str, ...], inline_max: int) -> FileTempData:
+        data_id = new_data_id()
+        return FileTempData(data_id, self.path(data_id), hashes, self.fsync, inline_max)
+
+    def open(self, data_id: str) -> FileBlob:
+        return FileBlob(self.path(data_id))
+
+    async def copy(self, pairs: list[tuple[str, str]]) -> None:
+        def link() -> None:
+            dirs = set()
+            for old, new in pairs:
+                try:
+                    os.link(self.path(old), self.path(new))
+                except OSError:  # no hard links here: copy the bytes
+                    shutil.copyfile(self.path(old), self.path(new))
+                dirs.add(self.path(new).parent)
+            if self.fsync:
+                for d in dirs:
+                    fsync_dir(d)
+
+        await asyncio.get_running_loop().run_in_executor(None, link)
+
+    async def remove(self, data_ids: list[str]) -> None:
+        paths = [self.path(d) for d in data_ids]
+
+        def unlink() -> None:
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+        await asyncio.get_running_loop().run_in_executor(None, unlink)
+
+    async def sweep(self, referenced: set[str]) -> int:
+        def sweep() -> int:
+            for entry in os.scandir(self.tmp_dir):  # left by versions before data was written in place
+                os.unlink(entry.path)
+            removed = 0
+            for sub in os.scandir(self.data_dir):
+                for entry in os.scandir(sub.path):
+                    if entry.name not in referenced:
+                        os.unlink(entry.path)
+                        removed += 1
+            return removed
+
+        return await asyncio.get_running_loop().run_in_executor(None, sweep)
 
 
 def fsync_dir(path: Path) -> None:

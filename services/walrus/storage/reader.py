@@ -3,12 +3,11 @@ is overwritten or deleted meanwhile (the data store unlinks held data only after
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import IO
 
 from services.walrus.storage.base import ObjectInfo, ObjectReader
+from services.walrus.storage.blobs import BlobReader
 from services.walrus.storage.data_store import DataStore
 
 
@@ -16,7 +15,7 @@ class EmbeddedReader(ObjectReader):
     def __init__(self, store: DataStore, info: ObjectInfo, inline: dict[str, bytes] | None = None):
         self.store, self.info = store, info
         self.inline = inline or {}  # bytes of the inline segments, read when the object was opened
-        self._files: dict[str, IO[bytes]] = {}
+        self._blobs: dict[str, BlobReader] = {}
         self._closed = False
         store.acquire(info.segments)
 
@@ -31,27 +30,32 @@ class EmbeddedReader(ObjectReader):
                 break
         return pieces
 
-    def _file(self, data_id: str) -> IO[bytes]:
-        handle = self._files.get(data_id)
-        if handle is None:
-            handle = self._files[data_id] = open(self.store.path(data_id), "rb")
-        return handle
+    def _blob(self, data_id: str) -> BlobReader:
+        blob = self._blobs.get(data_id)
+        if blob is None:
+            blob = self._blobs[data_id] = self.store.open(data_id)
+        return blob
 
     def file_ranges(self, start: int, end: int) -> list[tuple[IO[bytes], int, int]] | None:
         if self.inline:
             return None
-        return [(self._file(data_id), offset, count) for data_id, offset, count in self._pieces(start, end)]
+        ranges = []
+        for data_id, offset, count in self._pieces(start, end):
+            file = self._blob(data_id).file()
+            if file is None:  # the blobs are not files (RADOS): no sendfile
+                return None
+            ranges.append((file, offset, count))
+        return ranges
 
     async def iter_range(self, start: int, end: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         for data_id, offset, count in self._pieces(start, end):
             if data_id in self.inline:
                 yield self.inline[data_id][offset : offset + count]
                 continue
-            fd = self._file(data_id).fileno()
+            blob = self._blob(data_id)
             done = 0
             while done < count:
-                data = await loop.run_in_executor(None, os.pread, fd, min(chunk, count - done), offset + done)
+                data = await blob.read(offset + done, min(chunk, count - done))
                 if not data:
                     raise OSError(f"data file {data_id} is shorter than recorded")
                 done += len(data)
@@ -73,7 +77,7 @@ class EmbeddedReader(ObjectReader):
         if self._closed:
             return
         self._closed = True
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        for blob in self._blobs.values():
+            blob.close()
+        self._blobs.clear()
         self.store.release(self.info.segments)
