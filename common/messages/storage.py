@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 MAX_VOLUME_GB = 1024  # EC2's limit for the `standard` volume type
 MAX_IDS = 1000
@@ -104,11 +104,27 @@ class IscsiTarget(BaseModel):
     initiator: str = Field(max_length=223)
 
 
+class RbdTarget(BaseModel):
+    """Where a node finds a volume kept in Ceph: an RBD image, opened by QEMU's rbd driver through these monitors
+    with the node's own Ceph key (never sent over the wire)."""
+
+    pool: str = Field(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    image: str = Field(max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    monitors: list[str] = Field(min_length=1, max_length=16)  # HOST:PORT
+
+
 class NodeAttachRequest(BaseModel):
     instance_id: str = Field(max_length=20)
     volume_id: str = Field(max_length=20)
     device: str = Field(max_length=32)
-    target: IscsiTarget
+    target: IscsiTarget | None = None  # one of the two: an iSCSI export, or an RBD image
+    rbd: RbdTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NodeAttachRequest:
+        if (self.target is None) == (self.rbd is None):
+            raise ValueError("exactly one of target (iSCSI) and rbd")
+        return self
 
 
 class NodeDetachRequest(BaseModel):

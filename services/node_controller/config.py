@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from common.ceph import CephSettings
 from common.config import ServiceConfig
 from services.node_controller.network import NodeVnetSettings
 
@@ -14,7 +15,7 @@ Hypervisor = Literal["xen", "kvm", "qemu", "test"]
 DEFAULT_URIS = {"xen": "xen:///system", "kvm": "qemu:///system", "qemu": "qemu:///system", "test": "test:///default"}
 
 
-class NodeControllerConfig(NodeVnetSettings, ServiceConfig):  # VNET_* keys: network.py
+class NodeControllerConfig(NodeVnetSettings, CephSettings, ServiceConfig):  # VNET_* keys: network.py
     NC_PORT: int = Field(8775, ge=1, le=65535, description="Port of the NC's internal API.")
     KOALA_CC_URL: str = Field("", description="The Cluster Controller's base URL (state pushes).")
     KOALA_WALRUS_URL: str = Field("", description="Walrus's base URL, where images are fetched (GetDecryptedImage).")

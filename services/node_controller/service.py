@@ -159,7 +159,7 @@ class NodeControllerService(Service):
                     config.instance_path,
                     blocked,
                 )
-        self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances)
+        self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances, config)
         await manager.start()
         migrations = NodeMigrations(config, self.db, self.hv, manager, cache, self.identity.id)
         await migrations.adopt()

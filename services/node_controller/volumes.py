@@ -1,4 +1,5 @@
-"""EBS volumes on this node: the CC's AttachVolume/DetachVolume, as libvirt network disks (protocol iscsi).
+"""EBS volumes on this node: the CC's AttachVolume/DetachVolume, as libvirt network disks (protocol iscsi, or rbd
+for a zone keeping its volumes in Ceph: rbd_disks.py).
 
 QEMU's own iSCSI initiator opens the volume's target on the storage host with the initiator name the CC made for
 this attachment (the target's ACL admits that name only); the guest sees a virtio disk whose serial is the volume
@@ -18,10 +19,12 @@ import aiosqlite
 import defusedxml.ElementTree as SafeET
 import libvirt
 
+from common.ceph import CephSettings
 from common.ids import is_id, normalize
 from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import RpcError
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
+from services.node_controller.rbd_disks import RbdSetupError, check_target, ensure_secret, rbd_disk, read_key
 
 log = logging.getLogger("koala.nc.volumes")
 DETACH_POLLS = 75  # x 0.2 s: how long a guest has to release a disk before the CC is told to ask again
@@ -34,6 +37,7 @@ def disk_xml(request: NodeAttachRequest, target: str) -> str:
     disk = ET.Element("disk", {"type": "network", "device": "disk"})
     ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw", "cache": "none"})
     t = request.target
+    assert t is not None
     source = ET.SubElement(disk, "source", {"protocol": "iscsi", "name": f"{t.iqn}/{t.lun}"})
     ET.SubElement(source, "host", {"name": t.host, "port": str(t.port)})
     ET.SubElement(ET.SubElement(source, "initiator"), "iqn", {"name": t.initiator})
@@ -64,9 +68,30 @@ def _disk_element(domain_xml: str, volume_id: str) -> str | None:
 
 
 class Volumes:
-    def __init__(self, db: aiosqlite.Connection, hv: Hypervisor, flavour: str, instances: dict):
+    def __init__(
+        self, db: aiosqlite.Connection, hv: Hypervisor, flavour: str, instances: dict, ceph: CephSettings | None = None
+    ):
         self.db, self.hv, self.flavour, self.instances = db, hv, flavour, instances
         self.live = flavour in ("kvm", "qemu")
+        self.ceph = ceph  # this node's Ceph client, for volumes kept in RBD
+
+    async def _rbd_disk_xml(self, request: NodeAttachRequest, target: str) -> str:
+        """The disk of a volume kept in Ceph, authenticated with this node's key (a libvirt secret)."""
+        assert request.rbd is not None
+        ceph = self.ceph
+        if ceph is None or ceph.KOALA_CEPH_CONF is None:
+            raise RpcError(409, "StorageUnavailable", "this node has no Ceph client (KOALA_CEPH_CONF)")
+        user = ceph.KOALA_CEPH_USER
+        keyring = ceph.KOALA_CEPH_KEYRING or ceph.KOALA_CEPH_CONF.parent / f"ceph.client.{user}.keyring"
+        try:
+            key = await asyncio.to_thread(read_key, keyring, user)
+            uuid = await self.hv.call(lambda conn: ensure_secret(conn, user, key)) if self.live else ""
+            disk = rbd_disk(request.rbd, normalize(request.volume_id), target, user, uuid)
+        except RbdSetupError as err:
+            raise RpcError(409, "StorageUnavailable", str(err)) from None
+        except HypervisorError as err:
+            raise RpcError(500, "AttachFailed", f"libvirt secret: {err}") from None
+        return ET.tostring(disk, encoding="unicode")
 
     def _check(self, request: NodeAttachRequest | NodeDetachRequest) -> tuple[str, str]:
         if not is_id(request.instance_id, "i"):
@@ -85,8 +110,13 @@ class Volumes:
     async def attach(self, request: NodeAttachRequest) -> NodeAttachment:
         instance_id, volume_id = self._check(request)
         t = request.target
-        if not (_IQN.match(t.iqn) and _IQN.match(t.initiator) and _HOST.match(t.host)):
+        if t is not None and not (_IQN.match(t.iqn) and _IQN.match(t.initiator) and _HOST.match(t.host)):
             raise RpcError(400, "InvalidParameterValue", "malformed iSCSI target")
+        if request.rbd is not None:
+            try:
+                check_target(request.rbd)
+            except RbdSetupError as err:
+                raise RpcError(400, "InvalidParameterValue", str(err)) from None
         device = _DEVICE.match(request.device)
         if device is None:
             raise RpcError(400, "InvalidParameterValue", f"invalid device {request.device[:32]!r}")
@@ -114,7 +144,7 @@ class Volumes:
         if not free:
             raise RpcError(409, "AttachmentLimitExceeded", f"{instance_id} has no free disk slot")
         target = free[0]
-        xml = disk_xml(request, target)
+        xml = disk_xml(request, target) if t is not None else await self._rbd_disk_xml(request, target)
         await self.db.execute(
             "INSERT OR REPLACE INTO volume_attachments(volume_id, instance_id, target, disk_xml) VALUES (?, ?, ?, ?)",
             (volume_id, instance_id, target, xml),
@@ -128,7 +158,8 @@ class Volumes:
             except HypervisorError as err:
                 await self._forget(volume_id)
                 raise RpcError(500, "AttachFailed", f"libvirt: {err}") from None
-        log.info("%s: %s plugged in as %s (%s)", instance_id, volume_id, target, t.iqn)
+        source = t.iqn if t is not None else f"rbd {request.rbd.pool}/{request.rbd.image}" if request.rbd else ""
+        log.info("%s: %s plugged in as %s (%s)", instance_id, volume_id, target, source)
         return NodeAttachment(instance_id=instance_id, volume_id=volume_id, device=target, attached=True)
 
     async def _forget(self, volume_id: str) -> None:

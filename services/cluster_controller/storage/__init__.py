@@ -19,6 +19,11 @@ a libvirt network disk (protocol iscsi) with that initiator name, so QEMU's own 
 kernels here have no host initiator); another node, or another attachment, cannot log in. The guest sees a virtio
 disk appear (and go on detach) with the volume id as its serial.
 
+On Ceph (KOALA_EBS_BACKEND=rbd, `rbd_volumes.py`), a volume is the RBD image `<zone>.<vol-id>` of
+KOALA_EBS_RBD_POOL instead: nothing is exported, the node gets the pool, image and monitors and its QEMU opens the
+image with the node's own Ceph key (services/node_controller/rbd_disks.py); snapshots are RBD snapshots and a volume
+made from one is a copy-on-write clone.
+
 Snapshots (`snapshots.py`) go to Walrus through its S3 API: compressed 4 MiB chunks named by their digest, a
 manifest per snapshot; a volume's next snapshot uploads only the chunks that changed.
 

@@ -1,6 +1,9 @@
 """The zone's block storage: volume files, their iSCSI exports and attachments, snapshots; state machines whose
 every step is written before it is acted on, and a reconcile loop that finishes or undoes what a crash cut short.
 
+Volumes live in files exported over iSCSI (the default) or, with KOALA_EBS_BACKEND=rbd, in Ceph RBD images
+(rbd_volumes.py: no export, the node's QEMU opens the image itself; snapshots are RBD snapshots).
+
 Volume: creating -> available -> deleting -> (gone), or error. Attachment (one per volume): attaching -> attached
 -> detaching -> (gone). Snapshot: pending -> completed | error; deleting -> (gone). Operations on one volume are
 serialised by a per-volume lock; every operation is idempotent by its id, so the CLC simply repeats one it is not
@@ -37,6 +40,7 @@ from common.messages.storage import (
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller.storage import files
+from services.cluster_controller.storage.rbd_volumes import RbdVolumes
 from services.cluster_controller.storage.settings import StorageSettings
 from services.cluster_controller.storage.snapshots import SnapshotStore
 from services.cluster_controller.storage.store import Attachment, Snapshot, StorageStore, Volume
@@ -76,6 +80,7 @@ class StorageManager:
             self.state_dir / "tgt",
         )
         self.snapshot_store = SnapshotStore(config, re.sub(r"[^a-z0-9.-]", "-", zone.lower()))
+        self.rbd = RbdVolumes(config, config.KOALA_EBS_RBD_POOL, zone) if config.KOALA_EBS_BACKEND == "rbd" else None
         self.iqn_prefix = f"{IQN_BASE}:{re.sub(r'[^a-z0-9.-]', '-', zone.lower())}."
         self.store: StorageStore | None = None
         self.volumes: dict[str, Volume] = {}
@@ -91,10 +96,12 @@ class StorageManager:
     # --- life ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        if self.rbd is not None:
+            await self.rbd.start()
         self.store = await StorageStore.open(self.state_dir / "storage.db")
         self.volumes, self.attachments, self.snapshots = await self.store.load()
         if not self.capacity_gb:
-            self.capacity_gb = await files.filesystem_gb(self.dir)
+            self.capacity_gb = await (self.rbd.capacity_gb() if self.rbd else files.filesystem_gb(self.dir))
         for volume in self.volumes.values():  # finish what a crash interrupted
             if volume.state == "creating":
                 self._job(volume.volume_id, self._build(volume))
@@ -106,13 +113,13 @@ class StorageManager:
             elif snapshot.state == "deleting":
                 self._spawn(self.delete_snapshot(snapshot.snapshot_id), f"delete {snapshot.snapshot_id}")
         log.info(
-            "storage: %d volumes (%d GiB of %d), %d attachments, %d snapshots, portal %s",
+            "storage: %d volumes (%d GiB of %d), %d attachments, %d snapshots, %s",
             len(self.volumes),
             self.allocated_gb(),
             self.capacity_gb,
             len(self.attachments),
             len(self.snapshots),
-            self.config.KOALA_EBS_PORTAL,
+            f"RBD pool {self.rbd.pool}" if self.rbd else f"portal {self.config.KOALA_EBS_PORTAL}",
         )
         self._loop = asyncio.create_task(self._reconcile_loop(), name="storage reconcile")
 
@@ -121,9 +128,11 @@ class StorageManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if not self.attachments and await self.tgt.running():
+        if self.rbd is None and not self.attachments and await self.tgt.running():
             await self.tgt.stop_daemon()  # nothing exported: no daemon left behind
         self.snapshot_store.close()
+        if self.rbd is not None:
+            await self.rbd.close()
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -223,8 +232,12 @@ class StorageManager:
                     "InsufficientVolumeCapacity",
                     f"zone {self.zone} has {self.capacity_gb - self.allocated_gb()} GiB free, {request.size_gb} asked",
                 )
-            if snapshot_id and not self.snapshot_store.enabled:
+            if snapshot_id and not self.snapshots_enabled:
                 raise _fail(400, "SnapshotsUnavailable", "this zone has no snapshot store (KOALA_EBS_S3_URL)")
+            if snapshot_id and self.rbd is not None:
+                source = self.snapshots.get(snapshot_id)
+                if source is None or source.state != "completed":
+                    raise _fail(404, "InvalidSnapshot.NotFound", f"no completed snapshot {snapshot_id} in this zone")
             tids = {v.tid for v in self.volumes.values()}
             tid = next(n for n in range(1, len(tids) + 2) if n not in tids)
             volume = Volume(volume_id, request.size_gb, "creating", tid, snapshot_id)
@@ -239,7 +252,12 @@ class StorageManager:
     async def _build(self, volume: Volume) -> None:
         """Make the volume's file (empty, or the snapshot's blocks), then mark it available."""
         try:
-            if volume.snapshot_id:
+            if self.rbd is not None and volume.snapshot_id:
+                source = self.snapshots[volume.snapshot_id]
+                await self.rbd.clone(volume.volume_id, volume.size_gb, source.volume_id, source.snapshot_id)
+            elif self.rbd is not None:
+                await self.rbd.create(volume.volume_id, volume.size_gb)
+            elif volume.snapshot_id:
                 await self.snapshot_store.restore(volume.snapshot_id, self.path(volume), volume.size_gb)
             else:
                 await files.create_sparse(self.path(volume), volume.size_gb)
@@ -274,11 +292,24 @@ class StorageManager:
             if job is not None and job is not asyncio.current_task():
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
-            await files.remove(self.path(volume))
+            await self._remove_data(volume_id)
             await self._store.delete_volume(volume_id)
             del self.volumes[volume_id]
             log.info("%s: deleted", volume_id)
         return self.volume_info(volume_id)
+
+    @property
+    def snapshots_enabled(self) -> bool:
+        return self.rbd is not None or self.snapshot_store.enabled
+
+    async def _remove_data(self, volume_id: str) -> None:
+        """A deleted volume's file, or its RBD image unless snapshots of it still live there (the image goes with
+        its last snapshot, in delete_snapshot or the reconcile loop)."""
+        if self.rbd is None:
+            await files.remove(files.volume_path(self.dir, volume_id))
+        elif not any(s.volume_id == volume_id for s in self.snapshots.values()):
+            if not await self.rbd.remove(volume_id):
+                log.info("%s: its image keeps snapshots that clones use; removed later", volume_id)
 
     # --- attachments --------------------------------------------------------------------------------------
     async def attach(self, request: AttachVolumeRequest) -> StorageVolume:
@@ -324,7 +355,10 @@ class StorageManager:
         return self.volume_info(volume_id)
 
     async def _export(self, volume: Volume, attachment: Attachment) -> None:
-        """The volume's target exists, backed by its file, admitting this attachment's initiator only."""
+        """The volume's target exists, backed by its file, admitting this attachment's initiator only (nothing to do
+        for an RBD image: the node opens it with its own Ceph key)."""
+        if self.rbd is not None:
+            return
         await self.tgt.ensure_running()
         target = (await self.tgt.targets()).get(volume.tid)
         if target is not None and (target.iqn != self.iqn(volume) or target.backing.get(1) != str(self.path(volume))):
@@ -347,13 +381,16 @@ class StorageManager:
             instance_id=attachment.instance_id,
             volume_id=volume.volume_id,
             device=attachment.device,
-            target=IscsiTarget(
+            target=None
+            if self.rbd is not None
+            else IscsiTarget(
                 host=self.portal_host,
                 port=self.portal_port,
                 iqn=self.iqn(volume),
                 lun=1,
                 initiator=attachment.initiator,
             ),
+            rbd=self.rbd.target(volume.volume_id) if self.rbd is not None else None,
         )
         answer = await self.client.call(
             attachment.node_url, "AttachVolume", request, NodeAttachment, timeout=NODE_TIMEOUT, expect_role="nc"
@@ -381,7 +418,7 @@ class StorageManager:
                 log.warning("%s: detach from %s: %s (will retry)", volume.volume_id, attachment.instance_id, err)
                 return False
         try:
-            if await self.tgt.running():
+            if self.rbd is None and await self.tgt.running():
                 target = (await self.tgt.targets()).get(volume.tid)
                 if target is not None:
                     await self.tgt.remove(volume.tid)
@@ -415,7 +452,7 @@ class StorageManager:
     async def create_snapshot(self, request: CreateSnapshotRequest) -> StorageSnapshot:
         snapshot_id = check_id(request.snapshot_id, "snap", "InvalidSnapshotID.Malformed")
         volume_id = check_id(request.volume_id, "vol", "InvalidVolumeID.Malformed")
-        if not self.snapshot_store.enabled:
+        if not self.snapshots_enabled:
             raise _fail(400, "SnapshotsUnavailable", "this zone has no snapshot store (KOALA_EBS_S3_URL)")
         async with self._lock(volume_id):
             existing = self.snapshots.get(snapshot_id)
@@ -425,7 +462,9 @@ class StorageManager:
             if volume is None or volume.state != "available":
                 raise _fail(409, "IncorrectState", f"{volume_id} is {volume.state if volume else 'not in this zone'}")
             parents = [
-                s for s in self.snapshots.values() if s.volume_id == volume_id and s.state == "completed" and s.chunks
+                s
+                for s in self.snapshots.values()
+                if s.volume_id == volume_id and s.state == "completed" and (s.chunks or self.rbd is not None)
             ]
             parent = max(parents, key=lambda s: s.created_at).snapshot_id if parents else ""
             snapshot = Snapshot(snapshot_id, volume_id, volume.size_gb, "pending", parent=parent)
@@ -439,15 +478,11 @@ class StorageManager:
             snapshot.progress = percent  # from the snapshot's thread: an int, read by describe
 
         try:
-            async with self.snapshot_store.lock:  # no deletion meanwhile removes a chunk this one reuses
-                volume = self.volumes.get(snapshot.volume_id)
-                if volume is None:
-                    raise FileNotFoundError(f"volume {snapshot.volume_id} is gone")
-                parent = self.snapshots.get(snapshot.parent)
-                reuse = set(parent.chunks) if parent is not None and parent.state == "completed" else set()
-                chunks, stored = await self.snapshot_store.take(
-                    snapshot.snapshot_id, self.path(volume), snapshot.size_gb, reuse, progress
-                )
+            if self.rbd is not None:  # an RBD snapshot: taken at once, copy-on-write
+                chunks: list[str] = []
+                stored = await self.rbd.snapshot(snapshot.volume_id, snapshot.snapshot_id, snapshot.parent)
+            else:
+                chunks, stored = await self._take_chunks(snapshot, progress)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -462,8 +497,21 @@ class StorageManager:
         log.info("%s: completed (%s, %d bytes stored, parent %s)", snapshot.snapshot_id, snapshot.volume_id, stored,
                  snapshot.parent or "none")  # fmt: skip
 
+    async def _take_chunks(self, snapshot: Snapshot, progress: Callable[[int], None]) -> tuple[list[str], int]:
+        """The volume file's changed chunks to Walrus: (the snapshot's chunks, bytes stored)."""
+        async with self.snapshot_store.lock:  # no deletion meanwhile removes a chunk this one reuses
+            volume = self.volumes.get(snapshot.volume_id)
+            if volume is None:
+                raise FileNotFoundError(f"volume {snapshot.volume_id} is gone")
+            parent = self.snapshots.get(snapshot.parent)
+            reuse = set(parent.chunks) if parent is not None and parent.state == "completed" else set()
+            return await self.snapshot_store.take(
+                snapshot.snapshot_id, self.path(volume), snapshot.size_gb, reuse, progress
+            )
+
     async def delete_snapshot(self, snapshot_id: str) -> StorageSnapshot:
-        """Remove the snapshot's manifest, and its chunks that no other snapshot of the zone lists."""
+        """Remove the snapshot's manifest, and its chunks that no other snapshot of the zone lists (or the RBD
+        snapshot)."""
         snapshot_id = check_id(snapshot_id, "snap", "InvalidSnapshotID.Malformed")
         snapshot = self.snapshots.get(snapshot_id)
         if snapshot is None:
@@ -479,13 +527,18 @@ class StorageManager:
             for other in self.snapshots.values():
                 if other is not snapshot:
                     others |= set(other.chunks)
-            await self.snapshot_store.delete(snapshot_id, set(snapshot.chunks) - others)
+            if self.rbd is not None:  # clones made from it keep it in Ceph's trash while they need it
+                await self.rbd.remove_snapshot(snapshot.volume_id, snapshot_id)
+            else:
+                await self.snapshot_store.delete(snapshot_id, set(snapshot.chunks) - others)
             await self._store.delete_snapshot(snapshot_id)
             self.snapshots.pop(snapshot_id, None)
             for other in self.snapshots.values():  # its children now build on its own parent
                 if other.parent == snapshot_id:
                     other.parent = snapshot.parent
                     await self._store.save_snapshot(other)
+        if self.rbd is not None and snapshot.volume_id not in self.volumes:
+            await self._remove_data(snapshot.volume_id)  # a deleted volume's image, kept for its snapshots
         log.info("%s: deleted", snapshot_id)
         return self.snapshot_info(snapshot_id)
 
@@ -524,7 +577,7 @@ class StorageManager:
                         await self._export(volume, attachment)  # tgtd may have restarted
                 except (RpcError, TgtError, PeerUnreachable) as err:
                     log.warning("%s: reconcile: %s", volume_id, err)
-        if await self.tgt.running():
+        if self.rbd is None and await self.tgt.running():
             wanted = {v.tid for vid, v in self.volumes.items() if vid in self.attachments}
             for tid, target in (await self.tgt.targets()).items():
                 if target.iqn.startswith(self.iqn_prefix) and tid not in wanted:
@@ -534,6 +587,11 @@ class StorageManager:
         for path in await files.stray_files(self.dir, set(self.volumes)):
             log.warning("removing stray volume file %s", path)
             await files.remove(path)
+        if self.rbd is not None:  # images no volume or snapshot explains (a crash between the image and the record)
+            explained = set(self.volumes) | {s.volume_id for s in self.snapshots.values()}
+            for volume_id in await self.rbd.volume_ids() - explained:
+                if await self.rbd.remove(volume_id):
+                    log.warning("removed stray RBD image of %s", volume_id)
         if self.snapshot_store.enabled and self.snapshots and not self.snapshot_store.lock.locked():
             async with self.snapshot_store.lock:
                 if not any(s.state == "pending" for s in self.snapshots.values()):

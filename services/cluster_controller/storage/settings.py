@@ -5,12 +5,24 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from common.ceph import CephSettings
 
 _PORTAL = re.compile(r"^[A-Za-z0-9.-]{1,253}:\d{1,5}$")
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(CephSettings):
+    KOALA_EBS_BACKEND: str = Field(
+        "iscsi",
+        pattern=r"^(iscsi|rbd)$",
+        description="iscsi: volumes as sparse files exported by tgtd, snapshots to Walrus (the default); rbd: "
+        "volumes as Ceph RBD images opened by QEMU's rbd driver, snapshots as RBD snapshots (KOALA_CEPH_*; every "
+        "node of the zone needs the same KOALA_CEPH_* settings).",
+    )
+    KOALA_EBS_RBD_POOL: str = Field(
+        "koala-ebs", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="The Ceph pool of the zone's volumes (rbd)."
+    )
     KOALA_EBS_DIR: Path | None = Field(
         None, description="Where volume files live (sparse files); default: the CC's state directory /volumes."
     )
@@ -51,3 +63,9 @@ class StorageSettings(BaseModel):
         if value not in ("spawn", "external"):
             raise ValueError("spawn or external")
         return value
+
+    @model_validator(mode="after")
+    def _rbd_needs_ceph(self) -> StorageSettings:
+        if self.KOALA_EBS_BACKEND == "rbd" and self.KOALA_CEPH_CONF is None:
+            raise ValueError("KOALA_EBS_BACKEND=rbd needs KOALA_CEPH_CONF (the cluster's ceph.conf)")
+        return self
