@@ -38,7 +38,7 @@ from services.cloud_controller.compute.launch import RunRequest
 from services.cloud_controller.database import Database
 from services.cloud_controller.leases.scheduler import LeaseScheduler
 from services.cloud_controller.leases.slottable import plan_queue
-from services.cloud_controller.leases.spot import Owner, SpotQueue
+from services.cloud_controller.leases.spot import Owner
 from services.cloud_controller.leases.store import LeaseStore
 
 TARGET_DECISION_P50_MS = 10.0
@@ -68,7 +68,6 @@ async def decision_bench(decisions: int, reservations: int, queued: int) -> dict
         await compute.load()
         store = await LeaseStore.open(state)
         scheduler = LeaseScheduler(compute, store)
-        scheduler.spot = SpotQueue(scheduler)
         compute.leases = scheduler
         types = compute.vmtypes.list()
         for zone in zones:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from common.messages.clusters import (
@@ -25,6 +25,9 @@ from common.messages.service import DescribeServiceResponse
 from common.rpc import Caller, Empty, PeerUnreachable, RpcError, RpcServer
 from services.cloud_controller.compute.store import LIVE_STATES
 from services.cloud_controller.database import Database
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 log = logging.getLogger("koala.clc.clusters")
 ROLES = frozenset({"admin"})
@@ -116,7 +119,7 @@ class ClusterRegistry:
                 log.exception("cluster listener failed for %s", zone)
 
 
-def install(rpc: RpcServer, registry: ClusterRegistry, clc: Any) -> None:
+def install(rpc: RpcServer, registry: ClusterRegistry, clc: CloudControllerService) -> None:
     """The signed operations; `clc` gives the RPC client and the peer monitor (re-pointed on every change)."""
 
     def refresh_peers() -> None:

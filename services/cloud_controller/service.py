@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from common import pki
 from common.service import Service
 from services.cloud_controller import actions, admin, ebs
 from services.cloud_controller import clusters as cluster_registry
 from services.cloud_controller.compute import setup as compute_setup
 from services.cloud_controller.compute.bundle_tasks import BundleTasks
+from services.cloud_controller.compute.engine import Compute
 from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database
+from services.cloud_controller.ebs.engine import Ebs
 from services.cloud_controller.ec2 import xml as ec2_xml
 from services.cloud_controller.ec2.frontend import Frontend
 from services.cloud_controller.identity import admin_rpc as identity_admin_rpc
@@ -17,6 +21,7 @@ from services.cloud_controller.identity import bootstrap
 from services.cloud_controller.identity import rpc as identity_rpc
 from services.cloud_controller.identity.store import IdentityStore
 from services.cloud_controller.leases import setup as leases_setup
+from services.cloud_controller.leases.scheduler import LeaseScheduler
 
 
 class CloudControllerService(Service):
@@ -24,11 +29,19 @@ class CloudControllerService(Service):
     config_class = CloudControllerConfig
     config: CloudControllerConfig
     render_http_error = staticmethod(ec2_xml.http_error)
+    # The parts, built once by on_start (before the port opens) and handed to their consumers.
     db: Database
     identity_store: IdentityStore
+    clusters: cluster_registry.ClusterRegistry
+    compute: Compute
+    ebs: Ebs
+    leases: LeaseScheduler
+    bundle_tasks: BundleTasks
+    cloud_cert_pem: str
 
     def __init__(self, config: CloudControllerConfig):
         super().__init__(config)
+        self._stops: list[Callable[[], Awaitable[None]]] = []  # what on_start started, stopped in reverse
         self.pki_dir = pki.PkiDir(config.KOALA_PKI_DIR)
         # The EC2 Query API (routes must exist before the app starts); actions register themselves on import.
         actions.load_all()
@@ -41,6 +54,7 @@ class CloudControllerService(Service):
 
     async def on_start(self) -> None:
         self.db = await Database.open(self.config.KOALA_STATE_DIR)
+        self._stops.append(self.db.close)
         self.identity_store = IdentityStore(self.db, self.pki_dir)
         identity_rpc.install(self.rpc, self.identity_store)
         identity_admin_rpc.install(self.rpc, self.identity_store, self)
@@ -50,9 +64,12 @@ class CloudControllerService(Service):
         cluster_registry.install(self.rpc, self.clusters, self)
         # Images, instances, admission, addresses; NotifyInstances (role cc) and the metadata routes.
         self.compute = await compute_setup.install(self)
+        self._stops.append(self.compute.stop)
         self.ebs = await ebs.install(self)  # volumes and snapshots (Elastic Block Store)
+        self._stops.append(self.ebs.stop)
         # The slot table (capacity reservations, spot requests) beside admission control.
         self.leases = await leases_setup.install(self)
+        self._stops.append(lambda: leases_setup.uninstall(self.leases))
         self.cloud_cert_pem = (self.pki_dir.path / pki.CLOUD_CERT_FILE).read_text()
         # BundleInstance: nodes bundle, this CLC signs the manifests with the cloud key (compute/bundle_tasks.py).
         self.bundle_tasks = BundleTasks(
@@ -63,6 +80,7 @@ class CloudControllerService(Service):
             self.config.s3_url(),
         )
         await self.bundle_tasks.start()
+        self._stops.append(self.bundle_tasks.stop)
         await bootstrap.ensure_admin(
             self.identity_store,
             self.config.KOALA_STATE_DIR,
@@ -73,15 +91,8 @@ class CloudControllerService(Service):
         )
 
     async def on_stop(self) -> None:
-        if getattr(self, "bundle_tasks", None) is not None:
-            await self.bundle_tasks.stop()
-        if getattr(self, "ebs", None) is not None:
-            await self.ebs.stop()
-        if getattr(self, "leases", None) is not None:
-            await leases_setup.uninstall(self.leases)
-        if getattr(self, "compute", None) is not None:
-            await self.compute.stop()
-        await self.db.close()
+        while self._stops:
+            await self._stops.pop()()
 
     def listen_hosts(self) -> list[str]:
         return [self.config.KOALA_BIND, *self.config.KOALA_METADATA_BIND.split()]

@@ -60,11 +60,13 @@ from services.cloud_controller.ec2 import model
 
 if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Compute
+    from services.cloud_controller.database import Database
+    from services.cloud_controller.service import CloudControllerService
 
 
 @dataclass
 class Context:
-    clc: Any  # services.cloud_controller.service.CloudControllerService (not imported: no cycle)
+    clc: CloudControllerService
     principal: Principal
     request_id: str
     version: str
@@ -73,7 +75,7 @@ class Context:
     host: str = ""
 
     @property
-    def db(self) -> Any:
+    def db(self) -> Database:
         return self.clc.db
 
     @property

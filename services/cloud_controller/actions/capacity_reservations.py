@@ -68,7 +68,7 @@ def reservation_dict(scheduler: LeaseScheduler, cr: CapacityReservation, region:
 
 
 def _region(ctx: Context) -> str:
-    return getattr(ctx.clc.config, "KOALA_REGION", "koala")
+    return ctx.clc.config.KOALA_REGION
 
 
 @action("CreateCapacityReservation")

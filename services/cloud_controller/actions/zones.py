@@ -39,8 +39,9 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
     filters = Filters.parse(params.get("Filters"), ZONE_FILTERS, tags=False)
     if verbose and engine.admission.stale(engine.settings.fresh_report):
         await engine.poller.refresh_capacity()  # the capacity table is worth a fresh report
-    if verbose and getattr(ctx.clc, "ebs", None) is not None:
-        await asyncio.gather(*(ctx.clc.ebs.refresh(zone) for zone in names or zones))
+    ebs = ctx.clc.ebs
+    if verbose:
+        await asyncio.gather(*(ebs.refresh(zone) for zone in names or zones))
     result = []
     for zone in names or zones:
         capacity = engine.admission.zones.get(zone)
@@ -59,11 +60,9 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
             free, most = engine.admission.free(zone, vm), engine.admission.maximum(zone, vm)
             row = f"{free:04d} / {most:04d}   {vm.cores:<4d} {vm.memory_mb:>5d} {vm.disk_gb:>5d}"
             result.append(_zone(f"|- {vm.name}", row, region))
-        ebs = getattr(ctx.clc, "ebs", None)
-        if ebs is not None:  # the zone's block storage: GiB free / capacity for volumes
-            storage = ebs.zone_capacity(zone)
-            free = max(storage.capacity_gb - ebs.zone_allocated(zone), 0)
-            result.append(_zone("|- volumes", f"{free:04d} / {storage.capacity_gb:04d} GiB", region))
+        storage = ebs.zone_capacity(zone)  # the zone's block storage: GiB free / capacity for volumes
+        free = max(storage.capacity_gb - ebs.zone_allocated(zone), 0)
+        result.append(_zone("|- volumes", f"{free:04d} / {storage.capacity_gb:04d} GiB", region))
     return {"AvailabilityZones": result}
 
 
@@ -76,7 +75,7 @@ async def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[
         if name not in known:
             raise Ec2Error("InvalidInstanceType", f"The instance type '{name[:64]}' does not exist")
     filters = Filters.parse(params.get("Filters"), TYPE_FILTERS, tags=False)
-    result = []
+    result: list[dict[str, Any]] = []
     for vm in engine.vmtypes.list():
         if wanted and vm.name not in wanted:
             continue

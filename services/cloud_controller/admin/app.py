@@ -15,18 +15,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from common.messages.identity import Principal
 from services.cloud_controller.admin import csrf
-from services.cloud_controller.admin.backend import Unavailable, admin_principal
+from services.cloud_controller.admin.backend import admin_principal
 from services.cloud_controller.admin.passwords import MAX_PASSWORD, LoginFile, verify_or_dummy
 from services.cloud_controller.admin.ratelimit import FailureLimiter
 from services.cloud_controller.admin.sessions import Session, Sessions
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 log = logging.getLogger("koala.clc.admin")
 PREFIX = "/admin"
@@ -65,7 +69,7 @@ class Failure(Exception):
 
 def error_text(err: BaseException) -> str | None:
     """The admin-facing text of a service-code error (code + message), or None for an unexpected exception."""
-    if isinstance(err, Failure | Unavailable):
+    if isinstance(err, Failure):
         return err.message
     code, message = getattr(err, "code", None), getattr(err, "message", None)
     if isinstance(code, str) and isinstance(message, str):
@@ -81,11 +85,11 @@ class Page:
     form: MultiDictProxy = field(default_factory=lambda: MultiDictProxy(__import__("multidict").MultiDict()))
 
     @property
-    def service(self) -> Any:
+    def service(self) -> CloudControllerService:
         return self.admin.service
 
-    async def principal(self):
-        return await admin_principal(self.admin.service, self.session.login)
+    async def principal(self) -> Principal:
+        return await admin_principal(self.admin.service.identity_store, self.session.login)
 
     def field(self, name: str, limit: int = 256, required: bool = True) -> str:
         value = self.form.get(name, "")
@@ -122,7 +126,7 @@ Handler = Callable[[Page], Awaitable[web.StreamResponse]]
 
 
 class Admin:
-    def __init__(self, service: Any, state_dir: Path):
+    def __init__(self, service: CloudControllerService, state_dir: Path):
         self.service = service
         self.logins = LoginFile(state_dir)
         self.sessions = Sessions()

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
 from common.messages.cc_nc import VmType
@@ -24,7 +24,7 @@ from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
-from services.cloud_controller.compute.images import Images
+from services.cloud_controller.compute.images import ImageBackend, Images
 from services.cloud_controller.compute.key_pairs import KeyPairs
 from services.cloud_controller.compute.launch import Launcher, RunRequest, decode_user_data, mac_for
 from services.cloud_controller.compute.networks import Networks
@@ -36,14 +36,23 @@ from services.cloud_controller.compute.tags import Tags
 from services.cloud_controller.compute.vmtypes import DEFAULT_TYPE, VmTypes
 from services.cloud_controller.database import Database
 
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.netsync import NetworkSync
+    from services.cloud_controller.leases.scheduler import LeaseScheduler
+
 __all__ = ["Compute", "Principal", "RunRequest", "Settings", "decode_user_data", "mac_for"]
 log = logging.getLogger("koala.clc.compute")
 
 
 class Principal(Protocol):
-    account_id: str
-    user_id: str
-    is_admin: bool
+    """Who acts: an authenticated user (common.messages.identity.Principal) or an owner the CLC acts for."""
+
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def is_admin(self) -> bool: ...
 
 
 @dataclass
@@ -71,6 +80,7 @@ class Compute:
         clusters: ClusterClient,
         settings: Settings,
         public_ips: list[str] | None = None,
+        image_backend: ImageBackend | None = None,  # Walrus's image operations (compute/walrus.py)
     ):
         self.db, self.cc, self.settings = db, clusters, settings
         self.store = Store(db)
@@ -89,13 +99,13 @@ class Compute:
         self.on_change: list[Callable[[list[Instance]], Any]] = []  # listeners (benchmarks, admin pages)
         self.on_forget: list[Callable[[list[str]], Awaitable[None]]] = [self.tags.forget]  # buried instance ids
         self._tasks: list[asyncio.Task[Any]] = []  # background tasks (cancelled at stop)
-        self.images: Images | None = None  # set by setup.install
+        self.images = Images(self.store, image_backend)
         self.zone_modes: dict[str, str] = {}  # zone -> its CC's VNET_MODE, from DescribeNetworks
-        self.netsync: Any = None  # compute.netsync.NetworkSync in MANAGED modes, set by setup.install
+        self.netsync: NetworkSync | None = None  # in MANAGED modes, set by setup.install
         from services.cloud_controller.compute.elastic import Elastic
 
         self.elastic = Elastic(self)
-        self.leases: Any = None  # leases.scheduler.LeaseScheduler (the slot table), set by setup.install
+        self.leases: LeaseScheduler | None = None  # the slot table, set by leases.setup.install
         self.metadata_extras: list[Callable[[Instance], dict]] = []  # more meta-data entries (spot/instance-action)
         for zone in clusters.clusters:
             self.admission.known_zone(zone)

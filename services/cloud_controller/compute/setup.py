@@ -4,7 +4,7 @@ operations, the NotifyInstances operation (role cc), the metadata routes, the po
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from common.messages.clc_cc import Ack, NotifyInstancesRequest
 from common.rpc import Caller, RpcError
@@ -13,17 +13,18 @@ from services.cloud_controller.compute.addresses import parse_pool
 from services.cloud_controller.compute.bursting import BurstPolicy
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
-from services.cloud_controller.compute.images import Images
 from services.cloud_controller.compute.netsync import NetworkSync
+from services.cloud_controller.compute.walrus import WalrusImages
 from services.cloud_controller.metadata import MetadataService
 
 if TYPE_CHECKING:
+    from services.cloud_controller.config import CloudControllerConfig
     from services.cloud_controller.service import CloudControllerService
 
 log = logging.getLogger("koala.clc.compute")
 
 
-def settings_from(config: Any) -> Settings:
+def settings_from(config: CloudControllerConfig) -> Settings:
     return Settings(
         default_kernel=config.KOALA_DEFAULT_KERNEL,
         default_ramdisk=config.KOALA_DEFAULT_RAMDISK,
@@ -41,31 +42,17 @@ def settings_from(config: Any) -> Settings:
     )
 
 
-def walrus_backend(clc: CloudControllerService) -> Any:
-    """Walrus's image operations, when the Walrus image interface exists in this tree."""
-    try:
-        from services.cloud_controller.compute.walrus import WalrusImages
-    except ImportError:
-        return None
-
-    async def certificates_for(account_id: str) -> list[str]:
-        rows = await clc.db.fetchall(
-            "SELECT c.pem FROM certificates c JOIN users u ON u.user_id = c.user_id"
-            " WHERE u.account_id = ? AND c.active = 1 ORDER BY c.created_at DESC LIMIT 64",
-            (account_id,),
-        )
-        return [row["pem"] for row in rows]
-
-    return WalrusImages(clc.client, clc.config.KOALA_WALRUS_URL, certificates_for)
-
-
 async def install(clc: CloudControllerService) -> Compute:
     """Create, load and start the compute engine; call from the service's on_start (before the port opens)."""
-    zones = clc.clusters.zones if hasattr(clc, "clusters") else clc.config.clusters()
+    zones = clc.clusters.zones
+    walrus = WalrusImages(clc.client, clc.config.KOALA_WALRUS_URL, clc.identity_store.account_certificates)
     compute = Compute(
-        clc.db, ClusterClient(clc.client, zones), settings_from(clc.config), parse_pool(clc.config.KOALA_PUBLIC_IPS)
+        clc.db,
+        ClusterClient(clc.client, zones),
+        settings_from(clc.config),
+        parse_pool(clc.config.KOALA_PUBLIC_IPS),
+        walrus,
     )
-    compute.images = Images(compute.store, walrus_backend(clc))
     await compute.load()
 
     def cluster_ids(zone: str) -> set[str]:
@@ -94,8 +81,7 @@ async def install(clc: CloudControllerService) -> Compute:
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)
     MetadataService(compute.store, extras=compute.metadata_extras).install(clc.app)
-    if hasattr(clc, "clusters"):
-        clc.clusters.listeners.append(compute.poller.zone_changed)
+    clc.clusters.listeners.append(compute.poller.zone_changed)
     compute.poller.start()
     return compute
 
@@ -103,7 +89,7 @@ async def install(clc: CloudControllerService) -> Compute:
 def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
     """MANAGED modes: security group rules -> the CCs' ConfigureNetwork, at launch and on every rule change."""
     groups = compute.security_groups
-    compute.netsync = NetworkSync(compute, groups.rules_by_name)
+    netsync = compute.netsync = NetworkSync(compute, groups.rules_by_name)
 
     async def changed(owner_id: str, group_id: str) -> None:
         name = await groups.name_of(owner_id, group_id)
@@ -113,6 +99,6 @@ def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
                     name = reservation.groups[reservation.group_ids.index(group_id)]
                     break
         if name is not None:
-            await compute.netsync.group_changed(owner_id, name)
+            await netsync.group_changed(owner_id, name)
 
     groups.listeners.append(changed)

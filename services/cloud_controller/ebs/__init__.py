@@ -6,14 +6,17 @@ state (volumes of terminated instances are detached) and starts the reconcile lo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from common.messages import storage as msg
 from common.rpc import Caller, Empty
 from services.cloud_controller.ebs.engine import Ebs, EbsSettings
 
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
-async def install(clc: Any) -> Ebs:
+
+async def install(clc: CloudControllerService) -> Ebs:
     config = clc.config
     settings = EbsSettings(
         quota_volume_gb=config.KOALA_QUOTA_VOLUME_GB,

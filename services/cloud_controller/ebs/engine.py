@@ -17,13 +17,17 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import ids
 from common.messages import storage as msg
 from common.rpc import PeerUnreachable, RpcClient, RpcError
 from services.cloud_controller.compute.errors import ComputeError
+from services.cloud_controller.database import Database
 from services.cloud_controller.ebs.store import EbsStore, Snapshot, Volume
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.engine import Compute, Principal
 
 log = logging.getLogger("koala.clc.ebs")
 DEVICE = re.compile(r"^/dev/(sd|xvd|vd)[b-z]$")
@@ -54,7 +58,7 @@ def _snapshot_not_found(snapshot_id: str) -> ComputeError:
 
 
 class Ebs:
-    def __init__(self, db: Any, compute: Any, client: RpcClient, settings: EbsSettings):
+    def __init__(self, db: Database, compute: Compute, client: RpcClient, settings: EbsSettings):
         self.db, self.compute, self.client, self.settings = db, compute, client, settings
         self.store = EbsStore(db)
         self.zones: dict[str, ZoneStorage] = {}
@@ -98,7 +102,7 @@ class Ebs:
         )  # fmt: skip
 
     # --- lookups ------------------------------------------------------------------------------------------
-    def volume(self, volume_id: str, principal: Any) -> Volume:
+    def volume(self, volume_id: str, principal: Principal) -> Volume:
         if not ids.is_id(volume_id, "vol"):
             raise ComputeError("InvalidVolumeID.Malformed", f'Invalid id: "{volume_id[:64]}"')
         volume = self.store.volumes.get(ids.normalize(volume_id))
@@ -106,7 +110,7 @@ class Ebs:
             raise _not_found(volume_id)
         return volume
 
-    def snapshot(self, snapshot_id: str, principal: Any, restore: bool = False) -> Snapshot:
+    def snapshot(self, snapshot_id: str, principal: Principal, restore: bool = False) -> Snapshot:
         """The caller's snapshot, or (restore) one it may make volumes from."""
         if not ids.is_id(snapshot_id, "snap"):
             raise ComputeError("InvalidSnapshotID.Malformed", f'Invalid id: "{snapshot_id[:64]}"')
@@ -137,7 +141,7 @@ class Ebs:
     # --- volumes ------------------------------------------------------------------------------------------
     async def create_volume(
         self,
-        principal: Any,
+        principal: Principal,
         zone: str,
         size: int | None,
         snapshot_id: str = "",
@@ -250,7 +254,7 @@ class Ebs:
         volume.instance_id = volume.device = volume.attach_state = ""
         volume.attach_time, volume.delete_on_termination = 0.0, False
 
-    async def delete_volume(self, principal: Any, volume_id: str) -> None:
+    async def delete_volume(self, principal: Principal, volume_id: str) -> None:
         volume = self.volume(volume_id, principal)
         if volume.attach_state or volume.state == "in-use":
             raise ComputeError(
@@ -276,7 +280,7 @@ class Ebs:
                 await listener([volume.volume_id])
 
     # --- attachments --------------------------------------------------------------------------------------
-    async def attach(self, principal: Any, volume_id: str, instance_id: str, device: str) -> Volume:
+    async def attach(self, principal: Principal, volume_id: str, instance_id: str, device: str) -> Volume:
         volume = self.volume(volume_id, principal)
         instance = self.compute.instance(instance_id, principal)
         if not DEVICE.match(device or ""):
@@ -330,7 +334,7 @@ class Ebs:
             return
         await self._settle(volume, answer)
 
-    async def detach(self, principal: Any, volume_id: str, instance_id: str = "", device: str = "",
+    async def detach(self, principal: Principal, volume_id: str, instance_id: str = "", device: str = "",
                      force: bool = False) -> Volume:  # fmt: skip
         volume = self.volume(volume_id, principal)
         async with self._lock(volume.volume_id):
@@ -389,7 +393,7 @@ class Ebs:
                         await self._delete(volume)
 
     # --- snapshots ----------------------------------------------------------------------------------------
-    async def create_snapshot(self, principal: Any, volume_id: str, description: str = "") -> Snapshot:
+    async def create_snapshot(self, principal: Principal, volume_id: str, description: str = "") -> Snapshot:
         volume = self.volume(volume_id, principal)
         if len(description) > 255:
             raise ComputeError("InvalidParameterValue", "Description: at most 255 characters")
@@ -441,7 +445,7 @@ class Ebs:
             elif seen.progress != snapshot.progress:
                 snapshot.progress = seen.progress  # in memory: progress is not a state
 
-    async def delete_snapshot(self, principal: Any, snapshot_id: str) -> None:
+    async def delete_snapshot(self, principal: Principal, snapshot_id: str) -> None:
         snapshot = self.snapshot(snapshot_id, principal)
         users = [i.image_id for i in self.compute.store.images.values() if snapshot.snapshot_id in _image_snapshots(i)]
         if users:

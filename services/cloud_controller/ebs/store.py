@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
 
 VOLUME_STATES = ("creating", "available", "in-use", "deleting", "error")
 
@@ -55,7 +58,7 @@ _SNAPSHOT_COLUMNS = [f.name for f in fields(Snapshot) if f.name != "permissions"
 
 
 class EbsStore:
-    def __init__(self, db: Any):
+    def __init__(self, db: Database):
         self.db = db
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Snapshot] = {}

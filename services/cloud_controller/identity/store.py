@@ -253,6 +253,16 @@ class IdentityStore:
         )
         return [dict(row) for row in rows]
 
+    async def account_certificates(self, account_id: str) -> list[str]:
+        """The PEM of the account's active user certificates, newest first (at most 64): who may have bundled an
+        image the account registers."""
+        rows = await self.db.fetchall(
+            "SELECT c.pem FROM certificates c JOIN users u ON u.user_id = c.user_id"
+            " WHERE u.account_id = ? AND c.active = 1 ORDER BY c.created_at DESC LIMIT 64",
+            (account_id,),
+        )
+        return [row["pem"] for row in rows]
+
     async def resolve_certificate(self, cert_pem: str) -> tuple[bool, Principal] | None:
         """(active, principal) for a certificate this CLC issued, by its exact DER bytes; None if unknown."""
         try:

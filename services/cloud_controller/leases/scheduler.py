@@ -22,14 +22,20 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import ids
 from common.messages.cc_nc import VmType
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.leases.slottable import INF, ZERO, Allocation, Kind, Res, SlotTable, how_many
+from services.cloud_controller.leases.spot import SpotQueue
 from services.cloud_controller.leases.store import CapacityReservation, LeaseStore
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.admission import Token
+    from services.cloud_controller.compute.engine import Compute
+    from services.cloud_controller.compute.launch import RunRequest
 
 log = logging.getLogger("koala.clc.leases")
 MAX_RESERVATION_COUNT = 1000  # instances per capacity reservation
@@ -56,17 +62,19 @@ class Claim:
 
 
 class LeaseScheduler:
-    def __init__(self, compute: Any, store: LeaseStore, tick: float = 1.0, clock=time.time):
+    def __init__(
+        self, compute: Compute, store: LeaseStore, tick: float = 1.0, clock=time.time, spot_notice: float = 120.0
+    ):
         self.compute, self.store, self.tick_seconds, self.clock = compute, store, tick, clock
         self.nodes: dict[str, dict[str, Res]] = {}  # zone -> node id -> capacity
         self.nodes_at: dict[str, float] = {}
         self.claims: dict[int, Claim] = {}  # admission token id -> claim
-        self.spot: Any = None  # spot.SpotQueue, set by setup
         self.changes = 0  # bumped at every change of a reservation (the cached tables' key)
         self._tables: dict[str, tuple[tuple, SlotTable, set[str]]] = {}
         self._forever: dict[str, tuple[tuple, float, dict[str, Res]]] = {}
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self.spot = SpotQueue(self, notice=spot_notice)  # best-effort leases (spot requests)
 
     # --- nodes ------------------------------------------------------------------------------------------
     async def refresh_nodes(self, zone: str) -> None:
@@ -90,18 +98,18 @@ class LeaseScheduler:
         if not self.nodes.get(zone) or age > self.compute.settings.poll_interval:
             await self.refresh_nodes(zone)
 
-    async def before_admit(self, owner_id: str, request: Any, vm: VmType, zone: str | None) -> None:
+    async def before_admit(self, owner_id: str, request: RunRequest, vm: VmType, zone: str | None) -> None:
         """Before admission: a targeted reservation's own errors first (as EC2 answers them), and the nodes of
         zones with leases known."""
-        if getattr(request, "capacity_reservation_id", ""):
+        if request.capacity_reservation_id:
             cr = self._target(owner_id, request.capacity_reservation_id, vm, zone or "")
             if self.available(cr) < request.min_count:
                 raise self._exceeded(cr)
         for name in [zone] if zone else list(self.compute.cc.clusters):
             if self.has_leases(name):
                 await self._nodes_known(name)
-        on_demand = not getattr(request, "spot", None) and not getattr(request, "capacity_reservation_id", "")
-        if on_demand and getattr(request, "capacity_preference", "") != "none":
+        on_demand = not request.spot and not request.capacity_reservation_id
+        if on_demand and request.capacity_preference != "none":
             # A launch an open reservation takes has its room there: no need to preempt anything.
             on_demand = not any(
                 cr.state == "active"
@@ -422,17 +430,17 @@ class LeaseScheduler:
         self.wake()
 
     # --- admission (called by the compute engine, synchronously, with its token) ---------------------------
-    def claim(self, owner_id: str, request: Any, vm: VmType, token: Any) -> None:
+    def claim(self, owner_id: str, request: RunRequest, vm: VmType, token: Token) -> None:
         """Decide where a RunInstances request goes in the slot table; sets token.nodes / token.lease_id and may
         lower token.count (never below request.min_count), or raises the EC2 error."""
         need = res_of(vm)
-        target = getattr(request, "capacity_reservation_id", "")
+        target = request.capacity_reservation_id
         if target:
             cr = self._target(owner_id, target, vm, token.zone)
             if not self._claim_reservation(cr, request.min_count, token, need):
                 raise self._exceeded(cr)
             return
-        if getattr(request, "capacity_preference", "") != "none" and not getattr(request, "spot", None):
+        if request.capacity_preference != "none" and not request.spot:
             for cr in sorted(self.live_reservations(token.zone), key=lambda c: c.create_date):
                 if (
                     cr.state == "active"
@@ -442,7 +450,7 @@ class LeaseScheduler:
                     and self._claim_reservation(cr, token.count, token, need)
                 ):
                     return
-        spot = getattr(request, "spot", None) or {}
+        spot = request.spot or {}
         request_ids = list(spot.get("request_ids", []))
         if spot.get("nodes") and len(spot["nodes"]) == token.count:  # the queue's own plan (plan_queue)
             token.nodes = list(spot["nodes"])
@@ -510,7 +518,7 @@ class LeaseScheduler:
         self._forever[zone] = (key, now, frees)
         return frees
 
-    def _claim_reservation(self, cr: CapacityReservation, low: int, token: Any, need: Res) -> bool:
+    def _claim_reservation(self, cr: CapacityReservation, low: int, token: Token, need: Res) -> bool:
         free = Counter(cr.nodes)
         free.subtract(self._running_nodes(cr))
         for claim in self.claims.values():
@@ -527,9 +535,9 @@ class LeaseScheduler:
         self.claims[token.id] = Claim(cr.zone, cr.reservation_id, nodes[:count], need, "reserved")
         return True
 
-    async def bind(self, token: Any, instance_ids: list[str]) -> None:
+    async def bind(self, token: Token, instance_ids: list[str]) -> None:
         """Written before the CC hears of the launch: these instances run in the token's lease."""
-        if getattr(token, "lease_id", ""):
+        if token.lease_id:
             await self.store.bind(token.lease_id, instance_ids)
             return
         claim = self.claims.get(token.id)
@@ -537,7 +545,7 @@ class LeaseScheduler:
             for request_id, instance_id in zip(claim.request_ids, instance_ids, strict=False):
                 await self.store.bind(request_id, [instance_id])
 
-    def settle(self, token: Any) -> None:
+    def settle(self, token: Token) -> None:
         """The launch is over (done or failed): its instances (if any) now hold their nodes themselves."""
         self.claims.pop(token.id, None)
 

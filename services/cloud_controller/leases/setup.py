@@ -3,22 +3,26 @@ admission, the spot queue and the scheduler's tick."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from common import ids
 from common.messages.leases_admin import InstanceRef, InstanceStateResponse
 from common.rpc import Caller, RpcError
 from services.cloud_controller.leases.scheduler import LeaseScheduler
-from services.cloud_controller.leases.spot import SpotQueue
 from services.cloud_controller.leases.store import LeaseStore
 
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
-async def install(clc: Any) -> LeaseScheduler:
+
+async def install(clc: CloudControllerService) -> LeaseScheduler:
     """Call from the service's on_start, after the compute engine is installed (before the port opens)."""
     store = await LeaseStore.open(clc.config.KOALA_STATE_DIR)
-    scheduler = LeaseScheduler(clc.compute, store, tick=clc.config.KOALA_LEASE_TICK_SECONDS)
+    config = clc.config
+    scheduler = LeaseScheduler(
+        clc.compute, store, tick=config.KOALA_LEASE_TICK_SECONDS, spot_notice=config.KOALA_SPOT_NOTICE_SECONDS
+    )
     clc.compute.leases = scheduler
-    scheduler.spot = SpotQueue(scheduler, notice=clc.config.KOALA_SPOT_NOTICE_SECONDS)
     clc.compute.metadata_extras.append(scheduler.spot.metadata)
 
     async def suspend(zone: str, instance_id: str) -> bool:
@@ -39,7 +43,7 @@ async def uninstall(scheduler: LeaseScheduler) -> None:
     await scheduler.store.close()
 
 
-def install_admin(clc: Any) -> None:
+def install_admin(clc: CloudControllerService) -> None:
     """SuspendInstance / ResumeInstance for the admin (`koala admin suspend|resume INSTANCE`)."""
 
     async def act(message: InstanceRef, resume: bool) -> InstanceStateResponse:

@@ -22,12 +22,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import ids
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.leases.slottable import INF, Request, Res, plan_queue, preemptions
 from services.cloud_controller.leases.store import Preemption, SpotRequest
+
+if TYPE_CHECKING:
+    from services.cloud_controller.compute.launch import RunRequest
+    from services.cloud_controller.compute.store import Instance, Reservation
+    from services.cloud_controller.leases.scheduler import LeaseScheduler
 
 log = logging.getLogger("koala.clc.spot")
 MAX_COUNT = 100  # instances per RequestSpotInstances
@@ -51,7 +56,7 @@ Suspender = Callable[[str, str], Awaitable[bool]]  # (zone, instance id) -> done
 
 
 class SpotQueue:
-    def __init__(self, scheduler: Any, notice: float = 120.0):
+    def __init__(self, scheduler: LeaseScheduler, notice: float = 120.0):
         self.scheduler, self.notice = scheduler, notice
         self.store = scheduler.store
         self.compute = scheduler.compute
@@ -60,7 +65,7 @@ class SpotQueue:
         self._launching: set[str] = set()
         self._making_room: dict[str, int] = {}  # zones where an on-demand launch is preempting spot leases
 
-    def metadata(self, instance: Any) -> dict:
+    def metadata(self, instance: Instance) -> dict:
         """The instance's `spot/` meta-data: `instance-action` (and `termination-time` for a termination) once a
         preemption notice is given; nothing otherwise (EC2 answers 404 then)."""
         lease = self.store.lease_of.get(instance.instance_id, "")
@@ -180,7 +185,9 @@ class SpotQueue:
         request.status_code, request.status_message, request.status_time = code, message, time.time()
 
     # --- RunInstances with InstanceMarketOptions: a one-time request fulfilled now or refused ------------
-    async def run_now(self, owner: Owner, run_request: Any, interruption: str, valid_until: float | None) -> Any:
+    async def run_now(
+        self, owner: Owner, run_request: RunRequest, interruption: str, valid_until: float | None
+    ) -> Reservation:
         spec = {"instance_type": run_request.instance_type or "m1.small", "zone": run_request.zone}
         made = await self.request(owner, spec, run_request.max_count, "one-time", interruption, valid_until, None)
         run_request.spot = {"request_ids": [r.request_id for r in made]}
@@ -198,7 +205,7 @@ class SpotQueue:
         await self._fulfilled(made, reservation, close_rest=True)
         return reservation
 
-    async def _fulfilled(self, requests: list[SpotRequest], reservation: Any, close_rest: bool = False) -> None:
+    async def _fulfilled(self, requests: list[SpotRequest], reservation: Reservation, close_rest: bool = False) -> None:
         by_request = {lease: i for i, lease in self.store.lease_of.items() if lease in {r.request_id for r in requests}}
         for request in requests:
             instance = self.compute.store.instances.get(by_request.get(request.request_id, ""))
@@ -403,10 +410,10 @@ class SpotQueue:
             for r in waiting:
                 if r.request_id in taken or (r.zone and r.zone != zone):
                     continue
-                need = self.scheduler.need_of(r.spec.get("instance_type", ""))
-                if need is None:
+                wanted = self.scheduler.need_of(r.spec.get("instance_type", ""))
+                if wanted is None:
                     continue
-                queue.append(Request(r.request_id, need, 1, r.duration))
+                queue.append(Request(r.request_id, wanted, 1, r.duration))
                 by_id[r.request_id] = r
             if not queue:
                 continue

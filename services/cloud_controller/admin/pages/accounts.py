@@ -9,7 +9,6 @@ import re
 from aiohttp import web
 
 from common import pki
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Failure, Page
 
 BACK = "/admin/accounts"
@@ -24,7 +23,7 @@ def _account_back(page: Page) -> str:
 
 
 async def _user(page: Page):
-    store = backend.identity(page.service)
+    store = page.service.identity_store
     principal = await store.principal(page.field("user_id", 64))
     if principal is None:
         raise Failure("That user does not exist (any more).")
@@ -32,7 +31,7 @@ async def _user(page: Page):
 
 
 async def list_accounts(page: Page):
-    store = backend.identity(page.service)
+    store = page.service.identity_store
     accounts = await store.accounts()
     for account in accounts:
         account["users"] = len(await store.users(account["account_id"]))
@@ -40,7 +39,7 @@ async def list_accounts(page: Page):
 
 
 async def show_account(page: Page):
-    store = backend.identity(page.service)
+    store = page.service.identity_store
     account_id = page.request.match_info["account_id"]
     account = next((a for a in await store.accounts() if a["account_id"] == account_id), None)
     if account is None:
@@ -58,14 +57,14 @@ async def show_account(page: Page):
 
 
 async def create_account(page: Page):
-    store = backend.identity(page.service)
+    store = page.service.identity_store
     admin = await store.create_account(page.field("name", 64))
     page.flash("ok", f"Account {admin.account_name} ({admin.account_id}) was created with its user {admin.user_name}.")
     return page.redirect(f"{BACK}/{admin.account_id}")
 
 
 async def create_user(page: Page):
-    store = backend.identity(page.service)
+    store = page.service.identity_store
     user = await store.create_user(page.field("account_id", 12), page.field("name", 64))
     page.flash("ok", f"User {user.user_name} was created; give it an access key or its credentials below.")
     return page.redirect(f"{BACK}/{user.account_id}")

@@ -4,13 +4,16 @@ registry and its rules are the CC's; these pages call its signed internal operat
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from common.messages.clc_cc import DeregisterNodeRequest, DescribeNodesResponse, RegisterNodeRequest
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.admin.app import Admin, Failure, Page
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 BACK = "/admin/clusters"
 TIMEOUT = 5.0
@@ -22,14 +25,14 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def _url(service: Any, zone: str) -> str:
+def _url(service: CloudControllerService, zone: str) -> str:
     url = service.clusters.zones.get(zone)
     if url is None:
         raise Failure(f"There is no cluster (zone) named {zone!r}.")
     return url
 
 
-async def _nodes(service: Any, zone: str, url: str) -> dict:
+async def _nodes(service: CloudControllerService, zone: str, url: str) -> dict:
     try:
         answer = await service.client.call(
             url, "DescribeNodes", None, DescribeNodesResponse, timeout=TIMEOUT, idempotent=True, expect_role="cc"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Page
 from services.cloud_controller.admin.pages import health
 
@@ -14,34 +13,30 @@ STATES = ("pending", "running", "shutting-down", "terminated")
 async def dashboard(page: Page):
     service = page.service
     services = await health.report(service)
-    zones, counts, compute_error = [], {}, None
-    try:
-        engine = backend.compute(service)
-    except backend.Unavailable as err:
-        compute_error = err.message
-    else:
-        types = engine.vmtypes.list()
-        for zone in sorted(service.clusters.zones):
-            capacity = engine.admission.zones.get(zone)
-            zones.append(
-                {
-                    "name": zone,
-                    "reachable": bool(capacity and capacity.reachable),
-                    "nodes_up": capacity.nodes_up if capacity else 0,
-                    "nodes_total": capacity.nodes_total if capacity else 0,
-                    "types": [
-                        {
-                            "name": vm.name,
-                            "free": engine.admission.free(zone, vm),
-                            "max": engine.admission.maximum(zone, vm),
-                        }
-                        for vm in types
-                    ],
-                }
-            )
-        tally = Counter(i.state for i in engine.store.instances.values())
-        counts = {state: tally.get(state, 0) for state in STATES}
-    return page.render("dashboard.html", services=services, zones=zones, counts=counts, compute_error=compute_error)
+    engine = service.compute
+    types = engine.vmtypes.list()
+    zones = []
+    for zone in sorted(service.clusters.zones):
+        capacity = engine.admission.zones.get(zone)
+        zones.append(
+            {
+                "name": zone,
+                "reachable": bool(capacity and capacity.reachable),
+                "nodes_up": capacity.nodes_up if capacity else 0,
+                "nodes_total": capacity.nodes_total if capacity else 0,
+                "types": [
+                    {
+                        "name": vm.name,
+                        "free": engine.admission.free(zone, vm),
+                        "max": engine.admission.maximum(zone, vm),
+                    }
+                    for vm in types
+                ],
+            }
+        )
+    tally = Counter(i.state for i in engine.store.instances.values())
+    counts = {state: tally.get(state, 0) for state in STATES}
+    return page.render("dashboard.html", services=services, zones=zones, counts=counts)
 
 
 async def account(page: Page):

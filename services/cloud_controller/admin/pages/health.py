@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from common.messages.service import DescribeServiceResponse
 from common.rpc import PeerUnreachable, RpcError
 from common.service import VERSION
+
+if TYPE_CHECKING:
+    from services.cloud_controller.service import CloudControllerService
 
 TIMEOUT = 3.0
 
@@ -27,7 +30,7 @@ class Health:
     children: list[Health] = field(default_factory=list)
 
 
-async def _ask(service: Any, url: str, role: str) -> Health:
+async def _ask(service: CloudControllerService, url: str, role: str) -> Health:
     try:
         answer = await service.client.call(
             url, "DescribeService", None, DescribeServiceResponse, timeout=TIMEOUT, expect_role=role
@@ -59,7 +62,7 @@ async def _ask(service: Any, url: str, role: str) -> Health:
     )
 
 
-async def report(service: Any) -> list[Health]:
+async def report(service: CloudControllerService) -> list[Health]:
     own = Health(
         role=service.role,
         url="(this service)",

@@ -3,20 +3,19 @@ permission, DeregisterImage) as the cloud administrator."""
 
 from __future__ import annotations
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Page
 
 BACK = "/admin/images"
 
 
 async def show(page: Page):
-    registry = backend.images(page.service)
+    registry = page.service.compute.images
     principal = await page.principal()
     return page.render("images.html", images=registry.visible(principal.account_id, True))
 
 
 async def visibility(page: Page):
-    registry = backend.images(page.service)
+    registry = page.service.compute.images
     principal = await page.principal()
     image = registry.owned(page.field("image_id", 32), principal.account_id, True)
     public = page.field("public", 1) == "1"
@@ -27,7 +26,7 @@ async def visibility(page: Page):
 
 
 async def deregister(page: Page):
-    registry = backend.images(page.service)
+    registry = page.service.compute.images
     principal = await page.principal()
     image_id = page.field("image_id", 32)
     await registry.deregister(image_id, principal.account_id, True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Failure, Page
 
 BACK = "/admin/instances"
@@ -35,7 +34,7 @@ def _matches(instance, wanted: dict[str, str]) -> bool:
 
 
 async def show(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     wanted = {name: page.request.query.get(name, "").strip()[:64] for name in FILTERS}
     everything = sorted(engine.store.instances.values(), key=lambda i: (-i.launch_time, i.instance_id))
     found = [i for i in everything if _matches(i, wanted)]
@@ -55,7 +54,7 @@ async def show(page: Page):
 
 
 async def console(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     instance_id = page.request.match_info["instance_id"]
     instance, output = await engine.console_output(await page.principal(), instance_id)
     try:
@@ -66,7 +65,7 @@ async def console(page: Page):
 
 
 async def terminate(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     chosen = [value for value in page.form.getall("instance_id", []) if isinstance(value, str)]
     if not chosen:
         raise Failure("Choose at least one instance to terminate.")

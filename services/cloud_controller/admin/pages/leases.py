@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Page
 from services.cloud_controller.leases.slottable import INF
 
@@ -78,10 +77,7 @@ def chart(scheduler, zone: str, now: float) -> dict:
 
 
 async def show(page: Page):
-    engine = backend.compute(page.service)
-    scheduler = getattr(page.service, "leases", None)
-    if scheduler is None:
-        raise backend.Unavailable("The lease scheduler is not running on this Cloud Controller.")
+    engine, scheduler = page.service.compute, page.service.leases
     now = time.time()
     charts = [chart(scheduler, zone, now) for zone in sorted(engine.cc.clusters)]
     reservations = sorted(scheduler.store.reservations.values(), key=lambda cr: (not cr.live, cr.start_date))[:500]

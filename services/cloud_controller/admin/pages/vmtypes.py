@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Page
 
 BACK = "/admin/vmtypes"
@@ -12,7 +11,7 @@ _refreshes: set[asyncio.Task] = set()
 
 
 async def show(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     return page.render("vmtypes.html", types=engine.vmtypes.list())
 
 
@@ -24,7 +23,7 @@ def _refresh(engine) -> None:
 
 
 async def save(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     name = page.field("name", 40)
     vm = await engine.vmtypes.set(
         name,
@@ -38,7 +37,7 @@ async def save(page: Page):
 
 
 async def delete(page: Page):
-    engine = backend.compute(page.service)
+    engine = page.service.compute
     name = page.field("name", 40)
     await engine.vmtypes.delete(name)
     _refresh(engine)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.cloud_controller.admin import backend
 from services.cloud_controller.admin.app import Admin, Failure, Page
 
 BACK = "/admin/volumes"
@@ -21,16 +20,9 @@ class Owner:
     is_admin: bool = True
 
 
-def ebs(service):
-    engine = getattr(service, "ebs", None)
-    if engine is None:
-        raise backend.Unavailable("EBS is not running on this Cloud Controller.")
-    return engine
-
-
 async def show(page: Page):
-    engine = ebs(page.service)
-    zones = sorted(backend.compute(page.service).cc.clusters)
+    engine = page.service.ebs
+    zones = sorted(page.service.compute.cc.clusters)
     storage = [(zone, engine.zone_capacity(zone), engine.zone_allocated(zone)) for zone in zones]
     volumes = sorted(engine.store.volumes.values(), key=lambda v: (v.owner_id, v.volume_id))
     snapshots = sorted(engine.store.snapshots.values(), key=lambda s: (s.owner_id, s.snapshot_id))
@@ -38,7 +30,7 @@ async def show(page: Page):
 
 
 def _volume(page: Page):
-    engine = ebs(page.service)
+    engine = page.service.ebs
     volume = engine.store.volumes.get(page.field("volume_id", 20).lower())
     if volume is None:
         raise Failure("No such volume.", 404)
@@ -60,7 +52,7 @@ async def delete(page: Page):
 
 
 async def delete_snapshot(page: Page):
-    engine = ebs(page.service)
+    engine = page.service.ebs
     snapshot = engine.store.snapshots.get(page.field("snapshot_id", 20).lower())
     if snapshot is None:
         raise Failure("No such snapshot.", 404)
