@@ -20,7 +20,7 @@ from typing import Any, cast
 from common.hostcmd import SubprocessRunner
 from common.ids import is_id
 from common.messages import bundle_tasks, cc_nc
-from common.messages.cc_nc import InstanceInfo, LaunchSpec, VmType
+from common.messages.cc_nc import InstanceInfo, LaunchSpec, NetConfig, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     ClusterState,
@@ -229,6 +229,18 @@ class Cluster:
         wanted = [i.lower() for i in ids]
         chosen = [self.instances[i] for i in wanted if i in self.instances] if wanted else self.instances.values()
         return [instance.report(self.nodes.get(instance.node_url)) for instance in chosen]
+
+    def live_nets(self) -> dict[str, NetConfig]:
+        """The network of each live instance (the network manager's desired DHCP entries and addresses)."""
+        return {i.instance_id: i.net for i in self.instances.values() if i.live}
+
+    def node_of(self, instance_id: str) -> tuple[str, str] | None:
+        """The node URL and node id of a running instance (not in flight, not terminating), else None."""
+        instance = self.instances.get(instance_id)
+        if instance is None or not instance.live or instance.terminating or instance.confirmed_at is None:
+            return None
+        node = self.nodes.get(instance.node_url)
+        return instance.node_url, (node.node_id if node else "")
 
     def describe_resources(self, vm_types: list[VmType]) -> DescribeResourcesResponse:
         """Per VM type, as the reference: the sum over nodes of floor(min(free mem/mem, free disk/disk, free

@@ -75,9 +75,13 @@ class ClusterControllerService(Service):
             return
         self.config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
         store = await Store.open(self.config.KOALA_STATE_DIR / "cc.db")
-        self.cluster = Cluster(self.config, self.client, store)
+        cluster = self.cluster = Cluster(self.config, self.client, store)
+        # The parts that ask the cluster about its instances, wired before they start (the app's startup hooks).
         if self.network is not None:
-            self.cluster.on_end.append(self.network.remove_instance)  # DHCP entry and elastic IP go at once
+            cluster.on_end.append(self.network.remove_instance)  # DHCP entry and elastic IP go at once
+            self.network.instance_source = cluster.live_nets
+        if self.storage is not None:
+            self.storage.node_of = cluster.node_of
         await self.cluster.start()
 
     async def on_stop(self) -> None:

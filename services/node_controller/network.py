@@ -20,11 +20,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from common.hostcmd import CommandFailed, Result, Runner, SubprocessRunner
+from common.messages.cc_nc import RunInstanceRequest
 from common.rpc import RpcError
 
 if TYPE_CHECKING:
@@ -181,7 +183,7 @@ def install(service: NodeControllerService) -> NodeNetwork | None:
     node = NodeNetwork(service.config)
 
     def bridges_in_use() -> set[str]:
-        manager = getattr(service, "manager", None)
+        manager = service.manager
         if manager is None:
             return set()
         used = set()
@@ -201,11 +203,11 @@ def install(service: NodeControllerService) -> NodeNetwork | None:
 
     tasks: list[asyncio.Task] = []
 
-    async def on_startup(_: Any) -> None:
+    async def on_startup(_: web.Application) -> None:
         if node.settings.VNET_MODE == "MANAGED":
             tasks.append(asyncio.create_task(release_loop(), name="network release"))
 
-    async def on_cleanup(_: Any) -> None:
+    async def on_cleanup(_: web.Application) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -215,7 +217,7 @@ def install(service: NodeControllerService) -> NodeNetwork | None:
     return node
 
 
-async def prepare_run(node: NodeNetwork, request: Any) -> Any:
+async def prepare_run(node: NodeNetwork, request: RunInstanceRequest) -> RunInstanceRequest:
     """Before a guest is defined: its network's bridge exists (again, if the last guest took it away) and the
     request names it (SYSTEM, STATIC, MANAGED-NOVLAN: VNET_BRIDGE when the CC named none)."""
     net = request.net

@@ -9,7 +9,7 @@ the service stops (the network itself stays up). The CC's own instance paths cal
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -37,13 +37,6 @@ def install(service: ClusterControllerService) -> NetworkManager:
     async def on_cleanup(_: web.Application) -> None:
         await manager.stop()
 
-    def live_instances() -> dict[str, Any]:
-        cluster = getattr(service, "cluster", None)
-        if cluster is None:
-            return {}
-        return {i.instance_id: i.net for i in cluster.instances.values() if i.live}
-
-    manager.instance_source = live_instances
     service.app.on_startup.append(on_startup)
     service.app.on_cleanup.append(on_cleanup)
     return manager

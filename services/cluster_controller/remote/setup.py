@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 
 from common import pki
+from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.remote import credentials
 from services.cluster_controller.remote.ec2 import Ec2Client, load_model
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from services.cluster_controller.service import ClusterControllerService
 
 
-def default_prefix(config: Any) -> str:
+def default_prefix(config: ClusterControllerConfig) -> str:
     """`koala-` and 10 hex digits naming this cloud (its CA) and zone: what this zone creates remotely, and only
     that, carries it, so two clouds or two zones sharing a remote account never touch each other's resources."""
     ca = pki.load_cert(pki.PkiDir(config.KOALA_PKI_DIR).ca_path)

@@ -36,6 +36,7 @@ from common.messages.clc_cc import (
 from common.messages.network import NetworkRule
 from common.rpc import RpcError
 from common.tasks import TaskSet
+from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, RemoteRefused, RemoteUnavailable
 from services.cluster_controller.remote.model import REMOTE_STATES, RemoteInstance
@@ -56,7 +57,9 @@ HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at t
 
 
 class RemoteZone:
-    def __init__(self, config: Any, ec2: Ec2Client, store: RemoteStore, notifier: Notifier, prefix: str):
+    def __init__(
+        self, config: ClusterControllerConfig, ec2: Ec2Client, store: RemoteStore, notifier: Notifier, prefix: str
+    ):
         self.config, self.ec2, self.store, self.notifier = config, ec2, store, notifier
         self.zone = config.KOALA_ZONE
         self.prefix = prefix

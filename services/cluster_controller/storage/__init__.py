@@ -67,18 +67,6 @@ def install(service: ClusterControllerService) -> StorageManager:
     manager = StorageManager(config, config.KOALA_STATE_DIR, config.KOALA_ZONE, service.client, None)
     service.storage = manager
 
-    def node_of(instance_id: str) -> tuple[str, str] | None:
-        cluster = getattr(service, "cluster", None)
-        instance = cluster.instances.get(instance_id) if cluster is not None else None
-        if cluster is None or instance is None or not instance.live or instance.terminating:
-            return None
-        if instance.confirmed_at is None:
-            return None
-        node = cluster.nodes.get(instance.node_url)
-        return instance.node_url, (node.node_id if node else "")
-
-    manager.node_of = node_of
-
     async def create(request: msg.CreateVolumeRequest, caller: Caller) -> msg.StorageVolume:
         return await manager.create(request)
 
