@@ -279,7 +279,7 @@ class HttpSite(web.BaseSite):
     def __init__(self, runner: web.BaseRunner, host: str | list[str], port: int, guard: ConnectionGuard):
         super().__init__(runner)
         self._host, self._port, self._guard = host, port, guard
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[Any] | None = None
 
     @property
     def name(self) -> str:
@@ -294,7 +294,7 @@ class HttpSite(web.BaseSite):
         # The handler's settings (keep-alive timeout, header limits) as the runner was given them.
         options = getattr(server, "_kwargs", {})
         render = staticmethod(self._guard.render_error)
-        handler_class = type("Handler", (QuietRequestHandler,), {"render_error": render})
+        handler_class: type[QuietRequestHandler] = type("Handler", (QuietRequestHandler,), {"render_error": render})
 
         def make_handler() -> RequestHandler:
             return handler_class(server, loop=loop, **options)

@@ -42,7 +42,7 @@ class PeerMonitor:
     def __init__(self, client: RpcClient, interval: float):
         self.client, self.interval = client, interval
         self.peers: dict[str, Peer] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def set_peers(self, peers: list[tuple[str, str]]) -> None:
         wanted = {url.rstrip("/"): role for url, role in peers}

@@ -114,7 +114,7 @@ class Identity:
 
     def sign_headers(
         self, method: str, path: str, recipient: str, body: bytes, nonce: str | None = None, at: float | None = None
-    ) -> dict:
+    ) -> dict[str, str]:
         date = format_date(at)
         nonce = nonce or new_nonce()
         signature = sign_bytes(self.key, canonical(method, path, recipient, date, nonce, body))

@@ -15,15 +15,15 @@ class TaskSet:
 
     def __init__(self, log: logging.Logger, expected: tuple[type[BaseException], ...] = ()):
         self.log, self.expected = log, expected
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
@@ -33,7 +33,7 @@ class TaskSet:
         else:
             self.log.error("task %s failed", task.get_name(), exc_info=err)
 
-    def __iter__(self) -> Iterator[asyncio.Task]:
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         return iter(list(self._tasks))
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ size, standard format, many times faster.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 GZIP_WBITS = 31  # zlib with a gzip header and trailer
 _PROBE = 64 << 10
@@ -32,7 +33,7 @@ class MultiMemberInflater:
         self._members = 0
         self._in_member = False
 
-    def feed(self, data: bytes | memoryview, max_out: int = 8 << 20):
+    def feed(self, data: bytes | memoryview, max_out: int = 8 << 20) -> Iterator[bytes]:
         """Yield decompressed pieces of at most `max_out` bytes for `data`; raise zlib.error on bad input."""
         full = False  # the last call filled max_out: zlib may hold more output for the same input
         while data or full:

@@ -375,7 +375,7 @@ def _untar_with_tarfile(reader: _ChannelReader, size: int, emit: Callable[[bytes
     """The general case (GNU sparse members as ec2-ami-tools makes them, long names, pax)."""
     try:
         with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20) as archive:  # type: ignore[call-overload]
-            member = archive.next()
+            member: tarfile.TarInfo | None = archive.next()
             if member is None or not member.isreg():
                 raise BundleError("BadImageArchive", "the bundle's tar archive does not start with a regular file")
             if member.size != size:

@@ -179,7 +179,7 @@ class Cluster:
         self._stale.clear()
         return self._order, self._snapshot
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
 
     # --- reporting and persistence -----------------------------------------------------------------------

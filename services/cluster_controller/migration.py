@@ -66,7 +66,7 @@ class Migration:
     progress: int = 0
     started_at: float = 0.0
     updated_at: float = 0.0
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:

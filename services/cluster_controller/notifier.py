@@ -20,7 +20,7 @@ class Notifier:
         self.client, self.url, self.zone, self.timeout = client, clc_url, zone, timeout
         self.pending: dict[str, ClusterInstance] = {}
         self.wake = asyncio.Event()
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self._failing = False
 
     def changed(self, report: ClusterInstance) -> None:

@@ -7,6 +7,8 @@ NCs (role nc) push their instance changes.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from common.ids import is_id
 from common.messages import bundle_tasks, cc_nc, clc_cc, migration
 from common.rpc import Caller, RpcError
@@ -25,6 +27,7 @@ CLC = frozenset({"clc"})
 CLC_OR_ADMIN = frozenset({"clc", "admin"})
 NC = frozenset({"nc"})
 MAX_VM_TYPES = 100
+BundleRequest = bundle_tasks.StartBundleRequest | bundle_tasks.BundleTaskRequest
 
 
 class ClusterControllerService(Service):
@@ -108,8 +111,10 @@ class ClusterControllerService(Service):
     ) -> clc_cc.RebootInstancesResponse:
         return clc_cc.RebootInstancesResponse(instance_ids=await self.cluster.reboot(request.instance_ids))
 
-    def _bundle_call(self, op: BundleOperation):
-        async def forward(request, caller: Caller) -> bundle_tasks.NodeBundleStatus:
+    def _bundle_call(
+        self, op: BundleOperation
+    ) -> Callable[[BundleRequest, Caller], Awaitable[bundle_tasks.NodeBundleStatus]]:
+        async def forward(request: BundleRequest, caller: Caller) -> bundle_tasks.NodeBundleStatus:
             if not isinstance(self.cluster, Cluster):
                 raise RpcError(400, "UnsupportedOperation", "BundleInstance is not offered in a remote zone")
             return await self.cluster.bundle_call(op, request)

@@ -21,7 +21,7 @@ _INSTANCE_COLUMNS = (
 )
 
 
-def _instance_row(instance: Instance) -> tuple:
+def _instance_row(instance: Instance) -> tuple[object, ...]:
     return (
         instance.instance_id,
         instance.reservation_id,

@@ -75,7 +75,7 @@ class ImageCache:
             pins.append(path)
         return path
 
-    def _done(self, image_id: str, task: asyncio.Future) -> None:
+    def _done(self, image_id: str, task: asyncio.Future[Path]) -> None:
         if self._inflight.get(image_id) is task:
             del self._inflight[image_id]
         if not task.cancelled():

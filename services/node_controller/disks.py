@@ -25,6 +25,7 @@ import os
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,10 @@ async def _sparse_file(path: Path, size: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, make)
     except OSError as err:
         raise DiskError(f"cannot create {path.name}: {err.strerror}") from None
+
+
+StampKey = tuple[object, ...]  # what the stamp depends on: its kind, backing file, size
+MakeWithTool = Callable[[Path], Awaitable[None]]  # runs the real tool once, in a scratch directory
 
 
 @dataclass(frozen=True)
@@ -126,11 +131,11 @@ class Stamps:
 
     def __init__(self, limit: int = 256):
         self.limit = limit
-        self._stamps: OrderedDict[tuple, Stamp] = OrderedDict()
-        self._locks: dict[tuple, asyncio.Lock] = {}
+        self._stamps: OrderedDict[StampKey, Stamp] = OrderedDict()
+        self._locks: dict[StampKey, asyncio.Lock] = {}
         self.made = 0  # how many times a tool ran (for tests)
 
-    async def get(self, key: tuple, workdir: Path, make_with_tool) -> Stamp:
+    async def get(self, key: StampKey, workdir: Path, make_with_tool: MakeWithTool) -> Stamp:
         stamp = self._stamps.get(key)
         if stamp is None:
             lock = self._locks.setdefault(key, asyncio.Lock())
@@ -145,7 +150,7 @@ class Stamps:
         self._stamps.move_to_end(key)
         return stamp
 
-    async def _make(self, workdir: Path, make_with_tool) -> Stamp:
+    async def _make(self, workdir: Path, make_with_tool: MakeWithTool) -> Stamp:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _mkdirs, workdir)
         scratch = workdir / f"stamp-{secrets.token_hex(8)}"
@@ -231,7 +236,9 @@ async def ephemeral_template(templates: Path, size: int) -> Path:
     return path
 
 
-async def make_ephemeral(dest_dir: Path, size: int, mode: str = "copy", templates: Path | None = None):
+async def make_ephemeral(
+    dest_dir: Path, size: int, mode: str = "copy", templates: Path | None = None
+) -> DiskSpec | None:
     """The ephemeral disk, ext3. With overlays: a qcow2 on a per-size template formatted once (mkfs costs ~40
     ms of CPU per instance otherwise, the largest part of staging); else a sparse file formatted in place."""
     if size < MIN_EPHEMERAL:

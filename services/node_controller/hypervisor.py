@@ -98,7 +98,7 @@ class Hypervisor:
         self._long = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-long")
         self._conn: libvirt.virConnect | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reconnect_task: asyncio.Task | None = None
+        self._reconnect_task: asyncio.Task[Any] | None = None
         self._closing = False
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -163,7 +163,9 @@ class Hypervisor:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._lost)
 
-    def _lifecycle_cb(self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _: object):
+    def _lifecycle_cb(
+        self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _: object
+    ) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.on_event, dom.name(), EVENT_NAMES.get(event, str(event)), detail)
 
@@ -207,7 +209,7 @@ class Hypervisor:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._long, self._guarded, fn, args)
 
-    def _guarded(self, fn: Callable[..., T], args: tuple) -> T:
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._conn
         if conn is None:
             raise HypervisorError(f"not connected to {self.uri}", lost=True)

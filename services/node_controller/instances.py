@@ -65,7 +65,7 @@ class Instance:
     reason: str = ""
     teardown_at: float | None = None
     pins: list[Path] = field(default_factory=list)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[Any] | None = None
     reboot_until: float = 0.0
     restarted: asyncio.Event | None = None  # set by libvirt's reboot event while a RebootInstance waits for it
     files_removed: bool = False
@@ -124,7 +124,7 @@ class InstanceManager:
         self.sweeps = 0  # completed monitor sweeps: shows the monitor is alive and has looked since a change
         self.orphan_dirs: list[str] = []
         self.disk_ops = asyncio.Semaphore(config.CONCURRENT_DISK_OPS)
-        self._monitor: asyncio.Task | None = None
+        self._monitor: asyncio.Task[Any] | None = None
         self._background = TaskSet(log)
         self.disk_mode = config.KOALA_NC_DISK_DRIVER or ("copy" if self.flavour == "xen" else "overlay")
 
@@ -147,7 +147,7 @@ class InstanceManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._background.spawn(coro, name)
 
     # --- records ------------------------------------------------------------------------------------------

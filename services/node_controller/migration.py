@@ -114,7 +114,7 @@ class NodeMigrations:
         self.node_id = node_id
         self.status: dict[str, MigrationStatus] = {}
         self.targets: dict[str, MigrationTarget] = {}
-        self._prepared: dict[str, asyncio.Task] = {}
+        self._prepared: dict[str, asyncio.Task[Any]] = {}
         self._tasks = TaskSet(log)
 
     async def stop(self) -> None:
@@ -206,7 +206,7 @@ class NodeMigrations:
         return status
 
     def _flags(self) -> int:
-        flags = (
+        flags: int = (
             libvirt.VIR_MIGRATE_LIVE
             | libvirt.VIR_MIGRATE_PEER2PEER
             | libvirt.VIR_MIGRATE_NON_SHARED_INC

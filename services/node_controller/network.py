@@ -201,7 +201,7 @@ def install(service: NodeControllerService) -> NodeNetwork | None:
             except NetworkError as err:
                 log.warning("cannot remove unused networks: %s", err)
 
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
 
     async def on_startup(_: web.Application) -> None:
         if node.settings.VNET_MODE == "MANAGED":

@@ -29,7 +29,7 @@ class Notifier:
         self._dirty: dict[str, None] = {}
         self._full: Callable[[], list[InstanceInfo]] | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.sent = 0
 
     def start(self) -> None:

@@ -31,7 +31,7 @@ class InstanceRecords:
         self.db = db
         self._pending: dict[str, Row] = {}  # the next transaction's rows, the latest per instance
         self._next: asyncio.Future[None] | None = None  # resolved when they are committed
-        self._writer: asyncio.Task | None = None
+        self._writer: asyncio.Task[None] | None = None
         self.transactions = 0  # for tests and benchmarks
 
     async def save(self, row: Row) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import shlex
+from pathlib import Path
 
 import aiosqlite
 
@@ -70,7 +71,7 @@ class NodeControllerService(Service):
         self.hv: Hypervisor | None = None
         self.db: aiosqlite.Connection | None = None
         self.powered_down = False
-        self._starting: asyncio.Task | None = None
+        self._starting: asyncio.Task[None] | None = None
         add = self.rpc.add
         add("RunInstance", self._run_instance, CC, RunInstanceRequest)
         add("TerminateInstance", self._terminate_instance, CC, InstanceIdRequest)
@@ -218,7 +219,7 @@ class NodeControllerService(Service):
     async def _terminate_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
         return await self._manager.terminate(request.instance_id)
 
-    async def _describe_instances(self, request: DescribeInstancesRequest, caller: Caller):
+    async def _describe_instances(self, request: DescribeInstancesRequest, caller: Caller) -> DescribeInstancesResponse:
         if len(request.instance_ids) > 10000:
             raise RpcError(400, "InvalidRequest", "too many instance ids")
         return DescribeInstancesResponse(instances=self._manager.describe(request.instance_ids))
@@ -333,7 +334,7 @@ class NodeControllerService(Service):
         return Ack()
 
 
-def _not_traversable(path) -> str:
+def _not_traversable(path: Path) -> str:
     """The first ancestor of `path` that others cannot search ('' when all can)."""
     for directory in [path, *path.parents]:
         try:

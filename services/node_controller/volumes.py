@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
 import aiosqlite
 import defusedxml.ElementTree as SafeET
@@ -25,6 +26,9 @@ from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetac
 from common.rpc import RpcError
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
 from services.node_controller.rbd_disks import RbdSetupError, check_target, ensure_secret, rbd_disk, read_key
+
+if TYPE_CHECKING:  # the instance manager's records (instances.py), read here
+    from services.node_controller.instances import Instance
 
 log = logging.getLogger("koala.nc.volumes")
 DETACH_POLLS = 75  # x 0.2 s: how long a guest has to release a disk before the CC is told to ask again
@@ -69,7 +73,12 @@ def _disk_element(domain_xml: str, volume_id: str) -> str | None:
 
 class Volumes:
     def __init__(
-        self, db: aiosqlite.Connection, hv: Hypervisor, flavour: str, instances: dict, ceph: CephSettings | None = None
+        self,
+        db: aiosqlite.Connection,
+        hv: Hypervisor,
+        flavour: str,
+        instances: dict[str, Instance],
+        ceph: CephSettings | None = None,
     ):
         self.db, self.hv, self.flavour, self.instances = db, hv, flavour, instances
         self.live = flavour in ("kvm", "qemu")

@@ -17,8 +17,10 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -72,7 +74,7 @@ class WalrusImages:
         """Download the whole image into `dest` (replaced atomically); its SHA-256 is checked."""
         return await self._guard(self._request(manifest, dest, None, None, max_size))
 
-    async def _guard(self, coro) -> Fetched:
+    async def _guard(self, coro: Coroutine[Any, Any, Fetched]) -> Fetched:
         if not self.url:
             coro.close()
             raise ImageFetchError("WalrusUnreachable", "no Walrus URL configured (KOALA_WALRUS_URL)")
@@ -156,7 +158,9 @@ async def _stream_to(resp: aiohttp.ClientResponse, dest: Path, total: int, sha25
     tmp.replace(dest)
 
 
-def _verify(peer: signing.PeerCert, client_fp: str, path: str, nonce: str, headers, body_sha256: str) -> None:
+def _verify(
+    peer: signing.PeerCert, client_fp: str, path: str, nonce: str, headers: Mapping[str, str], body_sha256: str
+) -> None:
     """Walrus's response signature, whose canonical string carries `body_sha256` (the body's or descriptor's)."""
     get = headers.get
     fp, date, signature = get(signing.HEADER_CERT), get(signing.HEADER_DATE), get(signing.HEADER_SIGNATURE)

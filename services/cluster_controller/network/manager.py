@@ -75,7 +75,7 @@ class NetworkManager:
         self._wanted = 0
         self._pending: set[str] = set()
         self._applied = 0
-        self._loop_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task[None] | None = None
         # The CC's live instances (id -> NetConfig), if the service provides them: the reconcile loop syncs the
         # DHCP entries with them, so an instance that ended loses its entry even if nobody said so.
         self.instance_source: Callable[[], dict[str, NetConfig]] | None = None

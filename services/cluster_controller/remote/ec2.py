@@ -109,7 +109,9 @@ class Ec2Client:
         if len(body) > MAX_ANSWER:
             raise RemoteUnavailable("AnswerTooLarge", f"{operation}: the answer is over {MAX_ANSWER} bytes")
         try:
-            parsed = self._parser.parse({"status_code": status, "headers": headers, "body": body}, model.output_shape)
+            parsed: dict[str, Any] = self._parser.parse(
+                {"status_code": status, "headers": headers, "body": body}, model.output_shape
+            )
         except Exception as err:  # botocore raises several kinds on a body that is not EC2 XML
             raise RemoteUnavailable("BadAnswer", f"{operation}: HTTP {status}, not an EC2 answer ({err})") from None
         if status >= 300 or "Error" in parsed:

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import re
+from typing import Any
 
 from common.messages.network import NetworkRule
 from services.cluster_controller.remote.ec2 import Ec2Client, RemoteRefused
@@ -152,10 +153,10 @@ class RemoteResources:
         return done
 
 
-def _ip(permissions: frozenset[Permission]) -> list[dict]:
+def _ip(permissions: frozenset[Permission]) -> list[dict[str, Any]]:
     out = []
     for protocol, low, high, source in sorted(permissions):
-        item: dict = {"IpProtocol": protocol}
+        item: dict[str, Any] = {"IpProtocol": protocol}
         if protocol != "-1":
             item["FromPort"], item["ToPort"] = low, high
         if source.startswith("group:"):

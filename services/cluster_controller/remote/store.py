@@ -22,7 +22,7 @@ _COLUMNS = (
 )
 
 
-def _row(i: RemoteInstance) -> tuple:
+def _row(i: RemoteInstance) -> tuple[object, ...]:
     return (
         i.instance_id,
         i.reservation_id,

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from common.backoff import Backoff
 from common.config import ConfigError
 from common.ids import is_id
-from common.messages.cc_nc import LaunchSpec, VmType
+from common.messages.cc_nc import InstanceInfo, LaunchSpec, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     DescribeNodesResponse,
@@ -145,7 +145,7 @@ class RemoteZone:
         await self.notifier.stop()
         await self.ec2.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
 
     def _poke(self) -> None:
@@ -166,7 +166,7 @@ class RemoteZone:
         instance.ended_at = instance.ended_at or time.time()
         self._changed(instance)
 
-    def _apply_remote(self, instance: RemoteInstance, remote: dict) -> bool:
+    def _apply_remote(self, instance: RemoteInstance, remote: dict[str, Any]) -> bool:
         """Take the remote's view of the instance; True if anything the CLC sees changed."""
         remote_state = (remote.get("State") or {}).get("Name", "")
         before = (instance.state, instance.net.public_ip, instance.remote_state, instance.detail)
@@ -518,7 +518,7 @@ class RemoteZone:
         remote = await self.ec2.pages(
             "DescribeInstances", {"Filters": [{"Name": f"tag:{TAG_CLOUD}", "Values": [self.prefix]}]}, "Reservations"
         )
-        seen: dict[str, dict] = {}
+        seen: dict[str, dict[str, Any]] = {}
         strays: list[str] = []
         changed: list[RemoteInstance] = []
         for reservation in remote:
@@ -594,5 +594,5 @@ class RemoteZone:
     async def deregister_node(self, entry: str) -> None:
         raise RpcError(409, "RemoteZone", f"zone {self.zone} runs its instances in a remote cloud: it has no nodes")
 
-    def node_notify(self, node_id: str, instances: list, full: bool) -> None:
+    def node_notify(self, node_id: str, instances: list[InstanceInfo], full: bool) -> None:
         raise RpcError(403, "RemoteZone", f"zone {self.zone} has no node controllers")
