@@ -50,6 +50,7 @@ from aiohttp import web
 
 from common.messages import storage as msg
 from common.rpc import Caller, RpcError
+from services.cluster_controller.nc_client import NcClient
 from services.cluster_controller.storage.manager import StorageManager
 from services.cluster_controller.storage.settings import StorageSettings
 
@@ -64,7 +65,8 @@ CLC_OR_ADMIN = frozenset({"clc", "admin"})
 def install(service: ClusterControllerService) -> StorageManager:
     """Give the CC service `service.storage` and register the storage operations; started with the app."""
     config = service.config
-    manager = StorageManager(config, config.KOALA_STATE_DIR, config.KOALA_ZONE, service.client, None)
+    nodes = NcClient(service.client, config.KOALA_NC_TIMEOUT, config.KOALA_RUN_TIMEOUT)
+    manager = StorageManager(config, config.KOALA_STATE_DIR, config.KOALA_ZONE, nodes, None)
     service.storage = manager
 
     async def create(request: msg.CreateVolumeRequest, caller: Caller) -> msg.StorageVolume:

@@ -30,15 +30,15 @@ from common.messages.storage import (
     DescribeStorageResponse,
     DetachVolumeRequest,
     IscsiTarget,
-    NodeAttachment,
     NodeAttachRequest,
     NodeDetachRequest,
     StorageAttachment,
     StorageSnapshot,
     StorageVolume,
 )
-from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.rpc import PeerUnreachable, RpcError
 from common.tasks import TaskSet
+from services.cluster_controller.nc_client import NcClient
 from services.cluster_controller.storage import files
 from services.cluster_controller.storage.rbd_volumes import RbdVolumes
 from services.cluster_controller.storage.settings import StorageSettings
@@ -66,8 +66,8 @@ def check_id(value: str, prefix: str, code: str) -> str:
 
 
 class StorageManager:
-    def __init__(self, config: StorageSettings, state_dir: Path, zone: str, client: RpcClient, runner: Runner | None):
-        self.config, self.zone, self.client = config, zone, client
+    def __init__(self, config: StorageSettings, state_dir: Path, zone: str, nodes: NcClient, runner: Runner | None):
+        self.config, self.zone, self.nodes = config, zone, nodes
         self.state_dir = Path(state_dir)
         self.dir = Path(config.KOALA_EBS_DIR or self.state_dir / "volumes")
         host, port = config.KOALA_EBS_PORTAL.rsplit(":", 1)
@@ -392,9 +392,7 @@ class StorageManager:
             ),
             rbd=self.rbd.target(volume.volume_id) if self.rbd is not None else None,
         )
-        answer = await self.client.call(
-            attachment.node_url, "AttachVolume", request, NodeAttachment, timeout=NODE_TIMEOUT, expect_role="nc"
-        )
+        answer = await self.nodes.attach_volume(attachment.node_url, request, NODE_TIMEOUT)
         attachment.state, attachment.detail = "attached", answer.device
         await self._store.save_attachment(attachment)
         log.info("%s: attached to %s as %s (%s)", volume.volume_id, attachment.instance_id, attachment.device,
@@ -404,14 +402,10 @@ class StorageManager:
         """Take the volume out of the guest, then remove the export; True when done (the record is gone). Without
         `force`, a node that does not answer leaves the attachment `detaching` for the reconcile loop."""
         try:
-            await self.client.call(
+            await self.nodes.detach_volume(
                 attachment.node_url,
-                "DetachVolume",
                 NodeDetachRequest(instance_id=attachment.instance_id, volume_id=volume.volume_id),
-                NodeAttachment,
-                timeout=NODE_TIMEOUT,
-                idempotent=True,
-                expect_role="nc",
+                NODE_TIMEOUT,
             )
         except RpcError as err:  # PeerUnreachable too
             if err.status != 404 and not force:  # 404: the instance is gone from its node, and the disk with it
