@@ -45,7 +45,6 @@ from services.node_controller.hypervisor import HypervisorError
 from services.node_controller.instances import InstanceManager
 
 log = logging.getLogger("koala.nc.bundler")
-TERMINAL = {"stored", "failed"}
 UPLOAD_ATTEMPTS = 3
 
 

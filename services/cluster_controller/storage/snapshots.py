@@ -244,14 +244,6 @@ class SnapshotStore:
             )
         return len(stray)
 
-    def stored_keys(self) -> set[str]:
-        """Every object key in the bucket (tests and the admin view: nothing orphaned)."""
-        s3 = self._s3()
-        keys: set[str] = set()
-        for page in s3.get_paginator("list_objects").paginate(Bucket=self.bucket):
-            keys |= {item["Key"] for item in page.get("Contents", [])}
-        return keys
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._pool.shutdown(wait=False, cancel_futures=True)
