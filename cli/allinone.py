@@ -323,6 +323,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--no-image", action="store_true", help="do not build and register the guest test image"
             )
+            parser.add_argument(
+                "--ceph",
+                action="store_true",
+                help="at first start: a single-node Ceph cluster in DIR/ceph (Debian's ceph packages) keeping "
+                "Walrus's object data (RADOS) and the zone's EBS volumes (RBD)",
+            )
         if name == "down":
             parser.add_argument(
                 "--purge",
@@ -369,6 +375,15 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
             f"network: MANAGED-NOVLAN; router namespace {network.netns}, public addresses {network.public_ips} "
             f"reached through {network.host_link}, private subnet {network.private}"
         )
+    if args.ceph:
+        from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
+
+        cluster = CephCluster.create(cloud.dir / "ceph")  # its daemons outlive this command, as the services do
+        cluster.create_pool(WALRUS_POOL, "rados")
+        cluster.create_pool(EBS_POOL, "rbd")
+        for role, settings in cluster.koala_settings().items():
+            extra.setdefault(role, {}).update(settings)
+        print(f"ceph: monitor {cluster.mon_host}, pools {WALRUS_POOL} (Walrus objects) and {EBS_POOL} (EBS volumes)")
     cloud.prepare(ports=ports, extra=extra)
     why = (
         ""
@@ -395,6 +410,9 @@ def _up(args: argparse.Namespace) -> int:
             print(f"koala up: {err}", file=sys.stderr)
             return 1
     else:
+        ceph = _ceph(cloud)
+        if ceph is not None:  # after `koala down`, or a reboot
+            ceph.start()
         network = cloud.network()
         if network is not None:  # after `koala down`, or a reboot: put back what is missing
             from cli.cloud_network import host_lock
@@ -450,12 +468,27 @@ def _up(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     for role in reversed(ROLES):
         cloud.stop(role)
+    ceph = _ceph(cloud)
+    if ceph is not None:
+        ceph.stop_detached()
     return 0
+
+
+def _ceph(cloud: AllInOne):  # -> CephCluster | None (imported lazily: `koala --help` stays fast)
+    """The cloud's own Ceph cluster, when `koala up --ceph` made one (DIR/ceph)."""
+    if not (cloud.dir / "ceph" / "ceph.conf").exists():
+        return None
+    from cli.ceph_local import CephCluster
+
+    return CephCluster(cloud.dir / "ceph")
 
 
 def _down(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
     stopped = [role for role in reversed(ROLES) if cloud.stop(role)]
+    ceph = _ceph(cloud)
+    if ceph is not None:
+        stopped += ceph.stop_detached()
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     if args.purge:
         from cli.purge import purge

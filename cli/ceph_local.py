@@ -25,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.daemon import PidFile
+
 CLIENT = "koala"
+WALRUS_POOL = "koala-walrus"  # the pools `koala up --ceph` and the tests make
+EBS_POOL = "koala-ebs"
+DAEMONS = (("ceph-mon", "mon.a", "a"), ("ceph-mgr", "mgr.x", "x"), ("ceph-osd", "osd.0", "0"))  # start order
 # What Koala's services may do: read the cluster maps, use RBD images (incl. blocklisting a dead client's
 # watchers), read and write objects in every pool. Not create or delete pools: the admin does that.
 CLIENT_CAPS = ("mon", "profile rbd", "osd", "profile rbd, allow rwx")
@@ -72,17 +77,20 @@ mon data avail crit = 0
 rbd default features = layering, exclusive-lock, object-map, fast-diff, deep-flatten
 
 [mon]
+pid file = {root}/run/$name.pid
 admin socket = {root}/run/$name.asok
 log file = {root}/log/$name.log
 mon data = {root}/mon
 mon cluster log file = {root}/log/cluster.log
 
 [mgr]
+pid file = {root}/run/$name.pid
 admin socket = {root}/run/$name.asok
 log file = {root}/log/$name.log
 mgr data = {root}/mgr
 
 [osd]
+pid file = {root}/run/$name.pid
 admin socket = {root}/run/$name.asok
 log file = {root}/log/$name.log
 osd data = {root}/osd
@@ -121,6 +129,10 @@ class CephCluster:
             raise CephError(f"{' '.join(args)}: {done.stderr.strip()[-500:]}")
         return done.stdout
 
+    def pid_file(self, name: str) -> PidFile:
+        """A daemon's pid file, trusted while the process names this cluster's ceph.conf."""
+        return PidFile(self.root / "run" / f"{name}.pid", str(self.conf))
+
     def _daemon(self, argv: list[str], preexec: Callable[[], None] | None) -> None:
         log = open(self.root / "log" / "daemons.out", "ab")
         with log:
@@ -133,6 +145,20 @@ class CephCluster:
                 start_new_session=preexec is None,
             )
         self.processes.append(process)
+        name = next((n for tool, n, ident in DAEMONS if argv == [tool, "-i", ident]), "")
+        if name:
+            self.pid_file(name).write(process.pid)
+
+    def start(self, preexec: Callable[[], None] | None = None) -> None:
+        """Start the daemons of a cluster made earlier (those not running), and wait for the OSD."""
+        for tool, name, ident in DAEMONS:
+            if self.pid_file(name).running() is None:
+                self._daemon([tool, "-i", ident], preexec)
+        self.wait_ready()
+
+    def stop_detached(self, timeout: float = 20.0) -> list[str]:
+        """Stop the daemons by their pid files (started by another process: `koala up`), OSD first."""
+        return [name for _, name, _ in reversed(DAEMONS) if self.pid_file(name).stop(timeout)]
 
     @classmethod
     def create(
@@ -230,5 +256,18 @@ class CephCluster:
         self.processes.clear()
 
     def client_settings(self) -> dict[str, str]:
-        """What a Koala service needs to reach the cluster as client.koala."""
-        return {"conf": str(self.conf), "user": CLIENT, "keyring": str(self.client_keyring)}
+        """KOALA_CEPH_* for a Koala service reaching the cluster as client.koala."""
+        return {
+            "KOALA_CEPH_CONF": str(self.conf),
+            "KOALA_CEPH_USER": CLIENT,
+            "KOALA_CEPH_KEYRING": str(self.client_keyring),
+        }
+
+    def koala_settings(self) -> dict[str, dict[str, str]]:
+        """Per role: a cloud keeping Walrus's object data (namespace `walrus`) and the zone's volumes here."""
+        client = self.client_settings()
+        return {
+            "walrus": {**client, "KOALA_WALRUS_STORAGE": "rados", "KOALA_WALRUS_RADOS_POOL": WALRUS_POOL},
+            "cc": {**client, "KOALA_EBS_BACKEND": "rbd", "KOALA_EBS_RBD_POOL": EBS_POOL},
+            "nc": client,
+        }

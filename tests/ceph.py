@@ -15,11 +15,8 @@ from typing import Any
 
 import pytest
 
-from cli.ceph_local import CephCluster
+from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
 from tests.harness import die_with_parent
-
-WALRUS_POOL = "koala-walrus"
-EBS_POOL = "koala-ebs"
 
 
 def unique(prefix: str) -> str:
@@ -28,12 +25,7 @@ def unique(prefix: str) -> str:
 
 def ceph_settings(cluster: CephCluster) -> dict[str, str]:
     """KOALA_CEPH_* for a service, as client.koala."""
-    client = cluster.client_settings()
-    return {
-        "KOALA_CEPH_CONF": client["conf"],
-        "KOALA_CEPH_USER": client["user"],
-        "KOALA_CEPH_KEYRING": client["keyring"],
-    }
+    return cluster.client_settings()
 
 
 def walrus_rados_settings(cluster: CephCluster, namespace: str | None = None) -> dict[str, str]:
