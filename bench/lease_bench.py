@@ -35,7 +35,7 @@ from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.launch import RunRequest
-from services.cloud_controller.database import Database
+from services.cloud_controller.database import open_clc_database
 from services.cloud_controller.leases.scheduler import LeaseScheduler
 from services.cloud_controller.leases.slottable import plan_queue
 from services.cloud_controller.leases.spot import Owner
@@ -62,7 +62,7 @@ def percentile(values: list[float], fraction: float) -> float:
 async def decision_bench(decisions: int, reservations: int, queued: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="lease-bench-") as tmp:
         state = Path(tmp)
-        db = await Database.open(state)
+        db = await open_clc_database(state)
         zones = {"leased": "http://127.0.0.1:9", "plain": "http://127.0.0.1:9"}
         compute = Compute(db, ClusterClient(None, zones), Settings(poll_interval=3600))  # type: ignore[arg-type]
         await compute.load()

@@ -163,13 +163,18 @@ class Service:
 
     async def start(self) -> web.AppRunner:
         await self.on_start()
+        runner = await self.listen()
+        self.monitor.set_peers(self.peer_list())
+        return runner
+
+    async def listen(self) -> web.AppRunner:
+        """Open the port (`start` does it after `on_start`; a standby opens it before, to answer 503)."""
         self.guard.limits = self.guard.limits.fit_descriptor_limit()
         install_exhaustion_handler(asyncio.get_running_loop())
         runner = web.AppRunner(self.app, **self.runner_options())  # type: ignore[arg-type]
         await runner.setup()
         site = HttpSite(runner, self.listen_hosts(), self.config.port, self.guard)
         await site.start()
-        self.monitor.set_peers(self.peer_list())
         log.info(
             "%s %s listening on %s port %s",
             self.role,

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   chromium                                               # admin page and Walrus browser (POST upload, CORS) tests
   systemd                                                # systemd-analyze verify of the units
   ceph-mon ceph-mgr ceph-osd radosgw python3-rados python3-rbd  # Walrus on RADOS, EBS on RBD (issue 23)
+  postgresql                                             # the CLC on PostgreSQL: tests start their own cluster
 )
 
 missing=()

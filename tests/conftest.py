@@ -9,6 +9,7 @@ import pytest
 from cli.allinone import qemu_usable
 from cli.guest_image import build
 from tests.harness import Cloud
+from tests.postgres import FAST_SETTINGS, PostgresServer
 
 pytest_plugins = ["tests.ceph"]  # the session's Ceph cluster fixture, `ceph`
 
@@ -30,3 +31,23 @@ def guest_image() -> Path:
     if os.geteuid() != 0 or not qemu_usable():
         pytest.skip("needs root and libvirtd for qemu:///system (deploy/bootstrap.sh)")
     return build()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the whole test session (started on first use)."""
+    server = PostgresServer(settings=FAST_SETTINGS).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def clc_database(request: pytest.FixtureRequest) -> str:
+    """Where a module's CLC keeps its state: '' (SQLite in its state directory, the default) or a fresh
+    PostgreSQL database. A module whose cloud takes this fixture runs its tests on both engines."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database("clc")

@@ -25,6 +25,13 @@ class CloudControllerConfig(ServiceConfig):
         description="The CLC's base URL as users reach it, for eucarc files and DescribeRegions "
         "(default http://KOALA_BIND:KOALA_CLC_PORT, the host name if bound to all addresses).",
     )
+    KOALA_DATABASE_URL: str = Field(
+        "",
+        pattern=r"^((postgresql|postgres)://\S+)?$",
+        description="The CLC's state in PostgreSQL (postgresql://user:password@host:port/db) instead of SQLite in "
+        "KOALA_STATE_DIR. Several CLCs on one PostgreSQL: one is active, the others stand by (answering 503 with "
+        "Retry-After) and take over within seconds when it dies or loses the database.",
+    )
     KOALA_METADATA_BIND: str = Field(
         "",
         description="More addresses the CLC listens on, space-separated, on the same port: where the CC's metadata "

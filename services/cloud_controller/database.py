@@ -1,79 +1,34 @@
-"""The Cloud Controller's database: one aiosqlite connection (WAL, migrations in `migrations/`) and a write lock.
+"""The Cloud Controller's database: `clc.db` in the state directory (SQLite, the default) or, with
+KOALA_DATABASE_URL=postgresql://..., a PostgreSQL database shared with a standby CLC (`standby.py`). Either way
+through `common.database`: the same SQL, the same migrations (`migrations/`), the same `Database` interface.
 
-The connection runs in autocommit mode: a single statement commits by itself. Anything that must be atomic
-(read-modify-write, several statements) goes through `transaction()`, which holds an asyncio lock so that
-coroutines cannot interleave their statements inside one SQLite transaction:
+Statements that must be atomic (read-modify-write, several statements) go through `transaction()`, which
+serialises writers inside the process:
 
     async with clc.db.transaction() as conn:
         await conn.execute("UPDATE ...", (...,))
         await conn.execute("INSERT ...", (...,))
 
-Reads use `fetchall`/`fetchone` (one thread hop each). Reads are not blocked by a transaction in progress and
-may see its uncommitted rows (same connection): do decisions that must be exact inside `transaction()`.
+Reads use `fetchall`/`fetchone`; decisions that must be exact are made inside `transaction()`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import aiosqlite
+from common.database import Database, open_database
 
-from common.db import open_db
+if TYPE_CHECKING:
+    from common.database.leadership import Leadership
 
 MIGRATIONS = "services.cloud_controller.migrations"
 FILE_NAME = "clc.db"
+COMPONENT = "clc"
+
+__all__ = ["Database", "open_clc_database"]
 
 
-class Database:
-    def __init__(self, conn: aiosqlite.Connection):
-        self.conn = conn
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    async def open(cls, state_dir: Path) -> Database:
-        path = state_dir / FILE_NAME
-        await asyncio.to_thread(_create_private, path)
-        conn = await open_db(path, MIGRATIONS)
-        # Autocommit, explicit BEGIN in transaction(). sqlite3 objects belong to aiosqlite's thread: set it there.
-        await conn._execute(setattr, conn._conn, "isolation_level", None)
-        return cls(conn)
-
-    async def close(self) -> None:
-        await self.conn.close()
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            await self.conn.execute("COMMIT")
-
-    async def fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        return list(await self.conn.execute_fetchall(sql, tuple(args)))
-
-    async def fetchone(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        rows = list(await self.conn.execute_fetchall(sql, tuple(args)))
-        return rows[0] if rows else None
-
-    async def execute(self, sql: str, args: Iterable[Any] = ()) -> int:
-        """One statement outside a transaction (it commits by itself); returns the rows changed."""
-        async with self._lock:
-            cursor = await self.conn.execute(sql, tuple(args))
-            count = cursor.rowcount
-            await cursor.close()
-            return count
-
-
-def _create_private(path: Path) -> None:
-    """The database holds secret keys: create it readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+async def open_clc_database(state_dir: Path, url: str = "", leadership: Leadership | None = None) -> Database:
+    """The CLC's database: at `url` if one is configured, else `clc.db` in `state_dir`."""
+    return await open_database(url or state_dir / FILE_NAME, MIGRATIONS, COMPONENT, leadership)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from common import pki
 from common.service import Service
@@ -12,7 +16,7 @@ from services.cloud_controller.compute import setup as compute_setup
 from services.cloud_controller.compute.bundle_tasks import BundleTasks
 from services.cloud_controller.compute.engine import Compute
 from services.cloud_controller.config import CloudControllerConfig
-from services.cloud_controller.database import Database
+from services.cloud_controller.database import Database, open_clc_database
 from services.cloud_controller.ebs.engine import Ebs
 from services.cloud_controller.ec2 import xml as ec2_xml
 from services.cloud_controller.ec2.frontend import Frontend
@@ -22,6 +26,12 @@ from services.cloud_controller.identity import rpc as identity_rpc
 from services.cloud_controller.identity.store import IdentityStore
 from services.cloud_controller.leases import setup as leases_setup
 from services.cloud_controller.leases.scheduler import LeaseScheduler
+from services.cloud_controller.standby import start_when_leader
+
+if TYPE_CHECKING:
+    from common.database.leadership import Leadership
+
+log = logging.getLogger("koala.clc")
 
 
 class CloudControllerService(Service):
@@ -38,6 +48,7 @@ class CloudControllerService(Service):
     leases: LeaseScheduler
     bundle_tasks: BundleTasks
     cloud_cert_pem: str
+    leadership: Leadership | None = None  # with PostgreSQL: this process's hold on the active role (standby.py)
 
     def __init__(self, config: CloudControllerConfig):
         super().__init__(config)
@@ -49,12 +60,21 @@ class CloudControllerService(Service):
         self.ec2.install(self.app)
         self.admin = admin.install(self)  # the /admin/ web pages
 
+    async def start(self) -> web.AppRunner:
+        """With PostgreSQL, one CLC of several is active; until this one is, it answers 503 (standby.py)."""
+        if self.config.KOALA_DATABASE_URL:
+            return await start_when_leader(self)
+        return await super().start()
+
     async def _lookup_access_key(self, access_key_id: str):
         return await self.identity_store.lookup(access_key_id)
 
     async def on_start(self) -> None:
-        self.db = await Database.open(self.config.KOALA_STATE_DIR)
+        self.db = await open_clc_database(self.config.KOALA_STATE_DIR, self.config.KOALA_DATABASE_URL, self.leadership)
+        if self.leadership is not None:
+            self._stops.append(self.leadership.release)  # after the database is closed
         self._stops.append(self.db.close)
+        log.info("state in %s", self.db.engine)
         self.identity_store = IdentityStore(self.db, self.pki_dir)
         identity_rpc.install(self.rpc, self.identity_store)
         identity_admin_rpc.install(self.rpc, self.identity_store, self)

@@ -13,8 +13,9 @@ from tests.clc.ec2_helpers import Creds, admin_creds, client, new_account
 from tests.harness import Cloud
 
 
-def start_cloud(directory: Path, clc: dict | None = None, cc: dict | None = None) -> Cloud:
-    cloud = Cloud(directory, extra={"clc": clc or {}, "cc": cc or {}})
+def start_cloud(directory: Path, clc: dict | None = None, cc: dict | None = None, database_url: str = "") -> Cloud:
+    """The four services; the CLC on SQLite or on the PostgreSQL database at `database_url` (`clc_database`)."""
+    cloud = Cloud(directory, extra={"clc": {**(clc or {}), "KOALA_DATABASE_URL": database_url}, "cc": cc or {}})
     cloud.start()
     return cloud
 

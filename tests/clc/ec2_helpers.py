@@ -39,8 +39,9 @@ class Creds:
     account_id: str = ""
 
 
-def start_clc(directory: Path) -> Cloud:
-    cloud = Cloud(directory, roles=("clc",))
+def start_clc(directory: Path, database_url: str = "") -> Cloud:
+    """A CLC alone, on SQLite or on the PostgreSQL database at `database_url` (the `clc_database` fixture)."""
+    cloud = Cloud(directory, roles=("clc",), extra={"clc": {"KOALA_DATABASE_URL": database_url}})
     cloud.start("clc")
     return cloud
 

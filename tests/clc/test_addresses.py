@@ -21,8 +21,8 @@ CLC = {"KOALA_PUBLIC_IPS": POOL, "KOALA_QUOTA_ADDRESSES": 2, "KOALA_QUOTA_INSTAN
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_cloud(tmp_path_factory.mktemp("addresses") / "cloud", clc=CLC)
+def cloud(tmp_path_factory, clc_database):
+    instance = start_cloud(tmp_path_factory.mktemp("addresses") / "cloud", clc=CLC, database_url=clc_database)
     try:
         yield instance
     finally:

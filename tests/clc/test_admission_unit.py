@@ -11,7 +11,7 @@ from services.cloud_controller.compute import vmtypes
 from services.cloud_controller.compute.admission import Admission, count_quota
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.vmtypes import DEFAULTS, VmTypes
-from services.cloud_controller.database import Database
+from services.cloud_controller.database import open_clc_database
 
 SMALL, MEDIUM, LARGE, XLARGE, CXLARGE = DEFAULTS
 
@@ -125,7 +125,7 @@ def test_quota() -> None:
 
 def test_vm_type_rules(tmp_path) -> None:
     async def scenario() -> None:
-        db = await Database.open(tmp_path)
+        db = await open_clc_database(tmp_path)
         types = VmTypes(db)
         await types.load()
         assert [t.name for t in types.list()] == ["m1.small", "c1.medium", "m1.large", "m1.xlarge", "c1.xlarge"]
@@ -152,7 +152,7 @@ def test_network_resources_allocate_and_give_back(tmp_path) -> None:
     from services.cloud_controller.compute.networks import Networks
 
     async def scenario() -> None:
-        db = await Database.open(tmp_path)
+        db = await open_clc_database(tmp_path)
         networks = Networks(db, vlan_min=10, vlan_max=11, addrs_per_net=8)
         a, new = networks.vlan_for(Networks.name("111", "default"))
         assert (a, new) == (10, True)
@@ -208,7 +208,7 @@ def test_launch_rolls_back_when_no_vlan_is_left(tmp_path) -> None:
     from services.cloud_controller.compute.store import Image
 
     async def scenario() -> None:
-        db = await Database.open(tmp_path)
+        db = await open_clc_database(tmp_path)
         compute = Compute(
             db, ClusterClient(None, {"z1": "http://127.0.0.1:9"}), Settings(network_resources="on"), ["192.0.2.1"]
         )  # type: ignore[arg-type]

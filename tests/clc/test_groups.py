@@ -9,8 +9,8 @@ from tests.clc.ec2_helpers import aws, aws_error, client, code, sigv2, start_clc
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_clc(tmp_path_factory.mktemp("groups") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_clc(tmp_path_factory.mktemp("groups") / "cloud", clc_database)
     try:
         yield instance
     finally:

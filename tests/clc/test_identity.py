@@ -37,8 +37,8 @@ EUCARC_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_clc(tmp_path_factory.mktemp("identity") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_clc(tmp_path_factory.mktemp("identity") / "cloud", clc_database)
     try:
         yield instance
     finally:

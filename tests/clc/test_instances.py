@@ -20,8 +20,8 @@ from tests.clc.ec2_helpers import aws, client, code, sigv4, stop_clean
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_cloud(tmp_path_factory.mktemp("instances") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_cloud(tmp_path_factory.mktemp("instances") / "cloud", database_url=clc_database)
     try:
         yield instance
     finally:

@@ -11,7 +11,7 @@ from common.messages.clc_cc import ClusterInstance
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.engine import Compute, Settings
 from services.cloud_controller.compute.store import Instance, Reservation
-from services.cloud_controller.database import Database
+from services.cloud_controller.database import open_clc_database
 
 
 def report(instance_id: str, state: str, ip: str = "") -> ClusterInstance:
@@ -19,7 +19,7 @@ def report(instance_id: str, state: str, ip: str = "") -> ClusterInstance:
 
 
 async def engine(tmp_path, **settings) -> Compute:
-    db = await Database.open(tmp_path)
+    db = await open_clc_database(tmp_path)
     compute = Compute(db, ClusterClient(None, {"z1": "http://127.0.0.1:9"}), Settings(**settings))  # type: ignore[arg-type]
     await compute.load()
     return compute

@@ -23,8 +23,8 @@ from tests.clc.ec2_helpers import (
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_clc(tmp_path_factory.mktemp("keypairs") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_clc(tmp_path_factory.mktemp("keypairs") / "cloud", clc_database)
     try:
         yield instance
     finally:

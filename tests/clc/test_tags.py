@@ -10,8 +10,8 @@ from tests.clc.ec2_helpers import aws, client, code, start_clc, stop_clean
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_clc(tmp_path_factory.mktemp("tags") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_clc(tmp_path_factory.mktemp("tags") / "cloud", clc_database)
     try:
         yield instance
     finally:

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from common import ids
+from common.database import upsert
 from services.cloud_controller.compute.errors import ComputeError
 
 if TYPE_CHECKING:
     from services.cloud_controller.database import Database
+
+_ADDRESS_COLUMNS = ["public_ip", "allocation_id", "owner_id", "allocated_at", "instance_id", "association_id", "auto"]
 
 MAX_POOL = 65536
 
@@ -108,8 +111,7 @@ class Addresses:
             for address in addresses:
                 if self.allocated.get(address.public_ip) is address:
                     await conn.execute(
-                        "INSERT OR REPLACE INTO addresses(public_ip, allocation_id, owner_id, allocated_at,"
-                        " instance_id, association_id, auto) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        upsert("addresses", _ADDRESS_COLUMNS, ["public_ip"]),
                         (
                             address.public_ip,
                             address.allocation_id,

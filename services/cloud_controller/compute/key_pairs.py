@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiosqlite
-
+from common.database import Row
 from common.ids import new_id
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.tags import Tags
@@ -39,7 +38,7 @@ class KeyPairs:
         found = await self.get(owner_id, name)
         return found["public_key"] if found else None
 
-    async def of_account(self, owner_id: str) -> list[aiosqlite.Row]:
+    async def of_account(self, owner_id: str) -> list[Row]:
         """The account's key pairs by name."""
         return await self.db.fetchall(
             "SELECT key_pair_id, name, fingerprint, key_type, public_key, created_at FROM key_pairs"

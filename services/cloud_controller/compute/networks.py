@@ -63,6 +63,8 @@ class Networks:
 
     async def save_vlan(self, name: str) -> None:
         if name in self.vlans:
-            await self.db.execute("INSERT OR IGNORE INTO networks(name, vlan) VALUES (?, ?)", (name, self.vlans[name]))
+            await self.db.execute(
+                "INSERT INTO networks(name, vlan) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, self.vlans[name])
+            )
         else:
             await self.db.execute("DELETE FROM networks WHERE name = ?", (name,))

@@ -13,14 +13,14 @@ A group cannot be deleted while live instances of its account are in it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
+from common.database import Row
 from common.ids import new_id
 from services.cloud_controller.compute.errors import ComputeError, check_id
 from services.cloud_controller.compute.store import LIVE_STATES
@@ -90,8 +90,8 @@ class SecurityGroups:
             return
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT OR IGNORE INTO security_groups(group_id, owner_id, name, description, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO security_groups(group_id, owner_id, name, description, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (new_id("sg"), owner_id, DEFAULT, "default group", time.time()),
             )
 
@@ -168,14 +168,14 @@ class SecurityGroups:
         )
         return {row["group_id"] for row in rows}
 
-    async def of_account(self, owner_id: str) -> list[aiosqlite.Row]:
+    async def of_account(self, owner_id: str) -> list[Row]:
         """The account's groups by id (group_id, owner_id, name, description)."""
         return await self.db.fetchall(
             "SELECT group_id, owner_id, name, description FROM security_groups WHERE owner_id = ? ORDER BY group_id",
             (owner_id,),
         )
 
-    async def every_account(self, limit: int) -> list[aiosqlite.Row]:
+    async def every_account(self, limit: int) -> list[Row]:
         """Every account's groups by owner and name, at most `limit` (the admin pages)."""
         return await self.db.fetchall(
             "SELECT group_id, owner_id, name, description FROM security_groups ORDER BY owner_id, name LIMIT ?",
@@ -199,13 +199,12 @@ class SecurityGroups:
     async def in_use(self, owner_id: str, name: str) -> bool:
         """Live instances of the account are in the group `name`."""
         marks = ",".join("?" * len(LIVE_STATES))
-        row = await self.db.fetchone(
-            "SELECT 1 FROM instances i JOIN reservations r ON r.reservation_id = i.reservation_id"
-            f" WHERE r.owner_id = ? AND i.state IN ({marks}) AND EXISTS"
-            " (SELECT 1 FROM json_each(r.groups) WHERE json_each.value = ?) LIMIT 1",
-            (owner_id, *LIVE_STATES, name),
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT r.groups FROM instances i JOIN reservations r ON r.reservation_id = i.reservation_id"
+            f" WHERE r.owner_id = ? AND i.state IN ({marks})",
+            (owner_id, *LIVE_STATES),
         )
-        return row is not None
+        return any(name in json.loads(row[0]) for row in rows)  # groups: a JSON list of names
 
     # --- changes -------------------------------------------------------------------------------------------
     async def create(self, owner_id: str, name: str, description: str, tags: list[tuple[str, Any]]) -> str:

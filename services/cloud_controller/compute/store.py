@@ -250,7 +250,7 @@ class Store:
                 [(image.image_id, account) for account in sorted(image.launch_permissions)],
             )
             await conn.executemany(
-                "INSERT OR IGNORE INTO image_product_codes(image_id, code) VALUES (?, ?)",
+                "INSERT INTO image_product_codes(image_id, code) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(image.image_id, code) for code in sorted(image.product_codes)],
             )
         self.images[image.image_id] = image

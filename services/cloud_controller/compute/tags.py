@@ -9,13 +9,11 @@ Tag parameters are validated by the actions (`actions/tags.py`); this store take
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
+from common.database import DatabaseError, Row, Transaction
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.filters import matches
@@ -56,7 +54,7 @@ class Tags:
                     f"SELECT {id_column} FROM {table} WHERE owner_id = ? AND {id_column} IN ({marks}){extra}",
                     (owner_id, *[i.lower() for i in ids]),
                 )
-            except sqlite3.OperationalError:  # the table is not there (yet)
+            except DatabaseError:  # the table is not there (yet)
                 return set()
             found = {row[0] for row in rows}
             return {i for i in ids if i.lower() in found}
@@ -99,7 +97,7 @@ class Tags:
             by_resource.setdefault(row["resource_id"], {})[row["key"]] = row["value"]
         return {rid for rid, tagset in by_resource.items() if _tags_match(tagset, tag_filters)}
 
-    async def after(self, owner_id: str, resource_id: str, key: str) -> list[aiosqlite.Row]:
+    async def after(self, owner_id: str, resource_id: str, key: str) -> list[Row]:
         """The account's tags after (resource_id, key), in that order (DescribeTags' pages)."""
         return await self.db.fetchall(
             "SELECT resource_id, key, value, resource_type FROM tags WHERE owner_id = ? AND (resource_id, key) > (?, ?)"
@@ -116,7 +114,7 @@ class Tags:
                 await self.put_in(conn, owner_id, resources, pairs)
 
     async def put_in(
-        self, conn: aiosqlite.Connection, owner_id: str, resources: list[tuple[str, str]], pairs: list[tuple[str, Any]]
+        self, conn: Transaction, owner_id: str, resources: list[tuple[str, str]], pairs: list[tuple[str, Any]]
     ) -> None:
         """Inside an open transaction (`conn` from `db.transaction()`): set (key, value) pairs on (id, type)."""
         for rid, type_name in resources:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from services.cloud_controller.database import Database
 
+from common.database import upsert
+
 VOLUME_STATES = ("creating", "available", "in-use", "deleting", "error")
 
 
@@ -83,8 +85,7 @@ class EbsStore:
     async def save_volume(self, volume: Volume) -> None:
         volume.updated_at = time.time()
         await self.db.execute(
-            f"INSERT OR REPLACE INTO volumes({', '.join(_VOLUME_COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(_VOLUME_COLUMNS))})",
+            upsert("volumes", _VOLUME_COLUMNS, ["volume_id"]),
             [getattr(volume, c) for c in _VOLUME_COLUMNS],
         )
 
@@ -97,8 +98,7 @@ class EbsStore:
         snapshot.updated_at = time.time()
         async with self.db.transaction() as conn:
             await conn.execute(
-                f"INSERT OR REPLACE INTO snapshots({', '.join(_SNAPSHOT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(_SNAPSHOT_COLUMNS))})",
+                upsert("snapshots", _SNAPSHOT_COLUMNS, ["snapshot_id"]),
                 [getattr(snapshot, c) for c in _SNAPSHOT_COLUMNS],
             )
             if permissions:

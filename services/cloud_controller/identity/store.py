@@ -16,11 +16,11 @@ import string
 import time
 from dataclasses import dataclass
 
-import aiosqlite
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from common import pki
+from common.database import Row, Transaction
 from common.messages.identity import Principal
 from services.cloud_controller.database import Database
 from services.cloud_controller.ec2.auth import Credential
@@ -279,7 +279,7 @@ class IdentityStore:
         return bool(row["active"]) and principal.enabled, principal
 
 
-async def _row(conn: aiosqlite.Connection, sql: str, args: tuple) -> aiosqlite.Row | None:
+async def _row(conn: Transaction, sql: str, args: tuple) -> Row | None:
     async with conn.execute(sql, args) as cursor:
         return await cursor.fetchone()
 

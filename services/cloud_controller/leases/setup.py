@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 async def install(clc: CloudControllerService) -> LeaseScheduler:
     """Call from the service's on_start, after the compute engine is installed (before the port opens)."""
-    store = await LeaseStore.open(clc.config.KOALA_STATE_DIR)
+    store = await LeaseStore.open(clc.config.KOALA_STATE_DIR, clc.config.KOALA_DATABASE_URL, clc.leadership)
     config = clc.config
     scheduler = LeaseScheduler(
         clc.compute, store, tick=config.KOALA_LEASE_TICK_SECONDS, spot_notice=config.KOALA_SPOT_NOTICE_SECONDS

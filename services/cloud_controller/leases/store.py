@@ -1,6 +1,6 @@
-"""The leases' records, in memory for the scheduler and written through to their own SQLite file (leases.db,
-migrations in `leases/migrations/`) before anything is acted on: a CLC restart finds every reservation, queue
-position, suspended guest and preemption as they were."""
+"""The leases' records, in memory for the scheduler and written through to their own database (leases.db, or the
+CLC's PostgreSQL database; migrations in `leases/migrations/`) before anything is acted on: a CLC restart finds
+every reservation, queue position, suspended guest and preemption as they were."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import asyncio
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiosqlite
+from common.database import Database, open_database, upsert
 
-from common.db import open_db
+if TYPE_CHECKING:
+    from common.database.leadership import Leadership
 
 MIGRATIONS = "services.cloud_controller.leases.migrations"
 FILE_NAME = "leases.db"
@@ -85,68 +87,59 @@ MAX_PREEMPTIONS_KEPT = 1000
 
 
 class LeaseStore:
-    def __init__(self, conn: aiosqlite.Connection):
-        self.conn = conn
-        self._lock = asyncio.Lock()
+    def __init__(self, db: Database):
+        self.db = db
         self.reservations: dict[str, CapacityReservation] = {}
         self.spot: dict[str, SpotRequest] = {}
         self.lease_of: dict[str, str] = {}  # instance id -> capacity reservation or spot request id
         self.preemptions: list[Preemption] = []
 
     @classmethod
-    async def open(cls, state_dir: Path) -> LeaseStore:
-        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-        store = cls(await open_db(state_dir / FILE_NAME, MIGRATIONS))
+    async def open(cls, state_dir: Path, url: str = "", leadership: Leadership | None = None) -> LeaseStore:
+        """In `state_dir`/leases.db, or in the CLC's PostgreSQL database at `url`."""
+        if not url:
+            await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+        store = cls(await open_database(url or state_dir / FILE_NAME, MIGRATIONS, "leases", leadership))
         await store._load()
         return store
 
     async def close(self) -> None:
-        await self.conn.close()
+        await self.db.close()
 
     async def _load(self) -> None:
-        for row in await self.conn.execute_fetchall(f"SELECT {', '.join(_CR_COLUMNS)} FROM capacity_reservations"):
+        for row in await self.db.fetchall(f"SELECT {', '.join(_CR_COLUMNS)} FROM capacity_reservations"):
             values = dict(row)
             values["nodes"], values["tags"] = json.loads(values["nodes"]), json.loads(values["tags"])
             self.reservations[values["reservation_id"]] = CapacityReservation(**values)
-        for row in await self.conn.execute_fetchall(f"SELECT {', '.join(_SPOT_COLUMNS)} FROM spot_requests"):
+        for row in await self.db.fetchall(f"SELECT {', '.join(_SPOT_COLUMNS)} FROM spot_requests"):
             values = dict(row)
             values["spec"] = json.loads(values["spec"])
             self.spot[values["request_id"]] = SpotRequest(**values)
-        for row in await self.conn.execute_fetchall("SELECT instance_id, lease_id FROM lease_instances"):
+        for row in await self.db.fetchall("SELECT instance_id, lease_id FROM lease_instances"):
             self.lease_of[row[0]] = row[1]
-        rows = await self.conn.execute_fetchall(
+        rows = await self.db.fetchall(
             "SELECT at, request_id, instance_id, action, reason FROM preemptions ORDER BY id DESC LIMIT ?",
             (MAX_PREEMPTIONS_KEPT,),
         )
         self.preemptions = [Preemption(*row) for row in reversed(list(rows))]
 
     async def _write(self, statements: list[tuple[str, tuple]]) -> None:
-        async with self._lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    await self.conn.execute(sql, args)
-            except BaseException:
-                await self.conn.rollback()
-                raise
-            await self.conn.commit()
+        async with self.db.transaction() as tx:
+            for sql, args in statements:
+                await tx.execute(sql, args)
 
     @staticmethod
     def _cr_row(cr: CapacityReservation) -> tuple[str, tuple]:
         values = [getattr(cr, c) for c in _CR_COLUMNS]
         values[_CR_COLUMNS.index("nodes")] = json.dumps(cr.nodes)
         values[_CR_COLUMNS.index("tags")] = json.dumps(cr.tags)
-        marks = ", ".join("?" for _ in _CR_COLUMNS)
-        return f"INSERT OR REPLACE INTO capacity_reservations ({', '.join(_CR_COLUMNS)}) VALUES ({marks})", tuple(
-            values
-        )
+        return upsert("capacity_reservations", _CR_COLUMNS, ["reservation_id"]), tuple(values)
 
     @staticmethod
     def _spot_row(request: SpotRequest) -> tuple[str, tuple]:
         values = [getattr(request, c) for c in _SPOT_COLUMNS]
         values[_SPOT_COLUMNS.index("spec")] = json.dumps(request.spec)
-        marks = ", ".join("?" for _ in _SPOT_COLUMNS)
-        return f"INSERT OR REPLACE INTO spot_requests ({', '.join(_SPOT_COLUMNS)}) VALUES ({marks})", tuple(values)
+        return upsert("spot_requests", _SPOT_COLUMNS, ["request_id"]), tuple(values)
 
     async def save_reservations(self, *reservations: CapacityReservation) -> None:
         await self._write([self._cr_row(cr) for cr in reservations])
@@ -157,7 +150,7 @@ class LeaseStore:
     async def bind(self, lease_id: str, instance_ids: list[str], *spot: SpotRequest) -> None:
         """Record that these instances run in `lease_id` (with the spot requests' new state), in one go."""
         statements = [
-            ("INSERT OR REPLACE INTO lease_instances (instance_id, lease_id) VALUES (?, ?)", (i, lease_id))
+            (upsert("lease_instances", ["instance_id", "lease_id"], ["instance_id"]), (i, lease_id))
             for i in instance_ids
         ]
         await self._write(statements + [self._spot_row(r) for r in spot])

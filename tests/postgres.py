@@ -1,0 +1,115 @@
+"""A throw-away PostgreSQL server for tests and benchmarks: Debian's `postgresql` binaries (initdb, pg_ctl from
+/usr/lib/postgresql/<version>/bin), a cluster in a temporary directory owned by an unprivileged user (PostgreSQL
+refuses to run as root), listening on a free loopback port with password authentication."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.harness import free_port
+
+SUPERUSER = "koala"
+# Tests never crash the server itself, only its clients: skip the disk flushes. Benchmarks keep them.
+FAST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+
+
+def bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+class PostgresServer:
+    def __init__(self, listen: str = "127.0.0.1", settings: dict[str, str] | None = None):
+        binaries = bin_dir()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian package postgresql, deploy/bootstrap.sh)")
+        self.bin, self.listen, self.port = binaries, listen, free_port()
+        self.password = secrets.token_hex(16)
+        self.dir = Path(tempfile.mkdtemp(prefix="koala-pg-"))
+        self.data = self.dir / "data"
+        self.settings = {
+            "listen_addresses": listen,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.dir),
+            "max_connections": "200",
+            "shared_buffers": "64MB",
+            **(settings or {}),
+        }
+        self._user = None if os.geteuid() != 0 else pwd.getpwnam("postgres")
+
+    def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        prefix: list[str] = []
+        if self._user is not None:  # as root: run the server's tools as the unprivileged postgres user
+            prefix = ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups"]
+        return subprocess.run(
+            [*prefix, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+            cwd=self.dir,
+            env=_env(self.password),
+        )
+
+    def start(self) -> PostgresServer:
+        if self._user is not None:
+            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self._user is not None:
+            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        pwfile.unlink()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            for key, value in self.settings.items():
+                conf.write(f"{key} = '{value}'\n")
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(hba.read_text() + "host all all 0.0.0.0/0 scram-sha-256\n")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, database: str = "postgres", host: str | None = None) -> str:
+        return f"postgresql://{SUPERUSER}:{self.password}@{host or self.listen}:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser (through the socket directory) and return its unaligned output."""
+        done = self._run(
+            str(self.bin / "psql"), "-h", str(self.dir), "-p", str(self.port), "-U", SUPERUSER, "-d", database,
+            "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    def create_database(self, prefix: str = "koala") -> str:
+        """A new empty database; its URL."""
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
+def _env(password: str) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PGPASSWORD": password}
