@@ -94,7 +94,9 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres", host: str | None = None) -> str:
-        return f"postgresql://{SUPERUSER}:{self.password}@{host or self.listen}:{self.port}/{database}"
+        """`host`: one of the listen addresses (the first by default)."""
+        host = host or self.listen.split(",")[0]
+        return f"postgresql://{SUPERUSER}:{self.password}@{host}:{self.port}/{database}"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser (through the socket directory) and return its unaligned output."""
@@ -104,11 +106,11 @@ class PostgresServer:
         )  # fmt: skip
         return done.stdout.strip()
 
-    def create_database(self, prefix: str = "koala") -> str:
-        """A new empty database; its URL."""
+    def create_database(self, prefix: str = "koala", host: str | None = None) -> str:
+        """A new empty database; its URL (through `host`)."""
         name = f"{prefix}_{secrets.token_hex(4)}"
         self.psql(f"CREATE DATABASE {name}")
-        return self.url(name)
+        return self.url(name, host)
 
 
 def _env(password: str) -> dict[str, str]:

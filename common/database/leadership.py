@@ -6,9 +6,11 @@ the session ends (process killed, connection cut), PostgreSQL releases the lock 
 through it.
 
 A killed process's session ends at once (the kernel closes its socket). A process cut off from the database
-leaves a half-open session behind; the session settings below make the server probe its client and drop it
-after ~LEASE_SECONDS, and the holder checks its session every HEARTBEAT_SECONDS and gives up leadership when
-it has not reached the server for LEASE_SECONDS - whichever side notices first, the other follows.
+leaves a half-open session behind. The holder checks its session every HEARTBEAT_SECONDS and gives up (its
+`on_lost`) when it has not reached the server for LEASE_SECONDS; the session settings below make the server
+probe the silent client and drop the session, releasing the lock, a little later (~5 s), so the deposed
+leader has stopped before another process can take over. A leader that is merely slow (a loaded machine) is not
+dropped: the kernel answers the server's probes, and its next heartbeat gets a full second.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from common.database.postgres import connect
 
 log = logging.getLogger("koala.leadership")
 HEARTBEAT_SECONDS = 1.0
-LEASE_SECONDS = 4.0  # a leader that has not reached the database for this long stops
+LEASE_SECONDS = 3.0  # a leader that has not reached the database for this long stops
 POLL_SECONDS = 0.5  # how often a standby tries the lock
-# The server drops a silent client after idle 1 s + 2 probes 1 s apart, or 3 s of unacknowledged data.
+# The server drops a silent client after 2 s idle + 3 probes 1 s apart, or 5 s of unacknowledged data.
 _SESSION = {
-    "tcp_keepalives_idle": "1",
+    "tcp_keepalives_idle": "2",
     "tcp_keepalives_interval": "1",
-    "tcp_keepalives_count": "2",
-    "tcp_user_timeout": "3000",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "5000",
     "application_name": "koala-leader",
 }
 
@@ -86,7 +88,9 @@ class Leadership:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                async with asyncio.timeout(max(0.1, self.last_contact + LEASE_SECONDS - time.monotonic())):
+                async with asyncio.timeout(
+                    max(HEARTBEAT_SECONDS, self.last_contact + LEASE_SECONDS - time.monotonic())
+                ):
                     async with self.lock:
                         held = await self.conn.fetchval(
                             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid ="
@@ -95,7 +99,9 @@ class Leadership:
                         )
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 if time.monotonic() - self.last_contact >= LEASE_SECONDS:
-                    on_lost(f"no contact with the database for {LEASE_SECONDS:.0f} s ({err or 'timeout'})")
+                    on_lost(
+                        f"no contact with the database for {LEASE_SECONDS:.0f} s ({str(err) or type(err).__name__})"
+                    )
                     return
                 continue
             if not held:

@@ -14,48 +14,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from common.config import parse_conf, render_conf
 from tests.clc.compute_cloud import registered_image, wait_state
 from tests.clc.ec2_helpers import REGION, Creds, client, ec2_url, sigv4
-from tests.harness import Cloud, ServiceProcess, free_port
+from tests.clc.second_clc import SecondClc, health
+from tests.harness import Cloud
 from tests.waiting import wait_for
 
 LAUNCHES = 100
 KILL_AFTER = 20  # acknowledged launches before the active CLC is killed
 CLC = {"KOALA_CC_POLL_SECONDS": 1}
 NC = {"MAX_CORES": 128, "MAX_MEM": 65536, "MAX_DISK": 1000}
-
-
-class SecondClc(ServiceProcess):
-    """Another CLC process of the cloud on the same database: same identity, own port, state directory and log."""
-
-    role = "clc"
-
-    def __init__(self, cloud: Cloud, name: str):
-        self.cloud, self.id, self.port = cloud, "clc", free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        state = cloud.dir / "data" / name
-        state.mkdir(parents=True, exist_ok=True)
-        base = {key: s.value for key, s in parse_conf(cloud.aio.conf_path("clc").read_text()).items()}
-        values = {**base, "KOALA_CLC_PORT": self.port, "KOALA_STATE_DIR": state, "KOALA_CLC_PUBLIC_URL": self.url}
-        self.conf_path = cloud.dir / "conf" / f"{name}.conf"
-        self.conf_path.write_text(render_conf(values, f"Koala standby CLC {name}, written by the test harness."))
-        self.log_path = cloud.dir / "logs" / f"{name}.log"
-        self.process = None
-
-    def start_standing_by(self, timeout: float = 60.0) -> None:
-        self.spawn()
-        wait_for(lambda: health(self.url) == 503, timeout, what=lambda: f"a standby CLC: {self.log()[-2000:]}")
-
-
-def health(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return None
 
 
 @pytest.fixture(scope="module")
