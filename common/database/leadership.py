@@ -44,7 +44,7 @@ class Leadership:
         self.conn, self.key = conn, key
         self.lock = asyncio.Lock()  # guards the session: the database's writes and the heartbeat
         self.last_contact = time.monotonic()
-        self._watch: asyncio.Task | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._released = False
 
     @classmethod

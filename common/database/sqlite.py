@@ -53,7 +53,7 @@ class SqliteDatabase(Database):
         await asyncio.to_thread(_create_private, path)
         conn = await open_db(path, migrations)
         # Autocommit, explicit BEGIN in transaction(). sqlite3 objects belong to aiosqlite's thread: set it there.
-        await conn._execute(setattr, conn._conn, "isolation_level", None)
+        await conn._execute(setattr, conn._conn, "isolation_level", None)  # type: ignore[no-untyped-call]
         return cls(conn, path)
 
     async def close(self) -> None:
