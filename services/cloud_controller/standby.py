@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from common.database.leadership import Leadership
 from common.http_site import HttpSite
 
 if TYPE_CHECKING:
@@ -56,6 +55,8 @@ def standby_app(render: Callable[[int, str, str], tuple[bytes, str]]) -> web.App
 async def start_when_leader(clc: CloudControllerService) -> web.AppRunner:
     """Answer 503 on the CLC's port until this process holds the leadership; then start the CLC on the lock's
     session and put it on the port in the standby's place (the port is closed for the few milliseconds between)."""
+    from common.database.leadership import Leadership  # asyncpg: only where PostgreSQL is configured
+
     standby = web.AppRunner(standby_app(clc.render_http_error), access_log=None, shutdown_timeout=1)
     await standby.setup()
     await HttpSite(standby, clc.listen_hosts(), clc.config.port, clc.guard).start()
