@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -92,8 +92,7 @@ class FaultProxy:
             self.mode = mode
             self._release.clear()
 
-        self._loop.call_soon_threadsafe(apply)
-        time.sleep(0.05)
+        self._apply(apply)
 
     def release(self) -> None:
         """Let held requests answer, and forward everything from now on."""
@@ -103,8 +102,15 @@ class FaultProxy:
             self.mode = "pass"
             self._release.set()
 
-        self._loop.call_soon_threadsafe(apply)
-        time.sleep(0.05)
+        self._apply(apply)
+
+    def _apply(self, change: Callable[[], None]) -> None:
+        """Make `change` in the proxy's loop and return once it is made (requests see it from then on)."""
+
+        async def apply() -> None:
+            change()
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
     def close(self) -> None:
         async def stop() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,7 @@ from tests.clc.compute_cloud import bundle_and_upload, wait_state, wait_zone_rea
 from tests.clc.ec2_helpers import admin_creds, client, stop_clean
 from tests.harness import Cloud
 from tests.network.topology import Topology, sh
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.netns,
@@ -102,14 +102,10 @@ def test_guest_gets_dhcp_metadata_and_its_elastic_ip(stack: tuple[Cloud, Topolog
     topo.spawn("g1", "serve", "g1", "80", "22")
     public_ip = ec2.allocate_address()["PublicIp"]
     ec2.associate_address(InstanceId=instance_id, PublicIp=public_ip)
-    deadline = time.monotonic() + 10
-    while topo.connect("out", public_ip, 80) != "10.99.0.2 g1" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: topo.connect("out", public_ip, 80) == "10.99.0.2 g1", 10, 0.1, "the elastic IP answering")
     assert topo.connect("out", public_ip, 80) == "10.99.0.2 g1"
     assert topo.connect("out", public_ip, 22) == "TIMEOUT"
     ec2.revoke_security_group_ingress(GroupName="web", IpProtocol="tcp", FromPort=80, ToPort=80, CidrIp="0.0.0.0/0")
-    deadline = time.monotonic() + 10
-    while topo.connect("out", public_ip, 80) != "TIMEOUT" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: topo.connect("out", public_ip, 80) == "TIMEOUT", 10, 0.1, "the revoked port closed")
     assert topo.connect("out", public_ip, 80) == "TIMEOUT"
     ec2.terminate_instances(InstanceIds=[instance_id])
