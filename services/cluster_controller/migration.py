@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+import aiosqlite
 from pydantic import BaseModel
 
 from common.backoff import Backoff
@@ -78,9 +79,13 @@ class Migrations:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.db = cluster.store.db
         self.by_instance: dict[str, Migration] = {}
         self.maintenance: dict[str, float] = {}  # node url -> since
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The cluster's database, read when used: building the cluster touches no database (bench/cc_bench.py)."""
+        return self.cluster.store.db
 
     # --- persistence --------------------------------------------------------------------------------------------
     async def _save(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
