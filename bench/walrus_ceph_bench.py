@@ -5,11 +5,18 @@ bench's temporary directory, so both stores end on the same disk). Then, one aft
 once, so they do not share the 2 cores):
 - Walrus with KOALA_WALRUS_STORAGE=local (the embedded default, the baseline);
 - Walrus with KOALA_WALRUS_STORAGE=rados (object data in the pool, metadata in its own database);
-- two rados Walruses at once (each its own namespace), clients split between them: the aggregate.
+- two rados Walruses at once (each its own namespace), clients split between them: the aggregate;
+- Ceph's own S3 front end, the RADOS Gateway (Debian's radosgw, one process on the same cluster): the other
+  way to Ceph the issue names, measured to choose between them.
 
 Figures: 1 MiB PUT and GET MiB/s (16 in flight), 64 KiB GET requests/s (data in RADOS), 4 KiB GET requests/s
 (wrk, 16 connections; objects up to 32 KiB live in the metadata database on both stores). Each figure is the
 best of a few rounds.
+
+Why librados and not RGW behind Walrus: Walrus must keep its own S3 semantics (accounts from the CLC, ACLs,
+policies, versions, Object Lock, bundled images); behind RGW it would be a second S3 server proxying to a first,
+every byte crossing two HTTP hops. librados gives it the objects directly. The radosgw figures show what Ceph's
+own S3 server does on the same cluster (its small GETs under wrk stall on delayed ACKs: read them with care).
 
 Usage: .venv/bin/python bench/walrus_ceph_bench.py [--quick]
 """
@@ -41,18 +48,12 @@ CONCURRENCY = 16
 
 
 class Front:
-    """One Walrus process and a presigning client for it."""
+    """An S3 endpoint with a bucket `bench` and a presigning client for it."""
 
-    def __init__(self, work: Path, name: str, settings: dict[str, str]):
-        credentials = work / f"{name}-credentials.json"
-        write_credentials(credentials)
-        extra = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), "KOALA_LOG_LEVEL": "WARNING", **settings}
-        self.cloud = Cloud(work / name, roles=("walrus",), extra={"walrus": extra})
-        self.cloud.start()
-        access, secret, _, _ = USERS["alice"]
+    def __init__(self, url: str, access: str, secret: str):
         self.s3 = boto3.client(
             "s3",
-            endpoint_url=self.cloud.url("walrus"),
+            endpoint_url=url,
             aws_access_key_id=access,
             aws_secret_access_key=secret,
             region_name="us-east-1",
@@ -62,6 +63,22 @@ class Front:
 
     def presign(self, method: str, key: str) -> str:
         return self.s3.generate_presigned_url(method, Params={"Bucket": "bench", "Key": key}, ExpiresIn=3600)
+
+    def stop(self) -> None:
+        return None
+
+
+class WalrusFront(Front):
+    """One Walrus process."""
+
+    def __init__(self, work: Path, name: str, settings: dict[str, str]):
+        credentials = work / f"{name}-credentials.json"
+        write_credentials(credentials)
+        extra = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), "KOALA_LOG_LEVEL": "WARNING", **settings}
+        self.cloud = Cloud(work / name, roles=("walrus",), extra={"walrus": extra})
+        self.cloud.start()
+        access, secret, _, _ = USERS["alice"]
+        super().__init__(self.cloud.url("walrus"), access, secret)
 
     def stop(self) -> None:
         self.cloud.stop()
@@ -121,22 +138,24 @@ def main() -> int:
     results: dict[str, object] = {"ceph": {"objectstore": "bluestore on a file", "start_seconds": round(ceph_start, 1)}}
     try:
         cluster.create_pool(WALRUS_POOL, "rados", pgs=32)
-        front = Front(work, "local", {})
+        front = WalrusFront(work, "local", {})
         try:
             local = measure([front], rounds, count_1m, seconds)
         finally:
             front.stop()
-        front = Front(work, "rados", walrus_rados_settings(cluster, "bench-one"))
+        front = WalrusFront(work, "rados", walrus_rados_settings(cluster, "bench-one"))
         try:
             rados_one = measure([front], rounds, count_1m, seconds)
         finally:
             front.stop()
-        fronts = [Front(work, f"rados{i}", walrus_rados_settings(cluster, f"bench-two-{i}")) for i in range(2)]
+        fronts = [WalrusFront(work, f"rados{i}", walrus_rados_settings(cluster, f"bench-two-{i}")) for i in range(2)]
         try:
             rados_two = measure(fronts, rounds, count_1m, seconds)
         finally:
             for front in fronts:
                 front.stop()
+        rgw_url = cluster.start_rgw(die_with_parent)
+        rgw = measure([Front(rgw_url, *cluster.rgw_user("bench"))], rounds, count_1m, seconds)
     finally:
         cluster.stop()
 
@@ -146,6 +165,7 @@ def main() -> int:
     results["local_one_front_end"] = local
     results["rados_one_front_end"] = rados_one
     results["rados_two_front_ends"] = rados_two
+    results["radosgw_one_front_end"] = rgw
     results["ratios"] = {
         "rados_vs_local_get_4KiB": ratio(rados_one["get_4KiB_requests_per_s"], local["get_4KiB_requests_per_s"]),
         "rados_vs_local_get_64KiB": ratio(rados_one["get_64KiB_requests_per_s"], local["get_64KiB_requests_per_s"]),
@@ -153,6 +173,7 @@ def main() -> int:
         "rados_vs_local_get_1MiB": ratio(rados_one["get_1MiB_MiB_per_s"], local["get_1MiB_MiB_per_s"]),
         "two_vs_one_front_end_put_1MiB": ratio(rados_two["put_1MiB_MiB_per_s"], rados_one["put_1MiB_MiB_per_s"]),
         "two_vs_one_front_end_get_1MiB": ratio(rados_two["get_1MiB_MiB_per_s"], rados_one["get_1MiB_MiB_per_s"]),
+        "walrus_rados_vs_radosgw": {name: ratio(rados_one[name], rgw[name]) for name in rados_one if rgw.get(name)},
     }
     results["targets"] = {
         "get_4KiB": "rados >= 0.5 x local (one front end)",
