@@ -19,6 +19,7 @@ from services.cloud_controller.config import CloudControllerConfig
 from services.cloud_controller.database import Database, open_clc_database
 from services.cloud_controller.ebs.engine import Ebs
 from services.cloud_controller.ec2 import xml as ec2_xml
+from services.cloud_controller.ec2.auth import Credential
 from services.cloud_controller.ec2.frontend import Frontend
 from services.cloud_controller.identity import admin_rpc as identity_admin_rpc
 from services.cloud_controller.identity import bootstrap
@@ -66,7 +67,7 @@ class CloudControllerService(Service):
             return await start_when_leader(self)
         return await super().start()
 
-    async def _lookup_access_key(self, access_key_id: str):
+    async def _lookup_access_key(self, access_key_id: str) -> Credential | None:
         return await self.identity_store.lookup(access_key_id)
 
     async def on_start(self) -> None:

@@ -27,7 +27,7 @@ PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp"
 MAX_RULES_PER_REQUEST = 100
 
 
-async def _target(ctx: Context, params: dict[str, Any]) -> dict:
+async def _target(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     name, group_id = params.get("GroupName"), params.get("GroupId")
     if not name and not group_id:
         raise missing("GroupName")
@@ -76,7 +76,7 @@ def _cidr(value: str) -> str:
         raise invalid("CidrIp", value, "An IPv4 CIDR block is expected.") from None
 
 
-async def _source_group(ctx: Context, pair: dict[str, Any]) -> dict:
+async def _source_group(ctx: Context, pair: dict[str, Any]) -> dict[str, Any]:
     group_id, name, owner = pair.get("GroupId"), pair.get("GroupName"), pair.get("UserId") or ctx.owner_id
     store = ctx.compute.security_groups
     if group_id:
@@ -127,7 +127,7 @@ async def rules_from(ctx: Context, params: dict[str, Any]) -> list[Rule]:
             )
     if not permissions:
         raise missing("IpPermissions")
-    found: dict[tuple, Rule] = {}
+    found: dict[tuple[Any, ...], Rule] = {}
     for permission in permissions:
         if permission.get("IpProtocol") is None:
             raise missing("IpPermissions.N.IpProtocol")

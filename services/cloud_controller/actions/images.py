@@ -42,7 +42,7 @@ async def _admin_account(ctx: Context) -> str:
     return await ctx.clc.identity_store.admin_account_id() or ""
 
 
-def image_dict(image: Image, admin_account: str, tag_list: list | None) -> dict[str, Any]:
+def image_dict(image: Image, admin_account: str, tag_list: list[dict[str, str]] | None) -> dict[str, Any]:
     return {
         "ImageId": image.image_id,
         "ImageLocation": image.location,

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from botocore.model import Shape
+
 from services.cloud_controller.actions import Context, action, spot, tags
 from services.cloud_controller.actions.launch import launch_access
 from services.cloud_controller.compute.attributes import product_codes
@@ -29,7 +31,7 @@ def compute(ctx: Context) -> Compute:
     return ctx.clc.compute
 
 
-def _ids(params: dict, key: str = "InstanceIds") -> list[str]:
+def _ids(params: dict[str, Any], key: str = "InstanceIds") -> list[str]:
     values = params.get(key) or []
     if len(values) > MAX_IDS:
         raise invalid(key, f"{len(values)} ids", f"At most {MAX_IDS} ids per request.")
@@ -41,7 +43,10 @@ def state(instance: Instance) -> dict[str, Any]:
 
 
 def instance_dict(
-    instance: Instance, reservation: Reservation | None, tag_list: list | None, codes: list[str] | None = None
+    instance: Instance,
+    reservation: Reservation | None,
+    tag_list: list[dict[str, str]] | None,
+    codes: list[str] | None = None,
 ) -> dict[str, Any]:
     groups_ = _groups(reservation)
     public = instance.public_ip
@@ -103,7 +108,7 @@ def _groups(reservation: Reservation | None) -> list[dict[str, str]]:
     return [{"GroupName": name, "GroupId": gid} for name, gid in zip(reservation.groups, ids, strict=False)]
 
 
-def reservation_dict(reservation: Reservation, instances: list[dict]) -> dict[str, Any]:
+def reservation_dict(reservation: Reservation, instances: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "ReservationId": reservation.reservation_id,
         "OwnerId": reservation.owner_id,
@@ -193,7 +198,7 @@ def _decode_token(token: str) -> str:
     return key
 
 
-def _page(items: list[Instance], params: dict, max_allowed: int = 1000) -> tuple[list[Instance], str | None]:
+def _page(items: list[Instance], params: dict[str, Any], max_allowed: int = 1000) -> tuple[list[Instance], str | None]:
     """Sort by launch order and cut one page; EC2's MaxResults is 5..1000 and cannot go with InstanceIds."""
     max_results, token = params.get("MaxResults"), params.get("NextToken")
     items.sort(key=_page_key)
@@ -316,7 +321,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
     tagged = await _tagged(ctx, ids, filters)
     # Select, read the page's tags, select again: the last selection and the rendering below share one
     # synchronous stretch. Each round reads only the tags of instances not read before, so it ends.
-    tag_sets: dict[str, list] = {}
+    tag_sets: dict[str, list[dict[str, str]]] = {}
     read: set[str] = set()
     while True:
         page, next_token = _page(_select(ctx, ids, filters, tagged), params)
@@ -325,7 +330,7 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
             break
         tag_sets.update(await ctx.compute.tags.tags_for(unread))
         read.update(unread)
-    reservations: dict[str, tuple[Reservation, list]] = {}
+    reservations: dict[str, tuple[Reservation, list[Any]]] = {}
     lease_of = leases_of(engine)
     for instance in page:
         reservation = engine.store.reservations.get(instance.reservation_id)
@@ -348,18 +353,21 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
 
 # The serialized XML of each instance, reused while nothing it shows has changed: serializing ten thousand
 # instances from the model on every DescribeInstances would take most of a second.
-_XML_CACHE: dict[str, tuple[tuple, xml.Prebuilt]] = {}
+_XML_CACHE: dict[str, tuple[tuple[Any, ...], xml.Prebuilt]] = {}
 
 
-def _instance_shape():
-    shape = model.operation("DescribeInstances").output_shape.members["Reservations"].member
+def _instance_shape() -> Shape:
+    operation = model.operation("DescribeInstances")
+    if operation is None:  # botocore's EC2 model has it
+        raise RuntimeError("DescribeInstances is missing from botocore's EC2 model")
+    shape = operation.output_shape.members["Reservations"].member
     return shape.members["Instances"].member
 
 
 def _cached_xml(
     instance: Instance,
     reservation: Reservation,
-    tag_list: list | None,
+    tag_list: list[dict[str, str]] | None,
     codes: list[str] | None = None,
     lease: str = "",
 ) -> xml.Prebuilt:

@@ -54,7 +54,8 @@ def imported_fingerprint(public_key: Any) -> str:
 
 
 def openssh_line(public_key: Any) -> str:
-    return public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    line: bytes = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode()
 
 
 def parse_public_key(material: bytes) -> Any:
@@ -102,7 +103,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-async def _store(ctx: Context, name: str, fingerprint: str, key_type: str, public: str, params: dict) -> str:
+async def _store(ctx: Context, name: str, fingerprint: str, key_type: str, public: str, params: dict[str, Any]) -> str:
     tag_list = tags.tag_specifications(params, "key-pair")
     pairs = tags.check_tags(tag_list)
     return await ctx.compute.key_pairs.create(ctx.owner_id, name, fingerprint, key_type, public, pairs)

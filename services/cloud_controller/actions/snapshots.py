@@ -15,7 +15,7 @@ from services.cloud_controller.ec2.filters import Filters
 MAX_PERMISSIONS = 100
 
 
-def snapshot_dict(snapshot: Snapshot, tag_list: list | None = None) -> dict[str, Any]:
+def snapshot_dict(snapshot: Snapshot, tag_list: list[dict[str, str]] | None = None) -> dict[str, Any]:
     return {
         "SnapshotId": snapshot.snapshot_id,
         "VolumeId": snapshot.volume_id,
@@ -107,7 +107,7 @@ async def describe_snapshots(ctx: Context, params: dict[str, Any]) -> dict[str, 
 
 
 def _attribute(params: dict[str, Any]) -> str:
-    attribute = params["Attribute"]
+    attribute = str(params["Attribute"])
     if attribute not in ("createVolumePermission", "productCodes"):
         raise invalid("Attribute", attribute, "createVolumePermission or productCodes.")
     return attribute

@@ -12,12 +12,13 @@ from typing import Any
 
 from services.cloud_controller.actions import Context, action
 from services.cloud_controller.actions.instances import compute
+from services.cloud_controller.compute.store import Instance
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 
 MAX_IDS = 1000
 
 
-def _instances(ctx: Context, params: dict[str, Any]) -> list:
+def _instances(ctx: Context, params: dict[str, Any]) -> list[Instance]:
     ids = list(dict.fromkeys(params.get("InstanceIds") or []))
     if not ids:
         raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")

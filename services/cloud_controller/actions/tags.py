@@ -41,9 +41,9 @@ def check_tags(tag_list: list[dict[str, Any]], for_delete: bool = False) -> list
     return pairs
 
 
-def tag_specifications(params: dict[str, Any], type_name: str) -> list[dict]:
+def tag_specifications(params: dict[str, Any], type_name: str) -> list[dict[str, Any]]:
     """The tags of `TagSpecifications` for `type_name` (others are an error, as EC2 answers)."""
-    tag_list: list[dict] = []
+    tag_list: list[dict[str, Any]] = []
     for spec in params.get("TagSpecifications") or []:
         if spec.get("ResourceType") != type_name:
             raise Ec2Error(
@@ -143,6 +143,6 @@ def _decode_token(token: str | None) -> tuple[str, str]:
     return resource_id, key
 
 
-async def tag_created(ctx: Context, type_name: str, resource_ids: list[str], tag_list: list[dict]) -> None:
+async def tag_created(ctx: Context, type_name: str, resource_ids: list[str], tag_list: list[dict[str, Any]]) -> None:
     """TagSpecifications' tags (from `tag_specifications`) on resources the action has just created."""
     await ctx.compute.tags.put(ctx.owner_id, [(rid, type_name) for rid in resource_ids], check_tags(tag_list))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.ebs.engine import Ebs
@@ -22,14 +22,19 @@ def ebs(ctx: Context) -> Ebs:
     return ctx.clc.ebs
 
 
-def id_list(params: dict, key: str) -> list[str]:
+T = TypeVar("T")
+
+
+def id_list(params: dict[str, Any], key: str) -> list[str]:
     values = params.get(key) or []
     if len(values) > MAX_IDS:
         raise invalid(key, f"{len(values)} ids", f"At most {MAX_IDS} ids per request.")
     return list(dict.fromkeys(values))
 
 
-def page(items: list, key: Callable[[Any], str], params: dict, ids_param: str, most: int) -> tuple[list, str | None]:
+def page(
+    items: list[T], key: Callable[[T], str], params: dict[str, Any], ids_param: str, most: int
+) -> tuple[list[T], str | None]:
     """Sort by `key` and cut one page: MaxResults (5..most) and NextToken, never together with explicit ids."""
     max_results, token = params.get("MaxResults"), params.get("NextToken")
     items = sorted(items, key=key)
@@ -69,7 +74,7 @@ def attachment_dict(volume: Volume) -> dict[str, Any]:
     }
 
 
-def volume_dict(volume: Volume, tag_list: list | None = None) -> dict[str, Any]:
+def volume_dict(volume: Volume, tag_list: list[dict[str, str]] | None = None) -> dict[str, Any]:
     return {
         "VolumeId": volume.volume_id,
         "Size": volume.size_gb,
@@ -101,7 +106,7 @@ VOLUME_FILTERS: dict[str, Callable[[Volume], Any]] = {
 }
 
 
-async def select(ctx: Context, params: dict, allowed: set[str]) -> list[Volume]:
+async def select(ctx: Context, params: dict[str, Any], allowed: set[str]) -> list[Volume]:
     engine = ebs(ctx)
     wanted = id_list(params, "VolumeIds")
     filters = Filters.parse(params.get("Filters"), allowed, tags=True)

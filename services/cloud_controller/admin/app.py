@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
 from multidict import MultiDictProxy
 
 from common.messages.identity import Principal
@@ -82,7 +83,9 @@ class Page:
     admin: Admin
     request: web.Request
     session: Session
-    form: MultiDictProxy = field(default_factory=lambda: MultiDictProxy(__import__("multidict").MultiDict()))
+    form: MultiDictProxy[str | bytes | bytearray | FileField] = field(
+        default_factory=lambda: MultiDictProxy(__import__("multidict").MultiDict())
+    )
 
     @property
     def service(self) -> CloudControllerService:
@@ -140,7 +143,7 @@ class Admin:
         self.env.globals["nav"] = NAV
         self.env.filters["when"] = _when
         self.css = (importlib.resources.files(__package__) / "static" / "admin.css").read_bytes()
-        self.routes: list[tuple[str, str, Callable]] = []
+        self.routes: list[tuple[str, str, Callable[..., Any]]] = []
 
     # --- wiring -----------------------------------------------------------------------------------------
     def install(self, app: web.Application) -> None:
@@ -165,7 +168,7 @@ class Admin:
         self.routes.append(("POST", path, self._wrap(handler, back)))
 
     # --- rendering --------------------------------------------------------------------------------------
-    def render(self, template: str, status: int = 200, session: Session | None = None, **context: Any):
+    def render(self, template: str, status: int = 200, session: Session | None = None, **context: Any) -> web.Response:
         if session is not None:
             context.setdefault("flashes", session.take_flashes())
             context.setdefault("csrf", session.csrf)
@@ -182,7 +185,9 @@ class Admin:
         return web.Response(body=self.css, content_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     # --- the page wrapper -------------------------------------------------------------------------------
-    def _wrap(self, handler: Handler, back: str | Callable[[Page], str] | None):
+    def _wrap(
+        self, handler: Handler, back: str | Callable[[Page], str] | None
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def run(request: web.Request) -> web.StreamResponse:
             session = self.sessions.get(request.cookies.get(COOKIE))
             if session is None:

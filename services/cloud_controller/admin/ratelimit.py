@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FAILURES = 5
@@ -18,7 +19,7 @@ MAX_KEYS = 10000
 
 @dataclass
 class _Record:
-    failures: deque = field(default_factory=deque)
+    failures: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
 
 
@@ -29,7 +30,7 @@ class FailureLimiter:
         address_failures: int = ADDRESS_FAILURES,
         window: float = WINDOW,
         lockout: float = LOCKOUT,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.limits = {"login": failures, "addr": address_failures}
         self.window, self.lockout, self.clock = window, lockout, clock

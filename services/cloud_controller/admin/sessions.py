@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 IDLE = 30 * 60.0
@@ -39,7 +40,7 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, idle: float = IDLE, lifetime: float = LIFETIME, clock=time.monotonic):
+    def __init__(self, idle: float = IDLE, lifetime: float = LIFETIME, clock: Callable[[], float] = time.monotonic):
         self.idle, self.lifetime, self.clock = idle, lifetime, clock
         self._sessions: dict[str, Session] = {}
 

@@ -4,6 +4,8 @@ ResetVmTypes (the admin pages and `koala vm-types`; the rules live in compute/vm
 
 from __future__ import annotations
 
+from typing import Any
+
 from common.messages.images_admin import ImageVisibilityResponse, SetImagePublicRequest
 from common.messages.vmtypes import DeleteVmTypeRequest, SetVmTypeRequest, VmTypesResponse
 from common.rpc import Caller, Empty, RpcError, RpcServer
@@ -44,7 +46,7 @@ def install(rpc: RpcServer, vmtypes: VmTypes, images: Images | None = None) -> N
             raise RpcError(503, "NotReady", "the image registry is not set up")
         try:
             image = images.get(message.image_id)
-            everyone: list[dict] = [{"Group": "all"}]
+            everyone: list[dict[str, Any]] = [{"Group": "all"}]
             add, remove = (everyone, []) if message.public else ([], everyone)
             await images.modify_launch_permission(image, add, remove)
         except ComputeError as err:

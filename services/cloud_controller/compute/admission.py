@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.messages.cc_nc import VmType
@@ -64,7 +65,7 @@ class Token:
 
 
 class Admission:
-    def __init__(self, timeout: float = 120.0, clock=time.monotonic):
+    def __init__(self, timeout: float = 120.0, clock: Callable[[], float] = time.monotonic):
         self.zones: dict[str, ZoneCapacity] = {}
         self.tokens: dict[int, Token] = {}
         self.timeout = timeout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import BaseModel
 
 from common.messages.bundle_tasks import BundleTaskRequest, NodeBundleStatus, StartBundleRequest
@@ -31,6 +33,8 @@ from common.messages.network import (
 from common.rpc import RpcClient
 from services.cloud_controller.compute.errors import ComputeError
 
+T = TypeVar("T", bound=BaseModel)
+
 
 class ClusterClient:
     def __init__(self, client: RpcClient, clusters: dict[str, str], timeout: float = 30.0):
@@ -43,7 +47,15 @@ class ClusterClient:
         except KeyError:
             raise ComputeError("InvalidZone.NotFound", f"The zone '{zone}' does not exist") from None
 
-    async def _call(self, zone: str, op: str, msg, response, idempotent: bool, timeout: float | None = None):
+    async def _call(
+        self,
+        zone: str,
+        op: str,
+        msg: BaseModel | None,
+        response: type[T],
+        idempotent: bool,
+        timeout: float | None = None,
+    ) -> T:
         return await self.client.call(
             self.url(zone), op, msg, response, idempotent=idempotent, expect_role="cc", timeout=timeout or self.timeout
         )
@@ -57,7 +69,9 @@ class ClusterClient:
             zone, "TerminateInstances", InstanceIdsRequest(instance_ids=instance_ids), TerminateInstancesResponse, True
         )
 
-    async def suspend_instances(self, zone: str, instance_ids: list[str], resume: bool = False):
+    async def suspend_instances(
+        self, zone: str, instance_ids: list[str], resume: bool = False
+    ) -> SuspendInstancesResponse:
         """SuspendInstances / ResumeInstances: libvirt save or restore of the guests on their nodes."""
         return await self._call(
             zone,
@@ -80,7 +94,9 @@ class ClusterClient:
             True,
         )
 
-    async def describe_resources(self, zone: str, vm_types: list[VmType], timeout: float = 10.0):
+    async def describe_resources(
+        self, zone: str, vm_types: list[VmType], timeout: float = 10.0
+    ) -> DescribeResourcesResponse:
         return await self._call(
             zone,
             "DescribeResources",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from common import ids
 from common.messages.network import (
     AssignAddressRequest,
@@ -44,7 +46,7 @@ class Elastic:
             self.addresses.set_pool(list(pool))
 
     # --- telling the CC ---------------------------------------------------------------------------------
-    async def _cc(self, zone: str, operation: str, message) -> None:
+    async def _cc(self, zone: str, operation: str, message: BaseModel) -> None:
         try:
             await self.compute.cc.address(zone, operation, message)
         except (RpcError, PeerUnreachable) as err:
@@ -90,7 +92,9 @@ class Elastic:
         self.addresses.give_back(address)
         await self.addresses.save(address)
 
-    async def associate(self, principal: Principal, instance_id: str, public_ip: str = "", allocation_id: str = ""):
+    async def associate(
+        self, principal: Principal, instance_id: str, public_ip: str = "", allocation_id: str = ""
+    ) -> Address:
         check_id(instance_id, "i")
         address = self.find(principal, public_ip, allocation_id)
         if address.auto:

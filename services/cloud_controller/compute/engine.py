@@ -106,7 +106,9 @@ class Compute:
 
         self.elastic = Elastic(self)
         self.leases: LeaseScheduler | None = None  # the slot table, set by leases.setup.install
-        self.metadata_extras: list[Callable[[Instance], dict]] = []  # more meta-data entries (spot/instance-action)
+        self.metadata_extras: list[
+            Callable[[Instance], dict[str, Any]]
+        ] = []  # more meta-data entries (spot/instance-action)
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
         self.launcher = Launcher(self)

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from common import ids
 from services.cloud_controller.compute.errors import ComputeError, invalid
@@ -212,7 +212,9 @@ class Images:
             return image.can_launch(account_id)
         return image.is_public or who in image.launch_permissions or image.owner_id == who
 
-    async def modify_launch_permission(self, image: Image, add: list[dict], remove: list[dict]) -> None:
+    async def modify_launch_permission(
+        self, image: Image, add: list[dict[str, Any]], remove: list[dict[str, Any]]
+    ) -> None:
         """`add`/`remove`: items {"UserId": account} or {"Group": "all"}, as EC2's LaunchPermission."""
         for item in add + remove:
             group, user = item.get("Group"), item.get("UserId")

@@ -254,7 +254,7 @@ class Launcher:
                 result.append(candidate)
         return result
 
-    def take_addresses(self, owner: str, count: int, undo: list) -> list[Address]:
+    def take_addresses(self, owner: str, count: int, undo: list[Callable[[], None]]) -> list[Address]:
         if not (self.settings.auto_public_ip and self.addresses.pool):
             return []
         taken: list[Address] = []
@@ -271,7 +271,9 @@ class Launcher:
                 break
         return taken
 
-    def _take_network(self, owner: str, groups: list[str], count: int, undo: list, zone: str) -> list[tuple[int, int]]:
+    def _take_network(
+        self, owner: str, groups: list[str], count: int, undo: list[Callable[[], None]], zone: str
+    ) -> list[tuple[int, int]]:
         if not self.engine.managed(zone):
             return []
         name = Networks.name(owner, groups[0])  # the instance lives in its first group's network

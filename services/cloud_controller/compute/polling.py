@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.messages.network import DescribeNetworksRequest
 from common.rpc import PeerUnreachable, RpcError
@@ -28,8 +28,8 @@ class Poller:
         self.networks = engine.networks
         self.cc = engine.cc
         self.vmtypes = engine.vmtypes
-        self._tasks: list[asyncio.Task] = []
-        self._pollers: dict[str, asyncio.Task] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pollers: dict[str, asyncio.Task[Any]] = {}
         self._polling = True
         self._refresh_pending: set[str] = set()
 

@@ -110,7 +110,7 @@ class SecurityGroups:
         group = await self.find(owner_id, name=name)
         return None if group is None else await self.rules(group["group_id"])
 
-    async def find(self, owner_id: str, name: str | None = None, group_id: str | None = None) -> dict | None:
+    async def find(self, owner_id: str, name: str | None = None, group_id: str | None = None) -> dict[str, Any] | None:
         if group_id:
             row = await self.db.fetchone(
                 "SELECT * FROM security_groups WHERE owner_id = ? AND group_id = ?", (owner_id, group_id.lower())
@@ -125,7 +125,7 @@ class SecurityGroups:
         group = await self.find(owner_id, group_id=group_id)
         return group["name"] if group else None
 
-    async def source(self, group_id: str | None, name: str | None, owner: str) -> dict | None:
+    async def source(self, group_id: str | None, name: str | None, owner: str) -> dict[str, Any] | None:
         """A rule's source group, any account's: by id, or by name and its owner's account id or name."""
         if group_id:
             row = await self.db.fetchone("SELECT * FROM security_groups WHERE group_id = ?", (group_id,))
@@ -137,13 +137,15 @@ class SecurityGroups:
             )
         return dict(row) if row else None
 
-    async def resolve(self, owner_id: str, names: list[str] | None = None, ids: list[str] | None = None) -> list[dict]:
+    async def resolve(
+        self, owner_id: str, names: list[str] | None = None, ids: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         """A launch's groups, [{"group_id", "name", "owner_id"}]: the default group when none are named."""
         names, ids = list(names or []), list(ids or [])
         await self.ensure_default(owner_id)
         if not names and not ids:
             names = [DEFAULT]
-        found: dict[str, dict] = {}
+        found: dict[str, dict[str, Any]] = {}
         for name in names:
             group = await self.find(owner_id, name=name)
             if group is None:
@@ -226,7 +228,7 @@ class SecurityGroups:
         log.info("account %s created security group %s (%s)", owner_id, name, group_id)
         return group_id
 
-    async def delete(self, owner_id: str, group: dict) -> None:
+    async def delete(self, owner_id: str, group: dict[str, Any]) -> None:
         """Delete one of the account's groups (and its tags), unless instances or other groups use it."""
         if group["name"] == DEFAULT:
             raise ComputeError("CannotDelete", "the default security group cannot be deleted")

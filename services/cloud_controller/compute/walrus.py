@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from common.messages.walrus_images import (
     CacheImageRequest,
@@ -27,6 +30,7 @@ _CODES = {
     "AccessDenied": ("AuthFailure", 403),
 }
 
+T = TypeVar("T", bound=BaseModel)
 CertificatesFor = Callable[[str], Awaitable[list[str]]]
 
 
@@ -34,7 +38,7 @@ class WalrusImages:
     def __init__(self, client: RpcClient, url: str, certificates_for: CertificatesFor | None = None):
         self.client, self.url, self.certificates_for = client, url, certificates_for
 
-    async def _call(self, op: str, message, response, timeout: float = 60.0):
+    async def _call(self, op: str, message: BaseModel | None, response: type[T], timeout: float = 60.0) -> T:
         try:
             return await self.client.call(self.url, op, message, response, expect_role="walrus", timeout=timeout)
         except PeerUnreachable as err:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,13 @@ class Ebs:
         self.db, self.compute, self.client, self.settings = db, compute, client, settings
         self.store = EbsStore(db)
         self.zones: dict[str, ZoneStorage] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._loop: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.Task[Any] | None = None
         self._wake = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
-        self.on_forget: list = []  # async listeners of volume and snapshot ids gone for good (their tags)
+        self.on_forget: list[
+            Callable[[list[str]], Awaitable[None]]
+        ] = []  # async listeners of volume and snapshot ids gone for good (their tags)
 
     # --- life ---------------------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -81,11 +84,11 @@ class Ebs:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _background(self, coro, name: str) -> None:
+    def _background(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
 
-        def done(finished: asyncio.Task) -> None:
+        def done(finished: asyncio.Task[Any]) -> None:
             self._tasks.discard(finished)
             if not finished.cancelled() and finished.exception() is not None:
                 log.warning("%s failed: %s", name, finished.exception())

@@ -98,7 +98,7 @@ def _amz_date(request: SignedRequest, query: bool) -> str:
         return request.params.get("X-Amz-Date", "")
     value = request.headers.get("X-Amz-Date")
     if value:
-        return value
+        return str(value)
     date = request.headers.get("Date")
     if date:
         try:

@@ -66,7 +66,7 @@ class Filters:
     tags: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: list[dict] | None, allowed: Iterable[str], tags: bool = True) -> Filters:
+    def parse(cls, raw: list[dict[str, Any]] | None, allowed: Iterable[str], tags: bool = True) -> Filters:
         """Validate names against `allowed` (InvalidParameterValue for others, as EC2 answers)."""
         allowed = set(allowed)
         result = cls()

@@ -68,9 +68,9 @@ def query_name(name: str, shape: Shape) -> str:
     """The parameter name botocore's EC2Serializer uses for a member."""
     serialization = shape.serialization
     if "queryName" in serialization:
-        return serialization["queryName"]
+        return str(serialization["queryName"])
     if "name" in serialization:
-        location = serialization["name"]
+        location = str(serialization["name"])
         return location[0].upper() + location[1:]
     return name
 

@@ -4,7 +4,10 @@ Secrets appear only in the answers to the admin who asked, never in logs."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from common.messages.identity import Principal
 from common.messages.identity_admin import (
@@ -40,8 +43,8 @@ def install(rpc: RpcServer, store: IdentityStore, clc: CloudControllerService) -
             raise RpcError(404, "NoSuchEntity", f"no user {ref.user!r} in account {ref.account!r}")
         return found
 
-    def guard(handler):
-        async def run(message: Any, caller: Caller) -> Any:
+    def guard(handler: Callable[[Any], Awaitable[BaseModel]]) -> Callable[[Any, Caller], Awaitable[BaseModel]]:
+        async def run(message: Any, caller: Caller) -> BaseModel:
             try:
                 return await handler(message)
             except IdentityError as err:

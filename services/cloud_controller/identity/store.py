@@ -15,6 +15,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -54,7 +55,7 @@ _PRINCIPAL_SQL = (
 )
 
 
-def _principal(row) -> Principal:
+def _principal(row: Row) -> Principal:
     return Principal(
         account_id=row["account_id"],
         account_name=row["account_name"],
@@ -117,7 +118,7 @@ class IdentityStore:
         row = await self.db.fetchone("SELECT account_id FROM accounts WHERE name = ?", (ADMIN_ACCOUNT,))
         return row["account_id"] if row else None
 
-    async def accounts(self) -> list[dict]:
+    async def accounts(self) -> list[dict[str, Any]]:
         rows = await self.db.fetchall("SELECT * FROM accounts ORDER BY name")
         return [dict(row) for row in rows]
 
@@ -246,7 +247,7 @@ class IdentityStore:
         log.info("issued certificate %s for user %s", pki.fingerprint(cert)[:16], user_id)
         return cert_pem, key_pem.decode()
 
-    async def certificates(self, user_id: str) -> list[dict]:
+    async def certificates(self, user_id: str) -> list[dict[str, Any]]:
         rows = await self.db.fetchall(
             "SELECT certificate_id, active, created_at FROM certificates WHERE user_id = ? ORDER BY created_at",
             (user_id,),
@@ -279,7 +280,7 @@ class IdentityStore:
         return bool(row["active"]) and principal.enabled, principal
 
 
-async def _row(conn: Transaction, sql: str, args: tuple) -> Row | None:
+async def _row(conn: Transaction, sql: str, args: tuple[Any, ...]) -> Row | None:
     async with conn.execute(sql, args) as cursor:
         return await cursor.fetchone()
 

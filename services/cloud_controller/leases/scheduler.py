@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,16 +64,21 @@ class Claim:
 
 class LeaseScheduler:
     def __init__(
-        self, compute: Compute, store: LeaseStore, tick: float = 1.0, clock=time.time, spot_notice: float = 120.0
+        self,
+        compute: Compute,
+        store: LeaseStore,
+        tick: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        spot_notice: float = 120.0,
     ):
         self.compute, self.store, self.tick_seconds, self.clock = compute, store, tick, clock
         self.nodes: dict[str, dict[str, Res]] = {}  # zone -> node id -> capacity
         self.nodes_at: dict[str, float] = {}
         self.claims: dict[int, Claim] = {}  # admission token id -> claim
         self.changes = 0  # bumped at every change of a reservation (the cached tables' key)
-        self._tables: dict[str, tuple[tuple, SlotTable, set[str]]] = {}
-        self._forever: dict[str, tuple[tuple, float, dict[str, Res]]] = {}
-        self._task: asyncio.Task | None = None
+        self._tables: dict[str, tuple[tuple[Any, ...], SlotTable, set[str]]] = {}
+        self._forever: dict[str, tuple[tuple[Any, ...], float, dict[str, Res]]] = {}
+        self._task: asyncio.Task[Any] | None = None
         self._wake = asyncio.Event()
         self.spot = SpotQueue(self, notice=spot_notice)  # best-effort leases (spot requests)
 
@@ -224,7 +230,7 @@ class LeaseScheduler:
         platform: str,
         tenancy: str = "default",
         client_token: str = "",
-        tags: list[dict] | None = None,
+        tags: list[dict[str, Any]] | None = None,
     ) -> CapacityReservation:
         if client_token:
             if len(client_token) > 64:

@@ -65,7 +65,7 @@ class SpotQueue:
         self._launching: set[str] = set()
         self._making_room: dict[str, int] = {}  # zones where an on-demand launch is preempting spot leases
 
-    def metadata(self, instance: Instance) -> dict:
+    def metadata(self, instance: Instance) -> dict[str, Any]:
         """The instance's `spot/` meta-data: `instance-action` (and `termination-time` for a termination) once a
         preemption notice is given; nothing otherwise (EC2 answers 404 then)."""
         lease = self.store.lease_of.get(instance.instance_id, "")
@@ -95,7 +95,7 @@ class SpotQueue:
     async def request(
         self,
         owner: Owner,
-        spec: dict,
+        spec: dict[str, Any],
         count: int,
         kind: str,
         interruption: str,
@@ -431,10 +431,10 @@ class SpotQueue:
         await self.store.save_spot(*(r for r, _, _ in launches))  # written before the launches (and their tokens)
         # Requests of one account with the same launch specification in one zone go in one RunInstances (the
         # queue's nodes as placement hints), so a queue drains at the pace of the CC's batch launches.
-        groups: dict[tuple, list[tuple[SpotRequest, list[str]]]] = {}
+        groups: dict[tuple[Any, ...], list[tuple[SpotRequest, list[str]]]] = {}
         for request, zone, nodes in launches:
             if request.state == "disabled":
-                key: tuple = ("resume", request.request_id)
+                key: tuple[Any, ...] = ("resume", request.request_id)
             else:
                 key = (zone, request.owner_id, json.dumps(request.spec, sort_keys=True))
             groups.setdefault(key, []).append((request, nodes))

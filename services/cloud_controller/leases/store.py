@@ -8,7 +8,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.database import Database, open_database, upsert
 
@@ -38,7 +38,7 @@ class CapacityReservation:
     tenancy: str = "default"
     client_token: str = ""
     nodes: list[str] = field(default_factory=list)
-    tags: list[dict] = field(default_factory=list)
+    tags: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def end(self) -> float:
@@ -59,7 +59,7 @@ class SpotRequest:
     status_code: str
     status_time: float
     interruption: str  # terminate | stop | hibernate
-    spec: dict
+    spec: dict[str, Any]
     create_time: float
     user_id: str = ""
     status_message: str = ""
@@ -123,20 +123,20 @@ class LeaseStore:
         )
         self.preemptions = [Preemption(*row) for row in reversed(list(rows))]
 
-    async def _write(self, statements: list[tuple[str, tuple]]) -> None:
+    async def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
         async with self.db.transaction() as tx:
             for sql, args in statements:
                 await tx.execute(sql, args)
 
     @staticmethod
-    def _cr_row(cr: CapacityReservation) -> tuple[str, tuple]:
+    def _cr_row(cr: CapacityReservation) -> tuple[str, tuple[Any, ...]]:
         values = [getattr(cr, c) for c in _CR_COLUMNS]
         values[_CR_COLUMNS.index("nodes")] = json.dumps(cr.nodes)
         values[_CR_COLUMNS.index("tags")] = json.dumps(cr.tags)
         return upsert("capacity_reservations", _CR_COLUMNS, ["reservation_id"]), tuple(values)
 
     @staticmethod
-    def _spot_row(request: SpotRequest) -> tuple[str, tuple]:
+    def _spot_row(request: SpotRequest) -> tuple[str, tuple[Any, ...]]:
         values = [getattr(request, c) for c in _SPOT_COLUMNS]
         values[_SPOT_COLUMNS.index("spec")] = json.dumps(request.spec)
         return upsert("spot_requests", _SPOT_COLUMNS, ["request_id"]), tuple(values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.cloud_controller.admin.app import Admin
 from services.cloud_controller.admin.pages import (
     accounts,
     clusters,
@@ -17,6 +18,6 @@ from services.cloud_controller.admin.pages import (
 MODULES = [dashboard, accounts, clusters, vmtypes, images, instances, volumes, network, leases]
 
 
-def register_all(admin) -> None:
+def register_all(admin: Admin) -> None:
     for module in MODULES:
         module.register(admin)

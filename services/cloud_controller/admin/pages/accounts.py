@@ -9,7 +9,9 @@ import re
 from aiohttp import web
 
 from common import pki
+from common.messages.identity import Principal
 from services.cloud_controller.admin.app import Admin, Failure, Page
+from services.cloud_controller.identity.store import IdentityStore
 
 BACK = "/admin/accounts"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -22,7 +24,7 @@ def _account_back(page: Page) -> str:
     return BACK
 
 
-async def _user(page: Page):
+async def _user(page: Page) -> tuple[IdentityStore, Principal]:
     store = page.service.identity_store
     principal = await store.principal(page.field("user_id", 64))
     if principal is None:
@@ -30,7 +32,7 @@ async def _user(page: Page):
     return store, principal
 
 
-async def list_accounts(page: Page):
+async def list_accounts(page: Page) -> web.StreamResponse:
     store = page.service.identity_store
     accounts = await store.accounts()
     for account in accounts:
@@ -38,7 +40,7 @@ async def list_accounts(page: Page):
     return page.render("accounts.html", accounts=accounts)
 
 
-async def show_account(page: Page):
+async def show_account(page: Page) -> web.StreamResponse:
     store = page.service.identity_store
     account_id = page.request.match_info["account_id"]
     account = next((a for a in await store.accounts() if a["account_id"] == account_id), None)
@@ -56,21 +58,21 @@ async def show_account(page: Page):
     return page.render("account.html", account=account, users=users)
 
 
-async def create_account(page: Page):
+async def create_account(page: Page) -> web.StreamResponse:
     store = page.service.identity_store
     admin = await store.create_account(page.field("name", 64))
     page.flash("ok", f"Account {admin.account_name} ({admin.account_id}) was created with its user {admin.user_name}.")
     return page.redirect(f"{BACK}/{admin.account_id}")
 
 
-async def create_user(page: Page):
+async def create_user(page: Page) -> web.StreamResponse:
     store = page.service.identity_store
     user = await store.create_user(page.field("account_id", 12), page.field("name", 64))
     page.flash("ok", f"User {user.user_name} was created; give it an access key or its credentials below.")
     return page.redirect(f"{BACK}/{user.account_id}")
 
 
-async def set_user_enabled(page: Page):
+async def set_user_enabled(page: Page) -> web.StreamResponse:
     store, user = await _user(page)
     enabled = page.field("enabled", 1) == "1"
     await store.set_user_enabled(user.user_id, enabled)
@@ -78,14 +80,14 @@ async def set_user_enabled(page: Page):
     return page.redirect(f"{BACK}/{user.account_id}")
 
 
-async def create_key(page: Page):
+async def create_key(page: Page) -> web.StreamResponse:
     store, user = await _user(page)
     access_key, secret = await store.create_access_key(user.user_id)
     # Rendered here and nowhere else: the secret is not kept in the session or shown again.
     return page.render("key_created.html", user=user, access_key=access_key, secret=secret)
 
 
-async def _key_owner(page: Page):
+async def _key_owner(page: Page) -> tuple[IdentityStore, Principal, str]:
     store, user = await _user(page)
     key_id = page.field("access_key_id", 64)
     if key_id not in {k.access_key_id for k in await store.access_keys(user.user_id)}:
@@ -93,7 +95,7 @@ async def _key_owner(page: Page):
     return store, user, key_id
 
 
-async def set_key_enabled(page: Page):
+async def set_key_enabled(page: Page) -> web.StreamResponse:
     store, user, key_id = await _key_owner(page)
     enabled = page.field("enabled", 1) == "1"
     await store.set_access_key_enabled(key_id, enabled)
@@ -101,14 +103,14 @@ async def set_key_enabled(page: Page):
     return page.redirect(f"{BACK}/{user.account_id}")
 
 
-async def delete_key(page: Page):
+async def delete_key(page: Page) -> web.StreamResponse:
     store, user, key_id = await _key_owner(page)
     await store.delete_access_key(key_id)
     page.flash("ok", f"Access key {key_id} was deleted.")
     return page.redirect(f"{BACK}/{user.account_id}")
 
 
-async def credentials(page: Page):
+async def credentials(page: Page) -> web.StreamResponse:
     """The user's credentials zip (eucarc + PEMs): its first enabled access key (or a new one), a new certificate."""
     from services.cloud_controller.identity.bootstrap import user_credentials
 

@@ -4,8 +4,9 @@ registry and its rules are the CC's; these pages call its signed internal operat
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from common.messages.clc_cc import DeregisterNodeRequest, DescribeNodesResponse, RegisterNodeRequest
@@ -32,7 +33,7 @@ def _url(service: CloudControllerService, zone: str) -> str:
     return url
 
 
-async def _nodes(service: CloudControllerService, zone: str, url: str) -> dict:
+async def _nodes(service: CloudControllerService, zone: str, url: str) -> dict[str, Any]:
     try:
         answer = await service.client.call(
             url, "DescribeNodes", None, DescribeNodesResponse, timeout=TIMEOUT, idempotent=True, expect_role="cc"
@@ -44,13 +45,13 @@ async def _nodes(service: CloudControllerService, zone: str, url: str) -> dict:
     return {"zone": zone, "url": url, "error": "", "nodes": answer.nodes, "policy": answer.policy}
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     clusters = page.service.clusters.zones
     found = await asyncio.gather(*(_nodes(page.service, zone, url) for zone, url in sorted(clusters.items())))
     return page.render("clusters.html", clusters=found)
 
 
-async def register_node(page: Page):
+async def register_node(page: Page) -> web.StreamResponse:
     zone = page.field("zone", 64)
     request = RegisterNodeRequest(node=page.field("node", 300), mac=page.field("mac", 17, required=False))
     await page.service.client.call(_url(page.service, zone), "RegisterNode", request, _Answer, expect_role="cc")
@@ -58,7 +59,7 @@ async def register_node(page: Page):
     return page.redirect(BACK)
 
 
-async def deregister_node(page: Page):
+async def deregister_node(page: Page) -> web.StreamResponse:
     zone = page.field("zone", 64)
     request = DeregisterNodeRequest(node=page.field("node", 300))
     await page.service.client.call(_url(page.service, zone), "DeregisterNode", request, _Answer, expect_role="cc")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from aiohttp import web
+
 from services.cloud_controller.admin.app import Admin, Page
 from services.cloud_controller.admin.pages import health
 
 STATES = ("pending", "running", "shutting-down", "terminated")
 
 
-async def dashboard(page: Page):
+async def dashboard(page: Page) -> web.StreamResponse:
     service = page.service
     services = await health.report(service)
     engine = service.compute
@@ -39,7 +41,7 @@ async def dashboard(page: Page):
     return page.render("dashboard.html", services=services, zones=zones, counts=counts)
 
 
-async def account(page: Page):
+async def account(page: Page) -> web.StreamResponse:
     return page.render("password.html")
 
 

@@ -3,18 +3,20 @@ permission, DeregisterImage) as the cloud administrator."""
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from services.cloud_controller.admin.app import Admin, Page
 
 BACK = "/admin/images"
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     registry = page.service.compute.images
     principal = await page.principal()
     return page.render("images.html", images=registry.visible(principal.account_id, True))
 
 
-async def visibility(page: Page):
+async def visibility(page: Page) -> web.StreamResponse:
     registry = page.service.compute.images
     principal = await page.principal()
     image = registry.owned(page.field("image_id", 32), principal.account_id, True)
@@ -25,7 +27,7 @@ async def visibility(page: Page):
     return page.redirect(BACK)
 
 
-async def deregister(page: Page):
+async def deregister(page: Page) -> web.StreamResponse:
     registry = page.service.compute.images
     principal = await page.principal()
     image_id = page.field("image_id", 32)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import base64
 import binascii
 
+from aiohttp import web
+
 from services.cloud_controller.admin.app import Admin, Failure, Page
+from services.cloud_controller.compute.store import Instance
 
 BACK = "/admin/instances"
 FILTERS = ("state", "zone", "owner", "vm_type", "node", "q")
 MAX_ROWS = 500
 
 
-def _matches(instance, wanted: dict[str, str]) -> bool:
+def _matches(instance: Instance, wanted: dict[str, str]) -> bool:
     checks = {
         "state": instance.state,
         "zone": instance.zone,
@@ -33,7 +36,7 @@ def _matches(instance, wanted: dict[str, str]) -> bool:
     return True
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     wanted = {name: page.request.query.get(name, "").strip()[:64] for name in FILTERS}
     everything = sorted(engine.store.instances.values(), key=lambda i: (-i.launch_time, i.instance_id))
@@ -53,7 +56,7 @@ async def show(page: Page):
     )
 
 
-async def console(page: Page):
+async def console(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     instance_id = page.request.match_info["instance_id"]
     instance, output = await engine.console_output(await page.principal(), instance_id)
@@ -64,7 +67,7 @@ async def console(page: Page):
     return page.render("console.html", instance=instance, output=text)
 
 
-async def terminate(page: Page):
+async def terminate(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     chosen = [value for value in page.form.getall("instance_id", []) if isinstance(value, str)]
     if not chosen:

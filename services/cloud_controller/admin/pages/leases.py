@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
 
 from services.cloud_controller.admin.app import Admin, Page
+from services.cloud_controller.leases.scheduler import LeaseScheduler
 from services.cloud_controller.leases.slottable import INF
 
 HORIZON = 24 * 3600.0  # the chart shows at least the next day, and up to the last reservation's end
@@ -34,7 +38,7 @@ def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp))
 
 
-def chart(scheduler, zone: str, now: float) -> dict:
+def chart(scheduler: LeaseScheduler, zone: str, now: float) -> dict[str, Any]:
     table = scheduler.table(zone, now)
     ends = [cr.end for cr in scheduler.live_reservations(zone) if cr.end != INF]
     horizon = min(max([HORIZON, *(e - now for e in ends)]), MAX_HORIZON)
@@ -76,7 +80,7 @@ def chart(scheduler, zone: str, now: float) -> dict:
     }
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     engine, scheduler = page.service.compute, page.service.leases
     now = time.time()
     charts = [chart(scheduler, zone, now) for zone in sorted(engine.cc.clusters)]

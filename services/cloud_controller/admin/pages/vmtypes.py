@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from aiohttp import web
 
 from services.cloud_controller.admin.app import Admin, Page
+from services.cloud_controller.compute.engine import Compute
 
 BACK = "/admin/vmtypes"
-_refreshes: set[asyncio.Task] = set()
+_refreshes: set[asyncio.Task[Any]] = set()
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     return page.render("vmtypes.html", types=engine.vmtypes.list())
 
 
-def _refresh(engine) -> None:
+def _refresh(engine: Compute) -> None:
     """Capacity per type changed: ask the CCs again in the background, so the dashboard shows it soon."""
     task = asyncio.create_task(engine.poller.refresh_capacity())
     _refreshes.add(task)
     task.add_done_callback(_refreshes.discard)
 
 
-async def save(page: Page):
+async def save(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     name = page.field("name", 40)
     vm = await engine.vmtypes.set(
@@ -36,7 +40,7 @@ async def save(page: Page):
     return page.redirect(BACK)
 
 
-async def delete(page: Page):
+async def delete(page: Page) -> web.StreamResponse:
     engine = page.service.compute
     name = page.field("name", 40)
     await engine.vmtypes.delete(name)

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from services.cloud_controller.admin.app import Admin, Failure, Page
+from services.cloud_controller.ebs.engine import Ebs
+from services.cloud_controller.ebs.store import Volume
 
 BACK = "/admin/volumes"
 
@@ -20,7 +24,7 @@ class Owner:
     is_admin: bool = True
 
 
-async def show(page: Page):
+async def show(page: Page) -> web.StreamResponse:
     engine = page.service.ebs
     zones = sorted(page.service.compute.cc.clusters)
     storage = [(zone, engine.zone_capacity(zone), engine.zone_allocated(zone)) for zone in zones]
@@ -29,7 +33,7 @@ async def show(page: Page):
     return page.render("volumes.html", storage=storage, volumes=volumes, snapshots=snapshots)
 
 
-def _volume(page: Page):
+def _volume(page: Page) -> tuple[Ebs, Volume]:
     engine = page.service.ebs
     volume = engine.store.volumes.get(page.field("volume_id", 20).lower())
     if volume is None:
@@ -37,21 +41,21 @@ def _volume(page: Page):
     return engine, volume
 
 
-async def detach(page: Page):
+async def detach(page: Page) -> web.StreamResponse:
     engine, volume = _volume(page)
     await engine.detach(Owner(volume.owner_id), volume.volume_id, force=True)
     page.flash("ok", f"Volume {volume.volume_id} is being detached from {volume.instance_id or 'its instance'}.")
     return page.redirect(BACK)
 
 
-async def delete(page: Page):
+async def delete(page: Page) -> web.StreamResponse:
     engine, volume = _volume(page)
     await engine.delete_volume(Owner(volume.owner_id), volume.volume_id)
     page.flash("ok", f"Volume {volume.volume_id} is being deleted.")
     return page.redirect(BACK)
 
 
-async def delete_snapshot(page: Page):
+async def delete_snapshot(page: Page) -> web.StreamResponse:
     engine = page.service.ebs
     snapshot = engine.store.snapshots.get(page.field("snapshot_id", 20).lower())
     if snapshot is None:
