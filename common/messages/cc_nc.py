@@ -86,6 +86,28 @@ class InstanceInfo(BaseModel):
     updated_at: float = 0.0
 
 
+MAX_RUN_BATCH = 100  # RunInstance requests in one RunInstances call
+
+
+class RunInstancesRequest(BaseModel):
+    """Several RunInstance requests to one node in one call (the CC coalesces what it sends to a node at once)."""
+
+    instances: list[RunInstanceRequest] = Field(min_length=1, max_length=MAX_RUN_BATCH)
+
+
+class RunInstanceResult(BaseModel):
+    """One request's answer: its InstanceInfo, or the error RunInstance would have answered (status, code)."""
+
+    info: InstanceInfo | None = None
+    status: int = 0
+    code: str = ""
+    message: str = ""
+
+
+class RunInstancesResponse(BaseModel):
+    results: list[RunInstanceResult]  # in the order of the request
+
+
 class InstanceIdRequest(BaseModel):
     instance_id: str
 

@@ -22,6 +22,7 @@ from common.messages.migration import (
 )
 from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import Empty, RpcClient
+from services.cluster_controller.run_batches import RunBatches
 
 BundleOperation = Literal["BundleInstance", "DescribeBundleTask", "CancelBundleTask"]
 NC_ROLE = "nc"
@@ -43,6 +44,7 @@ class NcClient:
 
     def __init__(self, client: RpcClient, timeout: float, run_timeout: float):
         self.client, self.timeout, self.run_timeout = client, timeout, run_timeout
+        self.run_batches = RunBatches(self._run_one, self._run_many)  # RunInstance calls to a node coalesced
 
     async def node_id(self, url: str) -> str:
         """The node's service id, from its verified certificate (fetched once per node)."""
@@ -66,8 +68,18 @@ class NcClient:
         return answer.instances
 
     async def run_instance(self, url: str, request: cc_nc.RunInstanceRequest) -> NcAnswer:
+        """RunInstance, sent with the others made to the same node at the same moment (run_batches.py)."""
+        info = await self.run_batches.run(url, request)
+        return NcAnswer(state=info.state, detail=info.detail, reason=info.reason)
+
+    async def _run_one(self, url: str, request: cc_nc.RunInstanceRequest) -> cc_nc.InstanceInfo:
         return await self.client.call(
-            url, "RunInstance", request, NcAnswer, timeout=self.run_timeout, expect_role=NC_ROLE
+            url, "RunInstance", request, cc_nc.InstanceInfo, timeout=self.run_timeout, expect_role=NC_ROLE
+        )
+
+    async def _run_many(self, url: str, batch: cc_nc.RunInstancesRequest) -> cc_nc.RunInstancesResponse:
+        return await self.client.call(
+            url, "RunInstances", batch, cc_nc.RunInstancesResponse, timeout=self.run_timeout, expect_role=NC_ROLE
         )
 
     async def start_network(self, url: str, vlan: int, bridge: str) -> None:

@@ -28,6 +28,9 @@ from common.messages.cc_nc import (
     InstanceIdRequest,
     InstanceInfo,
     RunInstanceRequest,
+    RunInstanceResult,
+    RunInstancesRequest,
+    RunInstancesResponse,
     StartNetworkRequest,
 )
 from common.messages.migration import (
@@ -74,6 +77,7 @@ class NodeControllerService(Service):
         self._starting: asyncio.Task[None] | None = None
         add = self.rpc.add
         add("RunInstance", self._run_instance, CC, RunInstanceRequest)
+        add("RunInstances", self._run_instances, CC, RunInstancesRequest)
         add("TerminateInstance", self._terminate_instance, CC, InstanceIdRequest)
         add("DescribeInstances", self._describe_instances, CC_ADMIN, DescribeInstancesRequest)
         add("DescribeResource", self._describe_resource, CC_ADMIN)
@@ -215,6 +219,16 @@ class NodeControllerService(Service):
         if self.node_network is not None:  # the guest's bridge (and VLAN device) exists and is named
             request = await network.prepare_run(self.node_network, request)
         return await self._manager.run(request)
+
+    async def _run_instances(self, batch: RunInstancesRequest, caller: Caller) -> RunInstancesResponse:
+        """RunInstance for each request in turn; each gets its own answer or error, as if sent alone."""
+        results = []
+        for request in batch.instances:
+            try:
+                results.append(RunInstanceResult(info=await self._run_instance(request, caller)))
+            except RpcError as err:
+                results.append(RunInstanceResult(status=err.status, code=err.code, message=err.message))
+        return RunInstancesResponse(results=results)
 
     async def _terminate_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
         return await self._manager.terminate(request.instance_id)

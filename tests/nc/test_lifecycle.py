@@ -7,7 +7,15 @@ import subprocess
 
 import pytest
 
-from common.messages.cc_nc import ConsoleOutputResponse, InstanceIdRequest, InstanceInfo, RunInstanceRequest
+from common.messages.cc_nc import (
+    ConsoleOutputResponse,
+    ImageRef,
+    InstanceIdRequest,
+    InstanceInfo,
+    RunInstanceRequest,
+    RunInstancesRequest,
+    RunInstancesResponse,
+)
 from common.rpc import RpcError
 from tests.nc.conftest import SMALL, NcEnv
 from tests.waiting import wait_for
@@ -216,3 +224,39 @@ def test_bad_requests_are_clear_errors(nc: NcEnv) -> None:
         nc.admin.call(nc.url, "RunInstance", request, InstanceInfo)
     assert err.value.status == 403
     assert "i-80000004" not in nc.describe()
+
+
+def test_run_instances_answers_each_request(nc: NcEnv) -> None:
+    """RunInstances (the CC's coalesced RunInstance calls): each request is run as if alone, with its own answer
+    or error, in order."""
+    manifest = nc.image("batch")
+
+    def request(instance_id: str, **fields) -> RunInstanceRequest:
+        return RunInstanceRequest(
+            instance_id=instance_id, reservation_id=fields.pop("reservation_id", "r-0000b001"), owner_id="000000000042",
+            image=ImageRef(id="emi-0000b001", manifest=manifest), vm_type=SMALL, **fields,
+        )  # fmt: skip
+
+    batch = RunInstancesRequest(
+        instances=[
+            request("i-b0000001"),
+            request("i-b0000002", user_data="not base64!"),
+            request("i-b0000003"),
+            request("i-b0000001", reservation_id="r-0000b002"),  # the same id for another reservation
+        ]
+    )
+    answer = nc.cc.call(nc.url, "RunInstances", batch, RunInstancesResponse)
+    assert [(r.info.state if r.info else None, r.status, r.code) for r in answer.results] == [
+        ("Pending", 0, ""),
+        (None, 400, "InvalidUserData.Malformed"),
+        ("Pending", 0, ""),
+        (None, 409, "InstanceIdInUse"),
+    ]
+    for instance_id in ("i-b0000001", "i-b0000003"):
+        nc.wait_state(instance_id, "Extant")
+        nc.terminate(instance_id)
+    assert "i-b0000002" not in nc.describe()
+    with pytest.raises(RpcError) as too_many:  # the batch size is bounded
+        unchecked = RunInstancesRequest.model_construct(instances=[request(f"i-b1{n:06x}") for n in range(101)])
+        nc.cc.call(nc.url, "RunInstances", unchecked, RunInstancesResponse)
+    assert too_many.value.status == 400

@@ -1,0 +1,416 @@
+"""Control-plane scale (issue 24): 10,000 instances on libvirt's test driver (no guest work, so every second is the
+control plane's), sent through boto3 as ten RunInstances of 1,000, JSON on stdout.
+
+Scenarios, each a whole cloud of real processes (CLC, Walrus, CCs, NCs) on free loopback ports:
+- `nodes`: 1 CC and 4 NC processes (the issue's measurement of the tree it started from). Run on a temporary
+  `git worktree` of `--baseline` (cb9775d) and on this tree in the same run: the speed-up is this tree's.
+- `fleet`: 1 CLC, 4 CCs and 1,000 simulated nodes (4 `koala nc-fleet` processes of 250 real NC identities): this
+  tree only (the baseline has no fleet). A batch goes to the zones in turn.
+
+Measured per scenario: the time to accept each RunInstances; for each thousand the time from its request to its
+last instance `running` and the marginal time (its completion minus the previous one's: flat when the next
+thousand costs the same however many run); when half and all are running; DescribeInstances of everything
+(round trip of a raw signed request, no client parsing, so it is the CLC's time plus the transfer) now and then
+during the launch and at 10,000; the time to terminate everything; each process's CPU seconds and memory (RSS at
+10,000 instances and after they ended). Progress is polled with DescribeInstances filtered on pending (cheap);
+the full listing at the end proves every instance running. Before the timing, one instance runs and ends on
+every node (`warm_up`): the image is in every node's cache, as in the issue's measurement of a warm cloud.
+
+    .venv/bin/python bench/scale_bench.py [--instances 10000] [--batch 1000] [--baseline cb9775d]
+        [--scenarios baseline,nodes,fleet] [--fleet-nodes 1000] [--ccs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+API_VERSION = "2016-11-15"
+_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+_STATE = re.compile(rb"<instanceState>\s*<code>\d+</code>\s*<name>([a-z-]+)</name>")
+
+
+# --- measuring ------------------------------------------------------------------------------------------------
+def process_stats(pid: int) -> dict[str, float]:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    return {"cpu_s": round(sum(int(v) for v in stat[11:15]) / TICK, 2), "rss_mb": round(rss / 1024, 1)}
+
+
+class Ec2Raw:
+    """Signed EC2 Query requests sent as they are (SigV4 by botocore), the answer's bytes not parsed by a model."""
+
+    def __init__(self, url: str, access_key: str, secret_key: str, region: str):
+        from botocore.credentials import Credentials
+
+        self.url, self.region = url, region
+        self.credentials = Credentials(access_key, secret_key)
+
+    def call(self, params: dict[str, str], timeout: float = 120) -> tuple[bytes, float]:
+        from urllib.parse import urlencode
+
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        body = urlencode({"Version": API_VERSION, **params})
+        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+        request = AWSRequest(method="POST", url=self.url, data=body, headers=headers)
+        SigV4Auth(self.credentials, "ec2", self.region).add_auth(request)
+        prepared = urllib.request.Request(self.url, data=body.encode(), headers=dict(request.headers), method="POST")
+        started = time.monotonic()
+        with urllib.request.urlopen(prepared, timeout=timeout) as response:
+            data = response.read()
+        return data, time.monotonic() - started
+
+    def states(self, filters: dict[str, str] | None = None) -> tuple[dict[str, str], float]:
+        params = {"Action": "DescribeInstances"}
+        for n, (name, value) in enumerate((filters or {}).items(), start=1):
+            params[f"Filter.{n}.Name"], params[f"Filter.{n}.Value.1"] = name, value
+        data, took = self.call(params)
+        ids, states = _ID.findall(data), _STATE.findall(data)
+        assert len(ids) == len(states), "unexpected DescribeInstances layout"
+        return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "median": round(statistics.median(ordered) * 1000, 1),
+        "p90": round(ordered[int(0.9 * (len(ordered) - 1))] * 1000, 1),
+        "max": round(ordered[-1] * 1000, 1),
+    }
+
+
+# --- the clouds -----------------------------------------------------------------------------------------------
+class World:
+    """A cloud of real processes; `pids` names every process measured."""
+
+    def __init__(self, base: Path, scenario: str, instances: int, ccs: int, fleet_nodes: int):
+        from tests.harness import Cloud, free_port
+        from tests.nc.support import node_file
+
+        self.zones: list[str] = ["zone1"]
+        self.node_count = 4 if scenario == "nodes" else fleet_nodes
+        cc_settings = {"NC_POLLING_FREQUENCY": 30, "KOALA_PEER_POLL_SECONDS": 30}
+        nc_settings = {
+            "HYPERVISOR": "test",
+            "KOALA_PEER_POLL_SECONDS": 30,
+            "KOALA_NC_MONITOR_SECONDS": 5,
+            "SWAP_SIZE": 64,
+            "KOALA_NC_FORGET_SECONDS": 600,
+        }
+        if scenario == "nodes":
+            per_node = -(-instances // 4)
+            ports = {f"n{i}": free_port() for i in range(4)}
+            nodes = " ".join(f"127.0.0.1:{p}" for p in ports.values())
+            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra={"cc": {"NODES": nodes, **cc_settings}})
+            self.members = []
+            for name, port in ports.items():
+                data_dir = self.cloud.dir / "data" / f"nc-{name}"
+                data_dir.mkdir(parents=True, exist_ok=True)
+                uri = node_file(data_dir / "node.xml", cpus=per_node, memory_gib=512)
+                limits = {"MAX_CORES": per_node, "MAX_MEM": per_node * 128, "MAX_DISK": per_node * 2}
+                node = self.cloud.add_node(name, port, {**nc_settings, "KOALA_LIBVIRT_URI": uri, **limits})
+                self.members.append(node)
+            self.cloud.start()
+            for node in self.members:
+                node.start()
+        else:
+            from tests.fleet import ClusterProcess, NodeFleet, fleet_ports
+
+            per_zone = fleet_nodes // ccs
+            # Batches go to the zones in turn, so some zones get one more: 30 % more room than instances.
+            cores = -(-instances * 13 // (fleet_nodes * 10))
+            ports = [fleet_ports(per_zone) for _ in range(ccs)]
+            entries = [" ".join(f"127.0.0.1:{p}" for p in zone_ports) for zone_ports in ports]
+            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra={"cc": {"NODES": entries[0], **cc_settings}})
+            self.cloud.start()
+            self.members = []
+            cc_urls = [self.cloud.url("cc")]
+            for index in range(1, ccs):
+                cc = ClusterProcess(self.cloud, f"zone{index + 1}", entries[index], cc_settings)
+                self.cloud.extra_nodes.append(cc)
+                cc.start()
+                cc.register()
+                self.members.append(cc)
+                self.zones.append(cc.zone)
+                cc_urls.append(cc.url)
+            limits = {"MAX_MEM": cores * 128, "MAX_DISK": cores * 2, **nc_settings}
+            for index in range(ccs):
+                fleet = NodeFleet(
+                    self.cloud, f"z{index + 1}", ports[index], cc_urls[index], cores, extra=limits, log_level="WARNING"
+                )
+                self.cloud.extra_nodes.append(fleet)
+                fleet.start(timeout=900)
+                self.members.append(fleet)
+
+    def pids(self) -> dict[str, int]:
+        found = {role: p.pid for role, p in self.cloud.processes.items()}
+        for member in self.members:
+            if member.process is not None:
+                found[member.id] = member.process.pid
+        return found
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        return {name: process_stats(pid) for name, pid in self.pids().items()}
+
+    def stop(self) -> None:
+        self.cloud.stop()
+
+
+def wait_zones(ec2, zones: list[str], wanted: int, timeout: float = 600) -> None:
+    """Until the zones together offer `wanted` m1.small (every node has reported its capacity)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+        free = sum(int(r["State"].split()[0]) for r in rows if r["ZoneName"] == "|- m1.small")
+        if free >= wanted:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the zones offer {free} m1.small, not {wanted}, after {timeout} s")
+        time.sleep(1)
+
+
+def warm_up(ec2, raw: Ec2Raw, image: str, world: World) -> None:
+    """One instance on every node (ROUNDROBIN), run and ended, before anything is timed: each node's first
+    launch of an image downloads it and prepares its disk templates, work a real node does once, in parallel
+    with the others, that a machine simulating 1,000 of them would otherwise do all at once inside the timing."""
+    per_zone = world.node_count // len(world.zones)
+    ids: list[str] = []
+    for zone in world.zones:
+        answer = ec2.run_instances(ImageId=image, MinCount=per_zone, MaxCount=per_zone, InstanceType="m1.small",
+                                   Placement={"AvailabilityZone": zone})  # fmt: skip
+        ids += [i["InstanceId"] for i in answer["Instances"]]
+    for wanted, absent in (("running", None), ("terminated", "terminated")):
+        deadline = time.monotonic() + 900
+        while True:
+            states, _ = raw.states()
+            if all(states.get(i, absent) == wanted for i in ids):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"warm-up: not all {wanted} after 900 s")
+            time.sleep(1)
+        if wanted == "running":
+            for start in range(0, len(ids), 500):
+                ec2.terminate_instances(InstanceIds=ids[start : start + 500])
+
+
+def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: int) -> dict:
+    from tests.clc.compute_cloud import bundle_and_upload
+    from tests.clc.ec2_helpers import REGION, admin_creds, client, ec2_url
+
+    base = Path(tempfile.mkdtemp(prefix=f"scale-{scenario}-"))
+    began_setup = time.monotonic()
+    world = World(base / "cloud", scenario, instances, ccs, fleet_nodes)
+    try:
+        cloud = world.cloud
+        creds = admin_creds(cloud)
+        ec2 = client(cloud, creds)
+        location = bundle_and_upload(cloud, base / "image", "scale", "scale-bucket")
+        image = ec2.register_image(ImageLocation=location, Name="scale")["ImageId"]
+        wait_zones(ec2, world.zones, instances)
+        raw = Ec2Raw(ec2_url(cloud), creds.access_key, creds.secret_key, REGION)
+        warm_up(ec2, raw, image, world)
+        wait_zones(ec2, world.zones, instances)
+        setup_s = time.monotonic() - began_setup
+        before = world.stats()
+
+        batches: list[dict] = []
+        launched: dict[str, int] = {}  # instance id -> batch index
+        pending_polls: list[float] = []
+        full_polls: list[tuple[float, float, int]] = []  # (when, seconds, how many listed)
+        done_at: dict[int, float] = {}
+        running_count = [0]
+        stop = threading.Event()
+        began = time.monotonic()
+
+        def poll() -> None:
+            last_full = 0.0
+            while not stop.is_set():
+                try:
+                    pending, took = raw.states({"instance-state-name": "pending"})
+                    pending_polls.append(took)
+                    now = time.monotonic()
+                    known = dict(launched)
+                    waiting = {known[i] for i in pending if i in known}
+                    for index in {b for b in known.values()} - waiting - set(done_at):
+                        if batches[index].get("accepted_at") is not None:
+                            done_at[index] = now - began
+                    running_count[0] = len(known) - len(pending)
+                    if now - last_full >= 5.0:
+                        listed, took = raw.states()
+                        full_polls.append((now - began, took, len(listed)))
+                        last_full = time.monotonic()
+                except Exception as err:  # a poll may time out on a loaded machine: the next one counts
+                    print(f"poll failed: {err}", file=sys.stderr)
+                stop.wait(0.5)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        for index in range(instances // batch):
+            zone = world.zones[index % len(world.zones)]
+            entry: dict = {"zone": zone, "sent_at": round(time.monotonic() - began, 2)}
+            batches.append(entry)
+            started = time.monotonic()
+            answer = ec2.run_instances(
+                ImageId=image,
+                MinCount=batch,
+                MaxCount=batch,
+                InstanceType="m1.small",
+                Placement={"AvailabilityZone": zone},
+            )
+            entry["accept_s"] = round(time.monotonic() - started, 2)
+            for instance in answer["Instances"]:
+                launched[instance["InstanceId"]] = index
+            entry["accepted_at"] = round(time.monotonic() - began, 2)
+        total = len(launched)
+        deadline = time.monotonic() + 1800
+        half_at = None
+        while len(done_at) < len(batches) and time.monotonic() < deadline:
+            if half_at is None and running_count[0] >= total // 2:
+                half_at = time.monotonic() - began
+            time.sleep(0.2)
+        stop.set()
+        poller.join()
+        listed, describe_at_full = raw.states()
+        all_running_s = max(done_at.values()) if len(done_at) == len(batches) else None
+        running = sum(1 for i in launched if listed.get(i) == "running")
+        at_full = world.stats()
+        describe_full = [raw.states()[1] for _ in range(5)]
+
+        previous = 0.0
+        for index, entry in enumerate(batches):
+            finished = done_at.get(index)
+            entry["all_running_at"] = round(finished, 2) if finished is not None else None
+            entry["request_to_running_s"] = round(finished - entry["sent_at"], 2) if finished is not None else None
+            entry["marginal_s"] = round(finished - previous, 2) if finished is not None else None
+            previous = finished if finished is not None else previous
+
+        began_end = time.monotonic()
+        ids = list(launched)
+        for start in range(0, len(ids), 500):  # a request carries at most 1,000 parameters
+            ec2.terminate_instances(InstanceIds=ids[start : start + 500])
+        accepted_end = time.monotonic() - began_end
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            listed_end, _ = raw.states()
+            if all(listed_end.get(i, "terminated") == "terminated" for i in ids):
+                break
+            time.sleep(1)
+        terminate_s = time.monotonic() - began_end
+        time.sleep(10)  # the CC keeps ended instances a moment (KOALA_TEARDOWN_RETENTION): memory after that
+        after = world.stats()
+
+        return {
+            "scenario": scenario,
+            "zones": len(world.zones),
+            "nodes": fleet_nodes if scenario == "fleet" else 4,
+            "instances": total,
+            "running_at_end": running,
+            "setup_s": round(setup_s, 1),
+            "accept_all_requests_s": round(sum(b["accept_s"] for b in batches), 2),
+            "half_running_s": round(half_at, 2) if half_at is not None else None,
+            "all_running_s": round(all_running_s, 2) if all_running_s is not None else None,
+            "first_thousand_marginal_s": batches[0]["marginal_s"],
+            "last_thousand_marginal_s": batches[-1]["marginal_s"],
+            "batches": batches,
+            "describe_pending_ms": percentiles(pending_polls),
+            "describe_all_during_launch_ms": percentiles([took for _, took, _ in full_polls]),
+            "describe_all_during_launch": [
+                {"at_s": round(when, 1), "ms": round(took * 1000, 1), "listed": n} for when, took, n in full_polls
+            ],
+            "describe_all_at_full_ms": percentiles([describe_at_full, *describe_full]),
+            "terminate_requests_s": round(accepted_end, 2),
+            "terminate_all_s": round(terminate_s, 2),
+            "cpu_s_during_run": {
+                name: round(at_full[name]["cpu_s"] - before[name]["cpu_s"], 1) for name in at_full if name in before
+            },
+            "rss_mb_idle": {name: s["rss_mb"] for name, s in before.items()},
+            "rss_mb_at_full": {name: s["rss_mb"] for name, s in at_full.items()},
+            "rss_mb_after_end": {name: s["rss_mb"] for name, s in after.items()},
+        }
+    finally:
+        world.stop()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# --- driver ---------------------------------------------------------------------------------------------------
+def run_child(tree: Path, scenario: str, args: argparse.Namespace) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), "--scenario", scenario,
+            "--instances", str(args.instances), "--batch", str(args.batch), "--ccs", str(args.ccs),
+            "--fleet-nodes", str(args.fleet_nodes)]  # fmt: skip
+    print(f"scale_bench: {scenario} in {tree} ...", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tree)},  # the services the child spawns run that tree's code
+        cwd=tree,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{scenario} in {tree} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--ccs", type=int, default=4)
+    parser.add_argument("--fleet-nodes", type=int, default=1000)
+    parser.add_argument("--baseline", default="cb9775d")
+    parser.add_argument("--scenarios", default="baseline,nodes,fleet")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, args.child)
+        print(json.dumps(measure(args.scenario, args.instances, args.batch, args.ccs, args.fleet_nodes)))
+        return
+    wanted = args.scenarios.split(",")
+    result: dict = {"benchmark": "control_plane_scale", "instances": args.instances, "batch": args.batch}
+    if "baseline" in wanted:
+        with tempfile.TemporaryDirectory(prefix="scale-baseline-") as scratch:
+            base = Path(scratch) / "tree"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.baseline], check=True
+            )
+            try:
+                result["baseline_nodes"] = {"commit": args.baseline, **run_child(base, "nodes", args)}
+            finally:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    if "nodes" in wanted:
+        result["this_tree_nodes"] = run_child(ROOT, "nodes", args)
+    if "fleet" in wanted:
+        result["this_tree_fleet"] = run_child(ROOT, "fleet", args)
+    base_run, ours = result.get("baseline_nodes", {}), result.get("this_tree_nodes", {})
+    if base_run.get("all_running_s") and ours.get("all_running_s"):
+        result["speedup_all_running_1cc_4nc"] = round(base_run["all_running_s"] / ours["all_running_s"], 2)
+        result["target_speedup"] = 3.0
+    fleet = result.get("this_tree_fleet", {})
+    if fleet:
+        result["fleet_all_running_s"] = fleet.get("all_running_s")
+        result["target_fleet_all_running_s"] = 60
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
