@@ -32,19 +32,15 @@ What `ctx` (Context) gives an action
 ------------------------------------
 - `ctx.principal`: the authenticated `common.messages.identity.Principal` (account_id is EC2's owner id;
   resources belong to the ACCOUNT: `ctx.owner_id` == `ctx.principal.account_id`; is_admin for the cloud admin).
-- `ctx.clc`: the CloudControllerService (its `.db` (database.Database), `.identity` store, `.config`, `.client`
-  for RPC to CCs/Walrus, and whatever other state the service holds).
-- `ctx.db`: shortcut for `ctx.clc.db`. `ctx.request_id`, `ctx.version` (the client's API Version),
-  `ctx.remote` (client address), `ctx.host` (Host header, for URLs in answers).
+- `ctx.clc`: the CloudControllerService and its parts, typed (`.compute`, `.ebs`, `.leases`, `.identity_store`,
+  `.config`, `.client` for RPC); `ctx.compute` is `ctx.clc.compute`. `ctx.request_id`, `ctx.version` (the
+  client's API Version), `ctx.remote` (client address), `ctx.host` (Host header, for URLs in answers).
 
 What actions share: the compute layer's stores beside instances (`ctx.compute`: `.tags` the tag store and the
 registry of taggable resource types, `.security_groups` groups and rules, `resolve()` for a launch, `.key_pairs`),
 the tag parameters (`actions.tags.tag_specifications`, `check_tags`), the launch check (`actions.launch`),
-`ec2.filters.Filters`. Actions parse and shape; SQL lives in the layer below.
-
-The database (`database.Database`): `fetchall`/`fetchone` for reads, `execute` for one statement,
-`async with db.transaction() as conn:` for atomic work (its lock is not re-entrant: do not call helpers that
-open their own transaction from inside one; use their `*_in(conn, ...)` forms).
+`ec2.filters.Filters`. Actions parse and shape; SQL lives in the layer below (the stores and engines own their
+tables and transactions).
 """
 
 from __future__ import annotations
@@ -60,7 +56,6 @@ from services.cloud_controller.ec2 import model
 
 if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Compute
-    from services.cloud_controller.database import Database
     from services.cloud_controller.service import CloudControllerService
 
 
@@ -73,10 +68,6 @@ class Context:
     access_key_id: str = ""
     remote: str = ""
     host: str = ""
-
-    @property
-    def db(self) -> Database:
-        return self.clc.db
 
     @property
     def compute(self) -> Compute:

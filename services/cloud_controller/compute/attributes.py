@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Compute, Principal
 
 STOPPED_ONLY = ("instanceType", "userData", "kernel", "ramdisk")
-ANY_TIME = ("disableApiTermination", "instanceInitiatedShutdownBehavior")
 RESETTABLE = ("disableApiTermination", "instanceInitiatedShutdownBehavior", "kernel", "ramdisk")
 SHUTDOWN_BEHAVIORS = ("stop", "terminate")
 PRODUCT_CODE = re.compile(r"^[A-Za-z0-9]{1,64}$")

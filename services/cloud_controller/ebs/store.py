@@ -7,12 +7,10 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from services.cloud_controller.database import Database
-
 from common.database import upsert
 
-VOLUME_STATES = ("creating", "available", "in-use", "deleting", "error")
+if TYPE_CHECKING:
+    from services.cloud_controller.database import Database
 
 
 @dataclass(slots=True)

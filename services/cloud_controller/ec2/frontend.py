@@ -32,7 +32,6 @@ PATHS = ("/", "/services/Eucalyptus", "/services/Eucalyptus/", "/services/comput
 MAX_BODY = 512 * 1024  # RunInstances' user data (16 KiB, base64) and key material fit many times over
 MAX_QUERY = 64 * 1024
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-XML_TYPE = "text/xml;charset=UTF-8"
 
 
 class Frontend:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 MIGRATIONS = "services.cloud_controller.leases.migrations"
 FILE_NAME = "leases.db"
 LIVE_CR_STATES = ("scheduled", "active")
-OPEN_SPOT_STATES = ("open", "active", "disabled")
 
 
 @dataclass(slots=True)
