@@ -101,13 +101,13 @@ def test_configuration_round_trip_and_errors(walrus: Walrus) -> None:
         400,
     )
     assert refused({"ID": "none", "Filter": {"Prefix": ""}, "Status": "Enabled"}) == ("InvalidRequest", 400)
-    tagged = {
-        "ID": "tag",
-        "Filter": {"Tag": {"Key": "a", "Value": "b"}},
-        "Status": "Enabled",
-        "Expiration": {"Days": 1},
-    }
-    assert refused(tagged) == ("NotImplemented", 501)
+    tagged = {"ID": "tag", "Filter": {"Tag": {"Key": "a", "Value": "b"}}, "Status": "Enabled"}
+    assert refused({**tagged, "Expiration": {"ExpiredObjectDeleteMarker": True}}) == ("InvalidRequest", 400)
+    assert refused({**tagged, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}) == ("InvalidRequest", 400)
+    twice = {"And": {"Tags": [{"Key": "a", "Value": "b"}, {"Key": "a", "Value": "c"}]}}
+    assert refused({**tagged, "Filter": twice, "Expiration": {"Days": 1}}) == ("InvalidArgument", 400)
+    long_key = {"Tag": {"Key": "k" * 129, "Value": "v"}}
+    assert refused({**tagged, "Filter": long_key, "Expiration": {"Days": 1}}) == ("InvalidTag", 400)
     moved = rule("glacier", Transitions=[{"Days": 1, "StorageClass": "GLACIER"}])
     assert refused(moved) == ("NotImplemented", 501)
     assert refused(rule("x" * 300, Expiration={"Days": 1})) == ("InvalidArgument", 400)
@@ -121,6 +121,58 @@ def test_configuration_round_trip_and_errors(walrus: Walrus) -> None:
     assert len(s3.get_bucket_lifecycle_configuration(Bucket="lcconf")["Rules"]) == 4  # refusals changed nothing
     s3.delete_bucket_lifecycle(Bucket="lcconf")
     assert error(s3.get_bucket_lifecycle_configuration, Bucket="lcconf") == ("NoSuchLifecycleConfiguration", 404)
+
+
+def test_tag_filters(walrus: Walrus) -> None:
+    """A rule filtered on tags (one Tag, or And with a prefix and several tags) round-trips and expires only the
+    objects that carry every tag it names; in a versioned bucket it reads each noncurrent version's own tags."""
+    s3 = walrus.client()
+    s3.create_bucket(Bucket="lctags")
+    s3.put_object(Bucket="lctags", Key="tmp/both", Body=b"x", Tagging="class=scratch&team=a")
+    s3.put_object(Bucket="lctags", Key="tmp/one", Body=b"x", Tagging="class=scratch")
+    s3.put_object(Bucket="lctags", Key="tmp/none", Body=b"x")
+    s3.put_object(Bucket="lctags", Key="keep/both", Body=b"x", Tagging="class=scratch&team=a")
+    s3.put_object(Bucket="lctags", Key="any/single", Body=b"x", Tagging="gone=yes")
+    s3.put_object(Bucket="lctags", Key="any/other", Body=b"x", Tagging="gone=no")
+    both = {"Prefix": "tmp/", "Tags": [{"Key": "class", "Value": "scratch"}, {"Key": "team", "Value": "a"}]}
+    rules = [
+        {"ID": "and", "Filter": {"And": both}, "Status": "Enabled", "Expiration": {"Days": 1}},
+        {
+            "ID": "tag",
+            "Filter": {"Tag": {"Key": "gone", "Value": "yes"}},
+            "Status": "Enabled",
+            "Expiration": {"Days": 1},
+        },
+    ]
+    s3.put_bucket_lifecycle_configuration(Bucket="lctags", LifecycleConfiguration={"Rules": rules})
+    got = s3.get_bucket_lifecycle_configuration(Bucket="lctags")["Rules"]
+    assert got[0]["Filter"] == {"And": both} and got[1]["Filter"] == {"Tag": {"Key": "gone", "Value": "yes"}}
+
+    def keys() -> list[str]:
+        return sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lctags").get("Contents", []))
+
+    assert eventually(lambda: keys() == ["any/other", "keep/both", "tmp/none", "tmp/one"]), keys()
+
+    s3.create_bucket(Bucket="lctagv")
+    s3.put_bucket_versioning(Bucket="lctagv", VersioningConfiguration={"Status": "Enabled"})
+    tagged = s3.put_object(Bucket="lctagv", Key="k", Body=b"1", Tagging="old=drop")["VersionId"]
+    plain = s3.put_object(Bucket="lctagv", Key="k", Body=b"2")["VersionId"]
+    current = s3.put_object(Bucket="lctagv", Key="k", Body=b"3", Tagging="old=drop")["VersionId"]
+    s3.put_bucket_lifecycle_configuration(
+        Bucket="lctagv",
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "non",
+                    "Filter": {"Tag": {"Key": "old", "Value": "drop"}},
+                    "Status": "Enabled",
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                }
+            ]
+        },
+    )
+    assert eventually(lambda: [v[1] for v in versions(s3, "lctagv")] == [current, plain])
+    assert error(s3.get_object, Bucket="lctagv", Key="k", VersionId=tagged) == ("NoSuchVersion", 404)
 
 
 def test_current_versions_expire(walrus: Walrus) -> None:

@@ -121,6 +121,18 @@ class LifecycleSweeper:
         key = versions[0].key
         current = versions[0] if versions[0].is_latest else None
         gone: set[str] = set()
+        tags: dict[str, dict[str, str]] = {}  # version id -> its tags, read once for the rules that name tags
+
+        async def tagged(rule: Rule, version: ObjectInfo) -> bool:
+            if not rule.tags:
+                return True
+            if version.delete_marker:  # a marker has no tags
+                return False
+            if version.version_id not in tags:
+                full = await self.storage.get_version(bucket.name, key, version.version_id)
+                tags[version.version_id] = full.tags if full is not None else {}
+            return rule.tags_match(tags[version.version_id])
+
         for rule in rules:
             if not rule.covers(key):
                 continue
@@ -130,6 +142,7 @@ class LifecycleSweeper:
                 and current.version_id not in gone
                 and rule.covers(key, current.size)
                 and rule.current_expired(current.last_modified, now, self.day)
+                and await tagged(rule, current)
             ):
                 if await self._delete(bucket, key, None, if_latest=current.version_id):
                     gone.add(current.version_id)
@@ -139,7 +152,7 @@ class LifecycleSweeper:
                 for index in range(1, len(versions)):
                     old = versions[index]
                     size = None if old.delete_marker else old.size
-                    if old.version_id in gone or not rule.covers(key, size):
+                    if old.version_id in gone or not rule.covers(key, size) or not await tagged(rule, old):
                         continue
                     since = versions[index - 1].last_modified  # it stopped being current when the next came
                     if rule.noncurrent_expired(since, newer, now, self.day):
@@ -150,6 +163,8 @@ class LifecycleSweeper:
                         newer += 1
             lone_marker = len(versions) == 1 and current is not None and current.delete_marker
             if current is None or not lone_marker:
+                continue
+            if rule.tags:  # never a lone marker's rule: it has no tags (and S3 refuses markers with tag filters)
                 continue
             if (rule.expired_delete_marker or rule.expires_current) and current.version_id not in gone:
                 if await self._delete(bucket, key, current.version_id, if_latest=current.version_id):
@@ -172,10 +187,7 @@ class LifecycleSweeper:
         while True:
             page = await self.storage.list_uploads(bucket.name, prefix, key_marker, id_marker, PAGE)
             for upload in page:
-                due = any(
-                    r.covers(upload.key) and now - upload.initiated >= (r.abort_days or 0) * self.day for r in rules
-                )
-                if due:
+                if any(r.covers(upload.key) and r.upload_expired(upload.initiated, now, self.day) for r in rules):
                     try:
                         await self.storage.abort_upload(upload.upload_id)
                         done["uploads"] += 1

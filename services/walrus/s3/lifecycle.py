@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from services.walrus.lifecycle.rules import Rule, rules_from_json, rules_to_json
-from services.walrus.s3 import access
+from services.walrus.s3 import access, tag_sets
 from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
@@ -49,8 +49,25 @@ def _date(text: str) -> float:
     return moment.timestamp()
 
 
+def _tags(nodes: list[ET.Element]) -> dict[str, str]:
+    """The <Tag> conditions of a filter: each a Key and a Value, keys unique, sizes as object tags have them."""
+    found: dict[str, str] = {}
+    for node in nodes:
+        name, value = node.findtext("Key"), node.findtext("Value")
+        if name is None or value is None or len(node) != 2:
+            raise S3Error("MalformedXML", "a Tag holds a Key and a Value")
+        if not name or len(name) > tag_sets.MAX_KEY:
+            raise S3Error("InvalidTag", "The TagKey you have provided is invalid")
+        if len(value) > tag_sets.MAX_VALUE:
+            raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
+        if name in found:
+            raise S3Error("InvalidArgument", "Duplicate Tag Keys are not allowed.")
+        found[name] = value
+    return found
+
+
 def _filter(rule: ET.Element) -> dict[str, Any]:
-    """prefix, legacy_prefix, size_greater and size_less of a rule's <Filter> (or legacy <Prefix>)."""
+    """prefix, legacy_prefix, tags, size_greater and size_less of a rule's <Filter> (or legacy <Prefix>)."""
     node = rule.find("Filter")
     legacy = rule.find("Prefix")
     if (node is None) == (legacy is None):
@@ -63,14 +80,19 @@ def _filter(rule: ET.Element) -> dict[str, Any]:
         raise S3Error("MalformedXML", "a Filter holds one condition (use And for several)")
     if children and children[0].tag == "And":
         node, children = children[0], list(children[0])
-    if any(c.tag == "Tag" for c in children):
-        raise S3Error("NotImplemented", "Walrus does not implement lifecycle filters on object tags")
-    known = {"Prefix", "ObjectSizeGreaterThan", "ObjectSizeLessThan"}
-    if any(c.tag not in known for c in children):
+        if not children:
+            raise S3Error("MalformedXML", "And holds the conditions it joins")
+    known = {"Prefix", "Tag", "ObjectSizeGreaterThan", "ObjectSizeLessThan"}
+    if any(c.tag not in known for c in children) or len(node.findall("Prefix")) > 1:
         raise S3Error("MalformedXML")
     greater = _int(node, "ObjectSizeGreaterThan", 0, 1 << 62)
     less = _int(node, "ObjectSizeLessThan", 1, 1 << 62)
-    found = {"prefix": node.findtext("Prefix") or "", "size_greater": greater, "size_less": less}
+    found = {
+        "prefix": node.findtext("Prefix") or "",
+        "tags": _tags(node.findall("Tag")),
+        "size_greater": greater,
+        "size_less": less,
+    }
     if greater is not None and less is not None and greater >= less:
         raise S3Error("InvalidArgument", "ObjectSizeGreaterThan must be less than ObjectSizeLessThan")
     return found
@@ -103,6 +125,8 @@ def parse_rule(node: ET.Element) -> Rule:
         fields["expiration_days"] = days
         fields["expiration_date"] = _date(date) if date is not None else None
         fields["expired_delete_marker"] = marker is not None and marker.strip().lower() == "true"
+        if marker is not None and fields.get("tags"):
+            raise S3Error("InvalidRequest", "ExpiredObjectDeleteMarker cannot be specified with object tag filters")
     noncurrent = node.find("NoncurrentVersionExpiration")
     if noncurrent is not None:
         fields["noncurrent_days"] = _int(noncurrent, "NoncurrentDays")
@@ -116,6 +140,8 @@ def parse_rule(node: ET.Element) -> Rule:
             raise S3Error("MalformedXML", "AbortIncompleteMultipartUpload needs DaysAfterInitiation")
         if fields.get("size_greater") is not None or fields.get("size_less") is not None:
             raise S3Error("InvalidRequest", "AbortIncompleteMultipartUpload cannot be used with object size filters")
+        if fields.get("tags"):
+            raise S3Error("InvalidRequest", "AbortIncompleteMultipartUpload cannot be specified with Tags")
     if expiration is None and noncurrent is None and abort is None:
         raise S3Error("InvalidRequest", "At least one action needs to be specified in a rule")
     return Rule(**fields)
@@ -144,6 +170,7 @@ def rule_xml(rule: Rule) -> str:
         parts.append(el("Prefix", rule.prefix))
     else:
         conditions = [el("Prefix", rule.prefix)] if rule.prefix else []
+        conditions += [el("Tag", raw(el("Key", name), el("Value", value))) for name, value in rule.tags.items()]
         if rule.size_greater is not None:
             conditions.append(el("ObjectSizeGreaterThan", rule.size_greater))
         if rule.size_less is not None:
