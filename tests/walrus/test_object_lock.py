@@ -5,7 +5,9 @@ undeletable across a restart."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -165,6 +167,39 @@ def test_governance_compliance_and_legal_hold(walrus: Walrus) -> None:
     )
     assert error(s3.get_object_retention, Bucket="lockrules", Key="nothing-here") == ("NoSuchKey", 404)
     assert error(s3.delete_bucket, Bucket="lockrules") == ("BucketNotEmpty", 409)
+
+
+def test_lock_uploads_need_an_integrity_header(walrus: Walrus) -> None:
+    """As AWS requires: a PutObject that sets Object Lock (its headers, or the bucket's default retention) and an
+    UploadPart of such an upload carry Content-MD5 or an x-amz-checksum; without one, InvalidRequest and nothing
+    stored. A client that computes checksums only when an operation requires them shows it."""
+    setup = lock_bucket(walrus, "lockmd5")
+    bare = walrus.client(request_checksum_calculation="when_required")  # no checksum unless asked for
+    hold = {"Bucket": "lockmd5", "ObjectLockLegalHoldStatus": "ON", "Body": b"held"}
+    assert error(bare.put_object, Key="bare", **hold) == ("InvalidRequest", 400)
+    assert error(setup.head_object, Bucket="lockmd5", Key="bare") == ("404", 404)
+    md5 = base64.b64encode(hashlib.md5(b"held").digest()).decode()
+    assert bare.put_object(Key="md5", ContentMD5=md5, **hold)["VersionId"]
+    assert bare.put_object(Key="sha", ChecksumAlgorithm="SHA256", **hold)["VersionId"]
+    assert setup.put_object(Key="sdk", **hold)["VersionId"]  # boto3's default: a CRC32 of the body
+    bare.put_object(Bucket="lockmd5", Key="free", Body=b"no lock, no default retention")  # needs nothing
+    retained = {"Bucket": "lockmd5", "ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": later(days=1)}
+    assert error(bare.put_object, Key="ret", Body=b"r", **retained) == ("InvalidRequest", 400)
+
+    upload = bare.create_multipart_upload(Key="mp", **retained)["UploadId"]
+    part = {"Bucket": "lockmd5", "Key": "mp", "UploadId": upload, "PartNumber": 1, "Body": b"p"}
+    assert error(bare.upload_part, **part) == ("InvalidRequest", 400)
+    assert bare.upload_part(ContentMD5=base64.b64encode(hashlib.md5(b"p").digest()).decode(), **part)["ETag"]
+
+    setup.put_object_lock_configuration(
+        Bucket="lockmd5",
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    assert error(bare.put_object, Bucket="lockmd5", Key="default", Body=b"d") == ("InvalidRequest", 400)
+    assert bare.put_object(Bucket="lockmd5", Key="default", Body=b"d", ChecksumAlgorithm="CRC32")["VersionId"]
 
 
 def test_awscli_object_lock(walrus: Walrus, tmp_path: Path) -> None:

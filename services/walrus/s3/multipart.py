@@ -21,6 +21,7 @@ from services.walrus.s3.objects import (
     quota,
     receive,
     requested_checksums,
+    require_integrity_for_lock,
     spec_from_headers,
 )
 from services.walrus.s3.versioning import version_headers
@@ -74,6 +75,7 @@ def _part_number(ctx: Ctx) -> int:
 async def upload_part(ctx: Ctx) -> web.Response:
     upload = await _upload(ctx)
     number = _part_number(ctx)
+    require_integrity_for_lock(ctx, upload.spec)  # a part of an object that Object Lock will keep
     data, checksums = await receive(ctx, ctx.app.limits.max_part_size)
     try:
         part = await ctx.app.storage.commit_part(upload.upload_id, number, data, checksums)

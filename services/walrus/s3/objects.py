@@ -128,6 +128,23 @@ def requested_checksums(ctx: Ctx) -> tuple[dict[str, str | None], set[str]]:
     return wanted, trailing
 
 
+LOCK_HEADERS = ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold")
+
+
+def require_integrity_for_lock(ctx: Ctx, spec: ObjectSpec) -> None:
+    """As AWS requires: an upload that sets Object Lock (in its headers, or by the bucket's default retention) carries
+    Content-MD5 or an x-amz-checksum (a value, a trailer or the SDK's algorithm), so that the bytes a retention
+    will keep for years are the ones the client sent."""
+    if not (spec.lock_mode or spec.legal_hold or any(name in ctx.headers for name in LOCK_HEADERS)):
+        return
+    if "Content-MD5" in ctx.headers or requested_checksums(ctx)[0]:
+        return
+    raise S3Error(
+        "InvalidRequest",
+        "Content-MD5 OR x-amz-checksum- HTTP header is required for Put Object requests with Object Lock parameters",
+    )
+
+
 async def receive(ctx: Ctx, max_size: int) -> tuple[TempData, dict[str, str]]:
     """Stream the request body into temporary storage, checking every digest the client sent."""
     md5 = _content_md5(ctx)
@@ -176,6 +193,7 @@ async def put_object(ctx: Ctx) -> web.Response:
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
     spec = dataclasses.replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
+    require_integrity_for_lock(ctx, spec)
     await check_write_conditions(ctx)
     data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
     try:
