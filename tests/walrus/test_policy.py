@@ -182,6 +182,41 @@ def test_policy_evaluation(clients: dict, case_id: str, statements: list, checks
     assert outcomes == [expected for *_, expected in checks]
 
 
+def test_existing_object_tag_sees_stored_tags(clients: dict) -> None:
+    """s3:ExistingObjectTag/<key> reads the object's stored tags: an Allow on a tag value lets bob read only the
+    objects tagged so, a Deny on a tag keeps even the owner from deleting, and re-tagging changes the answer."""
+    alice = clients["alice"]
+    alice.put_object(Bucket=BUCKET, Key="tagged/open", Body=b"o", Tagging="access=shared")
+    alice.put_object(Bucket=BUCKET, Key="tagged/closed", Body=b"c", Tagging="access=private")
+    alice.put_object(Bucket=BUCKET, Key="tagged/kept", Body=b"k", Tagging="retain=yes")
+    alice.put_object(Bucket=BUCKET, Key="tagged/loose", Body=b"l")
+    statements = [
+        statement(
+            "Allow", BOB_ROOT, "s3:GetObject", OBJECTS, {"StringEquals": {"s3:ExistingObjectTag/access": "shared"}}
+        ),
+        statement(
+            "Deny", EVERYONE, "s3:DeleteObject", OBJECTS, {"StringEquals": {"s3:ExistingObjectTag/retain": "yes"}}
+        ),
+    ]
+    alice.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    try:
+        assert attempt(clients, "bob", "get", Key="tagged/open") == "ok"
+        assert attempt(clients, "bob", "get", Key="tagged/closed") == "AccessDenied"
+        assert attempt(clients, "bob", "get", Key="public/a.txt") == "AccessDenied"  # no tags: the key is absent
+        alice.put_object_tagging(
+            Bucket=BUCKET, Key="tagged/closed", Tagging={"TagSet": [{"Key": "access", "Value": "shared"}]}
+        )
+        assert attempt(clients, "bob", "get", Key="tagged/closed") == "ok"
+        alice.delete_object_tagging(Bucket=BUCKET, Key="tagged/open")
+        assert attempt(clients, "bob", "get", Key="tagged/open") == "AccessDenied"
+        assert attempt(clients, "alice", "delete", Key="tagged/kept") == "AccessDenied"
+        assert attempt(clients, "alice", "delete", Key="tagged/loose") == "ok"
+        assert alice.get_object(Bucket=BUCKET, Key="tagged/kept")["Body"].read() == b"k"
+    finally:
+        alice.delete_bucket_policy(Bucket=BUCKET)
+    assert attempt(clients, "alice", "delete", Key="tagged/kept") == "ok"
+
+
 def test_policy_api_and_failures(clients: dict, walrus: Walrus) -> None:
     alice, bob = clients["alice"], clients["bob"]
     alice.create_bucket(Bucket="pol-api")

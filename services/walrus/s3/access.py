@@ -97,6 +97,14 @@ def resource_arn(bucket: str, key: str | None) -> str:
     return f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"
 
 
+async def stored_tags(ctx: Ctx, bucket: str, key: str) -> dict[str, str] | None:
+    """The tags of the object version a request acts on (the one its versionId names, else the current one), None
+    when there is none."""
+    version_id = ctx.query.get("versionId") if (bucket, key) == (ctx.bucket, ctx.key) else None
+    info = await ctx.app.storage.get_version(bucket, key, version_id or None)
+    return None if info is None or info.delete_marker else info.tags
+
+
 async def check(
     ctx: Ctx,
     action: str,
@@ -104,11 +112,13 @@ async def check(
     permission: str | None,
     acl: Acl | None = None,
     key: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """Raise AccessDenied unless the requester may do `action` (an s3:... name) on the bucket or its `key`.
     `permission` is the ACL permission that grants it (checked against `acl`, the bucket's by default), or
-    OWNER for operations that belong to the bucket owner."""
-    if not await allowed(ctx, action, bucket, permission, acl, key):
+    OWNER for operations that belong to the bucket owner. `tags`: the object's stored tags when the caller has
+    them at hand (else read when a policy condition asks for them)."""
+    if not await allowed(ctx, action, bucket, permission, acl, key, tags):
         raise S3Error("AccessDenied")
 
 
@@ -119,6 +129,7 @@ async def allowed(
     permission: str | None,
     acl: Acl | None = None,
     key: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> bool:
     requester = ctx.requester
     same_account = bool(requester.account_id) and requester.account_id == bucket.owner_id
@@ -128,7 +139,10 @@ async def allowed(
         if same_account and action in LOCKOUT_SAFE:
             return True
         caller = policies.Caller(requester.account_id, requester.user_name, requester.is_cloud)
-        decision = policy.evaluate(caller, action, resource_arn(bucket.name, key), RequestKeys(ctx, bucket))
+        if tags is None and key is not None and policy.reads_existing_tags:
+            tags = await stored_tags(ctx, bucket.name, key)
+        keys = RequestKeys(ctx, bucket, tags)
+        decision = policy.evaluate(caller, action, resource_arn(bucket.name, key), keys)
         if decision == "Deny":
             return False
         if block.restrict_public_buckets and not same_account and not requester.is_cloud and policy.public:

@@ -82,10 +82,12 @@ def _tag_keys(ctx: Ctx) -> Values:
 class RequestKeys:
     """Callable as a policy's lookup: lower-case key name -> its values, or None when the request lacks it."""
 
-    __slots__ = ("bucket", "cache", "ctx")
+    __slots__ = ("bucket", "cache", "ctx", "existing_tags")
 
-    def __init__(self, ctx: Ctx, bucket: BucketInfo):
-        self.ctx, self.bucket = ctx, bucket
+    def __init__(self, ctx: Ctx, bucket: BucketInfo, existing_tags: dict[str, str] | None = None):
+        """`existing_tags`: the stored tags of the object the request acts on (s3:ExistingObjectTag/<key>), None
+        when it names no object or none is there."""
+        self.ctx, self.bucket, self.existing_tags = ctx, bucket, existing_tags
         self.cache: dict[str, Values] = {}
 
     def __call__(self, name: str) -> Values:
@@ -102,7 +104,7 @@ class RequestKeys:
         if name.startswith("s3:requestobjecttag/"):
             return _tags(self.ctx.request_tags(), name.split("/", 1)[1])
         if name.startswith("s3:existingobjecttag/"):
-            return _tags(self.ctx.existing_tags, name.split("/", 1)[1])
+            return _tags(self.existing_tags, name.split("/", 1)[1])
         if name.startswith("s3:x-amz-"):
             return _one(self.ctx.headers.get(name[3:]))
         return None

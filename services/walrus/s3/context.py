@@ -63,7 +63,6 @@ class Ctx:
     bucket_owner: str = ""  # the bucket's owner once known (access logs)
     error_code: str = ""  # the S3 error answered, if any (access logs)
     operation: str = ""  # the S3 operation's name, once routed (routes.py)
-    existing_tags: dict[str, str] | None = None  # the object's tags, when a handler has loaded them
     form_tags: dict[str, str] | None = None  # the tags a browser POST upload's form asks for
 
     def request_tags(self) -> dict[str, str] | None:

@@ -266,7 +266,7 @@ async def open_readable(
             action = actions[1] if version_id is not None else actions[0]
         else:
             action = (VERSION_ACTIONS if version_id is not None else READ_ACTIONS)[permission]
-        await access.check(ctx, action, bucket, permission, reader.info.acl, key)
+        await access.check(ctx, action, bucket, permission, reader.info.acl, key, reader.info.tags)
     except BaseException:
         await reader.close()
         raise

@@ -7,6 +7,7 @@ the ACLs decide)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import OrderedDict
@@ -29,6 +30,7 @@ MAX_POLICY_BYTES = 20 * 1024  # S3's limit on a bucket policy
 MAX_STATEMENTS = 1000
 REACHING_ENTRIES = 4096
 DECIDED_ENTRIES = 16384
+EXISTING_TAG = "s3:existingobjecttag/"  # condition keys are kept in lower case
 STATEMENT_FIELDS = frozenset(
     "Sid Effect Principal NotPrincipal Action NotAction Resource NotResource Condition".split()
 )
@@ -215,6 +217,11 @@ class Policy:
     @property
     def public(self) -> bool:
         return any(s.public for s in self.statements)
+
+    @functools.cached_property
+    def reads_existing_tags(self) -> bool:
+        """Some condition asks for an object's stored tags (s3:ExistingObjectTag/<key>), which cost a read."""
+        return any(key.startswith(EXISTING_TAG) for s in self.statements for key in s.keys)
 
 
 def _list(value: Any, what: str) -> list[str]:
