@@ -370,7 +370,9 @@ class EmbeddedBackend(StorageBackend):
             version_id = new_version_id()
         else:
             version_id = "null"
-            null = self._version_row(conn, info.bucket, info.key, "null")
+            null = previous  # a key without a current version has no versions at all
+            if previous is not None and previous[1].version_id != "null":
+                null = self._version_row(conn, info.bucket, info.key, "null")
             if null is not None:
                 ordinal, old = null
                 if old.locked(time.time()):
@@ -388,16 +390,17 @@ class EmbeddedBackend(StorageBackend):
                 raise QuotaExceeded(f"account quota of {owner_limit} bytes")
         for ordinal, old in removed:
             self._remove_version(conn, dataclasses.replace(old, is_latest=False), ordinal)
-        conn.execute(
-            "UPDATE versions SET latest = 0 WHERE bucket = ? AND key = ? AND latest = 1", (info.bucket, info.key)
-        )
-        newest = conn.execute(
-            "SELECT MIN(ordinal) FROM versions WHERE bucket = ? AND key = ?", (info.bucket, info.key)
-        ).fetchone()[0]
+        if previous is not None and all(old.version_id != previous[1].version_id for _, old in removed):
+            conn.execute(
+                "UPDATE versions SET latest = 0 WHERE bucket = ? AND key = ? AND ordinal = ?",
+                (info.bucket, info.key, previous[0]),
+            )
+        # newer than every version of the key: the current one had the smallest ordinal (it may be gone now)
+        ordinal = previous[0] - 1 if previous is not None else 0
         stored = dataclasses.replace(info, version_id=version_id, is_latest=True)
         for data_id, body in (inline or {}).items():
             conn.execute("INSERT INTO inline_data (data_id, bytes) VALUES (?, ?)", (data_id, body))
-        conn.execute(INSERT_VERSION, object_values(stored, (newest if newest is not None else 1) - 1))
+        conn.execute(INSERT_VERSION, object_values(stored, ordinal))
         conn.execute(
             "UPDATE buckets SET bytes_used = bytes_used + ?, object_count = object_count + ? WHERE name = ?",
             (info.size, 0 if info.delete_marker else 1, info.bucket),
