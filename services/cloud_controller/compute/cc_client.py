@@ -12,11 +12,14 @@ from common.messages.clc_cc import Ack as CcAck
 from common.messages.clc_cc import (
     ConsoleOutputRequest,
     ConsoleOutputResponse,
+    DeregisterNodeRequest,
     DescribeInstancesResponse,
     DescribeNodesResponse,
     DescribeResourcesRequest,
     DescribeResourcesResponse,
     InstanceIdsRequest,
+    NodeInfo,
+    RegisterNodeRequest,
     RunInstancesRequest,
     RunInstancesResponse,
     SuspendInstancesResponse,
@@ -30,6 +33,7 @@ from common.messages.network import (
     DescribePublicAddressesResponse,
     NetworkResponse,
 )
+from common.messages.storage import DescribeStorageRequest, DescribeStorageResponse
 from common.rpc import RpcClient
 from services.cloud_controller.compute.errors import ComputeError
 
@@ -119,8 +123,22 @@ class ClusterClient:
     async def describe_networks(self, zone: str, request: DescribeNetworksRequest) -> DescribeNetworksResponse:
         return await self._call(zone, "DescribeNetworks", request, DescribeNetworksResponse, True, 10)
 
-    async def describe_nodes(self, zone: str) -> DescribeNodesResponse:
-        return await self._call(zone, "DescribeNodes", None, DescribeNodesResponse, True, 10)
+    async def describe_nodes(self, zone: str, timeout: float = 10) -> DescribeNodesResponse:
+        return await self._call(zone, "DescribeNodes", None, DescribeNodesResponse, True, timeout)
+
+    async def register_node(self, zone: str, request: RegisterNodeRequest) -> NodeInfo:
+        return await self._call(zone, "RegisterNode", request, NodeInfo, False)
+
+    async def deregister_node(self, zone: str, request: DeregisterNodeRequest) -> CcAck:
+        return await self._call(zone, "DeregisterNode", request, CcAck, False)
+
+    async def storage(self, zone: str, operation: str, message: BaseModel, answer: type[T], timeout: float) -> T:
+        """The zone's block storage (common/messages/storage.py: CreateVolume, AttachVolume, CreateSnapshot, ...);
+        idempotent: the CC keys volumes and snapshots by their ids."""
+        return await self._call(zone, operation, message, answer, True, timeout)
+
+    async def describe_storage(self, zone: str) -> DescribeStorageResponse:
+        return await self._call(zone, "DescribeStorage", DescribeStorageRequest(), DescribeStorageResponse, True, 10)
 
     async def console_output(self, zone: str, instance_id: str) -> ConsoleOutputResponse:
         return await self._call(

@@ -24,7 +24,7 @@ async def install(clc: CloudControllerService) -> Ebs:
         quota_snapshots=config.KOALA_QUOTA_SNAPSHOTS,
         poll_interval=config.KOALA_EBS_POLL_SECONDS,
     )
-    ebs = Ebs(clc.db, clc.compute, clc.client, settings)
+    ebs = Ebs(clc.db, clc.compute, settings)
     await ebs.load()
 
     async def owned_volumes(owner_id: str, ids: list[str]) -> set[str]:

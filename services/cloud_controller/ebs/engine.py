@@ -18,11 +18,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from common import ids
 from common.messages import storage as msg
-from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.database import Database
 from services.cloud_controller.ebs.store import EbsStore, Snapshot, Volume
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("koala.clc.ebs")
 DEVICE = re.compile(r"^/dev/(sd|xvd|vd)[b-z]$")
 CC_TIMEOUT = 60.0
+T = TypeVar("T", bound=BaseModel)
 
 
 @dataclass
@@ -59,8 +62,8 @@ def _snapshot_not_found(snapshot_id: str) -> ComputeError:
 
 
 class Ebs:
-    def __init__(self, db: Database, compute: Compute, client: RpcClient, settings: EbsSettings):
-        self.db, self.compute, self.client, self.settings = db, compute, client, settings
+    def __init__(self, db: Database, compute: Compute, settings: EbsSettings):
+        self.db, self.compute, self.settings = db, compute, settings
         self.store = EbsStore(db)
         self.zones: dict[str, ZoneStorage] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,11 +101,8 @@ class Ebs:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _call(self, zone: str, operation: str, message: Any, answer: type) -> Any:
-        return await self.client.call(
-            self.compute.cc.url(zone), operation, message, answer, timeout=CC_TIMEOUT, idempotent=True,
-            expect_role="cc",
-        )  # fmt: skip
+    async def _call(self, zone: str, operation: str, message: BaseModel, answer: type[T]) -> T:
+        return await self.compute.cc.storage(zone, operation, message, answer, CC_TIMEOUT)
 
     # --- lookups ------------------------------------------------------------------------------------------
     def volume(self, volume_id: str, principal: Principal) -> Volume:
@@ -487,10 +487,7 @@ class Ebs:
     # --- reconcile ----------------------------------------------------------------------------------------
     async def refresh(self, zone: str) -> msg.DescribeStorageResponse | None:
         try:
-            answer = await self.client.call(
-                self.compute.cc.url(zone), "DescribeStorage", msg.DescribeStorageRequest(), msg.DescribeStorageResponse,
-                timeout=10, idempotent=True, expect_role="cc",
-            )  # fmt: skip
+            answer = await self.compute.cc.describe_storage(zone)
         except (RpcError, ComputeError) as err:
             log.debug("DescribeStorage %s: %s", zone, err)
             return None

@@ -7,9 +7,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
 
-from common.messages.clc_cc import DeregisterNodeRequest, DescribeNodesResponse, RegisterNodeRequest
+from common.messages.clc_cc import DeregisterNodeRequest, RegisterNodeRequest
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.admin.app import Admin, Failure, Page
 
@@ -20,24 +19,14 @@ BACK = "/admin/clusters"
 TIMEOUT = 5.0
 
 
-class _Answer(BaseModel):
-    """Whatever the CC answers a (de)registration with; only success matters here."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-def _url(service: CloudControllerService, zone: str) -> str:
-    url = service.clusters.zones.get(zone)
-    if url is None:
+def _check_zone(service: CloudControllerService, zone: str) -> None:
+    if zone not in service.clusters.zones:
         raise Failure(f"There is no cluster (zone) named {zone!r}.")
-    return url
 
 
 async def _nodes(service: CloudControllerService, zone: str, url: str) -> dict[str, Any]:
     try:
-        answer = await service.client.call(
-            url, "DescribeNodes", None, DescribeNodesResponse, timeout=TIMEOUT, idempotent=True, expect_role="cc"
-        )
+        answer = await service.compute.cc.describe_nodes(zone, timeout=TIMEOUT)
     except (RpcError, PeerUnreachable) as err:
         return {"zone": zone, "url": url, "error": f"{err.message} ({err.code})", "nodes": [], "policy": ""}
     except TimeoutError:
@@ -54,7 +43,8 @@ async def show(page: Page) -> web.StreamResponse:
 async def register_node(page: Page) -> web.StreamResponse:
     zone = page.field("zone", 64)
     request = RegisterNodeRequest(node=page.field("node", 300), mac=page.field("mac", 17, required=False))
-    await page.service.client.call(_url(page.service, zone), "RegisterNode", request, _Answer, expect_role="cc")
+    _check_zone(page.service, zone)
+    await page.service.compute.cc.register_node(zone, request)
     page.flash("ok", f"Node {request.node} is registered in {zone}.")
     return page.redirect(BACK)
 
@@ -62,7 +52,8 @@ async def register_node(page: Page) -> web.StreamResponse:
 async def deregister_node(page: Page) -> web.StreamResponse:
     zone = page.field("zone", 64)
     request = DeregisterNodeRequest(node=page.field("node", 300))
-    await page.service.client.call(_url(page.service, zone), "DeregisterNode", request, _Answer, expect_role="cc")
+    _check_zone(page.service, zone)
+    await page.service.compute.cc.deregister_node(zone, request)
     page.flash("ok", f"Node {request.node} is deregistered from {zone}.")
     return page.redirect(BACK)
 
