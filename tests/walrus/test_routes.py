@@ -1,5 +1,6 @@
 """The route table: every operation found by its S3 name, served by the handler named after it, and requests
-routed as S3 routes them (the behaviour through real clients is what the other Walrus tests check)."""
+routed as S3 routes them, also when a decision is remembered for requests of the same shape (the behaviour through
+real clients is what the other Walrus tests check)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ CASES = [
     ("PUT", "b", "", "versioning", {}, "PutBucketVersioning"),
     ("GET", "b", "", "list-type=2&prefix=a", {}, "ListObjectsV2"),
     ("GET", "b", "", "prefix=a", {}, "ListObjects"),
+    ("GET", "b", "", "list-type=1", {}, "ListObjects"),  # the same parameters as ListObjectsV2's, another value
     ("GET", "b", "", "lifecycle", {}, "GetBucketLifecycleConfiguration"),
     ("POST", "b", "", "delete", {}, "DeleteObjects"),
     ("POST", "b", "", "", {}, "PostObject"),
@@ -55,6 +57,7 @@ def test_requests_route_to_their_operation(
 ) -> None:
     parsed = MultiDict(p.partition("=")[::2] for p in query.split("&") if p)
     assert routes.pick(method, bucket, key, parsed, CIMultiDict(headers)).operation == operation
+    assert routes.pick(method, bucket, key, parsed, CIMultiDict(headers)).operation == operation  # remembered
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,16 @@ for _route in ROUTES:
         _BY_TARGET[(_route.target, _method)] = (*_BY_TARGET.get((_route.target, _method), ()), _route)
 
 
+# What a route can depend on besides the method, the target and which query parameters are there: a header's presence
+# and one parameter's value. The first match for one combination is remembered (a client repeats its requests).
+_HEADERS = {r.header for r in ROUTES if r.header}
+_VALUES = {r.query[0] for r in ROUTES if r.query is not None}
+assert len(_HEADERS) == len(_VALUES) == 1, "the memo key below names one header and one parameter value"
+_HEADER, _VALUE = _HEADERS.pop(), _VALUES.pop()
+_picked: dict[tuple[object, ...], Route] = {}
+MEMO_ENTRIES = 4096
+
+
 def route(operation: str) -> Route:
     """The route of an operation by its S3 name (KeyError for one Walrus does not serve)."""
     return _BY_NAME[operation]
@@ -167,6 +177,17 @@ def route(operation: str) -> Route:
 def pick(method: str, bucket: str, key: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Route:
     """The route of one request; S3Error for what Walrus does not do."""
     target = OBJECT if key else BUCKET if bucket else SERVICE
+    memo_key = (target, method, _HEADER in headers, query.get(_VALUE), *query)
+    found = _picked.get(memo_key)
+    if found is None:
+        found = _match(method, target, bucket, query, headers)
+        if len(_picked) >= MEMO_ENTRIES:
+            _picked.clear()
+        _picked[memo_key] = found
+    return found
+
+
+def _match(method: str, target: str, bucket: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Route:
     candidates = _BY_TARGET.get((target, method), ())
     if target == BUCKET and method != "OPTIONS":
         for name in BUCKET_CONFIGS:
