@@ -24,6 +24,7 @@ from services.cloud_controller.compute.addresses import Address
 from services.cloud_controller.compute.admission import Token, count_quota
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.networks import Networks
+from services.cloud_controller.compute.part import EnginePart
 from services.cloud_controller.compute.store import Image, Instance, Reservation
 
 if TYPE_CHECKING:
@@ -77,17 +78,27 @@ def decode_user_data(data: str) -> str:
     return base64.b64encode(raw).decode()
 
 
-class Launcher:
+@dataclass
+class Launch:
+    """A launch on its way to the CC: its records (written before the CC hears of them), the capacity held for
+    it and what the CC needs to start it."""
+
+    reservation: Reservation
+    instances: list[Instance]
+    token: Token
+    min_count: int
+    image: Image
+    kernel: Image | None
+    ramdisk: Image | None
+    vm: VmType
+
+
+class Launcher(EnginePart):
     """RunInstances for the engine it is part of (its store, admission, addresses, networks, CC client)."""
 
     def __init__(self, engine: Compute):
-        self.engine = engine
-        self.store = engine.store
-        self.settings = engine.settings
-        self.admission = engine.admission
-        self.networks = engine.networks
-        self.addresses = engine.addresses
-        self.cc = engine.cc
+        super().__init__(engine)
+        self.admission, self.networks, self.addresses = engine.admission, engine.networks, engine.addresses
 
     async def run_instances(self, principal: Principal, request: RunRequest) -> Reservation:
         owner = principal.account_id
@@ -213,7 +224,7 @@ class Launcher:
                 await self.addresses.save(*addresses)
                 await self.store.forget(instance_ids)
             raise
-        return await self._launch(reservation, instances, token, request.min_count, image, kernel, ramdisk, vm)
+        return await self._launch(Launch(reservation, instances, token, request.min_count, image, kernel, ramdisk, vm))
 
     def admit(self, principal: Principal, request: RunRequest, vm: VmType, zone: str | None) -> Token:
         """Quotas, then a capacity reservation (synchronous)."""
@@ -299,19 +310,10 @@ class Launcher:
         self.store.reservations.pop(reservation.reservation_id, None)
         self.store.tokens.pop((reservation.owner_id, reservation.client_token), None)
 
-    async def _launch(
-        self,
-        reservation: Reservation,
-        instances: list[Instance],
-        token: Token,
-        min_count: int,
-        image: Image,
-        kernel: Image | None,
-        ramdisk: Image | None,
-        vm: VmType,
-    ) -> Reservation:
+    async def _launch(self, launch: Launch) -> Reservation:
+        reservation, instances, token = launch.reservation, launch.instances, launch.token
         try:
-            return await self._send_launch(reservation, instances, token, min_count, image, kernel, ramdisk, vm)
+            return await self._send_launch(launch)
         except PeerNotReached as err:
             # Nothing reached the CC, so nothing runs there: the launch leaves no trace, and the zone is reported
             # unavailable rather than short of capacity.
@@ -325,17 +327,9 @@ class Launcher:
                 "Retry later, or choose another Availability Zone.",
             ) from None
 
-    async def _send_launch(
-        self,
-        reservation: Reservation,
-        instances: list[Instance],
-        token: Token,
-        min_count: int,
-        image: Image,
-        kernel: Image | None,
-        ramdisk: Image | None,
-        vm: VmType,
-    ) -> Reservation:
+    async def _send_launch(self, launch: Launch) -> Reservation:
+        reservation, instances, token, vm = launch.reservation, launch.instances, launch.token, launch.vm
+        image, kernel, ramdisk = launch.image, launch.kernel, launch.ramdisk
         first = instances[0]
         if self.engine.netsync is not None and first.vlan >= 0:
             try:  # the network's rules reach the CC before its first instance does
@@ -359,7 +353,7 @@ class Launcher:
                 )
                 for n, i in enumerate(instances)
             ],
-            min_count=min_count,
+            min_count=launch.min_count,
             image=ImageRef(id=image.image_id, manifest=image.location),
             kernel=ImageRef(id=kernel.image_id, manifest=kernel.location) if kernel else None,
             ramdisk=ImageRef(id=ramdisk.image_id, manifest=ramdisk.location) if ramdisk else None,
@@ -385,7 +379,7 @@ class Launcher:
             ) from None
         placed = {p.instance_id for p in answer.instances if p.node_id and not p.error}
         failed = [i for i in instances if i.instance_id not in placed]
-        if len(placed) < min_count:
+        if len(placed) < launch.min_count:
             reason = next((p.error for p in answer.instances if p.error), "no node could take them")
             await self._fail(reservation, instances, token, f"Server.InsufficientInstanceCapacity: {reason}")
             raise ComputeError(

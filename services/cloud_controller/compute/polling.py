@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.messages.network import DescribeNetworksRequest
 from common.rpc import PeerUnreachable, RpcError
+from services.cloud_controller.compute.part import EnginePart
 
 if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Compute
@@ -19,15 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("koala.clc.compute")
 
 
-class Poller:
+class Poller(EnginePart):
+    """The per-zone polling loops and housekeeping of the engine."""
+
     def __init__(self, engine: Compute):
-        self.engine = engine
-        self.store = engine.store
-        self.settings = engine.settings
-        self.admission = engine.admission
-        self.networks = engine.networks
-        self.cc = engine.cc
-        self.vmtypes = engine.vmtypes
+        super().__init__(engine)
+        self.admission, self.networks, self.vmtypes = engine.admission, engine.networks, engine.vmtypes
         self._tasks: list[asyncio.Task[Any]] = []
         self._pollers: dict[str, asyncio.Task[Any]] = {}
         self._polling = True

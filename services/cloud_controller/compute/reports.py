@@ -10,20 +10,17 @@ from typing import TYPE_CHECKING
 
 from common.messages.clc_cc import Ack, ClusterInstance, NotifyInstancesRequest
 from common.rpc import RpcError
+from services.cloud_controller.compute.part import EnginePart
 from services.cloud_controller.compute.store import Instance
 
 if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute
+    pass
 
 CC_STATES = {"Pending": "pending", "Extant": "running", "Teardown": "terminated"}
 
 
-class Reports:
-    def __init__(self, engine: Compute):
-        self.engine = engine
-        self.store = engine.store
-        self.settings = engine.settings
-        self.cc = engine.cc
+class Reports(EnginePart):
+    """Instance state from the CCs: pushes and polled reports applied to the engine's records."""
 
     async def notify(self, message: NotifyInstancesRequest) -> Ack:
         """A CC's push (role cc, checked by the caller to speak for the zone): the instances whose state
