@@ -213,9 +213,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--only", choices=("describe", "launch", "takeover"), default=None)
+    parser.add_argument("--synchronous-commit", choices=("on", "off"), default="on", help="the server's setting")
     args = parser.parse_args()
-    results: dict = {}
-    server = PostgresServer().start()
+    results: dict = {"postgresql_synchronous_commit": args.synchronous_commit}
+    server = PostgresServer(settings={"synchronous_commit": args.synchronous_commit}).start()
     try:
         with tempfile.TemporaryDirectory(prefix="clc-postgres-bench-") as name:
             tmp = Path(name)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from common.database.postgres import connect
+from common.database.postgres import Writer, connect
 
 log = logging.getLogger("koala.leadership")
 HEARTBEAT_SECONDS = 1.0
@@ -42,7 +42,8 @@ _SESSION = {
 class Leadership:
     def __init__(self, conn: asyncpg.Connection, key: int):
         self.conn, self.key = conn, key
-        self.lock = asyncio.Lock()  # guards the session: the database's writes and the heartbeat
+        self.writer = Writer(conn)  # the session's writes (the databases opened with this leadership) ...
+        self.lock = self.writer.lock  # ... and the heartbeat take turns on it
         self.last_contact = time.monotonic()
         self._watch: asyncio.Task[None] | None = None
         self._released = False

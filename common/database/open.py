@@ -25,7 +25,7 @@ async def open_database(
 
         assert isinstance(location, str)
         if leadership is not None:
-            return await PostgresDatabase.open(location, migrations, component, leadership.conn, leadership.lock)
+            return await PostgresDatabase.open(location, migrations, component, leadership.writer)
         return await PostgresDatabase.open(location, migrations, component)
     from common.database.sqlite import SqliteDatabase
 
