@@ -31,8 +31,8 @@ CC = {"NC_POLLING_FREQUENCY": 3600}  # likewise the CC's numbers come from its n
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory, clc_database):
-    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC, cc=CC, database_url=clc_database)
+def cloud(tmp_path_factory):
+    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC, cc=CC)
     try:
         yield instance
     finally:

@@ -29,8 +29,8 @@ from tests.clc.ec2_helpers import (
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory, clc_database):
-    instance = start_clc(tmp_path_factory.mktemp("ec2proto") / "cloud", clc_database)
+def cloud(tmp_path_factory):
+    instance = start_clc(tmp_path_factory.mktemp("ec2proto") / "cloud")
     try:
         yield instance
     finally:
