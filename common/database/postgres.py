@@ -111,6 +111,7 @@ def _rowcount(status: str) -> int:
 class _PostgresTransaction(Transaction):
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
+        self.failed = False  # a statement of the current block failed: PostgreSQL refuses the rest of it
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> PendingCursor:
         return PendingCursor(self._execute(sql, tuple(args)))
@@ -122,8 +123,9 @@ class _PostgresTransaction(Transaction):
                 return Cursor(rows, len(rows))
             status = await self.conn.execute(placeholders(sql), *args, timeout=STATEMENT_TIMEOUT)
             return Cursor([], _rowcount(status))
-        except asyncpg.PostgresError as err:
-            raise DatabaseError(str(err)) from err
+        except (asyncpg.PostgresError, TimeoutError) as err:
+            self.failed = True
+            raise DatabaseError(str(err) or type(err).__name__) from err
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         batch = [tuple(r) for r in rows]
@@ -131,8 +133,9 @@ class _PostgresTransaction(Transaction):
             return
         try:
             await self.conn.executemany(placeholders(sql), batch, timeout=STATEMENT_TIMEOUT)
-        except asyncpg.PostgresError as err:
-            raise DatabaseError(str(err)) from err
+        except (asyncpg.PostgresError, TimeoutError) as err:
+            self.failed = True
+            raise DatabaseError(str(err) or type(err).__name__) from err
 
 
 class Writer:
@@ -151,11 +154,15 @@ class Writer:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async with self.lock:
             savepoint = await self._enter()
+            self.tx.failed = False
             try:
                 yield self.tx
             except BaseException:
                 await self._undo(savepoint)
                 raise
+            if self.tx.failed:  # the block went on after a refused statement: nothing of it can be kept
+                await self._undo(savepoint)
+                raise DatabaseError("a statement of the transaction failed; the transaction was rolled back")
             self._waiting.append(done)
             if self._flusher is None:  # queued behind the blocks already waiting: they join this commit
                 self._flusher = asyncio.create_task(self._flush(), name="database group commit")

@@ -4,6 +4,7 @@ errors on SQLite and on a real PostgreSQL server (the session's `postgres` fixtu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -165,3 +166,20 @@ async def test_a_failing_block_among_concurrent_ones_undoes_only_its_own_work(db
     assert all(o is None for i, o in enumerate(outcomes, 1) if i % 5)
     rows = await db.fetchall("SELECT id, note FROM things ORDER BY size")
     assert [tuple(r) for r in rows] == [(f"t{i}", f"n{i}") for i in range(1, 31) if i % 5]
+
+
+async def test_a_block_that_swallows_a_refused_statement_is_rolled_back_whole(postgres, migrations: str) -> None:
+    """PostgreSQL refuses the rest of a transaction after a failed statement (SQLite would go on): when a block
+    catches the error and goes on, nothing of that block is kept and its caller is told."""
+    db = await open_database(postgres.create_database("layer"), migrations, "test")
+    try:
+        await db.execute("INSERT INTO things (id) VALUES ('kept')")
+        with pytest.raises(DatabaseError, match="rolled back"):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO things (id) VALUES ('lost')")
+                with contextlib.suppress(DatabaseError):
+                    await tx.execute("INSERT INTO things (id) VALUES ('kept')")  # duplicate key
+        assert [r[0] for r in await db.fetchall("SELECT id FROM things")] == ["kept"]
+        assert await db.execute("INSERT INTO things (id) VALUES ('next')") == 1  # the session is usable again
+    finally:
+        await db.close()
