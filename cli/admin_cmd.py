@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from cli import admin_hosts  # cluster and node registration, keys over SSH
 
     admin_hosts.add_commands(commands)
+    from cli import admin_migrate  # live migration and node maintenance, asked of the zone's CC
+
+    admin_migrate.add_commands(commands, admin_hosts.run)
 
 
 def _call(args: argparse.Namespace) -> tuple[str, BaseModel | None, type[BaseModel]]:

@@ -88,7 +88,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sync.add_argument("host")
     sync.add_argument("--role", required=True, choices=sorted(pki.COMPONENT_ROLES - {"admin"}))
     sync.add_argument("--id", required=True, help="the component id (its certificate's CN)")
-    sync.set_defaults(func=_run, hosts_action=_sync_keys)
+    sync.set_defaults(func=run, hosts_action=_sync_keys)
 
     cluster = commands.add_parser(
         "register-cluster", parents=[ssh], help="send a CC its keys and register it with the CLC for a zone"
@@ -100,14 +100,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     cluster.add_argument("--id", help="the CC's component id (default cc-ZONE)")
     cluster.add_argument("--no-sync", action="store_true", help="do not copy keys, only register")
     cluster.add_argument("--force", action="store_true", help="register even if the CC does not answer yet")
-    cluster.set_defaults(func=_run, hosts_action=_register_cluster)
+    cluster.set_defaults(func=run, hosts_action=_register_cluster)
 
     uncluster = commands.add_parser("deregister-cluster", help="remove a registered cluster from the CLC")
     uncluster.add_argument("zone")
-    uncluster.set_defaults(func=_run, hosts_action=_deregister_cluster)
+    uncluster.set_defaults(func=run, hosts_action=_deregister_cluster)
 
     listing = commands.add_parser("clusters", help="list the CLC's clusters (configured and registered)")
-    listing.set_defaults(func=_run, hosts_action=_list_clusters)
+    listing.set_defaults(func=run, hosts_action=_list_clusters)
 
     nodes = commands.add_parser(
         "register-nodes", parents=[ssh], help="send NCs their keys and register them with their zone's CC"
@@ -117,13 +117,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     nodes.add_argument("--nc-port", type=int, default=8775, help="the NCs' port (default 8775)")
     nodes.add_argument("--id", help="the NC's component id, one host only (default nc-HOST)")
     nodes.add_argument("--no-sync", action="store_true", help="do not copy keys, only register")
-    nodes.set_defaults(func=_run, hosts_action=_register_nodes)
+    nodes.set_defaults(func=run, hosts_action=_register_nodes)
 
     unnodes = commands.add_parser("deregister-nodes", help="remove NCs from their zone's CC")
     unnodes.add_argument("hosts", nargs="+", metavar="host")
     _cluster_choice(unnodes)
     unnodes.add_argument("--nc-port", type=int, default=8775, help="the NCs' port (default 8775)")
-    unnodes.set_defaults(func=_run, hosts_action=_deregister_nodes)
+    unnodes.set_defaults(func=run, hosts_action=_deregister_nodes)
 
 
 def _cluster_choice(parser: argparse.ArgumentParser) -> None:
@@ -383,7 +383,8 @@ async def _main(cloud: AllInOne, args: argparse.Namespace) -> int:
         await ctx.close()
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run `args.hosts_action` with a Context on the cloud of `--state-dir` (also for cli/admin_migrate.py)."""
     cloud = AllInOne(args.state_dir)
     if not cloud.endpoints_path.exists():
         print(f"koala admin: no cloud in {cloud.dir}", file=sys.stderr)

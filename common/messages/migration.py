@@ -62,6 +62,17 @@ class CommitMigrationRequest(BaseModel):
     console: str = Field("", max_length=MAX_CONSOLE)  # base64 of the source's console tail
 
 
+class MigrationLanded(BaseModel):
+    """The target's answer to CommitMigration: the instance's state there, and libvirt's figures of the incoming
+    migration (the source cannot read them once its domain is gone)."""
+
+    instance_id: str
+    state: str
+    detail: str = ""
+    elapsed_ms: int = 0
+    downtime_ms: int = 0
+
+
 class ReleaseMigrationRequest(BaseModel):
     instance_id: str
     outcome: Literal["moved", "failed"]  # moved: on the source; failed: on the target
@@ -83,6 +94,8 @@ class MigrationInfo(BaseModel):
     state: str  # preparing, migrating, finishing, aborting, done, failed
     error: str = ""
     progress: int = 0  # percent of the data copied
+    elapsed_ms: int = 0  # libvirt's figures for the copy: how long it took
+    downtime_ms: int = 0  # and how long the guest was paused at the switch-over
     started_at: float = 0.0
     updated_at: float = 0.0
 

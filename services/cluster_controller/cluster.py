@@ -37,6 +37,7 @@ from common.rpc import RpcClient, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller import placement
 from services.cluster_controller.config import ClusterControllerConfig, node_url
+from services.cluster_controller.consolidation import Consolidation
 from services.cluster_controller.health import NodeHealth
 from services.cluster_controller.migration import Migrations
 from services.cluster_controller.model import Instance, Node
@@ -140,6 +141,8 @@ class Cluster:
         )
         if self.policy_name == "POWERSAVE":
             self._spawn(self.power.run(), "cc powersave")
+            if self.config.KOALA_CONSOLIDATE:
+                self._spawn(Consolidation(self).run(), "cc consolidation")
         for instance in instances:
             if instance.live and instance.confirmed_at is None:
                 self._spawn(self._dispatch(instance, recover=True), f"redispatch {instance.instance_id}")

@@ -46,6 +46,21 @@ class ClusterControllerConfig(VnetSettings, RemoteSettings, StorageSettings, Ser
     )
     KOALA_WOL_INTERFACE: str = Field("", description="Interface for etherwake (KOALA_WOL_METHOD=etherwake).")
     KOALA_WOL_BROADCAST: str = Field("255.255.255.255", description="Broadcast address for Wake-on-LAN packets.")
+    KOALA_CONSOLIDATE: bool = Field(
+        True, description="POWERSAVE: pack instances onto fewer nodes by live migration so that nodes can sleep."
+    )
+    KOALA_CONSOLIDATE_AFTER: float = Field(
+        120.0, ge=0, description="Consolidation's hysteresis: seconds a node must look emptiable before it is emptied."
+    )
+    KOALA_CONSOLIDATE_COOLDOWN: float = Field(
+        900.0, ge=0, description="Seconds after a consolidation move before the same instance may be moved again."
+    )
+    KOALA_CONSOLIDATE_MAX_MIGRATIONS: int = Field(
+        2, ge=1, le=64, description="Most live migrations in flight in the zone for consolidation to start more."
+    )
+    KOALA_CONSOLIDATE_RESERVE: float = Field(
+        0.1, ge=0, lt=1, description="Share of a node's memory consolidation keeps free (and below which it is short)."
+    )
     KOALA_TEARDOWN_RETENTION: float = Field(
         600.0, gt=0, description="Seconds a terminated or failed instance is still reported before it is forgotten."
     )

@@ -19,10 +19,11 @@ security group rules and elastic IP all live with the CC and stay as they were.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import aiosqlite
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("koala.cc.migration")
 M = TypeVar("M", bound=BaseModel)
 ACTIVE = ("preparing", "migrating", "finishing", "aborting")
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.1  # the source's progress, read this often while libvirt copies
 KEEP_FINISHED = 200  # finished migrations kept for DescribeMigrations
 
 
@@ -65,9 +66,12 @@ class Migration:
     target: MigrationTarget | None = None
     error: str = ""
     progress: int = 0
+    elapsed_ms: int = 0
+    downtime_ms: int = 0
     started_at: float = 0.0
     updated_at: float = 0.0
     task: asyncio.Task[None] | None = None
+    marks: dict[str, float] = field(default_factory=dict)  # monotonic time each state was entered (for the log)
 
     @property
     def active(self) -> bool:
@@ -165,6 +169,8 @@ class Migrations:
             state=migration.state,
             error=migration.error,
             progress=migration.progress,
+            elapsed_ms=migration.elapsed_ms,
+            downtime_ms=migration.downtime_ms,
             started_at=migration.started_at,
             updated_at=migration.updated_at,
         )
@@ -214,6 +220,8 @@ class Migrations:
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is suspended")
         if mode != "live":
             raise RpcError(400, "UnsupportedOperation", "only live migration is offered")
+        if target is not None and target.maintenance:
+            raise RpcError(409, "NodeInMaintenance", f"node {target.node_id or target.url} is being evacuated")
         source = cluster.nodes.get(instance.node_url)
         if source is None or source.state is not NodeState.UP:
             raise RpcError(409, "NodeUnavailable", f"the node of {instance_id} does not answer now")
@@ -228,10 +236,11 @@ class Migrations:
                 where = f"node {target.node_id or target.url}" if target is not None else "no other node"
                 if target is source:
                     raise RpcError(400, "InvalidParameterValue", f"{instance_id} runs on {where} already")
-                raise RpcError(409, "InsufficientInstanceCapacity", f"{where} has room for {instance_id} now")
+                raise RpcError(409, "InsufficientInstanceCapacity", f"{where} has no room for {instance_id} now")
             chosen = order[plan.picks[0]]
             now = time.time()
             migration = Migration(instance_id, source.url, chosen.url, mode, "preparing", started_at=now)
+            migration.marks["preparing"] = time.monotonic()
             chosen.reserve(instance)
             try:
                 await self._save(migration)
@@ -270,6 +279,7 @@ class Migrations:
 
     async def _set(self, migration: Migration, state: str, error: str = "", instances: Sequence[Instance] = ()) -> None:
         migration.state = state
+        migration.marks[state] = time.monotonic()
         if error:
             migration.error = error
         await self._save(migration, instances)
@@ -315,6 +325,7 @@ class Migrations:
             backoff.reset()
             if status.data_total:
                 migration.progress = min(100, int(100 * status.data_processed / max(1, status.data_total)))
+            migration.elapsed_ms, migration.downtime_ms = status.elapsed_ms, status.downtime_ms
             if status.state == "running":
                 await asyncio.sleep(POLL_SECONDS)
                 continue
@@ -358,6 +369,8 @@ class Migrations:
             migration.target_url, CommitMigrationRequest(instance_id=instance.instance_id, console=output)
         )
         instance.detail = committed.detail or instance.detail
+        if committed.elapsed_ms:  # libvirt's own figures, as the target read them
+            migration.elapsed_ms, migration.downtime_ms = committed.elapsed_ms, committed.downtime_ms
 
     async def _finish(self, migration: Migration, instance: Instance) -> None:
         backoff = Backoff(0.5, 10.0)
@@ -381,7 +394,7 @@ class Migrations:
             source.release(instance, ended=True)
         await self._set(migration, "done")
         self.cluster._changed(instance)
-        log.info("%s: now on %s", instance.instance_id, self._node_name(migration.target_url))
+        log.info("%s: now on %s (%s)", instance.instance_id, self._node_name(migration.target_url), _phases(migration))
         self._trim()
         if instance.terminating:
             self.cluster._spawn(self.cluster._terminate_one(instance), f"terminate {instance.instance_id}")
@@ -477,3 +490,10 @@ class Migrations:
             left = [i for i in node.instances.values() if i.node_url == node.url]
             state = "evacuating" if left or moving else "evacuated"
         return NodeMaintenance(node=node.node_id or node.url, state=state, migrations=moving, errors=errors or {})
+
+
+def _phases(migration: Migration) -> str:
+    """How long each state lasted, e.g. 'preparing 0.8 s, migrating 3.1 s, finishing 0.4 s' (this process's part)."""
+    marks = sorted(migration.marks.items(), key=lambda item: item[1])
+    spans = [f"{a} {tb - ta:.2f} s" for (a, ta), (_, tb) in itertools.pairwise(marks)]
+    return ", ".join(spans) or "resumed"

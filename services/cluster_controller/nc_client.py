@@ -15,6 +15,7 @@ from common.messages import bundle_tasks, cc_nc
 from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
+    MigrationLanded,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -170,9 +171,9 @@ class NcClient:
             expect_role=NC_ROLE,
         )
 
-    async def commit_migration(self, url: str, request: CommitMigrationRequest) -> cc_nc.InstanceInfo:
+    async def commit_migration(self, url: str, request: CommitMigrationRequest) -> MigrationLanded:
         return await self.client.call(
-            url, "CommitMigration", request, cc_nc.InstanceInfo, timeout=self.timeout * 2, expect_role=NC_ROLE
+            url, "CommitMigration", request, MigrationLanded, timeout=self.timeout * 2, expect_role=NC_ROLE
         )
 
     async def release_migration(self, url: str, request: ReleaseMigrationRequest) -> NcAnswer:

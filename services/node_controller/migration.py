@@ -35,6 +35,7 @@ from common.messages.cc_nc import InstanceInfo
 from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
+    MigrationLanded,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -158,10 +159,10 @@ class NodeMigrations:
             ramdisk=str(staged.ramdisk or ""),
         )
 
-    async def commit(self, request: CommitMigrationRequest) -> InstanceInfo:
+    async def commit(self, request: CommitMigrationRequest) -> MigrationLanded:
         inst = self.manager._get(request.instance_id)
         if inst.state == "Extant" and inst.detail not in (MIGRATING_IN, MIGRATING_OUT):
-            return inst.info()  # committed already
+            return MigrationLanded(instance_id=inst.id, state=inst.state, detail=inst.detail)  # committed already
         if inst.detail != MIGRATING_IN:
             raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
         state = await self.hv.state(inst.id)
@@ -175,10 +176,22 @@ class NodeMigrations:
         await console.keep_history(directory / "console.log", history)
         xml = await self.hv.xml(inst.id)
         await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
+        try:
+            stats = await self.hv.job(inst.id, completed=True) or {}
+        except HypervisorError:
+            stats = {}
         self._prepared.pop(inst.id, None)
         await self.manager._set(inst, "Extant", state)
-        log.info("%s: migrated here, Extant (%s)", inst.id, state)
-        return inst.info()
+        landed = MigrationLanded(
+            instance_id=inst.id,
+            state=inst.state,
+            detail=inst.detail,
+            elapsed_ms=int(stats.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED, 0)),
+            downtime_ms=int(stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME, 0)),
+        )
+        log.info("%s: migrated here, Extant (%s); libvirt: %d ms, downtime %d ms", inst.id, state,
+                 landed.elapsed_ms, landed.downtime_ms)  # fmt: skip
+        return landed
 
     # --- source side ----------------------------------------------------------------------------------------
     async def migrate(self, request: MigrateInstanceRequest) -> MigrationStatus:
@@ -251,7 +264,7 @@ class NodeMigrations:
             log.exception("%s: migration failed", inst.id)
             await self._failed(inst, f"internal error: {type(err).__name__}")
             return
-        self._record_stats(inst.id, stats)
+        self._record_stats(inst.id, stats, completed=True)
         status = self.status[inst.id]
         status.elapsed_ms = status.elapsed_ms or int((time.monotonic() - started) * 1000)
         await self._finish(inst.id, "completed")
@@ -280,7 +293,7 @@ class NodeMigrations:
         )
         await self.db.commit()
 
-    def _record_stats(self, instance_id: str, stats: dict[str, Any]) -> None:
+    def _record_stats(self, instance_id: str, stats: dict[str, Any], completed: bool = False) -> None:
         status = self.status.get(instance_id)
         if status is None or not stats:
             return
@@ -288,7 +301,8 @@ class NodeMigrations:
         status.data_processed = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, status.data_processed))
         status.data_remaining = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_REMAINING, status.data_remaining))
         status.elapsed_ms = int(stats.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED, status.elapsed_ms))
-        status.downtime_ms = int(stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME, status.downtime_ms))
+        if completed:  # while it runs, libvirt's "downtime" is only the expected one
+            status.downtime_ms = int(stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME, status.downtime_ms))
 
     async def describe_now(self, instance_id: str) -> MigrationStatus:
         """The migration's status, with libvirt's progress figures while it runs."""

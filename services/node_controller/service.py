@@ -36,6 +36,7 @@ from common.messages.cc_nc import (
 from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
+    MigrationLanded,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -324,7 +325,7 @@ class NodeControllerService(Service):
     async def _describe_migration(self, request: InstanceIdRequest, caller: Caller) -> MigrationStatus:
         return await self._migrations.describe_now(request.instance_id)
 
-    async def _commit_migration(self, request: CommitMigrationRequest, caller: Caller) -> InstanceInfo:
+    async def _commit_migration(self, request: CommitMigrationRequest, caller: Caller) -> MigrationLanded:
         return await self._migrations.commit(request)
 
     async def _release_migration(self, request: ReleaseMigrationRequest, caller: Caller) -> InstanceInfo:

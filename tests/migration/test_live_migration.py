@@ -15,8 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +172,150 @@ def test_target_nc_killed_mid_migration_converges(world: MigrationWorld, guest: 
     assert world.node_of(guest) == world.nodes[target].id
     counted = counters(world.console(guest))
     assert counted == list(range(counted[0], counted[0] + len(counted)))
+
+
+def koala_admin(world: MigrationWorld, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "admin", "--state-dir", str(world.cloud.dir), *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_evacuate_and_restore_a_node_with_three_guests(world: MigrationWorld, guest: str) -> None:
+    """`koala admin evacuate NODE --wait` moves every guest off the node (live, each where the policy puts it) and
+    keeps new ones away from it until `koala admin restore NODE`."""
+    others = world.launch(2)
+    try:
+        node = role_of(world, world.node_of(guest))
+        name = world.nodes[node].id
+        for instance_id in others:  # gather the three on one node with `koala admin migrate --to`
+            if world.node_of(instance_id) != name:
+                done = koala_admin(world, "migrate", instance_id, "--to", name, "--wait")
+                assert done.returncode == 0, done.stdout + done.stderr
+                assert "done\t100%" in done.stdout
+        three = [guest, *others]
+        assert all(world.node_of(i) == name for i in three)
+        evacuated = koala_admin(world, "evacuate", name, "--wait")
+        assert evacuated.returncode == 0, evacuated.stdout + evacuated.stderr
+        assert f"NODE\t{name}\tevacuated" in evacuated.stdout
+        other = "b" if node == "a" else "a"
+        assert all(world.node_of(i) == world.nodes[other].id for i in three)
+        assert domains(world, node).isdisjoint(three) and set(three) <= domains(world, other)
+        for instance_id in three:  # all three still answer on their public addresses
+            assert world.ssh(instance_id, "echo up").strip() == "up"
+        # Nothing is placed on a node under maintenance, even with room for it.
+        extra = world.launch(1)
+        try:
+            assert world.node_of(extra[0]) == world.nodes[other].id
+            # Nor may a guest be migrated there.
+            refused = koala_admin(world, "migrate", extra[0], "--to", name)
+            assert refused.returncode != 0 and "NodeInMaintenance" in refused.stderr
+        finally:
+            world.terminate(extra)
+        restored = koala_admin(world, "restore", name)
+        assert restored.returncode == 0 and f"NODE\t{name}\tenabled" in restored.stdout
+        back = koala_admin(world, "migrate", others[0], "--to", name, "--wait")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert world.node_of(others[0]) == name
+    finally:
+        world.terminate(others)
+
+
+def test_admin_pages_migrate_with_progress_evacuate_and_restore(world: MigrationWorld, guest: str) -> None:
+    """The clusters page: live-migrate from its form and watch the progress (the page reloads itself while a migration
+    runs), then Evacuate the node the guest went to (it comes back) and Restore it; in Debian's headless Chromium."""
+    from playwright import sync_api
+
+    from tests.admin.conftest import open_page
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    password = (world.cloud.dir / "data" / "clc" / "admin" / "web-password").read_text().strip()
+    source = role_of(world, world.node_of(guest))
+    target = "b" if source == "a" else "a"
+    source_id, target_id = world.nodes[source].id, world.nodes[target].id
+    with tempfile.TemporaryDirectory(prefix="koala-chromium-") as profile, sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, base_url=world.cloud.url("clc")
+        )
+        context.set_default_timeout(15000)
+        try:
+            page = open_page(context, password, "/admin/clusters")
+            page.fill(".migrate input[name=instance_id]", guest)
+            page.select_option(".migrate select[name=target]", target_id)
+            page.click(".migrate button")
+            assert f"Migrating {guest} from {source_id} to {target_id}." in page.inner_text(".flash")
+            seen = watch_row(page, guest, source_id)
+            assert "done" in seen[-1] and "100%" in seen[-1], seen
+            assert world.node_of(guest) == target_id
+            page.locator(".nodes tr", has_text=target_id).locator("button:has-text('Evacuate')").click()
+            assert f"Node {target_id} is under maintenance: 1 instance moving off." in page.inner_text(".flash")
+            seen = watch_row(page, guest, target_id)
+            assert "done" in seen[-1], seen
+            assert world.node_of(guest) == source_id
+            page.goto("/admin/clusters")
+            assert "evacuated" in page.locator(".nodes tr", has_text=target_id).inner_text()
+            page.locator(".nodes tr", has_text=target_id).locator("button:has-text('Restore')").click()
+            assert f"Node {target_id} is back in service." in page.inner_text(".flash")
+            assert "Evacuate" in page.locator(".nodes tr", has_text=target_id).inner_text()
+        finally:
+            context.close()
+
+
+def watch_row(page, instance_id: str, source_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The texts the migrations table showed for the instance's migration from `source_id`, until it settled (the
+    page reloads itself every 2 s meanwhile)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            rows = [r for r in page.locator(".migrations tr", has_text=instance_id).all_inner_texts()
+                    if r.split("\t")[1:2] == [source_id]]  # fmt: skip
+        except Exception:  # the page was reloading
+            rows = []
+        if rows and (not seen or seen[-1] != rows[0]):
+            seen.append(rows[0])
+        if rows and ("done" in rows[0] or "failed" in rows[0]):
+            return seen
+        page.wait_for_timeout(300)
+    raise AssertionError(f"the migration did not settle on the page: {seen}")
+
+
+def test_powersave_consolidates_so_that_a_node_sleeps(world: MigrationWorld, guest: str) -> None:
+    """Under POWERSAVE the CC packs the two guests of two nodes onto one by live migration (after its hysteresis),
+    and the node left empty is powered down by the power loop."""
+    from common.messages.clc_cc import DescribeNodesResponse, NodeInfo, RegisterNodeRequest
+
+    for index, node in enumerate(world.nodes.values(), start=1):  # a node is put to sleep only if it can be woken
+        world.cc("RegisterNode", RegisterNodeRequest(node=node.url, mac=f"52:54:00:4b:00:0{index}"), NodeInfo)
+    others = world.launch(1)
+    conf = world.cloud.aio.conf_path("cc")
+    original = conf.read_text()
+    try:
+        here = world.node_of(guest)
+        if world.node_of(others[0]) == here:  # one guest on each node
+            elsewhere = next(n.id for n in world.nodes.values() if n.id != here)
+            moved = koala_admin(world, "migrate", others[0], "--to", elsewhere, "--wait")
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert world.node_of(guest) != world.node_of(others[0])
+        conf.write_text(original + 'SCHEDPOLICY="POWERSAVE"\nKOALA_CONSOLIDATE_AFTER="3"\nPOWER_IDLETHRESH="4"\n')
+        world.cloud.stop("cc")
+        world.cloud.start("cc")
+        together = wait_for(lambda: (n := world.node_of(guest)) == world.node_of(others[0]) and n, 180, 1.0,
+                            "the two guests on one node")  # fmt: skip
+        emptied = next(n.id for n in world.nodes.values() if n.id != together)
+
+        def asleep() -> bool:
+            nodes = world.cc("DescribeNodes", None, DescribeNodesResponse).nodes
+            return any(n.node_id == emptied and n.state == "ASLEEP" for n in nodes)
+
+        wait_for(asleep, 60, 0.5, f"{emptied} powered down")
+        moves = world.cc("DescribeMigrations", DescribeMigrationsRequest(), DescribeMigrationsResponse).migrations
+        assert any(m.target_node == together and m.state == "done" for m in moves)
+        for instance_id in (guest, others[0]):
+            assert world.ssh(instance_id, "echo packed").strip() == "packed"
+        assert "consolidation: moving" in world.cloud.log("cc")
+    finally:
+        conf.write_text(original)
+        world.cloud.stop("cc")
+        world.cloud.start("cc")
+        world.terminate(others)

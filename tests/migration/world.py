@@ -5,6 +5,7 @@ and two nodes, each an NC process on a host namespace with its own libvirtd (hos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import secrets
 import shutil
 import sys
@@ -57,7 +58,9 @@ class MigrationWorld:
             finally:
                 await client.close()
 
-        return asyncio.run(call())
+        # In a thread of its own: the caller may run an event loop already (Playwright's sync API does).
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, call()).result()
 
     def node_of(self, instance_id: str) -> str:
         answer = self.cc("DescribeInstances", InstanceIdsRequest(instance_ids=[instance_id]), DescribeInstancesResponse)

@@ -25,6 +25,14 @@ from common.messages.clc_cc import (
     SuspendInstancesResponse,
     TerminateInstancesResponse,
 )
+from common.messages.migration import (
+    DescribeMigrationsRequest,
+    DescribeMigrationsResponse,
+    MigrateInstancesRequest,
+    MigrateInstancesResponse,
+    NodeMaintenance,
+    NodeRequest,
+)
 from common.messages.network import (
     AddressResponse,
     ConfigureNetworkRequest,
@@ -131,6 +139,20 @@ class ClusterClient:
 
     async def deregister_node(self, zone: str, request: DeregisterNodeRequest) -> CcAck:
         return await self._call(zone, "DeregisterNode", request, CcAck, False)
+
+    async def describe_migrations(self, zone: str, timeout: float = 10) -> DescribeMigrationsResponse:
+        """The zone's live migrations, running and recent (issue 21)."""
+        return await self._call(zone, "DescribeMigrations", DescribeMigrationsRequest(), DescribeMigrationsResponse,
+                                True, timeout)  # fmt: skip
+
+    async def migrate_instances(self, zone: str, request: MigrateInstancesRequest) -> MigrateInstancesResponse:
+        return await self._call(zone, "MigrateInstances", request, MigrateInstancesResponse, False)
+
+    async def evacuate_node(self, zone: str, request: NodeRequest) -> NodeMaintenance:
+        return await self._call(zone, "EvacuateNode", request, NodeMaintenance, True)
+
+    async def restore_node(self, zone: str, request: NodeRequest) -> NodeMaintenance:
+        return await self._call(zone, "RestoreNode", request, NodeMaintenance, True)
 
     async def storage(self, zone: str, operation: str, message: BaseModel, answer: type[T], timeout: float) -> T:
         """The zone's block storage (common/messages/storage.py: CreateVolume, AttachVolume, CreateSnapshot, ...);
