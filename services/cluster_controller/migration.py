@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -85,6 +85,8 @@ class Migrations:
         self.cluster = cluster
         self.by_instance: dict[str, Migration] = {}
         self.maintenance: dict[str, float] = {}  # node url -> since
+        # Other parts' reasons an instance may not move now ('' when it may), e.g. block storage's.
+        self.refusals: list[Callable[[str], str]] = []
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -220,6 +222,10 @@ class Migrations:
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is suspended")
         if mode != "live":
             raise RpcError(400, "UnsupportedOperation", "only live migration is offered")
+        for refusal in self.refusals:
+            why = refusal(instance_id)
+            if why:
+                raise RpcError(409, "MigrationRefused", f"{instance_id} cannot be migrated: {why}")
         if target is not None and target.maintenance:
             raise RpcError(409, "NodeInMaintenance", f"node {target.node_id or target.url} is being evacuated")
         source = cluster.nodes.get(instance.node_url)

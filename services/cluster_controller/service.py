@@ -85,6 +85,14 @@ class ClusterControllerService(Service):
             self.network.instance_source = cluster.live_nets
         if self.storage is not None:
             self.storage.node_of = cluster.node_of
+            storage = self.storage
+            cluster.migrations.refusals.append(
+                lambda instance_id: (
+                    "it has EBS volumes attached (not migrated yet)"
+                    if any(a.instance_id == instance_id for a in storage.attachments.values())
+                    else ""
+                )
+            )
         await self.cluster.start()
 
     async def on_stop(self) -> None:

@@ -174,6 +174,47 @@ def test_target_nc_killed_mid_migration_converges(world: MigrationWorld, guest: 
     assert counted == list(range(counted[0], counted[0] + len(counted)))
 
 
+def test_source_nc_killed_mid_migration_converges(world: MigrationWorld, guest: str) -> None:
+    """The source NC dies while libvirt copies: libvirtd finishes the migration; the restarted NC reads the outcome
+    from the domain (gone, or a job still running) and the CC settles on the target."""
+    source = role_of(world, world.node_of(guest))
+    target = "b" if source == "a" else "a"
+    migrate(world, guest, world.nodes[target].id)
+    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
+                         0.05, "the migration under way")  # fmt: skip
+    assert under_way.state == "migrating", under_way
+    world.nodes[source].kill()
+    time.sleep(1)
+    world.nodes[source].start()
+    done = wait_settled(world, guest)
+    assert done.state == "done", done.error
+    assert guest in domains(world, target) and guest not in domains(world, source)
+    assert world.node_of(guest) == world.nodes[target].id
+    assert world.ssh(guest, "echo alive").strip() == "alive"
+
+
+def test_a_failed_migration_leaves_the_guest_on_the_source(world: MigrationWorld, guest: str) -> None:
+    """libvirt's job aborted mid-copy (as an operator or a timeout would): the guest runs on where it was, the CC
+    keeps it there, and the target's prepared copy is gone."""
+    source = role_of(world, world.node_of(guest))
+    target = "b" if source == "a" else "a"
+    migrate(world, guest, world.nodes[target].id)
+    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
+                         0.05, "the migration under way")  # fmt: skip
+    assert under_way.state == "migrating", under_way
+    wait_for(lambda: world.hosts.hosts[source].virsh("domjobabort", guest, check=False).returncode == 0, 30, 0.1,
+             "libvirt's migration job aborted")  # fmt: skip
+    done = wait_settled(world, guest)
+    assert done.state == "failed" and done.error, done
+    assert guest in domains(world, source) and guest not in domains(world, target)
+    assert world.node_of(guest) == world.nodes[source].id
+    target_dir = world.hosts.hosts[target].dir / "instances"
+    wait_for(lambda: not any(target_dir.glob(f"*/{guest}")), 30, 0.3, "the target's prepared copy removed")
+    assert world.ssh(guest, "echo still-here").strip() == "still-here"
+    counted = counters(world.console(guest))
+    assert counted == list(range(counted[0], counted[0] + len(counted)))
+
+
 def koala_admin(world: MigrationWorld, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli", "admin", "--state-dir", str(world.cloud.dir), *args],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -311,9 +352,14 @@ def test_powersave_consolidates_so_that_a_node_sleeps(world: MigrationWorld, gue
         wait_for(asleep, 60, 0.5, f"{emptied} powered down")
         moves = world.cc("DescribeMigrations", DescribeMigrationsRequest(), DescribeMigrationsResponse).migrations
         assert any(m.target_node == together and m.state == "done" for m in moves)
-        for instance_id in (guest, others[0]):
-            assert world.ssh(instance_id, "echo packed").strip() == "packed"
         assert "consolidation: moving" in world.cloud.log("cc")
+        for instance_id in (guest, others[0]):
+            try:
+                assert world.ssh(instance_id, "echo packed").strip() == "packed"
+            except BaseException:
+                print(world.console(instance_id)[-2000:])
+                print(world.cloud.log("cc")[-4000:])
+                raise
     finally:
         conf.write_text(original)
         world.cloud.stop("cc")
