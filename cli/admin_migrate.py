@@ -46,6 +46,9 @@ def add_commands(commands: argparse._SubParsersAction, run: Callable[[argparse.N
     migrate.add_argument("instance_id")
     migrate.add_argument("--to", dest="target", default="", help="the target node (id or URL); default: the policy's")
     migrate.add_argument("--wait", action="store_true", help="follow the migration until it settles")
+    migrate.add_argument(
+        "--cold", action="store_true", help="the fallback: the guest paused for the whole copy (stop, move, start)"
+    )
     evacuate = add("evacuate", "maintenance: stop placing on a node and live-migrate every instance off it")
     evacuate.add_argument("node", help="node id (nc-...) or URL")
     evacuate.add_argument("--wait", action="store_true", help="follow the migrations until the node is empty")
@@ -120,7 +123,9 @@ async def _follow(ctx: Context, url: str, ids: list[str]) -> int:
 
 async def _migrate(ctx: Context, args: argparse.Namespace) -> int:
     url = await _cc_of_instance(ctx, args, args.instance_id)
-    request = MigrateInstancesRequest(instance_ids=[args.instance_id], target_node=args.target)
+    request = MigrateInstancesRequest(
+        instance_ids=[args.instance_id], target_node=args.target, mode="cold" if args.cold else "live"
+    )
     answer = await _cc(ctx, url, "MigrateInstances", request, MigrateInstancesResponse)
     for instance_id, error in answer.errors.items():
         print(f"koala admin: {instance_id}: {error}", file=sys.stderr)

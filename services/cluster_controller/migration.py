@@ -220,8 +220,6 @@ class Migrations:
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is {instance.state}/{instance.detail}")
         if instance.parked:
             raise RpcError(409, "IncorrectInstanceState", f"{instance_id} is suspended")
-        if mode != "live":
-            raise RpcError(400, "UnsupportedOperation", "only live migration is offered")
         for refusal in self.refusals:
             why = refusal(instance_id)
             if why:

@@ -199,8 +199,6 @@ class NodeMigrations:
         known = self.status.get(inst.id)
         if known is not None and known.state in ("running", "completed", "gone"):
             return self.describe(inst.id)  # a retried call
-        if request.mode != "live":
-            raise RpcError(400, "UnsupportedOperation", "this node migrates live only")
         if inst.state != "Extant" or inst.detail not in EXTANT_DETAILS:
             raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail}")
         if not request.target.libvirt_uri:
@@ -215,12 +213,14 @@ class NodeMigrations:
         )
         await self.db.commit()  # written before libvirt hears of it
         await self.manager._set(inst, "Extant", MIGRATING_OUT)
-        self._tasks.spawn(self._send(inst, request.target), f"migrate {inst.id}")
+        self._tasks.spawn(self._send(inst, request.target, request.mode), f"migrate {inst.id}")
         return status
 
-    def _flags(self) -> int:
+    def _flags(self, mode: str) -> int:
+        """Live: the guest runs on while its memory is copied (paused only at the switch-over). Cold: the guest is
+        paused for the whole copy (stop, move, start), the fallback that always converges."""
         flags: int = (
-            libvirt.VIR_MIGRATE_LIVE
+            (libvirt.VIR_MIGRATE_LIVE if mode == "live" else 0)
             | libvirt.VIR_MIGRATE_PEER2PEER
             | libvirt.VIR_MIGRATE_NON_SHARED_INC
             | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
@@ -229,7 +229,7 @@ class NodeMigrations:
             flags |= libvirt.VIR_MIGRATE_TLS
         return flags
 
-    async def _send(self, inst: Instance, target: MigrationTarget) -> None:
+    async def _send(self, inst: Instance, target: MigrationTarget, mode: str = "live") -> None:
         started = time.monotonic()
         try:
             xml = await self.hv.xml(inst.id, migratable=True)
@@ -244,8 +244,9 @@ class NodeMigrations:
             uri = target.libvirt_uri
             if self.config.KOALA_NC_MIGRATION_PKI:
                 uri += ("&" if "?" in uri else "?") + f"pkipath={self.config.KOALA_NC_MIGRATION_PKI}"
-            flags, downtime = self._flags(), self.config.KOALA_NC_MIGRATION_MAX_DOWNTIME_MS
-            log.info("%s: migrating live to %s (%s; disks %s)", inst.id, target.node_id, target.libvirt_uri, copied)
+            flags, downtime = self._flags(mode), self.config.KOALA_NC_MIGRATION_MAX_DOWNTIME_MS
+            log.info("%s: migrating (%s) to %s (%s; disks %s)", inst.id, mode, target.node_id, target.libvirt_uri,
+                     copied)  # fmt: skip
 
             def send(conn: libvirt.virConnect) -> dict[str, Any]:
                 dom = conn.lookupByName(inst.id)
@@ -276,6 +277,12 @@ class NodeMigrations:
             state = await self.hv.state(inst.id)
         except HypervisorError:
             state = "unknown"
+        if state == "paused":  # stopped for the copy (cold, or the switch-over): it goes on here
+            try:
+                await self.hv.call(lambda conn: conn.lookupByName(inst.id).resume())
+                state = "running"
+            except HypervisorError as err:
+                log.warning("%s: cannot resume it after the failed migration: %s", inst.id, err)
         if state in EXTANT_DETAILS:
             log.warning("%s: migration failed, the guest runs on here: %s", inst.id, error)
             await self._finish(inst.id, "failed", error)
