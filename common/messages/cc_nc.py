@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from common.messages.storage import IscsiTarget
+
 NcState = Literal["Pending", "Extant", "Teardown"]
 MAX_USER_DATA = 16384  # bytes before base64, as EC2
 
@@ -38,6 +40,22 @@ class ImageRef(BaseModel):
     manifest: str = Field(max_length=2048)  # "bucket/path/name.manifest.xml"
 
 
+class LaunchVolume(BaseModel):
+    """An EBS volume an instance boots with (its root, or a launch BlockDeviceMapping's): the CC exports it to the
+    instance's node before the node starts the domain, at every (re)start of an EBS-backed instance."""
+
+    volume_id: str = Field(max_length=20)
+    device: str = Field(max_length=32)  # as the user named it (/dev/sda1, /dev/sdf)
+    root: bool = False
+
+
+class BootVolume(LaunchVolume):
+    """A LaunchVolume with where the node finds it: plugged into the domain when it is created (the root disk
+    first), through QEMU's iSCSI initiator with the attachment's initiator name (see common/messages/storage.py)."""
+
+    target: IscsiTarget
+
+
 class LaunchSpec(BaseModel):
     """What a reservation's instances share, the one launch-spec model: the CLC sends it with RunInstances (with
     the instances), the CC stores it per reservation (so a RunInstance can be sent again after a restart) and
@@ -52,6 +70,9 @@ class LaunchSpec(BaseModel):
     ssh_public_key: str = Field("", max_length=16384)
     user_data: str = Field("", max_length=MAX_USER_DATA * 2)  # base64
     group_names: list[str] = []
+    # EBS-backed launches: instance id -> the volumes it boots with (the CC exports them to the instance's node and
+    # sends them, with their targets, as RunInstanceRequest.volumes).
+    boot_volumes: dict[str, list[LaunchVolume]] = Field(default={}, max_length=10000)
 
     @classmethod
     def of(cls, request: LaunchSpec) -> LaunchSpec:
@@ -65,6 +86,7 @@ class RunInstanceRequest(LaunchSpec):
     launch_index: int = 0
     net: NetConfig = NetConfig()
     platform: str = "linux"
+    volumes: list[BootVolume] = Field(default=[], max_length=26)  # EBS-backed: the root volume replaces the image
 
 
 class InstanceInfo(BaseModel):

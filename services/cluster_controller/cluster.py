@@ -20,7 +20,7 @@ from typing import Any, cast
 from common.hostcmd import SubprocessRunner
 from common.ids import is_id
 from common.messages import bundle_tasks, cc_nc
-from common.messages.cc_nc import InstanceInfo, LaunchSpec, NetConfig, VmType
+from common.messages.cc_nc import InstanceInfo, LaunchSpec, LaunchVolume, NetConfig, VmType
 from common.messages.clc_cc import (
     ClusterInstance,
     ClusterState,
@@ -53,6 +53,10 @@ log = logging.getLogger("koala.cc")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+# Exports an instance's boot volumes to its node: (instance id, node URL, volumes) -> their iSCSI targets.
+BootVolumes = Callable[[str, str, list[LaunchVolume]], Coroutine[Any, Any, list[cc_nc.BootVolume]]]
+
+
 class Cluster:
     """The zone's instances and nodes; node health (health.py) and power saving (powersave.py) are its
     collaborators, built here with what each of them uses."""
@@ -72,6 +76,7 @@ class Cluster:
         self._dirty: dict[str, Instance] = {}
         self._dirty_event = asyncio.Event()
         self._networks: set[tuple[str, int, str]] = set()
+        self.boot_volumes: BootVolumes | None = None  # set by the storage package
         # Called with an instance id when the instance ends, e.g. to give back its network entries at once.
         self.on_end: list[Callable[[str], Coroutine[Any, Any, None]]] = []
         # Placement's snapshot, kept up to date node by node: rebuilding 10,000 entries per decision would
@@ -245,6 +250,11 @@ class Cluster:
         node = self.nodes.get(instance.node_url)
         return instance.node_url, (node.node_id if node else "")
 
+    def instance_live(self, instance_id: str) -> bool:
+        """Whether the instance has a live run here (placed, perhaps not yet confirmed by its node)."""
+        instance = self.instances.get(instance_id)
+        return instance is not None and instance.live and not instance.terminating
+
     def describe_resources(self, vm_types: list[VmType]) -> DescribeResourcesResponse:
         """Per VM type, as the reference: the sum over nodes of floor(min(free mem/mem, free disk/disk, free
         cores/cores)) for `available` and the same over the maximums for `max`. DOWN nodes count nothing;
@@ -284,6 +294,8 @@ class Cluster:
         if request.min_count > len(ids):
             raise RpcError(400, "InvalidRequest", f"min_count {request.min_count} exceeds {len(ids)} instances")
         known = [self.instances[i] for i in ids if i in self.instances]
+        # An instance whose run ended may run again under a new reservation (StartInstances of a stopped one).
+        known = [i for i in known if i.live or i.reservation_id == request.reservation_id]
         if known:
             if any(i.reservation_id != request.reservation_id for i in known):
                 raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
@@ -291,7 +303,7 @@ class Cluster:
             return RunInstancesResponse(instances=[self._placement(i) for i in ids])
         vm = request.vm_type
         need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
-        spec = LaunchSpec.of(request)
+        spec = LaunchSpec.of(request)  # with the instances' boot volumes, if any (EBS-backed launches)
         async with self.lock:
             order, capacities = self.snapshot()
             plan = self._hinted(request, order, capacities, need) or self.policy(
@@ -426,6 +438,9 @@ class Cluster:
         request = await self.run_request(instance)
         if request is None:
             return "its launch specification was lost"
+        error = await self._export_volumes(instance, node, request)
+        if error is not None:
+            return error
         assert node.gate is not None
         async with node.gate:
             try:
@@ -445,12 +460,27 @@ class Cluster:
         if spec is None:
             return None
         return cc_nc.RunInstanceRequest(
-            **dict(spec),
+            **dict(spec, boot_volumes={}),  # the node gets its instance's only, with their targets (`volumes`)
             instance_id=instance.instance_id,
             reservation_id=instance.reservation_id,
             launch_index=instance.launch_index,
             net=instance.net,
         )
+
+    async def _export_volumes(self, instance: Instance, node: Node, request: cc_nc.RunInstanceRequest) -> str | None:
+        """The EBS volumes the instance boots with, exported to `node` before it creates the domain (their targets
+        into `request.volumes`); why not, when they cannot be."""
+        spec = await self.store.reservations.spec(instance.reservation_id)
+        wanted = spec.boot_volumes.get(instance.instance_id) if spec is not None else None
+        if not wanted:
+            return None
+        if self.boot_volumes is None:
+            return "this zone has no block storage for its volumes"
+        try:
+            request.volumes = await self.boot_volumes(instance.instance_id, node.url, wanted)
+        except RpcError as err:
+            return f"its volumes could not be exported: {err.code}: {err.message}"
+        return None
 
     async def _start_network(self, node: Node, instance: Instance) -> None:
         """The node's side of the instance's network (its VLAN bridge), once per node and network."""

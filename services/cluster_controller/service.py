@@ -85,6 +85,8 @@ class ClusterControllerService(Service):
             self.network.instance_source = cluster.live_nets
         if self.storage is not None:
             self.storage.node_of = cluster.node_of
+            self.storage.instance_live = cluster.instance_live
+            cluster.boot_volumes = self.storage.boot_attach  # EBS-backed instances' volumes, at each start
             storage = self.storage
             cluster.migrations.refusals.append(
                 lambda instance_id: (

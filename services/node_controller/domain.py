@@ -15,6 +15,8 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 
+from common.messages.storage import IscsiTarget
+
 KOALA_NS = "https://koala.invalid/xmlns/nc/1"
 KOALA_PREFIX = "koala"
 XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"
@@ -23,9 +25,11 @@ XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"
 @dataclass
 class DiskSpec:
     path: Path
-    role: str  # root, ephemeral, swap, config
+    role: str  # root, ephemeral, swap, config, volume
     format: str = "raw"  # raw or qcow2
     readonly: bool = False
+    iscsi: IscsiTarget | None = None  # an EBS volume, opened by QEMU's own iSCSI initiator (path unused)
+    serial: str = ""  # the volume id, which the guest sees as the disk's serial
 
 
 @dataclass
@@ -132,7 +136,24 @@ def _target(disk: DiskSpec, index: int, flavour: str, xen_pv: bool) -> tuple[str
     return f"vd{chr(ord('a') + index)}", "virtio"
 
 
+def iscsi_disk(parent: ET.Element | None, target: IscsiTarget, serial: str, dev: str, bus: str) -> ET.Element:
+    """A libvirt network disk (protocol iscsi) logging in with the attachment's initiator name."""
+    attrs = {"type": "network", "device": "disk"}
+    disk = ET.Element("disk", attrs) if parent is None else ET.SubElement(parent, "disk", attrs)
+    _sub(disk, "driver", name="qemu", type="raw", cache="none")
+    source = _sub(disk, "source", protocol="iscsi", name=f"{target.iqn}/{target.lun}")
+    _sub(source, "host", name=target.host, port=str(target.port))
+    _sub(_sub(source, "initiator"), "iqn", name=target.initiator)
+    _sub(disk, "target", dev=dev, bus=bus)
+    _sub(disk, "serial", serial)
+    return disk
+
+
 def _disk(devices: ET.Element, disk: DiskSpec, index: int, flavour: str, xen_pv: bool) -> None:
+    if disk.iscsi is not None:
+        dev, bus = _target(disk, index, flavour, False)
+        iscsi_disk(devices, disk.iscsi, disk.serial, dev, bus)
+        return
     element = _sub(devices, "disk", type="file", device="disk")
     if flavour == "xen":
         _sub(element, "driver", name="qemu" if disk.format == "qcow2" else "file", type=disk.format)

@@ -203,12 +203,17 @@ class InstanceManager:
                 raise RpcError(400, "InvalidAMIID.Malformed", f"{ref.id!r} is not an image id")
         if request.user_data and configdrive.user_data(request) == b"":
             raise RpcError(400, "InvalidUserData.Malformed", "user data must be base64")
+        _check_volumes(request)
         if request.net.bridge:
             from services.node_controller.network import valid_bridge
 
             if not valid_bridge(request.net.bridge):
                 raise RpcError(400, "InvalidParameterValue", f"invalid bridge name {request.net.bridge!r}")
         existing = self.instances.get(request.instance_id)
+        if existing is not None and existing.state == "Teardown" and request.volumes:
+            if existing.request.reservation_id != request.reservation_id:
+                await self._replace(existing)  # a new run of a stopped EBS-backed instance
+                existing = None
         if existing is not None:
             if existing.request.reservation_id != request.reservation_id:
                 raise RpcError(409, "InstanceIdInUse", f"{request.instance_id} is already used here")
@@ -232,6 +237,15 @@ class InstanceManager:
             raise
         self.notifier.changed(inst.id)
         return inst, False
+
+    async def _replace(self, old: Instance) -> None:
+        """Forget an ended run of an instance id before a new run of it starts here."""
+        with contextlib.suppress(HypervisorError):
+            await self.hv.destroy(old.id)
+        self._release(old)
+        if not old.files_removed:
+            await self._remove_files(old)
+        await self._forget(old)
 
     async def terminate(self, instance_id: str) -> InstanceInfo:
         inst = self._get(instance_id)
@@ -365,20 +379,27 @@ class InstanceManager:
         request = inst.request
         directory = self.instance_dir(request)
         await asyncio.get_running_loop().run_in_executor(None, lambda: directory.mkdir(parents=True, exist_ok=True))
-        refs = [request.image, request.kernel, request.ramdisk]
+        ebs_root = any(v.root for v in request.volumes)  # the root is a volume: no image to fetch
+        refs = [None if ebs_root else request.image, request.kernel, request.ramdisk]
         paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
         await self._save(inst)  # remember the pins
         image, kernel, ramdisk = paths
-        assert image is not None  # RunInstanceRequest always names an image
+        volumes = [  # EBS volumes it boots with, the root first (the guest's first disk)
+            DiskSpec(Path(v.volume_id), "root" if v.root else "volume", iscsi=v.target, serial=v.volume_id)
+            for v in sorted(request.volumes, key=lambda v: not v.root)
+        ]
         async with self.disk_ops:
-            disk_list = await disks.make_disks(
-                image,
-                directory,
-                request.vm_type.disk_gb,
-                self.config.SWAP_SIZE,
-                self.disk_mode,
-                self.root / ".templates",
-            )
+            disk_list = volumes
+            if image is not None:
+                disk_list = await disks.make_disks(
+                    image,
+                    directory,
+                    request.vm_type.disk_gb,
+                    self.config.SWAP_SIZE,
+                    self.disk_mode,
+                    self.root / ".templates",
+                )
+                disk_list += volumes
             if self.config.KOALA_NC_CONFIG_DRIVE:
                 iso = await configdrive.build(directory / "config.iso", request)
                 disk_list.append(DiskSpec(iso, "config", readonly=True))
@@ -666,6 +687,16 @@ class InstanceManager:
                 if directory.is_dir() and _LOOKS_OURS.match(directory.name) and directory not in known:
                     found.append(str(directory))
         return found
+
+
+def _check_volumes(request: RunInstanceRequest) -> None:
+    from services.node_controller.volumes import valid_target
+
+    for volume in request.volumes:
+        if not is_id(volume.volume_id, "vol") or not valid_target(volume.target):
+            raise RpcError(400, "InvalidParameterValue", f"malformed boot volume {volume.volume_id[:20]!r}")
+    if sum(1 for v in request.volumes if v.root) > 1:
+        raise RpcError(400, "InvalidParameterValue", "more than one root volume")
 
 
 def _ours(dom: DomainInfo) -> bool:

@@ -22,8 +22,9 @@ import libvirt
 
 from common.ceph import CephSettings
 from common.ids import is_id, normalize
-from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
+from common.messages.storage import IscsiTarget, NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import RpcError
+from services.node_controller.domain import iscsi_disk
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
 from services.node_controller.rbd_disks import RbdSetupError, check_target, ensure_secret, rbd_disk, read_key
 
@@ -38,16 +39,13 @@ _DEVICE = re.compile(r"^/dev/(sd|xvd|vd)([b-z])$")
 
 
 def disk_xml(request: NodeAttachRequest, target: str) -> str:
-    disk = ET.Element("disk", {"type": "network", "device": "disk"})
-    ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw", "cache": "none"})
-    t = request.target
-    assert t is not None
-    source = ET.SubElement(disk, "source", {"protocol": "iscsi", "name": f"{t.iqn}/{t.lun}"})
-    ET.SubElement(source, "host", {"name": t.host, "port": str(t.port)})
-    ET.SubElement(ET.SubElement(source, "initiator"), "iqn", {"name": t.initiator})
-    ET.SubElement(disk, "target", {"dev": target, "bus": "virtio"})
-    ET.SubElement(disk, "serial").text = normalize(request.volume_id)
+    assert request.target is not None
+    disk = iscsi_disk(None, request.target, normalize(request.volume_id), target, "virtio")
     return ET.tostring(disk, encoding="unicode")
+
+
+def valid_target(target: IscsiTarget) -> bool:
+    return bool(_IQN.match(target.iqn) and _IQN.match(target.initiator) and _HOST.match(target.host))
 
 
 def _disks(domain_xml: str) -> dict[str, str]:
@@ -119,7 +117,7 @@ class Volumes:
     async def attach(self, request: NodeAttachRequest) -> NodeAttachment:
         instance_id, volume_id = self._check(request)
         t = request.target
-        if t is not None and not (_IQN.match(t.iqn) and _IQN.match(t.initiator) and _HOST.match(t.host)):
+        if t is not None and not valid_target(t):
             raise RpcError(400, "InvalidParameterValue", "malformed iSCSI target")
         if request.rbd is not None:
             try:

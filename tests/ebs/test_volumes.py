@@ -257,13 +257,13 @@ def test_attach_bookkeeping_on_the_test_driver(cloud, alice, tmp_path_factory):
     # Live migration (issue 21) does not carry volumes along yet: the CC refuses to move such an instance.
     refused = migrate_instance(cloud, instance)
     assert "MigrationRefused" in refused.errors[instance] and not refused.migrations
-    # An instance-store instance cannot be stopped (EC2's answer), and is not stopped, so cannot be started.
+    # An instance-store instance can neither be stopped nor started (EC2's answer).
     with pytest.raises(ClientError) as err:
         ec2.stop_instances(InstanceIds=[instance])
     assert code(err) == "UnsupportedOperation"
     with pytest.raises(ClientError) as err:
         ec2.start_instances(InstanceIds=[instance])
-    assert code(err) == "IncorrectInstanceState"
+    assert code(err) == "UnsupportedOperation"
     assert "UnsupportedOperation" in aws_error(cloud, alice, "stop-instances", "--instance-ids", instance)
     detached = ec2.detach_volume(VolumeId=volume)
     assert detached["State"] in ("detaching", "detached")

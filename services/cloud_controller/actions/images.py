@@ -9,6 +9,7 @@ from typing import Any
 from services.cloud_controller.actions import Context, action, tags
 from services.cloud_controller.compute.images import Images
 from services.cloud_controller.compute.store import Image
+from services.cloud_controller.ebs.roots import parse_mappings
 from services.cloud_controller.ec2 import paging
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
@@ -28,6 +29,8 @@ IMAGE_FILTERS = {
     "state",
     "architecture",
     "root-device-type",
+    "block-device-mapping.snapshot-id",
+    "block-device-mapping.device-name",
     "root-device-name",
     "virtualization-type",
     "hypervisor",
@@ -57,14 +60,29 @@ def image_dict(image: Image, admin_account: str, tag_list: list[dict[str, str]] 
         "ImageOwnerAlias": "eucalyptus" if image.owner_id == admin_account else None,
         "Name": image.name,
         "Description": image.description or None,
-        "RootDeviceType": "instance-store",
+        "RootDeviceType": image.root_device_type,
         "RootDeviceName": image.root_device_name,
-        "BlockDeviceMappings": [],
+        "BlockDeviceMappings": mapping_list(image),
         "VirtualizationType": "paravirtual",
         "Hypervisor": "xen",
         "ProductCodes": _product_codes(image),
         "Tags": tag_list or None,
     }
+
+
+def mapping_list(image: Image) -> list[dict[str, Any]]:
+    return [
+        {
+            "DeviceName": m["device"],
+            "Ebs": {
+                "SnapshotId": m["snapshot_id"] or None,
+                "VolumeSize": m["size"],
+                "DeleteOnTermination": m["delete_on_termination"],
+                "VolumeType": "standard",
+            },
+        }
+        for m in image.block_devices
+    ]
 
 
 def _product_codes(image: Image) -> list[dict[str, str]]:
@@ -89,7 +107,9 @@ def _filter_values(image: Image, admin_account: str) -> dict[str, Any]:
         "owner-alias": "eucalyptus" if image.owner_id == admin_account else "",
         "state": image.state,
         "architecture": image.architecture,
-        "root-device-type": "instance-store",
+        "root-device-type": image.root_device_type,
+        "block-device-mapping.snapshot-id": [m["snapshot_id"] for m in image.block_devices],
+        "block-device-mapping.device-name": [m["device"] for m in image.block_devices],
         "root-device-name": image.root_device_name,
         "virtualization-type": "paravirtual",
         "hypervisor": "xen",
@@ -99,9 +119,19 @@ def _filter_values(image: Image, admin_account: str) -> dict[str, Any]:
 @action("RegisterImage")
 async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     location = params.get("ImageLocation")
+    mappings = parse_mappings(params.get("BlockDeviceMappings"))
+    tag_list = tags.tag_specifications(params, "image")
+    if not location and any(m.get("snapshot_id") for m in mappings):
+        image = await _register_ebs(ctx, params, mappings)
+        if tag_list:
+            await tags.tag_created(ctx, "image", [image.image_id], tag_list)
+        return {"ImageId": image.image_id}
     if not location:
         raise Ec2Error("MissingParameter", "The request must contain the parameter ImageLocation")
-    tag_list = tags.tag_specifications(params, "image")
+    if mappings:
+        raise Ec2Error(
+            "InvalidParameterCombination", "EBS mappings belong to EBS-backed images (no ImageLocation) here"
+        )
     image = await registry(ctx).register(
         ctx.owner_id,
         location,
@@ -115,6 +145,27 @@ async def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]
     if tag_list:
         await tags.tag_created(ctx, "image", [image.image_id], tag_list)
     return {"ImageId": image.image_id}
+
+
+async def _register_ebs(ctx: Context, params: dict[str, Any], mappings: list[dict[str, Any]]) -> Image:
+    """An EBS-backed image: its root device's mapping names a snapshot (ebs/roots.py checks them)."""
+    roots = ctx.clc.compute.roots
+    if roots is None:
+        raise Ec2Error("UnsupportedOperation", "This cloud has no block storage for EBS-backed images")
+    if not params.get("Name"):
+        raise Ec2Error("MissingParameter", "The request must contain the parameter Name")
+    root_device = params.get("RootDeviceName") or "/dev/sda1"
+    checked = roots.check_image_mappings(ctx.principal, root_device, mappings)
+    return await registry(ctx).register_ebs(
+        ctx.owner_id,
+        params["Name"],
+        description=params.get("Description") or "",
+        architecture=params.get("Architecture") or "",
+        kernel_id=params.get("KernelId") or "",
+        ramdisk_id=params.get("RamdiskId") or "",
+        root_device_name=root_device,
+        block_devices=checked,
+    )
 
 
 @action("DeregisterImage")
@@ -171,7 +222,7 @@ async def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict
             {"ProductCodeId": c, "ProductCodeType": "devpay"} for c in sorted(image.product_codes)
         ]
     elif attribute == "blockDeviceMapping":
-        result["BlockDeviceMappings"] = []
+        result["BlockDeviceMappings"] = mapping_list(image)
     else:
         raise invalid("Attribute", attribute, "Not supported for this image.")
     return result

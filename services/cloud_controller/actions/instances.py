@@ -19,6 +19,8 @@ from services.cloud_controller.compute.attributes import product_codes
 from services.cloud_controller.compute.engine import Compute
 from services.cloud_controller.compute.launch import RunRequest
 from services.cloud_controller.compute.store import STATE_CODES, Instance, Reservation
+from services.cloud_controller.ebs.roots import parse_mappings
+from services.cloud_controller.ebs.store import Volume
 from services.cloud_controller.ec2 import model, xml
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 from services.cloud_controller.ec2.filters import Filters
@@ -47,6 +49,7 @@ def instance_dict(
     reservation: Reservation | None,
     tag_list: list[dict[str, str]] | None,
     codes: list[str] | None = None,
+    volumes: list[Volume] | None = None,
 ) -> dict[str, Any]:
     groups_ = _groups(reservation)
     public = instance.public_ip
@@ -69,9 +72,9 @@ def instance_dict(
         "PrivateIpAddress": instance.private_ip or None,
         "PublicIpAddress": public or None,
         "Architecture": "x86_64",
-        "RootDeviceType": "instance-store",
-        "RootDeviceName": "/dev/sda1",
-        "BlockDeviceMappings": [],
+        "RootDeviceType": instance.root_device_type,
+        "RootDeviceName": instance.root_device_name,
+        "BlockDeviceMappings": block_device_list(volumes or []),
         "VirtualizationType": "paravirtual",
         "ClientToken": reservation.client_token if reservation and reservation.client_token else None,
         "Hypervisor": "xen",
@@ -81,6 +84,26 @@ def instance_dict(
     if instance.state in ("terminated", "shutting-down") and instance.state_reason:
         result["StateReason"] = state_reason(instance.state_reason)
     return result
+
+
+def block_device_list(volumes: list[Volume]) -> list[dict[str, Any]]:
+    """The instance's EBS volumes (ebs/store.Volume), as EC2's InstanceBlockDeviceMapping."""
+    return [
+        {
+            "DeviceName": v.device,
+            "Ebs": {
+                "VolumeId": v.volume_id,
+                "Status": v.attach_state or "detached",
+                "AttachTime": v.attach_time,
+                "DeleteOnTermination": v.delete_on_termination,
+            },
+        }
+        for v in volumes
+    ]
+
+
+def volumes_of(engine: Compute, instance: Instance) -> list[Volume]:
+    return engine.roots.devices(instance) if engine.roots is not None else []
 
 
 def product_code_list(codes: list[str]) -> list[dict[str, str]]:
@@ -150,7 +173,8 @@ FILTER_VALUES: dict[str, Callable[[Instance, Reservation | None], Any]] = {
     "instance.group-name": lambda i, r: _groups_of(r),
     "instance.group-id": lambda i, r: _group_ids_of(r),
     "architecture": lambda i, r: "x86_64",
-    "root-device-type": lambda i, r: "instance-store",
+    "root-device-type": lambda i, r: i.root_device_type,
+    "root-device-name": lambda i, r: i.root_device_name,
     "client-token": lambda i, r: r.client_token if r else "",
     "state-reason-code": lambda i, r: state_reason(i.state_reason)["Code"] if i.state_reason else "",
     "hypervisor": lambda i, r: "xen",
@@ -243,6 +267,7 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         client_token=params.get("ClientToken") or "",
         disable_api_termination=bool(params.get("DisableApiTermination")),
         shutdown_behavior=params.get("InstanceInitiatedShutdownBehavior") or "terminate",
+        block_devices=parse_mappings(params.get("BlockDeviceMappings")),
     )
     capacity = params.get("CapacityReservationSpecification") or {}
     request.capacity_reservation_id = (capacity.get("CapacityReservationTarget") or {}).get(
@@ -262,7 +287,10 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     tag_sets = await ctx.compute.tags.tags_for([i.instance_id for i in launched]) if tag_list else {}
     return reservation_dict(
         reservation,
-        [instance_dict(i, reservation, tag_sets.get(i.instance_id), product_codes(engine, i)) for i in launched],
+        [
+            instance_dict(i, reservation, tag_sets.get(i.instance_id), product_codes(engine, i), volumes_of(engine, i))
+            for i in launched
+        ],
     )
 
 
@@ -341,7 +369,8 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
             entry = reservations[reservation.reservation_id] = (reservation, [])
         codes = product_codes(engine, instance)
         lease = lease_of.get(instance.instance_id, "")
-        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease))
+        volumes = volumes_of(engine, instance)
+        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes))
     if len(_XML_CACHE) > 2 * len(engine.store.instances) + 1000:
         for instance_id in [i for i in _XML_CACHE if i not in engine.store.instances]:
             del _XML_CACHE[instance_id]
@@ -370,6 +399,7 @@ def _cached_xml(
     tag_list: list[dict[str, str]] | None,
     codes: list[str] | None = None,
     lease: str = "",
+    volumes: list[Volume] | None = None,
 ) -> xml.Prebuilt:
     key = (
         instance.state,
@@ -383,12 +413,13 @@ def _cached_xml(
         tuple((t["Key"], t["Value"]) for t in tag_list) if tag_list else (),
         tuple(codes or ()),
         lease,
+        tuple((v.volume_id, v.device, v.attach_state, v.delete_on_termination) for v in volumes or ()),
     )
     cached = _XML_CACHE.get(instance.instance_id)
     if cached is not None and cached[0] == key:
         return cached[1]
     fragment = xml.members_xml(
-        _instance_shape(), instance_dict(instance, reservation, tag_list, codes) | lease_fields(lease)
+        _instance_shape(), instance_dict(instance, reservation, tag_list, codes, volumes) | lease_fields(lease)
     )
     _XML_CACHE[instance.instance_id] = (key, fragment)
     return fragment
@@ -407,7 +438,8 @@ async def warm_cache(engine: Compute, chunk: int = 500) -> int:
             if reservation is not None:
                 codes = product_codes(engine, instance)
                 lease = lease_of.get(instance.instance_id, "")
-                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease)
+                volumes = volumes_of(engine, instance)
+                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes)
         await asyncio.sleep(0)
     return len(instances)
 
@@ -465,13 +497,13 @@ async def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> d
     elif attribute == "groupSet":
         result["Groups"] = _groups(engine.store.reservations.get(instance.reservation_id))
     elif attribute == "rootDeviceName":
-        result["RootDeviceName"] = {"Value": "/dev/sda1"}
+        result["RootDeviceName"] = {"Value": instance.root_device_name}
     elif attribute == "disableApiTermination":
         result["DisableApiTermination"] = {"Value": bool(instance.disable_api_termination)}
     elif attribute == "instanceInitiatedShutdownBehavior":
         result["InstanceInitiatedShutdownBehavior"] = {"Value": instance.shutdown_behavior}
     elif attribute == "blockDeviceMapping":
-        result["BlockDeviceMappings"] = []
+        result["BlockDeviceMappings"] = block_device_list(volumes_of(engine, instance))
     elif attribute == "productCodes":
         result["ProductCodes"] = product_code_list(product_codes(engine, instance))
     else:

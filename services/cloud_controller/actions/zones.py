@@ -92,7 +92,7 @@ async def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[
             {
                 "InstanceType": vm.name,
                 "CurrentGeneration": False,
-                "SupportedRootDeviceTypes": ["instance-store"],
+                "SupportedRootDeviceTypes": ["instance-store", "ebs"],
                 "SupportedVirtualizationTypes": ["paravirtual"],
                 "Hypervisor": "xen",
                 "VCpuInfo": {"DefaultVCpus": vm.cores, "DefaultCores": vm.cores, "DefaultThreadsPerCore": 1},

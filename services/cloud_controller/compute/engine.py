@@ -31,6 +31,7 @@ from services.cloud_controller.compute.networks import Networks
 from services.cloud_controller.compute.polling import Poller
 from services.cloud_controller.compute.reports import Reports
 from services.cloud_controller.compute.security_groups import SecurityGroups
+from services.cloud_controller.compute.stop_start import StopStart
 from services.cloud_controller.compute.store import Image, Instance, Store
 from services.cloud_controller.compute.tags import Tags
 from services.cloud_controller.compute.vmtypes import DEFAULT_TYPE, VmTypes
@@ -111,7 +112,9 @@ class Compute:
         ] = []  # more meta-data entries (spot/instance-action)
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
+        self.roots: Any = None  # ebs.roots.Roots: EBS-backed images and instances, set when EBS is installed
         self.launcher = Launcher(self)
+        self.stop_start = StopStart(self)
         self.reports = Reports(self)
         self.poller = Poller(self)
 

@@ -98,15 +98,7 @@ class Images:
         bucket, key = split_location(location)
         location = f"{bucket}/{key}"
         name = name or key.rsplit("/", 1)[-1].removesuffix(".manifest.xml")
-        if not _NAME.match(name):
-            raise invalid("Name", "3-128 letters, digits and ( ) [ ] space . / ' @ _ -")
-        if len(description) > 255:
-            raise invalid("Description", "at most 255 characters")
-        if architecture and architecture not in ARCHITECTURES:
-            raise invalid("Architecture", f"one of {', '.join(ARCHITECTURES)}")
-        for image in self.store.images.values():
-            if image.owner_id == account_id and image.name == name:
-                raise ComputeError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by {image.image_id}")
+        self.check_name(account_id, name, description, architecture)
         if self.backend is None:
             raise ComputeError("Unavailable", "Walrus cannot validate images right now", 503)
         facts = await self.backend.validate(location, account_id)
@@ -133,6 +125,52 @@ class Images:
             await self.backend.cache(location)  # pre-warm Walrus's decrypted cache; a failure is not fatal
         except Exception as err:
             log.warning("pre-warming %s failed: %s", location, err)
+        return image
+
+    def check_name(self, account_id: str, name: str, description: str, architecture: str = "") -> None:
+        if not _NAME.match(name or ""):
+            raise invalid("Name", "3-128 letters, digits and ( ) [ ] space . / ' @ _ -")
+        if len(description) > 255:
+            raise invalid("Description", "at most 255 characters")
+        if architecture and architecture not in ARCHITECTURES:
+            raise invalid("Architecture", f"one of {', '.join(ARCHITECTURES)}")
+        for image in self.store.images.values():
+            if image.owner_id == account_id and image.name == name:
+                raise ComputeError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by {image.image_id}")
+
+    async def register_ebs(
+        self,
+        account_id: str,
+        name: str,
+        description: str = "",
+        architecture: str = "",
+        kernel_id: str = "",
+        ramdisk_id: str = "",
+        root_device_name: str = "",
+        block_devices: list[dict[str, Any]] | None = None,
+        state: str = "available",
+    ) -> Image:
+        """An EBS-backed machine image: no bundle, its root (and other disks) made from snapshots at each launch
+        (the mappings are checked by the caller, ebs/roots.py). ImageLocation is OWNER/NAME, as EC2 shows it."""
+        self.check_name(account_id, name, description, architecture)
+        image = Image(
+            image_id=self._new_id("machine"),
+            owner_id=account_id,
+            kind="machine",
+            name=name,
+            location=f"{account_id}/{name}",
+            created_at=time.time(),
+            description=description,
+            architecture=architecture or "x86_64",
+            root_device_name=root_device_name or "/dev/sda1",
+            state=state,
+            root_device_type="ebs",
+            block_devices=list(block_devices or []),
+        )
+        image.kernel_id = self._default(kernel_id, "kernel", account_id)
+        image.ramdisk_id = self._default(ramdisk_id, "ramdisk", account_id)
+        await self.store.save_image(image, new=True)
+        log.info("registered %s (EBS-backed, root %s) for %s", image.image_id, image.root_device_name, account_id)
         return image
 
     def _default(self, image_id: str, kind: str, account_id: str) -> str:
@@ -164,7 +202,7 @@ class Images:
         image = self.owned(image_id, account_id, is_admin)
         await self.store.delete_image(image.image_id)
         log.info("deregistered %s", image.image_id)
-        if self.backend is not None:
+        if self.backend is not None and image.root_device_type != "ebs":
             try:
                 await self.backend.flush(image.location)
             except Exception as err:

@@ -55,6 +55,7 @@ class RunRequest:
     capacity_reservation_id: str = ""  # CapacityReservationSpecification's target (leases/)
     capacity_preference: str = ""  # open | none ("" = open)
     spot: Any = None  # InstanceMarketOptions' spot options (leases/spot.py), or None for on-demand
+    block_devices: list[dict[str, Any]] = field(default_factory=list)  # BlockDeviceMappings, parsed by ebs/roots.py
 
 
 def mac_for(instance_id: str) -> str:
@@ -116,8 +117,13 @@ class Launcher(EnginePart):
         image = self.engine.image(request.image_id, principal, "machine")
         if request.shutdown_behavior not in ("stop", "terminate"):
             raise invalid("InstanceInitiatedShutdownBehavior", "stop or terminate")
-        if request.shutdown_behavior == "stop":  # instance-store roots (every root until EBS roots come)
+        if request.shutdown_behavior == "stop" and image.root_device_type != "ebs":
             raise ComputeError("UnsupportedOperation", "Only an EBS-backed instance can stop when its guest shuts down")
+        mappings: list[dict[str, Any]] = []
+        if image.root_device_type == "ebs" or request.block_devices:
+            if self.engine.roots is None:
+                raise ComputeError("UnsupportedOperation", "This cloud has no block storage for EBS volumes")
+            mappings = self.engine.roots.mappings(principal, image, request.block_devices)
         kernel_id = request.kernel_id or image.kernel_id or self.settings.default_kernel
         ramdisk_id = request.ramdisk_id or image.ramdisk_id or self.settings.default_ramdisk
         kernel = self.engine.image(kernel_id, principal, "kernel", implied=not request.kernel_id) if kernel_id else None
@@ -198,6 +204,8 @@ class Launcher(EnginePart):
                     network_index=nets[index][1] if nets else -1,
                     disable_api_termination=request.disable_api_termination,
                     shutdown_behavior=request.shutdown_behavior,
+                    root_device_type=image.root_device_type,
+                    root_device_name=image.root_device_name,
                 )
                 for index, instance_id in enumerate(instance_ids)
             ]
@@ -224,6 +232,12 @@ class Launcher(EnginePart):
                 await self.addresses.save(*addresses)
                 await self.store.forget(instance_ids)
             raise
+        if mappings:
+            try:  # their volumes, made (from snapshots) before the CC hears of the instances
+                await self.engine.roots.prepare(principal, instances, mappings)
+            except ComputeError:
+                await self._fail(reservation, instances, token, "Server.InternalError: volumes not made")
+                raise
         return await self._launch(Launch(reservation, instances, token, request.min_count, image, kernel, ramdisk, vm))
 
     def admit(self, principal: Principal, request: RunRequest, vm: VmType, zone: str | None) -> Token:
@@ -339,6 +353,8 @@ class Launcher(EnginePart):
             except ComputeError:
                 await self._fail(reservation, instances, token, "Server.InternalError: network setup failed")
                 raise
+        roots = self.engine.roots
+        volumes = roots.boot_volumes([i.instance_id for i in instances]) if roots is not None else {}
         request = RunInstancesRequest(
             reservation_id=reservation.reservation_id,
             owner_id=reservation.owner_id,
@@ -362,6 +378,7 @@ class Launcher(EnginePart):
             ssh_public_key=first.key_material,
             user_data=first.user_data,
             group_names=reservation.groups,
+            boot_volumes=volumes,
         )
         try:
             answer = await self.cc.run_instances(reservation.zone, request)

@@ -101,6 +101,7 @@ class Poller(EnginePart):
         ]
         if stuck:
             await self.engine.terminate_quietly(zone, stuck)
+        await self.engine.stop_start.reconcile(zone)  # stops and starts the CC has not acted on
 
     async def refresh_network_mode(self, zone: str) -> None:
         try:

@@ -39,6 +39,8 @@ class Reports(EnginePart):
             instance = self.store.instances.get(item.instance_id)
             if instance is None or instance.zone != zone:
                 continue  # not ours (the CC's own orphans are its business)
+            if item.reservation_id and item.reservation_id != instance.run_id:
+                continue  # about an earlier run of a stopped and started instance
             seen.add(instance.instance_id)
             instance.last_seen = now
             dirty = False
@@ -57,8 +59,12 @@ class Reports(EnginePart):
             if state is not None and state != instance.state:
                 if state == "pending" and instance.state != "pending":
                     pass  # an old report; never go backwards
-                elif state == "running" and instance.state == "shutting-down":
-                    pass  # terminating: wait for Teardown
+                elif state == "running" and instance.state in ("shutting-down", "stopping"):
+                    pass  # terminating or stopping: wait for Teardown
+                elif state == "terminated" and self.engine.stop_start.stops(instance, item.detail):
+                    if self.store.set_state(instance, "stopped", self.engine.stop_start.reason(instance), now):
+                        dirty = True
+                        self.engine.poller.schedule_refresh(zone)  # its node's capacity is free again
                 else:
                     # A user's termination stays the reason, whatever words the CC uses for the teardown.
                     user = instance.state == "shutting-down" and instance.state_reason == "User initiated"
@@ -71,7 +77,13 @@ class Reports(EnginePart):
                 changed.append(instance)
         if full:
             for instance in self.store.instances.values():
-                if instance.zone != zone or not instance.live or instance.instance_id in seen:
+                if instance.zone != zone or instance.instance_id in seen:
+                    continue
+                if instance.state == "stopping":  # its run is over at the CC
+                    self.store.set_state(instance, "stopped", self.engine.stop_start.reason(instance), now)
+                    changed.append(instance)
+                    continue
+                if not instance.live:
                     continue
                 if instance.state == "shutting-down":
                     self.store.set_state(instance, "terminated", "User initiated", now)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.cloud_controller.database import Database
@@ -66,10 +66,17 @@ class Instance:
     terminated_at: float = 0.0
     disable_api_termination: bool = False  # TerminateInstances is refused while set
     shutdown_behavior: str = "terminate"  # what a guest's own power-off does: terminate | stop
+    root_device_type: str = "instance-store"  # or ebs: its root is a volume (it can stop and start)
+    root_device_name: str = "/dev/sda1"
+    launch_id: str = ""  # the CC reservation of its current run ('' = reservation_id); StartInstances makes one
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+    @property
+    def run_id(self) -> str:
+        return self.launch_id or self.reservation_id
 
 
 _INSTANCE_COLUMNS = [f.name for f in fields(Instance)]
@@ -93,12 +100,24 @@ class Image:
     is_public: bool = False
     launch_permissions: set[str] = field(default_factory=set)
     product_codes: set[str] = field(default_factory=set)
+    root_device_type: str = "instance-store"  # or ebs: the root is made from a snapshot at each launch
+    # EBS mappings: [{"device", "snapshot_id", "size", "delete_on_termination"}] (JSON in the database)
+    block_devices: list[dict[str, Any]] = field(default_factory=list)
 
     def can_launch(self, account_id: str) -> bool:
         return self.owner_id == account_id or self.is_public or account_id in self.launch_permissions
 
+    @property
+    def snapshot_ids(self) -> set[str]:
+        return {m["snapshot_id"] for m in self.block_devices if m.get("snapshot_id")}
+
 
 _IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name not in ("launch_permissions", "product_codes")]
+
+
+def _image_value(image: Image, column: str) -> object:
+    value = getattr(image, column)
+    return json.dumps(value) if column == "block_devices" else value
 
 
 class Store:
@@ -128,6 +147,7 @@ class Store:
         for row in await self.db.fetchall(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images"):
             values = dict(row)
             values["is_public"] = bool(values["is_public"])
+            values["block_devices"] = json.loads(values["block_devices"] or "[]")
             self.images[values["image_id"]] = Image(**values)
         for row in await self.db.fetchall("SELECT image_id, account_id FROM image_launch_permissions"):
             if row[0] in self.images:
@@ -236,13 +256,13 @@ class Store:
             if new:
                 await conn.execute(
                     f"INSERT INTO images({', '.join(_IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_IMAGE_COLUMNS))})",
-                    [getattr(image, c) for c in _IMAGE_COLUMNS],
+                    [_image_value(image, c) for c in _IMAGE_COLUMNS],
                 )
             else:
                 columns = [c for c in _IMAGE_COLUMNS if c != "image_id"]
                 await conn.execute(
                     f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE image_id = ?",
-                    [getattr(image, c) for c in columns] + [image.image_id],
+                    [_image_value(image, c) for c in columns] + [image.image_id],
                 )
             await conn.execute("DELETE FROM image_launch_permissions WHERE image_id = ?", (image.image_id,))
             await conn.executemany(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from common.messages import storage as msg
 from common.rpc import Caller, Empty
 from services.cloud_controller.ebs.engine import Ebs, EbsSettings
+from services.cloud_controller.ebs.roots import Roots
 
 if TYPE_CHECKING:
     from services.cloud_controller.service import CloudControllerService
@@ -26,6 +27,7 @@ async def install(clc: CloudControllerService) -> Ebs:
     )
     ebs = Ebs(clc.db, clc.compute, settings)
     await ebs.load()
+    ebs.roots = clc.compute.roots = Roots(ebs)  # EBS-backed images and instances
 
     async def owned_volumes(owner_id: str, ids: list[str]) -> set[str]:
         return {i for i in ids if (v := ebs.store.volumes.get(i.lower())) is not None and v.owner_id == owner_id}

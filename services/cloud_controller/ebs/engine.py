@@ -47,6 +47,16 @@ class EbsSettings:
 
 
 @dataclass
+class BootAttachment:
+    """The instance a new volume is made for, at `device`, as part of its launch (ebs/roots.py)."""
+
+    instance_id: str
+    device: str
+    delete_on_termination: bool = True
+    trusted: bool = False
+
+
+@dataclass
 class ZoneStorage:
     capacity_gb: int = 0
     allocated_gb: int = 0
@@ -73,6 +83,7 @@ class Ebs:
         self.on_forget: list[
             Callable[[list[str]], Awaitable[None]]
         ] = []  # async listeners of volume and snapshot ids gone for good (their tags)
+        self.roots: Any = None  # ebs.roots.Roots (EBS-backed images and instances), set by install
 
     # --- life ---------------------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -97,6 +108,10 @@ class Ebs:
                 log.warning("%s failed: %s", name, finished.exception())
 
         task.add_done_callback(done)
+
+    def wake(self) -> None:
+        """Reconcile now (something waits for a volume's state)."""
+        self._wake.set()
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -125,6 +140,16 @@ class Ebs:
             raise _snapshot_not_found(snapshot_id)
         return snapshot
 
+    def _snapshot_for(self, snapshot_id: str, principal: Any, trusted: bool) -> Snapshot | None:
+        if not snapshot_id:
+            return None
+        if not trusted:
+            return self.snapshot(snapshot_id, principal, restore=True)
+        snapshot = self.store.snapshots.get(ids.normalize(snapshot_id))
+        if snapshot is None:
+            raise _snapshot_not_found(snapshot_id)
+        return snapshot
+
     def used_gb(self, owner_id: str) -> int:
         return sum(v.size_gb for v in self.store.volumes.values() if v.owner_id == owner_id)
 
@@ -150,7 +175,11 @@ class Ebs:
         snapshot_id: str = "",
         volume_type: str = "",
         client_token: str = "",
+        boot: BootAttachment | None = None,
     ) -> Volume:
+        """A new volume; with `boot`, one an instance launches with (recorded attached to it from the start, so a
+        crash leaves no volume without its instance; `boot.trusted`: the image's own snapshot, which launching
+        the image allows restoring whoever owns it)."""
         owner = principal.account_id
         if len(client_token) > 64:
             raise ComputeError("InvalidParameterValue", "ClientToken: at most 64 characters")
@@ -160,7 +189,7 @@ class Ebs:
             raise ComputeError("InvalidParameterValue", f"Volume type '{volume_type[:32]}' is not supported here.")
         if zone not in self.compute.cc.clusters:
             raise ComputeError("InvalidParameterValue", f"Invalid availability zone: [{zone[:64]}]")
-        snapshot = self.snapshot(snapshot_id, principal, restore=True) if snapshot_id else None
+        snapshot = self._snapshot_for(snapshot_id, principal, boot is not None and boot.trusted)
         if snapshot is not None and snapshot.state != "completed":
             raise ComputeError("IncorrectState", f"Snapshot '{snapshot.snapshot_id}' is {snapshot.state}.")
         if size is None:
@@ -207,6 +236,9 @@ class Ebs:
             snapshot_id=snapshot.snapshot_id if snapshot else "",
             client_token=client_token,
         )
+        if boot is not None:
+            volume.instance_id, volume.device, volume.attach_state = boot.instance_id, boot.device, "attached"
+            volume.delete_on_termination, volume.boot, volume.attach_time = boot.delete_on_termination, True, now
         self.store.volumes[volume.volume_id] = volume
         if client_token:
             self.store.tokens[(owner, client_token)] = volume.volume_id
@@ -242,7 +274,13 @@ class Ebs:
         changed = False
         if volume.state == "creating" and seen.state in ("available", "error"):
             volume.state, volume.detail, changed = seen.state, seen.detail, True
+            if volume.state == "available" and volume.attach_state:
+                volume.state = "in-use"  # made for an instance that boots with it
         attachment = seen.attachment
+        if volume.boot and volume.attach_state == "attached":
+            if changed:
+                await self.store.save_volume(volume)
+            return  # exported at each start of its instance, by the launch: no export between runs is normal
         if volume.attach_state == "attaching" and attachment is not None and attachment.state == "attached":
             volume.attach_state, volume.attach_time, changed = "attached", time.time(), True
         if volume.attach_state in ("attached", "detaching") and attachment is None and seen.state != "gone":
@@ -255,7 +293,7 @@ class Ebs:
     def _clear_attachment(volume: Volume) -> None:
         volume.state = "available"
         volume.instance_id = volume.device = volume.attach_state = ""
-        volume.attach_time, volume.delete_on_termination = 0.0, False
+        volume.attach_time, volume.delete_on_termination, volume.boot = 0.0, False, False
 
     async def delete_volume(self, principal: Principal, volume_id: str) -> None:
         volume = self.volume(volume_id, principal)
@@ -352,6 +390,18 @@ class Ebs:
                 raise ComputeError(
                     "InvalidAttachment.NotFound", f"The volume {volume.volume_id} is not attached at {device[:32]}"
                 )
+            instance = self.compute.store.instances.get(volume.instance_id)
+            if (
+                volume.boot
+                and instance is not None
+                and volume.device == instance.root_device_name
+                and instance.state not in ("stopped", "terminated")
+            ):
+                raise ComputeError(
+                    "OperationNotPermitted",
+                    f"The volume {volume.volume_id} is the root device of {instance.instance_id}, which is "
+                    f"{instance.state}: stop it first.",
+                )
             volume.attach_state = "detaching"
             await self.store.save_volume(volume)  # written before the CC hears of it
             await self._send_detach(volume, force)
@@ -386,11 +436,15 @@ class Ebs:
             if instance is not None and instance.state != "terminated":
                 continue
             async with self._lock(volume.volume_id):
+                if volume.state == "creating":
+                    continue  # the CC's answer first: then it can be deleted
                 if volume.attach_state and volume.attach_state != "detaching":
                     volume.attach_state = "detaching"
                     await self.store.save_volume(volume)
                 if volume.attach_state == "detaching":
-                    delete = volume.delete_on_termination
+                    # A launch that failed leaves nothing behind, whatever DeleteOnTermination said.
+                    failed = volume.boot and instance is not None and instance.state_reason.startswith("Server.")
+                    delete = volume.delete_on_termination or failed
                     await self._send_detach(volume, force=True)
                     if delete and not volume.attach_state:
                         await self._delete(volume)
@@ -546,6 +600,8 @@ class Ebs:
         zones = {v.zone for v in self.store.volumes.values()} | {s.zone for s in self.store.snapshots.values()}
         zones |= set(self.compute.cc.clusters)
         await asyncio.gather(*(self.reconcile_zone(z) for z in zones if z in self.compute.cc.clusters))
+        if self.roots is not None:
+            await self.roots.settle_images()  # CreateImage's images, once their snapshots are done
 
     def busy(self) -> bool:
         """Something is in a transitional state: poll often."""

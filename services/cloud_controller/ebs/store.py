@@ -31,6 +31,7 @@ class Volume:
     attach_time: float = 0.0
     delete_on_termination: bool = False
     detail: str = ""
+    boot: bool = False  # the instance boots with it (root or launch mapping): exported by the CC at each start
 
 
 @dataclass(slots=True)
@@ -63,11 +64,13 @@ class EbsStore:
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Snapshot] = {}
         self.tokens: dict[tuple[str, str], str] = {}  # (owner, ClientToken) -> volume id
+        self.version = 0  # counts volume writes: indexes built over the volumes know when they are stale
 
     async def load(self) -> None:
         for row in await self.db.fetchall(f"SELECT {', '.join(_VOLUME_COLUMNS)} FROM volumes"):
             values = dict(row)
             values["delete_on_termination"] = bool(values["delete_on_termination"])
+            values["boot"] = bool(values["boot"])
             volume = Volume(**values)
             self.volumes[volume.volume_id] = volume
             if volume.client_token:
@@ -82,6 +85,7 @@ class EbsStore:
 
     async def save_volume(self, volume: Volume) -> None:
         volume.updated_at = time.time()
+        self.version += 1
         await self.db.execute(
             upsert("volumes", _VOLUME_COLUMNS, ["volume_id"]),
             [getattr(volume, c) for c in _VOLUME_COLUMNS],
@@ -90,6 +94,7 @@ class EbsStore:
     async def forget_volume(self, volume: Volume) -> None:
         self.volumes.pop(volume.volume_id, None)
         self.tokens.pop((volume.owner_id, volume.client_token), None)
+        self.version += 1
         await self.db.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
 
     async def save_snapshot(self, snapshot: Snapshot, permissions: bool = False) -> None:

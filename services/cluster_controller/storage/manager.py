@@ -23,6 +23,7 @@ from typing import Any
 
 from common.hostcmd import Runner, SubprocessRunner
 from common.ids import is_id, normalize
+from common.messages.cc_nc import BootVolume, LaunchVolume
 from common.messages.storage import (
     AttachVolumeRequest,
     CreateSnapshotRequest,
@@ -87,6 +88,8 @@ class StorageManager:
         self.attachments: dict[str, Attachment] = {}
         self.snapshots: dict[str, Snapshot] = {}
         self.node_of: NodeOf = lambda instance_id: None
+        # Whether the cluster has a live run of the instance (placed, perhaps not yet confirmed by its node).
+        self.instance_live: Callable[[str], bool] = lambda instance_id: self.node_of(instance_id) is not None
         self.capacity_gb = config.KOALA_EBS_CAPACITY_GB
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = TaskSet(log, expected=(RpcError,))
@@ -354,6 +357,49 @@ class StorageManager:
                 raise
         return self.volume_info(volume_id)
 
+    async def boot_attach(self, instance_id: str, node_url: str, volumes: list[LaunchVolume]) -> list[BootVolume]:
+        """Export the volumes an instance boots with to its node (before the node creates the domain): each
+        attachment is recorded `attached` (the node plugs the disk in at boot) before it is exported, so the
+        reconcile loop keeps the export, or removes it once the run is over."""
+        instance_id = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
+        if self.rbd is not None:
+            raise _fail(400, "UnsupportedOperation", "instances boot from iSCSI-exported volumes only (not RBD) here")
+        result = []
+        for item in volumes:
+            volume_id = check_id(item.volume_id, "vol", "InvalidVolumeID.Malformed")
+            async with self._lock(volume_id):
+                volume = self.volumes.get(volume_id)
+                if volume is None or volume.state != "available":
+                    raise _fail(409, "IncorrectState", f"{volume_id} is {volume.state if volume else 'not here'}")
+                attachment = self.attachments.get(volume_id)
+                if attachment is not None and (attachment.instance_id != instance_id or attachment.state != "attached"):
+                    if attachment.instance_id != instance_id and self.instance_live(attachment.instance_id):
+                        raise _fail(409, "VolumeInUse", f"{volume_id} is attached to {attachment.instance_id}")
+                    attachment.state = "detaching"  # left from an earlier run: undone first
+                    await self._store.save_attachment(attachment)
+                    if not await self._unplug(volume, attachment, force=True):
+                        raise _fail(503, "StorageUnavailable", f"{volume_id}: its earlier export is still there")
+                    attachment = None
+                if attachment is None:
+                    initiator = f"{IQN_BASE}:node.{instance_id}.{secrets.token_hex(12)}"
+                    attachment = Attachment(volume_id, instance_id, node_url, item.device, initiator, "attached")
+                elif attachment.node_url != node_url:
+                    attachment.node_url = node_url  # placed on another node this time (a failover or a start)
+                await self._store.save_attachment(attachment)  # written before anything is exported
+                self.attachments[volume_id] = attachment
+                try:
+                    await self._export(volume, attachment)
+                except TgtError as err:
+                    raise _fail(503, "StorageUnavailable", str(err)) from None
+                result.append(BootVolume(volume_id=volume_id, device=item.device, root=item.root,
+                                         target=self._target(volume, attachment)))  # fmt: skip
+        return result
+
+    def _target(self, volume: Volume, attachment: Attachment) -> IscsiTarget:
+        return IscsiTarget(
+            host=self.portal_host, port=self.portal_port, iqn=self.iqn(volume), lun=1, initiator=attachment.initiator
+        )
+
     async def _export(self, volume: Volume, attachment: Attachment) -> None:
         """The volume's target exists, backed by its file, admitting this attachment's initiator only (nothing to do
         for an RBD image: the node opens it with its own Ceph key)."""
@@ -381,15 +427,7 @@ class StorageManager:
             instance_id=attachment.instance_id,
             volume_id=volume.volume_id,
             device=attachment.device,
-            target=None
-            if self.rbd is not None
-            else IscsiTarget(
-                host=self.portal_host,
-                port=self.portal_port,
-                iqn=self.iqn(volume),
-                lun=1,
-                initiator=attachment.initiator,
-            ),
+            target=None if self.rbd is not None else self._target(volume, attachment),
             rbd=self.rbd.target(volume.volume_id) if self.rbd is not None else None,
         )
         answer = await self.nodes.attach_volume(attachment.node_url, request, NODE_TIMEOUT)
@@ -558,7 +596,7 @@ class StorageManager:
             async with self._lock(volume_id):
                 if self.attachments.get(volume_id) is not attachment:
                     continue
-                live = self.node_of(attachment.instance_id) is not None
+                live = self.instance_live(attachment.instance_id)
                 try:
                     if attachment.state == "detaching" or not live:
                         if attachment.state != "detaching":
