@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from tests.clc.compute_cloud import registered_image, run_when_room, wait_state
 from tests.clc.ec2_helpers import client, stop_clean
+from tests.waiting import wait_for
 
 CLC = {"KOALA_LEASE_TICK_SECONDS": 0.2, "KOALA_SPOT_NOTICE_SECONDS": 2}
 NC = {"MAX_CORES": 4}
@@ -306,6 +307,50 @@ def test_spot_requests_queue_fulfil_and_preempt(cloud, alice, image):
     with pytest.raises(ClientError) as err:
         ec2.describe_spot_instance_requests(SpotInstanceRequestIds=["sir-zz"])
     assert code(err) == "InvalidSpotInstanceRequestID.Malformed"
+
+
+def test_stopping_spot_instances_are_stopped_and_started(cloud, alice):
+    """A spot instance of an EBS-backed image whose interruption behaviour is stop is stopped (its volumes stay,
+    EC2 shows it stopped and its request disabled, the metadata notice says stop) to make room for a reservation,
+    and started again (on any node) when the room returns."""
+    ec2 = client(cloud, alice)
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    wait_for(lambda: ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed", 60,
+             what="the snapshot")  # fmt: skip
+    ec2.delete_volume(VolumeId=volume)
+    mapping = [{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}]
+    ebs_image = ec2.register_image(Name="spot-ebs", BlockDeviceMappings=mapping)["ImageId"]
+    spec = {"ImageId": ebs_image, "InstanceType": "m1.small"}
+    made = ec2.request_spot_instances(InstanceCount=4, LaunchSpecification=spec, InstanceInterruptionBehavior="stop")[
+        "SpotInstanceRequests"
+    ]
+    rids = [r["SpotInstanceRequestId"] for r in made]
+    assert {r["InstanceInterruptionBehavior"] for r in made} == {"stop"}
+    found = wait_requests(ec2, rids, lambda f: all(r["State"] == "active" for r in f.values()), "all fulfilled")
+    instances = {r: found[r]["InstanceId"] for r in rids}
+    wait_state(ec2, list(instances.values()), {"running"})
+    cr = reserve(ec2, 1, soon(8), soon(600))
+    found = wait_requests(
+        ec2, rids, lambda f: any(r["State"] == "disabled" for r in f.values()), "one stopped", timeout=60
+    )
+    stopped = [r for r in rids if found[r]["State"] == "disabled"]
+    assert len(stopped) == 1 and found[stopped[0]]["Status"]["Code"] == "instance-stopped-no-capacity"
+    victim = instances[stopped[0]]
+    assert wait_state(ec2, [victim], {"stopped"})
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [victim]}])["Volumes"]
+    assert [v["State"] for v in volumes] == ["in-use"]  # its root stays with it
+    ec2.cancel_capacity_reservation(CapacityReservationId=cr["CapacityReservationId"])
+    found = wait_requests(ec2, stopped, lambda f: f[stopped[0]]["State"] == "active", "started", timeout=60)
+    assert found[stopped[0]]["InstanceId"] == victim
+    wait_state(ec2, [victim], {"running"})
+    everything = list(instances.values())
+    ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=rids)
+    ec2.terminate_instances(InstanceIds=everything)
+    wait_state(ec2, everything, {"terminated"})
+    wait_for(lambda: not ec2.describe_volumes()["Volumes"], 60, what="the roots gone with them")
+    ec2.deregister_image(ImageId=ebs_image)
+    ec2.delete_snapshot(SnapshotId=snapshot)
 
 
 def test_hibernating_spot_instances_are_suspended_and_resumed(cloud, alice, image):

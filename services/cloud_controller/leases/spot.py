@@ -115,7 +115,7 @@ class SpotQueue:
             raise invalid("InstanceCount", f"between 1 and {MAX_COUNT}")
         if kind not in ("one-time", "persistent"):
             raise invalid("Type", "one-time or persistent")
-        check_interruption(interruption)
+        check_interruption(interruption, self.compute.store.images.get(spec.get("image_id", "")))
         now = time.time()
         if valid_until is not None and valid_until <= now:
             raise invalid("ValidUntil", "must be in the future")
@@ -188,7 +188,8 @@ class SpotQueue:
     async def run_now(
         self, owner: Owner, run_request: RunRequest, interruption: str, valid_until: float | None
     ) -> Reservation:
-        spec = {"instance_type": run_request.instance_type or "m1.small", "zone": run_request.zone}
+        spec = {"instance_type": run_request.instance_type or "m1.small", "zone": run_request.zone,
+                "image_id": run_request.image_id}  # fmt: skip
         made = await self.request(owner, spec, run_request.max_count, "one-time", interruption, valid_until, None)
         run_request.spot = {"request_ids": [r.request_id for r in made]}
         for request in made:
@@ -362,15 +363,27 @@ class SpotQueue:
         if instance is None or instance.state not in ("pending", "running"):
             return
         action = "suspend" if request.notice_action == "hibernate" and self.suspend is not None else "terminate"
-        if action == "suspend":
+        if request.notice_action == "stop" and instance.root_device_type == "ebs":
+            action = "stop"  # its volumes stay; started again (on any node) when room returns
+        if action in ("suspend", "stop"):
             request.state = "disabled"
-            self._status(request, "instance-stopped-no-capacity", f"Suspended: {reason}")
+            done = "Suspended" if action == "suspend" else "Stopped"
+            self._status(request, "instance-stopped-no-capacity", f"{done}: {reason}")
         else:
             self._status(request, "instance-terminated-no-capacity", f"Terminated: {reason}")
         await self.store.record_preemption(
             Preemption(now, request.request_id, instance.instance_id, action, reason), request
         )
         log.info("%s: %s %s (%s)", request.request_id, action, instance.instance_id, reason)
+        if action == "stop":
+            try:
+                await self.compute.stop_start.stop(Owner(request.owner_id), [instance.instance_id])
+                return
+            except ComputeError as err:
+                log.warning("%s: stop of %s failed (%s); terminating it", request.request_id, instance.instance_id, err)
+                request.state = "active"
+                self._status(request, "instance-terminated-no-capacity", f"Terminated (stop failed): {reason}")
+                await self.store.save_spot(request)
         if action == "suspend" and self.suspend is not None:
             if await self.suspend(instance.zone, instance.instance_id):
                 return
@@ -388,10 +401,17 @@ class SpotQueue:
             if request.state != "disabled" or request.request_id in self._launching or self.resume is None:
                 continue
             instance = self.compute.store.instances.get(request.instance_id)
-            if instance is None or instance.state != "stopped" or not instance.node_id:
+            if instance is None or instance.state != "stopped":
                 continue
             need = Res(instance.cores, instance.memory_mb, 0)
             table = self.scheduler.table(instance.zone, now)
+            if request.interruption == "stop" and instance.root_device_type == "ebs":  # any node of its zone
+                picks = table.map_vms(need, 1, now, INF, preempt=False, now=now)
+                if picks is not None:
+                    launches.append((request, instance.zone, list(picks)))
+                continue
+            if not instance.node_id:
+                continue
             if table.map_vms(need, 1, now, INF, preempt=False, now=now, nodes=[instance.node_id]) is not None:
                 launches.append((request, instance.zone, [instance.node_id]))
         waiting = sorted(
@@ -459,6 +479,19 @@ class SpotQueue:
 
     async def _launch(self, zone: str, members: list[tuple[SpotRequest, list[str]]]) -> None:
         request = members[0][0]
+        if request.state == "disabled" and request.interruption == "stop":  # a stopped lease: start it again
+            try:
+                await self.compute.stop_start.start(Owner(request.owner_id), [request.instance_id])
+            except ComputeError as err:
+                log.info("%s: start of %s refused: %s", request.request_id, request.instance_id, err)
+                return
+            request.state = "active"
+            self._status(request, "fulfilled", "Started again.")
+            request.notice_action, request.notice_time = "", None
+            await self.store.record_preemption(
+                Preemption(time.time(), request.request_id, request.instance_id, "start", "room returned"), request
+            )
+            return
         if request.state == "disabled":  # a suspended lease: resume it where it is
             if self.resume is not None and await self.resume(zone, request.instance_id):
                 request.state = "active"
@@ -503,17 +536,17 @@ class SpotQueue:
         await self._fulfilled(requests, reservation)
 
 
-def check_interruption(interruption: str) -> None:
+def check_interruption(interruption: str, image: Any = None) -> None:
+    """The behaviour is one of EC2's; stop needs an EBS-backed image (checked when the image is known)."""
     if interruption not in ("terminate", "stop", "hibernate"):
         raise invalid("InstanceInterruptionBehavior", "terminate, stop or hibernate")
-    if interruption == "stop":
-        raise ComputeError(
-            "InvalidParameterCombination",
-            "InstanceInterruptionBehavior stop needs EBS-backed instances, which this cloud does not offer",
-        )
+    if interruption == "stop" and image is not None and image.root_device_type != "ebs":
+        raise ComputeError("InvalidParameterCombination", "InstanceInterruptionBehavior stop needs an EBS-backed image")
 
 
 def notice_action(interruption: str, can_suspend: bool) -> str:
+    if interruption == "stop":
+        return "stop"
     return "hibernate" if interruption == "hibernate" and can_suspend else "terminate"
 
 
