@@ -24,6 +24,13 @@ KOALA_EBS_RBD_POOL instead: nothing is exported, the node gets the pool, image a
 image with the node's own Ceph key (services/node_controller/rbd_disks.py); snapshots are RBD snapshots and a volume
 made from one is a copy-on-write clone.
 
+Volumes an instance boots with (EBS-backed instances: the root and launch mappings) are not hot-plugged: the CLC
+names them in RunInstances (LaunchSpec.boot_volumes), and before the node hears of the instance the CC records each
+attachment `attached` to the chosen node and exports it (`StorageManager.boot_attach`); the node gets the targets in
+RunInstanceRequest.volumes and creates the domain with them (the root as its first disk). When the run ends (stop,
+terminate, failure) the reconcile loop removes the exports, as for any attachment of an instance that is over; the
+next start exports them again, perhaps to another node. (iSCSI exports only: an RBD zone refuses them for now.)
+
 Snapshots (`snapshots.py`) go to Walrus through its S3 API: compressed 4 MiB chunks named by their digest, a
 manifest per snapshot; a volume's next snapshot uploads only the chunks that changed.
 
