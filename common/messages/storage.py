@@ -27,6 +27,13 @@ class CreateVolumeRequest(BaseModel):
     snapshot_id: str = Field("", max_length=20)  # restore this snapshot's blocks into the new volume
 
 
+class StorageChanged(BaseModel):
+    """CC -> CLC (role cc): a volume or snapshot of the zone settled (made, failed, completed): reconcile now rather
+    than at the next poll."""
+
+    zone: str = Field(max_length=64)
+
+
 class VolumeIdRequest(BaseModel):
     volume_id: str = Field(max_length=20)
 

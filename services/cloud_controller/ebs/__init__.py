@@ -66,6 +66,12 @@ async def install(clc: CloudControllerService) -> Ebs:
         )  # fmt: skip
 
     clc.rpc.add("ListVolumes", list_volumes, {"admin"}, Empty)
+
+    async def storage_changed(message: msg.StorageChanged, caller: Caller) -> Empty:
+        ebs.wake()  # the reconcile asks the zones what is; the push itself is trusted for nothing more
+        return Empty()
+
+    clc.rpc.add("StorageChanged", storage_changed, {"cc"}, msg.StorageChanged)
     ebs.start()
     return ebs
 

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from common.messages import storage as msg
-from common.rpc import Caller, RpcError
+from common.rpc import Caller, Empty, RpcError
 from services.cluster_controller.nc_client import NcClient
 from services.cluster_controller.storage.manager import StorageManager
 from services.cluster_controller.storage.settings import StorageSettings
@@ -74,6 +74,14 @@ def install(service: ClusterControllerService) -> StorageManager:
     config = service.config
     nodes = NcClient(service.client, config.KOALA_NC_TIMEOUT, config.KOALA_RUN_TIMEOUT)
     manager = StorageManager(config, config.KOALA_STATE_DIR, config.KOALA_ZONE, nodes, None)
+
+    async def storage_changed() -> None:  # CC -> CLC: reconcile now (its polls are the safety net)
+        if config.KOALA_CLC_URL:
+            message = msg.StorageChanged(zone=config.KOALA_ZONE)
+            await service.client.call(config.KOALA_CLC_URL, "StorageChanged", message, Empty, timeout=5.0,
+                                      expect_role="clc")  # fmt: skip
+
+    manager.notify = storage_changed
     service.storage = manager
 
     async def create(request: msg.CreateVolumeRequest, caller: Caller) -> msg.StorageVolume:

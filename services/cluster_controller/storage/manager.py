@@ -94,6 +94,10 @@ class StorageManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = TaskSet(log, expected=(RpcError,))
         self._jobs: dict[str, asyncio.Task] = {}  # volume creations and snapshots in progress, by id
+        # Tells the CLC that a volume or snapshot settled (set by install); the CLC's polls are the safety net.
+        self.notify: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._push: asyncio.Task | None = None
+        self._push_again = False
         self._loop: asyncio.Task | None = None
 
     # --- life ---------------------------------------------------------------------------------------------
@@ -150,6 +154,25 @@ class StorageManager:
         task = self._spawn(coro, f"job {key}")
         self._jobs[key] = task
         task.add_done_callback(lambda _: self._jobs.pop(key, None) if self._jobs.get(key) is task else None)
+
+    def changed(self) -> None:
+        """Tell the CLC that something settled (coalesced: one push in flight, one more if needed after it)."""
+        if self.notify is None:
+            return
+        if self._push is not None and not self._push.done():
+            self._push_again = True
+            return
+        self._push = self._spawn(self._push_changed(), "storage changed")
+
+    async def _push_changed(self) -> None:
+        while self.notify is not None:
+            self._push_again = False
+            try:
+                await self.notify()
+            except RpcError as err:  # PeerUnreachable too: the CLC's next poll sees it
+                log.debug("StorageChanged not delivered: %s", err)
+            if not self._push_again:
+                return
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -272,11 +295,14 @@ class StorageManager:
                 if self.volumes.get(volume.volume_id) is volume and volume.state == "creating":
                     volume.state, volume.detail = "error", f"creation failed: {err}"[:500]
                     await self._store.save_volume(volume)
+                    self.changed()
             return
         async with self._lock(volume.volume_id):
             if self.volumes.get(volume.volume_id) is volume and volume.state == "creating":
                 volume.state, volume.detail = "available", ""
                 await self._store.save_volume(volume)
+                if volume.snapshot_id:
+                    self.changed()  # made in the background: the CLC waits for it
                 log.info("%s: available (%d GiB%s)", volume.volume_id, volume.size_gb,
                          f" from {volume.snapshot_id}" if volume.snapshot_id else "")  # fmt: skip
 
@@ -521,11 +547,13 @@ class StorageManager:
             log.warning("%s: snapshot failed: %s", snapshot.snapshot_id, err)
             snapshot.state, snapshot.detail = "error", f"{type(err).__name__}: {err}"[:500]
             await self._store.save_snapshot(snapshot)
+            self.changed()
             return
         snapshot.chunks, snapshot.stored_bytes = chunks, stored  # known even if it is being deleted meanwhile
         if snapshot.state == "pending":
             snapshot.state, snapshot.progress, snapshot.detail = "completed", 100, ""
         await self._store.save_snapshot(snapshot)
+        self.changed()
         log.info("%s: completed (%s, %d bytes stored, parent %s)", snapshot.snapshot_id, snapshot.volume_id, stored,
                  snapshot.parent or "none")  # fmt: skip
 
