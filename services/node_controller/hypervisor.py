@@ -63,6 +63,7 @@ class DomainInfo:
     state: str  # running, blocked, paused, shutdown, shutoff, crashed, nostate
     xml: str
     tag: dict[str, str] | None = None  # koala_tag(xml), read once per run of the domain
+    uuid: str = ""
 
 
 EventHandler = Callable[[str, str, int], None]  # domain name, event name, detail
@@ -282,7 +283,7 @@ class Hypervisor:
                         xml = dom.XMLDesc(0)
                         cached = (xml, koala_tag(xml))
                     state = STATE_NAMES.get(dom.state()[0], "nostate")
-                    found.append(DomainInfo(key[0], state, *cached))
+                    found.append(DomainInfo(key[0], state, *cached, uuid=key[2]))
                     seen[key] = cached
                 except libvirt.libvirtError as err:  # it went away while we looked
                     if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:

@@ -430,6 +430,15 @@ class InstanceManager:
             log.exception("%s: staging failed", inst.id)
             await self._teardown(inst, "failed", f"internal error: {type(err).__name__}", from_task=True)
 
+    def _uuid(self, instance_id: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"koala:{self.config.KOALA_SERVICE_ID}:{instance_id}"))
+
+    def _made_here(self, inst: Instance, dom: DomainInfo) -> bool:
+        """Whether a domain named as an ended instance is still the one this NC made (its UUID), not a new run of
+        the instance that another NC on the same libvirtd started since (a stopped EBS-backed instance started
+        again elsewhere)."""
+        return not dom.uuid or dom.uuid == self._uuid(inst.id)
+
     def _spec(
         self, inst: Instance, disk_list: list[DiskSpec], kernel: Path | None, ramdisk: Path | None, directory: Path
     ) -> DomainSpec:
@@ -437,7 +446,7 @@ class InstanceManager:
         cmdline = self.config.KOALA_NC_KERNEL_CMDLINE
         return DomainSpec(
             name=request.instance_id,
-            uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"koala:{self.config.KOALA_SERVICE_ID}:{request.instance_id}")),
+            uuid=self._uuid(request.instance_id),
             memory_mb=request.vm_type.memory_mb,
             vcpus=request.vm_type.cores,
             disks=disk_list,
@@ -555,7 +564,7 @@ class InstanceManager:
         for inst in list(self.instances.values()):
             dom = ours.get(inst.id)
             if inst.state == "Teardown":
-                if dom is not None:
+                if dom is not None and self._made_here(inst, dom):
                     with contextlib.suppress(HypervisorError):
                         await self.hv.destroy(inst.id)
                 if inst.teardown_at and now - inst.teardown_at > self.config.KOALA_NC_FORGET_SECONDS:
@@ -633,7 +642,7 @@ class InstanceManager:
             if inst.state == "Teardown":
                 # Perhaps killed mid-teardown: finish it (destroy and file removal are both idempotent).
                 self._release(inst)
-                if dom is not None:
+                if dom is not None and self._made_here(inst, dom):
                     with contextlib.suppress(HypervisorError):
                         await self.hv.destroy(inst.id)
                 if not self.config.MANUAL_INSTANCES_CLEANUP:
