@@ -52,6 +52,7 @@ MIGRATING_OUT, MIGRATING_IN = "migrating", "migrating-in"
 MIGRATING = (MIGRATING_OUT, MIGRATING_IN)
 CREATE_ATTEMPTS = 5
 REBOOT_GRACE = 10.0
+NAME_HELD_GRACE = 30.0  # how long a new run waits for an ended run's domain of the same name to go
 MISSING_GRACE = 3.0
 
 
@@ -461,14 +462,23 @@ class InstanceManager:
         )
 
     async def _create(self, xml: str) -> None:
-        """Create the domain; retried (up to 5 times, as the reference) only while the connection is lost."""
+        """Create the domain; retried (up to 5 times, as the reference) only while the connection is lost, and for
+        a while when an ended run of the instance still holds its name (an EBS-backed instance started again right
+        after its stop, here or on another NC sharing this libvirtd, while the old domain is being destroyed)."""
         backoff = Backoff(0.2, 10.0)
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
+        name_held_until = asyncio.get_running_loop().time() + NAME_HELD_GRACE
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self.hv.create(xml)
                 return
             except HypervisorError as err:
-                if not err.lost or attempt == CREATE_ATTEMPTS:
+                held = err.code == libvirt.VIR_ERR_OPERATION_FAILED and "already exists" in str(err)
+                if held and asyncio.get_running_loop().time() < name_held_until:
+                    await asyncio.sleep(0.5)
+                    continue
+                if not err.lost or attempt >= CREATE_ATTEMPTS:
                     raise
                 log.warning("domain create failed (%s), retrying", err)
                 try:

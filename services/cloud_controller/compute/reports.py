@@ -62,7 +62,8 @@ class Reports(EnginePart):
                 elif state == "running" and instance.state in ("shutting-down", "stopping"):
                     pass  # terminating or stopping: wait for Teardown
                 elif state == "terminated" and self.engine.stop_start.stops(instance, item.detail):
-                    if self.store.set_state(instance, "stopped", self.engine.stop_start.reason(instance), now):
+                    why = self.engine.stop_start.reason(instance, item.reason)
+                    if self.store.set_state(instance, "stopped", why, now):
                         dirty = True
                         self.engine.poller.schedule_refresh(zone)  # its node's capacity is free again
                 else:
@@ -89,6 +90,10 @@ class Reports(EnginePart):
                     self.store.set_state(instance, "terminated", "User initiated", now)
                 elif now - max(instance.last_seen, instance.launch_time) > self.settings.lost_after:
                     # The CC has not reported it for the whole grace period: it is gone.
+                    if instance.root_device_type == "ebs":  # its volumes outlive the lost run: stopped, not ended
+                        self.store.set_state(instance, "stopped", "Server.InternalError: lost by the cluster", now)
+                        changed.append(instance)
+                        continue
                     self.store.set_state(instance, "terminated", "Server.InternalError: lost by the cluster", now)
                 else:
                     continue

@@ -55,10 +55,14 @@ class StopStart:
             return False
         if instance.state in ("stopping", "stopped"):  # stopped: a repeated report of the run's end
             return True
+        if instance.state == "pending" and instance.launch_id:
+            return True  # a start that failed: stopped again, its volumes kept (never terminated for it)
         return instance.state == "running" and instance.shutdown_behavior == "stop" and detail == "shutoff"
 
     @staticmethod
-    def reason(instance: Instance) -> str:
+    def reason(instance: Instance, why: str = "") -> str:
+        if instance.state == "pending":
+            return f"Server.InternalError: the start failed: {why}"[:255]
         return STOPPED_BY_USER if instance.state == "stopping" else STOPPED_BY_GUEST
 
     # --- StopInstances ------------------------------------------------------------------------------------
