@@ -93,6 +93,9 @@ class Hypervisor:
     def __init__(self, uri: str, on_event: EventHandler, on_reconnect: Callable[[], Any] | None = None):
         self.uri = uri
         self.on_event, self.on_reconnect = on_event, on_reconnect
+        # (domain name, domain UUID) -> whether its events are for us: a libvirtd shared by two NCs (tests) tells
+        # both of each other's domains, and a domain's name alone does not say which run of an instance it is.
+        self.event_filter: Callable[[str, str], bool] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
         # Calls that block for long (a migration: seconds to minutes) get threads of their own, so the one worker
         # thread keeps serving every other call meanwhile (libvirt connections are thread-safe).
@@ -168,7 +171,12 @@ class Hypervisor:
         self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _: object
     ) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.on_event, dom.name(), EVENT_NAMES.get(event, str(event)), detail)
+            name, uuid = dom.name(), dom.UUIDString()
+            self._loop.call_soon_threadsafe(self._deliver, name, uuid, EVENT_NAMES.get(event, str(event)), detail)
+
+    def _deliver(self, name: str, uuid: str, event: str, detail: int) -> None:
+        if self.event_filter is None or self.event_filter(name, uuid):
+            self.on_event(name, event, detail)
 
     def _reboot_cb(self, conn: libvirt.virConnect, dom: libvirt.virDomain, _: object) -> None:
         if self._loop is not None:

@@ -128,6 +128,8 @@ class InstanceManager:
         self._monitor: asyncio.Task[Any] | None = None
         self._background = TaskSet(log)
         self.disk_mode = config.KOALA_NC_DISK_DRIVER or ("copy" if self.flavour == "xen" else "overlay")
+        self.domain_uuids: dict[str, str] = {}  # instance id -> the UUID of the domain of its run here
+        hypervisor.event_filter = self._current_domain
 
     # --- paths --------------------------------------------------------------------------------------------
     def instance_dir(self, request: RunInstanceRequest) -> Path:
@@ -413,6 +415,7 @@ class InstanceManager:
             xml = staged.xml
             await asyncio.get_running_loop().run_in_executor(None, (staged.directory / "libvirt.xml").write_text, xml)
             await self._set(inst, "Pending", "booting")  # written before the domain exists
+            self.domain_uuids[inst.id] = self._uuid(inst.id)
             await self._create(xml)
             state = await self.hv.state(inst.id)
             if state in EXTANT_DETAILS:
@@ -433,6 +436,12 @@ class InstanceManager:
 
     def _uuid(self, instance_id: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"koala:{self.config.KOALA_SERVICE_ID}:{instance_id}"))
+
+    def _current_domain(self, name: str, domain_uuid: str) -> bool:
+        """Whether a libvirt event is about the domain of the instance's current run here (the one this NC made or
+        took over), not an earlier run's or another NC's domain of the same name on a shared libvirtd."""
+        expected = self.domain_uuids.get(name)
+        return expected is None or expected == domain_uuid
 
     def _made_here(self, inst: Instance, dom: DomainInfo) -> bool:
         """Whether a domain named as an ended instance is still the one this NC made (its UUID), not a new run of
@@ -624,6 +633,7 @@ class InstanceManager:
         await self.db.execute("DELETE FROM instances WHERE instance_id = ?", (inst.id,))
         await self.db.commit()
         self.instances.pop(inst.id, None)
+        self.domain_uuids.pop(inst.id, None)
 
     # --- restart ------------------------------------------------------------------------------------------
     async def adopt(self) -> None:
@@ -666,6 +676,8 @@ class InstanceManager:
                 await self._set(inst, "Extant", SUSPENDED)  # the save finished (or the restore never started)
                 adopted += 1
             elif dom is not None and dom.state in EXTANT_DETAILS:
+                if dom.uuid:
+                    self.domain_uuids[inst.id] = dom.uuid
                 await self._set(inst, "Extant", dom.state)
                 if saved:  # restored already, or the save never finished: the file is of no use
                     (self.instance_dir(request) / SAVE_FILE).unlink(missing_ok=True)
