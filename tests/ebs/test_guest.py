@@ -282,3 +282,80 @@ def test_kill_nc_around_attach_and_detach(guests: Guests) -> None:
     wait_for(lambda: not guests.device_of(guest, volume), 60, 1.0, "the disk gone")
     wait_for(lambda: volume not in tgt_targets(cloud), 30, 0.5, "its export removed")
     ec2.delete_volume(VolumeId=volume)
+
+
+def _ready(guests: Guests, instance_id: str, after: int = 0) -> None:
+    """Wait until the guest has booted (its console's ready line, the `after`+1-th one) and note its address."""
+    ec2 = guests.ec2
+    mark = f"KOALA-GUEST ready instance={instance_id}"
+    wait_for(lambda: _console(ec2, instance_id).count(mark) > after, 300, 1.0, f"{instance_id} ready")
+    found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    guests.public[instance_id] = found["PublicIpAddress"]
+
+
+def test_ebs_backed_guest_boots_stops_starts_and_is_imaged(guests: Guests) -> None:
+    """A root file system copied onto a volume in a guest, snapshotted and registered as an EBS-backed image boots a
+    guest whose root disk is that volume over iSCSI; a file written on it survives a stop and a start (perhaps on
+    the other node), and CreateImage of it boots a third guest with the file there."""
+    ec2, first = guests.ec2, guests.first
+    machine = ec2.describe_instances(InstanceIds=[first])["Reservations"][0]["Instances"][0]
+    image = ec2.describe_images(ImageIds=[machine["ImageId"]])["Images"][0]
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=first, Device="/dev/sdj")
+    device = wait_for(lambda: guests.device_of(first, volume), 60, 1.0, "the disk in the first guest")
+    # The guest image's root file system is 32 MiB of ext4 at the start of its root disk.
+    guests.ssh(first, f"sync && dd if=/dev/vda of=/dev/{device} bs=1M count=32 conv=fsync 2>/dev/null && sync")
+    ec2.detach_volume(VolumeId=volume)
+    wait_volume(ec2, volume, "available")
+    snapshot = ec2.create_snapshot(VolumeId=volume, Description="guest root")["SnapshotId"]
+    wait_for(lambda: ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed",
+             120, 0.5, "the root snapshot")  # fmt: skip
+    ec2.delete_volume(VolumeId=volume)
+    ebs_image = ec2.register_image(
+        Name="guest-on-ebs", KernelId=image["KernelId"], RamdiskId=image["RamdiskId"], RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]  # fmt: skip
+    launched: list[str] = []
+    copy = ""
+    try:
+        run = ec2.run_instances(ImageId=ebs_image, MinCount=1, MaxCount=1, KeyName="ebs", SecurityGroups=["ssh"],
+                                InstanceType="c1.medium")  # fmt: skip
+        instance = run["Instances"][0]["InstanceId"]
+        launched.append(instance)
+        assert run["Instances"][0]["RootDeviceType"] == "ebs"
+        _ready(guests, instance)
+        root = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+        root_volume = root["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        assert guests.device_of(instance, root_volume) == "vda"  # the guest's root disk is the volume
+        guests.ssh(instance, "echo kept-across-stop > /root/ebs-mark && sync")
+
+        ec2.stop_instances(InstanceIds=[instance])
+        wait_for(lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]
+                 ["Name"] == "stopped", 120, 1.0, "stopped")  # fmt: skip
+        ec2.start_instances(InstanceIds=[instance])
+        _ready(guests, instance)
+        assert guests.ssh(instance, "cat /root/ebs-mark").strip() == "kept-across-stop"
+
+        copy = ec2.create_image(InstanceId=instance, Name="guest-on-ebs-copy")["ImageId"]
+        wait_for(lambda: ec2.describe_images(ImageIds=[copy])["Images"][0]["State"] == "available", 180, 1.0,
+                 "the image of the instance")  # fmt: skip
+        ec2.terminate_instances(InstanceIds=[instance])  # room for the third guest
+        wait_for(lambda: _all_terminated(ec2, [instance]), 120, 1.0, "the EBS-backed guest terminated")
+        third = ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1, KeyName="ebs", SecurityGroups=["ssh"],
+                                  InstanceType="c1.medium")["Instances"][0]["InstanceId"]  # fmt: skip
+        launched.append(third)
+        _ready(guests, third)
+        assert guests.ssh(third, "cat /root/ebs-mark").strip() == "kept-across-stop"
+    finally:
+        if launched:
+            ec2.terminate_instances(InstanceIds=launched)
+            wait_for(lambda: _all_terminated(ec2, launched), 120, 1.0, "EBS-backed guests terminated")
+    # DeleteOnTermination (the default for a root): no volume is left.
+    wait_for(lambda: not ec2.describe_volumes()["Volumes"], 60, 1.0, "the root volumes deleted")
+    for image_id in (ebs_image, copy):
+        if image_id:
+            snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]
+                         ["BlockDeviceMappings"]]  # fmt: skip
+            ec2.deregister_image(ImageId=image_id)
+            for snapshot_id in snapshots:
+                ec2.delete_snapshot(SnapshotId=snapshot_id)
