@@ -11,7 +11,7 @@ from typing import Any
 
 from services.cloud_controller.actions import Context, action
 from services.cloud_controller.actions.instances import compute, state
-from services.cloud_controller.compute.store import Instance
+from services.cloud_controller.compute.store import STATE_CODES, Instance
 from services.cloud_controller.ebs.roots import parse_mappings
 from services.cloud_controller.ec2.errors import Ec2Error, invalid
 
@@ -30,15 +30,9 @@ def _ids(params: dict[str, Any]) -> list[str]:
 def _changes(result: list[tuple[Instance, str]]) -> list[dict[str, Any]]:
     return [
         {"InstanceId": instance.instance_id, "CurrentState": state(instance),
-         "PreviousState": {"Code": _code(previous), "Name": previous}}
+         "PreviousState": {"Code": STATE_CODES[previous], "Name": previous}}
         for instance, previous in result
     ]  # fmt: skip
-
-
-def _code(name: str) -> int:
-    from services.cloud_controller.compute.store import STATE_CODES
-
-    return STATE_CODES[name]
 
 
 @action("StopInstances")

@@ -146,10 +146,9 @@ class Roots:
         return None
 
     async def settle_images(self) -> None:
-        images = self.compute.images
         for image in [i for i in self.compute.store.images.values() if i.state == "pending"]:
             state = self.image_settled(image)
-            if state is not None and images is not None:
+            if state is not None:
                 image.state = state
                 await self.compute.store.save_image(image)
                 log.info("%s: %s", image.image_id, state)
