@@ -416,7 +416,7 @@ class InstanceManager:
             await asyncio.get_running_loop().run_in_executor(None, (staged.directory / "libvirt.xml").write_text, xml)
             await self._set(inst, "Pending", "booting")  # written before the domain exists
             self.domain_uuids[inst.id] = self._uuid(inst.id)
-            await self._create(xml)
+            await self._create(xml, inst.id)
             state = await self.hv.state(inst.id)
             if state in EXTANT_DETAILS:
                 await self._set(inst, "Extant", state)
@@ -470,7 +470,7 @@ class InstanceManager:
             tags={"reservation": request.reservation_id},
         )
 
-    async def _create(self, xml: str) -> None:
+    async def _create(self, xml: str, name: str = "") -> None:
         """Create the domain; retried (up to 5 times, as the reference) only while the connection is lost, and for
         a while when an ended run of the instance still holds its name (an EBS-backed instance started again right
         after its stop, here or on another NC sharing this libvirtd, while the old domain is being destroyed)."""
@@ -484,7 +484,7 @@ class InstanceManager:
                 return
             except HypervisorError as err:
                 held = err.code == libvirt.VIR_ERR_OPERATION_FAILED and "already exists" in str(err)
-                if held and asyncio.get_running_loop().time() < name_held_until:
+                if held and asyncio.get_running_loop().time() < name_held_until and await self._earlier_run(name):
                     await asyncio.sleep(0.5)
                     continue
                 if not err.lost or attempt >= CREATE_ATTEMPTS:
@@ -495,6 +495,14 @@ class InstanceManager:
                 except TimeoutError:
                     raise err from None
                 await backoff.wait()
+
+    async def _earlier_run(self, name: str) -> bool:
+        """Whether the domain holding `name` is a Koala run of that instance (an ended one on its way out), not a
+        foreign domain (which is never waited for, nor touched)."""
+        if not name:
+            return False
+        dom = next((d for d in await self.hv.domains() if d.name == name), None)
+        return dom is not None and dom.tag is not None and dom.tag["id"] == name
 
     # --- teardown -----------------------------------------------------------------------------------------
     async def _teardown(self, inst: Instance, detail: str, reason: str, from_task: bool = False) -> None:
