@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.daemon import PidFile
 from common.hostcmd import CommandFailed, Runner
 
 log = logging.getLogger("koala.cc.storage")
@@ -74,6 +74,7 @@ class Tgt:
     def __init__(self, runner: Runner, portal: str, control: int, spawn: bool, log_dir: Path):
         self.runner, self.portal, self.control, self.spawn = runner, portal, control, spawn
         self.log_dir = log_dir
+        self.pid_file = PidFile(log_dir / "tgtd.pid", f"portal={portal}")  # the tgtd started here, for the admin
         self._lock = asyncio.Lock()
 
     def _adm(self, *args: str) -> list[str]:
@@ -112,7 +113,7 @@ class Tgt:
                 raise TgtError(f"cannot start tgtd: {err.strerror or err}") from None
             finally:
                 log_file.close()
-            await asyncio.to_thread((self.log_dir / "tgtd.pid").write_text, f"{process.pid}\n")
+            await asyncio.to_thread(self.pid_file.write, process.pid)
             for _ in range(100):
                 if process.returncode is not None:
                     break
@@ -156,6 +157,4 @@ class Tgt:
         except (CommandFailed, OSError) as err:
             log.info("tgtd left running: %s", err)
             return
-        pid_file = self.log_dir / "tgtd.pid"
-        if pid_file.exists():
-            await asyncio.to_thread(os.unlink, pid_file)
+        await asyncio.to_thread(self.pid_file.path.unlink, missing_ok=True)
