@@ -9,11 +9,13 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
-from tests.harness import free_port
+from tests.harness import die_with_parent, free_port
 
 SUPERUSER = "koala"
 # Tests never crash the server itself, only its clients: skip the disk flushes. Benchmarks keep them.
@@ -43,11 +45,16 @@ class PostgresServer:
             **(settings or {}),
         }
         self._user = None if os.geteuid() != 0 else pwd.getpwnam("postgres")
+        self.process: subprocess.Popen | None = None
+
+    def _prefix(self) -> list[str]:
+        if self._user is None:
+            return []
+        # As root: run the server and its tools as the unprivileged postgres user.
+        return ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups"]
 
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        prefix: list[str] = []
-        if self._user is not None:  # as root: run the server's tools as the unprivileged postgres user
-            prefix = ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups"]
+        prefix = self._prefix()
         return subprocess.run(
             [*prefix, *argv],
             capture_output=True,
@@ -83,14 +90,42 @@ class PostgresServer:
                 conf.write(f"{key} = '{value}'\n")
         hba = self.data / "pg_hba.conf"
         hba.write_text(hba.read_text() + "host all all 0.0.0.0/0 scram-sha-256\n")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "start")
+        # The server runs as this process's child (not daemonised by pg_ctl), so it dies with the test run even
+        # when that is killed.
+        with (self.dir / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [*self._prefix(), str(self.bin / "postgres"), "-D", str(self.data)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.dir,
+                env=_env(self.password),
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + 60
+        while self._ready() is False:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.dir / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"PostgreSQL did not start:\n{log_text}")
+            time.sleep(0.1)
         return self
 
+    def _ready(self) -> bool:
+        done = subprocess.run(
+            [str(self.bin / "pg_isready"), "-h", str(self.dir), "-p", str(self.port), "-t", "1"],
+            capture_output=True,
+            timeout=10,
+        )
+        return done.returncode == 0
+
     def stop(self) -> None:
-        try:
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # immediate shutdown: the data is thrown away anyway
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres", host: str | None = None) -> str:
