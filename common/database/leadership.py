@@ -92,8 +92,8 @@ class Leadership:
                 async with asyncio.timeout(
                     max(HEARTBEAT_SECONDS, self.last_contact + LEASE_SECONDS - time.monotonic())
                 ):
-                    async with self.lock:
-                        held = await self.conn.fetchval(
+                    async with self.writer.session() as session:
+                        held = await session.fetchval(
                             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid ="
                             " pg_backend_pid() AND objid = ($1::bigint & 4294967295)::oid AND granted)",
                             self.key,

@@ -193,25 +193,39 @@ class Writer:
             self._open = False  # the session is gone or unusable: the flusher's COMMIT will report it
             raise
 
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[asyncpg.Connection]:
+        """The session alone, outside any transaction (migrations, the leadership heartbeat): the blocks waiting
+        for a commit are committed first."""
+        async with self.lock:
+            await self._commit_waiting()
+            yield self.conn
+
     async def _flush(self) -> None:
         async with self.lock:
-            self._flusher = None
-            waiting, self._waiting = self._waiting, []
-            failure: BaseException | None = None
-            if self._open:
-                self._open = False
-                try:
-                    await self.conn.execute("COMMIT")
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
-                    failure = DatabaseError(f"commit failed: {err}")
-            else:
-                failure = DatabaseError("the transaction was rolled back")
-            for done in waiting:
-                if not done.done():
-                    if failure is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(failure)
+            self._flusher = None  # blocks finishing from now on schedule the next commit
+            await self._commit_waiting()
+
+    async def _commit_waiting(self) -> None:
+        """COMMIT the open transaction and tell its blocks (with the lock held)."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting and not self._open:
+            return
+        failure: BaseException | None = None
+        if self._open:
+            self._open = False
+            try:
+                await self.conn.execute("COMMIT")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                failure = DatabaseError(f"commit failed: {err}")
+        else:
+            failure = DatabaseError("the transaction was rolled back")
+        for done in waiting:
+            if not done.done():
+                if failure is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(failure)
 
 
 class PostgresDatabase(Database):
@@ -230,8 +244,8 @@ class PostgresDatabase(Database):
         writer = writer if writer is not None else Writer(await connect(url))
         try:
             if migrations:
-                async with writer.lock:
-                    await migrate(writer.conn, migrations, component)
+                async with writer.session() as session:
+                    await migrate(session, migrations, component)
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=READ_POOL_SIZE, init=configure, reset=_keep_session
             )

@@ -154,6 +154,7 @@ def test_kill_active_clc_during_100_concurrent_launches(cloud, standby, alice, i
     wait_for(accounting_matches, 60, what="capacity accounting to match the running instances")
     assert survivor.describe_key_pairs(KeyNames=["acknowledged-before"])["KeyPairs"]
     assert "active: this CLC serves the cloud" in standby.log()
+    assert "Traceback" not in standby.log(), standby.log()[-3000:]
 
 
 def _free_small(ec2) -> int:
