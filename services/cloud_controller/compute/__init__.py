@@ -8,6 +8,7 @@ Modules
 - `launch.Launcher` (`clc.compute.launcher`): RunInstances (admission, addresses, network, the CC call, rollback).
 - `reports.Reports` (`clc.compute.reports`): instance state from the CCs' `NotifyInstances` pushes and polls.
 - `polling.Poller` (`clc.compute.poller`): the per-zone polling loops, capacity refreshes, housekeeping.
+  (The three share `part.EnginePart`: the engine, its store, settings and CC client.)
 - `tags.Tags`, `security_groups.SecurityGroups`, `key_pairs.KeyPairs` (`clc.compute.tags`, `.security_groups`,
   `.key_pairs`): the tag store and its registry of taggable types, security groups and rules, key pairs.
 - `store.Store` (`clc.compute.store`): reservations, instances and images in memory, written through to SQLite
