@@ -29,11 +29,6 @@ PRODUCT_CODE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _PASSWORD = re.compile(rb"<Password>\s*([A-Za-z0-9+/=\r\n]{1,4096}?)\s*</Password>")
 
 
-def root_device_type(instance: Instance) -> str:
-    # The EBS issue adds EBS-backed roots to the record; until then every root is instance-store.
-    return getattr(instance, "root_device_type", "") or "instance-store"
-
-
 def product_codes(compute: Compute, instance: Instance) -> list[str]:
     image = compute.store.images.get(instance.image_id)
     return sorted(image.product_codes) if image else []
@@ -105,7 +100,7 @@ class Attributes:
     def _set_shutdown_behavior(self, instance: Instance, value: Any) -> None:
         if value not in SHUTDOWN_BEHAVIORS:
             raise invalid("InstanceInitiatedShutdownBehavior", f"'{str(value)[:32]}' is not stop or terminate")
-        if value == "stop" and root_device_type(instance) != "ebs":
+        if value == "stop" and instance.root_device_type != "ebs":
             raise ComputeError(
                 "UnsupportedOperation",
                 f"The instance '{instance.instance_id}' does not have an 'ebs' root device type and cannot be stopped.",

@@ -504,7 +504,7 @@ class Ebs:
 
     async def delete_snapshot(self, principal: Principal, snapshot_id: str) -> None:
         snapshot = self.snapshot(snapshot_id, principal)
-        users = [i.image_id for i in self.compute.store.images.values() if snapshot.snapshot_id in _image_snapshots(i)]
+        users = [i.image_id for i in self.compute.store.images.values() if snapshot.snapshot_id in i.snapshot_ids]
         if users:
             raise ComputeError(
                 "InvalidSnapshot.InUse", f"The snapshot {snapshot.snapshot_id} is currently in use by {users[0]}"
@@ -621,8 +621,3 @@ class Ebs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
-
-
-def _image_snapshots(image: Any) -> set[str]:
-    """Snapshots an EBS-backed image's block device mapping names (none for instance-store images)."""
-    return set(getattr(image, "snapshot_ids", ()) or ())
