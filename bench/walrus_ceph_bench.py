@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -158,6 +159,7 @@ def main() -> int:
         rgw = measure([Front(rgw_url, *cluster.rgw_user("bench"))], rounds, count_1m, seconds)
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 3) if a and b else None
