@@ -310,6 +310,15 @@ def test_admin_pages_migrate_with_progress_evacuate_and_restore(world: Migration
             seen = watch_row(page, guest, source_id)
             assert "done" in seen[-1] and "100%" in seen[-1], seen
             assert world.node_of(guest) == target_id
+            # The CLC's own record follows (its instances page filtered by node).
+            for _ in range(60):
+                page.goto(f"/admin/instances?node={target_id}")
+                if guest in page.inner_text("main"):
+                    break
+                page.wait_for_timeout(500)
+            else:
+                raise AssertionError(f"the CLC does not show {guest} on {target_id}")
+            page.goto("/admin/clusters")
             page.locator(".nodes tr", has_text=target_id).locator("button:has-text('Evacuate')").click()
             assert f"Node {target_id} is under maintenance: 1 instance moving off." in page.inner_text(".flash")
             seen = watch_row(page, guest, target_id)
