@@ -108,17 +108,23 @@ class InstanceInfo(BaseModel):
     updated_at: float = 0.0
 
 
-MAX_RUN_BATCH = 100  # RunInstance requests in one RunInstances call
+MAX_BATCH = 100  # requests in one RunInstances or TerminateInstances call
 
 
 class RunInstancesRequest(BaseModel):
     """Several RunInstance requests to one node in one call (the CC coalesces what it sends to a node at once)."""
 
-    instances: list[RunInstanceRequest] = Field(min_length=1, max_length=MAX_RUN_BATCH)
+    instances: list[RunInstanceRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class RunInstanceResult(BaseModel):
-    """One request's answer: its InstanceInfo, or the error RunInstance would have answered (status, code)."""
+class TerminateInstancesRequest(BaseModel):
+    """Several TerminateInstance requests to one node in one call."""
+
+    instance_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class InstanceResult(BaseModel):
+    """One request's answer: its InstanceInfo, or the error the single call would have answered (status, code)."""
 
     info: InstanceInfo | None = None
     status: int = 0
@@ -126,8 +132,10 @@ class RunInstanceResult(BaseModel):
     message: str = ""
 
 
-class RunInstancesResponse(BaseModel):
-    results: list[RunInstanceResult]  # in the order of the request
+class InstanceResults(BaseModel):
+    """The answer to RunInstances and TerminateInstances."""
+
+    results: list[InstanceResult]  # in the order of the request
 
 
 class InstanceIdRequest(BaseModel):

@@ -23,7 +23,7 @@ from common.messages.migration import (
 )
 from common.messages.storage import NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import Empty, RpcClient
-from services.cluster_controller.run_batches import RunBatches
+from services.cluster_controller.node_batches import NodeBatches
 
 BundleOperation = Literal["BundleInstance", "DescribeBundleTask", "CancelBundleTask"]
 NC_ROLE = "nc"
@@ -45,7 +45,9 @@ class NcClient:
 
     def __init__(self, client: RpcClient, timeout: float, run_timeout: float):
         self.client, self.timeout, self.run_timeout = client, timeout, run_timeout
-        self.run_batches = RunBatches(self._run_one, self._run_many)  # RunInstance calls to a node coalesced
+        # RunInstance and TerminateInstance calls to one node at the same moment coalesced (node_batches.py).
+        self.run_batches = NodeBatches(self._run_one, self._run_many, _json_size, cc_nc.MAX_BATCH)
+        self.terminate_batches = NodeBatches(self._terminate_one, self._terminate_many, len, cc_nc.MAX_BATCH)
 
     async def node_id(self, url: str) -> str:
         """The node's service id, from its verified certificate (fetched once per node)."""
@@ -69,19 +71,20 @@ class NcClient:
         return answer.instances
 
     async def run_instance(self, url: str, request: cc_nc.RunInstanceRequest) -> NcAnswer:
-        """RunInstance, sent with the others made to the same node at the same moment (run_batches.py)."""
-        info = await self.run_batches.run(url, request)
-        return NcAnswer(state=info.state, detail=info.detail, reason=info.reason)
+        """RunInstance, sent with the others made to the same node at the same moment."""
+        return _answer(await self.run_batches.call(url, request))
 
     async def _run_one(self, url: str, request: cc_nc.RunInstanceRequest) -> cc_nc.InstanceInfo:
         return await self.client.call(
             url, "RunInstance", request, cc_nc.InstanceInfo, timeout=self.run_timeout, expect_role=NC_ROLE
         )
 
-    async def _run_many(self, url: str, batch: cc_nc.RunInstancesRequest) -> cc_nc.RunInstancesResponse:
-        return await self.client.call(
-            url, "RunInstances", batch, cc_nc.RunInstancesResponse, timeout=self.run_timeout, expect_role=NC_ROLE
+    async def _run_many(self, url: str, requests: list[cc_nc.RunInstanceRequest]) -> list[cc_nc.InstanceResult]:
+        batch = cc_nc.RunInstancesRequest(instances=requests)
+        answer = await self.client.call(
+            url, "RunInstances", batch, cc_nc.InstanceResults, timeout=self.run_timeout, expect_role=NC_ROLE
         )
+        return answer.results
 
     async def start_network(self, url: str, vlan: int, bridge: str) -> None:
         """The node's side of a network (its VLAN bridge)."""
@@ -95,7 +98,33 @@ class NcClient:
         )
 
     async def terminate_instance(self, url: str, instance_id: str, idempotent: bool = True) -> NcAnswer:
-        return await self._instance_call(url, "TerminateInstance", instance_id, 2, idempotent)
+        """TerminateInstance; retried calls (idempotent) go with the others made to the node at the same moment."""
+        if not idempotent:
+            return await self._instance_call(url, "TerminateInstance", instance_id, 2, idempotent)
+        return _answer(await self.terminate_batches.call(url, instance_id))
+
+    async def _terminate_one(self, url: str, instance_id: str) -> cc_nc.InstanceInfo:
+        return await self.client.call(
+            url,
+            "TerminateInstance",
+            cc_nc.InstanceIdRequest(instance_id=instance_id),
+            cc_nc.InstanceInfo,
+            timeout=self.timeout * 2,
+            idempotent=True,
+            expect_role=NC_ROLE,
+        )
+
+    async def _terminate_many(self, url: str, instance_ids: list[str]) -> list[cc_nc.InstanceResult]:
+        answer = await self.client.call(
+            url,
+            "TerminateInstances",
+            cc_nc.TerminateInstancesRequest(instance_ids=instance_ids),
+            cc_nc.InstanceResults,
+            timeout=self.run_timeout,
+            idempotent=True,
+            expect_role=NC_ROLE,
+        )
+        return answer.results
 
     async def reboot_instance(self, url: str, instance_id: str) -> NcAnswer:
         return await self._instance_call(url, "RebootInstance", instance_id, 2, False)
@@ -199,3 +228,11 @@ class NcClient:
             idempotent=idempotent,
             expect_role=NC_ROLE,
         )
+
+
+def _json_size(request: cc_nc.RunInstanceRequest) -> int:
+    return len(request.model_dump_json())
+
+
+def _answer(info: cc_nc.InstanceInfo) -> NcAnswer:
+    return NcAnswer(state=info.state, detail=info.detail, reason=info.reason)

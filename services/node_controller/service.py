@@ -27,11 +27,12 @@ from common.messages.cc_nc import (
     DescribeResourceResponse,
     InstanceIdRequest,
     InstanceInfo,
+    InstanceResult,
+    InstanceResults,
     RunInstanceRequest,
-    RunInstanceResult,
     RunInstancesRequest,
-    RunInstancesResponse,
     StartNetworkRequest,
+    TerminateInstancesRequest,
 )
 from common.messages.migration import (
     CommitMigrationRequest,
@@ -79,6 +80,7 @@ class NodeControllerService(Service):
         add = self.rpc.add
         add("RunInstance", self._run_instance, CC, RunInstanceRequest)
         add("RunInstances", self._run_instances, CC, RunInstancesRequest)
+        add("TerminateInstances", self._terminate_instances, CC, TerminateInstancesRequest)
         add("TerminateInstance", self._terminate_instance, CC, InstanceIdRequest)
         add("DescribeInstances", self._describe_instances, CC_ADMIN, DescribeInstancesRequest)
         add("DescribeResource", self._describe_resource, CC_ADMIN)
@@ -221,15 +223,26 @@ class NodeControllerService(Service):
             request = await network.prepare_run(self.node_network, request)
         return await self._manager.run(request)
 
-    async def _run_instances(self, batch: RunInstancesRequest, caller: Caller) -> RunInstancesResponse:
+    async def _run_instances(self, batch: RunInstancesRequest, caller: Caller) -> InstanceResults:
         """RunInstance for each request in turn; each gets its own answer or error, as if sent alone."""
         results = []
         for request in batch.instances:
             try:
-                results.append(RunInstanceResult(info=await self._run_instance(request, caller)))
+                results.append(InstanceResult(info=await self._run_instance(request, caller)))
             except RpcError as err:
-                results.append(RunInstanceResult(status=err.status, code=err.code, message=err.message))
-        return RunInstancesResponse(results=results)
+                results.append(InstanceResult(status=err.status, code=err.code, message=err.message))
+        return InstanceResults(results=results)
+
+    async def _terminate_instances(self, batch: TerminateInstancesRequest, caller: Caller) -> InstanceResults:
+        """TerminateInstance for each id (together: each teardown waits on libvirt and the disk on its own)."""
+
+        async def one(instance_id: str) -> InstanceResult:
+            try:
+                return InstanceResult(info=await self._manager.terminate(instance_id))
+            except RpcError as err:
+                return InstanceResult(status=err.status, code=err.code, message=err.message)
+
+        return InstanceResults(results=list(await asyncio.gather(*(one(i) for i in batch.instance_ids))))
 
     async def _terminate_instance(self, request: InstanceIdRequest, caller: Caller) -> InstanceInfo:
         return await self._manager.terminate(request.instance_id)

@@ -12,9 +12,10 @@ from common.messages.cc_nc import (
     ImageRef,
     InstanceIdRequest,
     InstanceInfo,
+    InstanceResults,
     RunInstanceRequest,
     RunInstancesRequest,
-    RunInstancesResponse,
+    TerminateInstancesRequest,
 )
 from common.rpc import RpcError
 from tests.nc.conftest import SMALL, NcEnv
@@ -227,8 +228,8 @@ def test_bad_requests_are_clear_errors(nc: NcEnv) -> None:
 
 
 def test_run_instances_answers_each_request(nc: NcEnv) -> None:
-    """RunInstances (the CC's coalesced RunInstance calls): each request is run as if alone, with its own answer
-    or error, in order."""
+    """RunInstances and TerminateInstances (the CC's coalesced calls): each request is run as if alone, with its
+    own answer or error, in order."""
     manifest = nc.image("batch")
 
     def request(instance_id: str, **fields) -> RunInstanceRequest:
@@ -245,7 +246,7 @@ def test_run_instances_answers_each_request(nc: NcEnv) -> None:
             request("i-b0000001", reservation_id="r-0000b002"),  # the same id for another reservation
         ]
     )
-    answer = nc.cc.call(nc.url, "RunInstances", batch, RunInstancesResponse)
+    answer = nc.cc.call(nc.url, "RunInstances", batch, InstanceResults)
     assert [(r.info.state if r.info else None, r.status, r.code) for r in answer.results] == [
         ("Pending", 0, ""),
         (None, 400, "InvalidUserData.Malformed"),
@@ -254,9 +255,16 @@ def test_run_instances_answers_each_request(nc: NcEnv) -> None:
     ]
     for instance_id in ("i-b0000001", "i-b0000003"):
         nc.wait_state(instance_id, "Extant")
-        nc.terminate(instance_id)
     assert "i-b0000002" not in nc.describe()
+    ids = ["i-b0000001", "i-b0000009", "i-b0000003"]  # the second was never here
+    ended = nc.cc.call(nc.url, "TerminateInstances", TerminateInstancesRequest(instance_ids=ids), InstanceResults)
+    assert [(r.info.state if r.info else None, r.status) for r in ended.results] == [
+        ("Teardown", 0),
+        (None, 404),
+        ("Teardown", 0),
+    ]
+    assert not nc.instance_dir("i-b0000001").exists() and not nc.instance_dir("i-b0000003").exists()
     with pytest.raises(RpcError) as too_many:  # the batch size is bounded
         unchecked = RunInstancesRequest.model_construct(instances=[request(f"i-b1{n:06x}") for n in range(101)])
-        nc.cc.call(nc.url, "RunInstances", unchecked, RunInstancesResponse)
+        nc.cc.call(nc.url, "RunInstances", unchecked, InstanceResults)
     assert too_many.value.status == 400

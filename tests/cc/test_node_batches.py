@@ -1,6 +1,7 @@
-"""RunInstance calls to one node made at the same moment leave as one RunInstances call (run_batches.py); every
-caller gets its own answer or error as a lone call would have given it. The end-to-end path (a real CC and real
-NCs) is exercised by every launch in tests/cc and tests/scale; here the coalescing rules themselves."""
+"""RunInstance calls to one node made at the same moment leave as one RunInstances call (node_batches.py, the
+same for TerminateInstance); every caller gets its own answer or error as a lone call would have given it. The
+end-to-end path (a real CC and real NCs) is exercised by every launch in tests/cc and tests/scale; here the
+coalescing rules themselves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 
 from common.messages import cc_nc
 from common.rpc import RpcError
-from services.cluster_controller.run_batches import MAX_BODY, RunBatches
+from services.cluster_controller.node_batches import MAX_BODY, NodeBatches
 
 
 def _request(n: int, user_data: str = "") -> cc_nc.RunInstanceRequest:
@@ -35,26 +36,30 @@ class Node:
         self.calls.append(("RunInstance", [request.instance_id]))
         return self._one(request)
 
-    async def send_many(self, url: str, batch: cc_nc.RunInstancesRequest) -> cc_nc.RunInstancesResponse:
+    async def send_many(self, url: str, batch: list[cc_nc.RunInstanceRequest]) -> list[cc_nc.InstanceResult]:
         if not self.batches:
             raise RpcError(404, "UnknownOperation", "no operation RunInstances")
-        self.calls.append(("RunInstances", [r.instance_id for r in batch.instances]))
+        self.calls.append(("RunInstances", [r.instance_id for r in batch]))
         results = []
-        for request in batch.instances:
+        for request in batch:
             try:
-                results.append(cc_nc.RunInstanceResult(info=self._one(request)))
+                results.append(cc_nc.InstanceResult(info=self._one(request)))
             except RpcError as err:
-                results.append(cc_nc.RunInstanceResult(status=err.status, code=err.code, message=err.message))
-        return cc_nc.RunInstancesResponse(results=results)
+                results.append(cc_nc.InstanceResult(status=err.status, code=err.code, message=err.message))
+        return results
 
 
-async def _launch(batches: RunBatches, url: str, requests: list[cc_nc.RunInstanceRequest]) -> list:
-    return await asyncio.gather(*(batches.run(url, r) for r in requests), return_exceptions=True)
+def _batches(node: Node) -> NodeBatches[cc_nc.RunInstanceRequest]:
+    return NodeBatches(node.send_one, node.send_many, lambda r: len(r.model_dump_json()), cc_nc.MAX_BATCH)
+
+
+async def _launch(batches: NodeBatches[cc_nc.RunInstanceRequest], url: str, requests: list) -> list:
+    return await asyncio.gather(*(batches.call(url, r) for r in requests), return_exceptions=True)
 
 
 def test_same_moment_calls_share_one_call_and_keep_their_own_answers() -> None:
     node = Node(full=frozenset({"i-00000007"}))
-    batches = RunBatches(node.send_one, node.send_many)
+    batches = _batches(node)
     answers = asyncio.run(_launch(batches, "http://n1", [_request(n) for n in range(250)]))
     # 250 requests: three calls of at most 100.
     assert [(op, len(ids)) for op, ids in node.calls] == [("RunInstances", 100), ("RunInstances", 100),
@@ -71,10 +76,10 @@ def test_same_moment_calls_share_one_call_and_keep_their_own_answers() -> None:
 
 def test_a_lone_call_large_bodies_and_an_older_node() -> None:
     node = Node()
-    batches = RunBatches(node.send_one, node.send_many)
+    batches = _batches(node)
 
     async def scenario() -> None:
-        assert (await batches.run("http://n1", _request(1))).state == "Pending"
+        assert (await batches.call("http://n1", _request(1))).state == "Pending"
         # Bodies of ~32 KB each: as many per call as fit in MAX_BODY, whatever the count.
         big = [_request(n, user_data="A" * 32_000) for n in range(10, 50)]
         await _launch(batches, "http://n1", big)
@@ -87,16 +92,16 @@ def test_a_lone_call_large_bodies_and_an_older_node() -> None:
         40 % per_call
     )
     old = Node(batches=False)
-    batches = RunBatches(old.send_one, old.send_many)
+    batches = _batches(old)
     answers = asyncio.run(_launch(batches, "http://n2", [_request(n) for n in range(5)]))
     assert all(isinstance(a, cc_nc.InstanceInfo) for a in answers)
     assert [op for op, _ in old.calls] == ["RunInstance"] * 5
 
 
 def test_a_failed_call_fails_each_of_its_callers() -> None:
-    async def unreachable(url: str, batch: cc_nc.RunInstancesRequest) -> cc_nc.RunInstancesResponse:
+    async def unreachable(url: str, batch: list[cc_nc.RunInstanceRequest]) -> list[cc_nc.InstanceResult]:
         raise RpcError(503, "PeerUnreachable", f"{url}: connection refused")
 
-    batches = RunBatches(Node().send_one, unreachable)
+    batches = NodeBatches(Node().send_one, unreachable, lambda r: 1, cc_nc.MAX_BATCH)
     answers = asyncio.run(_launch(batches, "http://n3", [_request(n) for n in range(3)]))
     assert all(isinstance(a, RpcError) and a.code == "PeerUnreachable" for a in answers)
