@@ -494,6 +494,8 @@ class Cluster:
         self._networks.add(key)
 
     def _confirm(self, instance: Instance, state: str, detail: str) -> None:
+        if instance.confirmed_at is not None and instance.state == "Extant" and state == "Pending":
+            return  # the node's push of a later state came first (a RunInstances call answers after its last run)
         instance.confirmed_at = time.monotonic()
         self._touch(instance)
         if state in ("Pending", "Extant"):
