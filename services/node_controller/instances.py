@@ -172,8 +172,9 @@ class InstanceManager:
             )
         )
 
-    async def _set(self, inst: Instance, state: NcState, detail: str, reason: str = "") -> bool:
-        """Change state (written, then pushed to the CC); False if nothing changed or it is already Teardown."""
+    async def _set(self, inst: Instance, state: NcState, detail: str, reason: str = "", push: bool = True) -> bool:
+        """Change state (written, then pushed to the CC unless `push` is False: the caller pushes once it has
+        acted); False if nothing changed or it is already Teardown."""
         if inst.state == "Teardown" and state != "Teardown":
             return False
         if (inst.state, inst.detail) == (state, detail) and (not reason or reason == inst.reason):
@@ -185,7 +186,8 @@ class InstanceManager:
             inst.teardown_at = inst.updated_at
         await self._save(inst)
         log.info("%s: %s (%s)%s", inst.id, state, detail, f": {reason}" if reason else "")
-        self.notifier.changed(inst.id)
+        if push:
+            self.notifier.changed(inst.id)
         return True
 
     # --- operations ---------------------------------------------------------------------------------------
@@ -512,11 +514,16 @@ class InstanceManager:
         if task is not None and not task.done() and not from_task:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._set(inst, "Teardown", detail, reason)
+        # Written before the domain is destroyed (a crash finishes the teardown), pushed after it: a stopped
+        # EBS-backed instance may start on another node as soon as the CLC hears of the end, and its root volume
+        # must not be in two running guests at once.
+        pushed = await self._set(inst, "Teardown", detail, reason, push=False)
         try:
             await self.hv.destroy(inst.id)
         except HypervisorError as err:
             log.warning("%s: destroy failed (%s); the monitor will retry", inst.id, err)
+        if pushed:
+            self.notifier.changed(inst.id)
         self._release(inst)
         if not self.config.MANUAL_INSTANCES_CLEANUP:
             await self._remove_files(inst)

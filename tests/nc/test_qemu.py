@@ -193,7 +193,8 @@ def test_guest_destroyed_outside_is_noticed(qemu_nc: NcEnv) -> None:
     info = qemu_nc.wait_state(instance_id, "Teardown", timeout=30)
     assert info.reason == "the domain was destroyed outside the NC"
     wait_for(lambda: not qemu_nc.instance_dir(instance_id).exists(), 10, what="files removed")
-    assert "Teardown/shutoff" in qemu_nc.recorder.states(instance_id)
+    # The push leaves once the domain is gone and lingers a moment to coalesce: wait for it to arrive.
+    wait_for(lambda: "Teardown/shutoff" in qemu_nc.recorder.states(instance_id), 10, what="Teardown/shutoff pushed")
 
 
 @pytest.mark.netns
