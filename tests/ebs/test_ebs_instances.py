@@ -14,6 +14,7 @@ import os
 import pytest
 from botocore.exceptions import ClientError
 
+from services.cluster_controller.storage.tgt import parse_show
 from tests.clc.compute_cloud import registered_image, wait_state
 from tests.clc.ec2_helpers import aws, aws_error, client, code, stop_clean
 from tests.ebs.test_guest import tgt_targets
@@ -78,6 +79,12 @@ def _volumes(ec2, instance_id: str) -> dict[str, dict]:
 
 def _exported(cloud: Cloud, volume_id: str) -> bool:
     return f"zone1.{volume_id}" in tgt_targets(cloud)
+
+
+def _initiators(cloud: Cloud, volume_id: str) -> list[str]:
+    """The initiator names the volume's export admits (one per run of its instance)."""
+    targets = parse_show(tgt_targets(cloud)).values()
+    return next((t.acl for t in targets if t.iqn.endswith(f"zone1.{volume_id}")), [])
 
 
 def _cc_attachment(cloud: Cloud, volume_id: str):
@@ -148,9 +155,31 @@ def test_run_stop_start_create_image_terminate(cloud, alice, root_snapshot, ebs_
     wait_for(lambda: _exported(cloud, root["VolumeId"]) and _exported(cloud, extra["VolumeId"]), 30, 0.3,
              "the exports back for the new run")  # fmt: skip
 
+    # CreateImage without NoReboot: EC2 shuts the instance down for the snapshots and boots it again. Its run ends
+    # (stopping, stopped) and a new one starts (a new attachment, so a new initiator in the export's ACL); the CLC
+    # killed meanwhile resumes the reboot from the image's record.
+    initiator = _initiators(cloud, root["VolumeId"])
+    assert len(initiator) == 1
     image_id = ec2.create_image(InstanceId=instance_id, Name="ebs-copy", Description="made by CreateImage")["ImageId"]
+    assert _instance(ec2, instance_id)["State"]["Name"] in ("stopping", "stopped")
+    cloud.kill("clc")
+    cloud.start("clc")
     image = wait_for(lambda: (i := ec2.describe_images(ImageIds=[image_id])["Images"][0])["State"] == "available"
                      and i, 120, 0.3, "the new image")  # fmt: skip
+    wait_state(ec2, [instance_id], {"running"})
+    wait_for(lambda: _initiators(cloud, root["VolumeId"]) not in ([], initiator), 30, 0.3, "exported to a new run")
+    # NoReboot: the instance keeps running, on the same run.
+    quick = ec2.create_image(InstanceId=instance_id, Name="ebs-quick", NoReboot=True)["ImageId"]
+    assert _instance(ec2, instance_id)["State"]["Name"] == "running"
+    wait_for(lambda: ec2.describe_images(ImageIds=[quick])["Images"][0]["State"] == "available", 120, 0.3,
+             "the NoReboot image")  # fmt: skip
+    assert _instance(ec2, instance_id)["State"]["Name"] == "running"
+    assert _initiators(cloud, root["VolumeId"]) not in ([], initiator)  # still the run after the reboot
+    quick_snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[quick])["Images"][0]
+                       ["BlockDeviceMappings"]]  # fmt: skip
+    ec2.deregister_image(ImageId=quick)
+    for snapshot_id in quick_snapshots:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
     assert image["RootDeviceType"] == "ebs"
     copied = {m["DeviceName"]: m["Ebs"] for m in image["BlockDeviceMappings"]}
     assert set(copied) == {"/dev/sda1", "/dev/sdf"} and copied["/dev/sda1"]["VolumeSize"] == 2

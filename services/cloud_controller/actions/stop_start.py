@@ -52,9 +52,14 @@ async def create_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     roots = compute(ctx).roots
     if roots is None:
         raise Ec2Error("UnsupportedOperation", "This cloud has no block storage for EBS-backed images")
-    # NoReboot or not, the snapshots are taken of the running volumes (crash-consistent, as with NoReboot).
+    # Without NoReboot a running instance is stopped for its snapshots and started again (EC2 reboots it).
     mappings = parse_mappings(params.get("BlockDeviceMappings"))
     image = await roots.create_image(
-        ctx.principal, params["InstanceId"], params.get("Name") or "", params.get("Description") or "", mappings
+        ctx.principal,
+        params["InstanceId"],
+        params.get("Name") or "",
+        params.get("Description") or "",
+        mappings,
+        no_reboot=params.get("NoReboot") is True,
     )
     return {"ImageId": image.image_id}

@@ -149,6 +149,7 @@ class Images:
         root_device_name: str = "",
         block_devices: list[dict[str, Any]] | None = None,
         state: str = "available",
+        reboot_instance_id: str = "",
     ) -> Image:
         """An EBS-backed machine image: no bundle, its root (and other disks) made from snapshots at each launch
         (the mappings are checked by the caller, ebs/roots.py). ImageLocation is OWNER/NAME, as EC2 shows it."""
@@ -166,6 +167,7 @@ class Images:
             state=state,
             root_device_type="ebs",
             block_devices=list(block_devices or []),
+            reboot_instance_id=reboot_instance_id,
         )
         image.kernel_id = self._default(kernel_id, "kernel", account_id)
         image.ramdisk_id = self._default(ramdisk_id, "ramdisk", account_id)

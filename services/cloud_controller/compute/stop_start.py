@@ -78,8 +78,14 @@ class StopStart:
                     f"This instance '{instance.instance_id}' is not in a state from which it can be stopped.",
                 )
         result = [(i, i.state) for i in instances]
+        await self.stop_now(instances)
+        return result
+
+    async def stop_now(self, instances: list[Instance], reason: str = STOPPED_BY_USER) -> None:
+        """Stop these (checked) instances: `stopping` written, then the CC asked to end their runs."""
+        compute = self.compute
         now = time.time()
-        acting = [i for i in instances if compute.store.set_state(i, "stopping", STOPPED_BY_USER, now)]
+        acting = [i for i in instances if compute.store.set_state(i, "stopping", reason, now)]
         await compute.store.save_instances(acting)  # written before the CC hears of it
         compute.changed(acting)
         by_zone: dict[str, list[Instance]] = {}
@@ -87,7 +93,6 @@ class StopStart:
             by_zone.setdefault(instance.zone, []).append(instance)
         for zone, zone_instances in by_zone.items():
             await self._send_stop(zone, zone_instances)
-        return result
 
     async def _send_stop(self, zone: str, instances: list[Instance]) -> None:
         compute = self.compute
@@ -124,22 +129,32 @@ class StopStart:
                 raise ComputeError(
                     "IncorrectInstanceState", f"The instance '{instance.instance_id}' has no volume at its root device."
                 )
+            if compute.roots is not None and compute.roots.imaging(instance.instance_id):
+                raise ComputeError(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance.instance_id}' is down for CreateImage; it starts again after it.",
+                )
         result = [(i, i.state) for i in instances]
         for instance in [i for i in instances if i.state == "stopped"]:
-            vm = compute.vm_type(instance.vm_type)
-            token = compute.admission.reserve(instance.owner_id, vm, 1, 1, instance.zone)
-            now = time.time()
-            compute.store.set_state(instance, "pending", "", now)
-            instance.state_reason = ""
-            instance.launch_id, instance.node_id, instance.last_seen = self._new_run_id(), "", now
-            try:
-                await compute.store.save_instances([instance])  # written before the CC hears of it
-            except BaseException:
-                compute.admission.release(token)
-                raise
-            compute.changed([instance])
-            await self._send_start(instance, token)
+            await self.start_now(instance)
         return result
+
+    async def start_now(self, instance: Instance) -> None:
+        """Start this stopped (checked) instance: capacity reserved, `pending` and a new run written, the CC asked."""
+        compute = self.compute
+        vm = compute.vm_type(instance.vm_type)
+        token = compute.admission.reserve(instance.owner_id, vm, 1, 1, instance.zone)
+        now = time.time()
+        compute.store.set_state(instance, "pending", "", now)
+        instance.state_reason = ""
+        instance.launch_id, instance.node_id, instance.last_seen = self._new_run_id(), "", now
+        try:
+            await compute.store.save_instances([instance])  # written before the CC hears of it
+        except BaseException:
+            compute.admission.release(token)
+            raise
+        compute.changed([instance])
+        await self._send_start(instance, token)
 
     def _new_run_id(self) -> str:
         taken = self.compute.store.reservations

@@ -103,6 +103,8 @@ class Image:
     root_device_type: str = "instance-store"  # or ebs: the root is made from a snapshot at each launch
     # EBS mappings: [{"device", "snapshot_id", "size", "delete_on_termination"}] (JSON in the database)
     block_devices: list[dict[str, Any]] = field(default_factory=list)
+    # CreateImage without NoReboot: the instance stopped for the image's snapshots, started again after them
+    reboot_instance_id: str = ""
 
     def can_launch(self, account_id: str) -> bool:
         return self.owner_id == account_id or self.is_public or account_id in self.launch_permissions

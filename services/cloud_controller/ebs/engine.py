@@ -451,20 +451,29 @@ class Ebs:
 
     # --- snapshots ----------------------------------------------------------------------------------------
     async def create_snapshot(self, principal: Principal, volume_id: str, description: str = "") -> Snapshot:
-        volume = self.volume(volume_id, principal)
+        return await self.snapshot_volume(self.volume(volume_id, principal), description)
+
+    def new_snapshot_id(self) -> str:
+        """An id for a snapshot to be taken later (CreateImage names its snapshots before it takes them)."""
+        return self._new_id("snap")
+
+    async def snapshot_volume(self, volume: Volume, description: str = "", snapshot_id: str = "") -> Snapshot:
+        """A snapshot of the (caller's) volume, under `snapshot_id` if given (idempotent: one taken is returned)."""
+        if snapshot_id and snapshot_id in self.store.snapshots:
+            return self.store.snapshots[snapshot_id]
         if len(description) > 255:
             raise ComputeError("InvalidParameterValue", "Description: at most 255 characters")
         if volume.state not in ("available", "in-use"):
             raise ComputeError("IncorrectState", f"The volume '{volume.volume_id}' is {volume.state}.")
-        owned = [s for s in self.store.snapshots.values() if s.owner_id == principal.account_id]
+        owned = [s for s in self.store.snapshots.values() if s.owner_id == volume.owner_id]
         if self.settings.quota_snapshots and len(owned) >= self.settings.quota_snapshots:
             raise ComputeError(
                 "SnapshotLimitExceeded", f"At most {self.settings.quota_snapshots} snapshots per account."
             )
         now = time.time()
         snapshot = Snapshot(
-            snapshot_id=self._new_id("snap"),
-            owner_id=principal.account_id,
+            snapshot_id=snapshot_id or self._new_id("snap"),
+            owner_id=volume.owner_id,
             volume_id=volume.volume_id,
             volume_size=volume.size_gb,
             zone=volume.zone,
@@ -607,7 +616,8 @@ class Ebs:
         """Something is in a transitional state: poll often."""
         return any(v.state in ("creating", "deleting") or v.attach_state in ("attaching", "detaching")
                    for v in self.store.volumes.values()) or any(
-            s.state in ("pending", "deleting") for s in self.store.snapshots.values())  # fmt: skip
+            s.state in ("pending", "deleting") for s in self.store.snapshots.values()) or (
+            self.roots is not None and self.roots.rebooting())  # fmt: skip
 
     async def _reconcile_loop(self) -> None:
         while True:

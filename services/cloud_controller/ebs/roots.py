@@ -29,6 +29,7 @@ log = logging.getLogger("koala.clc.ebs")
 MAX_MAPPINGS = 16
 MAPPING_DEVICE = re.compile(r"^/dev/(sd|xvd|vd)[a-z][0-9]{0,2}$")
 VOLUMES_READY_TIMEOUT = 300.0  # a launch waits this long for its volumes to be made from their snapshots
+REBOOT_REASON = "User initiated (CreateImage)"  # the stop reason of an instance CreateImage reboots
 
 
 def parse_mappings(raw: Any, parameter: str = "BlockDeviceMapping") -> list[dict[str, Any]]:
@@ -138,6 +139,8 @@ class Roots:
 
     def image_settled(self, image: Image) -> str | None:
         """An image made by CreateImage becomes available when its snapshots complete (failed if one fails)."""
+        if image.reboot_instance_id:
+            return None  # its instance is still down for it, or its snapshots not yet taken
         states = [self.ebs.store.snapshots.get(s) for s in image.snapshot_ids]
         if any(s is None or s.state in ("error", "deleting") for s in states):
             return "failed"
@@ -147,6 +150,8 @@ class Roots:
 
     async def settle_images(self) -> None:
         for image in [i for i in self.compute.store.images.values() if i.state == "pending"]:
+            if image.reboot_instance_id:
+                await self._advance_reboot(image)
             state = self.image_settled(image)
             if state is not None:
                 image.state = state
@@ -232,9 +237,28 @@ class Roots:
         return any(v.device == instance.root_device_name and v.attach_state for v in self.devices(instance))
 
     # --- CreateImage --------------------------------------------------------------------------------------
+    def imaging(self, instance_id: str) -> bool:
+        """The instance is down for a CreateImage (started again by it once the image's snapshots are taken)."""
+        return any(
+            i.reboot_instance_id == instance_id and i.state == "pending" for i in self.compute.store.images.values()
+        )
+
+    def rebooting(self) -> bool:
+        return any(i.reboot_instance_id and i.state == "pending" for i in self.compute.store.images.values())
+
     async def create_image(
-        self, principal: Any, instance_id: str, name: str, description: str, mappings: list[dict[str, Any]]
+        self,
+        principal: Any,
+        instance_id: str,
+        name: str,
+        description: str,
+        mappings: list[dict[str, Any]],
+        no_reboot: bool = False,
     ) -> Image:
+        """EC2's CreateImage. A running instance is, unless `no_reboot`, stopped first and started again once its
+        volumes' snapshots are taken (EC2 shuts it down and reboots it), so the image is of disks no guest writes
+        to while they are read; with `no_reboot` they are read as the guest runs. The steps after the answer are
+        `_advance_reboot`'s, driven by the image record (`reboot_instance_id`, written before the stop)."""
         instance = self.compute.instance(instance_id, principal)
         if instance.root_device_type != "ebs":
             raise ComputeError(
@@ -252,6 +276,8 @@ class Roots:
         volumes = [v for v in self.devices(instance) if v.device not in suppressed and v.state in ("in-use",)]
         if not any(v.device == instance.root_device_name for v in volumes):
             raise ComputeError("IncorrectInstanceState", f"The instance '{instance.instance_id}' has no root volume.")
+        if instance.state == "running" and not no_reboot:
+            return await self._create_image_rebooting(principal, instance, name, description, volumes)
         block_devices = []
         for volume in volumes:
             snapshot = await self.ebs.create_snapshot(
@@ -278,3 +304,76 @@ class Roots:
             image.state = state
             await self.compute.store.save_image(image)
         return image
+
+    async def _create_image_rebooting(
+        self, principal: Any, instance: Instance, name: str, description: str, volumes: list[Volume]
+    ) -> Image:
+        """The image recorded `pending` with its snapshots named (not yet taken) and the instance to reboot, then
+        the instance stopped; `_advance_reboot` takes the snapshots once it is stopped and starts it again."""
+        images = self.compute.images
+        assert images is not None
+        block_devices = [
+            {"device": v.device, "snapshot_id": self.ebs.new_snapshot_id(), "size": v.size_gb,
+             "delete_on_termination": v.delete_on_termination}
+            for v in volumes
+        ]  # fmt: skip
+        image = await images.register_ebs(
+            principal.account_id,
+            name,
+            description=description,
+            kernel_id=instance.kernel_id,
+            ramdisk_id=instance.ramdisk_id,
+            root_device_name=instance.root_device_name,
+            block_devices=block_devices,
+            state="pending",
+            reboot_instance_id=instance.instance_id,
+        )  # written before the instance is stopped
+        await self.compute.stop_start.stop_now([instance], REBOOT_REASON)
+        self.ebs.wake()
+        log.info("%s: CreateImage %s: stopping it for its snapshots", instance.instance_id, image.image_id)
+        return image
+
+    async def _advance_reboot(self, image: Image) -> None:
+        """One step of a CreateImage reboot, level-triggered (a crash anywhere resumes here): once the instance is
+        stopped, its volumes' snapshots are taken under the image's names; once none is pending any more, the
+        instance is started again and the image settles as any other (available, or failed if a snapshot failed)."""
+        store = self.compute.store
+        instance = store.instances.get(image.reboot_instance_id)
+        snapshots = self.ebs.store.snapshots
+        missing = [m for m in image.block_devices if m["snapshot_id"] not in snapshots]
+        if missing:
+            if instance is None or instance.state in ("terminated", "shutting-down"):
+                log.warning("%s: its instance %s ended before its snapshots", image.image_id, image.reboot_instance_id)
+                image.reboot_instance_id, image.state = "", "failed"
+                await store.save_image(image)
+                return
+            if instance.state != "stopped":
+                return  # still stopping
+            attached = {v.device: v for v in self.devices(instance)}
+            for mapping in missing:
+                volume = attached.get(mapping["device"])
+                try:
+                    if volume is None:
+                        raise ComputeError("IncorrectState", f"no volume at {mapping['device']} any more")
+                    await self.ebs.snapshot_volume(
+                        volume,
+                        f"Created by CreateImage({instance.instance_id}) from {volume.volume_id}",
+                        mapping["snapshot_id"],
+                    )
+                except ComputeError as err:
+                    log.warning("%s: snapshot of %s: %s", image.image_id, mapping["device"], err.message)
+                    image.reboot_instance_id, image.state = "", "failed"
+                    await store.save_image(image)
+                    return  # the instance stays stopped, as after a failed start
+            return
+        if any(snapshots[m["snapshot_id"]].state == "pending" for m in image.block_devices):
+            return  # read while the instance is down
+        if instance is not None and instance.state == "stopped":
+            try:
+                await self.compute.stop_start.start_now(instance)
+            except ComputeError as err:
+                log.warning("%s: starting it again after CreateImage: %s (will retry)", instance.instance_id, err)
+                return
+            log.info("%s: started again after the snapshots of %s", instance.instance_id, image.image_id)
+        image.reboot_instance_id = ""
+        await store.save_image(image)
