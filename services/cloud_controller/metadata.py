@@ -22,6 +22,21 @@ MAX_PATH = 512
 Tree = dict[str, "Tree | str"]
 
 
+def block_device_mapping(instance: Instance, volume_devices: list[str] | None = None) -> Tree:
+    """EC2's block-device-mapping/ directory: `ami` and `root` (the root device), `ephemeralN` and `swap` (the disks an
+    instance-store instance gets with its type, named as Eucalyptus names them; an EBS-backed one has none), and
+    `ebsN` for each EBS volume it launched or last started with other than the root (`volume_devices`, the root's
+    first; N counts from 1 over them all, the root's included, as EC2 numbers them)."""
+    if instance.root_device_type == "ebs":
+        tree: Tree = {"ami": instance.root_device_name, "root": instance.root_device_name}
+    else:
+        tree = {"emi": "sda1", "ami": "sda1", "ephemeral0": "sda2", "swap": "sda3", "root": "/dev/sda1"}
+    for number, device in enumerate(volume_devices or [], start=1):
+        if device != instance.root_device_name:
+            tree[f"ebs{number}"] = device.removeprefix("/dev/")
+    return tree
+
+
 def instance_tree(instance: Instance, store: Store, zone_of: Callable[[Instance], str]) -> Tree:
     """The meta-data directory of one instance (values are strings; dicts are sub-directories)."""
     reservation = store.reservations.get(instance.reservation_id)
@@ -31,13 +46,7 @@ def instance_tree(instance: Instance, store: Store, zone_of: Callable[[Instance]
         "ami-id": instance.image_id,
         "ami-launch-index": str(instance.launch_index),
         "ami-manifest-path": image.location if image else "(unknown)",
-        "block-device-mapping": {
-            "emi": "sda1",
-            "ami": "sda1",
-            "ephemeral0": "sda2",
-            "swap": "sda3",
-            "root": "/dev/sda1",
-        },
+        "block-device-mapping": block_device_mapping(instance),
         "hostname": instance.private_ip,
         "instance-id": instance.instance_id,
         "instance-type": instance.vm_type,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.clc.ec2_helpers import admin_creds, client, start_clc, stop_clean
 
-GUEST, OTHER, GONE = "127.0.0.3", "127.0.0.4", "127.0.0.5"
+GUEST, OTHER, GONE, EBS_GUEST = "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0ZXhhbXBsZWtleWZvcm1ldGFkYXRhdGVzdHM= test"
 
 
@@ -42,6 +42,26 @@ def seed(db_path, owner: str) -> None:
                 " key_material, user_data, last_seen) VALUES (?, 'r-0000abcd', ?, 'emi-0000abcd', 'eki-0000abcd',"
                 " 'm1.small', 1, 128, 2, 'zone1', ?, ?, ?, ?, '192.0.2.33', 'mykey', ?, ?, ?)",
                 (instance_id, owner, state, now, now, ip, KEY, data, now + 3600),
+            )
+        # An EBS-backed instance: launched with its root and /dev/sdf, /dev/sdg attached since (not in metadata until
+        # its next start, as in EC2).
+        db.execute(
+            "INSERT INTO instances(instance_id, reservation_id, owner_id, image_id, vm_type, cores, memory_mb,"
+            " disk_gb, zone, state, launch_time, updated_at, private_ip, last_seen, root_device_type,"
+            " root_device_name) VALUES ('i-0000eb5e', 'r-0000abcd', ?, 'emi-0000abcd', 'm1.small', 1, 128, 2,"
+            " 'zone1', 'running', ?, ?, ?, ?, 'ebs', '/dev/sda1')",
+            (owner, now, now, EBS_GUEST, now + 3600),
+        )
+        for volume_id, device, boot in (
+            ("vol-0000000a", "/dev/sda1", 1),
+            ("vol-0000000b", "/dev/sdf", 1),
+            ("vol-0000000c", "/dev/sdg", 0),
+        ):
+            db.execute(
+                "INSERT INTO volumes(volume_id, owner_id, zone, size_gb, state, create_time, instance_id, device,"
+                " attach_state, boot, updated_at) VALUES (?, ?, 'zone1', 1, 'in-use', ?, 'i-0000eb5e', ?,"
+                " 'attached', ?, ?)",
+                (volume_id, owner, now, device, boot, now),
             )
     db.close()
 
@@ -102,6 +122,18 @@ def test_listings_and_user_data(cloud):
     assert get(cloud, "/latest/meta-data/public-keys/0/") == (200, b"openssh-key")
     assert get(cloud, "/latest/") == (200, b"meta-data/\nuser-data")
     assert get(cloud, "/latest/user-data") == (200, b"#!/bin/sh\necho hello\n")
+
+
+def test_block_device_mapping(cloud):
+    """EC2's entries: an instance-store instance's root, ephemeral and swap disks; an EBS-backed one's root and its
+    other volumes as ebsN (N counting the root as 1)."""
+    assert get(cloud, "/latest/meta-data/block-device-mapping/") == (200, b"ami\nemi\nephemeral0\nroot\nswap")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/ephemeral0") == (200, b"sda2")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/ami", EBS_GUEST) == (200, b"/dev/sda1")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/", EBS_GUEST) == (200, b"ami\nebs2\nroot")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/root", EBS_GUEST) == (200, b"/dev/sda1")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/ebs2", EBS_GUEST) == (200, b"sdf")
+    assert get(cloud, "/latest/meta-data/block-device-mapping/ephemeral0", EBS_GUEST)[0] == 404
 
 
 @pytest.mark.parametrize(

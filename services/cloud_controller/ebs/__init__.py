@@ -28,6 +28,7 @@ async def install(clc: CloudControllerService) -> Ebs:
     ebs = Ebs(clc.db, clc.compute, settings)
     await ebs.load()
     ebs.roots = clc.compute.roots = Roots(ebs)  # EBS-backed images and instances
+    clc.compute.metadata_extras.append(ebs.roots.metadata)  # block-device-mapping/ebsN
 
     async def owned_volumes(owner_id: str, ids: list[str]) -> set[str]:
         return {i for i in ids if (v := ebs.store.volumes.get(i.lower())) is not None and v.owner_id == owner_id}

@@ -24,6 +24,7 @@ from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.store import Image, Instance
 from services.cloud_controller.ebs.engine import BootAttachment, Ebs
 from services.cloud_controller.ebs.store import Volume
+from services.cloud_controller.metadata import block_device_mapping
 
 log = logging.getLogger("koala.clc.ebs")
 MAX_MAPPINGS = 16
@@ -232,6 +233,14 @@ class Roots:
         """The volumes attached to an instance (for DescribeInstances' BlockDeviceMappings), by device."""
         found = [v for v in self._by_instance().get(instance.instance_id, ()) if v.instance_id == instance.instance_id]
         return sorted(found, key=lambda v: (v.device != instance.root_device_name, v.device))
+
+    def metadata(self, instance: Instance) -> dict[str, Any]:
+        """The metadata service's block-device-mapping/ with the instance's `ebsN` entries: the volumes it launched
+        or last started with (hot-attached ones appear from its next start, as in EC2)."""
+        booted = [v.device for v in self.devices(instance) if v.boot and v.attach_state == "attached"]
+        if not booted:
+            return {}
+        return {"block-device-mapping": block_device_mapping(instance, booted)}
 
     def has_root(self, instance: Instance) -> bool:
         return any(v.device == instance.root_device_name and v.attach_state for v in self.devices(instance))
