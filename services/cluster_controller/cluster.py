@@ -93,9 +93,9 @@ class Cluster:
             self.nodes,
             self.instances,
             self._tasks,
-            changed=self._changed,
-            ended=self._end,
-            terminate=self._terminate_one,
+            changed=self.changed,
+            ended=self.end,
+            terminate=self.terminate_one,
             moving=self._moving,
         )
         self.power = PowerSave(config, self.nc, store, self.nodes, self.lock, self._tasks, SubprocessRunner())
@@ -140,19 +140,19 @@ class Cluster:
         for node in self.nodes.values():
             self.health.watch(node)
         self.notifier.start()
-        self._spawn(self._flush_loop(), "cc db writer")
-        self._spawn(
+        self.spawn(self._flush_loop(), "cc db writer")
+        self.spawn(
             purge_ended(self.instances, self.config.KOALA_TEARDOWN_RETENTION, self.store.reservations), "cc purge"
         )
         if self.policy_name == "POWERSAVE":
-            self._spawn(self.power.run(), "cc powersave")
+            self.spawn(self.power.run(), "cc powersave")
             if self.config.KOALA_CONSOLIDATE:
-                self._spawn(Consolidation(self).run(), "cc consolidation")
+                self.spawn(Consolidation(self).run(), "cc consolidation")
         for instance in instances:
             if instance.live and instance.confirmed_at is None:
-                self._spawn(self._dispatch(instance, recover=True), f"redispatch {instance.instance_id}")
+                self.spawn(self._dispatch(instance, recover=True), f"redispatch {instance.instance_id}")
             elif instance.live and instance.terminating:
-                self._spawn(self._terminate_one(instance), f"terminate {instance.instance_id}")
+                self.spawn(self.terminate_one(instance), f"terminate {instance.instance_id}")
 
     async def stop(self) -> None:
         tasks = [*self.health.watchers(), *self._tasks]
@@ -187,11 +187,11 @@ class Cluster:
         self._stale.clear()
         return self._order, self._snapshot
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
 
     # --- reporting and persistence -----------------------------------------------------------------------
-    def _changed(self, instance: Instance) -> None:
+    def changed(self, instance: Instance) -> None:
         """An observed change: saved shortly (batched) and pushed to the CLC at once."""
         self._dirty[instance.instance_id] = instance
         self._dirty_event.set()
@@ -217,7 +217,7 @@ class Cluster:
                 self._dirty_event.set()
                 await asyncio.sleep(1.0)
 
-    def _end(self, instance: Instance, reason: str, detail: str = "") -> None:
+    def end(self, instance: Instance, reason: str, detail: str = "") -> None:
         """The instance is over (terminated, failed or lost): release its capacity and report Teardown."""
         node = self.nodes.get(instance.node_url)
         if node is not None:
@@ -225,12 +225,12 @@ class Cluster:
         if instance.state != "Teardown":
             log.info("%s on %s: Teardown (%s)", instance.instance_id, instance.node_url, reason)
             for listener in self.on_end:
-                self._spawn(listener(instance.instance_id), f"end {instance.instance_id}")
+                self.spawn(listener(instance.instance_id), f"end {instance.instance_id}")
         instance.state, instance.reason = "Teardown", reason
         if detail:
             instance.detail = detail
         instance.ended_at = time.time()
-        self._changed(instance)
+        self.changed(instance)
 
     # --- queries --------------------------------------------------------------------------------------
     def describe_instances(self, ids: Iterable[str]) -> list[ClusterInstance]:
@@ -352,7 +352,7 @@ class Cluster:
         answers = []
         for instance in chosen:
             self.notifier.changed(instance.report(self.nodes[instance.node_url]))
-            self._spawn(self._dispatch(instance), f"dispatch {instance.instance_id}")
+            self.spawn(self._dispatch(instance), f"dispatch {instance.instance_id}")
             answers.append(InstancePlacement(instance_id=instance.instance_id, node_id=self._node_id(instance)))
         no_room = f"InsufficientInstanceCapacity: no node in zone {self.zone} has room for another {vm.name}"
         answers += [InstancePlacement(instance_id=i, error=no_room) for i in ids[placed:]]
@@ -398,16 +398,16 @@ class Cluster:
             if not instance.live:
                 return
             if instance.terminating:
-                self._end(instance, "terminated before it started")
+                self.end(instance, "terminated before it started")
                 return
             node = self.nodes[instance.node_url]
             error = await self._run_on(node, instance, recover)
             if error is None:
                 if instance.terminating:
-                    await self._terminate_one(instance)
+                    await self.terminate_one(instance)
                 return
             if instance.terminating:
-                self._end(instance, "terminated before it started")
+                self.end(instance, "terminated before it started")
                 return
             if not await self._fail_over(instance, node, error):
                 return
@@ -444,7 +444,7 @@ class Cluster:
         assert node.gate is not None
         async with node.gate:
             try:
-                await self._start_network(node, instance)
+                await self.start_network(node, instance)
                 started = await self.nc.run_instance(node.url, request)
             except RpcError as err:
                 return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
@@ -482,7 +482,7 @@ class Cluster:
             return f"its volumes could not be exported: {err.code}: {err.message}"
         return None
 
-    async def _start_network(self, node: Node, instance: Instance) -> None:
+    async def start_network(self, node: Node, instance: Instance) -> None:
         """The node's side of the instance's network (its VLAN bridge), once per node and network."""
         net = instance.net
         if net.vlan < 0 and not net.bridge:
@@ -501,7 +501,7 @@ class Cluster:
         if state in ("Pending", "Extant"):
             instance.state = cast(ClusterState, state)
         instance.detail = detail or instance.detail
-        self._changed(instance)
+        self.changed(instance)
 
     async def _fail_over(self, instance: Instance, failed: Node, error: str) -> bool:
         """Release the failed node's reservation; place the instance on another fitting node if retries are
@@ -513,7 +513,7 @@ class Cluster:
                 instance.tried.append(failed.url)
             if len(instance.tried) > self.config.KOALA_RUN_RETRIES:
                 tried = len(instance.tried)
-                self._end(instance, f"failed on {tried} node{'s' if tried > 1 else ''}: {error}")
+                self.end(instance, f"failed on {tried} node{'s' if tried > 1 else ''}: {error}")
                 return False
             order, capacities = self.snapshot()
             snapshot = list(capacities)
@@ -523,7 +523,7 @@ class Cluster:
                     snapshot[index] = NodeCapacity(url, NodeState.DOWN, 0, 0, 0)
             plan = self.policy(snapshot, instance.need, 1, self.cursor)
             if not plan.picks:
-                self._end(instance, f"failed: {error}; no other node fits")  # tried all that fit
+                self.end(instance, f"failed: {error}; no other node fits")  # tried all that fit
                 return False
             self.cursor = plan.cursor
             target = order[plan.picks[0]]
@@ -533,7 +533,7 @@ class Cluster:
                 self.power.wake(order[index])
             await self.store.save_instances([instance])
         log.info("%s: retrying on %s", instance.instance_id, target.node_id or target.url)
-        self._changed(instance)
+        self.changed(instance)
         return True
 
     # --- terminate, reboot, console ------------------------------------------------------------------------
@@ -544,10 +544,10 @@ class Cluster:
             instance.terminating = True
         await self.store.save_instances(acting)  # written before any node hears of it
         for instance in acting:
-            self._spawn(self._terminate_one(instance), f"terminate {instance.instance_id}")
+            self.spawn(self.terminate_one(instance), f"terminate {instance.instance_id}")
         return [i.instance_id for i in known]
 
-    async def _terminate_one(self, instance: Instance) -> None:
+    async def terminate_one(self, instance: Instance) -> None:
         """Ask the node to terminate it; a node that is away gets asked again when it answers a poll."""
         if not instance.live or instance.confirmed_at is None:
             return  # not at its node yet: the dispatcher ends it
@@ -555,7 +555,7 @@ class Cluster:
             return  # the migration terminates it once it has settled where the guest runs
         node = self.nodes.get(instance.node_url)
         if node is None:
-            self._end(instance, "terminated")
+            self.end(instance, "terminated")
             return
         if node.state is not NodeState.UP:
             return
@@ -565,11 +565,11 @@ class Cluster:
                 answer = await self.nc.terminate_instance(node.url, instance.instance_id)
             except RpcError as err:
                 if err.status == 404:
-                    self._end(instance, "terminated")
+                    self.end(instance, "terminated")
                 else:
                     log.warning("%s: TerminateInstance on %s: %s (will retry)", instance.instance_id, node.url, err)
                 return
-        self._end(instance, "terminated", answer.detail)
+        self.end(instance, "terminated", answer.detail)
 
     async def reboot(self, ids: list[str]) -> list[str]:
         chosen = [self.instances[i.lower()] for i in ids if i.lower() in self.instances]
@@ -622,7 +622,7 @@ class Cluster:
                 continue
             instance.detail = answer.detail or instance.detail
             node.park(instance, instance.detail == "suspended")
-            self._changed(instance)
+            self.changed(instance)
             done.append(instance.instance_id)
         return SuspendInstancesResponse(instance_ids=done, errors=errors)
 

@@ -23,10 +23,8 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-import aiosqlite
 from pydantic import BaseModel
 
 from common.backoff import Backoff
@@ -37,13 +35,12 @@ from common.messages.migration import (
     MigrateInstancesResponse,
     MigrationInfo,
     MigrationMode,
-    MigrationTarget,
     NodeMaintenance,
     PrepareMigrationRequest,
     ReleaseMigrationRequest,
 )
 from common.rpc import RpcError
-from services.cluster_controller.model import Instance, Node
+from services.cluster_controller.model import Instance, Migration, Node
 from services.cluster_controller.placement import NodeCapacity, NodeState
 
 if TYPE_CHECKING:
@@ -51,31 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koala.cc.migration")
 M = TypeVar("M", bound=BaseModel)
-ACTIVE = ("preparing", "migrating", "finishing", "aborting")
 POLL_SECONDS = 0.1  # the source's progress, read this often while libvirt copies
 KEEP_FINISHED = 200  # finished migrations kept for DescribeMigrations
-
-
-@dataclass
-class Migration:
-    instance_id: str
-    source_url: str
-    target_url: str
-    mode: MigrationMode
-    state: str
-    target: MigrationTarget | None = None
-    error: str = ""
-    progress: int = 0
-    elapsed_ms: int = 0
-    downtime_ms: int = 0
-    started_at: float = 0.0
-    updated_at: float = 0.0
-    task: asyncio.Task[None] | None = None
-    marks: dict[str, float] = field(default_factory=dict)  # monotonic time each state was entered (for the log)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
 
 
 class Migrations:
@@ -88,57 +62,21 @@ class Migrations:
         # Other parts' reasons an instance may not move now ('' when it may), e.g. block storage's.
         self.refusals: list[Callable[[str], str]] = []
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        """The cluster's database, read when used: building the cluster touches no database (bench/cc_bench.py)."""
-        return self.cluster.store.db
-
     # --- persistence --------------------------------------------------------------------------------------------
     async def _save(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
         """The migration's state (and, in the same transaction, instances whose node it changed)."""
         migration.updated_at = time.time()
-        await self.db.execute(
-            "INSERT OR REPLACE INTO migrations(instance_id, source_url, target_url, mode, state, target, error,"
-            " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                migration.instance_id,
-                migration.source_url,
-                migration.target_url,
-                migration.mode,
-                migration.state,
-                migration.target.model_dump_json() if migration.target else "",
-                migration.error,
-                migration.started_at,
-                migration.updated_at,
-            ),
-        )
-        if instances:
-            await self.cluster.store._upsert(list(instances))
-        await self.db.commit()
+        await self.cluster.store.save_migration(migration, instances)
 
     async def start(self) -> None:
         """After the cluster loaded its nodes and instances: maintenance marks, and unfinished migrations resumed."""
-        async with self.db.execute("SELECT url, since FROM maintenance") as cursor:
-            for row in await cursor.fetchall():
-                self.maintenance[row["url"]] = row["since"]
-                node = self.cluster.nodes.get(row["url"])
-                if node is not None:
-                    node.maintenance = True
-                    node.touch()
-        async with self.db.execute("SELECT * FROM migrations ORDER BY started_at") as cursor:
-            rows = await cursor.fetchall()
-        for row in rows:
-            migration = Migration(
-                instance_id=row["instance_id"],
-                source_url=row["source_url"],
-                target_url=row["target_url"],
-                mode=row["mode"],
-                state=row["state"],
-                target=MigrationTarget.model_validate_json(row["target"]) if row["target"] else None,
-                error=row["error"],
-                started_at=row["started_at"],
-                updated_at=row["updated_at"],
-            )
+        for url, since in (await self.cluster.store.load_maintenance()).items():
+            self.maintenance[url] = since
+            node = self.cluster.nodes.get(url)
+            if node is not None:
+                node.maintenance = True
+                node.touch()
+        for migration in await self.cluster.store.load_migrations():
             self.by_instance[migration.instance_id] = migration
             if not migration.active:
                 continue
@@ -258,7 +196,7 @@ class Migrations:
         return migration
 
     def _drive(self, migration: Migration) -> None:
-        migration.task = self.cluster._spawn(self._run(migration), f"migrate {migration.instance_id}")
+        migration.task = self.cluster.spawn(self._run(migration), f"migrate {migration.instance_id}")
 
     # --- the driver -------------------------------------------------------------------------------------------
     async def _run(self, migration: Migration) -> None:
@@ -298,7 +236,7 @@ class Migrations:
             return
         source = cluster.nodes.get(migration.source_url)
         try:
-            await cluster._start_network(target, instance)
+            await cluster.start_network(target, instance)
             prepare = PrepareMigrationRequest(run=request, source_node=source.node_id if source else "")
             prepared = await cluster.nc.prepare_migration(target.url, prepare)
         except RpcError as err:
@@ -361,7 +299,7 @@ class Migrations:
         instance.node_url = migration.target_url
         instance.detail = "running"
         await self._set(migration, "finishing", instances=[instance])
-        self.cluster._changed(instance)
+        self.cluster.changed(instance)
 
     async def _commit(self, migration: Migration, instance: Instance) -> None:
         output = ""
@@ -390,18 +328,18 @@ class Migrations:
                     continue
                 # No running guest on the target although the source let it go: it is lost.
                 await self._set(migration, "failed", f"the guest did not arrive: {err}")
-                self.cluster._end(instance, f"lost in migration: {err.message}")
+                self.cluster.end(instance, f"lost in migration: {err.message}")
                 return
         await self._release(migration.source_url, instance, "moved", migration)
         source = self.cluster.nodes.get(migration.source_url)
         if source is not None:
             source.release(instance, ended=True)
         await self._set(migration, "done")
-        self.cluster._changed(instance)
+        self.cluster.changed(instance)
         log.info("%s: now on %s (%s)", instance.instance_id, self._node_name(migration.target_url), _phases(migration))
         self._trim()
         if instance.terminating:
-            self.cluster._spawn(self.cluster._terminate_one(instance), f"terminate {instance.instance_id}")
+            self.cluster.spawn(self.cluster.terminate_one(instance), f"terminate {instance.instance_id}")
 
     async def _abort(self, migration: Migration, instance: Instance) -> None:
         log.warning("%s: migration to %s failed: %s", instance.instance_id, self._node_name(migration.target_url),
@@ -411,7 +349,7 @@ class Migrations:
         await self._set(migration, "failed")
         self._trim()
         if instance.terminating:
-            self.cluster._spawn(self.cluster._terminate_one(instance), f"terminate {instance.instance_id}")
+            self.cluster.spawn(self.cluster.terminate_one(instance), f"terminate {instance.instance_id}")
 
     def _release_target(self, migration: Migration, instance: Instance) -> None:
         node = self.cluster.nodes.get(migration.target_url)
@@ -458,8 +396,7 @@ class Migrations:
             raise RpcError(404, "NodeNotFound", f"no node {name!r} in this zone")
         if node.url not in self.maintenance:
             now = time.time()
-            await self.db.execute("INSERT OR REPLACE INTO maintenance(url, since) VALUES (?, ?)", (node.url, now))
-            await self.db.commit()
+            await self.cluster.store.set_maintenance(node.url, now)
             self.maintenance[node.url] = now
             node.maintenance = True
             node.touch()
@@ -478,8 +415,7 @@ class Migrations:
         node = self.find_node(name)
         if node is None:
             raise RpcError(404, "NodeNotFound", f"no node {name!r} in this zone")
-        await self.db.execute("DELETE FROM maintenance WHERE url = ?", (node.url,))
-        await self.db.commit()
+        await self.cluster.store.clear_maintenance(node.url)
         self.maintenance.pop(node.url, None)
         node.maintenance = False
         node.touch()

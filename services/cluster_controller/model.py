@@ -4,6 +4,8 @@ A node's free capacity is what its NC reported as the maximum minus what the CC 
 instances it placed there, never more than what the NC itself last reported free, less the instances the NC
 had not yet seen when it made that report. So a reservation counts from the moment of placement, a release
 from the moment the instance is gone, and the NC's own numbers keep the CC honest.
+
+A live migration's record (migration.py drives it, store.py keeps it) lives here too.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass, field
 
 from common.messages.cc_nc import NetConfig, VmType
 from common.messages.clc_cc import ClusterInstance, ClusterState, NodeInfo
+from common.messages.migration import MigrationMode, MigrationTarget
 from services.cluster_controller.placement import Need, NodeCapacity, NodeState
 
 LIVE_STATES = frozenset({"Pending", "Extant"})
+MIGRATION_ACTIVE = ("preparing", "migrating", "finishing", "aborting")
 
 
 @dataclass
@@ -184,3 +188,25 @@ class Node:
             self.up.set()
         else:
             self.up.clear()
+
+
+@dataclass
+class Migration:
+    instance_id: str
+    source_url: str
+    target_url: str
+    mode: MigrationMode
+    state: str
+    target: MigrationTarget | None = None
+    error: str = ""
+    progress: int = 0
+    elapsed_ms: int = 0
+    downtime_ms: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    task: asyncio.Task[None] | None = None
+    marks: dict[str, float] = field(default_factory=dict)  # monotonic time each state was entered (for the log)
+
+    @property
+    def active(self) -> bool:
+        return self.state in MIGRATION_ACTIVE

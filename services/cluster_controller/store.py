@@ -1,17 +1,18 @@
-"""The CC's database: nodes, reservations and instances (aiosqlite, WAL)."""
+"""The CC's database: nodes, reservations, instances, migrations and maintenance marks (aiosqlite, WAL)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import aiosqlite
 
 from common.db import open_db
 from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
-from services.cluster_controller.model import Instance, Node
+from common.messages.migration import MigrationTarget
+from services.cluster_controller.model import Instance, Migration, Node
 from services.cluster_controller.placement import NodeState
 from services.cluster_controller.reservations import Reservations
 
@@ -103,7 +104,7 @@ class Store:
         await self._upsert(list(instances))
         await self.db.commit()
 
-    async def _upsert(self, instances: list[Instance]) -> None:
+    async def _upsert(self, instances: Sequence[Instance]) -> None:
         if instances:
             await self.db.executemany(
                 f"INSERT OR REPLACE INTO instances({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})",
@@ -135,3 +136,55 @@ class Store:
             )
             for row in rows
         ]
+
+    # --- migrations and maintenance --------------------------------------------------------------------
+    async def save_migration(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
+        """The migration's state and, in the same transaction, the instances whose node it changed."""
+        await self.db.execute(
+            "INSERT OR REPLACE INTO migrations(instance_id, source_url, target_url, mode, state, target, error,"
+            " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                migration.instance_id,
+                migration.source_url,
+                migration.target_url,
+                migration.mode,
+                migration.state,
+                migration.target.model_dump_json() if migration.target else "",
+                migration.error,
+                migration.started_at,
+                migration.updated_at,
+            ),
+        )
+        await self._upsert(instances)
+        await self.db.commit()
+
+    async def load_migrations(self) -> list[Migration]:
+        async with self.db.execute("SELECT * FROM migrations ORDER BY started_at") as cursor:
+            rows = await cursor.fetchall()
+        return [
+            Migration(
+                instance_id=row["instance_id"],
+                source_url=row["source_url"],
+                target_url=row["target_url"],
+                mode=row["mode"],
+                state=row["state"],
+                target=MigrationTarget.model_validate_json(row["target"]) if row["target"] else None,
+                error=row["error"],
+                started_at=row["started_at"],
+                updated_at=row["updated_at"],
+            )
+            for row in rows
+        ]
+
+    async def load_maintenance(self) -> dict[str, float]:
+        """Node URL -> when its maintenance began."""
+        async with self.db.execute("SELECT url, since FROM maintenance") as cursor:
+            return {row["url"]: row["since"] for row in await cursor.fetchall()}
+
+    async def set_maintenance(self, url: str, since: float) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO maintenance(url, since) VALUES (?, ?)", (url, since))
+        await self.db.commit()
+
+    async def clear_maintenance(self, url: str) -> None:
+        await self.db.execute("DELETE FROM maintenance WHERE url = ?", (url,))
+        await self.db.commit()
