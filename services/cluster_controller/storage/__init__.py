@@ -51,9 +51,11 @@ CreateSnapshot, DeleteSnapshot (common/messages/storage.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from common.messages import storage as msg
 from common.rpc import Caller, Empty, RpcError
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StorageManager", "StorageSettings", "install"]
 CLC = frozenset({"clc"})
+Req = TypeVar("Req", bound=BaseModel)
+Resp = TypeVar("Resp", bound=BaseModel)
 CLC_OR_ADMIN = frozenset({"clc", "admin"})
 
 
@@ -105,8 +109,8 @@ def install(service: ClusterControllerService) -> StorageManager:
     async def delete_snapshot(request: msg.SnapshotIdRequest, caller: Caller) -> msg.StorageSnapshot:
         return await manager.delete_snapshot(request.snapshot_id)
 
-    def ready(handler):
-        async def guarded(request, caller: Caller):
+    def ready(handler: Callable[[Req, Caller], Awaitable[Resp]]) -> Callable[[Req, Caller], Awaitable[Resp]]:
+        async def guarded(request: Req, caller: Caller) -> Resp:
             if manager.store is None:
                 raise RpcError(503, "NotReady", "the storage is starting")
             return await handler(request, caller)

@@ -93,12 +93,12 @@ class StorageManager:
         self.capacity_gb = config.KOALA_EBS_CAPACITY_GB
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = TaskSet(log, expected=(RpcError,))
-        self._jobs: dict[str, asyncio.Task] = {}  # volume creations and snapshots in progress, by id
+        self._jobs: dict[str, asyncio.Task[Any]] = {}  # volume creations and snapshots in progress, by id
         # Tells the CLC that a volume or snapshot settled (set by install); the CLC's polls are the safety net.
         self.notify: Callable[[], Coroutine[Any, Any, None]] | None = None
-        self._push: asyncio.Task | None = None
+        self._push: asyncio.Task[None] | None = None
         self._push_again = False
-        self._loop: asyncio.Task | None = None
+        self._loop: asyncio.Task[None] | None = None
 
     # --- life ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,10 +144,10 @@ class StorageManager:
             await self.store.close()
             self.store = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
 
-    def _job(self, key: str, coro) -> None:
+    def _job(self, key: str, coro: Coroutine[Any, Any, Any]) -> None:
         if key in self._jobs and not self._jobs[key].done():
             coro.close()
             return

@@ -114,7 +114,7 @@ class SnapshotStore:
                 self._client = client
             return self._client
 
-    async def _run(self, fn: Callable, *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # --- taking -------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class SnapshotStore:
             return digest, self._upload(digest, data) if new else 0
 
         digests: list[str] = []
-        pending: list[Future] = []
+        pending: list[Future[tuple[str, int]]] = []
         stored = 0
         with open(path, "rb") as file:
             fd = file.fileno()
@@ -201,7 +201,7 @@ class SnapshotStore:
         with open(path, "wb") as file:
             file.truncate(size_gb * GIB)
             fd = file.fileno()
-            pending: list[Future] = []
+            pending: list[Future[tuple[int, bytes]]] = []
             for index, digest in enumerate(digests):
                 if not digest:
                     continue
@@ -249,8 +249,8 @@ class SnapshotStore:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _done(value: Any) -> Future:
-    future: Future = Future()
+def _done(value: tuple[str, int]) -> Future[tuple[str, int]]:
+    future: Future[tuple[str, int]] = Future()
     future.set_result(value)
     return future
 
