@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +27,7 @@ from common.signing import Identity, TrustStore
 VERSION = "0.1.0"
 COMPONENT_AND_ADMIN_ROLES = frozenset({"clc", "cc", "nc", "walrus", "admin"})
 log = logging.getLogger("koala.service")
+ExceptionTypes = type[Exception] | tuple[type[Exception], ...]  # what isinstance takes
 
 
 @dataclass
@@ -191,12 +192,37 @@ class Service:
         await self.client.close()
 
 
-async def serve_forever(service: Service) -> None:
-    runner = await service.start()
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call it inside the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_until_stopped(name: str, main: Callable[[], object], refused: Sequence[tuple[ExceptionTypes, str]]) -> int:
+    """Run `main` (a service's event loop, until it is stopped) and give the CLI's exit status: 2 with
+    `koala NAME: WHY: error` for an error of a type in `refused` (types, why), 1 for an OSError (a port in use, a
+    missing file), 0 after a stop."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:
+        why = next((why for types, why in refused if isinstance(err, types)), None)
+        if why is None and not isinstance(err, OSError):
+            raise
+        print(f"koala {name}: {why or 'cannot start'}: {err}", file=sys.stderr)
+        return 2 if why is not None else 1
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    return 0
+
+
+async def serve_forever(service: Service) -> None:
+    runner = await service.start()
+    stop = stop_on_signals()
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     await service.stop(runner)
@@ -216,17 +242,10 @@ def run(service_class: type[Service], config_path: str) -> int:
     except (ConfigError, pki.PkiError) as err:
         print(f"koala {service_class.role}: cannot start: {err}", file=sys.stderr)
         return 2
-    try:
+
+    def main() -> None:
         with asyncio.Runner(loop_factory=service_class.loop_factory) as runner:
             runner.run(serve_forever(service))
-    except ConfigError as err:  # found at start-up, e.g. a remote that refuses the configured credentials
-        print(f"koala {service_class.role}: bad configuration: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"koala {service_class.role}: cannot start: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    with contextlib.suppress(Exception):
-        logging.shutdown()
-    return 0
+
+    # A ConfigError found at start-up, e.g. a remote that refuses the configured credentials.
+    return run_until_stopped(service_class.role, main, [(ConfigError, "bad configuration")])

@@ -13,10 +13,7 @@ whole. `koala nc-fleet --config-dir DIR` runs every `*.conf` of DIR (or `--confi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -24,6 +21,7 @@ from aiohttp import web
 from common import pki
 from common.config import ConfigError
 from common.logs import setup_logging
+from common.service import run_until_stopped, stop_on_signals
 from services.node_controller.config import NodeControllerConfig
 from services.node_controller.service import NodeControllerService
 
@@ -85,26 +83,14 @@ async def serve(configs: list[NodeControllerConfig], stop: asyncio.Event) -> Non
 def run(paths: list[Path], log_level: str = "INFO") -> int:
     """Run a fleet in the foreground until SIGTERM; the exit status for the CLI."""
     setup_logging("nc-fleet", log_level)
-    try:
+
+    def main() -> None:
         configs = load(paths)
 
         # Each member checks its certificate when it is built; a bad one stops the fleet before anything runs.
-        async def main() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await serve(configs, stop)
+        async def serve_until_stopped() -> None:
+            await serve(configs, stop_on_signals())
 
-        asyncio.run(main())
-    except (FleetError, ConfigError, pki.PkiError) as err:
-        print(f"koala nc-fleet: cannot start: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"koala nc-fleet: cannot start: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    with contextlib.suppress(Exception):
-        logging.shutdown()
-    return 0
+        asyncio.run(serve_until_stopped())
+
+    return run_until_stopped("nc-fleet", main, [((FleetError, ConfigError, pki.PkiError), "cannot start")])
