@@ -43,6 +43,7 @@ _DDL_TYPES = [  # SQLite's type names in migrations -> PostgreSQL's, widest firs
     (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
     (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
+    (re.compile(r"\)\s*WITHOUT\s+ROWID\b", re.I), ")"),  # a SQLite storage layout: PostgreSQL's tables are heaps
 ]
 
 

@@ -50,6 +50,19 @@ class WalrusConfig(CephSettings, ServiceConfig):
         pattern=r"^[A-Za-z0-9_.-]{0,100}$",
         description="The namespace in that pool, one per Walrus database (default: KOALA_SERVICE_ID).",
     )
+    KOALA_WALRUS_DATABASE_URL: str = Field(
+        "",
+        pattern=r"^(|postgres(ql)?://.+)$",
+        description="Metadata in this PostgreSQL database (postgresql://...) instead of the local SQLite file, so "
+        "that several Walrus front ends serve one object store: needs KOALA_WALRUS_STORAGE=rados and the same "
+        "KOALA_WALRUS_RADOS_NAMESPACE on every front end. Give Walrus a database of its own (not the CLC's).",
+    )
+    KOALA_WALRUS_SHARED_REMOVAL_DELAY: float = Field(
+        300.0,
+        ge=0,
+        description="With shared metadata: seconds between an object's data losing its last version and its "
+        "removal, the time a read under way on another front end has to finish.",
+    )
     KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
     KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
         20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."
@@ -69,6 +82,13 @@ class WalrusConfig(CephSettings, ServiceConfig):
     def _rados_needs_ceph(self) -> WalrusConfig:
         if self.KOALA_WALRUS_STORAGE == "rados" and self.KOALA_CEPH_CONF is None:
             raise ValueError("KOALA_WALRUS_STORAGE=rados needs KOALA_CEPH_CONF (the cluster's ceph.conf)")
+        if self.KOALA_WALRUS_DATABASE_URL and (
+            self.KOALA_WALRUS_STORAGE != "rados" or not self.KOALA_WALRUS_RADOS_NAMESPACE
+        ):
+            raise ValueError(
+                "KOALA_WALRUS_DATABASE_URL (shared metadata) needs KOALA_WALRUS_STORAGE=rados and an explicit "
+                "KOALA_WALRUS_RADOS_NAMESPACE, the same on every front end"
+            )
         return self
 
     @property

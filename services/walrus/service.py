@@ -44,6 +44,18 @@ def blob_store(config: WalrusConfig) -> Blobs | None:
     return RadosBlobs(config, config.KOALA_WALRUS_RADOS_POOL, namespace)
 
 
+def storage_backend(config: WalrusConfig) -> StorageBackend:
+    """The embedded backend (metadata in SQLite), or with KOALA_WALRUS_DATABASE_URL the shared one."""
+    root, blobs = config.KOALA_STATE_DIR / "objects", blob_store(config)
+    if not config.KOALA_WALRUS_DATABASE_URL:
+        return EmbeddedBackend(root, fsync=config.KOALA_WALRUS_FSYNC, blobs=blobs)
+    from services.walrus.storage.rados_data import RadosBlobs
+    from services.walrus.storage.shared import SharedBackend
+
+    assert isinstance(blobs, RadosBlobs)  # the configuration checked that shared metadata comes with rados
+    return SharedBackend(root, config.KOALA_WALRUS_DATABASE_URL, blobs, config.KOALA_WALRUS_SHARED_REMOVAL_DELAY)
+
+
 class WalrusService(Service):
     role = "walrus"
     config_class = WalrusConfig
@@ -54,9 +66,7 @@ class WalrusService(Service):
 
     def __init__(self, config: WalrusConfig):
         super().__init__(config)
-        self.storage: StorageBackend = EmbeddedBackend(
-            config.KOALA_STATE_DIR / "objects", fsync=config.KOALA_WALRUS_FSYNC, blobs=blob_store(config)
-        )
+        self.storage: StorageBackend = storage_backend(config)
         keys = KeyResolver(
             self.client,
             config.KOALA_CLC_URL,

@@ -218,12 +218,13 @@ class PartInfo:
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """An object that was overwritten ("overwrite") or deleted ("delete"); `old` is what it was."""
+    """An object that was overwritten ("overwrite") or deleted ("delete"); `old` is what it was. A change made
+    by another front end on shared metadata (shared.py) arrives as kind "remote" with bucket and key only."""
 
     kind: str
     bucket: str
     key: str
-    old: ObjectInfo
+    old: ObjectInfo | None
 
 
 ChangeHook = Callable[[ChangeEvent], Awaitable[None] | None]

@@ -30,9 +30,13 @@ Segments = tuple[tuple[str, int], ...]
 
 
 class DataStore:
-    def __init__(self, root: Path, fsync: bool = True, blobs: Blobs | None = None):
+    def __init__(self, root: Path, fsync: bool = True, blobs: Blobs | None = None, removal_delay: float = 0.0):
         self.data_dir = root / "data"  # local files' place (when they are the blobs)
         self.blobs = blobs or files.LocalFiles(self.data_dir, root / "tmp", fsync)
+        # Seconds between data losing its last row and its removal: readers in other processes sharing the store
+        # (shared.py) cannot be counted, so they get this long to finish. 0: at once (or after the local readers).
+        self.removal_delay = removal_delay
+        self._delayed: set[asyncio.TimerHandle] = set()
         self._removals: set[asyncio.Task[None]] = set()
         self._readers: dict[str, int] = {}  # data id -> open readers
         self._doomed: set[str] = set()  # data ids no longer referenced, unlinked when their last reader closes
@@ -43,6 +47,9 @@ class DataStore:
         await self.blobs.start()
 
     async def close(self) -> None:
+        for handle in self._delayed:  # what they would have removed, the next start-up sweep does
+            handle.cancel()
+        self._delayed.clear()
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
         await self.blobs.close()
@@ -119,6 +126,19 @@ class DataStore:
             self._unlink_later(now)
 
     def _unlink_later(self, data_ids: list[str]) -> None:
+        if self.removal_delay > 0:
+            timer: list[asyncio.TimerHandle] = []
+
+            def due() -> None:
+                self._delayed.difference_update(timer)
+                self._unlink_now(data_ids)
+
+            timer.append(asyncio.get_running_loop().call_later(self.removal_delay, due))
+            self._delayed.update(timer)
+            return
+        self._unlink_now(data_ids)
+
+    def _unlink_now(self, data_ids: list[str]) -> None:
         task = asyncio.get_running_loop().create_task(self.blobs.remove(data_ids))
         self._removals.add(task)
         task.add_done_callback(self._removed)

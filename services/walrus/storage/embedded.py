@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.database.portable import upsert
 from services.walrus.storage.base import (
     Acl,
     BucketExists,
@@ -74,6 +75,8 @@ from services.walrus.storage.rows import (
 )
 
 META_CACHE_ENTRIES = 50_000
+PART_COLUMNS = ("upload_id", "part_number", "data_id", "size", "etag", "last_modified", "checksums")
+PART_UPSERT = upsert("parts", PART_COLUMNS, ("upload_id", "part_number"))  # SQL both engines run (shared.py)
 
 
 class EmbeddedBackend(StorageBackend):
@@ -212,7 +215,7 @@ class EmbeddedBackend(StorageBackend):
                 conn.execute("DELETE FROM bucket_configs WHERE bucket = ? AND kind = ?", (bucket, kind))
             else:
                 conn.execute(
-                    "INSERT OR REPLACE INTO bucket_configs (bucket, kind, document) VALUES (?, ?, ?)",
+                    upsert("bucket_configs", ("bucket", "kind", "document"), ("bucket", "kind")),
                     (bucket, kind, document),
                 )
 
@@ -686,8 +689,7 @@ class EmbeddedBackend(StorageBackend):
                 "SELECT data_id FROM parts WHERE upload_id = ? AND part_number = ?", (upload_id, part_number)
             ).fetchone()
             conn.execute(
-                "INSERT OR REPLACE INTO parts (upload_id, part_number, data_id, size, etag, last_modified, checksums)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                PART_UPSERT,
                 (upload_id, part_number, data_id, part.size, part.etag, part.last_modified, json.dumps(checksums)),
             )
             return old[0] if old else None

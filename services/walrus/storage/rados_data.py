@@ -16,6 +16,7 @@ librados calls block: each runs in a thread (the binding releases the GIL around
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from common.ceph import CephSettings, connect, load_rados, open_pool
@@ -93,8 +94,11 @@ class RadosBlob(BlobReader):
 
 
 class RadosBlobs(Blobs):
-    def __init__(self, settings: CephSettings, pool: str, namespace: str):
+    def __init__(self, settings: CephSettings, pool: str, namespace: str, sweep_min_age: float = 0.0):
         self.settings, self.pool, self.namespace = settings, pool, namespace
+        # The sweep spares unnamed data written less than this many seconds ago: with several Walrus processes on
+        # one namespace (shared metadata), another one may be about to commit it.
+        self.sweep_min_age = sweep_min_age
         self.cluster: Any = None
         self._ioctx: Any = None
 
@@ -160,12 +164,24 @@ class RadosBlobs(Blobs):
     async def sweep(self, referenced: set[str]) -> int:
         ioctx = self.ioctx
 
+        min_age, rados = self.sweep_min_age, load_rados()
+
         def sweep() -> int:
             doomed: set[str] = set()
+            recent: set[str] = set()
             for entry in ioctx.list_objects():
                 data_id = entry.key.split(".", 1)[0]
-                if is_data_id(data_id) and data_id not in referenced:
-                    doomed.add(data_id)
+                if not is_data_id(data_id) or data_id in referenced:
+                    continue
+                doomed.add(data_id)
+                if min_age > 0:
+                    try:
+                        _, modified = ioctx.stat(entry.key)
+                    except rados.ObjectNotFound:
+                        continue
+                    if time.time() - time.mktime(modified) < min_age:
+                        recent.add(data_id)
+            doomed -= recent
             for data_id in doomed:
                 _remove(ioctx, data_id)
             return len(doomed)
