@@ -2,24 +2,20 @@
 
 Options follow ec2-bundle-image / euca-bundle-image; defaults come from the eucarc environment (EC2_PRIVATE_KEY,
 EC2_CERT, EC2_USER_ID, EUCALYPTUS_CERT, EC2_ACCESS_KEY, EC2_SECRET_KEY, S3_URL). The format work is in
-common/bundle; this module is argument handling, progress and the S3 transfers (boto3).
+common/bundle (the S3 transfers in common/bundle/upload.py); this module is argument handling and progress.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from common.bundle import keys
+from common.bundle import keys, upload
 from common.bundle import manifest as manifest_mod
 from common.bundle.errors import BundleError
 from common.bundle.pipeline import DEFAULT_PART_SIZE, DirectoryParts, bundle_image, decrypt_bundle
@@ -278,20 +274,6 @@ def _split_bucket(text: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def _retry(attempts: int, action: Callable[[], object], what: str) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    for attempt in range(1, attempts + 1):
-        try:
-            action()
-            return
-        except (BotoCoreError, ClientError, OSError) as err:
-            status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if attempt == attempts or (400 <= status < 500 and status not in (408, 429)):
-                raise BundleError("UploadFailed", f"{what}: {err}") from None
-            time.sleep(min(0.2 * 2**attempt, 5.0))
-
-
 def _upload(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -308,42 +290,22 @@ def _upload(args: argparse.Namespace) -> int:
                 raise BundleError("MissingPart", f"{path} does not exist")
         bucket, prefix = _split_bucket(args.bucket)
         s3 = _s3(args)
-        try:
-            s3.head_bucket(Bucket=bucket)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise BundleError("BucketUnavailable", f"bucket {bucket}: {err}") from None
-            s3.create_bucket(Bucket=bucket)
+        upload.ensure_bucket(s3, bucket)
         progress = ProgressBar("uploading", sum(p.stat().st_size for p in files))
-
-        def put(path: Path, key: str) -> None:
-            digest = hashlib.md5()
-            with path.open("rb") as handle:  # streamed: memory stays small whatever the part size
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-            md5 = base64.b64encode(digest.digest()).decode()
-
-            def once() -> None:
-                with path.open("rb") as body:
-                    s3.put_object(Bucket=bucket, Key=key, Body=body, ACL=args.acl, ContentMD5=md5)
-
-            _retry(args.retries, once, key)
-            progress(path.stat().st_size)
-
         try:
-            with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
-                futures = [pool.submit(put, path, prefix + path.name) for path in files]
-                for future in as_completed(futures):
-                    future.result()
+            manifest_key = upload.upload_bundle(
+                s3,
+                bucket,
+                prefix,
+                args.manifest,
+                files,
+                acl=args.acl,
+                concurrency=args.concurrency,
+                attempts=args.retries,
+                progress=progress,
+            )
         finally:
             progress.close()
-        manifest_key = prefix + args.manifest.name
-        md5 = base64.b64encode(hashlib.md5(raw).digest()).decode()
-        _retry(
-            args.retries,
-            lambda: s3.put_object(Bucket=bucket, Key=manifest_key, Body=raw, ACL=args.acl, ContentMD5=md5),
-            manifest_key,
-        )
     except BundleError as err:
         return _fail("upload-bundle", f"{err.code}: {err.message}")
     except (BotoCoreError, ClientError, OSError) as err:
@@ -370,9 +332,7 @@ def _delete(args: argparse.Namespace) -> int:
             raw = response["Body"].read(manifest_mod.MAX_MANIFEST_BYTES + 1)
         manifest = manifest_mod.parse(raw)
         keys_to_delete = [prefix + part.filename for part in manifest.parts] + [prefix + name]
-        for start in range(0, len(keys_to_delete), 1000):
-            batch = [{"Key": key} for key in keys_to_delete[start : start + 1000]]
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        upload.delete_keys(s3, bucket, keys_to_delete)
         if args.clear:
             listing = s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
             if not listing.get("KeyCount"):

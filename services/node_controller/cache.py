@@ -22,7 +22,7 @@ import aiosqlite
 
 from common.ids import is_id
 from common.messages.cc_nc import ImageRef
-from services.node_controller.walrus_client import ImageFetchError, WalrusImages
+from common.decrypted_images import ImageFetchError, WalrusImages
 
 log = logging.getLogger("koala.nc.cache")
 

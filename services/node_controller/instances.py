@@ -37,7 +37,7 @@ from services.node_controller.domain import DiskSpec, DomainSpec, render
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.notifier import Notifier
 from services.node_controller.records import InstanceRecords
-from services.node_controller.walrus_client import ImageFetchError
+from common.decrypted_images import ImageFetchError
 
 log = logging.getLogger("koala.nc.instances")
 _SAFE_OWNER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -54,7 +54,7 @@ from services.node_controller.instances import (
     Instance,
     InstanceManager,
 )
-from services.node_controller.walrus_client import ImageFetchError
+from common.decrypted_images import ImageFetchError
 
 log = logging.getLogger("koala.nc.migration")
 POLL = 0.5

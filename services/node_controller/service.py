@@ -55,7 +55,7 @@ from services.node_controller.instances import InstanceManager
 from services.node_controller.migration import NodeMigrations
 from services.node_controller.notifier import Notifier
 from services.node_controller.volumes import Volumes
-from services.node_controller.walrus_client import WalrusImages
+from common.decrypted_images import WalrusImages
 
 log = logging.getLogger("koala.nc")
 CC = {"cc"}

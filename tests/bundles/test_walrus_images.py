@@ -28,7 +28,7 @@ from common.messages.walrus_images import (
 )
 from common.rpc import RpcClient, RpcError
 from common.signing import Identity, TrustStore
-from services.node_controller.walrus_client import ImageFetchError, WalrusImages
+from common.decrypted_images import ImageFetchError, WalrusImages
 from services.walrus.images.cache import entry_id
 from tests.bundles.conftest import DATA, KEYS, REFERENCE, copy_reference, original_sha1s
 from tests.bundles.test_format import XML_BOMB
@@ -185,7 +185,7 @@ async def _range_check(world: World, data: bytes) -> None:
                 assert resp.status == 206
                 assert resp.headers["Content-Range"] == f"bytes 1000-4999/{len(data)}"
                 assert await resp.read() == data[1000:5000]
-            # Unsigned, or signed by a role other than nc: refused with a JSON reason.
+            # Unsigned, or signed by a role other than nc or cc: refused with a JSON reason.
             async with session.post(world.url + GET_DECRYPTED_IMAGE_PATH, data=body) as resp:
                 assert resp.status == 401 and (await resp.json())["code"] == "MissingSignature"
             clc_peer = await world.clc.peer(world.url, expect_role="walrus")

@@ -29,21 +29,31 @@ BURST_ZONE = "burst"
 REMOTE_PUBLIC_IPS = "198.51.100.10-198.51.100.60"
 
 
+Match = Callable[[str, str, bytes], bool]  # (method, path, body) -> whether a rule applies to the request
+
+
 class FaultProxy:
-    """Forwards every request to `target` (keeping the Host header, so SigV4 signatures stay valid), unless told:
+    """Forwards every request to `target` (the remote's EC2 or S3 URL, whose path `path` is; the Host header is
+    kept, so SigV4 signatures stay valid), unless told:
     - hold_run: RunInstances is forwarded, then its answer held until release() (the remote acted, the caller
       never hears of it);
     - hang: nothing is forwarded, every request waits until release(), then gets a 503;
-    - fail: every request gets a 500."""
+    - fail: every request gets a 500;
+    - hold(match, forward): requests that match are held until release(), forwarded first or not at all;
+    - deny(match): requests that match get S3's 403 AccessDenied."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, path: str = "/services/Eucalyptus"):
         self.target = target.rstrip("/")
+        self.path = path
         self.mode = "pass"
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/services/Eucalyptus"
+        self.url = f"http://127.0.0.1:{self.port}{path}"
         self.requests = 0
         self.waiting = 0  # requests held right now
         self.forwarded: list[bytes] = []  # the bodies of the requests that reached the remote
+        self.seen: list[tuple[str, str]] = []  # (method, path) of the requests that reached the remote
+        self._hold: tuple[Match, bool] | None = None
+        self._deny: Match | None = None
         self._loop = asyncio.new_event_loop()
         self._release: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -67,13 +77,21 @@ class FaultProxy:
             return web.Response(status=500, text="<html>internal error</html>")
         if mode == "hang":
             return await self._held(web.Response(status=503, text="released"))
-        target = self.target + request.path_qs.replace("/services/Eucalyptus", "", 1)
+        if self._deny is not None and self._deny(request.method, request.path, body):
+            denied = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            return web.Response(status=403, text=denied, content_type="application/xml")
+        hold = self._hold is not None and self._hold[0](request.method, request.path, body)
+        if hold and self._hold is not None and not self._hold[1]:
+            return await self._held(web.Response(status=503, text="released"))
+        target = self.target + request.path_qs.replace(self.path, "", 1)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
         self.forwarded.append(body)
+        self.seen.append((request.method, request.path))
         async with self._session.request(request.method, target, headers=headers, data=body) as answer:
             payload = await answer.read()
-            reply = web.Response(status=answer.status, body=payload, content_type="text/xml")
-        if mode == "hold_run" and b"Action=RunInstances" in body:
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in ("etag", "content-type")}
+            reply = web.Response(status=answer.status, body=payload, headers=kept)
+        if hold or (mode == "hold_run" and b"Action=RunInstances" in body):
             return await self._held(reply)
         return reply
 
@@ -94,12 +112,27 @@ class FaultProxy:
 
         self._apply(apply)
 
+    def hold(self, match: Match, forward: bool) -> None:
+        def apply() -> None:
+            assert self._release is not None
+            self._hold = (match, forward)
+            self._release.clear()
+
+        self._apply(apply)
+
+    def deny(self, match: Match) -> None:
+        def apply() -> None:
+            self._deny = match
+
+        self._apply(apply)
+
     def release(self) -> None:
         """Let held requests answer, and forward everything from now on."""
 
         def apply() -> None:
             assert self._release is not None
             self.mode = "pass"
+            self._hold = self._deny = None
             self._release.set()
 
         self._apply(apply)
@@ -248,14 +281,14 @@ class World:
                 found.append({**instance, "LocalTags": tags})
         return found
 
-    def offers(self, zone: str) -> bool:
-        """Whether the local CLC offers an m1.small in `zone` (Eucalyptus's verbose zone table)."""
+    def offers(self, zone: str, vm_type: str = "m1.small") -> bool:
+        """Whether the local CLC offers `vm_type` in `zone` (Eucalyptus's verbose zone table)."""
         zones = self.local_ec2().describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
         names = [z["ZoneName"] for z in zones]
         if zone not in names:
             return False
-        small = [z for z in zones[names.index(zone) + 1 :] if z["ZoneName"] == "|- m1.small"][:1]
+        small = [z for z in zones[names.index(zone) + 1 :] if z["ZoneName"] == f"|- {vm_type}"][:1]
         return bool(small) and not small[0]["State"].startswith("0000")
 
-    def wait_zone(self, zone: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.offers(zone), timeout, what=f"zone {zone} offering m1.small")
+    def wait_zone(self, zone: str, timeout: float = 30.0, vm_type: str = "m1.small") -> None:
+        wait_for(lambda: self.offers(zone, vm_type), timeout, what=f"zone {zone} offering {vm_type}")

@@ -12,7 +12,7 @@ import pytest
 
 from common.messages.cc_nc import ImageRef, NetConfig, RunInstanceRequest, VmType
 from services.node_controller import configdrive, resources
-from services.node_controller.walrus_client import ImageFetchError, split_manifest
+from common.decrypted_images import ImageFetchError, split_manifest
 
 
 def request(**fields) -> RunInstanceRequest:

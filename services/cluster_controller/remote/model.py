@@ -1,4 +1,5 @@
-"""A remote zone's picture of one instance: the local id and state the CLC sees, the remote id and state."""
+"""A remote zone's picture of one instance (the local id and state the CLC sees, the remote id and state), and of
+one local image uploaded to the remote cloud."""
 
 from __future__ import annotations
 
@@ -58,3 +59,21 @@ class RemoteInstance:
             net=self.net,
             launch_time=self.launch_time,
         )
+
+
+UPLOAD_STATES = ("uploading", "registering", "ready", "failed")
+
+
+@dataclass
+class Upload:
+    """A local image re-bundled for the remote cloud: `uploading` (fetched, bundled, put in `bucket`), then
+    `registering` (every object is there), then `ready` with its `remote_id`; or `failed` with the `reason`."""
+
+    local_id: str
+    kind: str  # machine, kernel, ramdisk
+    manifest: str  # the local bundle (bucket/key)
+    bucket: str  # the remote bucket, this zone's alone
+    state: str = "uploading"
+    remote_id: str = ""
+    reason: str = ""
+    failed_at: float = 0.0  # monotonic; a refusal is remembered a while, not for ever

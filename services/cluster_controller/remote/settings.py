@@ -3,7 +3,9 @@
 A CC with KOALA_REMOTE_ENDPOINT set serves a zone whose instances run in another EC2-compatible cloud. Its maps
 are space-separated `LOCAL=REMOTE` entries: KOALA_REMOTE_IMAGE_MAP maps local machine images to the remote's
 image ids, KOALA_REMOTE_VMTYPE_MAP local VM types to the remote's instance types (a bare `NAME` keeps the name).
-A VM type with no entry is not offered in the zone; a launch of an image with no entry is refused with the reason.
+A VM type with no entry is not offered in the zone; a launch of an image with no entry is refused with the reason,
+unless KOALA_REMOTE_AUTO_UPLOAD is on: then the local bundle is re-bundled for the remote cloud, uploaded to its S3
+and registered there on demand (uploads.py), with the KOALA_REMOTE_S3_ENDPOINT / _CLOUD_CERT / _SIGNING_* settings.
 """
 
 from __future__ import annotations
@@ -77,8 +79,35 @@ class RemoteSettings(BaseModel):
         10.0, gt=0, description="Longest wait between polls of the remote (steady state, or while it fails)."
     )
     KOALA_REMOTE_CONCURRENCY: int = Field(8, ge=1, le=64, description="Calls in flight to the remote at once.")
+    KOALA_REMOTE_AUTO_UPLOAD: bool = Field(
+        False,
+        description="A launch of a local image with no KOALA_REMOTE_IMAGE_MAP entry re-bundles the image for the "
+        "remote cloud, uploads it to KOALA_REMOTE_S3_ENDPOINT and registers it there (once per image; kernel and "
+        "ramdisk too), instead of being refused.",
+    )
+    KOALA_REMOTE_S3_ENDPOINT: str = Field(
+        "", description="The remote cloud's S3 endpoint (its Walrus) that re-bundled images are uploaded to."
+    )
+    KOALA_REMOTE_CLOUD_CERT: Path | None = Field(
+        None,
+        description="The remote cloud's certificate (its EUCALYPTUS_CERT; EC2's is shipped with ec2-ami-tools): "
+        "re-bundled images' keys are encrypted for it. Configured, not fetched: EC2 does not serve it, and a "
+        "certificate fetched from the endpoint it protects against would prove nothing.",
+    )
+    KOALA_REMOTE_SIGNING_CERT: Path | None = Field(
+        None, description="The remote account's X.509 certificate (its EC2_CERT): re-bundled manifests are signed so."
+    )
+    KOALA_REMOTE_SIGNING_KEY: Path | None = Field(
+        None, description="Its private key (EC2_PRIVATE_KEY); as the credentials file, readable by the CC's user only."
+    )
+    KOALA_REMOTE_UPLOAD_MAX_MB: int = Field(
+        20480, ge=1, description="Largest local image (MiB, decrypted) re-bundled for the remote cloud."
+    )
+    KOALA_WALRUS_URL: str = Field(
+        "", description="This cloud's Walrus (base URL): where a remote zone gets the images it re-bundles."
+    )
 
-    @field_validator("KOALA_REMOTE_ENDPOINT")
+    @field_validator("KOALA_REMOTE_ENDPOINT", "KOALA_REMOTE_S3_ENDPOINT")
     @classmethod
     def _endpoint(cls, value: str) -> str:
         if not value:

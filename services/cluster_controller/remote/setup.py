@@ -14,6 +14,7 @@ from services.cluster_controller.notifier import Notifier
 from services.cluster_controller.remote import credentials
 from services.cluster_controller.remote.ec2 import Ec2Client, load_model
 from services.cluster_controller.remote.store import RemoteStore
+from services.cluster_controller.remote.uploads import RemoteImages
 from services.cluster_controller.remote.zone import RemoteZone
 
 if TYPE_CHECKING:
@@ -45,8 +46,11 @@ async def open_zone(service: ClusterControllerService) -> RemoteZone:
     config.KOALA_STATE_DIR.mkdir(parents=True, exist_ok=True)
     store = await RemoteStore.open(config.KOALA_STATE_DIR / "remote.db")
     notifier = Notifier(service.client, config.KOALA_CLC_URL, config.KOALA_ZONE)
-    zone = RemoteZone(config, ec2, store, notifier, config.KOALA_REMOTE_PREFIX or default_prefix(config))
+    prefix = config.KOALA_REMOTE_PREFIX or default_prefix(config)
+    images = RemoteImages(config, ec2, store, prefix, service.client, secret)
+    zone = RemoteZone(config, ec2, store, notifier, prefix, images)
     try:
+        await images.open()
         await zone.check()
         await zone.start()
     except BaseException:

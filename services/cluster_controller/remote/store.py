@@ -1,5 +1,5 @@
 """A remote zone's database (remote.db, apart from the node zones' cc.db): instances with their remote ids,
-launch specifications, and the networks' rule sets."""
+launch specifications, the networks' rule sets, and the local images uploaded to the remote cloud."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import aiosqlite
 from common.db import open_db
 from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from common.messages.network import NetworkRule
-from services.cluster_controller.remote.model import RemoteInstance
+from services.cluster_controller.remote.model import RemoteInstance, Upload
 from services.cluster_controller.reservations import Reservations
 
 _COLUMNS = (
@@ -103,3 +103,43 @@ class RemoteStore:
         async with self.db.execute("SELECT name, rules FROM networks") as cursor:
             rows = await cursor.fetchall()
         return {r["name"]: [NetworkRule.model_validate(x) for x in json.loads(r["rules"])] for r in rows}
+
+    # --- images uploaded to the remote cloud ------------------------------------------------------------
+    async def save_upload(self, upload: Upload) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO uploads(local_id, kind, manifest, bucket, state, remote_id, reason, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                upload.local_id,
+                upload.kind,
+                upload.manifest,
+                upload.bucket,
+                upload.state,
+                upload.remote_id,
+                upload.reason,
+                time.time(),
+            ),
+        )
+        await self.db.commit()
+
+    async def forget_upload(self, local_id: str) -> None:
+        await self.db.execute("DELETE FROM uploads WHERE local_id = ?", (local_id,))
+        await self.db.commit()
+
+    async def load_uploads(self) -> list[Upload]:
+        async with self.db.execute(
+            "SELECT local_id, kind, manifest, bucket, state, remote_id, reason FROM uploads ORDER BY rowid"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            Upload(
+                local_id=r["local_id"],
+                kind=r["kind"],
+                manifest=r["manifest"],
+                bucket=r["bucket"],
+                state=r["state"],
+                remote_id=r["remote_id"],
+                reason=r["reason"],
+            )
+            for r in rows
+        ]

@@ -42,6 +42,7 @@ from services.cluster_controller.remote.ec2 import Ec2Client, RemoteError, Remot
 from services.cluster_controller.remote.model import REMOTE_STATES, RemoteInstance
 from services.cluster_controller.remote.resources import RemoteResources
 from services.cluster_controller.remote.store import RemoteStore
+from services.cluster_controller.remote.uploads import RemoteImages
 from services.cluster_controller.reservations import purge_ended
 
 log = logging.getLogger("koala.cc.remote")
@@ -58,12 +59,19 @@ HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at t
 
 class RemoteZone:
     def __init__(
-        self, config: ClusterControllerConfig, ec2: Ec2Client, store: RemoteStore, notifier: Notifier, prefix: str
+        self,
+        config: ClusterControllerConfig,
+        ec2: Ec2Client,
+        store: RemoteStore,
+        notifier: Notifier,
+        prefix: str,
+        remote_images: RemoteImages,
     ):
         self.config, self.ec2, self.store, self.notifier = config, ec2, store, notifier
         self.zone = config.KOALA_ZONE
         self.prefix = prefix
         self.images = config.image_map()
+        self.remote_images = remote_images  # the map, and the uploads of unmapped images (uploads.py)
         self.types = config.vmtype_map()
         self.resources = RemoteResources(ec2, prefix)
         self.instances: dict[str, RemoteInstance] = {}
@@ -109,6 +117,7 @@ class RemoteZone:
             log.warning("remote %s does not answer at start (%s); polling it", self.config.KOALA_REMOTE_ENDPOINT, err)
             return
         self.reachable, self.last_error = True, ""
+        await self.remote_images.check()
 
     async def start(self) -> None:
         for instance in await self.store.load():
@@ -130,6 +139,7 @@ class RemoteZone:
             len(unfinished),
         )
         self.notifier.start()
+        self.remote_images.start()  # uploads a crash interrupted resume before the launches that wait on them
         for instance in unfinished:
             self._spawn(self._dispatch(instance), f"redispatch {instance.instance_id}")
         self._spawn(self._poll_loop(), "remote poll")
@@ -142,6 +152,7 @@ class RemoteZone:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.remote_images.stop()
         await self.notifier.stop()
         await self.ec2.close()
 
@@ -276,11 +287,9 @@ class RemoteZone:
         return RunInstancesResponse(instances=[self._placement(i) for i in ids])
 
     def _refusal(self, request: RunInstancesRequest, count: int) -> str:
-        if request.image.id not in self.images:
-            return (
-                f"InvalidAMIID.NotFound: image {request.image.id} has no entry in KOALA_REMOTE_IMAGE_MAP of zone "
-                f"{self.zone}"
-            )
+        images = self.remote_images.refusal(request)
+        if images:
+            return images
         if request.vm_type.name not in self.types:
             return f"Unsupported: VM type {request.vm_type.name} is not offered in zone {self.zone}"
         room = self.config.KOALA_REMOTE_MAX_INSTANCES - self.live_count()
@@ -343,8 +352,11 @@ class RemoteZone:
 
     async def _launch(self, instance: RemoteInstance, spec: LaunchSpec) -> None:
         """RunInstances for one instance, its remote id written once known."""
+        images = await self.remote_images.launch_params(spec)  # uploads the image first if it must
+        if instance.terminating:
+            return  # asked to go while its image was uploaded: the caller ends it
         params: dict[str, Any] = {
-            "ImageId": self.images[spec.image.id],
+            **images,
             "InstanceType": self.types[spec.vm_type.name],
             "MinCount": 1,
             "MaxCount": 1,

@@ -1,6 +1,7 @@
 """Walrus's bundled-image operations, wired into the running service.
 
-CLC-facing RPCs (role clc): ValidateImage, CacheImage, FlushImage. NC-facing (role nc): GetDecryptedImage, a
+CLC-facing RPCs (role clc): ValidateImage, CacheImage, FlushImage. NC-facing (role nc, and cc for a remote zone
+that re-bundles a local image for the remote cloud): GetDecryptedImage, a
 signed streaming call: the request is verified exactly like every internal call (common.signing.verify_request:
 CA chain, role, recipient, date, nonce, body hash), and the response is signed over a descriptor of what is sent
 (status, byte range, total size, SHA-256 of the whole image) instead of the body's hash, since the body is sent
@@ -49,6 +50,7 @@ log = logging.getLogger("koala.walrus.images")
 RESOLVE_TTL = 30.0  # seconds: a revoked certificate stops working within this time
 MAX_REQUEST = 64 << 10
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+DECRYPTED_IMAGE_ROLES = frozenset({"nc", "cc"})  # nodes boot images; a remote zone's CC re-bundles them
 
 
 class ImagesComponent:
@@ -174,7 +176,7 @@ class ImagesComponent:
                 service.trust, service.rpc.replay, service.identity.id, request.method, request.path,
                 request.headers, body,
             )  # fmt: skip
-            if peer.role != "nc":
+            if peer.role not in DECRYPTED_IMAGE_ROLES:
                 raise AuthError(403, "RoleNotAllowed", f"role {peer.role!r} may not call GetDecryptedImage")
             try:
                 message = GetDecryptedImageRequest.model_validate_json(body or b"{}")

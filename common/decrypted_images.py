@@ -2,8 +2,9 @@
 
 The request is a signed JSON `GetDecryptedImageRequest` (bucket, manifest key, optional byte range) posted to
 `/internal/stream/GetDecryptedImage`; the answer is the image itself, streamed. Walrus signs a descriptor of the
-bytes it sends (status, range, total size and the whole image's SHA-256) in the response headers, so the NC
-checks the signature before reading the body and the SHA-256 after writing it to disk.
+bytes it sends (status, range, total size and the whole image's SHA-256) in the response headers, so the caller
+checks the signature before reading the body and the SHA-256 after writing it to disk. Callers: the NC (its image
+cache) and a remote zone's CC (re-bundling a local image for the remote cloud).
 
 Re-checking a cached image is the same call for zero bytes (`start=0, end=0`): the signed headers tell the
 image's current SHA-256, so a re-bundled image under the same manifest is noticed without a download.
