@@ -20,9 +20,9 @@ from pathlib import Path
 
 import aiosqlite
 
+from common.decrypted_images import ImageFetchError, WalrusImages
 from common.ids import is_id
 from common.messages.cc_nc import ImageRef
-from common.decrypted_images import ImageFetchError, WalrusImages
 
 log = logging.getLogger("koala.nc.cache")
 

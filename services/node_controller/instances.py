@@ -26,6 +26,7 @@ import aiosqlite
 import libvirt
 
 from common.backoff import Backoff
+from common.decrypted_images import ImageFetchError
 from common.ids import is_id
 from common.messages.cc_nc import InstanceInfo, NcState, RunInstanceRequest
 from common.rpc import RpcError
@@ -37,7 +38,6 @@ from services.node_controller.domain import DiskSpec, DomainSpec, render
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.notifier import Notifier
 from services.node_controller.records import InstanceRecords
-from common.decrypted_images import ImageFetchError
 
 log = logging.getLogger("koala.nc.instances")
 _SAFE_OWNER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -31,6 +31,7 @@ import aiosqlite
 import defusedxml.ElementTree as SafeET
 import libvirt
 
+from common.decrypted_images import ImageFetchError
 from common.messages.cc_nc import InstanceInfo
 from common.messages.migration import (
     CommitMigrationRequest,
@@ -54,7 +55,6 @@ from services.node_controller.instances import (
     Instance,
     InstanceManager,
 )
-from common.decrypted_images import ImageFetchError
 
 log = logging.getLogger("koala.nc.migration")
 POLL = 0.5

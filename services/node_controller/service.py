@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from common.db import open_db
+from common.decrypted_images import WalrusImages
 from common.hostcmd import CommandFailed, SubprocessRunner
 from common.messages.bundle_tasks import BundleTaskRequest, NodeBundleStatus, StartBundleRequest
 from common.messages.cc_nc import (
@@ -55,7 +56,6 @@ from services.node_controller.instances import InstanceManager
 from services.node_controller.migration import NodeMigrations
 from services.node_controller.notifier import Notifier
 from services.node_controller.volumes import Volumes
-from common.decrypted_images import WalrusImages
 
 log = logging.getLogger("koala.nc")
 CC = {"cc"}

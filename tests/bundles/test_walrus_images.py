@@ -18,6 +18,7 @@ from cli.allinone import NODE_ID
 from cli.main import main as koala
 from common import pki
 from common.bundle import manifest as mf
+from common.decrypted_images import ImageFetchError, WalrusImages
 from common.messages.walrus_images import (
     CacheImageRequest,
     CacheImageResponse,
@@ -28,7 +29,6 @@ from common.messages.walrus_images import (
 )
 from common.rpc import RpcClient, RpcError
 from common.signing import Identity, TrustStore
-from common.decrypted_images import ImageFetchError, WalrusImages
 from services.walrus.images.cache import entry_id
 from tests.bundles.conftest import DATA, KEYS, REFERENCE, copy_reference, original_sha1s
 from tests.bundles.test_format import XML_BOMB

@@ -10,9 +10,9 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from common.decrypted_images import ImageFetchError, split_manifest
 from common.messages.cc_nc import ImageRef, NetConfig, RunInstanceRequest, VmType
 from services.node_controller import configdrive, resources
-from common.decrypted_images import ImageFetchError, split_manifest
 
 
 def request(**fields) -> RunInstanceRequest:
