@@ -38,7 +38,7 @@ async def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> d
             raise Ec2Error("InvalidParameterValue", f"Invalid availability zone: [{name[:64]}]")
     filters = Filters.parse(params.get("Filters"), ZONE_FILTERS, tags=False)
     if verbose and engine.admission.stale(engine.settings.fresh_report):
-        await engine.poller.refresh_capacity()  # the capacity table is worth a fresh report
+        await engine.capacity.refresh_capacity()  # the capacity table is worth a fresh report
     ebs = ctx.clc.ebs
     if verbose:
         await asyncio.gather(*(ebs.refresh(zone) for zone in names or zones))

@@ -7,8 +7,11 @@ Modules
   background tasks). Hooks: `on_change` (instances whose state changed), `on_forget` (buried instance ids).
 - `launch.Launcher` (`clc.compute.launcher`): RunInstances (admission, addresses, network, the CC call, rollback).
 - `reports.Reports` (`clc.compute.reports`): instance state from the CCs' `NotifyInstances` pushes and polls.
-- `polling.Poller` (`clc.compute.poller`): the per-zone polling loops, capacity refreshes, housekeeping.
-  (The three share `part.EnginePart`: the engine, its store, settings and CC client.)
+- `polling.Poller` (`clc.compute.poller`): the per-zone polling loops, housekeeping.
+- `capacity.CapacityRefresh` (`clc.compute.capacity`): the zones' DescribeResources, now or coalesced soon after.
+  (Each part is handed what it uses by `Compute`: its collaborators, and the engine itself typed as the part's
+  own narrow protocol, `LaunchEngine`, `ReportsEngine`, `PollerEngine`: only the lookups and shared actions it
+  calls.)
 - `tags.Tags`, `security_groups.SecurityGroups`, `key_pairs.KeyPairs` (`clc.compute.tags`, `.security_groups`,
   `.key_pairs`): the tag store and its registry of taggable types, security groups and rules, key pairs.
 - `store.Store` (`clc.compute.store`): reservations, instances and images in memory, written through to SQLite

@@ -22,6 +22,7 @@ from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
 from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import Admission
+from services.cloud_controller.compute.capacity import CapacityRefresh
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.images import ImageBackend, Images
@@ -39,6 +40,7 @@ from services.cloud_controller.database import Database
 
 if TYPE_CHECKING:
     from services.cloud_controller.compute.netsync import NetworkSync
+    from services.cloud_controller.ebs.roots import Roots
     from services.cloud_controller.leases.scheduler import LeaseScheduler
 
 __all__ = ["Compute", "Principal", "RunRequest", "Settings", "decode_user_data", "mac_for"]
@@ -112,11 +114,34 @@ class Compute:
         ] = []  # more meta-data entries (spot/instance-action)
         for zone in clusters.clusters:
             self.admission.known_zone(zone)
-        self.roots: Any = None  # ebs.roots.Roots: EBS-backed images and instances, set when EBS is installed
-        self.launcher = Launcher(self)
+        self.roots: Roots | None = None  # EBS-backed images and instances, set when EBS is installed
+        # The parts, each handed what it uses (the engine itself typed as the part's narrow protocol).
+        self.capacity = CapacityRefresh(self.admission, clusters, self.vmtypes, self.background)
         self.stop_start = StopStart(self)
-        self.reports = Reports(self)
-        self.poller = Poller(self)
+        self.reports = Reports(self, self.store, settings, clusters, self.stop_start, self.capacity)
+        self.poller = Poller(
+            self,
+            self.store,
+            settings,
+            clusters,
+            self.admission,
+            self.networks,
+            self.capacity,
+            self.elastic,
+            self.reports,
+            self.stop_start,
+        )
+        self.launcher = Launcher(
+            self,
+            self.store,
+            settings,
+            clusters,
+            self.admission,
+            self.networks,
+            self.addresses,
+            self.capacity,
+            self.poller.refresh_network_mode,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def load(self) -> None:

@@ -11,24 +11,28 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
 from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
 from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
-from services.cloud_controller.compute.addresses import Address
-from services.cloud_controller.compute.admission import Token, count_quota
+from services.cloud_controller.compute.addresses import Address, Addresses
+from services.cloud_controller.compute.admission import Admission, Token, count_quota
+from services.cloud_controller.compute.capacity import CapacityRefresh
+from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.networks import Networks
-from services.cloud_controller.compute.part import EnginePart
-from services.cloud_controller.compute.store import Image, Instance, Reservation
+from services.cloud_controller.compute.store import Image, Instance, Reservation, Store
 
 if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute, Principal
+    from services.cloud_controller.compute.engine import Principal, Settings
+    from services.cloud_controller.compute.netsync import NetworkSync
+    from services.cloud_controller.ebs.roots import Roots
+    from services.cloud_controller.leases.scheduler import LeaseScheduler
 
 log = logging.getLogger("koala.clc.compute")
 MAX_COUNT = 1000  # instances per RunInstances request
@@ -94,12 +98,45 @@ class Launch:
     vm: VmType
 
 
-class Launcher(EnginePart):
-    """RunInstances for the engine it is part of (its store, admission, addresses, networks, CC client)."""
+class LaunchEngine(Protocol):
+    """What a launch asks of the engine it is part of (engine.Compute): its lookups, what the parts share, and
+    the parts other packages install later (None until then)."""
 
-    def __init__(self, engine: Compute):
-        super().__init__(engine)
-        self.admission, self.networks, self.addresses = engine.admission, engine.networks, engine.addresses
+    zone_modes: dict[str, str]
+    leases: LeaseScheduler | None
+    roots: Roots | None
+    netsync: NetworkSync | None
+
+    def vm_type(self, name: str) -> VmType: ...
+    def image(self, image_id: str, principal: Principal, kind: str | None = None, implied: bool = False) -> Image: ...
+    def live_counts(self, owner_id: str) -> tuple[int, int]: ...
+    def managed(self, zone: str) -> bool: ...
+    def remote(self, zone: str) -> bool: ...
+    async def free_resources(self, instances: list[Instance]) -> None: ...
+    def background(self, coroutine: Coroutine[Any, Any, Any]) -> None: ...
+    async def terminate_quietly(self, zone: str, instance_ids: list[str]) -> None: ...
+
+
+class Launcher:
+    """RunInstances: the engine's records (`store`) by its `settings`, capacity from `admission` (refreshed by
+    `capacity`), public `addresses` and `networks` taken, the zones' network modes read by `network_mode`, the
+    call through the CC client (`cc`)."""
+
+    def __init__(
+        self,
+        engine: LaunchEngine,
+        store: Store,
+        settings: Settings,
+        cc: ClusterClient,
+        admission: Admission,
+        networks: Networks,
+        addresses: Addresses,
+        capacity: CapacityRefresh,
+        network_mode: Callable[[str], Awaitable[None]],
+    ):
+        self.engine, self.store, self.settings, self.cc = engine, store, settings, cc
+        self.admission, self.networks, self.addresses = admission, networks, addresses
+        self.capacity, self.network_mode = capacity, network_mode
 
     async def run_instances(self, principal: Principal, request: RunRequest) -> Reservation:
         owner = principal.account_id
@@ -143,7 +180,7 @@ class Launcher(EnginePart):
         if self.settings.network_resources == "auto":
             unknown = [z for z in ([zone] if zone else self.cc.clusters) if z not in self.engine.zone_modes]
             if unknown:  # right after a start: learn the zones' network modes first
-                await asyncio.gather(*(self.engine.poller.refresh_network_mode(z) for z in unknown))
+                await asyncio.gather(*(self.network_mode(z) for z in unknown))
                 if request.client_token and (owner, request.client_token) in self.store.tokens:
                     return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
         if self.engine.leases is not None:  # the zones' nodes, for the slot table
@@ -156,7 +193,7 @@ class Launcher(EnginePart):
         except ComputeError as err:
             if err.code != "InsufficientInstanceCapacity" or not self.admission.stale(self.settings.fresh_report):
                 raise
-            await self.engine.poller.refresh_capacity([zone] if zone else None)
+            await self.capacity.refresh_capacity([zone] if zone else None)
             if request.client_token and (owner, request.client_token) in self.store.tokens:
                 return self.store.reservations[self.store.tokens[(owner, request.client_token)]]
             token = self.admit(principal, request, vm, zone)
@@ -232,7 +269,7 @@ class Launcher(EnginePart):
                 await self.addresses.save(*addresses)
                 await self.store.forget(instance_ids)
             raise
-        if mappings:
+        if mappings and self.engine.roots is not None:  # (mappings only where there is block storage)
             try:  # their volumes, made (from snapshots) before the CC hears of the instances
                 await self.engine.roots.prepare(principal, instances, mappings)
             except ComputeError:
@@ -414,7 +451,7 @@ class Launcher(EnginePart):
         await self.store.save_instances([i for i in instances if i.node_id])
         if self.engine.leases is not None:
             self.engine.leases.settle(token)
-        self.engine.poller.schedule_refresh(reservation.zone)
+        self.capacity.schedule_refresh(reservation.zone)
         log.info("launched %s: %d x %s in %s", reservation.reservation_id, len(placed), vm.name, reservation.zone)
         return reservation
 

@@ -8,28 +8,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.messages.network import DescribeNetworksRequest
 from common.rpc import PeerUnreachable, RpcError
-from services.cloud_controller.compute.part import EnginePart
+from services.cloud_controller.compute.admission import Admission
+from services.cloud_controller.compute.capacity import CapacityRefresh
+from services.cloud_controller.compute.cc_client import ClusterClient
+from services.cloud_controller.compute.elastic import Elastic
+from services.cloud_controller.compute.networks import Networks
+from services.cloud_controller.compute.reports import Reports
+from services.cloud_controller.compute.stop_start import StopStart
+from services.cloud_controller.compute.store import Store
 
 if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute
+    from services.cloud_controller.compute.engine import Settings
 
 log = logging.getLogger("koala.clc.compute")
 
 
-class Poller(EnginePart):
-    """The per-zone polling loops and housekeeping of the engine."""
+class PollerEngine(Protocol):
+    """What the polls ask of the engine they are part of (engine.Compute)."""
 
-    def __init__(self, engine: Compute):
-        super().__init__(engine)
-        self.admission, self.networks, self.vmtypes = engine.admission, engine.networks, engine.vmtypes
+    zone_modes: dict[str, str]
+    on_forget: list[Callable[[list[str]], Awaitable[None]]]
+
+    async def terminate_quietly(self, zone: str, instance_ids: list[str]) -> None: ...
+
+
+class Poller:
+    """The per-zone polling loops and housekeeping of the engine: per zone, capacity (`capacity`), the public
+    pool (`elastic`), the network mode (into `networks`' limits) and the instances (applied by `reports`, the
+    stops and starts the CC has not acted on reconciled by `stop_start`); expired capacity reservations
+    (`admission`) and long-terminated instances (`store`) dropped."""
+
+    def __init__(
+        self,
+        engine: PollerEngine,
+        store: Store,
+        settings: Settings,
+        cc: ClusterClient,
+        admission: Admission,
+        networks: Networks,
+        capacity: CapacityRefresh,
+        elastic: Elastic,
+        reports: Reports,
+        stop_start: StopStart,
+    ):
+        self.engine, self.store, self.settings, self.cc = engine, store, settings, cc
+        self.admission, self.networks, self.capacity = admission, networks, capacity
+        self.elastic, self.reports, self.stop_start = elastic, reports, stop_start
         self._tasks: list[asyncio.Task[Any]] = []
         self._pollers: dict[str, asyncio.Task[Any]] = {}
         self._polling = True
-        self._refresh_pending: set[str] = set()
 
     def start(self) -> None:
         for zone in self.cc.clusters:
@@ -52,43 +84,16 @@ class Poller(EnginePart):
             if self._polling:
                 self._start_poller(zone)
 
-    async def refresh_capacity(self, zones: list[str] | None = None) -> None:
-        await asyncio.gather(*(self.refresh_zone(z) for z in (zones or list(self.cc.clusters))))
-
-    async def refresh_zone(self, zone: str) -> None:
-        sent_at = self.admission.clock()
-        try:
-            report = await self.cc.describe_resources(zone, self.vmtypes.list())
-        except (RpcError, PeerUnreachable) as err:
-            log.debug("DescribeResources %s failed: %s", zone, err)
-            self.admission.unreachable(zone)
-            return
-        self.admission.update(report, sent_at, zone)
-
-    def schedule_refresh(self, zone: str) -> None:
-        if zone in self._refresh_pending:
-            return
-        self._refresh_pending.add(zone)
-
-        async def later() -> None:
-            try:
-                await asyncio.sleep(0.05)  # one refresh for a burst of launches
-            finally:
-                self._refresh_pending.discard(zone)
-            await self.refresh_zone(zone)
-
-        self.engine.background(later())
-
     async def poll_zone(self, zone: str) -> None:
-        await self.refresh_zone(zone)
-        await self.engine.elastic.refresh_pool(zone)
+        await self.capacity.refresh_zone(zone)
+        await self.elastic.refresh_pool(zone)
         await self.refresh_network_mode(zone)
         try:
             answer = await self.cc.describe_instances(zone)
         except (RpcError, PeerUnreachable) as err:
             log.debug("DescribeInstances %s failed: %s", zone, err)
             return
-        await self.engine.reports.apply_report(zone, answer.instances, full=True)
+        await self.reports.apply_report(zone, answer.instances, full=True)
         stuck = [i.instance_id for i in self.store.instances.values() if i.zone == zone and i.state == "shutting-down"]
         # Live at the CC but terminated here (e.g. its launch failed on a timeout or a CC crash): it must go too.
         stuck += [
@@ -101,7 +106,7 @@ class Poller(EnginePart):
         ]
         if stuck:
             await self.engine.terminate_quietly(zone, stuck)
-        await self.engine.stop_start.reconcile(zone)  # stops and starts the CC has not acted on
+        await self.stop_start.reconcile(zone)  # stops and starts the CC has not acted on
 
     async def refresh_network_mode(self, zone: str) -> None:
         try:

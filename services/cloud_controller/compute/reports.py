@@ -6,21 +6,43 @@ reporting is terminated after the grace period.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from common.messages.clc_cc import Ack, ClusterInstance, NotifyInstancesRequest
 from common.rpc import RpcError
-from services.cloud_controller.compute.part import EnginePart
-from services.cloud_controller.compute.store import Instance
+from services.cloud_controller.compute.capacity import CapacityRefresh
+from services.cloud_controller.compute.cc_client import ClusterClient
+from services.cloud_controller.compute.stop_start import StopStart
+from services.cloud_controller.compute.store import Instance, Store
 
 if TYPE_CHECKING:
-    pass
+    from services.cloud_controller.compute.engine import Settings
 
 CC_STATES = {"Pending": "pending", "Extant": "running", "Teardown": "terminated"}
 
 
-class Reports(EnginePart):
-    """Instance state from the CCs: pushes and polled reports applied to the engine's records."""
+class ReportsEngine(Protocol):
+    """What applying reports asks of the engine it is part of (engine.Compute)."""
+
+    async def free_resources(self, instances: list[Instance]) -> None: ...
+    def changed(self, instances: list[Instance]) -> None: ...
+
+
+class Reports:
+    """Instance state from the CCs: pushes and polled reports applied to the engine's records (`store`), the
+    zones' capacity refreshed (`capacity`) when instances end or stop (`stop_start` tells a stop)."""
+
+    def __init__(
+        self,
+        engine: ReportsEngine,
+        store: Store,
+        settings: Settings,
+        cc: ClusterClient,
+        stop_start: StopStart,
+        capacity: CapacityRefresh,
+    ):
+        self.engine, self.store, self.settings, self.cc = engine, store, settings, cc
+        self.stop_start, self.capacity = stop_start, capacity
 
     async def notify(self, message: NotifyInstancesRequest) -> Ack:
         """A CC's push (role cc, checked by the caller to speak for the zone): the instances whose state
@@ -61,11 +83,11 @@ class Reports(EnginePart):
                     pass  # an old report; never go backwards
                 elif state == "running" and instance.state in ("shutting-down", "stopping"):
                     pass  # terminating or stopping: wait for Teardown
-                elif state == "terminated" and self.engine.stop_start.stops(instance, item.detail):
-                    why = self.engine.stop_start.reason(instance, item.reason)
+                elif state == "terminated" and self.stop_start.stops(instance, item.detail):
+                    why = self.stop_start.reason(instance, item.reason)
                     if self.store.set_state(instance, "stopped", why, now):
                         dirty = True
-                        self.engine.poller.schedule_refresh(zone)  # its node's capacity is free again
+                        self.capacity.schedule_refresh(zone)  # its node's capacity is free again
                 else:
                     # A user's termination stays the reason, whatever words the CC uses for the teardown.
                     user = instance.state == "shutting-down" and instance.state_reason == "User initiated"
@@ -81,7 +103,7 @@ class Reports(EnginePart):
                 if instance.zone != zone or instance.instance_id in seen:
                     continue
                 if instance.state == "stopping":  # its run is over at the CC
-                    self.store.set_state(instance, "stopped", self.engine.stop_start.reason(instance), now)
+                    self.store.set_state(instance, "stopped", self.stop_start.reason(instance), now)
                     changed.append(instance)
                     continue
                 if not instance.live:
@@ -102,7 +124,7 @@ class Reports(EnginePart):
         if ended:
             await self.engine.free_resources(ended)
             for ended_zone in {i.zone for i in ended}:
-                self.engine.poller.schedule_refresh(ended_zone)  # the CC gave their capacity back before it told us
+                self.capacity.schedule_refresh(ended_zone)  # the CC gave their capacity back before it told us
         if changed:
             await self.store.save_instances(changed)
             self.engine.changed(changed)

@@ -258,7 +258,7 @@ class SpotQueue:
             if not any(self._live(r) for r in victims if r.state != "disabled"):
                 break
             await asyncio.sleep(0.1)
-        await self.compute.poller.refresh_capacity([zone])
+        await self.compute.capacity.refresh_capacity([zone])
 
     # --- time -----------------------------------------------------------------------------------------
     async def tick(self, now: float) -> None:

@@ -21,7 +21,7 @@ async def show(page: Page) -> web.StreamResponse:
 
 def _refresh(engine: Compute) -> None:
     """Capacity per type changed: ask the CCs again in the background, so the dashboard shows it soon."""
-    task = asyncio.create_task(engine.poller.refresh_capacity())
+    task = asyncio.create_task(engine.capacity.refresh_capacity())
     _refreshes.add(task)
     task.add_done_callback(_refreshes.discard)
 
