@@ -51,19 +51,10 @@ class KeyPairs:
     ) -> str:
         """Keep a new key pair (with its tags); InvalidKeyPair.Duplicate if the account has one of that name."""
         key_pair_id = new_id("key")
-        async with self.db.transaction() as conn:
-            async with conn.execute(
-                "SELECT 1 FROM key_pairs WHERE owner_id = ? AND name = ?", (owner_id, name)
-            ) as cursor:
-                if await cursor.fetchone():
-                    raise ComputeError("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
-            await conn.execute(
-                "INSERT INTO key_pairs(key_pair_id, owner_id, name, fingerprint, key_type, public_key, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key_pair_id, owner_id, name, fingerprint, key_type, public, time.time()),
-            )
-            if tags:
-                await self.tags.put_in(conn, owner_id, [(key_pair_id, "key-pair")], tags)
+        row = {"key_pair_id": key_pair_id, "owner_id": owner_id, "name": name, "fingerprint": fingerprint,
+               "key_type": key_type, "public_key": public, "created_at": time.time()}  # fmt: skip
+        duplicate = ComputeError("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
+        await self.tags.insert_named("key_pairs", "key_pair_id", row, "key-pair", tags, duplicate)
         return key_pair_id
 
     async def find_id(self, owner_id: str, name: str | None = None, key_pair_id: str | None = None) -> str | None:

@@ -213,18 +213,10 @@ class SecurityGroups:
         """A new group (with its tags); InvalidGroup.Duplicate if the account has one of that name."""
         await self.ensure_default(owner_id)
         group_id = new_id("sg")
-        async with self.db.transaction() as conn:
-            async with conn.execute(
-                "SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, name)
-            ) as cursor:
-                if await cursor.fetchone():
-                    raise ComputeError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
-            await conn.execute(
-                "INSERT INTO security_groups(group_id, owner_id, name, description, created_at) VALUES (?, ?, ?, ?, ?)",
-                (group_id, owner_id, name, description, time.time()),
-            )
-            if tags:
-                await self.tags.put_in(conn, owner_id, [(group_id, "security-group")], tags)
+        row = {"group_id": group_id, "owner_id": owner_id, "name": name, "description": description,
+               "created_at": time.time()}  # fmt: skip
+        duplicate = ComputeError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
+        await self.tags.insert_named("security_groups", "group_id", row, "security-group", tags, duplicate)
         log.info("account %s created security group %s (%s)", owner_id, name, group_id)
         return group_id
 

@@ -113,6 +113,28 @@ class Tags:
             async with self.db.transaction() as conn:
                 await self.put_in(conn, owner_id, resources, pairs)
 
+    async def insert_named(
+        self,
+        table: str,
+        id_column: str,
+        row: dict[str, Any],
+        resource_type: str,
+        pairs: list[tuple[str, Any]],
+        duplicate: ComputeError,
+    ) -> None:
+        """A part's new named resource and its tags in one transaction: `row` (with `id_column`, owner_id and name)
+        into `table`, unless the account has a resource of that name there already (`duplicate` is raised then)."""
+        owner_id, name = row["owner_id"], row["name"]
+        async with self.db.transaction() as conn:
+            sql = f"SELECT 1 FROM {table} WHERE owner_id = ? AND name = ?"
+            async with conn.execute(sql, (owner_id, name)) as cursor:
+                if await cursor.fetchone():
+                    raise duplicate
+            marks = ", ".join("?" * len(row))
+            await conn.execute(f"INSERT INTO {table}({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+            if pairs:
+                await self.put_in(conn, owner_id, [(row[id_column], resource_type)], pairs)
+
     async def put_in(
         self, conn: Transaction, owner_id: str, resources: list[tuple[str, str]], pairs: list[tuple[str, Any]]
     ) -> None:
