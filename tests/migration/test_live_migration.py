@@ -95,6 +95,23 @@ def role_of(world: MigrationWorld, node_id: str) -> str:
     return next(role for role, node in world.nodes.items() if node.id == node_id)
 
 
+def migrate_to_the_other_node(world: MigrationWorld, guest: str) -> tuple[str, str]:
+    """Start a live migration of the guest to the other node and wait until libvirt copies it; (source, target)."""
+    source = role_of(world, world.node_of(guest))
+    target = "b" if source == "a" else "a"
+    migrate(world, guest, world.nodes[target].id)
+    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
+                         0.05, "the migration under way")  # fmt: skip
+    assert under_way.state == "migrating", under_way
+    return source, target
+
+
+def assert_counting_on(world: MigrationWorld, guest: str) -> None:
+    """The console's counter never restarted nor skipped: the same boot went on."""
+    counted = counters(world.console(guest))
+    assert counted == list(range(counted[0], counted[0] + len(counted)))
+
+
 def test_live_migration_keeps_the_guest_running(world: MigrationWorld, guest: str, tmp_path) -> None:
     source = role_of(world, world.node_of(guest))
     target = "b" if source == "a" else "a"
@@ -140,12 +157,7 @@ def test_live_migration_keeps_the_guest_running(world: MigrationWorld, guest: st
 
 
 def test_cc_killed_mid_migration_converges(world: MigrationWorld, guest: str) -> None:
-    source = role_of(world, world.node_of(guest))
-    target = "b" if source == "a" else "a"
-    migrate(world, guest, world.nodes[target].id)
-    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
-                         0.05, "the migration under way")  # fmt: skip
-    assert under_way.state == "migrating", under_way
+    source, target = migrate_to_the_other_node(world, guest)
     world.cloud.kill("cc")
     world.cloud.start("cc")
     done = wait_settled(world, guest)
@@ -156,12 +168,7 @@ def test_cc_killed_mid_migration_converges(world: MigrationWorld, guest: str) ->
 
 
 def test_target_nc_killed_mid_migration_converges(world: MigrationWorld, guest: str) -> None:
-    source = role_of(world, world.node_of(guest))
-    target = "b" if source == "a" else "a"
-    migrate(world, guest, world.nodes[target].id)
-    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
-                         0.05, "the migration under way")  # fmt: skip
-    assert under_way.state == "migrating", under_way
+    source, target = migrate_to_the_other_node(world, guest)
     world.nodes[target].kill()
     time.sleep(1)
     world.nodes[target].start()
@@ -170,19 +177,13 @@ def test_target_nc_killed_mid_migration_converges(world: MigrationWorld, guest: 
     assert done.state == "done", done.error
     assert guest in domains(world, target) and guest not in domains(world, source)
     assert world.node_of(guest) == world.nodes[target].id
-    counted = counters(world.console(guest))
-    assert counted == list(range(counted[0], counted[0] + len(counted)))
+    assert_counting_on(world, guest)
 
 
 def test_source_nc_killed_mid_migration_converges(world: MigrationWorld, guest: str) -> None:
     """The source NC dies while libvirt copies: the restarted NC reads the outcome from the domain (gone: moved; here
     with a job: still going; here without one: failed, and it runs on here) and the CC settles on that."""
-    source = role_of(world, world.node_of(guest))
-    target = "b" if source == "a" else "a"
-    migrate(world, guest, world.nodes[target].id)
-    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
-                         0.05, "the migration under way")  # fmt: skip
-    assert under_way.state == "migrating", under_way
+    source, target = migrate_to_the_other_node(world, guest)
     world.nodes[source].kill()
     time.sleep(1)
     world.nodes[source].start()
@@ -195,19 +196,13 @@ def test_source_nc_killed_mid_migration_converges(world: MigrationWorld, guest: 
     assert guest in domains(world, where) and guest not in domains(world, elsewhere)
     assert world.node_of(guest) == world.nodes[where].id
     assert world.ssh(guest, "echo alive").strip() == "alive"
-    counted = counters(world.console(guest))
-    assert counted == list(range(counted[0], counted[0] + len(counted)))
+    assert_counting_on(world, guest)
 
 
 def test_a_failed_migration_leaves_the_guest_on_the_source(world: MigrationWorld, guest: str) -> None:
     """libvirt's job aborted mid-copy (as an operator or a timeout would): the guest runs on where it was, the CC
     keeps it there, and the target's prepared copy is gone."""
-    source = role_of(world, world.node_of(guest))
-    target = "b" if source == "a" else "a"
-    migrate(world, guest, world.nodes[target].id)
-    under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m, 60,
-                         0.05, "the migration under way")  # fmt: skip
-    assert under_way.state == "migrating", under_way
+    source, target = migrate_to_the_other_node(world, guest)
     wait_for(lambda: world.hosts.hosts[source].virsh("domjobabort", guest, check=False).returncode == 0, 30, 0.1,
              "libvirt's migration job aborted")  # fmt: skip
     done = wait_settled(world, guest)
@@ -217,8 +212,7 @@ def test_a_failed_migration_leaves_the_guest_on_the_source(world: MigrationWorld
     target_dir = world.hosts.hosts[target].dir / "instances"
     wait_for(lambda: not any(target_dir.glob(f"*/{guest}")), 30, 0.3, "the target's prepared copy removed")
     assert world.ssh(guest, "echo still-here").strip() == "still-here"
-    counted = counters(world.console(guest))
-    assert counted == list(range(counted[0], counted[0] + len(counted)))
+    assert_counting_on(world, guest)
 
 
 def koala_admin(world: MigrationWorld, *args: str) -> subprocess.CompletedProcess:
@@ -237,8 +231,7 @@ def test_cold_migration_fallback(world: MigrationWorld, guest: str) -> None:
     assert world.node_of(guest) != source
     wait_for(lambda: max(counters(world.console(guest)), default=0) > max(before) + 2, 60, 0.5,
              "the counter going on after the cold migration")  # fmt: skip
-    counted = counters(world.console(guest))
-    assert counted == list(range(counted[0], counted[0] + len(counted)))
+    assert_counting_on(world, guest)
     assert any(f"{guest}: migrating (cold)" in node.log() for node in world.nodes.values())
 
 
