@@ -149,6 +149,7 @@ class Compute:
         await self.store.load()
         await self.addresses.load()
         await self.networks.load()
+        await self.tags.load()
         for instance in self.store.instances.values():
             if instance.live:
                 self.networks.mark(instance.vlan, instance.network_index)

@@ -36,6 +36,13 @@ class Tags:
     def __init__(self, db: Database):
         self.db = db
         self.types: dict[str, ResourceType] = {}
+        # Every resource that may have tags (a superset: an id joins before its first tag is written and leaves
+        # only when the resource is forgotten), from `load`. Answers about untagged resources (most instances)
+        # then need no database read, which a busy writer would otherwise queue behind its transactions.
+        self._tagged: set[str] | None = None
+
+    async def load(self) -> None:
+        self._tagged = {row[0] for row in await self.db.fetchall("SELECT DISTINCT resource_id FROM tags")}
 
     def register(self, prefix: str, name: str, owned: Owned, not_found: str) -> None:
         self.types[prefix] = ResourceType(prefix, name, owned, not_found)
@@ -74,6 +81,8 @@ class Tags:
     async def tags_for(self, resource_ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
         """{resource_id: [{"Key": k, "Value": v}, ...]}, the `Tags` member of answers."""
         ids = list(dict.fromkeys(resource_ids))
+        if self._tagged is not None:
+            ids = [i for i in ids if i in self._tagged]
         found: dict[str, list[dict[str, str]]] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
@@ -140,6 +149,8 @@ class Tags:
     ) -> None:
         """Inside an open transaction (`conn` from `db.transaction()`): set (key, value) pairs on (id, type)."""
         for rid, type_name in resources:
+            if self._tagged is not None:
+                self._tagged.add(rid)  # before the write: the set may only ever hold more than the table
             await conn.executemany(
                 "INSERT INTO tags(resource_id, key, value, owner_id, resource_type) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(resource_id, key) DO UPDATE SET value = excluded.value",
@@ -174,6 +185,8 @@ class Tags:
         ids = list(resource_ids)
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
+            if self._tagged is not None:  # before the delete: a tag written meanwhile puts its id back
+                self._tagged.difference_update(chunk)
             await self.db.execute(f"DELETE FROM tags WHERE resource_id IN ({','.join('?' * len(chunk))})", chunk)
 
 
