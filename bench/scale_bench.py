@@ -85,6 +85,11 @@ class Ec2Raw:
         return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took
 
 
+def note(message: str) -> None:
+    """Progress on stderr (the JSON result alone goes to stdout)."""
+    print(f"scale_bench {time.strftime('%H:%M:%S')}: {message}", file=sys.stderr, flush=True)
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -107,7 +112,10 @@ class World:
 
         self.zones: list[str] = ["zone1"]
         self.node_count = 4 if scenario == "nodes" else fleet_nodes
-        cc_settings = {"NC_POLLING_FREQUENCY": 30, "KOALA_PEER_POLL_SECONDS": 30}
+        # The simulated nodes all call from 127.0.0.1, where a real fleet has an address per host: the per-address
+        # connection limit (1,000, against one client's flood) is raised where the whole fleet connects.
+        shared_address = {"KOALA_HTTP_MAX_CONNECTIONS_PER_PEER": 8000}
+        cc_settings = {"NC_POLLING_FREQUENCY": 30, "KOALA_PEER_POLL_SECONDS": 30, **shared_address}
         nc_settings = {
             "HYPERVISOR": "test",
             "KOALA_PEER_POLL_SECONDS": 30,
@@ -139,7 +147,8 @@ class World:
             cores = -(-instances * 13 // (fleet_nodes * 10))
             ports = [fleet_ports(per_zone) for _ in range(ccs)]
             entries = [" ".join(f"127.0.0.1:{p}" for p in zone_ports) for zone_ports in ports]
-            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra={"cc": {"NODES": entries[0], **cc_settings}})
+            extra = {"cc": {"NODES": entries[0], **cc_settings}, "walrus": shared_address}
+            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra=extra)
             self.cloud.start()
             self.members = []
             cc_urls = [self.cloud.url("cc")]
@@ -157,7 +166,9 @@ class World:
                     self.cloud, f"z{index + 1}", ports[index], cc_urls[index], cores, extra=limits, log_level="WARNING"
                 )
                 self.cloud.extra_nodes.append(fleet)
+                began = time.monotonic()
                 fleet.start(timeout=900)
+                note(f"{fleet.id}: {per_zone} nodes healthy in {time.monotonic() - began:.1f} s")
                 self.members.append(fleet)
 
     def pids(self) -> dict[str, int]:
@@ -199,10 +210,20 @@ def warm_up(ec2, raw: Ec2Raw, image: str, world: World) -> None:
         ids += [i["InstanceId"] for i in answer["Instances"]]
     for wanted, absent in (("running", None), ("terminated", "terminated")):
         deadline = time.monotonic() + 900
+        shown = time.monotonic()
         while True:
             states, _ = raw.states()
             if all(states.get(i, absent) == wanted for i in ids):
                 break
+            ended = [i for i in ids if states.get(i) == "terminated"] if wanted == "running" else []
+            if ended:  # a launch failed: waiting longer would not bring it back
+                rows = ec2.describe_instances(InstanceIds=ended[:5])["Reservations"]
+                reasons = {i["StateReason"]["Message"] for r in rows for i in r["Instances"] if i.get("StateReason")}
+                raise SystemExit(f"warm-up: {len(ended)} instances ended instead of running: {sorted(reasons)}")
+            if time.monotonic() > shown + 10:
+                done = sum(1 for i in ids if states.get(i, absent) == wanted)
+                note(f"warm-up: {done} of {len(ids)} {wanted}")
+                shown = time.monotonic()
             if time.monotonic() > deadline:
                 raise SystemExit(f"warm-up: not all {wanted} after 900 s")
             time.sleep(1)
@@ -222,11 +243,14 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
         cloud = world.cloud
         creds = admin_creds(cloud)
         ec2 = client(cloud, creds)
+        note(f"{scenario}: cloud up after {time.monotonic() - began_setup:.1f} s")
         location = bundle_and_upload(cloud, base / "image", "scale", "scale-bucket")
         image = ec2.register_image(ImageLocation=location, Name="scale")["ImageId"]
         wait_zones(ec2, world.zones, instances)
         raw = Ec2Raw(ec2_url(cloud), creds.access_key, creds.secret_key, REGION)
+        note(f"{scenario}: zones ready after {time.monotonic() - began_setup:.1f} s")
         warm_up(ec2, raw, image, world)
+        note(f"{scenario}: warm-up done after {time.monotonic() - began_setup:.1f} s")
         wait_zones(ec2, world.zones, instances)
         setup_s = time.monotonic() - began_setup
         before = world.stats()
