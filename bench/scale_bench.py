@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 API_VERSION = "2016-11-15"
 _ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+_SERVER_TIMING = re.compile(r"\bclc;dur=([0-9.]+)")
 _STATE = re.compile(rb"<instanceState>\s*<code>\d+</code>\s*<name>([a-z-]+)</name>")
 
 
@@ -59,7 +60,8 @@ class Ec2Raw:
         self.url, self.region = url, region
         self.credentials = Credentials(access_key, secret_key)
 
-    def call(self, params: dict[str, str], timeout: float = 120) -> tuple[bytes, float]:
+    def call(self, params: dict[str, str], timeout: float = 120) -> tuple[bytes, float, float | None]:
+        """The answer, the round trip (s) and the CLC's own time for it (s, its Server-Timing; None without)."""
         from urllib.parse import urlencode
 
         from botocore.auth import SigV4Auth
@@ -73,21 +75,26 @@ class Ec2Raw:
         started = time.monotonic()
         with urllib.request.urlopen(prepared, timeout=timeout) as response:
             data = response.read()
-        return data, time.monotonic() - started
+            timing = _SERVER_TIMING.search(response.headers.get("Server-Timing", ""))
+        return data, time.monotonic() - started, float(timing.group(1)) / 1000 if timing else None
 
-    def states(self, filters: dict[str, str] | None = None) -> tuple[dict[str, str], float]:
+    def states(self, filters: dict[str, str] | None = None) -> tuple[dict[str, str], float, float | None]:
         params = {"Action": "DescribeInstances"}
         for n, (name, value) in enumerate((filters or {}).items(), start=1):
             params[f"Filter.{n}.Name"], params[f"Filter.{n}.Value.1"] = name, value
-        data, took = self.call(params)
+        data, took, server = self.call(params)
         ids, states = _ID.findall(data), _STATE.findall(data)
         assert len(ids) == len(states), "unexpected DescribeInstances layout"
-        return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took
+        return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took, server
 
 
 def note(message: str) -> None:
     """Progress on stderr (the JSON result alone goes to stdout)."""
     print(f"scale_bench {time.strftime('%H:%M:%S')}: {message}", file=sys.stderr, flush=True)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -212,7 +219,7 @@ def warm_up(ec2, raw: Ec2Raw, image: str, world: World) -> None:
         deadline = time.monotonic() + 900
         shown = time.monotonic()
         while True:
-            states, _ = raw.states()
+            states, _, _ = raw.states()
             if all(states.get(i, absent) == wanted for i in ids):
                 break
             ended = [i for i in ids if states.get(i) == "terminated"] if wanted == "running" else []
@@ -268,8 +275,8 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             last_full = 0.0
             while not stop.is_set():
                 try:
-                    pending, took = raw.states({"instance-state-name": "pending"})
-                    pending_polls.append(took)
+                    pending, took, server = raw.states({"instance-state-name": "pending"})
+                    pending_polls.append((took, server))
                     now = time.monotonic()
                     known = dict(launched)
                     waiting = {known[i] for i in pending if i in known}
@@ -277,9 +284,9 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
                         if batches[index].get("accepted_at") is not None:
                             done_at[index] = now - began
                     running_count[0] = len(known) - len(pending)
-                    if now - last_full >= 5.0:
-                        listed, took = raw.states()
-                        full_polls.append((now - began, took, len(listed)))
+                    if now - last_full >= 3.0:
+                        listed, took, server = raw.states()
+                        full_polls.append((now - began, took, server, len(listed)))
                         last_full = time.monotonic()
                 except Exception as err:  # a poll may time out on a loaded machine: the next one counts
                     print(f"poll failed: {err}", file=sys.stderr)
@@ -316,11 +323,11 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             time.sleep(0.2)
         stop.set()
         poller.join()
-        listed, describe_at_full = raw.states()
+        listed, *describe_at_full = raw.states()
         all_running_s = max(done_at.values()) if len(done_at) == len(batches) else None
         running = sum(1 for i in launched if listed.get(i) == "running")
         at_full = world.stats()
-        describe_full = [raw.states()[1] for _ in range(5)]
+        describe_full = [tuple(raw.states()[1:]) for _ in range(5)]
 
         previous = 0.0
         for index, entry in enumerate(batches):
@@ -338,7 +345,7 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
         accepted_end = time.monotonic() - began_end
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            listed_end, _ = raw.states()
+            listed_end, _, _ = raw.states()
             if all(listed_end.get(i, "terminated") == "terminated" for i in ids):
                 break
             time.sleep(1)
@@ -359,12 +366,18 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             "first_thousand_marginal_s": batches[0]["marginal_s"],
             "last_thousand_marginal_s": batches[-1]["marginal_s"],
             "batches": batches,
-            "describe_pending_ms": percentiles(pending_polls),
-            "describe_all_during_launch_ms": percentiles([took for _, took, _ in full_polls]),
+            "describe_pending_ms": percentiles([took for took, _ in pending_polls]),
+            "describe_pending_server_ms": percentiles([s for _, s in pending_polls if s is not None]),
+            "describe_all_during_launch_ms": percentiles([took for _, took, _, _ in full_polls]),
+            "describe_all_during_launch_server_ms": percentiles([s for _, _, s, _ in full_polls if s is not None]),
             "describe_all_during_launch": [
-                {"at_s": round(when, 1), "ms": round(took * 1000, 1), "listed": n} for when, took, n in full_polls
+                {"at_s": round(when, 1), "ms": round(took * 1000, 1), "server_ms": _ms(server), "listed": n}
+                for when, took, server, n in full_polls
             ],
-            "describe_all_at_full_ms": percentiles([describe_at_full, *describe_full]),
+            "describe_all_at_full_ms": percentiles([took for took, _ in [describe_at_full, *describe_full]]),
+            "describe_all_at_full_server_ms": percentiles(
+                [s for _, s in [describe_at_full, *describe_full] if s is not None]
+            ),
             "terminate_requests_s": round(accepted_end, 2),
             "terminate_all_s": round(terminate_s, 2),
             "cpu_s_during_run": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 
 import boto3
 import pytest
@@ -60,6 +61,9 @@ def test_boto3_sigv4(cloud, admin):
         aws_secret_access_key=admin.secret_key,
     )
     assert other_region.describe_regions()["Regions"][0]["RegionName"] == "eucalyptus"  # any signing region
+    # Each answer tells the CLC's own time for it (Server-Timing), which benchmarks separate from the network's.
+    timing = ec2.describe_regions()["ResponseMetadata"]["HTTPHeaders"]["server-timing"]
+    assert re.fullmatch(r"clc;dur=\d+\.\d", timing), timing
     with pytest.raises(ClientError) as caught:
         ec2.describe_regions(RegionNames=["us-east-1"])
     assert caught.value.response["Error"]["Code"] == "InvalidParameterValue"

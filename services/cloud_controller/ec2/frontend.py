@@ -54,6 +54,7 @@ class Frontend:
         )
 
     async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         request_id = str(uuid.uuid4())
         version = model.API_VERSION
         action = "?"
@@ -95,7 +96,9 @@ class Frontend:
             )
             result = await entry.handler(context, parsed)
             payload = xml.response(operation, result, request_id, version)
-            return web.Response(body=payload, content_type="text/xml", charset="utf-8")
+            # The CLC's own time for the request (W3C Server-Timing), apart from the network and the client's.
+            timing = {"Server-Timing": f"clc;dur={(time.perf_counter() - started) * 1000:.1f}"}
+            return web.Response(body=payload, content_type="text/xml", charset="utf-8", headers=timing)
         except ConnectionError:
             raise  # the client went away mid-request: nobody to answer; the listener logs it in one line
         except Exception as err:
