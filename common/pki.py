@@ -221,6 +221,17 @@ class PkiDir:
         if not self.cert_path(subject_id).exists():
             self.issue(subject_id, role)
 
+    def ensure_many(self, subject_ids: Sequence[str], role: str) -> None:
+        """`ensure` for many ids (a simulated fleet's nodes), loading the CA once rather than once per id."""
+        missing = [i for i in subject_ids if not self.cert_path(i).exists()]
+        if not missing:
+            return
+        ca_cert, ca_key = self.ca()
+        for subject_id in missing:
+            cert, key = issue(ca_cert, ca_key, subject_id, role)
+            self.cert_path(subject_id).write_bytes(cert_pem(cert))
+            write_private(self.key_path(subject_id), key_pem(key))
+
 
 def _safe(subject_id: str) -> str:
     if not subject_id or not all(c.isalnum() or c in "-_." for c in subject_id) or subject_id[0] == ".":

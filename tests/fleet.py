@@ -53,8 +53,8 @@ class NodeFleet(ServiceProcess):
         self.log_path = cloud.dir / "logs" / f"{self.id}.log"
         self.node_ids = [f"nc-{name}-{n:04d}" for n in range(len(ports))]
         base = {key: s.value for key, s in parse_conf(cloud.aio.conf_path("nc").read_text()).items()}
+        cloud.aio.pki.ensure_many(self.node_ids, "nc")
         for node_id, port in zip(self.node_ids, ports, strict=True):
-            cloud.aio.pki.ensure(node_id, "nc")
             data_dir = cloud.dir / "data" / node_id
             data_dir.mkdir(parents=True, exist_ok=True)
             uri = node_file(data_dir / "node.xml", cpus=cores, memory_gib=memory_gib)

@@ -170,3 +170,21 @@ async def test_read_bounded_refuses_announced_and_streamed_excess() -> None:
 
         streamed = await client.post("/", data=stream())
         assert streamed.status == 413
+
+
+def test_pki_ensure_many_issues_each_id_its_own_certificate(tmp_path: Path) -> None:
+    store = pki.PkiDir(tmp_path / "p")
+    store.init()
+    store.ensure("nc-a", "nc")
+    before = (tmp_path / "p" / "nc-a.pem").read_bytes()
+    store.ensure_many(["nc-a", "nc-b", "nc-c"], "nc")
+    assert (tmp_path / "p" / "nc-a.pem").read_bytes() == before  # an existing one is kept
+    ca = pki.load_cert(store.ca_path)
+    keys = set()
+    for node_id in ("nc-b", "nc-c"):
+        cert = pki.load_cert(store.cert_path(node_id))
+        assert pki.id_of(cert) == node_id and pki.role_of(cert) == "nc" and cert.issuer == ca.subject
+        cert.verify_directly_issued_by(ca)
+        assert store.key_path(node_id).stat().st_mode & 0o077 == 0
+        keys.add(pki.load_key(store.key_path(node_id)).public_key().public_numbers())
+    assert len(keys) == 2  # a key pair of its own each
