@@ -387,6 +387,11 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             "rss_mb_at_full": {name: s["rss_mb"] for name, s in at_full.items()},
             "rss_mb_after_end": {name: s["rss_mb"] for name, s in after.items()},
         }
+    except BaseException:
+        kept = Path(tempfile.mkdtemp(prefix=f"scale-{scenario}-logs-"))
+        subprocess.run(["cp", "-r", str(world.cloud.dir / "logs"), str(kept)], check=False)
+        note(f"{scenario} failed: the services' logs are kept in {kept}")
+        raise
     finally:
         world.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -86,11 +86,15 @@ class NodeHealth:
             node.poke.clear()
 
     async def _poll(self, node: Node, first: bool) -> None:
+        # The listing first, then the numbers: every instance listed (or confirmed otherwise) by the time the
+        # list arrived is in the numbers asked for after it, so they count the instances confirmed by then
+        # (Node.free). Asked together, an instance this poll confirmed was in the numbers and yet taken off
+        # them again until the next poll: a zone refused launches it had room for.
         sent = time.monotonic()
         try:
-            resource, listing = await asyncio.gather(
-                self.nc.describe_resource(node.url), self.nc.describe_instances(node.url)
-            )
+            listing = await self.nc.describe_instances(node.url)
+            listed_at = time.monotonic()
+            resource = await self.nc.describe_resource(node.url)
             node_id = await self.nc.node_id(node.url)
         except (RpcError, PeerUnreachable) as err:
             node.last_error = str(err)
@@ -121,7 +125,7 @@ class NodeHealth:
             resource.disk_available_gb,
             resource.cores_available,
         )
-        node.reported_at = sent
+        node.reported_at = listed_at
         node.last_error = ""
         node.waking_since = None
         node.set_state(NodeState.UP)
@@ -130,11 +134,14 @@ class NodeHealth:
             await self.store.save_node(node)
             for instance in node.instances.values():
                 self.notifier.changed(instance.report(node))
-        self._reconcile(node, listing, sent)
+        self._reconcile(node, listing, sent, listed_at)
 
-    def _reconcile(self, node: Node, infos: list[InstanceInfo], polled_at: float | None) -> None:
+    def _reconcile(
+        self, node: Node, infos: list[InstanceInfo], polled_at: float | None, listed_at: float | None = None
+    ) -> None:
         """Match the node's report with the CC's records. `polled_at` is set for a complete list the CC asked
-        for: instances the node had accepted before then and no longer has are gone."""
+        for: instances the node had accepted before then and no longer has are gone. `listed_at`: when the
+        node's list arrived, the moment its instances are known to be there (else now)."""
         seen = set()
         for info in infos:
             instance_id = info.instance_id.lower()
@@ -155,7 +162,7 @@ class NodeHealth:
                 self._end(instance, "terminated" if instance.terminating else info.reason or "ended", info.detail)
                 continue
             if instance.confirmed_at is None:
-                instance.confirmed_at = time.monotonic()
+                instance.confirmed_at = listed_at if listed_at is not None else time.monotonic()
                 node.touch()
             node.park(instance, info.detail == SUSPENDED)  # (also after a CC restart, which forgets it)
             if instance.state != info.state or instance.detail != info.detail:

@@ -79,7 +79,8 @@ class Node:
     memory_max_mb: int = 0
     disk_max_gb: int = 0
     cores_max: int = 0
-    # The NC's own free numbers, and the monotonic time the poll that brought them was sent.
+    # The NC's own free numbers, and the monotonic time by which every instance the CC had confirmed is in them
+    # (the poll asks for them after the node's list has arrived: health.py).
     nc_memory_mb: int = 0
     nc_disk_gb: int = 0
     nc_cores: int = 0
@@ -151,7 +152,7 @@ class Node:
         disk = self.disk_max_gb - self.reserved_disk_gb
         cores = self.cores_max - self.reserved_cores
         if self.reported_at:
-            # Instances the NC had not accepted when it answered are not in its numbers yet.
+            # Instances confirmed after that time (or not yet) may not be in the NC's numbers: taken off them.
             unseen = [i for i in self.instances.values() if i.confirmed_at is None or i.confirmed_at > self.reported_at]
             memory = min(memory, self.nc_memory_mb - sum(i.vm.memory_mb for i in unseen))
             disk = min(disk, self.nc_disk_gb - sum(i.vm.disk_gb for i in unseen))

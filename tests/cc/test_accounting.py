@@ -56,6 +56,23 @@ def test_the_ncs_report_caps_what_the_cc_thinks_is_free() -> None:
     assert node.free() == (768, 45, 3)
 
 
+def test_instances_the_polls_list_confirmed_count_once() -> None:
+    # A poll's list arrived at t=10 with two instances the CC had placed but not heard of yet; the numbers asked
+    # for after it count them. They are taken off once (by the numbers), not again as in flight.
+    node = up_node()
+    listed = [instance(1), instance(2)]
+    for one in listed:
+        node.reserve(one)
+    assert node.free() == (512, 40, 2)
+    for one in listed:
+        one.confirmed_at = 10.0
+    node.nc_memory_mb, node.nc_disk_gb, node.nc_cores, node.reported_at = 512, 40, 2, 10.0
+    assert node.free() == (512, 40, 2)
+    # One ends before the next poll: what it held is free at once, as the numbers counted it.
+    node.release(listed[0], ended=True)
+    assert node.free() == (768, 45, 3)
+
+
 def test_down_and_disabled_nodes_take_nothing() -> None:
     node = up_node()
     node.set_state(NodeState.DOWN)
