@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from common.messages.storage import IscsiTarget
+from common.messages.storage import IscsiTarget, RbdTarget
 
 NcState = Literal["Pending", "Extant", "Teardown"]
 MAX_USER_DATA = 16384  # bytes before base64, as EC2
@@ -51,9 +51,17 @@ class LaunchVolume(BaseModel):
 
 class BootVolume(LaunchVolume):
     """A LaunchVolume with where the node finds it: plugged into the domain when it is created (the root disk
-    first), through QEMU's iSCSI initiator with the attachment's initiator name (see common/messages/storage.py)."""
+    first), through QEMU's iSCSI initiator with the attachment's initiator name, or (a zone keeping its volumes in
+    Ceph) QEMU's rbd driver with the node's own key (see common/messages/storage.py)."""
 
-    target: IscsiTarget
+    target: IscsiTarget | None = None  # one of the two
+    rbd: RbdTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BootVolume:
+        if (self.target is None) == (self.rbd is None):
+            raise ValueError("exactly one of target (iSCSI) and rbd")
+        return self
 
 
 class LaunchSpec(BaseModel):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 
-from common.messages.storage import IscsiTarget
+from common.messages.storage import IscsiTarget, RbdTarget
+from services.node_controller.rbd_disks import rbd_disk
 
 KOALA_NS = "https://koala.invalid/xmlns/nc/1"
 KOALA_PREFIX = "koala"
@@ -30,6 +31,8 @@ class DiskSpec:
     readonly: bool = False
     iscsi: IscsiTarget | None = None  # an EBS volume, opened by QEMU's own iSCSI initiator (path unused)
     serial: str = ""  # the volume id, which the guest sees as the disk's serial
+    rbd: RbdTarget | None = None  # an EBS volume kept in Ceph, opened by QEMU's rbd driver (path unused)
+    rbd_auth: tuple[str, str] = ("", "")  # (Ceph user, libvirt secret UUID) for `rbd`
 
 
 @dataclass
@@ -153,6 +156,10 @@ def _disk(devices: ET.Element, disk: DiskSpec, index: int, flavour: str, xen_pv:
     if disk.iscsi is not None:
         dev, bus = _target(disk, index, flavour, False)
         iscsi_disk(devices, disk.iscsi, disk.serial, dev, bus)
+        return
+    if disk.rbd is not None:
+        dev, bus = _target(disk, index, flavour, False)
+        devices.append(rbd_disk(disk.rbd, disk.serial, dev, *disk.rbd_auth, bus=bus))
         return
     element = _sub(devices, "disk", type="file", device="disk")
     if flavour == "xen":

@@ -37,6 +37,7 @@ from services.node_controller.config import NodeControllerConfig
 from services.node_controller.domain import DiskSpec, DomainSpec, render
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.notifier import Notifier
+from services.node_controller.rbd_disks import RbdSetupError, check_target, node_auth
 from services.node_controller.records import InstanceRecords
 
 log = logging.getLogger("koala.nc.instances")
@@ -389,10 +390,17 @@ class InstanceManager:
         paths = await asyncio.gather(*(self.cache.acquire(ref, inst.pins) if ref else _none() for ref in refs))
         await self._save(inst)  # remember the pins
         image, kernel, ramdisk = paths
+        rbd_auth = ("", "")
+        if any(v.rbd is not None for v in request.volumes):  # kept in Ceph: opened with this node's key
+            try:
+                rbd_auth = await node_auth(self.config, self.hv, self.flavour in ("kvm", "qemu"))
+            except RbdSetupError as err:
+                raise disks.DiskError(str(err)) from None
         volumes = [  # EBS volumes it boots with, the root first (the guest's first disk)
-            DiskSpec(Path(v.volume_id), "root" if v.root else "volume", iscsi=v.target, serial=v.volume_id)
+            DiskSpec(Path(v.volume_id), "root" if v.root else "volume", iscsi=v.target, serial=v.volume_id,
+                     rbd=v.rbd, rbd_auth=rbd_auth)
             for v in sorted(request.volumes, key=lambda v: not v.root)
-        ]
+        ]  # fmt: skip
         async with self.disk_ops:
             disk_list = volumes
             if image is not None:
@@ -739,7 +747,14 @@ def _check_volumes(request: RunInstanceRequest) -> None:
     from services.node_controller.volumes import valid_target
 
     for volume in request.volumes:
-        if not is_id(volume.volume_id, "vol") or not valid_target(volume.target):
+        try:
+            if volume.rbd is not None:
+                check_target(volume.rbd)
+        except RbdSetupError:
+            valid = False
+        else:
+            valid = volume.target is None or valid_target(volume.target)
+        if not is_id(volume.volume_id, "vol") or not valid:
             raise RpcError(400, "InvalidParameterValue", f"malformed boot volume {volume.volume_id[:20]!r}")
     if sum(1 for v in request.volumes if v.root) > 1:
         raise RpcError(400, "InvalidParameterValue", "more than one root volume")

@@ -9,13 +9,19 @@ names by UUID; QEMU gets it from libvirt as a secret object, never on a command 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from common.ceph import CephSettings
 from common.messages.storage import RbdTarget
+
+if TYPE_CHECKING:
+    from services.node_controller.hypervisor import Hypervisor
 
 SECRET_USAGE = "koala ceph client.{user}"
 _KEY = re.compile(r"^\s*key\s*=\s*([A-Za-z0-9+/=]{16,200})\s*$")
@@ -74,8 +80,23 @@ def ensure_secret(conn: Any, user: str, key: bytes) -> str:
     return str(secret.UUIDString())
 
 
-def rbd_disk(target: RbdTarget, serial: str, dev: str, user: str, secret_uuid: str) -> ET.Element:
-    """The <disk> of a volume kept in Ceph, as the guest's virtio disk `dev` with the volume id as serial."""
+async def node_auth(ceph: CephSettings | None, hv: Hypervisor, live: bool) -> tuple[str, str]:
+    """(Ceph user, libvirt secret UUID) this node's RBD disks authenticate with: its key handed to libvirt as a
+    private secret. RbdSetupError without a Ceph client; HypervisorError from libvirt. Under libvirt's test driver
+    (not `live`: no secrets there) a fixed UUID stands for the secret."""
+    if ceph is None or ceph.KOALA_CEPH_CONF is None:
+        raise RbdSetupError("this node has no Ceph client (KOALA_CEPH_CONF)")
+    user = ceph.KOALA_CEPH_USER
+    usage = SECRET_USAGE.format(user=user)
+    if not live:
+        return user, str(uuid.uuid5(uuid.NAMESPACE_URL, usage))
+    keyring = ceph.KOALA_CEPH_KEYRING or ceph.KOALA_CEPH_CONF.parent / f"ceph.client.{user}.keyring"
+    key = await asyncio.to_thread(read_key, keyring, user)
+    return user, await hv.call(lambda conn: ensure_secret(conn, user, key))
+
+
+def rbd_disk(target: RbdTarget, serial: str, dev: str, user: str, secret_uuid: str, bus: str = "virtio") -> ET.Element:
+    """The <disk> of a volume kept in Ceph, as the guest's disk `dev` with the volume id as serial."""
     monitors = check_target(target)
     disk = ET.Element("disk", {"type": "network", "device": "disk"})
     ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw", "cache": "writeback", "discard": "unmap"})
@@ -84,6 +105,6 @@ def rbd_disk(target: RbdTarget, serial: str, dev: str, user: str, secret_uuid: s
         ET.SubElement(source, "host", {"name": host, "port": port})
     auth = ET.SubElement(disk, "auth", {"username": user})
     ET.SubElement(auth, "secret", {"type": "ceph", "uuid": secret_uuid})
-    ET.SubElement(disk, "target", {"dev": dev, "bus": "virtio"})
+    ET.SubElement(disk, "target", {"dev": dev, "bus": bus})
     ET.SubElement(disk, "serial").text = serial
     return disk

@@ -26,7 +26,7 @@ from common.messages.storage import IscsiTarget, NodeAttachment, NodeAttachReque
 from common.rpc import RpcError
 from services.node_controller.domain import iscsi_disk
 from services.node_controller.hypervisor import Hypervisor, HypervisorError
-from services.node_controller.rbd_disks import RbdSetupError, check_target, ensure_secret, rbd_disk, read_key
+from services.node_controller.rbd_disks import RbdSetupError, check_target, node_auth, rbd_disk
 
 if TYPE_CHECKING:  # the instance manager's records (instances.py), read here
     from services.node_controller.instances import Instance
@@ -85,14 +85,8 @@ class Volumes:
     async def _rbd_disk_xml(self, request: NodeAttachRequest, target: str) -> str:
         """The disk of a volume kept in Ceph, authenticated with this node's key (a libvirt secret)."""
         assert request.rbd is not None
-        ceph = self.ceph
-        if ceph is None or ceph.KOALA_CEPH_CONF is None:
-            raise RpcError(409, "StorageUnavailable", "this node has no Ceph client (KOALA_CEPH_CONF)")
-        user = ceph.KOALA_CEPH_USER
-        keyring = ceph.KOALA_CEPH_KEYRING or ceph.KOALA_CEPH_CONF.parent / f"ceph.client.{user}.keyring"
         try:
-            key = await asyncio.to_thread(read_key, keyring, user)
-            uuid = await self.hv.call(lambda conn: ensure_secret(conn, user, key)) if self.live else ""
+            user, uuid = await node_auth(self.ceph, self.hv, self.live)
             disk = rbd_disk(request.rbd, normalize(request.volume_id), target, user, uuid)
         except RbdSetupError as err:
             raise RpcError(409, "StorageUnavailable", str(err)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
@@ -198,4 +199,42 @@ def test_kill_cc_while_cloning(cloud: Cloud, alice, ceph: CephCluster, pool: str
     ec2.delete_volume(VolumeId=pending["VolumeId"])
     ec2.delete_volume(VolumeId=volume)
     ec2.delete_snapshot(SnapshotId=snapshot)
+    wait_for(lambda: not {i for i in rbd_images(ceph, pool) if i.startswith("zone1.")}, 60, 0.5, "no image left")
+
+
+def test_ebs_backed_instance_boots_from_an_rbd_root(cloud: Cloud, alice, ceph: CephCluster, pool: str) -> None:
+    """An EBS-backed image whose root snapshot is an RBD snapshot: the instance's root volume is a clone of it, and
+    the node's domain opens that image as its first disk (QEMU's rbd driver, no iSCSI export); the root goes with
+    the instance (DeleteOnTermination)."""
+    ec2 = client(cloud, alice)
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    wait_volume(ec2, volume, "available")
+    write(ceph, pool, volume, 0, b"koala-rbd-root")
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    wait_snapshot(ec2, snapshot)
+    image = ec2.register_image(
+        Name="rbd-root", RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]  # fmt: skip
+    wait_zone_ready(cloud, alice)
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    wait_state(ec2, [instance], {"running"})
+    found = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+    root = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    assert found["RootDeviceType"] == "ebs" and found["BlockDeviceMappings"][0]["DeviceName"] == "/dev/sda1"
+    body, _, parent = read(ceph, pool, root, 0, 14)
+    assert body == b"koala-rbd-root" and parent == snapshot
+    (domain_xml,) = cloud.dir.glob(f"**/{instance}/libvirt.xml")
+    disks = ET.fromstring(domain_xml.read_text()).findall("devices/disk")
+    assert disks[0].get("type") == "network" and disks[0].find("serial").text == root
+    source = disks[0].find("source")
+    assert source.get("protocol") == "rbd" and source.get("name") == f"{pool}/{image_of(root)}"
+    assert disks[0].find("auth").get("username") == ceph_settings(ceph)["KOALA_CEPH_USER"]
+
+    ec2.terminate_instances(InstanceIds=[instance])
+    wait_state(ec2, [instance], {"terminated"})
+    wait_volume(ec2, root, "gone")
+    ec2.deregister_image(ImageId=image)
+    ec2.delete_snapshot(SnapshotId=snapshot)
+    ec2.delete_volume(VolumeId=volume)
     wait_for(lambda: not {i for i in rbd_images(ceph, pool) if i.startswith("zone1.")}, 60, 0.5, "no image left")

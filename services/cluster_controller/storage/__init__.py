@@ -29,7 +29,8 @@ names them in RunInstances (LaunchSpec.boot_volumes), and before the node hears 
 attachment `attached` to the chosen node and exports it (`StorageManager.boot_attach`); the node gets the targets in
 RunInstanceRequest.volumes and creates the domain with them (the root as its first disk). When the run ends (stop,
 terminate, failure) the reconcile loop removes the exports, as for any attachment of an instance that is over; the
-next start exports them again, perhaps to another node. (iSCSI exports only: an RBD zone refuses them for now.)
+next start exports them again, perhaps to another node. In an RBD zone nothing is exported: the node gets each
+image's place (BootVolume.rbd) and its QEMU opens the root and the others with the node's own Ceph key.
 
 Snapshots (`snapshots.py`) go to Walrus through its S3 API: compressed 4 MiB chunks named by their digest, a
 manifest per snapshot; a volume's next snapshot uploads only the chunks that changed.

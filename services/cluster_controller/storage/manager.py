@@ -386,10 +386,9 @@ class StorageManager:
     async def boot_attach(self, instance_id: str, node_url: str, volumes: list[LaunchVolume]) -> list[BootVolume]:
         """Export the volumes an instance boots with to its node (before the node creates the domain): each
         attachment is recorded `attached` (the node plugs the disk in at boot) before it is exported, so the
-        reconcile loop keeps the export, or removes it once the run is over."""
+        reconcile loop keeps the export, or removes it once the run is over. An RBD volume is not exported: the
+        node is told the image's place."""
         instance_id = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
-        if self.rbd is not None:
-            raise _fail(400, "UnsupportedOperation", "instances boot from iSCSI-exported volumes only (not RBD) here")
         result = []
         for item in volumes:
             volume_id = check_id(item.volume_id, "vol", "InvalidVolumeID.Malformed")
@@ -417,8 +416,11 @@ class StorageManager:
                     await self._export(volume, attachment)
                 except TgtError as err:
                     raise _fail(503, "StorageUnavailable", str(err)) from None
-                result.append(BootVolume(volume_id=volume_id, device=item.device, root=item.root,
-                                         target=self._target(volume, attachment)))  # fmt: skip
+                result.append(BootVolume(
+                    volume_id=volume_id, device=item.device, root=item.root,
+                    target=None if self.rbd is not None else self._target(volume, attachment),
+                    rbd=self.rbd.target(volume_id) if self.rbd is not None else None,
+                ))  # fmt: skip
         return result
 
     def _target(self, volume: Volume, attachment: Attachment) -> IscsiTarget:
