@@ -11,6 +11,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils                             # guests under software emulation
   iproute2 iptables dnsmasq-base                         # cluster networking
   tgt qemu-block-extra                                   # EBS: the CC's iSCSI target, QEMU's iSCSI initiator
+  xfsprogs                                               # EBS tests: volumes on XFS with reflinks (frozen copies)
   openssl s3cmd                                          # baselines and a stock S3 client for tests
   wrk                                                    # Walrus GET benchmark
   busybox-static dropbear-bin e2fsprogs cpio kmod zstd   # the guest test image

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from common.messages.storage import DescribeStorageRequest, DescribeStorageResponse
 from tests.clc.ec2_helpers import aws, client, code, stop_clean
 from tests.harness import Cloud
+from tests.reflink import reflink_dir
 from tests.waiting import wait_for
 
 MIB = 1 << 20
@@ -29,19 +30,26 @@ CHUNK = 4 * MIB
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    instance = Cloud(
-        tmp_path_factory.mktemp("snapshots") / "cloud",
-        extra={"clc": {"KOALA_EBS_POLL_SECONDS": 1}, "cc": {"KOALA_EBS_CAPACITY_GB": 2000}},
-    )
-    try:
-        instance.start()
-        yield instance
-    finally:
-        stop_clean(instance)
+    """The zone's volumes on XFS with reflinks: snapshots read frozen copies, the next one only its changed chunks
+    (the other EBS modules keep theirs on this machine's ext4, where snapshots read the live file in full)."""
+    work = tmp_path_factory.mktemp("snapshots")
+    with reflink_dir(work, 6) as volumes:
+        instance = Cloud(
+            work / "cloud",
+            extra={"clc": {"KOALA_EBS_POLL_SECONDS": 1},
+                   "cc": {"KOALA_EBS_CAPACITY_GB": 2000, "KOALA_EBS_DIR": str(volumes)}},
+        )  # fmt: skip
+        instance.ebs_dir = volumes  # type: ignore[attr-defined]
+        try:
+            instance.start()
+            yield instance
+        finally:
+            stop_clean(instance)
 
 
 def volume_file(cloud: Cloud, volume_id: str) -> Path:
-    return cloud.dir / "data" / "cc-zone1" / "volumes" / f"{volume_id}.img"
+    base = getattr(cloud, "ebs_dir", None) or cloud.dir / "data" / "cc-zone1" / "volumes"
+    return base / f"{volume_id}.img"
 
 
 def storage(cloud: Cloud) -> DescribeStorageResponse:
@@ -127,6 +135,36 @@ def test_incremental_snapshots_restore_and_delete(cloud, alice):
     wait_for(lambda: not stored_objects(cloud), 30, 0.2, "no object left in Walrus")
     for volume_id in (volume, restored):
         ec2.delete_volume(VolumeId=volume_id)
+
+
+def test_incremental_snapshot_reads_only_changed_chunks(cloud, alice):
+    """On a file system with reflinks the second snapshot compares the frozen copies' extent maps and reads only the
+    chunks written since the first (the CC says how many); the result restores byte for byte, and the frozen copies
+    go with their volume."""
+    ec2 = client(cloud, alice)
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    path = volume_file(cloud, volume)
+    with path.open("r+b") as file:
+        file.write(os.urandom(64 * MIB))
+    first = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    wait_snapshot(ec2, first)
+    with path.open("r+b") as file:  # chunks 2 and 9 (of 256)
+        for chunk in (2, 9):
+            file.seek(chunk * CHUNK + 4096)
+            file.write(os.urandom(8192))
+    second = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    wait_snapshot(ec2, second)
+    assert f"{second}: 2 of 256 chunks changed since {first}" in cloud.log("cc")
+    assert sorted(p.name for p in (cloud.ebs_dir / ".frozen").iterdir()) == [f"{volume}.{second}.img"]
+    restored = ec2.create_volume(AvailabilityZone="zone1", SnapshotId=second)["VolumeId"]
+    wait_available(ec2, restored)
+    assert digest(volume_file(cloud, restored), 0, 64 * MIB) == digest(path, 0, 64 * MIB)
+    for volume_id in (volume, restored):
+        ec2.delete_volume(VolumeId=volume_id)
+    wait_for(lambda: not list((cloud.ebs_dir / ".frozen").iterdir()), 30, 0.3, "the frozen copies gone")
+    for snapshot_id in (first, second):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    wait_for(lambda: not stored_objects(cloud), 30, 0.2, "no object left in Walrus")
 
 
 def test_describe_paging_permissions_between_accounts(cloud, alice, bob):

@@ -1,4 +1,5 @@
-"""Volume files: one sparse file per volume in the storage directory, named from its validated id."""
+"""Volume files: one sparse file per volume in the storage directory, named from its validated id; and the frozen
+copies snapshots read (extents.py), in its `.frozen` subdirectory, named from the volume's and snapshot's ids."""
 
 from __future__ import annotations
 
@@ -16,6 +17,29 @@ def volume_path(directory: Path, volume_id: str) -> Path:
     if not is_id(volume_id, "vol"):
         raise ValueError(f"not a volume id: {volume_id[:40]!r}")
     return directory / f"{normalize(volume_id)}.img"
+
+
+FROZEN = ".frozen"
+
+
+def frozen_path(directory: Path, volume_id: str, snapshot_id: str) -> Path:
+    """The frozen copy of a volume that a snapshot reads (and the next snapshot compares with); ids checked."""
+    if not is_id(volume_id, "vol") or not is_id(snapshot_id, "snap"):
+        raise ValueError(f"not a volume and snapshot id: {volume_id[:40]!r} {snapshot_id[:40]!r}")
+    return directory / FROZEN / f"{normalize(volume_id)}.{normalize(snapshot_id)}.img"
+
+
+def _frozen_files(directory: Path) -> list[tuple[str, str, Path]]:
+    found = []
+    for path in (directory / FROZEN).glob("vol-*.snap-*.img"):
+        volume_id, _, snapshot_id = path.name[: -len(".img")].partition(".")
+        found.append((volume_id, snapshot_id, path))
+    return found
+
+
+async def frozen_files(directory: Path) -> list[tuple[str, str, Path]]:
+    """(volume id, snapshot id, path) of every frozen copy."""
+    return await asyncio.to_thread(_frozen_files, directory)
 
 
 def _create_sparse(path: Path, size_gb: int) -> None:

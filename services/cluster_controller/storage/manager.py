@@ -40,10 +40,10 @@ from common.messages.storage import (
 from common.rpc import PeerUnreachable, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller.nc_client import NcClient
-from services.cluster_controller.storage import files
+from services.cluster_controller.storage import extents, files
 from services.cluster_controller.storage.rbd_volumes import RbdVolumes
 from services.cluster_controller.storage.settings import StorageSettings
-from services.cluster_controller.storage.snapshots import SnapshotStore
+from services.cluster_controller.storage.snapshots import CHUNK, SnapshotStore
 from services.cluster_controller.storage.store import Attachment, Snapshot, StorageStore, Volume
 from services.cluster_controller.storage.tgt import Tgt, TgtError
 
@@ -336,6 +336,9 @@ class StorageManager:
         its last snapshot, in delete_snapshot or the reconcile loop)."""
         if self.rbd is None:
             await files.remove(files.volume_path(self.dir, volume_id))
+            for frozen_volume, _, path in await files.frozen_files(self.dir):
+                if frozen_volume == volume_id:
+                    await files.remove(path)
         elif not any(s.volume_id == volume_id for s in self.snapshots.values()):
             if not await self.rbd.remove(volume_id):
                 log.info("%s: its image keeps snapshots that clones use; removed later", volume_id)
@@ -560,16 +563,40 @@ class StorageManager:
                  snapshot.parent or "none")  # fmt: skip
 
     async def _take_chunks(self, snapshot: Snapshot, progress: Callable[[int], None]) -> tuple[list[str], int]:
-        """The volume file's changed chunks to Walrus: (the snapshot's chunks, bytes stored)."""
+        """The volume's changed chunks to Walrus: (the snapshot's chunks, bytes stored). Where the file system has
+        reflinks the snapshot reads a frozen copy of the volume made now, and, given its parent's frozen copy, only
+        the chunks whose blocks moved since (extents.py); elsewhere it reads the live file in full."""
         async with self.snapshot_store.lock:  # no deletion meanwhile removes a chunk this one reuses
             volume = self.volumes.get(snapshot.volume_id)
             if volume is None:
                 raise FileNotFoundError(f"volume {snapshot.volume_id} is gone")
             parent = self.snapshots.get(snapshot.parent)
-            reuse = set(parent.chunks) if parent is not None and parent.state == "completed" else set()
-            return await self.snapshot_store.take(
-                snapshot.snapshot_id, self.path(volume), snapshot.size_gb, reuse, progress
-            )
+            if parent is not None and parent.state != "completed":
+                parent = None
+            reuse = set(parent.chunks) if parent is not None else set()
+            frozen = files.frozen_path(self.dir, volume.volume_id, snapshot.snapshot_id)
+            source, changed = self.path(volume), None
+            if await asyncio.to_thread(extents.clone, source, frozen):
+                source = frozen
+                base = files.frozen_path(self.dir, volume.volume_id, parent.snapshot_id) if parent else None
+                if parent is not None and base is not None and await asyncio.to_thread(base.exists):
+                    count = (snapshot.size_gb * files.GIB + CHUNK - 1) // CHUNK
+                    changed = await asyncio.to_thread(extents.changed_chunks, base, frozen, CHUNK, count)
+                    if changed is not None:
+                        log.info("%s: %d of %d chunks changed since %s", snapshot.snapshot_id, len(changed), count,
+                                 parent.snapshot_id)  # fmt: skip
+            try:
+                result = await self.snapshot_store.take(
+                    snapshot.snapshot_id, source, snapshot.size_gb, reuse, progress,
+                    parent.chunks if parent is not None else None, changed,
+                )  # fmt: skip
+            except BaseException:
+                await files.remove(frozen)
+                raise
+            for volume_id, snapshot_id, path in await files.frozen_files(self.dir):  # under the lock: no other
+                if volume_id == volume.volume_id and snapshot_id != snapshot.snapshot_id:  # snapshot is being taken
+                    await files.remove(path)  # the newest frozen copy is the next snapshot's base
+        return result
 
     async def delete_snapshot(self, snapshot_id: str) -> StorageSnapshot:
         """Remove the snapshot's manifest, and its chunks that no other snapshot of the zone lists (or the RBD
@@ -649,6 +676,10 @@ class StorageManager:
         for path in await files.stray_files(self.dir, set(self.volumes)):
             log.warning("removing stray volume file %s", path)
             await files.remove(path)
+        for volume_id, snapshot_id, path in await files.frozen_files(self.dir):
+            snapshot = self.snapshots.get(snapshot_id)  # frozen copies of snapshots deleted or failed meanwhile
+            if volume_id not in self.volumes or snapshot is None or snapshot.state not in ("pending", "completed"):
+                await files.remove(path)
         if self.rbd is not None:  # images no volume or snapshot explains (a crash between the image and the record)
             explained = set(self.volumes) | {s.volume_id for s in self.snapshots.values()}
             for volume_id in await self.rbd.volume_ids() - explained:

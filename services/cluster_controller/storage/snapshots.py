@@ -119,10 +119,21 @@ class SnapshotStore:
 
     # --- taking -------------------------------------------------------------------------------------------
     async def take(
-        self, snapshot_id: str, path: Path, size_gb: int, reuse: set[str], progress: Callable[[int], None]
+        self,
+        snapshot_id: str,
+        path: Path,
+        size_gb: int,
+        reuse: set[str],
+        progress: Callable[[int], None],
+        unchanged_from: list[str] | None = None,
+        changed: set[int] | None = None,
     ) -> tuple[list[str], int]:
-        """Store the volume file's chunks (those not in `reuse`) and the manifest; (digests, bytes stored)."""
-        return await asyncio.to_thread(self._take, snapshot_id, path, size_gb, reuse, progress)
+        """Store the volume file's chunks (those not in `reuse`) and the manifest; (digests, bytes stored). With
+        `changed` (the chunks that may differ from the parent, whose digests are `unchanged_from`), only those are
+        read: every other chunk is the parent's."""
+        return await asyncio.to_thread(
+            self._take, snapshot_id, path, size_gb, reuse, progress, unchanged_from or [], changed
+        )
 
     def _upload(self, digest: str, data: bytes) -> int:
         body = encode(data)
@@ -130,7 +141,14 @@ class SnapshotStore:
         return len(body)
 
     def _take(
-        self, snapshot_id: str, path: Path, size_gb: int, reuse: set[str], progress: Callable[[int], None]
+        self,
+        snapshot_id: str,
+        path: Path,
+        size_gb: int,
+        reuse: set[str],
+        progress: Callable[[int], None],
+        parent: list[str],
+        changed: set[int] | None,
     ) -> tuple[list[str], int]:
         s3 = self._s3()
         count = (size_gb * GIB + CHUNK - 1) // CHUNK
@@ -154,7 +172,9 @@ class SnapshotStore:
             fd = file.fileno()
             for index in range(count):
                 offset = index * CHUNK
-                if _hole(fd, offset):
+                if changed is not None and index not in changed and index < len(parent):
+                    pending.append(_done((parent[index], 0)))  # the parent's bytes, as the extent maps show
+                elif _hole(fd, offset):
                     pending.append(_done(("", 0)))
                 else:
                     pending.append(self._pool.submit(chunk, os.pread(fd, CHUNK, offset)))
