@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import pki
-from common.config import render_conf
+from common.config import parse_conf, render_conf
 from common.daemon import PidFile
 from common.messages.service import DescribeServiceResponse
 from common.rpc import PeerUnreachable, RpcClient, RpcError
@@ -159,19 +159,34 @@ class AllInOne:
     def start(self, role: str, preexec_fn=None) -> subprocess.Popen:
         log = self.log_path(role).open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(
-            self.command(role),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=preexec_fn is None,
-            preexec_fn=preexec_fn,
-            cwd=self.dir,
-        )
-        log.close()
+        inherited = self._inherited_socket(role)
+        if inherited is not None:
+            env["KOALA_METADATA_FD"] = str(inherited.fileno())
+        try:
+            process = subprocess.Popen(
+                self.command(role),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=preexec_fn is None,
+                preexec_fn=preexec_fn,
+                cwd=self.dir,
+                pass_fds=(inherited.fileno(),) if inherited is not None else (),
+            )
+        finally:
+            log.close()
+            if inherited is not None:
+                inherited.close()  # the CLC has its own copy
         self.pid_file(role).write(process.pid)
         return process
+
+    def _inherited_socket(self, role: str) -> socket.socket | None:
+        """The CLC's metadata socket inside the router namespace (cli/cloud_network.py), when there is one."""
+        network = self.network() if role == "clc" else None
+        if network is None:
+            return None
+        return network.metadata_socket(self.endpoints()["clc"].port)
 
     def stop(self, role: str, timeout: float = 20.0) -> bool:
         return self.pid_file(role).stop(timeout)
@@ -340,6 +355,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=func)
 
 
+def qemu_installed() -> bool:
+    """True when QEMU and libvirt's daemons are installed: the cloud can run a libvirtd of its own."""
+    from cli.netns_libvirtd import PROGRAMS
+
+    return all(shutil.which(program) for program in PROGRAMS)
+
+
 def qemu_usable() -> bool:
     """True when libvirtd answers on qemu:///system and QEMU is installed (software emulation is enough)."""
     if shutil.which("qemu-system-x86_64") is None or shutil.which("virsh") is None:
@@ -352,7 +374,9 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
     """The first `koala up` in a state directory: pick the hypervisor, build the network, write the configuration."""
     from cli.cloud_network import CloudNetwork, host_lock
 
-    hypervisor = args.hypervisor or ("qemu" if qemu_usable() else "test")
+    managed = args.network == "managed"
+    # A managed network brings a libvirtd of its own (in the router namespace); SYSTEM uses the host's.
+    hypervisor = args.hypervisor or ("qemu" if (qemu_installed() if managed else qemu_usable()) else "test")
     extra: dict[str, dict[str, object]] = {"nc": {"HYPERVISOR": hypervisor}}
     ports = None  # checked before anything is made: a port in use leaves nothing behind
     port_base = args.port_base if args.port_base is not None else _env_port_base()
@@ -363,17 +387,22 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         for port in DEFAULT_PORTS.values():
             _port_available(cloud.host, port)
     cloud.dir.mkdir(parents=True, exist_ok=True)
-    if args.network == "managed":
+    if managed:
         with host_lock():
             network = CloudNetwork.choose(cloud.dir, args.public_net, args.private_subnet)
             network.save(cloud.dir)
             asyncio.run(network.ensure())
-        extra["clc"] = {"KOALA_METADATA_BIND": network.host_ip}
         extra["cc"] = network.cc_settings()
-        extra["nc"].update(network.nc_settings())
+        # QEMU runs in the router namespace: it reaches the zone's iSCSI portal on the host's end of the link.
+        shift = (ports["clc"] if ports else DEFAULT_PORTS["clc"]) - DEFAULT_PORTS["clc"]
+        extra["cc"]["KOALA_EBS_PORTAL"] = f"{network.host_ip}:{3260 + shift}"
+        nc = network.nc_settings(cloud.dir)
+        if hypervisor == "test":  # no libvirtd: the test driver lives in the NC's process
+            nc.pop("KOALA_LIBVIRT_URI")
+        extra["nc"].update(nc)
         print(
-            f"network: MANAGED-NOVLAN; router namespace {network.netns}, public addresses {network.public_ips} "
-            f"reached through {network.host_link}, private subnet {network.private}"
+            f"network: MANAGED-NOVLAN; router namespace {network.netns} (with the cloud's own libvirtd), public "
+            f"addresses {network.public_ips} reached through {network.host_link}, private subnet {network.private}"
         )
     if args.ceph:
         from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
@@ -391,7 +420,7 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         else (
             " (QEMU software emulation through libvirt)"
             if hypervisor == "qemu"
-            else " (libvirt's test driver: no usable libvirtd with QEMU here)"
+            else " (libvirt's test driver: libvirtd or QEMU is not installed here)"
         )
     )
     print(f"node controller hypervisor: {hypervisor}{why}")
@@ -419,6 +448,8 @@ def _up(args: argparse.Namespace) -> int:
 
             with host_lock():
                 asyncio.run(network.ensure())
+    if not _start_libvirtd(cloud):
+        return 1
     processes = {}
     for role in ROLES:
         if cloud.running_pid(role) is None:
@@ -472,6 +503,26 @@ def _up(args: argparse.Namespace) -> int:
     if ceph is not None:
         ceph.stop_detached()
     return 0
+
+
+def _start_libvirtd(cloud: AllInOne) -> bool:
+    """The cloud's own libvirtd in its router namespace, when its NC uses one; it keeps running across
+    `koala down` (the guests it runs are adopted by the next `koala up`) and ends with `koala down --purge`."""
+    network = cloud.network()
+    if network is None:
+        return True
+    daemon = network.libvirtd(cloud.dir)
+    nc = parse_conf(cloud.conf_path("nc").read_text())
+    if "KOALA_LIBVIRT_URI" not in nc or nc["KOALA_LIBVIRT_URI"].value != daemon.uri:
+        return True  # libvirt's test driver, or a cloud made before it had a libvirtd of its own
+    from cli.netns_libvirtd import LibvirtdError
+
+    try:
+        daemon.start()
+    except LibvirtdError as err:
+        print(f"koala up: {err}", file=sys.stderr)
+        return False
+    return True
 
 
 def _ceph(cloud: AllInOne):  # -> CephCluster | None (imported lazily: `koala --help` stays fast)

@@ -1,17 +1,21 @@
-"""The all-in-one cloud's network (MANAGED-NOVLAN): a router namespace and the links to it, made by `koala up`.
+"""The all-in-one cloud's network (MANAGED-NOVLAN): a router namespace and the one link to it, made by `koala up`.
 
-    host (root ns)                                    router namespace koala-<tag>  (the CC's VNET_NETNS)
-      koala<tag>  HOST/24 ---- veth ---- pub0 ROUTER/24 + the public /32s      iptables (KOALA-* chains),
-         (the one link to the public pool; the CLC                          NAT, the metadata DNAT,
-          also listens on HOST for the metadata redirect)                    dnsmasq on priv0
-      koala<tag>br (bridge, no address) -- koala<tag>pv ---- veth ---- priv0 (router addresses of the subnets)
-         + the guests' taps (libvirtd on the host puts them there)
+    host (root ns)                                router namespace koala-<tag>  (the CC's VNET_NETNS)
+      koala<tag>  HOST/24 ---- veth ---- pub0 ROUTER/24 + the public /32s     iptables (KOALA-* chains), NAT,
+         (the one link to the public pool)                                   the metadata DNAT to ROUTER:port
+                                           priv0, a bridge: the router addresses of the subnets, dnsmasq, and
+                                             the guests' taps, made by the cloud's own libvirtd (DIR/libvirt,
+                                             cli/netns_libvirtd.py) that runs in this namespace with QEMU
+                                           ROUTER:port, a listening socket made here by `koala up` and handed to
+                                             the CLC (KOALA_METADATA_FD): the metadata redirect's target
 
-The host gains only those links, the connected route of the public /24 and a route to the private subnet via
-the router (the CLC answers metadata requests to the guests' own addresses); no host iptables rule. The public
-/24 comes from 198.18.0.0/15 (RFC 2544, benchmarking: no LAN uses it) and the private subnet from 100.64.0.0/10
-(RFC 6598), the first blocks no route of the host already covers. What was chosen is kept in
-DIR/network.json, so a later `koala up` rebuilds the same network. `teardown` removes all of it.
+The host gains only that link and its connected route: no bridge, tap, route to the private subnet or iptables
+rule. Metadata requests never leave the namespace: the CLC accepts them on a socket bound inside it, so they
+keep the guest's own source address (the CLC finds the instance by it) and the answers go straight back out of
+priv0, with no host route. The public /24 comes from 198.18.0.0/15 (RFC 2544, benchmarking: no LAN uses it) and
+the private subnet from 100.64.0.0/10 (RFC 6598), the first blocks no route of the host already covers. What was
+chosen is kept in DIR/network.json, so a later `koala up` rebuilds the same network. `teardown` removes all of
+it (the libvirtd, its guests and dnsmasq go with the namespace's processes).
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from cli.netns_libvirtd import NamespaceLibvirtd
 from common.hostcmd import CommandFailed, Result, SubprocessRunner
 
 PUBLIC_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 PRIVATE_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
 PRIVATE_PREFIX = 16
+PRIVATE_BRIDGE = "priv0"  # in the namespace: the CC's VNET_PRIVINTERFACE and the NC's VNET_BRIDGE
 LOCK_PATH = Path("/run/lock/koala-network.lock")  # serialises choosing blocks among clouds on this host
 
 
@@ -115,16 +124,13 @@ class CloudNetwork:
         return f"koala{self.tag}"
 
     @property
-    def bridge(self) -> str:
-        return f"koala{self.tag}br"
-
-    @property
-    def bridge_port(self) -> str:
-        return f"koala{self.tag}pv"
-
-    @property
     def links(self) -> tuple[str, ...]:
-        return (self.host_link, self.bridge_port, self.bridge)
+        """The cloud's links in the host's namespace: only the one to the public pool."""
+        return (self.host_link,)
+
+    def libvirtd(self, state_dir: Path) -> NamespaceLibvirtd:
+        """The cloud's own libvirtd, in the router namespace: its guests' taps join priv0 there."""
+        return NamespaceLibvirtd(self.netns, state_dir / "libvirt")
 
     @property
     def _public_net(self) -> ipaddress.IPv4Network:
@@ -152,14 +158,23 @@ class CloudNetwork:
             "VNET_NETMASK": str(private.netmask),
             "VNET_ADDRSPERNET": 32,
             "VNET_PUBINTERFACE": "pub0",
-            "VNET_PRIVINTERFACE": "priv0",
+            "VNET_PRIVINTERFACE": PRIVATE_BRIDGE,
             "VNET_PUBLICIPS": self.public_ips,
-            "VNET_CLOUDIP": self.host_ip,
+            "VNET_CLOUDIP": self.router_ip,  # the CLC's metadata socket, inside the namespace
             "KOALA_VNET_NETNS": self.netns,
         }
 
-    def nc_settings(self) -> dict[str, object]:
-        return {"VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": self.bridge}
+    def nc_settings(self, state_dir: Path) -> dict[str, object]:
+        return {
+            "VNET_MODE": "MANAGED-NOVLAN",
+            "VNET_BRIDGE": PRIVATE_BRIDGE,
+            "KOALA_VNET_NETNS": self.netns,
+            "KOALA_LIBVIRT_URI": self.libvirtd(state_dir).uri,
+        }
+
+    def metadata_socket(self, port: int) -> socket.socket:
+        """A listening TCP socket on ROUTER:port inside the namespace, for the CLC to inherit."""
+        return in_namespace(self.netns, lambda: _listener(self.router_ip, port))
 
     # --- bring up and take down ----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -171,37 +186,30 @@ class CloudNetwork:
             await _run("ip", "netns", "add", self.netns)
         ns = ("ip", "netns", "exec", self.netns)
         await _run(*ns, "ip", "link", "set", "lo", "up")
-        root_links = await _links()
-        if self.bridge not in root_links:
-            await _run("ip", "link", "add", self.bridge, "type", "bridge")
-        await _run("ip", "link", "set", self.bridge, "up")
         ns_links = await _links(self.netns)
-        if self.bridge_port not in root_links or "priv0" not in ns_links:
-            await _run("ip", "link", "del", self.bridge_port, check=False)
-            await _run(*ns, "ip", "link", "del", "priv0", check=False)
-            await _veth(self.bridge_port, "priv0", self.netns)
-        await _run("ip", "link", "set", self.bridge_port, "master", self.bridge, "up")
-        await _run(*ns, "ip", "link", "set", "priv0", "up")
-        if self.host_link not in root_links or "pub0" not in ns_links:
+        if PRIVATE_BRIDGE not in ns_links:
+            await _run(*ns, "ip", "link", "add", PRIVATE_BRIDGE, "type", "bridge")
+        await _run(*ns, "ip", "link", "set", PRIVATE_BRIDGE, "up")
+        if self.host_link not in await _links() or "pub0" not in ns_links:
             await _run("ip", "link", "del", self.host_link, check=False)
             await _run(*ns, "ip", "link", "del", "pub0", check=False)
-            await _veth(self.host_link, "pub0", self.netns)
+            await _run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", "pub0", "netns", self.netns)
         prefix = self._public_net.prefixlen
+        # IPv4 only: no IPv6 link-local address, and so no route of it, on the host's end.
+        await _run("sysctl", "-q", "-w", f"net.ipv6.conf.{self.host_link}.disable_ipv6=1", check=False)
         await _run("ip", "addr", "replace", f"{self.host_ip}/{prefix}", "dev", self.host_link)
         await _run("ip", "link", "set", self.host_link, "up")
         await _run(*ns, "ip", "addr", "replace", f"{self.router_ip}/{prefix}", "dev", "pub0")
         await _run(*ns, "ip", "link", "set", "pub0", "up")
-        # Metadata answers from the CLC go back to the guests' own addresses, through the router.
-        await _run("ip", "route", "replace", self.private, "via", self.router_ip, "dev", self.host_link)
 
     async def teardown(self) -> None:
-        """Stop every process in the namespace (dnsmasq), remove the namespace and the links (their routes go
-        with them). Idempotent."""
+        """Stop every process in the namespace (libvirtd with its guests, dnsmasq), remove the namespace and the
+        link (its route goes with it). Idempotent."""
         if self.netns in await _namespaces():
             await _stop_processes(self.netns)
             await _run("ip", "netns", "del", self.netns, check=False)
         present = await _links()
-        for link in self.links:
+        for link in (*self.links, f"koala{self.tag}br", f"koala{self.tag}pv"):  # and the host bridge of old clouds
             if link in present:
                 await _run("ip", "link", "del", link, check=False)
 
@@ -216,10 +224,6 @@ def host_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-async def _veth(host_end: str, peer: str, netns: str) -> None:
-    await _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", peer, "netns", netns)
 
 
 async def _pids(netns: str) -> list[int]:
@@ -249,3 +253,46 @@ async def _namespaces() -> set[str]:
 async def _links(netns: str = "") -> set[str]:
     argv = ("ip", "netns", "exec", netns, "ip", "-j", "link", "show") if netns else ("ip", "-j", "link", "show")
     return {entry["ifname"] for entry in json.loads((await _run(*argv)).stdout or "[]")}
+
+
+T = TypeVar("T")
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_namespace(path: str) -> None:
+    """Move the calling thread (only it: setns is per thread) into the network namespace at `path`
+    (/run/netns/NAME, /proc/PID/ns/net)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path) as handle:
+        if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+            raise CloudNetworkError(f"cannot enter {path}: {os.strerror(ctypes.get_errno())}")
+
+
+def in_namespace(netns: str, make: Callable[[], T]) -> T:
+    """`make()` run in a thread that entered network namespace `netns`; what it creates (a socket) stays in that
+    namespace for good, and the caller's thread never leaves its own."""
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            enter_namespace(f"/run/netns/{netns}")
+            outcome["value"] = make()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, name=f"setns {netns}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _listener(address: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port))
+    listener.listen(128)
+    return listener

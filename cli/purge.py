@@ -1,8 +1,9 @@
 """`koala down --purge`: after the services stopped, remove everything else the all-in-one cloud made.
 
 Its guests (libvirt domains whose disks lie in the NC's instance path: other clouds' guests on the same
-libvirtd are left alone), its network (the router namespace with dnsmasq, the links, their routes) and its state
-directory's own entries. Each step is idempotent, so a purge that was interrupted can simply be run again.
+libvirtd are left alone), its network (the router namespace with the cloud's libvirtd and dnsmasq, the link to
+the public pool) and its state directory's own entries. Each step is idempotent, so a purge that was interrupted
+can simply be run again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ from pathlib import Path
 from cli.allinone import AllInOne
 from common.config import parse_conf
 
-STATE_ENTRIES = ("conf", "data", "logs", "run", "pki", "endpoints.json", "eucarc", "images.json", "network.json")
+STATE_ENTRIES = (
+    "conf",
+    "data",
+    "logs",
+    "run",
+    "pki",
+    "endpoints.json",
+    "eucarc",
+    "images.json",
+    "network.json",
+    "libvirt",
+)
 LIBVIRT_URIS = {"kvm": "qemu:///system", "qemu": "qemu:///system", "xen": "xen:///system"}
 
 

@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import resource
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -274,15 +275,26 @@ class HttpSite(web.BaseSite):
     """Like aiohttp's TCPSite (address reuse on), with the guard's limits and timeouts; `host` may list several
     addresses (one guard counts the connections of all)."""
 
-    __slots__ = ("_guard", "_host", "_port", "_sweeper")
+    __slots__ = ("_guard", "_host", "_port", "_sock", "_sweeper")
 
-    def __init__(self, runner: web.BaseRunner, host: str | list[str], port: int, guard: ConnectionGuard):
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | list[str],
+        port: int,
+        guard: ConnectionGuard,
+        sock: socket.socket | None = None,
+    ):
         super().__init__(runner)
         self._host, self._port, self._guard = host, port, guard
+        self._sock = sock  # a listening socket made by someone else (in another network namespace): used as is
         self._sweeper: asyncio.Task[Any] | None = None
 
     @property
     def name(self) -> str:
+        if self._sock is not None:
+            host, port = self._sock.getsockname()[:2]
+            return f"http://{host}:{port}"
         host = self._host if isinstance(self._host, str) else self._host[0]
         return f"http://{host}:{self._port}"
 
@@ -299,13 +311,18 @@ class HttpSite(web.BaseSite):
         def make_handler() -> RequestHandler:
             return handler_class(server, loop=loop, **options)
 
-        self._server = await loop.create_server(
-            lambda: _Connection(self._guard, make_handler),
-            self._host,
-            self._port,
-            reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self._guard, make_handler), sock=self._sock, backlog=LISTEN_BACKLOG
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _Connection(self._guard, make_handler),
+                self._host,
+                self._port,
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
+            )
         self._sweeper = asyncio.create_task(self._sweep(), name=f"connection sweep {self.name}")
 
     async def stop(self) -> None:

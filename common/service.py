@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -136,6 +137,10 @@ class Service:
         """The addresses to listen on (all on the service's port)."""
         return [self.config.KOALA_BIND]
 
+    def listen_sockets(self) -> list[socket.socket]:
+        """Listening sockets made for this service by whoever started it (the same application serves them)."""
+        return []
+
     def peer_list(self) -> list[tuple[str, str]]:
         """(url, role) of the services this one calls, monitored from start."""
         return []
@@ -176,6 +181,10 @@ class Service:
         await runner.setup()
         site = HttpSite(runner, self.listen_hosts(), self.config.port, self.guard)
         await site.start()
+        for sock in self.listen_sockets():
+            extra = HttpSite(runner, [], 0, self.guard, sock=sock)
+            await extra.start()
+            log.info("%s %s also listening on %s", self.role, self.identity.id, extra.name)
         log.info(
             "%s %s listening on %s port %s",
             self.role,

@@ -37,6 +37,13 @@ class CloudControllerConfig(ServiceConfig):
         description="More addresses the CLC listens on, space-separated, on the same port: where the CC's metadata "
         "redirect (VNET_CLOUDIP) sends guests when KOALA_BIND is loopback (the all-in-one's cloud link).",
     )
+    KOALA_METADATA_FD: int = Field(
+        -1,
+        ge=-1,
+        description="A listening socket the CLC inherits, by descriptor number, and serves as it serves its port: "
+        "`koala up` binds it inside the cloud's router namespace (the metadata redirect's target), so guests reach "
+        "the CLC with no route on the host. Given in the environment by whoever passes the socket; -1: none.",
+    )
 
     # --- compute (images, instances, admission, addresses) ---
     KOALA_DEFAULT_KERNEL: str = Field("", description="Kernel image (eki-...) for machine images that name none.")

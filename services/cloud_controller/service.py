@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,10 @@ class CloudControllerService(Service):
 
     def listen_hosts(self) -> list[str]:
         return [self.config.KOALA_BIND, *self.config.KOALA_METADATA_BIND.split()]
+
+    def listen_sockets(self) -> list[socket.socket]:
+        fd = self.config.KOALA_METADATA_FD
+        return [socket.socket(fileno=fd)] if fd >= 0 else []
 
     def peer_list(self) -> list[tuple[str, str]]:
         peers = [(self.config.KOALA_WALRUS_URL, "walrus")]

@@ -23,7 +23,10 @@ def test_names_addresses_and_settings_the_services_accept(tmp_path: Path) -> Non
     pool = cc.public_ips()
     assert pool[0] == ipaddress.IPv4Address("198.18.7.3") and pool[-1] == ipaddress.IPv4Address("198.18.7.254")
     assert cc.vnet_subnet == ipaddress.IPv4Network("100.99.0.0/16")
-    assert NodeVnetSettings(**network.nc_settings()).VNET_BRIDGE == network.bridge
+    assert cc.VNET_CLOUDIP == network.router_ip  # the CLC's metadata socket is inside the namespace
+    nc = NodeVnetSettings(**network.nc_settings(tmp_path))
+    assert nc.VNET_BRIDGE == cc.VNET_PRIVINTERFACE and nc.KOALA_VNET_NETNS == network.netns  # the bridge is in there
+    assert network.links == (network.host_link,)  # the host's one link
     # Another state directory, another cloud: no name in common.
     other = CloudNetwork.choose(tmp_path / "other", "198.18.8.0/24", "100.98.0.0/16")
     assert not set(other.links) & set(network.links) and other.netns != network.netns

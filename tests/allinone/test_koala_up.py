@@ -5,12 +5,17 @@ the host into the guest's public address); then, on that cloud: the guest's DHCP
 rule cutting SSH, an elastic IP moved to a second guest, a second account running the public image and the
 admin making it private and public again, 16 m1.small admitted, `koala up` again changing nothing, `koala down`
 leaving the guests (and their network) to be adopted by the next `koala up`, and `koala down --purge` leaving
-nothing of the cloud: no namespace, link, route, firewall rule, dnsmasq or QEMU process, the host's
-`ip -o link`, `ip route` and `iptables-save` as before.
+nothing of the cloud: no namespace, link, firewall rule, libvirtd, dnsmasq or QEMU process.
+
+The "host" is a network namespace of this module's own, which the test process (its main thread, so every command
+it runs) enters for the module's duration: nothing else on this shared machine changes that host's network, so
+its `ip -o link`, `ip route` and `iptables-save` are compared exactly: while the cloud is up they differ from
+before only by the one link to the public pool and that link's own routes, and after the purge not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -19,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +33,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from cli.allinone import AllInOne, qemu_usable
-from cli.cloud_network import CloudNetwork
+from cli.allinone import AllInOne, qemu_installed
+from cli.cloud_network import CloudNetwork, enter_namespace
 from services.cloud_controller.identity.credentials import parse_eucarc
 from tests.harness import free_port_run
 from tests.waiting import wait_for
@@ -102,24 +108,43 @@ class UpCloud:
                          for role in ("clc", "cc", "nc") if self.aio.log_path(role).exists())  # fmt: skip
 
 
+@contextlib.contextmanager
+def inside_new_host() -> Iterator[str]:
+    """A fresh network namespace (loopback up) that this thread, and so every command it starts, works in."""
+    name = f"kuh{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    own = os.open(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        enter_namespace(f"/run/netns/{name}")
+        try:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            yield name
+        finally:
+            enter_namespace(f"/proc/self/fd/{own}")
+    finally:
+        os.close(own)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 @pytest.fixture(scope="module")
 def up() -> Iterator[UpCloud]:
-    if not qemu_usable():
-        pytest.fail("libvirtd with QEMU is not usable: deploy/bootstrap.sh sets it up")
+    if not qemu_installed():
+        pytest.fail("QEMU and libvirt's daemons are not installed: deploy/bootstrap.sh installs them")
     work = Path(f"/var/tmp/koala-up-{secrets.token_hex(3)}")  # libvirt's qemu user reaches the instance files
     work.mkdir(mode=0o755)
     state = work / "cloud"
-    # The block runs as written; the environment points it at this test's state directory and free ports.
-    env = {**os.environ, "KOALA_CLOUD_DIR": str(state), "KOALA_PORT_BASE": str(free_port_run(4))}
-    for key in [k for k in env if k.startswith(("AWS_", "EC2_", "S3_"))]:
-        env.pop(key)  # the block sources the cloud's own eucarc
-    cloud = UpCloud(work, state, env, host_snapshot())
-    try:
-        yield cloud
-    finally:
-        if state.exists():  # a test failed before the purge test: leave nothing behind anyway
-            subprocess.run([*KOALA, "down", "--purge"], capture_output=True, env=env, cwd=REPO, timeout=300)
-        shutil.rmtree(work, ignore_errors=True)
+    with inside_new_host():
+        # The block runs as written; the environment points it at this test's state directory and free ports.
+        env = {**os.environ, "KOALA_CLOUD_DIR": str(state), "KOALA_PORT_BASE": str(free_port_run(4))}
+        for key in [k for k in env if k.startswith(("AWS_", "EC2_", "S3_"))]:
+            env.pop(key)  # the block sources the cloud's own eucarc
+        cloud = UpCloud(work, state, env, host_snapshot())
+        try:
+            yield cloud
+        finally:
+            if state.exists():  # a test failed before the purge test: leave nothing behind anyway
+                subprocess.run([*KOALA, "down", "--purge"], capture_output=True, env=env, cwd=REPO, timeout=300)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def quick_start_block() -> str:
@@ -260,23 +285,32 @@ def test_down_purge_leaves_nothing(up: UpCloud) -> None:
     network = up.network
     instance_path = (up.state / "data" / "nc-node1" / "instances").resolve()
     during = host_snapshot()
-    ours = (network.tag, network.netns, str(ipaddress.IPv4Network(network.public).network_address)[:-1],
-            str(ipaddress.IPv4Network(network.private).network_address).rsplit(".", 2)[0] + ".")  # fmt: skip
-    # No host firewall rule at any time: the cloud's rules live in its namespace.
-    assert not [line for line in during["iptables"] - up.before["iptables"] if any(o in line for o in ours)]
+    # While up, the host's network differs only by the one link to the public pool and that link's own routes
+    # (its /24, and the local table's entries of the host's address on it); no firewall rule at any time.
+    added_links = during["link"] - up.before["link"]
+    assert len(added_links) == 1 and next(iter(added_links)).startswith(f"{network.host_link}@"), added_links
+    assert during["link"] >= up.before["link"], up.before["link"] - during["link"]
+    public = ipaddress.IPv4Network(network.public)
+    assert during["route"] - up.before["route"] == {
+        f"{public} dev {network.host_link} proto kernel scope link src {network.host_ip}",
+        f"local {network.host_ip} dev {network.host_link} table local proto kernel scope host src {network.host_ip}",
+        f"broadcast {public.broadcast_address} dev {network.host_link} table local proto kernel scope link "
+        f"src {network.host_ip}",
+    }, during["route"] ^ up.before["route"]
+    assert during["route"] >= up.before["route"], up.before["route"] - during["route"]
+    assert during["iptables"] == up.before["iptables"], during["iptables"] ^ up.before["iptables"]
+    # The guests' taps, the bridge and the libvirtd that made them are in the router namespace.
+    daemon = network.libvirtd(up.state)
+    assert daemon.running() is not None
+    assert set(daemon.virsh("list", "--name").stdout.split()) >= {up.guests["first"], up.guests["second"]}
+
     purge = up.koala("down", "--purge")
     assert purge.returncode == 0, purge.stdout + purge.stderr
     assert "terminated:" in purge.stdout and "removed network" in purge.stdout, purge.stdout
 
     assert not network.exists()
-    domains = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
-                             text=True).stdout.split()  # fmt: skip
-    assert not [d for d in domains if d in up.guests.values()]
+    assert daemon.running() is None
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     assert not [p for p in processes if str(up.state) in p or str(instance_path) in p or network.netns in p]
     assert not up.state.exists() or not any(up.state.iterdir())
-    after = host_snapshot()
-    for kind in ("link", "route", "iptables"):
-        changed = after[kind] ^ up.before[kind]
-        # Other work on this machine may add and remove its own links meanwhile; nothing of this cloud remains.
-        assert not [line for line in changed if any(o in line for o in ours)], (kind, changed)
+    assert host_snapshot() == up.before

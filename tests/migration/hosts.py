@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli import libvirt_tls
+from cli.netns_libvirtd import NamespaceLibvirtd
 from common import pki
-from tests.waiting import wait_for
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -35,8 +35,8 @@ class LibvirtHost:
     netns: str
     address: str  # on the migration network
     dir: Path
-    process: subprocess.Popen | None = None
     tls: libvirt_tls.TlsLayout | None = None
+    daemon: NamespaceLibvirtd | None = None
 
     @property
     def socket(self) -> Path:
@@ -53,53 +53,26 @@ class LibvirtHost:
 
     def start(self) -> None:
         assert self.tls is not None
-        root = self.dir / "root"
-        for sub in ("etc", "lib", "cache", "log", "sock"):
-            (root / sub if sub != "sock" else self.dir / sub).mkdir(parents=True, exist_ok=True)
-        (root / "lib").chmod(0o755)
-        conf = root / "etc"
-        (conf / "libvirtd.conf").write_text(
-            f'unix_sock_dir = "{self.socket.parent}"\nunix_sock_admin_perms = "0700"\n'
-            + self.tls.libvirtd_conf(self.address)
+        self.daemon = NamespaceLibvirtd(
+            self.netns,
+            self.dir,
+            libvirtd_conf=self.tls.libvirtd_conf(self.address),
+            qemu_conf=self.tls.qemu_conf() + f'migration_address = "{self.address}"\n',
+            listen=True,
         )
-        (conf / "qemu.conf").write_text(self.tls.qemu_conf() + f'migration_address = "{self.address}"\n')
-        script = " && ".join(
-            [
-                "mount -t tmpfs tmpfs /run",
-                "mkdir -p /run/libvirt",
-                f"mount --bind {conf} /etc/libvirt",
-                f"mount --bind {root}/lib /var/lib/libvirt",
-                f"mount --bind {root}/cache /var/cache/libvirt",
-                f"mount --bind {root}/log /var/log/libvirt",
-                "virtlogd -d",
-                f"exec libvirtd --listen --config {conf}/libvirtd.conf --pid-file {self.dir}/libvirtd.pid",
-            ]
-        )
-        log = (self.dir / "libvirtd.log").open("ab")
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        wait_for(lambda: self.virsh("version", check=False).returncode == 0, 60, 0.2, f"libvirtd of {self.name}")
+        assert self.daemon.socket == self.socket
+        self.daemon.start()
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("virsh", "-c", self.uri, *args, check=check)
 
     def stop(self) -> None:
-        if self.process is None:
+        if self.daemon is None:
             return
         for name in self.virsh("list", "--name", check=False).stdout.split():
             self.virsh("destroy", name, check=False)
-        # libvirtd and its virtlogd live in the namespace's private mounts: end them by their own pids.
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        self.daemon.stop()
+        self.daemon = None
         for pid in _pids_in(self.netns):
             sh("kill", "-9", str(pid), check=False)
 
