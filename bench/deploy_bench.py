@@ -22,11 +22,16 @@
    Every Koala guest is launched in the same security group, as a user would, so each gets the private address
    of the one before it (a reused address must be leased to the new MAC at once).
 
-Issue 14 adds: `koala up` now builds the cloud's MANAGED-NOVLAN network (router namespace, links), so the cold
-start is also measured with another commit's code (`--baseline-ref`, default the main commit before that change,
-checked out in a temporary git worktree and run with this venv), alternating with this tree's, each on a fresh
-state directory and its own free ports; and `guest_boot` runs on `koala up`'s own network by default
-(`--koala-world up`): RunInstances -> SSH from the host into the guest's public address, the user's path.
+Issue 14 adds: `koala up` now builds the cloud's MANAGED-NOVLAN network (router namespace, the one host link,
+and the cloud's own libvirtd in the namespace), so the cold start is also measured with other commits' code,
+each checked out in a temporary git worktree and run with this venv, alternating with this tree's, each on a
+fresh state directory and its own free ports: `--baseline-ref` (default the main commit before `koala up` built
+any network: the brief's 8.8 s figure, target at most 1.2x) and `--previous-ref` (default the main commit before
+the cloud ran its own libvirtd, when the host still had the bridge, a veth and a route). `guest_boot` runs on
+`koala up`'s own network by default (`--koala-world up`): RunInstances -> SSH from the host into the guest's
+public address, the user's path; the by-hand guest is then created with `virsh create` on the cloud's own
+libvirtd, its bridge, dnsmasq and metadata server in the cloud's router namespace (the same daemon and namespace
+as the cloud's guests; target at most 1.1x).
 
 Needs root and libvirtd with QEMU (deploy/bootstrap.sh). Every `koala up` here takes free ports (--port-base)
 and its own state directory, so other clouds on the machine do not matter. Everything made here (state
@@ -35,7 +40,7 @@ on failure or Ctrl-C.
 Traffic goes only to loopback and to namespaces made here.
 
     .venv/bin/python bench/deploy_bench.py [--repeat 3] [--guest-repeat N] [--skip-cold] [--skip-guest]
-        [--baseline-ref REF] [--koala-world up|acceptance]
+        [--baseline-ref REF] [--previous-ref REF] [--koala-world up|acceptance]
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ from services.cloud_controller.identity.credentials import parse_eucarc  # noqa:
 
 KOALA = [sys.executable, "-m", "cli"]  # run with cwd and PYTHONPATH at the code measured (this tree or a baseline)
 BASELINE_REF = "574d375^"  # main just before `koala up` built the MANAGED-NOVLAN network (issue 14)
+# main just before the cloud ran its own libvirtd in the router namespace (the host had the bridge, a veth, a route)
+PREVIOUS_REF = "0f0a36c"
 SSH_PROBE = REPO / "tests" / "acceptance" / "ssh_probe.py"
-VIRSH = ["virsh", "-c", "qemu:///system"]
+HOST_LIBVIRT = "qemu:///system"  # the host's libvirtd: the baseline's clouds and `--network system` use it
 TARGET_S = 60.0
 POLL_S = 0.25  # console and state polling, the same on both sides of the guest comparison
 BASE_NET = "10.219.0"  # the by-hand guest's network
@@ -110,15 +117,24 @@ def ec2_client(creds: dict[str, str]):
     )  # fmt: skip
 
 
-def domains() -> list[str]:
-    return sh(*VIRSH, "list", "--all", "--name", check=False).stdout.split()
+def libvirt_uri(state: Path) -> str:
+    """The libvirtd a cloud's NC uses: its own in the router namespace (this tree), else the host's."""
+    from common.config import parse_conf
+
+    conf = state / "conf" / "nc.conf"
+    setting = parse_conf(conf.read_text()).get("KOALA_LIBVIRT_URI") if conf.exists() else None
+    return setting.value if setting is not None else HOST_LIBVIRT
 
 
-def destroy_domains(names: list[str]) -> None:
+def domains(uri: str) -> list[str]:
+    return sh("virsh", "-c", uri, "list", "--all", "--name", check=False).stdout.split()
+
+
+def destroy_domains(names: list[str], uri: str) -> None:
     """Safety net: never leave a guest of ours running."""
-    for name in set(names) & set(domains()):
-        sh(*VIRSH, "destroy", name, check=False)
-        sh(*VIRSH, "undefine", name, check=False)
+    for name in set(names) & set(domains(uri)):
+        sh("virsh", "-c", uri, "destroy", name, check=False)
+        sh("virsh", "-c", uri, "undefine", name, check=False)
 
 
 def make_workdir(prefix: str) -> Path:
@@ -183,7 +199,9 @@ def terminate_and_wait(state: Path, ids: list[str]) -> None:
     def gone() -> bool:
         found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
         states = [i["State"]["Name"] for r in found for i in r["Instances"]]
-        return all(s == "terminated" for s in states) and not set(ids) & set(domains())
+        return all(s == "terminated" for s in states) and not set(ids) & set(domains(uri))
+
+    uri = libvirt_uri(state)
 
     wait_for(gone, 120, f"{ids} terminated and their domains gone")
 
@@ -192,12 +210,14 @@ def cold_start_once(code: Path, root: Path, bootstrap: bool = True) -> dict:
     state = root / "state"
     ids: list[str] = []
     purge = purges(code)
+    uri = HOST_LIBVIRT
     try:
         started = time.monotonic()
         if bootstrap:
             sh("bash", str(code / "deploy" / "bootstrap.sh"), timeout=600)
         booted = time.monotonic() - started
         up = koala_up(code, state, "--port-base", str(free_port_base()))
+        uri = libvirt_uri(state)
         run, attempts, ids = first_run_instances(state)
         total = time.monotonic() - started
         stopping = time.monotonic()
@@ -208,8 +228,8 @@ def cold_start_once(code: Path, root: Path, bootstrap: bool = True) -> dict:
         return {"total": total, "bootstrap": booted, "koala_up": up, "first_run_instances": run,
                 "run_attempts": attempts, "again": again, "down": down}  # fmt: skip
     finally:
+        destroy_domains(ids, uri)
         koala_down(code, state, purge=purge)
-        destroy_domains(ids)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -245,22 +265,27 @@ def cli_help_times(code: Path, repeat: int = 10) -> list[float]:
     return times
 
 
-def bench_cold_start(repeat: int, baseline_ref: str) -> dict:
-    runs, baseline, old_runs = [], [], []
-    with baseline_tree(baseline_ref) as old:
+def bench_cold_start(repeat: int, baseline_ref: str, previous_ref: str = "") -> dict:
+    runs, baseline, old_runs, previous_runs = [], [], [], []
+    with contextlib.ExitStack() as trees:
+        old = trees.enter_context(baseline_tree(baseline_ref))
+        previous = trees.enter_context(baseline_tree(previous_ref)) if previous_ref else None
         help_now, help_old = cli_help_times(REPO), cli_help_times(old)
         log(f"koala --help: {statistics.median(help_now):.2f} s, baseline {statistics.median(help_old):.2f} s")
-        for n in range(repeat):  # this tree and the baseline alternate, so both see the same machine load
+        for n in range(repeat):  # this tree and the baselines alternate, so all see the same machine load
             runs.append(cold_start_once(REPO, make_workdir("koala-deploy-cold-")))
             log(f"cold start {n + 1}/{repeat}: {runs[-1]['total']:.1f} s (koala up {runs[-1]['koala_up']:.1f} s)")
             old_runs.append(cold_start_once(old, make_workdir("koala-deploy-old-"), bootstrap=False))
             log(f"baseline {baseline_ref} {n + 1}/{repeat}: koala up {old_runs[-1]['koala_up']:.1f} s")
+            if previous is not None:
+                previous_runs.append(cold_start_once(previous, make_workdir("koala-deploy-prev-"), bootstrap=False))
+                log(f"previous {previous_ref} {n + 1}/{repeat}: koala up {previous_runs[-1]['koala_up']:.1f} s")
             baseline.append(services_only_once(REPO, make_workdir("koala-deploy-noimg-")))
             log(f"koala up --no-image {n + 1}/{repeat}: {baseline[-1]:.1f} s")
     total = [r["total"] for r in runs]
     up_now = statistics.median(r["koala_up"] for r in runs)
     up_old = statistics.median(r["koala_up"] for r in old_runs)
-    return {
+    result = {
         "repeat": repeat,
         "command": "deploy/bootstrap.sh && koala up --detach --state-dir <fresh> ; RunInstances accepted",
         "total_s": summary(total),
@@ -283,6 +308,12 @@ def bench_cold_start(repeat: int, baseline_ref: str) -> dict:
         "baseline_koala_help_s": summary(help_old),
         "koala_help_target_s": 0.3,
     }
+    if previous_runs:
+        up_previous = statistics.median(r["koala_up"] for r in previous_runs)
+        result["previous_ref"] = previous_ref
+        result["previous_koala_up_s"] = summary([r["koala_up"] for r in previous_runs])
+        result["ratio_koala_up_over_previous"] = round(up_now / up_previous, 2)
+    return result
 
 
 # --- 2. RunInstances -> SSH, against virsh create by hand ------------------------------------------------------
@@ -295,6 +326,7 @@ class KoalaWorld:
         self.stack = contextlib.ExitStack()
         self.cloud = None
         self.launched: list[str] = []
+        self.uri = HOST_LIBVIRT
 
     def start(self) -> None:
         from tests.acceptance.world import acceptance_world
@@ -373,7 +405,7 @@ class KoalaWorld:
         self.ec2.terminate_instances(InstanceIds=[instance_id])
         wait_for(lambda: self.instance(instance_id).get("State", {}).get("Name") == "terminated", 120,
                  f"{instance_id} terminated")  # fmt: skip
-        wait_for(lambda: instance_id not in domains(), 60, f"{instance_id}'s domain gone")
+        wait_for(lambda: instance_id not in domains(self.uri), 60, f"{instance_id}'s domain gone")
         wait_for(lambda: not self.instance_files(instance_id), 60, f"{instance_id}'s files gone")
 
     def instance_files(self, instance_id: str) -> list[Path]:
@@ -383,8 +415,8 @@ class KoalaWorld:
         with contextlib.suppress(Exception):
             if self.cloud is not None and self.launched:
                 self.ec2.terminate_instances(InstanceIds=self.launched)
+        destroy_domains(self.launched, self.uri)
         self.stack.close()  # the cloud, the links, the namespaces
-        destroy_domains(self.launched)
         shutil.rmtree(self.instances, ignore_errors=True)
 
 
@@ -396,6 +428,9 @@ class KoalaUpWorld(KoalaWorld):
         koala_up(REPO, self.state, "--port-base", str(free_port_base()))
         self.stack.callback(lambda: koala_down(REPO, self.state, purge=True))
         self.cloud = True
+        self.uri = libvirt_uri(self.state)  # the cloud's own libvirtd, in its router namespace
+        network = json.loads((self.state / "network.json").read_text())
+        self.router_netns = f"koala-{network['tag']}"
         self.client_netns = ""  # the host itself
         self.ec2 = ec2_client(parse_eucarc(self.state / "eucarc"))
         self.images = json.loads((self.state / "images.json").read_text())
@@ -492,11 +527,15 @@ def config_drive(path: Path, name: str, public_key: str) -> None:
 
 
 class HandWorld:
-    """The same guest booted by hand: a bridge, a namespace with dnsmasq and a static metadata server, virsh."""
+    """The same guest booted by hand: a bridge, a namespace with dnsmasq and a static metadata server, virsh.
+    With `uri` and `bridge_netns` (the cloud's own libvirtd and its router namespace), on the same libvirtd and in
+    the same namespace as the cloud's guests; else on the host's libvirtd with the bridge on the host."""
 
-    def __init__(self, image_dir: Path, vm_memory_mb: int, vm_vcpus: int):
+    def __init__(self, image_dir: Path, vm_memory_mb: int, vm_vcpus: int, uri: str = HOST_LIBVIRT,
+                 bridge_netns: str = ""):  # fmt: skip
         tag = secrets.token_hex(2)
         self.image_dir, self.memory_mb, self.vcpus = image_dir, vm_memory_mb, vm_vcpus
+        self.uri, self.bridge_netns = uri, bridge_netns
         self.bridge, self.port, self.ns = f"kdhb{tag}", f"kdhp{tag}", f"kdh{tag}-dhcp"
         self.work = make_workdir("koala-deploy-hand-")
         self.processes: list[subprocess.Popen] = []
@@ -519,10 +558,10 @@ class HandWorld:
         sh("ip", "netns", "add", self.ns)
         self.ns_made = True
         self.run_ns("ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "link", "set", self.bridge, "up")
-        sh("ip", "link", "add", self.port, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        sh("ip", "link", "set", self.port, "master", self.bridge, "up")
+        self.run_bridge_ns("ip", "link", "add", self.bridge, "type", "bridge")
+        self.run_bridge_ns("ip", "link", "set", self.bridge, "up")
+        self.run_bridge_ns("ip", "link", "add", self.port, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        self.run_bridge_ns("ip", "link", "set", self.port, "master", self.bridge, "up")
         self.run_ns("ip", "addr", "add", f"{BASE_NET}.1/24", "dev", "eth0")
         self.run_ns("ip", "addr", "add", "169.254.169.254/32", "dev", "eth0")
         self.run_ns("ip", "link", "set", "eth0", "up")
@@ -549,6 +588,10 @@ class HandWorld:
 
     def run_ns(self, *argv: str) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", self.ns, *argv)
+
+    def run_bridge_ns(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        inside = ("ip", "netns", "exec", self.bridge_netns) if self.bridge_netns else ()
+        return sh(*inside, *argv, check=check)
 
     def spawn(self, *argv: str) -> None:
         process = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdout=subprocess.DEVNULL,
@@ -579,7 +622,7 @@ class HandWorld:
         self.launched.append(name)
         try:
             started = time.monotonic()
-            sh(*VIRSH, "create", str(xml))
+            sh("virsh", "-c", self.uri, "create", str(xml))
             created = time.monotonic()
             line = f"KOALA-GUEST ready instance={name}"
             ready = wait_for(lambda: console.exists() and line in console.read_text(errors="replace"), 240,
@@ -587,13 +630,13 @@ class HandWorld:
             answered = ssh_until_answers(self.ns, address, self.key_file, name)
             source = "metadata" if "source=metadata" in console.read_text(errors="replace") else "other"
         finally:
-            sh(*VIRSH, "destroy", name, check=False)
+            sh("virsh", "-c", self.uri, "destroy", name, check=False)
             shutil.rmtree(vm, ignore_errors=True)
         return {"total": answered - started, "virsh_create": created - started, "to_console_ready": ready - created,
                 "console_ready_to_ssh": answered - ready, "source": source}  # fmt: skip
 
     def close(self) -> None:
-        destroy_domains(self.launched)
+        destroy_domains(self.launched, self.uri)
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -605,24 +648,27 @@ class HandWorld:
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", self.ns, check=False)
         for link in (self.port, self.bridge):
-            sh("ip", "link", "del", link, check=False)
+            self.run_bridge_ns("ip", "link", "del", link, check=False)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
 def bench_guest_boot(repeat: int, world: str = "up") -> dict:
-    from cli.allinone import qemu_usable
+    from cli.allinone import qemu_installed, qemu_usable
     from cli.guest_image import build
     from services.cloud_controller.compute.vmtypes import DEFAULTS
 
-    if not qemu_usable():
+    if not (qemu_installed() if world == "up" else qemu_usable()):
         return {"skipped": "libvirtd with QEMU is not usable (deploy/bootstrap.sh sets it up)"}
     c1_medium = next(t for t in DEFAULTS if t.name == "c1.medium")
     work = Path(tempfile.mkdtemp(prefix="koala-deploy-bench-"))
     koala = KoalaUpWorld(work) if world == "up" else KoalaWorld(work)
-    hand = HandWorld(build(), c1_medium.memory_mb, c1_medium.cores)
+    hand = None
     try:
         log(f"building the Koala world ({world}: four services, their network, guest image registered)")
         koala.start()
+        # By hand on the same libvirtd as the cloud's guests (koala up's own, in its router namespace).
+        same = {"uri": koala.uri, "bridge_netns": getattr(koala, "router_netns", "")}
+        hand = HandWorld(build(), c1_medium.memory_mb, c1_medium.cores, **same)
         hand.start()
         koala_runs, hand_runs = [], []
         for n in range(repeat):
@@ -631,8 +677,9 @@ def bench_guest_boot(repeat: int, world: str = "up") -> dict:
             hand_runs.append(hand.boot(n))
             log(f"by hand {n + 1}/{repeat}: virsh create -> SSH {hand_runs[-1]['total']:.1f} s")
     finally:
+        if hand is not None:
+            hand.close()
         koala.close()
-        hand.close()
         shutil.rmtree(work, ignore_errors=True)
     koala_median = statistics.median(r["total"] for r in koala_runs)
     hand_median = statistics.median(r["total"] for r in hand_runs)
@@ -641,6 +688,7 @@ def bench_guest_boot(repeat: int, world: str = "up") -> dict:
     return {
         "instances": repeat,
         "koala_world": world,
+        "libvirtd": "the cloud's own, in its router namespace, for both" if koala.uri != HOST_LIBVIRT else "the host's",
         "vm": {"type": "c1.medium", "memory_mb": c1_medium.memory_mb, "vcpus": c1_medium.cores, "domain": "qemu"},
         "koala_run_to_ssh_s": summary([r["total"] for r in koala_runs]),
         "koala_phases_s": {p: summary([r[p] for r in koala_runs]) for p in koala_phases},
@@ -662,6 +710,8 @@ def main() -> int:
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold start measurement")
     parser.add_argument("--skip-guest", action="store_true", help="skip the guest boot measurement")
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="the commit whose koala up is the baseline")
+    parser.add_argument("--previous-ref", default=PREVIOUS_REF,
+                        help="another commit measured the same way ('' to skip): before the last change")  # fmt: skip
     parser.add_argument("--koala-world", choices=["up", "acceptance"], default="up",
                         help="guests on koala up's own network (default) or the acceptance test's")  # fmt: skip
     args = parser.parse_args()
@@ -676,7 +726,7 @@ def main() -> int:
     result: dict = {"benchmark": "deploy"}
     started = time.monotonic()
     if not args.skip_cold:
-        result["cold_start"] = bench_cold_start(args.repeat, args.baseline_ref)
+        result["cold_start"] = bench_cold_start(args.repeat, args.baseline_ref, args.previous_ref)
     if not args.skip_guest:
         result["guest_boot"] = bench_guest_boot(args.guest_repeat or args.repeat, args.koala_world)
     result["wall_s"] = round(time.monotonic() - started, 1)

@@ -448,15 +448,17 @@ def _up(args: argparse.Namespace) -> int:
 
             with host_lock():
                 asyncio.run(network.ensure())
-    if not _start_libvirtd(cloud):
-        return 1
+    daemon = _cloud_libvirtd(cloud)
+    spawned = daemon.spawn() if daemon is not None else None  # starts beside the services: the NC waits for it
     processes = {}
     for role in ROLES:
         if cloud.running_pid(role) is None:
             processes[role] = cloud.start(role)
     try:
         cloud.wait_healthy(processes)
-    except RuntimeError as err:
+        if daemon is not None:
+            daemon.wait_ready(spawned)
+    except Exception as err:  # a service or the cloud's libvirtd did not come up: say why
         print(f"koala up: {err}", file=sys.stderr)
         for role in processes:
             cloud.stop(role)
@@ -505,24 +507,17 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_libvirtd(cloud: AllInOne) -> bool:
+def _cloud_libvirtd(cloud: AllInOne):  # -> NamespaceLibvirtd | None (imported lazily)
     """The cloud's own libvirtd in its router namespace, when its NC uses one; it keeps running across
     `koala down` (the guests it runs are adopted by the next `koala up`) and ends with `koala down --purge`."""
     network = cloud.network()
     if network is None:
-        return True
+        return None
     daemon = network.libvirtd(cloud.dir)
     nc = parse_conf(cloud.conf_path("nc").read_text())
     if "KOALA_LIBVIRT_URI" not in nc or nc["KOALA_LIBVIRT_URI"].value != daemon.uri:
-        return True  # libvirt's test driver, or a cloud made before it had a libvirtd of its own
-    from cli.netns_libvirtd import LibvirtdError
-
-    try:
-        daemon.start()
-    except LibvirtdError as err:
-        print(f"koala up: {err}", file=sys.stderr)
-        return False
-    return True
+        return None  # libvirt's test driver, or a cloud made before it had a libvirtd of its own
+    return daemon
 
 
 def _ceph(cloud: AllInOne):  # -> CephCluster | None (imported lazily: `koala --help` stays fast)
@@ -577,6 +572,9 @@ def _status(args: argparse.Namespace) -> int:
                 f"network MANAGED-NOVLAN: namespace {network.netns} {state}; public {network.public_ips} via "
                 f"{network.host_link}; private {network.private}"
             )
+            pid = network.libvirtd(cloud.dir).running()
+            if pid is not None:
+                print(f"libvirtd of the cloud: pid {pid} in {network.netns}")
     return 0 if all(isinstance(a, DescribeServiceResponse) for a in answers.values()) else 1
 
 

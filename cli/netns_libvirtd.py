@@ -60,9 +60,14 @@ class NamespaceLibvirtd:
 
     def start(self, timeout: float = 60.0) -> int:
         """Start the daemon (detached: it outlives the caller) unless it runs; return once it answers."""
-        pid = self.running()
-        if pid is not None:
-            return pid
+        started = self.spawn()
+        self.wait_ready(started, timeout)
+        return started.pid if started is not None else self.running() or 0
+
+    def spawn(self) -> subprocess.Popen | None:
+        """Start the daemon unless it runs, without waiting for it (None: it ran already)."""
+        if self.running() is not None:
+            return None
         root = self.dir / "root"
         for sub in ("etc", "lib", "cache", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -89,22 +94,30 @@ class NamespaceLibvirtd:
         )
         self.pid_path.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    def wait_ready(self, started: subprocess.Popen | None, timeout: float = 60.0) -> None:
+        """Wait until the daemon answers (`started`: what spawn returned, to notice an early exit)."""
         deadline = time.monotonic() + timeout
         while self.virsh("version", check=False).returncode:
-            if process.poll() is not None:
-                raise LibvirtdError(f"libvirtd in {self.netns} exited with status {process.returncode}: {self._tail()}")
+            if started is not None and started.poll() is not None:
+                raise LibvirtdError(f"libvirtd in {self.netns} exited with status {started.returncode}: {self._tail()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise LibvirtdError(f"libvirtd in {self.netns} did not answer in {timeout:.0f} s: {self._tail()}")
             time.sleep(0.05)
-        return process.pid
+
+    def _tail(self, size: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:].strip()
+        except OSError:
+            return "(no log)"
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=60)
