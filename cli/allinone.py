@@ -428,7 +428,7 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
-    if cloud.endpoints_path.exists() and all(cloud.running_pid(role) for role in ROLES):
+    if cloud.endpoints_path.exists() and all(cloud.running_pid(role) for role in ROLES) and _libvirtd_runs(cloud):
         print(f"a cloud already runs in {cloud.dir}; nothing changed")
         _print_status(cloud, asyncio.run(cloud.describe_all()))
         return 0
@@ -518,6 +518,11 @@ def _cloud_libvirtd(cloud: AllInOne):  # -> NamespaceLibvirtd | None (imported l
     if "KOALA_LIBVIRT_URI" not in nc or nc["KOALA_LIBVIRT_URI"].value != daemon.uri:
         return None  # libvirt's test driver, or a cloud made before it had a libvirtd of its own
     return daemon
+
+
+def _libvirtd_runs(cloud: AllInOne) -> bool:
+    daemon = _cloud_libvirtd(cloud)
+    return daemon is None or daemon.running() is not None
 
 
 def _ceph(cloud: AllInOne):  # -> CephCluster | None (imported lazily: `koala --help` stays fast)
