@@ -113,7 +113,8 @@ class Cloud:
 
 class ServiceProcess:
     """One more Koala service of a Cloud run as its own process from its own config file (`role` says which
-    `koala` subcommand), logging to `log_path`: started (until /healthz answers), stopped, or killed -9."""
+    `koala` subcommand), logging to `log_path`, inside the network namespace `netns` if one is named: started
+    (until /healthz answers), stopped, or killed -9."""
 
     role: str
     cloud: Cloud
@@ -122,11 +123,13 @@ class ServiceProcess:
     conf_path: Path
     log_path: Path
     process: subprocess.Popen | None = None
+    netns: str | None = None
 
     def spawn(self) -> subprocess.Popen:
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli", self.role, "--config", str(self.conf_path)],
+                [*inside, sys.executable, "-m", "cli", self.role, "--config", str(self.conf_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from common.config import parse_conf, render_conf
-from tests.harness import Cloud, ServiceProcess, die_with_parent, free_port
+from tests.harness import Cloud, ServiceProcess, free_port
 from tests.waiting import wait_for
 
 
@@ -46,32 +43,6 @@ class SecondClc(ServiceProcess):
         self.conf_path.write_text(render_conf(values, f"Koala CLC {name}, written by the test harness."))
         self.log_path = cloud.dir / "logs" / f"{name}.log"
         self.process = None
-
-    def spawn(self) -> subprocess.Popen:
-        if self.netns is None:
-            return super().spawn()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.netns,
-                    sys.executable,
-                    "-m",
-                    "cli",
-                    "clc",
-                    "--config",
-                    str(self.conf_path),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=die_with_parent,
-                cwd=self.cloud.dir,
-            )
-        return self.process
 
     def start_active(self, timeout: float = 60.0) -> None:
         self.spawn()
