@@ -4,7 +4,7 @@ mapping (AssignAddress/UnassignAddress, common/messages/network.py) and per-acco
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
@@ -14,28 +14,39 @@ from common.messages.network import (
     UnassignAddressRequest,
 )
 from common.rpc import PeerUnreachable, RpcError
-from services.cloud_controller.compute.addresses import Address
+from services.cloud_controller.compute.addresses import Address, Addresses
 from services.cloud_controller.compute.admission import count_quota
+from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError, check_id
+from services.cloud_controller.compute.store import Store
 
 if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute, Principal
+    from services.cloud_controller.compute.engine import Principal, Settings
     from services.cloud_controller.compute.store import Instance
 
 log = logging.getLogger("koala.clc.addresses")
 
 
+class ElasticEngine(Protocol):
+    """What elastic addresses ask of the engine they are part of (engine.Compute)."""
+
+    def instance(self, instance_id: str, principal: Principal) -> Instance: ...
+
+
 class Elastic:
-    def __init__(self, compute: Compute):
-        self.compute = compute
-        self.addresses = compute.addresses
+    """The public `addresses` users hold, the instances' records (`store`) following, told to the CCs (`cc`)."""
+
+    def __init__(
+        self, engine: ElasticEngine, store: Store, settings: Settings, cc: ClusterClient, addresses: Addresses
+    ):
+        self.engine, self.store, self.settings, self.cc, self.addresses = engine, store, settings, cc, addresses
         self.zone_pools: dict[str, list[str]] = {}  # from the CCs' DescribePublicAddresses
-        self.configured_pool = list(compute.addresses.pool)
+        self.configured_pool = list(addresses.pool)
 
     # --- the pool ---------------------------------------------------------------------------------------
     async def refresh_pool(self, zone: str) -> None:
         try:
-            answer = await self.compute.cc.describe_public_addresses(zone)
+            answer = await self.cc.describe_public_addresses(zone)
         except (RpcError, PeerUnreachable):
             return  # an older CC without the operation, or unreachable: keep what we have
         if answer.supported:
@@ -48,7 +59,7 @@ class Elastic:
     # --- telling the CC ---------------------------------------------------------------------------------
     async def _cc(self, zone: str, operation: str, message: BaseModel) -> None:
         try:
-            await self.compute.cc.address(zone, operation, message)
+            await self.cc.address(zone, operation, message)
         except (RpcError, PeerUnreachable) as err:
             # SYSTEM/STATIC modes have no NAT to set up: the address is bookkeeping only there.
             level = logging.DEBUG if err.code in ("UnknownOperation", "UnsupportedOperation") else logging.WARNING
@@ -67,7 +78,7 @@ class Elastic:
     # --- user operations --------------------------------------------------------------------------------
     async def allocate(self, principal: Principal) -> Address:
         owned = len(self.addresses.owned(principal.account_id, auto=False))
-        count_quota(owned, 1, self.compute.settings.quota_addresses, "addresses")
+        count_quota(owned, 1, self.settings.quota_addresses, "addresses")
         address = self.addresses.take(principal.account_id)
         try:
             await self.addresses.save(address)
@@ -99,7 +110,7 @@ class Elastic:
         address = self.find(principal, public_ip, allocation_id)
         if address.auto:
             raise ComputeError("InvalidIPAddress.InUse", f"The address {address.public_ip} is in use by an instance")
-        instance = self.compute.instance(instance_id, principal)
+        instance = self.engine.instance(instance_id, principal)
         if not instance.live or instance.state == "shutting-down":
             raise ComputeError("IncorrectInstanceState", f"The instance '{instance_id}' is not running")
         if address.instance_id == instance.instance_id:
@@ -118,7 +129,7 @@ class Elastic:
         address.instance_id, address.association_id = instance.instance_id, ids.new_id("eipassoc")
         instance.public_ip = address.public_ip
         await self.addresses.save(*changed)
-        await self.compute.store.save_instances([instance])
+        await self.store.save_instances([instance])
         await self.assign(instance, address.public_ip)
         return address
 
@@ -142,13 +153,13 @@ class Elastic:
 
     async def _detach(self, address: Address) -> None:
         """Unmap an elastic address from its instance; the instance gets a pool address again if one is free."""
-        instance = self.compute.store.instances.get(address.instance_id)
+        instance = self.store.instances.get(address.instance_id)
         address.instance_id = address.association_id = ""
         if instance is None:
             return
         await self.unassign(instance.zone, address.public_ip)
         instance.public_ip = ""
-        if instance.live and self.compute.settings.auto_public_ip:
+        if instance.live and self.settings.auto_public_ip:
             try:
                 replacement = self.addresses.take(instance.owner_id, auto=True)
             except ComputeError:
@@ -159,4 +170,4 @@ class Elastic:
                 instance.public_ip = replacement.public_ip
                 await self.addresses.save(replacement)
                 await self.assign(instance, replacement.public_ip)
-        await self.compute.store.save_instances([instance])
+        await self.store.save_instances([instance])

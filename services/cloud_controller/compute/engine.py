@@ -107,7 +107,7 @@ class Compute:
         self.netsync: NetworkSync | None = None  # in MANAGED modes, set by setup.install
         from services.cloud_controller.compute.elastic import Elastic
 
-        self.elastic = Elastic(self)
+        self.elastic = Elastic(self, self.store, settings, clusters, self.addresses)
         self.leases: LeaseScheduler | None = None  # the slot table, set by leases.setup.install
         self.metadata_extras: list[
             Callable[[Instance], dict[str, Any]]
@@ -117,7 +117,7 @@ class Compute:
         self.roots: Roots | None = None  # EBS-backed images and instances, set when EBS is installed
         # The parts, each handed what it uses (the engine itself typed as the part's narrow protocol).
         self.capacity = CapacityRefresh(self.admission, clusters, self.vmtypes, self.background)
-        self.stop_start = StopStart(self)
+        self.stop_start = StopStart(self, self.store, clusters, self.admission)
         self.reports = Reports(self, self.store, settings, clusters, self.stop_start, self.capacity)
         self.poller = Poller(
             self,

@@ -6,16 +6,16 @@ the CLC through `rules_for`, and are translated into common/messages/network.py'
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.messages.network import ConfigureNetworkRequest, NetworkRule, Protocol
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
+from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
 from services.cloud_controller.compute.networks import Networks
-
-if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute
+from services.cloud_controller.compute.store import Store
 
 log = logging.getLogger("koala.clc.netsync")
 RulesFor = Callable[[str, str], Awaitable[list[Any] | None]]  # (owner, group name) -> rules, None if no group
@@ -57,16 +57,27 @@ def translate(rules: list[Any]) -> list[NetworkRule]:
     return out
 
 
+class NetworkSyncEngine(typing.Protocol):  # (typing's: `Protocol` here is the network rules' protocol type)
+    """What the network sync asks of the engine it is part of (engine.Compute)."""
+
+    def remote(self, zone: str) -> bool: ...
+
+
 class NetworkSync:
-    def __init__(self, compute: Compute, rules_for: RulesFor):
-        self.compute, self.rules_for = compute, rules_for
+    """The security groups' rules (`rules_for`) pushed to the CCs (`cc`) for the networks (`networks`) of the
+    instances in the engine's records (`store`)."""
+
+    def __init__(
+        self, engine: NetworkSyncEngine, store: Store, cc: ClusterClient, networks: Networks, rules_for: RulesFor
+    ):
+        self.engine, self.store, self.cc, self.networks, self.rules_for = engine, store, cc, networks, rules_for
 
     async def configure(self, zone: str, owner_id: str, group: str, vlan: int) -> None:
         """Give the network its rule set on the zone's CC; ComputeError if the CC refuses or is unreachable."""
         rules = await self.rules_for(owner_id, group) or []
         request = ConfigureNetworkRequest(name=Networks.name(owner_id, group), vlan=vlan, rules=translate(rules))
         try:
-            await self.compute.cc.configure_network(zone, request)
+            await self.cc.configure_network(zone, request)
         except PeerNotReached:
             raise  # the zone is down, not short of anything: the caller says so
         except (RpcError, PeerUnreachable) as err:
@@ -81,7 +92,7 @@ class NetworkSync:
         the instances every group they name (one remote group per local group), gets each group's rules too (the
         VLAN means nothing there: the first group's is sent)."""
         await self.configure(zone, owner_id, groups[0], vlan)
-        if self.compute.remote(zone):
+        if self.engine.remote(zone):
             for group in dict.fromkeys(groups[1:]):
                 await self.configure(zone, owner_id, group, vlan)
 
@@ -89,15 +100,15 @@ class NetworkSync:
         """Push a group's new rule set to every zone where its network has live instances, and to every remote
         zone with a live instance in the group."""
         name = Networks.name(owner_id, group_name)
-        vlan = self.compute.networks.vlans.get(name)
+        vlan = self.networks.vlans.get(name)
         zones: dict[str, int] = {}  # zone -> the VLAN to name
-        for instance in self.compute.store.instances.values():
+        for instance in self.store.instances.values():
             if not instance.live or instance.owner_id != owner_id:
                 continue
             if vlan is not None and instance.vlan == vlan:
                 zones[instance.zone] = vlan
-            elif self.compute.remote(instance.zone) and instance.vlan >= 0:
-                reservation = self.compute.store.reservations.get(instance.reservation_id)
+            elif self.engine.remote(instance.zone) and instance.vlan >= 0:
+                reservation = self.store.reservations.get(instance.reservation_id)
                 if reservation is not None and group_name in reservation.groups:
                     zones.setdefault(instance.zone, instance.vlan)
         for zone, zone_vlan in sorted(zones.items()):

@@ -89,7 +89,7 @@ async def install(clc: CloudControllerService) -> Compute:
 def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
     """MANAGED modes: security group rules -> the CCs' ConfigureNetwork, at launch and on every rule change."""
     groups = compute.security_groups
-    netsync = compute.netsync = NetworkSync(compute, groups.rules_by_name)
+    netsync = compute.netsync = NetworkSync(compute, compute.store, compute.cc, compute.networks, groups.rules_by_name)
 
     async def changed(owner_id: str, group_id: str) -> None:
         name = await groups.name_of(owner_id, group_id)

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
-from common.messages.cc_nc import ImageRef, NetConfig
+from common.messages.cc_nc import ImageRef, NetConfig, VmType
 from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
 from common.rpc import PeerUnreachable, RpcError
+from services.cloud_controller.compute.admission import Admission
+from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
-from services.cloud_controller.compute.store import Instance
+from services.cloud_controller.compute.store import Instance, Store
 
 if TYPE_CHECKING:
-    from services.cloud_controller.compute.engine import Compute, Principal
+    from services.cloud_controller.compute.engine import Principal
+    from services.cloud_controller.compute.netsync import NetworkSync
+    from services.cloud_controller.ebs.roots import Roots
 
 log = logging.getLogger("koala.clc.compute")
 RESEND_AFTER = 5.0  # seconds a start or stop the CC has not acted on waits before it is sent again
@@ -42,9 +46,24 @@ def not_ebs(instance: Instance) -> ComputeError:
     )
 
 
+class StopStartEngine(Protocol):
+    """What stopping and starting ask of the engine they are part of (engine.Compute), and the parts other
+    packages install later (None until then)."""
+
+    roots: Roots | None
+    netsync: NetworkSync | None
+
+    def instances(self, instance_ids: list[str], principal: Principal) -> list[Instance]: ...
+    def vm_type(self, name: str) -> VmType: ...
+    def changed(self, instances: list[Instance]) -> None: ...
+
+
 class StopStart:
-    def __init__(self, compute: Compute):
-        self.compute = compute
+    """Stops and starts of EBS-backed instances: the engine's records (`store`), capacity from `admission`, the
+    calls through the CC client (`cc`)."""
+
+    def __init__(self, engine: StopStartEngine, store: Store, cc: ClusterClient, admission: Admission):
+        self.engine, self.store, self.cc, self.admission = engine, store, cc, admission
 
     # --- what the reports mean ----------------------------------------------------------------------------
     @staticmethod
@@ -67,8 +86,7 @@ class StopStart:
 
     # --- StopInstances ------------------------------------------------------------------------------------
     async def stop(self, principal: Principal, instance_ids: list[str]) -> list[tuple[Instance, str]]:
-        compute = self.compute
-        instances = compute.instances(instance_ids, principal)
+        instances = self.engine.instances(instance_ids, principal)
         for instance in instances:  # every check first: nothing happens to any when one is refused
             if instance.root_device_type != "ebs":
                 raise not_ebs(instance)
@@ -83,11 +101,10 @@ class StopStart:
 
     async def stop_now(self, instances: list[Instance], reason: str = STOPPED_BY_USER) -> None:
         """Stop these (checked) instances: `stopping` written, then the CC asked to end their runs."""
-        compute = self.compute
         now = time.time()
-        acting = [i for i in instances if compute.store.set_state(i, "stopping", reason, now)]
-        await compute.store.save_instances(acting)  # written before the CC hears of it
-        compute.changed(acting)
+        acting = [i for i in instances if self.store.set_state(i, "stopping", reason, now)]
+        await self.store.save_instances(acting)  # written before the CC hears of it
+        self.engine.changed(acting)
         by_zone: dict[str, list[Instance]] = {}
         for instance in acting:
             by_zone.setdefault(instance.zone, []).append(instance)
@@ -95,24 +112,22 @@ class StopStart:
             await self._send_stop(zone, zone_instances)
 
     async def _send_stop(self, zone: str, instances: list[Instance]) -> None:
-        compute = self.compute
         try:
-            answer = await compute.cc.terminate_instances(zone, [i.instance_id for i in instances])
+            answer = await self.cc.terminate_instances(zone, [i.instance_id for i in instances])
         except (RpcError, PeerUnreachable) as err:
             log.warning("stop in %s not answered (will retry): %s", zone, err)
             return
         known = set(answer.instance_ids)
         gone = [i for i in instances if i.instance_id not in known]  # no run at the CC: stopped already
         now = time.time()
-        gone = [i for i in gone if i.state == "stopping" and compute.store.set_state(i, "stopped", "", now)]
+        gone = [i for i in gone if i.state == "stopping" and self.store.set_state(i, "stopped", "", now)]
         if gone:
-            await compute.store.save_instances(gone)
-            compute.changed(gone)
+            await self.store.save_instances(gone)
+            self.engine.changed(gone)
 
     # --- StartInstances -----------------------------------------------------------------------------------
     async def start(self, principal: Principal, instance_ids: list[str]) -> list[tuple[Instance, str]]:
-        compute = self.compute
-        instances = compute.instances(instance_ids, principal)
+        instances = self.engine.instances(instance_ids, principal)
         for instance in instances:
             if instance.root_device_type != "ebs":
                 raise ComputeError(
@@ -125,11 +140,15 @@ class StopStart:
                     "IncorrectInstanceState",
                     f"The instance '{instance.instance_id}' is not in a state from which it can be started.",
                 )
-            if instance.state == "stopped" and compute.roots is not None and not compute.roots.has_root(instance):
+            if (
+                instance.state == "stopped"
+                and self.engine.roots is not None
+                and not self.engine.roots.has_root(instance)
+            ):
                 raise ComputeError(
                     "IncorrectInstanceState", f"The instance '{instance.instance_id}' has no volume at its root device."
                 )
-            if compute.roots is not None and compute.roots.imaging(instance.instance_id):
+            if self.engine.roots is not None and self.engine.roots.imaging(instance.instance_id):
                 raise ComputeError(
                     "IncorrectInstanceState",
                     f"The instance '{instance.instance_id}' is down for CreateImage; it starts again after it.",
@@ -141,38 +160,36 @@ class StopStart:
 
     async def start_now(self, instance: Instance) -> None:
         """Start this stopped (checked) instance: capacity reserved, `pending` and a new run written, the CC asked."""
-        compute = self.compute
-        vm = compute.vm_type(instance.vm_type)
-        token = compute.admission.reserve(instance.owner_id, vm, 1, 1, instance.zone)
+        vm = self.engine.vm_type(instance.vm_type)
+        token = self.admission.reserve(instance.owner_id, vm, 1, 1, instance.zone)
         now = time.time()
-        compute.store.set_state(instance, "pending", "", now)
+        self.store.set_state(instance, "pending", "", now)
         instance.state_reason = ""
         instance.launch_id, instance.node_id, instance.last_seen = self._new_run_id(), "", now
         try:
-            await compute.store.save_instances([instance])  # written before the CC hears of it
+            await self.store.save_instances([instance])  # written before the CC hears of it
         except BaseException:
-            compute.admission.release(token)
+            self.admission.release(token)
             raise
-        compute.changed([instance])
+        self.engine.changed([instance])
         await self._send_start(instance, token)
 
     def _new_run_id(self) -> str:
-        taken = self.compute.store.reservations
+        taken = self.store.reservations
         while True:
             candidate = ids.new_id("r")
             if candidate not in taken:
                 return candidate
 
     def _launch_request(self, instance: Instance) -> RunInstancesRequest:
-        compute = self.compute
-        reservation = compute.store.reservations.get(instance.reservation_id)
-        images = compute.store.images
+        reservation = self.store.reservations.get(instance.reservation_id)
+        images = self.store.images
 
         def ref(image_id: str) -> ImageRef | None:
             image = images.get(image_id) if image_id else None
             return ImageRef(id=image_id, manifest=image.location if image else "") if image_id else None
 
-        volumes = compute.roots.boot_volumes([instance.instance_id]) if compute.roots is not None else {}
+        volumes = self.engine.roots.boot_volumes([instance.instance_id]) if self.engine.roots is not None else {}
         image = ref(instance.image_id)
         assert image is not None
         return RunInstancesRequest(
@@ -194,7 +211,7 @@ class StopStart:
             image=image,
             kernel=ref(instance.kernel_id),
             ramdisk=ref(instance.ramdisk_id),
-            vm_type=compute.vm_type(instance.vm_type),
+            vm_type=self.engine.vm_type(instance.vm_type),
             key_name=instance.key_name,
             ssh_public_key=instance.key_material,
             user_data=instance.user_data,
@@ -203,37 +220,38 @@ class StopStart:
         )
 
     async def _send_start(self, instance: Instance, token: Any = None) -> None:
-        compute = self.compute
         try:
             if (
-                compute.netsync is not None
+                self.engine.netsync is not None
                 and instance.vlan >= 0
-                and (reservation := compute.store.reservations.get(instance.reservation_id))
+                and (reservation := self.store.reservations.get(instance.reservation_id))
             ):
-                await compute.netsync.configure(instance.zone, instance.owner_id, reservation.groups[0], instance.vlan)
-            answer = await compute.cc.run_instances(instance.zone, self._launch_request(instance))
+                await self.engine.netsync.configure(
+                    instance.zone, instance.owner_id, reservation.groups[0], instance.vlan
+                )
+            answer = await self.cc.run_instances(instance.zone, self._launch_request(instance))
         except (RpcError, PeerUnreachable, ComputeError) as err:
             # Perhaps it reached the CC: the same run id is sent again by `reconcile` until the CC answers.
             log.warning("%s: start in %s not answered (will retry): %s", instance.instance_id, instance.zone, err)
             if token is not None:
-                compute.admission.release(token)
+                self.admission.release(token)
             return
         placement = next((p for p in answer.instances if p.instance_id == instance.instance_id), None)
         if placement is None or not placement.node_id or placement.error:
             why = placement.error if placement is not None and placement.error else "no node could take it"
             if token is not None:
-                compute.admission.release(token)
-            if instance.state == "pending" and compute.store.set_state(
+                self.admission.release(token)
+            if instance.state == "pending" and self.store.set_state(
                 instance, "stopped", f"Server.InsufficientInstanceCapacity: {why}"
             ):
-                await compute.store.save_instances([instance])
-                compute.changed([instance])
+                await self.store.save_instances([instance])
+                self.engine.changed([instance])
             return
         if token is not None:
-            compute.admission.submitted(token)
+            self.admission.submitted(token)
         instance.node_id = placement.node_id
-        await compute.store.save_instances([instance])
-        compute.changed([instance])
+        await self.store.save_instances([instance])
+        self.engine.changed([instance])
         log.info("%s: started on %s (run %s)", instance.instance_id, placement.node_id, instance.run_id)
 
     # --- the safety net -----------------------------------------------------------------------------------
@@ -242,7 +260,7 @@ class StopStart:
         now = time.time()
         stale = [
             i
-            for i in self.compute.store.instances.values()
+            for i in self.store.instances.values()
             if i.zone == zone and i.root_device_type == "ebs" and now - i.updated_at > RESEND_AFTER
         ]
         stopping = [i for i in stale if i.state == "stopping"]
