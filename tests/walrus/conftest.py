@@ -93,13 +93,27 @@ def store_maker(request: pytest.FixtureRequest) -> StoreMaker:
     return StoreMaker("rados", request.getfixturevalue("ceph"), unique("unit"))
 
 
-@pytest.fixture(scope="module", params=STORES)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`walrus_storage` runs a module on each data store; a module marked `shared_metadata` runs on the shared
+    store too (metadata in PostgreSQL, as several front ends keep it: services/walrus/storage/shared.py)."""
+    if "walrus_storage" in metafunc.fixturenames:
+        shared = metafunc.definition.get_closest_marker("shared_metadata") is not None
+        stores = (*STORES, "shared") if shared else STORES
+        metafunc.parametrize("walrus_storage", stores, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def walrus_storage(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Settings of a Walrus process on each store (extra settings for start_walrus)."""
     if request.param == "local":
         yield {}
-    else:
+    elif request.param == "rados":
         yield walrus_rados_settings(request.getfixturevalue("ceph"))
+    else:
+        yield {
+            **walrus_rados_settings(request.getfixturevalue("ceph")),
+            "KOALA_WALRUS_DATABASE_URL": request.getfixturevalue("postgres").create_database("walrus"),
+        }
 
 
 @pytest.fixture(scope="module")

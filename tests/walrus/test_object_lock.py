@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 from tests.walrus.conftest import Walrus, start_walrus
 from tests.walrus.test_cli_clients import aws
 
+pytestmark = pytest.mark.shared_metadata  # also on the shared store (tests/walrus/conftest.py)
+
 
 def error(call, **kwargs) -> tuple[str, int]:
     with pytest.raises(ClientError) as caught:

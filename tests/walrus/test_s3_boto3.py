@@ -19,6 +19,8 @@ from botocore.exceptions import ClientError
 
 from tests.walrus.conftest import USERS, Walrus
 
+pytestmark = pytest.mark.shared_metadata  # also on the shared store (tests/walrus/conftest.py)
+
 MiB = 1 << 20
 
 

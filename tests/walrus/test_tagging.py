@@ -12,6 +12,8 @@ from botocore.exceptions import ClientError
 from tests.walrus.cli import aws_error, aws_ok
 from tests.walrus.conftest import Walrus
 
+pytestmark = pytest.mark.shared_metadata  # also on the shared store (tests/walrus/conftest.py)
+
 
 def code(excinfo: pytest.ExceptionInfo) -> tuple[str, int]:
     response = excinfo.value.response

@@ -14,6 +14,8 @@ from botocore.exceptions import ClientError
 from tests.walrus.conftest import Walrus
 from tests.walrus.test_cli_clients import aws, s3cmd, s3cmd_config
 
+pytestmark = pytest.mark.shared_metadata  # also on the shared store (tests/walrus/conftest.py)
+
 MiB = 1 << 20
 
 
