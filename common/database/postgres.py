@@ -98,7 +98,7 @@ async def connect(url: str, **settings: str) -> asyncpg.Connection:
     return conn
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
+async def keep_session(conn: asyncpg.Connection) -> None:
     """The read pool's connections hold no locks, cursors or settings to reset: skip asyncpg's reset round trip
     on every release."""
 
@@ -248,7 +248,7 @@ class PostgresDatabase(Database):
                 async with writer.session() as session:
                     await migrate(session, migrations, component)
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=READ_POOL_SIZE, init=configure, reset=_keep_session
+                url, min_size=1, max_size=READ_POOL_SIZE, init=configure, reset=keep_session
             )
         except BaseException:
             if owns_writer:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 
-from common.database.postgres import STATEMENT_TIMEOUT, configure, connect, migrate, placeholders
+from common.database.postgres import STATEMENT_TIMEOUT, configure, connect, keep_session, migrate, placeholders
 from services.walrus.storage.database import MIGRATIONS, MetadataDb
 
 T = TypeVar("T")
@@ -130,7 +130,9 @@ class SharedMetadataDb(MetadataDb):
             await conn.close()
             raise
         self._writer = conn
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=READ_POOL_SIZE, init=configure)
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=READ_POOL_SIZE, init=configure, reset=keep_session
+        )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walrus-pg")
 
     @property
