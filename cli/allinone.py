@@ -142,6 +142,7 @@ class AllInOne:
                 **(extra or {}).get(role, {}),
             }
             self.conf_path(role).write_text(render_conf(values, f"Koala {role}, written by `koala up`."))
+            self.conf_path(role).chmod(0o600)  # a database URL in it carries a password
         endpoints = {role: {"id": ids[role], "url": url[role], "port": ports[role], "role": role} for role in ROLES}
         self.endpoints_path.write_text(json.dumps(endpoints, indent=2) + "\n")
 
@@ -339,6 +340,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--no-image", action="store_true", help="do not build and register the guest test image"
             )
             parser.add_argument(
+                "--database",
+                default="sqlite",
+                metavar="sqlite|postgresql|URL",
+                help="at first start, where the CLC keeps its state: sqlite (a file in its state directory, the "
+                "default), postgresql (a PostgreSQL server of the cloud's own in DIR/postgres, Debian's postgresql "
+                "package; with --ceph Walrus keeps its metadata there too) or a postgresql:// URL",
+            )
+            parser.add_argument(
                 "--ceph",
                 action="store_true",
                 help="at first start: a single-node Ceph cluster in DIR/ceph (Debian's ceph packages) keeping "
@@ -374,6 +383,8 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
     """The first `koala up` in a state directory: pick the hypervisor, build the network, write the configuration."""
     from cli.cloud_network import CloudNetwork, host_lock
 
+    if args.database not in ("sqlite", "postgresql") and not args.database.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"--database: sqlite, postgresql or a postgresql:// URL, not {args.database!r}")
     managed = args.network == "managed"
     # A managed network brings a libvirtd of its own (in the router namespace); SYSTEM uses the host's.
     hypervisor = args.hypervisor or ("qemu" if (qemu_installed() if managed else qemu_usable()) else "test")
@@ -413,6 +424,8 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         for role, settings in cluster.koala_settings().items():
             extra.setdefault(role, {}).update(settings)
         print(f"ceph: monitor {cluster.mon_host}, pools {WALRUS_POOL} (Walrus objects) and {EBS_POOL} (EBS volumes)")
+    for role, values in _first_database(cloud, args.database, args.ceph).items():
+        extra.setdefault(role, {}).update(values)
     cloud.prepare(ports=ports, extra=extra)
     why = (
         ""
@@ -424,6 +437,37 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         )
     )
     print(f"node controller hypervisor: {hypervisor}{why}")
+
+
+def _first_database(cloud: AllInOne, choice: str, ceph: bool) -> dict[str, dict[str, object]]:
+    """The settings that put the CLC's state (and with Ceph, Walrus's metadata) where `--database` says."""
+    if choice == "sqlite":
+        return {}
+    if choice.startswith(("postgresql://", "postgres://")):
+        print("database: the CLC's state in the PostgreSQL database given")
+        return {"clc": {"KOALA_DATABASE_URL": choice}}
+    from cli.postgres_local import LocalPostgres
+
+    server = LocalPostgres.create(cloud.dir / "postgres")  # a daemon that outlives this command, as the services do
+    settings: dict[str, dict[str, object]] = {"clc": {"KOALA_DATABASE_URL": server.ensure_database("clc")}}
+    where = "the CLC's state"
+    if ceph:  # Walrus's metadata beside it: more Walrus front ends can then serve the same object store
+        settings["walrus"] = {
+            "KOALA_WALRUS_DATABASE_URL": server.ensure_database("walrus"),
+            "KOALA_WALRUS_RADOS_NAMESPACE": "walrus",
+        }
+        where += " and Walrus's metadata"
+    print(f"database: PostgreSQL on 127.0.0.1:{server.port} (DIR/postgres) keeping {where}")
+    return settings
+
+
+def _postgres(cloud: AllInOne):  # -> LocalPostgres | None (imported lazily: `koala --help` stays fast)
+    """The cloud's own PostgreSQL server, when `koala up --database postgresql` made one (DIR/postgres)."""
+    if not (cloud.dir / "postgres" / "koala.json").exists():
+        return None
+    from cli.postgres_local import LocalPostgres
+
+    return LocalPostgres(cloud.dir / "postgres")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -439,6 +483,9 @@ def _up(args: argparse.Namespace) -> int:
             print(f"koala up: {err}", file=sys.stderr)
             return 1
     else:
+        postgres = _postgres(cloud)
+        if postgres is not None:  # after `koala down`, or a reboot
+            postgres.start()
         ceph = _ceph(cloud)
         if ceph is not None:  # after `koala down`, or a reboot
             ceph.start()
@@ -504,6 +551,9 @@ def _up(args: argparse.Namespace) -> int:
     ceph = _ceph(cloud)
     if ceph is not None:
         ceph.stop_detached()
+    postgres = _postgres(cloud)
+    if postgres is not None:
+        postgres.stop()
     return 0
 
 
@@ -540,6 +590,9 @@ def _down(args: argparse.Namespace) -> int:
     ceph = _ceph(cloud)
     if ceph is not None:
         stopped += ceph.stop_detached()
+    postgres = _postgres(cloud)
+    if postgres is not None and postgres.stop():
+        stopped.append("postgresql")
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     if args.purge:
         from cli.purge import purge

@@ -1,7 +1,8 @@
-"""`koala up --ceph`: the all-in-one cloud on a single-node Ceph cluster of its own (DIR/ceph): Walrus keeps object
-data in RADOS and the zone its EBS volumes as RBD images; `koala down` stops the Ceph daemons with the services,
-the next `koala up` starts them again and finds every object and volume. (The system network and libvirt's test
-driver: the data path under QEMU is tests/ebs/test_rbd_guest.py's.)"""
+"""`koala up --ceph --database postgresql`: the all-in-one cloud on a single-node Ceph cluster of its own
+(DIR/ceph) and a PostgreSQL server of its own (DIR/postgres): Walrus keeps object data in RADOS and its metadata in
+PostgreSQL, the CLC its state in PostgreSQL, the zone its EBS volumes as RBD images; `koala down` stops the Ceph
+daemons and PostgreSQL with the services, the next `koala up` starts them again and finds every object and volume.
+(The system network and libvirt's test driver: the data path under QEMU is tests/ebs/test_rbd_guest.py's.)"""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import boto3
 import pytest
 
 from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
+from cli.postgres_local import LocalPostgres
 from services.cloud_controller.identity.credentials import parse_eucarc
 from tests.ceph import pool_io, rbd_images
 from tests.harness import free_port_run
@@ -32,16 +35,21 @@ def koala(state: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_koala_up_with_ceph(tmp_path: Path) -> None:
+def test_koala_up_with_ceph() -> None:
     if shutil.which("ceph-mon") is None:
         pytest.skip("needs Debian's ceph packages (deploy/bootstrap.sh)")
-    state = tmp_path / "cloud"
+    # PostgreSQL runs as the postgres user: the state directory's parents must let it in (tmp_path's do not)
+    base = Path(tempfile.mkdtemp(prefix="koala-up-ceph-"))
+    base.chmod(0o755)
+    state = base / "cloud"
     port_base = str(free_port_run(4))
     try:
-        up = koala(state, "up", "--detach", "--ceph", "--network", "system", "--hypervisor", "test", "--no-image",
-                   "--port-base", port_base)  # fmt: skip
+        up = koala(state, "up", "--detach", "--ceph", "--database", "postgresql", "--network", "system",
+                   "--hypervisor", "test", "--no-image", "--port-base", port_base)  # fmt: skip
         assert "ceph: monitor 127.0.0.1:" in up.stdout
+        assert "database: PostgreSQL on 127.0.0.1:" in up.stdout
         cluster = CephCluster(state / "ceph")
+        postgres = LocalPostgres(state / "postgres")
         creds = parse_eucarc(state / "eucarc")
         keys = {"aws_access_key_id": creds["EC2_ACCESS_KEY"], "aws_secret_access_key": creds["EC2_SECRET_KEY"]}
         s3 = boto3.client("s3", endpoint_url=creds["S3_URL"], region_name="us-east-1", **keys)
@@ -58,10 +66,14 @@ def test_koala_up_with_ceph(tmp_path: Path) -> None:
         wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.3,
                  "the volume")  # fmt: skip
         assert f"zone1.{volume}" in rbd_images(cluster, EBS_POOL)
+        assert postgres.psql(f"SELECT count(*) FROM volumes WHERE volume_id = '{volume}'", "clc") == "1"
+        assert postgres.psql("SELECT count(*) FROM versions WHERE key = 'object'", "walrus") == "1"
+        assert not (state / "data" / walrus_id / "objects" / "walrus.db").exists()
 
         down = koala(state, "down")
-        assert "osd.0" in down.stdout and "mon.a" in down.stdout
+        assert "osd.0" in down.stdout and "mon.a" in down.stdout and "postgresql" in down.stdout
         assert all(cluster.pid_file(name).running() is None for name in ("mon.a", "mgr.x", "osd.0"))
+        assert postgres.running_pid() is None
 
         koala(state, "up", "--detach", "--no-image")
         assert s3.get_object(Bucket="on-ceph", Key="object")["Body"].read() == body
@@ -70,3 +82,4 @@ def test_koala_up_with_ceph(tmp_path: Path) -> None:
         wait_for(lambda: f"zone1.{volume}" not in rbd_images(cluster, EBS_POOL), 60, 0.3, "the image removed")
     finally:
         subprocess.run([*KOALA, "down", "--state-dir", str(state)], capture_output=True, cwd=REPO, timeout=300)
+        shutil.rmtree(base, ignore_errors=True)
