@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,6 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.worktrees import baseline_tree, run_json  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -89,18 +92,7 @@ def measure(count: int) -> dict:
 
 
 def run_tree(tree: Path, count: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(tree), "--instances", str(count)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(tree)},  # the NC the child spawns runs that tree's code too
-        cwd=tree,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"run in {tree} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, __file__, "--child", str(tree), "--instances", str(count)], tree)
 
 
 def main() -> None:
@@ -113,16 +105,9 @@ def main() -> None:
         sys.path.insert(0, args.child)
         print(json.dumps(measure(args.instances)))
         return
-    with tempfile.TemporaryDirectory(prefix="nc-cost-baseline-") as scratch:
-        base = Path(scratch) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.baseline], check=True
-        )
-        try:
-            baseline = run_tree(base, args.instances)
-            ours = run_tree(ROOT, args.instances)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    with baseline_tree(args.baseline, "nc-cost-baseline-") as base:
+        baseline = run_tree(base, args.instances)
+        ours = run_tree(ROOT, args.instances)
     key = "launch_cpu_ms_per_instance"
     print(
         json.dumps(

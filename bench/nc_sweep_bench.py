@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.worktrees import baseline_tree, run_json  # noqa: E402
 
 
 async def measure(domains: int, sweeps: int) -> dict:
@@ -68,16 +70,9 @@ async def measure(domains: int, sweeps: int) -> dict:
 
 
 def run_tree(tree: Path, domains: int, sweeps: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(tree), "--domains", str(domains), "--sweeps", str(sweeps)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
+    return run_json(
+        [sys.executable, __file__, "--child", str(tree), "--domains", str(domains), "--sweeps", str(sweeps)], tree
     )
-    if done.returncode != 0:
-        raise SystemExit(f"sweep in {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -91,16 +86,9 @@ def main() -> None:
         sys.path.insert(0, args.child)
         print(json.dumps(asyncio.run(measure(args.domains, args.sweeps))))
         return
-    with tempfile.TemporaryDirectory(prefix="sweep-baseline-") as scratch:
-        base = Path(scratch) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.baseline], check=True
-        )
-        try:
-            baseline = run_tree(base, args.domains, args.sweeps)
-            ours = run_tree(ROOT, args.domains, args.sweeps)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    with baseline_tree(args.baseline, "sweep-baseline-") as base:
+        baseline = run_tree(base, args.domains, args.sweeps)
+        ours = run_tree(ROOT, args.domains, args.sweeps)
     print(
         json.dumps(
             {
