@@ -4,9 +4,10 @@ benchmark within 5 % of its figure before the structure work).
 Each benchmark is the tree's own script with the same small arguments, run once per round in each tree (the
 baseline in a temporary `git worktree`, run with its own code), alternating baseline and this tree. Every numeric
 figure both trees print is compared; whether lower or higher is better is read from its name (`_ms`, `_s`, `cpu`,
-`p50` ... lower; `per_s`, `rps`, `mib_s` ... higher); figures named otherwise are listed without a verdict. With
-several rounds each tree's best value counts (the shared machine only ever makes a run slower). `change_pct` is
-positive when this tree is worse.
+`p50` ... lower; `per_s`, `rps`, `mib_s` ... higher); figures named otherwise (and goals, `target_*`) are left out.
+With several rounds (who goes first alternating) each tree's best value counts: the shared machine only ever makes
+a run slower. `change_pct` is positive when this tree is worse. The floors the benchmarks measure themselves in
+the same run (`/healthz`, sendfile, dd...) show how much the machine itself moved between the two trees' runs.
 
     flock /work/wt/heavy.lock .venv/bin/python bench/structure_bench.py [--baseline cb9775d] [--rounds 1]
         [--only cc,rpc,clc,compute,lease,walrus]
@@ -62,6 +63,8 @@ def flatten(value: Any, prefix: str = "") -> dict[str, float]:
 
 def direction(key: str) -> str:
     leaf = key.rsplit(".", 1)[-1].lower()
+    if leaf.startswith("target") or leaf == "seconds":
+        return ""  # a benchmark's goal or its own run length, not a figure
     if "ratio" in leaf or leaf.endswith("_x") or "speedup" in leaf:
         return ""  # a comparison the benchmark made itself
     if HIGHER.search(leaf):
@@ -112,8 +115,9 @@ def main() -> None:
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "this_tree": []}
             seconds = 0.0
             try:
-                for _ in range(args.rounds):
-                    for side, tree in (("baseline", base), ("this_tree", ROOT)):
+                for round_ in range(args.rounds):
+                    sides = [("baseline", base), ("this_tree", ROOT)]
+                    for side, tree in sides if round_ % 2 == 0 else sides[::-1]:  # who goes first alternates
                         figures, took = run_bench(tree, script, arguments)
                         runs[side].append(figures)
                         seconds += took
