@@ -34,15 +34,17 @@ from typing import Any
 import asyncpg
 
 from common.database.postgres import connect
-from services.walrus.storage.base import BucketInfo, ChangeEvent, log
-from services.walrus.storage.embedded import EmbeddedBackend
+from services.walrus.storage.base import BucketInfo, ChangeEvent, ObjectInfo, log
+from services.walrus.storage.embedded import META_CACHE_ENTRIES, EmbeddedBackend
 from services.walrus.storage.group_commit import GroupCommit
 from services.walrus.storage.rados_data import RadosBlobs
+from services.walrus.storage.rows import OBJECT_COLUMNS, object_from_row
 from services.walrus.storage.shared_db import CHANNEL, SharedMetadataDb
 
 REMOVAL_DELAY = 300.0
 SWEEP_MIN_AGE = 3600.0
 RELISTEN_SECONDS = 2.0
+CURRENT_VERSION = f"SELECT {OBJECT_COLUMNS} FROM versions WHERE bucket = ? AND key = ? ORDER BY ordinal LIMIT 1"
 
 
 class SharedBackend(EmbeddedBackend):
@@ -58,6 +60,7 @@ class SharedBackend(EmbeddedBackend):
         self._listen_task: asyncio.Task[None] | None = None
         self._generation = 0  # bumped by every bucket notification: a read that spans one does not cache what it read
         self._pending: set[asyncio.Task[None]] = set()
+        self._decoded: dict[tuple[str, str], tuple[tuple[Any, ...], ObjectInfo]] = {}  # key -> (row, its decoding)
 
     # --- life cycle ---
     async def start(self) -> None:
@@ -128,6 +131,24 @@ class SharedBackend(EmbeddedBackend):
     # --- caches: object metadata never, bucket settings while notifications flow ---
     def _cache_object(self, info: Any) -> None:
         return None
+
+    async def get_version(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """Always from the database; a row equal to the one read last time for the key gives back the same
+        ObjectInfo without decoding it again (its JSON columns cost as much as the query)."""
+        if version_id is not None:
+            return await super().get_version(bucket, key, version_id)
+        rows = await self.db.query(CURRENT_VERSION, (bucket, key))
+        if not rows:
+            return None
+        row = tuple(rows[0])
+        decoded = self._decoded.get((bucket, key))
+        if decoded is not None and decoded[0] == row:
+            return decoded[1]
+        info = object_from_row(row)
+        if len(self._decoded) >= META_CACHE_ENTRIES:
+            self._decoded.clear()
+        self._decoded[(bucket, key)] = (row, info)
+        return info
 
     async def get_bucket(self, name: str) -> BucketInfo | None:
         if not self._caching:

@@ -11,12 +11,15 @@ batches of all front ends run one after another, and each statement (READ COMMIT
 before it: the checks a transaction makes (the bucket exists, the key's current version, a quota) hold against
 the other front ends' writes too. A batch holds the lock for the few statements of its writers and one COMMIT;
 object bytes are written to the store before, outside the lock. The COMMIT is durable when it returns
-(synchronous_commit), so `sync` has nothing left to do. Reads use a small pool and see committed data.
+(synchronous_commit), so `sync` has nothing left to do. Reads use a few sessions of their own and see committed
+data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +28,7 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 
-from common.database.postgres import STATEMENT_TIMEOUT, configure, connect, keep_session, migrate, placeholders
+from common.database.postgres import STATEMENT_TIMEOUT, connect, migrate, placeholders
 from services.walrus.storage.database import MIGRATIONS, MetadataDb
 
 T = TypeVar("T")
@@ -33,7 +36,7 @@ log = logging.getLogger("koala.walrus.storage")
 COMPONENT = "walrus"
 WRITE_LOCK = 0x77616C727573  # advisory lock key of Walrus's metadata writes ("walrus")
 SETUP_LOCK = 0x77616C727574  # serialises two front ends setting up the schema at once
-READ_POOL_SIZE = 8
+READ_SESSIONS = 8
 CHANNEL = "walrus_changes"
 
 
@@ -105,6 +108,57 @@ class BlockingConnection:
         return Rows(self._wait(self.conn.fetch(placeholders(sql), *args, timeout=STATEMENT_TIMEOUT)))
 
 
+class ReadSessions:
+    """A few read sessions, each running one query at a time, handed out in turn: what asyncpg's pool does, without
+    its per-query bookkeeping (timeouts on acquire, release hooks), which cost as much CPU as the query itself on
+    Walrus's hottest path (one per GET)."""
+
+    def __init__(self, url: str, size: int):
+        self.url, self.size = url, size
+        self._idle: list[asyncpg.Connection] = []
+        self._waiting: collections.deque[asyncio.Future[asyncpg.Connection]] = collections.deque()
+        self._all: list[asyncpg.Connection] = []
+
+    async def open(self) -> None:
+        self._all = [await connect(self.url) for _ in range(self.size)]
+        self._idle = list(self._all)
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            waiter: asyncio.Future[asyncpg.Connection] = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                conn = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed a session just as we were cancelled
+                    self._give_back(waiter.result())
+                raise
+        try:
+            if conn.is_closed():  # broke earlier (a server restart, a network cut): a new session in its place
+                fresh = await connect(self.url)
+                self._all[self._all.index(conn)] = fresh
+                conn = fresh
+            return list(await conn.fetch(sql, *args, timeout=STATEMENT_TIMEOUT))
+        finally:
+            self._give_back(conn)
+
+    def _give_back(self, conn: asyncpg.Connection) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # (a cancelled waiter is skipped)
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    async def close(self) -> None:
+        sessions, self._all, self._idle = self._all, [], []
+        for conn in sessions:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
 class SharedMetadataDb(MetadataDb):
     """MetadataDb's interface (run, sync, query) on a PostgreSQL database that several front ends share."""
 
@@ -112,7 +166,7 @@ class SharedMetadataDb(MetadataDb):
         self.url = url
         self._thread: ThreadPoolExecutor | None = None
         self._writer: asyncpg.Connection | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._reads: ReadSessions | None = None
         self._reconnect = asyncio.Lock()
 
     async def open(self) -> None:
@@ -130,9 +184,8 @@ class SharedMetadataDb(MetadataDb):
             await conn.close()
             raise
         self._writer = conn
-        self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=READ_POOL_SIZE, init=configure, reset=keep_session
-        )
+        self._reads = ReadSessions(self.url, READ_SESSIONS)
+        await self._reads.open()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walrus-pg")
 
     @property
@@ -160,18 +213,18 @@ class SharedMetadataDb(MetadataDb):
         """Nothing: a PostgreSQL COMMIT is durable when it returns."""
 
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._pool is None:
+        if self._reads is None:
             raise RuntimeError("storage not started")
-        return list(await self._pool.fetch(placeholders(sql), *args, timeout=STATEMENT_TIMEOUT))
+        return await self._reads.fetch(placeholders(sql), args)
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
-        pool, self._pool = self._pool, None
+        reads, self._reads = self._reads, None
         writer, self._writer = self._writer, None
         if thread is not None:
             thread.shutdown(wait=False)
-        if pool is not None:
-            await pool.close()
+        if reads is not None:
+            await reads.close()
         if writer is not None:
             await writer.close()
 
