@@ -33,7 +33,10 @@ next start exports them again, perhaps to another node. In an RBD zone nothing i
 image's place (BootVolume.rbd) and its QEMU opens the root and the others with the node's own Ceph key.
 
 Snapshots (`snapshots.py`) go to Walrus through its S3 API: compressed 4 MiB chunks named by their digest, a
-manifest per snapshot; a volume's next snapshot uploads only the chunks that changed.
+manifest per snapshot; a volume's next snapshot uploads only the chunks that changed. With KOALA_EBS_DIR on a file
+system with reflinks (XFS made with reflink=1, btrfs), a snapshot reads a frozen copy of the volume made when it
+starts (one moment, whatever the guest writes meanwhile), and the next one reads only the chunks whose extents moved
+since that copy (`extents.py`); elsewhere each snapshot reads the whole live file.
 
 State machines and crashes
 --------------------------
