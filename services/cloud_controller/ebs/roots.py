@@ -356,6 +356,8 @@ class Roots:
                 image.reboot_instance_id, image.state = "", "failed"
                 await store.save_image(image)
                 return
+            if instance.state == "running":  # the CLC stopped between writing the image and the stop: stop now
+                await self.compute.stop_start.stop_now([instance], REBOOT_REASON)
             if instance.state != "stopped":
                 return  # still stopping
             attached = {v.device: v for v in self.devices(instance)}
