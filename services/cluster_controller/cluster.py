@@ -293,18 +293,20 @@ class Cluster:
             raise RpcError(400, "InvalidRequest", "an instance id appears twice in the request")
         if request.min_count > len(ids):
             raise RpcError(400, "InvalidRequest", f"min_count {request.min_count} exceeds {len(ids)} instances")
-        known = [self.instances[i] for i in ids if i in self.instances]
-        # An instance whose run ended may run again under a new reservation (StartInstances of a stopped one).
-        known = [i for i in known if i.live or i.reservation_id == request.reservation_id]
-        if known:
-            if any(i.reservation_id != request.reservation_id for i in known):
-                raise RpcError(409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists")
-            # The CLC sent the same request again (a retry): answer what was decided the first time.
-            return RunInstancesResponse(instances=[self._placement(i) for i in ids])
         vm = request.vm_type
         need = Need(vm.cores, vm.memory_mb, vm.disk_gb)
         spec = LaunchSpec.of(request)  # with the instances' boot volumes, if any (EBS-backed launches)
-        async with self.lock:
+        async with self.lock:  # the check under the lock: two copies of one request arriving together start once
+            known = [self.instances[i] for i in ids if i in self.instances]
+            # An instance whose run ended may run again under a new reservation (StartInstances of a stopped one).
+            known = [i for i in known if i.live or i.reservation_id == request.reservation_id]
+            if known:
+                if any(i.reservation_id != request.reservation_id for i in known):
+                    raise RpcError(
+                        409, "InvalidInstanceID.Duplicate", f"instance {known[0].instance_id} already exists"
+                    )
+                # The CLC sent the same request again (a retry, a new leader): answer what was decided the first time.
+                return RunInstancesResponse(instances=[self._placement(i) for i in ids])
             order, capacities = self.snapshot()
             plan = self._hinted(request, order, capacities, need) or self.policy(
                 capacities, need, len(ids), self.cursor

@@ -138,10 +138,9 @@ def test_kill_active_clc_during_100_concurrent_launches(cloud, standby, alice, i
     assert len(ids) == len(set(ids)) == LAUNCHES  # nothing admitted twice
     assert set(ids) == {i for _, i in acknowledged.values()}  # every acknowledged launch, and nothing else
     # What the killed CLC acknowledged had been sent to the CC: it runs. A launch it had written but not sent when
-    # it died is answered to the client's retry with the same reservation (not a second one) and stays pending until
-    # the survivor settles it (ended as lost after KOALA_INSTANCE_LOST_SECONDS: not re-sent yet).
-    wait_state(survivor, [acknowledged[t][1] for t in before_kill], {"running"}, timeout=120)
-    assert {i["State"]["Name"] for i in live} <= {"pending", "running"}
+    # it died is answered to the client's retry with the same reservation (not a second one), and the survivor sent
+    # it when it took over (test_standby_resend.py): every launch runs.
+    wait_state(survivor, [instance for _, instance in acknowledged.values()], {"running"}, timeout=120)
 
     def accounting_matches() -> bool:  # the zone's free capacity is what the running instances leave
         running = sum(

@@ -390,33 +390,8 @@ class Launcher:
             except ComputeError:
                 await self._fail(reservation, instances, token, "Server.InternalError: network setup failed")
                 raise
-        roots = self.engine.roots
-        volumes = roots.boot_volumes([i.instance_id for i in instances]) if roots is not None else {}
-        request = RunInstancesRequest(
-            reservation_id=reservation.reservation_id,
-            owner_id=reservation.owner_id,
-            instances=[
-                InstanceLaunch(
-                    instance_id=i.instance_id,
-                    launch_index=i.launch_index,
-                    net=NetConfig(
-                        private_mac=i.private_mac, public_ip=i.public_ip, vlan=i.vlan, network_index=i.network_index
-                    ),
-                    node_id=token.nodes[n] if len(token.nodes) == len(instances) else "",
-                )
-                for n, i in enumerate(instances)
-            ],
-            min_count=launch.min_count,
-            image=ImageRef(id=image.image_id, manifest=image.location),
-            kernel=ImageRef(id=kernel.image_id, manifest=kernel.location) if kernel else None,
-            ramdisk=ImageRef(id=ramdisk.image_id, manifest=ramdisk.location) if ramdisk else None,
-            vm_type=vm,
-            key_name=first.key_name,
-            ssh_public_key=first.key_material,
-            user_data=first.user_data,
-            group_names=reservation.groups,
-            boot_volumes=volumes,
-        )
+        hints = token.nodes if len(token.nodes) == len(instances) else []
+        request = self._request(reservation, instances, (image, kernel, ramdisk), vm, launch.min_count, hints)
         try:
             answer = await self.cc.run_instances(reservation.zone, request)
         except PeerNotReached:
@@ -454,6 +429,108 @@ class Launcher:
         self.capacity.schedule_refresh(reservation.zone)
         log.info("launched %s: %d x %s in %s", reservation.reservation_id, len(placed), vm.name, reservation.zone)
         return reservation
+
+    def _request(
+        self,
+        reservation: Reservation,
+        instances: list[Instance],
+        images: tuple[Image, Image | None, Image | None],
+        vm: VmType,
+        min_count: int,
+        nodes: list[str],
+    ) -> RunInstancesRequest:
+        """The CC's RunInstances for a reservation's instances (`nodes`: admission's placement hints, or none)."""
+        image, kernel, ramdisk = images
+        first = instances[0]
+        roots = self.engine.roots
+        volumes = roots.boot_volumes([i.instance_id for i in instances]) if roots is not None else {}
+        return RunInstancesRequest(
+            reservation_id=reservation.reservation_id,
+            owner_id=reservation.owner_id,
+            instances=[
+                InstanceLaunch(
+                    instance_id=i.instance_id,
+                    launch_index=i.launch_index,
+                    net=NetConfig(
+                        private_mac=i.private_mac, public_ip=i.public_ip, vlan=i.vlan, network_index=i.network_index
+                    ),
+                    node_id=nodes[n] if nodes else "",
+                )
+                for n, i in enumerate(instances)
+            ],
+            min_count=min_count,
+            image=ImageRef(id=image.image_id, manifest=image.location),
+            kernel=ImageRef(id=kernel.image_id, manifest=kernel.location) if kernel else None,
+            ramdisk=ImageRef(id=ramdisk.image_id, manifest=ramdisk.location) if ramdisk else None,
+            vm_type=vm,
+            key_name=first.key_name,
+            ssh_public_key=first.key_material,
+            user_data=first.user_data,
+            group_names=reservation.groups,
+            boot_volumes=volumes,
+        )
+
+    async def resend_unsent(self) -> int:
+        """At start (a standby taking over, a restart): the launches the previous process wrote but whose CC answer
+        it never recorded (instances `pending` with no node, not a StartInstances run, younger than `lost_after`)
+        are sent again, one RunInstances per reservation under its own id. A CC that already has the reservation
+        answers with what it decided then (cluster.Cluster.run_instances), so a launch that reached it is not
+        started twice; one that never did starts now instead of ending lost. How many instances were sent."""
+        now = time.time()
+        unsent: dict[str, list[Instance]] = {}
+        for instance in self.store.instances.values():
+            if (
+                instance.state == "pending"
+                and not instance.node_id
+                and not instance.launch_id
+                and now - instance.launch_time < self.settings.lost_after
+            ):
+                unsent.setdefault(instance.reservation_id, []).append(instance)
+        sent = 0
+        for reservation_id, instances in unsent.items():
+            reservation = self.store.reservations.get(reservation_id)
+            if reservation is None:
+                continue
+            try:
+                sent += await self._resend(reservation, sorted(instances, key=lambda i: i.launch_index))
+            except (RpcError, PeerUnreachable, ComputeError) as err:  # left as they are: lost after the timeout
+                log.warning("RunInstances %s not sent again: %s", reservation_id, err)
+        return sent
+
+    async def _resend(self, reservation: Reservation, instances: list[Instance]) -> int:
+        first = instances[0]
+        images = self.store.images
+        image = images.get(first.image_id)
+        kernel = images.get(first.kernel_id) if first.kernel_id else None
+        ramdisk = images.get(first.ramdisk_id) if first.ramdisk_id else None
+        roots = self.engine.roots
+        volumes = roots.boot_volumes([i.instance_id for i in instances]) if roots is not None else {}
+        if image is None or any(i.root_device_type == "ebs" and i.instance_id not in volumes for i in instances):
+            log.warning("RunInstances %s: its image or volumes are gone; not sent again", reservation.reservation_id)
+            return 0
+        if self.engine.netsync is not None and first.vlan >= 0:
+            await self.engine.netsync.configure_launch(
+                reservation.zone, reservation.owner_id, reservation.groups, first.vlan
+            )
+        vm = self.engine.vm_type(first.vm_type)
+        request = self._request(reservation, instances, (image, kernel, ramdisk), vm, 1, [])
+        answer = await self.cc.run_instances(reservation.zone, request)
+        nodes = {p.instance_id: p.node_id for p in answer.instances if p.node_id and not p.error}
+        for instance in instances:
+            instance.node_id = nodes.get(instance.instance_id, "")
+        failed = [i for i in instances if not i.node_id]
+        if failed:
+            await self._release_instances(failed, "Server.InsufficientInstanceCapacity: not placed when sent again")
+        await self.store.save_instances([i for i in instances if i.node_id])
+        self.capacity.schedule_refresh(reservation.zone)
+        log.info(
+            "sent again %s (written, never answered): %d of %d placed in %s",
+            reservation.reservation_id,
+            len(nodes),
+            len(instances),
+            reservation.zone,
+        )
+        return len(instances)
 
     async def _fail(self, reservation: Reservation, instances: list[Instance], token: Token, reason: str) -> None:
         """Undo a launch the CC refused, in reverse order: instances, network, addresses, capacity. A failed

@@ -83,6 +83,7 @@ async def install(clc: CloudControllerService) -> Compute:
     MetadataService(compute.store, extras=compute.metadata_extras).install(clc.app)
     clc.clusters.listeners.append(compute.poller.zone_changed)
     compute.poller.start()
+    compute.background(compute.launcher.resend_unsent())  # launches a dead leader wrote but never sent
     return compute
 
 
