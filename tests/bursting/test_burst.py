@@ -159,5 +159,6 @@ def test_an_image_with_no_map_entry_is_refused_at_launch_with_the_reason(world, 
     ec2 = world.local_ec2()
     with pytest.raises(ClientError) as refused:
         ec2.run_instances(ImageId=unmapped, MinCount=1, MaxCount=1, Placement={"AvailabilityZone": BURST_ZONE})
+    assert code(refused) == "InvalidAMIID.NotFound"
     assert "KOALA_REMOTE_IMAGE_MAP" in str(refused.value) and unmapped in str(refused.value)
     assert not world.remote_instances()

@@ -25,7 +25,7 @@ from common.messages.clusters import DeregisterClusterRequest
 from common.rpc import Empty, RpcError
 from tests.bursting.support import FaultProxy, RemoteZoneCC
 from tests.clc.compute_cloud import bundle_and_upload, wait_state
-from tests.clc.ec2_helpers import REGION, admin_call, client
+from tests.clc.ec2_helpers import REGION, admin_call, client, code
 from tests.waiting import wait_for
 
 ZONE = "uploads"
@@ -210,6 +210,7 @@ def test_a_refused_upload_is_a_clear_error(world, zone, tmp_path):
     # Launches meanwhile are refused at once, saying why; nothing is left in the remote cloud.
     with pytest.raises(ClientError) as refused:
         zone.launch(image)
+    assert code(refused) == "InvalidAMIID.Unavailable"
     assert "refused image" in str(refused.value) and "AccessDenied" in str(refused.value)
     assert not [b for b in zone.remote_images() if b.endswith(image)]
     assert not [b["Name"] for b in zone.s3.list_buckets()["Buckets"] if b["Name"].endswith(image)]
@@ -226,6 +227,7 @@ def test_auto_upload_without_the_remote_cloud_certificate_is_refused_at_launch(w
             world.local_ec2().run_instances(
                 ImageId=zone.machine, MinCount=1, MaxCount=1, InstanceType=VM, Placement={"AvailabilityZone": "nocert"}
             )
+        assert code(refused) == "InvalidAMIID.Unavailable"
         assert "KOALA_REMOTE_CLOUD_CERT" in str(refused.value) and zone.machine in str(refused.value)
     finally:
         cc.stop()

@@ -411,6 +411,9 @@ class Launcher:
         if len(placed) < launch.min_count:
             reason = next((p.error for p in answer.instances if p.error), "no node could take them")
             await self._fail(reservation, instances, token, f"Server.InsufficientInstanceCapacity: {reason}")
+            code, _, detail = reason.partition(": ")
+            if code.startswith("InvalidAMIID."):  # a remote zone without the image: the image's error, not capacity
+                raise ComputeError(code, f"{detail} (availability zone {reservation.zone})")
             raise ComputeError(
                 "InsufficientInstanceCapacity",
                 f"Not enough resources available in {reservation.zone}: {reason}",
