@@ -194,8 +194,19 @@ def test_a_kill_9_after_the_remote_registered_the_image_leaves_one_image(world, 
     assert zone.registrations() == before + 1
     assert _remote_of(world, launched)["ImageId"] == registered[0]["ImageId"]
     wait_for(lambda: stray not in [b["Name"] for b in zone.s3.list_buckets()["Buckets"]], what="stray bucket gone")
-    ec2.terminate_instances(InstanceIds=[launched])
-    wait_state(ec2, [launched], {"terminated"})
+
+    # The remote's copy deregistered behind our back: the launch that finds out fails, the next uploads it again.
+    world.remote_ec2().deregister_image(ImageId=registered[0]["ImageId"])
+    failed = zone.launch(image)
+    ended = wait_state(ec2, [failed], {"terminated"}, timeout=60)[failed]
+    assert "InvalidAMIID" in ended["StateReason"]["Message"]
+    again = zone.launch(image)
+    wait_state(ec2, [again], {"running"}, timeout=60)
+    renewed = [i for b, i in zone.remote_images().items() if b.endswith(image)]
+    assert len(renewed) == 1 and renewed[0]["ImageId"] != registered[0]["ImageId"]
+    assert _remote_of(world, again)["ImageId"] == renewed[0]["ImageId"]
+    ec2.terminate_instances(InstanceIds=[launched, again])
+    wait_state(ec2, [launched, again], {"terminated"})
 
 
 def test_a_refused_upload_is_a_clear_error(world, zone, tmp_path):

@@ -264,6 +264,17 @@ class RemoteImages:
         task = self._running.get(ref.id) or self._start_upload(ref, kind)
         return await asyncio.shield(task)  # a launch that gives up does not stop the upload others share
 
+    async def lost(self, params: dict[str, str]) -> None:
+        """The remote refused a launch for want of one of these images: the uploads that made them are made again
+        by the next launch (into the same bucket, emptied first)."""
+        for upload in self.uploads.values():
+            if upload.state == "ready" and upload.remote_id in params.values():
+                log.warning(
+                    "%s: the remote cloud lost its copy %s; it is uploaded again", upload.local_id, upload.remote_id
+                )
+                upload.state, upload.remote_id = "uploading", ""
+                await self.store.save_upload(upload)
+
     def _start_upload(self, ref: ImageRef, kind: str) -> asyncio.Task[str]:
         task: asyncio.Task[str] = self._tasks.spawn(self._make(ref, kind), f"upload {ref.id}")
         self._running[ref.id] = task

@@ -381,7 +381,12 @@ class RemoteZone:
         if spec.ssh_public_key:
             params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
         params["SecurityGroups"] = [await self.resources.ensure_group(n) for n in self.networks_of(spec)]
-        answer = await self.ec2.call("RunInstances", params)
+        try:
+            answer = await self.ec2.call("RunInstances", params)
+        except RemoteRefused as err:
+            if err.code.startswith(("InvalidAMIID", "InvalidKernelId", "InvalidRamdiskId", "InvalidRamdiskID")):
+                await self.remote_images.lost(images)  # deregistered remotely: the next launch uploads it again
+            raise
         remote = (answer.get("Instances") or [{}])[0]
         if not remote.get("InstanceId"):
             raise RemoteRefused("NoInstance", "the remote answered RunInstances without an instance")
