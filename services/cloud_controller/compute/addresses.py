@@ -107,6 +107,8 @@ class Addresses:
         raise ComputeError("AuthFailure", f"The address '{public_ip}' does not belong to you.")
 
     async def save(self, *addresses: Address) -> None:
+        if not addresses:  # (a launch without public addresses): no empty transaction, a round trip on PostgreSQL
+            return
         async with self.db.transaction() as conn:
             for address in addresses:
                 if self.allocated.get(address.public_ip) is address:

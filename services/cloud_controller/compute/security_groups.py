@@ -75,6 +75,7 @@ class SecurityGroups:
     def __init__(self, db: Database, tags: Tags):
         self.db, self.tags = db, tags
         self.listeners: list[Listener] = []
+        self._with_default: set[str] = set()  # accounts known to have their default group
         tags.register("sg", "security-group", self.owned, "InvalidGroup.NotFound")
 
     async def _notify(self, owner_id: str, group_id: str) -> None:
@@ -86,14 +87,18 @@ class SecurityGroups:
 
     # --- lookups -------------------------------------------------------------------------------------------
     async def ensure_default(self, owner_id: str) -> None:
-        if await self.db.fetchone("SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, DEFAULT)):
+        if owner_id in self._with_default:  # a default group is never deleted: one look per account suffices
             return
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO security_groups(group_id, owner_id, name, description, created_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (new_id("sg"), owner_id, DEFAULT, "default group", time.time()),
-            )
+        if not await self.db.fetchone(
+            "SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, DEFAULT)
+        ):
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO security_groups(group_id, owner_id, name, description, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (new_id("sg"), owner_id, DEFAULT, "default group", time.time()),
+                )
+        self._with_default.add(owner_id)
 
     async def rules(self, group_id: str) -> list[Rule]:
         """The full ingress rule set of a group, sources resolved to owner and name."""
