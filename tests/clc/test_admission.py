@@ -31,8 +31,9 @@ CC = {"NC_POLLING_FREQUENCY": 3600}  # likewise the CC's numbers come from its n
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_cloud(tmp_path_factory.mktemp("admission") / "cloud", clc=CLC, cc=CC)
+def cloud(tmp_path_factory, clc_database):
+    directory = tmp_path_factory.mktemp("admission") / "cloud"
+    instance = start_cloud(directory, clc=CLC, cc=CC, database_url=clc_database)
     try:
         yield instance
     finally:

@@ -13,8 +13,8 @@ from tests.clc.ec2_helpers import ec2_url as url_of
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_clc(tmp_path_factory.mktemp("ec2errors") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_clc(tmp_path_factory.mktemp("ec2errors") / "cloud", clc_database)
     try:
         yield instance
     finally:

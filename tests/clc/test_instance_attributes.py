@@ -20,8 +20,8 @@ NS = "{http://ec2.amazonaws.com/doc/2013-02-01/}"
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    instance = start_cloud(tmp_path_factory.mktemp("attributes") / "cloud")
+def cloud(tmp_path_factory, clc_database):
+    instance = start_cloud(tmp_path_factory.mktemp("attributes") / "cloud", database_url=clc_database)
     try:
         yield instance
     finally:
