@@ -55,7 +55,8 @@ def main() -> int:
     parser.add_argument("--launches", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="burst-bench-") as tmp:
-        world = World(Path(tmp), proxy=False)
+        # The remote zone as configured by default (the tests' World deletes remote key pairs and groups at once).
+        world = World(Path(tmp), proxy=False, cc_settings={"KOALA_REMOTE_KEEP_UNUSED": 60})
         try:
             local, remote = world.local_ec2(), world.remote_ec2_once()
             world.wait_zone(BURST_ZONE)

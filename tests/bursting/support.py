@@ -231,6 +231,7 @@ class World:
             "KOALA_REMOTE_MAX_INSTANCES": 10,
             "KOALA_REMOTE_TIMEOUT": 20,
             "KOALA_REMOTE_POLL_MAX": 2,
+            "KOALA_REMOTE_KEEP_UNUSED": 0,  # the tests see remote key pairs and groups go as their instance ends
             **(cc_settings or {}),
         }
         self.cc = RemoteZoneCC(self.local, BURST_ZONE, settings, self.remote_creds)

@@ -45,6 +45,7 @@ class UploadZone:
             "KOALA_REMOTE_VMTYPE_MAP": f"{VM}=m1.small",
             "KOALA_REMOTE_MAX_INSTANCES": 10,
             "KOALA_REMOTE_POLL_MAX": 2,
+            "KOALA_REMOTE_KEEP_UNUSED": 6,  # the group made for the launches stays 6 s after the last ends
             "KOALA_REMOTE_AUTO_UPLOAD": True,
             "KOALA_REMOTE_S3_ENDPOINT": self.s3_proxy.url,
             "KOALA_REMOTE_CLOUD_CERT": rc["EUCALYPTUS_CERT"],
@@ -169,6 +170,14 @@ def test_launches_upload_the_image_once_and_a_kill_9_mid_upload_resumes(world, z
     ec2.terminate_instances(InstanceIds=[first, second, third])
     wait_state(ec2, [first, second, third], {"terminated"})
     wait_for(lambda: not [i for i in world.remote_instances() if i["InstanceType"] == "m1.small"], what="none left")
+    # The remote group made for them stays a while (KOALA_REMOTE_KEEP_UNUSED), then goes.
+    group = f"{prefix}{world.local_creds.account_id}-default"
+
+    def groups() -> list[str]:
+        return [g["GroupName"] for g in world.remote_ec2().describe_security_groups()["SecurityGroups"]]
+
+    assert group in groups()
+    wait_for(lambda: group not in groups(), 30, what=f"remote group {group} deleted once unused for 6 s")
 
 
 def test_a_kill_9_after_the_remote_registered_the_image_leaves_one_image(world, zone, tmp_path):

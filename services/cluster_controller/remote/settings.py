@@ -79,6 +79,13 @@ class RemoteSettings(BaseModel):
         10.0, gt=0, description="Longest wait between polls of the remote (steady state, or while it fails)."
     )
     KOALA_REMOTE_CONCURRENCY: int = Field(8, ge=1, le=64, description="Calls in flight to the remote at once.")
+    KOALA_REMOTE_KEEP_UNUSED: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Seconds the key pairs and security groups made remotely stay after the last instance using "
+        "them ended, so the next burst launch with the same key and groups finds them (0: deleted at once).",
+    )
     KOALA_REMOTE_AUTO_UPLOAD: bool = Field(
         False,
         description="A launch of a local image with no KOALA_REMOTE_IMAGE_MAP entry re-bundles the image for the "

@@ -172,7 +172,8 @@ class RemoteZone:
     def _end(self, instance: RemoteInstance, reason: str) -> None:
         if instance.live:
             log.info("%s (remote %s): Teardown (%s)", instance.instance_id, instance.remote_id or "-", reason)
-            self._sweep_due = 0.0
+            # Its key pair and groups go once no instance has used them for KOALA_REMOTE_KEEP_UNUSED seconds.
+            self._sweep_due = min(self._sweep_due, time.monotonic() + self.config.KOALA_REMOTE_KEEP_UNUSED)
         instance.state, instance.reason = "Teardown", reason
         instance.ended_at = instance.ended_at or time.time()
         self._changed(instance)
@@ -378,9 +379,13 @@ class RemoteZone:
             params["UserData"] = spec.user_data
         if self.config.KOALA_REMOTE_ZONE:
             params["Placement"] = {"AvailabilityZone": self.config.KOALA_REMOTE_ZONE}
+        groups = [self.resources.ensure_group(n) for n in self.networks_of(spec)]
         if spec.ssh_public_key:
-            params["KeyName"] = await self.resources.ensure_key(spec.ssh_public_key)
-        params["SecurityGroups"] = [await self.resources.ensure_group(n) for n in self.networks_of(spec)]
+            key, *names = await asyncio.gather(self.resources.ensure_key(spec.ssh_public_key), *groups)
+            params["KeyName"] = key
+        else:
+            names = list(await asyncio.gather(*groups))
+        params["SecurityGroups"] = names
         try:
             answer = await self.ec2.call("RunInstances", params)
         except RemoteRefused as err:
@@ -589,7 +594,13 @@ class RemoteZone:
         async with self._sweep_lock:
             if self._in_flight:
                 return
-            live = [i for i in self.instances.values() if i.live]
+            now, keep = time.time(), self.config.KOALA_REMOTE_KEEP_UNUSED
+            # Live instances' key pairs and groups stay, and those of instances that ended less than `keep` ago
+            # (the next launch of the same kind finds them there: no remote calls to make them again).
+            recent = [
+                i.ended_at + keep - now for i in self.instances.values() if not i.live and i.ended_at + keep > now
+            ]
+            live = [i for i in self.instances.values() if i.live or i.ended_at + keep > now]
             keys, groups = set(), set()
             for instance in live:
                 spec = await self.store.reservations.spec(instance.reservation_id)
@@ -602,7 +613,7 @@ class RemoteZone:
                     for rule in self.resources.rules.get(network, []):
                         groups.update(self.resources.group_name(s) for s in rule.source_networks)
             done = await self.resources.sweep(keys, groups)
-            self._sweep_due = time.monotonic() + (SWEEP_EVERY if done else SWEEP_RETRY)
+            self._sweep_due = time.monotonic() + min([SWEEP_EVERY if done else SWEEP_RETRY, *recent])
 
     # --- what only zones of local nodes do ------------------------------------------------------------------
     async def register_node(self, entry: str, mac: str) -> NodeInfo:
