@@ -216,6 +216,21 @@ def test_versioning_failure_paths(walrus: Walrus) -> None:
         404,
     )
     assert error(bob.list_object_versions, Bucket="verfail")[:2] == ("AccessDenied", 403)
+    # MFA delete: Koala's accounts have no MFA device, so turning it on fails as S3 fails it without one
+    mfa_on = {"Status": "Enabled", "MFADelete": "Enabled"}
+    code, status, response = error(put, Bucket="verfail", VersioningConfiguration=mfa_on)
+    assert (code, status, response["Error"]["Message"]) == (
+        "AccessDenied",
+        403,
+        "Mfa Authentication must be used for this request",
+    )
+    assert error(put, Bucket="verfail", VersioningConfiguration=mfa_on, MFA="arn:aws:iam::1:mfa/root 123456")[:2] == (
+        "AccessDenied",
+        403,
+    )
+    assert "Status" not in s3.get_bucket_versioning(Bucket="verfail")  # nothing changed
+    put(Bucket="verfail", VersioningConfiguration={"Status": "Suspended", "MFADelete": "Disabled"})
+    assert s3.get_bucket_versioning(Bucket="verfail")["Status"] == "Suspended"
     s3.put_object(Bucket="verfail", Key="k", Body=b"x")
     # a version id too long to be one is refused; a well-formed one that does not exist is NoSuchVersion
     assert error(s3.get_object, Bucket="verfail", Key="k", VersionId="v" * 2000)[:2] == ("InvalidArgument", 400)
