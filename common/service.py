@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,6 +26,7 @@ from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
 from common.signing import Identity, TrustStore
 
 VERSION = "0.1.0"
+RequestHandlerFn = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 COMPONENT_AND_ADMIN_ROLES = frozenset({"clc", "cc", "nc", "walrus", "admin"})
 log = logging.getLogger("koala.service")
 ExceptionTypes = type[Exception] | tuple[type[Exception], ...]  # what isinstance takes
@@ -163,6 +164,11 @@ class Service:
             peers=self.monitor.statuses(),
         )
 
+    def request_handler(self, app_handler: RequestHandlerFn) -> RequestHandlerFn:
+        """What serves each request: the application (router, then middlewares) unless a subclass puts a faster
+        front before it for most of its requests (Walrus: S3 requests skip the router)."""
+        return app_handler
+
     def runner_options(self) -> dict[str, object]:
         """aiohttp's request handler settings (Walrus raises the header limits)."""
         return {"access_log": None, "shutdown_timeout": 30, "keepalive_timeout": self.guard.limits.idle_seconds}
@@ -179,6 +185,8 @@ class Service:
         install_exhaustion_handler(asyncio.get_running_loop())
         runner = web.AppRunner(self.app, **self.runner_options())  # type: ignore[arg-type]
         await runner.setup()
+        assert runner.server is not None  # set up just now
+        runner.server.request_handler = self.request_handler(runner.server.request_handler)
         site = HttpSite(runner, self.listen_hosts(), self.config.port, self.guard)
         await site.start()
         for sock in self.listen_sockets():

@@ -103,8 +103,13 @@ class S3App:
             if info is not None and info.owner_id != expected.strip():
                 raise S3Error("AccessDenied")
 
-    def _is_passthrough(self, request: web.Request) -> bool:
-        path = routing.origin_form(request.raw_path).partition("?")[0]
+    def is_passthrough(self, request: web.BaseRequest) -> bool:
+        """True for what other parts of Walrus serve: internal calls signed by a component and the paths in
+        `passthrough`, never on a bucket's virtual host."""
+        target = request.raw_path
+        if target.startswith("/") and not target.startswith(("/internal/", *self.passthrough)):
+            return False  # the common case, an S3 path, decided at a glance
+        path = routing.origin_form(target).partition("?")[0]
         if routing.host_bucket(request.host, self.domains):
             return False
         if path.startswith("/internal/") and HEADER_CERT in request.headers:
@@ -115,7 +120,7 @@ class S3App:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if self._is_passthrough(request):
+        if self.is_passthrough(request):
             return await handler(request)
         return await self.handle(request)
 
@@ -138,8 +143,9 @@ class S3App:
                 await auth.authenticate(ctx)
             route = routes.pick(request.method, bucket, key, ctx.query, request.headers)
             ctx.operation = route.operation
-            await self._check_expected_owner(ctx)
-            continued = await self._send_continue(request)
+            if "x-amz-expected-bucket-owner" in request.headers or "x-amz-copy-source" in request.headers:
+                await self._check_expected_owner(ctx)
+            continued = "Expect" in request.headers and await self._send_continue(request)
             response = await route.handler(ctx)
         except (S3Error, StorageError) as caught:
             if isinstance(caught, S3Error):
