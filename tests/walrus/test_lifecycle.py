@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.walrus.cli import aws_error, s3cmd_error
 from tests.walrus.conftest import Walrus, start_walrus
 from tests.walrus.test_cli_clients import aws, s3cmd, s3cmd_config
 
@@ -108,8 +109,13 @@ def test_configuration_round_trip_and_errors(walrus: Walrus) -> None:
     assert refused({**tagged, "Filter": twice, "Expiration": {"Days": 1}}) == ("InvalidArgument", 400)
     long_key = {"Tag": {"Key": "k" * 129, "Value": "v"}}
     assert refused({**tagged, "Filter": long_key, "Expiration": {"Days": 1}}) == ("InvalidTag", 400)
-    moved = rule("glacier", Transitions=[{"Days": 1, "StorageClass": "GLACIER"}])
-    assert refused(moved) == ("NotImplemented", 501)
+    # one storage class: a transition is refused as S3 refuses a class its bucket cannot hold
+    assert refused(rule("glacier", Transitions=[{"Days": 1, "StorageClass": "GLACIER"}])) == (
+        "InvalidStorageClass",
+        400,
+    )
+    older = {"NoncurrentDays": 30, "StorageClass": "STANDARD_IA"}
+    assert refused(rule("ia", NoncurrentVersionTransitions=[older])) == ("InvalidStorageClass", 400)
     assert refused(rule("x" * 300, Expiration={"Days": 1})) == ("InvalidArgument", 400)
     bob = walrus.client("bob")
     assert error(bob.get_bucket_lifecycle_configuration, Bucket="lcconf") == ("AccessDenied", 403)
@@ -302,6 +308,40 @@ def test_s3cmd_lifecycle(walrus: Walrus, tmp_path: Path) -> None:
     assert eventually(lambda: "Contents" not in s3.list_objects_v2(Bucket="lcs3cmd"))
     s3cmd(config, "dellifecycle", "s3://lcs3cmd")
     assert error(s3.get_bucket_lifecycle_configuration, Bucket="lcs3cmd")[1] == 404
+
+
+def test_one_storage_class(walrus: Walrus, tmp_path: Path) -> None:
+    """Walrus keeps objects in STANDARD only: asking for it works, any other class is InvalidStorageClass (400)
+    through boto3, awscli and s3cmd, and nothing is stored under a class the client did not ask for."""
+    s3 = walrus.client()
+    s3.create_bucket(Bucket="classes")
+    s3.put_object(Bucket="classes", Key="std", Body=b"x", StorageClass="STANDARD")
+    assert "StorageClass" not in s3.head_object(Bucket="classes", Key="std")  # S3 names no class for STANDARD
+    assert s3.list_objects_v2(Bucket="classes")["Contents"][0]["StorageClass"] == "STANDARD"
+    assert error(s3.put_object, Bucket="classes", Key="cold", Body=b"x", StorageClass="GLACIER") == (
+        "InvalidStorageClass",
+        400,
+    )
+    assert error(s3.create_multipart_upload, Bucket="classes", Key="ia", StorageClass="STANDARD_IA") == (
+        "InvalidStorageClass",
+        400,
+    )
+    copy = {"Bucket": "classes", "Key": "copy", "CopySource": {"Bucket": "classes", "Key": "std"}}
+    assert error(s3.copy_object, **copy, StorageClass="REDUCED_REDUNDANCY") == ("InvalidStorageClass", 400)
+    body = tmp_path / "body.txt"
+    body.write_text("x")
+    assert "InvalidStorageClass" in aws_error(
+        walrus, tmp_path, "s3", "cp", str(body), "s3://classes/aws", "--storage-class", "DEEP_ARCHIVE"
+    )
+    if shutil.which("s3cmd") is not None:
+        config = s3cmd_config(walrus, tmp_path / "s3cfg", signature_v2=False)
+        assert "InvalidStorageClass" in s3cmd_error(
+            config, "put", "--storage-class=ONEZONE_IA", str(body), "s3://classes/s3cmd"
+        )
+        s3cmd(config, "put", "--storage-class=STANDARD", str(body), "s3://classes/s3cmd")
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="classes")["Contents"]) == (
+        ["s3cmd", "std"] if shutil.which("s3cmd") else ["std"]
+    )
 
 
 def visible_after_kill(walrus: Walrus) -> int:

@@ -23,6 +23,10 @@ MAX_PREFIX = 1024
 MAX_DAYS = 1 << 31
 
 
+# The storage classes S3 transitions objects to (its API's TransitionStorageClass values).
+TRANSITION_CLASSES = ("GLACIER", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "DEEP_ARCHIVE", "GLACIER_IR")
+
+
 def _int(node: ET.Element, tag: str, low: int = 1, high: int = MAX_DAYS) -> int | None:
     text = node.findtext(tag)
     if text is None:
@@ -98,6 +102,20 @@ def _filter(rule: ET.Element) -> dict[str, Any]:
     return found
 
 
+def _refuse_transition(node: ET.Element) -> None:
+    """A transition moves objects to another storage class, and Walrus has one (STANDARD, see objects.py): a
+    well-formed one is refused as S3 refuses a storage class its bucket cannot hold (InvalidStorageClass, 400), a
+    malformed one as S3 refuses that (MalformedXML)."""
+    storage_class = (node.findtext("StorageClass") or "").strip()
+    if storage_class not in TRANSITION_CLASSES:
+        raise S3Error("MalformedXML", f"{node.tag} needs a StorageClass, one of {', '.join(TRANSITION_CLASSES)}")
+    raise S3Error(
+        "InvalidStorageClass",
+        f"Walrus keeps objects in one storage class (STANDARD): no {node.tag} to {storage_class}",
+        StorageClassRequested=storage_class,
+    )
+
+
 def parse_rule(node: ET.Element) -> Rule:
     if node.tag != "Rule":
         raise S3Error("MalformedXML")
@@ -107,8 +125,8 @@ def parse_rule(node: ET.Element) -> Rule:
     status = (node.findtext("Status") or "").strip()
     if status not in ("Enabled", "Disabled"):
         raise S3Error("MalformedXML", "Status must be Enabled or Disabled")
-    if node.find("Transition") is not None or node.find("NoncurrentVersionTransition") is not None:
-        raise S3Error("NotImplemented", "Walrus has one storage class: transitions do not apply")
+    for transition in [*node.findall("Transition"), *node.findall("NoncurrentVersionTransition")]:
+        _refuse_transition(transition)
     fields: dict[str, Any] = {"id": rule_id, "enabled": status == "Enabled", **_filter(node)}
     if len(fields["prefix"].encode()) > MAX_PREFIX:
         raise S3Error("InvalidArgument", "The prefix is too long", ArgumentName="Prefix")

@@ -52,6 +52,8 @@ OVERRIDES = {
     "response-content-encoding": "Content-Encoding",
 }
 SMALL_BODY = 64 << 10
+STORAGE_CLASS = "STANDARD"  # the one storage class of Walrus's objects
+CONDITIONS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
 MAX_DELETE_KEYS = 1000
 
 
@@ -59,7 +61,16 @@ def quota(ctx: Ctx) -> tuple[int, int]:
     return ctx.app.limits.bucket_quota, ctx.app.limits.account_quota
 
 
+def check_storage_class(value: str | None) -> None:
+    """x-amz-storage-class: Walrus keeps every object in one storage class, STANDARD. Any other is refused with S3's
+    InvalidStorageClass (400), as S3 refuses a class its bucket cannot hold (its one-class directory buckets do the
+    same), rather than storing the object in a class it did not ask for."""
+    if value is not None and value.strip() != STORAGE_CLASS:
+        raise S3Error("InvalidStorageClass", StorageClassRequested=value[:64])
+
+
 def spec_from_headers(ctx: Ctx, bucket: BucketInfo) -> ObjectSpec:
+    check_storage_class(ctx.headers.get("x-amz-storage-class"))
     requester = ctx.requester
     owner_id = requester.account_id or "anonymous"
     owner_name = requester.account_name or "anonymous"
@@ -192,7 +203,9 @@ async def put_object(ctx: Ctx) -> web.Response:
     check_new_key(ctx.key)
     await access.check(ctx, "s3:PutObject", bucket, "WRITE", key=ctx.key)
     spec = spec_from_headers(ctx, bucket)
-    spec = dataclasses.replace(spec, acl=await access.vet_acl(ctx, bucket.name, spec.acl))
+    vetted = await access.vet_acl(ctx, bucket.name, spec.acl)
+    if vetted is not spec.acl:
+        spec = dataclasses.replace(spec, acl=vetted)
     require_integrity_for_lock(ctx, spec)
     await check_write_conditions(ctx)
     data, checksums = await receive(ctx, ctx.app.limits.max_object_size)
@@ -280,6 +293,8 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 def check_conditions(headers: Mapping[str, str], info: ObjectInfo, prefix: str = "") -> None:
     """If-Match & co (or x-amz-copy-source-if-* with `prefix`): 412, or 304 for reads."""
+    if not prefix and not any(name in headers for name in CONDITIONS):
+        return  # the usual read: no conditions
     modified = int(info.last_modified)
     copy = bool(prefix)
     if_match = headers.get(f"{prefix}If-Match")
@@ -335,7 +350,29 @@ def _invalid_range(value: str, size: int) -> S3Error:
     return err
 
 
+_stored_headers: dict[int, tuple[ObjectInfo, bool, dict[str, str]]] = {}  # id(info) -> (info, versioned, headers)
+
+
 def object_headers(info: ObjectInfo, ctx: Ctx, bucket: BucketInfo | None) -> dict[str, str]:
+    """The headers GET and HEAD answer with for a version (a fresh dict: callers add to it). What they owe to the
+    version alone is remembered for that ObjectInfo (a frozen snapshot: a changed version is a new one)."""
+    versioned = bucket is not None and bool(bucket.versioning)
+    memo = _stored_headers.get(id(info))
+    if memo is not None and memo[0] is info and memo[1] == versioned:
+        headers = dict(memo[2])
+    else:
+        headers = _version_headers(info, bucket)
+        if len(_stored_headers) >= 4096:
+            _stored_headers.clear()
+        _stored_headers[id(info)] = (info, versioned, dict(headers))  # holds `info`: its id is not reused meanwhile
+    if len(ctx.query) > 0:
+        for query_name, header in OVERRIDES.items():
+            if query_name in ctx.query:
+                headers[header] = ctx.query[query_name]
+    return headers
+
+
+def _version_headers(info: ObjectInfo, bucket: BucketInfo | None) -> dict[str, str]:
     headers = {
         "ETag": f'"{info.etag}"',
         "Last-Modified": http_time(info.last_modified),
@@ -350,9 +387,6 @@ def object_headers(info: ObjectInfo, ctx: Ctx, bucket: BucketInfo | None) -> dic
         headers[f"x-amz-meta-{name}"] = value
     if info.parts:
         headers["x-amz-mp-parts-count"] = str(len(info.parts))
-    for query_name, header in OVERRIDES.items():
-        if query_name in ctx.query:
-            headers[header] = ctx.query[query_name]
     return headers
 
 

@@ -25,7 +25,7 @@ from services.walrus.s3.buckets import load_bucket
 from services.walrus.s3.context import Ctx
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.names import check_key
-from services.walrus.s3.objects import STORED_HEADERS, commit
+from services.walrus.s3.objects import STORED_HEADERS, check_storage_class, commit
 from services.walrus.s3.versioning import version_headers
 from services.walrus.s3.xml import el, xml_response
 from services.walrus.storage import BucketInfo, ObjectSpec
@@ -109,6 +109,7 @@ async def _authenticate(ctx: Ctx, fields: dict[str, str]) -> None:
 
 
 def _spec(ctx: Ctx, fields: dict[str, str], bucket: BucketInfo, file_type: str) -> ObjectSpec:
+    check_storage_class(fields.get("x-amz-storage-class"))
     requester = ctx.requester
     owner_id = requester.account_id or "anonymous"
     owner_name = requester.account_name or "anonymous"
