@@ -49,17 +49,28 @@ def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+_canonical_parts: dict[str, str] = {}  # encoded parts seen before (a presigned URL's credential comes back often)
+
+
 def canonical_part(raw: str) -> str:
     """A query name or value as sent -> its SigV4 form (decoded once, encoded once, RFC 3986 unreserved kept)."""
     if _UNRESERVED.fullmatch(raw):  # the common case needs neither step
         return raw
-    return quote(unquote(raw), safe="~")
+    found = _canonical_parts.get(raw)
+    if found is None:
+        found = quote(unquote(raw), safe="~")
+        if len(raw) <= 256:
+            if len(_canonical_parts) >= 4096:
+                _canonical_parts.clear()
+            _canonical_parts[raw] = found
+    return found
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]], drop: str = "") -> str:
     """Sorted `name=value` pairs in SigV4 form; `drop` names a parameter left out (a presigned URL's signature)."""
-    items = sorted((canonical_part(name), canonical_part(value)) for name, value in pairs)
-    return "&".join(f"{name}={value}" for name, value in items if name != drop)
+    named = [(canonical_part(name), value) for name, value in pairs]
+    items = sorted((name, canonical_part(value)) for name, value in named if name != drop)
+    return "&".join(f"{name}={value}" for name, value in items)
 
 
 def canonical_header_value(values: Iterable[str]) -> str:

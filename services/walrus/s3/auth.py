@@ -4,11 +4,13 @@ signed internal requests. Signatures are compared in constant time; the clock ma
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import re
 import time
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from common import signing as koala_signing
@@ -255,7 +257,54 @@ async def _sigv4_header(ctx: Ctx, authorization: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _Presigned:
+    """A presigned URL that checked out, and what its check set on the request."""
+
+    access_key: str
+    creds: Credentials  # as resolved then: the same secret must still be the key's
+    requester: Requester
+    signing: ChunkSigning
+    stamp: float
+    expires: int
+
+
+_presigned: dict[tuple[str, ...], _Presigned] = {}  # (method, path, query, host, payload header) -> its check
+
+
+async def _presigned_again(ctx: Ctx, memo_key: tuple[str, ...]) -> bool:
+    """A presigned URL fetched again (the usual way to serve one object to many): True when its earlier check
+    still holds: not expired, its key still enabled with the same secret. False leaves it to the full check, which
+    also words every refusal."""
+    seen = _presigned.get(memo_key)
+    if seen is None:
+        return False
+    now = time.time()
+    if now > seen.stamp + seen.expires or seen.stamp - now > MAX_SKEW:
+        return False
+    creds = await ctx.app.keys.resolve(seen.access_key)  # revocation and key changes as for any request
+    if creds is not seen.creds:
+        if creds.secret != seen.creds.secret:
+            return False
+        seen = dataclasses.replace(seen, creds=creds, requester=_principal_requester(ctx, creds))
+        _presigned[memo_key] = seen
+    ctx.payload = ctx.headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+    ctx.requester, ctx.signing = seen.requester, seen.signing
+    ctx.auth_type, ctx.signature_version, ctx.signed_at = "REST-QUERY-STRING", "AWS4-HMAC-SHA256", seen.stamp
+    return True
+
+
 async def _sigv4_query(ctx: Ctx) -> None:
+    headers = ctx.headers
+    memo_key = (
+        ctx.request.method,
+        ctx.raw_path,
+        ctx.raw_query,
+        headers.get("Host", ""),
+        headers.get("x-amz-content-sha256", ""),
+    )
+    if await _presigned_again(ctx, memo_key):
+        return
     query = ctx.query
     if query.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
         raise S3Error(
@@ -306,6 +355,11 @@ async def _sigv4_query(ctx: Ctx) -> None:
         "X-Amz-Signature",
         stamp,
     )
+    if signed_headers == "host" and ctx.signing is not None:  # the key above names everything the check covered
+        if len(_presigned) >= VERIFIED_ENTRIES:
+            _presigned.clear()
+        creds = await ctx.app.keys.resolve(access_key)
+        _presigned[memo_key] = _Presigned(access_key, creds, ctx.requester, ctx.signing, stamp, expires)
 
 
 def chunk_signature(signing: ChunkSigning, previous: str, chunk_sha256: str) -> str:

@@ -68,8 +68,22 @@ def host_bucket(host: str, domains: tuple[str, ...]) -> str:
     return ""
 
 
+_located: dict[tuple[str, str, tuple[str, ...]], tuple[str, str]] = {}  # (path, host, domains) -> (bucket, key)
+
+
 def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str]:
     """(bucket, key) from the raw (still percent-encoded) path and the Host header."""
+    memo_key = (raw_path, host, domains)
+    found = _located.get(memo_key)
+    if found is None:
+        found = _locate(raw_path, host, domains)
+        if len(_located) >= 4096:
+            _located.clear()
+        _located[memo_key] = found
+    return found
+
+
+def _locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str]:
     path = raw_path
     if path == WALRUS_PREFIX or path.startswith(WALRUS_PREFIX + "/"):
         path = path[len(WALRUS_PREFIX) :]

@@ -305,7 +305,7 @@ class EmbeddedBackend(StorageBackend):
             raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
         if info.delete_marker:
             raise DeleteMarkerHit(info)
-        inline = {}
+        inline, fetched = {}, {}
         for data_id, _ in info.segments:
             if is_inline(data_id):
                 body = self.data.small_get(data_id)
@@ -313,9 +313,12 @@ class EmbeddedBackend(StorageBackend):
                     rows = await self.db.query("SELECT bytes FROM inline_data WHERE data_id = ?", (data_id,))
                     if not rows:  # the version went between reading its row and its bytes
                         raise NoSuchKey(key) if version_id is None else NoSuchVersion(version_id)
-                    body = bytes(rows[0][0])
+                    body = fetched[data_id] = bytes(rows[0][0])
                 inline[data_id] = body
-        return EmbeddedReader(self.data, info, inline)
+        reader = EmbeddedReader(self.data, info, inline)
+        for data_id, body in fetched.items():  # held by the reader now: kept in memory for the next reads
+            self.data.small_put(data_id, body)
+        return reader
 
     async def new_data(self, hashes: tuple[str, ...] = ()) -> TempData:
         return self.data.new_data(hashes)
