@@ -1,4 +1,4 @@
-"""Object Lock through boto3 and awscli against a real Walrus: buckets created with ObjectLockEnabledForBucket,
+"""Object Lock through boto3, awscli and s3cmd against a real Walrus: buckets created with ObjectLockEnabledForBucket,
 default retention, GOVERNANCE and COMPLIANCE retention, legal hold, x-amz-bypass-governance-retention for the
 bucket owner only, deletes and changes refused exactly when S3 refuses them, and a locked version that stays
 undeletable across a restart."""
@@ -9,13 +9,15 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.walrus.cli import s3cmd_error
 from tests.walrus.conftest import Walrus, start_walrus
-from tests.walrus.test_cli_clients import aws
+from tests.walrus.test_cli_clients import aws, s3cmd, s3cmd_config
 
 pytestmark = pytest.mark.shared_metadata  # also on the shared store (tests/walrus/conftest.py)
 
@@ -243,6 +245,32 @@ def test_awscli_object_lock(walrus: Walrus, tmp_path: Path) -> None:
         )
     )
     assert retention["Retention"]["Mode"] == "COMPLIANCE"
+
+
+@pytest.mark.skipif(shutil.which("s3cmd") is None, reason="s3cmd is installed by deploy/bootstrap.sh")
+def test_s3cmd_in_a_locked_bucket(walrus: Walrus, tmp_path: Path) -> None:
+    """s3cmd has no Object Lock commands; in a bucket whose default retention locks what it uploads, its put gets
+    the retention, its del only hides the object behind a delete marker, and the bucket cannot be removed."""
+    s3 = lock_bucket(walrus, "s3cmdlock")
+    default = {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}
+    s3.put_object_lock_configuration(
+        Bucket="s3cmdlock", ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": default}
+    )
+    config = s3cmd_config(walrus, tmp_path / "s3cfg", signature_v2=False)
+    source = tmp_path / "f"
+    source.write_text("kept")
+    # a locked upload needs an integrity header, which s3cmd sends only when asked (as on S3)
+    assert "InvalidRequest" in s3cmd_error(config, "put", str(source), "s3://s3cmdlock/f")
+    md5 = base64.b64encode(hashlib.md5(b"kept").digest()).decode()
+    s3cmd(config, "put", f"--add-header=Content-MD5:{md5}", str(source), "s3://s3cmdlock/f")
+    head = s3.head_object(Bucket="s3cmdlock", Key="f")
+    assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] > later(hours=23)
+    s3cmd(config, "del", "s3://s3cmdlock/f")
+    assert error(s3.head_object, Bucket="s3cmdlock", Key="f")[1] == 404  # a delete marker on top
+    kept = s3.get_object(Bucket="s3cmdlock", Key="f", VersionId=head["VersionId"])["Body"].read()
+    assert kept == b"kept"
+    assert error(s3.delete_object, Bucket="s3cmdlock", Key="f", VersionId=head["VersionId"]) == ("AccessDenied", 403)
+    assert "BucketNotEmpty" in s3cmd_error(config, "rb", "s3://s3cmdlock")
 
 
 def test_locked_version_survives_restart(tmp_path: Path) -> None:
