@@ -312,7 +312,8 @@ def test_s3cmd_lifecycle(walrus: Walrus, tmp_path: Path) -> None:
 
 def test_one_storage_class(walrus: Walrus, tmp_path: Path) -> None:
     """Walrus keeps objects in STANDARD only: asking for it works, any other class is InvalidStorageClass (400)
-    through boto3, awscli and s3cmd, and nothing is stored under a class the client did not ask for."""
+    through boto3, awscli and s3cmd, nothing is stored under a class the client did not ask for, and RestoreObject
+    is refused as S3 refuses it for a STANDARD object."""
     s3 = walrus.client()
     s3.create_bucket(Bucket="classes")
     s3.put_object(Bucket="classes", Key="std", Body=b"x", StorageClass="STANDARD")
@@ -341,6 +342,23 @@ def test_one_storage_class(walrus: Walrus, tmp_path: Path) -> None:
         s3cmd(config, "put", "--storage-class=STANDARD", str(body), "s3://classes/s3cmd")
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="classes")["Contents"]) == (
         ["s3cmd", "std"] if shutil.which("s3cmd") else ["std"]
+    )
+    # RestoreObject: nothing is archived, so S3's answer for a STANDARD object, once the object is there
+    restore = {"Bucket": "classes", "RestoreRequest": {"Days": 1}}
+    assert error(s3.restore_object, Key="std", **restore) == ("InvalidObjectState", 403)
+    assert error(s3.restore_object, Key="missing", **restore) == ("NoSuchKey", 404)
+    assert error(walrus.client("bob").restore_object, Key="std", **restore) == ("AccessDenied", 403)
+    assert "InvalidObjectState" in aws_error(
+        walrus,
+        tmp_path,
+        "s3api",
+        "restore-object",
+        "--bucket",
+        "classes",
+        "--key",
+        "std",
+        "--restore-request",
+        "Days=1",
     )
 
 

@@ -41,6 +41,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "InvalidPartOrder": (400, "The list of parts was not in ascending order. Parts must be ordered by part number."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
+    "InvalidObjectState": (403, "The operation is not valid for the current state of the object."),
     "InvalidRequest": (400, "Invalid Request"),
     "InvalidStorageClass": (400, "The storage class you specified is not valid"),
     "InvalidURI": (400, "Couldn't parse the specified URI."),

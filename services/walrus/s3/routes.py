@@ -27,6 +27,7 @@ from services.walrus.s3 import (
     object_tagging,
     objects,
     post,
+    restore,
     tagging,
     versioning,
 )
@@ -80,7 +81,7 @@ BUCKET_CONFIGS = ("policy", "policyStatus", "cors", "lifecycle", "logging", "tag
 UNSUPPORTED = frozenset(
     """website notification replication encryption requestPayment
     accelerate analytics inventory metrics intelligent-tiering ownershipControls
-    restore torrent select""".split()
+    torrent select""".split()
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -146,6 +147,7 @@ ROUTES: tuple[Route, ...] = (
     _r("AbortMultipartUpload", "DELETE", OBJECT, multipart.abort_multipart_upload, "uploadId"),
     _r("DeleteObjectTagging", "DELETE", OBJECT, object_tagging.delete_object_tagging, "tagging"),
     _r("DeleteObject", "DELETE", OBJECT, objects.delete_object),
+    _r("RestoreObject", "POST", OBJECT, restore.restore_object, "restore"),
     _r("CreateMultipartUpload", "POST", OBJECT, multipart.create_multipart_upload, "uploads"),
     _r("CompleteMultipartUpload", "POST", OBJECT, multipart.complete_multipart_upload, "uploadId"),
 )
