@@ -498,7 +498,8 @@ class Cluster:
     def _confirm(self, instance: Instance, state: str, detail: str) -> None:
         if instance.confirmed_at is not None and instance.state == "Extant" and state == "Pending":
             return  # the node's push of a later state came first (a RunInstances call answers after its last run)
-        instance.confirmed_at = time.monotonic()
+        if instance.confirmed_at is None:  # the first word from the node counts: a poll or push may come first
+            instance.confirmed_at = time.monotonic()  # (a later time would take it off the node's numbers again)
         self._touch(instance)
         if state in ("Pending", "Extant"):
             instance.state = cast(ClusterState, state)
