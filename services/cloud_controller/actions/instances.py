@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from botocore.model import Shape
@@ -285,13 +286,8 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if tag_list:
         await tags.tag_created(ctx, "instance", [i.instance_id for i in launched], tag_list)
     tag_sets = await ctx.compute.tags.tags_for([i.instance_id for i in launched]) if tag_list else {}
-    return reservation_dict(
-        reservation,
-        [
-            instance_dict(i, reservation, tag_sets.get(i.instance_id), product_codes(engine, i), volumes_of(engine, i))
-            for i in launched
-        ],
-    )
+    # Serialized as DescribeInstances serializes them, into its cache: the next listing reuses this work.
+    return reservation_dict(reservation, [fragment for _, fragment in _fragments(engine, launched, tag_sets)])
 
 
 # --- DescribeInstances -----------------------------------------------------------------------------------
@@ -348,29 +344,24 @@ async def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, 
     filters = Filters.parse(params.get("Filters"), INSTANCE_FILTERS, tags=True)
     tagged = await _tagged(ctx, ids, filters)
     # Select, read the page's tags, select again: the last selection and the rendering below share one
-    # synchronous stretch. Each round reads only the tags of instances not read before, so it ends.
+    # synchronous stretch. Each round reads only the tags of instances not read before, so it ends; instances
+    # the tag index knows to have none need no read, and without a read there is no second round.
     tag_sets: dict[str, list[dict[str, str]]] = {}
     read: set[str] = set()
     while True:
         page, next_token = _page(_select(ctx, ids, filters, tagged), params)
         unread = [i.instance_id for i in page if i.instance_id not in read]
+        read.update(unread)
+        unread = ctx.compute.tags.maybe_tagged(unread)
         if not unread:
             break
         tag_sets.update(await ctx.compute.tags.tags_for(unread))
-        read.update(unread)
     reservations: dict[str, tuple[Reservation, list[Any]]] = {}
-    lease_of = leases_of(engine)
-    for instance in page:
-        reservation = engine.store.reservations.get(instance.reservation_id)
-        if reservation is None:
-            continue
+    for reservation, fragment in _fragments(engine, page, tag_sets):
         entry = reservations.get(reservation.reservation_id)
         if entry is None:
             entry = reservations[reservation.reservation_id] = (reservation, [])
-        codes = product_codes(engine, instance)
-        lease = lease_of.get(instance.instance_id, "")
-        volumes = volumes_of(engine, instance)
-        entry[1].append(_cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes))
+        entry[1].append(fragment)
     if len(_XML_CACHE) > 2 * len(engine.store.instances) + 1000:
         for instance_id in [i for i in _XML_CACHE if i not in engine.store.instances]:
             del _XML_CACHE[instance_id]
@@ -425,23 +416,73 @@ def _cached_xml(
     return fragment
 
 
+def _fragments(
+    engine: Compute, instances: list[Instance], tag_sets: dict[str, list[dict[str, str]]]
+) -> Iterator[tuple[Reservation, xml.Prebuilt]]:
+    """Each instance's XML (from the cache while nothing it shows has changed), with its reservation; instances
+    whose reservation is gone are left out."""
+    lease_of = leases_of(engine)
+    for instance in instances:
+        reservation = engine.store.reservations.get(instance.reservation_id)
+        if reservation is None:
+            continue
+        codes = product_codes(engine, instance)
+        lease = lease_of.get(instance.instance_id, "")
+        volumes = volumes_of(engine, instance)
+        yield reservation, _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes)
+
+
+async def _serialize(engine: Compute, instances: list[Instance]) -> None:
+    """Fill the cache for these instances (a DescribeInstances then only joins their fragments)."""
+    tag_sets = await engine.tags.tags_for([i.instance_id for i in instances])
+    for _ in _fragments(engine, instances, tag_sets):
+        pass
+
+
 async def warm_cache(engine: Compute, chunk: int = 500) -> int:
     """Serialize every instance once in the background after a start, so the first DescribeInstances of a big
     cloud is as fast as the next ones. Yields to the event loop between chunks."""
     instances = list(engine.store.instances.values())
     for start in range(0, len(instances), chunk):
-        part = instances[start : start + chunk]
-        tag_sets = await engine.tags.tags_for([i.instance_id for i in part])
-        lease_of = leases_of(engine)
-        for instance in part:
-            reservation = engine.store.reservations.get(instance.reservation_id)
-            if reservation is not None:
-                codes = product_codes(engine, instance)
-                lease = lease_of.get(instance.instance_id, "")
-                volumes = volumes_of(engine, instance)
-                _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes)
+        await _serialize(engine, instances[start : start + chunk])
         await asyncio.sleep(0)
     return len(instances)
+
+
+class Prerender:
+    """Serializes instances in the background as they are launched or change (an `on_change` listener of the
+    engine), a chunk at a time with the event loop free in between. While a big launch's reports arrive, a
+    DescribeInstances then finds the XML ready rather than serializing thousands of instances itself."""
+
+    CHUNK = 200  # about 5 ms of serializing: what a request may wait for
+
+    def __init__(self, engine: Compute):
+        self.engine = engine
+        self.waiting: dict[str, None] = {}  # instance ids, in order
+        self.wake = asyncio.Event()
+
+    def __call__(self, instances: list[Instance]) -> None:
+        self.waiting.update(dict.fromkeys(i.instance_id for i in instances))
+        self.wake.set()
+
+    async def run(self) -> None:
+        store = self.engine.store
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.waiting:
+                chunk = list(itertools.islice(self.waiting, self.CHUNK))
+                for instance_id in chunk:
+                    del self.waiting[instance_id]
+                await _serialize(self.engine, [store.instances[i] for i in chunk if i in store.instances])
+                await asyncio.sleep(0)
+
+
+def install_prerender(engine: Compute) -> Prerender:
+    prerender = Prerender(engine)
+    engine.on_change.append(prerender)
+    engine.background(prerender.run())
+    return prerender
 
 
 # --- Terminate, reboot, console --------------------------------------------------------------------------

@@ -74,9 +74,10 @@ async def install(clc: CloudControllerService) -> Compute:
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes, compute.images)
-    if len(compute.store.instances) > 1000:
-        from services.cloud_controller.actions import instances as instance_actions
+    from services.cloud_controller.actions import instances as instance_actions
 
+    instance_actions.install_prerender(compute)  # instances serialized for DescribeInstances as they change
+    if len(compute.store.instances) > 1000:
         compute.background(instance_actions.warm_cache(compute))
     if compute.settings.network_resources != "off":
         install_netsync(clc, compute)

@@ -80,9 +80,7 @@ class Tags:
     # --- reads -------------------------------------------------------------------------------------------
     async def tags_for(self, resource_ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
         """{resource_id: [{"Key": k, "Value": v}, ...]}, the `Tags` member of answers."""
-        ids = list(dict.fromkeys(resource_ids))
-        if self._tagged is not None:
-            ids = [i for i in ids if i in self._tagged]
+        ids = self.maybe_tagged(list(dict.fromkeys(resource_ids)))
         found: dict[str, list[dict[str, str]]] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
@@ -94,6 +92,11 @@ class Tags:
             for row in rows:
                 found.setdefault(row["resource_id"], []).append({"Key": row["key"], "Value": row["value"]})
         return found
+
+    def maybe_tagged(self, resource_ids: list[str]) -> list[str]:
+        """Those of the ids that may have tags (all of them before `load`); the others have none."""
+        tagged = self._tagged
+        return resource_ids if tagged is None else [i for i in resource_ids if i in tagged]
 
     async def ids_matching(self, owner_id: str, tag_filters: dict[str, list[str]]) -> set[str] | None:
         """Ids of the account's resources matching every `tag:KEY`, `tag-key` and `tag-value` filter; None when

@@ -21,6 +21,8 @@ from botocore.model import OperationModel, Shape
 XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>\n'
 # Characters XML 1.0 cannot carry; user-supplied strings lose them rather than break the document.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# What a text needs changed at all (to drop or to escape): most values (ids, names, states) need nothing.
+_NEEDS_WORK = re.compile("[&<>\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def namespace(version: str) -> str:
@@ -113,7 +115,8 @@ def _scalar(kind: str, value: Any) -> str:
         return base64.b64encode(raw).decode()
     if isinstance(value, bool):
         return "true" if value else "false"
-    return escape(_NOT_XML.sub("", str(value)))
+    text = str(value)
+    return escape(_NOT_XML.sub("", text)) if _NEEDS_WORK.search(text) else text
 
 
 def timestamp(value: Any) -> str:
