@@ -10,6 +10,7 @@ import re
 from types import SimpleNamespace
 
 from services.cloud_controller.actions import Context
+from services.cloud_controller.actions import instances as instance_actions
 from services.cloud_controller.actions.instances import describe_instances
 from tests.clc.test_instances_state_unit import engine, launch, report
 
@@ -67,3 +68,34 @@ async def check_snapshots(compute) -> None:
     assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
     pending = {"Filters": [{"Name": "instance-state-name", "Values": ["pending"]}]}
     assert rendered_states(await describe_instances(ctx, pending)) == {}
+
+
+def test_changed_instances_are_serialized_ahead_of_the_next_describe(tmp_path) -> None:
+    """The prerenderer serializes instances as reports change them, in the background: the next
+    DescribeInstances finds their XML ready (and still shows exactly what the store holds)."""
+
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        try:
+            prerender = instance_actions.install_prerender(compute)
+            instances = await launch(compute, 450, owner=OWNER)
+            ids = [i.instance_id for i in instances]
+            clc = SimpleNamespace(compute=compute, db=compute.db)
+            ctx = Context(clc=clc, principal=PRINCIPAL, request_id="r", version="")  # type: ignore[arg-type]
+            assert set(rendered_states(await describe_instances(ctx, {})).values()) == {"pending"}
+            await compute.reports.apply_report("z1", [report(i, "Extant") for i in ids], full=False)
+            assert all("<name>pending</name>" in instance_actions._XML_CACHE[i][1] for i in ids)  # not yet
+            for _ in range(100):  # the background task's turns (450 instances: three chunks)
+                await asyncio.sleep(0)
+                if not prerender.waiting:
+                    break
+            await asyncio.sleep(0)
+            assert all("<name>running</name>" in instance_actions._XML_CACHE[i][1] for i in ids)
+            cached = {i: instance_actions._XML_CACHE[i][1] for i in ids}
+            assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
+            assert all(instance_actions._XML_CACHE[i][1] is cached[i] for i in ids)  # served, not serialized again
+        finally:
+            await compute.stop()
+            await compute.db.close()
+
+    asyncio.run(scenario())
