@@ -402,19 +402,23 @@ def run_child(tree: Path, scenario: str, args: argparse.Namespace) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), "--scenario", scenario,
             "--instances", str(args.instances), "--batch", str(args.batch), "--ccs", str(args.ccs),
             "--fleet-nodes", str(args.fleet_nodes)]  # fmt: skip
-    print(f"scale_bench: {scenario} in {tree} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(tree)},  # the services the child spawns run that tree's code
-        cwd=tree,
-    )
+    with tempfile.NamedTemporaryFile("w+", prefix=f"scale-bench-{scenario}-", suffix=".log") as progress:
+        note(f"{scenario} in {tree}: progress in {progress.name}")
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=progress,
+            text=True,
+            timeout=7200,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(tree)},  # the services the child spawns run that tree's code
+            cwd=tree,
+        )
+        progress.seek(0)
+        errors = progress.read()
     if done.returncode != 0:  # the other scenarios' figures still count: the failure is reported with them
-        print(f"{scenario} in {tree} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}", file=sys.stderr)
-        return {"failed": done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]}
+        print(f"{scenario} in {tree} failed:\n{done.stdout[-2000:]}\n{errors[-4000:]}", file=sys.stderr)
+        return {"failed": errors.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
