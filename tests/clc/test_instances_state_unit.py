@@ -128,3 +128,30 @@ def test_notify_refuses_unknown_zone(tmp_path) -> None:
         await compute.db.close()
 
     asyncio.run(scenario())
+
+
+def test_a_big_report_lets_requests_in_between(tmp_path) -> None:
+    """A report of thousands (a poll's full list) is applied a chunk at a time: a request waiting meanwhile runs
+    before the whole report is done, and sees each instance either as before or as after."""
+
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        try:
+            instances = await launch(compute, 1200)
+            seen_midway: list[int] = []
+
+            async def request() -> None:
+                seen_midway.append(sum(1 for i in instances if i.state == "running"))
+
+            applying = asyncio.create_task(
+                compute.reports.apply_report("z1", [report(i.instance_id, "Extant") for i in instances], full=True)
+            )
+            await asyncio.sleep(0)  # the report starts (and yields after its first chunk)
+            await request()
+            await applying
+            assert seen_midway and 0 < seen_midway[0] < 1200
+            assert {i.state for i in instances} == {"running"}
+        finally:
+            await compute.db.close()
+
+    asyncio.run(scenario())

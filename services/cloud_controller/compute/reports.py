@@ -5,6 +5,7 @@ reporting is terminated after the grace period.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from services.cloud_controller.compute.engine import Settings
 
 CC_STATES = {"Pending": "pending", "Extant": "running", "Teardown": "terminated"}
+APPLY_CHUNK = 500  # instances of a report applied between two turns of the event loop (a few ms)
 
 
 class ReportsEngine(Protocol):
@@ -57,7 +59,11 @@ class Reports:
         changed: list[Instance] = []
         ended: list[Instance] = []
         seen: set[str] = set()
-        for item in reported:
+        for n, item in enumerate(reported):
+            if n and n % APPLY_CHUNK == 0:
+                # A poll's full list of a big zone: requests (DescribeInstances) get their turn in between. Each
+                # instance's change is made in one step, so a reader sees every instance as before or after.
+                await asyncio.sleep(0)
             instance = self.store.instances.get(item.instance_id)
             if instance is None or instance.zone != zone:
                 continue  # not ours (the CC's own orphans are its business)
