@@ -132,7 +132,8 @@ def _groups(reservation: Reservation | None) -> list[dict[str, str]]:
     return [{"GroupName": name, "GroupId": gid} for name, gid in zip(reservation.groups, ids, strict=False)]
 
 
-def reservation_dict(reservation: Reservation, instances: list[dict[str, Any]]) -> dict[str, Any]:
+def reservation_dict(reservation: Reservation, instances: list[Any]) -> dict[str, Any]:
+    """`instances`: each a dict shaped like the model's Instance, or its XML already serialized (xml.Prebuilt)."""
     return {
         "ReservationId": reservation.reservation_id,
         "OwnerId": reservation.owner_id,
