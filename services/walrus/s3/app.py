@@ -138,7 +138,8 @@ class S3App:
             bucket, key = routing.locate(raw_path, request.host, self.domains)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
             ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
-            ctx.response_headers.update(await cors.answer_headers(ctx))
+            if "Origin" in request.headers:  # only a page on another origin gets CORS headers
+                ctx.response_headers.update(await cors.answer_headers(ctx))
             if request.method != "OPTIONS":  # a CORS preflight is never signed, even when its URL is presigned
                 await auth.authenticate(ctx)
             route = routes.pick(request.method, bucket, key, ctx.query, request.headers)
@@ -167,7 +168,7 @@ class S3App:
         if not response.prepared:
             response.headers["x-amz-request-id"] = request_id
             response.headers["x-amz-id-2"] = request_id
-            if ctx is not None:
+            if ctx is not None and ctx.response_headers:
                 response.headers.update(ctx.response_headers)
             if not continued and request.headers.get("Expect") and request.can_read_body:
                 response.force_close()  # the client holds its body back: this connection cannot go on

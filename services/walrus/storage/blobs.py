@@ -24,6 +24,7 @@ import crc32c
 from services.walrus.storage.base import TempData
 
 FLUSH_BYTES = 1 << 20  # write to the store (in a thread) once this much is buffered
+HASH_PIECE = 2047  # hashlib keeps the interpreter lock for buffers shorter than 2048 bytes
 
 
 def new_data_id() -> str:
@@ -101,6 +102,15 @@ class NewData(TempData):
             for piece in pieces:
                 hasher.update(piece)  # hashlib releases the GIL for large buffers
 
+    def _hash_holding_the_lock(self, body: bytes) -> None:
+        """Hash small bytes on the event loop in pieces below the size from which hashlib lets go of the
+        interpreter lock: letting go and taking it back cost more than such a hash, and taking it back waited for
+        whichever thread had it meanwhile (the database thread), stalling every request."""
+        view = memoryview(body)
+        for hasher in self._hashers.values():
+            for start in range(0, len(body), HASH_PIECE):
+                hasher.update(view[start : start + HASH_PIECE])
+
     def _write_marked(self, pieces: list[bytes]) -> None:
         self.written = True
         self._write(pieces)
@@ -138,7 +148,7 @@ class NewData(TempData):
         pieces, self._buffer, self._buffered = self._buffer, [], 0
         if not self.written and self.size <= self.inline_max:  # small: kept in memory, no trip to a thread
             self.inline = b"".join(pieces)
-            self._hash([self.inline])
+            self._hash_holding_the_lock(self.inline)
             self._digests = {name: hasher.digest() for name, hasher in self._hashers.items()}
             return
 
