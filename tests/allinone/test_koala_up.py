@@ -2,10 +2,11 @@
 
 The README's quick-start block runs as written (bootstrap, `koala up`, key pair, SSH rule, run, wait, SSH from
 the host into the guest's public address); then, on that cloud: the guest's DHCP address and metadata, a revoked
-rule cutting SSH, an elastic IP moved to a second guest, a second account running the public image and the
-admin making it private and public again, 16 m1.small admitted, `koala up` again changing nothing, `koala down`
-leaving the guests (and their network) to be adopted by the next `koala up`, and `koala down --purge` leaving
-nothing of the cloud: no namespace, link, firewall rule, libvirtd, dnsmasq or QEMU process.
+rule cutting SSH, an elastic IP moved to a second guest, an EBS volume written in that guest, a second account
+running the public image and the admin making it private and public again, 16 m1.small admitted, `koala up`
+again changing nothing, `koala down` leaving the guests (and their network) to be adopted by the next `koala up`,
+and `koala down --purge` leaving nothing of the cloud: no namespace, link, firewall rule, libvirtd, dnsmasq or
+QEMU process.
 
 The "host" is a network namespace of this module's own, which the test process (its main thread, so every command
 it runs) enters for the module's duration: nothing else on this shared machine changes that host's network, so
@@ -215,6 +216,25 @@ def test_elastic_ip_moves_to_a_second_guest(up: UpCloud) -> None:
     ec2.associate_address(InstanceId=second, PublicIp=elastic, AllowReassociation=True)
     wait_for(lambda: up.ssh(elastic).stdout.strip() == second, 60, 1, "the elastic IP moved to the second guest")
     assert instance(ec2, second)["PublicIpAddress"] == elastic
+
+
+def test_ebs_volume_reaches_the_guest(up: UpCloud) -> None:
+    """QEMU runs in the router namespace: it reaches the zone's iSCSI portal on the host's end of the link."""
+    ec2, second = up.ec2(), up.guests["second"]
+    address = instance(ec2, second)["PublicIpAddress"]
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.5,
+             "the volume available")  # fmt: skip
+    ec2.attach_volume(VolumeId=volume, InstanceId=second, Device="/dev/sdf")
+    find = 'for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "' + volume + '" ] && echo ${d##*/}; done'
+    device = wait_for(lambda: up.ssh(address, find).stdout.strip(), 60, 1, up.logs)
+    written = up.ssh(address, f"echo koala-ebs | dd of=/dev/{device} conv=fsync 2>/dev/null && "
+                              f"dd if=/dev/{device} bs=9 count=1 2>/dev/null")  # fmt: skip
+    assert written.stdout.startswith("koala-ebs"), written.stdout + written.stderr
+    ec2.detach_volume(VolumeId=volume)
+    wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.5,
+             "the volume detached")  # fmt: skip
+    ec2.delete_volume(VolumeId=volume)
 
 
 def test_second_account_runs_the_public_image_and_admin_can_hide_it(up: UpCloud) -> None:
