@@ -173,3 +173,49 @@ def test_guest_writes_to_an_rbd_volume_and_reads_a_restored_snapshot(guest: Gues
     ec2.delete_snapshot(SnapshotId=snapshot)
     wait_for(lambda: not {i for i in rbd_images(ceph, guest.pool) if i.startswith("zone1.")}, 60, 0.5,
              "the images removed")  # fmt: skip
+
+
+def test_ebs_backed_guest_boots_from_an_rbd_root(guest: Guest, ceph: CephCluster) -> None:
+    """The guest's root file system copied onto an RBD volume, snapshotted and registered as an EBS-backed image,
+    boots a second guest whose root disk (vda) is a clone of that snapshot, opened by QEMU's rbd driver."""
+    ec2 = guest.ec2
+    machine = ec2.describe_instances(InstanceIds=[guest.instance_id])["Reservations"][0]["Instances"][0]
+    image = ec2.describe_images(ImageIds=[machine["ImageId"]])["Images"][0]
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    wait_volume(ec2, volume, "available")
+    ec2.attach_volume(VolumeId=volume, InstanceId=guest.instance_id, Device="/dev/sdh")
+    device = wait_for(lambda: guest.device_of(volume), 60, 1.0, "the disk in the guest")
+    # The guest image's root file system is 32 MiB of ext4 at the start of its root disk.
+    guest.ssh(f"echo on-rbd > /root/rbd-mark && sync && dd if=/dev/vda of=/dev/{device} bs=1M count=32 conv=fsync "
+              "2>/dev/null && sync")  # fmt: skip
+    ec2.detach_volume(VolumeId=volume)
+    wait_volume(ec2, volume, "available")
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    wait_for(lambda: ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed",
+             60, 0.5, "the root snapshot")  # fmt: skip
+    ebs_image = ec2.register_image(
+        Name="guest-on-rbd", KernelId=image["KernelId"], RamdiskId=image["RamdiskId"], RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]  # fmt: skip
+    run = ec2.run_instances(ImageId=ebs_image, MinCount=1, MaxCount=1, KeyName="rbd", SecurityGroups=["ssh"],
+                            InstanceType="c1.medium")  # fmt: skip
+    instance = run["Instances"][0]["InstanceId"]
+    try:
+        wait_for(lambda: f"KOALA-GUEST ready instance={instance}" in _console(ec2, instance), 240, 1.0,
+                 f"{instance} ready")  # fmt: skip
+        found = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+        root = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        second = Guest(guest.cloud, guest.topology, ec2, guest.key_file, instance, found["PublicIpAddress"],
+                       guest.pool)  # fmt: skip
+        assert second.device_of(root) == "vda"  # the root disk is the RBD clone
+        assert second.ssh("cat /root/rbd-mark").strip() == "on-rbd"
+        assert f"zone1.{root}" in rbd_images(ceph, guest.pool)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
+        wait_for(lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]
+                 ["Name"] == "terminated", 120, 1.0, "the RBD-rooted guest terminated")  # fmt: skip
+    wait_for(lambda: root not in {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}, 60, 1.0,
+             "its root deleted (DeleteOnTermination)")  # fmt: skip
+    ec2.deregister_image(ImageId=ebs_image)
+    ec2.delete_snapshot(SnapshotId=snapshot)
+    ec2.delete_volume(VolumeId=volume)

@@ -24,7 +24,10 @@ class StorageSettings(CephSettings):
         "koala-ebs", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="The Ceph pool of the zone's volumes (rbd)."
     )
     KOALA_EBS_DIR: Path | None = Field(
-        None, description="Where volume files live (sparse files); default: the CC's state directory /volumes."
+        None,
+        description="Where volume files live (sparse files); default: the CC's state directory /volumes. On a file "
+        "system with reflinks (XFS with reflink=1, btrfs) snapshots read a frozen copy and, after the first, only "
+        "the chunks written since; elsewhere they read the whole volume.",
     )
     KOALA_EBS_CAPACITY_GB: int = Field(
         0, ge=0, description="GiB the zone's volumes may take in all (0: the size of KOALA_EBS_DIR's file system)."
