@@ -190,8 +190,8 @@ class RemoteImages:
 
     def start(self) -> None:
         """Finish the uploads a crash interrupted and delete what no upload accounts for (in the background)."""
-        if self.s3 is None:
-            return
+        if self.s3 is None or self.problem:
+            return  # nothing can be done remotely until the configuration is mended (and the CC restarted)
         for upload in list(self.uploads.values()):
             if upload.state in ("uploading", "registering"):
                 log.info("upload of %s to the remote cloud: resuming (%s)", upload.local_id, upload.state)
