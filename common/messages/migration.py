@@ -10,20 +10,36 @@ Admin (or CLC) -> CC: MigrateInstances, DescribeMigrations, EvacuateNode, Restor
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from common.messages.cc_nc import RunInstanceRequest
+from common.messages.storage import NodeAttachRequest
 
 NodeMigrationState = Literal["none", "running", "completed", "failed", "gone"]
 MigrationMode = Literal["live", "cold"]
 MAX_CONSOLE = 96 * 1024  # base64 of the 64 KiB console tail
+MAX_VOLUMES = 26  # vdb..vdz and the root: more disks than a guest has slots for
+DiskXml = Annotated[str, Field(max_length=8192)]
+
+
+class MigrationMarker(BaseModel):
+    """The source's answer to MarkMigration: the random name of a file it wrote in the instance's directory. A target
+    that finds the same file at its own path for the instance shares that directory (shared storage): nothing to
+    copy, and no file of it to make or remove there."""
+
+    instance_id: str
+    marker: str = Field("", pattern=r"^[0-9a-f]{0,64}$")
 
 
 class PrepareMigrationRequest(BaseModel):
-    run: RunInstanceRequest
+    run: RunInstanceRequest  # its `volumes`: the boot volumes, each with the target node's own iSCSI initiator
     source_node: str = Field("", max_length=256)
+    # The EBS volumes attached to the guest, each as the target node must open it (its own initiator name, admitted
+    # by the export already, or the RBD image): they are shared, never copied.
+    volumes: list[NodeAttachRequest] = Field([], max_length=MAX_VOLUMES)
+    marker: str = Field("", pattern=r"^[0-9a-f]{0,64}$")  # MigrationMarker.marker ('' when the source wrote none)
 
 
 class MigrationTarget(BaseModel):
@@ -37,6 +53,10 @@ class MigrationTarget(BaseModel):
     instance_dir: str
     kernel: str = ""
     ramdisk: str = ""
+    shared: bool = False  # the target found the source's marker: the instance's directory is on shared storage
+    # volume id -> the <disk> the target made for it (its own initiator, or its own libvirt secret for RBD): the
+    # source puts its <source> and <auth> into the destination XML
+    volume_disks: dict[str, DiskXml] = Field({}, max_length=MAX_VOLUMES)
 
 
 class MigrateInstanceRequest(BaseModel):

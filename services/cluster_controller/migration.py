@@ -2,12 +2,17 @@
 
 One migration, each state written before the call it names:
 
-    preparing  -> PrepareMigration on the target (the instance's bridge first): its image cached, empty disks
+    preparing  -> MarkMigration on the source (a marker file in the instance's directory) and the instance's EBS
+                  attachments extended to the target (its own initiator admitted: block storage's begin_move), then
+                  PrepareMigration on the target (the instance's bridge first): its image cached, empty disks (none
+                  when it finds the source's marker at its own path: shared storage), the volumes' disks ready
     migrating  -> MigrateInstance on the source, then DescribeMigration until libvirt is done
     finishing  -> the instance's node is the target from here on; CommitMigration on the target (with the source's
-                  console history), ReleaseMigration(moved) on the source
+                  console history), the attachments follow it (the source's initiator no longer admitted),
+                  ReleaseMigration(moved) on the source
     done
-    aborting   -> (the source failed, or preparing was interrupted) ReleaseMigration(failed) on the target
+    aborting   -> (the source failed, or preparing was interrupted) ReleaseMigration(failed) on the target, the
+                  attachments stay on the source (the target's initiator no longer admitted)
     failed        the guest runs on where it was
 
 While it runs the instance is reserved on both nodes. A restarted CC resumes each unfinished migration from its
@@ -23,11 +28,12 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from common.backoff import Backoff
+from common.messages.cc_nc import BootVolume, RunInstanceRequest
 from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
@@ -39,6 +45,7 @@ from common.messages.migration import (
     PrepareMigrationRequest,
     ReleaseMigrationRequest,
 )
+from common.messages.storage import NodeAttachRequest
 from common.rpc import RpcError
 from services.cluster_controller.model import Instance, Migration, Node
 from services.cluster_controller.placement import NodeCapacity, NodeState
@@ -52,6 +59,14 @@ POLL_SECONDS = 0.1  # the source's progress, read this often while libvirt copie
 KEEP_FINISHED = 200  # finished migrations kept for DescribeMigrations
 
 
+class VolumeMoves(Protocol):
+    """Block storage's part: the instance's EBS attachments extended to the target, then settled on one node."""
+
+    async def begin_move(self, instance_id: str, node_url: str) -> list[NodeAttachRequest]: ...
+
+    async def end_move(self, instance_id: str, node_url: str, moved: bool) -> None: ...
+
+
 class Migrations:
     """The CC's migrations and node maintenance; `cluster` is the engine whose nodes and instances they move."""
 
@@ -61,6 +76,7 @@ class Migrations:
         self.maintenance: dict[str, float] = {}  # node url -> since
         # Other parts' reasons an instance may not move now ('' when it may), e.g. block storage's.
         self.refusals: list[Callable[[str], str]] = []
+        self.volumes: VolumeMoves | None = None  # set by the storage package: attachments follow the guest
 
     # --- persistence --------------------------------------------------------------------------------------------
     async def _save(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
@@ -237,13 +253,43 @@ class Migrations:
         source = cluster.nodes.get(migration.source_url)
         try:
             await cluster.start_network(target, instance)
-            prepare = PrepareMigrationRequest(run=request, source_node=source.node_id if source else "")
+            marker = await self._mark(migration)
+            volumes = await self._volumes(migration, instance, request)
+            prepare = PrepareMigrationRequest(run=request, source_node=source.node_id if source else "",
+                                              volumes=volumes, marker=marker)  # fmt: skip
             prepared = await cluster.nc.prepare_migration(target.url, prepare)
         except RpcError as err:
             await self._set(migration, "aborting", f"prepare on {self._node_name(target.url)}: {err}")
             return
         migration.target = prepared
         await self._set(migration, "migrating")
+
+    async def _mark(self, migration: Migration) -> str:
+        """The source's marker in the instance's directory ('' when it wrote none: then the disks are copied)."""
+        try:
+            answer = await self.cluster.nc.mark_migration(migration.source_url, migration.instance_id)
+        except RpcError as err:
+            log.warning("%s: no marker from the source (its disks will be copied): %s", migration.instance_id, err)
+            return ""
+        return answer.marker
+
+    async def _volumes(
+        self, migration: Migration, instance: Instance, request: RunInstanceRequest
+    ) -> list[NodeAttachRequest]:
+        """The instance's volumes extended to the target: those it boots with into `request.volumes` (as a start
+        would send them), the others returned (hot-plugged ones)."""
+        if self.volumes is None:
+            return []
+        moving = await self.volumes.begin_move(instance.instance_id, migration.target_url)
+        spec = await self.cluster.store.reservations.spec(instance.reservation_id)
+        boot = {v.volume_id: v for v in (spec.boot_volumes.get(instance.instance_id, []) if spec else [])}
+        in_boot = [v for v in moving if v.volume_id in boot]
+        request.volumes = [BootVolume(**boot[v.volume_id].model_dump(), target=v.target, rbd=v.rbd) for v in in_boot]
+        return [v for v in moving if v.volume_id not in boot]
+
+    async def _settle_volumes(self, migration: Migration, moved: bool) -> None:
+        if self.volumes is not None:
+            await self.volumes.end_move(migration.instance_id, migration.target_url, moved)
 
     async def _send(self, migration: Migration, instance: Instance) -> None:
         assert migration.target is not None
@@ -328,8 +374,10 @@ class Migrations:
                     continue
                 # No running guest on the target although the source let it go: it is lost.
                 await self._set(migration, "failed", f"the guest did not arrive: {err}")
+                await self._settle_volumes(migration, moved=False)
                 self.cluster.end(instance, f"lost in migration: {err.message}")
                 return
+        await self._settle_volumes(migration, moved=True)
         await self._release(migration.source_url, instance, "moved", migration)
         source = self.cluster.nodes.get(migration.source_url)
         if source is not None:
@@ -345,6 +393,7 @@ class Migrations:
         log.warning("%s: migration to %s failed: %s", instance.instance_id, self._node_name(migration.target_url),
                     migration.error)  # fmt: skip
         await self._release(migration.target_url, instance, "failed", migration)
+        await self._settle_volumes(migration, moved=False)
         self._release_target(migration, instance)
         await self._set(migration, "failed")
         self._trim()

@@ -16,6 +16,7 @@ from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
     MigrationLanded,
+    MigrationMarker,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -182,6 +183,13 @@ class NcClient:
         """On the target: the instance's image cached and its disks made, as for RunInstance."""
         return await self.client.call(
             url, "PrepareMigration", request, MigrationTarget, timeout=self.run_timeout, expect_role=NC_ROLE
+        )
+
+    async def mark_migration(self, url: str, instance_id: str) -> MigrationMarker:
+        """On the source: a marker file in the instance's directory, for the target to tell shared storage."""
+        request = cc_nc.InstanceIdRequest(instance_id=instance_id)
+        return await self.client.call(
+            url, "MarkMigration", request, MigrationMarker, timeout=self.timeout, idempotent=True, expect_role=NC_ROLE
         )
 
     async def migrate_instance(self, url: str, request: MigrateInstanceRequest) -> MigrationStatus:

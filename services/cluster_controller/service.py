@@ -87,14 +87,10 @@ class ClusterControllerService(Service):
             self.storage.node_of = cluster.node_of
             self.storage.instance_live = cluster.instance_live
             cluster.boot_volumes = self.storage.boot_attach  # EBS-backed instances' volumes, at each start
-            storage = self.storage
-            cluster.migrations.refusals.append(
-                lambda instance_id: (
-                    "it has EBS volumes attached (not migrated yet)"
-                    if any(a.instance_id == instance_id for a in storage.attachments.values())
-                    else ""
-                )
-            )
+            # The instance's volumes follow it when it migrates; attach and detach wait until it settled.
+            cluster.migrations.refusals.append(self.storage.move_refusal)
+            cluster.migrations.volumes = self.storage
+            self.storage.migrating = lambda instance_id: cluster.migrations.active_for(instance_id) is not None
         await self.cluster.start()
 
     async def on_stop(self) -> None:

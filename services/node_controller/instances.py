@@ -50,6 +50,9 @@ SAVE_FILE = "suspended.save"
 # A live migration in progress (migration.py): on the source Extant/migrating, on the target Pending/migrating-in.
 # Events and the sweep leave such instances to the migration, whose record says what to do after a restart.
 MIGRATING_OUT, MIGRATING_IN = "migrating", "migrating-in"
+# The Teardown detail of a run that left this node while its directory, on storage shared with the node it went to
+# (or came from), is in use there: its files are never removed from here (migration.py).
+LEFT_SHARED = "left-shared"
 MIGRATING = (MIGRATING_OUT, MIGRATING_IN)
 CREATE_ATTEMPTS = 5
 REBOOT_GRACE = 10.0
@@ -380,8 +383,9 @@ class InstanceManager:
         return {key: self.limits[key] - held[key] for key in ("cores", "memory_mb", "disk_gb")}
 
     # --- staging ------------------------------------------------------------------------------------------
-    async def stage_files(self, inst: Instance) -> Staged:
-        """The instance's images (cached, pinned), disks and config drive, and its domain XML."""
+    async def stage_files(self, inst: Instance, shared: bool = False) -> Staged:
+        """The instance's images (cached, pinned), disks and config drive, and its domain XML; `shared`: the directory
+        is another node's running instance's (shared storage, a migration coming here), its files are not made."""
         request = inst.request
         directory = self.instance_dir(request)
         await asyncio.get_running_loop().run_in_executor(None, lambda: directory.mkdir(parents=True, exist_ok=True))
@@ -403,7 +407,7 @@ class InstanceManager:
         ]  # fmt: skip
         async with self.disk_ops:
             disk_list = volumes
-            if image is not None:
+            if image is not None and not shared:
                 disk_list = await disks.make_disks(
                     image,
                     directory,
@@ -413,7 +417,7 @@ class InstanceManager:
                     self.root / ".templates",
                 )
                 disk_list += volumes
-            if self.config.KOALA_NC_CONFIG_DRIVE:
+            if self.config.KOALA_NC_CONFIG_DRIVE and not shared:
                 iso = await configdrive.build(directory / "config.iso", request)
                 disk_list.append(DiskSpec(iso, "config", readonly=True))
         xml = render(self._spec(inst, disk_list, kernel, ramdisk, directory), self.flavour)
@@ -542,6 +546,9 @@ class InstanceManager:
         inst.pins = []
 
     async def _remove_files(self, inst: Instance) -> None:
+        if inst.detail == LEFT_SHARED:  # another node's guest runs on them now
+            inst.files_removed = True
+            return
         directory = self.instance_dir(inst.request)
         await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
         inst.files_removed = True

@@ -12,6 +12,18 @@ the top layer only) and, with KOALA_NC_MIGRATION_TLS, QEMU's own streams over TL
 this domain's own (same MAC, UUID, devices) with the paths the target gave. The migration runs in libvirtd: if
 this process dies, it goes on, and the restart reads its outcome from the domain (gone: moved; here without a job:
 failed). ReleaseMigration lets the moved copy go (never while a domain of it still runs here).
+
+EBS volumes are shared, never copied: the target gets each attached volume as it must open it (its own initiator
+name, which the CC's export admits besides the source's while the guest moves; or the RBD image), logs in to it once
+to check, and records it; the destination XML takes the target's <source> (and <auth>) for each volume's disk. Once
+the guest runs there, the target's records take its devices from the domain and the source forgets its own.
+
+Shared storage: before the target prepares, the source writes a marker file with a random name in the instance's
+directory (MarkMigration). A target that finds that very file at its own path for the instance shares the directory
+with the source (the same instance path on a shared file system): it makes no disk or config drive there, nothing
+is copied (libvirt is told the storage is shared: its own file-system test cannot see every kind of sharing, so
+the migration is flagged unsafe-but-checked), and neither side removes the directory when it lets its copy go
+(the instance's Teardown detail LEFT_SHARED, kept across restarts).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import binascii
 import contextlib
 import json
 import logging
+import secrets
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -37,6 +50,7 @@ from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
     MigrationLanded,
+    MigrationMarker,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -50,21 +64,26 @@ from services.node_controller.config import NodeControllerConfig
 from services.node_controller.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from services.node_controller.instances import (
     EXTANT_DETAILS,
+    LEFT_SHARED,
     MIGRATING_IN,
     MIGRATING_OUT,
     Instance,
     InstanceManager,
 )
+from services.node_controller.volumes import Volumes
 
 log = logging.getLogger("koala.nc.migration")
 POLL = 0.5
+MARKER_PREFIX = ".koala-migration-"  # + the marker: a file the source writes in the instance's directory
 
 
 def destination_xml(xml: str, source_dir: Path, target: MigrationTarget) -> tuple[str, list[str]]:
     """The domain as it must be on the target: paths in this instance's directory moved to the target's, the
-    kernel and ramdisk the target's cached ones; and the disks to copy (file disks that are not read-only: the
-    config drive is made on the target, network disks such as EBS volumes are shared)."""
+    kernel and ramdisk the target's cached ones, each EBS volume opened as the target opens it; and the disks to
+    copy (file disks that are not read-only: the config drive is made on the target, network disks such as EBS
+    volumes are shared; none when the instance's directory is shared)."""
     root = SafeET.fromstring(xml)
+    _volumes_as_target(root, target.volume_disks)
     prefix, there = str(source_dir), target.instance_dir
 
     def moved(path: str) -> str:
@@ -86,7 +105,8 @@ def destination_xml(xml: str, source_dir: Path, target: MigrationTarget) -> tupl
             and disk.find("readonly") is None
             and target_el is not None
         ):
-            copied.append(target_el.get("dev", ""))
+            if not target.shared:
+                copied.append(target_el.get("dev", ""))
     for element in root.iter():
         for attribute in ("file", "path"):
             value = element.get(attribute)
@@ -101,6 +121,25 @@ def destination_xml(xml: str, source_dir: Path, target: MigrationTarget) -> tupl
     return ET.tostring(root, encoding="unicode"), [dev for dev in copied if dev]
 
 
+def _volumes_as_target(root: ET.Element, volume_disks: dict[str, str]) -> None:
+    """Each volume's disk (by its serial, the volume id) with the <source> and <auth> the target made: its own
+    initiator name, or its own libvirt secret; the guest's device, address and alias stay."""
+    for disk in root.findall("devices/disk"):
+        serial = disk.find("serial")
+        theirs = volume_disks.get(serial.text or "") if serial is not None else None
+        if theirs is None or disk.get("type") != "network":
+            continue
+        made = SafeET.fromstring(theirs)
+        for tag in ("source", "auth"):
+            mine = disk.find(tag)
+            index = list(disk).index(mine) if mine is not None else len(disk)
+            if mine is not None:
+                disk.remove(mine)
+            replacement = made.find(tag)
+            if replacement is not None:
+                disk.insert(index, replacement)
+
+
 class NodeMigrations:
     def __init__(
         self,
@@ -110,8 +149,10 @@ class NodeMigrations:
         manager: InstanceManager,
         cache: ImageCache,
         node_id: str,
+        volumes: Volumes | None = None,
     ):
         self.config, self.db, self.hv, self.manager, self.cache = config, db, hv, manager, cache
+        self.volumes = volumes
         self.node_id = node_id
         self.status: dict[str, MigrationStatus] = {}
         self.targets: dict[str, MigrationTarget] = {}
@@ -124,6 +165,26 @@ class NodeMigrations:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # --- source side, first: the marker -------------------------------------------------------------------------
+    async def mark(self, instance_id: str) -> MigrationMarker:
+        """A new marker file in the instance's directory (earlier ones removed), for the target to look for."""
+        inst = self.manager._get(instance_id)
+        if inst.state != "Extant":
+            raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail}")
+        marker = secrets.token_hex(16)
+        directory = self.manager.instance_dir(inst.request)
+
+        def write() -> None:
+            for old in directory.glob(MARKER_PREFIX + "*"):
+                old.unlink(missing_ok=True)
+            (directory / f"{MARKER_PREFIX}{marker}").write_text(f"{self.node_id}\n")
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write)
+        except OSError as err:
+            raise RpcError(500, "MarkFailed", f"{inst.id}: {err.strerror or err}") from None
+        return MigrationMarker(instance_id=inst.id, marker=marker)
+
     # --- target side ----------------------------------------------------------------------------------------
     async def prepare(self, request: PrepareMigrationRequest) -> MigrationTarget:
         run = request.run
@@ -133,21 +194,43 @@ class NodeMigrations:
         inst, known = await self.manager.admit(run, MIGRATING_IN)
         if known and inst.detail != MIGRATING_IN:
             raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
+        directory = self.manager.instance_dir(inst.request)
+        shared = await self._shared(directory, request.marker)
         if not known:
-            log.info("%s: Pending (migrating-in) from %s", inst.id, request.source_node or "?")
+            log.info("%s: Pending (migrating-in) from %s%s", inst.id, request.source_node or "?",
+                     " (its directory is shared with it)" if shared else "")  # fmt: skip
         task = self._prepared.get(inst.id)
         if task is None or (task.done() and task.exception() is not None):
-            task = self._prepared[inst.id] = asyncio.create_task(self._stage(inst), name=f"prepare {inst.id}")
+            stage = self._stage(inst, request, shared)
+            task = self._prepared[inst.id] = asyncio.create_task(stage, name=f"prepare {inst.id}")
         try:
             return await asyncio.shield(task)
-        except (ImageFetchError, disks.DiskError, OSError, HypervisorError) as err:
+        except (ImageFetchError, disks.DiskError, OSError, HypervisorError, RpcError) as err:
             self._prepared.pop(inst.id, None)
-            reason = f"{err.code}: {err.message}" if isinstance(err, ImageFetchError) else str(err)
-            await self.manager._teardown(inst, "failed", f"migration prepare: {reason}")
+            reason = f"{err.code}: {err.message}" if isinstance(err, ImageFetchError | RpcError) else str(err)
+            if self.volumes is not None:
+                await self.volumes.forget_instance(inst.id)
+            await self.manager._teardown(inst, LEFT_SHARED if shared else "failed", f"migration prepare: {reason}")
+            if isinstance(err, RpcError):
+                raise RpcError(err.status, err.code, f"{inst.id}: {err.message}") from None
             raise RpcError(500, "MigrationPrepareFailed", f"{inst.id}: {reason}") from None
 
-    async def _stage(self, inst: Instance) -> MigrationTarget:
-        staged = await self.manager.stage_files(inst)
+    @staticmethod
+    async def _shared(directory: Path, marker: str) -> bool:
+        """Whether the instance's directory here holds the source's marker (`marker`, or any with '')."""
+
+        def look() -> bool:
+            if marker:
+                return (directory / f"{MARKER_PREFIX}{marker}").is_file()
+            return any(directory.glob(MARKER_PREFIX + "*"))
+
+        return await asyncio.get_running_loop().run_in_executor(None, look)
+
+    async def _stage(self, inst: Instance, request: PrepareMigrationRequest, shared: bool) -> MigrationTarget:
+        volume_disks: dict[str, str] = {}
+        if self.volumes is not None and (request.volumes or request.run.volumes):
+            volume_disks = await self.volumes.prepare_incoming(inst.id, request.volumes, request.run.volumes)
+        staged = await self.manager.stage_files(inst, shared=shared)
         uri = self.config.KOALA_NC_MIGRATION_URI
         return MigrationTarget(
             instance_id=inst.id,
@@ -157,6 +240,8 @@ class NodeMigrations:
             instance_dir=str(staged.directory),
             kernel=str(staged.kernel or ""),
             ramdisk=str(staged.ramdisk or ""),
+            shared=shared,
+            volume_disks=volume_disks,
         )
 
     async def commit(self, request: CommitMigrationRequest) -> MigrationLanded:
@@ -176,6 +261,8 @@ class NodeMigrations:
         await console.keep_history(directory / "console.log", history)
         xml = await self.hv.xml(inst.id)
         await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
+        if self.volumes is not None:
+            await self.volumes.settle_incoming(inst.id, xml)
         try:
             stats = await self.hv.job(inst.id, completed=True) or {}
         except HypervisorError:
@@ -216,13 +303,14 @@ class NodeMigrations:
         self._tasks.spawn(self._send(inst, request.target, request.mode), f"migrate {inst.id}")
         return status
 
-    def _flags(self, mode: str) -> int:
+    def _flags(self, mode: str, shared: bool = False) -> int:
         """Live: the guest runs on while its memory is copied (paused only at the switch-over). Cold: the guest is
-        paused for the whole copy (stop, move, start), the fallback that always converges."""
+        paused for the whole copy (stop, move, start), the fallback that always converges. Shared: no disk copied
+        (and libvirt's own shared-storage test overruled: the marker proved it)."""
         flags: int = (
             (libvirt.VIR_MIGRATE_LIVE if mode == "live" else 0)
             | libvirt.VIR_MIGRATE_PEER2PEER
-            | libvirt.VIR_MIGRATE_NON_SHARED_INC
+            | (libvirt.VIR_MIGRATE_UNSAFE if shared else libvirt.VIR_MIGRATE_NON_SHARED_INC)
             | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
         )
         if self.config.KOALA_NC_MIGRATION_TLS:
@@ -244,9 +332,10 @@ class NodeMigrations:
             uri = target.libvirt_uri
             if self.config.KOALA_NC_MIGRATION_PKI:
                 uri += ("&" if "?" in uri else "?") + f"pkipath={self.config.KOALA_NC_MIGRATION_PKI}"
-            flags, downtime = self._flags(mode), self.config.KOALA_NC_MIGRATION_MAX_DOWNTIME_MS
-            log.info("%s: migrating (%s) to %s (%s; disks %s)", inst.id, mode, target.node_id, target.libvirt_uri,
-                     copied)  # fmt: skip
+            flags, downtime = self._flags(mode, target.shared), self.config.KOALA_NC_MIGRATION_MAX_DOWNTIME_MS
+            log.info("%s: migrating (%s) to %s (%s; disks copied %s%s; volumes %s)", inst.id, mode, target.node_id,
+                     target.libvirt_uri, copied, ", shared storage" if target.shared else "",
+                     sorted(target.volume_disks))  # fmt: skip
 
             def send(conn: libvirt.virConnect) -> dict[str, Any]:
                 dom = conn.lookupByName(inst.id)
@@ -339,7 +428,13 @@ class NodeMigrations:
                 raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
             if await self.hv.state(inst.id) is not None:  # never let go of the one running copy
                 raise RpcError(409, "MigrationNotDone", f"{inst.id} still has a domain here")
-            await self.manager._teardown(inst, "migrated", f"migrated to {request.target_node or 'another node'}")
+            target = self.targets.get(inst.id)
+            shared = target.shared if target is not None else False
+            if self.volumes is not None:
+                await self.volumes.forget_instance(inst.id)
+            where = f"migrated to {request.target_node or 'another node'}"
+            await self.manager._teardown(inst, LEFT_SHARED if shared else "migrated",
+                                         where + (" (its files stay: shared storage)" if shared else ""))  # fmt: skip
         else:
             if inst.detail != MIGRATING_IN:
                 raise RpcError(409, "IncorrectInstanceState", f"{inst.id} is {inst.state}/{inst.detail} here")
@@ -347,7 +442,10 @@ class NodeMigrations:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            await self.manager._teardown(inst, "failed", "the migration here failed")
+            if self.volumes is not None:
+                await self.volumes.forget_instance(inst.id)
+            shared = await self._shared(self.manager.instance_dir(inst.request), "")
+            await self.manager._teardown(inst, LEFT_SHARED if shared else "failed", "the migration here failed")
         await self._forget(inst.id)
         return inst.info()
 

@@ -39,6 +39,7 @@ from common.messages.migration import (
     CommitMigrationRequest,
     MigrateInstanceRequest,
     MigrationLanded,
+    MigrationMarker,
     MigrationStatus,
     MigrationTarget,
     PrepareMigrationRequest,
@@ -55,7 +56,7 @@ from services.node_controller.hypervisor import Hypervisor, HypervisorError
 from services.node_controller.instances import InstanceManager
 from services.node_controller.migration import NodeMigrations
 from services.node_controller.notifier import Notifier
-from services.node_controller.volumes import Volumes
+from services.node_controller.volumes import LOGIN_TIMEOUT, Volumes
 
 log = logging.getLogger("koala.nc")
 CC = {"cc"}
@@ -96,6 +97,7 @@ class NodeControllerService(Service):
         add("DescribeBundleTask", self._describe_bundle, CC, BundleTaskRequest)
         add("CancelBundleTask", self._cancel_bundle, CC, BundleTaskRequest)
         add("PrepareMigration", self._prepare_migration, CC, PrepareMigrationRequest)
+        add("MarkMigration", self._mark_migration, CC, InstanceIdRequest)
         add("MigrateInstance", self._migrate_instance, CC, MigrateInstanceRequest)
         add("DescribeMigration", self._describe_migration, CC_ADMIN, InstanceIdRequest)
         add("CommitMigration", self._commit_migration, CC, CommitMigrationRequest)
@@ -168,8 +170,10 @@ class NodeControllerService(Service):
                     blocked,
                 )
         self.volumes = Volumes(self.db, self.hv, config.HYPERVISOR, manager.instances, config)
+        if config.KOALA_VNET_NETNS:  # the volumes' login check from where this node's QEMU runs (tests)
+            self.volumes.runner = SubprocessRunner(config.KOALA_VNET_NETNS, timeout=LOGIN_TIMEOUT)
         await manager.start()
-        migrations = NodeMigrations(config, self.db, self.hv, manager, cache, self.identity.id)
+        migrations = NodeMigrations(config, self.db, self.hv, manager, cache, self.identity.id, self.volumes)
         await migrations.adopt()
         self.migrations = migrations
         bundler = Bundler(self.db, manager, config.instance_path / ".bundles")
@@ -331,6 +335,9 @@ class NodeControllerService(Service):
         if self.node_network is not None:  # the guest's bridge exists here before it arrives
             request = request.model_copy(update={"run": await network.prepare_run(self.node_network, request.run)})
         return await self._migrations.prepare(request)
+
+    async def _mark_migration(self, request: InstanceIdRequest, caller: Caller) -> MigrationMarker:
+        return await self._migrations.mark(request.instance_id)
 
     async def _migrate_instance(self, request: MigrateInstanceRequest, caller: Caller) -> MigrationStatus:
         return await self._migrations.migrate(request)

@@ -21,7 +21,9 @@ import defusedxml.ElementTree as SafeET
 import libvirt
 
 from common.ceph import CephSettings
+from common.hostcmd import CommandFailed, Runner, SubprocessRunner
 from common.ids import is_id, normalize
+from common.messages.cc_nc import BootVolume
 from common.messages.storage import IscsiTarget, NodeAttachment, NodeAttachRequest, NodeDetachRequest
 from common.rpc import RpcError
 from services.node_controller.domain import iscsi_disk
@@ -36,6 +38,7 @@ DETACH_POLLS = 75  # x 0.2 s: how long a guest has to release a disk before the 
 _IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[a-z0-9.:-]+)?$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 _DEVICE = re.compile(r"^/dev/(sd|xvd|vd)([b-z])$")
+LOGIN_TIMEOUT = 20.0  # seconds for the login check of a migrating guest's volume
 
 
 def disk_xml(request: NodeAttachRequest, target: str) -> str:
@@ -81,6 +84,8 @@ class Volumes:
         self.db, self.hv, self.flavour, self.instances = db, hv, flavour, instances
         self.live = flavour in ("kvm", "qemu")
         self.ceph = ceph  # this node's Ceph client, for volumes kept in RBD
+        # Where this node's QEMU opens iSCSI targets from (its guests' network namespace in tests): the login check.
+        self.runner: Runner = SubprocessRunner(timeout=LOGIN_TIMEOUT)
 
     async def _rbd_disk_xml(self, request: NodeAttachRequest, target: str) -> str:
         """The disk of a volume kept in Ceph, authenticated with this node's key (a libvirt secret)."""
@@ -195,3 +200,87 @@ class Volumes:
         await self._forget(volume_id)
         log.info("%s: %s unplugged", instance_id, volume_id)
         return NodeAttachment(instance_id=instance_id, volume_id=volume_id, attached=False)
+
+    # --- volumes of a guest migrating here (services/node_controller/migration.py) --------------------------------
+    async def prepare_incoming(
+        self, instance_id: str, requests: list[NodeAttachRequest], boot: list[BootVolume]
+    ) -> dict[str, str]:
+        """The disks of the volumes a guest migrating here has (hot-plugged `requests`, and `boot` ones), as this node
+        opens them: each iSCSI target logged in to once with this node's initiator name (the export must admit it
+        before the guest moves), each RBD image with this node's own libvirt secret. The hot-plugged ones are
+        recorded (their guest device is learnt from the domain when it arrived: settle_incoming). volume id ->
+        <disk> XML."""
+        disks: dict[str, str] = {}
+        for volume in boot:
+            as_request = NodeAttachRequest(instance_id=instance_id, volume_id=volume.volume_id, device=volume.device,
+                                           target=volume.target, rbd=volume.rbd)  # fmt: skip
+            disks[normalize(volume.volume_id)] = await self._incoming_disk(as_request)
+        for request in requests:
+            if normalize(request.instance_id) != instance_id:
+                raise RpcError(400, "InvalidParameterValue", f"{request.volume_id[:20]!r} is for another instance")
+            _, volume_id = self._check(request)
+            xml = await self._incoming_disk(request)
+            record = await self._record(volume_id)
+            if record is not None and record["instance_id"] != instance_id:
+                raise RpcError(409, "VolumeInUse", f"{volume_id} is attached to {record['instance_id']} here")
+            await self.db.execute(
+                "INSERT OR REPLACE INTO volume_attachments(volume_id, instance_id, target, disk_xml)"
+                " VALUES (?, ?, '', ?)",
+                (volume_id, instance_id, xml),
+            )
+            disks[volume_id] = xml
+        await self.db.commit()  # written before the guest arrives
+        return disks
+
+    async def _incoming_disk(self, request: NodeAttachRequest) -> str:
+        """The <disk> of a volume as this node opens it (the iSCSI target logged in to first); its device is the
+        guest's, taken from the domain when it arrived."""
+        self._check(request)
+        if request.target is not None:
+            if not valid_target(request.target):
+                raise RpcError(400, "InvalidParameterValue", "malformed iSCSI target")
+            await self._login(request.target)
+            return disk_xml(request, "vdz")
+        if request.rbd is not None:
+            try:
+                check_target(request.rbd)
+            except RbdSetupError as err:
+                raise RpcError(400, "InvalidParameterValue", str(err)) from None
+            return await self._rbd_disk_xml(request, "vdz")
+        raise RpcError(400, "InvalidParameterValue", f"{request.volume_id[:20]}: no iSCSI target nor RBD image")
+
+    async def _login(self, target: IscsiTarget) -> None:
+        """Log in to the target once with its initiator name and read the LUN's size (qemu-img, through QEMU's own
+        iSCSI initiator, as the guest's QEMU will): a node the export does not admit fails here, before the move."""
+        opts = (
+            f"driver=iscsi,transport=tcp,portal={target.host}:{target.port},target={target.iqn},lun={target.lun},"
+            f"initiator-name={target.initiator}"
+        )  # the names are checked (valid_target): no commas
+        try:
+            await self.runner.run(["qemu-img", "info", "--output=json", "--image-opts", opts])
+        except CommandFailed as err:
+            said = (err.stderr or "").strip().splitlines()
+            reason = said[-1] if said else f"exit status {err.code}"
+            raise RpcError(409, "VolumeUnreachable", f"{target.iqn}: this node cannot log in: {reason}") from None
+        except OSError as err:
+            raise RpcError(500, "VolumeUnreachable", f"qemu-img: {err.strerror or err}") from None
+
+    async def settle_incoming(self, instance_id: str, domain_xml: str) -> None:
+        """The guest arrived: its volumes' records take the devices and disks its domain has here."""
+        query = "SELECT volume_id FROM volume_attachments WHERE instance_id = ?"
+        async with self.db.execute(query, (instance_id,)) as cursor:
+            volume_ids = [row[0] for row in await cursor.fetchall()]
+        devices = {serial: dev for dev, serial in _disks(domain_xml).items() if serial}
+        for volume_id in volume_ids:
+            element = _disk_element(domain_xml, volume_id)
+            if volume_id in devices and element is not None:
+                await self.db.execute(
+                    "UPDATE volume_attachments SET target = ?, disk_xml = ? WHERE volume_id = ?",
+                    (devices[volume_id], element, volume_id),
+                )
+        await self.db.commit()
+
+    async def forget_instance(self, instance_id: str) -> None:
+        """The guest left this node (or never arrived): its volumes are no longer attached here."""
+        await self.db.execute("DELETE FROM volume_attachments WHERE instance_id = ?", (instance_id,))
+        await self.db.commit()

@@ -86,12 +86,15 @@ def _pids_in(netns: str) -> list[int]:
 class TwoHosts:
     """Hosts `a` and `b`, each a network namespace with its own libvirtd: a migration link between them
     (10.99.0.1 and .2, private to the two namespaces), and in each a bridge for guests named as the cloud's
-    VNET_BRIDGE, uplinked to `uplink` (a bridge in the root namespace: the cluster's private network)."""
+    VNET_BRIDGE, uplinked to `uplink` (a bridge in the root namespace: the cluster's private network). With
+    `storage` (three octets, e.g. "10.247.0", whose .1 is an address of the root namespace: the CC's iSCSI portal),
+    each host also gets a storage link to the root namespace (.5/.6 for `a`, .9/.10 for `b`) and a route to .1."""
 
     work: Path
     pki_dir: pki.PkiDir
     bridge: str
     uplink: str
+    storage: str = ""
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     hosts: dict[str, LibvirtHost] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
@@ -124,11 +127,24 @@ class TwoHosts:
             directory.chmod(0o755)
             host = LibvirtHost(name, ns, address, directory)
             host.tls = libvirt_tls.install(self.pki_dir, name, [address], directory / "tls")
+            if self.storage:
+                self._storage_link(role, index)
             (directory / "instances").mkdir(exist_ok=True)
             (directory / "instances").chmod(0o755)
             self.hosts[role] = host
         for host in self.hosts.values():
             host.start()
+
+    def _storage_link(self, role: str, index: int) -> None:
+        ns, link = self.ns(role), f"km{self.tag}s{role}"
+        ours, theirs = f"{self.storage}.{4 * index + 1}", f"{self.storage}.{4 * index + 2}"
+        sh("ip", "link", "add", link, "type", "veth", "peer", "name", "st0", "netns", ns)
+        self.links.append(link)
+        sh("ip", "addr", "add", f"{ours}/30", "dev", link)
+        sh("ip", "link", "set", link, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{theirs}/30", "dev", "st0")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "st0", "up")
+        sh("ip", "netns", "exec", ns, "ip", "route", "add", f"{self.storage}.1/32", "via", ours)
 
     def nc_settings(self, role: str) -> dict[str, object]:
         """The NC settings of host `role`: QEMU through its libvirtd, its bridge, live migration over TLS."""

@@ -10,9 +10,11 @@ copy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from common.messages.migration import (
     MigrateInstancesResponse,
     MigrationInfo,
 )
+from common.messages.storage import DescribeStorageRequest, DescribeStorageResponse, StorageVolume
 from tests.migration.world import SSH_STREAM, MigrationWorld, migration_world
 from tests.waiting import wait_for
 
@@ -154,6 +157,112 @@ def test_live_migration_keeps_the_guest_running(world: MigrationWorld, guest: st
     finally:
         stream.kill()
         stream.wait()
+
+
+def device_of(world: MigrationWorld, instance_id: str, volume_id: str) -> str:
+    """The guest's disk whose serial is the volume id ('' when there is none)."""
+    script = ('for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "' + volume_id + '" ] && echo ${d##*/}; '
+              "done; true")  # fmt: skip
+    return world.ssh(instance_id, script).strip()
+
+
+def storage_of(world: MigrationWorld, volume_id: str) -> StorageVolume:
+    answer = world.cc("DescribeStorage", DescribeStorageRequest(volume_ids=[volume_id]), DescribeStorageResponse)
+    return answer.volumes[0]
+
+
+def admitted(world: MigrationWorld, volume_id: str) -> list[str]:
+    """The initiator names the volume's iSCSI export admits (its ACL in the CC's tgtd)."""
+    conf = world.cloud.aio.conf_path("cc").read_text()
+    port = int(conf.split("KOALA_EBS_PORTAL=", 1)[1].split()[0].strip("'\"").rsplit(":", 1)[1])
+    shown = subprocess.run(["tgtadm", "-C", str(port % 32768), "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    names: list[str] = []
+    for block in re.split(r"(?m)^Target \d+: ", shown):
+        if block.split("\n", 1)[0].strip().endswith(f".{volume_id}") and "ACL information:" in block:
+            names = [line.strip() for line in block.split("ACL information:", 1)[1].splitlines() if line.strip()]
+    return names
+
+
+def node_records(world: MigrationWorld, role: str, volume_id: str) -> list[tuple[str, str]]:
+    """The NC's own attachment records of the volume: (instance id, guest device)."""
+    with sqlite3.connect(f"file:{world.nodes[role].data_dir / 'nc.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT instance_id, target FROM volume_attachments WHERE volume_id = ?", (volume_id,))
+        return [tuple(row) for row in rows]
+
+
+def read_back(world: MigrationWorld, instance_id: str, device: str) -> str:
+    """The volume's first line as the guest reads it from the disk (its page cache dropped first)."""
+    return world.ssh(instance_id, f"sync; echo 3 > /proc/sys/vm/drop_caches; head -n 1 /dev/{device}").strip()
+
+
+def test_migration_with_an_attached_volume(world: MigrationWorld, guest: str) -> None:
+    """An EBS volume attached to the guest goes with it and is never copied: the target logs in to its iSCSI target
+    with an initiator name of its own (admitted beside the source's while it moves), the guest reads on the target
+    what it wrote on the source, the CC's attachment and the nodes' records follow it, and the source's initiator is
+    no longer admitted. Then back with the CC killed -9 mid-migration: one attachment, on one node; detach works."""
+    ec2 = world.ec2
+    volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
+    wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.3,
+             f"{volume} available")  # fmt: skip
+    try:
+        ec2.attach_volume(VolumeId=volume, InstanceId=guest, Device="/dev/sdf")
+        device = wait_for(lambda: device_of(world, guest, volume), 60, 1.0, "the volume in the guest")
+        source = role_of(world, world.node_of(guest))
+        target = "b" if source == "a" else "a"
+        before = admitted(world, volume)
+        assert len(before) == 1 and storage_of(world, volume).attachment.node == world.nodes[source].url
+        assert node_records(world, source, volume) == [(guest, device)] and not node_records(world, target, volume)
+        world.ssh(guest, f"echo KOALA-VOLUME-ON-{source} > /dev/{device}; sync")
+
+        started = migrate(world, guest, world.nodes[target].id)
+        done = wait_settled(world, guest)
+        assert done.state == "done", done.error
+        assert started.target_node == world.nodes[target].id == world.node_of(guest)
+        assert guest in domains(world, target) and guest not in domains(world, source)
+        # Not copied: the source sent the file disks only; the target logged in with its own initiator name.
+        sent = next(line for line in world.nodes[source].log().splitlines()[::-1] if f"{guest}: migrating" in line)
+        assert f"volumes ['{volume}']" in sent and f"'{device}'" not in sent.split("disks copied", 1)[1], sent
+        after = admitted(world, volume)
+        assert len(after) == 1 and after != before, (before, after)
+        assert storage_of(world, volume).attachment.node == world.nodes[target].url
+        assert node_records(world, target, volume) == [(guest, device)] and not node_records(world, source, volume)
+        assert device_of(world, guest, volume) == device
+        assert read_back(world, guest, device) == f"KOALA-VOLUME-ON-{source}"
+        # What the guest writes on the target lands in the volume itself (the CC's file behind the export).
+        world.ssh(guest, f"echo KOALA-VOLUME-ON-{target} > /dev/{device}; sync")
+        files = list((world.cloud.dir / "data").glob(f"*/volumes/{volume}.img"))
+        assert len(files) == 1 and files[0].read_bytes()[:64].startswith(f"KOALA-VOLUME-ON-{target}".encode())
+
+        # Back, with the CC killed -9 while libvirt copies: it resumes and settles on one attachment.
+        migrate(world, guest, world.nodes[source].id)
+        under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m,
+                             60, 0.05, "the migration under way")  # fmt: skip
+        assert under_way.state == "migrating", under_way
+        assert len(admitted(world, volume)) == 2  # both nodes' initiators while it moves
+        world.cloud.kill("cc")
+        world.cloud.start("cc")
+        done = wait_settled(world, guest)
+        assert done.state == "done", done.error
+        assert guest in domains(world, source) and guest not in domains(world, target)
+        wait_for(lambda: len(admitted(world, volume)) == 1, 30, 0.3, "one initiator admitted")
+        assert admitted(world, volume) != after  # the target's initiator no longer admitted
+        assert storage_of(world, volume).attachment.node == world.nodes[source].url
+        assert node_records(world, source, volume) == [(guest, device)] and not node_records(world, target, volume)
+        assert read_back(world, guest, device) == f"KOALA-VOLUME-ON-{target}"
+
+        # Detach works from the node the guest is on now: the disk leaves the guest and the export goes.
+        ec2.detach_volume(VolumeId=volume)
+        wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 90, 0.5,
+                 f"{volume} detached")  # fmt: skip
+        assert device_of(world, guest, volume) == ""
+        assert not node_records(world, source, volume) and admitted(world, volume) == []
+    finally:
+        with contextlib.suppress(Exception):
+            ec2.detach_volume(VolumeId=volume, Force=True)
+        with contextlib.suppress(Exception):
+            wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 1)
+            ec2.delete_volume(VolumeId=volume)
 
 
 def test_cc_killed_mid_migration_converges(world: MigrationWorld, guest: str) -> None:

@@ -28,7 +28,7 @@ from common.messages.clc_cc import (
     RegisterNodeRequest,
 )
 from tests.acceptance.world import acceptance_world
-from tests.harness import Cloud, ExtraNode
+from tests.harness import Cloud, ExtraNode, free_port
 from tests.migration.hosts import TwoHosts
 from tests.network.topology import Topology
 from tests.waiting import wait_for
@@ -119,12 +119,18 @@ def migration_world(
     both nodes."""
     work = Path(f"/var/tmp/koala-mig-{secrets.token_hex(3)}")  # reachable by libvirt's qemu user
     work.mkdir(mode=0o755)
-    settings = {"cc": {"NODES": ""}, **(extra or {})}
+    storage = nets[2]  # the metadata link's .1 (root namespace) is the iSCSI portal; the hosts get links to it
+    settings = {
+        "cc": {"NODES": "", "KOALA_EBS_PORTAL": f"{storage}.1:{free_port()}", "KOALA_EBS_RECONCILE_SECONDS": 1},
+        "clc": {"KOALA_EBS_POLL_SECONDS": 1},
+    }
+    for role, values in (extra or {}).items():
+        settings[role] = {**settings.get(role, {}), **values}
     try:
         with acceptance_world(work / "world", work / "unused", prefix="km", nets=nets, extra=settings,
                               roles=("clc", "cc", "walrus")) as built:  # fmt: skip
             cloud = built.cloud
-            hosts = TwoHosts(work / "hosts", cloud.aio.pki, bridge=built.bridge, uplink=built.bridge)
+            hosts = TwoHosts(work / "hosts", cloud.aio.pki, bridge=built.bridge, uplink=built.bridge, storage=storage)
             try:
                 hosts.build()
                 nodes = {}

@@ -88,6 +88,8 @@ class StorageManager:
         self.attachments: dict[str, Attachment] = {}
         self.snapshots: dict[str, Snapshot] = {}
         self.node_of: NodeOf = lambda instance_id: None
+        # Whether the instance is being migrated (its node changes: attachments wait until it settled).
+        self.migrating: Callable[[str], bool] = lambda instance_id: False
         # Whether the cluster has a live run of the instance (placed, perhaps not yet confirmed by its node).
         self.instance_live: Callable[[str], bool] = lambda instance_id: self.node_of(instance_id) is not None
         self.capacity_gb = config.KOALA_EBS_CAPACITY_GB
@@ -99,6 +101,7 @@ class StorageManager:
         self._push: asyncio.Task[None] | None = None
         self._push_again = False
         self._loop: asyncio.Task[None] | None = None
+        self.loaded = asyncio.Event()  # the records are read (a migration the CC resumes may ask before)
 
     # --- life ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +110,7 @@ class StorageManager:
             await self.rbd.start()
         self.store = await StorageStore.open(self.state_dir / "storage.db")
         self.volumes, self.attachments, self.snapshots = await self.store.load()
+        self.loaded.set()
         if not self.capacity_gb:
             self.capacity_gb = await (self.rbd.capacity_gb() if self.rbd else files.filesystem_gb(self.dir))
         for volume in self.volumes.values():  # finish what a crash interrupted
@@ -349,6 +353,8 @@ class StorageManager:
         instance_id = check_id(request.instance_id, "i", "InvalidInstanceID.Malformed")
         if not _DEVICE.match(request.device):
             raise _fail(400, "InvalidParameterValue", f"invalid device {request.device[:32]!r} (e.g. /dev/sdf)")
+        if self.migrating(instance_id):
+            raise _fail(409, "IncorrectInstanceState", f"{instance_id} is being migrated")
         async with self._lock(volume_id):
             volume = self.volumes.get(volume_id)
             if volume is None:
@@ -426,14 +432,79 @@ class StorageManager:
                 ))  # fmt: skip
         return result
 
-    def _target(self, volume: Volume, attachment: Attachment) -> IscsiTarget:
-        return IscsiTarget(
-            host=self.portal_host, port=self.portal_port, iqn=self.iqn(volume), lun=1, initiator=attachment.initiator
-        )
+    def _target(self, volume: Volume, attachment: Attachment, initiator: str = "") -> IscsiTarget:
+        return IscsiTarget(host=self.portal_host, port=self.portal_port, iqn=self.iqn(volume), lun=1,
+                           initiator=initiator or attachment.initiator)  # fmt: skip
+
+    # --- attachments that follow a live migration (services/cluster_controller/migration.py) --------------------
+    def move_refusal(self, instance_id: str) -> str:
+        """Why the instance's volumes cannot move with it now ('' when they can)."""
+        for volume_id, attachment in self.attachments.items():
+            if attachment.instance_id == instance_id and attachment.state != "attached":
+                return f"its volume {volume_id} is {attachment.state}"
+        return ""
+
+    async def begin_move(self, instance_id: str, node_url: str) -> list[NodeAttachRequest]:
+        """Each volume attached to the instance, as the node `node_url` must open it before the guest moves there:
+        an initiator name of that node's own, recorded (move_*) before the export admits it besides the current one
+        (an RBD image needs nothing: the node opens it with its own key). The volumes are shared, never copied."""
+        await self.loaded.wait()
+        result = []
+        for volume_id, attachment in sorted(self.attachments.items()):
+            if attachment.instance_id != instance_id:
+                continue
+            async with self._lock(volume_id):
+                volume = self.volumes.get(volume_id)
+                if volume is None or self.attachments.get(volume_id) is not attachment:
+                    continue
+                if attachment.state != "attached":
+                    raise _fail(409, "IncorrectState", f"{volume_id} is {attachment.state}")
+                if attachment.move_node_url != node_url or not attachment.move_initiator:
+                    attachment.move_node_url = node_url
+                    attachment.move_initiator = f"{IQN_BASE}:node.{instance_id}.{secrets.token_hex(12)}"
+                    await self._store.save_attachment(attachment)  # written before the export admits it
+                try:
+                    await self._export(volume, attachment)
+                except TgtError as err:
+                    raise _fail(503, "StorageUnavailable", str(err)) from None
+                result.append(
+                    NodeAttachRequest(
+                        instance_id=instance_id,
+                        volume_id=volume_id,
+                        device=attachment.device,
+                        target=None if self.rbd else self._target(volume, attachment, attachment.move_initiator),
+                        rbd=self.rbd.target(volume_id) if self.rbd is not None else None,
+                    )
+                )
+        return result
+
+    async def end_move(self, instance_id: str, node_url: str, moved: bool) -> None:
+        """The migration to `node_url` settled: the attachments follow the instance there (`moved`: the source's
+        initiator is no longer admitted) or stay where they were (the target's is no longer admitted). Idempotent."""
+        await self.loaded.wait()
+        for volume_id, attachment in list(self.attachments.items()):
+            if attachment.instance_id != instance_id or not attachment.move_node_url:
+                continue
+            async with self._lock(volume_id):
+                if self.attachments.get(volume_id) is not attachment:
+                    continue
+                if moved and attachment.move_node_url == node_url:
+                    attachment.node_url, attachment.initiator = attachment.move_node_url, attachment.move_initiator
+                attachment.move_node_url = attachment.move_initiator = ""
+                await self._store.save_attachment(attachment)  # written before the export changes
+                volume = self.volumes.get(volume_id)
+                if volume is not None and attachment.state == "attached":
+                    try:
+                        await self._export(volume, attachment)
+                    except TgtError as err:  # the reconcile loop makes the export match the record
+                        log.warning("%s: export after the migration: %s (will retry)", volume_id, err)
+            log.info("%s: attachment to %s %s %s", volume_id, instance_id, "moved to" if moved else "stays on",
+                     attachment.node_url)  # fmt: skip
 
     async def _export(self, volume: Volume, attachment: Attachment) -> None:
-        """The volume's target exists, backed by its file, admitting this attachment's initiator only (nothing to do
-        for an RBD image: the node opens it with its own Ceph key)."""
+        """The volume's target exists, backed by its file, admitting this attachment's initiator only, and the
+        migration target's while the instance moves (nothing to do for an RBD image: the node opens it with its own
+        Ceph key)."""
         if self.rbd is not None:
             return
         await self.tgt.ensure_running()
@@ -446,11 +517,13 @@ class StorageManager:
             acl: list[str] = []
         else:
             acl = target.acl
+        wanted = [name for name in (attachment.initiator, attachment.move_initiator) if name]  # two while it moves
         for name in acl:
-            if name != attachment.initiator:
+            if name not in wanted:
                 await self.tgt.unbind(volume.tid, name)
-        if attachment.initiator not in acl:
-            await self.tgt.bind(volume.tid, attachment.initiator)
+        for name in wanted:
+            if name not in acl:
+                await self.tgt.bind(volume.tid, name)
 
     async def _plug(self, volume: Volume, attachment: Attachment) -> None:
         await self._export(volume, attachment)
@@ -505,6 +578,8 @@ class StorageManager:
                 raise _fail(
                     404, "InvalidAttachment.NotFound", f"{volume_id} is not attached to {request.instance_id[:20]}"
                 )
+            if self.migrating(attachment.instance_id) and attachment.state != "detaching":
+                raise _fail(409, "IncorrectInstanceState", f"{attachment.instance_id} is being migrated")
             if attachment.state != "detaching":
                 attachment.state = "detaching"
                 await self._store.save_attachment(attachment)  # written before the node hears of it

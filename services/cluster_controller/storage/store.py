@@ -34,6 +34,8 @@ class Attachment:
     state: str  # attaching, attached, detaching
     detail: str = ""
     updated_at: float = field(default_factory=time.time)
+    move_node_url: str = ""  # while the instance migrates: the target node, and the initiator it logs in with
+    move_initiator: str = ""
 
 
 @dataclass
