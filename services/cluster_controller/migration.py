@@ -349,8 +349,9 @@ class Migrations:
 
     async def _commit(self, migration: Migration, instance: Instance) -> None:
         output = ""
-        try:  # the console so far, kept by the target before its own lines
-            output = await self.cluster.nc.console_output(migration.source_url, instance.instance_id)
+        try:  # the console so far, kept by the target before its own lines (one log already when it is shared)
+            if migration.target is None or not migration.target.shared:
+                output = await self.cluster.nc.console_output(migration.source_url, instance.instance_id)
         except RpcError as err:
             log.warning("%s: no console history from the source: %s", instance.instance_id, err)
         committed = await self.cluster.nc.commit_migration(

@@ -112,6 +112,9 @@ def destination_xml(xml: str, source_dir: Path, target: MigrationTarget) -> tupl
             value = element.get(attribute)
             if value:
                 element.set(attribute, moved(value))
+    if target.shared:  # one console log for both: the target's appends to what the source wrote
+        for log_el in root.findall("devices/serial/log"):
+            log_el.set("append", "on")
     os_el = root.find("os")
     if os_el is not None:
         for tag, path in (("kernel", target.kernel), ("initrd", target.ramdisk)):
@@ -216,13 +219,14 @@ class NodeMigrations:
             raise RpcError(500, "MigrationPrepareFailed", f"{inst.id}: {reason}") from None
 
     @staticmethod
-    async def _shared(directory: Path, marker: str) -> bool:
-        """Whether the instance's directory here holds the source's marker (`marker`, or any with '')."""
+    async def _shared(directory: Path, marker: str | None) -> bool:
+        """Whether the instance's directory here holds the source's marker (`marker`; None: any marker, as a target
+        that prepared finds it later: a source writes markers only in its own directory, never copied)."""
 
         def look() -> bool:
-            if marker:
-                return (directory / f"{MARKER_PREFIX}{marker}").is_file()
-            return any(directory.glob(MARKER_PREFIX + "*"))
+            if marker is None:
+                return any(directory.glob(MARKER_PREFIX + "*"))
+            return bool(marker) and (directory / f"{MARKER_PREFIX}{marker}").is_file()
 
         return await asyncio.get_running_loop().run_in_executor(None, look)
 
@@ -258,7 +262,8 @@ class NodeMigrations:
             history = _b64(request.console)
         except ValueError:
             raise RpcError(400, "InvalidParameterValue", "console must be base64") from None
-        await console.keep_history(directory / "console.log", history)
+        if history:  # none from a source sharing the directory: the console log goes on in the same file
+            await console.keep_history(directory / "console.log", history)
         xml = await self.hv.xml(inst.id)
         await asyncio.get_running_loop().run_in_executor(None, (directory / "libvirt.xml").write_text, xml)
         if self.volumes is not None:
@@ -444,7 +449,7 @@ class NodeMigrations:
                 await asyncio.gather(task, return_exceptions=True)
             if self.volumes is not None:
                 await self.volumes.forget_instance(inst.id)
-            shared = await self._shared(self.manager.instance_dir(inst.request), "")
+            shared = await self._shared(self.manager.instance_dir(inst.request), None)
             await self.manager._teardown(inst, LEFT_SHARED if shared else "failed", "the migration here failed")
         await self._forget(inst.id)
         return inst.info()

@@ -73,3 +73,5 @@ def test_nothing_is_copied_from_a_shared_directory() -> None:
     assert copied == []
     initiator = SafeET.fromstring(xml).find("devices/disk/source/initiator/iqn")
     assert initiator is not None and initiator.get("name").endswith(".target")
+    log_el = SafeET.fromstring(xml).find("devices/serial/log")
+    assert log_el is not None and log_el.get("append") == "on"  # one console log, appended to by the target
