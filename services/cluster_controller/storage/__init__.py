@@ -32,6 +32,13 @@ terminate, failure) the reconcile loop removes the exports, as for any attachmen
 next start exports them again, perhaps to another node. In an RBD zone nothing is exported: the node gets each
 image's place (BootVolume.rbd) and its QEMU opens the root and the others with the node's own Ceph key.
 
+Live migration (services/cluster_controller/migration.py) takes the instance's attachments along, never the data:
+before the target prepares, each attachment records the target node and a second initiator name made for it
+(`move_node_url`, `move_initiator`), and only then does the export admit that name beside the current one; the
+target logs in once to check, and the guest's disk on the target opens the volume with it. When the migration
+settles the record follows the guest (its node and initiator become the target's; the source's name is no longer
+admitted) or stays (the target's name is no longer admitted); attach and detach of the instance wait meanwhile.
+
 Snapshots (`snapshots.py`) go to Walrus through its S3 API: compressed 4 MiB chunks named by their digest, a
 manifest per snapshot; a volume's next snapshot uploads only the chunks that changed. With KOALA_EBS_DIR on a file
 system with reflinks (XFS made with reflink=1, btrfs), a snapshot reads a frozen copy of the volume made when it
