@@ -200,7 +200,8 @@ def test_migration_with_an_attached_volume(world: MigrationWorld, guest: str) ->
     """An EBS volume attached to the guest goes with it and is never copied: the target logs in to its iSCSI target
     with an initiator name of its own (admitted beside the source's while it moves), the guest reads on the target
     what it wrote on the source, the CC's attachment and the nodes' records follow it, and the source's initiator is
-    no longer admitted. Then back with the CC killed -9 mid-migration: one attachment, on one node; detach works."""
+    no longer admitted; a failed migration leaves it on the source. Then back with the CC killed -9 mid-migration:
+    one attachment, on one node; detach works."""
     ec2 = world.ec2
     volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
     wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.3,
@@ -215,6 +216,19 @@ def test_migration_with_an_attached_volume(world: MigrationWorld, guest: str) ->
         records = node_records(world, source, volume)  # (its libvirt target dev, not always the guest's name)
         assert len(records) == 1 and records[0][0] == guest and not node_records(world, target, volume)
         world.ssh(guest, f"echo KOALA-VOLUME-ON-{source} > /dev/{device}; sync")
+
+        # A migration that fails (libvirt's job aborted mid-copy) leaves the attachment where it was: the target's
+        # initiator no longer admitted, its record gone.
+        migrate(world, guest, world.nodes[target].id)
+        under_way = wait_for(lambda: (m := migration(world, guest)).state in ("migrating", "failed", "done") and m,
+                             60, 0.05, "the migration under way")  # fmt: skip
+        assert under_way.state == "migrating", under_way
+        wait_for(lambda: world.hosts.hosts[source].virsh("domjobabort", guest, check=False).returncode == 0, 30, 0.1,
+                 "libvirt's migration job aborted")  # fmt: skip
+        assert wait_settled(world, guest).state == "failed"
+        assert admitted(world, volume) == before
+        assert storage_of(world, volume).attachment.node == world.nodes[source].url
+        assert node_records(world, source, volume) == records and not node_records(world, target, volume)
 
         started = migrate(world, guest, world.nodes[target].id)
         done = wait_settled(world, guest)
