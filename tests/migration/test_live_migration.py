@@ -526,7 +526,7 @@ def test_shared_instance_directory_is_not_copied(world: MigrationWorld, guest: s
     shared = world.hosts.hosts[target].dir / "instances" / source_dir.parent.name / guest
     shared.parent.mkdir(parents=True, exist_ok=True)
     shared.symlink_to(source_dir, target_is_directory=True)
-    disk = (source_dir / "disk").stat()
+    disk = (source_dir / "root.qcow2").stat()
     before = counters(world.console(guest))
     for there, back in ((target, source), (source, target)):
         done = wait_settled(world, migrate(world, guest, world.nodes[there].id).instance_id)
@@ -541,7 +541,7 @@ def test_shared_instance_directory_is_not_copied(world: MigrationWorld, guest: s
         wait_for(lambda b=back: f"{guest}: Teardown (left-shared)" in world.nodes[b].log(), 30, 0.3,
                  "the source let its copy go")  # fmt: skip
         # The one disk is still there, the very same file, and the guest writes on through it.
-        assert (source_dir / "disk").stat().st_ino == disk.st_ino and shared.resolve() == source_dir
+        assert (source_dir / "root.qcow2").stat().st_ino == disk.st_ino and shared.resolve() == source_dir
         assert world.ssh(guest, "echo shared > /root/shared.txt && sync && cat /root/shared.txt").strip() == "shared"
     counted = counters(world.console(guest))
     assert counted[: len(before)] == before and counted == list(range(counted[0], counted[0] + len(counted)))
