@@ -94,6 +94,11 @@ def test_changed_instances_are_serialized_ahead_of_the_next_describe(tmp_path) -
             cached = {i: instance_actions._XML_CACHE[i][1] for i in ids}
             assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
             assert all(instance_actions._XML_CACHE[i][1] is cached[i] for i in ids)  # served, not serialized again
+            # Buried instances (terminated long enough ago) leave the cache with their records.
+            for listener in compute.on_forget:
+                await listener(ids[:10])
+            cache = instance_actions._XML_CACHE
+            assert not any(i in cache for i in ids[:10]) and ids[10] in cache
         finally:
             await compute.stop()
             await compute.db.close()

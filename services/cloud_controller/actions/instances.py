@@ -483,6 +483,12 @@ def install_prerender(engine: Compute) -> Prerender:
     prerender = Prerender(engine)
     engine.on_change.append(prerender)
     engine.background(prerender.run())
+
+    async def forget(instance_ids: list[str]) -> None:  # buried instances: their XML goes too
+        for instance_id in instance_ids:
+            _XML_CACHE.pop(instance_id, None)
+
+    engine.on_forget.append(forget)
     return prerender
 
 
