@@ -152,31 +152,38 @@ class World:
             per_zone = fleet_nodes // ccs
             # Batches go to the zones in turn, so some zones get one more: 30 % more room than instances.
             cores = -(-instances * 13 // (fleet_nodes * 10))
-            ports = [fleet_ports(per_zone) for _ in range(ccs)]
-            entries = [" ".join(f"127.0.0.1:{p}" for p in zone_ports) for zone_ports in ports]
-            extra = {"cc": {"NODES": entries[0], **cc_settings}, "walrus": shared_address}
-            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra=extra)
-            self.cloud.start()
-            self.members = []
-            cc_urls = [self.cloud.url("cc")]
-            for index in range(1, ccs):
-                cc = ClusterProcess(self.cloud, f"zone{index + 1}", entries[index], cc_settings)
-                self.cloud.extra_nodes.append(cc)
-                cc.start()
-                cc.register()
-                self.members.append(cc)
-                self.zones.append(cc.zone)
-                cc_urls.append(cc.url)
             limits = {"MAX_MEM": cores * 128, "MAX_DISK": cores * 2, **nc_settings}
+
+            def entries(zone_ports: list[int]) -> str:
+                return " ".join(f"127.0.0.1:{p}" for p in zone_ports)
+
+            # Each zone's nodes take their ports at once after they are chosen (and the CC that lists them is
+            # configured), before the cloud starts: a port found free then is taken by another program later.
+            ports = fleet_ports(per_zone)
+            extra = {"cc": {"NODES": entries(ports), **cc_settings}, "walrus": shared_address}
+            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra=extra)
+            self.members = []
+            clusters: list[ClusterProcess] = []
+            cc_url = self.cloud.url("cc")
             for index in range(ccs):
-                fleet = NodeFleet(
-                    self.cloud, f"z{index + 1}", ports[index], cc_urls[index], cores, extra=limits, log_level="WARNING"
-                )
+                if index:
+                    ports = fleet_ports(per_zone)
+                    cc = ClusterProcess(self.cloud, f"zone{index + 1}", entries(ports), cc_settings)
+                    self.cloud.extra_nodes.append(cc)
+                    clusters.append(cc)
+                    cc_url = cc.url
+                fleet = NodeFleet(self.cloud, f"z{index + 1}", ports, cc_url, cores, extra=limits, log_level="WARNING")
                 self.cloud.extra_nodes.append(fleet)
                 began = time.monotonic()
                 fleet.start(timeout=900)
                 note(f"{fleet.id}: {per_zone} nodes healthy in {time.monotonic() - began:.1f} s")
                 self.members.append(fleet)
+            self.cloud.start()
+            for cc in clusters:
+                cc.start()
+                cc.register()
+                self.members.append(cc)
+                self.zones.append(cc.zone)
 
     def pids(self) -> dict[str, int]:
         found = {role: p.pid for role, p in self.cloud.processes.items()}

@@ -13,6 +13,7 @@ whole. `koala nc-fleet --config-dir DIR` runs every `*.conf` of DIR (or `--confi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -66,12 +67,28 @@ async def serve(configs: list[NodeControllerConfig], stop: asyncio.Event) -> Non
     runners: dict[int, web.AppRunner] = {}
     gate = asyncio.Semaphore(START_CONCURRENCY)
 
+    failed: list[BaseException] = []
+
     async def start(index: int, member: NodeControllerService) -> None:
         async with gate:
-            runners[index] = await member.start()
+            if failed:
+                return  # another member could not start: the fleet will not serve
+            try:
+                runners[index] = await member.start()
+            except Exception as err:
+                failed.append(err)
+                # Its database (a thread) and hypervisor may be open already: closed, so that a fleet that
+                # cannot start exits rather than hang on them (e.g. a node's port taken meanwhile).
+                with contextlib.suppress(Exception):
+                    await member.on_stop()
+                    await member.client.close()
 
     try:
+        # Members being started finish starting (cancelled half-way, one would leave its database thread
+        # behind); those not begun are skipped; then every started one is stopped below.
         await asyncio.gather(*(start(i, m) for i, m in enumerate(members)))
+        if failed:
+            raise failed[0]
         log.info("fleet of %d nodes serving", len(members))
         await stop.wait()
         log.info("stopping %d nodes", len(members))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from common import pki
 from common.config import render_conf
 from services.node_controller.fleet import FleetError, load
+from tests.harness import free_port_run
+from tests.nc.support import node_file
 
 
 def _conf(directory: Path, name: str, port: int, **extra: object) -> Path:
@@ -47,3 +51,28 @@ def test_fleet_configurations_are_checked(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "cannot start" in done.stderr and "bad.conf" in done.stderr
+
+
+def test_a_fleet_that_cannot_start_exits(tmp_path: Path) -> None:
+    """One node's port taken (by another program, after the ports were chosen): the fleet says so and exits 1,
+    its other nodes' databases and hypervisors closed, rather than hang on them."""
+    store = pki.PkiDir(tmp_path / "pki")
+    store.init()
+    names = [f"n{i}" for i in range(20)]
+    store.ensure_many([f"nc-{name}" for name in names], "nc")
+    base = free_port_run(len(names))
+    conf_dir = tmp_path / "fleet"
+    conf_dir.mkdir()
+    for n, name in enumerate(names):
+        (tmp_path / name).mkdir()
+        node_file(tmp_path / name / "node.xml", cpus=2, memory_gib=2)
+        _conf(tmp_path, name, base + n).rename(conf_dir / f"{name}.conf")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 15))
+        squatter.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", "nc-fleet", "--config-dir", str(conf_dir)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "cannot start" in done.stderr and str(base + 15) in done.stderr
