@@ -10,9 +10,10 @@ from pathlib import Path
 import defusedxml.ElementTree as SafeET
 
 from common.messages.migration import MigrationTarget
-from common.messages.storage import IscsiTarget
+from common.messages.storage import IscsiTarget, RbdTarget
 from services.node_controller.domain import DiskSpec, DomainSpec, iscsi_disk, render
 from services.node_controller.migration import destination_xml
+from services.node_controller.rbd_disks import rbd_disk
 
 SOURCE = Path("/srv/a/instances/000000000001/i-0a0b0c0d")
 THERE = "/srv/b/instances/000000000001/i-0a0b0c0d"
@@ -75,3 +76,30 @@ def test_nothing_is_copied_from_a_shared_directory() -> None:
     assert initiator is not None and initiator.get("name").endswith(".target")
     log_el = SafeET.fromstring(xml).find("devices/serial/log")
     assert log_el is not None and log_el.get("append") == "on"  # one console log, appended to by the target
+
+
+def test_an_rbd_volume_takes_the_targets_own_secret() -> None:
+    """A volume kept in Ceph: the target's libvirt names its own secret for the node's key (another UUID)."""
+    image = RbdTarget(pool="ebs", image=f"zone1.{VOLUME}", monitors=["10.0.0.2:6789"])
+    source_secret, target_secret = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+    spec = DomainSpec(
+        name="i-0a0b0c0d",
+        uuid="5f0c7a2e-2b7e-4d7e-9a55-2f0e3c1d4b6a",
+        memory_mb=256,
+        vcpus=1,
+        disks=[
+            DiskSpec(SOURCE / "root.qcow2", "root", format="qcow2"),
+            DiskSpec(Path(VOLUME), "volume", rbd=image, rbd_auth=("koala", source_secret), serial=VOLUME),
+        ],
+        console_log=SOURCE / "console.log",
+        owner_id="000000000001",
+    )
+    theirs = ET.tostring(rbd_disk(image, VOLUME, "vdz", "koala", target_secret), encoding="unicode")
+    there = MigrationTarget(instance_id="i-0a0b0c0d", instance_dir=THERE, volume_disks={VOLUME: theirs})
+    xml, copied = destination_xml(render(spec, "qemu"), SOURCE, there)
+    volume = next(d for d in disks(xml).values() if d.get("type") == "network")
+    secret = volume.find("auth/secret")
+    assert secret is not None and secret.get("uuid") == target_secret
+    assert volume.find("source").get("name") == f"ebs/zone1.{VOLUME}"  # type: ignore[union-attr]
+    assert volume.find("target").get("dev") not in copied  # type: ignore[union-attr]
+    assert len(copied) == 1
