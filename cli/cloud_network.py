@@ -42,6 +42,7 @@ PRIVATE_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
 PRIVATE_PREFIX = 16
 PRIVATE_BRIDGE = "priv0"  # in the namespace: the CC's VNET_PRIVINTERFACE and the NC's VNET_BRIDGE
 LOCK_PATH = Path("/run/lock/koala-network.lock")  # serialises choosing blocks among clouds on this host
+LIBVIRT_CACHE = Path("/var/cache/koala/libvirt")  # QEMU's capabilities, probed once for every cloud on the machine
 
 
 class CloudNetworkError(Exception):
@@ -130,7 +131,7 @@ class CloudNetwork:
 
     def libvirtd(self, state_dir: Path) -> NamespaceLibvirtd:
         """The cloud's own libvirtd, in the router namespace: its guests' taps join priv0 there."""
-        return NamespaceLibvirtd(self.netns, state_dir / "libvirt")
+        return NamespaceLibvirtd(self.netns, state_dir / "libvirt", cache=LIBVIRT_CACHE)
 
     @property
     def _public_net(self) -> ipaddress.IPv4Network:

@@ -32,6 +32,9 @@ class NamespaceLibvirtd:
     libvirtd_conf: str = ""  # more libvirtd.conf lines (the migration hosts' TLS listener)
     qemu_conf: str = ""
     listen: bool = False  # --listen: accept TCP/TLS connections as libvirtd_conf says
+    # /var/cache/libvirt (default dir/root/cache). libvirtd probes QEMU's capabilities into it at its first start,
+    # seconds of QEMU runs: daemons given one shared cache probe once per machine, not once per state directory.
+    cache: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -69,8 +72,10 @@ class NamespaceLibvirtd:
         if self.running() is not None:
             return None
         root = self.dir / "root"
-        for sub in ("etc", "lib", "cache", "log"):
+        cache = self.cache or root / "cache"
+        for sub in ("etc", "lib", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
         (root / "lib").chmod(0o755)  # the qemu user walks through /var/lib/libvirt
@@ -85,7 +90,7 @@ class NamespaceLibvirtd:
                 "mkdir -p /run/libvirt",
                 f"mount --bind {conf} /etc/libvirt",
                 f"mount --bind {root}/lib /var/lib/libvirt",
-                f"mount --bind {root}/cache /var/cache/libvirt",
+                f"mount --bind {cache} /var/cache/libvirt",
                 f"mount --bind {root}/log /var/log/libvirt",
                 f"virtlogd -d --pid-file {self.dir}/virtlogd.pid",
                 f"exec libvirtd {'--listen ' if self.listen else ''}--config {conf}/libvirtd.conf "

@@ -40,7 +40,9 @@ mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt
 # As Debian's udev rule would: /dev/kvm for the kvm group. Otherwise libvirt's qemu capabilities (probed with KVM)
 # are judged stale at every call and re-probed, and each domain start takes ~50 s. Guests still use domain type
 # qemu (software emulation): nested KVM hangs here.
-if [ -c /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 660 /dev/kvm; fi
+# Only when needed: a chgrp or chmod changes the device's ctime, and libvirt then judges every cached QEMU
+# capabilities file stale and probes QEMU again at its next start (seconds for every libvirtd on the machine).
+if [ -c /dev/kvm ] && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then chgrp kvm /dev/kvm && chmod 660 /dev/kvm; fi
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   pgrep -x virtlogd >/dev/null || virtlogd -d
   pgrep -x libvirtd >/dev/null || libvirtd -d
