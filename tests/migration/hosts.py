@@ -1,6 +1,7 @@
-"""Two hosts for migration tests and benches: each a network namespace with its own libvirtd (DESIGN section 8's
-recipe: a private mount namespace with its own /run, and here also its own /etc/libvirt, /var/lib/libvirt,
-/var/cache/libvirt and /var/log/libvirt, so two daemons on one machine share nothing, as two hosts would).
+"""Two hosts for migration tests and benches: each a network namespace with its own libvirtd (cli/netns_libvirtd.py,
+as the all-in-one cloud runs one in its router namespace: a private mount namespace with its own /run,
+/etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, so two daemons on one machine share
+nothing, as two hosts would).
 
 The hosts are joined by a link (the migration network) and each has a bridge for guests, joined to a shared
 segment the test can reach from the root namespace (ping, SSH). Each libvirtd listens for TLS only, on its
