@@ -469,6 +469,38 @@ def watch_row(page, instance_id: str, source_id: str) -> list[str]:  # type: ign
     raise AssertionError(f"the migration did not settle on the page: {seen}")
 
 
+def test_shared_instance_directory_is_not_copied(world: MigrationWorld, guest: str) -> None:
+    """Shared storage: the guest's directory made one for both nodes (the target's path for it leads to the source's
+    directory, as one instance path on a shared file system would). The target finds the marker the source wrote
+    there, so nothing is copied, neither side makes or removes the files, and the console log goes on in one file;
+    then back again the same way. (From here on this guest's migrations are shared ones: POWERSAVE's too.)"""
+    source = role_of(world, world.node_of(guest))
+    target = "b" if source == "a" else "a"
+    source_dir = next((world.hosts.hosts[source].dir / "instances").glob(f"*/{guest}"))
+    shared = world.hosts.hosts[target].dir / "instances" / source_dir.parent.name / guest
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    shared.symlink_to(source_dir, target_is_directory=True)
+    disk = (source_dir / "root.qcow2").stat()
+    before = counters(world.console(guest))
+    for there, back in ((target, source), (source, target)):
+        done = wait_settled(world, migrate(world, guest, world.nodes[there].id).instance_id)
+        assert done.state == "done", done.error
+        assert world.node_of(guest) == world.nodes[there].id
+        assert guest in domains(world, there) and guest not in domains(world, back)
+        sent = next(line for line in world.nodes[back].log().splitlines()[::-1] if f"{guest}: migrating" in line)
+        assert "disks copied [], shared storage" in sent, sent
+        assert f"{guest}: Pending (migrating-in) from {world.nodes[back].id} (its directory is shared with it)" in (
+            world.nodes[there].log()
+        )
+        wait_for(lambda b=back: f"{guest}: Teardown (left-shared)" in world.nodes[b].log(), 30, 0.3,
+                 "the source let its copy go")  # fmt: skip
+        # The one disk is still there, the very same file, and the guest writes on through it.
+        assert (source_dir / "root.qcow2").stat().st_ino == disk.st_ino and shared.resolve() == source_dir
+        assert world.ssh(guest, "echo shared > /root/shared.txt && sync && cat /root/shared.txt").strip() == "shared"
+    counted = counters(world.console(guest))
+    assert counted[: len(before)] == before and counted == list(range(counted[0], counted[0] + len(counted)))
+
+
 def test_powersave_consolidates_so_that_a_node_sleeps(world: MigrationWorld, guest: str) -> None:
     """Under POWERSAVE the CC packs the two guests of two nodes onto one by live migration (after its hysteresis),
     and the node left empty is powered down by the power loop."""
@@ -513,35 +545,3 @@ def test_powersave_consolidates_so_that_a_node_sleeps(world: MigrationWorld, gue
         world.cloud.stop("cc")
         world.cloud.start("cc")
         world.terminate(others)
-
-
-def test_shared_instance_directory_is_not_copied(world: MigrationWorld, guest: str) -> None:
-    """Shared storage: the guest's directory made one for both nodes (the target's path for it leads to the source's
-    directory, as one instance path on a shared file system would). The target finds the marker the source wrote
-    there, so nothing is copied, neither side makes or removes the files, and the console log goes on in one file;
-    then back again the same way. (Last in the module: from here on this guest's migrations are shared ones.)"""
-    source = role_of(world, world.node_of(guest))
-    target = "b" if source == "a" else "a"
-    source_dir = next((world.hosts.hosts[source].dir / "instances").glob(f"*/{guest}"))
-    shared = world.hosts.hosts[target].dir / "instances" / source_dir.parent.name / guest
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    shared.symlink_to(source_dir, target_is_directory=True)
-    disk = (source_dir / "root.qcow2").stat()
-    before = counters(world.console(guest))
-    for there, back in ((target, source), (source, target)):
-        done = wait_settled(world, migrate(world, guest, world.nodes[there].id).instance_id)
-        assert done.state == "done", done.error
-        assert world.node_of(guest) == world.nodes[there].id
-        assert guest in domains(world, there) and guest not in domains(world, back)
-        sent = next(line for line in world.nodes[back].log().splitlines()[::-1] if f"{guest}: migrating" in line)
-        assert "disks copied [], shared storage" in sent, sent
-        assert f"{guest}: Pending (migrating-in) from {world.nodes[back].id} (its directory is shared with it)" in (
-            world.nodes[there].log()
-        )
-        wait_for(lambda b=back: f"{guest}: Teardown (left-shared)" in world.nodes[b].log(), 30, 0.3,
-                 "the source let its copy go")  # fmt: skip
-        # The one disk is still there, the very same file, and the guest writes on through it.
-        assert (source_dir / "root.qcow2").stat().st_ino == disk.st_ino and shared.resolve() == source_dir
-        assert world.ssh(guest, "echo shared > /root/shared.txt && sync && cat /root/shared.txt").strip() == "shared"
-    counted = counters(world.console(guest))
-    assert counted[: len(before)] == before and counted == list(range(counted[0], counted[0] + len(counted)))
