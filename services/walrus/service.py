@@ -9,7 +9,6 @@ call. Other Walrus parts that register their own routes on `self.app` add their 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,6 @@ MAX_FIELD = 256 << 10
 MAX_HEADERS = 1000
 IO_THREADS = 64
 GIL_SWITCH_SECONDS = 0.0005  # longest a busy thread keeps the interpreter lock from a waiting one (default 0.005)
-GC_YOUNG_THRESHOLD = 7000  # allocations between collections of the youngest generation (Python's default: 700)
 READ_BUFFER = 1 << 20  # request body buffering per connection: fewer pauses of the socket on big uploads
 log = logging.getLogger("koala.service")
 
@@ -110,11 +108,6 @@ class WalrusService(Service):
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="walrus-io"))
         await self.storage.start()
         self.lifecycle.start()
-        # A small GET allocates a few hundred objects, so the cyclic collector ran every few requests: its
-        # youngest generation is now collected ten times less often (cycles are still freed, memory stays
-        # bounded), and what start-up made is frozen out of the full collections.
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         # The event loop gives up the interpreter lock in every socket write and hash of a body, and the database
         # thread (running a batch of transactions) then kept it for up to the 5 ms default before handing it back:
         # a stall of every request in flight. A short interval bounds that wait.
