@@ -11,8 +11,9 @@ Measured per scenario: the time to accept each RunInstances; for each thousand t
 last instance `running` and the marginal time (its completion minus the previous one's: flat when the next
 thousand costs the same however many run); when half and all are running; DescribeInstances of everything every
 3 s during the launch and at 10,000, both as the CLC's own time (its Server-Timing header: the server-side
-figure) and as the round trip of a raw signed request (no client parsing: the CLC's time plus the transfer); the time to terminate everything; each process's CPU seconds and memory (RSS at
-10,000 instances and after they ended). Progress is polled with DescribeInstances filtered on pending (cheap);
+figure) and as the round trip of a raw signed request (no client parsing: the CLC's time plus the transfer);
+the time to terminate everything; each process's CPU seconds and memory (RSS at 10,000 instances and after
+they ended). Progress is polled with DescribeInstances filtered on pending (cheap);
 the full listing at the end proves every instance running. Before the timing, one instance runs and ends on
 every node (`warm_up`): the image is in every node's cache, as in the issue's measurement of a warm cloud.
 
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,6 +335,12 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
         listed, *describe_at_full = raw.states()
         all_running_s = max(done_at.values()) if len(done_at) == len(batches) else None
         running = sum(1 for i in launched if listed.get(i) == "running")
+        states_at_end = dict(Counter(listed.get(i, "missing") for i in launched))
+        others = [i for i in launched if listed.get(i) != "running"][:20]
+        rows = ec2.describe_instances(InstanceIds=others)["Reservations"] if others else []
+        reasons_at_end = dict(
+            Counter(i.get("StateReason", {}).get("Message", "") for r in rows for i in r["Instances"])
+        )
         at_full = world.stats()
         describe_full = [tuple(raw.states()[1:]) for _ in range(5)]
 
@@ -366,6 +374,8 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             "nodes": fleet_nodes if scenario == "fleet" else 4,
             "instances": total,
             "running_at_end": running,
+            "states_at_end": states_at_end,
+            "reasons_not_running": reasons_at_end,  # of (at most 20 of) those not running
             "setup_s": round(setup_s, 1),
             "accept_all_requests_s": round(sum(b["accept_s"] for b in batches), 2),
             "half_running_s": round(half_at, 2) if half_at is not None else None,
