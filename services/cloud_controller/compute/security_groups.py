@@ -75,7 +75,9 @@ class SecurityGroups:
     def __init__(self, db: Database, tags: Tags):
         self.db, self.tags = db, tags
         self.listeners: list[Listener] = []
-        self._with_default: set[str] = set()  # accounts known to have their default group
+        # Each account's default group, as found once: it is never deleted nor changed, so every launch naming no
+        # group (the common case) is resolved without a query
+        self._defaults: dict[str, dict[str, Any]] = {}
         tags.register("sg", "security-group", self.owned, "InvalidGroup.NotFound")
 
     async def _notify(self, owner_id: str, group_id: str) -> None:
@@ -87,18 +89,20 @@ class SecurityGroups:
 
     # --- lookups -------------------------------------------------------------------------------------------
     async def ensure_default(self, owner_id: str) -> None:
-        if owner_id in self._with_default:  # a default group is never deleted: one look per account suffices
+        if owner_id in self._defaults:
             return
-        if not await self.db.fetchone(
-            "SELECT 1 FROM security_groups WHERE owner_id = ? AND name = ?", (owner_id, DEFAULT)
-        ):
+        query = "SELECT * FROM security_groups WHERE owner_id = ? AND name = ?"
+        row = await self.db.fetchone(query, (owner_id, DEFAULT))
+        if row is None:
             async with self.db.transaction() as conn:
                 await conn.execute(
                     "INSERT INTO security_groups(group_id, owner_id, name, description, created_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (new_id("sg"), owner_id, DEFAULT, "default group", time.time()),
                 )
-        self._with_default.add(owner_id)
+            row = await self.db.fetchone(query, (owner_id, DEFAULT))  # ours, or another process's made meanwhile
+        if row is not None:
+            self._defaults[owner_id] = dict(row)
 
     async def rules(self, group_id: str) -> list[Rule]:
         """The full ingress rule set of a group, sources resolved to owner and name."""
@@ -116,6 +120,8 @@ class SecurityGroups:
         return None if group is None else await self.rules(group["group_id"])
 
     async def find(self, owner_id: str, name: str | None = None, group_id: str | None = None) -> dict[str, Any] | None:
+        if not group_id and name == DEFAULT and owner_id in self._defaults:
+            return dict(self._defaults[owner_id])
         if group_id:
             row = await self.db.fetchone(
                 "SELECT * FROM security_groups WHERE owner_id = ? AND group_id = ?", (owner_id, group_id.lower())
