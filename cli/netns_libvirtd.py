@@ -80,6 +80,9 @@ class NamespaceLibvirtd:
         self.dir.chmod(0o755)
         (root / "lib").chmod(0o755)  # the qemu user walks through /var/lib/libvirt
         conf = root / "etc"
+        # libvirtd runs on one CPU: its cached QEMU capabilities hold the host's CPUID leaves, one of which (0x1f)
+        # names the CPU that read it, and a cache read on another CPU is judged stale and QEMU probed again (~8 s).
+        # QEMU is not held to it: libvirt gives every guest all the host's CPUs.
         (conf / "libvirtd.conf").write_text(
             f'unix_sock_dir = "{self.socket.parent}"\nunix_sock_admin_perms = "0700"\n' + self.libvirtd_conf
         )
@@ -93,8 +96,8 @@ class NamespaceLibvirtd:
                 f"mount --bind {cache} /var/cache/libvirt",
                 f"mount --bind {root}/log /var/log/libvirt",
                 f"virtlogd -d --pid-file {self.dir}/virtlogd.pid",
-                f"exec libvirtd {'--listen ' if self.listen else ''}--config {conf}/libvirtd.conf "
-                f"--pid-file {self.pid_path}",
+                f"exec taskset -c {min(os.sched_getaffinity(0))} libvirtd {'--listen ' if self.listen else ''}"
+                f"--config {conf}/libvirtd.conf --pid-file {self.pid_path}",
             ]
         )
         self.pid_path.unlink(missing_ok=True)
