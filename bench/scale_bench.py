@@ -125,6 +125,11 @@ class World:
         # connection limit (1,000, against one client's flood) is raised where the whole fleet connects.
         shared_address = {"KOALA_HTTP_MAX_CONNECTIONS_PER_PEER": 8000}
         cc_settings = {"NC_POLLING_FREQUENCY": 30, "KOALA_PEER_POLL_SECONDS": 30, **shared_address}
+        if scenario == "fleet":
+            # 250 simulated nodes share one process (and a core): while it launches hundreds of instances a
+            # node's answer to a poll can take longer than the 5 s a real host gets, and a node taken for DOWN
+            # takes its capacity away (a launch was refused: '516 of 1000 fit').
+            cc_settings["KOALA_NC_TIMEOUT"] = 30
         nc_settings = {
             "HYPERVISOR": "test",
             "KOALA_PEER_POLL_SECONDS": 30,
