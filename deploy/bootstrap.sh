@@ -49,6 +49,15 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   for _ in $(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
   virsh -c qemu:///system version >/dev/null || { echo "bootstrap: libvirtd did not start" >&2; exit 1; }
 fi
+# The system libvirtd must live in the host's network namespace: one started from inside `ip netns exec` puts
+# every guest's tap there, and host guests then fail with "Cannot get interface MTU". Say so rather than run on.
+system_libvirtd=$(cat /run/libvirtd.pid 2>/dev/null || true)
+if [ -n "$system_libvirtd" ] && [ -e "/proc/$system_libvirtd/ns/net" ] \
+  && [ "$(readlink "/proc/$system_libvirtd/ns/net")" != "$(readlink /proc/$$/ns/net)" ]; then
+  echo "bootstrap: the system libvirtd (pid $system_libvirtd) and this shell are in different network" \
+    "namespaces; both belong in the host's (stop a libvirtd started inside a namespace, then run bootstrap again)" >&2
+  exit 1
+fi
 
 # The project in its virtual environment; reinstalled only when pyproject.toml changes.
 [ -x .venv/bin/python ] || python3 -m venv .venv
