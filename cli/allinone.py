@@ -398,6 +398,7 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         for port in DEFAULT_PORTS.values():
             _port_available(cloud.host, port)
     cloud.dir.mkdir(parents=True, exist_ok=True)
+    ceph_address = "127.0.0.1"
     if managed:
         with host_lock():
             network = CloudNetwork.choose(cloud.dir, args.public_net, args.private_subnet)
@@ -407,6 +408,7 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         # QEMU runs in the router namespace: it reaches the zone's iSCSI portal on the host's end of the link.
         shift = (ports["clc"] if ports else DEFAULT_PORTS["clc"]) - DEFAULT_PORTS["clc"]
         extra["cc"]["KOALA_EBS_PORTAL"] = f"{network.host_ip}:{3260 + shift}"
+        ceph_address = network.host_ip  # and so does it reach Ceph's monitor and OSD, for RBD volumes
         nc = network.nc_settings(cloud.dir)
         if hypervisor == "test":  # no libvirtd: the test driver lives in the NC's process
             nc.pop("KOALA_LIBVIRT_URI")
@@ -418,7 +420,9 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
     if args.ceph:
         from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
 
-        cluster = CephCluster.create(cloud.dir / "ceph")  # its daemons outlive this command, as the services do
+        # Its daemons outlive this command, as the services do. They listen on the host's end of the link (made
+        # above) with a managed network: QEMU, in the router namespace, opens RBD volumes itself.
+        cluster = CephCluster.create(cloud.dir / "ceph", address=ceph_address)
         cluster.create_pool(WALRUS_POOL, "rados")
         cluster.create_pool(EBS_POOL, "rbd")
         for role, settings in cluster.koala_settings().items():
@@ -483,18 +487,18 @@ def _up(args: argparse.Namespace) -> int:
             print(f"koala up: {err}", file=sys.stderr)
             return 1
     else:
-        postgres = _postgres(cloud)
-        if postgres is not None:  # after `koala down`, or a reboot
-            postgres.start()
-        ceph = _ceph(cloud)
-        if ceph is not None:  # after `koala down`, or a reboot
-            ceph.start()
         network = cloud.network()
         if network is not None:  # after `koala down`, or a reboot: put back what is missing
             from cli.cloud_network import host_lock
 
             with host_lock():
                 asyncio.run(network.ensure())
+        postgres = _postgres(cloud)
+        if postgres is not None:  # after `koala down`, or a reboot
+            postgres.start()
+        ceph = _ceph(cloud)
+        if ceph is not None:  # after `koala down`, or a reboot; after the network: it listens on the host's link
+            ceph.start()
     daemon = _cloud_libvirtd(cloud)
     spawned = daemon.spawn() if daemon is not None else None  # starts beside the services: the NC waits for it
     processes = {}

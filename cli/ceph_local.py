@@ -1,5 +1,6 @@
 """A single-node Ceph cluster in one directory, from Debian's ceph packages: one monitor, one manager and one
-OSD (BlueStore on a sparse file, or MemStore), on loopback. For `koala up` on one machine, the tests and the
+OSD (BlueStore on a sparse file, or MemStore), on loopback or on one address of the host given at creation.
+For `koala up` on one machine, the tests and the
 benchmarks; a real deployment runs Ceph on its own hosts (deploy/README-scale-out.md) and Koala only gets a
 ceph.conf and a keyring.
 
@@ -41,13 +42,13 @@ class CephError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
-def _config(root: Path, fsid: str, port: int, objectstore: str, block_bytes: int) -> str:
+def _config(root: Path, fsid: str, address: str, port: int, objectstore: str, block_bytes: int) -> str:
     store = (
         f"osd objectstore = bluestore\nbluestore block path = {root}/osd.block\nbluestore block create = true\n"
         f"bluestore block size = {block_bytes}\nbluestore fsck on mkfs = false\n"
@@ -57,8 +58,8 @@ def _config(root: Path, fsid: str, port: int, objectstore: str, block_bytes: int
     )
     return f"""[global]
 fsid = {fsid}
-mon host = v2:127.0.0.1:{port}
-public addr = 127.0.0.1
+mon host = v2:{address}:{port}
+public addr = {address}
 ms bind msgr1 = false
 auth cluster required = cephx
 auth service required = cephx
@@ -118,7 +119,7 @@ class CephCluster:
 
     @property
     def mon_host(self) -> str:
-        """127.0.0.1:PORT of the monitor (msgr2)."""
+        """ADDRESS:PORT of the monitor (msgr2)."""
         for line in self.conf.read_text().splitlines():
             if line.startswith("mon host"):
                 return line.split("v2:", 1)[1].strip()
@@ -170,17 +171,20 @@ class CephCluster:
         objectstore: str = "bluestore",
         size_bytes: int = 8 << 30,
         preexec: Callable[[], None] | None = None,
+        address: str = "127.0.0.1",
     ) -> CephCluster:
         """Make and start a new cluster in `root` (an empty or absent directory). `preexec` runs in each daemon
-        before it starts (tests pass one that ties the daemon's life to theirs); without it daemons detach."""
+        before it starts (tests pass one that ties the daemon's life to theirs); without it daemons detach.
+        The monitor, manager and OSD listen on `address` for good (the monitor map holds it): an address of this
+        host that every client reaches, QEMU included (the all-in-one cloud's runs in a network namespace)."""
         if objectstore not in ("bluestore", "memstore"):
             raise ValueError(objectstore)
         root = Path(root).resolve()
         for sub in ("mon", "mgr", "osd", "log", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         cluster = cls(root)
-        fsid, port = str(uuid.uuid4()), _free_port()
-        cluster.conf.write_text(_config(root, fsid, port, objectstore, size_bytes))
+        fsid, port = str(uuid.uuid4()), _free_port(address)
+        cluster.conf.write_text(_config(root, fsid, address, port, objectstore, size_bytes))
         admin = root / "ceph.client.admin.keyring"
         mon_keyring = root / "ceph.mon.keyring"
         run = cluster._run
@@ -190,7 +194,7 @@ class CephCluster:
         run(["ceph-authtool", "--create-keyring", str(admin), "--gen-key", "-n", "client.admin", *caps])
         run(["ceph-authtool", str(mon_keyring), "--import-keyring", str(admin)])
         monmap = root / "monmap"
-        run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{port}]", str(monmap)])
+        run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:{address}:{port}]", str(monmap)])
         run(["ceph-mon", "-c", str(cluster.conf), "--mkfs", "-i", "a", "--monmap", str(monmap),
              "--keyring", str(mon_keyring)])  # fmt: skip
         try:

@@ -16,7 +16,6 @@ before only by the one link to the public pool and that link's own routes, and a
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -25,7 +24,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +33,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cli.allinone import AllInOne, qemu_installed
-from cli.cloud_network import CloudNetwork, enter_namespace
+from cli.cloud_network import CloudNetwork
 from services.cloud_controller.identity.credentials import parse_eucarc
+from tests.allinone.new_host import inside_new_host
 from tests.harness import free_port_run
 from tests.waiting import wait_for
 
@@ -107,24 +106,6 @@ class UpCloud:
     def logs(self) -> str:
         return "\n".join(f"--- {role}\n{self.aio.log_path(role).read_text(errors='replace')[-2500:]}"
                          for role in ("clc", "cc", "nc") if self.aio.log_path(role).exists())  # fmt: skip
-
-
-@contextlib.contextmanager
-def inside_new_host() -> Iterator[str]:
-    """A fresh network namespace (loopback up) that this thread, and so every command it starts, works in."""
-    name = f"kuh{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    own = os.open(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    try:
-        enter_namespace(f"/run/netns/{name}")
-        try:
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-            yield name
-        finally:
-            enter_namespace(f"/proc/self/fd/{own}")
-    finally:
-        os.close(own)
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="module")
