@@ -33,7 +33,7 @@ from common.messages.clc_cc import (
     RunInstancesResponse,
     SuspendInstancesResponse,
 )
-from common.rpc import RpcClient, RpcError
+from common.rpc import PeerUnreachable, RpcClient, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller import placement
 from services.cluster_controller.config import ClusterControllerConfig, node_url
@@ -50,6 +50,9 @@ from services.cluster_controller.reservations import purge_ended
 from services.cluster_controller.store import Store
 
 log = logging.getLogger("koala.cc")
+# RunInstance calls sent again to a node whose answer did not come (timeout, broken connection) before the instance
+# is placed elsewhere: the node may have it.
+IN_DOUBT_RESENDS = 3
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -417,20 +420,9 @@ class Cluster:
 
     async def _run_on(self, node: Node, instance: Instance, recover: bool) -> str | None:
         """Send the instance to its node; None on success, else why not."""
-        if node.state is not NodeState.UP:
-            if node.state is NodeState.ASLEEP:
-                self.power.wake(node)
-            waking = node.state in (NodeState.WAKING, NodeState.ASLEEP)
-            limit = (
-                self.config.POWER_WAKETHRESH
-                if waking
-                else min(self.config.KOALA_RUN_TIMEOUT, 2 * self.config.NC_POLLING_FREQUENCY + 5)
-            )
-            node.poke.set()
-            try:
-                await asyncio.wait_for(node.up.wait(), limit)
-            except TimeoutError:
-                return f"node {node.node_id or node.url} stayed {node.state.value} for {limit:.0f} s"
+        away = await self._wait_up(node, min(self.config.KOALA_RUN_TIMEOUT, 2 * self.config.NC_POLLING_FREQUENCY + 5))
+        if away is not None:
+            return away
         if recover:  # sent before a restart? the node may have it already
             with contextlib.suppress(RpcError):
                 for info in await self.nc.describe_instances(node.url, [instance.instance_id]):
@@ -444,15 +436,58 @@ class Cluster:
         if error is not None:
             return error
         assert node.gate is not None
-        async with node.gate:
-            try:
-                await self.start_network(node, instance)
-                started = await self.nc.run_instance(node.url, request)
-            except RpcError as err:
-                return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
+        for resend in range(IN_DOUBT_RESENDS + 1):
+            async with node.gate:
+                try:
+                    await self.start_network(node, instance)
+                    started = await self.nc.run_instance(node.url, request)
+                    break
+                except PeerUnreachable as err:
+                    error = f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
+                except RpcError as err:
+                    return f"node {node.node_id or node.url} failed RunInstance: {err.code}: {err.message}"
+            # In doubt: the call may have reached the node, which may run the instance (an overloaded node answers
+            # after the timeout). Placed elsewhere now, it would run twice for a moment, and the node would still
+            # use the cores the CC gave back here (the next launch found it full: 'free: 0 cores'). So the node's
+            # own word settles it (a push or poll listing it confirms it), else the same call is sent again once
+            # the node answers polls (a node answers a run it has already with its state).
+            if instance.confirmed_at is not None:
+                return None
+            if resend == IN_DOUBT_RESENDS or instance.terminating:
+                return error
+            log.info("%s: %s; asking %s again", instance.instance_id, error, node.node_id or node.url)
+            node.poke.set()
+            limit = 2 * self.config.NC_POLLING_FREQUENCY + self.config.KOALA_NC_TIMEOUT + 5
+            away = await self._wait_up(node, limit, settled=lambda: instance.confirmed_at is not None)
+            if instance.confirmed_at is not None:
+                return None
+            if away is not None:
+                return f"{error}; then {away}"
+        else:
+            return error
         if started.state == "Teardown":
             return f"node {node.node_id or node.url} ended it at once: {started.reason or started.detail}"
         self._confirm(instance, started.state or instance.state, started.detail)
+        return None
+
+    async def _wait_up(self, node: Node, limit: float, settled: Callable[[], bool] = lambda: False) -> str | None:
+        """Wait (waking it if it sleeps) until the node is UP; None when it is, else why not. `settled`: stop
+        waiting early when it says so (checked when the node's state changes, at least every second)."""
+        if node.state is NodeState.UP:
+            return None
+        if node.state is NodeState.ASLEEP:
+            self.power.wake(node)
+        if node.state in (NodeState.WAKING, NodeState.ASLEEP):
+            limit = self.config.POWER_WAKETHRESH
+        node.poke.set()
+        deadline = time.monotonic() + limit
+        while not settled():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"node {node.node_id or node.url} stayed {node.state.value} for {limit:.0f} s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.up.wait(), min(left, 1.0))
+                return None
         return None
 
     async def run_request(self, instance: Instance) -> cc_nc.RunInstanceRequest | None:
@@ -531,6 +566,7 @@ class Cluster:
             self.cursor = plan.cursor
             target = order[plan.picks[0]]
             instance.node_url = target.url
+            instance.confirmed_at = None  # a word from the failed node is no word from this one
             target.reserve(instance)
             for index in plan.wake:
                 self.power.wake(order[index])
