@@ -28,16 +28,21 @@ def aws_run(walrus: Walrus, home: Path, *args: str, user: str = "alice") -> subp
     )
 
 
+def _told(result: subprocess.CompletedProcess) -> str:
+    """What a failed expectation shows: the argv (a value awscli's parser refused is in it) and both outputs."""
+    return f"argv {result.args!r} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+
+
 def aws_ok(walrus: Walrus, home: Path, *args: str, user: str = "alice") -> str:
     result = aws_run(walrus, home, *args, user=user)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, _told(result)
     return result.stdout
 
 
 def aws_error(walrus: Walrus, home: Path, *args: str, user: str = "alice") -> str:
     """The stderr of a command that must fail (awscli names S3's error code there)."""
     result = aws_run(walrus, home, *args, user=user)
-    assert result.returncode != 0, result.stdout
+    assert result.returncode != 0, _told(result)
     return result.stderr
 
 
@@ -68,11 +73,11 @@ def s3cmd_run(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def s3cmd_ok(config: Path, *args: str) -> str:
     result = s3cmd_run(config, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, _told(result)
     return result.stdout
 
 
 def s3cmd_error(config: Path, *args: str) -> str:
     result = s3cmd_run(config, *args)
-    assert result.returncode != 0, result.stdout
+    assert result.returncode != 0, _told(result)
     return result.stdout + result.stderr

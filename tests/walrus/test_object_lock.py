@@ -240,8 +240,7 @@ def test_awscli_object_lock(walrus: Walrus, tmp_path: Path) -> None:
             "awslock",
             "--key",
             "f",
-            "--version-id",
-            put["VersionId"],
+            f"--version-id={put['VersionId']}",  # one argument: a value from a response is never taken for an option
         )
     )
     assert retention["Retention"]["Mode"] == "COMPLIANCE"

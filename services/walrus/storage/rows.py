@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import string
 from typing import Any
 
 from services.walrus.storage.base import Acl, BucketInfo, DefaultRetention, ObjectInfo, ObjectSpec, UploadInfo
@@ -154,9 +155,14 @@ def bucket_from_row(row: Row) -> BucketInfo:
     )
 
 
+# A version id's first character: never "-", which command-line parsers take for an option (awscli refused
+# `--version-id -Xyz...` with its usage text: one id in 64 could not be named that way).
+_VERSION_ID_FIRST = string.ascii_letters + string.digits
+
+
 def new_version_id() -> str:
-    """A version id as S3 makes them: 32 URL-safe characters, never "null"."""
-    return secrets.token_urlsafe(24)
+    """A version id as S3 makes them: 32 URL-safe characters, never "null", never starting with "-"."""
+    return secrets.choice(_VERSION_ID_FIRST) + secrets.token_urlsafe(24)[1:]
 
 
 def spec_to_json(spec: ObjectSpec, checksum_algorithm: str) -> str:
