@@ -51,11 +51,16 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
 fi
 # The system libvirtd must live in the host's network namespace: one started from inside `ip netns exec` puts
 # every guest's tap there, and host guests then fail with "Cannot get interface MTU". Say so rather than run on.
+# The host's namespace cannot be read from init here (/proc/1 may be out of reach), so: libvirtd in another one than
+# this shell's is wrong when it is a named one (`ip netns exec`) or when this shell is in no named one (the host's,
+# an `unshare`); the koala up tests run the README's block (this script) in a named namespace of their own.
 system_libvirtd=$(cat /run/libvirtd.pid 2>/dev/null || true)
 if [ -n "$system_libvirtd" ] && [ -e "/proc/$system_libvirtd/ns/net" ] \
-  && [ "$(readlink "/proc/$system_libvirtd/ns/net")" != "$(readlink /proc/$$/ns/net)" ]; then
-  echo "bootstrap: the system libvirtd (pid $system_libvirtd) and this shell are in different network" \
-    "namespaces; both belong in the host's (stop a libvirtd started inside a namespace, then run bootstrap again)" >&2
+  && [ "$(readlink "/proc/$system_libvirtd/ns/net")" != "$(readlink /proc/$$/ns/net)" ] \
+  && { [ -n "$(ip netns identify "$system_libvirtd" 2>/dev/null)" ] || [ -z "$(ip netns identify $$ 2>/dev/null)" ]; }
+then
+  echo "bootstrap: the system libvirtd (pid $system_libvirtd) runs in another network namespace than the host's;" \
+    "it belongs in the host's (stop a libvirtd started inside a namespace, then run bootstrap again)" >&2
   exit 1
 fi
 
