@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu_meter import CpuMeter
 from bench.walrus_bench import get_rate, put_rate, wrk_rate
 from cli.ceph_local import CephCluster
 from tests.ceph import WALRUS_POOL, walrus_rados_settings
@@ -85,8 +87,12 @@ class WalrusFront(Front):
         self.cloud.stop()
 
 
-def measure(fronts: list[Front], rounds: int, count_1m: int, seconds: int) -> dict[str, float]:
-    """The figures of `fronts` serving at once (clients split evenly between them)."""
+def measure(
+    fronts: list[Front], rounds: int, count_1m: int, seconds: int, meter: CpuMeter | None = None
+) -> dict[str, float]:
+    """The figures of `fronts` serving at once (clients split evenly between them); `meter` (bench/cpu_meter.py)
+    accounts the CPU of the 1 MiB PUT and GET phases."""
+    phase = meter.phase if meter is not None else (lambda _name: contextlib.nullcontext())
     body_1m = os.urandom(MiB)
     body_64k = os.urandom(64 * KiB)
     for front in fronts:
@@ -110,13 +116,15 @@ def measure(fronts: list[Front], rounds: int, count_1m: int, seconds: int) -> di
         get_urls = [[f.presign("get_object", k) for k in keys[i]] for i, f in enumerate(fronts)]
         mids = 2000 // len(fronts)
         mid_urls = [[f.presign("get_object", "mid")] * mids for f in fronts]
-        seconds_put = asyncio.run(split(lambda urls, c: put_rate(urls, body_1m, c), put_urls))
+        with phase("put_1MiB"):
+            seconds_put = asyncio.run(split(lambda urls, c: put_rate(urls, body_1m, c), put_urls))
         keep("put_1MiB_MiB_per_s", per_front * len(fronts) / seconds_put)
 
         async def get_all(urls: list[str], c: int) -> None:
             await get_rate(urls, c)
 
-        seconds_get = asyncio.run(split(get_all, get_urls))
+        with phase("get_1MiB"):
+            seconds_get = asyncio.run(split(get_all, get_urls))
         keep("get_1MiB_MiB_per_s", per_front * len(fronts) / seconds_get)
         seconds_mid = asyncio.run(split(get_all, mid_urls))
         keep("get_64KiB_requests_per_s", mids * len(fronts) / seconds_mid)
