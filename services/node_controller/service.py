@@ -228,14 +228,19 @@ class NodeControllerService(Service):
         return await self._manager.run(request)
 
     async def _run_instances(self, batch: RunInstancesRequest, caller: Caller) -> InstanceResults:
-        """RunInstance for each request in turn; each gets its own answer or error, as if sent alone."""
-        results = []
-        for request in batch.instances:
+        """RunInstance for each request, all admitted together; each gets its own answer or error, as if sent alone.
+
+        Together, not in turn: each admission checks the room left and takes it before its first await (in the
+        order of the batch), so the records are written in one shared commit, the stagings start at once and their
+        state changes share pushes, where one after the other each waited for its own commit."""
+
+        async def one(request: RunInstanceRequest) -> InstanceResult:
             try:
-                results.append(InstanceResult(info=await self._run_instance(request, caller)))
+                return InstanceResult(info=await self._run_instance(request, caller))
             except RpcError as err:
-                results.append(InstanceResult(status=err.status, code=err.code, message=err.message))
-        return InstanceResults(results=results)
+                return InstanceResult(status=err.status, code=err.code, message=err.message)
+
+        return InstanceResults(results=list(await asyncio.gather(*(one(r) for r in batch.instances))))
 
     async def _terminate_instances(self, batch: TerminateInstancesRequest, caller: Caller) -> InstanceResults:
         """TerminateInstance for each id (together: each teardown waits on libvirt and the disk on its own)."""
