@@ -116,6 +116,7 @@ class World:
     """A cloud of real processes; `pids` names every process measured."""
 
     def __init__(self, base: Path, scenario: str, instances: int, ccs: int, fleet_nodes: int):
+        from tests.fleet import FLEET_PEER_POLL_SECONDS
         from tests.harness import Cloud, free_port
         from tests.nc.support import node_file
 
@@ -130,6 +131,9 @@ class World:
             # node's answer to a poll can take longer than the 5 s a real host gets, and a node taken for DOWN
             # takes its capacity away (a launch was refused: '516 of 1000 fit').
             cc_settings["KOALA_NC_TIMEOUT"] = 30
+            # A CC's peer monitor calls DescribeService on each of its 250 nodes besides its health polls, which
+            # already tell whether each node is there: rarely here.
+            cc_settings["KOALA_PEER_POLL_SECONDS"] = FLEET_PEER_POLL_SECONDS
         nc_settings = {
             "HYPERVISOR": "test",
             "KOALA_PEER_POLL_SECONDS": 30,
@@ -159,7 +163,9 @@ class World:
             per_zone = fleet_nodes // ccs
             # Batches go to the zones in turn, so some zones get one more: 30 % more room than instances.
             cores = -(-instances * 13 // (fleet_nodes * 10))
+            # The members poll their CC and Walrus as rarely as tests/fleet.py sets it (the CC's polls tell both).
             limits = {"MAX_MEM": cores * 128, "MAX_DISK": cores * 2, **nc_settings}
+            limits["KOALA_PEER_POLL_SECONDS"] = FLEET_PEER_POLL_SECONDS
 
             def entries(zone_ports: list[int]) -> str:
                 return " ".join(f"127.0.0.1:{p}" for p in zone_ports)

@@ -17,8 +17,9 @@ from tests.harness import Cloud, ServiceProcess, die_with_parent, free_port, fre
 from tests.nc.support import node_file
 
 # Fleet members poll their peers (CC, Walrus) rarely: 1,000 nodes at the harness's 1 s would be 2,000 calls a
-# second on their own, and the CC's node polls already tell both sides whether the other is there.
-FLEET_PEER_POLL_SECONDS = 60
+# second on their own, each parsing the CC's answer that lists all its nodes, and the CC's node polls already tell
+# both sides whether the other is there.
+FLEET_PEER_POLL_SECONDS = 300
 
 
 def fleet_ports(count: int) -> list[int]:
