@@ -59,6 +59,7 @@ class NodeHealth:
         self._changed, self._end, self._terminate_one = changed, ended, terminate
         self._moving = moving
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._by_id: dict[str, Node] = {}  # node id -> node, for pushes (checked against `nodes` at each use)
 
     def watch(self, node: Node) -> None:
         self._watchers[node.url] = asyncio.create_task(self._watch_loop(node), name=f"watch {node.url}")
@@ -204,6 +205,19 @@ class NodeHealth:
         log.info("adopted %s found running on %s", instance.instance_id, node.url)
         self._changed(instance)
 
+    def _named(self, node_id: str) -> Node | None:
+        """The node whose certificate names it `node_id`, by an index checked at each use (a push per node and
+        state change: a scan of a zone's hundreds of nodes each time was 2 % of a busy CC)."""
+        node = self._by_id.get(node_id)
+        if node is not None and node.node_id == node_id and self.nodes.get(node.url) is node:
+            return node
+        node = next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        if node is None:
+            self._by_id.pop(node_id, None)
+        else:
+            self._by_id[node_id] = node
+        return node
+
     async def _terminate_stray(self, node: Node, instance_id: str) -> None:
         log.warning("%s runs on %s where the CC did not keep it: terminating that copy", instance_id, node.url)
         with contextlib.suppress(RpcError):
@@ -211,7 +225,7 @@ class NodeHealth:
 
     def node_notify(self, node_id: str, infos: list[InstanceInfo], full: bool) -> None:
         """An NC pushed instance changes. Only the CC's own polls decide that an instance is gone."""
-        node = next((n for n in self.nodes.values() if n.node_id == node_id), None)
+        node = self._named(node_id)
         if node is None:
             for candidate in self.nodes.values():  # not polled yet: poll the unnamed ones now
                 if not candidate.node_id:
