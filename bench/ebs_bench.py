@@ -6,9 +6,10 @@ the same run, on the same machine load.
    of the same size hot-plugged by hand (`virsh attach-disk`, cache=none like the volume). Target: >= 0.8x.
 2. `snapshot`: a 1 GiB volume filled with random data (incompressible: the worst case for compression), its first
    (full) snapshot, then 10 % of its chunks rewritten and a second (incremental) snapshot; target: the second at
-   least 5x faster. The zone's volumes are on XFS with reflinks (a loop-mounted image, tests/reflink.py), so the
-   second snapshot reads only the chunks whose extents moved (storage/extents.py); `--ext4` keeps them on this
-   machine's ext4 instead, where every snapshot reads the whole volume. Baseline for the full one: by hand,
+   least 5x faster. The zone's volumes are where `koala up` puts them: this machine's / is ext4 (no reflinks), so
+   the CC makes and loop-mounts its own XFS image with reflinks (KOALA_EBS_XFS_IMAGE_GB, storage/volume_fs.py)
+   and the second snapshot reads only the chunks whose extents moved (storage/extents.py); `--ext4` keeps the
+   volumes on ext4 itself instead, where every snapshot reads the whole volume. Baseline for the full one: by hand,
    `qemu-img convert -c -O qcow2` of the volume file and an S3 upload of the result to Walrus with boto3
    (multipart); target: Koala's full snapshot at >= 0.8x its throughput.
 3. `api`: CreateVolume -> available and AttachVolume -> attached (to the running guest, the disk hot-plugged)
@@ -25,6 +26,7 @@ made here is removed at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -222,7 +224,7 @@ class Bench:
         self.ec2.delete_volume(VolumeId=volume)
         return {
             "volume_gib": 1,
-            "volumes_on": "xfs (reflink)" if self.volumes else "ext4",
+            "volumes_on": "the CC's XFS image (reflinks) on ext4, as koala up" if self.volumes else "ext4",
             "changed_fraction": 0.1,
             "full_s": round(full, 2),
             "incremental_s": round(incremental, 2),
@@ -296,13 +298,15 @@ def main() -> int:
     parser.add_argument("--skip-io", action="store_true")
     parser.add_argument("--skip-snapshot", action="store_true")
     parser.add_argument("--skip-api", action="store_true")
-    parser.add_argument("--ext4", action="store_true", help="volumes on this machine's ext4 (no reflinks)")
+    parser.add_argument("--ext4", action="store_true", help="volumes on this machine's ext4 itself (no reflinks)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print(json.dumps({"skipped": "needs root (libvirtd, namespaces, tgtd)"}))
         return 0
+    from cli.allinone import EBS_XFS_IMAGE_GB
+    from common.hostcmd import SubprocessRunner
+    from services.cluster_controller.storage import volume_fs
     from tests.acceptance.world import acceptance_world
-    from tests.reflink import reflink_dir
 
     instances = Path(f"/var/tmp/koala-ebs-bench-{secrets.token_hex(3)}")
     instances.mkdir(mode=0o755)
@@ -311,8 +315,11 @@ def main() -> int:
     bench = None
     stack = contextlib.ExitStack()
     try:
-        volumes = None if args.ext4 else stack.enter_context(reflink_dir(work / "reflink", 6))
-        extra = {"clc": {"KOALA_EBS_POLL_SECONDS": 1}, "cc": {"KOALA_EBS_DIR": str(volumes)} if volumes else {}}
+        volumes = None if args.ext4 else work / "volumes"
+        if volumes is not None:  # unmounted last, once the cloud (and its tgtd) stopped
+            stack.callback(lambda: asyncio.run(volume_fs.release(volumes, SubprocessRunner())))
+        cc = {"KOALA_EBS_DIR": str(volumes), "KOALA_EBS_XFS_IMAGE_GB": EBS_XFS_IMAGE_GB} if volumes else {}
+        extra = {"clc": {"KOALA_EBS_POLL_SECONDS": 1}, "cc": cc}
         with acceptance_world(work, instances, prefix="kb", extra=extra, nets=("10.246.0.0", "10.248.0",
                                                                                "10.247.0")) as world:  # fmt: skip
             bench = Bench(world, work, volumes)
@@ -335,7 +342,7 @@ def main() -> int:
                     wait(lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
                          ["State"]["Name"] == "terminated", 120, "the guest terminated", 1.0)  # fmt: skip
     finally:
-        stack.close()  # the XFS image unmounted
+        stack.close()  # the CC's XFS image unmounted
         shutil.rmtree(instances, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))

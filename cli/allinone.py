@@ -37,6 +37,7 @@ DEFAULT_PORTS = {"clc": 8773, "cc": 8774, "nc": 8775, "walrus": 8776}
 ADMIN_ID = "koala-admin"
 ZONE = "zone1"
 NODE_ID = "nc-node1"
+EBS_XFS_IMAGE_GB = 100  # the zone's volume store when the state directory is on ext4 (a sparse image: grows with use)
 
 
 def default_state_dir() -> Path:
@@ -428,6 +429,10 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         for role, settings in cluster.koala_settings().items():
             extra.setdefault(role, {}).update(settings)
         print(f"ceph: monitor {cluster.mon_host}, pools {WALRUS_POOL} (Walrus objects) and {EBS_POOL} (EBS volumes)")
+    if not args.ceph:
+        # Volumes on an XFS image with reflinks where the state directory's file system has none (ext4): snapshots
+        # after the first then read only what changed (services/cluster_controller/storage/volume_fs.py).
+        extra.setdefault("cc", {})["KOALA_EBS_XFS_IMAGE_GB"] = EBS_XFS_IMAGE_GB
     for role, values in _first_database(cloud, args.database, args.ceph).items():
         extra.setdefault(role, {}).update(values)
     cloud.prepare(ports=ports, extra=extra)

@@ -65,6 +65,32 @@ def destroy_guests(cloud: AllInOne) -> list[str]:
     return gone
 
 
+def unmount_under(directory: Path) -> list[str]:
+    """Unmount the file systems mounted inside the state directory (the zone's XFS volume image), lazily when one is
+    still busy, before its entries are removed: removing files through a mount would not free the image."""
+    if not directory.exists():
+        return []
+    root = directory.resolve()
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if point != root and root in point.parents:
+            points.append(point)
+    done = []
+    for point in sorted(points, key=lambda p: len(p.parts), reverse=True):  # the innermost first
+        if subprocess.run(["umount", str(point)], capture_output=True, timeout=60).returncode != 0:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=60)
+        done.append(str(point))
+    return done
+
+
 def purge(cloud: AllInOne) -> Iterator[str]:
     guests = destroy_guests(cloud)
     if guests:
@@ -73,6 +99,8 @@ def purge(cloud: AllInOne) -> Iterator[str]:
     if network is not None:
         asyncio.run(network.teardown())
         yield f"removed network: namespace {network.netns}, links {', '.join(network.links)}"
+    for mount in unmount_under(cloud.dir):
+        yield f"unmounted {mount}"
     for entry in STATE_ENTRIES:
         path = cloud.dir / entry
         if path.is_dir():

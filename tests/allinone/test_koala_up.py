@@ -35,6 +35,7 @@ from botocore.exceptions import ClientError
 from cli.allinone import AllInOne, qemu_installed
 from cli.cloud_network import CloudNetwork
 from services.cloud_controller.identity.credentials import parse_eucarc
+from services.cluster_controller.storage import volume_fs
 from tests.allinone.new_host import inside_new_host
 from tests.harness import free_port_run
 from tests.waiting import wait_for
@@ -203,6 +204,8 @@ def test_ebs_volume_reaches_the_guest(up: UpCloud) -> None:
     """QEMU runs in the router namespace: it reaches the zone's iSCSI portal on the host's end of the link."""
     ec2, second = up.ec2(), up.guests["second"]
     address = instance(ec2, second)["PublicIpAddress"]
+    volumes = up.state / "data" / "cc-zone1" / "volumes"  # on ext4 here: the CC's own XFS image
+    assert volume_fs.has_reflinks(volumes), up.logs()  # so snapshots after the first read only what changed
     volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
     wait_for(lambda: ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available", 60, 0.5,
              "the volume available")  # fmt: skip
@@ -314,4 +317,5 @@ def test_down_purge_leaves_nothing(up: UpCloud) -> None:
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     assert not [p for p in processes if str(up.state) in p or str(instance_path) in p or network.netns in p]
     assert not up.state.exists() or not any(up.state.iterdir())
+    assert f" {up.state.resolve()}/" not in Path("/proc/self/mounts").read_text()  # the volumes' XFS unmounted
     assert host_snapshot() == up.before

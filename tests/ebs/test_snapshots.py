@@ -18,10 +18,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from common.hostcmd import SubprocessRunner
 from common.messages.storage import DescribeStorageRequest, DescribeStorageResponse
+from services.cluster_controller.storage import volume_fs
 from tests.clc.ec2_helpers import aws, client, code, stop_clean
 from tests.harness import Cloud
-from tests.reflink import reflink_dir
 from tests.waiting import wait_for
 
 MIB = 1 << 20
@@ -30,21 +31,25 @@ CHUNK = 4 * MIB
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    """The zone's volumes on XFS with reflinks: snapshots read frozen copies, the next one only its changed chunks
-    (the other EBS modules keep theirs on this machine's ext4, where snapshots read the live file in full)."""
+    """The zone's volumes on the XFS image with reflinks that the CC makes and mounts itself on this machine's ext4
+    (KOALA_EBS_XFS_IMAGE_GB, as `koala up` sets it): snapshots read frozen copies, the next one only its changed
+    chunks (the other EBS modules keep theirs on ext4, where snapshots read the live file in full)."""
     work = tmp_path_factory.mktemp("snapshots")
-    with reflink_dir(work, 6) as volumes:
-        instance = Cloud(
-            work / "cloud",
-            extra={"clc": {"KOALA_EBS_POLL_SECONDS": 1},
-                   "cc": {"KOALA_EBS_CAPACITY_GB": 2000, "KOALA_EBS_DIR": str(volumes)}},
-        )  # fmt: skip
-        instance.ebs_dir = volumes  # type: ignore[attr-defined]
+    volumes = work / "volumes"
+    instance = Cloud(
+        work / "cloud",
+        extra={"clc": {"KOALA_EBS_POLL_SECONDS": 1},
+               "cc": {"KOALA_EBS_CAPACITY_GB": 2000, "KOALA_EBS_DIR": str(volumes), "KOALA_EBS_XFS_IMAGE_GB": 6}},
+    )  # fmt: skip
+    instance.ebs_dir = volumes  # type: ignore[attr-defined]
+    try:
+        instance.start()
+        yield instance
+    finally:
         try:
-            instance.start()
-            yield instance
-        finally:
             stop_clean(instance)
+        finally:
+            asyncio.run(volume_fs.release(volumes, SubprocessRunner()))
 
 
 def volume_file(cloud: Cloud, volume_id: str) -> Path:
@@ -142,6 +147,7 @@ def test_incremental_snapshot_reads_only_changed_chunks(cloud, alice):
     chunks written since the first (the CC says how many); the result restores byte for byte, and the frozen copies
     go with their volume."""
     ec2 = client(cloud, alice)
+    assert os.path.ismount(cloud.ebs_dir) and volume_fs.image_path(cloud.ebs_dir).exists()  # the CC's XFS image
     volume = ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
     path = volume_file(cloud, volume)
     with path.open("r+b") as file:

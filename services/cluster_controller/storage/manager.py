@@ -40,7 +40,7 @@ from common.messages.storage import (
 from common.rpc import PeerUnreachable, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller.nc_client import NcClient
-from services.cluster_controller.storage import extents, files
+from services.cluster_controller.storage import extents, files, volume_fs
 from services.cluster_controller.storage.rbd_volumes import RbdVolumes
 from services.cluster_controller.storage.settings import StorageSettings
 from services.cluster_controller.storage.snapshots import CHUNK, SnapshotStore
@@ -108,6 +108,8 @@ class StorageManager:
         await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
         if self.rbd is not None:
             await self.rbd.start()
+        elif self.config.KOALA_EBS_XFS_IMAGE_GB:
+            await volume_fs.ensure(self.dir, self.config.KOALA_EBS_XFS_IMAGE_GB, self.tgt.runner)
         self.store = await StorageStore.open(self.state_dir / "storage.db")
         self.volumes, self.attachments, self.snapshots = await self.store.load()
         self.loaded.set()

@@ -29,6 +29,15 @@ class StorageSettings(CephSettings):
         "system with reflinks (XFS with reflink=1, btrfs) snapshots read a frozen copy and, after the first, only "
         "the chunks written since; elsewhere they read the whole volume.",
     )
+    KOALA_EBS_XFS_IMAGE_GB: int = Field(
+        0,
+        ge=0,
+        le=1 << 20,
+        description="0: volume files live on KOALA_EBS_DIR's own file system. N: where that file system has no "
+        "reflinks (ext4), the CC makes an XFS file system with reflinks in a sparse N GiB image file beside the "
+        "directory (DIR.xfs) and mounts it on the directory through a loop device, so that snapshots after the first "
+        "read only the chunks written since (`koala up` sets 100; `koala down --purge` unmounts it).",
+    )
     KOALA_EBS_CAPACITY_GB: int = Field(
         0, ge=0, description="GiB the zone's volumes may take in all (0: the size of KOALA_EBS_DIR's file system)."
     )
