@@ -231,7 +231,10 @@ class Roots:
 
     def devices(self, instance: Instance) -> list[Volume]:
         """The volumes attached to an instance (for DescribeInstances' BlockDeviceMappings), by device."""
-        found = [v for v in self._by_instance().get(instance.instance_id, ()) if v.instance_id == instance.instance_id]
+        attached = self._by_instance().get(instance.instance_id)
+        if not attached:  # most instances (instance-store): asked for each one of a DescribeInstances
+            return []
+        found = [v for v in attached if v.instance_id == instance.instance_id]
         return sorted(found, key=lambda v: (v.device != instance.root_device_name, v.device))
 
     def metadata(self, instance: Instance) -> dict[str, Any]:

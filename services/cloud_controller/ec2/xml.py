@@ -87,8 +87,13 @@ def _element(out: list[str], tag: str, shape: Shape, value: Any) -> None:
             return
         item_tag = item_shape.serialization.get("name", "member")
         out.append(f"<{tag}>")
+        # Serialized structures go in as they are, not copied into a new string each (a DescribeInstances of
+        # ten thousand instances is ten megabytes of them).
+        prebuilt = (f"<{item_tag}>", f"</{item_tag}>") if item_shape.type_name == "structure" else None
         for item in value:
-            if item is not None:
+            if prebuilt is not None and isinstance(item, Prebuilt):
+                out += (prebuilt[0], item, prebuilt[1])
+            elif item is not None:
                 _element(out, item_tag, item_shape, item)
         out.append(f"</{tag}>")
     elif kind == "map":
