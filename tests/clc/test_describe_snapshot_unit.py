@@ -71,8 +71,9 @@ async def check_snapshots(compute) -> None:
 
 
 def test_changed_instances_are_serialized_ahead_of_the_next_describe(tmp_path) -> None:
-    """The prerenderer serializes instances as reports change them, in the background: the next
-    DescribeInstances finds their XML ready (and still shows exactly what the store holds)."""
+    """The prerenderer serializes instances as a report changes them (before the report's next chunk, so a
+    DescribeInstances between two chunks does not serialize them itself), and other changes in the background:
+    the next DescribeInstances finds their XML ready (and still shows exactly what the store holds)."""
 
     async def scenario() -> None:
         compute = await engine(tmp_path)
@@ -84,16 +85,25 @@ def test_changed_instances_are_serialized_ahead_of_the_next_describe(tmp_path) -
             ctx = Context(clc=clc, principal=PRINCIPAL, request_id="r", version="")  # type: ignore[arg-type]
             assert set(rendered_states(await describe_instances(ctx, {})).values()) == {"pending"}
             await compute.reports.apply_report("z1", [report(i, "Extant") for i in ids], full=False)
-            assert all("<name>pending</name>" in instance_actions._XML_CACHE[i][1] for i in ids)  # not yet
-            for _ in range(100):  # the background task's turns (450 instances: three chunks)
+            assert all("<name>running</name>" in instance_actions._XML_CACHE[i][1] for i in ids)  # at once
+            cached = {i: instance_actions._XML_CACHE[i][1] for i in ids}
+            assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
+            assert all(instance_actions._XML_CACHE[i][1] is cached[i] for i in ids)  # served, not serialized again
+            # A change from elsewhere (here a termination's shutting-down) is serialized in the background.
+            for instance in instances[:300]:
+                compute.store.set_state(instance, "shutting-down", "User initiated")
+            compute.changed(instances[:300])
+            assert all("<name>running</name>" in instance_actions._XML_CACHE[i][1] for i in ids[:300])  # not yet
+            for _ in range(100):  # the background task's turns (300 instances: two chunks)
                 await asyncio.sleep(0)
                 if not prerender.waiting:
                     break
             await asyncio.sleep(0)
-            assert all("<name>running</name>" in instance_actions._XML_CACHE[i][1] for i in ids)
+            assert all("<name>shutting-down</name>" in instance_actions._XML_CACHE[i][1] for i in ids[:300])
             cached = {i: instance_actions._XML_CACHE[i][1] for i in ids}
-            assert rendered_states(await describe_instances(ctx, {})) == dict.fromkeys(ids, "running")
-            assert all(instance_actions._XML_CACHE[i][1] is cached[i] for i in ids)  # served, not serialized again
+            expected = dict.fromkeys(ids[:300], "shutting-down") | dict.fromkeys(ids[300:], "running")
+            assert rendered_states(await describe_instances(ctx, {})) == expected
+            assert all(instance_actions._XML_CACHE[i][1] is cached[i] for i in ids)
             # Buried instances (terminated long enough ago) leave the cache with their records.
             for listener in compute.on_forget:
                 await listener(ids[:10])

@@ -100,6 +100,9 @@ class Compute:
         self.addresses = Addresses(db, public_ips or [])
         self.networks = Networks(db, addrs_per_net=settings.addrs_per_net)
         self.on_change: list[Callable[[list[Instance]], Any]] = []  # listeners (benchmarks, admin pages)
+        # Told synchronously of instances a report has just changed in memory (before they are saved): for
+        # what readers see at once (the DescribeInstances XML), never for acting on the change.
+        self.on_applied: list[Callable[[list[Instance]], None]] = []
         self.on_forget: list[Callable[[list[str]], Awaitable[None]]] = [self.tags.forget]  # buried instance ids
         self._tasks: list[asyncio.Task[Any]] = []  # background tasks (cancelled at stop)
         self.images = Images(self.store, image_backend)
@@ -360,6 +363,13 @@ class Compute:
                 listener(instances)
             except Exception:  # a listener never breaks state handling
                 log.exception("state listener failed")
+
+    def applied(self, instances: list[Instance]) -> None:
+        for listener in self.on_applied:
+            try:
+                listener(instances)
+            except Exception:  # a listener never breaks state handling
+                log.exception("applied listener failed")
 
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine as a task the engine owns (cancelled at stop; a failure is logged, never lost)."""

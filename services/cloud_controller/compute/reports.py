@@ -28,6 +28,7 @@ class ReportsEngine(Protocol):
 
     async def free_resources(self, instances: list[Instance]) -> None: ...
     def changed(self, instances: list[Instance]) -> None: ...
+    def applied(self, instances: list[Instance]) -> None: ...
 
 
 class Reports:
@@ -59,10 +60,13 @@ class Reports:
         changed: list[Instance] = []
         ended: list[Instance] = []
         seen: set[str] = set()
+        told = 0  # changed[:told] handed to the engine's `applied` listeners (the DescribeInstances XML)
         for n, item in enumerate(reported):
             if n and n % APPLY_CHUNK == 0:
                 # A poll's full list of a big zone: requests (DescribeInstances) get their turn in between. Each
                 # instance's change is made in one step, so a reader sees every instance as before or after.
+                self.engine.applied(changed[told:])
+                told = len(changed)
                 await asyncio.sleep(0)
             instance = self.store.instances.get(item.instance_id)
             if instance is None or instance.zone != zone:
@@ -127,6 +131,7 @@ class Reports:
                     continue
                 ended.append(instance)
                 changed.append(instance)
+        self.engine.applied(changed[told:])
         if ended:
             await self.engine.free_resources(ended)
             for ended_zone in {i.zone for i in ended}:

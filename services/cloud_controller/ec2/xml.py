@@ -49,17 +49,6 @@ def error(code: str, message: str, request_id: str) -> bytes:
     ).encode()
 
 
-def _members(out: list[str], shape: Shape, data: dict[str, Any]) -> None:
-    members = shape.members
-    for key, value in data.items():
-        if value is None:
-            continue
-        member = members.get(key)
-        if member is None:
-            continue
-        _element(out, member.serialization.get("name", key), member, value)
-
-
 class Prebuilt(str):
     """A structure's members already serialized (see `members_xml`), emitted as is: lets an action cache the
     XML of objects that rarely change (DescribeInstances over thousands of instances)."""
@@ -71,39 +60,109 @@ def members_xml(shape: Shape, data: dict[str, Any]) -> Prebuilt:
     return Prebuilt("".join(out))
 
 
+class _Plan:
+    """What serializing a shape reads of botocore's model, read once: its kind; a structure's members (key ->
+    element name, member plan); a list's item element name, item plan and flattening; a map's key and value."""
+
+    __slots__ = ("flattened", "item", "item_tag", "key", "key_tag", "kind", "members", "shape", "value", "value_tag")
+
+    def __init__(self, shape: Shape):
+        self.shape, self.kind = shape, shape.type_name
+        self.members: dict[str, tuple[str, _Plan]] = {}
+        if self.kind == "list":
+            member: Any = getattr(shape, "member")  # noqa: B009 (a ListShape's, typed on the subclass)
+            self.item_tag = member.serialization.get("name", "member")
+            self.flattened = bool(shape.serialization.get("flattened"))
+        elif self.kind == "map":
+            key: Any = getattr(shape, "key")  # noqa: B009
+            value: Any = getattr(shape, "value")  # noqa: B009
+            self.key_tag = key.serialization.get("name", "key")
+            self.value_tag = value.serialization.get("name", "value")
+
+    def complete(self) -> _Plan:
+        """Sub-plans filled in after this plan is registered (shapes may contain themselves)."""
+        shape: Any = self.shape
+        if self.kind == "structure":
+            self.members = {
+                key: (member.serialization.get("name", key), _plan(member)) for key, member in shape.members.items()
+            }
+        elif self.kind == "list":
+            self.item = _plan(shape.member)
+        elif self.kind == "map":
+            self.key, self.value = _plan(shape.key), _plan(shape.value)
+        return self
+
+
+# By id of the shape, the shape kept in the plan (so the id is never another's): the model's shapes live as long
+# as the process, and a response of ten thousand instances reads them a million times.
+_PLANS: dict[int, _Plan] = {}
+
+
+def _plan(shape: Shape) -> _Plan:
+    plan = _PLANS.get(id(shape))
+    if plan is not None and plan.shape is shape:
+        return plan
+    plan = _PLANS[id(shape)] = _Plan(shape)
+    return plan.complete()
+
+
+def _members(out: list[str], shape: Shape, data: dict[str, Any]) -> None:
+    _plan_members(out, _plan(shape), data)
+
+
+def _plan_members(out: list[str], plan: _Plan, data: dict[str, Any]) -> None:
+    members = plan.members
+    for key, value in data.items():
+        if value is None:
+            continue
+        member = members.get(key)
+        if member is None:
+            continue
+        tag, sub = member
+        if sub.kind in _COMPOUND:
+            _plan_element(out, tag, sub, value)
+        else:
+            out.append(f"<{tag}>{_scalar(sub.kind, value)}</{tag}>")
+
+
+_COMPOUND = frozenset({"structure", "list", "map"})
+
+
 def _element(out: list[str], tag: str, shape: Shape, value: Any) -> None:
-    kind = shape.type_name
+    _plan_element(out, tag, _plan(shape), value)
+
+
+def _plan_element(out: list[str], tag: str, plan: _Plan, value: Any) -> None:
+    kind = plan.kind
     if kind == "structure" and isinstance(value, Prebuilt):
         out.append(f"<{tag}>{value}</{tag}>")
     elif kind == "structure":
         out.append(f"<{tag}>")
-        _members(out, shape, value)
+        _plan_members(out, plan, value)
         out.append(f"</{tag}>")
     elif kind == "list":
-        item_shape = shape.member
-        if shape.serialization.get("flattened"):
-            for item in value:
-                _element(out, tag, item_shape, item)
+        item = plan.item
+        if plan.flattened:
+            for entry in value:
+                _plan_element(out, tag, item, entry)
             return
-        item_tag = item_shape.serialization.get("name", "member")
+        item_tag = plan.item_tag
         out.append(f"<{tag}>")
         # Serialized structures go in as they are, not copied into a new string each (a DescribeInstances of
         # ten thousand instances is ten megabytes of them).
-        prebuilt = (f"<{item_tag}>", f"</{item_tag}>") if item_shape.type_name == "structure" else None
-        for item in value:
-            if prebuilt is not None and isinstance(item, Prebuilt):
-                out += (prebuilt[0], item, prebuilt[1])
-            elif item is not None:
-                _element(out, item_tag, item_shape, item)
+        prebuilt = (f"<{item_tag}>", f"</{item_tag}>") if item.kind == "structure" else None
+        for entry in value:
+            if prebuilt is not None and isinstance(entry, Prebuilt):
+                out += (prebuilt[0], entry, prebuilt[1])
+            elif entry is not None:
+                _plan_element(out, item_tag, item, entry)
         out.append(f"</{tag}>")
     elif kind == "map":
-        key_tag = shape.key.serialization.get("name", "key")
-        value_tag = shape.value.serialization.get("name", "value")
         out.append(f"<{tag}>")
-        for key, item in value.items():
+        for key, entry in value.items():
             out.append("<entry>")
-            _element(out, key_tag, shape.key, key)
-            _element(out, value_tag, shape.value, item)
+            _plan_element(out, plan.key_tag, plan.key, key)
+            _plan_element(out, plan.value_tag, plan.value, entry)
             out.append("</entry>")
         out.append(f"</{tag}>")
     else:
