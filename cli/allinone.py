@@ -21,10 +21,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.scale_out import DOOR, SECOND_OF, add_members, free_port
 from common import pki
 from common.config import parse_conf, render_conf
 from common.daemon import PidFile
@@ -64,7 +66,18 @@ class AllInOne:
 
     # --- layout ---------------------------------------------------------------------------------------
     def conf_path(self, role: str) -> Path:
-        return self.dir / "conf" / f"{role}.conf"
+        return self.dir / "conf" / (f"{role}.cfg" if role == DOOR else f"{role}.conf")
+
+    def members(self) -> list[str]:
+        """The cloud's processes in start order: the four services and, with `--scale-out`, the CLCs' door, a
+        standby CLC and a second Walrus (cli/scale_out.py)."""
+        found = []
+        for role in ROLES:
+            if role == "clc" and self.conf_path(DOOR).exists():
+                found.append(DOOR)
+            found.append(role)
+            found += [second for second, of in SECOND_OF.items() if of == role and self.conf_path(second).exists()]
+        return found
 
     def log_path(self, role: str) -> Path:
         return self.dir / "logs" / f"{role}.log"
@@ -149,7 +162,9 @@ class AllInOne:
 
     # --- processes ------------------------------------------------------------------------------------
     def command(self, role: str) -> list[str]:
-        return [sys.executable, "-m", "cli", role, "--config", str(self.conf_path(role))]
+        if role == DOOR:
+            return ["haproxy", "-f", str(self.conf_path(role))]
+        return [sys.executable, "-m", "cli", SECOND_OF.get(role, role), "--config", str(self.conf_path(role))]
 
     def pid_file(self, role: str) -> PidFile:
         return PidFile(self.pid_path(role), str(self.conf_path(role)))  # its --config argument
@@ -184,20 +199,25 @@ class AllInOne:
         return process
 
     def _inherited_socket(self, role: str) -> socket.socket | None:
-        """The CLC's metadata socket inside the router namespace (cli/cloud_network.py), when there is one."""
-        network = self.network() if role == "clc" else None
+        """The CLC's metadata socket inside the router namespace (cli/cloud_network.py), when there is one; with
+        two CLCs each gets one, on which it listens only while it is the active one."""
+        network = self.network() if SECOND_OF.get(role, role) == "clc" else None
         if network is None:
             return None
-        return network.metadata_socket(self.endpoints()["clc"].port)
+        return network.metadata_socket(self.endpoints()["clc"].port, standby=self.conf_path("clc2").exists())
 
     def stop(self, role: str, timeout: float = 20.0) -> bool:
         return self.pid_file(role).stop(timeout)
 
     def healthy(self, role: str, timeout: float = 1.0) -> bool:
-        url = self.endpoints()[role].url + "/healthz"
+        endpoint = self.endpoints().get(role)
+        if endpoint is None:  # the CLCs' door: judged through the `clc` endpoint, which it serves
+            return True
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(endpoint.url + "/healthz", timeout=timeout) as response:
                 return response.status == 200
+        except urllib.error.HTTPError as err:
+            return role == "clc2" and err.code == 503  # standing by, ready to take over
         except OSError:
             return False
 
@@ -256,7 +276,8 @@ class AllInOne:
             if (
                 all(
                     isinstance(a, DescribeServiceResponse) and all(p.reachable for p in a.peers)
-                    for a in answers.values()
+                    for role, a in answers.items()
+                    if role in ROLES  # a standby CLC answers 503
                 )
                 or time.monotonic() > deadline
             ):
@@ -354,6 +375,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="at first start: a single-node Ceph cluster in DIR/ceph (Debian's ceph packages) keeping "
                 "Walrus's object data (RADOS) and the zone's EBS volumes (RBD)",
             )
+            parser.add_argument(
+                "--scale-out",
+                action="store_true",
+                help="at first start: --ceph --database postgresql, with two CLCs (one active, one standing by) "
+                "behind HAProxy on the CLC's port and two Walrus front ends on one object store",
+            )
         if name == "down":
             parser.add_argument(
                 "--purge",
@@ -386,6 +413,12 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
 
     if args.database not in ("sqlite", "postgresql") and not args.database.startswith(("postgresql://", "postgres://")):
         raise ValueError(f"--database: sqlite, postgresql or a postgresql:// URL, not {args.database!r}")
+    if args.scale_out:  # the engines several processes of a service share, here the cloud's own
+        if args.database not in ("sqlite", "postgresql"):
+            raise ValueError("--scale-out runs the cloud's own PostgreSQL server: leave out --database")
+        if shutil.which("haproxy") is None:
+            raise ValueError("--scale-out needs HAProxy in front of the CLCs (Debian's haproxy; deploy/bootstrap.sh)")
+        args.ceph, args.database = True, "postgresql"
     managed = args.network == "managed"
     # A managed network brings a libvirtd of its own (in the router namespace); SYSTEM uses the host's.
     hypervisor = args.hypervisor or ("qemu" if (qemu_installed() if managed else qemu_usable()) else "test")
@@ -435,7 +468,20 @@ def _first_prepare(cloud: AllInOne, args: argparse.Namespace) -> None:
         extra.setdefault("cc", {})["KOALA_EBS_XFS_IMAGE_GB"] = EBS_XFS_IMAGE_GB
     for role, values in _first_database(cloud, args.database, args.ceph).items():
         extra.setdefault(role, {}).update(values)
+    if args.scale_out:
+        # The CLC's endpoint port goes to the door; the CLCs and the second Walrus take free ports.
+        door = (ports or DEFAULT_PORTS)["clc"]
+        clcs, walrus2 = (free_port(cloud.host), free_port(cloud.host)), free_port(cloud.host)
+        extra.setdefault("clc", {}).update(
+            {"KOALA_CLC_PORT": clcs[0], "KOALA_CLC_PUBLIC_URL": f"http://{cloud.host}:{door}"}
+        )
     cloud.prepare(ports=ports, extra=extra)
+    if args.scale_out:
+        add_members(cloud, clcs, walrus2)
+        print(
+            f"scale-out: CLCs on ports {clcs[0]} and {clcs[1]} (one active, one standing by) behind HAProxy on {door}; "
+            f"Walrus front ends on {cloud.endpoints()['walrus'].port} and {walrus2}"
+        )
     why = (
         ""
         if args.hypervisor
@@ -481,7 +527,8 @@ def _postgres(cloud: AllInOne):  # -> LocalPostgres | None (imported lazily: `ko
 
 def _up(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
-    if cloud.endpoints_path.exists() and all(cloud.running_pid(role) for role in ROLES) and _libvirtd_runs(cloud):
+    running = cloud.endpoints_path.exists() and all(cloud.running_pid(role) for role in cloud.members())
+    if running and _libvirtd_runs(cloud):
         print(f"a cloud already runs in {cloud.dir}; nothing changed")
         _print_status(cloud, asyncio.run(cloud.describe_all()))
         return 0
@@ -507,7 +554,7 @@ def _up(args: argparse.Namespace) -> int:
     daemon = _cloud_libvirtd(cloud)
     spawned = daemon.spawn() if daemon is not None else None  # starts beside the services: the NC waits for it
     processes = {}
-    for role in ROLES:
+    for role in cloud.members():
         if cloud.running_pid(role) is None:
             processes[role] = cloud.start(role)
     try:
@@ -546,7 +593,7 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     print("running in the foreground; Ctrl-C stops the cloud")
     while not stop["now"]:
-        for role in ROLES:
+        for role in cloud.members():
             process = processes.get(role)
             if process is not None and process.poll() is not None:
                 print(
@@ -555,7 +602,7 @@ def _up(args: argparse.Namespace) -> int:
                 )
                 processes.pop(role)
         time.sleep(0.2)
-    for role in reversed(ROLES):
+    for role in reversed(cloud.members()):
         cloud.stop(role)
     ceph = _ceph(cloud)
     if ceph is not None:
@@ -595,7 +642,7 @@ def _ceph(cloud: AllInOne):  # -> CephCluster | None (imported lazily: `koala --
 
 def _down(args: argparse.Namespace) -> int:
     cloud = AllInOne(args.state_dir)
-    stopped = [role for role in reversed(ROLES) if cloud.stop(role)]
+    stopped = [role for role in reversed(cloud.members()) if cloud.stop(role)]
     ceph = _ceph(cloud)
     if ceph is not None:
         stopped += ceph.stop_detached()
@@ -642,7 +689,8 @@ def _status(args: argparse.Namespace) -> int:
             pid = network.libvirtd(cloud.dir).running()
             if pid is not None:
                 print(f"libvirtd of the cloud: pid {pid} in {network.netns}")
-    return 0 if all(isinstance(a, DescribeServiceResponse) for a in answers.values()) else 1
+    # the services themselves (a standby CLC answers 503 by design)
+    return 0 if all(isinstance(a, DescribeServiceResponse) for role, a in answers.items() if role in ROLES) else 1
 
 
 def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | str]) -> None:

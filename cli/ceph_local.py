@@ -1,8 +1,7 @@
 """A single-node Ceph cluster in one directory, from Debian's ceph packages: one monitor, one manager and one
 OSD (BlueStore on a sparse file, or MemStore), on loopback or on one address of the host given at creation.
-For `koala up` on one machine, the tests and the
-benchmarks; a real deployment runs Ceph on its own hosts (deploy/README-scale-out.md) and Koala only gets a
-ceph.conf and a keyring.
+For `koala up` on one machine, the tests and the benchmarks; a real deployment runs Ceph on its own hosts
+(deploy/ceph.md) and Koala only gets a ceph.conf and a keyring.
 
 Layout of DIR:
   ceph.conf                    monitor address, single-replica pool defaults, one keyring per entity

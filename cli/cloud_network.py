@@ -173,9 +173,11 @@ class CloudNetwork:
             "KOALA_LIBVIRT_URI": self.libvirtd(state_dir).uri,
         }
 
-    def metadata_socket(self, port: int) -> socket.socket:
-        """A listening TCP socket on ROUTER:port inside the namespace, for the CLC to inherit."""
-        return in_namespace(self.netns, lambda: _listener(self.router_ip, port))
+    def metadata_socket(self, port: int, standby: bool = False) -> socket.socket:
+        """A listening TCP socket on ROUTER:port inside the namespace, for the CLC to inherit. With `standby` (several
+        CLCs, one active): bound with SO_REUSEPORT but not listening, so that every CLC gets one and only the
+        active one, which listens on it when it takes over, is given the guests' connections."""
+        return in_namespace(self.netns, lambda: _listener(self.router_ip, port, listen=not standby))
 
     # --- bring up and take down ----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -291,9 +293,12 @@ def in_namespace(netns: str, make: Callable[[], T]) -> T:
     return outcome["value"]  # type: ignore[return-value]
 
 
-def _listener(address: str, port: int) -> socket.socket:
+def _listener(address: str, port: int, listen: bool = True) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not listen:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((address, port))
-    listener.listen(128)
+    if listen:
+        listener.listen(128)
     return listener

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   systemd                                                # systemd-analyze verify of the units
   ceph-mon ceph-mgr ceph-osd radosgw python3-rados python3-rbd  # Walrus on RADOS, EBS on RBD (issue 23)
   postgresql                                             # the CLC on PostgreSQL: tests start their own cluster
+  haproxy                                                # koala up --scale-out: the door in front of two CLCs
 )
 
 missing=()

@@ -1,10 +1,12 @@
-"""`koala up --ceph --database postgresql` on the default (MANAGED-NOVLAN) network: the all-in-one cloud on a
-single-node Ceph cluster of its own (DIR/ceph) and a PostgreSQL server of its own (DIR/postgres). Walrus keeps
-object data in RADOS and its metadata in PostgreSQL, the CLC its state in PostgreSQL, the zone its EBS volumes as
-RBD images. QEMU runs in the cloud's router namespace: a real guest gets an RBD volume attached, writes to it, and
-the bytes are in the image as Ceph reads them (the monitor and OSD listen on the host's end of the link).
-`koala down` stops the Ceph daemons and PostgreSQL with the services; after the link is gone (as after a reboot)
-the next `koala up` puts it back before Ceph starts on it, and finds every object and volume.
+"""`koala up --scale-out` on the default (MANAGED-NOVLAN) network: the all-in-one cloud on a single-node Ceph
+cluster of its own (DIR/ceph) and a PostgreSQL server of its own (DIR/postgres), with two CLCs behind HAProxy and
+two Walrus front ends. Walrus keeps object data in RADOS and its metadata in PostgreSQL (an object PUT through one
+front end is read through the other), the CLCs their state in PostgreSQL, the zone its EBS volumes as RBD images.
+The active CLC is killed (-9): the standby takes over behind the same EC2 endpoint, and serves the guests'
+metadata (the guest launched afterwards gets its SSH key from it). QEMU runs in the cloud's router namespace: the
+guest gets an RBD volume attached, writes to it, and the bytes are in the image as Ceph reads them (the monitor
+and OSD listen on the host's end of the link). `koala down` stops everything; after the link is gone (as after a
+reboot) the next `koala up` puts it back before Ceph starts on it, and finds every object and volume.
 
 The "host" is a network namespace of the test's own (tests/allinone/new_host.py): the link, the Ceph daemons and
 PostgreSQL live there, nothing of the shared machine's network changes.
@@ -17,16 +19,21 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cli.allinone import AllInOne, qemu_installed
 from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
 from cli.postgres_local import LocalPostgres
+from common.config import parse_conf
 from services.cloud_controller.identity.credentials import parse_eucarc
 from tests.allinone.new_host import inside_new_host
 from tests.ceph import pool_io, rbd_images
@@ -73,9 +80,28 @@ def logs(state: Path) -> str:
                      for role in ("cc", "nc") if cloud.log_path(role).exists())  # fmt: skip
 
 
-def test_koala_up_with_ceph_attaches_an_rbd_volume_to_a_guest() -> None:
-    if shutil.which("ceph-mon") is None:
-        pytest.skip("needs Debian's ceph packages (deploy/bootstrap.sh)")
+def clc_health(port: int) -> int:
+    """The HTTP status of a CLC's /healthz (200 active, 503 standing by), 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def answers(call) -> bool:
+    try:
+        call()
+    except (BotoCoreError, ClientError):
+        return False
+    return True
+
+
+def test_koala_up_scale_out_fails_over_and_attaches_an_rbd_volume_to_a_guest() -> None:
+    if shutil.which("ceph-mon") is None or shutil.which("haproxy") is None:
+        pytest.skip("needs Debian's ceph and haproxy packages (deploy/bootstrap.sh)")
     if not qemu_installed():
         pytest.fail("QEMU and libvirt's daemons are not installed: deploy/bootstrap.sh installs them")
     # libvirt's qemu user reaches the instance files; PostgreSQL (the postgres user) enters the state directory
@@ -84,21 +110,34 @@ def test_koala_up_with_ceph_attaches_an_rbd_volume_to_a_guest() -> None:
     state = base / "cloud"
     with inside_new_host():
         try:
-            up = koala(state, "up", "--detach", "--ceph", "--database", "postgresql", "--hypervisor", "qemu",
+            up = koala(state, "up", "--detach", "--scale-out", "--hypervisor", "qemu",
                        "--port-base", str(free_port_run(4)))  # fmt: skip
-            network = AllInOne(state).network()
+            cloud = AllInOne(state)
+            network = cloud.network()
             assert network is not None, up.stdout
             assert f"ceph: monitor {network.host_ip}:" in up.stdout, up.stdout
-            assert "database: PostgreSQL on 127.0.0.1:" in up.stdout
+            assert "database: PostgreSQL on 127.0.0.1:" in up.stdout and "scale-out: CLCs" in up.stdout
+            endpoints = cloud.endpoints()
+            clc_ports = {"clc": int(parse_conf(cloud.conf_path("clc").read_text())["KOALA_CLC_PORT"].value),
+                         "clc2": endpoints["clc2"].port}  # fmt: skip
+            assert endpoints["clc"].port not in clc_ports.values()  # the door's
+            health = {role: clc_health(port) for role, port in clc_ports.items()}
+            assert sorted(health.values()) == [200, 503], health
+            active = next(role for role, status in health.items() if status == 200)
             cluster = CephCluster(state / "ceph")
             postgres = LocalPostgres(state / "postgres")
             creds = parse_eucarc(state / "eucarc")
             keys = {"aws_access_key_id": creds["EC2_ACCESS_KEY"], "aws_secret_access_key": creds["EC2_SECRET_KEY"]}
+            assert creds["EC2_URL"].startswith(endpoints["clc"].url), creds["EC2_URL"]
             s3 = boto3.client("s3", endpoint_url=creds["S3_URL"], region_name="us-east-1", **keys)
+            s3_other = boto3.client("s3", endpoint_url=endpoints["walrus2"].url, region_name="us-east-1", **keys)
             ec2 = boto3.client("ec2", endpoint_url=creds["EC2_URL"], region_name="eucalyptus", **keys)
             body = os.urandom(200 << 10)  # bigger than what the metadata database keeps inline
             s3.create_bucket(Bucket="on-ceph")
             s3.put_object(Bucket="on-ceph", Key="object", Body=body)
+            assert s3_other.get_object(Bucket="on-ceph", Key="object")["Body"].read() == body
+            s3_other.put_object(Bucket="on-ceph", Key="other", Body=b"from the second front end")
+            assert s3.get_object(Bucket="on-ceph", Key="other")["Body"].read() == b"from the second front end"
             walrus_id = json.loads((state / "endpoints.json").read_text())["walrus"]["id"]
             with pool_io(cluster, WALRUS_POOL) as ioctx:
                 ioctx.set_namespace(walrus_id)
@@ -107,7 +146,14 @@ def test_koala_up_with_ceph_attaches_an_rbd_volume_to_a_guest() -> None:
             assert postgres.psql("SELECT count(*) FROM versions WHERE key = 'object'", "walrus") == "1"
             assert not (state / "data" / walrus_id / "objects" / "walrus.db").exists()
 
-            # A guest in the router namespace gets an RBD volume: QEMU's rbd driver reaches the monitor and OSD.
+            # The active CLC dies: the standby takes over behind the same endpoint (the door).
+            os.kill(cloud.running_pid(active) or 0, signal.SIGKILL)
+            standby = next(role for role in clc_ports if role != active)
+            wait_for(lambda: clc_health(clc_ports[standby]) == 200, 30, 0.2, "the standby CLC active")
+            wait_for(lambda: answers(ec2.describe_availability_zones), 30, 0.5, "the EC2 API through the door")
+
+            # A guest in the router namespace, its metadata (the SSH key) from the CLC that took over, gets an RBD
+            # volume: QEMU's rbd driver reaches the monitor and OSD.
             key_file = base / "ceph.pem"
             key_file.write_text(ec2.create_key_pair(KeyName="ceph")["KeyMaterial"])
             key_file.chmod(0o600)
@@ -151,13 +197,16 @@ def test_koala_up_with_ceph_attaches_an_rbd_volume_to_a_guest() -> None:
 
             down = koala(state, "down")
             assert "osd.0" in down.stdout and "mon.a" in down.stdout and "postgresql" in down.stdout
+            assert all(cloud.running_pid(role) is None for role in cloud.members()), down.stdout
+            assert {"clc-door", "walrus2", standby} <= set(down.stdout.split(": ", 1)[1].split(", ")), down.stdout
             assert all(cluster.pid_file(name).running() is None for name in ("mon.a", "mgr.x", "osd.0"))
             assert postgres.running_pid() is None
             # As after a reboot: the link (and with it the address Ceph listens on) is gone until `koala up`.
             subprocess.run(["ip", "link", "del", network.host_link], check=True)
 
             koala(state, "up", "--detach", "--no-image")
-            assert s3.get_object(Bucket="on-ceph", Key="object")["Body"].read() == body
+            assert all(cloud.running_pid(role) for role in cloud.members())
+            assert s3_other.get_object(Bucket="on-ceph", Key="object")["Body"].read() == body
             assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available"
             ec2.delete_volume(VolumeId=volume)
             wait_for(lambda: rbd_image not in rbd_images(cluster, EBS_POOL), 60, 0.3, "the image removed")
