@@ -38,6 +38,8 @@ class ImageRef(BaseModel):
 
     id: str
     manifest: str = Field(max_length=2048)  # "bucket/path/name.manifest.xml"
+    # The image's registered architecture (i386, x86_64, arm64): a remote zone registers its copy with it.
+    architecture: str = Field("", pattern=r"^[a-z0-9_]{0,16}$")
 
 
 class LaunchVolume(BaseModel):

@@ -6,7 +6,7 @@ The CLC calls the CC's operations (role clc); the CC pushes instance state chang
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -103,6 +103,17 @@ class NotifyInstancesRequest(BaseModel):
 
 class Ack(BaseModel):
     ok: bool = True
+
+
+class ImageIdsRequest(BaseModel):
+    """Local images by id. CLC -> remote zone CC `ForgetImages`: deregistered here, their remote copies go. CC -> CLC
+    `KnownImages`: which of these are still registered (the answer, as ImageIdsResponse)."""
+
+    image_ids: list[Annotated[str, Field(max_length=32)]] = Field(default=[], max_length=10000)
+
+
+class ImageIdsResponse(BaseModel):
+    image_ids: list[str]
 
 
 class SuspendInstancesResponse(BaseModel):

@@ -252,3 +252,41 @@ def test_auto_upload_without_the_remote_cloud_certificate_is_refused_at_launch(w
     finally:
         cc.stop()
         admin_call(world.local, "DeregisterCluster", DeregisterClusterRequest(zone="nocert"), Empty)
+
+
+def test_the_remote_copy_keeps_the_architecture_and_goes_with_the_local_image_even_across_a_kill_9(
+    world, zone, tmp_path
+):
+    ec2, local = world.local_ec2(), client(world.local, world.local_creds)
+
+    def register(name: str, **params) -> str:
+        location = bundle_and_upload(world.local, tmp_path / name, name, f"up-{name}")
+        return local.register_image(ImageLocation=location, Name=name, **params)["ImageId"]
+
+    def buckets() -> list[str]:
+        return [b["Name"] for b in zone.s3.list_buckets()["Buckets"]]
+
+    i386, other = register("i386-up", Architecture="i386"), register("x86-up")
+    launched = [zone.launch(i386), zone.launch(other)]
+    wait_state(ec2, launched, {"running"}, timeout=60)
+    copies = {local_id: next(b for b in zone.remote_images() if b.endswith(local_id)) for local_id in (i386, other)}
+    assert zone.remote_images()[copies[i386]]["Architecture"] == "i386"
+    assert zone.remote_images()[copies[other]]["Architecture"] == "x86_64"
+    assert set(copies.values()) <= set(buckets())
+    ec2.terminate_instances(InstanceIds=launched)
+    wait_state(ec2, launched, {"terminated"})
+
+    # The CC dies while removing the i386 copy (the remote's DeregisterImage held, never forwarded), and the
+    # other image is deregistered while it is down: after the restart both copies go, image and bucket.
+    zone.ec2_proxy.hold(lambda method, path, body: b"Action=DeregisterImage" in body, forward=False)
+    local.deregister_image(ImageId=i386)
+    wait_for(lambda: zone.ec2_proxy.waiting >= 1, 30, what="the remote DeregisterImage held")
+    zone.cc.kill()
+    zone.ec2_proxy.release()
+    local.deregister_image(ImageId=other)
+    assert set(copies.values()) <= set(zone.remote_images()) and set(copies.values()) <= set(buckets())
+    zone.cc.start()
+    for bucket in copies.values():
+        wait_for(lambda b=bucket: b not in zone.remote_images(), 30, what=f"the remote image from {bucket} gone")
+        wait_for(lambda b=bucket: b not in buckets(), 30, what=f"the remote bucket {bucket} gone")
+    assert "Traceback" not in zone.cc.log()

@@ -17,6 +17,7 @@ from common.messages.clc_cc import (
     DescribeNodesResponse,
     DescribeResourcesRequest,
     DescribeResourcesResponse,
+    ImageIdsRequest,
     InstanceIdsRequest,
     NodeInfo,
     RegisterNodeRequest,
@@ -124,6 +125,10 @@ class ClusterClient:
     async def address(self, zone: str, operation: str, message: BaseModel) -> AddressResponse:
         """AssignAddress / UnassignAddress: the elastic IP's NAT on the zone's router."""
         return await self._call(zone, operation, message, AddressResponse, True)
+
+    async def forget_images(self, zone: str, image_ids: list[str]) -> CcAck:
+        """A remote zone: these local images are deregistered, their remote copies go (bursting)."""
+        return await self._call(zone, "ForgetImages", ImageIdsRequest(image_ids=image_ids), CcAck, True, 10)
 
     async def configure_network(self, zone: str, request: ConfigureNetworkRequest) -> NetworkResponse:
         return await self._call(zone, "ConfigureNetwork", request, NetworkResponse, True)

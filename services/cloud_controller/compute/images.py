@@ -77,6 +77,7 @@ class Images:
     def __init__(self, store: Store, backend: ImageBackend | None):
         self.store, self.backend = store, backend
         self.is_admin_account: Callable[[str], bool] = lambda _: False
+        self.on_deregister: list[Callable[[Image], None]] = []  # listeners (remote zones drop their copies)
 
     def _new_id(self, kind: str) -> str:
         while True:
@@ -204,6 +205,8 @@ class Images:
         image = self.owned(image_id, account_id, is_admin)
         await self.store.delete_image(image.image_id)
         log.info("deregistered %s", image.image_id)
+        for listener in self.on_deregister:
+            listener(image)
         if self.backend is not None and image.root_device_type != "ebs":
             try:
                 await self.backend.flush(image.location)

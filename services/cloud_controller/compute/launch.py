@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
-from common.messages.cc_nc import MAX_USER_DATA, ImageRef, NetConfig, VmType
+from common.messages.cc_nc import MAX_USER_DATA, NetConfig, VmType
 from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
@@ -462,9 +462,9 @@ class Launcher:
                 for n, i in enumerate(instances)
             ],
             min_count=min_count,
-            image=ImageRef(id=image.image_id, manifest=image.location),
-            kernel=ImageRef(id=kernel.image_id, manifest=kernel.location) if kernel else None,
-            ramdisk=ImageRef(id=ramdisk.image_id, manifest=ramdisk.location) if ramdisk else None,
+            image=image.ref(),
+            kernel=kernel.ref() if kernel else None,
+            ramdisk=ramdisk.ref() if ramdisk else None,
             vm_type=vm,
             key_name=first.key_name,
             ssh_public_key=first.key_material,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from common.messages.clc_cc import Ack, NotifyInstancesRequest
 from common.rpc import Caller, RpcError
-from services.cloud_controller.compute import admin_rpc
+from services.cloud_controller.compute import admin_rpc, remote_copies
 from services.cloud_controller.compute.addresses import parse_pool
 from services.cloud_controller.compute.bursting import BurstPolicy
 from services.cloud_controller.compute.cc_client import ClusterClient
@@ -74,6 +74,7 @@ async def install(clc: CloudControllerService) -> Compute:
 
     clc.rpc.add("NotifyInstances", notify, {"cc"}, NotifyInstancesRequest)
     admin_rpc.install(clc.rpc, compute.vmtypes, compute.images)
+    remote_copies.install(clc, compute)  # remote zones drop their copies of deregistered images
     from services.cloud_controller.actions import instances as instance_actions
 
     instance_actions.install_prerender(compute)  # instances serialized for DescribeInstances as they change

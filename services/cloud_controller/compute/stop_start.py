@@ -187,7 +187,9 @@ class StopStart:
 
         def ref(image_id: str) -> ImageRef | None:
             image = images.get(image_id) if image_id else None
-            return ImageRef(id=image_id, manifest=image.location if image else "") if image_id else None
+            if image is not None:
+                return image.ref()
+            return ImageRef(id=image_id, manifest="") if image_id else None
 
         volumes = self.engine.roots.boot_volumes([instance.instance_id]) if self.engine.roots is not None else {}
         image = ref(instance.image_id)

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from common.messages.cc_nc import ImageRef
+
 if TYPE_CHECKING:
     from services.cloud_controller.database import Database
 
@@ -112,6 +114,10 @@ class Image:
     @property
     def snapshot_ids(self) -> set[str]:
         return {m["snapshot_id"] for m in self.block_devices if m.get("snapshot_id")}
+
+    def ref(self) -> ImageRef:
+        """The image as a launch names it to the CC."""
+        return ImageRef(id=self.image_id, manifest=self.location, architecture=self.architecture)
 
 
 _IMAGE_COLUMNS = [f.name for f in fields(Image) if f.name not in ("launch_permissions", "product_codes")]

@@ -61,13 +61,14 @@ class RemoteInstance:
         )
 
 
-UPLOAD_STATES = ("uploading", "registering", "ready", "failed")
+UPLOAD_STATES = ("uploading", "registering", "ready", "failed", "deleting")
 
 
 @dataclass
 class Upload:
     """A local image re-bundled for the remote cloud: `uploading` (fetched, bundled, put in `bucket`), then
-    `registering` (every object is there), then `ready` with its `remote_id`; or `failed` with the `reason`."""
+    `registering` (every object is there), then `ready` with its `remote_id`; or `failed` with the `reason`; or
+    `deleting` once the local image is deregistered (until its remote image and bucket are gone)."""
 
     local_id: str
     kind: str  # machine, kernel, ramdisk
@@ -77,3 +78,4 @@ class Upload:
     remote_id: str = ""
     reason: str = ""
     failed_at: float = 0.0  # monotonic; a refusal is remembered a while, not for ever
+    architecture: str = ""  # the local image's (i386, x86_64...); registered remotely with it ('' is x86_64)

@@ -1,11 +1,13 @@
-"""The network operations a remote zone answers for the CLC: its mode is REMOTE (the CLC offers it to bursting
-launches and gives it no local public addresses), ConfigureNetwork sets a network's rules on its remote group,
-and the operations of local networks (bridges, NAT of elastic addresses) are refused as unsupported."""
+"""The operations only a remote zone answers for the CLC. Networks: its mode is REMOTE (the CLC offers it to
+bursting launches and gives it no local public addresses), ConfigureNetwork sets a network's rules on its remote
+group, and the operations of local networks (bridges, NAT of elastic addresses) are refused as unsupported.
+Images: ForgetImages removes the remote copies of deregistered local images."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from common.messages.clc_cc import Ack, ImageIdsRequest
 from common.messages.network import (
     AssignAddressRequest,
     ConfigureNetworkRequest,
@@ -57,6 +59,13 @@ def register(rpc: RpcServer, service: ClusterControllerService) -> None:
     async def describe_public_addresses(msg: object, caller: Caller) -> DescribePublicAddressesResponse:
         return DescribePublicAddressesResponse(supported=False, addresses=[])
 
+    async def forget_images(msg: ImageIdsRequest, caller: Caller) -> Ack:
+        zone = service.cluster
+        assert isinstance(zone, RemoteZone)
+        await zone.remote_images.forget(msg.image_ids)  # written here; the remote copies go in the background
+        return Ack()
+
+    rpc.add("ForgetImages", forget_images, ROLES, ImageIdsRequest)
     rpc.add("ConfigureNetwork", configure_network, ROLES, ConfigureNetworkRequest)
     rpc.add("StartNetwork", start_network, ROLES, StartNetworkRequest)
     rpc.add("StopNetwork", stop_network, ROLES, StopNetworkRequest)

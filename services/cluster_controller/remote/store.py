@@ -107,8 +107,8 @@ class RemoteStore:
     # --- images uploaded to the remote cloud ------------------------------------------------------------
     async def save_upload(self, upload: Upload) -> None:
         await self.db.execute(
-            "INSERT OR REPLACE INTO uploads(local_id, kind, manifest, bucket, state, remote_id, reason, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO uploads(local_id, kind, manifest, bucket, state, remote_id, reason, architecture,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 upload.local_id,
                 upload.kind,
@@ -117,6 +117,7 @@ class RemoteStore:
                 upload.state,
                 upload.remote_id,
                 upload.reason,
+                upload.architecture,
                 time.time(),
             ),
         )
@@ -128,7 +129,8 @@ class RemoteStore:
 
     async def load_uploads(self) -> list[Upload]:
         async with self.db.execute(
-            "SELECT local_id, kind, manifest, bucket, state, remote_id, reason FROM uploads ORDER BY rowid"
+            "SELECT local_id, kind, manifest, bucket, state, remote_id, reason, architecture"
+            " FROM uploads ORDER BY rowid"
         ) as cursor:
             rows = await cursor.fetchall()
         return [
@@ -140,6 +142,7 @@ class RemoteStore:
                 state=r["state"],
                 remote_id=r["remote_id"],
                 reason=r["reason"],
+                architecture=r["architecture"],
             )
             for r in rows
         ]

@@ -17,6 +17,11 @@ is (same keys), otherwise the bucket is emptied and the image bundled again. A r
 bucket; it is remembered for REFUSAL_MEMORY so launches meanwhile are refused at once with the reason. At start,
 buckets and images with this zone's prefix that no upload names are deleted. Launches of one image share one
 upload; kernel and ramdisk images are uploaded with the machine image that needs them.
+
+A local image deregistered (the CLC's ForgetImages, or its KnownImages answer at start and every RECHECK_EVERY
+seconds not naming it) has its upload written `deleting` before anything is done remotely; then the remote image
+is deregistered, the bucket emptied and deleted, and the upload forgotten. A crash in between resumes at start.
+The remote copy is registered with the local image's architecture.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from common.bundle.pipeline import bundle_image
 from common.config import ConfigError
 from common.decrypted_images import ImageFetchError, WalrusImages
 from common.messages.cc_nc import ImageRef, LaunchSpec
-from common.rpc import RpcClient
+from common.messages.clc_cc import ImageIdsRequest, ImageIdsResponse
+from common.rpc import PeerUnreachable, RpcClient, RpcError
 from common.tasks import TaskSet
 from services.cluster_controller.config import ClusterControllerConfig
 from services.cluster_controller.remote.credentials import RemoteCredentials, read_private
@@ -53,6 +59,7 @@ from services.cluster_controller.remote.store import RemoteStore
 
 log = logging.getLogger("koala.cc.remote")
 REFUSAL_MEMORY = 60.0  # seconds a refused upload is not tried again (launches meanwhile are refused at once)
+RECHECK_EVERY = 300.0  # seconds between asking the CLC which uploaded images are still registered
 _LOCAL_ID = re.compile(r"^[a-z]{3}-[0-9a-f]{8,17}$")  # as the image map's: safe as a file name
 # Walrus errors that another attempt may cure; any other (NoSuchKey, a bad bundle) is the image's own.
 _FETCH_TRANSIENT = frozenset({"WalrusUnreachable", "BadResponse", "ImageChanged", "ImageSizeMismatch", "NotReady"})
@@ -147,6 +154,7 @@ class RemoteImages:
         secret: RemoteCredentials,
     ):
         self.config, self.ec2, self.store, self.prefix, self.secret = config, ec2, store, prefix, secret
+        self.client = client
         self.zone = config.KOALA_ZONE
         self.static = config.image_map()
         self.enabled = config.KOALA_REMOTE_AUTO_UPLOAD
@@ -157,6 +165,7 @@ class RemoteImages:
         self.work = config.KOALA_STATE_DIR / "remote-images"
         self.uploads: dict[str, Upload] = {}
         self._running: dict[str, asyncio.Task[str]] = {}
+        self._removing: set[str] = set()
         self._tasks = TaskSet(log, expected=(RemoteError,))
         self.made = 0  # uploads finished by this process (logs, tests)
 
@@ -193,10 +202,15 @@ class RemoteImages:
         if self.s3 is None or self.problem:
             return  # nothing can be done remotely until the configuration is mended (and the CC restarted)
         for upload in list(self.uploads.values()):
-            if upload.state in ("uploading", "registering"):
+            if upload.state == "deleting":
+                log.info("removal of %s from the remote cloud: resuming", upload.local_id)
+                self._start_removal(upload)
+            elif upload.state in ("uploading", "registering"):
                 log.info("upload of %s to the remote cloud: resuming (%s)", upload.local_id, upload.state)
-                self._start_upload(ImageRef(id=upload.local_id, manifest=upload.manifest), upload.kind)
+                ref = ImageRef(id=upload.local_id, manifest=upload.manifest, architecture=upload.architecture)
+                self._start_upload(ref, upload.kind)
         self._tasks.spawn(self._reconcile(), "remote images reconcile")
+        self._tasks.spawn(self._recheck_loop(), "remote images recheck")
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
@@ -215,6 +229,8 @@ class RemoteImages:
             upload = self.uploads.get(ref.id)
             if upload is not None and upload.state == "ready":
                 continue
+            if upload is not None and upload.state == "deleting":
+                return f"InvalidAMIID.NotFound: image {ref.id} is deregistered"
             if not self.enabled:
                 if ref is not spec.image:
                     continue  # kernel and ramdisk: the remote image's own apply
@@ -257,6 +273,8 @@ class RemoteImages:
         upload = self.uploads.get(ref.id)
         if upload is not None and upload.state == "ready":
             return upload.remote_id
+        if upload is not None and upload.state == "deleting":
+            raise RemoteRefused("InvalidAMIID.NotFound", f"image {ref.id} is deregistered")
         if not self.enabled:
             raise RemoteRefused("InvalidAMIID.NotFound", f"image {ref.id} has no entry in KOALA_REMOTE_IMAGE_MAP")
         if self.problem:
@@ -293,27 +311,42 @@ class RemoteImages:
             raise RemoteRefused("InvalidAMIID.Malformed", f"{ref.id[:40]!r} is not an image id")
         upload = self.uploads.get(ref.id)
         if upload is None or upload.state == "failed":
-            upload = Upload(local_id=ref.id, kind=kind, manifest=ref.manifest, bucket=self.bucket_of(ref.id))
+            upload = Upload(
+                local_id=ref.id,
+                kind=kind,
+                manifest=ref.manifest,
+                bucket=self.bucket_of(ref.id),
+                architecture=ref.architecture,
+            )
             await self.store.save_upload(upload)  # the bucket is named before anything is made remotely
             self.uploads[ref.id] = upload
         try:
             if upload.state == "uploading":
                 started = time.monotonic()
                 await self._upload(upload)
+                self._still_wanted(upload)
                 upload.state = "registering"
                 await self.store.save_upload(upload)
                 log.info("%s: uploaded to %s in %.1f s", upload.local_id, upload.bucket, time.monotonic() - started)
             if upload.state == "registering":
                 remote_id = await self._register(upload)
-                upload.state, upload.remote_id = "ready", remote_id
+                upload.remote_id = remote_id
+                self._still_wanted(upload)
+                upload.state = "ready"
                 await self.store.save_upload(upload)
                 self.made += 1
                 log.info("%s: registered in the remote cloud as %s", upload.local_id, remote_id)
         except RemoteRefused as err:
-            await self._fail(upload, err)
+            if upload.state != "deleting":  # deregistered meanwhile: the removal deletes what was made
+                await self._fail(upload, err)
             raise
         await asyncio.to_thread(shutil.rmtree, self.work / upload.local_id, True)
         return upload.remote_id
+
+    @staticmethod
+    def _still_wanted(upload: Upload) -> None:
+        if upload.state == "deleting":
+            raise RemoteRefused("InvalidAMIID.NotFound", f"image {upload.local_id} was deregistered meanwhile")
 
     async def _upload(self, upload: Upload) -> None:
         identity = self.identity
@@ -344,6 +377,7 @@ class RemoteImages:
                     prefix=upload.local_id,
                     kernel_id="true" if upload.kind == "kernel" else None,
                     ramdisk_id="true" if upload.kind == "ramdisk" else None,
+                    architecture=upload.architecture or "x86_64",
                 )
             except BundleError as err:
                 raise RemoteRefused(err.code, f"re-bundling: {err.message}") from None
@@ -363,7 +397,12 @@ class RemoteImages:
                 return str(image["ImageId"])  # registered before a crash
         answer = await self.ec2.call(
             "RegisterImage",
-            {"ImageLocation": location, "Name": f"{self.prefix}-{upload.local_id}", "Description": self.zone},
+            {
+                "ImageLocation": location,
+                "Name": f"{self.prefix}-{upload.local_id}",
+                "Description": self.zone,
+                "Architecture": upload.architecture or "x86_64",
+            },
         )
         remote_id = answer.get("ImageId")
         if not remote_id:
@@ -431,3 +470,86 @@ class RemoteImages:
 
     def _buckets_running(self) -> set[str]:
         return {self.bucket_of(local_id) for local_id in self._running}
+
+    # --- local images deregistered ------------------------------------------------------------------------
+    async def forget(self, local_ids: list[str]) -> None:
+        """These local images are deregistered: their remote copies go. Written before anything is done remotely;
+        the removal runs in the background until the remote has done it."""
+        chosen = [self.uploads[i] for i in dict.fromkeys(local_ids) if i in self.uploads]
+        chosen = [u for u in chosen if u.state != "deleting"]
+        for upload in chosen:
+            upload.state = "deleting"
+            await self.store.save_upload(upload)
+        if self.s3 is None:
+            return  # nothing can be done remotely until the configuration is mended (and the CC restarted)
+        for upload in chosen:
+            self._start_removal(upload)
+
+    def _start_removal(self, upload: Upload) -> None:
+        if upload.local_id not in self._removing:
+            self._removing.add(upload.local_id)
+            task = self._tasks.spawn(self._remove(upload), f"remove {upload.local_id}")
+            task.add_done_callback(lambda _: self._removing.discard(upload.local_id))
+
+    async def _remove(self, upload: Upload) -> None:
+        running = self._running.get(upload.local_id)
+        if running is not None:  # an upload in progress stops at its next step
+            with contextlib.suppress(Exception):
+                await running
+        backoff = Backoff(initial=1.0, maximum=self.config.KOALA_REMOTE_POLL_MAX)
+        while True:
+            try:
+                await self._remove_once(upload)
+                break
+            except RemoteError as err:
+                log.warning("removing the remote copy of %s: %s (trying again)", upload.local_id, err)
+                await asyncio.sleep(backoff.next_delay())
+        await self.store.forget_upload(upload.local_id)
+        if self.uploads.get(upload.local_id) is upload:
+            del self.uploads[upload.local_id]
+        await asyncio.to_thread(shutil.rmtree, self.work / upload.local_id, True)
+        log.info("%s: deregistered here, its remote copy removed", upload.local_id)
+
+    async def _remove_once(self, upload: Upload) -> None:
+        """Deregister the remote image (the recorded one, and any registered from the bucket before a crash let
+        us record it), then delete the bucket."""
+        location = self.location_of(upload)
+        answer = await self.ec2.call(
+            "DescribeImages", {"Owners": ["self"], "Filters": [{"Name": "manifest-location", "Values": [location]}]}
+        )
+        found = {str(i["ImageId"]) for i in answer.get("Images") or [] if i.get("ImageLocation") == location}
+        for remote_id in sorted(found | ({upload.remote_id} if upload.remote_id else set())):
+            try:
+                await self.ec2.call("DeregisterImage", {"ImageId": remote_id})
+            except RemoteRefused as err:
+                if "NotFound" not in err.code:
+                    raise
+        await self._s3(clear_bucket, upload.bucket, True)
+
+    async def _recheck_loop(self) -> None:
+        """At start and every RECHECK_EVERY seconds: the uploads of images the CLC no longer has are removed (a
+        ForgetImages this CC missed while it was down, or that the CLC never sent)."""
+        if not self.config.KOALA_CLC_URL:
+            return
+        while True:
+            delay = RECHECK_EVERY
+            kept = [u.local_id for u in self.uploads.values() if u.state != "deleting"]
+            if kept:
+                try:
+                    answer = await self.client.call(
+                        self.config.KOALA_CLC_URL,
+                        "KnownImages",
+                        ImageIdsRequest(image_ids=kept),
+                        ImageIdsResponse,
+                        expect_role="clc",
+                        timeout=10.0,
+                    )
+                except (RpcError, PeerUnreachable) as err:
+                    log.warning("cannot ask the CLC which uploaded images are still registered: %s", err)
+                    delay = 10.0
+                else:
+                    gone = sorted(set(kept) - set(answer.image_ids))
+                    if gone:
+                        log.info("images deregistered while this CC did not hear of it: %s", gone)
+                        await self.forget(gone)
+            await asyncio.sleep(delay)
