@@ -91,7 +91,8 @@ async def serve(configs: list[NodeControllerConfig], stop: asyncio.Event) -> Non
             raise failed[0]
         log.info("fleet of %d nodes serving", len(members))
         await stop.wait()
-        log.info("stopping %d nodes", len(members))
+        pushes = sum(m.manager.notifier.sent for m in members if m.manager is not None)
+        log.warning("stopping %d nodes (they pushed %d NotifyInstances)", len(members), pushes)
     finally:
         await asyncio.gather(*(members[i].stop(runner) for i, runner in runners.items()), return_exceptions=True)
     log.info("stopped")

@@ -196,15 +196,18 @@ class InstanceManager:
 
     # --- operations ---------------------------------------------------------------------------------------
     async def run(self, request: RunInstanceRequest) -> InstanceInfo:
-        inst, known = await self.admit(request, "staging")
+        # Not pushed: the answer is the CC's word of the admission; pushes carry the changes after it (a push
+        # fewer per launch, half of a simulated fleet's pushes, each a signed call the CC verifies).
+        inst, known = await self.admit(request, "staging", push=False)
         if not known:
             log.info("%s: Pending (staging) %s on %s", inst.id, request.vm_type.name, self.flavour)
             inst.task = asyncio.create_task(self._stage(inst), name=f"stage {inst.id}")
         return inst.info()
 
-    async def admit(self, request: RunInstanceRequest, detail: str) -> tuple[Instance, bool]:
-        """Check a request, room for it, and record it as Pending/`detail` before anything is built. (instance,
-        True) when the same reservation's instance is known here already (a retried call)."""
+    async def admit(self, request: RunInstanceRequest, detail: str, push: bool = True) -> tuple[Instance, bool]:
+        """Check a request, room for it, and record it as Pending/`detail` before anything is built (pushed to the
+        CC unless `push` is False: the caller answers it). (instance, True) when the same reservation's instance is
+        known here already (a retried call)."""
         if not is_id(request.instance_id, "i"):
             raise RpcError(400, "InvalidInstanceID.Malformed", f"{request.instance_id!r} is not an instance id")
         for ref in (request.image, request.kernel, request.ramdisk):
@@ -244,7 +247,8 @@ class InstanceManager:
         except Exception:
             self.instances.pop(inst.id, None)
             raise
-        self.notifier.changed(inst.id)
+        if push:
+            self.notifier.changed(inst.id)
         return inst, False
 
     async def _replace(self, old: Instance) -> None:
@@ -259,7 +263,8 @@ class InstanceManager:
     async def terminate(self, instance_id: str) -> InstanceInfo:
         inst = self._get(instance_id)
         if inst.state != "Teardown":
-            await self._teardown(inst, "terminated", "terminated by request")
+            # Not pushed: the answer, sent once the domain is destroyed, is the CC's word of the end.
+            await self._teardown(inst, "terminated", "terminated by request", push=False)
         return inst.info()
 
     async def reboot(self, instance_id: str) -> InstanceInfo:
@@ -519,7 +524,10 @@ class InstanceManager:
         return dom is not None and dom.tag is not None and dom.tag["id"] == name
 
     # --- teardown -----------------------------------------------------------------------------------------
-    async def _teardown(self, inst: Instance, detail: str, reason: str, from_task: bool = False) -> None:
+    async def _teardown(
+        self, inst: Instance, detail: str, reason: str, from_task: bool = False, push: bool = True
+    ) -> None:
+        """End the run (pushed to the CC unless `push` is False: the caller answers it)."""
         if inst.state == "Teardown":
             return
         task = inst.task
@@ -534,7 +542,7 @@ class InstanceManager:
             await self.hv.destroy(inst.id)
         except HypervisorError as err:
             log.warning("%s: destroy failed (%s); the monitor will retry", inst.id, err)
-        if pushed:
+        if pushed and push:
             self.notifier.changed(inst.id)
         self._release(inst)
         if not self.config.MANUAL_INSTANCES_CLEANUP:

@@ -3,7 +3,8 @@
 Operations (signed internal RPC, role cc; admin too for the two read-only ones): RunInstance,
 TerminateInstance, DescribeInstances, DescribeResource, RebootInstance, GetConsoleOutput, StartNetwork,
 PowerDown, BundleInstance / DescribeBundleTask / CancelBundleTask (bundler.py). Every instance state change
-is pushed to the CC with NotifyInstances.
+is pushed to the CC with NotifyInstances, but for a RunInstance's admission and a TerminateInstance's end, which
+their answers report.
 """
 
 from __future__ import annotations

@@ -45,18 +45,18 @@ def test_full_lifecycle(nc: NcEnv) -> None:
     assert during.memory_available_mb == before.memory_available_mb - 128
     assert during.disk_available_gb == before.disk_available_gb - 2
     assert during.instances == before.instances + 1
-    # Every change was pushed to the CC, in order.
+    # The answer told the CC of the admission (Pending/staging, above); every change after it was pushed, in order.
     wait_for(lambda: "Extant/running" in nc.recorder.states("i-00000001"), 10, what="push of Extant")
     pushed = nc.recorder.states("i-00000001")  # in order; a burst may coalesce into its latest state
-    rank = {"Pending/staging": 0, "Pending/booting": 1, "Extant/running": 2}
-    assert pushed[0].startswith("Pending/") and [rank[p] for p in pushed] == sorted(rank[p] for p in pushed)
+    rank = {"Pending/booting": 1, "Extant/running": 2}
+    assert [rank[p] for p in pushed] == sorted(rank[p] for p in pushed)
     done = nc.terminate("i-00000001")
     assert done.state == "Teardown" and done.reason == "terminated by request"
     assert not directory.exists()
     after = nc.resources()
     assert (after.cores_available, after.memory_available_mb, after.disk_available_gb) == (
         before.cores_available, before.memory_available_mb, before.disk_available_gb)  # fmt: skip
-    wait_for(lambda: "Teardown/terminated" in nc.recorder.states("i-00000001"), 10, what="push of Teardown")
+    # The answer (sent once the domain is destroyed) told the CC of the end: it is not pushed as well.
     # Idempotent: terminating again and a retried RunInstance answer what is.
     assert nc.terminate("i-00000001").state == "Teardown"
     assert nc.run("i-00000001", manifest=manifest).state == "Teardown"
