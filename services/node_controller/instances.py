@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,6 +363,10 @@ class InstanceManager:
     def snapshot(self, instance_id: str) -> InstanceInfo | None:
         inst = self.instances.get(instance_id)
         return inst.info() if inst else None
+
+    def launching_besides(self, ids: Collection[str]) -> bool:
+        """Whether an instance other than `ids` is being launched here (its changes are on their way)."""
+        return any(inst.state == "Pending" and inst.id not in ids for inst in self.instances.values())
 
     def _get(self, instance_id: str) -> Instance:
         inst = self.instances.get(instance_id)

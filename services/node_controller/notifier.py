@@ -1,8 +1,9 @@
 """Pushes instance state changes to the CC at once (`NotifyInstances`), coalescing bursts.
 
 Changes are collected by instance id; one sender task drains them, so a burst of 200 launches becomes a few
-calls, never 200 waiting requests: while the NC is quiet a change goes out at once, under load each push waits a
-short linger for the changes behind it (`Pacing`). A failed push is retried with backoff; the CC's
+calls, never 200 waiting requests: while the NC is quiet, or nothing else is on its way (no other launch under
+way), a change goes out at once; while changes keep coming each push waits a short linger for those behind it
+(`Pacing`). A failed push is retried with backoff; the CC's
 DescribeInstances polls are the safety net if it stays unreachable. After a restart the NC sends its full list
 (`full=True`).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from common.backoff import Backoff
 from common.messages.cc_nc import Ack, InstanceInfo, NotifyInstancesRequest
@@ -23,7 +24,8 @@ MAX_BATCH = 500
 # Under load a push waits until LINGER after the previous one ended, so a launch's staging/booting/running of many
 # instances shares a few pushes (each a signed call the CC verifies) instead of one push per change. BURST pushes
 # go out at once after a quiet spell: one launch's few changes (staging, booting, running, teardown) reach the CC,
-# and the API, without waiting.
+# and the API, without waiting. Nor does a push wait when no other instance is being launched (no change is coming
+# to share it): the last running of a burst, or one launch after another.
 LINGER = 0.02
 BURST = 4
 
@@ -54,8 +56,17 @@ class Pacing:
 
 
 class Notifier:
-    def __init__(self, client: RpcClient, cc_url: str, node_id: str, snapshot: Callable[[str], InstanceInfo | None]):
+    def __init__(
+        self,
+        client: RpcClient,
+        cc_url: str,
+        node_id: str,
+        snapshot: Callable[[str], InstanceInfo | None],
+        more_coming: Callable[[Collection[str]], bool],
+    ):
+        """`more_coming(ids)`: whether instances other than `ids` are changing (being launched) here."""
         self.client, self.cc_url, self.node_id, self.snapshot = client, cc_url, node_id, snapshot
+        self.more_coming = more_coming
         self._dirty: dict[str, None] = {}
         self._full: Callable[[], list[InstanceInfo]] | None = None
         self._wake = asyncio.Event()
@@ -86,7 +97,8 @@ class Notifier:
         backoff = Backoff(0.2, 10.0)
         while True:
             await self._wake.wait()
-            if pause := self._pacing.delay():
+            pause = self._pacing.delay()
+            if pause and self.more_coming(self._dirty.keys()):
                 await asyncio.sleep(pause)
             self._wake.clear()
             full, self._full = self._full, None

@@ -136,7 +136,13 @@ class NodeControllerService(Service):
         walrus = WalrusImages(self.client, config.KOALA_WALRUS_URL)
         cache = ImageCache(self.db, config.instance_path / ".cache", config.NC_CACHE_SIZE, walrus)
         await cache.start()
-        notifier = Notifier(self.client, config.KOALA_CC_URL, self.identity.id, lambda i: self._snapshot(i))
+        notifier = Notifier(
+            self.client,
+            config.KOALA_CC_URL,
+            self.identity.id,
+            lambda i: self._snapshot(i),
+            lambda ids: self.manager is not None and self.manager.launching_besides(ids),
+        )
         manager = InstanceManager(config, self.db, self.hv, cache, notifier)
         cpus, memory_mb, hv_type = await self.hv.host()
         held_disk = 0
