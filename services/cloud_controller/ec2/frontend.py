@@ -53,7 +53,7 @@ class Frontend:
             status=405, body=body, content_type="text/xml", charset="utf-8", headers={"Allow": "GET, POST"}
         )
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         version = model.API_VERSION
@@ -95,10 +95,12 @@ class Frontend:
                 host=signed.host,
             )
             result = await entry.handler(context, parsed)
-            payload = xml.response(operation, result, request_id, version)
+            chunks = xml.response_chunks(operation, result, request_id, version)
             # The CLC's own time for the request (W3C Server-Timing), apart from the network and the client's.
             timing = {"Server-Timing": f"clc;dur={(time.perf_counter() - started) * 1000:.1f}"}
-            return web.Response(body=payload, content_type="text/xml", charset="utf-8", headers=timing)
+            if len(chunks) == 1:
+                return web.Response(body=chunks[0], content_type="text/xml", charset="utf-8", headers=timing)
+            return await _send_chunks(request, chunks, timing)
         except ConnectionError:
             raise  # the client went away mid-request: nobody to answer; the listener logs it in one line
         except Exception as err:
@@ -114,6 +116,18 @@ class Frontend:
                 content_type="text/xml",
                 charset="utf-8",
             )
+
+
+async def _send_chunks(request: web.Request, chunks: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
+    """A big answer sent as the pieces it was made in (its length said first), never joined into one buffer."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type, response.charset = "text/xml", "utf-8"
+    response.content_length = sum(len(chunk) for chunk in chunks)
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def _read_body(request: web.Request) -> bytes:

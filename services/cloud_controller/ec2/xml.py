@@ -29,7 +29,19 @@ def namespace(version: str) -> str:
     return f"http://ec2.amazonaws.com/doc/{version}/"
 
 
+CHUNK_CHARS = 1 << 15  # an answer's pieces (response_chunks): below the allocator's threshold for fresh pages
+
+
 def response(operation: OperationModel, data: dict[str, Any] | None, request_id: str, version: str) -> bytes:
+    return b"".join(response_chunks(operation, data, request_id, version))
+
+
+def response_chunks(
+    operation: OperationModel, data: dict[str, Any] | None, request_id: str, version: str
+) -> list[bytes]:
+    """The answer in pieces of about 32 KiB, to be sent one after the other: a DescribeInstances of ten thousand
+    instances is 10 MB, and making it one string and then one bytes object (fresh memory, twice its size, filled
+    page by page) took about half of the CLC's time for it."""
     name = operation.name
     out = [XML_DECL, f'<{name}Response xmlns="{namespace(version)}"><requestId>{request_id}</requestId>']
     shape = operation.output_shape
@@ -38,7 +50,16 @@ def response(operation: OperationModel, data: dict[str, Any] | None, request_id:
     elif data:
         _members(out, shape, data)
     out.append(f"</{name}Response>")
-    return "".join(out).encode()
+    chunks: list[bytes] = []
+    start = size = 0
+    for end, part in enumerate(out, 1):
+        size += len(part)
+        if size >= CHUNK_CHARS:
+            chunks.append("".join(out[start:end]).encode())
+            start, size = end, 0
+    if start < len(out):
+        chunks.append("".join(out[start:]).encode())
+    return chunks
 
 
 def error(code: str, message: str, request_id: str) -> bytes:
