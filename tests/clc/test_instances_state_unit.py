@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 
 from common.messages.cc_nc import NetConfig
 from common.messages.clc_cc import ClusterInstance
@@ -67,10 +68,20 @@ def test_reports_drive_states_and_persist(tmp_path) -> None:
         # Another zone's report does not touch this zone's instances.
         await compute.reports.apply_report("z2", [report(b.instance_id, "Extant")], full=False)
         assert b.state == "pending"
-        # What was written is what a restart finds.
+        # What was written is what a restart finds: every field as in memory (reports write only what they change).
+        public = ClusterInstance(
+            instance_id=b.instance_id,
+            state="Extant",
+            node_id="nc-2",
+            net=NetConfig(private_ip="10.0.0.6", public_ip="192.0.2.9"),
+        )
+        await compute.reports.apply_report("z1", [public], full=False)
+        assert (b.state, b.node_id, b.public_ip) == ("running", "nc-2", "192.0.2.9")
         again = await engine(tmp_path)
         assert again.store.instances[a.instance_id].state == "terminated"
         assert again.store.instances[a.instance_id].private_ip == "10.0.0.5"
+        for instance in (a, b):
+            assert asdict(again.store.instances[instance.instance_id]) == asdict(instance)
         await compute.db.close()
         await again.db.close()
 

@@ -137,6 +137,6 @@ class Reports:
             for ended_zone in {i.zone for i in ended}:
                 self.capacity.schedule_refresh(ended_zone)  # the CC gave their capacity back before it told us
         if changed:
-            await self.store.save_instances(changed)
+            await self.store.save_reported(changed)
             self.engine.changed(changed)
         return changed
