@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from common import pki
 from common.config import parse_conf, render_conf
 from common.daemon import PidFile
 from common.messages.service import DescribeServiceResponse
-from common.rpc import PeerUnreachable, RpcClient, RpcError
+from common.rpc import PeerStandingBy, PeerUnreachable, RpcClient, RpcError
 from common.signing import Identity, TrustStore
 
 ROLES = ("clc", "walrus", "cc", "nc")  # start order
@@ -40,6 +41,9 @@ ADMIN_ID = "koala-admin"
 ZONE = "zone1"
 NODE_ID = "nc-node1"
 EBS_XFS_IMAGE_GB = 100  # the zone's volume store when the state directory is on ext4 (a sparse image: grows with use)
+CLCS = ("clc", "clc2")
+# What a process of the cloud answers `koala status`: its description, a standby CLC's 503, or why it did not answer
+Answer = DescribeServiceResponse | PeerStandingBy | str
 
 
 def default_state_dir() -> Path:
@@ -100,6 +104,21 @@ class AllInOne:
     def endpoints(self) -> dict[str, Endpoint]:
         data = json.loads(self.endpoints_path.read_text())
         return {role: Endpoint(role, e["id"], e["url"], e["port"]) for role, e in data.items()}
+
+    def status_endpoints(self) -> dict[str, Endpoint]:
+        """Where `koala status` asks each process: the endpoints, except that with the CLCs' door (`--scale-out`)
+        the `clc` endpoint is the door's, and the first CLC is asked on its own port beside it."""
+        endpoints = self.endpoints()
+        if not self.conf_path(DOOR).exists() or "clc" not in endpoints:
+            return endpoints
+        door = endpoints["clc"]
+        port = int(parse_conf(self.conf_path("clc").read_text())["KOALA_CLC_PORT"].value)
+        own = Endpoint("clc", door.id, f"http://{urllib.parse.urlsplit(door.url).hostname}:{port}", port)
+        found = {}
+        for role, endpoint in endpoints.items():
+            found.update({DOOR: Endpoint(DOOR, door.id, door.url, door.port), "clc": own} if role == "clc" else
+                         {role: endpoint})  # fmt: skip
+        return found
 
     def prepare(
         self,
@@ -252,37 +271,48 @@ class AllInOne:
         identity = Identity.from_files(self.pki.cert_path(ADMIN_ID), self.pki.key_path(ADMIN_ID))
         return RpcClient(identity, TrustStore(pki.load_cert(self.pki.ca_path)), timeout=3.0, retries=1)
 
-    async def describe_all(self) -> dict[str, DescribeServiceResponse | str]:
+    async def describe_all(self) -> dict[str, Answer]:
         client = self.admin_client()
         try:
 
-            async def one(endpoint: Endpoint) -> DescribeServiceResponse | str:
+            async def one(endpoint: Endpoint) -> Answer:
                 try:
                     return await client.call(endpoint.url, "DescribeService", None, DescribeServiceResponse)
+                except PeerStandingBy as err:
+                    return err
                 except (RpcError, PeerUnreachable) as err:
                     return str(err)
 
-            endpoints = self.endpoints()
+            endpoints = self.status_endpoints()
             answers = await asyncio.gather(*(one(e) for e in endpoints.values()))
             return dict(zip(endpoints, answers, strict=True))
         finally:
             await client.close()
 
-    def wait_peers(self, timeout: float = 30.0) -> dict[str, DescribeServiceResponse | str]:
+    def wait_peers(self, timeout: float = 30.0) -> dict[str, Answer]:
         """Wait until every service reports all its peers reachable; return the last answers."""
         deadline = time.monotonic() + timeout
         while True:
             answers = asyncio.run(self.describe_all())
-            if (
-                all(
-                    isinstance(a, DescribeServiceResponse) and all(p.reachable for p in a.peers)
-                    for role, a in answers.items()
-                    if role in ROLES  # a standby CLC answers 503
-                )
-                or time.monotonic() > deadline
-            ):
+            if cloud_is_fine(answers, peers=True) or time.monotonic() > deadline:
                 return answers
             time.sleep(0.2)
+
+
+def _clc_active(answers: dict[str, Answer]) -> bool:
+    return any(isinstance(answers.get(role), DescribeServiceResponse) for role in CLCS)
+
+
+def cloud_is_fine(answers: dict[str, Answer], peers: bool = False) -> bool:
+    """Whether every process of the cloud answers (with `peers`: and reaches all its peers). A CLC standing by
+    while another one is active is fine: that is its job (services/cloud_controller/standby.py)."""
+    clc_active = _clc_active(answers)
+    for role, answer in answers.items():
+        if isinstance(answer, PeerStandingBy) and role in CLCS and clc_active:
+            continue
+        if not isinstance(answer, DescribeServiceResponse) or (peers and not all(p.reachable for p in answer.peers)):
+            return False
+    return True
 
 
 def _env_port_base() -> int | None:
@@ -666,14 +696,15 @@ def _status(args: argparse.Namespace) -> int:
     answers = asyncio.run(cloud.describe_all())
     if args.json:
         out = {}
-        for role, endpoint in cloud.endpoints().items():
+        for role, endpoint in cloud.status_endpoints().items():
             answer = answers[role]
             out[role] = {
                 "id": endpoint.id,
                 "url": endpoint.url,
                 "pid": cloud.running_pid(role),
-                "running": isinstance(answer, DescribeServiceResponse),
-                "peers": [p.model_dump() for p in answer.peers] if not isinstance(answer, str) else [],
+                "running": isinstance(answer, DescribeServiceResponse | PeerStandingBy),
+                "standby": isinstance(answer, PeerStandingBy),
+                "peers": [p.model_dump() for p in answer.peers] if isinstance(answer, DescribeServiceResponse) else [],
                 "error": answer if isinstance(answer, str) else None,
             }
         print(json.dumps(out, indent=2))
@@ -689,15 +720,18 @@ def _status(args: argparse.Namespace) -> int:
             pid = network.libvirtd(cloud.dir).running()
             if pid is not None:
                 print(f"libvirtd of the cloud: pid {pid} in {network.netns}")
-    # the services themselves (a standby CLC answers 503 by design)
-    return 0 if all(isinstance(a, DescribeServiceResponse) for role, a in answers.items() if role in ROLES) else 1
+    return 0 if cloud_is_fine(answers) else 1
 
 
-def _print_status(cloud: AllInOne, answers: dict[str, DescribeServiceResponse | str]) -> None:
-    for role, endpoint in cloud.endpoints().items():
+def _print_status(cloud: AllInOne, answers: dict[str, Answer]) -> None:
+    clc_active = _clc_active(answers)
+    for role, endpoint in cloud.status_endpoints().items():
         answer = answers.get(role)
         pid = cloud.running_pid(role)
-        if isinstance(answer, DescribeServiceResponse):
+        if isinstance(answer, PeerStandingBy):
+            where = "active elsewhere" if clc_active else "but NO CLC is active"
+            print(f"{role:7} {endpoint.id:10} {endpoint.url:28} pid {pid}  standby ({where})")
+        elif isinstance(answer, DescribeServiceResponse):
             peers = (
                 ", ".join(f"{p.id or p.url} {'reachable' if p.reachable else 'UNREACHABLE'}" for p in answer.peers)
                 or "no peers"

@@ -2,20 +2,26 @@
 
 Its guests (libvirt domains whose disks lie in the NC's instance path: other clouds' guests on the same
 libvirtd are left alone), its network (the router namespace with the cloud's libvirtd and dnsmasq, the link to
-the public pool) and its state directory's own entries. Each step is idempotent, so a purge that was interrupted
-can simply be run again.
+the public pool), its own PostgreSQL server and Ceph cluster (`--database postgresql`, `--ceph`: stopped before
+their directories go) and its state directory's own entries. Each step is idempotent, so a purge that was
+interrupted can simply be run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from cli.allinone import AllInOne
 from common.config import parse_conf
+from common.daemon import alive
 
 STATE_ENTRIES = (
     "conf",
@@ -28,7 +34,11 @@ STATE_ENTRIES = (
     "images.json",
     "network.json",
     "libvirt",
+    "ceph",
+    "postgres",
 )
+ENGINE_DIRS = ("ceph", "postgres")  # their daemons name a file in them on their command line
+ENGINE_PROGRAMS = {"ceph-mon", "ceph-mgr", "ceph-osd", "radosgw", "postgres"}
 LIBVIRT_URIS = {"kvm": "qemu:///system", "qemu": "qemu:///system", "xen": "xen:///system"}
 
 
@@ -91,6 +101,45 @@ def unmount_under(directory: Path) -> list[str]:
     return done
 
 
+def engine_processes(cloud: AllInOne) -> list[int]:
+    """The Ceph daemons and PostgreSQL servers of this cloud still running (one whose pid file was lost, say), found
+    by a path in DIR/ceph or DIR/postgres on their command line, with their children (PostgreSQL's backends)."""
+    roots = tuple(f"{cloud.dir / name}/".encode() for name in ENGINE_DIRS)
+    parents: dict[int, int] = {}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() not in ENGINE_PROGRAMS:
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(arg.startswith(roots) for arg in args):
+            found.add(int(entry.name))
+    children = {pid for pid, parent in parents.items() if parent in found}
+    return sorted(found | children)
+
+
+def stop_engines(cloud: AllInOne, timeout: float = 10.0) -> list[int]:
+    """Stop what `engine_processes` finds, by pid: SIGTERM, then SIGKILL after `timeout` s; the pids stopped.
+    `koala down` stopped them already through their pid files; this is for those it could not."""
+    pids = engine_processes(cloud)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def purge(cloud: AllInOne) -> Iterator[str]:
     guests = destroy_guests(cloud)
     if guests:
@@ -99,6 +148,9 @@ def purge(cloud: AllInOne) -> Iterator[str]:
     if network is not None:
         asyncio.run(network.teardown())
         yield f"removed network: namespace {network.netns}, links {', '.join(network.links)}"
+    stopped = stop_engines(cloud)
+    if stopped:
+        yield f"stopped leftover Ceph/PostgreSQL processes: {', '.join(map(str, stopped))}"
     for mount in unmount_under(cloud.dir):
         yield f"unmounted {mount}"
     for entry in STATE_ENTRIES:

@@ -52,6 +52,15 @@ class PeerNotReached(PeerUnreachable):
     """The peer could not even be connected to: the request never left, so nothing happened there."""
 
 
+class PeerStandingBy(RpcError):
+    """The peer answered 503 with Retry-After: a standby (a CLC while another CLC is active, standby.py), healthy by
+    design; the request goes to the active one, or here again later."""
+
+    def __init__(self, url: str, retry_after: str):
+        super().__init__(503, "ServiceUnavailable", f"{url} is standing by (503, retry after {retry_after} s)")
+        self.retry_after = retry_after
+
+
 class Empty(BaseModel):
     pass
 
@@ -209,6 +218,8 @@ class RpcClient:
                 async with self.session.get(
                     url.rstrip("/") + IDENTITY_PATH, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
                 ) as response:
+                    if response.status == 503 and "Retry-After" in response.headers:
+                        raise PeerStandingBy(url, response.headers["Retry-After"])
                     if response.status != 200:
                         raise RpcError(502, "BadIdentity", f"{url} answered {response.status} for its identity")
                     data = await response.json()

@@ -3,10 +3,12 @@ cluster of its own (DIR/ceph) and a PostgreSQL server of its own (DIR/postgres),
 two Walrus front ends. Walrus keeps object data in RADOS and its metadata in PostgreSQL (an object PUT through one
 front end is read through the other), the CLCs their state in PostgreSQL, the zone its EBS volumes as RBD images.
 The active CLC is killed (-9): the standby takes over behind the same EC2 endpoint, and serves the guests'
-metadata (the guest launched afterwards gets its SSH key from it). QEMU runs in the cloud's router namespace: the
+metadata (the guest launched afterwards gets its SSH key from it); `koala status` reports the CLC standing by as such
+(exit code 0) before, and the killed one as not running (1) after. QEMU runs in the cloud's router namespace: the
 guest gets an RBD volume attached, writes to it, and the bytes are in the image as Ceph reads them (the monitor
 and OSD listen on the host's end of the link). `koala down` stops everything; after the link is gone (as after a
-reboot) the next `koala up` puts it back before Ceph starts on it, and finds every object and volume.
+reboot) the next `koala up` puts it back before Ceph starts on it, and finds every object and volume. Then
+`koala down --purge` leaves no daemon and nothing of the state directory, Ceph's and PostgreSQL's included.
 
 The "host" is a network namespace of the test's own (tests/allinone/new_host.py): the link, the Ceph daemons and
 PostgreSQL live there, nothing of the shared machine's network changes.
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -34,6 +37,7 @@ from cli.allinone import AllInOne, qemu_installed
 from cli.ceph_local import EBS_POOL, WALRUS_POOL, CephCluster
 from cli.postgres_local import LocalPostgres
 from common.config import parse_conf
+from common.daemon import alive
 from services.cloud_controller.identity.credentials import parse_eucarc
 from tests.allinone.new_host import inside_new_host
 from tests.ceph import pool_io, rbd_images
@@ -91,6 +95,22 @@ def clc_health(port: int) -> int:
         return 0
 
 
+@dataclass
+class Status:
+    returncode: int
+    stdout: str
+    stderr: str
+    lines: dict[str, str]  # role -> its line
+
+
+def status_lines(state: Path) -> Status:
+    """`koala status`, its line for each process of the cloud."""
+    done = subprocess.run([*KOALA, "status", "--state-dir", str(state)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)  # fmt: skip
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    return Status(done.returncode, done.stdout, done.stderr, lines)
+
+
 def answers(call) -> bool:
     try:
         call()
@@ -124,6 +144,13 @@ def test_koala_up_scale_out_fails_over_and_attaches_an_rbd_volume_to_a_guest() -
             health = {role: clc_health(port) for role, port in clc_ports.items()}
             assert sorted(health.values()) == [200, 503], health
             active = next(role for role, status in health.items() if status == 200)
+            standby = next(role for role in clc_ports if role != active)
+            # `koala status`: the door and both CLCs, each at its own port, the one standing by reported so
+            status = status_lines(state)
+            assert status.returncode == 0, status.stdout + status.stderr
+            assert "standby (active elsewhere)" in status.lines[standby], status.stdout
+            assert " up " in status.lines[active] and " up " in status.lines["clc-door"], status.stdout
+            assert "BadIdentity" not in status.stdout, status.stdout
             cluster = CephCluster(state / "ceph")
             postgres = LocalPostgres(state / "postgres")
             creds = parse_eucarc(state / "eucarc")
@@ -148,9 +175,11 @@ def test_koala_up_scale_out_fails_over_and_attaches_an_rbd_volume_to_a_guest() -
 
             # The active CLC dies: the standby takes over behind the same endpoint (the door).
             os.kill(cloud.running_pid(active) or 0, signal.SIGKILL)
-            standby = next(role for role in clc_ports if role != active)
             wait_for(lambda: clc_health(clc_ports[standby]) == 200, 30, 0.2, "the standby CLC active")
             wait_for(lambda: answers(ec2.describe_availability_zones), 30, 0.5, "the EC2 API through the door")
+            status = status_lines(state)  # the cloud serves, but one of its CLCs is dead: not fine
+            assert status.returncode == 1 and "not running" in status.lines[active], status.stdout
+            assert " up " in status.lines[standby] and "standby" not in status.stdout, status.stdout
 
             # A guest in the router namespace, its metadata (the SSH key) from the CLC that took over, gets an RBD
             # volume: QEMU's rbd driver reaches the monitor and OSD.
@@ -210,7 +239,18 @@ def test_koala_up_scale_out_fails_over_and_attaches_an_rbd_volume_to_a_guest() -
             assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available"
             ec2.delete_volume(VolumeId=volume)
             wait_for(lambda: rbd_image not in rbd_images(cluster, EBS_POOL), 60, 0.3, "the image removed")
+
+            # The purge stops Ceph and PostgreSQL and removes everything `koala up` made, their directories too.
+            engines = [cluster.pid_file(name).running() for name in ("mon.a", "mgr.x", "osd.0")]
+            engines.append(postgres.running_pid())
+            assert all(engines), engines
+            purge = koala(state, "down", "--purge")
+            assert not state.exists() or not any(state.iterdir()), purge.stdout + str(list(state.iterdir()))
+            assert not [pid for pid in engines if alive(pid or 0)], purge.stdout
+            processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+            assert not [line for line in processes if str(state) in line], purge.stdout
         finally:
-            subprocess.run([*KOALA, "down", "--purge", "--state-dir", str(state)], capture_output=True, cwd=REPO,
-                           timeout=300)  # fmt: skip
+            if state.exists():  # a failure before the purge above: leave nothing behind anyway
+                subprocess.run([*KOALA, "down", "--purge", "--state-dir", str(state)], capture_output=True,
+                               cwd=REPO, timeout=300)  # fmt: skip
             shutil.rmtree(base, ignore_errors=True)

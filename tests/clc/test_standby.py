@@ -4,6 +4,7 @@ launch there exactly once, capacity accounting matching, and acknowledged change
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.error
@@ -14,6 +15,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from cli.allinone import cloud_is_fine
+from common.messages.service import DescribeServiceResponse
+from common.rpc import PeerStandingBy
 from tests.clc.compute_cloud import registered_image, wait_state
 from tests.clc.ec2_helpers import REGION, Creds, client, ec2_url, sigv4
 from tests.clc.second_clc import SecondClc, health
@@ -75,6 +79,27 @@ def test_standby_answers_503_with_retry_after(cloud, standby, alice):
     assert b"<Code>Unavailable</Code>" in caught.value.read()
     assert health(cloud.url("clc")) == 200
     assert client(cloud, alice).describe_regions()["Regions"]  # the active one answers
+
+
+def test_koala_status_reports_the_standby_as_standing_by(cloud, standby):
+    """Internal calls to a standby get PeerStandingBy (not a bad identity), which `koala status` counts as fine
+    while another CLC is active, and not when none is."""
+
+    async def describe(url: str) -> DescribeServiceResponse:
+        client = cloud.admin_client()
+        try:
+            return await client.call(url, "DescribeService", None, DescribeServiceResponse)
+        finally:
+            await client.close()
+
+    with pytest.raises(PeerStandingBy) as caught:
+        asyncio.run(describe(standby.url))
+    assert caught.value.status == 503 and int(caught.value.retry_after) > 0
+    answers = asyncio.run(cloud.aio.describe_all())
+    assert cloud_is_fine(answers) and isinstance(answers["clc"], DescribeServiceResponse)
+    assert cloud_is_fine({**answers, "clc2": caught.value})
+    assert not cloud_is_fine({**answers, "clc": caught.value})  # no CLC active
+    assert not cloud_is_fine({**answers, "clc2": "PeerNotReached: connection refused"})
 
 
 def test_kill_active_clc_during_100_concurrent_launches(cloud, standby, alice, image):
