@@ -98,8 +98,12 @@ def test_koala_up_status_down(tmp_path: Path) -> None:
         assert json.loads((state / "endpoints.json").read_text()) == endpoints
     finally:
         down = koala("down", "--state-dir", str(state))
-    assert down.returncode == 0
-    assert "stopped" in down.stdout
-    status = koala("status", "--state-dir", str(state))
-    assert status.returncode == 1
-    assert "not running" in status.stdout
+    try:
+        assert down.returncode == 0
+        assert "stopped" in down.stdout
+        status = koala("status", "--state-dir", str(state))
+        assert status.returncode == 1
+        assert "not running" in status.stdout
+    finally:  # the zone's XFS volume image stays mounted until the purge
+        purge = koala("down", "--purge", "--state-dir", str(state))
+    assert purge.returncode == 0 and not state.exists(), purge.stdout + purge.stderr
