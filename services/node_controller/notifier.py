@@ -21,11 +21,11 @@ from common.rpc import PeerUnreachable, RpcClient, RpcError
 
 log = logging.getLogger("koala.nc.notify")
 MAX_BATCH = 500
-# Under load a push waits until LINGER after the previous one ended, so the booting and running of many instances
-# share a few pushes (each a signed call the CC verifies) instead of one push per change. BURST pushes go out at
-# once after a quiet spell, so one launch's changes reach the CC, and the API, without waiting. Nor does a push wait
-# when no other instance is being launched here (no change is coming to share it): the last running of a burst, or
-# one launch after another.
+# Under load a push waits until LINGER after the previous one ended, so the running of many instances (booting is
+# not pushed) shares a few pushes (each a signed call the CC verifies) instead of one push per change. BURST pushes
+# go out at once after a quiet spell, so one launch's changes reach the CC, and the API, without waiting. Nor does a
+# push wait when no other instance is being launched here (no change is coming to share it): the last running of a
+# burst, or one launch after another.
 LINGER = 0.02
 BURST = 4
 
