@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 
 from cli.allinone import qemu_usable
 from cli.guest_image import ensure_registered
+from tests.acceptance import ssh_probe
 from tests.acceptance.world import PUBLIC, acceptance_world
 from tests.harness import Cloud
 from tests.network.topology import Topology
@@ -38,8 +39,6 @@ pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd)"),
 ]
-
-SSH_PROBE = Path(__file__).with_name("ssh_probe.py")
 
 
 class Acceptance:
@@ -150,8 +149,7 @@ def _run_and_reach(world: Acceptance, ids: list[str], key_file: Path) -> dict[st
     target = ids[0]
     public_ip = running[target].get("PublicIpAddress")
     assert public_ip and public_ip.startswith(f"{PUBLIC}."), running[target]
-    ssh = world.topology.run("pub", sys.executable, str(SSH_PROBE), public_ip, str(key_file), "hostname",
-                             check=False)  # fmt: skip
+    ssh = ssh_probe.run_in(world.topology, "pub", public_ip, key_file, "hostname")
     assert ssh.returncode == 0 and ssh.stdout.strip() == target, (
         ssh.stdout + ssh.stderr + _console(ec2, target)[-1500:] + world.topology.iptables_save("rtr")
     )

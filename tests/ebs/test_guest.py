@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from botocore.config import Config
 from cli.allinone import qemu_usable
 from cli.guest_image import ensure_registered
 from common.messages.clc_cc import NodeInfo, RegisterNodeRequest
+from tests.acceptance import ssh_probe
 from tests.acceptance.world import acceptance_world
 from tests.harness import Cloud
 from tests.network.topology import Topology
@@ -37,7 +37,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd, tgtd)"),
     pytest.mark.timeout(900),  # the first test also pays for the module's two guests booting under emulation
 ]
-SSH_PROBE = Path(__file__).resolve().parents[1] / "acceptance" / "ssh_probe.py"
 NETS = ("10.236.0.0", "10.238.0", "10.237.0")  # apart from the acceptance test's
 
 
@@ -52,8 +51,7 @@ class Guests:
     public: dict[str, str]
 
     def ssh(self, instance_id: str, command: str, check: bool = True) -> str:
-        done = self.topology.run("pub", sys.executable, str(SSH_PROBE), self.public[instance_id],
-                                 str(self.key_file), command, "120", check=False)  # fmt: skip
+        done = ssh_probe.run_in(self.topology, "pub", self.public[instance_id], self.key_file, command, 120)
         if check:
             assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout

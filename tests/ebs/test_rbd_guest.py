@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from botocore.config import Config
 from cli.allinone import qemu_usable
 from cli.ceph_local import CephCluster
 from cli.guest_image import ensure_registered
+from tests.acceptance import ssh_probe
 from tests.acceptance.world import acceptance_world
 from tests.ceph import ceph_settings, pool_io, rbd_images, unique
 from tests.harness import Cloud
@@ -36,7 +36,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, libvirtd)"),
     pytest.mark.timeout(900),
 ]
-SSH_PROBE = Path(__file__).resolve().parents[1] / "acceptance" / "ssh_probe.py"
 NETS = ("10.226.0.0", "10.228.0", "10.227.0")  # apart from the acceptance, EBS and migration tests'
 
 
@@ -51,8 +50,7 @@ class Guest:
     pool: str
 
     def ssh(self, command: str) -> str:
-        done = self.topology.run("pub", sys.executable, str(SSH_PROBE), self.address, str(self.key_file), command,
-                                 "120", check=False)  # fmt: skip
+        done = ssh_probe.run_in(self.topology, "pub", self.address, self.key_file, command, 120)
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout
 

@@ -30,6 +30,8 @@ from common.messages.migration import (
     MigrateInstancesRequest,
     MigrateInstancesResponse,
     MigrationInfo,
+    NodeMaintenance,
+    NodeRequest,
 )
 from common.messages.storage import DescribeStorageRequest, DescribeStorageResponse, StorageVolume
 from tests.migration.world import SSH_STREAM, MigrationWorld, migration_world
@@ -66,6 +68,17 @@ def guest(world: MigrationWorld) -> Iterator[str]:
         yield ids[0]
     finally:
         world.terminate(ids)
+
+
+@pytest.fixture
+def in_service(world: MigrationWorld) -> Iterator[None]:
+    """Both nodes back in service after the test, however it ended: a test that evacuates a node and fails before
+    its own restore would leave the node under maintenance, and every later test's migration to it refused
+    (NodeInMaintenance)."""
+    yield
+    for node in world.nodes.values():
+        restored = world.cc("RestoreNode", NodeRequest(node=node.id), NodeMaintenance)
+        assert restored.state == "enabled", restored
 
 
 def counters(text: str) -> list[int]:
@@ -359,6 +372,7 @@ def test_cold_migration_fallback(world: MigrationWorld, guest: str) -> None:
     assert any(f"{guest}: migrating (cold)" in node.log() for node in world.nodes.values())
 
 
+@pytest.mark.usefixtures("in_service")
 def test_evacuate_and_restore_a_node_with_three_guests(world: MigrationWorld, guest: str) -> None:
     """`koala admin evacuate NODE --wait` moves every guest off the node (live, each where the policy puts it) and
     keeps new ones away from it until `koala admin restore NODE`."""
@@ -399,6 +413,7 @@ def test_evacuate_and_restore_a_node_with_three_guests(world: MigrationWorld, gu
         world.terminate(others)
 
 
+@pytest.mark.usefixtures("in_service")
 def test_admin_pages_migrate_with_progress_evacuate_and_restore(world: MigrationWorld, guest: str) -> None:
     """The clusters page: live-migrate from its form and watch the progress (the page reloads itself while a migration
     runs), then Evacuate the node the guest went to (it comes back) and Restore it; in Debian's headless Chromium."""

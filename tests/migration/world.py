@@ -8,7 +8,6 @@ import asyncio
 import concurrent.futures
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,13 +26,13 @@ from common.messages.clc_cc import (
     NodeInfo,
     RegisterNodeRequest,
 )
+from tests.acceptance import ssh_probe
 from tests.acceptance.world import acceptance_world
 from tests.harness import Cloud, ExtraNode, free_port
 from tests.migration.hosts import TwoHosts
 from tests.network.topology import Topology
 from tests.waiting import wait_for
 
-SSH_PROBE = Path(__file__).resolve().parents[1] / "acceptance" / "ssh_probe.py"
 SSH_STREAM = Path(__file__).with_name("ssh_stream.py")
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,6 +74,9 @@ class MigrationWorld:
         for instance_id in ids:
             wait_for(lambda i=instance_id: f"KOALA-GUEST ready instance={i}" in self.console(i), 300, 1.0,
                      f"{instance_id} ready")  # fmt: skip
+            # Without its key (no DHCP answer, or no metadata) no SSH would ever get in: say so now, not at the
+            # first SSH probe, which may come long after (after a migration) and would only time out.
+            assert "KOALA-GUEST ssh-key installed" in self.console(instance_id), self.whereabouts(instance_id)
         return ids
 
     def console(self, instance_id: str) -> str:
@@ -85,10 +87,15 @@ class MigrationWorld:
         return found["PublicIpAddress"]
 
     def ssh(self, instance_id: str, command: str, timeout: float = 60) -> str:
-        done = self.topology.run("pub", sys.executable, str(SSH_PROBE), self.public_ip(instance_id),
-                                 str(self.key_file), command, str(timeout), check=False)  # fmt: skip
-        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        done = ssh_probe.run_in(self.topology, "pub", self.public_ip(instance_id), self.key_file, command, timeout)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}\n{self.whereabouts(instance_id)}"
         return done.stdout
+
+    def whereabouts(self, instance_id: str) -> str:
+        """What tells why a guest does not answer: the end of its console, the CC's log lines about it."""
+        cc = [line for line in self.cloud.log("cc").splitlines() if instance_id in line]
+        console = self.console(instance_id).splitlines()
+        return "console:\n" + "\n".join(console[-15:]) + "\nthe CC of it:\n" + "\n".join(cc[-25:])
 
     def terminate(self, ids: list[str]) -> None:
         if not ids:

@@ -17,8 +17,8 @@ from pathlib import Path
 NETTOOL = Path(__file__).with_name("nettool.py")
 
 
-def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=60)
+def sh(*argv: str, check: bool = True, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
     if check and result.returncode:
         raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
     return result
@@ -41,8 +41,10 @@ class Topology:
         self.run(role, "ip", "link", "set", "lo", "up")
         return name
 
-    def run(self, role: str, *argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", self.ns(role), *argv, check=check, input=input)
+    def run(
+        self, role: str, *argv: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.ns(role), *argv, check=check, input=input, timeout=timeout)
 
     def veth(self, a: str, a_if: str, b: str, b_if: str, mac_b: str = "") -> None:
         sh("ip", "link", "add", a_if, "netns", self.ns(a), "type", "veth", "peer", "name", b_if, "netns", self.ns(b))
