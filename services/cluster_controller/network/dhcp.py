@@ -4,6 +4,12 @@ The configuration (interfaces, subnets, options) and the host file (MAC -> addre
 A changed host file is picked up with SIGHUP; a changed configuration, or a host entry gone whose lease would keep
 its address from the next guest, restarts the daemon. The daemon runs
 detached with a pid file, so DHCP keeps working while the CC restarts, and the CC finds it again afterwards.
+
+dnsmasq drops every signal but TERM until its start-up is over, a moment after its launcher has exited and its pid
+file is there, and nothing outside it tells when that is. A host file changed in that moment (a launch right after
+the restart a termination made) was read by no one: the new guest got no DHCP answer and came up without an
+address. So a SIGHUP sent to a daemon started less than STARTUP_GRACE seconds ago is sent again once that time is
+over (reading the host file again is harmless).
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 from common.daemon import PidFile
-from common.hostcmd import Runner
+from common.hostcmd import CommandFailed, Runner
 from services.cluster_controller.network.desired import DhcpSpec
 
 log = logging.getLogger("koala.cc.network")
 LEASE_TIME = "12h"
+STARTUP_GRACE = 2.0  # seconds after a start within which dnsmasq may have ignored a SIGHUP
 
 
 def render_conf(spec: DhcpSpec, directory: Path, user: str = "root") -> str:
@@ -67,6 +75,8 @@ class DhcpServer:
     ):
         self.runner, self.dir, self.program, self.user = runner, directory, program, user
         self.start_wait = start_wait  # how long to wait for the daemon's pid file
+        self._started: tuple[int, float] | None = None  # the daemon this server started: (pid, monotonic time)
+        self._reload_again: asyncio.Task[None] | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -103,12 +113,31 @@ class DhcpServer:
             await asyncio.to_thread(_write_if_changed, self.dir / "dnsmasq.leases", backed)
         if pid is None:
             await self.runner.run([self.program, f"--conf-file={self.conf_path}"])
-            await self.pid_file.wait_running(self.start_wait)  # dnsmasq writes its pid file once it forked
+            started = await self.pid_file.wait_running(self.start_wait)  # dnsmasq writes it once it forked
+            self._started = (started, time.monotonic()) if started is not None else None
             return ["started, stale leases dropped" if stale else "started"]
         if hosts_changed:
-            await self.runner.run(["kill", "-HUP", str(pid)])
+            await self._reload(pid)
             return ["reloaded"]
         return []
+
+    async def _reload(self, pid: int) -> None:
+        """SIGHUP: dnsmasq reads its host file again; once more at the end of its start-up grace if it is young."""
+        await self.runner.run(["kill", "-HUP", str(pid)])
+        if self._started is None or self._started[0] != pid:
+            return
+        left = self._started[1] + STARTUP_GRACE - time.monotonic()
+        if left > 0 and (self._reload_again is None or self._reload_again.done()):
+            self._reload_again = asyncio.create_task(self._reload_later(pid, left), name="dhcp reload again")
+
+    async def _reload_later(self, pid: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.running_pid() != pid:
+            return  # stopped or restarted meanwhile: a new daemon read the file as it started
+        try:
+            await self.runner.run(["kill", "-HUP", str(pid)])
+        except CommandFailed as err:  # it exited just now; the next apply starts it again
+            log.warning("dnsmasq %d: reload after its start-up failed: %s", pid, err)
 
     def _backed_leases(self, spec: DhcpSpec) -> str | None:
         """The lease file without the leases no host entry backs any more, or None when there are none such.
@@ -129,4 +158,7 @@ class DhcpServer:
         return None if len(kept) == len(lines) else "".join(f"{line}\n" for line in kept)
 
     async def stop(self) -> bool:
+        if self._reload_again is not None:
+            self._reload_again.cancel()
+            self._reload_again = None
         return await self.pid_file.stop_soon(timeout=5.0)  # up to 5 s for a clean exit
