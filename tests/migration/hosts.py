@@ -40,13 +40,9 @@ class LibvirtHost:
     daemon: NamespaceLibvirtd | None = None
 
     @property
-    def socket(self) -> Path:
-        return self.dir / "sock" / "libvirt-sock"
-
-    @property
     def uri(self) -> str:
-        """How the NC (and the test) reach this libvirtd: its unix socket."""
-        return f"qemu+unix:///system?socket={self.socket}"
+        """How the NC (and the test) reach this libvirtd: its unix socket, where NamespaceLibvirtd puts it."""
+        return NamespaceLibvirtd(self.netns, self.dir).uri
 
     @property
     def tls_uri(self) -> str:
@@ -61,7 +57,6 @@ class LibvirtHost:
             qemu_conf=self.tls.qemu_conf() + f'migration_address = "{self.address}"\n',
             listen=True,
         )
-        assert self.daemon.socket == self.socket
         self.daemon.start()
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
