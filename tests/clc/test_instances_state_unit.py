@@ -166,3 +166,55 @@ def test_a_big_report_lets_requests_in_between(tmp_path) -> None:
             await compute.db.close()
 
     asyncio.run(scenario())
+
+
+def test_concurrent_reservations_share_one_transaction(tmp_path) -> None:
+    """RunInstances requests arriving together write their reservations in one transaction (group commit); one
+    that cannot be written (here a reservation id already taken) fails alone, the others are written."""
+
+    async def scenario() -> None:
+        compute = await engine(tmp_path)
+        taken = (await launch(compute, 1))[0].reservation_id
+        now = time.time()
+        reservations = [Reservation(f"r-{0x100 + n:08x}", "111111111111", "z1", created_at=now) for n in range(20)]
+        reservations[7] = Reservation(taken, "111111111111", "z1", created_at=now)
+        for n, reservation in enumerate(reservations):
+            instance = Instance(
+                instance_id=f"i-{0x100 + n:08x}", reservation_id=reservation.reservation_id, owner_id="111111111111",
+                image_id="emi-00000001", vm_type="m1.small", cores=1, memory_mb=128, disk_gb=2, zone="z1",
+                state="pending", launch_time=now, updated_at=now,
+            )  # fmt: skip
+            reservation.instance_ids.append(instance.instance_id)
+            compute.store.instances[instance.instance_id] = instance
+        transactions = 0
+        real = compute.db.transaction
+
+        def counted():  # the real transaction, counted
+            nonlocal transactions
+            transactions += 1
+            return real()
+
+        compute.db.transaction = counted  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(compute.store.save_reservation(r) for r in reservations), return_exceptions=True
+        )
+        compute.db.transaction = real  # type: ignore[method-assign]
+        failed = [n for n, result in enumerate(results) if isinstance(result, Exception)]
+        assert failed == [7]
+        assert transactions == 1 + len(reservations)  # the batch, undone, then each alone (one is at fault)
+        # Without a faulty one: all twenty in one transaction.
+        more = [Reservation(f"r-{0x200 + n:08x}", "111111111111", "z1", created_at=now) for n in range(20)]
+        transactions = 0
+        compute.db.transaction = counted  # type: ignore[method-assign]
+        await asyncio.gather(*(compute.store.save_reservation(r) for r in more))
+        compute.db.transaction = real  # type: ignore[method-assign]
+        assert transactions == 1
+        again = await engine(tmp_path)
+        written = {r.reservation_id for r in [*reservations, *more]} - {taken}
+        assert written <= set(again.store.reservations)
+        assert {f"i-{0x100 + n:08x}" for n in range(20) if n != 7} <= set(again.store.instances)
+        assert f"i-{0x107:08x}" not in again.store.instances
+        await compute.db.close()
+        await again.db.close()
+
+    asyncio.run(scenario())

@@ -7,6 +7,7 @@ event loop) and then written before anything is sent to other services.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -132,9 +133,20 @@ def _image_value(image: Image, column: str) -> object:
     return json.dumps(value) if column == "block_devices" else value
 
 
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class Store:
     def __init__(self, db: Database):
         self.db = db
+        self._unwritten: list[tuple[Reservation, asyncio.Future[None]]] = []  # save_reservation's queue
+        self._writer: asyncio.Task[None] | None = None
         self.instances: dict[str, Instance] = {}
         self.reservations: dict[str, Reservation] = {}
         self.images: dict[str, Image] = {}
@@ -194,20 +206,63 @@ class Store:
             self._index(instance)
 
     async def save_reservation(self, reservation: Reservation) -> None:
-        values = asdict(reservation)
-        values.pop("instance_ids")
-        values["groups"] = json.dumps(values["groups"])
-        values["group_ids"] = json.dumps(values["group_ids"])
+        """Write a new reservation and its instances. Reservations of concurrent RunInstances requests share one
+        transaction: those that arrive while one is being written are written together next (group commit);
+        each caller returns once its own is committed, or gets its own error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unwritten.append((reservation, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_reservations(), name="reservation writer")
+        await future
+
+    async def _write_reservations(self) -> None:
+        batch: list[tuple[Reservation, asyncio.Future[None]]] = []
+        try:
+            while self._unwritten:
+                batch, self._unwritten = self._unwritten, []
+                try:
+                    await self._insert_reservations([reservation for reservation, _ in batch])
+                except Exception as err:
+                    if len(batch) == 1:
+                        _settle(batch[0][1], err)
+                        continue
+                    for reservation, future in batch:  # one of them is at fault (the transaction is undone): alone
+                        try:
+                            await self._insert_reservations([reservation])
+                        except Exception as alone:
+                            _settle(future, alone)
+                        else:
+                            _settle(future, None)
+                    continue
+                for _, future in batch:
+                    _settle(future, None)
+        except asyncio.CancelledError:  # the CLC stops: nobody waits for ever
+            for _, future in batch + self._unwritten:
+                future.cancel()
+            self._unwritten = []
+            raise
+        finally:
+            self._writer = None
+
+    async def _insert_reservations(self, reservations: list[Reservation]) -> None:
+        rows = []
+        for reservation in reservations:
+            values = asdict(reservation)
+            values.pop("instance_ids")
+            values["groups"] = json.dumps(values["groups"])
+            values["group_ids"] = json.dumps(values["group_ids"])
+            rows.append([values[c] for c in _RESERVATION_COLUMNS])
+        instances = [self.instances[i] for r in reservations for i in r.instance_ids]
         async with self.db.transaction() as conn:
-            await conn.execute(
+            await conn.executemany(
                 f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
                 f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
-                [values[c] for c in _RESERVATION_COLUMNS],
+                rows,
             )
             await conn.executemany(
                 f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
-                [[getattr(self.instances[i], c) for c in _INSTANCE_COLUMNS] for i in reservation.instance_ids],
+                [[getattr(i, c) for c in _INSTANCE_COLUMNS] for i in instances],
             )
 
     async def save_instances(self, instances: list[Instance]) -> None:
