@@ -301,16 +301,7 @@ class Roots:
                 "size": volume.size_gb,
                 "delete_on_termination": volume.delete_on_termination,
             })  # fmt: skip
-        image = await images.register_ebs(
-            principal.account_id,
-            name,
-            description=description,
-            kernel_id=instance.kernel_id,
-            ramdisk_id=instance.ramdisk_id,
-            root_device_name=instance.root_device_name,
-            block_devices=block_devices,
-            state="pending",
-        )
+        image = await self._register_from(principal, instance, name, description, block_devices)
         state = self.image_settled(image)
         if state is not None:
             image.state = state
@@ -322,14 +313,32 @@ class Roots:
     ) -> Image:
         """The image recorded `pending` with its snapshots named (not yet taken) and the instance to reboot, then
         the instance stopped; `_advance_reboot` takes the snapshots once it is stopped and starts it again."""
-        images = self.compute.images
-        assert images is not None
         block_devices = [
             {"device": v.device, "snapshot_id": self.ebs.new_snapshot_id(), "size": v.size_gb,
              "delete_on_termination": v.delete_on_termination}
             for v in volumes
         ]  # fmt: skip
-        image = await images.register_ebs(
+        image = await self._register_from(
+            principal, instance, name, description, block_devices, reboot_instance_id=instance.instance_id
+        )  # written before the instance is stopped
+        await self.compute.stop_start.stop_now([instance], REBOOT_REASON)
+        self.ebs.wake()
+        log.info("%s: CreateImage %s: stopping it for its snapshots", instance.instance_id, image.image_id)
+        return image
+
+    async def _register_from(
+        self,
+        principal: Any,
+        instance: Instance,
+        name: str,
+        description: str,
+        block_devices: list[dict[str, Any]],
+        reboot_instance_id: str = "",
+    ) -> Image:
+        """CreateImage's image of `instance`, recorded `pending` (it settles once its snapshots have)."""
+        images = self.compute.images
+        assert images is not None
+        return await images.register_ebs(
             principal.account_id,
             name,
             description=description,
@@ -338,12 +347,8 @@ class Roots:
             root_device_name=instance.root_device_name,
             block_devices=block_devices,
             state="pending",
-            reboot_instance_id=instance.instance_id,
-        )  # written before the instance is stopped
-        await self.compute.stop_start.stop_now([instance], REBOOT_REASON)
-        self.ebs.wake()
-        log.info("%s: CreateImage %s: stopping it for its snapshots", instance.instance_id, image.image_id)
-        return image
+            reboot_instance_id=reboot_instance_id,
+        )
 
     async def _advance_reboot(self, image: Image) -> None:
         """One step of a CreateImage reboot, level-triggered (a crash anywhere resumes here): once the instance is
