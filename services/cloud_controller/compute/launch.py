@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
-from common.messages.cc_nc import MAX_USER_DATA, NetConfig, VmType
-from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
+from common.messages.cc_nc import MAX_USER_DATA, VmType
+from common.messages.clc_cc import RunInstancesRequest
 from common.rpc import PeerNotReached, PeerUnreachable, RpcError
 from services.cloud_controller.compute import bursting
 from services.cloud_controller.compute.addresses import Address, Addresses
@@ -26,6 +26,7 @@ from services.cloud_controller.compute.capacity import CapacityRefresh
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError, invalid
 from services.cloud_controller.compute.networks import Networks
+from services.cloud_controller.compute.run_request import run_request
 from services.cloud_controller.compute.store import Image, Instance, Reservation, Store
 
 if TYPE_CHECKING:
@@ -444,33 +445,15 @@ class Launcher:
     ) -> RunInstancesRequest:
         """The CC's RunInstances for a reservation's instances (`nodes`: admission's placement hints, or none)."""
         image, kernel, ramdisk = images
-        first = instances[0]
-        roots = self.engine.roots
-        volumes = roots.boot_volumes([i.instance_id for i in instances]) if roots is not None else {}
-        return RunInstancesRequest(
-            reservation_id=reservation.reservation_id,
-            owner_id=reservation.owner_id,
-            instances=[
-                InstanceLaunch(
-                    instance_id=i.instance_id,
-                    launch_index=i.launch_index,
-                    net=NetConfig(
-                        private_mac=i.private_mac, public_ip=i.public_ip, vlan=i.vlan, network_index=i.network_index
-                    ),
-                    node_id=nodes[n] if nodes else "",
-                )
-                for n, i in enumerate(instances)
-            ],
+        return run_request(
+            reservation.reservation_id,
+            instances,
+            (image.ref(), kernel.ref() if kernel else None, ramdisk.ref() if ramdisk else None),
+            vm,
+            reservation.groups,
+            self.engine.roots,
             min_count=min_count,
-            image=image.ref(),
-            kernel=kernel.ref() if kernel else None,
-            ramdisk=ramdisk.ref() if ramdisk else None,
-            vm_type=vm,
-            key_name=first.key_name,
-            ssh_public_key=first.key_material,
-            user_data=first.user_data,
-            group_names=reservation.groups,
-            boot_volumes=volumes,
+            nodes=nodes,
         )
 
     async def resend_unsent(self) -> int:

@@ -20,12 +20,13 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common import ids
-from common.messages.cc_nc import ImageRef, NetConfig, VmType
-from common.messages.clc_cc import InstanceLaunch, RunInstancesRequest
+from common.messages.cc_nc import ImageRef, VmType
+from common.messages.clc_cc import RunInstancesRequest
 from common.rpc import PeerUnreachable, RpcError
 from services.cloud_controller.compute.admission import Admission
 from services.cloud_controller.compute.cc_client import ClusterClient
 from services.cloud_controller.compute.errors import ComputeError
+from services.cloud_controller.compute.run_request import run_request
 from services.cloud_controller.compute.store import Instance, Store
 
 if TYPE_CHECKING:
@@ -191,34 +192,16 @@ class StopStart:
                 return image.ref()
             return ImageRef(id=image_id, manifest="") if image_id else None
 
-        volumes = self.engine.roots.boot_volumes([instance.instance_id]) if self.engine.roots is not None else {}
         image = ref(instance.image_id)
         assert image is not None
-        return RunInstancesRequest(
-            reservation_id=instance.run_id,
-            owner_id=instance.owner_id,
-            instances=[
-                InstanceLaunch(
-                    instance_id=instance.instance_id,
-                    launch_index=instance.launch_index,
-                    net=NetConfig(
-                        private_mac=instance.private_mac,
-                        private_ip=instance.private_ip,
-                        public_ip=instance.public_ip,
-                        vlan=instance.vlan,
-                        network_index=instance.network_index,
-                    ),
-                )
-            ],
-            image=image,
-            kernel=ref(instance.kernel_id),
-            ramdisk=ref(instance.ramdisk_id),
-            vm_type=self.engine.vm_type(instance.vm_type),
-            key_name=instance.key_name,
-            ssh_public_key=instance.key_material,
-            user_data=instance.user_data,
-            group_names=reservation.groups if reservation else [],
-            boot_volumes=volumes,
+        return run_request(
+            instance.run_id,
+            [instance],
+            (image, ref(instance.kernel_id), ref(instance.ramdisk_id)),
+            self.engine.vm_type(instance.vm_type),
+            reservation.groups if reservation else [],
+            self.engine.roots,
+            keep_private_ip=True,
         )
 
     async def _send_start(self, instance: Instance, token: Any = None) -> None:
