@@ -116,7 +116,6 @@ class World:
     """A cloud of real processes; `pids` names every process measured."""
 
     def __init__(self, base: Path, scenario: str, instances: int, ccs: int, fleet_nodes: int):
-        from tests.fleet import FLEET_PEER_POLL_SECONDS
         from tests.harness import Cloud, free_port
         from tests.nc.support import node_file
 
@@ -131,6 +130,8 @@ class World:
             # node's answer to a poll can take longer than the 5 s a real host gets, and a node taken for DOWN
             # takes its capacity away (a launch was refused: '516 of 1000 fit').
             cc_settings["KOALA_NC_TIMEOUT"] = 30
+            from tests.fleet import FLEET_PEER_POLL_SECONDS  # here: the baseline tree of `nodes` has no fleet
+
             # A CC's peer monitor calls DescribeService on each of its 250 nodes besides its health polls, which
             # already tell whether each node is there: rarely here.
             cc_settings["KOALA_PEER_POLL_SECONDS"] = FLEET_PEER_POLL_SECONDS
