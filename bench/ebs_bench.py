@@ -19,6 +19,17 @@ the same run, on the same machine load.
    as seen by DescribeVolumes, p50 over N rounds; target under 1 s. Baseline: the same export and hot-plug by hand
    (tgtadm new target + LUN + ACL on the CC's tgtd, `virsh attach-device` of the same disk XML).
 
+What bounds `direct` (measured in session 7; load 10-15 from other work on the 2 cores): QEMU's initiator
+(libiscsi) offers MaxBurstLength and FirstBurstLength 256 KiB and MaxOutstandingR2T 1, and QEMU has no option to
+change them (LIBISCSI_DEBUG=10 shows the login), so a 1 MiB write is 256 KiB of immediate data then three R2T round
+trips one after another, whatever tgtd allows; a read is one round trip but crosses QEMU's main loop, tgtd's event
+loop, a tgtd worker thread and back (strace: 3 futex hand-offs, ~10 epoll_wait and 8 writes per 1 MiB). Without a
+guest, `qemu-img bench -t none -s 1M -d 1` on the same files gave iSCSI/local 0.46x writing and 0.72x reading
+(0.47x and 0.91x at depth 4); tgtd's other backing stores did worse at depth 1 (`--bstype aio` and
+`--bsoflags direct`: 0.4-0.5x reading, O_DIRECT loses the page cache), `-t 1` and glibc's mmap threshold changed
+nothing measurable. So at one request in flight the volume is bound by round trips and hand-offs, which a loaded
+host stretches; with the guest's page cache (`buffered`) several requests are in flight and the ratio nears 0.8x.
+
 The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
 SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
 made here is removed at the end.
