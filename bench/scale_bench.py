@@ -209,6 +209,17 @@ class World:
     def stats(self) -> dict[str, dict[str, float]]:
         return {name: process_stats(pid) for name, pid in self.pids().items()}
 
+    def log_events(self) -> dict[str, int]:
+        """How often the CCs logged what slows a launch down: a node taken for DOWN, a RunInstance left in doubt
+        and sent again, an instance placed on another node."""
+        events = {"node_down": " is DOWN", "run_in_doubt_resent": "; asking ", "failed_over": ": retrying on "}
+        counts = dict.fromkeys(events, 0)
+        for path in (self.cloud.dir / "logs").glob("cc*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                for name, mark in events.items():
+                    counts[name] += mark in line
+        return counts
+
     def stop(self) -> None:
         self.cloud.stop()
 
@@ -289,6 +300,7 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
         full_polls: list[tuple[float, float, int]] = []  # (when, seconds, how many listed)
         done_at: dict[int, float] = {}
         running_count = [0]
+        curve: list[tuple[float, int]] = []  # (when, how many of those accepted are running), every 2 s
         stop = threading.Event()
         began = time.monotonic()
 
@@ -305,6 +317,8 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
                         if batches[index].get("accepted_at") is not None:
                             done_at[index] = now - began
                     running_count[0] = len(known) - len(pending)
+                    if not curve or now - began - curve[-1][0] >= 2.0:
+                        curve.append((now - began, running_count[0]))
                     if now - last_full >= 3.0:
                         listed, took, server = raw.states()
                         full_polls.append((now - began, took, server, len(listed)))
@@ -344,6 +358,7 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             time.sleep(0.2)
         stop.set()
         poller.join()
+        curve.append((time.monotonic() - began, running_count[0]))
         listed, *describe_at_full = raw.states()
         all_running_s = max(done_at.values()) if len(done_at) == len(batches) else None
         running = sum(1 for i in launched if listed.get(i) == "running")
@@ -415,6 +430,8 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             "rss_mb_idle": {name: s["rss_mb"] for name, s in before.items()},
             "rss_mb_at_full": {name: s["rss_mb"] for name, s in at_full.items()},
             "rss_mb_after_end": {name: s["rss_mb"] for name, s in after.items()},
+            "running_over_time": [[round(when, 1), n] for when, n in curve],
+            "cc_log_events": world.log_events(),
         }
     except BaseException:
         kept = Path(tempfile.mkdtemp(prefix=f"scale-{scenario}-logs-"))
