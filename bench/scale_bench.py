@@ -211,8 +211,13 @@ class World:
 
     def log_events(self) -> dict[str, int]:
         """How often the CCs logged what slows a launch down: a node taken for DOWN, a RunInstance left in doubt
-        and sent again, an instance placed on another node."""
-        events = {"node_down": " is DOWN", "run_in_doubt_resent": "; asking ", "failed_over": ": retrying on "}
+        and sent again, an instance placed on another node, a push to the CLC that failed (retried with backoff)."""
+        events = {
+            "node_down": " is DOWN",
+            "run_in_doubt_resent": "; asking ",
+            "failed_over": ": retrying on ",
+            "clc_push_failed": "cannot push ",
+        }
         counts = dict.fromkeys(events, 0)
         for path in (self.cloud.dir / "logs").glob("cc*.log"):
             for line in path.read_text(errors="replace").splitlines():
