@@ -344,8 +344,10 @@ def main() -> int:
             stack.callback(lambda: asyncio.run(volume_fs.release(volumes, SubprocessRunner())))
         cc = {"KOALA_EBS_DIR": str(volumes), "KOALA_EBS_XFS_IMAGE_GB": EBS_XFS_IMAGE_GB} if volumes else {}
         extra = {"clc": {"KOALA_EBS_POLL_SECONDS": 1}, "cc": cc}
-        with acceptance_world(work, instances, prefix="kb", extra=extra, nets=("10.246.0.0", "10.248.0",
-                                                                               "10.247.0")) as world:  # fmt: skip
+        # Networks of its own: the migration tests' (10.246/10.247/10.248) took the root namespace's route to the
+        # guests and the metadata link's address from a migration test running meanwhile on the same machine.
+        with acceptance_world(work, instances, prefix="kb", extra=extra, nets=("10.206.0.0", "10.208.0",
+                                                                               "10.207.0")) as world:  # fmt: skip
             bench = Bench(world, work, volumes)
             if not (args.skip_io and args.skip_api):
                 bench.boot()  # the snapshots alone need no guest
