@@ -124,6 +124,9 @@ class World:
         # The simulated nodes all call from 127.0.0.1, where a real fleet has an address per host: the per-address
         # connection limit (1,000, against one client's flood) is raised where the whole fleet connects.
         shared_address = {"KOALA_HTTP_MAX_CONNECTIONS_PER_PEER": 8000}
+        # The CLC and Walrus check their peers every 30 s, as the other roles here, not every second (the harness's
+        # setting for tests): the CLC's call to each CC's DescribeService brings back every node's status.
+        quiet_peers = {"KOALA_PEER_POLL_SECONDS": 30}
         cc_settings = {"NC_POLLING_FREQUENCY": 30, "KOALA_PEER_POLL_SECONDS": 30, **shared_address}
         if scenario == "fleet":
             # 250 simulated nodes share one process (and a core): while it launches hundreds of instances a
@@ -146,7 +149,8 @@ class World:
             per_node = -(-instances * 11 // 40)  # 10 % more room than instances: the admission's view lags
             ports = {f"n{i}": free_port() for i in range(4)}
             nodes = " ".join(f"127.0.0.1:{p}" for p in ports.values())
-            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra={"cc": {"NODES": nodes, **cc_settings}})
+            extra = {"cc": {"NODES": nodes, **cc_settings}, "clc": quiet_peers, "walrus": quiet_peers}
+            self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra=extra)
             self.members = []
             for name, port in ports.items():
                 data_dir = self.cloud.dir / "data" / f"nc-{name}"
@@ -174,7 +178,11 @@ class World:
             # Each zone's nodes take their ports at once after they are chosen (and the CC that lists them is
             # configured), before the cloud starts: a port found free then is taken by another program later.
             ports = fleet_ports(per_zone)
-            extra = {"cc": {"NODES": entries(ports), **cc_settings}, "walrus": shared_address}
+            extra = {
+                "cc": {"NODES": entries(ports), **cc_settings},
+                "clc": quiet_peers,
+                "walrus": {**shared_address, **quiet_peers},
+            }
             self.cloud = Cloud(base, roles=("clc", "walrus", "cc"), extra=extra)
             self.members = []
             clusters: list[ClusterProcess] = []
@@ -313,15 +321,18 @@ def measure(scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: in
             last_full = 0.0
             while not stop.is_set():
                 try:
+                    # What was accepted before the poll is in its answer if still pending; what was accepted
+                    # after it is not, and would pass for running (taken after the poll, a batch was done early).
+                    accepted = {i for i, batch in enumerate(list(batches)) if batch.get("accepted_at") is not None}
+                    known = {i: b for i, b in dict(launched).items() if b in accepted}
                     pending, took, server = raw.states({"instance-state-name": "pending"})
                     pending_polls.append((took, server))
                     now = time.monotonic()
-                    known = dict(launched)
-                    waiting = {known[i] for i in pending if i in known}
-                    for index in {b for b in known.values()} - waiting - set(done_at):
-                        if batches[index].get("accepted_at") is not None:
-                            done_at[index] = now - began
-                    running_count[0] = len(known) - len(pending)
+                    waiting_ids = [i for i in pending if i in known]
+                    waiting = {known[i] for i in waiting_ids}
+                    for index in accepted - waiting - set(done_at):
+                        done_at[index] = now - began
+                    running_count[0] = len(known) - len(waiting_ids)
                     if not curve or now - began - curve[-1][0] >= 2.0:
                         curve.append((now - began, running_count[0]))
                     if now - last_full >= 3.0:
