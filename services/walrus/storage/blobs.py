@@ -49,13 +49,16 @@ class _Crc:
         return self.value.to_bytes(4, "big")
 
 
+_HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+
+
 def make_hasher(name: str) -> Any:
     if name == "crc32":
         return _Crc(False)
     if name == "crc32c":
         return _Crc(True)
-    if name in ("md5", "sha1", "sha256"):
-        return hashlib.new(name)
+    if name in _HASHES:
+        return _HASHES[name]()  # the named constructors: hashlib.new looks the name up again each time
     raise ValueError(f"unknown hash {name}")
 
 

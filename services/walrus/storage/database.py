@@ -21,10 +21,11 @@ later commit runs (see EmbeddedBackend.open_object).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from common.db import open_db
 
 T = TypeVar("T")
 MIGRATIONS = "services.walrus.migrations"
+log = logging.getLogger("koala.walrus.storage")
 
 
 class MetadataDb:
@@ -74,6 +76,25 @@ class MetadataDb:
             raise RuntimeError("storage not started")
         await asyncio.get_running_loop().run_in_executor(syncer, _fdatasync, self.wal_path)
 
+    def call(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        """`fn(connection)` on the database thread, after every call made before it, without waiting for it (from
+        any thread; `fn` reports its own outcome)."""
+        conn, thread = self._conn, self._thread
+        if conn is None or thread is None:
+            raise RuntimeError("storage not started")
+        thread.submit(fn, conn).add_done_callback(_log_failure)
+
+    def call_syncer(self, fn: Callable[[], None]) -> None:
+        """`fn()` on the sync thread (which runs `sync`), without waiting for it (from any thread)."""
+        syncer = self._syncer
+        if syncer is None:
+            raise RuntimeError("storage not started")
+        syncer.submit(fn).add_done_callback(_log_failure)
+
+    def sync_now(self) -> None:
+        """Blocking, on the sync thread: everything committed before this call, on disk."""
+        _fdatasync(self.wal_path)
+
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read, in one trip to the database thread."""
         return await self.run(lambda conn: conn.execute(sql, args).fetchall())
@@ -90,6 +111,11 @@ class MetadataDb:
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(thread, conn.close)
         thread.shutdown(wait=False)  # idle now: its last call (the close) has finished
+
+
+def _log_failure(done: Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("metadata database call failed", exc_info=done.exception())
 
 
 def _fdatasync(path: Path) -> None:

@@ -56,7 +56,7 @@ from services.walrus.storage.base import (
 from services.walrus.storage.blobs import Blobs, new_data_id
 from services.walrus.storage.data_store import DataStore, is_inline
 from services.walrus.storage.database import MetadataDb
-from services.walrus.storage.group_commit import GroupCommit
+from services.walrus.storage.group_commit import GroupCommit, LocalGroupCommit
 from services.walrus.storage.reader import EmbeddedReader
 from services.walrus.storage.rows import (
     BUCKET_COLUMNS,
@@ -85,7 +85,7 @@ class EmbeddedBackend(StorageBackend):
         self.root = Path(root)
         self.data = DataStore(self.root, fsync, blobs)
         self.db = MetadataDb(self.root / "walrus.db")
-        self._commits = GroupCommit(self.db)
+        self._commits: GroupCommit | LocalGroupCommit = LocalGroupCommit(self.db)
         self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
         self._buckets: dict[str, BucketInfo] = {}
         self._configs: dict[tuple[str, str], str | None] = {}  # (bucket, kind) -> document, None when absent

@@ -8,6 +8,7 @@ directory), so a small object costs one trip to a thread: create, write, fsync (
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -19,11 +20,15 @@ from services.walrus.storage.blobs import BlobReader, Blobs, NewData, new_data_i
 class FileTempData(NewData):
     """A new data file at its final path, visible to no one until a metadata commit names it."""
 
-    def __init__(self, data_id: str, path: Path, hashes: tuple[str, ...], fsync: bool, inline_max: int):
+    def __init__(self, data_id: str, files: LocalFiles, hashes: tuple[str, ...], inline_max: int):
         super().__init__(data_id, hashes, inline_max)
-        self.path = path
-        self.fsync = fsync
+        self.files = files
         self._fd: int | None = None
+
+    @functools.cached_property
+    def path(self) -> Path:
+        """Computed when first needed: a small body kept in the database never has one."""
+        return self.files.path(self.data_id)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -42,7 +47,7 @@ class FileTempData(NewData):
                 rest = rest[os.write(fd, rest) :]
 
     def _make_durable(self) -> None:
-        if self.fsync:
+        if self.files.fsync:
             os.fsync(self._open())
             fsync_dir(self.path.parent)  # the new name survives a power cut too
 
@@ -91,8 +96,7 @@ class LocalFiles(Blobs):
         await asyncio.get_running_loop().run_in_executor(None, make)
 
     def new(self, hashes: tuple[str, ...], inline_max: int) -> FileTempData:
-        data_id = new_data_id()
-        return FileTempData(data_id, self.path(data_id), hashes, self.fsync, inline_max)
+        return FileTempData(new_data_id(), self, hashes, inline_max)
 
     def open(self, data_id: str) -> FileBlob:
         return FileBlob(self.path(data_id))
