@@ -70,7 +70,7 @@ def wait_ready(server: S3Server, process: subprocess.Popen, timeout: float = 60.
 
 
 @contextlib.contextmanager
-def walrus(work: Path, extra: dict | None = None) -> Iterator[S3Server]:
+def walrus(work: Path, extra: dict | None = None, name: str = "walrus") -> Iterator[S3Server]:
     work.mkdir(parents=True, exist_ok=True)
     credentials = work / "credentials.json"
     write_credentials(credentials)
@@ -79,7 +79,7 @@ def walrus(work: Path, extra: dict | None = None) -> Iterator[S3Server]:
     cloud.start()
     try:
         access, secret, _, _ = USERS["alice"]
-        yield S3Server("walrus", cloud.url("walrus"), access, secret, cloud.processes["walrus"].pid, cloud)
+        yield S3Server(name, cloud.url("walrus"), access, secret, cloud.processes["walrus"].pid, cloud)
     finally:
         cloud.stop()
 

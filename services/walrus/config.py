@@ -63,7 +63,12 @@ class WalrusConfig(CephSettings, ServiceConfig):
         description="With shared metadata: seconds between an object's data losing its last version and its "
         "removal, the time a read under way on another front end has to finish.",
     )
-    KOALA_WALRUS_FSYNC: bool = Field(True, description="fsync data and directories before acknowledging a write.")
+    KOALA_WALRUS_FSYNC: bool = Field(
+        True,
+        description="Sync a write to the disk (data files, their directory, the metadata log) before acknowledging "
+        "it, so that it survives a power cut. false: acknowledged once handed to the kernel, which survives a crash "
+        "or kill -9 of Walrus but not of the machine (what rclone serve s3 and SeaweedFS do by default).",
+    )
     KOALA_WALRUS_IMAGE_CACHE_MB: int = Field(
         20480, ge=1, description="Size cap of the decrypted-image cache in MiB (least recently used images go first)."
     )

@@ -2,12 +2,12 @@
 see blobs.py).
 
 Write path: bytes go to a new file `data/xx/<id>` under a fresh random id (hashed on the way), the file and its
-directory are fsynced, and only then does one SQLite transaction (synchronous=FULL, group-committed with the
-writes that queued meanwhile) make it a version of the key (table `versions`: a key's versions newest first).
-Until that commit no row names the file, so nobody can see it. A version's data is unlinked once its row is gone
-(a `null` version replaced, a version deleted), or later when the last reader that opened it closes it. A crash
-at any point leaves either the old or the new object; leftovers (files no row points at: uploads cut short,
-data whose unlink did not happen) are removed at start-up.
+directory are fsynced, and only then does one SQLite transaction (group-committed with the writes that queued
+meanwhile, acknowledged after an fdatasync of the log: group_commit.py) make it a version of the key (table
+`versions`: a key's versions newest first). Until that commit no row names the file, so nobody can see it. A
+version's data is unlinked once its row is gone (a `null` version replaced, a version deleted), or later when the
+last reader that opened it closes it. A crash at any point leaves either the old or the new object; leftovers (files
+no row points at: uploads cut short, data whose unlink did not happen) are removed at start-up.
 
 The parts, by job: `database.py` the SQLite connection on its thread, `group_commit.py` the batched transactions,
 `rows.py` the tables' rows, `data_store.py` the data and its life, `blobs.py` (`files.py`, `rados_data.py`) where
@@ -85,7 +85,7 @@ class EmbeddedBackend(StorageBackend):
         self.root = Path(root)
         self.data = DataStore(self.root, fsync, blobs)
         self.db = MetadataDb(self.root / "walrus.db")
-        self._commits: GroupCommit | LocalGroupCommit = LocalGroupCommit(self.db)
+        self._commits: GroupCommit | LocalGroupCommit = LocalGroupCommit(self.db, sync=fsync)
         self._meta: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
         self._buckets: dict[str, BucketInfo] = {}
         self._configs: dict[tuple[str, str], str | None] = {}  # (bucket, kind) -> document, None when absent

@@ -123,8 +123,11 @@ class LocalGroupCommit:
     woke it for every batch commit and again for every sync, with tasks and futures around each (about a tenth of
     the event loop's work in a 4 KiB PUT)."""
 
-    def __init__(self, db: MetadataDb):
+    def __init__(self, db: MetadataDb, sync: bool = True):
         self.db = db
+        # False: a commit is answered once SQLite has written it to the log, in the kernel's cache (it survives a
+        # crash of Walrus, kill -9 included, but not a power cut or a crash of the machine); no fdatasync
+        self.sync = sync
         self._lock = threading.Lock()  # guards what both threads and the loop share (the fields below)
         self._queue: Batch = []
         self._draining = False  # the database thread has a drain job
@@ -166,6 +169,9 @@ class LocalGroupCommit:
                 outcomes = _run_batch(conn, [fn for fn, _ in batch])
             except Exception as err:  # the commit itself failed: every transaction of the batch did
                 self._answer([(batch, [(False, err)] * len(batch))])
+                continue
+            if not self.sync:
+                self._answer([(batch, outcomes)])
                 continue
             with self._lock:
                 self._unsynced.append((batch, outcomes))
