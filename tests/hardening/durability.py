@@ -68,13 +68,16 @@ def ec2_client(cloud: Cloud):
     return boto3.client("ec2", endpoint_url=cloud.url("clc"), **_options(cloud))
 
 
-def _kill_loop(cloud: Cloud, roles: list[str], seconds: float, every: float, stop: threading.Event) -> int:
-    """Kill -9 and restart `roles` in turn every `every` seconds (jittered) for `seconds`; the number of kills."""
+def _kill_loop(
+    cloud: Cloud, roles: list[str], seconds: float, every: float, stop: threading.Event, min_kills: int = 0
+) -> int:
+    """Kill -9 and restart `roles` in turn every `every` seconds (jittered) for `seconds`, and on until at least
+    `min_kills` kills (a restart on a loaded machine can take most of the run); the number of kills."""
     rng = random.Random()
     kills, deadline = 0, time.monotonic() + seconds
     while True:
         pause = every * (0.5 + rng.random())
-        if time.monotonic() + pause > deadline:
+        if time.monotonic() + pause > deadline and kills >= min_kills:
             time.sleep(max(deadline - time.monotonic(), 0))
             break
         time.sleep(pause)
@@ -99,7 +102,9 @@ def _retry(action: Callable[[], object], seconds: float = 60.0) -> object:
             time.sleep(0.2)
 
 
-def s3_under_kills(cloud: Cloud, seconds: float, every: float, writers: int = 4, bucket: str = "durable") -> Figures:
+def s3_under_kills(
+    cloud: Cloud, seconds: float, every: float, writers: int = 4, bucket: str = "durable", min_kills: int = 0
+) -> Figures:
     figures = Figures()
     s3 = s3_client(cloud)
     data_dir = cloud.dir / "data" / "walrus" / "objects" / "data"
@@ -131,7 +136,7 @@ def s3_under_kills(cloud: Cloud, seconds: float, every: float, writers: int = 4,
     with ThreadPoolExecutor(writers) as pool:
         for number in range(writers):
             pool.submit(writer, number)
-        figures.kills = _kill_loop(cloud, ["walrus"], seconds, every, stop)
+        figures.kills = _kill_loop(cloud, ["walrus"], seconds, every, stop, min_kills)
     # One more crash after the last acknowledgement, then every object is read back.
     cloud.kill("walrus")
     cloud.start("walrus")
@@ -188,7 +193,9 @@ def _instance_dirs(cloud: Cloud) -> list[Path]:
     return [d for d in root.glob("*/i-*") if d.is_dir()] if root.exists() else []
 
 
-def launches_under_kills(cloud: Cloud, image: str, seconds: float, every: float, launchers: int = 2) -> Figures:
+def launches_under_kills(
+    cloud: Cloud, image: str, seconds: float, every: float, launchers: int = 2, min_kills: int = 0
+) -> Figures:
     figures = Figures()
     acked: set[str] = set()
     lock = threading.Lock()
@@ -214,7 +221,7 @@ def launches_under_kills(cloud: Cloud, image: str, seconds: float, every: float,
     with ThreadPoolExecutor(launchers) as pool:
         for _ in range(launchers):
             pool.submit(launcher)
-        figures.kills = _kill_loop(cloud, ["clc", "cc", "nc"], seconds, every, stop)
+        figures.kills = _kill_loop(cloud, ["clc", "cc", "nc"], seconds, every, stop, min_kills)
     figures.acknowledged = len(acked)
     ec2 = ec2_client(cloud)
     known = _retry(lambda: _live(ec2))
