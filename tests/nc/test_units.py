@@ -13,7 +13,6 @@ import pytest
 from common.decrypted_images import ImageFetchError, split_manifest
 from common.messages.cc_nc import ImageRef, NetConfig, RunInstanceRequest, VmType
 from services.node_controller import configdrive, resources
-from services.node_controller.notifier import Pacing
 
 
 def request(**fields) -> RunInstanceRequest:
@@ -83,23 +82,3 @@ def test_manifest_locations() -> None:
     for bad in ("", "bucket", "/bucket/", "bucket/"):
         with pytest.raises(ImageFetchError):
             split_manifest(bad)
-
-
-def test_push_pacing_quiet_then_busy() -> None:
-    """A quiet NC pushes at once (a launch's few changes reach the CC unhindered); continuous changes wait a
-    linger after each push; quiet time earns the burst back, never more than the burst."""
-    now = [100.0]
-    pacing = Pacing(burst=3, interval=0.02, clock=lambda: now[0])
-    for _ in range(3):  # the burst: no wait
-        assert pacing.delay() == 0.0
-        now[0] += 0.005  # the push's own time earns nothing
-        pacing.done()
-    assert pacing.delay() == pytest.approx(0.02)  # the burst is spent: right after a push, a full linger
-    now[0] += 0.02 + 0.005
-    pacing.done()
-    now[0] += 0.01
-    assert pacing.delay() == pytest.approx(0.01)  # half a linger of quiet since: the other half
-    now[0] += 0.02
-    pacing.done()
-    now[0] += 60.0  # a quiet minute earns back the burst and no more
-    assert [pacing.delay() for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(0.02)]
