@@ -214,7 +214,8 @@ async def put_object(ctx: Ctx) -> web.Response:
     except BaseException:
         await data.abort()
         raise
-    spec = dataclasses.replace(spec, checksums=checksums)
+    if checksums:
+        spec = dataclasses.replace(spec, checksums=checksums)
     info = await commit(ctx, data, spec)
     headers = {"ETag": f'"{info.etag}"', **_checksum_headers(checksums), **version_headers(bucket, info)}
     return web.Response(headers=headers)
