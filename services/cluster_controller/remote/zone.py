@@ -55,6 +55,7 @@ FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled
 BUSY_MAX = 2.0  # longest wait between polls while instances are starting or going
 HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at the fast rate without backing off
 # (most guests change state within this time; a backoff from the first poll would see the change late).
+PROBE_BATCH = 200  # starting instances asked about in one DescribeInstances (by id)
 
 
 class RemoteZone:
@@ -82,6 +83,7 @@ class RemoteZone:
         self._failures = 0
         self._tasks = TaskSet(log)
         self._wake = asyncio.Event()
+        self._started = asyncio.Event()  # a remote RunInstances answered: the start watch polls from the fast rate
         self._busy_until = self._hot_until = 0.0
         self._sweep_due = 0.0
         self._unsynced: set[str] = set()  # networks whose rules changed since their remote group was last set
@@ -143,6 +145,8 @@ class RemoteZone:
         for instance in unfinished:
             self._spawn(self._dispatch(instance), f"redispatch {instance.instance_id}")
         self._spawn(self._poll_loop(), "remote poll")
+        self._spawn(self._watch_starts(), "remote start watch")
+        self._started.set()  # instances that were starting when the CC stopped
         self._spawn(
             purge_ended(self.instances, self.config.KOALA_TEARDOWN_RETENTION, self.store.reservations), "remote purge"
         )
@@ -277,7 +281,7 @@ class RemoteZone:
             raise
         self._poke()
         for instance in chosen:
-            self._spawn(self._dispatch(instance), f"dispatch {instance.instance_id}")
+            self._spawn(self._dispatch(instance, spec), f"dispatch {instance.instance_id}")
         log.info(
             "reservation %s: %d instances of %s on their way to %s",
             request.reservation_id,
@@ -311,7 +315,7 @@ class RemoteZone:
         remote group, and the remote instance is in all of them."""
         return [f"{spec.owner_id}-{group}" for group in dict.fromkeys(spec.group_names or ["default"])]
 
-    async def _dispatch(self, instance: RemoteInstance) -> None:
+    async def _dispatch(self, instance: RemoteInstance, known: LaunchSpec | None = None) -> None:
         """Start the instance remotely, trying again with backoff (and the same ClientToken, so never twice) while
         the remote does not answer, for KOALA_REMOTE_LAUNCH_DEADLINE seconds after the launch."""
         async with self._sweep_lock:  # no sweep deletes its key pair or group between their check and its launch
@@ -323,7 +327,8 @@ class RemoteZone:
                     self._end(instance, "terminated before it started")
                     await self.store.save([instance])
                     return
-                spec = await self.store.reservations.spec(instance.reservation_id)
+                # The launch's own spec as the CLC sent it (written already), or after a restart the stored one.
+                spec = known or await self.store.reservations.spec(instance.reservation_id)
                 if spec is None:
                     self._end(instance, "failed: its launch specification was lost")
                     await self.store.save([instance])
@@ -400,6 +405,7 @@ class RemoteZone:
         await self.store.save([instance])
         log.info("%s: remote instance %s (%s)", instance.instance_id, instance.remote_id, instance.remote_state)
         self._poke()  # its state changes from now on: poll from the fast rate again
+        self._started.set()
         if instance.terminating:  # asked to go while the launch was in flight
             await self._terminate_remote([instance])
 
@@ -519,8 +525,10 @@ class RemoteZone:
                             self._changed(instance)
                 self._failures, self.last_error = 0, ""
                 failing.reset()
+                # Starting instances with a remote id are the start watch's; this loop hurries for the rest.
                 busy = time.monotonic() < self._busy_until and any(
-                    i.live and (i.state == "Pending" or i.terminating) for i in self.instances.values()
+                    i.live and ((i.state == "Pending" and not i.remote_id) or i.terminating)
+                    for i in self.instances.values()
                 )
                 if changed or (busy and time.monotonic() < self._hot_until):
                     delay = fast
@@ -532,6 +540,54 @@ class RemoteZone:
                 await asyncio.wait_for(self._wake.wait(), delay)
             if self._wake.is_set():
                 delay = fast
+
+    def _starting(self) -> list[RemoteInstance]:
+        return [
+            i for i in self.instances.values() if i.live and i.state == "Pending" and i.remote_id and not i.terminating
+        ]
+
+    async def _watch_starts(self) -> None:
+        """While instances are starting remotely, one DescribeInstances of just those (by id) every
+        KOALA_REMOTE_POLL_SECONDS for HOT_FOR after the latest remote launch, then backing off by half again up to
+        BUSY_MAX until FAST_WHILE: a guest's change to running reaches the CLC within one short wait, without a
+        full sync (which goes on at its own pace: reconciliation, terminations, groups, and the instances still
+        starting after FAST_WHILE)."""
+        fast = self.config.KOALA_REMOTE_POLL_SECONDS
+        while True:
+            await self._started.wait()
+            self._started.clear()
+            delay = fast
+            while time.monotonic() < self._busy_until and (starting := self._starting()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._started.wait(), delay)
+                if self._started.is_set():
+                    self._started.clear()
+                    delay = fast
+                try:
+                    changed = await self._probe(starting[:PROBE_BATCH])
+                except RemoteRefused:
+                    changed = []  # one of them unknown remotely: the full sync asks each and ends the lost one
+                    delay = max(delay, BUSY_MAX)
+                except RemoteUnavailable:
+                    changed = []  # the poll loop counts the failures and backs off; so does this watch
+                    delay = max(delay, BUSY_MAX)
+                else:
+                    hot = time.monotonic() < self._hot_until
+                    delay = fast if hot else min(delay * 1.5, max(BUSY_MAX, fast))
+                if changed:
+                    await self.store.save(changed)
+
+    async def _probe(self, instances: list[RemoteInstance]) -> list[RemoteInstance]:
+        """The remote's view of these instances, applied; the ones whose reported state changed."""
+        by_remote = {i.remote_id: i for i in instances}
+        answer = await self.ec2.call("DescribeInstances", {"InstanceIds": list(by_remote)})
+        changed = []
+        for reservation in answer.get("Reservations") or []:
+            for item in reservation.get("Instances") or []:
+                instance = by_remote.get(item.get("InstanceId", ""))
+                if instance is not None and instance.live and self._apply_remote(instance, item):
+                    changed.append(instance)
+        return changed
 
     async def sync(self) -> bool:
         """One pass: the remote's instances tagged with this cloud against the local records; True if anything
