@@ -105,3 +105,4 @@ def install_netsync(clc: CloudControllerService, compute: Compute) -> None:
             await netsync.group_changed(owner_id, name)
 
     groups.listeners.append(changed)
+    clc.clusters.listeners.append(netsync.forget_zone)
