@@ -502,6 +502,16 @@ class RemoteZone:
                 if instance.live:
                     self._changed(instance)
 
+    def _note_success(self) -> None:
+        """The remote answered a poll (the full sync or the start watch's): it is offered to launches again."""
+        if not self.reachable:
+            log.info("remote %s answers again", self.config.KOALA_REMOTE_ENDPOINT)
+            self.reachable = True
+            for instance in self.instances.values():
+                if instance.live:
+                    self._changed(instance)
+        self._failures, self.last_error = 0, ""
+
     async def _poll_loop(self) -> None:
         """Poll at KOALA_REMOTE_POLL_SECONDS after a change, backing off while nothing changes: by half again up to
         BUSY_MAX while instances are on their way (starting or going), doubling up to KOALA_REMOTE_POLL_MAX when
@@ -517,13 +527,7 @@ class RemoteZone:
                 self._note_failure(err)
                 delay = failing.next_delay()
             else:
-                if not self.reachable:
-                    log.info("remote %s answers again", self.config.KOALA_REMOTE_ENDPOINT)
-                    self.reachable = True
-                    for instance in self.instances.values():
-                        if instance.live:
-                            self._changed(instance)
-                self._failures, self.last_error = 0, ""
+                self._note_success()
                 failing.reset()
                 # Starting instances with a remote id are the start watch's; this loop hurries for the rest.
                 busy = time.monotonic() < self._busy_until and any(
@@ -572,6 +576,7 @@ class RemoteZone:
                     changed = []  # the poll loop counts the failures and backs off; so does this watch
                     delay = max(delay, BUSY_MAX)
                 else:
+                    self._note_success()
                     hot = time.monotonic() < self._hot_until
                     delay = fast if hot else min(delay * 1.5, max(BUSY_MAX, fast))
                 if changed:
