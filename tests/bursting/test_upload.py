@@ -137,6 +137,7 @@ def test_launches_upload_the_image_once_and_a_kill_9_mid_upload_resumes(world, z
     assert stored and manifest not in stored  # killed mid-upload: parts without their manifest
 
     zone.cc.start()
+    world.wait_zone(ZONE, vm_type=VM)  # the CLC's view of the zone, down while its CC was, is fresh again
     running = wait_state(ec2, [first, second], {"running"}, timeout=60)
     images = zone.remote_images()
     # Machine, kernel and ramdisk: each uploaded and registered once, in its own bucket, of its own kind.
@@ -197,6 +198,7 @@ def test_a_kill_9_after_the_remote_registered_the_image_leaves_one_image(world, 
     zone.cc.kill()
     zone.ec2_proxy.release()
     zone.cc.start()
+    world.wait_zone(ZONE, vm_type=VM)  # the CLC's view of the zone, down while its CC was, is fresh again
     wait_state(ec2, [launched], {"running"}, timeout=60)
     registered = [i for b, i in zone.remote_images().items() if b.endswith(image)]
     assert len(registered) == 1  # the one the remote made before the crash, found again, not a second
