@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -206,6 +207,13 @@ def main() -> int:
     args = parser.parse_args()
     rounds, seconds = (2, 3) if args.quick else (4, 5)
     work = Path(tempfile.mkdtemp(prefix="walrus-compare-"))
+    try:
+        return compare(args, rounds, seconds, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the servers' data: over 2 GB after a full run
+
+
+def compare(args: argparse.Namespace, rounds: int, seconds: int, work: Path) -> int:
     results: dict[str, object] = {}
     with contextlib.ExitStack() as stack:
         walrus = stack.enter_context(s3_servers.walrus(work / "walrus"))
