@@ -90,13 +90,7 @@ class GroupCommit:
             await self._durable(number)
         except Exception as err:  # the disk failed: committed, but nobody may count on it
             outcomes = [(False, err)] * len(batch)
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        _settle([(batch, outcomes)])
 
     async def _durable(self, number: int) -> None:
         """Wait until batch `number` is on disk, starting a sync (that covers every batch committed by then) when
