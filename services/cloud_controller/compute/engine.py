@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -358,18 +358,10 @@ class Compute:
 
     # --- what the parts share ---------------------------------------------------------------------------
     def changed(self, instances: list[Instance]) -> None:
-        for listener in self.on_change:
-            try:
-                listener(instances)
-            except Exception:  # a listener never breaks state handling
-                log.exception("state listener failed")
+        _notify(self.on_change, instances, "state")
 
     def applied(self, instances: list[Instance]) -> None:
-        for listener in self.on_applied:
-            try:
-                listener(instances)
-            except Exception:  # a listener never breaks state handling
-                log.exception("applied listener failed")
+        _notify(self.on_applied, instances, "applied")
 
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine as a task the engine owns (cancelled at stop; a failure is logged, never lost)."""
@@ -383,3 +375,12 @@ class Compute:
                 log.error("background task failed", exc_info=finished.exception())
 
         task.add_done_callback(done)
+
+
+def _notify(listeners: Iterable[Callable[[list[Instance]], Any]], instances: list[Instance], what: str) -> None:
+    """Tell each listener of `instances`; a listener that fails is logged and never breaks state handling."""
+    for listener in listeners:
+        try:
+            listener(instances)
+        except Exception:
+            log.exception("%s listener failed", what)
