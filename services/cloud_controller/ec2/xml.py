@@ -83,12 +83,27 @@ def members_xml(shape: Shape, data: dict[str, Any]) -> Prebuilt:
 
 class _Plan:
     """What serializing a shape reads of botocore's model, read once: its kind; a structure's members (key ->
-    element name, member plan); a list's item element name, item plan and flattening; a map's key and value."""
+    element name, member plan); a list's item element name, item plan and flattening; a map's key and value.
+    The sub-plans are made when the plan is first used (`complete`), not with it: EC2's shapes nest deeply
+    (DescribeInstances' Instance alone has dozens of members), and a plan of the whole tree, built up front, cost
+    a fresh CLC's first answer a millisecond even when that answer was empty."""
 
-    __slots__ = ("flattened", "item", "item_tag", "key", "key_tag", "kind", "members", "shape", "value", "value_tag")
+    __slots__ = (
+        "done",
+        "flattened",
+        "item",
+        "item_tag",
+        "key",
+        "key_tag",
+        "kind",
+        "members",
+        "shape",
+        "value",
+        "value_tag",
+    )
 
     def __init__(self, shape: Shape):
-        self.shape, self.kind = shape, shape.type_name
+        self.shape, self.kind, self.done = shape, shape.type_name, False
         self.members: dict[str, tuple[str, _Plan]] = {}
         if self.kind == "list":
             member: Any = getattr(shape, "member")  # noqa: B009 (a ListShape's, typed on the subclass)
@@ -100,8 +115,9 @@ class _Plan:
             self.key_tag = key.serialization.get("name", "key")
             self.value_tag = value.serialization.get("name", "value")
 
-    def complete(self) -> _Plan:
-        """Sub-plans filled in after this plan is registered (shapes may contain themselves)."""
+    def complete(self) -> None:
+        """The sub-plans, one level down (each completed in turn when it is first used; shapes may contain
+        themselves)."""
         shape: Any = self.shape
         if self.kind == "structure":
             self.members = {
@@ -111,7 +127,7 @@ class _Plan:
             self.item = _plan(shape.member)
         elif self.kind == "map":
             self.key, self.value = _plan(shape.key), _plan(shape.value)
-        return self
+        self.done = True
 
 
 # By id of the shape, the shape kept in the plan (so the id is never another's): the model's shapes live as long
@@ -124,7 +140,7 @@ def _plan(shape: Shape) -> _Plan:
     if plan is not None and plan.shape is shape:
         return plan
     plan = _PLANS[id(shape)] = _Plan(shape)
-    return plan.complete()
+    return plan
 
 
 def _members(out: list[str], shape: Shape, data: dict[str, Any]) -> None:
@@ -132,6 +148,8 @@ def _members(out: list[str], shape: Shape, data: dict[str, Any]) -> None:
 
 
 def _plan_members(out: list[str], plan: _Plan, data: dict[str, Any]) -> None:
+    if not plan.done:
+        plan.complete()
     members = plan.members
     for key, value in data.items():
         if value is None:
@@ -155,6 +173,8 @@ def _element(out: list[str], tag: str, shape: Shape, value: Any) -> None:
 
 def _plan_element(out: list[str], tag: str, plan: _Plan, value: Any) -> None:
     kind = plan.kind
+    if not plan.done and kind in ("list", "map"):
+        plan.complete()
     if kind == "structure" and isinstance(value, Prebuilt):
         out.append(f"<{tag}>{value}</{tag}>")
     elif kind == "structure":
