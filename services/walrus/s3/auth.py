@@ -270,6 +270,9 @@ class _Presigned:
 
 
 _presigned: dict[tuple[str, ...], _Presigned] = {}  # (method, path, query, host, payload header) -> its check
+# Only downloads are remembered: a URL fetched again is how one object is served to many, while an upload URL is
+# used once, and remembering each (its query alone is half a KiB) grew a busy Walrus by 5 MB for nothing.
+_REUSED_METHODS = frozenset({"GET", "HEAD"})
 
 
 async def _presigned_again(ctx: Ctx, memo_key: tuple[str, ...]) -> bool:
@@ -303,7 +306,8 @@ async def _sigv4_query(ctx: Ctx) -> None:
         headers.get("Host", ""),
         headers.get("x-amz-content-sha256", ""),
     )
-    if await _presigned_again(ctx, memo_key):
+    reused = ctx.request.method in _REUSED_METHODS
+    if reused and await _presigned_again(ctx, memo_key):
         return
     query = ctx.query
     if query.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
@@ -355,7 +359,7 @@ async def _sigv4_query(ctx: Ctx) -> None:
         "X-Amz-Signature",
         stamp,
     )
-    if signed_headers == "host" and ctx.signing is not None:  # the key above names everything the check covered
+    if reused and signed_headers == "host" and ctx.signing is not None:  # the key names all the check covered
         if len(_presigned) >= VERIFIED_ENTRIES:
             _presigned.clear()
         creds = await ctx.app.keys.resolve(access_key)
