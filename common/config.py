@@ -92,6 +92,12 @@ class ServiceConfig(BaseModel):
     KOALA_BIND: str = Field("127.0.0.1", description="Address to listen on.")
     KOALA_LOG_LEVEL: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     KOALA_PEER_POLL_SECONDS: float = Field(10.0, gt=0, description="How often peers are checked when healthy.")
+    KOALA_LOOP_STALL_MS: float = Field(
+        0.0,
+        ge=0,
+        description="Log each time the event loop was held (or the process kept off a CPU) this many ms or more, "
+        "and full garbage collections as long; 0: off.",
+    )
     KOALA_HTTP_MAX_CONNECTIONS: int = Field(
         8192, gt=0, description="Open connections at most; more are answered 503 (kept below the descriptor limit)."
     )

@@ -21,6 +21,7 @@ from common.backoff import Backoff
 from common.config import ConfigError, ServiceConfig
 from common.http_site import ConnectionGuard, HttpSite, Limits, install_exhaustion_handler, json_error
 from common.logs import setup_logging
+from common.loop_monitor import LoopMonitor
 from common.messages.service import DescribeServiceResponse, PeerStatus
 from common.rpc import Caller, PeerUnreachable, RpcClient, RpcError, RpcServer
 from common.signing import Identity, TrustStore
@@ -238,11 +239,17 @@ def run_until_stopped(name: str, main: Callable[[], object], refused: Sequence[t
 
 
 async def serve_forever(service: Service) -> None:
+    stall = service.config.KOALA_LOOP_STALL_MS
+    monitor = LoopMonitor(stall / 1000) if stall else None
+    if monitor is not None:
+        monitor.start()
     runner = await service.start()
     stop = stop_on_signals()
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     await service.stop(runner)
+    if monitor is not None:
+        await monitor.stop()
     log.info("stopped")
 
 
