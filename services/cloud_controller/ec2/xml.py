@@ -189,14 +189,12 @@ def _plan_element(out: list[str], tag: str, plan: _Plan, value: Any) -> None:
             return
         item_tag = plan.item_tag
         out.append(f"<{tag}>")
-        # Serialized structures go in as they are, not copied into a new string each (a DescribeInstances of
-        # ten thousand instances is ten megabytes of them).
-        prebuilt = (f"<{item_tag}>", f"</{item_tag}>") if item.kind == "structure" else None
-        for entry in value:
-            if prebuilt is not None and isinstance(entry, Prebuilt):
-                out += (prebuilt[0], entry, prebuilt[1])
-            elif entry is not None:
-                _plan_element(out, item_tag, item, entry)
+        if item.kind == "structure" and value and all(isinstance(entry, Prebuilt) for entry in value):
+            _prebuilt_items(out, item_tag, value)
+        else:
+            for entry in value:
+                if entry is not None:
+                    _plan_element(out, item_tag, item, entry)
         out.append(f"</{tag}>")
     elif kind == "map":
         out.append(f"<{tag}>")
@@ -208,6 +206,17 @@ def _plan_element(out: list[str], tag: str, plan: _Plan, value: Any) -> None:
         out.append(f"</{tag}>")
     else:
         out.append(f"<{tag}>{_scalar(kind, value)}</{tag}>")
+
+
+def _prebuilt_items(out: list[str], item_tag: str, items: list[Prebuilt]) -> None:
+    """Serialized structures joined with their item tags a group at a time, each group about CHUNK_CHARS: a
+    DescribeInstances of ten thousand instances is ten megabytes of them, and adding three parts to `out` for each
+    instance, then walking those parts again to cut the answer's pieces, was a third of its time."""
+    opening, closing = f"<{item_tag}>", f"</{item_tag}>"
+    between = closing + opening
+    per_group = max(1, CHUNK_CHARS // max(1, len(items[0])))
+    for start in range(0, len(items), per_group):
+        out.append(opening + between.join(items[start : start + per_group]) + closing)
 
 
 def _scalar(kind: str, value: Any) -> str:
