@@ -435,6 +435,8 @@ def _fragments(
     lease_of = leases_of(engine)
     reservations = engine.store.reservations
     codes_of: dict[str, list[str]] = {}  # by image: the same few images for thousands of instances
+    # Most instances have no volumes attached (instance-store): only the others are asked for theirs.
+    with_volumes = engine.roots.with_volumes() if engine.roots is not None else ()
     for instance in instances:
         reservation = reservations.get(instance.reservation_id)
         if reservation is None:
@@ -442,9 +444,10 @@ def _fragments(
         codes = codes_of.get(instance.image_id)
         if codes is None:
             codes = codes_of[instance.image_id] = product_codes(engine, instance)
-        lease = lease_of.get(instance.instance_id, "")
-        volumes = volumes_of(engine, instance)
-        yield reservation, _cached_xml(instance, reservation, tag_sets.get(instance.instance_id), codes, lease, volumes)
+        instance_id = instance.instance_id
+        lease = lease_of.get(instance_id, "")
+        volumes = volumes_of(engine, instance) if instance_id in with_volumes else None
+        yield reservation, _cached_xml(instance, reservation, tag_sets.get(instance_id), codes, lease, volumes)
 
 
 async def _serialize(engine: Compute, instances: list[Instance]) -> None:

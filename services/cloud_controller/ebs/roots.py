@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Collection
 from typing import Any
 
 from common.messages.cc_nc import LaunchVolume
@@ -228,6 +229,10 @@ class Roots:
         for volumes in found.values():
             volumes.sort(key=lambda v: (not v.root, v.device))
         return found
+
+    def with_volumes(self) -> Collection[str]:
+        """The ids of the instances that have volumes attached (`devices` finds none for the others)."""
+        return self._by_instance().keys()
 
     def devices(self, instance: Instance) -> list[Volume]:
         """The volumes attached to an instance (for DescribeInstances' BlockDeviceMappings), by device."""
