@@ -113,9 +113,10 @@ class CloudControllerService(Service):
             self.config.KOALA_REGION,
             self.cloud_cert_pem,
         )
-        # What start-up made (botocore's EC2 model, the loaded records, the modules) lives as long as the process:
-        # out of the garbage collector's way. Each full collection walked it all again, about 20 ms on a quiet
-        # machine, inside whichever request it fell in (a DescribeInstances of 10,000 during a big launch).
+        # What start-up made (botocore's EC2 model, the modules, the loaded records) mostly lives as long as the
+        # process: out of the garbage collector's way. Each full collection walked it all again, about 20 ms on a
+        # quiet machine, inside whichever request it fell in (a DescribeInstances of 10,000 during a big launch).
+        # A frozen record that ends is still freed by reference counting (records hold no cycles).
         ec2_model.service_model()
         gc.freeze()
 
