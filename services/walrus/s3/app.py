@@ -24,6 +24,7 @@ from services.walrus.storage import StorageBackend, StorageError
 
 log = logging.getLogger("koala.walrus.s3")
 MAX_HEADER_BYTES = 16 << 10  # all headers together; user metadata has its own 2 KiB limit
+_READS = frozenset({"GET", "HEAD"})  # requests whose (bucket, key) is remembered by its path (routing.locate)
 
 
 _REQUEST_PREFIX = secrets.token_hex(4).upper()  # this process's; a counter numbers its requests
@@ -135,7 +136,7 @@ class S3App:
             if header_bytes > MAX_HEADER_BYTES:
                 raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=MAX_HEADER_BYTES)
             raw_path, _, raw_query = routing.origin_form(request.raw_path).partition("?")
-            bucket, key = routing.locate(raw_path, request.host, self.domains)
+            bucket, key = routing.locate(raw_path, request.host, self.domains, request.method in _READS)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
             ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
             if "Origin" in request.headers:  # only a page on another origin gets CORS headers

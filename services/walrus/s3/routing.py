@@ -71,12 +71,15 @@ def host_bucket(host: str, domains: tuple[str, ...]) -> str:
 _located: dict[tuple[str, str, tuple[str, ...]], tuple[str, str]] = {}  # (path, host, domains) -> (bucket, key)
 
 
-def locate(raw_path: str, host: str, domains: tuple[str, ...]) -> tuple[str, str]:
-    """(bucket, key) from the raw (still percent-encoded) path and the Host header."""
+def locate(raw_path: str, host: str, domains: tuple[str, ...], remember: bool = True) -> tuple[str, str]:
+    """(bucket, key) from the raw (still percent-encoded) path and the Host header; remembered when `remember`
+    (paths read again and again; a PUT's path is most often new, and remembering each held 1.5 MB for nothing)."""
     memo_key = (raw_path, host, domains)
     found = _located.get(memo_key)
     if found is None:
         found = _locate(raw_path, host, domains)
+        if not remember:
+            return found
         if len(_located) >= 4096:
             _located.clear()
         _located[memo_key] = found
