@@ -133,6 +133,8 @@ def test_two_thousand_instances_on_fifty_nodes(world: ScaleWorld, tmp_path: Path
             Placement={"AvailabilityZone": zone},
         )  # fmt: skip
         assert len(answer["Instances"]) == PER_ZONE
+        # Serialized a chunk at a time with the CLC serving requests in between, and still in launch order.
+        assert [i["AmiLaunchIndex"] for i in answer["Instances"]] == list(range(PER_ZONE))
         launched += [i["InstanceId"] for i in answer["Instances"]]
     assert len(set(launched)) == 2 * PER_ZONE
 

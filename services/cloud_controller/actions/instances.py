@@ -297,8 +297,16 @@ async def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if tag_list:
         await tags.tag_created(ctx, "instance", [i.instance_id for i in launched], tag_list)
     tag_sets = await ctx.compute.tags.tags_for([i.instance_id for i in launched]) if tag_list else {}
-    # Serialized as DescribeInstances serializes them, into its cache: the next listing reuses this work.
-    return reservation_dict(reservation, [fragment for _, fragment in _fragments(engine, launched, tag_sets)])
+    # Serialized as DescribeInstances serializes them, into its cache: the next listing reuses this work. A
+    # chunk at a time with requests served in between: a thousand at once held the event loop for tens of ms, and
+    # a DescribeInstances arriving then waited for it. Each instance is shown as it was when its chunk was made.
+    fragments: list[xml.Prebuilt] = []
+    for start in range(0, len(launched), Prerender.CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        chunk = launched[start : start + Prerender.CHUNK]
+        fragments.extend(fragment for _, fragment in _fragments(engine, chunk, tag_sets))
+    return reservation_dict(reservation, fragments)
 
 
 # --- DescribeInstances -----------------------------------------------------------------------------------
