@@ -15,7 +15,7 @@ Measured per scenario: the time to accept each RunInstances; for each thousand t
 last instance `running` and the marginal time (its completion minus the previous one's: flat when the next
 thousand costs the same however many run); when half and all are running; DescribeInstances of everything every
 `--describe-every` s (0.2) during the launch and at 10,000, both as the CLC's own time (its Server-Timing header:
-the server-side figure) and as the round trip of a raw signed request (no client parsing: the CLC's time plus the
+the server-side figure, with the CPU time the CLC had in it) and as the round trip of a raw signed request (no client parsing: the CLC's time plus the
 transfer); the CLC's event loop stalls of 20 ms or more during the launch, with the CPU time its thread had in
 them (KOALA_LOOP_STALL_MS: its own work when close to the stall, a wait for a core the other processes had when
 far below), and its full garbage collections as long;
@@ -51,6 +51,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 API_VERSION = "2016-11-15"
 _ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
 _SERVER_TIMING = re.compile(r"\bclc;dur=([0-9.]+)")
+_SERVER_CPU = re.compile(r"\bcpu;dur=([0-9.]+)")
 _STATE = re.compile(rb"<instanceState>\s*<code>\d+</code>\s*<name>([a-z-]+)</name>")
 _STALL = re.compile(r"event loop held (\d+) ms \(its thread on a CPU for (\d+) ms\)")
 _COLLECTION = re.compile(r"garbage collection of generation 2 took (\d+) ms")
@@ -74,8 +75,9 @@ class Ec2Raw:
         self.url, self.region = url, region
         self.credentials = Credentials(access_key, secret_key)
 
-    def call(self, params: dict[str, str], timeout: float = 120) -> tuple[bytes, float, float | None]:
-        """The answer, the round trip (s) and the CLC's own time for it (s, its Server-Timing; None without)."""
+    def call(self, params: dict[str, str], timeout: float = 120) -> tuple[bytes, float, float | None, float | None]:
+        """The answer, the round trip (s), the CLC's own time for it and the CPU time it had meanwhile (s, its
+        Server-Timing; None without)."""
         from urllib.parse import urlencode
 
         from botocore.auth import SigV4Auth
@@ -89,14 +91,21 @@ class Ec2Raw:
         started = time.monotonic()
         with urllib.request.urlopen(prepared, timeout=timeout) as response:
             data = response.read()
-            timing = _SERVER_TIMING.search(response.headers.get("Server-Timing", ""))
-        return data, time.monotonic() - started, float(timing.group(1)) / 1000 if timing else None
+            header = response.headers.get("Server-Timing", "")
+        took = time.monotonic() - started
+        timing, cpu = _SERVER_TIMING.search(header), _SERVER_CPU.search(header)
+        return (
+            data,
+            took,
+            float(timing.group(1)) / 1000 if timing else None,
+            float(cpu.group(1)) / 1000 if cpu else None,
+        )
 
     def states(self, filters: dict[str, str] | None = None) -> tuple[dict[str, str], float, float | None]:
         params = {"Action": "DescribeInstances"}
         for n, (name, value) in enumerate((filters or {}).items(), start=1):
             params[f"Filter.{n}.Name"], params[f"Filter.{n}.Value.1"] = name, value
-        data, took, server = self.call(params)
+        data, took, server, _ = self.call(params)
         ids, states = _ID.findall(data), _STATE.findall(data)
         assert len(ids) == len(states), "unexpected DescribeInstances layout"
         return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took, server
@@ -356,7 +365,8 @@ def measure(
         batches: list[dict] = []
         launched: dict[str, int] = {}  # instance id -> batch index
         pending_polls: list[float] = []
-        full_polls: list[tuple[float, float, float | None, int]] = []  # (when, seconds, CLC's seconds, listed)
+        # (when, round trip, the CLC's time, its CPU time (s), how many listed)
+        full_polls: list[tuple[float, float, float | None, float | None, int]] = []
         done_at: dict[int, float] = {}
         running_count = [0]
         curve: list[tuple[float, int]] = []  # (when, how many of those accepted are running), every 2 s
@@ -371,8 +381,8 @@ def measure(
             while not stop.is_set():
                 asked = time.monotonic()
                 try:
-                    data, took, server = raw.call({"Action": "DescribeInstances"})
-                    full_polls.append((asked - began, took, server, data.count(b"<instanceId>")))
+                    data, took, server, cpu = raw.call({"Action": "DescribeInstances"})
+                    full_polls.append((asked - began, took, server, cpu, data.count(b"<instanceId>")))
                 except Exception as err:  # a poll may time out on a loaded machine: the next one counts
                     print(f"describe failed: {err}", file=sys.stderr)
                 stop.wait(max(0.0, asked + describe_every - time.monotonic()))
@@ -489,16 +499,21 @@ def measure(
             "batches": batches,
             "describe_pending_ms": percentiles([took for took, _ in pending_polls]),
             "describe_pending_server_ms": percentiles([s for _, s in pending_polls if s is not None]),
-            "describe_all_during_launch_ms": percentiles([took for _, took, _, _ in full_polls]),
-            "describe_all_during_launch_server_ms": percentiles([s for _, _, s, _ in full_polls if s is not None]),
+            "describe_all_during_launch_ms": percentiles([took for _, took, _, _, _ in full_polls]),
+            "describe_all_during_launch_server_ms": percentiles([s for _, _, s, _, _ in full_polls if s is not None]),
             # The same once half the instances or more were listed (early samples list few, and cost little).
             "describe_all_during_launch_server_ms_from_half": percentiles(
-                [s for _, _, s, n in full_polls if s is not None and n >= total // 2]
+                [s for _, _, s, _, n in full_polls if s is not None and n >= total // 2]
+            ),
+            # The CPU time the CLC's thread had for each: its own work, the rest of its time waiting for a core.
+            "describe_all_during_launch_server_cpu_ms": percentiles(
+                [c for _, _, _, c, _ in full_polls if c is not None]
             ),
             "describe_all_every_s": describe_every,
-            # [when (s), round trip (ms), the CLC's time (ms), how many listed]
+            # [when (s), round trip (ms), the CLC's time (ms), its CPU time (ms), how many listed]
             "describe_all_during_launch": [
-                [round(when, 2), round(took * 1000, 1), _ms(server), n] for when, took, server, n in full_polls
+                [round(when, 2), round(took * 1000, 1), _ms(server), _ms(cpu), n]
+                for when, took, server, cpu, n in full_polls
             ],
             "clc_loop_during_launch": clc_loop_stalls(launch_log) if world.loop_monitored else None,
             "fleet_nice": fleet_nice if scenario == "fleet" else None,
