@@ -15,19 +15,19 @@ Measured per scenario: the time to accept each RunInstances; for each thousand t
 last instance `running` and the marginal time (its completion minus the previous one's: flat when the next
 thousand costs the same however many run); when half and all are running; DescribeInstances of everything every
 `--describe-every` s (0.2) during the launch and at 10,000, both as the CLC's own time (its Server-Timing header:
-the server-side figure, with the CPU time the CLC had in it) and as the round trip of a raw signed request (no client parsing: the CLC's time plus the
-transfer); the CLC's event loop stalls of 20 ms or more during the launch, with the CPU time its thread had in
-them (KOALA_LOOP_STALL_MS: its own work when close to the stall, a wait for a core the other processes had when
-far below), and its full garbage collections as long;
-the time to terminate everything; each process's CPU seconds and memory (RSS at 10,000 instances and after
-they ended); how many run every 2 s (`running_over_time`); how often the CCs logged a node taken for DOWN, a
-RunInstance in doubt sent again, a failover or a failed push to the CLC (`cc_log_events`). Progress is polled with
+the server-side figure, with the CPU time the CLC had in it) and as the round trip of a raw signed request (no
+client parsing: the CLC's time plus the transfer); the CLC's event loop stalls of 20 ms or more during the launch,
+with the CPU time its thread had in them (KOALA_LOOP_STALL_MS: its own work when close to the stall, a wait for a
+core the other processes had when far below), and its full garbage collections as long; the time to terminate
+everything; each process's CPU seconds and memory (RSS at 10,000 instances and after they ended); how many run
+every 2 s (`running_over_time`); how often the CCs logged a node taken for DOWN, a RunInstance in doubt sent again,
+a failover or a failed push to the CLC (`cc_log_events`). Progress is polled with
 DescribeInstances filtered on pending (cheap); the full listing at the end proves every instance running. Before
 the timing, one instance runs and ends on every node (`warm_up`): the image is in every node's cache, as in the
 issue's measurement of a warm cloud.
 
     .venv/bin/python bench/scale_bench.py [--instances 10000] [--batch 1000] [--baseline cb9775d]
-        [--scenarios baseline,nodes,fleet] [--fleet-nodes 1000] [--ccs 4]
+        [--scenarios baseline,nodes,fleet] [--fleet-nodes 1000] [--ccs 4] [--fleet-nice 19] [--describe-every 0.2]
 """
 
 from __future__ import annotations
