@@ -1,6 +1,6 @@
 """The volume directory's own XFS image (services/cluster_controller/storage/volume_fs.py) on this machine's ext4: made
-and loop-mounted once, mounted again from the same image after an unmount (a reboot), left alone when it already
-holds files, and a half-made image (a crash during mkfs) made again."""
+and loop-mounted once (the loop device with direct I/O), mounted again from the same image after an unmount (a
+reboot), left alone when it already holds files, and a half-made image (a crash during mkfs) made again."""
 
 from __future__ import annotations
 
@@ -33,13 +33,20 @@ def test_made_mounted_and_mounted_again(tmp_path: Path) -> None:
         assert not volume_fs.has_reflinks(directory)
         assert asyncio.run(volume_fs.ensure(directory, 1, runner))
         assert os.path.ismount(directory) and volume_fs.has_reflinks(directory) and not partial.exists()
+        device = volume_fs.loop_device(directory)
+        assert device is not None  # the image file read and written with O_DIRECT (no second page cache)
+        assert Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
         assert volume_fs.image_path(directory).stat().st_blocks * 512 < 200 << 20  # sparse: 1 GiB, little written
         (directory / "vol-00000001.img").write_bytes(b"kept")
+        subprocess.run(["losetup", "--direct-io=off", device], check=True)  # as an older CC mounted it
         assert asyncio.run(volume_fs.ensure(directory, 1, runner))  # a CC restart: already there
+        assert Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
         asyncio.run(volume_fs.release(directory, runner))
         assert not os.path.ismount(directory) and not any(directory.iterdir())
         assert asyncio.run(volume_fs.ensure(directory, 1, runner))  # after a reboot: the same image again
         assert (directory / "vol-00000001.img").read_bytes() == b"kept"
+        device = volume_fs.loop_device(directory)
+        assert device is not None and Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
     finally:
         asyncio.run(volume_fs.release(directory, runner))
     assert not os.path.ismount(directory)
