@@ -113,6 +113,7 @@ class CloudControllerService(Service):
             self.config.KOALA_REGION,
             self.cloud_cert_pem,
         )
+        log.info("%d access keys loaded", await self.identity_store.load_keys())
         # What start-up made (botocore's EC2 model, the modules, the loaded records) mostly lives as long as the
         # process: out of the garbage collector's way. Each full collection walked it all again, about 20 ms on a
         # quiet machine, inside whichever request it fell in (a DescribeInstances of 10,000 during a big launch).

@@ -66,6 +66,9 @@ def _principal(row: Row) -> Principal:
     )
 
 
+KEY_CACHE_ENTRIES = 10000  # access keys remembered by `lookup` (the cache is emptied when it holds more)
+
+
 class IdentityStore:
     def __init__(self, db: Database, pki_dir: pki.PkiDir):
         self.db = db
@@ -76,6 +79,20 @@ class IdentityStore:
         self._keys.clear()
 
     # --- lookups ------------------------------------------------------------------------------------------
+    async def load_keys(self) -> int:
+        """Put the access keys (as many as the lookup cache holds) in the lookup cache at start-up, so that the
+        first request of each caller after a start does not wait on the database; how many were loaded."""
+        rows = await self.db.fetchall(
+            f"SELECT k.access_key_id, k.secret_key, k.enabled AS key_enabled, p.* FROM access_keys k"
+            f" JOIN ({_PRINCIPAL_SQL}) p ON p.user_id = k.user_id LIMIT ?",
+            (KEY_CACHE_ENTRIES,),
+        )
+        for row in rows:
+            principal = _principal(row)
+            enabled = bool(row["key_enabled"]) and principal.enabled
+            self._keys[row["access_key_id"]] = Credential(row["secret_key"], principal, enabled)
+        return len(rows)
+
     async def lookup(self, access_key_id: str) -> Credential | None:
         """The secret and principal for an access key id (disabled keys and users come back not enabled)."""
         found = self._keys.get(access_key_id)
@@ -90,7 +107,7 @@ class IdentityStore:
             return None
         principal = _principal(row)
         found = Credential(row["secret_key"], principal, bool(row["key_enabled"]) and principal.enabled)
-        if len(self._keys) > 10000:
+        if len(self._keys) > KEY_CACHE_ENTRIES:
             self._keys.clear()
         self._keys[access_key_id] = found
         return found
