@@ -55,6 +55,19 @@ _PRINCIPAL_SQL = (
 )
 
 
+_KEY_SQL = (
+    "SELECT k.access_key_id, k.secret_key, k.enabled AS key_enabled, p.* FROM access_keys k"
+    f" JOIN ({_PRINCIPAL_SQL}) p ON p.user_id = k.user_id"
+)
+
+
+def _credential(row: Row) -> Credential:
+    """An access key's row (_KEY_SQL) -> its secret and principal (not enabled when the key, user or account is
+    not)."""
+    principal = _principal(row)
+    return Credential(row["secret_key"], principal, bool(row["key_enabled"]) and principal.enabled)
+
+
 def _principal(row: Row) -> Principal:
     return Principal(
         account_id=row["account_id"],
@@ -82,15 +95,9 @@ class IdentityStore:
     async def load_keys(self) -> int:
         """Put the access keys (as many as the lookup cache holds) in the lookup cache at start-up, so that the
         first request of each caller after a start does not wait on the database; how many were loaded."""
-        rows = await self.db.fetchall(
-            f"SELECT k.access_key_id, k.secret_key, k.enabled AS key_enabled, p.* FROM access_keys k"
-            f" JOIN ({_PRINCIPAL_SQL}) p ON p.user_id = k.user_id LIMIT ?",
-            (KEY_CACHE_ENTRIES,),
-        )
+        rows = await self.db.fetchall(f"{_KEY_SQL} LIMIT ?", (KEY_CACHE_ENTRIES,))
         for row in rows:
-            principal = _principal(row)
-            enabled = bool(row["key_enabled"]) and principal.enabled
-            self._keys[row["access_key_id"]] = Credential(row["secret_key"], principal, enabled)
+            self._keys[row["access_key_id"]] = _credential(row)
         return len(rows)
 
     async def lookup(self, access_key_id: str) -> Credential | None:
@@ -98,15 +105,10 @@ class IdentityStore:
         found = self._keys.get(access_key_id)
         if found is not None:
             return found
-        row = await self.db.fetchone(
-            f"SELECT k.secret_key, k.enabled AS key_enabled, p.* FROM access_keys k JOIN ({_PRINCIPAL_SQL}) p"
-            " ON p.user_id = k.user_id WHERE k.access_key_id = ?",
-            (access_key_id,),
-        )
+        row = await self.db.fetchone(f"{_KEY_SQL} WHERE k.access_key_id = ?", (access_key_id,))
         if row is None:
             return None
-        principal = _principal(row)
-        found = Credential(row["secret_key"], principal, bool(row["key_enabled"]) and principal.enabled)
+        found = _credential(row)
         if len(self._keys) > KEY_CACHE_ENTRIES:
             self._keys.clear()
         self._keys[access_key_id] = found
