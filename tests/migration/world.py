@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -169,4 +170,7 @@ def migration_world(
                     node.stop()
                 hosts.cleanup()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("KOALA_KEEP_MIGRATION_WORLD"):  # logs, consoles and libvirt's QEMU logs, to read later
+            print(f"migration world kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
