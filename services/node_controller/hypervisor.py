@@ -333,6 +333,10 @@ class Hypervisor:
 
         return await self.call(stats)
 
+    async def version(self) -> int:
+        """The hypervisor's version as libvirt numbers it (major * 1,000,000 + minor * 1,000 + micro)."""
+        return await self.call(lambda conn: int(conn.getVersion()))
+
     async def abort_job(self, name: str) -> None:
         await self.call(lambda conn: conn.lookupByName(name).abortJob())
 
