@@ -48,6 +48,13 @@ pytestmark = [
 ]
 NETS = ("10.246.0.0", "10.248.0", "10.247.0")  # apart from the acceptance and EBS tests'
 COUNTER = re.compile(r"KOALA-COUNTER (\d+)")
+# A memory checker in the guest: 8 MiB of tmpfs (guest RAM) rewritten and read back over and over, its result on the
+# console. A page a migration left stale (QEMU 7.2 under TCG lost stores during live memory copies) shows as CORRUPT.
+MEMCHECK = ("setsid sh -c 'n=0; while :; do n=$((n+1)); yes \"$n KOALA\" | head -c 8388608 > /tmp/m;"
+            " md5sum /tmp/m > /tmp/m.md5; sleep 2; if md5sum -c -s /tmp/m.md5; then r=ok; else r=CORRUPT; fi;"
+            " echo \"KOALA-MEMCHECK $n $r\" > /dev/console; done' </dev/null >/dev/null 2>&1 &")  # fmt: skip
+HURT = re.compile(r"KOALA-MEMCHECK \d+ CORRUPT|Kernel panic|Oops:|general protection fault|Fatal exception|"
+                  r"BUG: (unable to handle|kernel NULL)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +72,27 @@ def guest(world: MigrationWorld) -> Iterator[str]:
         world.ssh(ids[0], "setsid sh -c 'i=0; while :; do i=$((i+1)); echo \"KOALA-COUNTER $i\" > /dev/console;"
                           " sleep 0.5; done' </dev/null >/dev/null 2>&1 &")  # fmt: skip
         wait_for(lambda: COUNTER.search(world.console(ids[0])), 30, 0.5, "the counter on the console")
+        world.ssh(ids[0], MEMCHECK)
+        wait_for(lambda: "KOALA-MEMCHECK 1 " in world.console(ids[0]), 60, 0.5, "the memory checker's first round")
         yield ids[0]
     finally:
         world.terminate(ids)
+
+
+@pytest.fixture(autouse=True)
+def guest_intact(world: MigrationWorld, guest: str) -> Iterator[None]:
+    """After each test, however it moved the module's guest: it runs in one copy, on the node the CC names, its memory
+    checker found nothing stale and its kernel did not oops (a guest corrupted by a migration fails the very test
+    that corrupted it, not a later one that merely needs it to answer)."""
+    yield
+    wait_for(lambda: not any(m.state not in ("done", "failed") for m in migrations_of(world, guest)), 120, 0.3,
+             f"the migrations of {guest} settled")  # fmt: skip
+    text = world.console(guest)
+    hurt = HURT.search(text)
+    assert hurt is None, f"{hurt.group(0)} on the console of {guest}:\n{text[-4000:]}"
+    assert "KOALA-MEMCHECK" in text  # the checker is still running (its lines are there to be read)
+    running = [role for role in world.nodes if guest in domains(world, role)]
+    assert running == [role_of(world, world.node_of(guest))], running
 
 
 @pytest.fixture
@@ -90,6 +115,12 @@ def migrate(world: MigrationWorld, instance_id: str, target: str = "") -> Migrat
     answer = world.cc("MigrateInstances", request, MigrateInstancesResponse)
     assert not answer.errors, answer.errors
     return answer.migrations[0]
+
+
+def migrations_of(world: MigrationWorld, instance_id: str) -> list[MigrationInfo]:
+    answer = world.cc("DescribeMigrations", DescribeMigrationsRequest(instance_ids=[instance_id]),
+                      DescribeMigrationsResponse)  # fmt: skip
+    return answer.migrations
 
 
 def migration(world: MigrationWorld, instance_id: str) -> MigrationInfo:
