@@ -6,17 +6,15 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-import time
 from pathlib import Path
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Any
 
 from services.walrus.storage.data_store import INLINE_MAX
 from tests.walrus.conftest import start_walrus
+from tests.walrus.crashes import kill_while_busy
 from tests.walrus.stores import process_data_ids
 
 MiB = 1 << 20
-WORKERS = 6
 
 
 def content(worker: int, number: int) -> bytes:
@@ -31,38 +29,20 @@ def test_kill_during_concurrent_uploads(tmp_path: Path, walrus_storage: dict[str
         acknowledged: dict[str, str] = {}  # key -> md5 of the last acknowledged version
         attempted: dict[str, set[str]] = {}  # key -> md5 of every version sent
         lock = threading.Lock()
-        stop = threading.Event()
 
-        def upload(worker: int) -> None:
-            client = walrus.client(connect_timeout=5, read_timeout=30)
-            number = 0
-            while not stop.is_set():
-                number += 1
-                # every third upload overwrites a shared key: last writer wins, never a mix
-                key = f"shared-{number % 3}" if number % 3 == 0 else f"w{worker}/obj{number}"
-                data = content(worker, number)
-                digest = hashlib.md5(data).hexdigest()
-                with lock:
-                    attempted.setdefault(key, set()).add(digest)
-                try:
-                    client.put_object(Bucket="crash", Key=key, Body=data)
-                except (BotoCoreError, ClientError):
-                    return
-                with lock:
-                    if not key.startswith("shared-"):
-                        acknowledged[key] = digest
+        def upload(client: Any, worker: int, number: int) -> None:
+            # every third upload overwrites a shared key: last writer wins, never a mix
+            key = f"shared-{number % 3}" if number % 3 == 0 else f"w{worker}/obj{number}"
+            data = content(worker, number)
+            digest = hashlib.md5(data).hexdigest()
+            with lock:
+                attempted.setdefault(key, set()).add(digest)
+            client.put_object(Bucket="crash", Key=key, Body=data)
+            with lock:
+                if not key.startswith("shared-"):
+                    acknowledged[key] = digest
 
-        threads = [threading.Thread(target=upload, args=(w,)) for w in range(WORKERS)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while len(acknowledged) < 30 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        walrus.cloud.kill("walrus")  # SIGKILL while uploads are in flight
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert len(acknowledged) >= 30
+        kill_while_busy(walrus, upload, lambda: len(acknowledged) >= 30, "30 acknowledged uploads")
 
         objects_dir = walrus.cloud.dir / "data" / "walrus" / "objects"
         walrus.cloud.start("walrus")
@@ -96,32 +76,14 @@ def test_kill_during_small_uploads_acknowledged_without_fsync(tmp_path: Path) ->
         walrus.client().create_bucket(Bucket="crash")
         acknowledged: dict[str, bytes] = {}
         lock = threading.Lock()
-        stop = threading.Event()
 
-        def upload(worker: int) -> None:
-            client = walrus.client(connect_timeout=5, read_timeout=30)
-            number = 0
-            while not stop.is_set():
-                number += 1
-                key, data = f"w{worker}/small{number}", random.Random(f"{worker}/{number}").randbytes(4096)
-                try:
-                    client.put_object(Bucket="crash", Key=key, Body=data)
-                except (BotoCoreError, ClientError):
-                    return
-                with lock:
-                    acknowledged[key] = data
+        def upload(client: Any, worker: int, number: int) -> None:
+            key, data = f"w{worker}/small{number}", random.Random(f"{worker}/{number}").randbytes(4096)
+            client.put_object(Bucket="crash", Key=key, Body=data)
+            with lock:
+                acknowledged[key] = data
 
-        threads = [threading.Thread(target=upload, args=(w,)) for w in range(WORKERS)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while len(acknowledged) < 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        walrus.cloud.kill("walrus")
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert len(acknowledged) >= 200
+        kill_while_busy(walrus, upload, lambda: len(acknowledged) >= 200, "200 acknowledged uploads", 0.02)
 
         walrus.cloud.start("walrus")
         client = walrus.client()

@@ -8,16 +8,14 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-import time
 from pathlib import Path
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Any
 
 from services.walrus.storage.data_store import INLINE_MAX
 from tests.walrus.conftest import start_walrus
+from tests.walrus.crashes import kill_while_busy
 from tests.walrus.stores import process_data_ids
 
-WORKERS = 6
 KEYS = 4
 
 
@@ -37,51 +35,38 @@ def test_kill_during_versioned_put_and_delete(tmp_path: Path, walrus_storage: di
         removing: set[tuple[str, str]] = set()  # versions whose permanent delete was sent
         attempted: set[str] = set()
         lock = threading.Lock()
-        stop = threading.Event()
 
-        def work(worker: int) -> None:
-            client = walrus.client(connect_timeout=5, read_timeout=30)
-            number = 0
-            while not stop.is_set():
-                number += 1
-                key = f"key-{number % KEYS}"
-                try:
-                    if number % 5 == 0:  # a delete marker
-                        version = client.delete_object(Bucket="vcrash", Key=key)["VersionId"]
-                        with lock:
-                            acknowledged[(key, version)] = None
-                    elif number % 7 == 0:  # a version of our own, deleted for good
-                        with lock:
-                            mine = [kv for kv in acknowledged if kv[0] == key and kv not in removed]
-                        if mine:
-                            victim = random.choice(mine)
-                            with lock:
-                                removing.add(victim)  # may be gone after the crash, acknowledged or not
-                            client.delete_object(Bucket="vcrash", Key=victim[0], VersionId=victim[1])
-                            with lock:
-                                removed.add(victim)
-                    else:
-                        data = content(worker, number)
-                        digest = hashlib.md5(data).hexdigest()
-                        with lock:
-                            attempted.add(digest)
-                        version = client.put_object(Bucket="vcrash", Key=key, Body=data)["VersionId"]
-                        with lock:
-                            acknowledged[(key, version)] = digest
-                except (BotoCoreError, ClientError):
-                    return
+        def work(client: Any, worker: int, number: int) -> None:
+            key = f"key-{number % KEYS}"
+            if number % 5 == 0:  # a delete marker
+                version = client.delete_object(Bucket="vcrash", Key=key)["VersionId"]
+                with lock:
+                    acknowledged[(key, version)] = None
+            elif number % 7 == 0:  # a version of our own, deleted for good
+                with lock:
+                    mine = [kv for kv in acknowledged if kv[0] == key and kv not in removed]
+                if mine:
+                    victim = random.choice(mine)
+                    with lock:
+                        removing.add(victim)  # may be gone after the crash, acknowledged or not
+                    client.delete_object(Bucket="vcrash", Key=victim[0], VersionId=victim[1])
+                    with lock:
+                        removed.add(victim)
+            else:
+                data = content(worker, number)
+                digest = hashlib.md5(data).hexdigest()
+                with lock:
+                    attempted.add(digest)
+                version = client.put_object(Bucket="vcrash", Key=key, Body=data)["VersionId"]
+                with lock:
+                    acknowledged[(key, version)] = digest
 
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(WORKERS)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while (len(acknowledged) < 60 or len(removed) < 5) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        walrus.cloud.kill("walrus")  # SIGKILL while versions are being written and deleted
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert len(acknowledged) >= 60 and len(removed) >= 5
+        kill_while_busy(  # while versions are being written and deleted
+            walrus,
+            work,
+            lambda: len(acknowledged) >= 60 and len(removed) >= 5,
+            "60 acknowledged versions and markers and 5 permanent deletes",
+        )
 
         objects_dir = walrus.cloud.dir / "data" / "walrus" / "objects"
         walrus.cloud.start("walrus")
