@@ -163,6 +163,14 @@ class RemoteZone:
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
 
+    def _watch(self, instance: RemoteInstance) -> None:
+        """A remote RunInstances answered: the start watch polls from the fast rate (the full sync is not woken:
+        the instance's state is the watch's while it starts, and the remote would answer the sync first)."""
+        now = time.monotonic()
+        self._busy_until, self._hot_until = now + FAST_WHILE, now + HOT_FOR
+        if instance.live and instance.state == "Pending":
+            self._started.set()
+
     def _poke(self) -> None:
         """Something changed here: poll the remote at the fast rate for a while."""
         now = time.monotonic()
@@ -279,7 +287,8 @@ class RemoteZone:
             for instance in chosen:
                 del self.instances[instance.instance_id]
             raise
-        self._poke()
+        # No poll now: the full sync leaves launches in flight alone (their RunInstances answer brings their ids),
+        # and its DescribeInstances would only queue at the remote ahead of theirs.
         for instance in chosen:
             self._spawn(self._dispatch(instance, spec), f"dispatch {instance.instance_id}")
         log.info(
@@ -402,10 +411,9 @@ class RemoteZone:
             raise RemoteRefused("NoInstance", "the remote answered RunInstances without an instance")
         instance.remote_id = remote["InstanceId"]
         self._apply_remote(instance, remote)
+        self._watch(instance)  # the start watch counts from the answer, not from the write below
         await self.store.save([instance])
         log.info("%s: remote instance %s (%s)", instance.instance_id, instance.remote_id, instance.remote_state)
-        self._poke()  # its state changes from now on: poll from the fast rate again
-        self._started.set()
         if instance.terminating:  # asked to go while the launch was in flight
             await self._terminate_remote([instance])
 
@@ -529,10 +537,10 @@ class RemoteZone:
             else:
                 self._note_success()
                 failing.reset()
-                # Starting instances with a remote id are the start watch's; this loop hurries for the rest.
+                # Starting instances are the start watch's, launches in flight their dispatch's (the sync skips
+                # them): this loop hurries for terminations only.
                 busy = time.monotonic() < self._busy_until and any(
-                    i.live and ((i.state == "Pending" and not i.remote_id) or i.terminating)
-                    for i in self.instances.values()
+                    i.live and i.terminating for i in self.instances.values()
                 )
                 if changed or (busy and time.monotonic() < self._hot_until):
                     delay = fast
