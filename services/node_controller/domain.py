@@ -21,6 +21,11 @@ from services.node_controller.rbd_disks import rbd_disk
 KOALA_NS = "https://koala.invalid/xmlns/nc/1"
 KOALA_PREFIX = "koala"
 XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"
+# A virtio-blk queue of 64 descriptors: QEMU then offers the guest 62 segments per request (queue size - 2), so the
+# guest's requests stay within the 256 KiB that QEMU's iSCSI initiator (libiscsi) sends as immediate data, and a
+# write never waits for the target's R2T round trips (with the default 256, a 1 MiB write took three of them, one
+# after another). Measured in bench/ebs_bench.py.
+ISCSI_QUEUE_SIZE = 64
 
 
 @dataclass
@@ -143,7 +148,10 @@ def iscsi_disk(parent: ET.Element | None, target: IscsiTarget, serial: str, dev:
     """A libvirt network disk (protocol iscsi) logging in with the attachment's initiator name."""
     attrs = {"type": "network", "device": "disk"}
     disk = ET.Element("disk", attrs) if parent is None else ET.SubElement(parent, "disk", attrs)
-    _sub(disk, "driver", name="qemu", type="raw", cache="none")
+    driver = {"name": "qemu", "type": "raw", "cache": "none"}
+    if bus == "virtio":
+        driver["queue_size"] = str(ISCSI_QUEUE_SIZE)
+    _sub(disk, "driver", **driver)
     source = _sub(disk, "source", protocol="iscsi", name=f"{target.iqn}/{target.lun}")
     _sub(source, "host", name=target.host, port=str(target.port))
     _sub(_sub(source, "initiator"), "iqn", name=target.initiator)

@@ -25,6 +25,7 @@ from botocore.config import Config
 from cli.allinone import qemu_usable
 from cli.guest_image import ensure_registered
 from common.messages.clc_cc import NodeInfo, RegisterNodeRequest
+from services.node_controller.domain import ISCSI_QUEUE_SIZE
 from tests.acceptance import ssh_probe
 from tests.acceptance.world import acceptance_world
 from tests.harness import Cloud
@@ -195,6 +196,10 @@ def test_data_written_in_one_guest_reads_back_in_another_from_a_snapshot(guests:
     assert attached["State"] == "attached"
     device = wait_for(lambda: guests.device_of(first, volume), 60, 1.0, "the disk in the first guest")
     assert f"iqn.2010-01.org.koala:zone1.{volume}" in tgt_targets(guests.cloud)
+    # The volume's virtio queue bounds the guest's requests to 62 segments (248 KiB of scattered pages), within the
+    # 256 KiB QEMU's iSCSI initiator sends as immediate data.
+    segments = guests.ssh(first, f"cat /sys/block/{device}/queue/max_segments").strip()
+    assert segments == str(ISCSI_QUEUE_SIZE - 2)
     # Only the attachment's initiator may log in: QEMU without it is refused by the target's ACL.
     portal = portal_of(guests.cloud)
     probe = subprocess.run(["qemu-img", "info", f"iscsi://{portal}/iqn.2010-01.org.koala:zone1.{volume}/1"],

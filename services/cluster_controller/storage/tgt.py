@@ -21,7 +21,9 @@ log = logging.getLogger("koala.cc.storage")
 # Negotiated at login: tgt's defaults (8 KiB data segments, 256 KiB bursts, R2T before every write) cut a 1 MiB
 # write into many round trips; these took QEMU's sequential 1 MiB writes from 5.6 s to 1.3 s per 256 MiB here.
 # QEMU's initiator (libiscsi) itself offers 256 KiB bursts and one outstanding R2T, so larger values here change
-# nothing: a 1 MiB write still takes three R2T round trips after its immediate data (bench/ebs_bench.py).
+# nothing (its login log shows 256 KiB and 1 negotiated); the NC keeps the guest's requests within those 256 KiB
+# instead (node_controller/domain.py ISCSI_QUEUE_SIZE). The backing store stays tgtd's default (rdwr): `aio` does
+# not sync on SYNCHRONIZE_CACHE, so a guest's fsync would not reach the disk.
 SESSION_PARAMS = (
     ("MaxRecvDataSegmentLength", "262144"),
     ("MaxXmitDataSegmentLength", "262144"),
