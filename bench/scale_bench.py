@@ -5,11 +5,14 @@ Scenarios, each a whole cloud of real processes (CLC, Walrus, CCs, NCs) on free 
 - `nodes`: 1 CC and 4 NC processes (the issue's measurement of the tree it started from). Run on a temporary
   `git worktree` of `--baseline` (cb9775d) and on this tree in the same run: the speed-up is this tree's.
 - `fleet`: 1 CLC, 4 CCs and 1,000 simulated nodes (4 `koala nc-fleet` processes of 250 real NC identities): this
-  tree only (the baseline has no fleet). A batch goes to the zones in turn. The fleet processes run at nice
-  `--fleet-nice` (19; 0 leaves them as the rest): they stand in for 1,000 hosts of their own, whose CPU a real
-  cloud's control plane does not share, and at the same priority their ~40 CPU-s during the launch took the
-  CLC's core from it while it answered (`fleet_nice` in the JSON). The CLC, Walrus, the CCs and this client run
-  at normal priority, all on these 2 cores (in a real cloud each CC has a host of its own too).
+  tree only (the baseline has no fleet). A batch goes to the zones in turn. Priorities (`fleet_nice`,
+  `clc_nice` in the JSON): the fleet processes run at nice `--fleet-nice` (19; 0 leaves them as the rest): they
+  stand in for 1,000 hosts of their own, whose CPU a real cloud's control plane does not share, and at the same
+  priority their ~40 CPU-s during the launch took the CLC's core from it while it answered. The CLC runs at nice
+  `--clc-nice` (-10; 0 leaves it as the rest): in a real cloud it has a host of its own, here it shares two cores
+  with 4 CCs, the fleet, this client and whatever else the machine runs (other work on a shared machine kept
+  its DescribeInstances waiting for a core: ~15 ms of its CPU, 100-200 ms of wall time at worst). Walrus, the
+  CCs and this client run at normal priority, all on these 2 cores (in a real cloud each CC has a host too).
 
 Measured per scenario: the time to accept each RunInstances; for each thousand the time from its request to its
 last instance `running` and the marginal time (its completion minus the previous one's: flat when the next
@@ -27,7 +30,8 @@ the timing, one instance runs and ends on every node (`warm_up`): the image is i
 issue's measurement of a warm cloud.
 
     .venv/bin/python bench/scale_bench.py [--instances 10000] [--batch 1000] [--baseline cb9775d]
-        [--scenarios baseline,nodes,fleet] [--fleet-nodes 1000] [--ccs 4] [--fleet-nice 19] [--describe-every 0.2]
+        [--scenarios baseline,nodes,fleet] [--fleet-nodes 1000] [--ccs 4] [--fleet-nice 19] [--clc-nice -10]
+        [--describe-every 0.2]
 """
 
 from __future__ import annotations
@@ -111,9 +115,8 @@ class Ec2Raw:
         return {i.decode(): s.decode() for i, s in zip(ids, states, strict=True)}, took, server
 
 
-def lower_priority(pid: int, nice: int) -> None:
-    """Every thread of a process at this niceness (threads and children it makes later inherit it): a simulated
-    fleet stands in for hosts of their own, whose CPU the control plane does not share in a real cloud."""
+def set_priority(pid: int, nice: int) -> None:
+    """Every thread of a process at this niceness (threads and children it makes later inherit it)."""
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             os.setpriority(os.PRIO_PROCESS, int(task), nice)
@@ -162,7 +165,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 class World:
     """A cloud of real processes; `pids` names every process measured."""
 
-    def __init__(self, base: Path, scenario: str, instances: int, ccs: int, fleet_nodes: int, fleet_nice: int):
+    def __init__(
+        self, base: Path, scenario: str, instances: int, ccs: int, fleet_nodes: int, fleet_nice: int, clc_nice: int
+    ):
         from tests.harness import Cloud, free_port
         from tests.nc.support import node_file
 
@@ -251,9 +256,11 @@ class World:
                 fleet.start(timeout=900)
                 note(f"{fleet.id}: {per_zone} nodes healthy in {time.monotonic() - began:.1f} s")
                 if fleet_nice and fleet.process is not None:
-                    lower_priority(fleet.process.pid, fleet_nice)
+                    set_priority(fleet.process.pid, fleet_nice)
                 self.members.append(fleet)
             self.cloud.start()
+            if clc_nice:
+                set_priority(self.cloud.processes["clc"].pid, clc_nice)
             for cc in clusters:
                 cc.start()
                 cc.register()
@@ -338,14 +345,21 @@ def warm_up(ec2, raw: Ec2Raw, image: str, world: World) -> None:
 
 
 def measure(
-    scenario: str, instances: int, batch: int, ccs: int, fleet_nodes: int, fleet_nice: int, describe_every: float
+    scenario: str,
+    instances: int,
+    batch: int,
+    ccs: int,
+    fleet_nodes: int,
+    fleet_nice: int,
+    clc_nice: int,
+    describe_every: float,
 ) -> dict:
     from tests.clc.compute_cloud import bundle_and_upload
     from tests.clc.ec2_helpers import REGION, admin_creds, client, ec2_url
 
     base = Path(tempfile.mkdtemp(prefix=f"scale-{scenario}-"))
     began_setup = time.monotonic()
-    world = World(base / "cloud", scenario, instances, ccs, fleet_nodes, fleet_nice)
+    world = World(base / "cloud", scenario, instances, ccs, fleet_nodes, fleet_nice, clc_nice)
     try:
         cloud = world.cloud
         creds = admin_creds(cloud)
@@ -517,6 +531,7 @@ def measure(
             ],
             "clc_loop_during_launch": clc_loop_stalls(launch_log) if world.loop_monitored else None,
             "fleet_nice": fleet_nice if scenario == "fleet" else None,
+            "clc_nice": clc_nice if scenario == "fleet" else None,
             "describe_all_at_full_ms": percentiles([took for took, _ in [describe_at_full, *describe_full]]),
             "describe_all_at_full_server_ms": percentiles(
                 [s for _, s in [describe_at_full, *describe_full] if s is not None]
@@ -547,6 +562,7 @@ def run_child(tree: Path, scenario: str, args: argparse.Namespace) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), "--scenario", scenario,
             "--instances", str(args.instances), "--batch", str(args.batch), "--ccs", str(args.ccs),
             "--fleet-nodes", str(args.fleet_nodes), "--fleet-nice", str(args.fleet_nice),
+            "--clc-nice", str(args.clc_nice),
             "--describe-every", str(args.describe_every)]  # fmt: skip
     with tempfile.NamedTemporaryFile("w+", prefix=f"scale-bench-{scenario}-", suffix=".log") as progress:
         note(f"{scenario} in {tree}: progress in {progress.name}")
@@ -575,6 +591,7 @@ def main() -> None:
     parser.add_argument("--ccs", type=int, default=4)
     parser.add_argument("--fleet-nodes", type=int, default=1000)
     parser.add_argument("--fleet-nice", type=int, default=19)
+    parser.add_argument("--clc-nice", type=int, default=-10)
     parser.add_argument("--describe-every", type=float, default=0.2)
     parser.add_argument("--baseline", default="cb9775d")
     parser.add_argument("--scenarios", default="baseline,nodes,fleet")
@@ -584,7 +601,14 @@ def main() -> None:
     if args.child:
         sys.path.insert(0, args.child)
         figures = measure(
-            args.scenario, args.instances, args.batch, args.ccs, args.fleet_nodes, args.fleet_nice, args.describe_every
+            args.scenario,
+            args.instances,
+            args.batch,
+            args.ccs,
+            args.fleet_nodes,
+            args.fleet_nice,
+            args.clc_nice,
+            args.describe_every,
         )
         print(json.dumps(figures))
         return
@@ -614,7 +638,7 @@ def main() -> None:
         result["target_fleet_all_running_s"] = 60
         result["fleet_describe_all_during_launch_server_ms"] = fleet.get("describe_all_during_launch_server_ms")
         result["target_describe_all_server_ms"] = 100  # throughout the launch: its max
-        result["fleet_nice"] = fleet.get("fleet_nice")
+        result["fleet_nice"], result["clc_nice"] = fleet.get("fleet_nice"), fleet.get("clc_nice")
     print(json.dumps(result, indent=2))
 
 
