@@ -197,12 +197,12 @@ class Bench:
                 rounds["local_queue"].append(self.dd(queued_dev, mib, pattern))
             median = {k: {m: statistics.median(r[m] for r in v) for m in ("write_mib_s", "read_mib_s")}
                       for k, v in rounds.items()}  # fmt: skip
-            ebs, local, queue = median["ebs"], median["local"], median["local_queue"]
+            ebs, plain, queue = median["ebs"], median["local"], median["local_queue"]
             result[pattern] = {
                 "ebs": ebs,
-                "local_file_disk": local,
-                "write_ratio": round(ebs["write_mib_s"] / local["write_mib_s"], 2),
-                "read_ratio": round(ebs["read_mib_s"] / local["read_mib_s"], 2),
+                "local_file_disk": plain,
+                "write_ratio": round(ebs["write_mib_s"] / plain["write_mib_s"], 2),
+                "read_ratio": round(ebs["read_mib_s"] / plain["read_mib_s"], 2),
                 "local_file_disk_same_queue": queue,
                 "write_ratio_same_queue": round(ebs["write_mib_s"] / queue["write_mib_s"], 2),
                 "read_ratio_same_queue": round(ebs["read_mib_s"] / queue["read_mib_s"], 2),
