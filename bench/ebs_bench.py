@@ -34,9 +34,9 @@ SYNCHRONIZE_CACHE without syncing anything (tgt's bs_aio skips it), so a guest's
 not a fair comparison with a local cache=none disk, and not acceptable for a volume. The local disk with the same
 queue of 64 measured 0.9-1.3x the default one (noisy), so both are measured: `*_same_queue` is against it.
 Session 8, two runs (write/read ratios): `direct` 0.95/0.99 and 1.09/1.27 (same queue 0.86/0.91, 0.89/1.24);
-`buffered` 0.78/1.02 and 0.75/0.79 (same queue 0.81/0.94, 0.67/0.77). The buffered write stays under 0.8x: its
-final fsync still writes what tgtd left in XFS's page cache, where the local cache=none disk wrote as it went
-(`--bsoflags direct` on the LUN is the next lever to measure).
+`buffered` 0.78/1.02 and 0.75/0.79 (same queue 0.81/0.94, 0.67/0.77). The buffered write stays under 0.8x;
+not yet verified why: a likely cause is its final fsync writing what tgtd left in XFS's page cache, where the local
+cache=none disk wrote as it went (`--bsoflags direct` on the LUN is the next lever to measure).
 
 The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
 SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
