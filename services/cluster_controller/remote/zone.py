@@ -208,7 +208,11 @@ class RemoteZone:
         elif state is not None and instance.live and not (state == "Pending" and instance.state == "Extant"):
             instance.state = state
         after = (instance.state, instance.net.public_ip, instance.remote_state, instance.detail)
-        if after != before and instance.live:
+        # Pushed when the CLC would show something new: not while the instance is still starting and only its
+        # remote id or address came (the RunInstances answer). That push reached the CLC just before the remote's
+        # `running` most of the time, and held it behind its own answer; the address comes with `running`.
+        starting = before[0] == after[0] == "Pending"
+        if after != before and instance.live and not starting:
             self._changed(instance)
         return after != before
 
