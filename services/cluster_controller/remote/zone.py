@@ -55,6 +55,7 @@ FAST_WHILE = 120.0  # seconds after a launch or termination the remote is polled
 BUSY_MAX = 2.0  # longest wait between polls while instances are starting or going
 HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at the fast rate without backing off
 # (most guests change state within this time; a backoff from the first poll would see the change late).
+UNENDED = ["pending", "running", "shutting-down", "stopping", "stopped"]  # the remote states the full sync lists
 PROBE_BATCH = 200  # starting instances asked about in one DescribeInstances (by id)
 
 
@@ -610,8 +611,17 @@ class RemoteZone:
         """One pass: the remote's instances tagged with this cloud against the local records; True if anything
         changed."""
         self.polls += 1
+        # Not the terminated ones: a remote keeps them listed for a while (EC2 an hour), and each sync parsed them
+        # all. A live local instance whose remote one ended is asked for by id below.
         remote = await self.ec2.pages(
-            "DescribeInstances", {"Filters": [{"Name": f"tag:{TAG_CLOUD}", "Values": [self.prefix]}]}, "Reservations"
+            "DescribeInstances",
+            {
+                "Filters": [
+                    {"Name": f"tag:{TAG_CLOUD}", "Values": [self.prefix]},
+                    {"Name": "instance-state-name", "Values": UNENDED},
+                ]
+            },
+            "Reservations",
         )
         seen: dict[str, dict[str, Any]] = {}
         strays: list[str] = []
