@@ -26,6 +26,9 @@ T = TypeVar("T")
 _event_impl_lock = threading.Lock()
 _event_impl_started = False
 
+GONE_TIMEOUT = 30.0  # seconds a destroyed domain may take to go (libvirt itself waits up to 15 s for QEMU to die)
+GONE_POLL = 0.05
+
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
     libvirt.VIR_DOMAIN_RUNNING: "running",
@@ -258,7 +261,35 @@ class Hypervisor:
                 raise
             return True
 
-        return await self.call(destroy)
+        destroyed = await self.call(destroy)
+        await self._wait_gone(name)
+        return destroyed
+
+    async def _wait_gone(self, name: str, timeout: float = GONE_TIMEOUT) -> None:
+        """Wait until libvirt runs no domain `name`: libvirt's destroy may return while QEMU still closes the
+        guest's disks (seen: 2 s with an iSCSI root), and a transient domain stays listed until then, so a new run
+        of the instance could not be created yet and its volumes would be open twice. The end of a run is reported
+        only after this."""
+
+        def running(conn: libvirt.virConnect) -> bool:
+            try:
+                dom = conn.lookupByName(name)
+                return bool(dom.isActive()) or not dom.isPersistent()  # a transient domain goes when it stops
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while await self.call(running):
+            waited = loop.time() - started
+            if waited > timeout:
+                raise HypervisorError(f"domain {name} still runs {waited:.0f} s after it was destroyed")
+            await asyncio.sleep(GONE_POLL)
+        waited = loop.time() - started
+        if waited > 0.5:
+            log.info("%s: gone %.1f s after libvirt's destroy returned", name, waited)
 
     async def save(self, name: str, path: str) -> None:
         """Suspend the running domain `name` to `path` (libvirt save: memory and device state; the domain stops)."""

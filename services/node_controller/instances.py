@@ -76,6 +76,11 @@ class Instance:
     files_removed: bool = False
     missing_since: float = 0.0  # when the sweep first found no domain (its event may still be on the way)
     request_json: str | None = None  # the request as stored (it never changes once accepted)
+    # While a teardown destroys the domain: what the CC is shown meanwhile (the state before it), and the event set
+    # once the domain is gone. The end is recorded first (a crash finishes it) but reported only after, since the
+    # CC may start the instance again elsewhere as soon as it hears, and its volumes must not be open twice.
+    shown: tuple[NcState, str] | None = None
+    destroyed: asyncio.Event | None = None
 
     @property
     def id(self) -> str:
@@ -83,6 +88,7 @@ class Instance:
 
     def info(self) -> InstanceInfo:
         r = self.request
+        state, detail = self.shown or (self.state, self.detail)
         return InstanceInfo(
             instance_id=r.instance_id,
             reservation_id=r.reservation_id,
@@ -95,8 +101,8 @@ class Instance:
             launch_index=r.launch_index,
             group_names=r.group_names,
             net=r.net,
-            state=self.state,
-            detail=self.detail,
+            state=state,
+            detail=detail,
             reason=self.reason,
             launch_time=self.launch_time,
             updated_at=self.updated_at,
@@ -265,6 +271,8 @@ class InstanceManager:
         if inst.state != "Teardown":
             # Not pushed: the answer, sent once the domain is destroyed, is the CC's word of the end.
             await self._teardown(inst, "terminated", "terminated by request", push=False)
+        elif inst.destroyed is not None:
+            await inst.destroyed.wait()  # a repeated call answers once the first one's destroy is done
         return inst.info()
 
     async def reboot(self, instance_id: str) -> InstanceInfo:
@@ -543,11 +551,16 @@ class InstanceManager:
         # Written before the domain is destroyed (a crash finishes the teardown), pushed after it: a stopped
         # EBS-backed instance may start on another node as soon as the CLC hears of the end, and its root volume
         # must not be in two running guests at once.
-        pushed = await self._set(inst, "Teardown", detail, reason, push=False)
+        inst.shown, destroyed = (inst.state, inst.detail), asyncio.Event()
+        inst.destroyed = destroyed
         try:
+            pushed = await self._set(inst, "Teardown", detail, reason, push=False)
             await self.hv.destroy(inst.id)
         except HypervisorError as err:
             log.warning("%s: destroy failed (%s); the monitor will retry", inst.id, err)
+        finally:
+            inst.shown = None
+            destroyed.set()
         if pushed and push:
             self.notifier.changed(inst.id)
         self._release(inst)

@@ -287,11 +287,17 @@ def test_kill_nc_around_attach_and_detach(guests: Guests) -> None:
     ec2.delete_volume(VolumeId=volume)
 
 
+def _not_ready(ec2, instance_id: str) -> str:
+    """What a timed-out wait for a guest names: its state, node and the end of its console."""
+    found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return f"{instance_id} ready ({found['State']['Name']}); its console ends:\n{_console(ec2, instance_id)[-3000:]}"
+
+
 def _ready(guests: Guests, instance_id: str, after: int = 0) -> None:
     """Wait until the guest has booted (its console's ready line, the `after`+1-th one) and note its address."""
     ec2 = guests.ec2
     mark = f"KOALA-GUEST ready instance={instance_id}"
-    wait_for(lambda: _console(ec2, instance_id).count(mark) > after, 300, 1.0, f"{instance_id} ready")
+    wait_for(lambda: _console(ec2, instance_id).count(mark) > after, 300, 1.0, lambda: _not_ready(ec2, instance_id))
     found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     guests.public[instance_id] = found["PublicIpAddress"]
 

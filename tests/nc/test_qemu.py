@@ -14,6 +14,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -121,10 +123,38 @@ def test_real_boot_console_terminate(qemu_nc: NcEnv) -> None:
         print(console(qemu_nc, instance_id)[-3000:])
         raise
     finally:
-        info = qemu_nc.terminate(instance_id)
+        info = terminate_watched(qemu_nc, instance_id)
     assert info.state == "Teardown"
     assert not domain_exists(instance_id)
     assert not qemu_nc.instance_dir(instance_id).exists()
+
+
+def terminate_watched(env: NcEnv, instance_id: str) -> InstanceInfo:
+    """TerminateInstance sent twice at once while DescribeInstances is polled: neither answer nor any poll may tell
+    of the end while libvirt still has the domain (QEMU takes a second or two to exit after libvirt's destroy
+    starts; a CC told of the end may start the instance again, its volumes with it)."""
+
+    def first_end_seen() -> bool:
+        """Whether the domain was gone when a poll first showed the end (the domain only ever goes away)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = env.describe(instance_id).get(instance_id)
+            if info is None or info.state == "Teardown":
+                return not domain_exists(instance_id)
+            time.sleep(0.02)
+        raise AssertionError(f"{instance_id} never ended")
+
+    def terminated() -> tuple[InstanceInfo, bool]:
+        info = env.terminate(instance_id)
+        return info, not domain_exists(instance_id)
+
+    with ThreadPoolExecutor(3) as pool:
+        polled = pool.submit(first_end_seen)
+        answers = [pool.submit(terminated) for _ in range(2)]
+        results = [answer.result() for answer in answers]
+        assert polled.result(), "a poll showed the end while the domain was still there"
+    assert [gone for _, gone in results] == [True, True], "an answer told of the end while the domain was there"
+    return results[0][0]
 
 
 def sysrq_uptime(env: NcEnv, instance_id: str, after: float) -> float:
