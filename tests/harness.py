@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 from cli.allinone import ROLES, AllInOne
 from common.config import parse_conf, render_conf
 from common.rpc import RpcClient
+from services.cloud_controller.admin.passwords import LoginFile, hash_password
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,10 +53,25 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
         return base
 
 
-class Cloud:
-    """A cloud of real service processes for one test (or module)."""
+@functools.cache
+def admin_web_login() -> tuple[str, str]:
+    """The admin web login the harness's clouds start with: a password and its scrypt hash, made once per session
+    (each hash costs about half a second of CPU, which every CLC's first start would otherwise spend again)."""
+    password = secrets.token_urlsafe(18)
+    return password, hash_password(password)
 
-    def __init__(self, state_dir: Path, roles: tuple[str, ...] = ROLES, extra: dict | None = None):
+
+class Cloud:
+    """A cloud of real service processes for one test (or module). The CLC finds its admin web login already
+    there (`admin_web_login`, written as its first start would) unless `fresh_admin_login` asks it to make its own."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        roles: tuple[str, ...] = ROLES,
+        extra: dict | None = None,
+        fresh_admin_login: bool = False,
+    ):
         self.aio = AllInOne(state_dir)
         self.roles = roles
         # Peers are checked every second, so tests see a peer go and come back quickly. The NC's simulated host
@@ -62,6 +80,8 @@ class Cloud:
         defaults["nc"]["MAX_DISK"] = 1000
         settings = {role: {**defaults[role], **(extra or {}).get(role, {})} for role in ROLES}
         self.aio.prepare(ports={role: free_port() for role in ROLES}, extra=settings, ebs_port=free_port())
+        if not fresh_admin_login:
+            LoginFile(self.dir / "data" / "clc").ensure_initial(admin_web_login())
         self.processes: dict[str, subprocess.Popen] = {}
         self.extra_nodes: list[ExtraNode] = []
 

@@ -28,7 +28,8 @@ def admin_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     instances = Path(f"/var/tmp/koala-admin-{secrets.token_hex(4)}")  # readable by libvirt's qemu user
     instances.mkdir(mode=0o755)
     nc = {"HYPERVISOR": "qemu", "INSTANCE_PATH": instances, "SWAP_SIZE": 32}
-    cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": nc})
+    # The CLC makes its own first login here, as on a real first start: these tests sign in with it.
+    cloud = Cloud(tmp_path_factory.mktemp("admin") / "cloud", extra={"nc": nc}, fresh_admin_login=True)
     try:
         cloud.start()
         yield cloud

@@ -45,6 +45,17 @@ def test_login_file_is_private_and_first_start_writes_the_password(tmp_path) -> 
     assert sorted(json.loads(logins.path.read_text())["logins"]) == ["admin", "ops"]
 
 
+def test_first_start_with_a_given_login_writes_that_one(tmp_path) -> None:
+    """The test harness's clouds: one password hashed once, written as a first start writes its own."""
+    given = ("given password 1", hash_password("given password 1"))
+    logins = LoginFile(tmp_path)
+    assert logins.ensure_initial(given) is not None and logins.ensure_initial(given) is None
+    assert (tmp_path / "admin" / "web-password").read_text() == "given password 1\n"
+    assert logins.get("admin") == given[1] and verify_password("given password 1", logins.get("admin"))
+    for path in (logins.path, tmp_path / "admin" / "web-password"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_sessions_expire_when_idle_or_old_and_store_no_cookie() -> None:
     clock = Clock()
     sessions = Sessions(idle=60, lifetime=300, clock=clock)

@@ -145,13 +145,18 @@ class LoginFile:
         _write_private(self.path, json.dumps({"logins": logins}, indent=1, sort_keys=True) + "\n")
         self._mtime = None
 
-    def ensure_initial(self) -> str | None:
-        """First start: create `admin` with a random password written to `admin/web-password`; its path, or None."""
+    def ensure_initial(self, given: tuple[str, str] | None = None) -> str | None:
+        """First start: create `admin` with a random password written to `admin/web-password`; its path, or None.
+        `given` (a password and its `hash_password` hash) stands for the random one: the test harness seeds its many
+        clouds with one login hashed once, as each scrypt hash costs about half a second of CPU."""
         if self.path.exists():
             return None
-        password = secrets.token_urlsafe(18)
+        password = given[0] if given else secrets.token_urlsafe(18)
         initial = self.path.parent / INITIAL_PASSWORD_FILE
         initial.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_private(initial, password + "\n")
-        self.set(DEFAULT_LOGIN, password)
+        if given:
+            self._save({DEFAULT_LOGIN: given[1]})
+        else:
+            self.set(DEFAULT_LOGIN, password)
         return str(initial)
