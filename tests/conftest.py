@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import compileall
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,16 @@ from tests.harness import Cloud
 from tests.postgres import FAST_SETTINGS, PostgresServer
 
 pytest_plugins = ["tests.ceph"]  # the session's Ceph cluster fixture, `ceph`
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the project's packages once per session (a no-op when nothing changed): where
+    PYTHONDONTWRITEBYTECODE is set, as in this machine's sessions, no process writes .pyc files, so every service and
+    `koala` process the tests start would compile from source each module it imports (~0.15 s of CPU per service
+    start, ~0.5 s per cloud); with them written here, every one of those processes loads them instead."""
+    for package in ("cli", "common", "services"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 @pytest.fixture
