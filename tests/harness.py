@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cli.allinone import ROLES, AllInOne
@@ -98,11 +99,13 @@ class Cloud:
         self.aio.wait_healthy(started)
 
     def stop(self, *roles: str) -> None:
-        if not roles:
-            for node in self.extra_nodes:
-                node.stop()
-        for role in roles or reversed(list(self.processes)):
-            self.aio.stop(role)
+        """Stop `roles` (all, the extra nodes first, without any); each is asked at once and waited for together,
+        not one after the other: a graceful stop takes about 0.1 s per service."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            if not roles:
+                list(pool.map(lambda node: node.stop(), self.extra_nodes))
+            list(pool.map(self.aio.stop, roles or list(self.processes)))
+        for role in roles or list(self.processes):
             self.processes.pop(role, None)
 
     def kill(self, role: str) -> None:
