@@ -25,10 +25,11 @@ def pytest_configure(config: pytest.Config) -> None:
         compileall.compile_dir(ROOT / package, quiet=1)
 
 
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[Cloud]:
-    """All four services running, each reporting its peers."""
-    instance = Cloud(tmp_path / "cloud")
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """All four services running, each reporting its peers; one cloud per module (a test that stops a service starts
+    it again)."""
+    instance = Cloud(tmp_path_factory.mktemp("cloud") / "cloud")
     try:
         instance.start()
         yield instance
