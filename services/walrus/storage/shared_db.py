@@ -164,7 +164,7 @@ class SharedMetadataDb(MetadataDb):
 
     def __init__(self, url: str):  # the parent's SQLite attributes stay unset: nothing here uses them
         self.url = url
-        self._thread: ThreadPoolExecutor | None = None
+        self._pg_thread: ThreadPoolExecutor | None = None
         self._writer: asyncpg.Connection | None = None
         self._reads: ReadSessions | None = None
         self._reconnect = asyncio.Lock()
@@ -186,7 +186,7 @@ class SharedMetadataDb(MetadataDb):
         self._writer = conn
         self._reads = ReadSessions(self.url, READ_SESSIONS)
         await self._reads.open()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walrus-pg")
+        self._pg_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walrus-pg")
 
     @property
     def writer_pid(self) -> int:
@@ -201,7 +201,7 @@ class SharedMetadataDb(MetadataDb):
             return self._writer
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        thread = self._thread
+        thread = self._pg_thread
         if thread is None:
             raise RuntimeError("storage not started")
         loop = asyncio.get_running_loop()
@@ -218,7 +218,7 @@ class SharedMetadataDb(MetadataDb):
         return await self._reads.fetch(placeholders(sql), args)
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
+        thread, self._pg_thread = self._pg_thread, None
         reads, self._reads = self._reads, None
         writer, self._writer = self._writer, None
         if thread is not None:
