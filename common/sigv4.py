@@ -36,7 +36,7 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def hmac_hex(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode(), "sha256").hex()  # OpenSSL's one-shot HMAC: no Python HMAC object
 
 
 def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
@@ -68,9 +68,13 @@ def canonical_part(raw: str) -> str:
 
 def canonical_query(pairs: Iterable[tuple[str, str]], drop: str = "") -> str:
     """Sorted `name=value` pairs in SigV4 form; `drop` names a parameter left out (a presigned URL's signature)."""
-    named = [(canonical_part(name), value) for name, value in pairs]
-    items = sorted((name, canonical_part(value)) for name, value in named if name != drop)
-    return "&".join(f"{name}={value}" for name, value in items)
+    items = []
+    for name, value in pairs:
+        name = canonical_part(name)
+        if name != drop:
+            items.append((name, canonical_part(value)))
+    items.sort()
+    return "&".join([f"{name}={value}" for name, value in items])
 
 
 def canonical_header_value(values: Iterable[str]) -> str:

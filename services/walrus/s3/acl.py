@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from services.walrus.s3.context import Ctx, Requester
@@ -62,6 +63,14 @@ def require(acl: Acl, requester: Requester, permission: str) -> None:
 
 
 def canned(name: str, owner_id: str, owner_name: str, bucket_owner: tuple[str, str] | None = None) -> Acl:
+    """A canned ACL (Acl is immutable: the same one serves every request that asks for it)."""
+    if name not in CANNED:
+        raise S3Error("InvalidArgument", f"unknown canned ACL {name}", ArgumentName="x-amz-acl", ArgumentValue=name)
+    return _canned(name, owner_id, owner_name, bucket_owner)
+
+
+@functools.lru_cache(maxsize=1024)
+def _canned(name: str, owner_id: str, owner_name: str, bucket_owner: tuple[str, str] | None) -> Acl:
     if name not in CANNED:
         raise S3Error("InvalidArgument", f"unknown canned ACL {name}", ArgumentName="x-amz-acl", ArgumentValue=name)
     grants = [Grant("CanonicalUser", owner_id, "FULL_CONTROL", owner_name)]
@@ -125,6 +134,8 @@ async def resolve_grantees(ctx: Ctx, acl: Acl | None) -> Acl | None:
     InvalidArgument for an account that does not exist."""
     if acl is None:
         return None
+    if all(g.grantee_type != "CanonicalUser" or _named_owner(acl, g) for g in acl.grants):
+        return acl  # nothing to look up or rename (a canned ACL): the same object, so callers keep their spec
     grants = []
     for grant in acl.grants:
         if grant.grantee_type == "CanonicalUser":
@@ -139,6 +150,11 @@ async def resolve_grantees(ctx: Ctx, acl: Acl | None) -> Acl | None:
             grant = Grant(grant.grantee_type, grant.grantee, grant.permission, name)
         grants.append(grant)
     return Acl(acl.owner_id, acl.owner_name, tuple(grants))
+
+
+def _named_owner(acl: Acl, grant: Grant) -> bool:
+    """A grant to the ACL's owner that already carries the owner's name (resolving it changes nothing)."""
+    return grant.grantee == acl.owner_id and grant.display_name == acl.owner_name
 
 
 def from_xml(body: bytes, current: Acl) -> Acl:

@@ -84,7 +84,23 @@ def _check_skew(stamp: float) -> None:
         )
 
 
+# Credentials (as the key resolver holds them, by identity) -> the Requester they make; both are immutable, so one
+# Requester serves every request signed with the same resolved key
+_requesters: dict[int, tuple[Credentials, Requester]] = {}
+
+
 def _principal_requester(ctx: Ctx, creds: Credentials) -> Requester:
+    found = _requesters.get(id(creds))
+    if found is not None and found[0] is creds:  # held here, so its id is not reused meanwhile
+        return found[1]
+    if len(_requesters) >= 1024:
+        _requesters.clear()
+    requester = _new_requester(creds)
+    _requesters[id(creds)] = (creds, requester)
+    return requester
+
+
+def _new_requester(creds: Credentials) -> Requester:
     principal = creds.principal
     return Requester(
         account_id=principal.account_id,

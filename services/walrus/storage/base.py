@@ -100,13 +100,17 @@ class Acl:
     grants: tuple[Grant, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "owner_id": self.owner_id,
-                "owner_name": self.owner_name,
-                "grants": [[g.grantee_type, g.grantee, g.permission, g.display_name] for g in self.grants],
-            }
-        )
+        text: str | None = self.__dict__.get("_json")  # made once: an Acl is immutable and often shared (canned)
+        if text is None:
+            text = json.dumps(
+                {
+                    "owner_id": self.owner_id,
+                    "owner_name": self.owner_name,
+                    "grants": [[g.grantee_type, g.grantee, g.permission, g.display_name] for g in self.grants],
+                }
+            )
+            self.__dict__["_json"] = text  # not a field: equality, hashing and repr ignore it
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> Acl:
