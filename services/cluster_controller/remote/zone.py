@@ -564,7 +564,7 @@ class RemoteZone:
         ]
 
     async def _watch_starts(self) -> None:
-        """While instances are starting remotely, one DescribeInstances of just those (by id) every
+        """While instances are starting remotely, one DescribeInstances of just those (by id) sent every
         KOALA_REMOTE_POLL_SECONDS for HOT_FOR after the latest remote launch, then backing off by half again up to
         BUSY_MAX until FAST_WHILE: a guest's change to running reaches the CLC within one short wait, without a
         full sync (which goes on at its own pace: reconciliation, terminations, groups, and the instances still
@@ -574,20 +574,24 @@ class RemoteZone:
             await self._started.wait()
             self._started.clear()
             delay = fast
+            sent = time.monotonic()  # the first probe one wait after the RunInstances answer
             while time.monotonic() < self._busy_until and (starting := self._starting()):
+                # The wait runs from one probe's sending to the next, not from its answer: a probe's round trip
+                # (a few ms) no longer lengthens the time a change waits to be seen by a third or more.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._started.wait(), delay)
+                    await asyncio.wait_for(self._started.wait(), max(sent + delay - time.monotonic(), 0))
                 if self._started.is_set():
                     self._started.clear()
                     delay = fast
+                sent = time.monotonic()
                 try:
                     changed = await self._probe(starting[:PROBE_BATCH])
                 except RemoteRefused:
                     changed = []  # one of them unknown remotely: the full sync asks each and ends the lost one
-                    delay = max(delay, BUSY_MAX)
+                    delay, sent = max(delay, BUSY_MAX), time.monotonic()
                 except RemoteUnavailable:
                     changed = []  # the poll loop counts the failures and backs off; so does this watch
-                    delay = max(delay, BUSY_MAX)
+                    delay, sent = max(delay, BUSY_MAX), time.monotonic()  # from the failure (a timeout is long)
                 else:
                     self._note_success()
                     hot = time.monotonic() < self._hot_until
