@@ -56,6 +56,18 @@ class RemoteResources:
         self._keys.add(name)
         return name
 
+    def ready(self, public_key: str, networks: list[str]) -> tuple[str, list[str]] | None:
+        """The key pair's and the networks' remote names when all are there as wanted already (no call to make,
+        no await), else None: a launch then sends its RunInstances without giving up the event loop first."""
+        key = self.key_name(public_key) if public_key else ""
+        if key and key not in self._keys:
+            return None
+        names = [self.group_name(n) for n in networks]
+        for name, network in zip(names, networks, strict=True):
+            if self._applied.get(name) != self.permissions(self.rules.get(network, [])):
+                return None
+        return key, names
+
     # --- security groups ----------------------------------------------------------------------------------
     def permissions(self, rules: list[NetworkRule]) -> frozenset[Permission]:
         wanted: set[Permission] = set()

@@ -296,6 +296,9 @@ class RemoteZone:
         # and its DescribeInstances would only queue at the remote ahead of theirs.
         for instance in chosen:
             self._spawn(self._dispatch(instance, spec), f"dispatch {instance.instance_id}")
+        # One turn of the loop before the answer: each dispatch sends its RunInstances now (when its image, key pair
+        # and groups are there, as most of the time) and the remote starts while the CLC reads this answer.
+        await asyncio.sleep(0)
         log.info(
             "reservation %s: %d instances of %s on their way to %s",
             request.reservation_id,
@@ -398,12 +401,17 @@ class RemoteZone:
             params["UserData"] = spec.user_data
         if self.config.KOALA_REMOTE_ZONE:
             params["Placement"] = {"AvailabilityZone": self.config.KOALA_REMOTE_ZONE}
-        groups = [self.resources.ensure_group(n) for n in self.networks_of(spec)]
-        if spec.ssh_public_key:
+        networks = self.networks_of(spec)
+        known = self.resources.ready(spec.ssh_public_key, networks)
+        if known is not None:
+            key, names = known
+        elif spec.ssh_public_key:
+            groups = [self.resources.ensure_group(n) for n in networks]
             key, *names = await asyncio.gather(self.resources.ensure_key(spec.ssh_public_key), *groups)
-            params["KeyName"] = key
         else:
-            names = list(await asyncio.gather(*groups))
+            key, names = "", list(await asyncio.gather(*(self.resources.ensure_group(n) for n in networks)))
+        if key:
+            params["KeyName"] = key
         params["SecurityGroups"] = names
         try:
             answer = await self.ec2.call("RunInstances", params)
