@@ -152,20 +152,32 @@ class Bench:
         """MiB/s of a sequential write then read of `mib` MiB on /dev/`device`, timed in the guest (/proc/uptime:
         busybox's date has no sub-second format). `direct`: 1 MiB blocks with O_DIRECT, one request in flight at a
         time; `buffered`: through the guest's page cache as a file copy goes (the write ends with an fsync, the read
-        starts with the cache dropped), so the guest's block layer keeps several requests in flight."""
+        starts with the cache dropped), so the guest's block layer keeps several requests in flight.
+        Where the write's time went, from the guest's own counters: `write_idle_share`, the part of the guest's CPU
+        time idle or waiting on I/O (the rest is the guest's own work, dd's copies and its block layer); and
+        `write_flush_ms`, the time the disk took to answer the guest's flushes (/sys/block/X/stat)."""
         timed = "s=$(cut -d' ' -f1 /proc/uptime); {cmd} 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); echo $s $e"
+        counters = f"head -1 /proc/stat; cat /sys/block/{device}/stat; "
         write_flags, read_flags = ("oflag=direct", "iflag=direct") if pattern == "direct" else ("", "")
         write = timed.format(cmd=f"dd if=/dev/zero of=/dev/{device} bs=1M count={mib} {write_flags} conv=fsync")
         read = timed.format(cmd=f"dd if=/dev/{device} of=/dev/null bs=1M count={mib} {read_flags}")
         drop = "sync; echo 3 > /proc/sys/vm/drop_caches; "
 
-        def seconds(output: str) -> float:
-            start, end = output.strip().splitlines()[-1].split()
+        def seconds(line: str) -> float:
+            start, end = line.split()
             return max(float(end) - float(start), 0.01)
 
-        write_s = seconds(self.ssh(drop + write))
-        read_s = seconds(self.ssh(drop + read))
-        return {"write_mib_s": round(mib / write_s, 1), "read_mib_s": round(mib / read_s, 1)}
+        lines = self.ssh(drop + counters + write + "; " + counters).strip().splitlines()[-5:]
+        cpu = [int(b) - int(a) for a, b in zip(lines[0].split()[1:], lines[3].split()[1:], strict=True)]
+        disk = [int(b) - int(a) for a, b in zip(lines[1].split(), lines[4].split(), strict=True)]
+        write_s = seconds(lines[2])
+        read_s = seconds(self.ssh(drop + read).strip().splitlines()[-1])
+        return {
+            "write_mib_s": round(mib / write_s, 1),
+            "read_mib_s": round(mib / read_s, 1),
+            "write_idle_share": round((cpu[3] + cpu[4]) / max(sum(cpu[:8]), 1), 3),  # idle + iowait
+            "write_flush_ms": disk[16] if len(disk) > 16 else -1,  # kernels before 5.5 do not count flushes
+        }
 
     def guest_io(self, mib: int, patterns: list[str], repeat: int) -> dict:
         volume = self.ec2.create_volume(AvailabilityZone="zone1", Size=1)["VolumeId"]
@@ -200,8 +212,7 @@ class Bench:
                 rounds["ebs"].append(self.dd(ebs_dev, mib, pattern))
                 rounds["local"].append(self.dd(local_dev, mib, pattern))
                 rounds["local_queue"].append(self.dd(queued_dev, mib, pattern))
-            median = {k: {m: statistics.median(r[m] for r in v) for m in ("write_mib_s", "read_mib_s")}
-                      for k, v in rounds.items()}  # fmt: skip
+            median = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rounds.items()}
             ebs, plain, queue = median["ebs"], median["local"], median["local_queue"]
             result[pattern] = {
                 "ebs": ebs,
