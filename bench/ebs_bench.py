@@ -38,6 +38,20 @@ Session 8, two runs (write/read ratios): `direct` 0.95/0.99 and 1.09/1.27 (same 
 not yet verified why: a likely cause is its final fsync writing what tgtd left in XFS's page cache, where the local
 cache=none disk wrote as it went. `--bsoflags direct` on the LUN (with the queue of 64 and the direct loop device),
 measured by hand once: buffered write 0.86x but the O_DIRECT read fell to 0.60x (no page cache under tgtd), so no.
+Session 9, where the buffered write's time goes (1 GiB, the same guest, by hand, alternating with the local disk;
+host CPU from /proc/PID/task, the guest's from its /proc/stat and /sys/block/X/stat): the guest runs on TCG, and
+its two vCPU threads spend 6.2-6.9 CPU-s per GiB on either disk (dd's page-cache copies, emulated); the volume's
+path adds about 0.6 CPU-s of the host's (tgtd 0.4, QEMU's main loop 0.3 against 0.1) on the same two cores, where
+the local disk's O_DIRECT adds next to none. The guest's idle+iowait during the write was 150-215 ticks (HZ 100,
+of 1000-1400) on the volume against 60-190 on the local disk; the final flush took 350-450 ms on the volume
+(tgtd's fdatasync writing what XFS still held) against 1 ms. Tried and left out, none a measured gain: writeback
+started early on the loop device (its bdi max_bytes at 64 MiB): the flush fell to 50-200 ms but the write as a
+whole did not get faster (6 pairs each: median ratio 0.82 without, 0.77 with), the idle time moved rather than
+went; tgtd at nice -10 (5 pairs: 0.68 at nice 0, 0.76 at -10, within the noise); a volume with the default queue
+(1 MiB requests, R2Ts), 4 pairs in a quiet spell: 0.80-0.94 against 0.76-0.87 with the queue of 64, tgtd's CPU
+0.25-0.37 s against 0.40-0.45 s: a small gain, while the queue of 64 is what the O_DIRECT pattern needs. TCP on loopback lost
+nothing (7 tail-loss probes per GiB, all spurious). One round's ratio swung from 0.35 to 1.4 with the machine's
+other work, 0.76-0.94 in quiet spells: what is left is the host CPU the iSCSI path takes from a CPU-bound guest.
 
 The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
 SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
