@@ -112,7 +112,7 @@ def acceptance_world(
                 "nc": {
                     "HYPERVISOR": "qemu", "VNET_MODE": "MANAGED-NOVLAN", "VNET_BRIDGE": bridge,
                     "INSTANCE_PATH": instances, "SWAP_SIZE": 32, "KOALA_NC_CONFIG_DRIVE": "false",
-                    "KOALA_NC_REBOOT_GRACE_SECONDS": 10,  # the test guest ignores ACPI reboots: reset it soon
+                    "KOALA_NC_REBOOT_GRACE_SECONDS": 3,  # the test guest ignores ACPI reboots: reset it soon
                 },
             }  # fmt: skip
             for role, values in (extra or {}).items():
