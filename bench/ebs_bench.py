@@ -49,9 +49,10 @@ started early on the loop device (its bdi max_bytes at 64 MiB): the flush fell t
 whole did not get faster (6 pairs each: median ratio 0.82 without, 0.77 with), the idle time moved rather than
 went; tgtd at nice -10 (5 pairs: 0.68 at nice 0, 0.76 at -10, within the noise); a volume with the default queue
 (1 MiB requests, R2Ts), 4 pairs in a quiet spell: 0.80-0.94 against 0.76-0.87 with the queue of 64, tgtd's CPU
-0.25-0.37 s against 0.40-0.45 s: a small gain, while the queue of 64 is what the O_DIRECT pattern needs. TCP on loopback lost
-nothing (7 tail-loss probes per GiB, all spurious). One round's ratio swung from 0.35 to 1.4 with the machine's
-other work, 0.76-0.94 in quiet spells: what is left is the host CPU the iSCSI path takes from a CPU-bound guest.
+0.25-0.37 s against 0.40-0.45 s: a small gain, while the queue of 64 is what the O_DIRECT pattern needs. TCP on
+loopback lost nothing (7 tail-loss probes per GiB, all spurious). One round's ratio swung from 0.35 to 1.4 with the
+machine's other work, 0.76-0.94 in quiet spells: what is left is the host CPU the iSCSI path takes from a CPU-bound
+guest.
 
 The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
 SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
