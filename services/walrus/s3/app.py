@@ -136,9 +136,11 @@ class S3App:
             if header_bytes > MAX_HEADER_BYTES:
                 raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=MAX_HEADER_BYTES)
             raw_path, _, raw_query = routing.origin_form(request.raw_path).partition("?")
-            bucket, key = routing.locate(raw_path, request.host, self.domains, request.method in _READS)
+            read = request.method in _READS
+            bucket, key = routing.locate(raw_path, request.host, self.domains, read)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
-            ctx = Ctx(self, request, request_id, bucket, key, routing.parse_query(raw_query), raw_path, raw_query)
+            query = routing.parse_query(raw_query, remember=read)
+            ctx = Ctx(self, request, request_id, bucket, key, query, raw_path, raw_query)
             if "Origin" in request.headers:  # only a page on another origin gets CORS headers
                 ctx.response_headers.update(await cors.answer_headers(ctx))
             if request.method != "OPTIONS":  # a CORS preflight is never signed, even when its URL is presigned

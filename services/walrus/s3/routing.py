@@ -33,11 +33,14 @@ def _decode(text: str) -> str:
 _parsed: dict[str, MultiDictProxy[str]] = {}  # raw query -> parsed (a presigned URL comes back many times)
 
 
-def parse_query(raw_query: str, limit: int = 200) -> MultiDictProxy[str]:
-    """The decoded query parameters, read-only."""
+def parse_query(raw_query: str, limit: int = 200, remember: bool = True) -> MultiDictProxy[str]:
+    """The decoded query parameters, read-only; remembered when `remember` (as `locate`: a presigned upload's query
+    is new each time)."""
     found = _parsed.get(raw_query)
     if found is None:
         found = MultiDictProxy(_parse_query(raw_query, limit))
+        if not remember:
+            return found
         if len(_parsed) >= 4096:
             _parsed.clear()
         _parsed[raw_query] = found
