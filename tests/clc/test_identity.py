@@ -219,6 +219,20 @@ def test_users_keys_and_credentials_zip(cloud):
     assert dave.secret_key not in listed.model_dump_json()
 
 
+def test_secret_keys_are_safe_on_a_command_line(cloud):
+    """A secret is handed to tools as an argument (`-s SECRET`): one that began with "-" was read as an option
+    (CI failed so once). Twelve keys: with the old alphabet (64 symbols, "-" and "_" among them) all twelve
+    avoiding both has a chance of about 1 in 4 million."""
+    secrets = [new_account(cloud, f"cli{n}").secret_key for n in range(6)]
+    for n in range(6):
+        admin_call(cloud, "CreateUser", msg.CreateUserRequest(account=f"cli{n}", name="ops"), msg.UserResponse)
+        key = admin_call(cloud, "CreateAccessKey", msg.UserRef(account=f"cli{n}", user="ops"), msg.NewAccessKey)
+        secrets.append(key.secret_access_key)
+    assert len(set(secrets)) == 12
+    for secret in secrets:
+        assert len(secret) == 40 and secret.isascii() and secret.isalnum(), secret
+
+
 def test_koala_admin_cli(cloud, tmp_path):
     def koala(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

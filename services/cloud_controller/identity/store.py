@@ -34,6 +34,10 @@ ADMIN_USER = "admin"
 _ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9.@_-]{0,62}$")
 _USER_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,64}$")
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
+# Letters and digits only: a secret that began with "-" (token_urlsafe's alphabet) reads as an option to every
+# command-line parser it is handed to (`koala upload-bundle -s SECRET`, ec2-api-tools' -W), one key in 32.
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+SECRET_LENGTH = 40  # as AWS's; 40 of 62 symbols is 238 bits
 MAX_KEYS_PER_USER = 2  # as IAM
 
 
@@ -219,7 +223,7 @@ class IdentityStore:
             if count >= MAX_KEYS_PER_USER:
                 raise IdentityError("LimitExceeded", f"a user has at most {MAX_KEYS_PER_USER} access keys", 409)
             access_key_id = "AKI" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(17))
-            secret = secrets.token_urlsafe(30)  # 40 characters
+            secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(SECRET_LENGTH))
             await conn.execute(
                 "INSERT INTO access_keys(access_key_id, user_id, secret_key, created_at) VALUES (?, ?, ?, ?)",
                 (access_key_id, user_id, secret, time.time()),
