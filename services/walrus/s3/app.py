@@ -24,7 +24,6 @@ from services.walrus.storage import StorageBackend, StorageError
 
 log = logging.getLogger("koala.walrus.s3")
 MAX_HEADER_BYTES = 16 << 10  # all headers together; user metadata has its own 2 KiB limit
-_READS = frozenset({"GET", "HEAD"})  # requests whose (bucket, key) is remembered by its path (routing.locate)
 
 
 _REQUEST_PREFIX = secrets.token_hex(4).upper()  # this process's; a counter numbers its requests
@@ -136,7 +135,7 @@ class S3App:
             if header_bytes > MAX_HEADER_BYTES:
                 raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=MAX_HEADER_BYTES)
             raw_path, _, raw_query = routing.origin_form(request.raw_path).partition("?")
-            read = request.method in _READS
+            read = request.method in routing.REMEMBERED_METHODS
             bucket, key = routing.locate(raw_path, request.host, self.domains, read)
             resource = f"/{bucket}/{key}" if key else f"/{bucket}"
             query = routing.parse_query(raw_query, remember=read)

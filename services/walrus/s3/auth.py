@@ -18,6 +18,7 @@ from common import sigv4
 from services.walrus.s3.context import ChunkSigning, Ctx, Requester
 from services.walrus.s3.errors import S3Error
 from services.walrus.s3.identity import Credentials
+from services.walrus.s3.routing import REMEMBERED_METHODS
 from services.walrus.s3.xml import parse_http_time
 
 MAX_SKEW = 15 * 60
@@ -285,10 +286,7 @@ class _Presigned:
     expires: int
 
 
-_presigned: dict[tuple[str, ...], _Presigned] = {}  # (method, path, query, host, payload header) -> its check
-# Only downloads are remembered: a URL fetched again is how one object is served to many, while an upload URL is
-# used once, and remembering each (its query alone is half a KiB) grew a busy Walrus by 5 MB for nothing.
-_REUSED_METHODS = frozenset({"GET", "HEAD"})
+_presigned: dict[tuple[str, ...], _Presigned] = {}  # (method, path, query, host, payload header) -> its check; GET/HEAD
 
 
 async def _presigned_again(ctx: Ctx, memo_key: tuple[str, ...]) -> bool:
@@ -322,7 +320,7 @@ async def _sigv4_query(ctx: Ctx) -> None:
         headers.get("Host", ""),
         headers.get("x-amz-content-sha256", ""),
     )
-    reused = ctx.request.method in _REUSED_METHODS
+    reused = ctx.request.method in REMEMBERED_METHODS
     if reused and await _presigned_again(ctx, memo_key):
         return
     query = ctx.query

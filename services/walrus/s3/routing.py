@@ -9,6 +9,11 @@ from multidict import MultiDict, MultiDictProxy
 
 from services.walrus.s3.errors import S3Error
 
+# Requests whose path, query and presigned check are remembered (`locate`, `parse_query`, auth's presigned memo):
+# a URL read again is how one object is served to many, while an upload's URL is most often new, and remembering
+# each only grew a busy Walrus (by 1.5 MB of paths, and 5 MB of presigned queries) for nothing.
+REMEMBERED_METHODS = frozenset({"GET", "HEAD"})
+
 WALRUS_PREFIX = "/services/Walrus"
 
 
