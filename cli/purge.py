@@ -22,6 +22,7 @@ from pathlib import Path
 from cli.allinone import AllInOne
 from common.config import parse_conf
 from common.daemon import alive
+from common.mounts import mount_table
 
 STATE_ENTRIES = (
     "conf",
@@ -81,16 +82,9 @@ def unmount_under(directory: Path) -> list[str]:
     if not directory.exists():
         return []
     root = directory.resolve()
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return []
     points = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 2:
-            continue
-        point = Path(fields[1].replace("\\040", " "))
+    for mount in mount_table():
+        point = Path(mount.point)
         if point != root and root in point.parents:
             points.append(point)
     done = []

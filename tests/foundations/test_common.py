@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from common import db, ids, pki
+from common.mounts import Mount, mount_table
 from common.signing import ReplayCache
 
 
@@ -188,3 +189,11 @@ def test_pki_ensure_many_issues_each_id_its_own_certificate(tmp_path: Path) -> N
         assert store.key_path(node_id).stat().st_mode & 0o077 == 0
         keys.add(pki.load_key(store.key_path(node_id)).public_key().public_numbers())
     assert len(keys) == 2  # a key pair of its own each
+
+
+def test_mount_table_decodes_the_kernels_escapes(tmp_path):
+    table = tmp_path / "mounts"
+    table.write_text("/dev/loop3 /var/lib/koala/vol\\040dir xfs rw 0 0\nbad\ntmpfs /a\\134b tmpfs rw 0 0\n")
+    assert mount_table(table) == [Mount("/dev/loop3", "/var/lib/koala/vol dir"), Mount("tmpfs", "/a\\b")]
+    assert mount_table(tmp_path / "missing") == []
+    assert "/" in {mount.point for mount in mount_table()}  # this process's own table

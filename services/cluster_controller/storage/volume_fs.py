@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from common.hostcmd import CommandFailed, Runner
+from common.mounts import mount_table
 from services.cluster_controller.storage import extents
 
 log = logging.getLogger("koala.cc.storage")
@@ -102,14 +103,12 @@ async def ensure(directory: Path, size_gb: int, runner: Runner) -> bool:
 
 
 def loop_device(directory: Path) -> str | None:
-    """The loop device of the directory's own image mounted on it (/proc/self/mounts), if any."""
+    """The loop device of the directory's own image mounted on it, if any."""
     target, image = os.path.realpath(directory), os.path.realpath(image_path(directory))
     found = None
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            source, mountpoint = line.split()[:2]
-            if mountpoint == target and source.startswith("/dev/loop"):
-                found = source  # the last one: a later mount hides an earlier one
+    for mount in mount_table():
+        if mount.point == target and mount.source.startswith("/dev/loop"):
+            found = mount.source  # the last one: a later mount hides an earlier one
     if found is None:
         return None
     try:
