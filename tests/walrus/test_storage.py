@@ -15,7 +15,9 @@ from services.walrus.storage import (
     BucketNotEmpty,
     ChangeEvent,
     EmbeddedBackend,
+    NoSuchBucket,
     NoSuchKey,
+    ObjectInfo,
     ObjectSpec,
 )
 from services.walrus.storage.files import LocalFiles
@@ -99,6 +101,32 @@ async def test_concurrent_writers_last_commit_wins(storage: EmbeddedBackend) -> 
     assert bucket.object_count == 1 and bucket.bytes_used == len(final)
     with pytest.raises(BucketNotEmpty):
         await storage.delete_bucket("bkt")
+
+
+async def test_a_failing_writer_spares_the_others_committed_with_it(storage: EmbeddedBackend) -> None:
+    """Small PUTs started together are committed together (one batch of the group commit, one transaction when all
+    succeed): one that fails (its bucket is gone) fails alone, and every other one is kept, counted and readable."""
+    bodies = {f"k{i}": bytes([i]) * (100 + i) for i in range(12)}
+
+    async def commit(bucket: str, key: str, body: bytes) -> ObjectInfo:
+        data = await storage.new_data()
+        await data.write(body)
+        await data.finish()
+        return await storage.commit_object(bucket, key, data, SPEC)
+
+    results = await asyncio.gather(
+        *(commit("gone" if i % 3 == 0 else "bkt", key, body) for i, (key, body) in enumerate(bodies.items())),
+        return_exceptions=True,
+    )
+    kept = {key: body for i, (key, body) in enumerate(bodies.items()) if i % 3}
+    for i, key in enumerate(bodies):
+        if key in kept:
+            assert isinstance(results[i], ObjectInfo) and await read(storage, key) == kept[key]
+        else:
+            assert isinstance(results[i], NoSuchBucket)
+            assert await storage.head_object("bkt", key) is None
+    bucket = (await storage.list_buckets("111111111111"))[0]
+    assert (bucket.object_count, bucket.bytes_used) == (len(kept), sum(map(len, kept.values())))
 
 
 async def test_restart_sweeps_unreferenced_data(tmp_path: Path, store_maker: StoreMaker) -> None:

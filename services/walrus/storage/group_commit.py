@@ -44,6 +44,30 @@ def _run_batch(conn: sqlite3.Connection, batch: list[Transaction]) -> list[tuple
     return outcomes
 
 
+def _run_batch_at_once(conn: sqlite3.Connection, batch: list[Transaction]) -> list[tuple[bool, Any]] | None:
+    """On the database thread: the whole batch as one transaction without a savepoint around each (two statements
+    fewer per transaction: a 4 KiB PUT's are five, not seven); None when one of them failed, everything rolled back
+    (the caller runs the batch again with `_run_batch`, each in its savepoint). A transaction reads and writes the
+    database only, so running it again is the same as running it once."""
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        for fn in batch:
+            outcomes.append((True, fn(conn)))
+        conn.execute("COMMIT")
+    except Exception as err:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if len(batch) == 1:  # nothing else to keep: the one transaction failed
+            return [(False, err)]
+        return None
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
 class GroupCommit:
     def __init__(self, db: MetadataDb):
         self.db = db
@@ -159,8 +183,10 @@ class LocalGroupCommit:
                     self._draining = False
                     return
                 batch, self._queue = self._queue[:TX_BATCH], self._queue[TX_BATCH:]
+            functions = [fn for fn, _ in batch]
             try:
-                outcomes = _run_batch(conn, [fn for fn, _ in batch])
+                found = _run_batch_at_once(conn, functions)
+                outcomes = found if found is not None else _run_batch(conn, functions)
             except Exception as err:  # the commit itself failed: every transaction of the batch did
                 self._answer([(batch, [(False, err)] * len(batch))])
                 continue
