@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -19,6 +22,28 @@ _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 class MigrationError(Exception):
     pass
+
+
+# One statement and the rows it is run for (executemany): what `write_together` writes.
+Statement = tuple[str, Sequence[Sequence[Any]]]
+
+
+async def write_together(db: aiosqlite.Connection, statements: Sequence[Statement]) -> None:
+    """One transaction in one hop to aiosqlite's thread: each statement for each of its rows, then the commit (or
+    the rollback, on an error). Through aiosqlite's own calls each statement and the commit were a hop of their
+    own (a thread hand-off and a wake of the event loop each, ~0.1-0.3 ms on a busy 2-core machine)."""
+    await db._execute(_write_together, db._conn, statements)  # type: ignore[no-untyped-call]
+
+
+def _write_together(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    try:
+        for sql, rows in statements:
+            if rows:
+                conn.executemany(sql, rows)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def migration_files(package: str) -> list[tuple[int, str, str]]:

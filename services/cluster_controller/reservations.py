@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Protocol, TypeVar
 
 import aiosqlite
 
+from common.db import Statement, write_together
 from common.messages.cc_nc import LaunchSpec
 
 
@@ -23,15 +24,15 @@ class Reservations:
         self.db = db
         self._specs: dict[str, LaunchSpec] = {}
 
-    async def add(self, reservation_id: str, spec: LaunchSpec, write_instances: Callable[[], Awaitable[None]]) -> None:
-        """One transaction: the spec and the reservation's placed instances (`write_instances`, not committing)."""
-        await self.db.execute(
+    async def add(self, reservation_id: str, spec: LaunchSpec, instances: Statement) -> None:
+        """One transaction (one hop to the database thread): the spec and the reservation's placed instances
+        (`instances`: their upsert and rows)."""
+        reservation = (
             "INSERT INTO reservations(reservation_id, spec, created_at) VALUES (?, ?, ?)"
             " ON CONFLICT(reservation_id) DO NOTHING",
-            (reservation_id, spec.model_dump_json(), time.time()),
+            [(reservation_id, spec.model_dump_json(), time.time())],
         )
-        await write_instances()
-        await self.db.commit()
+        await write_together(self.db, [reservation, instances])
         self._specs[reservation_id] = spec
 
     async def spec(self, reservation_id: str) -> LaunchSpec | None:

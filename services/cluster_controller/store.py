@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from common.db import open_db
+from common.db import Statement, open_db
 from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from common.messages.migration import MigrationTarget
 from services.cluster_controller.model import Instance, Migration, Node
@@ -39,6 +39,13 @@ def _instance_row(instance: Instance) -> tuple[object, ...]:
         int(instance.terminating),
         json.dumps(instance.tried),
         instance.ended_at,
+    )
+
+
+def _upsert(instances: Iterable[Instance]) -> Statement:
+    return (
+        f"INSERT OR REPLACE INTO instances({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+        [_instance_row(i) for i in instances],
     )
 
 
@@ -98,7 +105,7 @@ class Store:
     # --- reservations and instances -----------------------------------------------------------------------
     async def add_reservation(self, reservation_id: str, spec: LaunchSpec, instances: list[Instance]) -> None:
         """One transaction: the launch spec and its placed instances, before anything is sent to a node."""
-        await self.reservations.add(reservation_id, spec, lambda: self._upsert(instances))
+        await self.reservations.add(reservation_id, spec, _upsert(instances))
 
     async def save_instances(self, instances: Iterable[Instance]) -> None:
         await self._upsert(list(instances))
@@ -106,10 +113,7 @@ class Store:
 
     async def _upsert(self, instances: Sequence[Instance]) -> None:
         if instances:
-            await self.db.executemany(
-                f"INSERT OR REPLACE INTO instances({_INSTANCE_COLUMNS}) VALUES ({', '.join('?' * 15)})",
-                [_instance_row(i) for i in instances],
-            )
+            await self.db.executemany(*_upsert(instances))
 
     async def load_instances(self) -> list[Instance]:
         async with self.db.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY rowid") as cursor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from common.db import open_db
+from common.db import Statement, open_db, write_together
 from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from common.messages.network import NetworkRule
 from services.cluster_controller.remote.model import RemoteInstance, Upload
@@ -41,6 +41,10 @@ def _row(i: RemoteInstance) -> tuple[object, ...]:
     )
 
 
+def _upsert(instances: Iterable[RemoteInstance]) -> Statement:
+    return f"INSERT OR REPLACE INTO instances({_COLUMNS}) VALUES ({', '.join('?' * 14)})", [_row(i) for i in instances]
+
+
 class RemoteStore:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
@@ -54,18 +58,10 @@ class RemoteStore:
         await self.db.close()
 
     async def add_reservation(self, reservation_id: str, spec: LaunchSpec, instances: list[RemoteInstance]) -> None:
-        await self.reservations.add(reservation_id, spec, lambda: self._upsert(instances))
+        await self.reservations.add(reservation_id, spec, _upsert(instances))
 
     async def save(self, instances: Iterable[RemoteInstance]) -> None:
-        await self._upsert(list(instances))
-        await self.db.commit()
-
-    async def _upsert(self, instances: list[RemoteInstance]) -> None:
-        if instances:
-            await self.db.executemany(
-                f"INSERT OR REPLACE INTO instances({_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                [_row(i) for i in instances],
-            )
+        await write_together(self.db, [_upsert(instances)])
 
     async def load(self) -> list[RemoteInstance]:
         async with self.db.execute(f"SELECT {_COLUMNS} FROM instances ORDER BY rowid") as cursor:
