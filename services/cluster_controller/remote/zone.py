@@ -57,6 +57,7 @@ HOT_FOR = 1.5  # seconds after a launch or termination the remote is polled at t
 # (most guests change state within this time; a backoff from the first poll would see the change late).
 UNENDED = ["pending", "running", "shutting-down", "stopping", "stopped"]  # the remote states the full sync lists
 PROBE_BATCH = 200  # starting instances asked about in one DescribeInstances (by id)
+SYNC_HOLD_MAX = 2.0  # longest the full sync waits for the launches' RunInstances at the remote to be answered
 
 
 class RemoteZone:
@@ -90,6 +91,9 @@ class RemoteZone:
         self._unsynced: set[str] = set()  # networks whose rules changed since their remote group was last set
         self._sweep_lock = asyncio.Lock()
         self._in_flight = 0
+        self._runs_sent = 0  # RunInstances at the remote, not answered yet
+        self._no_runs_sent = asyncio.Event()
+        self._no_runs_sent.set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def check(self) -> None:
@@ -413,12 +417,18 @@ class RemoteZone:
         if key:
             params["KeyName"] = key
         params["SecurityGroups"] = names
+        self._runs_sent += 1
+        self._no_runs_sent.clear()
         try:
             answer = await self.ec2.call("RunInstances", params)
         except RemoteRefused as err:
             if err.code.startswith(("InvalidAMIID", "InvalidKernelId", "InvalidRamdiskId", "InvalidRamdiskID")):
                 await self.remote_images.lost(images)  # deregistered remotely: the next launch uploads it again
             raise
+        finally:
+            self._runs_sent -= 1
+            if not self._runs_sent:
+                self._no_runs_sent.set()
         remote = (answer.get("Instances") or [{}])[0]
         if not remote.get("InstanceId"):
             raise RemoteRefused("NoInstance", "the remote answered RunInstances without an instance")
@@ -542,6 +552,11 @@ class RemoteZone:
         failing = Backoff(initial=1.0, maximum=slow)
         while True:
             self._wake.clear()
+            # Not while a launch's RunInstances is at the remote: the sync's DescribeInstances would be served with it
+            # (the remote's CPU shared, often with the local cloud's on one machine) and hold up the guest's start.
+            if not self._no_runs_sent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._no_runs_sent.wait(), SYNC_HOLD_MAX)
             try:
                 changed = await self.sync()
             except RemoteError as err:
