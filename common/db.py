@@ -36,6 +36,8 @@ async def write_together(db: aiosqlite.Connection, statements: Sequence[Statemen
 
 
 def _write_together(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    if conn.isolation_level is None:  # autocommit (common.database.sqlite): the transaction is begun here
+        conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, rows in statements:
             if rows:

@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import Awaitable, Generator, Iterable, Sequence
 from typing import Any
 
+from common.db import Statement
+
 # A result row: both engines' rows index by column name and by position, and `dict(row)` works.
 Row = Any
 
@@ -89,6 +91,13 @@ class Database(abc.ABC):
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         async with self.transaction() as tx:
             await tx.executemany(sql, rows)
+
+    async def write(self, statements: Sequence[Statement]) -> None:
+        """One transaction of writes: each statement run for each of its rows (an engine may do it in one hop)."""
+        async with self.transaction() as tx:
+            for sql, rows in statements:
+                if rows:
+                    await tx.executemany(sql, rows)
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -187,27 +187,27 @@ def test_concurrent_reservations_share_one_transaction(tmp_path) -> None:
             reservation.instance_ids.append(instance.instance_id)
             compute.store.instances[instance.instance_id] = instance
         transactions = 0
-        real = compute.db.transaction
+        real = compute.db.write
 
-        def counted():  # the real transaction, counted
+        async def counted(statements):  # the real transaction (one Database.write), counted
             nonlocal transactions
             transactions += 1
-            return real()
+            await real(statements)
 
-        compute.db.transaction = counted  # type: ignore[method-assign]
+        compute.db.write = counted  # type: ignore[method-assign]
         results = await asyncio.gather(
             *(compute.store.save_reservation(r) for r in reservations), return_exceptions=True
         )
-        compute.db.transaction = real  # type: ignore[method-assign]
+        compute.db.write = real  # type: ignore[method-assign]
         failed = [n for n, result in enumerate(results) if isinstance(result, Exception)]
         assert failed == [7]
         assert transactions == 1 + len(reservations)  # the batch, undone, then each alone (one is at fault)
         # Without a faulty one: all twenty in one transaction.
         more = [Reservation(f"r-{0x200 + n:08x}", "111111111111", "z1", created_at=now) for n in range(20)]
         transactions = 0
-        compute.db.transaction = counted  # type: ignore[method-assign]
+        compute.db.write = counted  # type: ignore[method-assign]
         await asyncio.gather(*(compute.store.save_reservation(r) for r in more))
-        compute.db.transaction = real  # type: ignore[method-assign]
+        compute.db.write = real  # type: ignore[method-assign]
         assert transactions == 1
         again = await engine(tmp_path)
         written = {r.reservation_id for r in [*reservations, *more]} - {taken}

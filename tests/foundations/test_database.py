@@ -93,6 +93,30 @@ async def test_transactions_commit_or_roll_back_whole(db: Database) -> None:
     assert (await db.fetchone("SELECT SUM(size) FROM things"))[0] == 1
 
 
+async def test_write_commits_all_its_statements_or_none(db: Database) -> None:
+    """Database.write (a launch's record: one hop to SQLite's thread): every statement for each of its rows in one
+    transaction, undone whole by an error in its last row, and serialised with transaction()'s."""
+    insert = "INSERT INTO things (id, size) VALUES (?, ?)"
+    await db.write([(insert, [("a", 1), ("b", 2)]), ("INSERT INTO events (what) VALUES (?)", [("made",)])])
+    with pytest.raises(DatabaseError):
+        await db.write([("UPDATE things SET size = size + 10", [()]), (insert, [("c", 3), ("a", 4)])])
+    assert [tuple(r) for r in await db.fetchall("SELECT id, size FROM things ORDER BY id")] == [("a", 1), ("b", 2)]
+    assert [r[0] for r in await db.fetchall("SELECT what FROM events")] == ["made"]
+
+    async def bump() -> None:
+        async with db.transaction() as tx:
+            size = (await tx.fetchone("SELECT size FROM things WHERE id = 'a'"))[0]
+            await asyncio.sleep(0)  # a write in between would be lost by this update
+            await tx.execute("UPDATE things SET size = ? WHERE id = 'a'", (size + 1,))
+
+    await asyncio.gather(bump(), db.write([(insert, [("d", 5)])]), bump())
+    assert [tuple(r) for r in await db.fetchall("SELECT id, size FROM things ORDER BY id")] == [
+        ("a", 3),
+        ("b", 2),
+        ("d", 5),
+    ]
+
+
 async def test_upsert_and_conflicts(db: Database) -> None:
     sql = upsert("things", ["id", "size", "note"], ["id"])
     await db.execute(sql, ("x", 1, "first"))

@@ -253,27 +253,33 @@ class Store:
             values["group_ids"] = json.dumps(values["group_ids"])
             rows.append([values[c] for c in _RESERVATION_COLUMNS])
         instances = [self.instances[i] for r in reservations for i in r.instance_ids]
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
-                rows,
-            )
-            await conn.executemany(
-                f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
-                [[getattr(i, c) for c in _INSTANCE_COLUMNS] for i in instances],
-            )
+        await self.db.write(
+            [
+                (
+                    f"INSERT INTO reservations({', '.join(_RESERVATION_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(_RESERVATION_COLUMNS))})",
+                    rows,
+                ),
+                (
+                    f"INSERT INTO instances({', '.join(_INSTANCE_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
+                    [[getattr(i, c) for c in _INSTANCE_COLUMNS] for i in instances],
+                ),
+            ]
+        )
 
     async def save_instances(self, instances: list[Instance]) -> None:
         if not instances:
             return
         columns = [c for c in _INSTANCE_COLUMNS if c != "instance_id"]
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE instance_id = ?",
-                [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
-            )
+        await self.db.write(
+            [
+                (
+                    f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE instance_id = ?",
+                    [[getattr(i, c) for c in columns] + [i.instance_id] for i in instances],
+                )
+            ]
+        )
 
     async def save_reported(self, instances: list[Instance]) -> None:
         """Write what a CC's report changes of an instance (reports.py: its state and reason, node, addresses and
