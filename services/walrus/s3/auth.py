@@ -210,8 +210,12 @@ async def _verify_v4(
     headers = _canonical_headers(ctx, signed)
     # Everything the signature covers, with the secret it was checked against: the same inputs verify the same
     # way, so a presigned URL fetched again (or a header-signed request retried) skips the canonical request.
-    seen = (key, ctx.request.method, raw_path, raw_query, headers, signed_headers, payload, amz_date, signature)
-    if seen not in _verified:
+    # Reads only (routing.REMEMBERED_METHODS): an upload's URL is most often new, and remembering it only filled
+    # the memo.
+    method = ctx.request.method
+    seen = (key, method, raw_path, raw_query, headers, signed_headers, payload, amz_date, signature)
+    remember = method in REMEMBERED_METHODS
+    if not remember or seen not in _verified:
         query = sigv4.canonical_query(sigv4.raw_query_pairs(raw_query), drop=drop_query)
         first_string = first_request = ""
         for uri in _canonical_uris(raw_path):
@@ -229,9 +233,10 @@ async def _verify_v4(
                 StringToSignBytes=" ".join(f"{b:02x}" for b in first_string.encode()),
                 CanonicalRequest=first_request,
             )
-        if len(_verified) >= VERIFIED_ENTRIES:
-            _verified.clear()
-        _verified.add(seen)
+        if remember:
+            if len(_verified) >= VERIFIED_ENTRIES:
+                _verified.clear()
+            _verified.add(seen)
     ctx.requester = _principal_requester(ctx, creds)
     ctx.signing = ChunkSigning(key, scope, amz_date, signature.lower())
     ctx.auth_type = "REST-QUERY-STRING" if drop_query else "REST-HEADER"
