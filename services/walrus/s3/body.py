@@ -7,6 +7,7 @@ length, each signed chunk's signature, the x-amz-content-sha256 digest; trailing
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -54,6 +55,20 @@ class Body:
 
     def hex_payload(self) -> bool:
         return len(self.mode) == 64 and not self.chunked
+
+    async def whole(self, limit: int) -> bytes | None:
+        """The body in one read when it is plain, of a declared length of at most `limit` and with no digest of its
+        own to check (small uploads: two async generators fewer per request); None otherwise (read `chunks`)."""
+        if self.chunked or self.length is None or self.length > limit or self._sha256 is not None:
+            return None
+        if not self.length:  # aiohttp's reader of an empty body refuses even readexactly(0)
+            return b""
+        try:
+            return await self.request.content.readexactly(self.length)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            raise S3Error("IncompleteBody") from None
+        except Exception as err:  # aiohttp's payload errors (the connection lost)
+            raise S3Error("IncompleteBody", f"the body could not be read ({type(err).__name__})") from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         source = self._chunked() if self.chunked else self._plain()

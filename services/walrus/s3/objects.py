@@ -43,6 +43,7 @@ from services.walrus.storage import (
 log = logging.getLogger("koala.walrus.s3")
 STORED_HEADERS = ("Content-Encoding", "Content-Disposition", "Cache-Control", "Content-Language", "Expires")
 CHECKSUMS = ("crc32", "crc32c", "sha1", "sha256")
+SMALL_BODY = 64 << 10  # bodies up to this size are read in one go (Body.whole)
 OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -165,8 +166,12 @@ async def receive(ctx: Ctx, max_size: int) -> tuple[TempData, dict[str, str]]:
     hashes = tuple(wanted) + (("sha256",) if signed_sha256 and "sha256" not in wanted else ())
     data = await ctx.app.storage.new_data(hashes)
     try:
-        async for chunk in body.chunks():
-            await data.write(chunk)
+        small = await body.whole(SMALL_BODY)
+        if small is not None:
+            await data.write(small)
+        else:
+            async for chunk in body.chunks():
+                await data.write(chunk)
         await data.finish()
         if signed_sha256 and not hmac.compare_digest(data.digest("sha256").hex(), ctx.payload.lower()):
             raise S3Error(
