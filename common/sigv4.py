@@ -49,16 +49,16 @@ def raw_query_pairs(raw_query: str) -> list[tuple[str, str]]:
     return pairs
 
 
-_canonical_parts: dict[str, str] = {}  # encoded parts seen before (a presigned URL's credential comes back often)
+# parts seen before: the names and most values of a presigned URL's query (algorithm, credential, expiry, signed
+# headers) come back with every URL a client signs, and a lookup is cheaper than even the unreserved-only match
+_canonical_parts: dict[str, str] = {}
 
 
 def canonical_part(raw: str) -> str:
     """A query name or value as sent -> its SigV4 form (decoded once, encoded once, RFC 3986 unreserved kept)."""
-    if _UNRESERVED.fullmatch(raw):  # the common case needs neither step
-        return raw
     found = _canonical_parts.get(raw)
     if found is None:
-        found = quote(unquote(raw), safe="~")
+        found = raw if _UNRESERVED.fullmatch(raw) else quote(unquote(raw), safe="~")  # the first needs no step
         if len(raw) <= 256:
             if len(_canonical_parts) >= 4096:
                 _canonical_parts.clear()
