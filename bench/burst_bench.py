@@ -11,19 +11,33 @@ Target: burst / direct at most 1.2 (p50). Each instance is terminated before the
 
     .venv/bin/python bench/burst_bench.py [--launches 15]
 
-Where a burst launch's extra time goes (session 9, a timestamp at each step in every process, 30 launches of each
-kind, medians; the direct instance ran ~19-25 ms after its RunInstances was sent):
-- before the remote hears of it, ~5.5 ms more than a direct call (~1.1 ms): the local CLC's checks and records
-  (~1.5 ms), its signed call to the CC (~1 ms), the CC's record (~0.5-1 ms), the CC's signed EC2 request;
-- at the remote, ~0.7 ms more: the tags of the remote instance written, and the local services' work on 2 cores;
-- after the remote instance runs, ~4-5 ms more: the CC's next probe (sent every POLL_SECONDS; ~3 ms to see it) and
-  its push to the CLC (~1 ms); the client's own poll then waits as the direct client's does.
-Each hop costs ~1 ms of Python on this machine: two hops before and one poll and one push after are ~7 ms, more
-than 1.2x of a ~20 ms start leaves (4 ms). Against a guest that boots in seconds the ratio is ~1.
+Where a burst launch's extra time goes (session 10, a timestamp at each step in every process, 20 launches, medians,
+machine load ~2; the direct instance ran ~18-20 ms after its RunInstances was sent):
+- before the remote hears of it, ~4.6 ms more than a direct call (the remote's front end has it ~1 ms after the
+  client sent it): the local CLC's front end (1.2 ms, as the remote's for a direct call), its checks and admission
+  (0.75), its record (0.45, one hop to SQLite's thread), the CC request built (0.3), the signed call reaching the CC
+  (0.65) and checked (0.3), the CC's record (0.5, one hop), its EC2 request serialized and signed (0.45, botocore),
+  that request reaching the remote's front end (0.95);
+- at the remote, ~0.8 ms more from its front end to its `running` (18.1 against 17.3 ms) and the answer ~2 ms later
+  (8.4 against 6.4): the tags and ClientToken, and the local services' work on the same 2 cores;
+- after the remote instance runs, ~4-5 ms more: the CC's next probe (one every POLL_SECONDS: ~3 ms from the
+  remote's `running` to the CC seeing it, of which ~1.3 ms the probe's round trip) and its push to the CLC
+  (~0.6-1 ms to the CLC's memory); the client's own poll then waits as the direct client's does.
+The floor: a second cloud's worth of front end, admission and durable record before the CC (~3 ms), one signed hop
+with its record (~1.5 ms), one poller in series with the client's (half a POLL_SECONDS on average, plus a round trip)
+and one push (~1 ms): ~9-10 ms, where 1.2x of a ~18.5 ms start leaves ~3.7. Each step is a few tenths of a ms of
+Python; none can go without dropping a guarantee (each state written before it is acted on, signed internal calls
+checked, no probe rate above the client's). Against a guest that boots in seconds the ratio is ~1.
 Session 9: no push of the RunInstances answer (it held `running` behind it), no terminated instances in the full
 sync (the CC's CPU per launch halved), probes spaced from sending to sending, the remote's RunInstances sent before
 the CC answers the CLC. --launches 30: 1.41x (8.9 ms over 21.8) and 1.60x (11.6 ms over 19.3) with the machine's
 load at 1-2, 1.45x-1.59x (11-14.5 ms over ~24.5) at 3.4; 1.61x (12.3 ms over 20.1) before, on a quiet machine.
+Session 10: the CC's and the CLC's launch records in one hop to the database thread each (three and four before),
+the CLC's save after the CC's answer too, and no full sync while a RunInstances is at the remote. Alternated with
+the session's starting main (same run, load ~2-2.5), medians of the rounds' p50s: 6 rounds of 20 launches,
+to_running 1.56x (10.35 ms over 18.7) -> 1.55x (10.05 ms over 18.3), api 1.07x (7.35 ms) -> 1.02x (6.6 ms; the
+direct call's remote runs the same CLC: 6.85 -> 6.35 ms); 4 rounds of 20: 1.56x (10.95 ms) -> 1.51x (9.75 ms);
+5 rounds of 30 at load 2.5: 1.56x -> 1.54x (11.2 ms both). The gain (~0.3-1 ms) is within the rounds' spread.
 """
 
 from __future__ import annotations
