@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,25 @@ def test_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         sys.path.remove(str(tmp_path))
+
+
+async def test_write_together_commits_all_or_nothing(tmp_path: Path) -> None:
+    """common.db.write_together (a zone's launch record: its spec and instances in one hop): a failing statement
+    undoes the statements before it (left open, the next write's commit would have kept them)."""
+    conn = await db.open_db(tmp_path / "w.db")
+    try:
+        await conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+        await conn.commit()
+        await db.write_together(conn, [("INSERT INTO t VALUES (?)", [(1,), (2,)])])
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.write_together(conn, [("INSERT INTO t VALUES (?)", [(3,)]), ("INSERT INTO t VALUES (?)", [(1,)])])
+        await db.write_together(conn, [("INSERT INTO t VALUES (?)", [(4,)])])
+        await conn.close()
+        conn = await db.open_db(tmp_path / "w.db")  # what is on disk
+        rows = await (await conn.execute("SELECT x FROM t ORDER BY x")).fetchall()
+        assert [r[0] for r in rows] == [1, 2, 4]
+    finally:
+        await conn.close()
 
 
 def test_replay_cache_is_bounded_and_forgets_old_nonces() -> None:
