@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,18 +71,37 @@ def wait_ready(server: S3Server, process: subprocess.Popen, timeout: float = 60.
 
 
 @contextlib.contextmanager
-def walrus(work: Path, extra: dict | None = None, name: str = "walrus") -> Iterator[S3Server]:
+def walrus(work: Path, extra: dict | None = None, name: str = "walrus", code: Path | None = None) -> Iterator[S3Server]:
+    """`code`: a tree whose code the Walrus runs (an older commit's, bench/worktrees.py), else this one's."""
     work.mkdir(parents=True, exist_ok=True)
     credentials = work / "credentials.json"
     write_credentials(credentials)
     settings = {"KOALA_WALRUS_CREDENTIALS_FILE": str(credentials), "KOALA_LOG_LEVEL": "WARNING", **(extra or {})}
     cloud = Cloud(work / "cloud", roles=("walrus",), extra={"walrus": settings})
-    cloud.start()
+    with _import_path(code):  # the service process takes its environment when it starts
+        cloud.start()
     try:
         access, secret, _, _ = USERS["alice"]
         yield S3Server(name, cloud.url("walrus"), access, secret, cloud.processes["walrus"].pid, cloud)
     finally:
         cloud.stop()
+
+
+@contextlib.contextmanager
+def _import_path(code: Path | None) -> Iterator[None]:
+    """PYTHONPATH set to `code` while the block runs (processes started in it import that tree first)."""
+    if code is None:
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(code)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 @contextlib.contextmanager

@@ -17,8 +17,21 @@ With --samples each figure also lists every round's value per server (`samples`)
 client (this process and its wrk runs) and the rest of the machine used while that server was measured (`cores`,
 averaged over its rounds): whether a server was bound by a core of its own or by the machine.
 
+With --baseline COMMIT a Walrus running that commit's code (a temporary git worktree) is measured beside, round
+after round alike: `ratio_vs_baseline` and `ratio_median_vs_baseline` are this tree's Walrus over it.
+
 Usage: .venv/bin/python bench/walrus_s3_compare.py [--quick] [--only put_4KiB --only get_4KiB ...] [--rounds N]
-[--samples]
+[--samples] [--baseline COMMIT]
+
+Figures of session 10 (issue 18), a quiet machine (the rest of it at 0.0-0.15 of a core), Walrus at c03ad20:
+- full run (`--samples`, 4 rounds), Walrus / better other, best round and median round: 4 KiB GET 19,163/s, 1.11x
+  (median 1.23x); 4 KiB PUT 3,598/s, 1.20x (1.26x); 64 x 1 MiB PUT 438 MiB/s, 1.19x (1.27x), GET 2,634 MiB/s, 1.71x
+  (1.65x); 64 MiB PUT 293 MiB/s, 1.15x (1.18x), GET 3,363 MiB/s, 1.58x (1.50x); ListObjectVersions over 100,000
+  versions p50 15.8 ms, p90 25.3 ms per 1,000-key page.
+- 4 KiB PUT alone (`--only put_4KiB --rounds 10 --samples`), two runs: best round 0.90x and 1.27x, median round
+  1.22x and 1.23x. Walrus's rounds stay within 3,081-3,788/s; rclone's fall as its bucket fills (4,231/s in the
+  first round of one run, 1,497/s in the tenth; 2,035/s in the first of the other), SeaweedFS's stay near 2,700/s.
+  Walrus uses 0.85 of a core (one interpreter), rclone 1.2-1.3 and SeaweedFS 1.4 (`cores`).
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import s3_servers
+from bench import s3_servers, worktrees
 from bench.cpu_meter import CpuMeter
 from services.walrus.storage import Acl, EmbeddedBackend, ObjectSpec
 
@@ -56,6 +69,7 @@ BUCKET = "bench"
 # fdatasync); measured for the small PUTs only, beside the default Walrus (which syncs before answering).
 NO_FSYNC = "walrus_no_fsync"
 NO_FSYNC_FIGURES = ("put_4KiB_requests_per_s",)
+BASELINE = "walrus_baseline"  # with --baseline COMMIT: a Walrus running that commit's code, measured alike
 
 
 def wrk_rate(url: str, seconds: int) -> float:
@@ -165,6 +179,8 @@ def measure(
         results[name]["ratio_vs_best_other"] = round(best["walrus"] / others, 3) if others else None
         if NO_FSYNC in best:
             results[name]["ratio_no_fsync_vs_best_other"] = round(best[NO_FSYNC] / others, 3) if others else None
+        if BASELINE in best:  # this tree's Walrus over the older commit's, best round and median round
+            results[name]["ratio_vs_baseline"] = round(best["walrus"] / best[BASELINE], 3)
         # The best round rewards a server's luckiest moment (rclone's 4 KiB PUT went 3,531/s in one round against a
         # median of 2,023 in another run): the medians say which server is ahead round after round.
         medians = {k: statistics.median(v) for k, v in seen.items()}
@@ -173,6 +189,8 @@ def measure(
         results[name]["ratio_median_vs_best_other"] = (
             round(medians["walrus"] / median_others, 3) if median_others else None
         )
+        if BASELINE in medians:
+            results[name]["ratio_median_vs_baseline"] = round(medians["walrus"] / medians[BASELINE], 3)
         if samples:  # every round's figure, to see how much each server varies from round to round
             results[name]["samples"] = {k: [round(x, 1) for x in v] for k, v in seen.items()}
             # cores each server, the client and the rest of the machine used while that server was measured
@@ -244,6 +262,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=0, help="rounds of each figure (default 4, --quick 2)")
     parser.add_argument("--samples", action="store_true", help="print every round's figure besides the best")
+    parser.add_argument("--baseline", help="also measure a Walrus running this commit's code (ratio_vs_baseline)")
     args = parser.parse_args()
     rounds, seconds = (2, 3) if args.quick else (4, 5)
     rounds = args.rounds or rounds
@@ -261,6 +280,9 @@ def compare(args: argparse.Namespace, rounds: int, seconds: int, work: Path) -> 
         rclone = stack.enter_context(s3_servers.rclone(work / "rclone"))
         seaweed = stack.enter_context(s3_servers.seaweedfs(work / "seaweedfs"))
         targets = [Target(walrus), Target(rclone), Target(seaweed)]
+        if args.baseline:
+            tree = stack.enter_context(worktrees.baseline_tree(args.baseline, "walrus-compare-baseline-"))
+            targets.append(Target(stack.enter_context(s3_servers.walrus(work / BASELINE, name=BASELINE, code=tree))))
         if not args.only or any(word in name for word in args.only for name in NO_FSYNC_FIGURES):
             unsynced = stack.enter_context(
                 s3_servers.walrus(work / NO_FSYNC, extra={"KOALA_WALRUS_FSYNC": "false"}, name=NO_FSYNC)
