@@ -37,7 +37,11 @@ the CLC's save after the CC's answer too, and no full sync while a RunInstances 
 the session's starting main (same run, load ~2-2.5), medians of the rounds' p50s: 6 rounds of 20 launches,
 to_running 1.56x (10.35 ms over 18.7) -> 1.55x (10.05 ms over 18.3), api 1.07x (7.35 ms) -> 1.02x (6.6 ms; the
 direct call's remote runs the same CLC: 6.85 -> 6.35 ms); 4 rounds of 20: 1.56x (10.95 ms) -> 1.51x (9.75 ms);
-5 rounds of 30 at load 2.5: 1.56x -> 1.54x (11.2 ms both). The gain (~0.3-1 ms) is within the rounds' spread.
+5 rounds of 30 at load 2.5: 1.56x -> 1.54x (11.2 ms both). The gain (~0.3-1 ms) is within the rounds' spread:
+a round's p50 overhead is 6.4-7.3 ms or 9.5-10.5 ms, as the CC's probe falls just after or just before the remote's
+`running`. Tried and left out: the CC's RunInstances serialized and signed while its record is written (~0.45 ms of
+CPU off the path; two alternated sets of 6x20: 1.46x -> 1.54x and 1.49x -> 1.44x, no gain beyond the spread).
+Checked: the CC's connections to the remote and to the CLC are kept alive (the same sockets through 60 launches).
 """
 
 from __future__ import annotations
