@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 
 from common.database.base import Cursor, Database, DatabaseError, PendingCursor, Row, Transaction
-from common.db import Statement, open_db, write_together
+from common.db import Statement, in_thread, open_db, write_together
 
 
 class _SqliteTransaction(Transaction):
@@ -29,7 +29,7 @@ class _SqliteTransaction(Transaction):
         # One hop to aiosqlite's thread for the statement, its rows and the cursor's close (three hops through
         # aiosqlite's cursor API: a third of a small write transaction's time, measured by bench/lease_bench.py).
         try:
-            rows, rowcount = await self.conn._execute(_run, self.conn._conn, sql, args)  # type: ignore[no-untyped-call]
+            rows, rowcount = await in_thread(self.conn, _run, sql, args)
         except sqlite3.DatabaseError as err:
             raise DatabaseError(str(err)) from err
         return Cursor(rows, rowcount if rowcount >= 0 else len(rows))
@@ -54,7 +54,7 @@ class SqliteDatabase(Database):
         await asyncio.to_thread(_create_private, path)
         conn = await open_db(path, migrations)
         # Autocommit, explicit BEGIN in transaction(). sqlite3 objects belong to aiosqlite's thread: set it there.
-        await conn._execute(setattr, conn._conn, "isolation_level", None)  # type: ignore[no-untyped-call]
+        await in_thread(conn, setattr, "isolation_level", None)
         return cls(conn, path)
 
     async def close(self) -> None:
