@@ -58,6 +58,15 @@ Session 9's bench run (`--skip-snapshot --skip-api`, 3 rounds, other engineers' 
 159/183/277 on the local disk; write_idle_share 0.175 against 0.106, final flush 303 ms against 1 ms); `direct`
 0.84/0.84 (same queue 0.81/0.92). The buffered write met 0.8x in this run and missed it in session 8's two; the
 rounds' spread is wider than the margin, so a single run does not settle it either way.
+Session 10, quiet machine, the whole bench twice (`--io-repeat 5`): `direct` write/read 0.96/1.06 and 0.99/1.13
+(same queue 0.83/0.94, 0.91/1.10); `buffered` 0.82/0.95 and 0.76/1.02 (same queue 0.81/0.95, 0.80/1.07); snapshots
+6.1x incremental over full (4.4 s -> 0.7 s, 3.9 -> 0.64), the full one 5.6x the by-hand convert and upload;
+CreateVolume -> available 7-8 ms, AttachVolume -> attached 29-33 ms p50. Three LUN settings tried by hand
+(tgtd's `--bsoflags`, 5 alternated rounds each), none better overall: volumes on ext4 without the XFS image,
+buffered 0.83/0.93 (flush 430 ms: the same deferred write-out); `direct` on ext4, buffered 0.88/0.92 (flush 1 ms)
+but the O_DIRECT read 0.62 (every read from the disk, as the local cache=none disk, but through the iSCSI hop);
+`sync`, buffered 0.86/0.93 but the O_DIRECT write 0.61 (each write waits for the disk). The host's page cache under
+tgtd is what keeps the O_DIRECT pattern at ~1x and what leaves the buffered write's last ~0.4 s to its flush.
 
 The cloud is the acceptance test's world (tests/acceptance/world.py): the four services, the NC on qemu:///system,
 SSH into the guest from the `pub` namespace. Needs root and libvirtd with QEMU (deploy/bootstrap.sh); everything
