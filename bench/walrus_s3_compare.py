@@ -35,6 +35,11 @@ Figures of session 10 (issue 18), a quiet machine (the rest of it at 0.0-0.15 of
 - this session's 4 KiB PUT changes, `--only put_4KiB --rounds 8 --samples --baseline 5943883` (the session's first
   commit): 3,391/s against 3,230/s, 1.05x (median 1.05x); 1.21x the better other (median 1.24x). A separate A/B of
   the same two commits (12 alternated rounds): CPU per PUT 300 -> 265 us, median 2,847 -> 3,102 req/s.
+- the lead's full run afterwards (c1a1865, quiet, `--samples`): 4 KiB GET 20,119/s, 1.19x (median 1.21x); 4 KiB PUT
+  3,556/s, **0.78x** (median 0.91x: rclone's rounds 4,545, 4,077, 3,345, 2,793/s as its directory filled, Walrus's
+  3,220-3,556/s at 0.84 of a core), without a sync 0.94x (1.07x); 64 x 1 MiB PUT 1.25x, GET 1.40x; 64 MiB PUT 1.31x,
+  GET 1.52x; ListObjectVersions p50 17.7 ms. So the durable 4 KiB PUT is 0.78-1.27x of the better other from run to
+  run, not reliably at 1.0x; every other figure is above it in every run.
 """
 
 from __future__ import annotations
