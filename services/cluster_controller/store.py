@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from common.db import Statement, open_db
+from common.db import Statement, open_db, write_together
 from common.messages.cc_nc import LaunchSpec, NetConfig, VmType
 from common.messages.migration import MigrationTarget
 from services.cluster_controller.model import Instance, Migration, Node
@@ -108,12 +108,7 @@ class Store:
         await self.reservations.add(reservation_id, spec, _upsert(instances))
 
     async def save_instances(self, instances: Iterable[Instance]) -> None:
-        await self._upsert(list(instances))
-        await self.db.commit()
-
-    async def _upsert(self, instances: Sequence[Instance]) -> None:
-        if instances:
-            await self.db.executemany(*_upsert(instances))
+        await write_together(self.db, [_upsert(instances)])  # one hop, as the remote zone's store saves
 
     async def load_instances(self) -> list[Instance]:
         async with self.db.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY rowid") as cursor:
@@ -159,7 +154,7 @@ class Store:
                 migration.updated_at,
             ),
         )
-        await self._upsert(instances)
+        await self.db.executemany(*_upsert(instances))
         await self.db.commit()
 
     async def load_migrations(self) -> list[Migration]:
