@@ -40,6 +40,12 @@ Figures of session 10 (issue 18), a quiet machine (the rest of it at 0.0-0.15 of
   3,220-3,556/s at 0.84 of a core), without a sync 0.94x (1.07x); 64 x 1 MiB PUT 1.25x, GET 1.40x; 64 MiB PUT 1.31x,
   GET 1.52x; ListObjectVersions p50 17.7 ms. So the durable 4 KiB PUT is 0.78-1.27x of the better other from run to
   run, not reliably at 1.0x; every other figure is above it in every run.
+
+Session 11 (issue 18), Walrus with the collector's young threshold at 20,000 and start-up objects frozen
+(common/service.py), `--only put_4KiB --rounds 8 --samples --baseline 1225809`: 4 KiB PUT best round 3,676/s, 0.86x
+the better other (rclone's first round, 4,283/s, on an empty directory; its eighth 1,681/s), median round 3,459/s,
+1.26x; against the baseline 1.00x best, 1.05x median. A quick `--only put_4KiB --rounds 4 --samples` before it:
+1.01x best, 1.17x median. Where the ceiling is: bench/walrus_put_ceiling.py.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -96,6 +97,10 @@ class Service:
     client_max_size: ClassVar[int] = 1 << 20
     # The event loop a service runs on (None: asyncio's default). Walrus serves small objects on uvloop.
     loop_factory: ClassVar[Callable[[], asyncio.AbstractEventLoop] | None] = None
+    # The cyclic garbage collector's youngest-generation threshold once started (None: Python's 700). A request
+    # allocates hundreds of objects, nearly all freed by reference counting; at 700 the collector runs every
+    # request or two and walks every young object each time. Walrus raises it (issue 18).
+    gc_young_threshold: ClassVar[int | None] = None
 
     # How a malformed request or a full service is answered: JSON here, the API's own format where there is one.
     @staticmethod
@@ -244,6 +249,10 @@ async def serve_forever(service: Service) -> None:
     if monitor is not None:
         monitor.start()
     runner = await service.start()
+    # What start-up built lives as long as the process: kept out of the collector's full passes from now on.
+    gc.freeze()
+    if service.gc_young_threshold is not None:
+        gc.set_threshold(service.gc_young_threshold, *gc.get_threshold()[1:])
     stop = stop_on_signals()
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
