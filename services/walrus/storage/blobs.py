@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import itertools
+import os
 import secrets
 import zlib
 from typing import Any
@@ -27,8 +29,28 @@ FLUSH_BYTES = 1 << 20  # write to the store (in a thread) once this much is buff
 HASH_PIECE = 2047  # hashlib keeps the interpreter lock for buffers shorter than 2048 bytes
 
 
+class _DataIds:
+    """Fresh data ids: 16 random hex digits drawn once per process, then a counter (a data id has to be unique, not
+    secret: it is never shown to a client). One os.urandom per id let go of the interpreter lock on every PUT, and
+    taking it back waited for the database thread (issue 18). A forked child draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.restart()
+        os.register_at_fork(after_in_child=self.restart)
+
+    def restart(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.numbers = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.numbers) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_data_ids = _DataIds()
+
+
 def new_data_id() -> str:
-    return secrets.token_hex(16)
+    return _data_ids.next()
 
 
 def is_data_id(name: str) -> bool:

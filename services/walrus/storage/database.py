@@ -105,6 +105,10 @@ class MetadataDb:
         self._thread: Worker | None = None
         self._syncer: Worker | None = None
         self._conn: sqlite3.Connection | None = None
+        # The log, open for good: a sync is one fdatasync, where opening and closing it each time let go of the
+        # interpreter lock twice more per sync, and each time the sync thread waited to take it back (issue 18).
+        # SQLite keeps the log file (truncating or rewriting it in place) while a connection to the database is open.
+        self._wal_fd: int | None = None
 
     async def open(self) -> None:
         """Bring the schema up to date (common.db's migrations), then open the connection for good."""
@@ -123,6 +127,7 @@ class MetadataDb:
             return conn
 
         self._conn = await self._thread.run(connect)
+        self._wal_fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` on the database thread, after every call made before it."""
@@ -136,7 +141,7 @@ class MetadataDb:
         syncer = self._syncer
         if syncer is None:
             raise RuntimeError("storage not started")
-        await syncer.run(_fdatasync, self.wal_path)
+        await syncer.run(self.sync_now)
 
     def call(self, fn: Callable[[sqlite3.Connection], None]) -> None:
         """`fn(connection)` on the database thread, after every call made before it, without waiting for it (from
@@ -155,7 +160,9 @@ class MetadataDb:
 
     def sync_now(self) -> None:
         """Blocking, on the sync thread: everything committed before this call, on disk."""
-        _fdatasync(self.wal_path)
+        if self._wal_fd is None:
+            raise RuntimeError("storage not started")
+        os.fdatasync(self._wal_fd)
 
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read, in one trip to the database thread."""
@@ -166,18 +173,13 @@ class MetadataDb:
         thread, self._thread = self._thread, None
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
-            await syncer.run(_fdatasync, self.wal_path)  # after any under way
+            await syncer.run(self.sync_now)  # after any under way
             syncer.stop()
+        wal_fd, self._wal_fd = self._wal_fd, None
+        if wal_fd is not None:
+            os.close(wal_fd)
         if thread is None:
             return
         if conn is not None:
             await thread.run(conn.close)
         thread.stop()  # idle now: its last call (the close) has finished
-
-
-def _fdatasync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import sqlite3
 import time
 from collections import OrderedDict
@@ -53,7 +54,7 @@ from services.walrus.storage.base import (
     UploadInfo,
     log,
 )
-from services.walrus.storage.blobs import Blobs, new_data_id
+from services.walrus.storage.blobs import Blobs
 from services.walrus.storage.data_store import DataStore, is_inline
 from services.walrus.storage.database import MetadataDb
 from services.walrus.storage.group_commit import GroupCommit, LocalGroupCommit
@@ -653,7 +654,7 @@ class EmbeddedBackend(StorageBackend):
 
     # --- multipart ---
     async def create_upload(self, bucket: str, key: str, spec: ObjectSpec, checksum_algorithm: str = "") -> str:
-        upload_id = new_data_id()
+        upload_id = secrets.token_hex(16)  # shown to the client: drawn afresh, unlike a data id
 
         def tx(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
