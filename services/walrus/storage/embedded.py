@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common.database.portable import upsert
+from services.walrus.storage.add_version import AddVersion
 from services.walrus.storage.base import (
     Acl,
     BucketExists,
@@ -428,9 +429,7 @@ class EmbeddedBackend(StorageBackend):
         self, info: ObjectInfo, quota: tuple[int, int], inline: dict[str, bytes] | None = None
     ) -> ObjectInfo:
         try:
-            stored, previous, removed = await self._commits.run(
-                lambda conn: self._add_version(conn, info, quota, inline)
-            )
+            stored, previous, removed = await self._commits.run(AddVersion(info, quota, inline, self._add_version))
         except BaseException:
             self.data.drop([s[0] for s in info.segments])
             raise

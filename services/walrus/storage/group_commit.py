@@ -52,8 +52,12 @@ def _run_batch_at_once(conn: sqlite3.Connection, batch: list[Transaction]) -> li
     conn.execute("BEGIN IMMEDIATE")
     outcomes: list[tuple[bool, Any]] = []
     try:
-        for fn in batch:
-            outcomes.append((True, fn(conn)))
+        for run in _runs(batch):
+            together = getattr(run[0], "together", None)
+            results = together(conn, run) if together is not None and len(run) > 1 else None
+            if results is None:
+                results = [fn(conn) for fn in run]
+            outcomes += [(True, result) for result in results]
         conn.execute("COMMIT")
     except Exception as err:
         if conn.in_transaction:
@@ -66,6 +70,22 @@ def _run_batch_at_once(conn: sqlite3.Connection, batch: list[Transaction]) -> li
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _runs(batch: list[Transaction]) -> list[list[Transaction]]:
+    """The batch cut into runs of consecutive transactions that offer the same `together`: a function that commits
+    a run of them at once (the results, as each alone would give them) or declines (None) having written nothing,
+    when the run is not one it can (add_version.py). Every other transaction is a run of its own."""
+    runs: list[list[Transaction]] = []
+    previous = None
+    for fn in batch:
+        together = getattr(fn, "together", None)
+        if together is not None and together is previous:
+            runs[-1].append(fn)
+        else:
+            runs.append([fn])
+        previous = together
+    return runs
 
 
 class GroupCommit:
