@@ -1,5 +1,5 @@
-"""The transaction that commits one new object version (a PUT, a copy, a completed multipart upload), and the way a
-run of them commits together when they are all new keys: what a burst of small PUTs is.
+"""The transaction that commits one new object version (a PUT or a copy), and the way a run of them commits
+together when they are all new keys: what a burst of small PUTs is.
 
 Alone, a version costs five statements (the bucket's row, the key's current version, the inline bytes, the
 version, the bucket's counters), each a trip out of the interpreter lock and back on the database thread. A run of
