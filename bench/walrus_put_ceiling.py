@@ -12,6 +12,13 @@ Measured in turns, round after round (the machine is shared); each figure is the
 PUTs per second, the cores the servers and the client used, and the servers' CPU microseconds per PUT.
 
 Usage: .venv/bin/python bench/walrus_put_ceiling.py [--rounds N] [--puts N]
+
+Session 11, three runs (5 rounds of 6,000 PUTs): two Walrus processes that share nothing reach 1.05x, 1.07x and
+1.11x one Walrus (2,655 against 2,532 PUTs/s in the last; one Walrus at 0.84-0.88 of a core, the two at 1.10-1.12
+together, the machine never past 1.6 of its 2 cores). At 16 requests in flight each Walrus holds 8 and waits on
+its own commit pipeline, so a second process buys little. The aiohttp floor costs 48-68 us of server CPU per PUT
+(9,000-12,000 PUTs/s, bound by this Python client at a full core) against Walrus's 300-355 us in these longer
+rounds: what is left to win is in Walrus's own code, on one interpreter.
 """
 
 from __future__ import annotations

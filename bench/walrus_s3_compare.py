@@ -41,11 +41,15 @@ Figures of session 10 (issue 18), a quiet machine (the rest of it at 0.0-0.15 of
   GET 1.52x; ListObjectVersions p50 17.7 ms. So the durable 4 KiB PUT is 0.78-1.27x of the better other from run to
   run, not reliably at 1.0x; every other figure is above it in every run.
 
-Session 11 (issue 18), Walrus with the collector's young threshold at 20,000 and start-up objects frozen
-(common/service.py), `--only put_4KiB --rounds 8 --samples --baseline 1225809`: 4 KiB PUT best round 3,676/s, 0.86x
-the better other (rclone's first round, 4,283/s, on an empty directory; its eighth 1,681/s), median round 3,459/s,
-1.26x; against the baseline 1.00x best, 1.05x median. A quick `--only put_4KiB --rounds 4 --samples` before it:
-1.01x best, 1.17x median. Where the ceiling is: bench/walrus_put_ceiling.py.
+Session 11 (issue 18). The 4 KiB PUT's path no longer lets go of the interpreter lock for a moment (the one-shot
+HMAC, os.urandom for data ids, opening the log for each sync), a run of new keys is committed with one statement per
+table (storage/add_version.py), and the collector runs a tenth as often. The lead's quiet full run afterwards
+(`--samples --baseline 1225809`, the session's first commit): 4 KiB PUT 4,272/s, 1.22x the better other (median
+round 1.29x), 1.20x the baseline (median 1.18x); 4 KiB GET 20,729/s, 1.28x (1.32x); 64 x 1 MiB PUT 1.33x (1.20x),
+GET 1.60x (1.66x); 64 MiB PUT 1.13x (1.18x), GET 1.80x (1.78x); ListObjectVersions p50 13.8 ms. rclone's rounds of
+4 KiB PUTs: 3,494, 3,175, 1,898, 2,190/s; Walrus's 4,272, 3,357, 2,792, 3,562/s. Focused runs (`--only put_4KiB
+--rounds 8 or 10`) gave 1.29x and 1.53x the better other at best, 1.28x and 1.33x at the median. Where the ceiling
+is: bench/walrus_put_ceiling.py.
 """
 
 from __future__ import annotations
