@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from services.walrus.storage import (
     ObjectInfo,
     ObjectSpec,
 )
+from services.walrus.storage.blobs import is_data_id, new_data_id
 from services.walrus.storage.files import LocalFiles
 from tests.walrus.stores import StoreMaker, stored_data
 
@@ -148,3 +150,13 @@ async def test_restart_sweeps_unreferenced_data(tmp_path: Path, store_maker: Sto
         assert [o.key for o in await storage.list_objects("bkt", "", "", 10)] == ["kept"]
     finally:
         await storage.close()
+
+
+def test_data_ids_are_unique_and_spread_over_the_stores_directories() -> None:
+    """Data ids come from a per-process prefix and a counter (no os.urandom per PUT): still 32 hex digits, never
+    twice the same, and spread evenly over the 256 directories a file store fans out by their first two digits."""
+    ids = [new_data_id() for _ in range(4096)]
+    assert all(is_data_id(data_id) for data_id in ids)
+    assert len(set(ids)) == len(ids)
+    fan_out = Counter(data_id[:2] for data_id in ids)
+    assert len(fan_out) == 256 and set(fan_out.values()) == {16}

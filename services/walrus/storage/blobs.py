@@ -30,9 +30,10 @@ HASH_PIECE = 2047  # hashlib keeps the interpreter lock for buffers shorter than
 
 
 class _DataIds:
-    """Fresh data ids: 16 random hex digits drawn once per process, then a counter (a data id has to be unique, not
+    """Fresh data ids: 16 random hex digits drawn once per process, and a counter (a data id has to be unique, not
     secret: it is never shown to a client). One os.urandom per id let go of the interpreter lock on every PUT, and
-    taking it back waited for the database thread (issue 18). A forked child draws its own prefix."""
+    taking it back waited for the database thread (issue 18). The counter's low byte comes first: stores fan their
+    files out by the first two digits (files.py). A forked child draws its own prefix."""
 
     def __init__(self) -> None:
         self.restart()
@@ -43,7 +44,8 @@ class _DataIds:
         self.numbers = itertools.count()
 
     def next(self) -> str:
-        return f"{self.prefix}{next(self.numbers) & 0xFFFFFFFFFFFFFFFF:016x}"
+        number = next(self.numbers)
+        return f"{number & 0xFF:02x}{self.prefix}{(number >> 8) & 0xFFFFFFFFFFFFFF:014x}"
 
 
 _data_ids = _DataIds()
