@@ -249,7 +249,9 @@ async def serve_forever(service: Service) -> None:
     if monitor is not None:
         monitor.start()
     runner = await service.start()
-    # What start-up built lives as long as the process: kept out of the collector's full passes from now on.
+    # What start-up built lives as long as the process: kept out of the collector's full passes from now on (its
+    # garbage collected first, so that none is kept for good).
+    gc.collect()
     gc.freeze()
     if service.gc_young_threshold is not None:
         gc.set_threshold(service.gc_young_threshold, *gc.get_threshold()[1:])
