@@ -139,23 +139,22 @@ class Store:
     # --- migrations and maintenance --------------------------------------------------------------------
     async def save_migration(self, migration: Migration, instances: Sequence[Instance] = ()) -> None:
         """The migration's state and, in the same transaction, the instances whose node it changed."""
-        await self.db.execute(
-            "INSERT OR REPLACE INTO migrations(instance_id, source_url, target_url, mode, state, target, error,"
-            " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                migration.instance_id,
-                migration.source_url,
-                migration.target_url,
-                migration.mode,
-                migration.state,
-                migration.target.model_dump_json() if migration.target else "",
-                migration.error,
-                migration.started_at,
-                migration.updated_at,
-            ),
+        row = (
+            migration.instance_id,
+            migration.source_url,
+            migration.target_url,
+            migration.mode,
+            migration.state,
+            migration.target.model_dump_json() if migration.target else "",
+            migration.error,
+            migration.started_at,
+            migration.updated_at,
         )
-        await self.db.executemany(*_upsert(instances))
-        await self.db.commit()
+        sql = (
+            "INSERT OR REPLACE INTO migrations(instance_id, source_url, target_url, mode, state, target, error,"
+            " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        await write_together(self.db, [(sql, [row]), _upsert(instances)])  # one hop, as save_instances
 
     async def load_migrations(self) -> list[Migration]:
         async with self.db.execute("SELECT * FROM migrations ORDER BY started_at") as cursor:
